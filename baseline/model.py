@@ -1,0 +1,176 @@
+"""``HostBaseline``: a scikit-learn estimator that learns one host's normal load.
+
+Robust scaling + ``IsolationForest`` + a threshold calibrated on out-of-fold training scores
+for a false-alarm budget, reduced at the end of ``fit`` to a numpy-only
+:class:`~baseline.scorer.BaselineScorer` (what the model store saves and the agent runs).
+Rows of ``X`` are windows in time order; pass ``slots`` (window index on the time grid) when
+there are gaps so the alert rule does not bridge them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.ensemble import IsolationForest
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from baseline.calibrate import calibrate_threshold
+from baseline.forest import export_forest
+from baseline.scorer import BaselineScorer
+
+#: Out-of-fold calibration splits the history into blocks this long, dealt round-robin.
+FOLD_BLOCK_S = 6 * 3600.0
+
+
+class HostBaseline(OutlierMixin, BaseEstimator):
+    """Per-host anomaly baseline; ``anomaly_score`` is in [0, 1], higher = more anomalous.
+
+    scikit-learn's sign conventions hold for its method names: ``score_samples`` is higher
+    for normal windows, ``decision_function`` is negative for alerts, ``predict`` gives -1.
+
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(500, 3))
+    >>> model = HostBaseline(n_estimators=50, random_state=0).fit(X)
+    >>> bool(model.anomaly_score(np.array([[9.0, 9.0, 9.0]]))[0] > model.threshold_)
+    True
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 200,
+        max_samples: int | str = 256,
+        max_alarms_per_week: float = 1.0,
+        alert_windows: int = 3,
+        clear_windows: int = 3,
+        hop: float = 60.0,
+        excess_scale: float = 4.0,
+        threshold_margin: float = 0.0,
+        folds: int = 3,
+        resolution: Any = None,
+        excess: Any = None,
+        random_state: int | None = None,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.max_alarms_per_week = max_alarms_per_week
+        self.alert_windows = alert_windows
+        self.clear_windows = clear_windows
+        self.hop = hop
+        self.excess_scale = excess_scale
+        self.threshold_margin = threshold_margin
+        self.folds = folds
+        self.resolution = resolution
+        self.excess = excess
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any = None, slots: Any = None) -> HostBaseline:
+        X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64)
+        n, d = X.shape
+        slots = np.arange(n) if slots is None else np.asarray(slots, dtype=np.int64)
+        if slots.shape != (n,):
+            raise ValueError(f"slots must have one entry per row ({n}), got {slots.shape}")
+        resolution = self._vector(self.resolution, d, 1e-6)
+        excess_mask = self._vector(self.excess, d, 0.0) > 0
+        center = np.nan_to_num(_nanquantile(X, 0.5), nan=0.0)
+        iqr = _nanquantile(X, 0.75) - _nanquantile(X, 0.25)
+        scale = np.maximum(np.nan_to_num(iqr, nan=0.0), resolution)
+        Z = np.nan_to_num((X - center) / scale, nan=0.0)
+        forest = export_forest(self._forest(self.random_state, n).fit(Z))
+        low = np.nan_to_num(_nanquantile(X, 0.05), nan=0.0)
+        high = np.nan_to_num(_nanquantile(X, 0.95), nan=0.0)
+        draft = BaselineScorer(
+            feature_names=tuple(getattr(self, "feature_names_in_", [f"x{j}" for j in range(d)])),
+            center=center,
+            scale=scale,
+            train_max=Z.max(axis=0),
+            typical_low=low,
+            typical_high=high,
+            excess_mask=excess_mask.astype(np.float64),
+            forest=forest,
+            threshold=1.0,
+            alert_windows=self.alert_windows,
+            clear_windows=self.clear_windows,
+            excess_scale=self.excess_scale,
+        )
+        oof = self._out_of_fold_scores(X, Z, slots, draft)
+        threshold = calibrate_threshold(
+            oof, slots, self.hop, self.max_alarms_per_week, self.alert_windows, self.clear_windows
+        )
+        threshold = min(threshold + self.threshold_margin, 1.0)
+        self.scorer_ = BaselineScorer(**{**draft.__dict__, "threshold": threshold})
+        self.threshold_ = threshold
+        self.train_scores_ = oof
+        self.offset_ = -threshold
+        return self
+
+    def _forest(self, seed: int | None, n: int) -> IsolationForest:
+        size = min(self.max_samples, n) if isinstance(self.max_samples, int) else self.max_samples
+        return IsolationForest(n_estimators=self.n_estimators, max_samples=size, random_state=seed)
+
+    def _out_of_fold_scores(
+        self, X: np.ndarray, Z: np.ndarray, slots: np.ndarray, draft: BaselineScorer
+    ) -> np.ndarray:
+        """Scores each window with a forest that did not see it, so the threshold is honest.
+
+        In-sample isolation scores are optimistic: calibrating on them puts the threshold too
+        low and every new day brings false alarms. Blocks of a few hours are dealt to folds
+        round-robin, so each fold still sees every time of day.
+        """
+        n = len(X)
+        if self.folds < 2 or n < 20 * self.folds:
+            return draft.score(X)
+        block = np.floor(slots * self.hop / FOLD_BLOCK_S).astype(np.int64)
+        fold = (block - block.min()) % self.folds
+        if len(np.unique(fold)) < self.folds:
+            fold = (np.arange(n) * self.folds) // n
+        out = np.empty(n)
+        for k in range(self.folds):
+            held = fold == k
+            seed = None if self.random_state is None else self.random_state + k + 1
+            part = export_forest(self._forest(seed, int((~held).sum())).fit(Z[~held]))
+            out[held] = BaselineScorer(**{**draft.__dict__, "forest": part}).score(X[held])
+        return out
+
+    @staticmethod
+    def _vector(value: Any, d: int, default: float) -> np.ndarray:
+        if value is None:
+            return np.full(d, default)
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        if arr.shape != (d,):
+            raise ValueError(f"expected {d} values, got {arr.shape[0]}")
+        return arr
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """Our 0-1 score, higher = more anomalous."""
+        check_is_fitted(self)
+        X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
+        return self.scorer_.score(X)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def explain(self, X: Any, top: int = 3) -> list[list[dict[str, Any]]]:
+        check_is_fitted(self)
+        X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
+        return [self.scorer_.explain(row, top) for row in X]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+
+def _nanquantile(X: np.ndarray, q: float) -> np.ndarray:
+    out = np.full(X.shape[1], np.nan)
+    seen = np.isfinite(X).any(axis=0)
+    if seen.any():
+        out[seen] = np.nanquantile(X[:, seen], q, axis=0)
+    return out

@@ -1,0 +1,173 @@
+"""Training: one host, or a fleet in parallel (joblib locally, Dask when one box is not enough).
+
+Reading telemetry and writing models happen in the calling process (atomic writes, one place
+for errors); only the CPU-heavy fitting is shipped to workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from baseline.model import HostBaseline
+from baseline.scorer import BaselineScorer, HostModel
+from baseline.scoring import Scored, score_series, series_features
+from baseline.store import save_model
+from features.errors import InputError
+from features.extract import feature_specs
+from features.io import HostSeries, read_telemetry
+
+MIN_WINDOWS = 30
+
+__all__ = ["Scored", "TrainSummary", "score_series", "train_all", "train_host"]
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    host: str
+    windows: int
+    threshold: float
+    seconds: float
+    path: str = ""
+
+
+def train_host(
+    series: HostSeries,
+    window: float = 60.0,
+    hop: float = 60.0,
+    params: dict[str, Any] | None = None,
+    min_windows: int = MIN_WINDOWS,
+) -> HostModel:
+    """Fit one host's baseline on its telemetry and reduce it to a storable :class:`HostModel`."""
+    win, names, F = series_features(series, window, hop)
+    if len(F) < min_windows:
+        raise InputError(
+            series.source or series.host,
+            None,
+            f"at least {min_windows} complete {window:g}s windows for host {series.host!r}",
+            f"{len(F)}",
+        )
+    specs = feature_specs(series.columns)
+    options = {"random_state": 0, **(params or {})}
+    est = HostBaseline(
+        hop=hop,
+        resolution=[s.resolution for s in specs],
+        excess=[1.0 if s.excess else 0.0 for s in specs],
+        **options,
+    ).fit(F, slots=win.slots)
+    scorer = BaselineScorer(**{**est.scorer_.__dict__, "feature_names": names})
+    meta = {
+        "windows": int(len(F)),
+        "train_start": float(win.starts[0]),
+        "train_end": float(win.ends[-1]),
+        "params": {k: v for k, v in est.get_params().items() if k not in ("resolution", "excess")},
+    }
+    return HostModel(series.host, scorer, series.columns, float(window), float(hop), meta)
+
+
+def _fit_one(
+    series: HostSeries, window: float, hop: float, params: dict[str, Any] | None
+) -> tuple[HostModel, float]:
+    t0 = time.perf_counter()
+    model = train_host(series, window, hop, params)
+    return model, time.perf_counter() - t0
+
+
+def train_all(
+    inputs: Sequence[str | Path],
+    models_dir: Path,
+    window: float = 60.0,
+    hop: float = 60.0,
+    n_jobs: int = 1,
+    params: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    on_error: Callable[[str, Exception], None] | None = None,
+) -> list[TrainSummary]:
+    """Train and store one model per host found in ``inputs``.
+
+    ``dask_address``: a scheduler address (``tcp://host:8786``) or ``"local"`` for a local
+    cluster; otherwise joblib with ``n_jobs`` processes. A host whose data is unusable is
+    reported through ``on_error`` (or raised when no handler is given); others go on.
+    """
+    fleet = read_telemetry(inputs)
+    hosts = sorted(fleet)
+    results: list[TrainSummary] = []
+
+    def finish(host: str, outcome: tuple[HostModel, float] | Exception) -> None:
+        if isinstance(outcome, Exception):
+            if on_error is None:
+                raise outcome
+            on_error(host, outcome)
+        else:
+            model, seconds = outcome
+            folder = save_model(models_dir, model)
+            results.append(
+                TrainSummary(host, model.meta["windows"], model.threshold, seconds, str(folder))
+            )
+        if progress is not None:
+            progress(len(results), len(hosts), host)
+
+    if dask_address:
+        _train_dask(fleet, hosts, window, hop, params, dask_address, finish)
+    else:
+        from joblib import Parallel, delayed
+
+        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_safe_fit)(fleet[h], window, hop, params) for h in hosts
+        )
+        for host, outcome in zip(hosts, jobs, strict=True):
+            finish(host, outcome)
+    return sorted(results, key=lambda r: r.host)
+
+
+def _safe_fit(
+    series: HostSeries, window: float, hop: float, params: dict[str, Any] | None
+) -> tuple[HostModel, float] | Exception:
+    """Return the error instead of raising, so one bad host does not stop the fleet."""
+    try:
+        return _fit_one(series, window, hop, params)
+    except (InputError, ValueError) as exc:
+        return exc
+
+
+def _train_dask(
+    fleet: dict[str, HostSeries],
+    hosts: list[str],
+    window: float,
+    hop: float,
+    params: dict[str, Any] | None,
+    address: str,
+    finish: Callable[[str, tuple[HostModel, float] | Exception], None],
+) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        if address == "local"
+        else None
+    )
+    client = Client(cluster if cluster is not None else address)
+    try:
+        futures = {
+            client.submit(_safe_fit, fleet[h], window, hop, params, pure=False): h for h in hosts
+        }
+        for future in as_completed(futures):
+            finish(futures[future], future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def fit_summary_table(rows: Sequence[TrainSummary]) -> str:
+    """A plain-text summary table (host, windows, threshold, time)."""
+    width = max([4, *(len(r.host) for r in rows)])
+    lines = [f"{'host':<{width}}  {'windows':>7}  {'threshold':>9}  {'time':>7}"]
+    lines += [
+        f"{r.host:<{width}}  {r.windows:>7}  {r.threshold:>9.4f}  {r.seconds:>6.1f}s" for r in rows
+    ]
+    return "\n".join(lines)

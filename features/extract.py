@@ -1,0 +1,208 @@
+"""Windows -> feature vectors: the one set of pure functions shared by training and scoring.
+
+A miner is a *sustained* plateau of CPU, usually dominated by one process, not explained by
+more requests, often at hours when the host is normally quiet. Legitimate load follows the
+host's daily rhythm, comes with traffic, disk or many short processes, and mostly ends soon.
+The features below therefore look at CPU now and at its *floor* over 5, 15 and 60 minutes
+(a floor only rises when the load is sustained, so a short burst leaves it alone), how
+much of it one process holds, how much of it the traffic explains, and the time of day.
+Rolling features look only backwards, so a live agent and a batch job produce identical
+values from identical samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from features.windows import Windows
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature: its inputs, its unit of resolution and whether excess above range counts.
+
+    ``resolution`` is the smallest change that means anything (a floor for the scale, so a
+    feature that never moved in training does not turn a tiny wiggle into an alarm).
+    ``excess``: values far *above* everything seen in training raise the score directly
+    (isolation trees saturate outside the training range and cannot say "far").
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    resolution: float
+    excess: bool = False
+
+
+class _Context:
+    """Dense per-slot arrays of one host's windows, with the rolling helpers."""
+
+    def __init__(self, win: Windows) -> None:
+        self.win = win
+        self.first = int(win.slots[0]) if len(win) else 0
+        self.size = int(win.slots[-1]) - self.first + 1 if len(win) else 0
+        self.index = (win.slots - self.first).astype(np.int64)
+
+    def slots_for(self, seconds: float) -> int:
+        return max(1, int(round(seconds / self.win.hop)))
+
+    def dense(self, values: np.ndarray) -> np.ndarray:
+        out = np.full(self.size, np.nan)
+        out[self.index] = values
+        return out
+
+    def mean(self, name: str) -> np.ndarray:
+        return self.win.means[:, self.win.columns.index(name)]
+
+    def floor(self, name: str) -> np.ndarray:
+        return self.win.floors[:, self.win.floor_columns.index(name)]
+
+    def rolling_mean(self, values: np.ndarray, seconds: float) -> np.ndarray:
+        n = self.slots_for(seconds)
+        x = self.dense(values)
+        ok = np.isfinite(x)
+        cs = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+        cn = np.concatenate([[0.0], np.cumsum(ok)])
+        hi = np.arange(1, self.size + 1)
+        lo = np.maximum(hi - n, 0)
+        total, seen = cs[hi] - cs[lo], cn[hi] - cn[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(seen > 0, total / np.maximum(seen, 1), np.nan)
+        return out[self.index]
+
+    def rolling_min(self, values: np.ndarray, seconds: float) -> np.ndarray:
+        n = self.slots_for(seconds)
+        x = np.concatenate([np.full(n - 1, np.nan), self.dense(values)])
+        view = sliding_window_view(x, n)
+        return np.fmin.reduce(view, axis=1)[self.index]
+
+
+def _log1p(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
+
+
+def _tod(c: _Context, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    return fn(2 * np.pi * ((c.win.starts % DAY) / DAY))
+
+
+_CPU = ("cpu_percent",)
+_TOP = ("top_proc_cpu_percent",)
+_PPS = ("net_rx_pps", "net_tx_pps")
+
+#: Every feature the pipeline knows, with the function that computes it.
+REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
+    (FeatureSpec("cpu_percent", _CPU, 2.0), lambda c: c.mean("cpu_percent")),
+    (
+        FeatureSpec("cpu_floor_5m", _CPU, 2.0),
+        lambda c: c.rolling_min(c.floor("cpu_percent"), 300),
+    ),
+    (
+        FeatureSpec("cpu_floor_15m", _CPU, 2.0, excess=True),
+        lambda c: c.rolling_min(c.floor("cpu_percent"), 900),
+    ),
+    (
+        FeatureSpec("cpu_floor_60m", _CPU, 2.0, excess=True),
+        lambda c: c.rolling_min(c.floor("cpu_percent"), 3600),
+    ),
+    (
+        FeatureSpec("cpu_system_percent", ("cpu_system_percent",), 1.0),
+        lambda c: c.mean("cpu_system_percent"),
+    ),
+    (
+        FeatureSpec("cpu_iowait_percent", ("cpu_iowait_percent",), 1.0),
+        lambda c: c.mean("cpu_iowait_percent"),
+    ),
+    (FeatureSpec("top_proc_cpu", _TOP, 5.0), lambda c: c.mean("top_proc_cpu_percent")),
+    (
+        FeatureSpec("top_proc_floor_15m", _TOP, 5.0, excess=True),
+        lambda c: c.rolling_min(c.floor("top_proc_cpu_percent"), 900),
+    ),
+    (
+        FeatureSpec("top_proc_dominance", (*_TOP, "load1"), 0.05),
+        lambda c: np.clip(
+            c.mean("top_proc_cpu_percent") / 100.0 / np.maximum(c.mean("load1"), 1.0), 0, 4
+        ),
+    ),
+    (
+        FeatureSpec("cpu_per_kpkt", (*_CPU, *_PPS), 1.0, excess=True),
+        lambda c: c.rolling_min(
+            c.mean("cpu_percent") / (1.0 + (c.mean("net_rx_pps") + c.mean("net_tx_pps")) / 1e3),
+            300,
+        ),
+    ),
+    (
+        FeatureSpec("net_pps_log", _PPS, 0.1),
+        lambda c: _log1p(c.mean("net_rx_pps") + c.mean("net_tx_pps")),
+    ),
+    (
+        FeatureSpec("disk_bps_log", ("disk_read_bps", "disk_write_bps"), 0.1),
+        lambda c: _log1p(c.mean("disk_read_bps") + c.mean("disk_write_bps")),
+    ),
+    (FeatureSpec("procs_running", ("procs_running",), 1.0), lambda c: c.mean("procs_running")),
+    (
+        FeatureSpec("ctx_switches_log", ("ctx_switches_ps",), 0.1),
+        lambda c: _log1p(c.mean("ctx_switches_ps")),
+    ),
+    (FeatureSpec("tod_sin", (), 0.05), lambda c: _tod(c, np.sin)),
+    (FeatureSpec("tod_cos", (), 0.05), lambda c: _tod(c, np.cos)),
+)
+
+#: Schema columns that feed the features above; any other numeric column is "extra".
+USED_COLUMNS = frozenset(col for spec, _ in REGISTRY for col in spec.inputs)
+EXTRA_PREFIX = "x_"
+
+
+def feature_specs(columns: tuple[str, ...]) -> tuple[FeatureSpec, ...]:
+    """The features computable from ``columns``: known ones, then two per extra column."""
+    known = tuple(spec for spec, _ in REGISTRY if all(i in columns for i in spec.inputs))
+    extras: list[FeatureSpec] = []
+    for col in columns:
+        if col in USED_COLUMNS or col in _IGNORED:
+            continue
+        extras.append(FeatureSpec(f"{EXTRA_PREFIX}{col}", (col,), 1e-3))
+        extras.append(FeatureSpec(f"{EXTRA_PREFIX}{col}_dev_15m", (col,), 1e-3, excess=True))
+    return known + tuple(extras)
+
+
+#: Schema metrics that drift with no bearing on compute hijacking (memory grows, process
+#: counts change with deploys); they stay in the data but do not become features.
+_IGNORED = frozenset(
+    {
+        "mem_percent",
+        "procs_total",
+        "tcp_established",
+        "net_rx_bps",
+        "net_tx_bps",
+        "cpu_user_percent",
+    }
+)
+
+
+def feature_names(columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(spec.name for spec in feature_specs(columns))
+
+
+def extract(win: Windows) -> tuple[tuple[str, ...], np.ndarray]:
+    """Compute the feature matrix (one row per window) for the columns ``win`` carries."""
+    specs = feature_specs(win.columns)
+    out = np.full((len(win), len(specs)), np.nan)
+    if len(win) == 0:
+        return tuple(s.name for s in specs), out
+    ctx = _Context(win)
+    functions = {spec.name: fn for spec, fn in REGISTRY}
+    for j, spec in enumerate(specs):
+        if spec.name in functions:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, j] = functions[spec.name](ctx)
+            continue
+        col = spec.inputs[0]
+        base = ctx.mean(col)
+        out[:, j] = (
+            base if not spec.name.endswith("_dev_15m") else base - ctx.rolling_mean(base, 900)
+        )
+    return tuple(s.name for s in specs), out
