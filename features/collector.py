@@ -1,0 +1,233 @@
+"""The telemetry collector: every registered source once per sample, one row of metrics.
+
+:class:`Collector` is what the on-host agent calls every ``interval`` seconds; :func:`record`
+is the fixed-interval loop behind ``minerwatch record`` that appends rows to a CSV file.
+Only the standard library and psutil are imported here (the agent must stay light).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from features.errors import InputError
+from features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
+from features.sources import SOURCE_ERRORS, ProcessesSource, ProcessInfo, Source, build_sources
+from features.sources.base import Clock
+
+log = logging.getLogger(__name__)
+
+NAN = float("nan")
+
+
+class Collector:
+    """Reads all telemetry sources and returns one row of :data:`METRIC_COLUMNS` per sample.
+
+    The constructor reads every source once to prime the counters, so the first ``sample()``
+    already covers a real interval (from construction to the call) and has no NaN rates. A
+    source that fails leaves its columns NaN for that sample, increments ``errors[name]``
+    and records ``last_error[name]``; the other sources are unaffected.
+
+    ``interval`` is the cadence the caller intends (kept for the agent and for :func:`record`);
+    ``sample()`` itself measures the real elapsed time on ``clock``.
+
+    >>> c = Collector()                      # doctest: +SKIP
+    >>> row = c.sample()                     # doctest: +SKIP
+    >>> 0 <= row["cpu_percent"] <= 100       # doctest: +SKIP
+    True
+    >>> c.top_processes[0].name              # doctest: +SKIP
+    'python3'
+    """
+
+    def __init__(
+        self,
+        interval: float = 10.0,
+        host: str | None = None,
+        clock: Clock = time.monotonic,
+        sources: Mapping[str, Source] | None = None,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        self.interval = interval
+        self.host = host or socket.gethostname()
+        self.clock = clock
+        self.sources: dict[str, Source] = build_sources(clock) if sources is None else dict(sources)
+        _check_columns(self.sources)
+        #: Failed reads per source since construction (priming included).
+        self.errors: dict[str, int] = dict.fromkeys(self.sources, 0)
+        #: The latest error message per source that has failed at least once.
+        self.last_error: dict[str, str] = {}
+        #: Wall-clock cost of each source's latest read, seconds (for self-monitoring).
+        self.durations: dict[str, float] = dict.fromkeys(self.sources, 0.0)
+        self._ok: set[str] = set()
+        self._processes = next(
+            (s for s in self.sources.values() if isinstance(s, ProcessesSource)), None
+        )
+        self._read_all()
+
+    def _read_all(self) -> dict[str, float]:
+        row = dict.fromkeys(METRIC_COLUMNS, NAN)
+        ok: set[str] = set()
+        for name, source in self.sources.items():
+            started = time.perf_counter()
+            try:
+                values = source.read()
+            except SOURCE_ERRORS as exc:
+                self.errors[name] += 1
+                self.last_error[name] = f"{type(exc).__name__}: {exc}"
+                if name in self._ok or self.errors[name] == 1:  # log transitions, not every miss
+                    log.warning("telemetry source %s failed: %s", name, exc)
+                continue
+            finally:
+                self.durations[name] = time.perf_counter() - started
+            ok.add(name)
+            for column in source.columns:
+                row[column] = float(values.get(column, NAN))
+        self._ok = ok
+        return row
+
+    def sample(self) -> dict[str, float]:
+        """Read every source now; metrics for the interval since the previous sample.
+
+        Returns a dict with exactly the keys of :data:`METRIC_COLUMNS`, in that order; a value
+        is NaN where its source failed or a rate was undefined (counter reset, no elapsed time).
+        """
+        return self._read_all()
+
+    @property
+    def top_processes(self) -> tuple[ProcessInfo, ...]:
+        """The busiest processes of the latest interval, busiest first (empty if unknown)."""
+        if self._processes is None or ProcessesSource.name not in self._ok:
+            return ()
+        return self._processes.top
+
+    @property
+    def visible_proc_cpu_percent(self) -> float:
+        """Summed CPU of all visible processes over the latest interval, percent of the host.
+
+        Compare with ``cpu_percent`` (from ``/proc/stat``): a large, lasting gap means CPU
+        spent by something the process list does not show. Short-lived processes that exited
+        between samples also fall in the gap, so judge it against the host's own baseline.
+        """
+        if self._processes is None or ProcessesSource.name not in self._ok:
+            return NAN
+        return self._processes.visible_cpu_percent
+
+    @property
+    def proc_skipped(self) -> dict[str, int]:
+        """Cumulative expected per-process failures (vanished, access denied, zombie)."""
+        return dict(self._processes.skipped) if self._processes is not None else {}
+
+
+def _check_columns(sources: Mapping[str, Source]) -> None:
+    """Each metric column belongs to at most one source, and only schema columns exist."""
+    owner: dict[str, str] = {}
+    for name, source in sources.items():
+        for column in source.columns:
+            if column not in METRIC_COLUMNS:
+                raise ValueError(f"source {name!r} produces unknown column {column!r}")
+            if column in owner:
+                raise ValueError(
+                    f"column {column!r} produced by both {owner[column]!r} and {name!r}"
+                )
+            owner[column] = name
+
+
+def _format_value(value: float) -> str:
+    """Up to 6 significant digits; NaN/inf as an empty field (a missing value)."""
+    if not math.isfinite(value):
+        return ""
+    if value == 0:
+        return "0"
+    return f"{value:.6g}"
+
+
+def format_row(ts: float, host: str, metrics: Mapping[str, float]) -> list[str]:
+    """One CSV row in :data:`TELEMETRY_COLUMNS` order; missing or NaN metrics are empty.
+
+    >>> format_row(1700000000.12345, "web1", {"cpu_percent": 12.3456789, "load1": 0.0})[:4]
+    ['1700000000.123', 'web1', '12.3457', '']
+    """
+    return [
+        f"{ts:.3f}",
+        host,
+        *(_format_value(float(metrics.get(c, NAN))) for c in METRIC_COLUMNS),
+    ]
+
+
+def _check_header(output: Path) -> bool:
+    """True if ``output`` already has rows; InputError if its header is not ours."""
+    try:
+        with output.open(newline="", encoding="utf-8") as f:
+            first = next(csv.reader(f), None)
+    except FileNotFoundError:
+        return False
+    if first is None:
+        return False
+    if tuple(first) != TELEMETRY_COLUMNS:
+        raise InputError(
+            str(output), 1, f"the telemetry header {','.join(TELEMETRY_COLUMNS)}", ",".join(first)
+        )
+    return True
+
+
+def record(
+    output: Path,
+    interval: float,
+    duration: float,
+    host: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    collector: Collector | None = None,
+    wall_clock: Clock = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Sample every ``interval`` seconds for ``duration`` seconds, appending rows to ``output``.
+
+    The schedule is fixed on the collector's monotonic clock (sample k is due at
+    ``start + k * interval``), so slow samples do not make it drift; a slot missed entirely
+    (host stalled for more than an interval) is skipped rather than sampled twice in a row.
+    A new or empty file gets the ``timestamp,host,<metrics>`` header; an existing file must
+    already have it (InputError otherwise). Each row is flushed as it is written, and Ctrl-C
+    ends the recording early: the rows written so far are complete and their count is returned.
+    ``progress(rows_written, rows_planned)`` is called after each row.
+
+    ``collector``, ``wall_clock`` and ``sleep`` are for tests; ``host`` is ignored when a
+    collector is given.
+    """
+    if not interval > 0:
+        raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+    output = Path(output)
+    has_rows = _check_header(output)
+    planned = int(duration / interval + 1e-9) if duration > 0 else 0
+    rows = 0
+    with output.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if not has_rows:
+            writer.writerow(TELEMETRY_COLUMNS)
+            f.flush()
+        try:
+            coll = collector or Collector(interval=interval, host=host)
+            clock = coll.clock
+            start = clock()
+            for k in range(1, planned + 1):
+                due = start + k * interval
+                now = clock()
+                if now > due + interval:
+                    continue  # this slot passed entirely while we were stalled
+                if due > now:
+                    sleep(due - now)
+                metrics = coll.sample()
+                writer.writerow(format_row(wall_clock(), coll.host, metrics))
+                f.flush()
+                rows += 1
+                if progress is not None:
+                    progress(rows, planned)
+        except KeyboardInterrupt:
+            log.info("recording interrupted after %d rows", rows)
+    return rows

@@ -1,0 +1,453 @@
+"""``minerwatch serve``: the on-host agent. Sample, learn, score, explain, export, respond.
+
+One loop on a fixed schedule: every ``interval`` it samples the host, stores the sample,
+and when a window completes scores it with the host's numpy-only model. Until enough
+history exists it is in learning mode; training (and scheduled retraining on history that
+excludes alerted time) runs in a child process, so this process never imports scikit-learn
+or pandas. A scrape only reads the latest :class:`~service.state.AgentSnapshot`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from baseline.calibrate import AlertState
+from baseline.scorer import HostModel
+from baseline.store import META, ModelError, atomic_write, host_dirname, load_model
+from features.collector import Collector
+from features.errors import InputError
+from features.extract import extract
+from features.schema import METRIC_COLUMNS, SCHEMA_VERSION
+from features.windows import make_windows
+from service.config import AgentConfig, load_config
+from service.exporter import Exporter
+from service.history import History, exclusion_mask
+from service.state import AgentSnapshot
+
+log = logging.getLogger("minerwatch.agent")
+
+#: Samples kept in memory for the rolling features (the longest looks back 60 minutes).
+LOOKBACK_S = 3600.0
+#: Time around an alert episode that retraining leaves out.
+EXCLUDE_MARGIN_S = 3600.0
+
+
+class Agent:
+    """The agent's state and one ``tick``; ``run`` repeats it until ``stop``."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        collector: Collector | None = None,
+        exporter: Exporter | None = None,
+        clock: Callable[[], float] = time.time,
+        responder: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.data_dir = Path(cfg.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.models_dir = self.data_dir / "models"
+        self.models_dir.mkdir(exist_ok=True, mode=0o755)
+        self.collector = collector or Collector(cfg.interval, host=cfg.host)
+        self.history = History(
+            cfg.history_path, cfg.history_retention, cfg.history_max_bytes, interval_s=cfg.interval
+        )
+        self.exporter = exporter
+        self.responder = responder
+        self.model: HostModel | None = None
+        self.alert: AlertState | None = None
+        self.recent: deque[tuple[float, np.ndarray]] = deque()
+        self.last_slot: int | None = None
+        self.child: subprocess.Popen[str] | None = None
+        self.next_retrain = 0.0
+        self.episode: dict[str, Any] | None = None
+        self.counters = {"samples": 0, "windows": 0, "alerts": 0}
+        self.errors: dict[str, int] = {}
+        self.last: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._load_model()
+        self._reload_recent()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Tick on a drift-free schedule until :meth:`stop`; always cleans up."""
+        if self.exporter is not None:
+            self.exporter.update(self.snapshot())
+            self.exporter.start()
+        next_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self.tick()
+                next_at += self.cfg.interval
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            self.shutdown()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        if self.episode is not None:
+            self._close_episode()
+        if self.responder is not None:
+            self.responder.close()
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+        if self.exporter is not None:
+            self.exporter.stop()
+        self.history.close()
+
+    # -- one iteration -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock()
+        t0 = time.perf_counter()
+        try:
+            metrics = self.collector.sample()
+        except Exception as exc:  # a collector bug must not kill the agent; count it
+            self._error("sample", exc)
+            return
+        self.last["sample_s"] = time.perf_counter() - t0
+        self.last["sample_ts"] = now
+        self.last["metrics"] = metrics
+        self.counters["samples"] += 1
+        self.history.add_sample(now, metrics)
+        row = np.array([metrics.get(c, np.nan) for c in METRIC_COLUMNS], dtype=np.float64)
+        self.recent.append((now, row))
+        while self.recent and self.recent[0][0] < now - LOOKBACK_S - 2 * self.cfg.window:
+            self.recent.popleft()
+        self._poll_child()
+        if self.model is not None:
+            self._score(now)
+        self._maybe_train(now)
+        if self.responder is not None:
+            try:
+                self.responder.after_tick(self, now, metrics)
+            except Exception as exc:  # responding is best effort; scoring goes on
+                self._error("respond", exc)
+        if self.exporter is not None:
+            self.exporter.update(self.snapshot())
+
+    def _score(self, now: float) -> None:
+        assert self.model is not None
+        t0 = time.perf_counter()
+        ts = np.array([t for t, _ in self.recent])
+        values = np.vstack([r for _, r in self.recent])
+        win = make_windows(
+            ts,
+            values,
+            METRIC_COLUMNS,
+            self.model.window,
+            self.model.hop,
+            interval=self.cfg.interval,
+            until=now,
+        )
+        fresh = [i for i, s in enumerate(win.slots) if self.last_slot is None or s > self.last_slot]
+        if not fresh:
+            return
+        _, F = extract(win)
+        for i in fresh:
+            self._score_window(win.starts[i], win.ends[i], int(win.slots[i]), F[i])
+        self.last["score_s"] = time.perf_counter() - t0
+        self.last["score_ts"] = now
+
+    def _score_window(self, start: float, end: float, slot: int, f: np.ndarray) -> None:
+        assert self.model is not None and self.alert is not None
+        scorer = self.model.scorer
+        score = float(scorer.score(f[None, :])[0])
+        was = self.alert.active
+        alerted = self.alert.update(score, slot)
+        self.last_slot = slot
+        self.counters["windows"] += 1
+        self.history.add_window(start, end, score, scorer.threshold, alerted)
+        share = scorer.contributions(f[None, :])[0]
+        self.last["score"] = score
+        self.last["features"] = dict(zip(scorer.feature_names, f.tolist(), strict=True))
+        self.last["contributions"] = dict(zip(scorer.feature_names, share.tolist(), strict=True))
+        if alerted and not was:
+            self.counters["alerts"] += 1
+            self.episode = {
+                "start": start,
+                "end": end,
+                "score": score,
+                "top_features": scorer.explain(f, top=3),
+            }
+            if self.responder is not None:
+                self.responder.on_alert(self, self.episode, f)
+        elif alerted and self.episode is not None:
+            self.episode["end"] = end
+            if score > self.episode["score"]:
+                self.episode.update(score=score, top_features=scorer.explain(f, top=3))
+        elif not alerted and self.episode is not None:
+            self._close_episode()
+
+    def _close_episode(self) -> None:
+        assert self.episode is not None
+        line = {"host": self.cfg.host, **self.episode}
+        self.episode = None
+        try:
+            fd = os.open(self.cfg.event_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line, sort_keys=True) + "\n")
+        except OSError as exc:
+            self._error("event_log", exc)
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def learning_progress(self) -> float:
+        if self.model is not None:
+            return 1.0
+        return min(1.0, self.history.span_seconds() / max(self.cfg.learn_for, 1e-9))
+
+    def _maybe_train(self, now: float) -> None:
+        if self.child is not None:
+            return
+        due = now >= self.next_retrain and (self.model is not None or self.learning_progress() >= 1)
+        if not due:
+            return
+        ts, values = self.history.samples(since=now - self.cfg.retrain_history)
+        keep = exclusion_mask(ts, self.history.alerted_windows(), EXCLUDE_MARGIN_S)
+        if self.episode is not None:
+            keep &= ts < self.episode["start"] - EXCLUDE_MARGIN_S
+        path = self.data_dir / "train-input.npz"
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(METRIC_COLUMNS))
+        atomic_write(path, buf.getvalue(), mode=0o600)
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.retrain",
+            "--input",
+            str(path),
+            "--models",
+            str(self.models_dir),
+            "--host",
+            self.cfg.host,
+            "--window",
+            str(self.cfg.window),
+            "--hop",
+            str(self.cfg.hop),
+            "--alert-windows",
+            str(self.cfg.alert_windows),
+        ]
+        log.info("training on %d samples (%d left out around alerts)", keep.sum(), (~keep).sum())
+        self.child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.next_retrain = now + self.cfg.retrain_every
+
+    def _poll_child(self) -> None:
+        if self.child is None or self.child.poll() is None:
+            return
+        out, err = self.child.communicate()
+        rc, self.child = self.child.returncode, None
+        try:
+            result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        except ValueError:
+            result = {}
+        if rc != 0:
+            self._error("train", RuntimeError(result.get("error") or err.strip()[-500:]))
+            # back off instead of retraining every tick on data that cannot work yet
+            self.next_retrain = self.clock() + max(60.0, 6 * self.cfg.interval)
+            return
+        log.info("training finished: %s", result)
+        if result.get("accepted"):
+            self._load_model()
+
+    def _load_model(self) -> None:
+        if not (self.models_dir / host_dirname(self.cfg.host) / META).is_file():
+            return
+        try:
+            model = load_model(self.models_dir, self.cfg.host)
+        except (ModelError, InputError, OSError, ValueError) as exc:
+            self._error("model", exc)
+            return
+        self.model = model
+        old = self.alert
+        self.alert = AlertState(
+            model.threshold, model.scorer.alert_windows, model.scorer.clear_windows
+        )
+        if old is not None:  # keep an ongoing episode open across a model swap
+            self.alert.active = old.active
+        trained = float(model.meta.get("created_at", self.clock()))
+        self.next_retrain = max(self.next_retrain, trained + self.cfg.retrain_every)
+
+    def _reload_recent(self) -> None:
+        """After a restart, the last hour of stored samples feeds the rolling features again."""
+        now = self.clock()
+        ts, values = self.history.samples(since=now - LOOKBACK_S - 2 * self.cfg.window)
+        for t, row in zip(ts, values, strict=True):
+            self.recent.append((float(t), row))
+        if len(ts):
+            self.last_slot = int(np.floor(now / self.cfg.hop)) - 1
+
+    def _error(self, stage: str, exc: BaseException) -> None:
+        self.errors[stage] = self.errors.get(stage, 0) + 1
+        log.warning("%s failed: %s", stage, exc)
+
+    # -- export ------------------------------------------------------------------------------
+
+    def snapshot(self) -> AgentSnapshot:
+        m = self.model
+        metrics = self.last.get("metrics") or {}
+        top = metrics.get("top_proc_cpu_percent")
+        cores = os.cpu_count() or 1
+        errors = dict(self.errors)
+        if self.history.errors_total:
+            errors["history"] = self.history.errors_total
+        for name, n in getattr(self.collector, "errors", {}).items():
+            if n:
+                errors[f"source_{name}"] = n
+        extra: dict[str, Any] = {}
+        if self.responder is not None:
+            extra = self.responder.snapshot_fields()
+        telemetry = {
+            k: float(v)
+            for k, v in metrics.items()
+            if k in METRIC_COLUMNS and v is not None and np.isfinite(v)
+        }
+        return AgentSnapshot(
+            anomaly_score=self.last.get("score") if m is not None else None,
+            anomaly_threshold=m.threshold if m is not None else None,
+            alert_active=bool(self.alert.active) if self.alert is not None else False,
+            alerts_total=self.counters["alerts"],
+            feature_values={
+                k: v for k, v in (self.last.get("features") or {}).items() if np.isfinite(v)
+            },
+            feature_contributions=self.last.get("contributions") or {},
+            model_version=str(m.meta.get("sha256", ""))[:12] if m is not None else None,
+            model_schema_version=SCHEMA_VERSION if m is not None else None,
+            model_trained_timestamp_seconds=m.meta.get("created_at") if m is not None else None,
+            model_training_windows=m.meta.get("windows") if m is not None else None,
+            learning=m is None,
+            learning_progress_ratio=self.learning_progress(),
+            top_process_cpu_ratio=(
+                min(1.0, max(0.0, top / (100.0 * cores)))
+                if top is not None and np.isfinite(top)
+                else None
+            ),
+            telemetry=telemetry,
+            last_sample_timestamp_seconds=self.last.get("sample_ts"),
+            last_score_timestamp_seconds=self.last.get("score_ts"),
+            sample_duration_seconds=self.last.get("sample_s"),
+            score_duration_seconds=self.last.get("score_s"),
+            source_up={
+                name: n == 0 or name in getattr(self.collector, "_ok", set())
+                for name, n in getattr(self.collector, "errors", {}).items()
+            },
+            samples_total=self.counters["samples"],
+            windows_scored_total=self.counters["windows"],
+            errors_total=errors,
+            **extra,
+        )
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the on-host agent (learn, score, export)")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file")
+    p.add_argument("--port", default=None, help="exporter port (default 10091)")
+    p.add_argument("--address", default=None, help="exporter bind address")
+    p.add_argument("--interval", default=None, help="sampling interval, e.g. 10s")
+    p.add_argument("--window", default=None, help="window length, e.g. 60s")
+    p.add_argument("--learn-for", default=None, help="history needed before the first model")
+    p.add_argument("--retrain-every", default=None, help="retraining period, e.g. 24h")
+    p.add_argument("--data-dir", default=None, help="state folder (default /var/lib/minerwatch)")
+    p.add_argument("--host", default=None, help="host name for models and events")
+    p.add_argument(
+        "--textfile",
+        default=None,
+        metavar="DIR",
+        help="also write metrics into node_exporter's textfile-collector folder",
+    )
+    p.add_argument("--web-config", default=None, help="TLS / basic-auth web config file")
+    p.add_argument("--log-level", default="INFO")
+    try:
+        from service.throttle import add_serve_arguments
+    except ImportError:
+        pass
+    else:
+        add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    overrides = {
+        "interval": args.interval,
+        "window": args.window,
+        "learn_for": args.learn_for,
+        "retrain_every": args.retrain_every,
+        "data_dir": args.data_dir,
+        "host": args.host,
+        "exporter.port": args.port,
+        "exporter.address": args.address,
+        "exporter.textfile_dir": args.textfile,
+        "exporter.web_config": args.web_config,
+    }
+    for flag, key in (
+        ("throttle", "enabled"),
+        ("throttle_cpu", "cpu_percent"),
+        ("throttle_hold", "hold"),
+        ("throttle_dry_run", "dry_run"),
+    ):
+        value = getattr(args, flag, None)
+        if value not in (None, False):
+            overrides[f"throttle.{key}"] = value
+    return load_config(args.config, overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg = config_from_args(args)
+    exporter = Exporter(
+        port=cfg.exporter.port,
+        address=cfg.exporter.address,
+        web_config=cfg.exporter.web_config,
+        textfile_dir=cfg.exporter.textfile_dir,
+    )
+    responder = None
+    try:
+        from service.respond import Responder
+    except ImportError:
+        pass
+    else:
+        responder = Responder(cfg)
+    agent = Agent(cfg, exporter=exporter, responder=responder)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "minerwatch agent for %s: metrics on %s:%d, data in %s",
+        cfg.host,
+        cfg.exporter.address,
+        exporter.port if exporter else 0,
+        cfg.data_dir,
+    )
+    agent.run()
+    return 0

@@ -1,0 +1,662 @@
+"""Evidence files: one JSON snapshot per alert episode, for the person who has to respond.
+
+An alert is only useful if someone can act on it after the miner has moved on, so at the
+first alert of an episode the agent freezes what a responder would ask first: which
+processes, from which binary (and its sha256, read through ``/proc/<pid>/exe`` so a binary
+deleted from disk still hashes), started by whom and from where, talking to what; plus the
+usual persistence spots (crontabs, systemd units changed recently, ``/etc/ld.so.preload``)
+and who is logged in.
+
+Files hold command lines and paths, so they are written 0600 into a 0700 directory,
+atomically (temp file, fsync, ``os.replace``), bounded in size (sections are cut, and named
+in ``truncated``) and in rate (one per episode, at most one per ``min_interval_s``, at most
+``max_files`` kept). Nothing about one item (a vanished process, an unreadable crontab)
+stops the rest: the error is recorded in the file instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from features.errors import InputError
+from service.indicators import IndicatorHit, read_exe_link
+
+DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
+FORMAT = "minerwatch-evidence"
+FORMAT_VERSION = 1
+
+_MIB = 1 << 20
+_MAX_PROCESSES = 10
+_MAX_PARENTS = 32
+_MAX_CONNECTIONS = 64
+_MAX_LISTENING = 256
+_MAX_FILES_PER_SECTION = 500
+_MAX_WALK = 20_000
+_MAX_ARG_CHARS = 1024
+_MAX_CMDLINE_ARGS = 64
+_SMALL_FILE = 16 * 1024
+_CHUNK = _MIB
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+
+#: Sections cut first when a file would exceed its size bound (most to least expendable).
+_SHRINK_ORDER = (
+    "errors",
+    "systemd_units",
+    "crontabs",
+    "listening",
+    "logged_in",
+    "explanation",
+    "processes",
+    "indicators",
+    "features",
+    "ld_so_preload",
+)
+#: Heavy per-item keys dropped before a list is halved.
+_HEAVY_KEYS = ("content", "connections", "parents", "cmdline")
+_CUT = "[truncated]"
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where the host keeps what we collect; tests point these into a temp dir."""
+
+    proc: Path = Path("/proc")
+    crontab: Path = Path("/etc/crontab")
+    cron_dirs: tuple[Path, ...] = (
+        Path("/etc/cron.d"),
+        Path("/var/spool/cron"),
+        Path("/etc/cron.hourly"),
+        Path("/etc/cron.daily"),
+        Path("/etc/cron.weekly"),
+        Path("/etc/cron.monthly"),
+    )
+    systemd_dirs: tuple[Path, ...] = (
+        Path("/etc/systemd/system"),
+        Path("/lib/systemd/system"),
+        Path("/usr/lib/systemd/system"),
+        Path("/run/systemd/system"),
+    )
+    #: ``<root>`` and each ``<root>/*`` is a home; its ``.config/systemd/user`` is scanned.
+    home_roots: tuple[Path, ...] = (Path("/root"), Path("/home"))
+    ld_so_preload: Path = Path("/etc/ld.so.preload")
+
+
+def _clean(value: str, limit: int = _MAX_ARG_CHARS) -> str:
+    """Make process-supplied text safe for JSON readers: undecodable bytes shown as \\xNN."""
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if len(text) <= limit else text[:limit] + "...[cut]"
+
+
+def _err(exc: BaseException) -> str:
+    return _clean(f"{type(exc).__name__}: {exc}", 300)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _addr(a: Any) -> str:
+    if not a:
+        return ""
+    return f"[{a.ip}]:{a.port}" if ":" in a.ip else f"{a.ip}:{a.port}"
+
+
+def hash_file(path: Path, cap_bytes: int) -> dict[str, Any]:
+    """sha256 and size of a file, or the reason there is none (too big, unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > cap_bytes:
+                return {"sha256": None, "size": size, "hash_error": f"larger than {cap_bytes}"}
+            digest = hashlib.sha256()
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        return {"sha256": None, "hash_error": _err(exc)}
+    return {"sha256": digest.hexdigest(), "size": size}
+
+
+def fit_to_size(doc: dict[str, Any], max_bytes: int) -> bytes:
+    """Serialise ``doc``, cutting sections in :data:`_SHRINK_ORDER` until it fits.
+
+    Cut sections are listed in ``doc["truncated"]``; the header fields are never cut.
+    """
+    doc.setdefault("truncated", [])
+    data = _dumps(doc)
+    for key in _SHRINK_ORDER:
+        while len(data) > max_bytes:
+            smaller = _shrink(doc.get(key))
+            if smaller is None:
+                break
+            doc[key] = smaller
+            if key not in doc["truncated"]:
+                doc["truncated"].append(key)
+            data = _dumps(doc)
+    if len(data) > max_bytes:
+        raise ValueError(f"evidence header alone exceeds {max_bytes} bytes")
+    return data
+
+
+def _shrink(value: Any) -> Any | None:
+    """One step smaller, or None when nothing is left to cut."""
+    if isinstance(value, list):
+        for heavy in _HEAVY_KEYS:
+            if any(_is_heavy(i, heavy) for i in value):
+                return [{**i, heavy: _CUT} if _is_heavy(i, heavy) else i for i in value]
+        return value[: len(value) // 2] if value else None
+    if isinstance(value, dict):
+        return {} if value else None
+    if isinstance(value, str):
+        return "" if value else None
+    return None
+
+
+def _is_heavy(item: Any, key: str) -> bool:
+    return isinstance(item, dict) and bool(item.get(key)) and item[key] != _CUT
+
+
+def _dumps(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, indent=1, default=str, allow_nan=False).encode("ascii")
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class EvidenceWriter:
+    """Writes one bounded, owner-only evidence file per alert episode.
+
+    Call :meth:`write` on every alerting window of an episode: it writes at the first call
+    that is allowed by the rate limit and returns None for the rest.
+
+    >>> import tempfile
+    >>> w = EvidenceWriter(Path(tempfile.mkdtemp()) / "ev", min_interval_s=0)
+    >>> p = w.write("ep1", 0.9, 0.7, {"cpu_percent": 97.0}, [], [], [])
+    >>> oct(p.stat().st_mode & 0o777), w.write("ep1", 0.9, 0.7, {}, [], [], []) is None
+    ('0o600', True)
+    """
+
+    def __init__(
+        self,
+        dir: Path,
+        max_bytes_per_file: int = _MIB,
+        max_files: int = 200,
+        min_interval_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        paths: HostPaths = HostPaths(),  # noqa: B008 - frozen dataclass, safe as a default
+        recent_days: float = 7.0,
+        hash_cap_bytes: int = 256 * _MIB,
+        users: Callable[[], Sequence[Any]] = psutil.users,
+        net_connections: Callable[..., Sequence[Any]] = psutil.net_connections,
+    ) -> None:
+        if max_bytes_per_file < 4096:
+            raise ValueError("max_bytes_per_file must be at least 4096")
+        if max_files < 1:
+            raise ValueError("max_files must be at least 1")
+        self.dir = Path(dir)
+        self.max_bytes_per_file = max_bytes_per_file
+        self.max_files = max_files
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.paths = paths
+        self.recent_days = recent_days
+        self.hash_cap_bytes = hash_cap_bytes
+        self.users = users
+        self.net_connections = net_connections
+        self._last_write: float | None = None
+        self._episodes: set[str] = set()
+
+    # -- public ---------------------------------------------------------------------------
+
+    def write(
+        self,
+        episode_id: str,
+        score: float,
+        threshold: float,
+        features: Mapping[str, float],
+        explanation: Sequence[Mapping[str, Any]],
+        top_pids: Sequence[int],
+        hits: Sequence[IndicatorHit],
+    ) -> Path | None:
+        """Collect and write the evidence for ``episode_id``; None if done or rate-limited."""
+        safe_id = _SAFE_ID.sub("_", episode_id)[:64].lstrip(".") or "episode"
+        now = self.clock()
+        if safe_id in self._episodes:
+            return None
+        if self._last_write is not None and now - self._last_write < self.min_interval_s:
+            return None
+        self._ensure_dir()
+        if any(self.dir.glob(f"*-{safe_id}.json")):
+            self._episodes.add(safe_id)
+            return None
+        doc = self.collect(safe_id, now, score, threshold, features, explanation, top_pids, hits)
+        data = fit_to_size(doc, self.max_bytes_per_file)
+        path = self.dir / f"{datetime.fromtimestamp(now, UTC):%Y%m%dT%H%M%SZ}-{safe_id}.json"
+        _atomic_write(path, data)
+        self._last_write = now
+        self._episodes.add(safe_id)
+        self._prune()
+        return path
+
+    def collect(
+        self,
+        episode_id: str,
+        now: float,
+        score: float,
+        threshold: float,
+        features: Mapping[str, float],
+        explanation: Sequence[Mapping[str, Any]],
+        top_pids: Sequence[int],
+        hits: Sequence[IndicatorHit],
+    ) -> dict[str, Any]:
+        """The evidence document as a dict (no size bound yet); public for inspection."""
+        errors: list[str] = []
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "episode_id": episode_id,
+            "written_at": now,
+            "written_at_utc": _iso(now),
+            "hostname": socket.gethostname(),
+            "score": _finite(score),
+            "threshold": _finite(threshold),
+            "features": {str(k): _finite(v) for k, v in features.items()},
+            "explanation": [dict(e) for e in explanation],
+            "indicators": [h.as_dict() for h in hits],
+            "processes": [self.process_record(pid) for pid in list(top_pids)[:_MAX_PROCESSES]],
+            "listening": self._listening(errors),
+            "crontabs": self._recent_files(self._cron_files(), now, content=True),
+            "systemd_units": self._recent_files(self._unit_files(), now, content=True),
+            "ld_so_preload": self._ld_so_preload(),
+            "logged_in": self._logged_in(errors),
+            "errors": errors,
+            "truncated": [],
+        }
+
+    # -- processes ------------------------------------------------------------------------
+
+    def process_record(self, pid: int) -> dict[str, Any]:
+        """Everything we can learn about one process; failures land in its ``errors``."""
+        rec: dict[str, Any] = {"pid": pid}
+        errors: list[str] = []
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess as exc:
+            rec["error"] = _err(exc)
+            return rec
+        exe, deleted = read_exe_link(pid, self.paths.proc)
+        rec["exe"] = _clean(exe, 4096)
+        rec["exe_deleted"] = deleted
+        if exe:
+            rec.update(hash_file(self.paths.proc / str(pid) / "exe", self.hash_cap_bytes))
+        getters: dict[str, Callable[[], Any]] = {
+            "name": lambda: _clean(proc.name()),
+            "ppid": proc.ppid,
+            "username": proc.username,
+            "uids": lambda: list(proc.uids()),
+            "create_time": proc.create_time,
+            "cwd": lambda: _clean(proc.cwd(), 4096),
+            "status": proc.status,
+            "num_threads": proc.num_threads,
+            "cmdline": lambda: [_clean(a) for a in proc.cmdline()[:_MAX_CMDLINE_ARGS]],
+            "connections": lambda: self._connections(proc),
+        }
+        for key, getter in getters.items():
+            try:
+                rec[key] = getter()
+            except (psutil.Error, OSError, KeyError) as exc:
+                rec[key] = None
+                errors.append(f"{key}: {_err(exc)}")
+        if isinstance(rec.get("create_time"), float):
+            rec["create_time_utc"] = _iso(rec["create_time"])
+        rec["parents"] = self._parents(proc, errors)
+        rec["errors"] = errors
+        return rec
+
+    def _connections(self, proc: psutil.Process) -> list[dict[str, Any]]:
+        conns = proc.net_connections(kind="inet")[:_MAX_CONNECTIONS]
+        return [
+            {
+                "proto": "tcp" if c.type == socket.SOCK_STREAM else "udp",
+                "local": _addr(c.laddr),
+                "remote": _addr(c.raddr),
+                "status": c.status,
+            }
+            for c in conns
+        ]
+
+    def _parents(self, proc: psutil.Process, errors: list[str]) -> list[dict[str, Any]]:
+        chain: list[dict[str, Any]] = []
+        try:
+            parent = proc.parent()
+        except psutil.Error as exc:
+            errors.append(f"parents: {_err(exc)}")
+            return chain
+        while parent is not None and len(chain) < _MAX_PARENTS:
+            entry: dict[str, Any] = {"pid": parent.pid}
+            exe, _ = read_exe_link(parent.pid, self.paths.proc)
+            entry["exe"] = _clean(exe, 4096)
+            try:
+                entry["name"] = _clean(parent.name())
+                entry["username"] = parent.username()
+                entry["cmdline"] = [_clean(a, 256) for a in parent.cmdline()[:16]]
+                nxt = parent.parent() if parent.pid > 1 else None
+            except (psutil.Error, KeyError) as exc:
+                entry["error"] = _err(exc)
+                nxt = None
+            chain.append(entry)
+            parent = nxt
+        return chain
+
+    # -- host-wide sections ---------------------------------------------------------------
+
+    def _listening(self, errors: list[str]) -> list[dict[str, Any]]:
+        try:
+            conns = self.net_connections(kind="inet")
+        except (psutil.Error, OSError) as exc:
+            errors.append(f"listening: {_err(exc)}")
+            return []
+        out: list[dict[str, Any]] = []
+        names: dict[int, str] = {}
+        for c in conns:
+            tcp = c.type == socket.SOCK_STREAM
+            if (tcp and c.status != psutil.CONN_LISTEN) or (not tcp and c.raddr):
+                continue
+            entry: dict[str, Any] = {"proto": "tcp" if tcp else "udp", "local": _addr(c.laddr)}
+            if c.pid:
+                entry["pid"] = c.pid
+                if c.pid not in names:
+                    try:
+                        names[c.pid] = _clean(psutil.Process(c.pid).name())
+                    except psutil.Error:
+                        names[c.pid] = ""
+                entry["name"] = names[c.pid]
+            out.append(entry)
+            if len(out) >= _MAX_LISTENING:
+                break
+        return sorted(out, key=lambda e: (e["proto"], e["local"]))
+
+    def _cron_files(self) -> Iterator[Path]:
+        yield self.paths.crontab
+        for d in self.paths.cron_dirs:
+            yield from _walk(d)
+
+    def _unit_files(self) -> Iterator[Path]:
+        seen: set[str] = set()
+        dirs = list(self.paths.systemd_dirs)
+        for root in self.paths.home_roots:
+            dirs.append(root / ".config/systemd/user")
+            try:
+                dirs.extend(h / ".config/systemd/user" for h in sorted(root.iterdir()))
+            except OSError:
+                continue
+        for d in dirs:
+            try:
+                real = os.path.realpath(d)
+            except OSError:
+                continue
+            if real in seen:
+                continue
+            seen.add(real)
+            yield from _walk(d)
+
+    def _recent_files(
+        self, files: Iterator[Path], now: float, content: bool
+    ) -> list[dict[str, Any]]:
+        """Files modified within ``recent_days`` of ``now``: path, mtime, size, small content."""
+        cutoff = now - self.recent_days * 86400
+        out: list[dict[str, Any]] = []
+        for path in files:
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                out.append({"path": _clean(str(path), 4096), "error": _err(exc)})
+                continue
+            if st.st_mtime < cutoff:
+                continue
+            entry: dict[str, Any] = {
+                "path": _clean(str(path), 4096),
+                "mtime": st.st_mtime,
+                "mtime_utc": _iso(st.st_mtime),
+                "size": st.st_size,
+                "mode": oct(stat.S_IMODE(st.st_mode)),
+                "uid": st.st_uid,
+            }
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    entry["link_target"] = _clean(os.readlink(path), 4096)
+                except OSError as exc:
+                    entry["error"] = _err(exc)
+            elif content and stat.S_ISREG(st.st_mode) and st.st_size <= _SMALL_FILE:
+                try:
+                    entry["content"] = _clean(path.read_text(errors="surrogateescape"), _SMALL_FILE)
+                except OSError as exc:
+                    entry["error"] = _err(exc)
+            out.append(entry)
+            if len(out) >= _MAX_FILES_PER_SECTION:
+                break
+        return sorted(out, key=lambda e: -float(e.get("mtime", 0.0)))
+
+    def _ld_so_preload(self) -> dict[str, Any]:
+        path = self.paths.ld_so_preload
+        out: dict[str, Any] = {"path": str(path)}
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(_SMALL_FILE + 1)
+        except FileNotFoundError:
+            out["exists"] = False
+            return out
+        except OSError as exc:
+            out["exists"] = None
+            out["error"] = _err(exc)
+            return out
+        out["exists"] = True
+        out["content"] = _clean(raw.decode("utf-8", "surrogateescape"), _SMALL_FILE)
+        return out
+
+    def _logged_in(self, errors: list[str]) -> list[dict[str, Any]]:
+        try:
+            users = self.users()
+        except (psutil.Error, OSError) as exc:
+            errors.append(f"logged_in: {_err(exc)}")
+            return []
+        return [
+            {
+                "name": _clean(u.name),
+                "terminal": _clean(u.terminal or ""),
+                "host": _clean(u.host or ""),
+                "started": u.started,
+                "started_utc": _iso(u.started),
+                "pid": u.pid,
+            }
+            for u in users
+        ]
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _ensure_dir(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(self.dir.stat().st_mode) != 0o700:
+            os.chmod(self.dir, 0o700)
+
+    def _prune(self) -> None:
+        files = evidence_files(self.dir)
+        for old in files[: max(0, len(files) - self.max_files)]:
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                continue
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Files and symlinks under ``root`` (not following links), bounded; missing root is empty."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
+            count += 1
+            if count > _MAX_WALK:
+                return
+            yield Path(dirpath, name)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Owner-only file via temp name + fsync + rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading back
+
+
+def evidence_files(dir: Path) -> list[Path]:
+    """Evidence files in ``dir``, oldest first (names start with a UTC timestamp)."""
+    try:
+        names = sorted(p for p in Path(dir).glob("*.json") if not p.name.startswith("."))
+    except OSError:
+        return []
+    return [p for p in names if p.is_file()]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="ascii", errors="replace"))
+    except PermissionError as exc:
+        raise InputError(str(path), None, "a readable evidence file (run as root)", None) from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(str(path), None, "an evidence JSON file", _err(exc)) from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(str(path), None, f"format {FORMAT!r}", repr(type(doc).__name__))
+    return doc
+
+
+def list_evidence(dir: Path = DEFAULT_DIR) -> list[dict[str, Any]]:
+    """A summary per evidence file, oldest first; unreadable files are listed with an error."""
+    out: list[dict[str, Any]] = []
+    for path in evidence_files(dir):
+        entry: dict[str, Any] = {"name": path.name, "path": str(path)}
+        try:
+            doc = _load(path)
+        except InputError as exc:
+            entry["error"] = str(exc)
+            out.append(entry)
+            continue
+        procs = doc.get("processes") or []
+        top = procs[0] if procs and isinstance(procs[0], dict) else {}
+        entry.update(
+            time=doc.get("written_at"),
+            time_utc=doc.get("written_at_utc"),
+            episode_id=doc.get("episode_id"),
+            score=doc.get("score"),
+            top_process=top.get("name"),
+            top_pid=top.get("pid"),
+        )
+        out.append(entry)
+    return out
+
+
+def show(dir: Path, name: str) -> dict[str, Any]:
+    """One evidence file by file name (with or without ``.json``) or by episode id."""
+    if not name or "/" in name or "\0" in name or name.startswith("."):
+        raise InputError(name, None, "a file name from 'minerwatch evidence list'", repr(name))
+    files = evidence_files(dir)
+    stem = name[:-5] if name.endswith(".json") else name
+    for path in files:
+        if path.stem == stem:
+            return _load(path)
+    matches = [p for p in files if p.stem.endswith(f"-{stem}")]
+    if matches:
+        return _load(matches[-1])
+    raise InputError(str(Path(dir) / name), None, "an existing evidence file", "no such file")
+
+
+# ---------------------------------------------------------------------------------------
+# CLI: minerwatch evidence list|show
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``evidence list|show`` on the main CLI's subparsers; returns the new parser."""
+    parser = subparsers.add_parser(
+        "evidence",
+        help="list or show evidence files written on alerts",
+        description="Read the evidence files the agent writes at the first alert of an episode.",
+    )
+    sub = parser.add_subparsers(dest="evidence_command", required=True, metavar="{list,show}")
+    lister = sub.add_parser("list", help="one line per evidence file, oldest first")
+    lister.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="evidence directory")
+    lister.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    shower = sub.add_parser("show", help="print one evidence file as JSON")
+    shower.add_argument("name", help="file name or episode id, as printed by 'list'")
+    shower.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="evidence directory")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _printable(value: Any) -> str:
+    """Process names are attacker-chosen; never let them drive the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Execute ``evidence list|show``; bad names raise :class:`InputError` (exit code 2)."""
+    stream = out if out is not None else sys.stdout
+    if args.evidence_command == "show":
+        json.dump(show(args.dir, args.name), stream, indent=2, sort_keys=False)
+        stream.write("\n")
+        return 0
+    entries = list_evidence(args.dir)
+    if args.json:
+        json.dump(entries, stream, indent=2)
+        stream.write("\n")
+        return 0
+    if not entries:
+        print(f"no evidence files in {args.dir}", file=sys.stderr)
+        return 0
+    stream.write(f"{'NAME':<48} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
+    for e in entries:
+        if "error" in e:
+            stream.write(f"{_printable(e['name']):<48} error: {_printable(e['error'])}\n")
+            continue
+        score = f"{e['score']:.3f}" if isinstance(e.get("score"), float) else "-"
+        top = f"{_printable(e.get('top_process') or '-')} (pid {e.get('top_pid')})"
+        name = _printable(e["name"])
+        stream.write(f"{name:<48} {_printable(e.get('time_utc') or '-'):<20} {score:>6}  {top}\n")
+    return 0

@@ -1,0 +1,414 @@
+"""Prometheus exposition of the agent's latest :class:`~service.state.AgentSnapshot`.
+
+A scrape only turns the current snapshot into metric families: the agent swaps the
+snapshot reference after each loop, so scrapes never sample, score or wait on a lock.
+The HTTP server is a small ``http.server`` so that paths (``/metrics`` only), TLS and
+basic auth (exporter-toolkit web config) are under our control. With a textfile
+directory, ``update`` also writes the same minerwatch_* exposition to
+``DIR/minerwatch.prom`` for node_exporter's textfile collector; the process/platform
+metrics stay out of that file because node_exporter exports its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import logging
+import os
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.registry import Collector
+
+from service.state import AgentSnapshot
+from service.webconfig import BasicAuth, load_web_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 10091
+TEXTFILE_NAME = "minerwatch.prom"
+
+#: Every metric the agent exports (exposed name -> help). deploy/README.md lists the same.
+METRICS: dict[str, str] = {
+    "minerwatch_anomaly_score": "Anomaly score of the latest window, 0 (normal) to 1.",
+    "minerwatch_anomaly_threshold": "Calibrated score above which a window counts as anomalous.",
+    "minerwatch_alert_active": "1 while the alert rule is firing on this host, else 0.",
+    "minerwatch_alerts_total": "Alert episodes started since the agent started.",
+    "minerwatch_feature_value": "Feature values of the latest scored window.",
+    "minerwatch_feature_contribution": "Share of the latest anomaly score due to each feature.",
+    "minerwatch_model_info": "Loaded baseline model (value is always 1).",
+    "minerwatch_model_trained_timestamp_seconds": "Unix time the loaded model was trained.",
+    "minerwatch_model_training_windows": "Number of windows the loaded model was trained on.",
+    "minerwatch_model_age_seconds": "Seconds since the loaded model was trained.",
+    "minerwatch_learning_progress_ratio": "Progress of the learning phase, 0 to 1.",
+    "minerwatch_learning": "1 while the agent is still learning this host's baseline, else 0.",
+    "minerwatch_top_process_cpu_ratio": "CPU of the busiest process as a share of the host, 0-1.",
+    "minerwatch_telemetry": "Latest raw telemetry sample; metric is the telemetry column name.",
+    "minerwatch_sample_duration_seconds": "Time taken by the latest telemetry sample.",
+    "minerwatch_score_duration_seconds": "Time taken to score the latest window.",
+    "minerwatch_samples_total": "Telemetry samples taken since the agent started.",
+    "minerwatch_windows_scored_total": "Windows scored since the agent started.",
+    "minerwatch_errors_total": "Errors since the agent started, by stage.",
+    "minerwatch_source_up": "1 if the telemetry source worked in the latest sample, else 0.",
+    "minerwatch_last_sample_timestamp_seconds": "Unix time of the latest telemetry sample.",
+    "minerwatch_last_score_timestamp_seconds": "Unix time of the latest scored window.",
+    "minerwatch_indicator_hits": "Mining indicators matched in the latest sample, by indicator.",
+    "minerwatch_throttled_processes": "Processes currently throttled by the agent.",
+    "minerwatch_throttle_actions_total": "Throttling actions taken since start, by action.",
+    "minerwatch_build_info": "Agent build (value is always 1).",
+}
+
+
+class SnapshotCollector(Collector):
+    """Builds fresh metric families from whatever snapshot ``get_snapshot`` returns.
+
+    ``extra_errors`` returns errors the exporter itself hit (e.g. textfile writes), added to
+    ``minerwatch_errors_total`` so operators see them in the same place.
+    """
+
+    def __init__(
+        self,
+        get_snapshot: Callable[[], AgentSnapshot],
+        clock: Callable[[], float] = time.time,
+        extra_errors: Callable[[], dict[str, int]] = dict,
+    ) -> None:
+        self._get_snapshot = get_snapshot
+        self._clock = clock
+        self._extra_errors = extra_errors
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._get_snapshot()
+        yield from snapshot_families(s, now=self._clock(), extra_errors=self._extra_errors())
+
+
+def snapshot_families(
+    s: AgentSnapshot, now: float, extra_errors: dict[str, int] | None = None
+) -> Iterator[Metric]:
+    """Pure conversion of a snapshot to metric families; ``None``/NaN values are left out."""
+
+    def gauge(name: str, value: float | None) -> Iterator[Metric]:
+        if value is not None and value == value:  # skip None and NaN
+            yield GaugeMetricFamily(name, METRICS[name], value=float(value))
+
+    def labelled(
+        name: str, label: str, values: Any, kind: type[GaugeMetricFamily | CounterMetricFamily]
+    ) -> Iterator[Metric]:
+        family = kind(name, METRICS[name], labels=[label])
+        for key, value in sorted(values.items()):
+            if value == value:
+                family.add_metric([key], float(value))
+        if family.samples:
+            yield family
+
+    def counter(name: str, value: float) -> Metric:
+        return CounterMetricFamily(name, METRICS[name], value=float(value))
+
+    yield from gauge("minerwatch_anomaly_score", s.anomaly_score)
+    yield from gauge("minerwatch_anomaly_threshold", s.anomaly_threshold)
+    yield from gauge("minerwatch_alert_active", 1.0 if s.alert_active else 0.0)
+    yield counter("minerwatch_alerts_total", s.alerts_total)
+    yield from labelled("minerwatch_feature_value", "feature", s.feature_values, GaugeMetricFamily)
+    yield from labelled(
+        "minerwatch_feature_contribution", "feature", s.feature_contributions, GaugeMetricFamily
+    )
+    if s.model_version is not None:
+        info = InfoMetricFamily("minerwatch_model", METRICS["minerwatch_model_info"])
+        schema = "" if s.model_schema_version is None else str(s.model_schema_version)
+        info.add_metric([], {"schema_version": schema, "model_version": s.model_version})
+        yield info
+    trained = s.model_trained_timestamp_seconds
+    yield from gauge("minerwatch_model_trained_timestamp_seconds", trained)
+    yield from gauge("minerwatch_model_training_windows", s.model_training_windows)
+    # Age is derived at scrape time so it keeps growing even if the agent loop stalls.
+    yield from gauge("minerwatch_model_age_seconds", None if trained is None else now - trained)
+    yield from gauge("minerwatch_learning_progress_ratio", s.learning_progress_ratio)
+    yield from gauge("minerwatch_learning", 1.0 if s.learning else 0.0)
+    yield from gauge("minerwatch_top_process_cpu_ratio", s.top_process_cpu_ratio)
+    yield from labelled("minerwatch_telemetry", "metric", s.telemetry, GaugeMetricFamily)
+    yield from gauge("minerwatch_sample_duration_seconds", s.sample_duration_seconds)
+    yield from gauge("minerwatch_score_duration_seconds", s.score_duration_seconds)
+    yield counter("minerwatch_samples_total", s.samples_total)
+    yield counter("minerwatch_windows_scored_total", s.windows_scored_total)
+    errors = dict(s.errors_total)
+    for stage, count in (extra_errors or {}).items():
+        errors[stage] = errors.get(stage, 0) + count
+    yield from labelled("minerwatch_errors_total", "stage", errors, CounterMetricFamily)
+    up = {source: 1.0 if ok else 0.0 for source, ok in s.source_up.items()}
+    yield from labelled("minerwatch_source_up", "source", up, GaugeMetricFamily)
+    yield from gauge("minerwatch_last_sample_timestamp_seconds", s.last_sample_timestamp_seconds)
+    yield from gauge("minerwatch_last_score_timestamp_seconds", s.last_score_timestamp_seconds)
+    yield from labelled(
+        "minerwatch_indicator_hits", "indicator", s.indicator_hits, GaugeMetricFamily
+    )
+    yield from gauge("minerwatch_throttled_processes", s.throttled_processes)
+    yield from labelled(
+        "minerwatch_throttle_actions_total", "action", s.throttle_actions_total, CounterMetricFamily
+    )
+    build = InfoMetricFamily("minerwatch_build", METRICS["minerwatch_build_info"])
+    build.add_metric([], {"version": s.version})
+    yield build
+
+
+class Exporter:
+    """Serves ``/metrics`` for the latest snapshot and optionally mirrors it to a textfile.
+
+    >>> exp = Exporter(port=0, address="127.0.0.1")
+    >>> exp.start()
+    >>> exp.update(AgentSnapshot(anomaly_score=0.9, anomaly_threshold=0.5))
+    >>> exp.registry.get_sample_value("minerwatch_anomaly_score")
+    0.9
+    >>> exp.stop()
+
+    ``address="::"`` (the default) listens on IPv6 and IPv4 alike, falling back to
+    ``0.0.0.0`` on hosts without IPv6. ``port=0`` picks a free port (see :attr:`port`).
+    """
+
+    def __init__(
+        self,
+        port: int = DEFAULT_PORT,
+        address: str = "::",
+        registry: CollectorRegistry | None = None,
+        web_config: Path | None = None,
+        textfile_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._port = port
+        self.address = address
+        self.web_config = web_config
+        self.textfile_dir = textfile_dir
+        self._snapshot = AgentSnapshot()
+        self._textfile_errors = 0
+        collector = self._collector = SnapshotCollector(self.snapshot, clock, self._own_errors)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(collector)
+        for standard in (ProcessCollector, PlatformCollector):
+            try:
+                standard(registry=self.registry)
+            except ValueError:  # already there, e.g. prometheus_client's global REGISTRY
+                log.debug("%s already registered", standard.__name__)
+        # The textfile gets only minerwatch_* (node_exporter has its own process metrics).
+        self._textfile_registry = CollectorRegistry()
+        self._textfile_registry.register(collector)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def snapshot(self) -> AgentSnapshot:
+        """The snapshot currently being served."""
+        return self._snapshot
+
+    def _own_errors(self) -> dict[str, int]:
+        return {"textfile": self._textfile_errors} if self._textfile_errors else {}
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (useful with ``port=0``), else the configured one."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._port
+
+    def start(self) -> None:
+        """Bind and serve in a daemon thread; web config errors raise ``InputError``."""
+        if self._server is not None:
+            raise RuntimeError("Exporter already started")
+        tls: ssl.SSLContext | None = None
+        auth: BasicAuth | None = None
+        if self.web_config is not None:
+            config = load_web_config(self.web_config)
+            tls = config.ssl_context()
+            auth = config.authenticator()
+        self._server = _bind(self.address, self._port, tls, auth, self._render)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="minerwatch-exporter",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info(
+            "serving metrics on %s port %d (%s)",
+            self.address,
+            self.port,
+            "https" if tls else "http",
+        )
+
+    def update(self, snapshot: AgentSnapshot) -> None:
+        """Publish a new snapshot (one reference swap) and rewrite the textfile if enabled."""
+        self._snapshot = snapshot
+        if self.textfile_dir is not None:
+            try:
+                write_textfile(self.textfile_dir, generate_latest(self._textfile_registry))
+            except OSError as err:  # a full disk must not stop the agent; count and log it
+                self._textfile_errors += 1
+                log.warning("could not write %s: %s", self.textfile_dir / TEXTFILE_NAME, err)
+
+    def stop(self) -> None:
+        """Stop serving and release the port; safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _render(self, accept: str | None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+def write_textfile(directory: Path, payload: bytes) -> Path:
+    """Atomically replace ``directory/minerwatch.prom`` (temp file, fsync, rename).
+
+    node_exporter may read the file at any moment, so it must never see a partial write;
+    the temp name ends in ``.tmp``, which the textfile collector ignores.
+    """
+    target = directory / TEXTFILE_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".minerwatch.", suffix=".prom.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        family: socket.AddressFamily,
+        address: tuple[str, int],
+        tls: ssl.SSLContext | None,
+        auth: BasicAuth | None,
+        render: Callable[[str | None], tuple[bytes, str]],
+    ) -> None:
+        self.address_family = family
+        self.tls = tls
+        self.auth = auth
+        self.render = render
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn); skip it.
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # TLS handshake in the per-connection thread, so a slow client cannot block accept().
+        if self.tls is not None:
+            request.settimeout(_Handler.timeout)
+            try:
+                tls_request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as err:
+                log.debug("TLS handshake with %s failed: %s", client_address, err)
+                return
+            with tls_request:  # wrap_socket detached ``request``; this one owns the fd now
+                super().finish_request(tls_request, client_address)
+            return
+        super().finish_request(request, client_address)
+
+
+def _bind(
+    address: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    auth: BasicAuth | None,
+    render: Callable[[str | None], tuple[bytes, str]],
+) -> _Server:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        return _Server(family, (address, port), tls, auth, render)
+    except OSError:
+        if address != "::":
+            raise
+        # Host without IPv6: the default still has to work.
+        return _Server(socket.AF_INET, ("0.0.0.0", port), tls, auth, render)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    server_version = "minerwatch"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        if self.server.auth is not None and not self._authorized(self.server.auth):
+            self._send(
+                401,
+                b"Unauthorized\n",
+                "text/plain; charset=utf-8",
+                {"WWW-Authenticate": 'Basic realm="minerwatch", charset="UTF-8"'},
+            )
+            return
+        if urlsplit(self.path).path != "/metrics":
+            self._send(404, b"Not Found: metrics are at /metrics\n", "text/plain; charset=utf-8")
+            return
+        body, content_type = self.server.render(self.headers.get("Accept"))
+        headers = {}
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        self._send(200, body, content_type, headers)
+
+    do_HEAD = do_GET  # noqa: N815 (http.server naming)
+
+    def _authorized(self, auth: BasicAuth) -> bool:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return bool(sep) and auth.check(user, password)
+
+    def _send(
+        self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s - %s", self.address_string(), format % args)

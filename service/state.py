@@ -1,0 +1,115 @@
+"""The agent's latest state as one immutable value the exporter reads.
+
+The agent builds a new :class:`AgentSnapshot` after each sample/score and hands it to
+``Exporter.update``; scrapes only read the current reference, so they never wait for, or
+race with, the sampling loop. Mappings are copied into read-only views at construction,
+so a caller mutating its own dict afterwards cannot change a published snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from importlib import metadata
+from types import MappingProxyType
+from typing import Any
+
+from features.schema import METRIC_COLUMNS
+
+#: Label values must be short code identifiers: this keeps label cardinality bounded and
+#: makes it impossible to leak a command line, process name or pid through a label.
+_LABEL_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+@lru_cache(maxsize=1)
+def package_version() -> str:
+    """The installed minerwatch version, or ``"unknown"`` when run from a bare checkout."""
+    try:
+        return metadata.version("minerwatch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    """Everything the exporter publishes, as of the agent's last loop iteration.
+
+    ``None`` means "not known yet" (no model, no score, no sample) and the matching metric
+    is left out of the exposition rather than exported as NaN. Timestamps are Unix seconds.
+
+    >>> s = AgentSnapshot(anomaly_score=0.2, anomaly_threshold=0.6, samples_total=10)
+    >>> s.alert_active, s.learning, dict(s.feature_values)
+    (False, True, {})
+    """
+
+    # Scoring.
+    anomaly_score: float | None = None
+    anomaly_threshold: float | None = None
+    alert_active: bool = False
+    alerts_total: int = 0
+    feature_values: Mapping[str, float] = field(default_factory=_empty)
+    feature_contributions: Mapping[str, float] = field(default_factory=_empty)
+    # Model.
+    model_version: str | None = None
+    model_schema_version: int | None = None
+    model_trained_timestamp_seconds: float | None = None
+    model_training_windows: int | None = None
+    learning: bool = True
+    learning_progress_ratio: float = 0.0
+    # Latest sample.
+    top_process_cpu_ratio: float | None = None
+    telemetry: Mapping[str, float] = field(default_factory=_empty)
+    last_sample_timestamp_seconds: float | None = None
+    last_score_timestamp_seconds: float | None = None
+    sample_duration_seconds: float | None = None
+    score_duration_seconds: float | None = None
+    source_up: Mapping[str, bool] = field(default_factory=_empty)
+    indicator_hits: Mapping[str, int] = field(default_factory=_empty)
+    # Counters since agent start.
+    samples_total: int = 0
+    windows_scored_total: int = 0
+    errors_total: Mapping[str, int] = field(default_factory=_empty)
+    # Throttling.
+    throttled_processes: int = 0
+    throttle_actions_total: Mapping[str, int] = field(default_factory=_empty)
+    # Build.
+    version: str = field(default_factory=package_version)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                # Freeze a private copy; validate keys because they become label values.
+                frozen = MappingProxyType(dict(value))
+                allowed = METRIC_COLUMNS if f.name == "telemetry" else None
+                for key in frozen:
+                    _check_label(f.name, key, allowed)
+                object.__setattr__(self, f.name, frozen)
+        for name in ("anomaly_score", "learning_progress_ratio", "top_process_cpu_ratio"):
+            # Ratios are clamped, not rejected: a rounding error must not stop the agent.
+            value = getattr(self, name)
+            if value is not None and not math.isnan(value):
+                object.__setattr__(self, name, min(1.0, max(0.0, float(value))))
+
+
+def _check_label(field_name: str, key: object, allowed: tuple[str, ...] | None) -> None:
+    """Reject keys that could not be a code-defined identifier (programming error)."""
+    if allowed is not None:
+        if key not in allowed:
+            raise ValueError(
+                f"AgentSnapshot.{field_name}: {key!r} is not a telemetry column "
+                f"(expected one of features.schema.METRIC_COLUMNS)"
+            )
+        return
+    if not isinstance(key, str) or not _LABEL_ID.fullmatch(key):
+        raise ValueError(
+            f"AgentSnapshot.{field_name}: label value {key!r} must match {_LABEL_ID.pattern} "
+            "(labels carry code identifiers only, never process names or command lines)"
+        )

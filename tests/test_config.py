@@ -1,0 +1,357 @@
+"""Agent config: defaults < file < flags, and errors that point at the right line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from features.errors import InputError
+from service.config import (
+    OPTIONS,
+    AgentConfig,
+    ExporterConfig,
+    ThrottleOptions,
+    add_parser,
+    add_serve_options,
+    config_fields,
+    dump_config,
+    load_config,
+    overrides_from_args,
+    run,
+)
+from service.config import (
+    THROTTLE_METHODS as OPTIONS_METHODS,
+)
+from service.durations import format_duration, format_size, parse_duration, parse_size
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "deploy" / "minerwatch.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "minerwatch.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path | None, overrides: dict | None = None) -> InputError:
+    with pytest.raises(InputError) as info:
+        load_config(path, overrides or {})
+    return info.value
+
+
+def test_defaults():
+    cfg = load_config(None, {})
+    assert cfg == AgentConfig()
+    assert cfg.interval == 10.0 and cfg.window == 60.0 and cfg.hop == 60.0
+    assert cfg.learn_for == cfg.retrain_every == 86400.0
+    assert cfg.retrain_history == cfg.history_retention == 14 * 86400.0
+    assert cfg.history_max_bytes == 256 * 1024 * 1024
+    assert cfg.data_dir == Path("/var/lib/minerwatch")
+    assert cfg.host == socket.gethostname()
+    assert cfg.alert_windows == 3
+    assert cfg.event_log == Path("/var/lib/minerwatch/events.jsonl")
+    assert cfg.evidence_dir == Path("/var/lib/minerwatch/evidence")
+    assert cfg.exporter == ExporterConfig(10091, "0.0.0.0", None, None)
+    assert cfg.throttle == ThrottleOptions()
+    assert not cfg.throttle.enabled and cfg.throttle.method == "auto"
+    assert cfg.throttle.allow_names == ()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        AgentConfig().interval = 5.0  # type: ignore[misc]
+
+
+def test_file_overrides_defaults_and_derived_defaults_follow(tmp_path):
+    path = write(tmp_path, """
+[agent]
+interval = 5
+window = "2m"
+data_dir = "/srv/mw"
+host = "web-01"
+history_max_bytes = "1GiB"
+
+[exporter]
+port = 9999
+web_config = "/etc/minerwatch/web.yml"
+
+[throttle]
+enabled = true
+hold = "1m30s"
+allow_names = ["backup-*", "postgres"]
+method = "sigstop"
+""")
+    cfg = load_config(path, {})
+    assert cfg.interval == 5.0 and cfg.window == 120.0
+    assert cfg.hop == 120.0  # follows window
+    assert cfg.event_log == Path("/srv/mw/events.jsonl")  # follows data_dir
+    assert cfg.evidence_dir == Path("/srv/mw/evidence")
+    assert cfg.host == "web-01"
+    assert cfg.history_max_bytes == 1 << 30
+    assert cfg.exporter.port == 9999 and cfg.exporter.address == "0.0.0.0"
+    assert cfg.exporter.web_config == Path("/etc/minerwatch/web.yml")
+    assert cfg.throttle.enabled and cfg.throttle.hold == 90.0
+    assert cfg.throttle.allow_names == ("backup-*", "postgres")
+    assert cfg.throttle.method == "sigstop"
+    assert cfg.learn_for == 86400.0  # untouched options keep defaults
+
+
+def test_flags_override_file(tmp_path):
+    path = write(tmp_path, '[agent]\ninterval = "5s"\nwindow = "30s"\n[exporter]\nport = 9999\n')
+    cfg = load_config(path, {"window": "40s", "exporter.port": "9100", "interval": None,
+                             "throttle.enabled": True, "throttle.allow_users": "backup, www"})
+    assert cfg.interval == 5.0  # None = flag not given: the file wins
+    assert cfg.window == 40.0
+    assert cfg.exporter.port == 9100
+    assert cfg.throttle.enabled
+    assert cfg.throttle.allow_users == ("backup", "www")
+
+
+def test_argparse_flags_round_trip(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_serve_options(parser)
+    args = parser.parse_args(["--interval", "2s", "--window", "20s", "--port", "9200",
+                              "--throttle", "--throttle-cpu-percent", "95",
+                              "--throttle-allow-name", "a", "--throttle-allow-name", "b",
+                              "--no-throttle-dry-run"])
+    over = overrides_from_args(args)
+    assert args.config is None and "agent.hop" not in over
+    cfg = load_config(args.config, over)
+    assert (cfg.interval, cfg.window, cfg.exporter.port) == (2.0, 20.0, 9200)
+    assert cfg.throttle.enabled and cfg.throttle.cpu_percent == 95.0
+    assert cfg.throttle.allow_names == ("a", "b") and cfg.throttle.dry_run is False
+
+
+def test_bad_flag_names_the_flag():
+    err = error_of(None, {"interval": "soon"})
+    assert err.path == "--interval" and err.line is None
+    assert "duration" in err.expected and err.got == '"soon"'
+    assert error_of(None, {"exporter.port": "70000"}).path == "--port"
+    assert error_of(None, {"throttle.hold": "-1s"}).path == "--throttle-hold"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected", "got"),
+    [
+        ('[agent]\ninterval = "5s"\nintreval = "5s"\n', 3, 'did you mean "interval"', '"intreval"'),
+        ('[agent]\n\n[agnet]\nx = 1\n', 3, 'did you mean "agent"', "[agnet]"),
+        ("[agent]\n[metrics]\nport = 1\n", 2, "a section: agent, exporter, throttle", "[metrics]"),
+        ('[exporter]\naddress = "::"\nport = "10091"\n', 3, "an integer from 0 to 65535",
+         '"10091"'),
+        ("[exporter]\nport = 65536\n", 2, "an integer from 0 to 65535", "65536"),
+        ('[agent]\nwindow = "60s"\nlearn_for = "a day"\n', 3, "a duration", '"a day"'),
+        ('[agent]\n# c\ninterval = "-10s"\n', 3, "a duration", '"-10s"'),
+        ("[agent]\ninterval = 0\n", 2, "agent.interval to be a duration", "0"),
+        ('[agent]\nhistory_max_bytes = "lots"\n', 2, "a size", '"lots"'),
+        ('[throttle]\nenabled = "yes"\n', 2, "true or false", '"yes"'),
+        ('[throttle]\nmethod = "nice"\n', 2, '"auto", "cgroup2"', '"nice"'),
+        ('[throttle]\nallow_names = "xmrig"\n', 2, "a list of strings", '"xmrig"'),
+        ("[throttle]\ncpu_percent = 150\n", 2, "a number above 0 and at most 100", "150"),
+        ("agent = 3\n", 1, "a table [agent]", "3"),
+        ('[agent]\ninterval = "10s"\nwindow = "5s"\n', 3, "window >= interval (10s)",
+         "window = 5s"),
+        ('[agent]\nhop = "2m"\n', 2, "interval <= hop <= window", "hop = 2m"),
+        ('[agent]\nhistory_retention = "1d"\n', 2, "history_retention >= retrain_history",
+         "history_retention = 24h"),
+        ("[throttle]\n\nrelease_cpu_percent = 95.0\n", 3, "release_cpu_percent <= cpu_percent",
+         "release_cpu_percent = 95"),
+    ],
+)
+def test_bad_values_are_reported_at_their_line(tmp_path, text, line, expected, got):
+    path = write(tmp_path, text)
+    err = error_of(path)
+    assert err.path == str(path)
+    assert err.line == line, str(err)
+    assert expected in err.expected, str(err)
+    assert err.got == got
+    assert str(err).startswith(f"{path}:{line}: expected ")
+
+
+def test_first_bad_key_in_the_file_is_reported(tmp_path):
+    # Two errors in two sections; the earlier line wins whatever the dict order is.
+    path = write(tmp_path, '[throttle]\nhold = "x"\n[agent]\ninterval = "y"\n[agent.extra]\n')
+    assert error_of(path).line == 2
+
+
+def test_relation_uses_the_flag_when_the_flag_broke_it(tmp_path):
+    path = write(tmp_path, '[agent]\ninterval = "10s"\n')
+    err = error_of(path, {"window": "5s"})
+    assert err.path == "--window" and "window >= interval" in err.expected
+
+
+def test_inline_table_and_dotted_keys_get_lines(tmp_path):
+    path = write(tmp_path, '# x\nagent = { interval = "5s", widow = "1m" }\n')
+    err = error_of(path)
+    assert err.line == 2 and err.got == '"widow"'
+    path = write(tmp_path, '\nagent.interval = "5s"\nagent.windw = 3\n')
+    assert error_of(path).line == 3
+
+
+def test_syntax_error_uses_tomllib_line(tmp_path):
+    path = write(tmp_path, '[agent]\ninterval = "10s"\nwindow "60s"\n')
+    err = error_of(path)
+    assert err.line == 3 and err.expected == "valid TOML"
+    assert "column" in err.got
+
+
+def test_unreadable_and_non_utf8_files(tmp_path):
+    err = error_of(tmp_path / "missing.toml")
+    assert err.line is None and "readable" in err.expected
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[agent]\nhost = "caf\xe9"\n')
+    err = error_of(path)
+    assert err.line == 2 and err.expected == "UTF-8 text"
+
+
+def test_shipped_example_equals_defaults_and_documents_every_option():
+    assert load_config(SHIPPED, {}) == AgentConfig()
+    text = SHIPPED.read_text()
+    for section, options in OPTIONS.items():
+        assert re.search(rf"^\[{section}\]$", text, re.M), section
+        for key in options:
+            # every option appears, set to its default or commented out with an example
+            assert re.search(rf"^(# )?{key} = ", text, re.M), f"{section}.{key} not documented"
+
+
+def test_shipped_example_values_are_the_defaults_even_commented_out():
+    """A commented-out option's example must be its default where the default is fixed."""
+    text = SHIPPED.read_text()
+    cfg = AgentConfig(data_dir=Path("/var/lib/minerwatch"))
+    for key in ("hop", "event_log", "evidence_dir"):
+        m = re.search(rf"^# {key} = (.*)$", text, re.M)
+        assert m, key
+        value = m.group(1).strip('"')
+        expected = getattr(cfg, key)
+        if key == "hop":
+            assert parse_duration(value) == expected
+        else:
+            assert Path(value) == expected
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = AgentConfig(interval=2.5, window=90.0, hop=30.0, host='we"ird\thost',
+                      history_max_bytes=3 * 1024 * 1024 + 1,
+                      exporter=ExporterConfig(textfile_dir=Path("/var/lib/node/text")),
+                      throttle=ThrottleOptions(enabled=True, allow_units=("a.service",)))
+    path = write(tmp_path, dump_config(cfg))
+    assert load_config(path, {}) == cfg
+
+
+def test_config_fields_cover_the_dataclasses():
+    names = {f.name for f in dataclasses.fields(AgentConfig)} - {"exporter", "throttle"}
+    assert {k for s, k in (f.split(".") for f in config_fields()) if s == "agent"} == names
+    assert set(OPTIONS["exporter"]) == {f.name for f in dataclasses.fields(ExporterConfig)}
+    assert set(OPTIONS["throttle"]) == {f.name for f in dataclasses.fields(ThrottleOptions)}
+
+
+def test_throttle_kwargs_build_the_throttle_config():
+    throttle = pytest.importorskip("service.throttle")
+    cfg = AgentConfig(throttle=ThrottleOptions(enabled=True, hold=5.0, release_hold=7.0))
+    tc = throttle.ThrottleConfig(**cfg.throttle_kwargs())
+    assert tc.enabled and tc.hold_s == 5.0 and tc.release_hold_s == 7.0
+    assert tc.state_dir == cfg.data_dir / "throttle"
+    assert set(throttle.METHODS) == set(OPTIONS_METHODS)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30.0), ("10m", 600.0), ("24h", 86400.0), ("14d", 1209600.0), ("45", 45.0),
+    ("1h30m", 5400.0), ("500ms", 0.5), ("1w", 604800.0), (12, 12.0), (0.5, 0.5),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "x", "10 minutes", "-1s", "1m1h", "nan", "inf", "5y",
+                                  True, None, [1]])
+def test_parse_duration_rejects(text):
+    with pytest.raises(InputError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("256MiB", 256 << 20), ("1GiB", 1 << 30), ("512", 512), ("4KiB", 4096), ("1MB", 10**6),
+    (1024, 1024), ("2 GiB", 2 << 30),
+])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+    assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "1.5.5MiB", "12 parsecs", "-1", 1.5, True])
+def test_parse_size_rejects(text):
+    with pytest.raises(InputError):
+        parse_size(text)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="minerwatch")
+    add_parser(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_config_check_ok_and_bad(tmp_path, capsys):
+    p = parser()
+    assert run(p.parse_args(["config", "check", str(SHIPPED)])) == 0
+    assert capsys.readouterr().out.strip() == f"{SHIPPED}: OK"
+    bad = write(tmp_path, "[agent]\nwindow = 5\ninterval = 10\n")
+    assert run(p.parse_args(["config", "check", str(bad)])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{bad}:2: expected window >= interval (10s)")
+
+
+def test_config_show_prints_effective_toml(tmp_path, capsys):
+    path = write(tmp_path, '[agent]\ninterval = "5s"\n')
+    assert run(parser().parse_args(["config", "show", str(path)])) == 0
+    out = capsys.readouterr().out
+    assert 'interval = "5s"' in out and "port = 10091" in out
+    assert load_config(write(tmp_path, out), {}) == load_config(path, {})
+    assert run(parser().parse_args(["config", "show"])) == 0
+    assert load_config(write(tmp_path, capsys.readouterr().out), {}) == AgentConfig()
+
+
+def test_minerwatch_config_check_command(tmp_path):
+    """The installed entry point wires the command (skipped until the CLI registers it)."""
+    out = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(SHIPPED)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    if "invalid choice" in out.stderr:
+        pytest.skip("service.cli does not register `config` yet")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{SHIPPED}: OK"
+    bad = write(tmp_path, "[agent]\nport = 1\n")
+    out = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and f"{bad}:2:" in out.stderr
+
+
+UNIT = ROOT / "deploy" / "minerwatch.service"
+
+
+def test_systemd_unit_matches_the_config():
+    text = UNIT.read_text()
+    assert re.search(r"^ExecStart=/usr/local/bin/minerwatch serve --config "
+                     r"/etc/minerwatch/minerwatch.toml$", text, re.M)
+    state = re.search(r"^StateDirectory=(\S+)$", text, re.M).group(1)
+    assert Path("/var/lib") / state == AgentConfig().data_dir
+    assert re.search(r"^ReadWritePaths=.*/sys/fs/cgroup", text, re.M)
+    assert re.search(r"^ProtectControlGroups=no$", text, re.M)
+
+
+def test_systemd_unit_verifies(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    # The binary is not installed here: point the unit at /bin/true so verify checks the rest.
+    unit = tmp_path / "minerwatch.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/minerwatch", "/bin/true"))
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr

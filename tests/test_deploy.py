@@ -1,0 +1,219 @@
+"""deploy/: rules checked by promtool, and every dashboard query run against a real Prometheus.
+
+Grafana cannot be installed here, so the dashboard and the Grafana alert rule are checked the
+way Grafana would use them: each PromQL expression, with template variables substituted, is
+evaluated by a real Prometheus that scrapes a real Exporter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from promtools import full_snapshot, promtool, running_prometheus, scrape_job
+
+from service.exporter import METRICS, Exporter
+
+yaml = pytest.importorskip("yaml")  # tests only: the agent itself never needs PyYAML
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+RULES = DEPLOY / "prometheus" / "minerwatch-rules.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "minerwatch.json"
+PROVISIONING = DEPLOY / "grafana" / "provisioning"
+ALERTING = PROVISIONING / "alerting" / "minerwatch-alerts.yml"
+DATASOURCES = PROVISIONING / "datasources" / "prometheus.yml"
+
+#: What Grafana would put in place of its built-in variables, for a 1 s scrape interval.
+BUILTINS = {
+    "$__rate_interval": "5s",
+    "$__interval": "2s",
+    "$__range": "1m",
+}
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panel_targets(dash: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for panel in dash["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:  # collapsed rows nest their panels
+            for target in inner.get("targets", []):
+                found.append((f"{inner['title']} / {target['refId']}", target))
+    return found
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    for name, value in {**BUILTINS, **variables}.items():
+        expr = expr.replace("${" + name.lstrip("$") + "}", value).replace(name, value)
+    left = re.findall(r"\$\{?\w+", expr)
+    assert not left, f"unknown template variables {left} in {expr!r}"
+    return expr
+
+
+def label_values_query(definition: str) -> tuple[str, str]:
+    """``label_values(selector, label)`` -> an equivalent PromQL query and the label name."""
+    match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", definition.strip())
+    assert match, f"unsupported variable query {definition!r}"
+    return f"group by ({match[2]}) ({match[1]})", match[2]
+
+
+# --- static checks ---------------------------------------------------------------------------
+
+
+@pytest.mark.prometheus
+def test_promtool_checks_and_unit_tests_the_alert_rules():
+    assert "SUCCESS" in promtool("check", "rules", str(RULES))
+    out = promtool("test", "rules", "minerwatch-rules.test.yml", cwd=RULES.parent)
+    assert "SUCCESS" in out
+    promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+
+
+def test_rule_tests_cover_firing_and_silence_for_every_alert():
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((RULES.parent / "minerwatch-rules.test.yml").read_text())["tests"]
+    cases = [case for test in tests for case in test["alert_rule_test"]]
+    for alert in alerts:
+        expected = [case["exp_alerts"] for case in cases if case["alertname"] == alert]
+        assert any(expected), f"{alert}: no firing case"
+        assert any(not e for e in expected), f"{alert}: no not-firing case"
+    for rule in (r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]):
+        assert "minerwatch evidence list" in rule["annotations"]["description"]
+
+
+def test_dashboard_is_well_formed():
+    dash = dashboard()
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    defined = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "job", "host"} <= defined
+    cells: set[tuple[int, int]] = set()
+    for panel in dash["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])}  # fmt: skip
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    targets = panel_targets(dash)
+    assert len(targets) >= 10
+    used = {m for _, t in targets for m in re.findall(r"minerwatch_\w+", t["expr"])}
+    assert used <= set(METRICS), f"dashboard uses unknown metrics {used - set(METRICS)}"
+
+
+def test_grafana_provisioning_files_agree():
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    alerting = yaml.safe_load(ALERTING.read_text())
+    assert alerting["apiVersion"] == 1
+    (rule,) = alerting["groups"][0]["rules"]
+    refs = {d["refId"] for d in rule["data"]}
+    assert rule["condition"] in refs
+    queries = [d for d in rule["data"] if d["datasourceUid"] != "__expr__"]
+    assert queries and all(d["datasourceUid"] == datasource["uid"] for d in queries)
+    for step in rule["data"]:
+        assert step["model"].get("expression", "A") in refs
+    assert rule["annotations"]["__dashboardUid__"] == dashboard()["uid"]
+    panel_ids = {str(p["id"]) for p in dashboard()["panels"]}
+    assert rule["annotations"]["__panelId__"] in panel_ids
+    assert "minerwatch evidence list" in rule["annotations"]["description"]
+    provider = yaml.safe_load((PROVISIONING / "dashboards" / "minerwatch.yml").read_text())
+    assert provider["providers"][0]["type"] == "file"
+
+
+def test_deploy_readme_lists_every_metric():
+    readme = (DEPLOY / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(minerwatch_\w+)", readme, flags=re.M))
+    assert listed == set(METRICS)
+
+
+# --- against a real Prometheus ---------------------------------------------------------------
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_every_dashboard_and_alert_query_runs_on_real_prometheus(tmp_path):
+    snapshot = full_snapshot(time.time())
+    exporter = Exporter(port=0, address="127.0.0.1", registry=CollectorRegistry())
+    exporter.start()
+    try:
+        exporter.update(snapshot)
+        rules = tmp_path / "rules.yml"
+        rules.write_text(RULES.read_text())
+        job = scrape_job("minerwatch", exporter.port)
+        with running_prometheus(tmp_path, [job], rule_files=[rules]) as prom:
+            # The core end-to-end fact: the score the agent published is what Prometheus has.
+            (sample,) = prom.wait_for('minerwatch_anomaly_score{job="minerwatch"}')
+            assert float(sample["value"][1]) == snapshot.anomaly_score
+            # Enough samples for rate()/increase()/changes() over the substituted ranges.
+            prom.wait_for("count_over_time(minerwatch_build_info[1m]) >= 3")
+            check_dashboard(prom)
+            check_grafana_alert(prom, snapshot)
+            check_rules_evaluate(prom)
+            # And the exposition is lint-clean by Prometheus' own rules.
+            promtool("check", "metrics", stdin=exporter._render(None)[0])
+    finally:
+        exporter.stop()
+
+
+def check_dashboard(prom) -> None:
+    dash = dashboard()
+    variables: dict[str, str] = {}
+    for var in dash["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        query, label = label_values_query(substitute(var["definition"], variables))
+        answer = prom.query(query)
+        assert answer["status"] == "success", (var["name"], answer)
+        values = sorted(r["metric"][label] for r in answer["data"]["result"])
+        assert values, f"variable ${var['name']} has no values"
+        variables["$" + var["name"]] = values[0]
+    assert variables["$job"] == "minerwatch"
+    assert variables["$host"].startswith("127.0.0.1:")
+    exprs = [(name, t["expr"]) for name, t in panel_targets(dash)]
+    exprs += [(a["name"], a["expr"]) for a in dash["annotations"]["list"] if "expr" in a]
+    empty = []
+    for name, expr in exprs:
+        answer = prom.query(substitute(expr, variables))
+        assert answer["status"] == "success", f"{name}: {expr} -> {answer}"
+        if not answer["data"]["result"]:
+            empty.append(name)
+    # Every metric has data in the full snapshot, so every panel must show something.
+    # (The alert-episodes annotation only has points where the alert counter moved.)
+    assert empty == ["Alert episodes"], f"queries without data: {empty}"
+
+
+def check_grafana_alert(prom, snapshot) -> None:
+    (rule,) = yaml.safe_load(ALERTING.read_text())["groups"][0]["rules"]
+    (query,) = [d["model"]["expr"] for d in rule["data"] if d["datasourceUid"] != "__expr__"]
+    answer = prom.query(query)
+    assert answer["status"] == "success", answer
+    (series,) = answer["data"]["result"]
+    margin = float(series["value"][1])
+    assert margin == pytest.approx(snapshot.anomaly_score - snapshot.anomaly_threshold)
+    assert margin > 0, "the full snapshot is above threshold, so the Grafana rule would fire"
+
+
+def check_rules_evaluate(prom) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        groups = prom.api("rules")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        never = "0001-01-01T00:00:00Z"  # Prometheus' zero time: not evaluated yet
+        if rules and all(r.get("lastEvaluation", never) != never for r in rules):
+            break
+        assert time.monotonic() < deadline, f"rules never evaluated: {rules}"
+        time.sleep(0.2)
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    states = {(r["name"], r["labels"].get("trigger")): r["state"] for r in rules}
+    # alert_active is 1 and the score is above threshold: both anomaly rules are pending.
+    assert states[("MinerwatchAnomaly", "agent")] == "pending"
+    assert states[("MinerwatchAnomaly", "score")] == "pending"
+    assert states[("MinerwatchAgentDown", None)] == "inactive"

@@ -1,0 +1,271 @@
+"""Web config (exporter-toolkit format): parsing, basic auth and TLS over real connections."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from promtools import full_snapshot, promtool, running_prometheus, scrape_job
+
+from features.errors import InputError
+from service.exporter import Exporter
+from service.webconfig import BasicAuth, load_web_config, parse_subset_yaml
+
+bcrypt = pytest.importorskip("bcrypt")
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def password_hash() -> str:
+    return bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl CLI."""
+    folder = tmp_path_factory.mktemp("tls")
+    crt, key = folder / "server.crt", folder / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(crt), "-subj", "/CN=minerwatch-test",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return crt, key
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def request(port, headers=None, context=None, path="/metrics"):
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def serve():
+    started = []
+
+    def start(config: Path) -> Exporter:
+        exp = Exporter(port=0, address="127.0.0.1", registry=CollectorRegistry(), web_config=config)
+        exp.start()
+        exp.update(full_snapshot(1_700_000_000.0))
+        started.append(exp)
+        return exp
+
+    yield start
+    for exp in started:
+        exp.stop()
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def test_parses_the_supported_subset_with_comments_and_quotes(tmp_path, password_hash):
+    config = write(
+        tmp_path / "web.yml",
+        "---\n# comment\n"
+        "tls_server_config:\n"
+        "  cert_file: certs/server.crt   # trailing comment\n"
+        "  key_file: 'certs/server key.pem'\n"
+        '  "min_version": "TLS13"\n'
+        "\n"
+        "basic_auth_users:\n"
+        f"  prometheus: {password_hash}\n"
+        f"  'other user': '{password_hash}'\n",
+    )
+    cfg = load_web_config(config)
+    assert cfg.cert_file == tmp_path / "certs" / "server.crt"
+    assert cfg.key_file == tmp_path / "certs" / "server key.pem"
+    assert cfg.min_version == "TLS13"
+    assert cfg.client_auth_type == "NoClientCert"
+    assert set(cfg.users) == {"prometheus", "other user"}
+    assert cfg.users["prometheus"] == password_hash.encode()
+
+
+def test_empty_sections_mean_plain_http_without_auth(tmp_path):
+    cfg = load_web_config(write(tmp_path / "w.yml", "tls_server_config:\nbasic_auth_users: {}\n"))
+    assert cfg.ssl_context() is None and cfg.authenticator() is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [
+        ("tls_server_config:\n  - cert_file: a\n", 2, "lists are not supported"),
+        ("tls_server_config:\n\tcert_file: a\n", 2, "spaces"),
+        ("tls_server_config:\n  cert_file:\n    nested: a\n", 2, "a scalar value"),
+        ("tls_server_config:\n  cert_file: a\n    key_file: b\n", 3, "indentation"),
+        ("tls_server_config:\n  cert_file: [a, b]\n", 2, "plain scalar"),
+        ("tls_server_config:\n  cert_file: 'a\n", 2, "closing '"),
+        ("tls_server_config:\n  cert_file: a\n  cert_file: b\n", 3, "only once"),
+        ("tls_server_config: a\n", 1, "indented map"),
+        ("  cert_file: a\n", 1, "top-level"),
+        ("http_server_config:\n  http2: true\n", 1, "tls_server_config, basic_auth_users"),
+        ("tls_server_config:\n  cert_file: a\n  ciphers: x\n", 3, "a key among"),
+        ("tls_server_config:\n  cert_file: a\n", 2, "both cert_file and key_file"),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAny\n",
+            4,
+            "one of NoClientCert",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n"
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            4,
+            "client_ca_file",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
+            4,
+            "client_auth_type to go with client_ca_file",
+        ),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n", 4, "TLS12"),
+        ("basic_auth_users:\n  alice: plaintext-password\n", 2, "a bcrypt hash for user 'alice'"),
+    ],
+)
+def test_errors_name_the_line_and_what_was_expected(tmp_path, text, line, expected):
+    path = write(tmp_path / "web.yml", text)
+    with pytest.raises(InputError) as info:
+        load_web_config(path)
+    assert info.value.path == str(path)
+    assert info.value.line == line
+    assert expected in str(info.value)
+
+
+def test_unreadable_cert_is_an_input_error_at_its_line(tmp_path):
+    path = write(tmp_path / "w.yml", "tls_server_config:\n  cert_file: nope.crt\n  key_file: k\n")
+    with pytest.raises(InputError) as info:
+        load_web_config(path).ssl_context()
+    assert info.value.line == 2 and "PEM certificate" in info.value.expected
+
+
+def test_parser_decodes_double_quoted_escapes():
+    doc = parse_subset_yaml('a:\n  b: "x\\"y\\\\z"  # c\n', "f")
+    assert doc["a"]["b"].value == 'x"y\\z'
+    assert doc["a"]["b"].line == 2
+
+
+# --- basic auth ------------------------------------------------------------------------------
+
+
+def test_basic_auth_over_http(tmp_path, serve, password_hash):
+    exp = serve(write(tmp_path / "w.yml", f"basic_auth_users:\n  prometheus: {password_hash}\n"))
+    status, _, body = request(exp.port, basic("prometheus", PASSWORD))
+    assert status == 200 and b"minerwatch_anomaly_score" in body
+    for headers in (
+        {},
+        basic("prometheus", "wrong"),
+        basic("nobody", PASSWORD),
+        {"Authorization": "Basic !!!not-base64"},
+        {"Authorization": "Bearer abc"},
+    ):
+        status, response_headers, body = request(exp.port, headers)
+        assert status == 401, headers
+        assert response_headers["WWW-Authenticate"].startswith("Basic realm=")
+        assert b"minerwatch" not in body
+    # Authentication comes before routing: unknown paths do not leak their existence.
+    assert request(exp.port, path="/other")[0] == 401
+    assert request(exp.port, basic("prometheus", PASSWORD), path="/other")[0] == 404
+
+
+class CountingBcrypt:
+    def __init__(self):
+        self.calls = 0
+
+    def checkpw(self, password: bytes, hashed: bytes) -> bool:
+        self.calls += 1
+        return bcrypt.checkpw(password, hashed)
+
+
+def test_successful_checks_are_cached_failures_are_not(password_hash):
+    counting = CountingBcrypt()
+    auth = BasicAuth({"prometheus": password_hash.encode()}, counting)
+    assert auth.check("prometheus", PASSWORD) and auth.check("prometheus", PASSWORD)
+    assert counting.calls == 1
+    assert not auth.check("prometheus", "wrong") and not auth.check("prometheus", "wrong")
+    assert counting.calls == 3
+    assert not auth.check("stranger", PASSWORD)
+    assert counting.calls == 3
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def test_tls_scrape_with_a_self_signed_certificate(tmp_path, serve, cert, password_hash):
+    crt, key = cert
+    config = write(
+        tmp_path / "web.yml",
+        f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  prometheus: {password_hash}\n",
+    )
+    promtool("check", "web-config", str(config))
+    exp = serve(config)
+    trusting = ssl.create_default_context(cafile=str(crt))
+    status, _, body = request(exp.port, basic("prometheus", PASSWORD), context=trusting)
+    assert status == 200 and b"minerwatch_anomaly_score 0.83" in body
+    assert request(exp.port, basic("prometheus", "x"), context=trusting)[0] == 401
+    with pytest.raises(ssl.SSLCertVerificationError):
+        request(exp.port, context=ssl.create_default_context())  # untrusted self-signed cert
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        request(exp.port)  # plain HTTP to a TLS port gets no HTTP answer
+
+
+def test_client_certificates_are_required_when_configured(tmp_path, serve, cert):
+    crt, key = cert
+    config = write(
+        tmp_path / "web.yml",
+        f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_ca_file: {crt}\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n",
+    )
+    promtool("check", "web-config", str(config))
+    assert load_web_config(config).client_auth_type == "RequireAndVerifyClientCert"
+    exp = serve(config)
+    with_cert = ssl.create_default_context(cafile=str(crt))
+    with_cert.load_cert_chain(crt, key)
+    assert request(exp.port, context=with_cert)[0] == 200
+    without = ssl.create_default_context(cafile=str(crt))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request(exp.port, context=without)
+
+
+@pytest.mark.prometheus
+def test_real_prometheus_scrapes_through_tls_and_basic_auth(tmp_path, serve, cert, password_hash):
+    crt, key = cert
+    config = write(
+        tmp_path / "web.yml",
+        f"tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  prometheus: {password_hash}\n",
+    )
+    exp = serve(config)
+    secret = write(tmp_path / "password", PASSWORD)
+    job = scrape_job(
+        "minerwatch",
+        exp.port,
+        scheme="https",
+        tls_config={"ca_file": str(crt)},
+        basic_auth={"username": "prometheus", "password_file": str(secret)},
+    )
+    with running_prometheus(tmp_path, [job]) as prom:
+        (sample,) = prom.wait_for('minerwatch_anomaly_score{job="minerwatch"}')
+        assert float(sample["value"][1]) == 0.83
