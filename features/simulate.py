@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from features.errors import InputError
 from features.schema import METRIC_COLUMNS, SCHEMA_VERSION, TELEMETRY_COLUMNS
@@ -202,6 +201,8 @@ class _Load:
 def _ar1(rng: np.random.Generator, n: int, tau: float, interval: float) -> np.ndarray:
     """Unit-variance AR(1) noise with correlation time tau seconds."""
     a = float(np.exp(-interval / max(tau, interval)))
+    from scipy.signal import lfilter  # only the simulator needs scipy; keep the CLI light
+
     x = lfilter([np.sqrt(1 - a * a)], [1.0, -a], rng.standard_normal(n))
     return x
 
@@ -912,6 +913,8 @@ def _finalise(
     runnable = load.threads + miner["threads"] * miner["duty"] + load.iowait * 0.8
     inst = rng.poisson(np.maximum(runnable, 0)).astype(float)
     alpha = 1 - np.exp(-iv / 60.0)
+    from scipy.signal import lfilter
+
     load1 = lfilter([alpha], [1, -(1 - alpha)], inst, zi=[inst[0] * (1 - alpha)])[0]
 
     running = (

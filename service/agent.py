@@ -37,6 +37,7 @@ from features.windows import make_windows
 from service.config import AgentConfig, load_config
 from service.exporter import Exporter
 from service.history import History, exclusion_mask
+from service.retrain import MIN_AGENT_WINDOWS
 from service.state import AgentSnapshot
 
 log = logging.getLogger("minerwatch.agent")
@@ -45,6 +46,13 @@ log = logging.getLogger("minerwatch.agent")
 LOOKBACK_S = 3600.0
 #: Time around an alert episode that retraining leaves out.
 EXCLUDE_MARGIN_S = 3600.0
+
+
+def make_data_dir(cfg: AgentConfig) -> Path:
+    """The state folder, private to the agent (history, journal and evidence live there)."""
+    path = Path(cfg.data_dir)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
 
 
 class Agent:
@@ -60,8 +68,7 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.data_dir = Path(cfg.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir = make_data_dir(cfg)
         self.models_dir = self.data_dir / "models"
         self.models_dir.mkdir(exist_ok=True, mode=0o755)
         self.collector = collector or Collector(cfg.interval, host=cfg.host)
@@ -214,7 +221,9 @@ class Agent:
     def learning_progress(self) -> float:
         if self.model is not None:
             return 1.0
-        return min(1.0, self.history.span_seconds() / max(self.cfg.learn_for, 1e-9))
+        # the first model needs a handful of complete windows, however short learn_for is
+        needed = max(self.cfg.learn_for, (MIN_AGENT_WINDOWS + 2) * self.cfg.window)
+        return min(1.0, self.history.span_seconds() / needed)
 
     def _maybe_train(self, now: float) -> None:
         if self.child is not None:
@@ -422,6 +431,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = config_from_args(args)
+    make_data_dir(cfg)
     exporter = Exporter(
         port=cfg.exporter.port,
         address=cfg.exporter.address,

@@ -20,7 +20,6 @@ import numpy as np
 
 from baseline.scoring import score_series
 from baseline.store import ModelError, load_model, save_model
-from baseline.train import train_host
 from features.errors import InputError
 from features.io import from_arrays
 
@@ -36,6 +35,8 @@ def retrain(
     alert_windows: int = 3,
     validate_s: float = 86400.0,
 ) -> dict[str, Any]:
+    from baseline.train import train_host  # scikit-learn: only ever in this child process
+
     with np.load(input_path, allow_pickle=False) as npz:
         ts, values = npz["timestamps"], npz["values"]
         columns = tuple(str(c) for c in npz["columns"])

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-
 from synth import T0, host_series, write_csv
 
 

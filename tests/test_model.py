@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from synth import host_series
 
 from baseline.calibrate import AlertState, alert_rule, calibrate_threshold, episodes
 from baseline.model import HostBaseline
 from baseline.train import score_series, train_host
-from synth import host_series
 
 
 @parametrize_with_checks([HostBaseline(n_estimators=10, random_state=0)])

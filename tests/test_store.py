@@ -3,10 +3,10 @@ import os
 
 import numpy as np
 import pytest
+from synth import host_series
 
 from baseline.store import ModelError, host_dirname, list_hosts, load_model, save_model
 from baseline.train import score_series, train_host
-from synth import host_series
 
 
 @pytest.fixture(scope="module")

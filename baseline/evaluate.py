@@ -1,0 +1,496 @@
+"""``minerwatch evaluate``: how well the baseline (and the rules it replaces) catch labelled miners.
+
+On a labelled simulation (``--data DIR`` with ``train/``, ``test/`` and ``labels.json``) it trains
+or loads one baseline per host, scores the test split, runs the reference detectors on the same
+windows and prints, per campaign kind and overall, recall within 30 minutes, median and worst
+delay, false-alarm episodes per host-day, the share of clean time alerted and which benign kinds
+alarmed (definitions in :mod:`baseline.metrics`). ``--output`` writes ``report.md`` and one PNG per
+host. ``--smd`` / ``--nab`` run the public benchmarks instead (:mod:`baseline.public`).
+
+scikit-learn and matplotlib are imported only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baseline import metrics
+from baseline.reference import NaiveIForest, cpu_5m, static_rule
+from features.errors import InputError
+from features.io import HostSeries
+
+Progress = Callable[[str], None]
+DETECTORS = ("minerwatch", "static_rule", "cpu_5m", "naive_iforest")
+DETECTOR_TITLES = {
+    "minerwatch": "minerwatch baseline",
+    "static_rule": "static rule: CPU > 85 % for 3 h",
+    "cpu_5m": "fast rule: CPU > 80 % for 5 min",
+    "naive_iforest": "naive IsolationForest (window means, max training score)",
+}
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _quiet(msg: str) -> None:
+    del msg
+
+
+@dataclass
+class HostRun:
+    """Everything measured on one host: windows, per-detector alerts, the baseline's score."""
+
+    host: str
+    test: HostSeries
+    window_start: np.ndarray
+    window_end: np.ndarray
+    score: np.ndarray
+    threshold: float
+    alerts: dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
+    """Test-split events and the rest of ``labels.json`` (hosts, seed, ...)."""
+    path = Path(data) / "labels.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            str(path), None, "a labels.json written by 'minerwatch simulate'", "no such file"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), exc.lineno, "valid JSON", exc.msg) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("events"), list):
+        raise InputError(str(path), None, "an object with an 'events' list", type(raw).__name__)
+    events = []
+    for i, ev in enumerate(raw["events"]):
+        try:
+            if ev.get("split", "test") != "test":
+                continue
+            campaign = ev.get("campaign")
+            events.append(
+                metrics.Event(
+                    str(ev["host"]),
+                    str(ev["kind"]),
+                    bool(ev["malicious"]),
+                    float(ev["start"]),
+                    float(ev["end"]),
+                    None if campaign is None else str(campaign),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise InputError(
+                str(path),
+                None,
+                f"events[{i}] with host, kind, malicious, start, end",
+                repr(ev)[:120],
+            ) from None
+    meta = {k: v for k, v in raw.items() if k != "events"}
+    return events, meta
+
+
+def _model_for(
+    host: str,
+    train: dict[str, HostSeries],
+    models: Path | None,
+    window: float,
+    hop: float,
+    progress: Progress,
+) -> Any:
+    """The stored model if ``models`` has one (a damaged one raises), else a fresh one, which is
+    saved into ``models`` when given so the next run reuses it."""
+    from baseline.store import META, host_dirname, load_model, save_model
+    from baseline.train import train_host
+
+    if models is not None and (Path(models) / host_dirname(host) / META).is_file():
+        return load_model(models, host)
+    if host not in train:
+        raise InputError(host, None, "training telemetry for this host", "none in train/")
+    model = train_host(train[host], window=window, hop=hop)
+    if models is not None:
+        progress(f"{host}: no model in {models}, trained and saved one")
+        save_model(models, model)
+    return model
+
+
+def run_hosts(
+    data: Path,
+    models: Path | None = None,
+    window: float = 60.0,
+    hop: float = 60.0,
+    seed: int = 0,
+    progress: Progress = _stderr,
+) -> list[HostRun]:
+    """Train or load each host's baseline, score the test split, run the reference detectors."""
+    from baseline.train import score_series
+    from features.io import read_telemetry
+
+    data = Path(data)
+    test = read_telemetry([data / "test"])
+    # With stored models the training split is optional (only the naive forest needs it).
+    has_train = (data / "train").is_dir() and any((data / "train").iterdir())
+    train = read_telemetry([data / "train"]) if has_train or models is None else {}
+    runs = []
+    for i, host in enumerate(sorted(test), 1):
+        progress(f"evaluate {i}/{len(test)}: {host}")
+        model = _model_for(host, train, models, window, hop, progress)
+        scored = score_series(model, test[host])
+        ws = np.asarray(scored.window_start, dtype=float)
+        we = np.asarray(scored.window_end, dtype=float)
+        alerts = {"minerwatch": np.asarray(scored.alert, dtype=bool)}
+        if "cpu_percent" in test[host].columns:
+            alerts["static_rule"] = static_rule(test[host], ws, we)
+            alerts["cpu_5m"] = cpu_5m(test[host], ws, we)
+        if host in train:
+            w = float(np.median(we - ws)) if ws.size else window
+            h = float(np.median(np.diff(ws))) if ws.size > 1 else hop
+            naive = NaiveIForest(window=w, hop=h, seed=seed).fit(train[host])
+            alerts["naive_iforest"] = naive.alert(test[host], ws, we)
+        runs.append(
+            HostRun(
+                host,
+                test[host],
+                ws,
+                we,
+                np.asarray(scored.score, dtype=float),
+                float(scored.threshold),
+                alerts,
+            )
+        )
+    return runs
+
+
+def measure(runs: list[HostRun], events: list[metrics.Event], grace: float = 0.0) -> dict:
+    """Summaries per detector (as :func:`metrics.summarize`) plus per-host figures."""
+    out: dict[str, Any] = {"detectors": {}, "hosts": {}}
+    for det in DETECTORS:
+        outcomes = [
+            metrics.host_outcome(
+                r.host, r.window_start, r.window_end, r.alerts[det], events, grace=grace
+            )
+            for r in runs
+            if det in r.alerts
+        ]
+        if not outcomes:
+            continue
+        out["detectors"][det] = metrics.summarize(outcomes)
+        for o in outcomes:
+            s = metrics.summarize([o])
+            out["hosts"].setdefault(o.host, {})[det] = {
+                "recall_30m": s["overall"]["recall_30m"],
+                "false_alarm_episodes": o.false_alarms,
+                "clean_alerted_share": s["clean_alerted_share"],
+            }
+    return out
+
+
+def evaluate_simulated(
+    data: Path,
+    models: Path | None = None,
+    output: Path | None = None,
+    window: float = 60.0,
+    hop: float = 60.0,
+    grace: float = 0.0,
+    seed: int = 0,
+    progress: Progress = _stderr,
+) -> dict:
+    """Run, measure and (with ``output``) write the report; return the figures as a dict."""
+    events, meta = load_labels(data)
+    runs = run_hosts(data, models, window, hop, seed, progress)
+    result = measure(runs, events, grace)
+    result["meta"] = {
+        "data": str(data),
+        "models": str(models) if models else None,
+        "window_s": window,
+        "hop_s": hop,
+        "grace_s": grace,
+        "seed": seed,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "simulation": {k: v for k, v in meta.items() if k != "hosts"},
+    }
+    if output is not None:
+        write_report(Path(output), result, runs, events, progress)
+    return result
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f} %"
+
+
+def format_detector(name: str, summary: dict) -> str:
+    """One block: a row per campaign kind, the overall row, false alarms, benign kinds."""
+    head = (
+        f"{'campaign kind':<16}{'n':>4}{'caught<=30m':>13}{'recall':>8}{'any':>7}"
+        f"{'median delay':>14}{'worst delay':>13}"
+    )
+    lines = [f"== {DETECTOR_TITLES.get(name, name)} ==", head]
+    rows = [*summary["per_kind"].items(), ("OVERALL", summary["overall"])]
+    for kind, s in rows:
+        lines.append(
+            f"{kind:<16}{s['campaigns']:>4}{s['caught_30m']:>13}"
+            f"{_pct(s['recall_30m']):>8}{_pct(s['recall_any']):>7}"
+            f"{_dur(s['median_delay_s']):>14}{_dur(s['worst_delay_s']):>13}"
+        )
+    fa = summary["false_alarms_per_host_day"]
+    lines.append(
+        f"false-alarm episodes: {summary['false_alarm_episodes']} over "
+        f"{summary['host_days']:.1f} host-days = "
+        f"{'-' if fa is None else f'{fa:.2f}'} per host-day; clean time alerted: "
+        + (
+            "-"
+            if summary["clean_alerted_share"] is None
+            else f"{100 * summary['clean_alerted_share']:.2f} %"
+        )
+    )
+    benign = [f"{k} {v['alarmed']}/{v['total']}" for k, v in summary["benign_alarmed"].items()]
+    lines.append(
+        "benign events that alarmed: " + (", ".join(benign) if benign else "none labelled")
+    )
+    return "\n".join(lines)
+
+
+def format_comparison(result: dict) -> str:
+    """One line per detector with the headline figures."""
+    lines = [
+        f"{'detector':<16}{'recall<=30m':>12}{'median delay':>14}{'worst delay':>13}"
+        f"{'FA/host-day':>13}{'clean alerted':>15}"
+    ]
+    for det, s in result["detectors"].items():
+        fa = s["false_alarms_per_host_day"]
+        share = s["clean_alerted_share"]
+        lines.append(
+            f"{det:<16}{_pct(s['overall']['recall_30m']):>12}"
+            f"{_dur(s['overall']['median_delay_s']):>14}"
+            f"{_dur(s['overall']['worst_delay_s']):>13}"
+            f"{'-' if fa is None else f'{fa:.2f}':>13}"
+            f"{'-' if share is None else f'{100 * share:.2f} %':>15}"
+        )
+    return "\n".join(lines)
+
+
+def format_text(result: dict) -> str:
+    blocks = [format_detector(d, s) for d, s in result["detectors"].items()]
+    return "\n\n".join([*blocks, "== summary ==\n" + format_comparison(result)]) + "\n"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safe_name(host: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in host)
+
+
+def plot_host(run: HostRun, events: list[metrics.Event]) -> bytes:
+    """PNG: CPU and baseline score over the test split, campaigns red, benign events blue."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = float(run.test.timestamps[0]) if run.test.timestamps.size else 0.0
+
+    def hours(t: np.ndarray | float) -> np.ndarray | float:
+        return (np.asarray(t, dtype=float) - t0) / 3600.0
+
+    fig, (ax_cpu, ax_score) = plt.subplots(
+        2, 1, figsize=(14, 6), sharex=True, constrained_layout=True
+    )
+    if "cpu_percent" in run.test.columns:
+        ax_cpu.plot(
+            hours(run.test.timestamps), run.test.column("cpu_percent"), lw=0.4, color="black"
+        )
+    ax_cpu.set_ylabel("CPU %")
+    mid = 0.5 * (run.window_start + run.window_end)
+    ax_score.plot(hours(mid), run.score, lw=0.5, color="tab:purple", label="score")
+    ax_score.axhline(run.threshold, color="tab:purple", ls="--", lw=0.8, label="threshold")
+    finite = run.score[np.isfinite(run.score)]
+    top = float(finite.max()) if finite.size else 1.0
+    bottom = float(finite.min()) if finite.size else 0.0
+    span = max(top - bottom, 1e-9)
+    for j, det in enumerate(DETECTORS):
+        if det not in run.alerts:
+            continue
+        a = run.alerts[det]
+        y = bottom - span * (0.08 + 0.07 * j)
+        ax_score.scatter(
+            hours(mid[a]), np.full(int(a.sum()), y), s=2, marker="|", label=f"{det} alert"
+        )
+    for ev in events:
+        if ev.host != run.host:
+            continue
+        color = "tab:red" if ev.malicious else "tab:blue"
+        for ax in (ax_cpu, ax_score):
+            ax.axvspan(hours(ev.start), hours(ev.end), color=color, alpha=0.18, lw=0)
+        ax_cpu.text(
+            hours(ev.start),
+            1.01,
+            ev.kind,
+            transform=ax_cpu.get_xaxis_transform(),
+            fontsize=6,
+            color=color,
+            rotation=45,
+            ha="left",
+            va="bottom",
+        )
+    ax_score.set_ylabel("score")
+    ax_score.set_xlabel("hours since test start (red: campaigns, blue: benign events)")
+    ax_score.legend(loc="upper right", fontsize=6, markerscale=4)
+    ax_cpu.set_title(run.host, loc="left", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(
+    output: Path,
+    result: dict,
+    runs: list[HostRun],
+    events: list[metrics.Event],
+    progress: Progress = _stderr,
+) -> Path:
+    """``output/report.md`` with the tables, ``output/<host>.png`` per host, ``report.json``."""
+    output.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for run in runs:
+        name = f"{_safe_name(run.host)}.png"
+        progress(f"plot {run.host}")
+        _atomic_write(output / name, plot_host(run, events))
+        pngs.append((run.host, name))
+    meta = result["meta"]
+    lines = [
+        "# minerwatch evaluation",
+        "",
+        f"- date: {meta['date']}",
+        f"- data: `{meta['data']}` (simulation: `{json.dumps(meta['simulation'])}`)",
+        f"- models: {meta['models'] or 'trained for this run'}; window {meta['window_s']:g} s, "
+        f"hop {meta['hop_s']:g} s, grace {meta['grace_s']:g} s, reference seed {meta['seed']}",
+        "",
+        "Definitions: see `baseline/metrics.py`. A campaign is caught by the first alert "
+        "episode whose first window ends after the campaign began; episodes already running "
+        "get no credit.",
+        "",
+        "```",
+        format_text(result).rstrip(),
+        "```",
+        "",
+        "## Per host",
+        "",
+        "| host | "
+        + " | ".join(f"{d} recall<=30m / FA episodes" for d in result["detectors"])
+        + " |",
+        "|---|" + "---|" * len(result["detectors"]),
+    ]
+    for host, per in sorted(result["hosts"].items()):
+        cells = []
+        for det in result["detectors"]:
+            h = per.get(det)
+            cells.append(
+                "-" if h is None else f"{_pct(h['recall_30m'])} / {h['false_alarm_episodes']}"
+            )
+        lines.append(f"| {host} | " + " | ".join(cells) + " |")
+    lines += ["", "## Plots", ""]
+    lines += [f"### {host}\n\n![{host}]({name})\n" for host, name in pngs]
+    path = output / "report.md"
+    _atomic_write(path, "\n".join(lines).encode("utf-8"))
+    _atomic_write(output / "report.json", json.dumps(result, indent=1).encode("utf-8"))
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the CLI's subparsers; the CLI then calls :func:`run`."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="measure detection quality on labelled data",
+        description="Score a labelled simulation (--data) or a public benchmark (--smd, --nab) "
+        "and compare with reference detectors.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="folder written by 'minerwatch simulate'")
+    src.add_argument("--smd", type=Path, help="Server Machine Dataset folder (train/, test/, ...)")
+    src.add_argument("--nab", type=Path, help="NAB folder (<category>/*.csv, labels/)")
+    p.add_argument("--models", type=Path, help="load models from here (train missing ones)")
+    p.add_argument("--output", type=Path, help="write report.md and plots to this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--window", type=float, default=60.0, help="window length, s (--data)")
+    p.add_argument("--hop", type=float, default=60.0, help="window hop, s (--data)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=0.0,
+        help="alerts this long after a campaign ends are not false alarms, s",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference IsolationForest")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these SMD machines or NAB files")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``evaluate``; raises InputError on bad input (the CLI maps it to exit code 2)."""
+    from baseline import public
+
+    progress = _quiet if args.quiet else _stderr
+    if args.smd is not None or args.nab is not None:
+        if args.smd is not None:
+            result = public.evaluate_smd(args.smd, args.only, args.seed, progress=progress)
+        else:
+            result = public.evaluate_nab(args.nab, args.only, args.seed, progress=progress)
+        if args.output is not None:
+            args.output.mkdir(parents=True, exist_ok=True)
+            name = f"{result['meta']['dataset']}.json"
+            _atomic_write(args.output / name, json.dumps(result, indent=1).encode("utf-8"))
+        print(json.dumps(result) if args.json else public.format_point_table(result))
+        return 0
+    result = evaluate_simulated(
+        args.data, args.models, args.output, args.window, args.hop, args.grace, args.seed, progress
+    )
+    print(
+        json.dumps(result) if args.json else format_text(result), end="" if not args.json else "\n"
+    )
+    return 0

@@ -1,0 +1,364 @@
+"""Public labelled server data (SMD, NAB): loaders and the per-machine train/score/measure runner.
+
+The threshold always comes from the training part alone (the model's own calibration, or the
+naive forest's highest training score); the best-threshold F1 is reported beside it only as an
+upper bound. Loaders are plain functions of a root folder so tests can point them at fixtures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from baseline import metrics
+from baseline.reference import NaiveIForest
+from features.errors import InputError
+from features.io import HostSeries
+
+#: SMD metric names in file order, as the dataset's first author listed them (OmniAnomaly #22).
+SMD_COLUMNS: tuple[str, ...] = (
+    "cpu_r",
+    "load_1",
+    "load_5",
+    "load_15",
+    "mem_shmem",
+    "mem_u",
+    "mem_u_e",
+    "total_mem",
+    "disk_q",
+    "disk_r",
+    "disk_rb",
+    "disk_svc",
+    "disk_u",
+    "disk_w",
+    "disk_wa",
+    "disk_wb",
+    "si",
+    "so",
+    "eth1_fi",
+    "eth1_fo",
+    "eth1_pi",
+    "eth1_po",
+    "tcp_tw",
+    "tcp_use",
+    "active_opens",
+    "curr_estab",
+    "in_errs",
+    "in_segs",
+    "listen_overflows",
+    "out_rsts",
+    "out_segs",
+    "passive_opens",
+    "retransegs",
+    "tcp_timeouts",
+    "udp_in_dg",
+    "udp_out_dg",
+    "udp_rcv_buf_errs",
+    "udp_snd_buf_errs",
+)
+SMD_STEP = 60.0
+NAB_STEP = 300.0
+NAB_PROBATION = 0.15
+NAB_PROBATION_MAX = 750
+
+Progress = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Case:
+    """One machine or file: training series, test series and one 0/1 label per test sample."""
+
+    name: str
+    train: HostSeries
+    test: HostSeries
+    label: np.ndarray
+
+
+# --------------------------------------------------------------------------- SMD
+
+
+def _smd_file(root: Path, part: str, machine: str) -> Path:
+    for name in (f"{machine}.txt.gz", f"{machine}.txt"):
+        if (root / part / name).is_file():
+            return root / part / name
+    raise InputError(str(root / part / f"{machine}.txt.gz"), None, "an SMD data file", "none")
+
+
+def smd_machines(root: Path) -> list[str]:
+    """Machines that have train, test and test_label files under ``root``."""
+    root = Path(root)
+    if not (root / "train").is_dir():
+        raise InputError(
+            str(root), None, "an SMD folder with train/, test/, test_label/", "no train/ folder"
+        )
+    names = sorted(
+        p.name.split(".")[0]
+        for p in (root / "train").iterdir()
+        if p.name.endswith((".txt", ".txt.gz"))
+    )
+    return [
+        m
+        for m in names
+        if all(
+            any((root / d / f"{m}{s}").is_file() for s in (".txt", ".txt.gz"))
+            for d in ("test", "test_label")
+        )
+    ]
+
+
+def _load_matrix(path: Path, cols: int | None) -> np.ndarray:
+    try:
+        x = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise InputError(str(path), None, "comma-separated numbers", str(exc)) from None
+    if cols is not None and x.shape[1] != cols:
+        raise InputError(str(path), 1, f"{cols} columns", str(x.shape[1]))
+    return x
+
+
+def load_smd(root: Path, machine: str) -> Case:
+    """One SMD machine; samples are 60 s apart and the test part follows the training part."""
+    root = Path(root)
+    train = _load_matrix(_smd_file(root, "train", machine), len(SMD_COLUMNS))
+    test = _load_matrix(_smd_file(root, "test", machine), len(SMD_COLUMNS))
+    label = _load_matrix(_smd_file(root, "test_label", machine), 1)[:, 0] > 0.5
+    if label.size != test.shape[0]:
+        raise InputError(
+            str(_smd_file(root, "test_label", machine)),
+            None,
+            f"{test.shape[0]} labels (one per test row)",
+            str(label.size),
+        )
+    t_train = np.arange(train.shape[0]) * SMD_STEP
+    t_test = (train.shape[0] + np.arange(test.shape[0])) * SMD_STEP
+    return Case(
+        machine,
+        HostSeries(machine, t_train, train, SMD_COLUMNS, source=f"smd/train/{machine}"),
+        HostSeries(machine, t_test, test, SMD_COLUMNS, source=f"smd/test/{machine}"),
+        label,
+    )
+
+
+# --------------------------------------------------------------------------- NAB
+
+
+def _nab_time(text: str) -> float:
+    return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC).timestamp()
+
+
+def nab_files(root: Path) -> list[str]:
+    """``<category>/<file>.csv`` keys of the series present under ``root``."""
+    root = Path(root)
+    found = sorted(str(p.relative_to(root)) for p in root.glob("*/*.csv"))
+    if not found:
+        raise InputError(str(root), None, "a NAB folder with <category>/*.csv", "no CSV files")
+    return found
+
+
+def load_nab(root: Path, key: str, windows: dict[str, list[list[str]]]) -> Case:
+    """One NAB series: the probationary period (first 15 %, at most 750 rows) trains, the rest
+    is scored; a sample is anomalous when it lies inside a labelled window (ends included)."""
+    path = Path(root) / key
+    ts: list[float] = []
+    vals: list[float] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["timestamp", "value"]:
+            raise InputError(str(path), 1, "header 'timestamp,value'", str(header))
+        for lineno, row in enumerate(reader, start=2):
+            try:
+                ts.append(_nab_time(row[0]))
+                vals.append(float(row[1]))
+            except (ValueError, IndexError):
+                raise InputError(
+                    str(path), lineno, "'YYYY-MM-DD HH:MM:SS,<number>'", repr(",".join(row))
+                ) from None
+    t = np.asarray(ts)
+    v = np.asarray(vals)[:, None]
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    keep = np.concatenate(([True], np.diff(t) > 0))
+    t, v = t[keep], v[keep]
+    if key not in windows:
+        raise InputError(str(path), None, "an entry in combined_windows.json", "none")
+    label = np.zeros(t.size, bool)
+    for start, end in windows[key]:
+        label |= (t >= _nab_time(start)) & (t <= _nab_time(end))
+    n_train = min(int(NAB_PROBATION * t.size), NAB_PROBATION_MAX)
+    cols = ("value",)
+    return Case(
+        key,
+        HostSeries(key, t[:n_train], v[:n_train], cols, source=f"nab/{key}"),
+        HostSeries(key, t[n_train:], v[n_train:], cols, source=f"nab/{key}"),
+        label[n_train:],
+    )
+
+
+def nab_windows(root: Path) -> dict[str, list[list[str]]]:
+    path = Path(root) / "labels" / "combined_windows.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(str(path), None, "NAB label windows", "no such file") from None
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def points_from_windows(
+    timestamps: np.ndarray,
+    window_start: np.ndarray,
+    window_end: np.ndarray,
+    values: np.ndarray,
+    fill: float | bool,
+) -> np.ndarray:
+    """Give each sample the value of the last window that starts at or before it and contains it;
+    samples in no window get ``fill`` (the model saw too little data there)."""
+    ts = np.asarray(timestamps, dtype=float)
+    idx = np.searchsorted(window_start, ts, "right") - 1
+    inside = (idx >= 0) & (ts < np.asarray(window_end)[np.clip(idx, 0, None)])
+    out = np.full(ts.size, fill, dtype=np.asarray(values).dtype)
+    out[inside] = np.asarray(values)[idx[inside]]
+    return out
+
+
+def run_case(
+    case: Case, window: float, seed: int = 0, params: dict | None = None
+) -> dict[str, metrics.PointReport]:
+    """Train both detectors on ``case.train``, score ``case.test`` point by point."""
+    from baseline.train import score_series, train_host
+
+    model = train_host(case.train, window=window, hop=window, params=params)
+    scored = score_series(model, case.test)
+    t = case.test.timestamps
+    pred = points_from_windows(t, scored.window_start, scored.window_end, scored.alert, False)
+    score = points_from_windows(
+        t, scored.window_start, scored.window_end, np.asarray(scored.score, dtype=float), np.nan
+    )
+    out = {"minerwatch": metrics.point_report(pred, case.label, score)}
+
+    naive = NaiveIForest(window=window, hop=window, seed=seed).fit(case.train)
+    starts = np.floor(t / window) * window
+    starts = np.unique(starts)
+    ends = starts + window
+    n_score = naive.score(case.test, starts, ends)
+    n_pred = points_from_windows(t, starts, ends, n_score > naive.threshold_, False)
+    n_pts = points_from_windows(t, starts, ends, n_score, np.nan)
+    out["naive_iforest"] = metrics.point_report(n_pred, case.label, n_pts)
+    return out
+
+
+def _assemble(dataset: str, results: dict[str, dict[str, metrics.PointReport]], meta: dict) -> dict:
+    """JSON shape: ``mean`` and one entry per series for our detector, the same under
+    ``reference.<detector>`` for the reference detectors, plus ``meta``."""
+
+    def block(detector: str) -> dict:
+        reports = {name: r[detector] for name, r in results.items()}
+        out: dict = {"mean": metrics.mean_reports(list(reports.values()))}
+        out.update({name: rep.as_dict() for name, rep in reports.items()})
+        return out
+
+    detectors = sorted({d for r in results.values() for d in r})
+    out = block("minerwatch")
+    out["reference"] = {d: block(d) for d in detectors if d != "minerwatch"}
+    out["meta"] = {"dataset": dataset, **meta}
+    return out
+
+
+def evaluate_smd(
+    root: Path,
+    machines: list[str] | None = None,
+    seed: int = 0,
+    params: dict | None = None,
+    progress: Progress = _stderr,
+) -> dict:
+    """Train one baseline per SMD machine on its train split and score its test split."""
+    names = machines or smd_machines(root)
+    results = {}
+    for i, name in enumerate(names, 1):
+        progress(f"smd {i}/{len(names)}: {name}")
+        results[name] = run_case(load_smd(root, name), SMD_STEP, seed, params)
+    return _assemble(
+        "smd",
+        results,
+        {"path": str(root), "seed": seed, "window_s": SMD_STEP, "machines": len(names)},
+    )
+
+
+def evaluate_nab(
+    root: Path,
+    files: list[str] | None = None,
+    seed: int = 0,
+    params: dict | None = None,
+    progress: Progress = _stderr,
+) -> dict:
+    """Train on each NAB file's probationary period and score the rest."""
+    windows = nab_windows(root)
+    names = files or nab_files(root)
+    results = {}
+    for i, name in enumerate(names, 1):
+        progress(f"nab {i}/{len(names)}: {name}")
+        results[name] = run_case(load_nab(root, name, windows), NAB_STEP, seed, params)
+    return _assemble(
+        "nab", results, {"path": str(root), "seed": seed, "window_s": NAB_STEP, "files": len(names)}
+    )
+
+
+def _fmt(x: float | int | None) -> str:
+    if x is None:
+        return "   -  "
+    return f"{x:6d}" if isinstance(x, int) else f"{x:6.3f}"
+
+
+def series_names(block: dict) -> list[str]:
+    """The per-machine or per-file keys of a result block (not ``mean``/``reference``/``meta``)."""
+    return [k for k in block if k not in ("mean", "reference", "meta")]
+
+
+def format_point_table(result: dict) -> str:
+    """Readable table: one row per series and the mean, for every detector."""
+    cols = [
+        ("f1", "F1"),
+        ("precision", "P"),
+        ("recall", "R"),
+        ("f1_pa", "F1-PA"),
+        ("event_f1", "evF1"),
+        ("best_f1", "bestF1*"),
+        ("fp", "FP pts"),
+    ]
+    lines = []
+    blocks = {"minerwatch": result, **result["reference"]}
+    for det, block in blocks.items():
+        names = series_names(block)
+        width = max([len(n) for n in names] + [12])
+        lines.append(f"== {det} ({result['meta']['dataset']}) ==")
+        lines.append(f"{'series':<{width}} " + " ".join(f"{h:>7}" for _, h in cols))
+        for name in [*names, "mean"]:
+            row = block[name]
+            lines.append(f"{name:<{width}} " + " ".join(f"{_fmt(row.get(k)):>7}" for k, _ in cols))
+        pooled = block["mean"]
+        lines.append(
+            f"{'pooled':<{width}} {_fmt(pooled['pooled_f1']):>7} "
+            f"{_fmt(pooled['pooled_precision']):>7} {_fmt(pooled['pooled_recall']):>7} "
+            f"{_fmt(pooled['pooled_pa_f1']):>7}"
+        )
+        lines.append("")
+    lines.append(
+        "F1, P, R: point-wise, threshold from training only (honest). F1-PA: with point "
+        "adjustment. evF1: event level. FP pts: false-positive points (a file without "
+        "anomalies has only this)."
+    )
+    lines.append("bestF1*: best threshold chosen on the test labels: an upper bound, not a result.")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Reference detectors that the baseline has to beat, on the same window grid as the baseline.
+
+* ``static_rule``: CPU above 85 % for 3 hours straight (the rule many fleets actually run);
+* ``cpu_5m``: CPU above 80 % for 5 minutes straight (the eager version of the same rule);
+* ``naive_iforest``: scikit-learn's IsolationForest on plain window means of every metric column,
+  alerting above the highest score seen in training (no features, no calibration, no filtering).
+
+Each returns one boolean per window ``[start, end)``; a window is alerted when the rule fires at
+any sample inside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.io import HostSeries
+
+CPU = "cpu_percent"
+
+
+def window_grid(timestamps: np.ndarray, window: float, hop: float) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``[k*hop, k*hop + window)`` covering the samples; windows without samples dropped."""
+    ts = np.asarray(timestamps, dtype=float)
+    if ts.size == 0:
+        return np.empty(0), np.empty(0)
+    first = np.floor((ts[0] - window) / hop + 1) * hop
+    starts = np.arange(first, ts[-1] + 1e-9, hop)
+    lo = np.searchsorted(ts, starts, "left")
+    hi = np.searchsorted(ts, starts + window, "left")
+    keep = hi > lo
+    return starts[keep], starts[keep] + window
+
+
+def window_means(series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Mean of each column over each window ``[start, end)``, NaN samples skipped (NaN if none)."""
+    ts = series.timestamps
+    vals = np.asarray(series.values, dtype=float)
+    ok = np.isfinite(vals)
+    csum = np.vstack([np.zeros((1, vals.shape[1])), np.cumsum(np.where(ok, vals, 0.0), axis=0)])
+    ccnt = np.vstack([np.zeros((1, vals.shape[1])), np.cumsum(ok, axis=0)])
+    lo = np.searchsorted(ts, starts, "left")
+    hi = np.searchsorted(ts, ends, "left")
+    count = ccnt[hi] - ccnt[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (csum[hi] - csum[lo]) / count, np.nan)
+
+
+def sustained(timestamps: np.ndarray, above: np.ndarray, duration: float) -> np.ndarray:
+    """Per sample: has ``above`` held continuously for at least ``duration`` seconds?
+
+    A run's length counts one sampling interval for its first sample (ten 30-s samples above =
+    300 s); a hole in the data longer than two intervals breaks the run.
+    """
+    ts = np.asarray(timestamps, dtype=float)
+    a = np.asarray(above, dtype=bool)
+    if ts.size == 0:
+        return np.zeros(0, bool)
+    step = float(np.median(np.diff(ts))) if ts.size > 1 else 0.0
+    breaks = np.ones(ts.size, bool)
+    breaks[1:] = ~a[:-1] | (np.diff(ts) > 2 * step)
+    run_id = np.cumsum(breaks)
+    first_idx = np.flatnonzero(breaks)
+    run_start = ts[first_idx][run_id - 1]
+    return a & (ts - run_start + step >= duration - 1e-9)
+
+
+def _any_in_windows(
+    timestamps: np.ndarray, flag: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> np.ndarray:
+    csum = np.concatenate(([0], np.cumsum(flag)))
+    lo = np.searchsorted(timestamps, starts, "left")
+    hi = np.searchsorted(timestamps, ends, "left")
+    return (csum[hi] - csum[lo]) > 0
+
+
+def cpu_rule(
+    series: HostSeries,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    threshold: float,
+    duration: float,
+    column: str = CPU,
+) -> np.ndarray:
+    """Alert windows where CPU has stayed above ``threshold`` % for ``duration`` s (NaN: below)."""
+    cpu = series.column(column)
+    with np.errstate(invalid="ignore"):
+        above = cpu > threshold
+    fire = sustained(series.timestamps, above, duration)
+    return _any_in_windows(series.timestamps, fire, starts, ends)
+
+
+def static_rule(series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """CPU > 85 % for 3 h: the common static alert."""
+    return cpu_rule(series, starts, ends, 85.0, 3 * 3600.0)
+
+
+def cpu_5m(series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """CPU > 80 % for 5 min: a fast static alert."""
+    return cpu_rule(series, starts, ends, 80.0, 300.0)
+
+
+class NaiveIForest:
+    """IsolationForest on window means; threshold = highest training score (no false alarm in
+    training by construction). Scores follow our convention: higher = more anomalous."""
+
+    def __init__(
+        self, window: float = 60.0, hop: float = 60.0, seed: int = 0, n_estimators: int = 100
+    ) -> None:
+        self.window = window
+        self.hop = hop
+        self.seed = seed
+        self.n_estimators = n_estimators
+
+    def fit(self, series: HostSeries) -> NaiveIForest:
+        from sklearn.ensemble import IsolationForest
+
+        starts, ends = window_grid(series.timestamps, self.window, self.hop)
+        x = window_means(series, starts, ends)
+        self.columns_ = series.columns
+        self.fill_ = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0) if x.size else None
+        x = self._fill(x)
+        self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed)
+        self.forest_.fit(x)
+        self.threshold_ = float(np.max(-self.forest_.score_samples(x)))
+        return self
+
+    def _fill(self, x: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(x), x, self.fill_[None, :])
+
+    def score(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        if series.columns != self.columns_:
+            missing = sorted(set(self.columns_) - set(series.columns))
+            raise ValueError(f"columns differ from training; missing {missing}")
+        x = self._fill(window_means(series, starts, ends))
+        return -self.forest_.score_samples(x)
+
+    def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        return self.score(series, starts, ends) > self.threshold_

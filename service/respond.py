@@ -1,0 +1,111 @@
+"""Respond: name the process, keep the evidence, and (only when switched on) throttle.
+
+The agent calls :meth:`Responder.after_tick` every sample and :meth:`Responder.on_alert`
+when an alert episode opens. Indicator scans look only at the few busiest processes the
+collector already found, so the cost stays flat however many processes the host runs.
+The throttle object is always built, even when throttling is off, because building it
+releases whatever a crashed earlier agent left paused (its journal on disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from service.config import AgentConfig
+from service.evidence import EvidenceWriter
+from service.indicators import (
+    IndicatorHit,
+    gather_facts,
+    indicator_counts,
+    load_knowledge_base,
+    scan,
+)
+from service.throttle import Throttle, ThrottleConfig
+
+log = logging.getLogger("minerwatch.respond")
+
+
+class Responder:
+    """Indicators each tick, evidence once per episode, the throttle when enabled."""
+
+    def __init__(self, cfg: AgentConfig, throttle: Throttle | None = None) -> None:
+        self.cfg = cfg
+        self.kb = load_knowledge_base()
+        self.evidence = EvidenceWriter(cfg.evidence_dir)
+        self.throttle = throttle or Throttle(
+            ThrottleConfig(**cfg.throttle_kwargs()), agent_pids={os.getpid()}
+        )
+        for action in self.throttle.recovered:
+            log.warning("released a process left throttled by an earlier run: %s", action)
+        self.hits: list[IndicatorHit] = []
+
+    def after_tick(self, agent: Any, now: float, metrics: dict[str, float]) -> None:
+        top = agent.collector.top_processes
+        host_cpu = _finite(metrics.get("cpu_percent"))
+        facts = gather_facts(
+            [p.pid for p in top],
+            cpu_percent={p.pid: p.cpu_percent for p in top},
+            create_times={p.pid: p.create_time for p in top},
+        )
+        visible = _finite(getattr(agent.collector, "visible_proc_cpu_percent", None))
+        self.hits = scan(facts, self.kb, host_cpu, visible)
+        if self.throttle.cfg.enabled and host_cpu is not None:
+            alert = bool(agent.alert is not None and agent.alert.active)
+            for action in self.throttle.update(host_cpu, alert):
+                log.warning("throttle: %s", action)
+
+    def on_alert(self, agent: Any, episode: dict[str, Any], f: np.ndarray) -> None:
+        """Name the most responsible process and write the evidence file, once per episode."""
+        top = agent.collector.top_processes
+        if top:
+            p = top[0]
+            episode["process"] = {
+                "pid": p.pid,
+                "name": p.name,
+                "exe": p.exe,
+                "user": p.username,
+                "cpu_percent": round(p.cpu_percent, 1),
+                "remote_ports": list(p.remote_ports),
+            }
+        episode["indicators"] = [h.as_dict() for h in self.hits]
+        scorer = agent.model.scorer
+        try:
+            path = self.evidence.write(
+                f"{agent.cfg.host}-{int(episode['start'])}",
+                float(episode["score"]),
+                float(scorer.threshold),
+                {k: float(v) for k, v in zip(scorer.feature_names, f.tolist(), strict=True)},
+                episode["top_features"],
+                [p.pid for p in top],
+                self.hits,
+            )
+        except OSError as exc:
+            log.warning("could not write evidence: %s", exc)
+            agent.errors["evidence"] = agent.errors.get("evidence", 0) + 1
+            return
+        if path is not None:
+            episode["evidence"] = str(path)
+
+    def snapshot_fields(self) -> dict[str, Any]:
+        return {
+            "indicator_hits": indicator_counts(self.hits),
+            "throttled_processes": self.throttle.throttled_now,
+            "throttle_actions_total": dict(self.throttle.actions_total),
+        }
+
+    def close(self) -> None:
+        """Always release everything on shutdown, whether or not throttling is on."""
+        self.throttle.release_all("agent shutdown")
+
+
+def _finite(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
