@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from baseline.calibrate import calibrate_threshold
 from baseline.forest import export_forest
-from baseline.scorer import BaselineScorer
+from baseline.scorer import BaselineScorer, Explainer, derived_names
 
 #: Out-of-fold calibration splits the history into blocks this long, dealt round-robin.
 FOLD_BLOCK_S = 6 * 3600.0
@@ -45,11 +45,14 @@ class HostBaseline(OutlierMixin, BaseEstimator):
         alert_windows: int = 3,
         clear_windows: int = 3,
         hop: float = 60.0,
-        excess_scale: float = 4.0,
-        threshold_margin: float = 0.0,
+        excess_scale: float = 1.0,
+        threshold_margin: float = 0.04,
         folds: int = 3,
         resolution: Any = None,
         excess: Any = None,
+        explain_targets: Any = None,
+        explain_inputs: Any = None,
+        forest_features: Any = None,
         random_state: int | None = None,
     ) -> None:
         self.n_estimators = n_estimators
@@ -63,6 +66,9 @@ class HostBaseline(OutlierMixin, BaseEstimator):
         self.folds = folds
         self.resolution = resolution
         self.excess = excess
+        self.explain_targets = explain_targets
+        self.explain_inputs = explain_inputs
+        self.forest_features = forest_features
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, slots: Any = None) -> HostBaseline:
@@ -71,17 +77,37 @@ class HostBaseline(OutlierMixin, BaseEstimator):
         slots = np.arange(n) if slots is None else np.asarray(slots, dtype=np.int64)
         if slots.shape != (n,):
             raise ValueError(f"slots must have one entry per row ({n}), got {slots.shape}")
-        resolution = self._vector(self.resolution, d, 1e-6)
-        excess_mask = self._vector(self.excess, d, 0.0) > 0
-        center = np.nan_to_num(_nanquantile(X, 0.5), nan=0.0)
-        iqr = _nanquantile(X, 0.75) - _nanquantile(X, 0.25)
+        base_names = tuple(getattr(self, "feature_names_in_", [f"x{j}" for j in range(d)]))
+        explainer = None
+        if self.explain_targets is not None and len(self.explain_targets):
+            targets = np.asarray(self.explain_targets, dtype=np.int64)
+            derived = derived_names(base_names, targets)
+            inputs = np.asarray(
+                [] if self.explain_inputs is None else self.explain_inputs, dtype=np.int64
+            )
+            explainer = Explainer.fit(X, targets, inputs, derived)
+            X_full = np.hstack([X, explainer.derive(X)])
+        else:
+            derived, X_full = (), X
+        n_derived = len(derived)
+        resolution = np.append(self._vector(self.resolution, d, 1e-6), np.full(n_derived, 0.1))
+        excess_mask = np.append(self._vector(self.excess, d, 0.0) > 0, np.ones(n_derived, bool))
+        mask = self._vector(self.forest_features, d, 1.0) > 0
+        forest_columns = (
+            None
+            if mask.all() and not n_derived
+            else np.append(np.flatnonzero(mask), d + np.arange(n_derived)).astype(np.int64)
+        )
+        center = np.nan_to_num(_nanquantile(X_full, 0.5), nan=0.0)
+        iqr = _nanquantile(X_full, 0.75) - _nanquantile(X_full, 0.25)
         scale = np.maximum(np.nan_to_num(iqr, nan=0.0), resolution)
-        Z = np.nan_to_num((X - center) / scale, nan=0.0)
-        forest = export_forest(self._forest(self.random_state, n).fit(Z))
-        low = np.nan_to_num(_nanquantile(X, 0.05), nan=0.0)
-        high = np.nan_to_num(_nanquantile(X, 0.95), nan=0.0)
+        Z = np.nan_to_num((X_full - center) / scale, nan=0.0)
+        Zf = Z if forest_columns is None else Z[:, forest_columns]
+        forest = export_forest(self._forest(self.random_state, n).fit(Zf))
+        low = np.nan_to_num(_nanquantile(X_full, 0.05), nan=0.0)
+        high = np.nan_to_num(_nanquantile(X_full, 0.95), nan=0.0)
         draft = BaselineScorer(
-            feature_names=tuple(getattr(self, "feature_names_in_", [f"x{j}" for j in range(d)])),
+            feature_names=base_names + derived,
             center=center,
             scale=scale,
             train_max=Z.max(axis=0),
@@ -93,8 +119,10 @@ class HostBaseline(OutlierMixin, BaseEstimator):
             alert_windows=self.alert_windows,
             clear_windows=self.clear_windows,
             excess_scale=self.excess_scale,
+            explainer=explainer,
+            forest_columns=forest_columns,
         )
-        oof = self._out_of_fold_scores(X, Z, slots, draft)
+        oof = self._out_of_fold_scores(X, Zf, slots, draft)
         threshold = calibrate_threshold(
             oof, slots, self.hop, self.max_alarms_per_week, self.alert_windows, self.clear_windows
         )

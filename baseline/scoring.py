@@ -74,6 +74,7 @@ def series_features(
 def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[str]:
     """``name=value`` of the strongest contributors per window, ``;``-separated."""
     share = model.scorer.contributions(F)
+    F = model.scorer.full(F)
     order = np.argsort(-share, axis=1, kind="stable")[:, :top]
     names = model.scorer.feature_names
     out = []
@@ -86,7 +87,7 @@ def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[st
 def score_series(model: HostModel, series: HostSeries) -> Scored:
     """Score every complete window of ``series`` with ``model`` and apply the alert rule."""
     win, names, F = series_features(series, model.window, model.hop, model.columns)
-    if names != model.scorer.feature_names:
+    if names != model.scorer.feature_names[: model.scorer.n_base]:
         raise InputError(
             series.source or series.host,
             None,

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from baseline.model import HostBaseline
-from baseline.scorer import BaselineScorer, HostModel
+from baseline.scorer import HostModel
 from baseline.scoring import Scored, score_series, series_features
 from baseline.store import save_model
 from features.errors import InputError
-from features.extract import feature_specs
+from features.extract import COMPUTE, CONTEXT, EXPLAINED, TIME, feature_specs
 from features.io import HostSeries, read_telemetry
 
 MIN_WINDOWS = 30
@@ -52,13 +52,22 @@ def train_host(
         )
     specs = feature_specs(series.columns)
     options = {"random_state": 0, **(params or {})}
+    roles = [s.role for s in specs]
+    has_context = CONTEXT in roles
+    judged = (COMPUTE, TIME) if has_context else (COMPUTE, TIME, EXPLAINED)
     est = HostBaseline(
         hop=hop,
         resolution=[s.resolution for s in specs],
-        excess=[1.0 if s.excess else 0.0 for s in specs],
+        # judged as they are (no context to explain them): their sustained excess counts
+        excess=[
+            1.0 if s.excess or (not has_context and s.role == EXPLAINED) else 0.0 for s in specs
+        ],
+        explain_targets=[j for j, r in enumerate(roles) if r == EXPLAINED] if has_context else None,
+        explain_inputs=[j for j, r in enumerate(roles) if r in (CONTEXT, TIME)],
+        forest_features=[1.0 if r in judged else 0.0 for r in roles],
         **options,
     ).fit(F, slots=win.slots)
-    scorer = BaselineScorer(**{**est.scorer_.__dict__, "feature_names": names})
+    scorer = est.scorer_.renamed(names)
     meta = {
         "windows": int(len(F)),
         "train_start": float(win.starts[0]),

@@ -23,9 +23,18 @@ from features.windows import Windows
 DAY = 86400.0
 
 
+#: Feature roles. "context" features describe the work the host is doing (traffic, disk,
+#: process churn, system CPU) and only serve to *explain* CPU, so a backup or a deploy is not
+#: an anomaly on its own. "explained" features are CPU levels and floors: the baseline judges
+#: the part of them the context does not explain (their residuals), not their raw level.
+#: "compute" features are judged as they are; "time" feeds both the explanation and the
+#: judgement, so a cron at its usual hour is normal and the same load at 3 a.m. is not.
+COMPUTE, EXPLAINED, CONTEXT, TIME = "compute", "explained", "context", "time"
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One feature: its inputs, its unit of resolution and whether excess above range counts.
+    """One feature: its inputs, role, unit of resolution and whether excess above range counts.
 
     ``resolution`` is the smallest change that means anything (a floor for the scale, so a
     feature that never moved in training does not turn a tiny wiggle into an alarm).
@@ -37,6 +46,7 @@ class FeatureSpec:
     inputs: tuple[str, ...]
     resolution: float
     excess: bool = False
+    role: str = COMPUTE
 
 
 class _Context:
@@ -96,60 +106,65 @@ _PPS = ("net_rx_pps", "net_tx_pps")
 
 #: Every feature the pipeline knows, with the function that computes it.
 REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
-    (FeatureSpec("cpu_percent", _CPU, 2.0), lambda c: c.mean("cpu_percent")),
+    (FeatureSpec("cpu_percent", _CPU, 2.0, role=EXPLAINED), lambda c: c.mean("cpu_percent")),
     (
-        FeatureSpec("cpu_floor_5m", _CPU, 2.0),
+        FeatureSpec("cpu_floor_3m", _CPU, 2.0, role=EXPLAINED),
+        lambda c: c.rolling_min(c.floor("cpu_percent"), 180),
+    ),
+    (
+        FeatureSpec("cpu_floor_5m", _CPU, 2.0, role=EXPLAINED),
         lambda c: c.rolling_min(c.floor("cpu_percent"), 300),
     ),
     (
-        FeatureSpec("cpu_floor_15m", _CPU, 2.0, excess=True),
+        FeatureSpec("cpu_floor_15m", _CPU, 2.0, role=EXPLAINED),
         lambda c: c.rolling_min(c.floor("cpu_percent"), 900),
     ),
     (
-        FeatureSpec("cpu_floor_60m", _CPU, 2.0, excess=True),
-        lambda c: c.rolling_min(c.floor("cpu_percent"), 3600),
+        FeatureSpec("top_proc_floor_3m", _TOP, 5.0, role=EXPLAINED),
+        lambda c: c.rolling_min(c.floor("top_proc_cpu_percent"), 180),
     ),
     (
-        FeatureSpec("cpu_system_percent", ("cpu_system_percent",), 1.0),
-        lambda c: c.mean("cpu_system_percent"),
+        FeatureSpec("top_proc_floor_5m", _TOP, 5.0, role=EXPLAINED),
+        lambda c: c.rolling_min(c.floor("top_proc_cpu_percent"), 300),
     ),
     (
-        FeatureSpec("cpu_iowait_percent", ("cpu_iowait_percent",), 1.0),
-        lambda c: c.mean("cpu_iowait_percent"),
-    ),
-    (FeatureSpec("top_proc_cpu", _TOP, 5.0), lambda c: c.mean("top_proc_cpu_percent")),
-    (
-        FeatureSpec("top_proc_floor_15m", _TOP, 5.0, excess=True),
+        FeatureSpec("top_proc_floor_15m", _TOP, 5.0, role=EXPLAINED),
         lambda c: c.rolling_min(c.floor("top_proc_cpu_percent"), 900),
     ),
     (
-        FeatureSpec("top_proc_dominance", (*_TOP, "load1"), 0.05),
-        lambda c: np.clip(
-            c.mean("top_proc_cpu_percent") / 100.0 / np.maximum(c.mean("load1"), 1.0), 0, 4
-        ),
-    ),
-    (
-        FeatureSpec("cpu_per_kpkt", (*_CPU, *_PPS), 1.0, excess=True),
+        # percent-of-one-core over percent-of-host: the share of busy CPU one process holds,
+        # times the core count (a per-host constant the baseline absorbs)
+        FeatureSpec("top_proc_share_5m", (*_CPU, *_TOP), 0.05),
         lambda c: c.rolling_min(
-            c.mean("cpu_percent") / (1.0 + (c.mean("net_rx_pps") + c.mean("net_tx_pps")) / 1e3),
-            300,
+            c.mean("top_proc_cpu_percent") / np.maximum(c.mean("cpu_percent"), 1.0), 300
         ),
     ),
     (
-        FeatureSpec("net_pps_log", _PPS, 0.1),
-        lambda c: _log1p(c.mean("net_rx_pps") + c.mean("net_tx_pps")),
+        FeatureSpec("net_pps_log_5m", _PPS, 0.1, role=CONTEXT),
+        lambda c: c.rolling_mean(_log1p(c.mean("net_rx_pps") + c.mean("net_tx_pps")), 300),
     ),
     (
-        FeatureSpec("disk_bps_log", ("disk_read_bps", "disk_write_bps"), 0.1),
-        lambda c: _log1p(c.mean("disk_read_bps") + c.mean("disk_write_bps")),
+        FeatureSpec("disk_bps_log_5m", ("disk_read_bps", "disk_write_bps"), 0.1, role=CONTEXT),
+        lambda c: c.rolling_mean(_log1p(c.mean("disk_read_bps") + c.mean("disk_write_bps")), 300),
     ),
-    (FeatureSpec("procs_running", ("procs_running",), 1.0), lambda c: c.mean("procs_running")),
     (
-        FeatureSpec("ctx_switches_log", ("ctx_switches_ps",), 0.1),
-        lambda c: _log1p(c.mean("ctx_switches_ps")),
+        FeatureSpec("ctx_switches_log_5m", ("ctx_switches_ps",), 0.1, role=CONTEXT),
+        lambda c: c.rolling_mean(_log1p(c.mean("ctx_switches_ps")), 300),
     ),
-    (FeatureSpec("tod_sin", (), 0.05), lambda c: _tod(c, np.sin)),
-    (FeatureSpec("tod_cos", (), 0.05), lambda c: _tod(c, np.cos)),
+    (
+        FeatureSpec("procs_running_5m", ("procs_running",), 1.0, role=CONTEXT),
+        lambda c: c.rolling_mean(c.mean("procs_running"), 300),
+    ),
+    (
+        FeatureSpec("cpu_system_5m", ("cpu_system_percent",), 1.0, role=CONTEXT),
+        lambda c: c.rolling_mean(c.mean("cpu_system_percent"), 300),
+    ),
+    (
+        FeatureSpec("cpu_iowait_5m", ("cpu_iowait_percent",), 1.0, role=CONTEXT),
+        lambda c: c.rolling_mean(c.mean("cpu_iowait_percent"), 300),
+    ),
+    (FeatureSpec("tod_sin", (), 0.05, role=TIME), lambda c: _tod(c, np.sin)),
+    (FeatureSpec("tod_cos", (), 0.05, role=TIME), lambda c: _tod(c, np.cos)),
 )
 
 #: Schema columns that feed the features above; any other numeric column is "extra".
@@ -179,6 +194,7 @@ _IGNORED = frozenset(
         "net_rx_bps",
         "net_tx_bps",
         "cpu_user_percent",
+        "load1",
     }
 )
 

@@ -186,7 +186,8 @@ class Agent:
         self.history.add_window(start, end, score, scorer.threshold, alerted)
         share = scorer.contributions(f[None, :])[0]
         self.last["score"] = score
-        self.last["features"] = dict(zip(scorer.feature_names, f.tolist(), strict=True))
+        full = scorer.full(f[None, :])[0]
+        self.last["features"] = dict(zip(scorer.feature_names, full.tolist(), strict=True))
         self.last["contributions"] = dict(zip(scorer.feature_names, share.tolist(), strict=True))
         if alerted and not was:
             self.counters["alerts"] += 1

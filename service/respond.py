@@ -79,7 +79,7 @@ class Responder:
                 f"{agent.cfg.host}-{int(episode['start'])}",
                 float(episode["score"]),
                 float(scorer.threshold),
-                {k: float(v) for k, v in zip(scorer.feature_names, f.tolist(), strict=True)},
+                dict(zip(scorer.feature_names, scorer.full(f[None, :])[0].tolist(), strict=True)),
                 episode["top_features"],
                 [p.pid for p in top],
                 self.hits,

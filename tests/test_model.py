@@ -75,10 +75,11 @@ def test_short_burst_is_not_alerted(trained):
 
 def test_explanation_names_the_driving_feature(trained):
     scorer = trained.scorer
-    f = scorer.center.copy()
-    j = scorer.feature_names.index("top_proc_floor_15m")
-    f[j] = scorer.typical_high[j] * 10 + 100
+    f = scorer.center[: scorer.n_base].copy()
+    j = scorer.feature_names.index("top_proc_floor_5m")
+    f[j] = 390.0  # four cores held by one process, with no work to explain it
     top = scorer.explain(f, top=2)
-    assert top[0]["feature"] == "top_proc_floor_15m"
+    assert top[0]["feature"] == "top_proc_floor_5m_unexplained"
     assert top[0]["typical_low"] <= top[0]["typical_high"] < top[0]["value"]
     assert 0 < top[0]["contribution"] <= 1
+    assert scorer.score(f[None, :])[0] > scorer.threshold
