@@ -105,6 +105,7 @@ def train_all(
     fleet = read_telemetry(inputs)
     hosts = sorted(fleet)
     results: list[TrainSummary] = []
+    done: list[str] = []
 
     def finish(host: str, outcome: tuple[HostModel, float] | Exception) -> None:
         if isinstance(outcome, Exception):
@@ -117,8 +118,9 @@ def train_all(
             results.append(
                 TrainSummary(host, model.meta["windows"], model.threshold, seconds, str(folder))
             )
+        done.append(host)
         if progress is not None:
-            progress(len(results), len(hosts), host)
+            progress(len(done), len(hosts), host)
 
     if dask_address:
         _train_dask(fleet, hosts, window, hop, params, dask_address, finish)

@@ -163,6 +163,12 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         FeatureSpec("cpu_iowait_5m", ("cpu_iowait_percent",), 1.0, role=CONTEXT),
         lambda c: c.rolling_mean(c.mean("cpu_iowait_percent"), 300),
     ),
+    (
+        # written by the agent only: a host normally has no miner indicators at all, so
+        # any hit is far above the training range and raises the score through the excess
+        FeatureSpec("indicator_hits", ("indicator_hits",), 1.0, excess=True),
+        lambda c: c.mean("indicator_hits"),
+    ),
     (FeatureSpec("tod_sin", (), 0.05, role=TIME), lambda c: _tod(c, np.sin)),
     (FeatureSpec("tod_cos", (), 0.05, role=TIME), lambda c: _tod(c, np.cos)),
 )

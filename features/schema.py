@@ -34,3 +34,10 @@ METRICS: dict[str, str] = {
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
 TELEMETRY_COLUMNS: tuple[str, ...] = (TIMESTAMP, HOST, *METRIC_COLUMNS)
+
+#: Columns only the on-host agent records beside the metrics (they need the process table
+#: and the miner-indicator knowledge base, which a plain telemetry file does not have).
+AGENT_METRICS: dict[str, str] = {
+    "indicator_hits": "miner indicators matched among the busiest processes (count)",
+}
+AGENT_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *AGENT_METRICS)

@@ -32,7 +32,7 @@ from baseline.store import META, ModelError, atomic_write, host_dirname, load_mo
 from features.collector import Collector
 from features.errors import InputError
 from features.extract import extract
-from features.schema import METRIC_COLUMNS, SCHEMA_VERSION
+from features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION
 from features.windows import make_windows
 from service.config import AgentConfig, load_config
 from service.exporter import Exporter
@@ -135,8 +135,13 @@ class Agent:
         self.last["sample_ts"] = now
         self.last["metrics"] = metrics
         self.counters["samples"] += 1
+        if self.responder is not None:
+            try:
+                metrics = {**metrics, "indicator_hits": self.responder.inspect(self, metrics)}
+            except Exception as exc:  # indicators are best effort; scoring goes on
+                self._error("indicators", exc)
         self.history.add_sample(now, metrics)
-        row = np.array([metrics.get(c, np.nan) for c in METRIC_COLUMNS], dtype=np.float64)
+        row = np.array([metrics.get(c, np.nan) for c in AGENT_COLUMNS], dtype=np.float64)
         self.recent.append((now, row))
         while self.recent and self.recent[0][0] < now - LOOKBACK_S - 2 * self.cfg.window:
             self.recent.popleft()
@@ -156,11 +161,12 @@ class Agent:
         assert self.model is not None
         t0 = time.perf_counter()
         ts = np.array([t for t, _ in self.recent])
-        values = np.vstack([r for _, r in self.recent])
+        cols = [AGENT_COLUMNS.index(c) for c in self.model.columns]
+        values = np.vstack([r for _, r in self.recent])[:, cols]
         win = make_windows(
             ts,
             values,
-            METRIC_COLUMNS,
+            self.model.columns,
             self.model.window,
             self.model.hop,
             interval=self.cfg.interval,
@@ -240,7 +246,7 @@ class Agent:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(METRIC_COLUMNS))
+        np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
         atomic_write(path, buf.getvalue(), mode=0o600)
         cmd = [
             sys.executable,
@@ -288,6 +294,10 @@ class Agent:
             return
         try:
             model = load_model(self.models_dir, self.cfg.host)
+            unknown = [c for c in model.columns if c not in AGENT_COLUMNS]
+            if unknown:
+                raise ModelError(str(self.models_dir), None, "a model of the agent's columns",
+                                 f"one that needs {unknown}")
         except (ModelError, InputError, OSError, ValueError) as exc:
             self._error("model", exc)
             return

@@ -21,14 +21,14 @@ from types import TracebackType
 
 import numpy as np
 
-from features.schema import METRIC_COLUMNS
+from features.schema import AGENT_COLUMNS as STORED_COLUMNS  # metrics + agent extras
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 SCHEMA_VERSION = 1
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-_WIDTH = 1 + len(METRIC_COLUMNS)  # timestamp + metrics
+_WIDTH = 1 + len(STORED_COLUMNS)  # timestamp + metrics
 _ROW_BYTES = 8 * _WIDTH
 
 Window = tuple[float, float, float, float, bool]
@@ -92,7 +92,7 @@ class History:
     >>> h = History(None)
     >>> h.add_sample(100.0, {"cpu_percent": 12.5})
     >>> ts, values = h.samples()
-    >>> ts.tolist(), values.shape[1] == len(METRIC_COLUMNS), float(values[0, 0])
+    >>> ts.tolist(), values.shape[1] == len(STORED_COLUMNS), float(values[0, 0])
     ([100.0], True, 12.5)
     """
 
@@ -126,7 +126,7 @@ class History:
         capacity = max(1, min(rows_for_retention, self.max_bytes // _ROW_BYTES))
         self._ring = _Ring(capacity, _WIDTH)
         self._mem_windows: deque[Window] = deque(maxlen=capacity)
-        self._columns = ", ".join(f'"{c}"' for c in METRIC_COLUMNS)
+        self._columns = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
         self._reopen = False
         if self.path is not None:
             with self._lock:
@@ -138,7 +138,7 @@ class History:
 
     def add_sample(self, ts: float, metrics: Mapping[str, float | None]) -> None:
         """Store one sample; metrics outside the schema are ignored, missing ones become NaN."""
-        row = (float(ts), *(_number(metrics.get(c)) for c in METRIC_COLUMNS))
+        row = (float(ts), *(_number(metrics.get(c)) for c in STORED_COLUMNS))
         with self._lock:
             self._maybe_recover()
             if not self._insert_samples([row]):
@@ -158,7 +158,7 @@ class History:
 
     def samples(self, since: float | None = None,
                 until: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Timestamps (n,) and values (n, len(METRIC_COLUMNS)) with ``since <= ts < until``.
+        """Timestamps (n,) and values (n, len(STORED_COLUMNS)) with ``since <= ts < until``.
 
         Rows are sorted by time; values missing from a sample are NaN.
         """
@@ -344,7 +344,7 @@ class History:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        metric_defs = ", ".join(f'"{c}" REAL' for c in METRIC_COLUMNS)
+        metric_defs = ", ".join(f'"{c}" REAL' for c in STORED_COLUMNS)
         conn.execute(f"CREATE TABLE IF NOT EXISTS samples (ts REAL NOT NULL, {metric_defs})")
         conn.execute("CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts)")
         conn.execute("CREATE TABLE IF NOT EXISTS windows (window_start REAL NOT NULL,"
@@ -353,7 +353,7 @@ class History:
         conn.execute("CREATE INDEX IF NOT EXISTS windows_end ON windows (window_end)")
         # A newer schema may add metric columns: old rows read back as NaN for them.
         have = {row[1] for row in conn.execute("PRAGMA table_info(samples)")}
-        for c in METRIC_COLUMNS:
+        for c in STORED_COLUMNS:
             if c not in have:
                 conn.execute(f'ALTER TABLE samples ADD COLUMN "{c}" REAL')
         # Also a write probe: a read-only file fails here rather than at the first sample.

@@ -44,16 +44,20 @@ class Responder:
             log.warning("released a process left throttled by an earlier run: %s", action)
         self.hits: list[IndicatorHit] = []
 
-    def after_tick(self, agent: Any, now: float, metrics: dict[str, float]) -> None:
+    def inspect(self, agent: Any, metrics: dict[str, float]) -> float:
+        """Scan the busiest processes; the hit count becomes the sample's ``indicator_hits``."""
         top = agent.collector.top_processes
-        host_cpu = _finite(metrics.get("cpu_percent"))
         facts = gather_facts(
             [p.pid for p in top],
             cpu_percent={p.pid: p.cpu_percent for p in top},
             create_times={p.pid: p.create_time for p in top},
         )
         visible = _finite(getattr(agent.collector, "visible_proc_cpu_percent", None))
-        self.hits = scan(facts, self.kb, host_cpu, visible)
+        self.hits = scan(facts, self.kb, _finite(metrics.get("cpu_percent")), visible)
+        return float(len(self.hits))
+
+    def after_tick(self, agent: Any, now: float, metrics: dict[str, float]) -> None:
+        host_cpu = _finite(metrics.get("cpu_percent"))
         if self.throttle.cfg.enabled and host_cpu is not None:
             alert = bool(agent.alert is not None and agent.alert.active)
             for action in self.throttle.update(host_cpu, alert):

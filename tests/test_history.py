@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.schema import METRIC_COLUMNS
+from features.schema import AGENT_COLUMNS
 from service.history import History, exclusion_mask
 
-CPU = METRIC_COLUMNS.index("cpu_percent")
-LOAD = METRIC_COLUMNS.index("load1")
+CPU = AGENT_COLUMNS.index("cpu_percent")
+LOAD = AGENT_COLUMNS.index("load1")
 
 
 class Clock:
@@ -53,7 +53,7 @@ def test_round_trip_values_order_and_missing(db, clock):
         h.add_sample(clock.now + 10, {"cpu_percent": float("inf"), "load1": None})
         ts, values = h.samples()
         assert ts.tolist() == [clock.now, clock.now + 10, clock.now + 20]
-        assert values.shape == (3, len(METRIC_COLUMNS))
+        assert values.shape == (3, len(AGENT_COLUMNS))
         assert values[0, CPU] == 1.0 and values[0, LOAD] == 0.5
         assert np.isnan(values[1, CPU]) and np.isnan(values[1, LOAD])  # inf and None: missing
         assert np.isnan(values[2, LOAD])
@@ -67,7 +67,7 @@ def test_round_trip_values_order_and_missing(db, clock):
 def test_empty_store(db, clock):
     with History(db, clock=clock) as h:
         ts, values = h.samples()
-        assert ts.shape == (0,) and values.shape == (0, len(METRIC_COLUMNS))
+        assert ts.shape == (0,) and values.shape == (0, len(AGENT_COLUMNS))
         assert h.count() == 0 and h.span_seconds() == 0.0 and h.alerted_windows() == []
 
 
@@ -157,7 +157,7 @@ def test_memory_only_is_bounded_by_retention(clock):
 
 
 def test_memory_only_is_bounded_by_bytes(clock):
-    row = 8 * (1 + len(METRIC_COLUMNS))
+    row = 8 * (1 + len(AGENT_COLUMNS))
     h = History(None, max_bytes=20 * row, clock=clock)
     fill(h, clock.now, 100)
     assert h.count() == 20 and h.size_bytes() <= 20 * row
