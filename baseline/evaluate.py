@@ -467,6 +467,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the reference IsolationForest")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these SMD machines or NAB files")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--alarms-per-week",
+        type=float,
+        default=None,
+        help="false-alarm budget of the threshold for --smd/--nab (default 7 per machine-week)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -477,10 +483,13 @@ def run(args: argparse.Namespace) -> int:
 
     progress = _quiet if args.quiet else _stderr
     if args.smd is not None or args.nab is not None:
+        params = None
+        if args.alarms_per_week is not None:
+            params = {**public.PUBLIC_PARAMS, "max_alarms_per_week": args.alarms_per_week}
         if args.smd is not None:
-            result = public.evaluate_smd(args.smd, args.only, args.seed, progress=progress)
+            result = public.evaluate_smd(args.smd, args.only, args.seed, params, progress)
         else:
-            result = public.evaluate_nab(args.nab, args.only, args.seed, progress=progress)
+            result = public.evaluate_nab(args.nab, args.only, args.seed, params, progress)
         if args.output is not None:
             args.output.mkdir(parents=True, exist_ok=True)
             name = f"{result['meta']['dataset']}.json"
