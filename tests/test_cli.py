@@ -59,3 +59,14 @@ def test_help_on_every_command():
     for cmd in ("collect", "train", "score"):
         h = run(cmd, "--help")
         assert h.returncode == 0 and "usage: minerwatch " + cmd in h.stdout
+
+
+def test_collect_records_this_machine(tmp_path):
+    out = tmp_path / "me.csv"
+    r = run("collect", "--interval", "0.2", "--duration", "1", "--output", str(out),
+            "--host", "me")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert 3 <= len(rows) <= 6
+    assert {row["host"] for row in rows} == {"me"}
+    assert all(0 <= float(row["cpu_percent"]) <= 100 for row in rows)
