@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ import numpy as np
 
 from baseline import metrics
 from baseline.reference import NaiveIForest, cpu_5m, static_rule
+from features.atomic import atomic_write
 from features.errors import InputError
 from features.io import HostSeries
 
@@ -302,19 +301,6 @@ def format_text(result: dict) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _safe_name(host: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in host)
 
@@ -396,7 +382,7 @@ def write_report(
     for run in runs:
         name = f"{_safe_name(run.host)}.png"
         progress(f"plot {run.host}")
-        _atomic_write(output / name, plot_host(run, events))
+        atomic_write(output / name, plot_host(run, events))
         pngs.append((run.host, name))
     meta = result["meta"]
     lines = [
@@ -433,8 +419,8 @@ def write_report(
     lines += ["", "## Plots", ""]
     lines += [f"### {host}\n\n![{host}]({name})\n" for host, name in pngs]
     path = output / "report.md"
-    _atomic_write(path, "\n".join(lines).encode("utf-8"))
-    _atomic_write(output / "report.json", json.dumps(result, indent=1).encode("utf-8"))
+    atomic_write(path, "\n".join(lines).encode("utf-8"))
+    atomic_write(output / "report.json", json.dumps(result, indent=1).encode("utf-8"))
     return path
 
 
@@ -493,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output is not None:
             args.output.mkdir(parents=True, exist_ok=True)
             name = f"{result['meta']['dataset']}.json"
-            _atomic_write(args.output / name, json.dumps(result, indent=1).encode("utf-8"))
+            atomic_write(args.output / name, json.dumps(result, indent=1).encode("utf-8"))
         print(json.dumps(result) if args.json else public.format_point_table(result))
         return 0
     result = evaluate_simulated(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from baseline.scorer import BaselineScorer, HostModel
+from features.atomic import atomic_write
 from features.errors import InputError
 from features.extract import feature_names
 from features.schema import SCHEMA_VERSION
@@ -40,26 +41,6 @@ def host_dirname(host: str) -> str:
     """A file-system-safe, reversible folder name for a host (no traversal, no separators)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"%{ord(m.group()):02X}", host)
     return safe if safe not in ("", ".", "..") else "%" + safe.encode().hex()
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def _versions() -> dict[str, str]:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import secrets
 import socket
 import stat
 import sys
@@ -35,6 +34,7 @@ from typing import Any, TextIO
 
 import psutil
 
+from features.atomic import atomic_write
 from features.errors import InputError
 from service.indicators import IndicatorHit, read_exe_link
 
@@ -253,7 +253,7 @@ class EvidenceWriter:
         doc = self.collect(safe_id, now, score, threshold, features, explanation, top_pids, hits)
         data = fit_to_size(doc, self.max_bytes_per_file)
         path = self.dir / f"{datetime.fromtimestamp(now, UTC):%Y%m%dT%H%M%SZ}-{safe_id}.json"
-        _atomic_write(path, data)
+        atomic_write(path, data, mode=0o600)  # evidence: owner only
         self._last_write = now
         self._episodes.add(safe_id)
         self._prune()
@@ -521,30 +521,6 @@ def _walk(root: Path) -> Iterator[Path]:
             if count > _MAX_WALK:
                 return
             yield Path(dirpath, name)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Owner-only file via temp name + fsync + rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-# ---------------------------------------------------------------------------------------
-# Reading back
 
 
 def evidence_files(dir: Path) -> list[Path]:

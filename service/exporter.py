@@ -15,10 +15,8 @@ import base64
 import binascii
 import gzip
 import logging
-import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +39,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
+from features.atomic import atomic_write
 from service.state import AgentSnapshot
 from service.webconfig import BasicAuth, load_web_config
 
@@ -285,17 +284,7 @@ def write_textfile(directory: Path, payload: bytes) -> Path:
     the temp name ends in ``.tmp``, which the textfile collector ignores.
     """
     target = directory / TEXTFILE_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".minerwatch.", suffix=".prom.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, payload, mode=0o644)  # node_exporter usually runs as another user
     return target
 
 

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from features.atomic import atomic_write
 from features.errors import InputError
 from service.cgroups import (
     Mechanism,
@@ -224,23 +224,7 @@ class Journal:
         )
 
     def _save(self, state: JournalState) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".journal-", dir=self.state_dir)  # mode 0600
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(_dump(state))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
+        atomic_write(self.path, _dump(state), mode=0o600)
 
 def _dump(state: JournalState) -> str:
     return json.dumps(

@@ -266,7 +266,7 @@ def test_write_textfile_replaces_and_cleans_up_on_error(tmp_path):
     write_textfile(tmp_path, b"a 2\n")
     assert target.read_bytes() == b"a 2\n"
     with pytest.raises(TypeError):
-        write_textfile(tmp_path, "not bytes")  # type: ignore[arg-type]
+        write_textfile(tmp_path, object())  # type: ignore[arg-type]  # fails mid-write
     assert os.listdir(tmp_path) == [TEXTFILE_NAME]
 
 
