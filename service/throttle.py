@@ -27,7 +27,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from features.atomic import atomic_write
 from features.errors import InputError
+from service import durations
 from service.cgroups import (
     Mechanism,
     ProcessGone,
@@ -123,18 +123,15 @@ class ThrottleConfig:
 
 
 def parse_duration(text: str | float) -> float:
-    """Seconds from ``30``, ``"30s"``, ``"2m"``, ``"1h"``, ``"500ms"``.
+    """Seconds from ``30``, ``"30s"``, ``"2m"``, ``"1h"``, ``"500ms"`` (ValueError for argparse).
 
     >>> parse_duration("2m"), parse_duration("500ms"), parse_duration(7)
     (120.0, 0.5, 7.0)
     """
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))
-    if not m:
-        raise ValueError(f"a duration like 30s or 2m, got {text!r}")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
-    return float(m.group(1)) * scale
+    try:
+        return durations.parse_duration(text)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
