@@ -159,6 +159,9 @@ class Agent:
 
     def _score(self, now: float) -> None:
         assert self.model is not None
+        newest = int(np.floor((now - self.model.window) / self.model.hop))
+        if self.last_slot is not None and newest <= self.last_slot:
+            return  # no window has completed since the last one scored
         t0 = time.perf_counter()
         ts = np.array([t for t, _ in self.recent])
         cols = [AGENT_COLUMNS.index(c) for c in self.model.columns]

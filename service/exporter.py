@@ -239,7 +239,8 @@ class Exporter:
         self._server = _bind(self.address, self._port, tls, auth, self._render)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            # the poll only bounds how fast stop() returns; 0.1 s cost 0.1 % of a core idle
+            kwargs={"poll_interval": 0.5},
             name="minerwatch-exporter",
             daemon=True,
         )
