@@ -122,6 +122,22 @@ def load_model(models_dir: Path, host: str) -> HostModel:
         raise ModelError(
             str(meta_path), exc.__dict__.get("lineno"), "valid JSON", str(exc)
         ) from None
+    required = (
+        "host",
+        "columns",
+        "feature_names",
+        "window",
+        "hop",
+        "threshold",
+        "alert_windows",
+        "clear_windows",
+        "excess_scale",
+        "model_file",
+        "sha256",
+    )
+    missing = [k for k in required if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ModelError(str(meta_path), None, "model metadata", f"missing {', '.join(missing)}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             str(meta_path), None, f"model format {FORMAT_VERSION}", str(meta.get("format_version"))
@@ -159,8 +175,10 @@ def load_model(models_dir: Path, host: str) -> HostModel:
         arrays = {k: npz[k] for k in npz.files}
     try:
         scorer = BaselineScorer.from_parts(arrays, meta)
-    except (KeyError, ValueError) as exc:
-        raise ModelError(str(model_path), None, "consistent model arrays", str(exc)) from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(
+            str(model_path), None, "consistent model arrays", f"{type(exc).__name__}: {exc}"
+        ) from None
     return HostModel(
         host=meta["host"],
         scorer=scorer,

@@ -10,6 +10,7 @@ or pandas. A scrape only reads the latest :class:`~service.state.AgentSnapshot`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -241,16 +242,30 @@ class Agent:
         due = now >= self.next_retrain and (self.model is not None or self.learning_progress() >= 1)
         if not due:
             return
-        ts, values = self.history.samples(since=now - self.cfg.retrain_history)
-        keep = exclusion_mask(ts, self.history.alerted_windows(), EXCLUDE_MARGIN_S)
-        if self.episode is not None:
-            keep &= ts < self.episode["start"] - EXCLUDE_MARGIN_S
+        since = now - self.cfg.retrain_history
+        before = None if self.episode is None else self.episode["start"] - EXCLUDE_MARGIN_S
         path = self.data_dir / "train-input.npz"
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
-        atomic_write(path, buf.getvalue(), mode=0o600)
+        source: list[str] = []
+        if self.history.path is not None and self.history.degraded is None:
+            # the child reads the database itself: two weeks of samples never pass through
+            # the agent's memory
+            source = [
+                "--history",
+                str(self.history.path),
+                "--since",
+                str(since),
+                "--margin",
+                str(EXCLUDE_MARGIN_S),
+            ]
+            source += [] if before is None else ["--before", str(before)]
+        else:
+            ts, values = self.history.samples(since=since)
+            keep = exclusion_mask(ts, self.history.alerted_windows(), EXCLUDE_MARGIN_S)
+            if before is not None:
+                keep &= ts < before
+            buf = io.BytesIO()
+            np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
+            atomic_write(path, buf.getvalue(), mode=0o600)
         cmd = [
             sys.executable,
             "-m",
@@ -267,43 +282,57 @@ class Agent:
             str(self.cfg.hop),
             "--alert-windows",
             str(self.cfg.alert_windows),
+            *source,
         ]
-        log.info("training on %d samples (%d left out around alerts)", keep.sum(), (~keep).sum())
-        self.child = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        log.info("training a model for %s in a child process", self.cfg.host)
+        # output goes to files: a pipe nobody reads while the child runs could fill and block it
+        out = os.open(self.data_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        finally:
+            os.close(out)
         self.next_retrain = now + self.cfg.retrain_every
 
     def _poll_child(self) -> None:
         if self.child is None or self.child.poll() is None:
             return
-        out, err = self.child.communicate()
         rc, self.child = self.child.returncode, None
         try:
-            result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-        except ValueError:
-            result = {}
+            lines = (self.data_dir / "train.log").read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        result: dict[str, Any] = {}
+        for line in reversed(lines):  # the child's answer is its last JSON line
+            try:
+                result = json.loads(line)
+                break
+            except ValueError:
+                continue
+        backoff = self.clock() + max(60.0, 6 * self.cfg.interval)
         if rc != 0:
-            self._error("train", RuntimeError(result.get("error") or err.strip()[-500:]))
-            # back off instead of retraining every tick on data that cannot work yet
-            self.next_retrain = self.clock() + max(60.0, 6 * self.cfg.interval)
+            self._error("train", RuntimeError(result.get("error") or "; ".join(lines[-3:])))
+            self.next_retrain = backoff  # not every tick on data that cannot work yet
             return
         log.info("training finished: %s", result)
-        if result.get("accepted"):
-            self._load_model()
+        if result.get("accepted") and not self._load_model():
+            self.next_retrain = backoff  # a model that does not load must not wait a day
 
-    def _load_model(self) -> None:
+    def _load_model(self) -> bool:
         if not (self.models_dir / host_dirname(self.cfg.host) / META).is_file():
-            return
+            return False
         try:
             model = load_model(self.models_dir, self.cfg.host)
             unknown = [c for c in model.columns if c not in AGENT_COLUMNS]
             if unknown:
-                raise ModelError(str(self.models_dir), None, "a model of the agent's columns",
-                                 f"one that needs {unknown}")
+                raise ModelError(
+                    str(self.models_dir),
+                    None,
+                    "a model of the agent's columns",
+                    f"one that needs {unknown}",
+                )
         except (ModelError, InputError, OSError, ValueError) as exc:
             self._error("model", exc)
-            return
+            return False
         self.model = model
         old = self.alert
         self.alert = AlertState(
@@ -313,6 +342,7 @@ class Agent:
             self.alert.active = old.active
         trained = float(model.meta.get("created_at", self.clock()))
         self.next_retrain = max(self.next_retrain, trained + self.cfg.retrain_every)
+        return True
 
     def _reload_recent(self) -> None:
         """After a restart, the last hour of stored samples feeds the rolling features again."""

@@ -10,7 +10,9 @@ higher than the current model's. The outcome is one JSON line on stdout.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -20,10 +22,44 @@ import numpy as np
 
 from baseline.scoring import score_series
 from baseline.store import ModelError, load_model, save_model
+from features.atomic import atomic_write
 from features.errors import InputError
 from features.io import from_arrays
+from features.schema import AGENT_COLUMNS
+from service.history import exclusion_mask
 
 MIN_AGENT_WINDOWS = 8
+
+
+def read_history(
+    db: Path, since: float, before: float | None = None, margin_s: float = 3600.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples from the agent's SQLite history for training, leaving out alerted time.
+
+    Read here, in the training child, so the agent never holds two weeks of samples in
+    memory (the daily retraining would otherwise push its RSS past 180 MB). Left out: every
+    alerted window widened by ``margin_s``, and everything from ``before`` on (an episode
+    still open), so a miner that keeps running is never learnt as normal.
+    """
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(samples)")}
+        cols = ", ".join(f'"{c}"' if c in have else "NULL" for c in AGENT_COLUMNS)
+        rows = conn.execute(
+            f"SELECT ts, {cols} FROM samples WHERE ts >= ? ORDER BY ts", (since,)
+        ).fetchall()
+        alerted = conn.execute(
+            "SELECT window_start, window_end FROM windows WHERE alert = 1 AND window_end >= ?",
+            (since - margin_s,),
+        ).fetchall()
+    finally:
+        conn.close()
+    data = np.array(rows, dtype=np.float64).reshape(len(rows), 1 + len(AGENT_COLUMNS))
+    ts, values = data[:, 0], data[:, 1:]
+    keep = exclusion_mask(ts, alerted, margin_s)
+    if before is not None:
+        keep &= ts < before
+    return ts[keep], values[keep]
 
 
 def retrain(
@@ -75,7 +111,16 @@ def retrain(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.retrain")
-    p.add_argument("--input", required=True, type=Path)
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="training samples (npz); written from --history when given",
+    )
+    p.add_argument("--history", type=Path, help="the agent's history.db to read samples from")
+    p.add_argument("--since", type=float, default=0.0, help="oldest sample to use (Unix s)")
+    p.add_argument("--before", type=float, default=None, help="use only samples before this")
+    p.add_argument("--margin", type=float, default=3600.0, help="left out around alerts, s")
     p.add_argument("--models", required=True, type=Path)
     p.add_argument("--host", required=True)
     p.add_argument("--window", type=float, default=60.0)
@@ -83,10 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alert-windows", type=int, default=3)
     args = p.parse_args(argv)
     try:
+        if args.history is not None:
+            ts, values = read_history(args.history, args.since, args.before, args.margin)
+            buf = io.BytesIO()  # kept beside the model: what it was trained on
+            np.savez(buf, timestamps=ts, values=values, columns=np.array(AGENT_COLUMNS))
+            atomic_write(args.input, buf.getvalue(), mode=0o600)
         result = retrain(
             args.input, args.models, args.host, args.window, args.hop, args.alert_windows
         )
-    except (InputError, ValueError, OSError) as exc:
+    except (InputError, ValueError, OSError, sqlite3.Error) as exc:
         print(json.dumps({"accepted": False, "error": str(exc)}))
         return 2
     print(json.dumps(result))

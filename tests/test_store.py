@@ -81,3 +81,12 @@ def test_missing_columns_named_when_scoring(model):
                       tuple(test.columns[i] for i in keep), source="cut.csv")
     with pytest.raises(InputError, match="missing load1"):
         score_series(model, cut)
+
+
+def test_malformed_metadata_is_a_model_error(tmp_path, model):
+    folder = save_model(tmp_path, model)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["columns"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="missing columns"):
+        load_model(tmp_path, model.host)
