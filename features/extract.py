@@ -3,9 +3,10 @@
 A miner is a *sustained* plateau of CPU, usually dominated by one process, not explained by
 more requests, often at hours when the host is normally quiet. Legitimate load follows the
 host's daily rhythm, comes with traffic, disk or many short processes, and mostly ends soon.
-The features below therefore look at CPU now and at its *floor* over 5, 15 and 60 minutes
-(a floor only rises when the load is sustained, so a short burst leaves it alone), how
-much of it one process holds, how much of it the traffic explains, and the time of day.
+The features below therefore look at CPU now and at its *floor* over 3, 5 and 15 minutes
+(a floor only rises when the load is sustained, so a short burst leaves it alone), the
+busiest process's floors and share, the host's work (traffic, disk, context switches,
+running processes, system and iowait CPU) that may explain the CPU, and the time of day.
 Rolling features look only backwards, so a live agent and a batch job produce identical
 values from identical samples.
 """
