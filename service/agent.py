@@ -43,8 +43,8 @@ from service.state import AgentSnapshot
 
 log = logging.getLogger("minerwatch.agent")
 
-#: Samples kept in memory for the rolling features (the longest looks back 60 minutes).
-LOOKBACK_S = 3600.0
+#: Samples kept in memory for the rolling features (the longest looks back 15 minutes).
+LOOKBACK_S = 1800.0
 #: Time around an alert episode that retraining leaves out.
 EXCLUDE_MARGIN_S = 3600.0
 
