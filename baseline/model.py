@@ -9,6 +9,7 @@ there are gaps so the alert rule does not bridge them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):
             oof, slots, self.hop, self.max_alarms_per_week, self.alert_windows, self.clear_windows
         )
         threshold = min(threshold + self.threshold_margin, 1.0)
-        self.scorer_ = BaselineScorer(**{**draft.__dict__, "threshold": threshold})
+        self.scorer_ = replace(draft, threshold=threshold)
         self.threshold_ = threshold
         self.train_scores_ = oof
         self.offset_ = -threshold
@@ -158,7 +159,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):
             held = fold == k
             seed = None if self.random_state is None else self.random_state + k + 1
             part = export_forest(self._forest(seed, int((~held).sum())).fit(Z[~held]))
-            out[held] = BaselineScorer(**{**draft.__dict__, "forest": part}).score(X[held])
+            out[held] = replace(draft, forest=part).score(X[held])
         return out
 
     @staticmethod

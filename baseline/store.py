@@ -120,7 +120,7 @@ def load_model(models_dir: Path, host: str) -> HostModel:
         meta = json.loads(meta_path.read_text())
     except ValueError as exc:
         raise ModelError(
-            str(meta_path), exc.__dict__.get("lineno"), "valid JSON", str(exc)
+            str(meta_path), getattr(exc, "lineno", None), "valid JSON", str(exc)
         ) from None
     required = (
         "host",
