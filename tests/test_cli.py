@@ -56,7 +56,8 @@ def test_bad_input_exit_code_2(tmp_path):
 def test_help_on_every_command():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("collect", "train", "score"):
+    for cmd in ("collect", "train", "score", "simulate", "evaluate", "serve", "config",
+                "throttle", "evidence"):
         h = run(cmd, "--help")
         assert h.returncode == 0 and "usage: minerwatch " + cmd in h.stdout
 
