@@ -253,13 +253,14 @@ def _median_seconds(fn: Any, reps: int) -> float:
 def latest_feature_row(history: Path, model: Any) -> np.ndarray:
     """The agent's last window's features, computed the way the agent computes them."""
     from features.extract import extract
-    from features.schema import METRIC_COLUMNS
+    from features.schema import AGENT_COLUMNS
     from features.windows import make_windows
     from service.history import History
 
     with History(history) as h:
         ts, values = h.samples()
-    win = make_windows(ts, values, METRIC_COLUMNS, model.window, model.hop)
+    cols = [AGENT_COLUMNS.index(c) for c in model.columns]
+    win = make_windows(ts, values[:, cols], model.columns, model.window, model.hop)
     _, F = extract(win)
     return np.asarray(F[-1:])
 
@@ -349,7 +350,8 @@ def fill_history(path: Path, days: float, interval: float) -> int:
 
 
 def retrain_input_cost(path: Path, days: float) -> dict[str, Any]:
-    """Peak RSS of what ``Agent._maybe_train`` does in the agent: read ``days`` of history."""
+    """Peak RSS of reading ``days`` of history in one process: what the training child does
+    (and the agent only when its database is unavailable and it falls back to memory)."""
     from service.history import History
 
     h = History(path)
