@@ -117,7 +117,11 @@ class Agent:
         if self.responder is not None:
             self.responder.close()
         if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
+            self.child.terminate()  # a half-trained model is never saved: the store is atomic
+            try:
+                self.child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
         if self.exporter is not None:
             self.exporter.stop()
         self.history.close()
