@@ -248,24 +248,14 @@ class History:
         """
         assert self.path is not None
         self._reopen = False
-        try:
-            self._prepare_files(self.path)
-        except OSError as e:
-            self._fail(f"cannot create {self.path}: {e.strerror or e}")
-            return False
-        conn = self._connect(self.path)
+        conn = self._create_and_connect()
         if conn is None:
             return False
         if self._is_corrupt(conn):
             conn.close()
             if not self._move_aside(self.path):
                 return False
-            try:
-                self._prepare_files(self.path)
-            except OSError as e:
-                self._fail(f"cannot create {self.path}: {e.strerror or e}")
-                return False
-            conn = self._connect(self.path)
+            conn = self._create_and_connect()
             if conn is None:
                 return False
             if self._is_corrupt(conn):
@@ -282,6 +272,16 @@ class History:
             return False
         self._conn = conn
         return True
+
+    def _create_and_connect(self) -> sqlite3.Connection | None:
+        """Private folder and file, then a connection; None (with the reason kept) on failure."""
+        assert self.path is not None
+        try:
+            self._prepare_files(self.path)
+        except OSError as e:
+            self._fail(f"cannot create {self.path}: {e.strerror or e}")
+            return None
+        return self._connect(self.path)
 
     @staticmethod
     def _prepare_files(path: Path) -> None:
