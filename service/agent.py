@@ -264,9 +264,7 @@ class Agent:
             source += [] if before is None else ["--before", str(before)]
         else:
             ts, values = self.history.samples(since=since)
-            keep = exclusion_mask(ts, self.history.alerted_windows(), EXCLUDE_MARGIN_S)
-            if before is not None:
-                keep &= ts < before
+            keep = exclusion_mask(ts, self.history.alerted_windows(), EXCLUDE_MARGIN_S, before)
             buf = io.BytesIO()
             np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
             atomic_write(path, buf.getvalue(), mode=0o600)

@@ -522,8 +522,9 @@ class History:
 
 
 def exclusion_mask(timestamps: np.ndarray, windows: Iterable[tuple[float, float]],
-                   margin_s: float = 0.0) -> np.ndarray:
-    """True for timestamps outside every window widened by ``margin_s`` on both sides.
+                   margin_s: float = 0.0, before: float | None = None) -> np.ndarray:
+    """True for timestamps outside every window widened by ``margin_s`` on both sides
+    (and, with ``before``, earlier than it: an episode still open has no end yet).
 
     Used to train only on time the agent did not alert on, nor just before or after it.
 
@@ -534,6 +535,8 @@ def exclusion_mask(timestamps: np.ndarray, windows: Iterable[tuple[float, float]
     keep = np.ones(ts.shape, dtype=bool)
     for start, end in windows:
         keep &= (ts < start - margin_s) | (ts > end + margin_s)
+    if before is not None:
+        keep &= ts < before
     return keep
 
 

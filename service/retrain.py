@@ -56,9 +56,7 @@ def read_history(
         conn.close()
     data = np.array(rows, dtype=np.float64).reshape(len(rows), 1 + len(AGENT_COLUMNS))
     ts, values = data[:, 0], data[:, 1:]
-    keep = exclusion_mask(ts, alerted, margin_s)
-    if before is not None:
-        keep &= ts < before
+    keep = exclusion_mask(ts, alerted, margin_s, before)
     return ts[keep], values[keep]
 
 
