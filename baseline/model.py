@@ -2,7 +2,7 @@
 
 Robust scaling + ``IsolationForest`` + a threshold calibrated on out-of-fold training scores
 for a false-alarm budget, reduced at the end of ``fit`` to a numpy-only
-:class:`~baseline.scorer.BaselineScorer` (what the model store saves and the agent runs).
+:class:`~minerwatch.baseline.scorer.BaselineScorer` (what the model store saves and the agent runs).
 Rows of ``X`` are windows in time order; pass ``slots`` (window index on the time grid) when
 there are gaps so the alert rule does not bridge them.
 """
@@ -17,9 +17,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from baseline.calibrate import calibrate_threshold
-from baseline.forest import export_forest
-from baseline.scorer import BaselineScorer, Explainer, derived_names
+from minerwatch.baseline.calibrate import calibrate_threshold
+from minerwatch.baseline.forest import export_forest
+from minerwatch.baseline.scorer import BaselineScorer, Explainer, derived_names
 
 #: Out-of-fold calibration splits the history into blocks this long, dealt round-robin.
 FOLD_BLOCK_S = 6 * 3600.0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from baseline.forest import NumpyForest
+from minerwatch.baseline.forest import NumpyForest
 
 VECTORS = ("center", "scale", "train_max", "typical_low", "typical_high", "excess_mask")
 

@@ -1,6 +1,6 @@
 """Series -> windows -> features -> scores and alerts. Numpy-only: batch scoring and the agent.
 
-Training (``baseline.train``) calls :func:`series_features` too, so both sides cut windows and
+Training (``minerwatch.baseline.train``) calls :func:`series_features` too, so both sides cut windows and
 compute features with the same code.
 """
 
@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from baseline.calibrate import alert_rule
-from baseline.scorer import HostModel
-from features.errors import InputError
-from features.extract import extract
-from features.io import HostSeries
-from features.windows import Windows, make_windows, sample_interval
+from minerwatch.baseline.calibrate import alert_rule
+from minerwatch.baseline.scorer import HostModel
+from minerwatch.features.errors import InputError
+from minerwatch.features.extract import extract
+from minerwatch.features.io import HostSeries
+from minerwatch.features.windows import Windows, make_windows, sample_interval
 
 
 @dataclass(frozen=True)

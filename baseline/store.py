@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from baseline.scorer import BaselineScorer, HostModel
-from features.atomic import atomic_write
-from features.errors import InputError
-from features.extract import feature_names
-from features.schema import SCHEMA_VERSION
+from minerwatch.baseline.scorer import BaselineScorer, HostModel
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.features.extract import feature_names
+from minerwatch.features.schema import SCHEMA_VERSION
 
 FORMAT_VERSION = 1
 META = "meta.json"

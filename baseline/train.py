@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from baseline.model import HostBaseline
-from baseline.scorer import HostModel
-from baseline.scoring import Scored, score_series, series_features
-from baseline.store import save_model
-from features.errors import InputError
-from features.extract import COMPUTE, CONTEXT, EXPLAINED, TIME, feature_specs
-from features.io import HostSeries, read_telemetry
+from minerwatch.baseline.model import HostBaseline
+from minerwatch.baseline.scorer import HostModel
+from minerwatch.baseline.scoring import Scored, score_series, series_features
+from minerwatch.baseline.store import save_model
+from minerwatch.features.errors import InputError
+from minerwatch.features.extract import COMPUTE, CONTEXT, EXPLAINED, TIME, feature_specs
+from minerwatch.features.io import HostSeries, read_telemetry
 
 MIN_WINDOWS = 30
 

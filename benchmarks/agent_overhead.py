@@ -1,6 +1,6 @@
 """Overhead of the on-host agent: RSS, CPU share and per-window scoring time.
 
-    python benchmarks/agent_overhead.py --minutes 10
+    python -m minerwatch.bench.agent_overhead --minutes 10
 
 Starts the real ``minerwatch serve`` as a subprocess (10 s interval, a short learning phase so
 it scores for most of the run), scrapes its ``/metrics`` like Prometheus would, and every
@@ -145,7 +145,7 @@ class Run:
 def run_agent(args: argparse.Namespace, data_dir: Path) -> Run:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "service.cli", "serve",
+        sys.executable, "-m", "minerwatch", "serve",
         "--data-dir", str(data_dir), "--port", str(port), "--address", "127.0.0.1",
         "--interval", args.interval, "--window", args.window, "--learn-for", args.learn_for,
         "--log-level", "INFO",
@@ -252,10 +252,10 @@ def _median_seconds(fn: Any, reps: int) -> float:
 
 def latest_feature_row(history: Path, model: Any) -> np.ndarray:
     """The agent's last window's features, computed the way the agent computes them."""
-    from features.extract import extract
-    from features.schema import AGENT_COLUMNS
-    from features.windows import make_windows
-    from service.history import History
+    from minerwatch.features.extract import extract
+    from minerwatch.features.schema import AGENT_COLUMNS
+    from minerwatch.features.windows import make_windows
+    from minerwatch.service.history import History
 
     with History(history) as h:
         ts, values = h.samples()
@@ -269,8 +269,8 @@ def scoring_speed(reps: int, model_dir: Path | None, host: str | None) -> dict[s
     """One-row scoring: numpy forest vs scikit-learn on the same trees (imports sklearn here)."""
     from sklearn.ensemble import IsolationForest
 
-    from baseline.forest import export_forest
-    from baseline.model import HostBaseline
+    from minerwatch.baseline.forest import export_forest
+    from minerwatch.baseline.model import HostBaseline
 
     rng = np.random.default_rng(0)
     d = 24
@@ -298,7 +298,7 @@ def scoring_speed(reps: int, model_dir: Path | None, host: str | None) -> dict[s
         "reps_sklearn": sk_reps,
     }
     if model_dir is not None and host is not None:
-        from baseline.store import ModelError, load_model
+        from minerwatch.baseline.store import ModelError, load_model
 
         try:
             model = load_model(model_dir, host)
@@ -330,8 +330,8 @@ def fill_history(path: Path, days: float, interval: float) -> int:
     """A history.db holding ``days`` of samples (random values), written in one transaction."""
     import sqlite3
 
-    from features.schema import METRIC_COLUMNS
-    from service.history import History
+    from minerwatch.features.schema import METRIC_COLUMNS
+    from minerwatch.service.history import History
 
     History(path).close()  # the agent's own schema
     n = int(days * 86400 / interval)
@@ -352,7 +352,7 @@ def fill_history(path: Path, days: float, interval: float) -> int:
 def retrain_input_cost(path: Path, days: float) -> dict[str, Any]:
     """Peak RSS of reading ``days`` of history in one process: what the training child does
     (and the agent only when its database is unavailable and it falls back to memory)."""
-    from service.history import History
+    from minerwatch.service.history import History
 
     h = History(path)
     before = vm_hwm_kb()
@@ -435,8 +435,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=float, default=14.0, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    # Import this checkout's packages, as the agent started with cwd=REPO does.
-    sys.path.insert(0, str(REPO))
     if args.read_history is not None:  # the child of measure_retrain_input
         print(json.dumps(retrain_input_cost(args.read_history, args.days)))
         return 0

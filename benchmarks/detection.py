@@ -1,6 +1,6 @@
 """Detection benchmark on a fresh labelled simulation: simulate, then evaluate every detector.
 
-    python benchmarks/detection.py --seed 7 --output benchmarks/results/detection-7
+    python -m minerwatch.bench.detection --seed 7 --output benchmarks/results/detection-7
 
 Use a new seed for each reported run, so the detector is never tuned to one fleet. Prints the
 per-kind tables for our baseline and the reference detectors; ``--output`` also keeps the
@@ -18,11 +18,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from baseline.evaluate import evaluate_simulated, format_text
-from features.simulate import simulate
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from public_data import machine_line  # noqa: E402
+from minerwatch.bench.evaluate import evaluate_simulated, format_text
+from minerwatch.bench.public_data import machine_line
+from minerwatch.bench.simulate import simulate
 
 
 def main(argv: list[str] | None = None) -> int:

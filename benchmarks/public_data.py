@@ -1,6 +1,6 @@
 """Benchmark on public labelled server data: SMD (per machine) and NAB's server series.
 
-    python benchmarks/public_data.py --smd ../shared/data/smd --nab ../shared/data/nab \\
+    python -m minerwatch.bench.public_data --smd ../shared/data/smd --nab ../shared/data/nab \\
         --output benchmarks/results
 
 Prints the point-wise / point-adjusted / event-level tables for our baseline and the naive
@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from baseline import public
+from minerwatch.bench import public
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from features.errors import InputError
-from features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
-from features.sources import SOURCE_ERRORS, ProcessesSource, ProcessInfo, Source, build_sources
-from features.sources.base import Clock
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
+from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, ProcessInfo, Source, build_sources
+from minerwatch.features.sources.base import Clock
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from features.windows import Windows
+from minerwatch.features.windows import Windows
 
 DAY = 86400.0
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.errors import InputError
-from features.schema import HOST, TIMESTAMP
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import HOST, TIMESTAMP
 
 SUFFIXES = (".csv", ".parquet")
 

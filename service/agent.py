@@ -4,7 +4,7 @@ One loop on a fixed schedule: every ``interval`` it samples the host, stores the
 and when a window completes scores it with the host's numpy-only model. Until enough
 history exists it is in learning mode; training (and scheduled retraining on history that
 excludes alerted time) runs in a child process, so this process never imports scikit-learn
-or pandas. A scrape only reads the latest :class:`~service.state.AgentSnapshot`.
+or pandas. A scrape only reads the latest :class:`~minerwatch.service.state.AgentSnapshot`.
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from baseline.calibrate import AlertState
-from baseline.scorer import HostModel
-from baseline.store import META, ModelError, atomic_write, host_dirname, load_model
-from features.collector import Collector
-from features.errors import InputError
-from features.extract import extract
-from features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION
-from features.windows import make_windows
-from service.config import AgentConfig, load_config
-from service.exporter import Exporter
-from service.history import History, exclusion_mask
-from service.retrain import MIN_AGENT_WINDOWS
-from service.state import AgentSnapshot
+from minerwatch.baseline.calibrate import AlertState
+from minerwatch.baseline.scorer import HostModel
+from minerwatch.baseline.store import META, ModelError, atomic_write, host_dirname, load_model
+from minerwatch.features.collector import Collector
+from minerwatch.features.errors import InputError
+from minerwatch.features.extract import extract
+from minerwatch.features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION
+from minerwatch.features.windows import make_windows
+from minerwatch.service.config import AgentConfig, load_config
+from minerwatch.service.exporter import Exporter
+from minerwatch.service.history import History, exclusion_mask
+from minerwatch.service.retrain import MIN_AGENT_WINDOWS
+from minerwatch.service.state import AgentSnapshot
 
 log = logging.getLogger("minerwatch.agent")
 
@@ -271,7 +271,7 @@ class Agent:
         cmd = [
             sys.executable,
             "-m",
-            "service.retrain",
+            "minerwatch.service.retrain",
             "--input",
             str(path),
             "--models",
@@ -439,7 +439,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--web-config", default=None, help="TLS / basic-auth web config file")
     p.add_argument("--log-level", default="INFO")
     try:
-        from service.throttle import add_serve_arguments
+        from minerwatch.service.throttle import add_serve_arguments
     except ImportError:
         pass
     else:
@@ -486,7 +486,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     responder = None
     try:
-        from service.respond import Responder
+        from minerwatch.service.respond import Responder
     except ImportError:
         pass
     else:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.protect import ProcInfo, parse_proc_cgroup, same_process
+from minerwatch.service.protect import ProcInfo, parse_proc_cgroup, same_process
 
 log = logging.getLogger(__name__)
 

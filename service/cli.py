@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from features.errors import InputError
+from minerwatch.features.errors import InputError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -29,8 +29,8 @@ def _positive(text: str) -> float:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from features.collector import record
-    from service.progress import Progress
+    from minerwatch.features.collector import record
+    from minerwatch.service.progress import Progress
 
     bar = Progress("collect")
     total = max(1, int(args.duration // args.interval))
@@ -46,8 +46,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from baseline.train import fit_summary_table, train_all
-    from service.progress import Progress
+    from minerwatch.baseline.train import fit_summary_table, train_all
+    from minerwatch.service.progress import Progress
 
     failures: list[str] = []
 
@@ -88,10 +88,10 @@ SCORE_COLUMNS = (
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from baseline.scoring import score_series
-    from baseline.store import ModelError, load_model
-    from features.io import read_telemetry
-    from service.progress import Progress
+    from minerwatch.baseline.scoring import score_series
+    from minerwatch.baseline.store import ModelError, load_model
+    from minerwatch.features.io import read_telemetry
+    from minerwatch.service.progress import Progress
 
     fleet = read_telemetry(args.inputs)
     out = Path(args.output)
@@ -179,12 +179,12 @@ def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:
 
     found = []
     for name in (
-        "features.simulate",
-        "baseline.evaluate",
-        "service.agent",
-        "service.config",
-        "service.throttle",
-        "service.evidence",
+        "minerwatch.bench.simulate",
+        "minerwatch.bench.evaluate",
+        "minerwatch.service.agent",
+        "minerwatch.service.config",
+        "minerwatch.service.throttle",
+        "minerwatch.service.evidence",
     ):
         try:
             module = importlib.import_module(name)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from features.errors import InputError
-from service.durations import (
+from minerwatch.features.errors import InputError
+from minerwatch.service.durations import (
     DURATION_HELP,
     SIZE_HELP,
     format_duration,
@@ -112,7 +112,7 @@ class AgentConfig:
         return self.data_dir / "history.db"
 
     def throttle_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``service.throttle.ThrottleConfig`` (its names end in _s)."""
+        """Keyword arguments for ``minerwatch.service.throttle.ThrottleConfig`` (its names end in _s)."""
         t = self.throttle
         return {
             "enabled": t.enabled,

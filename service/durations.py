@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from features.errors import InputError
+from minerwatch.features.errors import InputError
 
 _DURATION_UNITS: dict[str, float] = {
     "ms": 0.001,

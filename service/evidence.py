@@ -34,9 +34,9 @@ from typing import Any, TextIO
 
 import psutil
 
-from features.atomic import atomic_write
-from features.errors import InputError
-from service.indicators import IndicatorHit, read_exe_link
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.service.indicators import IndicatorHit, read_exe_link
 
 DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
 FORMAT = "minerwatch-evidence"

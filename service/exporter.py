@@ -1,4 +1,4 @@
-"""Prometheus exposition of the agent's latest :class:`~service.state.AgentSnapshot`.
+"""Prometheus exposition of the agent's latest :class:`~minerwatch.service.state.AgentSnapshot`.
 
 A scrape only turns the current snapshot into metric families: the agent swaps the
 snapshot reference after each loop, so scrapes never sample, score or wait on a lock.
@@ -39,9 +39,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
-from features.atomic import atomic_write
-from service.state import AgentSnapshot
-from service.webconfig import BasicAuth, load_web_config
+from minerwatch.features.atomic import atomic_write
+from minerwatch.service.state import AgentSnapshot
+from minerwatch.service.webconfig import BasicAuth, load_web_config
 
 log = logging.getLogger(__name__)
 

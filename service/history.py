@@ -21,7 +21,7 @@ from types import TracebackType
 
 import numpy as np
 
-from features.schema import AGENT_COLUMNS as STORED_COLUMNS  # metrics + agent extras
+from minerwatch.features.schema import AGENT_COLUMNS as STORED_COLUMNS  # metrics + agent extras
 
 log = logging.getLogger(__name__)
 

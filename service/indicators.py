@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from features.errors import InputError
+from minerwatch.features.errors import InputError
 
 #: The bounded set of indicator ids (metric label values and feature-name suffixes).
 INDICATOR_IDS: tuple[str, ...] = (

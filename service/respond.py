@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from service.config import AgentConfig
-from service.evidence import EvidenceWriter
-from service.indicators import (
+from minerwatch.service.config import AgentConfig
+from minerwatch.service.evidence import EvidenceWriter
+from minerwatch.service.indicators import (
     IndicatorHit,
     gather_facts,
     indicator_counts,
     load_knowledge_base,
     scan,
 )
-from service.throttle import Throttle, ThrottleConfig
+from minerwatch.service.throttle import Throttle, ThrottleConfig
 
 log = logging.getLogger("minerwatch.respond")
 

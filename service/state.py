@@ -17,7 +17,7 @@ from importlib import metadata
 from types import MappingProxyType
 from typing import Any
 
-from features.schema import METRIC_COLUMNS
+from minerwatch.features.schema import METRIC_COLUMNS
 
 #: Label values must be short code identifiers: this keeps label cardinality bounded and
 #: makes it impossible to leak a command line, process name or pid through a label.
@@ -105,7 +105,7 @@ def _check_label(field_name: str, key: object, allowed: tuple[str, ...] | None) 
         if key not in allowed:
             raise ValueError(
                 f"AgentSnapshot.{field_name}: {key!r} is not a telemetry column "
-                f"(expected one of features.schema.METRIC_COLUMNS)"
+                f"(expected one of minerwatch.features.schema.METRIC_COLUMNS)"
             )
         return
     if not isinstance(key, str) or not _LABEL_ID.fullmatch(key):

@@ -10,7 +10,7 @@ audit log (never a command line).
 Example (dry run over an invented table)::
 
     >>> import tempfile
-    >>> from service.protect import ProcInfo
+    >>> from minerwatch.service.protect import ProcInfo
     >>> miner = ProcInfo(4242, 1, "xmrig", "/tmp/.x/xmrig", "www-data", 1.0, 190.0, "/")
     >>> state = Path(tempfile.mkdtemp())
     >>> cfg = ThrottleConfig(enabled=True, hold_s=0, dry_run=True, state_dir=state)
@@ -38,17 +38,17 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from features.atomic import atomic_write
-from features.errors import InputError
-from service import durations
-from service.cgroups import (
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.service import durations
+from minerwatch.service.cgroups import (
     Mechanism,
     ProcessGone,
     Throttled,
     build_mechanisms,
     release_record,
 )
-from service.protect import ProcInfo, ProcReader, same_process, select_targets
+from minerwatch.service.protect import ProcInfo, ProcReader, same_process, select_targets
 
 log = logging.getLogger(__name__)
 

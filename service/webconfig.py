@@ -27,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from features.errors import InputError
+from minerwatch.features.errors import InputError
 
 TLS_KEYS = ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version")
 SECTIONS = ("tls_server_config", "basic_auth_users")

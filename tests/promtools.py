@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from features.schema import METRIC_COLUMNS
-from service.state import AgentSnapshot
+from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.service.state import AgentSnapshot
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"

@@ -1,11 +1,11 @@
-"""Small synthetic telemetry for core tests (the realistic generator is features.simulate)."""
+"""Small synthetic telemetry for core tests (the realistic generator is minerwatch.bench.simulate)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from features.io import HostSeries, from_arrays
-from features.schema import METRIC_COLUMNS
+from minerwatch.features.io import HostSeries, from_arrays
+from minerwatch.features.schema import METRIC_COLUMNS
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 

@@ -1,4 +1,4 @@
-"""service.agent.Agent in-process: real History (SQLite), real model store, real features.
+"""minerwatch.service.agent.Agent in-process: real History (SQLite), real model store, real features.
 
 A replaying collector feeds synthetic telemetry (tests/synth.py) on a fake clock, so an hour
 of agent life takes a second: learning progress, snapshot fields, gaps, alert episodes and
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from synth import host_series
 
-from baseline.store import load_model, save_model
-from baseline.train import train_host
-from features.schema import METRIC_COLUMNS
-from service.agent import EXCLUDE_MARGIN_S, Agent
-from service.config import AgentConfig
-from service.history import History
+from minerwatch.baseline.store import load_model, save_model
+from minerwatch.baseline.train import train_host
+from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.service.agent import EXCLUDE_MARGIN_S, Agent
+from minerwatch.service.config import AgentConfig
+from minerwatch.service.history import History
 
 HOST = "test-host"
 INTERVAL = 10.0

@@ -39,7 +39,7 @@ class AgentProcess:
         self.log = log
         self.port = free_port()
         cmd = [
-            sys.executable, "-m", "service.cli", "serve",
+            sys.executable, "-m", "minerwatch", "serve",
             "--data-dir", str(data_dir), "--host", HOST,
             "--port", str(self.port), "--address", "127.0.0.1",
             "--interval", "1s", "--window", "3s", "--learn-for", "30s",

@@ -83,7 +83,7 @@ method = "sigstop"
 allow_users = ["root"]
 """
     )
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(cfg)],
+    return subprocess.Popen([sys.executable, "-m", "minerwatch", "serve", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

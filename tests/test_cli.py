@@ -7,7 +7,7 @@ from synth import T0, host_series, write_csv
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "minerwatch", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
 
 

@@ -11,17 +11,17 @@ import time
 import psutil
 import pytest
 
-import features.collector
-import features.rates
-import features.sources.cpu
-import features.sources.disk
-import features.sources.memory
-import features.sources.network
-import features.sources.processes
-from features.collector import Collector, format_row, record
-from features.errors import InputError
-from features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
-from features.sources import CpuSource, MemorySource, ProcessesSource
+import minerwatch.features.collector
+import minerwatch.features.rates
+import minerwatch.features.sources.cpu
+import minerwatch.features.sources.disk
+import minerwatch.features.sources.memory
+import minerwatch.features.sources.network
+import minerwatch.features.sources.processes
+from minerwatch.features.collector import Collector, format_row, record
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
+from minerwatch.features.sources import CpuSource, MemorySource, ProcessesSource
 
 PERCENT_COLUMNS = [
     c for c in METRIC_COLUMNS if c.endswith("_percent") and c != "top_proc_cpu_percent"
@@ -32,13 +32,13 @@ RATE_COLUMNS = [c for c in METRIC_COLUMNS if c.endswith(("_bps", "_pps", "_ps"))
 @pytest.mark.parametrize(
     "module",
     [
-        features.rates,
-        features.collector,
-        features.sources.cpu,
-        features.sources.disk,
-        features.sources.memory,
-        features.sources.network,
-        features.sources.processes,
+        minerwatch.features.rates,
+        minerwatch.features.collector,
+        minerwatch.features.sources.cpu,
+        minerwatch.features.sources.disk,
+        minerwatch.features.sources.memory,
+        minerwatch.features.sources.network,
+        minerwatch.features.sources.processes,
     ],
 )
 def test_docstring_examples_hold(module):
@@ -87,7 +87,7 @@ def test_real_sample_has_exactly_the_schema_columns_in_range():
 def test_collector_imports_nothing_heavy():
     """The on-host agent imports the collector: it must not pull in scikit-learn or pandas."""
     code = (
-        "import sys, features.collector\n"
+        "import sys, minerwatch.features.collector\n"
         "heavy = sorted(m for m in ('sklearn', 'pandas', 'scipy') if m in sys.modules)\n"
         "print(','.join(heavy))"
     )
@@ -296,7 +296,7 @@ def test_ctrl_c_ends_recording_with_complete_rows(tmp_path):
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from features.collector import record
+        from minerwatch.features.collector import record
         n = record(Path({str(out)!r}), 0.1, 60.0, host="h")
         print("rows", n, flush=True)
         """

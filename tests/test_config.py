@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from features.errors import InputError
-from service.config import (
+from minerwatch.features.errors import InputError
+from minerwatch.service.config import (
     OPTIONS,
     AgentConfig,
     ExporterConfig,
@@ -27,10 +27,10 @@ from service.config import (
     overrides_from_args,
     run,
 )
-from service.config import (
+from minerwatch.service.config import (
     THROTTLE_METHODS as OPTIONS_METHODS,
 )
-from service.durations import format_duration, format_size, parse_duration, parse_size
+from minerwatch.service.durations import format_duration, format_size, parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "minerwatch.toml"
@@ -254,7 +254,7 @@ def test_config_fields_cover_the_dataclasses():
 
 
 def test_throttle_kwargs_build_the_throttle_config():
-    throttle = pytest.importorskip("service.throttle")
+    throttle = pytest.importorskip("minerwatch.service.throttle")
     cfg = AgentConfig(throttle=ThrottleOptions(enabled=True, hold=5.0, release_hold=7.0))
     tc = throttle.ThrottleConfig(**cfg.throttle_kwargs())
     assert tc.enabled and tc.hold_s == 5.0 and tc.release_hold_s == 7.0
@@ -321,14 +321,14 @@ def test_config_show_prints_effective_toml(tmp_path, capsys):
 
 def test_minerwatch_config_check_command(tmp_path):
     """The installed entry point wires the command (skipped until the CLI registers it)."""
-    out = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(SHIPPED)],
+    out = subprocess.run([sys.executable, "-m", "minerwatch", "config", "check", str(SHIPPED)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     if "invalid choice" in out.stderr:
-        pytest.skip("service.cli does not register `config` yet")
+        pytest.skip("minerwatch.service.cli does not register `config` yet")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{SHIPPED}: OK"
     bad = write(tmp_path, "[agent]\nport = 1\n")
-    out = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(bad)],
+    out = subprocess.run([sys.executable, "-m", "minerwatch", "config", "check", str(bad)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and f"{bad}:2:" in out.stderr
 

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from promtools import full_snapshot, promtool, running_prometheus, scrape_job
 
-from service.exporter import METRICS, Exporter
+from minerwatch.service.exporter import METRICS, Exporter
 
 yaml = pytest.importorskip("yaml")  # tests only: the agent itself never needs PyYAML
 

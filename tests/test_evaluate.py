@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from baseline import evaluate, public
-from baseline.evaluate import HostRun, load_labels, measure
-from baseline.reference import (
+from minerwatch.bench import evaluate, public
+from minerwatch.bench.evaluate import HostRun, load_labels, measure
+from minerwatch.bench.reference import (
     NaiveIForest,
     cpu_5m,
     static_rule,
@@ -20,10 +20,10 @@ from baseline.reference import (
     window_grid,
     window_means,
 )
-from features.errors import InputError
-from features.io import HostSeries
-from features.schema import METRIC_COLUMNS
-from features.simulate import simulate
+from minerwatch.features.errors import InputError
+from minerwatch.features.io import HostSeries
+from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.bench.simulate import simulate
 
 HOUR = 3600.0
 
@@ -183,7 +183,7 @@ def test_report_writes_markdown_and_pngs(fleet, evaluated):
 
 
 def test_cli_json_and_models_reuse(fleet, tmp_path, capsys):
-    from service.cli import main
+    from minerwatch.service.cli import main
 
     models = tmp_path / "models"
     cmd = ["evaluate", "--data", str(fleet), "--models", str(models), "--json", "--quiet"]
@@ -206,7 +206,7 @@ def test_cli_json_and_models_reuse(fleet, tmp_path, capsys):
 
 
 def test_cli_smd_json(tmp_path, capsys):
-    from service.cli import main
+    from minerwatch.service.cli import main
 
     write_smd(tmp_path, "machine-9-1", np.random.default_rng(5))
     assert main(["evaluate", "--smd", str(tmp_path), "--json", "--quiet"]) == 0
@@ -309,7 +309,7 @@ def test_points_from_windows():
 def test_importing_evaluate_stays_light():
     """The CLI imports this module to register the command: no sklearn/matplotlib at import."""
     code = (
-        "import sys, baseline.evaluate, baseline.public, baseline.metrics;"
+        "import sys, minerwatch.bench.evaluate, minerwatch.bench.public, minerwatch.bench.metrics;"
         "print(sorted(m for m in ('sklearn', 'matplotlib', 'pandas') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

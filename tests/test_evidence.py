@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from features.errors import InputError
-from service import evidence
-from service.evidence import EvidenceWriter, HostPaths, fit_to_size, list_evidence, show
-from service.indicators import gather_facts, indicator_counts, load_knowledge_base, scan
+from minerwatch.features.errors import InputError
+from minerwatch.service import evidence
+from minerwatch.service.evidence import EvidenceWriter, HostPaths, fit_to_size, list_evidence, show
+from minerwatch.service.indicators import gather_facts, indicator_counts, load_knowledge_base, scan
 
 DAY = 86400.0
 

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from promtools import PROMTOOL, full_snapshot, promtool
 
-from features.schema import METRIC_COLUMNS
-from service.exporter import METRICS, TEXTFILE_NAME, Exporter, write_textfile
-from service.state import AgentSnapshot
+from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.service.exporter import METRICS, TEXTFILE_NAME, Exporter, write_textfile
+from minerwatch.service.state import AgentSnapshot
 
 NOW = 1_700_000_000.0
 

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import IsolationForest
 
-from baseline.forest import NumpyForest, export_forest
+from minerwatch.baseline.forest import NumpyForest, export_forest
 
 
 @settings(max_examples=25, deadline=None)

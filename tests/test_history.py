@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.schema import AGENT_COLUMNS
-from service.history import History, exclusion_mask
+from minerwatch.features.schema import AGENT_COLUMNS
+from minerwatch.service.history import History, exclusion_mask
 
 CPU = AGENT_COLUMNS.index("cpu_percent")
 LOAD = AGENT_COLUMNS.index("load1")
@@ -252,7 +252,7 @@ def test_exclusion_mask():
 READ_ONLY_SCRIPT = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from service.history import History
+    from minerwatch.service.history import History
     if os.geteuid() == 0:  # root ignores file modes: become nobody after the imports
         os.setgroups([])
         os.setgid(65534)

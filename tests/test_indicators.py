@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from features.errors import InputError
-from service.indicators import (
+from minerwatch.features.errors import InputError
+from minerwatch.service.indicators import (
     INDICATOR_IDS,
     REASON_CODES,
     IndicatorHit,
@@ -348,7 +348,7 @@ def test_gather_facts_skips_a_reused_pid():
 
 def test_agent_modules_import_no_heavy_libraries():
     code = (
-        "import sys, service.indicators, service.evidence;"
+        "import sys, minerwatch.service.indicators, minerwatch.service.evidence;"
         "bad = [m for m in ('sklearn', 'pandas', 'scipy') if m in sys.modules];"
         "sys.exit(', '.join(bad) or None)"
     )

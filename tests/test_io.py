@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from features.errors import InputError
-from features.io import read_telemetry
+from minerwatch.features.errors import InputError
+from minerwatch.features.io import read_telemetry
 
 HEADER = "timestamp,host,cpu_percent,load1\n"
 

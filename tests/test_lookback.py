@@ -3,10 +3,10 @@ from the agent's trimmed buffer equal those from the full series (no live/batch 
 
 import numpy as np
 
-from features.extract import extract
-from features.schema import METRIC_COLUMNS
-from features.windows import make_windows
-from service.agent import LOOKBACK_S
+from minerwatch.features.extract import extract
+from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.features.windows import make_windows
+from minerwatch.service.agent import LOOKBACK_S
 
 
 def test_lookback_covers_the_longest_rolling_feature():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baseline import metrics
-from baseline.metrics import (
+from minerwatch.bench import metrics
+from minerwatch.bench.metrics import (
     Event,
     alert_episodes,
     best_f1,

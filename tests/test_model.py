@@ -3,9 +3,9 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from synth import host_series
 
-from baseline.calibrate import AlertState, alert_rule, calibrate_threshold, episodes
-from baseline.model import HostBaseline
-from baseline.train import score_series, train_host
+from minerwatch.baseline.calibrate import AlertState, alert_rule, calibrate_threshold, episodes
+from minerwatch.baseline.model import HostBaseline
+from minerwatch.baseline.train import score_series, train_host
 
 
 @parametrize_with_checks([HostBaseline(n_estimators=10, random_state=0)])

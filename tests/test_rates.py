@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.rates import rate, share_percent, summed_rate
+from minerwatch.features.rates import rate, share_percent, summed_rate
 
 counters = st.floats(min_value=0, max_value=2.0**64, allow_nan=False)
 dts = st.floats(min_value=-10, max_value=1e6, allow_nan=False, allow_infinity=False)

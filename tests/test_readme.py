@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from service.exporter import METRICS
+from minerwatch.service.exporter import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.errors import InputError
-from features.schema import METRIC_COLUMNS, METRICS, SCHEMA_VERSION, TELEMETRY_COLUMNS
-from features.simulate import (
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import METRIC_COLUMNS, METRICS, SCHEMA_VERSION, TELEMETRY_COLUMNS
+from minerwatch.bench.simulate import (
     ARCHETYPES,
     BENIGN_KINDS,
     CAMPAIGN_KINDS,

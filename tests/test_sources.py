@@ -12,18 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.sources import SOURCES, Source, build_sources
-from features.sources.cpu import (
+from minerwatch.features.sources import SOURCES, Source, build_sources
+from minerwatch.features.sources.cpu import (
     CpuSource,
     CpuTimes,
     cpu_shares,
     parse_loadavg,
     parse_proc_stat,
 )
-from features.sources.disk import DiskSource, parse_diskstats, physical_disks
-from features.sources.memory import MemorySource, mem_used_percent, parse_meminfo
-from features.sources.network import NetworkSource, parse_net_dev, parse_tcp_curr_estab
-from features.sources.processes import (
+from minerwatch.features.sources.disk import DiskSource, parse_diskstats, physical_disks
+from minerwatch.features.sources.memory import MemorySource, mem_used_percent, parse_meminfo
+from minerwatch.features.sources.network import NetworkSource, parse_net_dev, parse_tcp_curr_estab
+from minerwatch.features.sources.processes import (
     _DIAG_MSG,
     _NLMSGHDR,
     NLMSG_DONE,
@@ -375,7 +375,7 @@ def test_processes_source_attributes_a_child_born_inside_the_interval():
 PID_REUSE_SCRIPT = r"""
 import subprocess, sys, time
 import psutil
-from features.sources.processes import ProcessesSource
+from minerwatch.features.sources.processes import ProcessesSource
 
 def spawn(code, pid=None):
     if pid is not None:  # the next fork in this pid namespace gets exactly `pid`

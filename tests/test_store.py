@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from synth import host_series
 
-from baseline.store import ModelError, host_dirname, list_hosts, load_model, save_model
-from baseline.train import score_series, train_host
+from minerwatch.baseline.store import ModelError, host_dirname, list_hosts, load_model, save_model
+from minerwatch.baseline.train import score_series, train_host
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_missing_model_and_odd_host_names(tmp_path):
 def test_missing_columns_named_when_scoring(model):
     test = host_series(days=0.2, seed=4)
     keep = [i for i, c in enumerate(test.columns) if c != "load1"]
-    from features.errors import InputError
-    from features.io import from_arrays
+    from minerwatch.features.errors import InputError
+    from minerwatch.features.io import from_arrays
 
     cut = from_arrays("web-1", test.timestamps, test.values[:, keep],
                       tuple(test.columns[i] for i in keep), source="cut.csv")

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.errors import InputError
-from service.cgroups import (
+from minerwatch.features.errors import InputError
+from minerwatch.service.cgroups import (
     Cgroup1Quota,
     Cgroup2Quota,
     ProcessGone,
@@ -29,7 +29,7 @@ from service.cgroups import (
     build_mechanisms,
     find_v1_cpu_root,
 )
-from service.protect import (
+from minerwatch.service.protect import (
     ProcInfo,
     ProcReader,
     cgroup_units,
@@ -40,7 +40,7 @@ from service.protect import (
     select_targets,
     unit_of_cgroup,
 )
-from service.throttle import (
+from minerwatch.service.throttle import (
     AUDIT,
     JOURNAL,
     Journal,
@@ -650,7 +650,7 @@ def test_no_stray_state_in_tmp(tmp_path):
 def test_metrics_count_actions_and_pass_promtool(tmp_path, burner):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from service.throttle import ThrottleCollector
+    from minerwatch.service.throttle import ThrottleCollector
 
     cfg = cfg_for(tmp_path, method="sigstop")
     t = Throttle(cfg, proc_reader=only(burner.pid))

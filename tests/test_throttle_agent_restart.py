@@ -19,9 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from service.cgroups import find_v1_cpu_root
-from service.protect import ProcReader, parse_proc_cgroup
-from service.throttle import Throttle, ThrottleConfig
+from minerwatch.service.cgroups import find_v1_cpu_root
+from minerwatch.service.protect import ProcReader, parse_proc_cgroup
+from minerwatch.service.throttle import Throttle, ThrottleConfig
 
 BURN = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass\n"
 V1 = find_v1_cpu_root(Path("/sys/fs/cgroup"))

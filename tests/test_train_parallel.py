@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from synth import host_series, write_csv
 
-from baseline.store import list_hosts, load_model
-from baseline.train import train_all
+from minerwatch.baseline.store import list_hosts, load_model
+from minerwatch.baseline.train import train_all
 
 
 @pytest.fixture(scope="module")

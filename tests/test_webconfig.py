@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from promtools import full_snapshot, promtool, running_prometheus, scrape_job
 
-from features.errors import InputError
-from service.exporter import Exporter
-from service.webconfig import BasicAuth, load_web_config, parse_subset_yaml
+from minerwatch.features.errors import InputError
+from minerwatch.service.exporter import Exporter
+from minerwatch.service.webconfig import BasicAuth, load_web_config, parse_subset_yaml
 
 bcrypt = pytest.importorskip("bcrypt")
 

@@ -2,9 +2,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.extract import extract, feature_names
-from features.schema import METRIC_COLUMNS
-from features.windows import make_windows
+from minerwatch.features.extract import extract, feature_names
+from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.features.windows import make_windows
 
 COLS = ("cpu_percent", "top_proc_cpu_percent")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from features.sources.base import SOURCE_ERRORS, Clock, ProcSource, Source
-from features.sources.cpu import CpuSource
-from features.sources.disk import DiskSource
-from features.sources.memory import MemorySource
-from features.sources.network import NetworkSource
-from features.sources.processes import ProcessesSource, ProcessInfo
+from minerwatch.features.sources.base import SOURCE_ERRORS, Clock, ProcSource, Source
+from minerwatch.features.sources.cpu import CpuSource
+from minerwatch.features.sources.disk import DiskSource
+from minerwatch.features.sources.memory import MemorySource
+from minerwatch.features.sources.network import NetworkSource
+from minerwatch.features.sources.processes import ProcessesSource, ProcessInfo
 
 #: The registration map: source name -> class. Order is the order sources are read.
 SOURCES: dict[str, Callable[..., Source]] = {

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.rates import NAN, rate, share_percent
-from features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
+from minerwatch.features.rates import NAN, rate, share_percent
+from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
 
 
 @dataclass(frozen=True)

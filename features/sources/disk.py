@@ -2,7 +2,7 @@
 
 Only whole physical disks are summed: partitions, device-mapper/LVM, md RAID, loop, ram and zram
 devices sit on top of (or beside) a physical disk, so adding them would count the same bytes
-twice. Each disk gets its own rate (see :func:`features.rates.summed_rate`), so a hot-plugged
+twice. Each disk gets its own rate (see :func:`minerwatch.features.rates.summed_rate`), so a hot-plugged
 or removed disk does not produce a spike.
 """
 
@@ -13,8 +13,8 @@ import re
 import time
 from pathlib import Path
 
-from features.rates import NAN, summed_rate
-from features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
+from minerwatch.features.rates import NAN, summed_rate
+from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
 
 #: ``/proc/diskstats`` always counts 512-byte sectors, whatever the device's sector size.
 SECTOR_BYTES = 512
@@ -90,5 +90,5 @@ class DiskSource(ProcSource):
 
 
 def _pick(counters: dict[str, tuple[int, int]], index: int) -> dict[str, float]:
-    """One counter per disk, for :func:`features.rates.summed_rate`."""
+    """One counter per disk, for :func:`minerwatch.features.rates.summed_rate`."""
     return {name: float(values[index]) for name, values in counters.items()}

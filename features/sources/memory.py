@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from features.sources.base import ProcSource
+from minerwatch.features.sources.base import ProcSource
 
 
 def parse_meminfo(text: str) -> dict[str, int]:

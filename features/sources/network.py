@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from features.rates import NAN, summed_rate
-from features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
+from minerwatch.features.rates import NAN, summed_rate
+from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
 
 #: Index of each counter in the per-interface tuple returned by :func:`parse_net_dev`.
 RX_BYTES, RX_PACKETS, TX_BYTES, TX_PACKETS = range(4)
@@ -99,5 +99,5 @@ class NetworkSource(ProcSource):
 
 
 def _pick(counters: dict[str, tuple[int, ...]], index: int) -> dict[str, float]:
-    """One counter per interface, for :func:`features.rates.summed_rate`."""
+    """One counter per interface, for :func:`minerwatch.features.rates.summed_rate`."""
     return {name: float(values[index]) for name, values in counters.items()}

@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import psutil
 
-from features.rates import NAN, rate
-from features.sources.base import Clock
+from minerwatch.features.rates import NAN, rate
+from minerwatch.features.sources.base import Clock
 
 #: Netlink sock_diag (what ``ss`` uses): dumps only existing sockets, where reading
 #: ``/proc/net/tcp`` walks the whole hash table and costs milliseconds per read.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.io import HostSeries
+from minerwatch.features.io import HostSeries
 
 CPU = "cpu_percent"
 

@@ -4,8 +4,8 @@ On a labelled simulation (``--data DIR`` with ``train/``, ``test/`` and ``labels
 or loads one baseline per host, scores the test split, runs the reference detectors on the same
 windows and prints, per campaign kind and overall, recall within 30 minutes, median and worst
 delay, false-alarm episodes per host-day, the share of clean time alerted and which benign kinds
-alarmed (definitions in :mod:`baseline.metrics`). ``--output`` writes ``report.md`` and one PNG per
-host. ``--smd`` / ``--nab`` run the public benchmarks instead (:mod:`baseline.public`).
+alarmed (definitions in :mod:`minerwatch.bench.metrics`). ``--output`` writes ``report.md`` and one PNG per
+host. ``--smd`` / ``--nab`` run the public benchmarks instead (:mod:`minerwatch.bench.public`).
 
 scikit-learn and matplotlib are imported only inside the functions that need them.
 """
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from baseline import metrics
-from baseline.reference import NaiveIForest, cpu_5m, static_rule
-from features.atomic import atomic_write
-from features.errors import InputError
-from features.io import HostSeries
+from minerwatch.bench import metrics
+from minerwatch.bench.reference import NaiveIForest, cpu_5m, static_rule
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.features.io import HostSeries
 
 Progress = Callable[[str], None]
 DETECTORS = ("minerwatch", "static_rule", "cpu_5m", "naive_iforest")
@@ -113,8 +113,8 @@ def _model_for(
 ) -> Any:
     """The stored model if ``models`` has one (a damaged one raises), else a fresh one, which is
     saved into ``models`` when given so the next run reuses it."""
-    from baseline.store import META, host_dirname, load_model, save_model
-    from baseline.train import train_host
+    from minerwatch.baseline.store import META, host_dirname, load_model, save_model
+    from minerwatch.baseline.train import train_host
 
     if models is not None and (Path(models) / host_dirname(host) / META).is_file():
         return load_model(models, host)
@@ -136,8 +136,8 @@ def run_hosts(
     progress: Progress = _stderr,
 ) -> list[HostRun]:
     """Train or load each host's baseline, score the test split, run the reference detectors."""
-    from baseline.train import score_series
-    from features.io import read_telemetry
+    from minerwatch.baseline.train import score_series
+    from minerwatch.features.io import read_telemetry
 
     data = Path(data)
     test = read_telemetry([data / "test"])
@@ -465,7 +465,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``evaluate``; raises InputError on bad input (the CLI maps it to exit code 2)."""
-    from baseline import public
+    from minerwatch.bench import public
 
     progress = _quiet if args.quiet else _stderr
     if args.smd is not None or args.nab is not None:

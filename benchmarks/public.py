@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from baseline import metrics
-from baseline.reference import NaiveIForest
-from features.errors import InputError
-from features.io import HostSeries
+from minerwatch.bench import metrics
+from minerwatch.bench.reference import NaiveIForest
+from minerwatch.features.errors import InputError
+from minerwatch.features.io import HostSeries
 
 #: SMD metric names in file order, as the dataset's first author listed them (OmniAnomaly #22).
 SMD_COLUMNS: tuple[str, ...] = (
@@ -238,7 +238,7 @@ def run_case(
     case: Case, window: float, seed: int = 0, params: dict | None = None
 ) -> dict[str, metrics.PointReport]:
     """Train both detectors on ``case.train``, score ``case.test`` point by point."""
-    from baseline.train import score_series, train_host
+    from minerwatch.baseline.train import score_series, train_host
 
     model = train_host(case.train, window=window, hop=window, params=params)
     scored = score_series(model, case.test)

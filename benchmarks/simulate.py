@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from features.atomic import atomic_write
-from features.errors import InputError
-from features.schema import METRIC_COLUMNS, SCHEMA_VERSION, TELEMETRY_COLUMNS
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import METRIC_COLUMNS, SCHEMA_VERSION, TELEMETRY_COLUMNS
 
 ARCHETYPES: tuple[str, ...] = ("web", "database", "batch", "ci", "cache", "idle")
 CAMPAIGN_KINDS: tuple[str, ...] = (
