@@ -2,7 +2,7 @@
 
 Robust scaling + ``IsolationForest`` + a threshold calibrated on out-of-fold training scores
 for a false-alarm budget, reduced at the end of ``fit`` to a numpy-only
-:class:`~minerwatch.baseline.scorer.BaselineScorer` (what the model store saves and the agent runs).
+:class:`~minerwatch.baseline.fitted.HostModel` (what the model store saves and the agent runs).
 Rows of ``X`` are windows in time order; pass ``slots`` (window index on the time grid) when
 there are gaps so the alert rule does not bridge them.
 """
@@ -18,14 +18,15 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from minerwatch.baseline.calibrate import calibrate_threshold
+from minerwatch.baseline.explain import Explainer, derived_names
+from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.forest import export_forest
-from minerwatch.baseline.scorer import BaselineScorer, Explainer, derived_names
 
 #: Out-of-fold calibration splits the history into blocks this long, dealt round-robin.
 FOLD_BLOCK_S = 6 * 3600.0
 
 
-class HostBaseline(OutlierMixin, BaseEstimator):
+class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn: untyped
     """Per-host anomaly baseline; ``anomaly_score`` is in [0, 1], higher = more anomalous.
 
     scikit-learn's sign conventions hold for its method names: ``score_samples`` is higher
@@ -107,7 +108,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):
         forest = export_forest(self._forest(self.random_state, n).fit(Zf))
         low = np.nan_to_num(_nanquantile(X_full, 0.05), nan=0.0)
         high = np.nan_to_num(_nanquantile(X_full, 0.95), nan=0.0)
-        draft = BaselineScorer(
+        draft = HostModel(
             feature_names=base_names + derived,
             center=center,
             scale=scale,
@@ -122,13 +123,14 @@ class HostBaseline(OutlierMixin, BaseEstimator):
             excess_scale=self.excess_scale,
             explainer=explainer,
             forest_columns=forest_columns,
+            hop=self.hop,
         )
         oof = self._out_of_fold_scores(X, Zf, slots, draft)
         threshold = calibrate_threshold(
             oof, slots, self.hop, self.max_alarms_per_week, self.alert_windows, self.clear_windows
         )
         threshold = min(threshold + self.threshold_margin, 1.0)
-        self.scorer_ = replace(draft, threshold=threshold)
+        self.host_model_ = replace(draft, threshold=threshold)
         self.threshold_ = threshold
         self.train_scores_ = oof
         self.offset_ = -threshold
@@ -139,7 +141,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):
         return IsolationForest(n_estimators=self.n_estimators, max_samples=size, random_state=seed)
 
     def _out_of_fold_scores(
-        self, X: np.ndarray, Z: np.ndarray, slots: np.ndarray, draft: BaselineScorer
+        self, X: np.ndarray, Z: np.ndarray, slots: np.ndarray, draft: HostModel
     ) -> np.ndarray:
         """Scores each window with a forest that did not see it, so the threshold is honest.
 
@@ -175,7 +177,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):
         """Our 0-1 score, higher = more anomalous."""
         check_is_fitted(self)
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
-        return self.scorer_.score(X)
+        return self.host_model_.score(X)
 
     def score_samples(self, X: Any) -> np.ndarray:
         return -self.anomaly_score(X)
@@ -189,7 +191,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):
     def explain(self, X: Any, top: int = 3) -> list[list[dict[str, Any]]]:
         check_is_fitted(self)
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
-        return [self.scorer_.explain(row, top) for row in X]
+        return [self.host_model_.explain(row, top) for row in X]
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

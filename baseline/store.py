@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from minerwatch.baseline.scorer import BaselineScorer, HostModel
+from minerwatch.baseline.fitted import HostModel
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.extract import feature_names
@@ -58,20 +58,17 @@ def save_model(models_dir: Path, model: HostModel) -> Path:
     folder = Path(models_dir) / host_dirname(model.host)
     folder.mkdir(parents=True, exist_ok=True, mode=0o755)
     buf = io.BytesIO()
-    np.savez(buf, **model.scorer.to_arrays())
+    arrays: dict[str, Any] = model.to_arrays()
+    np.savez(buf, **arrays)
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     name = f"model-{digest[:16]}.npz"
     atomic_write(folder / name, data)
     meta: dict[str, Any] = {
         **model.meta,
-        "host": model.host,
         "format_version": FORMAT_VERSION,
         "schema_version": SCHEMA_VERSION,
-        "columns": list(model.columns),
-        "window": model.window,
-        "hop": model.hop,
-        **model.scorer.params(),
+        **model.params(),
         "model_file": name,
         "sha256": digest,
         "versions": _versions(),
@@ -174,16 +171,8 @@ def load_model(models_dir: Path, host: str) -> HostModel:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     try:
-        scorer = BaselineScorer.from_parts(arrays, meta)
+        return HostModel.from_parts(arrays, meta)
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(
             str(model_path), None, "consistent model arrays", f"{type(exc).__name__}: {exc}"
         ) from None
-    return HostModel(
-        host=meta["host"],
-        scorer=scorer,
-        columns=columns,
-        window=float(meta["window"]),
-        hop=float(meta["hop"]),
-        meta=meta,
-    )

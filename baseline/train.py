@@ -12,17 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.model import HostBaseline
-from minerwatch.baseline.scorer import HostModel
-from minerwatch.baseline.scoring import Scored, score_series, series_features
 from minerwatch.baseline.store import save_model
 from minerwatch.features.errors import InputError
 from minerwatch.features.extract import COMPUTE, CONTEXT, EXPLAINED, TIME, feature_specs
 from minerwatch.features.io import HostSeries, read_telemetry
+from minerwatch.features.pipeline import feature_rows
 
 MIN_WINDOWS = 30
-
-__all__ = ["Scored", "TrainSummary", "score_series", "train_all", "train_host"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,15 @@ def train_host(
     min_windows: int = MIN_WINDOWS,
 ) -> HostModel:
     """Fit one host's baseline on its telemetry and reduce it to a storable :class:`HostModel`."""
-    win, names, F = series_features(series, window, hop)
+    win, names, F = feature_rows(
+        series.timestamps,
+        series.values,
+        series.columns,
+        window,
+        hop,
+        source=series.source,
+        host=series.host,
+    )
     if len(F) < min_windows:
         raise InputError(
             series.source or series.host,
@@ -67,14 +73,14 @@ def train_host(
         forest_features=[1.0 if r in judged else 0.0 for r in roles],
         **options,
     ).fit(F, slots=win.slots)
-    scorer = est.scorer_.renamed(names)
     meta = {
         "windows": int(len(F)),
         "train_start": float(win.starts[0]),
         "train_end": float(win.ends[-1]),
         "params": {k: v for k, v in est.get_params().items() if k not in ("resolution", "excess")},
     }
-    return HostModel(series.host, scorer, series.columns, float(window), float(hop), meta)
+    model: HostModel = est.host_model_
+    return model.for_host(series.host, series.columns, names, window, hop, meta)
 
 
 def _fit_one(

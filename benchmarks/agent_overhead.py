@@ -188,8 +188,11 @@ def run_agent(args: argparse.Namespace, data_dir: Path) -> Run:
                 )
             )
             if args.verbose:
-                print(f"{t:6.0f}s rss={rss}kB cpu={stat['utime'] + stat['stime']}t "
-                      f"children={kids}kB learning={learning}", file=sys.stderr)
+                print(
+                    f"{t:6.0f}s rss={rss}kB cpu={stat['utime'] + stat['stime']}t "
+                    f"children={kids}kB learning={learning}",
+                    file=sys.stderr,
+                )
     finally:
         proc.terminate()
         try:
@@ -251,18 +254,15 @@ def _median_seconds(fn: Any, reps: int) -> float:
 
 
 def latest_feature_row(history: Path, model: Any) -> np.ndarray:
-    """The agent's last window's features, computed the way the agent computes them."""
-    from minerwatch.features.extract import extract
+    """The agent's last complete window's features, from the agent's own history."""
+    from minerwatch.features.pipeline import feature_rows
     from minerwatch.features.schema import AGENT_COLUMNS
-    from minerwatch.features.windows import make_windows
     from minerwatch.service.history import History
 
     with History(history) as h:
         ts, values = h.samples()
-    cols = [AGENT_COLUMNS.index(c) for c in model.columns]
-    win = make_windows(ts, values[:, cols], model.columns, model.window, model.hop)
-    _, F = extract(win)
-    return np.asarray(F[-1:])
+    rows = feature_rows(ts, values, AGENT_COLUMNS, model.window, model.hop, inputs=model.columns)
+    return np.asarray(rows.matrix[-1:])
 
 
 def scoring_speed(reps: int, model_dir: Path | None, host: str | None) -> dict[str, Any]:
@@ -305,14 +305,13 @@ def scoring_speed(reps: int, model_dir: Path | None, host: str | None) -> dict[s
         except (ModelError, OSError) as exc:
             out["agent_model_error"] = str(exc)
         else:
-            sc = model.scorer
             f = latest_feature_row(model_dir.parent / "history.db", model)
-            out["agent_model_trees"] = sc.forest.n_trees
-            out["baseline_scorer_score_one_row_ms"] = round(
-                _median_seconds(lambda: sc.score(f), reps) * 1e3, 4
+            out["agent_model_trees"] = model.forest.n_trees
+            out["host_model_score_one_row_ms"] = round(
+                _median_seconds(lambda: model.score(f), reps) * 1e3, 4
             )
-            out["baseline_scorer_score_and_contributions_ms"] = round(
-                _median_seconds(lambda: (sc.score(f), sc.contributions(f)), reps) * 1e3, 4
+            out["host_model_score_and_contributions_ms"] = round(
+                _median_seconds(lambda: (model.score(f), model.contributions(f)), reps) * 1e3, 4
             )
     return out
 
@@ -382,7 +381,10 @@ def measure_retrain_input(days: float, interval: float) -> dict[str, Any]:
         fill_history(path, days, interval)
         done = subprocess.run(
             [sys.executable, __file__, "--read-history", str(path), "--days", str(days)],
-            cwd=REPO, capture_output=True, text=True, check=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         )
     return dict(json.loads(done.stdout))
 
@@ -429,8 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-agent", action="store_true", help="only time the scoring")
     p.add_argument("--keep", type=Path, help="keep the agent's data dir and log here")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
-    p.add_argument("--history-days", type=float, default=14.0,
-                   help="history read for retraining (the default retrain_history)")
+    p.add_argument(
+        "--history-days",
+        type=float,
+        default=14.0,
+        help="history read for retraining (the default retrain_history)",
+    )
     p.add_argument("--read-history", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--days", type=float, default=14.0, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")

@@ -4,8 +4,9 @@ On a labelled simulation (``--data DIR`` with ``train/``, ``test/`` and ``labels
 or loads one baseline per host, scores the test split, runs the reference detectors on the same
 windows and prints, per campaign kind and overall, recall within 30 minutes, median and worst
 delay, false-alarm episodes per host-day, the share of clean time alerted and which benign kinds
-alarmed (definitions in :mod:`minerwatch.bench.metrics`). ``--output`` writes ``report.md`` and one PNG per
-host. ``--smd`` / ``--nab`` run the public benchmarks instead (:mod:`minerwatch.bench.public`).
+alarmed (definitions in :mod:`minerwatch.bench.metrics`). ``--output`` writes ``report.md``
+and one PNG per host. ``--smd`` / ``--nab`` run the public benchmarks instead
+(:mod:`minerwatch.bench.public`).
 
 scikit-learn and matplotlib are imported only inside the functions that need them.
 """
@@ -136,7 +137,7 @@ def run_hosts(
     progress: Progress = _stderr,
 ) -> list[HostRun]:
     """Train or load each host's baseline, score the test split, run the reference detectors."""
-    from minerwatch.baseline.train import score_series
+    from minerwatch.baseline.batch import score_series
     from minerwatch.features.io import read_telemetry
 
     data = Path(data)
@@ -393,7 +394,7 @@ def write_report(
         f"- models: {meta['models'] or 'trained for this run'}; window {meta['window_s']:g} s, "
         f"hop {meta['hop_s']:g} s, grace {meta['grace_s']:g} s, reference seed {meta['seed']}",
         "",
-        "Definitions: see `baseline/metrics.py`. A campaign is caught by the first alert "
+        "Definitions: see `benchmarks/metrics.py`. A campaign is caught by the first alert "
         "episode whose first window ends after the campaign began; episodes already running "
         "get no credit.",
         "",
@@ -425,42 +426,6 @@ def write_report(
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``evaluate`` on the CLI's subparsers; the CLI then calls :func:`run`."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="measure detection quality on labelled data",
-        description="Score a labelled simulation (--data) or a public benchmark (--smd, --nab) "
-        "and compare with reference detectors.",
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="folder written by 'minerwatch simulate'")
-    src.add_argument("--smd", type=Path, help="Server Machine Dataset folder (train/, test/, ...)")
-    src.add_argument("--nab", type=Path, help="NAB folder (<category>/*.csv, labels/)")
-    p.add_argument("--models", type=Path, help="load models from here (train missing ones)")
-    p.add_argument("--output", type=Path, help="write report.md and plots to this folder")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--window", type=float, default=60.0, help="window length, s (--data)")
-    p.add_argument("--hop", type=float, default=60.0, help="window hop, s (--data)")
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=0.0,
-        help="alerts this long after a campaign ends are not false alarms, s",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the reference IsolationForest")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="only these SMD machines or NAB files")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument(
-        "--alarms-per-week",
-        type=float,
-        default=None,
-        help="false-alarm budget of the threshold for --smd/--nab (default 7 per machine-week)",
-    )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -238,7 +238,8 @@ def run_case(
     case: Case, window: float, seed: int = 0, params: dict | None = None
 ) -> dict[str, metrics.PointReport]:
     """Train both detectors on ``case.train``, score ``case.test`` point by point."""
-    from minerwatch.baseline.train import score_series, train_host
+    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.train import train_host
 
     model = train_host(case.train, window=window, hop=window, params=params)
     scored = score_series(model, case.test)

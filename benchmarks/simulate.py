@@ -1142,30 +1142,6 @@ def simulate(
 # --------------------------------------------------------------------------- CLI
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``minerwatch simulate``; the parser's default ``func`` is :func:`run`."""
-    p = subparsers.add_parser(
-        "simulate",
-        help="write a labelled synthetic fleet (train/test CSV + labels.json)",
-        description="Generate hosts with realistic rhythms, benign events and (test split only) "
-        "mining campaigns, in the telemetry CSV format.",
-    )
-    p.add_argument("--hosts", type=int, default=12, help="number of hosts (default 12)")
-    p.add_argument("--train-days", type=float, default=7.0, help="days of clean training data")
-    p.add_argument("--test-days", type=float, default=3.0, help="days of test data with campaigns")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
-    p.add_argument(
-        "--start",
-        type=float,
-        default=None,
-        help="Unix time of the first sample (default 2026-01-05T00:00Z)",
-    )
-    p.add_argument("--output", type=Path, required=True, help="folder to write into")
-    p.set_defaults(func=run)
-    return p
-
-
 def run(args: argparse.Namespace) -> int:
     """CLI entry: generate, then print a short summary. InputError propagates (exit code 2)."""
     labels = simulate(

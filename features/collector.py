@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import ProcessRecord
 from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
-from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, ProcessInfo, Source, build_sources
+from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, Source, build_sources
 from minerwatch.features.sources.base import Clock
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Collector:
         return self._read_all()
 
     @property
-    def top_processes(self) -> tuple[ProcessInfo, ...]:
+    def top_processes(self) -> tuple[ProcessRecord, ...]:
         """The busiest processes of the latest interval, busiest first (empty if unknown)."""
         if self._processes is None or ProcessesSource.name not in self._ok:
             return ()

@@ -90,11 +90,13 @@ class _Context:
         n = self.slots_for(seconds)
         x = np.concatenate([np.full(n - 1, np.nan), self.dense(values)])
         view = sliding_window_view(x, n)
-        return np.fmin.reduce(view, axis=1)[self.index]
+        out: np.ndarray = np.fmin.reduce(view, axis=1)[self.index]
+        return out
 
 
 def _log1p(x: np.ndarray) -> np.ndarray:
-    return np.log1p(np.maximum(x, 0.0))
+    out: np.ndarray = np.log1p(np.maximum(x, 0.0))
+    return out
 
 
 def _tod(c: _Context, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -9,7 +9,6 @@ or pandas. A scrape only reads the latest :class:`~minerwatch.service.state.Agen
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -28,16 +27,17 @@ from typing import Any
 import numpy as np
 
 from minerwatch.baseline.calibrate import AlertState
-from minerwatch.baseline.scorer import HostModel
-from minerwatch.baseline.store import META, ModelError, atomic_write, host_dirname, load_model
+from minerwatch.baseline.exclude import exclusion_mask
+from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.store import META, ModelError, host_dirname, load_model
+from minerwatch.features.atomic import atomic_write
 from minerwatch.features.collector import Collector
 from minerwatch.features.errors import InputError
-from minerwatch.features.extract import extract
+from minerwatch.features.pipeline import feature_rows
 from minerwatch.features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION
-from minerwatch.features.windows import make_windows
-from minerwatch.service.config import AgentConfig, load_config
+from minerwatch.service.config import AgentConfig
 from minerwatch.service.exporter import Exporter
-from minerwatch.service.history import History, exclusion_mask
+from minerwatch.service.history import History
 from minerwatch.service.retrain import MIN_AGENT_WINDOWS
 from minerwatch.service.state import AgentSnapshot
 
@@ -168,22 +168,19 @@ class Agent:
         if self.last_slot is not None and newest <= self.last_slot:
             return  # no window has completed since the last one scored
         t0 = time.perf_counter()
-        ts = np.array([t for t, _ in self.recent])
-        cols = [AGENT_COLUMNS.index(c) for c in self.model.columns]
-        values = np.vstack([r for _, r in self.recent])[:, cols]
-        win = make_windows(
-            ts,
-            values,
-            self.model.columns,
+        win, _, F = feature_rows(
+            np.array([t for t, _ in self.recent]),
+            np.vstack([r for _, r in self.recent]),
+            AGENT_COLUMNS,
             self.model.window,
             self.model.hop,
+            inputs=self.model.columns,
             interval=self.cfg.interval,
             until=now,
         )
         fresh = [i for i, s in enumerate(win.slots) if self.last_slot is None or s > self.last_slot]
         if not fresh:
             return
-        _, F = extract(win)
         for i in fresh:
             self._score_window(win.starts[i], win.ends[i], int(win.slots[i]), F[i])
         self.last["score_s"] = time.perf_counter() - t0
@@ -191,32 +188,32 @@ class Agent:
 
     def _score_window(self, start: float, end: float, slot: int, f: np.ndarray) -> None:
         assert self.model is not None and self.alert is not None
-        scorer = self.model.scorer
-        score = float(scorer.score(f[None, :])[0])
+        model = self.model
+        score = float(model.score(f[None, :])[0])
         was = self.alert.active
         alerted = self.alert.update(score, slot)
         self.last_slot = slot
         self.counters["windows"] += 1
-        self.history.add_window(start, end, score, scorer.threshold, alerted)
-        share = scorer.contributions(f[None, :])[0]
+        self.history.add_window(start, end, score, model.threshold, alerted)
+        share = model.contributions(f[None, :])[0]
         self.last["score"] = score
-        full = scorer.full(f[None, :])[0]
-        self.last["features"] = dict(zip(scorer.feature_names, full.tolist(), strict=True))
-        self.last["contributions"] = dict(zip(scorer.feature_names, share.tolist(), strict=True))
+        full = model.full(f[None, :])[0]
+        self.last["features"] = dict(zip(model.feature_names, full.tolist(), strict=True))
+        self.last["contributions"] = dict(zip(model.feature_names, share.tolist(), strict=True))
         if alerted and not was:
             self.counters["alerts"] += 1
             self.episode = {
                 "start": start,
                 "end": end,
                 "score": score,
-                "top_features": scorer.explain(f, top=3),
+                "top_features": model.explain(f, top=3),
             }
             if self.responder is not None:
                 self.responder.on_alert(self, self.episode, f)
         elif alerted and self.episode is not None:
             self.episode["end"] = end
             if score > self.episode["score"]:
-                self.episode.update(score=score, top_features=scorer.explain(f, top=3))
+                self.episode.update(score=score, top_features=model.explain(f, top=3))
         elif not alerted and self.episode is not None:
             self._close_episode()
 
@@ -224,6 +221,7 @@ class Agent:
         assert self.episode is not None
         line = {"host": self.cfg.host, **self.episode}
         self.episode = None
+        assert self.cfg.event_log is not None  # AgentConfig derives it from data_dir
         try:
             fd = os.open(self.cfg.event_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
@@ -337,9 +335,7 @@ class Agent:
             return False
         self.model = model
         old = self.alert
-        self.alert = AlertState(
-            model.threshold, model.scorer.alert_windows, model.scorer.clear_windows
-        )
+        self.alert = AlertState(model.threshold, model.alert_windows, model.clear_windows)
         if old is not None:  # keep an ongoing episode open across a model swap
             self.alert.active = old.active
         trained = float(model.meta.get("created_at", self.clock()))
@@ -353,6 +349,7 @@ class Agent:
         for t, row in zip(ts, values, strict=True):
             self.recent.append((float(t), row))
         if len(ts):
+            assert self.cfg.hop is not None  # AgentConfig derives it from the window
             self.last_slot = int(np.floor(now / self.cfg.hop)) - 1
 
     def _error(self, stage: str, exc: BaseException) -> None:
@@ -419,64 +416,10 @@ class Agent:
 # -- command line ------------------------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="run the on-host agent (learn, score, export)")
-    p.add_argument("--config", type=Path, default=None, help="TOML config file")
-    p.add_argument("--port", default=None, help="exporter port (default 10091)")
-    p.add_argument("--address", default=None, help="exporter bind address")
-    p.add_argument("--interval", default=None, help="sampling interval, e.g. 10s")
-    p.add_argument("--window", default=None, help="window length, e.g. 60s")
-    p.add_argument("--learn-for", default=None, help="history needed before the first model")
-    p.add_argument("--retrain-every", default=None, help="retraining period, e.g. 24h")
-    p.add_argument("--data-dir", default=None, help="state folder (default /var/lib/minerwatch)")
-    p.add_argument("--host", default=None, help="host name for models and events")
-    p.add_argument(
-        "--textfile",
-        default=None,
-        metavar="DIR",
-        help="also write metrics into node_exporter's textfile-collector folder",
-    )
-    p.add_argument("--web-config", default=None, help="TLS / basic-auth web config file")
-    p.add_argument("--log-level", default="INFO")
-    try:
-        from minerwatch.service.throttle import add_serve_arguments
-    except ImportError:
-        pass
-    else:
-        add_serve_arguments(p)
-    p.set_defaults(func=cmd_serve)
-
-
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    overrides = {
-        "interval": args.interval,
-        "window": args.window,
-        "learn_for": args.learn_for,
-        "retrain_every": args.retrain_every,
-        "data_dir": args.data_dir,
-        "host": args.host,
-        "exporter.port": args.port,
-        "exporter.address": args.address,
-        "exporter.textfile_dir": args.textfile,
-        "exporter.web_config": args.web_config,
-    }
-    for flag, key in (
-        ("throttle", "enabled"),
-        ("throttle_cpu", "cpu_percent"),
-        ("throttle_hold", "hold"),
-        ("throttle_dry_run", "dry_run"),
-    ):
-        value = getattr(args, flag, None)
-        if value not in (None, False):
-            overrides[f"throttle.{key}"] = value
-    return load_config(args.config, overrides)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    cfg = config_from_args(args)
+def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
+    """Run the agent until SIGTERM or SIGINT (``minerwatch serve``; flags and config file are
+    read by the CLI, so a bad one is reported before this module is even imported)."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     make_data_dir(cfg)
     exporter = Exporter(
         port=cfg.exporter.port,

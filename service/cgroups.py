@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from minerwatch.service.protect import ProcInfo, parse_proc_cgroup, same_process
+from minerwatch.features.proctable import ProcessRecord, parse_proc_cgroup, same_process
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Mechanism(Protocol):
 
     method: str
 
-    def plan(self, proc: ProcInfo) -> Throttled:
+    def plan(self, proc: ProcessRecord) -> Throttled:
         """The record ``apply`` will act on; reads only."""
         ...
 
@@ -119,7 +119,7 @@ class SigStop:
         self.proc_root = proc_root
         self.clock = clock
 
-    def plan(self, proc: ProcInfo) -> Throttled:
+    def plan(self, proc: ProcessRecord) -> Throttled:
         return Throttled(proc.pid, proc.create_time, proc.name, self.method, self.clock())
 
     def apply(self, rec: Throttled) -> None:
@@ -203,7 +203,7 @@ class CgroupQuota:
         self.clock = clock
         self.rmdir = rmdir
 
-    def plan(self, proc: ProcInfo) -> Throttled:
+    def plan(self, proc: ProcessRecord) -> Throttled:
         try:
             text = (self.proc_root / str(proc.pid) / "cgroup").read_text()
         except OSError as exc:

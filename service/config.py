@@ -1,11 +1,12 @@
 """Options of ``minerwatch serve``: defaults < config file (TOML) < command-line flags.
 
 One frozen :class:`AgentConfig` holds them all. Every option is declared once in ``OPTIONS``
-(its TOML section and key, its kind and its limits); the loader, the flag parser, ``config
-show`` and the documented ``deploy/minerwatch.toml`` all follow that table. A bad file is
-reported at the first bad key with its line, so ``minerwatch config check`` reads like a
-compiler error. The config file itself should be writable by root only: it decides which
-processes the agent may throttle.
+(its TOML section and key, its kind, limits, help and flag); the loader, the ``serve`` flags
+and their overlay (:func:`add_option_flags`, :func:`config_from_args`), ``config show`` and
+the documented ``deploy/minerwatch.toml`` all follow that table. A bad file is reported at the
+first bad key with its line, so ``minerwatch config check`` reads like a compiler error. The
+config file itself should be writable by root only: it decides which processes the agent may
+throttle. Standard library only: every command may import this module.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import re
 import socket
 import sys
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from minerwatch.features.errors import InputError
-from minerwatch.service.durations import (
+from minerwatch.service.units import (
     DURATION_HELP,
     SIZE_HELP,
     format_duration,
@@ -34,7 +35,14 @@ from minerwatch.service.durations import (
 
 DEFAULT_CONFIG_PATH = Path("/etc/minerwatch/minerwatch.toml")
 DEFAULT_DATA_DIR = Path("/var/lib/minerwatch")
-THROTTLE_METHODS = ("auto", "cgroup2", "cgroup1", "sigstop")
+DEFAULT_STATE_DIR = DEFAULT_DATA_DIR / "throttle"
+DEFAULT_PORT = 10091
+#: ``::`` listens on IPv6 and IPv4 alike; the exporter falls back to ``0.0.0.0`` on hosts
+#: without IPv6.
+DEFAULT_ADDRESS = "::"
+METHODS = ("auto", "cgroup2", "cgroup1", "sigstop")
+#: An unset release level sits this many points below the trigger (but at least at half of it).
+RELEASE_GAP = 20.0
 DAY = 86400.0
 
 
@@ -42,42 +50,61 @@ DAY = 86400.0
 class ExporterConfig:
     """``[exporter]``: where Prometheus scrapes the agent."""
 
-    port: int = 10091
-    address: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    address: str = DEFAULT_ADDRESS
     web_config: Path | None = None  # exporter-toolkit style TLS/basic-auth file; None = plain
     textfile_dir: Path | None = None  # also write node_exporter textfile-collector files here
 
 
 @dataclass(frozen=True)
-class ThrottleOptions:
-    """``[throttle]``: the optional auto-throttle (see :func:`AgentConfig.throttle_kwargs`)."""
+class ThrottleConfig:
+    """``[throttle]``, and the options the auto-throttle controller runs with; off unless
+    ``enabled``.
+
+    ``cpu_percent``/``hold`` trigger, ``release_cpu_percent``/``release_hold`` release
+    (hysteresis). An unset release level follows the trigger, so lowering the trigger alone
+    never makes the pair invalid. ``quota_percent`` is the share of one core a throttled
+    process keeps. An unset ``state_dir`` is ``<data_dir>/throttle`` in an
+    :class:`AgentConfig`, else :data:`DEFAULT_STATE_DIR`.
+
+    >>> ThrottleConfig().release_cpu_percent, ThrottleConfig(cpu_percent=50).release_cpu_percent
+    (70.0, 30.0)
+    """
 
     enabled: bool = False
     cpu_percent: float = 90.0
     hold: float = 30.0
-    release_cpu_percent: float = 70.0
+    release_cpu_percent: float | None = None
     release_hold: float = 60.0
     dry_run: bool = False
     only_when_alert: bool = False
     max_targets: int = 3
+    min_proc_cpu_percent: float = 5.0
     quota_percent: float = 10.0
     method: str = "auto"
     allow_names: tuple[str, ...] = ()
     allow_users: tuple[str, ...] = ()
     allow_units: tuple[str, ...] = ()
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.release_cpu_percent is None:
+            release = max(self.cpu_percent - RELEASE_GAP, self.cpu_percent / 2)
+            object.__setattr__(self, "release_cpu_percent", release)
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything ``minerwatch serve`` needs; durations in seconds, sizes in bytes.
 
-    ``hop``, ``host``, ``event_log`` and ``evidence_dir`` default to values derived from other
-    options (the window, this machine's name, the data directory) and are never empty after
-    construction.
+    ``hop``, ``host``, ``event_log``, ``evidence_dir`` and ``throttle.state_dir`` default to
+    values derived from other options (the window, this machine's name, the data directory)
+    and are never empty after construction.
 
     >>> cfg = AgentConfig(window=120.0, data_dir=Path("/srv/mw"))
-    >>> cfg.hop, cfg.event_log, cfg.exporter.port
-    (120.0, PosixPath('/srv/mw/events.jsonl'), 10091)
+    >>> cfg.hop, cfg.event_log, cfg.throttle.state_dir, cfg.exporter.port
+    (120.0, PosixPath('/srv/mw/events.jsonl'), PosixPath('/srv/mw/throttle'), 10091)
     """
 
     interval: float = 10.0
@@ -94,14 +121,16 @@ class AgentConfig:
     history_retention: float = 14 * DAY
     history_max_bytes: int = 256 * 1024 * 1024
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
-    throttle: ThrottleOptions = field(default_factory=ThrottleOptions)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
     def __post_init__(self) -> None:
+        t = self.throttle
         derived = {
             "hop": self.window if self.hop is None else self.hop,
             "host": self.host or socket.gethostname(),
             "event_log": self.event_log or self.data_dir / "events.jsonl",
             "evidence_dir": self.evidence_dir or self.data_dir / "evidence",
+            "throttle": t if t.state_dir else replace(t, state_dir=self.data_dir / "throttle"),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -111,33 +140,13 @@ class AgentConfig:
         """The SQLite history file inside the data directory."""
         return self.data_dir / "history.db"
 
-    def throttle_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``minerwatch.service.throttle.ThrottleConfig`` (its names end in _s)."""
-        t = self.throttle
-        return {
-            "enabled": t.enabled,
-            "cpu_percent": t.cpu_percent,
-            "hold_s": t.hold,
-            "release_cpu_percent": t.release_cpu_percent,
-            "release_hold_s": t.release_hold,
-            "dry_run": t.dry_run,
-            "only_when_alert": t.only_when_alert,
-            "max_targets": t.max_targets,
-            "quota_percent": t.quota_percent,
-            "method": t.method,
-            "allow_names": t.allow_names,
-            "allow_users": t.allow_users,
-            "allow_units": t.allow_units,
-            "state_dir": self.data_dir / "throttle",
-        }
-
 
 # -- the option table --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Option:
-    """How one option is spelled, checked and printed."""
+    """How one option is spelled, checked, printed and offered as a ``serve`` flag."""
 
     kind: str  # duration | size | int | float | bool | str | path | names | choice
     low: float | None = None
@@ -145,48 +154,112 @@ class Option:
     low_open: bool = False  # True: value must be > low, else >= low
     empty_ok: bool = False  # "" means "derive the default" (paths, host)
     help: str = ""
+    unset: str = ""  # what an option without a fixed default follows, for --help
+    flag: str = ""  # the flag when not --KEY ([agent], [exporter]) or --throttle-KEY
+    choices: tuple[str, ...] = ()
 
 
-_POS_DUR = Option("duration", 0, low_open=True)
-_PCT = Option("float", 0, 100, low_open=True)
+def _dur(help: str, low_open: bool = True, unset: str = "") -> Option:
+    return Option("duration", 0, low_open=low_open, help=help, unset=unset)
+
+
+def _pct(help: str, flag: str, low_open: bool = True, unset: str = "") -> Option:
+    return Option("float", 0, 100, low_open=low_open, help=help, flag=flag, unset=unset)
+
+
+def _names(what: str) -> Option:
+    return Option("names", help=f"never throttle processes {what} (shell patterns)")
+
 
 OPTIONS: dict[str, dict[str, Option]] = {
     "agent": {
-        "interval": Option("duration", 0, low_open=True, help="time between two samples"),
-        "window": Option("duration", 0, low_open=True, help="length of one scored window"),
-        "hop": Option("duration", 0, low_open=True, help="step between windows"),
-        "learn_for": Option("duration", 0, low_open=True, help="learning time before scoring"),
-        "retrain_every": Option("duration", 0, help="retraining period (0 = never)"),
-        "retrain_history": _POS_DUR,
-        "data_dir": Option("path"),
-        "host": Option("str", empty_ok=True),
-        "alert_windows": Option("int", 1),
-        "event_log": Option("path", empty_ok=True),
-        "evidence_dir": Option("path", empty_ok=True),
-        "history_retention": _POS_DUR,
-        "history_max_bytes": Option("size", 1024 * 1024),
+        "interval": _dur("time between two samples"),
+        "window": _dur("length of one scored window"),
+        "hop": _dur("step between windows", unset="the window"),
+        "learn_for": _dur("learning time before the first model"),
+        "retrain_every": _dur("retraining period (0 = never)", low_open=False),
+        "retrain_history": _dur("history each retraining learns from"),
+        "data_dir": Option("path", help="state folder: history, models, journal, evidence"),
+        "host": Option(
+            "str",
+            empty_ok=True,
+            help="host name in models, metrics and events",
+            unset="this machine's hostname",
+        ),
+        "alert_windows": Option("int", 1, help="consecutive anomalous windows before an alert"),
+        "event_log": Option(
+            "path",
+            empty_ok=True,
+            help="alert events, one JSON line each",
+            unset="DATA_DIR/events.jsonl",
+        ),
+        "evidence_dir": Option(
+            "path",
+            empty_ok=True,
+            help="evidence files written on alerts",
+            unset="DATA_DIR/evidence",
+        ),
+        "history_retention": _dur("how long history.db keeps samples"),
+        "history_max_bytes": Option("size", 1024 * 1024, help="upper bound on history.db"),
     },
     "exporter": {
-        "port": Option("int", 0, 65535, help="0 = any free port (tests)"),
-        "address": Option("str"),
-        "web_config": Option("path", empty_ok=True),
-        "textfile_dir": Option("path", empty_ok=True),
+        "port": Option("int", 0, 65535, help="port of /metrics (0 = any free port)"),
+        "address": Option(
+            "str",
+            help="address to listen on (:: = IPv6 and IPv4, falling back "
+            "to 0.0.0.0 without IPv6; 127.0.0.1 = this host only)",
+        ),
+        "web_config": Option(
+            "path", empty_ok=True, help="TLS / basic-auth web config file", unset="plain HTTP"
+        ),
+        "textfile_dir": Option(
+            "path",
+            empty_ok=True,
+            flag="--textfile",
+            help="also write the metrics into this node_exporter textfile-collector folder",
+            unset="do not",
+        ),
     },
     "throttle": {
-        "enabled": Option("bool"),
-        "cpu_percent": _PCT,
-        "hold": Option("duration", 0),
-        "release_cpu_percent": Option("float", 0, 100),
-        "release_hold": Option("duration", 0),
-        "dry_run": Option("bool"),
-        "only_when_alert": Option("bool"),
-        "max_targets": Option("int", 1),
-        "quota_percent": _PCT,
-        "method": Option("choice"),
-        "allow_names": Option("names"),
-        "allow_users": Option("names"),
-        "allow_units": Option("names"),
+        "enabled": Option(
+            "bool", flag="--throttle", help="cap the busiest processes while host CPU stays high"
+        ),
+        "cpu_percent": _pct(
+            "host CPU that, held for the hold time, starts throttling", "--throttle-cpu"
+        ),
+        "hold": _dur("how long host CPU must stay at the trigger", low_open=False),
+        "release_cpu_percent": _pct(
+            "host CPU below which throttled processes are released",
+            "--throttle-release-cpu",
+            low_open=False,
+            unset=f"{RELEASE_GAP:g} below the trigger, at least half",
+        ),
+        "release_hold": _dur("how long host CPU must stay below the release level", low_open=False),
+        "dry_run": Option("bool", help="only log what would be throttled"),
+        "only_when_alert": Option("bool", help="throttle only while an alert is active"),
+        "max_targets": Option("int", 1, help="most processes throttled at once"),
+        "min_proc_cpu_percent": _pct(
+            "processes using less CPU (percent of one core) are never throttled",
+            "--throttle-min-proc-cpu",
+            low_open=False,
+        ),
+        "quota_percent": _pct("share of one core a throttled process keeps", "--throttle-quota"),
+        "method": Option("choice", choices=METHODS, help="how to throttle"),
+        "allow_names": _names("with these names"),
+        "allow_users": _names("owned by these users"),
+        "allow_units": _names("in these systemd units"),
+        "cgroup_root": Option("path", help="where the cgroup file system is mounted"),
+        "state_dir": Option(
+            "path", empty_ok=True, help="throttle journal and audit log", unset="DATA_DIR/throttle"
+        ),
     },
+}
+
+#: The dataclass behind each section (``agent`` is :class:`AgentConfig` itself).
+SECTIONS: dict[str, type[Any]] = {
+    "agent": AgentConfig,
+    "exporter": ExporterConfig,
+    "throttle": ThrottleConfig,
 }
 
 Key = tuple[str, str]  # (section, option)
@@ -200,9 +273,8 @@ class _Bad(Exception):
         self.expected, self.got = expected, got
 
 
-def _describe(key: Key, opt: Option) -> str:
-    """The 'expected ...' text for one option, limits included."""
-    name = f"{key[0]}.{key[1]}"
+def _describe(name: str, opt: Option) -> str:
+    """The 'expected ...' text for one option (``name``: its key or its flag), limits included."""
     base = {
         "duration": DURATION_HELP,
         "size": SIZE_HELP,
@@ -212,9 +284,10 @@ def _describe(key: Key, opt: Option) -> str:
         "str": "a string",
         "path": "a path (string)",
         "names": "a list of strings",
-        "choice": "one of " + ", ".join(f'"{m}"' for m in THROTTLE_METHODS),
+        "choice": "one of " + ", ".join(f'"{m}"' for m in opt.choices),
     }[opt.kind]
-    limit = {"duration": format_duration, "size": format_size}.get(opt.kind, _fmt_num)
+    formats: dict[str, Callable[[Any], str]] = {"duration": format_duration, "size": format_size}
+    limit = formats.get(opt.kind, _fmt_num)
     sep = ", " if opt.kind in ("duration", "size") else " "
     if opt.low is not None and opt.high is not None:
         if opt.low_open:
@@ -233,7 +306,7 @@ def _fmt_num(v: Any) -> str:
 
 def _convert(key: Key, opt: Option, raw: Any, strict: bool) -> Any:
     """Turn a TOML value (``strict``) or a flag's text into the option's Python value."""
-    expected = _describe(key, opt)
+    expected = _describe(f"{key[0]}.{key[1]}" if strict else _flag(*key), opt)
     got = toml_value(raw) if _is_toml_scalar_or_list(raw) else repr(raw)
     kind = opt.kind
     value: Any
@@ -271,14 +344,14 @@ def _convert(key: Key, opt: Option, raw: Any, strict: bool) -> Any:
             text = raw.strip()
             if not text and not opt.empty_ok or text != raw or "\0" in raw:
                 raise _Bad(expected + " (not empty, no surrounding spaces)", got)
-            if kind == "choice" and text not in THROTTLE_METHODS:
+            if kind == "choice" and text not in opt.choices:
                 raise _Bad(expected, got)
             value = (Path(text) if text else None) if kind == "path" else text
         elif kind == "names":
-            if not strict and isinstance(raw, str):
-                raw = [part.strip() for part in raw.split(",") if part.strip()]
-            if not isinstance(raw, (list, tuple)) or not all(
-                    isinstance(x, str) and x for x in raw):
+            if not strict and isinstance(raw, (str, list)) and all(isinstance(x, str) for x in raw):
+                items = [raw] if isinstance(raw, str) else raw  # "a, b" or a repeated flag
+                raw = [part.strip() for item in items for part in item.split(",") if part.strip()]
+            if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x for x in raw):
                 raise _Bad(expected + " (not empty)", got)
             value = tuple(raw)
         else:  # pragma: no cover - the table above only uses the kinds handled here
@@ -294,15 +367,25 @@ def _convert(key: Key, opt: Option, raw: Any, strict: bool) -> Any:
     return value
 
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
-               "false": False, "no": False, "off": False, "0": False}
+_BOOL_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
 
 
 # -- where keys are in the file ----------------------------------------------------------------
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#]+?)\s*\]\]?\s*(?:#.*)?$")
-_KEYLINE = re.compile(r"""^\s*((?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+)"""
-                      r"""(?:\s*\.\s*(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+))*)\s*=""")
+_KEYLINE = re.compile(
+    r"""^\s*((?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+)"""
+    r"""(?:\s*\.\s*(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+))*)\s*="""
+)
 _DOTTED_PART = re.compile(r""""([^"\n]*)"|'([^'\n]*)'|([A-Za-z0-9_\-]+)""")
 
 
@@ -362,10 +445,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
         if m:
             reason = msg[: m.start()].strip()
-            raise InputError(str(path), int(m.group(1)), "valid TOML",
-                             f"{reason} (column {m.group(2)})") from None
-        raise InputError(str(path), None, "valid TOML", msg.replace("(at end of document)",
-                                                                    "at the end")) from None
+            raise InputError(
+                str(path), int(m.group(1)), "valid TOML", f"{reason} (column {m.group(2)})"
+            ) from None
+        raise InputError(
+            str(path), None, "valid TOML", msg.replace("(at end of document)", "at the end")
+        ) from None
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
@@ -395,16 +480,23 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     return cfg
 
 
-def _from_document(doc: Mapping[str, Any], lines: Mapping[tuple[str, ...], int],
-                   where: str) -> tuple[dict[Key, Any], dict[Key, tuple[str, int | None]]]:
+def _from_document(
+    doc: Mapping[str, Any], lines: Mapping[tuple[str, ...], int], where: str
+) -> tuple[dict[Key, Any], dict[Key, tuple[str, int | None]]]:
     values: dict[Key, Any] = {}
     origin: dict[Key, tuple[str, int | None]] = {}
     errors: list[InputError] = []
     for section, table in doc.items():
         line = _line_of(lines, section)
         if section not in OPTIONS:
-            errors.append(InputError(where, line, _one_of("a section", section, OPTIONS),
-                                     f"[{section}]" if isinstance(table, dict) else section))
+            errors.append(
+                InputError(
+                    where,
+                    line,
+                    _one_of("a section", section, OPTIONS),
+                    f"[{section}]" if isinstance(table, dict) else section,
+                )
+            )
             continue
         if not isinstance(table, dict):
             errors.append(InputError(where, line, f"a table [{section}]", toml_value(table)))
@@ -413,9 +505,14 @@ def _from_document(doc: Mapping[str, Any], lines: Mapping[tuple[str, ...], int],
             line = _line_of(lines, section, key)
             opt = OPTIONS[section].get(key)
             if opt is None:
-                errors.append(InputError(
-                    where, line, _one_of(f"an option of [{section}]", key, OPTIONS[section]),
-                    f'"{key}"'))
+                errors.append(
+                    InputError(
+                        where,
+                        line,
+                        _one_of(f"an option of [{section}]", key, OPTIONS[section]),
+                        f'"{key}"',
+                    )
+                )
                 continue
             try:
                 values[(section, key)] = _convert((section, key), opt, raw, strict=True)
@@ -446,31 +543,70 @@ def _build(values: Mapping[Key, Any]) -> AgentConfig:
     def part(section: str) -> dict[str, Any]:
         return {k: v for (s, k), v in values.items() if s == section}
 
-    return AgentConfig(**part("agent"), exporter=ExporterConfig(**part("exporter")),
-                       throttle=ThrottleOptions(**part("throttle")))
+    return AgentConfig(
+        **part("agent"),
+        exporter=ExporterConfig(**part("exporter")),
+        throttle=ThrottleConfig(**part("throttle")),
+    )
 
 
 def _check_relations(cfg: AgentConfig, origin: Mapping[Key, tuple[str, int | None]]) -> None:
-    """Checks between options, reported where the user set the first one named."""
+    """Checks between options, reported where the user set the first one named; each option
+    is named as the user gave it (its flag, else its key)."""
+
+    def name(key: Key) -> str:
+        return _flag(*key) if origin.get(key, ("", None))[0] == _flag(*key) else key[1]
+
+    def dur(key: Key, value: float) -> str:
+        return f"{name(key)} = {format_duration(value)}"
+
     t = cfg.throttle
     hop = cfg.hop if cfg.hop is not None else cfg.window
+    release = t.release_cpu_percent if t.release_cpu_percent is not None else t.cpu_percent
+    interval, window, hop_key = ("agent", "interval"), ("agent", "window"), ("agent", "hop")
+    learn, keep, history = (
+        ("agent", "learn_for"),
+        ("agent", "history_retention"),
+        ("agent", "retrain_history"),
+    )
+    trigger, level = ("throttle", "cpu_percent"), ("throttle", "release_cpu_percent")
     rules: list[tuple[bool, Key, Key, str, str]] = [
-        (cfg.window >= cfg.interval, ("agent", "window"), ("agent", "interval"),
-         f"window >= interval ({format_duration(cfg.interval)})",
-         f"window = {format_duration(cfg.window)}"),
-        (cfg.interval <= hop <= cfg.window, ("agent", "hop"), ("agent", "window"),
-         f"interval <= hop <= window ({format_duration(cfg.interval)} .. "
-         f"{format_duration(cfg.window)})", f"hop = {format_duration(hop)}"),
-        (cfg.learn_for >= cfg.window, ("agent", "learn_for"), ("agent", "window"),
-         f"learn_for >= window ({format_duration(cfg.window)})",
-         f"learn_for = {format_duration(cfg.learn_for)}"),
-        (cfg.history_retention >= cfg.retrain_history, ("agent", "history_retention"),
-         ("agent", "retrain_history"),
-         f"history_retention >= retrain_history ({format_duration(cfg.retrain_history)})",
-         f"history_retention = {format_duration(cfg.history_retention)}"),
-        (t.release_cpu_percent <= t.cpu_percent, ("throttle", "release_cpu_percent"),
-         ("throttle", "cpu_percent"), f"release_cpu_percent <= cpu_percent ({t.cpu_percent:g})",
-         f"release_cpu_percent = {t.release_cpu_percent:g}"),
+        (
+            cfg.window >= cfg.interval,
+            window,
+            interval,
+            f"{name(window)} >= {name(interval)} ({format_duration(cfg.interval)})",
+            dur(window, cfg.window),
+        ),
+        (
+            cfg.interval <= hop <= cfg.window,
+            hop_key,
+            window,
+            f"{name(interval)} <= {name(hop_key)} <= {name(window)} "
+            f"({format_duration(cfg.interval)} .. {format_duration(cfg.window)})",
+            dur(hop_key, hop),
+        ),
+        (
+            cfg.learn_for >= cfg.window,
+            learn,
+            window,
+            f"{name(learn)} >= {name(window)} ({format_duration(cfg.window)})",
+            dur(learn, cfg.learn_for),
+        ),
+        (
+            cfg.history_retention >= cfg.retrain_history,
+            keep,
+            history,
+            f"{name(keep)} >= {name(history)} ({format_duration(cfg.retrain_history)})",
+            dur(keep, cfg.history_retention),
+        ),
+        (
+            release <= t.cpu_percent,
+            level,
+            trigger,
+            f"{name(level)} <= {name(trigger)} ({t.cpu_percent:g})",
+            f"{name(level)} = {release:g}",
+        ),
     ]
     for ok, first, second, expected, got in rules:
         if not ok:
@@ -525,83 +661,129 @@ def _display(opt: Option, value: Any) -> str:
     return toml_value(value)
 
 
+def _section_of(cfg: AgentConfig, section: str) -> Any:
+    return cfg if section == "agent" else getattr(cfg, section)
+
+
 def dump_config(cfg: AgentConfig) -> str:
     """The config as TOML that :func:`load_config` reads back to an equal config."""
-    sections = {"agent": cfg, "exporter": cfg.exporter, "throttle": cfg.throttle}
     out = []
-    for section, obj in sections.items():
+    for section, options in OPTIONS.items():
         out.append(f"[{section}]")
-        for key, opt in OPTIONS[section].items():
+        obj = _section_of(cfg, section)
+        for key, opt in options.items():
             out.append(f"{key} = {_display(opt, getattr(obj, key))}")
         out.append("")
     return "\n".join(out)
 
 
-# -- command line --------------------------------------------------------------------------------
+def config_fields() -> list[str]:
+    """Every option as ``section.key``, in table order (for docs and tests)."""
+    return [f"{s}.{k}" for s, opts in OPTIONS.items() for k in opts]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``minerwatch config check FILE`` and ``minerwatch config show [FILE]``."""
-    p = subparsers.add_parser("config", help="check or show the agent's configuration")
-    sub = p.add_subparsers(dest="config_command", required=True)
-    check = sub.add_parser("check", help="validate a config file (exit 0 if OK, 2 if not)")
-    check.add_argument("file", type=Path)
-    show = sub.add_parser("show", help="print the effective config (defaults < FILE) as TOML")
-    show.add_argument("file", type=Path, nargs="?")
-    p.set_defaults(func=run)
-    return p
+# -- flags ---------------------------------------------------------------------------------------
+
+_METAVARS = {
+    "duration": "DURATION",
+    "size": "SIZE",
+    "int": "N",
+    "float": "NUMBER",
+    "str": "TEXT",
+    "path": "PATH",
+}
+
+
+def _flag(section: str, key: str) -> str:
+    """The ``serve`` flag of an option: ``--KEY``, ``--throttle-KEY``, or the table's own."""
+    opt = OPTIONS[section][key]
+    if opt.flag:
+        return opt.flag
+    prefix = "--throttle-" if section == "throttle" else "--"
+    flag = prefix + key.replace("_", "-")
+    return flag.removesuffix("s") if opt.kind == "names" else flag  # repeated: one name each
+
+
+def _default_text(section: str, key: str, opt: Option) -> str:
+    """The built-in default as ``--help`` shows it (``unset`` where it follows another)."""
+    f = next(f for f in fields(SECTIONS[section]) if f.name == key)
+    value: Any = (
+        f.default_factory()
+        if f.default is MISSING and f.default_factory is not MISSING
+        else f.default
+    )
+    if value is None or value == "":
+        return opt.unset
+    if opt.kind == "bool":
+        return "on" if value else "off"
+    if opt.kind == "names":
+        return ", ".join(value) or "none"
+    text = _display(opt, value)
+    return text[1:-1] if text.startswith('"') else text
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and one flag per option of ``OPTIONS``, in groups by section.
+
+    Every flag defaults to None (= not given), so the config file's value stands unless the
+    flag is used; the help shows the built-in default. :func:`config_from_args` reads them.
+    """
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML config file, e.g. {DEFAULT_CONFIG_PATH} (default: none)",
+    )
+    for section, options in OPTIONS.items():
+        group = parser.add_argument_group(f"[{section}] options (override the config file)")
+        for key, opt in options.items():
+            flag, dest = _flag(section, key), f"{section}.{key}"
+            text = f"{opt.help} (default: {_default_text(section, key, opt)})"
+            if opt.kind == "bool":
+                group.add_argument(
+                    flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text
+                )
+            elif opt.kind == "names":
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    action="append",
+                    metavar="NAME",
+                    help=f"{text}; repeat for more",
+                )
+            else:
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    metavar=_METAVARS.get(opt.kind),
+                    choices=opt.choices or None,
+                    help=text,
+                )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of :func:`add_option_flags` that were given, as ``section.key`` overrides."""
+    given = vars(args)
+    return {name: given[name] for name in config_fields() if given.get(name) is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """The one overlay: defaults < ``--config FILE`` < the option flags that were given."""
+    return load_config(args.config, overrides_from_args(args))
+
+
+# -- minerwatch config check|show ------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``minerwatch config check|show``; returns the exit code."""
-    try:
-        cfg = load_config(args.file)
-    except InputError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    """Run ``minerwatch config check FILE`` or ``config show [FILE]``.
+
+    A bad file raises InputError (file, line, what was expected), which the CLI reports and
+    turns into exit code 2.
+    """
+    cfg = load_config(args.file)
     if args.config_command == "check":
         print(f"{args.file}: OK")
     else:
         sys.stdout.write(dump_config(cfg))
     return 0
-
-
-def add_serve_options(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``minerwatch serve`` for every option; all default to None (= not given)."""
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help=f"TOML config file (e.g. {DEFAULT_CONFIG_PATH})")
-    for section, options in OPTIONS.items():
-        group = parser.add_argument_group(f"[{section}] options (override the config file)")
-        for key, opt in options.items():
-            flag = _flag(section, key)
-            dest = f"opt__{section}__{key}"
-            if opt.kind == "bool":
-                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                                   default=None)
-            elif opt.kind == "names":
-                group.add_argument(flag.rstrip("s"), dest=dest, action="append", metavar="NAME",
-                                   help="repeat for more")
-            else:
-                group.add_argument(flag, dest=dest, metavar=opt.kind.upper(),
-                                   help=opt.help or None)
-
-
-def _flag(section: str, key: str) -> str:
-    if section == "throttle":
-        return "--throttle" if key == "enabled" else f"--throttle-{key.replace('_', '-')}"
-    return "--" + key.replace("_", "-")
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags of :func:`add_serve_options` that the user actually gave, for load_config."""
-    out: dict[str, Any] = {}
-    for name, value in vars(args).items():
-        if name.startswith("opt__") and value is not None:
-            _, section, key = name.split("__")
-            out[f"{section}.{key}"] = value
-    return out
-
-
-def config_fields() -> list[str]:
-    """Every option as ``section.key``, in table order (for docs and tests)."""
-    return [f"{s}.{k}" for s, opts in OPTIONS.items() for k in opts]

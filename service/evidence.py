@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -36,7 +35,10 @@ import psutil
 
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
-from minerwatch.service.indicators import IndicatorHit, read_exe_link
+from minerwatch.features.numbers import finite_or_none
+from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_start
+from minerwatch.service.config import load_config
+from minerwatch.service.indicators import IndicatorHit
 
 DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
 FORMAT = "minerwatch-evidence"
@@ -176,14 +178,6 @@ def _dumps(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, indent=1, default=str, allow_nan=False).encode("ascii")
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 class EvidenceWriter:
     """Writes one bounded, owner-only evidence file per alert episode.
 
@@ -224,6 +218,8 @@ class EvidenceWriter:
         self.hash_cap_bytes = hash_cap_bytes
         self.users = users
         self.net_connections = net_connections
+        #: Reads the processes the file describes (and their ancestors) under ``paths.proc``.
+        self.table = ProcessTable(paths.proc)
         self._last_write: float | None = None
         self._episodes: set[str] = set()
 
@@ -279,9 +275,9 @@ class EvidenceWriter:
             "written_at": now,
             "written_at_utc": _iso(now),
             "hostname": socket.gethostname(),
-            "score": _finite(score),
-            "threshold": _finite(threshold),
-            "features": {str(k): _finite(v) for k, v in features.items()},
+            "score": finite_or_none(score),
+            "threshold": finite_or_none(threshold),
+            "features": {str(k): finite_or_none(v) for k, v in features.items()},
             "explanation": [dict(e) for e in explanation],
             "indicators": [h.as_dict() for h in hits],
             "processes": [self.process_record(pid) for pid in list(top_pids)[:_MAX_PROCESSES]],
@@ -298,41 +294,56 @@ class EvidenceWriter:
 
     def process_record(self, pid: int) -> dict[str, Any]:
         """Everything we can learn about one process; failures land in its ``errors``."""
-        rec: dict[str, Any] = {"pid": pid}
-        errors: list[str] = []
-        try:
-            proc = psutil.Process(pid)
-        except psutil.NoSuchProcess as exc:
-            rec["error"] = _err(exc)
-            return rec
-        exe, deleted = read_exe_link(pid, self.paths.proc)
-        rec["exe"] = _clean(exe, 4096)
-        rec["exe_deleted"] = deleted
-        if exe:
+        found = self.table.lookup(pid, cmdline=True)
+        if found is None:
+            return {"pid": pid, "error": f"NoSuchProcess: no process with pid {pid}"}
+        rec: dict[str, Any] = {
+            "pid": pid,
+            "exe": _clean(found.exe, 4096),
+            "exe_deleted": found.exe_deleted,
+        }
+        if found.exe:  # through the link, so a binary deleted from disk still hashes
             rec.update(hash_file(self.paths.proc / str(pid) / "exe", self.hash_cap_bytes))
+        rec.update(
+            name=_clean(found.name),
+            ppid=found.ppid,
+            username=found.username,
+            create_time=found.create_time,
+            create_time_utc=_iso(found.create_time),
+            cmdline=[_clean(a) for a in found.cmdline[:_MAX_CMDLINE_ARGS]],
+        )
+        errors: list[str] = []
+        rec.update(self._live_details(found, errors))
+        rec["parents"] = self._parents(found)
+        rec["errors"] = errors
+        return rec
+
+    def _live_details(self, found: ProcessRecord, errors: list[str]) -> dict[str, Any]:
+        """What a process record does not hold, from psutil; each look-up may fail alone."""
+        try:
+            proc = psutil.Process(found.pid)
+            started = proc.create_time()
+        except psutil.Error as exc:
+            errors.append(f"details: {_err(exc)}")
+            return {}
+        if not same_start(started, found.create_time):
+            errors.append("details: the pid now belongs to a newer process")
+            return {}
         getters: dict[str, Callable[[], Any]] = {
-            "name": lambda: _clean(proc.name()),
-            "ppid": proc.ppid,
-            "username": proc.username,
             "uids": lambda: list(proc.uids()),
-            "create_time": proc.create_time,
             "cwd": lambda: _clean(proc.cwd(), 4096),
             "status": proc.status,
             "num_threads": proc.num_threads,
-            "cmdline": lambda: [_clean(a) for a in proc.cmdline()[:_MAX_CMDLINE_ARGS]],
             "connections": lambda: self._connections(proc),
         }
+        out: dict[str, Any] = {}
         for key, getter in getters.items():
             try:
-                rec[key] = getter()
-            except (psutil.Error, OSError, KeyError) as exc:
-                rec[key] = None
+                out[key] = getter()
+            except (psutil.Error, OSError) as exc:
+                out[key] = None
                 errors.append(f"{key}: {_err(exc)}")
-        if isinstance(rec.get("create_time"), float):
-            rec["create_time_utc"] = _iso(rec["create_time"])
-        rec["parents"] = self._parents(proc, errors)
-        rec["errors"] = errors
-        return rec
+        return out
 
     def _connections(self, proc: psutil.Process) -> list[dict[str, Any]]:
         conns = proc.net_connections(kind="inet")[:_MAX_CONNECTIONS]
@@ -346,27 +357,24 @@ class EvidenceWriter:
             for c in conns
         ]
 
-    def _parents(self, proc: psutil.Process, errors: list[str]) -> list[dict[str, Any]]:
+    def _parents(self, child: ProcessRecord) -> list[dict[str, Any]]:
+        """The ancestors up to pid 1, nearest first; stops where one is gone or replaced."""
         chain: list[dict[str, Any]] = []
-        try:
-            parent = proc.parent()
-        except psutil.Error as exc:
-            errors.append(f"parents: {_err(exc)}")
-            return chain
-        while parent is not None and len(chain) < _MAX_PARENTS:
-            entry: dict[str, Any] = {"pid": parent.pid}
-            exe, _ = read_exe_link(parent.pid, self.paths.proc)
-            entry["exe"] = _clean(exe, 4096)
-            try:
-                entry["name"] = _clean(parent.name())
-                entry["username"] = parent.username()
-                entry["cmdline"] = [_clean(a, 256) for a in parent.cmdline()[:16]]
-                nxt = parent.parent() if parent.pid > 1 else None
-            except (psutil.Error, KeyError) as exc:
-                entry["error"] = _err(exc)
-                nxt = None
-            chain.append(entry)
-            parent = nxt
+        ppid, born = child.ppid, child.create_time
+        while ppid > 0 and len(chain) < _MAX_PARENTS:
+            parent = self.table.lookup(ppid, cmdline=True)
+            if parent is None or parent.create_time > born:  # exited, its pid reused since
+                break
+            chain.append(
+                {
+                    "pid": parent.pid,
+                    "exe": _clean(parent.exe, 4096),
+                    "name": _clean(parent.name),
+                    "username": parent.username,
+                    "cmdline": [_clean(a, 256) for a in parent.cmdline[:16]],
+                }
+            )
+            ppid, born = parent.ppid, parent.create_time
         return chain
 
     # -- host-wide sections ---------------------------------------------------------------
@@ -387,10 +395,8 @@ class EvidenceWriter:
             if c.pid:
                 entry["pid"] = c.pid
                 if c.pid not in names:
-                    try:
-                        names[c.pid] = _clean(psutil.Process(c.pid).name())
-                    except psutil.Error:
-                        names[c.pid] = ""
+                    owner = self.table.lookup(c.pid)
+                    names[c.pid] = _clean(owner.name) if owner is not None else ""
                 entry["name"] = names[c.pid]
             out.append(entry)
             if len(out) >= _MAX_LISTENING:
@@ -588,43 +594,27 @@ def show(dir: Path, name: str) -> dict[str, Any]:
 # CLI: minerwatch evidence list|show
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``evidence list|show`` on the main CLI's subparsers; returns the new parser."""
-    parser = subparsers.add_parser(
-        "evidence",
-        help="list or show evidence files written on alerts",
-        description="Read the evidence files the agent writes at the first alert of an episode.",
-    )
-    sub = parser.add_subparsers(dest="evidence_command", required=True, metavar="{list,show}")
-    lister = sub.add_parser("list", help="one line per evidence file, oldest first")
-    lister.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="evidence directory")
-    lister.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    shower = sub.add_parser("show", help="print one evidence file as JSON")
-    shower.add_argument("name", help="file name or episode id, as printed by 'list'")
-    shower.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="evidence directory")
-    parser.set_defaults(func=run)
-    return parser
-
-
 def _printable(value: Any) -> str:
     """Process names are attacker-chosen; never let them drive the terminal."""
     return "".join(c if c.isprintable() else "?" for c in str(value))
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Execute ``evidence list|show``; bad names raise :class:`InputError` (exit code 2)."""
+    """Execute ``evidence list|show`` on ``--dir``, else the config's (``--config``)
+    evidence directory; bad names raise :class:`InputError` (exit code 2)."""
     stream = out if out is not None else sys.stdout
+    directory: Path = args.dir or load_config(args.config).evidence_dir or DEFAULT_DIR
     if args.evidence_command == "show":
-        json.dump(show(args.dir, args.name), stream, indent=2, sort_keys=False)
+        json.dump(show(directory, args.name), stream, indent=2, sort_keys=False)
         stream.write("\n")
         return 0
-    entries = list_evidence(args.dir)
+    entries = list_evidence(directory)
     if args.json:
         json.dump(entries, stream, indent=2)
         stream.write("\n")
         return 0
     if not entries:
-        print(f"no evidence files in {args.dir}", file=sys.stderr)
+        print(f"no evidence files in {directory}", file=sys.stderr)
         return 0
     stream.write(f"{'NAME':<48} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
     for e in entries:

@@ -40,12 +40,12 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from minerwatch.features.atomic import atomic_write
+from minerwatch.service.config import DEFAULT_ADDRESS, DEFAULT_PORT
 from minerwatch.service.state import AgentSnapshot
 from minerwatch.service.webconfig import BasicAuth, load_web_config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 10091
 TEXTFILE_NAME = "minerwatch.prom"
 
 #: Every metric the agent exports (exposed name -> help). deploy/README.md lists the same.
@@ -179,14 +179,14 @@ class Exporter:
     0.9
     >>> exp.stop()
 
-    ``address="::"`` (the default) listens on IPv6 and IPv4 alike, falling back to
-    ``0.0.0.0`` on hosts without IPv6. ``port=0`` picks a free port (see :attr:`port`).
+    The defaults are the config's (:data:`~minerwatch.service.config.DEFAULT_ADDRESS`,
+    dual-stack ``::``, and port 10091); ``port=0`` picks a free port (see :attr:`port`).
     """
 
     def __init__(
         self,
         port: int = DEFAULT_PORT,
-        address: str = "::",
+        address: str = DEFAULT_ADDRESS,
         registry: CollectorRegistry | None = None,
         web_config: Path | None = None,
         textfile_dir: Path | None = None,
@@ -345,7 +345,7 @@ def _bind(
     except OSError:
         if address != "::":
             raise
-        # Host without IPv6: the default still has to work.
+        # Host without IPv6: "::" (the default) still has to listen, on IPv4 alone.
         return _Server(socket.AF_INET, ("0.0.0.0", port), tls, auth, render)
 
 

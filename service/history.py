@@ -22,11 +22,11 @@ from types import TracebackType
 import numpy as np
 
 from minerwatch.features.schema import AGENT_COLUMNS as STORED_COLUMNS  # metrics + agent extras
+from minerwatch.features.schema import SCHEMA_VERSION  # the samples table follows it
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-SCHEMA_VERSION = 1
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _WIDTH = 1 + len(STORED_COLUMNS)  # timestamp + metrics
 _ROW_BYTES = 8 * _WIDTH
@@ -147,8 +147,9 @@ class History:
             if self._inserts % self.prune_every == 0:
                 self._prune_locked()
 
-    def add_window(self, start: float, end: float, score: float, threshold: float,
-                   alert: bool) -> None:
+    def add_window(
+        self, start: float, end: float, score: float, threshold: float, alert: bool
+    ) -> None:
         """Store one scored window so retraining can skip the ones that alerted."""
         window: Window = (float(start), float(end), float(score), float(threshold), bool(alert))
         with self._lock:
@@ -156,8 +157,9 @@ class History:
             if not self._insert_windows([window]):
                 self._mem_windows.append(window)
 
-    def samples(self, since: float | None = None,
-                until: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def samples(
+        self, since: float | None = None, until: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Timestamps (n,) and values (n, len(STORED_COLUMNS)) with ``since <= ts < until``.
 
         Rows are sorted by time; values missing from a sample are NaN.
@@ -170,7 +172,9 @@ class History:
                 try:
                     rows = self._conn.execute(
                         f"SELECT ts, {self._columns} FROM samples WHERE ts >= ? AND ts < ?"
-                        " ORDER BY ts", (lo, hi)).fetchall()
+                        " ORDER BY ts",
+                        (lo, hi),
+                    ).fetchall()
                     parts.append(np.array(rows, dtype=float).reshape(len(rows), _WIDTH))
                 except sqlite3.Error as e:
                     self._on_db_error("read samples", e)
@@ -186,9 +190,14 @@ class History:
             out = [w for w in self._mem_windows if w[1] >= lo]
             if self._conn is not None:
                 try:
-                    out += [(s, e, sc, th, bool(a)) for s, e, sc, th, a in self._conn.execute(
-                        "SELECT window_start, window_end, score, threshold, alert FROM windows"
-                        " WHERE window_end >= ?", (lo,))]
+                    out += [
+                        (s, e, sc, th, bool(a))
+                        for s, e, sc, th, a in self._conn.execute(
+                            "SELECT window_start, window_end, score, threshold, alert FROM windows"
+                            " WHERE window_end >= ?",
+                            (lo,),
+                        )
+                    ]
                 except sqlite3.Error as e:
                     self._on_db_error("read windows", e)
         return sorted(out)
@@ -234,8 +243,12 @@ class History:
     def __enter__(self) -> History:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- opening and recovery ----------------------------------------------------------------
@@ -295,13 +308,11 @@ class History:
             try:
                 os.chmod(path, 0o600)
             except PermissionError:  # not ours: use it as it is, but say so
-                log.warning("history: %s is readable by others and cannot be made private",
-                            path)
+                log.warning("history: %s is readable by others and cannot be made private", path)
 
     def _connect(self, path: Path) -> sqlite3.Connection | None:
         try:
-            return sqlite3.connect(path, timeout=5.0, isolation_level=None,
-                                   check_same_thread=False)
+            return sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             self._on_db_error("open database", e)
             return None
@@ -335,8 +346,9 @@ class History:
         except OSError as e:
             self._fail(f"corrupt database could not be moved aside: {e.strerror or e}")
             return False
-        log.warning("history: corrupt database %s moved aside to %s; starting a new one",
-                    path, target)
+        log.warning(
+            "history: corrupt database %s moved aside to %s; starting a new one", path, target
+        )
         return True
 
     def _setup(self, conn: sqlite3.Connection) -> None:
@@ -347,9 +359,11 @@ class History:
         metric_defs = ", ".join(f'"{c}" REAL' for c in STORED_COLUMNS)
         conn.execute(f"CREATE TABLE IF NOT EXISTS samples (ts REAL NOT NULL, {metric_defs})")
         conn.execute("CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts)")
-        conn.execute("CREATE TABLE IF NOT EXISTS windows (window_start REAL NOT NULL,"
-                     " window_end REAL NOT NULL, score REAL, threshold REAL,"
-                     " alert INTEGER NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS windows (window_start REAL NOT NULL,"
+            " window_end REAL NOT NULL, score REAL, threshold REAL,"
+            " alert INTEGER NOT NULL)"
+        )
         conn.execute("CREATE INDEX IF NOT EXISTS windows_end ON windows (window_end)")
         # A newer schema may add metric columns: old rows read back as NaN for them.
         have = {row[1] for row in conn.execute("PRAGMA table_info(samples)")}
@@ -373,16 +387,21 @@ class History:
         before = self.errors_total
         self._prune_locked()
         if self.errors_total == before and self._flush():
-            log.warning("history: recovered, writing to %s again (was: %s)",
-                        self.path, self.degraded)
+            log.warning(
+                "history: recovered, writing to %s again (was: %s)", self.path, self.degraded
+            )
             self.degraded = None
 
     def _flush(self) -> bool:
         """Move samples and windows held in memory into the database."""
         rows = [tuple(None if math.isnan(v) else v for v in r) for r in self._ring.rows()]
         windows = list(self._mem_windows)
-        if self._write("save memory", lambda c: (self._exec_samples(c, rows),
-                                                 self._exec_windows(c, windows))):
+
+        def save(c: sqlite3.Connection) -> None:
+            self._exec_samples(c, rows)
+            self._exec_windows(c, windows)
+
+        if self._write("save memory", save):
             self._ring.clear()
             self._mem_windows.clear()
             return True
@@ -400,15 +419,18 @@ class History:
             return False
         return self._write("insert window", lambda c: self._exec_windows(c, windows))
 
-    def _exec_samples(self, conn: sqlite3.Connection,
-                      rows: Iterable[tuple[float | None, ...]]) -> None:
+    def _exec_samples(
+        self, conn: sqlite3.Connection, rows: Iterable[tuple[float | None, ...]]
+    ) -> None:
         marks = ", ".join("?" * _WIDTH)
         conn.executemany(f"INSERT INTO samples (ts, {self._columns}) VALUES ({marks})", rows)
 
     @staticmethod
     def _exec_windows(conn: sqlite3.Connection, windows: Iterable[Window]) -> None:
-        conn.executemany("INSERT INTO windows VALUES (?, ?, ?, ?, ?)",
-                         [(s, e, sc, th, int(a)) for s, e, sc, th, a in windows])
+        conn.executemany(
+            "INSERT INTO windows VALUES (?, ?, ?, ?, ?)",
+            [(s, e, sc, th, int(a)) for s, e, sc, th, a in windows],
+        )
 
     def _write(self, what: str, fn: Callable[[sqlite3.Connection], object]) -> bool:
         """Run ``fn`` in one transaction; a failure is recorded and returns False."""
@@ -440,20 +462,32 @@ class History:
         conn = self._conn
         if conn is None:
             return
-        if not self._write("prune by age", lambda c: (
+        if not self._write(
+            "prune by age",
+            lambda c: (
                 c.execute("DELETE FROM samples WHERE ts < ?", (cutoff,)),
-                c.execute("DELETE FROM windows WHERE window_end < ?", (cutoff,)))):
+                c.execute("DELETE FROM windows WHERE window_end < ?", (cutoff,)),
+            ),
+        ):
             return
         for _ in range(4):  # each pass estimates bytes per row; a few passes converge
             used, n = self._used_bytes(), self._db_count()
             if used <= self.max_bytes or n == 0:
                 break
             excess = math.ceil((used - 0.9 * self.max_bytes) / (used / n))
-            if not self._write("prune by size", lambda c, k=excess: (
-                    c.execute("DELETE FROM samples WHERE rowid IN"
-                              " (SELECT rowid FROM samples ORDER BY ts LIMIT ?)", (k,)),
-                    c.execute("DELETE FROM windows WHERE window_end <"
-                              " COALESCE((SELECT MIN(ts) FROM samples), 0)"))):
+
+            def prune(c: sqlite3.Connection, k: int = excess) -> None:
+                c.execute(
+                    "DELETE FROM samples WHERE rowid IN"
+                    " (SELECT rowid FROM samples ORDER BY ts LIMIT ?)",
+                    (k,),
+                )
+                c.execute(
+                    "DELETE FROM windows WHERE window_end <"
+                    " COALESCE((SELECT MIN(ts) FROM samples), 0)"
+                )
+
+            if not self._write("prune by size", prune):
                 return
         try:
             # executescript steps the pragma to the end; execute() would free only one page.
@@ -487,7 +521,8 @@ class History:
             if self._conn is not None:
                 try:
                     first, last, count = self._conn.execute(
-                        "SELECT MIN(ts), MAX(ts), COUNT(*) FROM samples").fetchone()
+                        "SELECT MIN(ts), MAX(ts), COUNT(*) FROM samples"
+                    ).fetchone()
                 except sqlite3.Error as e:
                     self._on_db_error("count samples", e)
                 else:
@@ -521,25 +556,6 @@ class History:
         self.last_error = reason
 
 
-def exclusion_mask(timestamps: np.ndarray, windows: Iterable[tuple[float, float]],
-                   margin_s: float = 0.0, before: float | None = None) -> np.ndarray:
-    """True for timestamps outside every window widened by ``margin_s`` on both sides
-    (and, with ``before``, earlier than it: an episode still open has no end yet).
-
-    Used to train only on time the agent did not alert on, nor just before or after it.
-
-    >>> exclusion_mask(np.array([0.0, 10.0, 20.0, 30.0]), [(10.0, 15.0)], 5.0).tolist()
-    [True, False, False, True]
-    """
-    ts = np.asarray(timestamps, dtype=float)
-    keep = np.ones(ts.shape, dtype=bool)
-    for start, end in windows:
-        keep &= (ts < start - margin_s) | (ts > end + margin_s)
-    if before is not None:
-        keep &= ts < before
-    return keep
-
-
 def _number(value: object) -> float | None:
     """A finite float, or None (SQL NULL, read back as NaN) for missing or unusable values."""
     try:
@@ -557,8 +573,12 @@ def _code(e: sqlite3.Error) -> int:
 def _read_only_connection(path: Path) -> sqlite3.Connection | None:
     """Open a database we may not write (not even its WAL index) just to read old samples."""
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
-                               isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro&immutable=1",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
     except sqlite3.Error:
         return None
     if _has_tables(conn):

@@ -1,8 +1,9 @@
-"""Miner indicators: a small knowledge base kept as data, and pure checks over process facts.
+"""Miner indicators: a small knowledge base kept as data, and pure checks over processes.
 
 The anomaly model says *that* a window is odd; indicators say *why it may be mining*. Each
-check is a pure function over :class:`ProcessFacts`, so it is tested on literals; only
-:func:`gather_facts` and the ``/etc/ld.so.preload`` read touch the live system.
+check is a pure function over a :class:`~minerwatch.features.proctable.ProcessRecord` (read
+with its command line and ports by the process table), so it is tested on literals; only
+the ``/etc/ld.so.preload`` read touches the live system.
 
 Hits carry only bounded values: an indicator id from :data:`INDICATOR_IDS`, a reason code
 from :data:`REASON_CODES`, the pid, and a ``detail`` taken from the knowledge base itself
@@ -13,16 +14,14 @@ Command lines are used for matching and then dropped.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import Any, NoReturn
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import ProcessRecord
 
 #: The bounded set of indicator ids (metric label values and feature-name suffixes).
 INDICATOR_IDS: tuple[str, ...] = (
@@ -49,9 +48,6 @@ REASON_CODES: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_LD_PRELOAD = Path("/etc/ld.so.preload")
-_DELETED_SUFFIX = " (deleted)"
-#: psutil derives create_time from boot time in whole ticks; allow for rounding.
-_CREATE_TIME_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,21 +63,6 @@ class KnowledgeBase:
     min_ratio: float
     sources: Mapping[str, Mapping[str, str]]
     indicator_sources: Mapping[str, tuple[str, ...]]
-
-
-@dataclass(frozen=True)
-class ProcessFacts:
-    """What the checks need to know about one process (gathered live or written as a literal)."""
-
-    pid: int
-    name: str
-    exe: str
-    exe_deleted: bool
-    cmdline: tuple[str, ...]
-    username: str
-    create_time: float
-    cpu_percent: float
-    remote_ports: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -113,7 +94,7 @@ class IndicatorHit:
 
 def default_kb_path() -> Path:
     """The knowledge base shipped inside the package (``service/data/indicators.json``)."""
-    return Path(str(resources.files("service").joinpath("data/indicators.json")))
+    return Path(str(resources.files("minerwatch.service").joinpath("data/indicators.json")))
 
 
 def load_knowledge_base(path: Path | str | None = None) -> KnowledgeBase:
@@ -207,7 +188,7 @@ class _Validator:
     def __init__(self, where: str) -> None:
         self.where = where
 
-    def fail(self, expected: str, got: str | None) -> None:
+    def fail(self, expected: str, got: str | None) -> NoReturn:
         raise InputError(self.where, None, expected, got)
 
     def mapping(self, value: Any, key: str) -> dict[str, Any]:
@@ -243,7 +224,7 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def check_miner_name(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
+def check_miner_name(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
     """Known miner binary name as process name, executable name or argv[0]."""
     candidates = (
         ("process_name", p.name),
@@ -257,13 +238,13 @@ def check_miner_name(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
     return None
 
 
-def check_pool_port(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
+def check_pool_port(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
     """A connection to a remote mining-pool port (the lowest such port is reported)."""
     matched = sorted(port for port in set(p.remote_ports) if port in kb.pool_ports)
     return IndicatorHit("pool_port", "remote_port", p.pid, str(matched[0])) if matched else None
 
 
-def check_stratum_url(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
+def check_stratum_url(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
     """A Stratum URL scheme anywhere in the command line; only the scheme is reported."""
     joined = " ".join(p.cmdline).lower()
     for scheme in kb.stratum_schemes:
@@ -272,7 +253,7 @@ def check_stratum_url(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None
     return None
 
 
-def check_exe_in_tmp(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
+def check_exe_in_tmp(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
     """Executable under a world-writable temporary directory (by path prefix)."""
     for d in kb.tmp_dirs:
         if p.exe.startswith(d + "/"):
@@ -280,7 +261,7 @@ def check_exe_in_tmp(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
     return None
 
 
-def check_exe_deleted(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
+def check_exe_deleted(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
     """Executable unlinked from disk while the process runs."""
     del kb
     return IndicatorHit("exe_deleted", "exe_unlinked", p.pid) if p.exe_deleted else None
@@ -296,7 +277,7 @@ def kernel_thread_base(name: str) -> str:
     return name
 
 
-def check_fake_kernel_thread(p: ProcessFacts, kb: KnowledgeBase) -> IndicatorHit | None:
+def check_fake_kernel_thread(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
     """Named like a kernel thread yet backed by an executable, which real kernel threads lack."""
     if not p.exe:
         return None
@@ -363,7 +344,7 @@ def read_ld_preload(path: Path = DEFAULT_LD_PRELOAD) -> str | None:
 
 
 def scan(
-    facts: Iterable[ProcessFacts],
+    procs: Iterable[ProcessRecord],
     kb: KnowledgeBase,
     host_cpu_percent: float | None,
     visible_cpu_percent: float | None,
@@ -371,11 +352,13 @@ def scan(
 ) -> list[IndicatorHit]:
     """Run every check; at most one hit per (indicator, pid).
 
+    ``procs`` should come from ``ProcessTable.describe(..., cmdline=True, ports=True)``:
+    without command line and ports the Stratum, pool-port and argv checks cannot fire.
     ``visible_cpu_percent`` must be the sum over *all* visible processes in percent of the
     whole host (not just the top few); pass None for either CPU figure to skip that check.
     """
     hits: list[IndicatorHit] = []
-    for p in facts:
+    for p in procs:
         for check in PROCESS_CHECKS:
             hit = check(p, kb)
             if hit is not None:
@@ -404,83 +387,3 @@ def indicator_counts(hits: Iterable[IndicatorHit]) -> dict[str, int]:
             raise ValueError(f"unknown indicator id {hit.indicator_id!r}")
         counts[hit.indicator_id] += 1
     return counts
-
-
-# ---------------------------------------------------------------------------------------
-# Live facts
-
-
-def read_exe_link(pid: int, proc_root: Path = Path("/proc")) -> tuple[str, bool]:
-    """``(exe path, deleted)`` from the raw ``/proc/<pid>/exe`` link; psutil hides ' (deleted)'.
-
-    Deleted means the link says so *and* nothing is at that path now: a daemon whose binary
-    a package upgrade replaced is not flagged, a miner that unlinked itself is. Kernel
-    threads and processes we may not inspect give ``("", False)``.
-    """
-    try:
-        target = os.readlink(proc_root / str(pid) / "exe")
-    except OSError:
-        return "", False
-    if target.endswith(_DELETED_SUFFIX) and not os.path.lexists(target):
-        path = target[: -len(_DELETED_SUFFIX)]
-        return path, not os.path.lexists(path)
-    return target, False
-
-
-def _remote_ports(proc: psutil.Process) -> tuple[int, ...]:
-    try:
-        conns = proc.net_connections(kind="inet")
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return ()
-    return tuple(sorted({c.raddr.port for c in conns if c.raddr}))
-
-
-def gather_facts(
-    pids: Sequence[int],
-    proc_root: Path = Path("/proc"),
-    cpu_percent: Mapping[int, float] | None = None,
-    create_times: Mapping[int, float] | None = None,
-) -> list[ProcessFacts]:
-    """Live facts for ``pids``; processes that vanish meanwhile are skipped, not errors.
-
-    ``cpu_percent`` lets the caller pass the CPU shares it already measured over the window
-    (psutil's own first reading would be 0); it defaults to 0 for pids it does not name.
-    ``create_times`` (from the same measurement) guards against pid reuse: a pid whose
-    process started at another time is a different process now and is skipped.
-    """
-    shares = cpu_percent or {}
-    started = create_times or {}
-    out: list[ProcessFacts] = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                name = proc.name()
-                create_time = proc.create_time()
-                try:
-                    cmdline = tuple(proc.cmdline())
-                except psutil.AccessDenied:
-                    cmdline = ()
-                try:
-                    username = proc.username()
-                except (psutil.AccessDenied, KeyError):
-                    username = ""
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if pid in started and abs(started[pid] - create_time) > _CREATE_TIME_SLACK_S:
-            continue
-        exe, deleted = read_exe_link(pid, proc_root)
-        out.append(
-            ProcessFacts(
-                pid=pid,
-                name=name,
-                exe=exe,
-                exe_deleted=deleted,
-                cmdline=cmdline,
-                username=username,
-                create_time=create_time,
-                cpu_percent=float(shares.get(pid, 0.0)),
-                remote_ports=_remote_ports(proc),
-            )
-        )
-    return out

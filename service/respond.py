@@ -10,22 +10,22 @@ releases whatever a crashed earlier agent left paused (its journal on disk).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
 import numpy as np
 
+from minerwatch.features.numbers import finite_or_none
+from minerwatch.features.proctable import ProcessTable
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.evidence import EvidenceWriter
 from minerwatch.service.indicators import (
     IndicatorHit,
-    gather_facts,
     indicator_counts,
     load_knowledge_base,
     scan,
 )
-from minerwatch.service.throttle import Throttle, ThrottleConfig
+from minerwatch.service.throttle import Throttle
 
 log = logging.getLogger("minerwatch.respond")
 
@@ -36,28 +36,24 @@ class Responder:
     def __init__(self, cfg: AgentConfig, throttle: Throttle | None = None) -> None:
         self.cfg = cfg
         self.kb = load_knowledge_base()
+        assert cfg.evidence_dir is not None  # AgentConfig derives it from data_dir
         self.evidence = EvidenceWriter(cfg.evidence_dir)
-        self.throttle = throttle or Throttle(
-            ThrottleConfig(**cfg.throttle_kwargs()), agent_pids={os.getpid()}
-        )
+        self.throttle = throttle or Throttle(cfg.throttle, agent_pids={os.getpid()})
         for action in self.throttle.recovered:
             log.warning("released a process left throttled by an earlier run: %s", action)
         self.hits: list[IndicatorHit] = []
+        #: Re-reads the collector's busiest processes with command line and ports.
+        self.table = ProcessTable()
 
     def inspect(self, agent: Any, metrics: dict[str, float]) -> float:
         """Scan the busiest processes; the hit count becomes the sample's ``indicator_hits``."""
-        top = agent.collector.top_processes
-        facts = gather_facts(
-            [p.pid for p in top],
-            cpu_percent={p.pid: p.cpu_percent for p in top},
-            create_times={p.pid: p.create_time for p in top},
-        )
-        visible = _finite(getattr(agent.collector, "visible_proc_cpu_percent", None))
-        self.hits = scan(facts, self.kb, _finite(metrics.get("cpu_percent")), visible)
+        procs = self.table.describe(agent.collector.top_processes, cmdline=True, ports=True)
+        visible = finite_or_none(getattr(agent.collector, "visible_proc_cpu_percent", None))
+        self.hits = scan(procs, self.kb, finite_or_none(metrics.get("cpu_percent")), visible)
         return float(len(self.hits))
 
     def after_tick(self, agent: Any, now: float, metrics: dict[str, float]) -> None:
-        host_cpu = _finite(metrics.get("cpu_percent"))
+        host_cpu = finite_or_none(metrics.get("cpu_percent"))
         if self.throttle.cfg.enabled and host_cpu is not None:
             alert = bool(agent.alert is not None and agent.alert.active)
             for action in self.throttle.update(host_cpu, alert):
@@ -77,13 +73,13 @@ class Responder:
                 "remote_ports": list(p.remote_ports),
             }
         episode["indicators"] = [h.as_dict() for h in self.hits]
-        scorer = agent.model.scorer
+        model = agent.model
         try:
             path = self.evidence.write(
                 f"{agent.cfg.host}-{int(episode['start'])}",
                 float(episode["score"]),
-                float(scorer.threshold),
-                dict(zip(scorer.feature_names, scorer.full(f[None, :])[0].tolist(), strict=True)),
+                float(model.threshold),
+                dict(zip(model.feature_names, model.full(f[None, :])[0].tolist(), strict=True)),
                 episode["top_features"],
                 [p.pid for p in top],
                 self.hits,
@@ -105,11 +101,3 @@ class Responder:
     def close(self) -> None:
         """Always release everything on shutdown, whether or not throttling is on."""
         self.throttle.release_all("agent shutdown")
-
-
-def _finite(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

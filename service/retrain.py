@@ -1,4 +1,4 @@
-"""The agent's training child: ``python -m minerwatch.service.retrain --input X.npz --models DIR ...``.
+"""The agent's training child: ``python -m minerwatch.service.retrain --input X.npz ...``.
 
 It runs in its own process so the agent never imports scikit-learn. The input holds the
 samples the agent chose (alerted windows and their surroundings already removed, so a miner
@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from minerwatch.baseline.scoring import score_series
+from minerwatch.baseline.batch import score_series
+from minerwatch.baseline.exclude import exclusion_mask
 from minerwatch.baseline.store import ModelError, load_model, save_model
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import AGENT_COLUMNS
-from minerwatch.service.history import exclusion_mask
 
 MIN_AGENT_WINDOWS = 8
 
@@ -69,7 +69,8 @@ def retrain(
     alert_windows: int = 3,
     validate_s: float = 86400.0,
 ) -> dict[str, Any]:
-    from minerwatch.baseline.train import train_host  # scikit-learn: only ever in this child process
+    # scikit-learn: only ever imported in this child process
+    from minerwatch.baseline.train import train_host
 
     with np.load(input_path, allow_pickle=False) as npz:
         ts, values = npz["timestamps"], npz["values"]
@@ -95,7 +96,7 @@ def retrain(
             old_rate = float(score_series(current, recent).alert.mean())
         except (ModelError, InputError):
             current, old_rate = None, None
-        accepted = current is None or new_rate <= old_rate
+        accepted = old_rate is None or new_rate <= old_rate
         if accepted:
             save_model(models, model)
     return {

@@ -10,10 +10,10 @@ audit log (never a command line).
 Example (dry run over an invented table)::
 
     >>> import tempfile
-    >>> from minerwatch.service.protect import ProcInfo
-    >>> miner = ProcInfo(4242, 1, "xmrig", "/tmp/.x/xmrig", "www-data", 1.0, 190.0, "/")
+    >>> from minerwatch.features.proctable import ProcessRecord
+    >>> miner = ProcessRecord(4242, 1, "xmrig", "/tmp/.x/xmrig", "www-data", 1.0, 190.0)
     >>> state = Path(tempfile.mkdtemp())
-    >>> cfg = ThrottleConfig(enabled=True, hold_s=0, dry_run=True, state_dir=state)
+    >>> cfg = ThrottleConfig(enabled=True, hold=0, dry_run=True, state_dir=state)
     >>> t = Throttle(cfg, proc_reader=lambda: [miner], mechanisms=[])
     >>> [(a.action, a.pid) for a in t.update(99.0, alert_active=True)]
     [('dry_run', 4242)]
@@ -29,18 +29,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
-from minerwatch.service import durations
+from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_process
 from minerwatch.service.cgroups import (
     Mechanism,
     ProcessGone,
@@ -48,114 +44,15 @@ from minerwatch.service.cgroups import (
     build_mechanisms,
     release_record,
 )
-from minerwatch.service.protect import ProcInfo, ProcReader, same_process, select_targets
+from minerwatch.service.config import DEFAULT_STATE_DIR, load_config
+from minerwatch.service.config import ThrottleConfig as ThrottleConfig  # the controller's options
+from minerwatch.service.targets import select_targets
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = Path("/var/lib/minerwatch/throttle")
 JOURNAL = "throttle-journal.json"
 AUDIT = "throttle-audit.jsonl"
 ACTION_KINDS = ("throttle", "release", "dry_run", "skip")
-METHODS = ("auto", "cgroup2", "cgroup1", "sigstop")
-
-
-@dataclass(frozen=True)
-class ThrottleConfig:
-    """Options of the auto-throttle; off unless ``enabled``.
-
-    ``cpu_percent``/``hold_s`` trigger, ``release_cpu_percent``/``release_hold_s`` release
-    (hysteresis); ``quota_percent`` is the share of one core a throttled process keeps.
-    """
-
-    enabled: bool = False
-    cpu_percent: float = 90.0
-    hold_s: float = 30.0
-    release_cpu_percent: float = 70.0
-    release_hold_s: float = 60.0
-    dry_run: bool = False
-    only_when_alert: bool = False
-    max_targets: int = 3
-    min_proc_cpu_percent: float = 5.0
-    quota_percent: float = 10.0
-    method: str = "auto"
-    allow_names: tuple[str, ...] = ()
-    allow_users: tuple[str, ...] = ()
-    allow_units: tuple[str, ...] = ()
-    cgroup_root: Path = Path("/sys/fs/cgroup")
-    state_dir: Path = DEFAULT_STATE_DIR
-
-    @classmethod
-    def from_mapping(
-        cls, data: Mapping[str, Any], path: str = "config", lines: Mapping[str, int] | None = None
-    ) -> ThrottleConfig:
-        """Build from a config-file section; unknown keys and wrong types raise InputError.
-
-        Durations accept seconds or strings like ``"30s"``, ``"2m"``. ``lines`` maps keys to
-        their line numbers when the caller knows them.
-        """
-        known = {f.name: f for f in fields(cls)}
-        kw: dict[str, Any] = {}
-        for key, value in data.items():
-            line = (lines or {}).get(key)
-            if key not in known:
-                raise InputError(path, line, f"a throttle option ({', '.join(known)})", repr(key))
-            default = getattr(cls, key)
-            try:
-                kw[key] = _coerce(key, value, default)
-            except (TypeError, ValueError) as exc:
-                raise InputError(path, line, f"{key}: {exc}", repr(value)) from None
-        cfg = cls(**kw)
-        cfg.validate(path)
-        return cfg
-
-    def validate(self, path: str = "config") -> None:
-        """Reject values that would make the throttle misbehave."""
-        if self.method not in METHODS:
-            raise InputError(path, None, f"method one of {METHODS}", repr(self.method))
-        if not 0 < self.quota_percent <= 100:
-            raise InputError(path, None, "quota_percent in (0, 100]", str(self.quota_percent))
-        if self.release_cpu_percent > self.cpu_percent:
-            raise InputError(
-                path, None, "release_cpu_percent <= cpu_percent", str(self.release_cpu_percent)
-            )
-        if self.hold_s < 0 or self.release_hold_s < 0 or self.max_targets < 0:
-            raise InputError(path, None, "non-negative hold times and max_targets", None)
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds from ``30``, ``"30s"``, ``"2m"``, ``"1h"``, ``"500ms"`` (ValueError for argparse).
-
-    >>> parse_duration("2m"), parse_duration("500ms"), parse_duration(7)
-    (120.0, 0.5, 7.0)
-    """
-    try:
-        return durations.parse_duration(text)
-    except InputError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise TypeError("expected true or false")
-        return value
-    if key in ("hold_s", "release_hold_s"):
-        return parse_duration(value)
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError("expected an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError("expected a number")
-        return float(value)
-    if isinstance(default, tuple):
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise TypeError("expected a list of strings")
-        return tuple(value)
-    if isinstance(default, Path):
-        return Path(str(value))
-    return str(value)
 
 
 # --------------------------------------------------------------------------- journal and audit
@@ -223,6 +120,7 @@ class Journal:
     def _save(self, state: JournalState) -> None:
         atomic_write(self.path, _dump(state), mode=0o600)
 
+
 def _dump(state: JournalState) -> str:
     return json.dumps(
         {
@@ -279,7 +177,7 @@ class Throttle:
         cfg: ThrottleConfig,
         agent_pids: set[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        proc_reader: Callable[[], Sequence[ProcInfo]] | None = None,
+        proc_reader: Callable[[], Sequence[ProcessRecord]] | None = None,
         mechanisms: Sequence[Mechanism] | None = None,
         proc_root: Path = Path("/proc"),
         wall_clock: Callable[[], float] = time.time,
@@ -289,10 +187,12 @@ class Throttle:
         self.clock = clock
         self.wall_clock = wall_clock
         self.proc_root = proc_root
-        self.proc_reader = proc_reader if proc_reader is not None else ProcReader(proc_root)
+        # Lifetime CPU for processes it has not seen yet: a running miner is found at once.
+        self.proc_reader = proc_reader or ProcessTable(proc_root, lifetime_cpu_for_unseen=True).read
         self._mechanisms = list(mechanisms) if mechanisms is not None else None
-        self.journal = Journal(cfg.state_dir)
-        self.audit = AuditLog(cfg.state_dir / AUDIT)
+        state_dir = cfg.state_dir or DEFAULT_STATE_DIR
+        self.journal = Journal(state_dir)
+        self.audit = AuditLog(state_dir / AUDIT)
         self.actions_total: dict[str, int] = dict.fromkeys(ACTION_KINDS, 0)
         self._lock = threading.RLock()
         self.throttled_now = 0
@@ -327,19 +227,21 @@ class Throttle:
             if not self.cfg.enabled:
                 return actions
             cfg = self.cfg
+            release_level = cfg.release_cpu_percent
+            assert release_level is not None  # ThrottleConfig fills it in from the trigger
             hot = host_cpu_percent >= cfg.cpu_percent and (alert_active or not cfg.only_when_alert)
             if hot:
                 self._under_since = None
                 self._over_since = now if self._over_since is None else self._over_since
-                if now - self._over_since >= cfg.hold_s:
+                if now - self._over_since >= cfg.hold:
                     actions += self._throttle_top(host_cpu_percent)
                     self._over_since = now  # another full hold before taking more
-            elif host_cpu_percent < cfg.release_cpu_percent:
+            elif host_cpu_percent < release_level:
                 self._over_since = None
                 if self.throttled():
                     self._under_since = now if self._under_since is None else self._under_since
-                    if now - self._under_since >= cfg.release_hold_s:
-                        reason = f"host cpu below {cfg.release_cpu_percent:g}%"
+                    if now - self._under_since >= cfg.release_hold:
+                        reason = f"host cpu below {release_level:g}%"
                         actions += self.release_all(reason, host_cpu_percent)
                         self._under_since = None
                 else:
@@ -392,7 +294,7 @@ class Throttle:
         return action
 
     def _action(
-        self, kind: str, rec: Throttled | ProcInfo, method: str, reason: str, cpu: float | None
+        self, kind: str, rec: Throttled | ProcessRecord, method: str, reason: str, cpu: float | None
     ) -> Action:
         return self._record(Action(self.wall_clock(), kind, rec.pid, rec.name, method, reason, cpu))
 
@@ -427,13 +329,15 @@ class Throttle:
             targets = select_targets(
                 self.proc_reader(), cfg, self.agent_pids, exclude=busy, limit=limit
             )
-            reason = f"host cpu {cpu:.0f}% >= {cfg.cpu_percent:g}% for {cfg.hold_s:g}s"
+            reason = f"host cpu {cpu:.0f}% >= {cfg.cpu_percent:g}% for {cfg.hold:g}s"
             if cfg.dry_run:
                 method = self.mechanisms[0].method if self.mechanisms else "none"
                 return [self._action("dry_run", p, method, reason, cpu) for p in targets]
             return [self._throttle_one(state, p, reason, cpu) for p in targets]
 
-    def _throttle_one(self, state: JournalState, proc: ProcInfo, reason: str, cpu: float) -> Action:
+    def _throttle_one(
+        self, state: JournalState, proc: ProcessRecord, reason: str, cpu: float
+    ) -> Action:
         errors = []
         for mech in self.mechanisms:
             try:
@@ -457,30 +361,6 @@ class Throttle:
         return self._action("skip", proc, "none", "; ".join(errors) or "no mechanism", cpu)
 
 
-class ThrottleCollector(Collector):
-    """Prometheus view of a Throttle, built from counters it already keeps.
-
-    Register with ``registry.register(ThrottleCollector(throttle))``.
-    """
-
-    def __init__(self, throttle: Throttle) -> None:
-        self.throttle = throttle
-
-    def collect(self) -> Iterator[Metric]:
-        t = self.throttle
-        yield GaugeMetricFamily(
-            "minerwatch_throttled_processes", "Processes throttled now.", value=t.throttled_now
-        )
-        actions = CounterMetricFamily(
-            "minerwatch_throttle_actions",
-            "Throttle actions taken, by kind (throttle, release, dry_run, skip).",
-            labels=["action"],
-        )
-        for kind, n in sorted(t.actions_total.items()):
-            actions.add_metric([kind], n)
-        yield actions
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -489,8 +369,10 @@ def release_from_journal(
 ) -> int:
     """Release journaled processes (all, or one pid) without a running agent; returns how
     many were released. Released processes are marked exempt so a running agent does not
-    take them again."""
+    take them again. Without a journal nothing was ever throttled: nothing is created."""
     journal, audit = Journal(state_dir), AuditLog(state_dir / AUDIT)
+    if not journal.path.exists():
+        return 0
     count = 0
     with journal.locked() as state:
         for rec in [r for r in state.throttled if pid is None or r.pid == pid]:
@@ -509,52 +391,27 @@ def release_from_journal(
     return count
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``minerwatch throttle {release [PID], status}``."""
-    p = subparsers.add_parser("throttle", help="inspect or release throttled processes")
-    sub = p.add_subparsers(dest="throttle_command", required=True)
-    rel = sub.add_parser("release", help="release throttled processes (all, or one PID)")
-    rel.add_argument("pid", nargs="?", type=int, help="only this process")
-    st = sub.add_parser("status", help="list throttled processes")
-    st.add_argument("--json", action="store_true", help="print the journal as JSON")
-    for q in (rel, st):
-        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    return p
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The throttle flags of ``minerwatch serve``; defaults None so the config file wins."""
-    g = parser.add_argument_group("auto-throttle")
-    g.add_argument("--throttle", action="store_true", default=None, help="enable auto-throttle")
-    g.add_argument("--throttle-cpu", type=float, metavar="PCT", help="host CPU trigger (90)")
-    g.add_argument("--throttle-hold", type=parse_duration, metavar="DUR", help="hold time (30s)")
-    g.add_argument("--throttle-dry-run", action="store_true", default=None, help="only log")
-
-
-def config_from_args(args: argparse.Namespace, base: ThrottleConfig) -> ThrottleConfig:
-    """Overlay the ``serve`` flags on a config (defaults < file < flags)."""
-    over: dict[str, Any] = {}
-    if getattr(args, "throttle", None):
-        over["enabled"] = True
-    if getattr(args, "throttle_cpu", None) is not None:
-        over["cpu_percent"] = args.throttle_cpu
-        over["release_cpu_percent"] = min(base.release_cpu_percent, args.throttle_cpu)
-    if getattr(args, "throttle_hold", None) is not None:
-        over["hold_s"] = args.throttle_hold
-    if getattr(args, "throttle_dry_run", None):
-        over["dry_run"] = True
-    cfg = replace(base, **over)
-    cfg.validate("command line")
-    return cfg
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run ``minerwatch throttle ...``; returns the exit code."""
+    """Run ``minerwatch throttle status|release [PID]``; works with no agent running.
+
+    The journal is in ``--state-dir``, else where the config (``--config``) keeps it. A PID
+    that is not throttled is bad input (InputError, exit code 2).
+    """
+    state_dir: Path = (
+        args.state_dir or load_config(args.config).throttle.state_dir or DEFAULT_STATE_DIR
+    )
     if args.throttle_command == "release":
-        n = release_from_journal(args.state_dir, args.pid)
+        n = release_from_journal(state_dir, args.pid)
+        if args.pid is not None and not n:
+            raise InputError(
+                str(state_dir / JOURNAL),
+                None,
+                "the PID of a throttled process (see `minerwatch throttle status`)",
+                str(args.pid),
+            )
         print(f"released {n} process{'es' if n != 1 else ''}")
-        return 0 if n or args.pid is None else 1
-    state = Journal(args.state_dir).load()
+        return 0
+    state = Journal(state_dir).load()
     if args.json:
         print(_dump(state))
         return 0

@@ -263,8 +263,11 @@ def load_web_config(path: Path) -> WebConfig:
     if kwargs.get("client_auth_type", "NoClientCert") != "NoClientCert" and (
         "client_ca_file" not in kwargs
     ):
-        line = auth.line if auth is not None else None
-        raise InputError(where, line, f"client_ca_file to go with {kwargs['client_auth_type']}")
+        raise InputError(
+            where,
+            auth.line if auth is not None else None,
+            f"client_ca_file to go with {kwargs['client_auth_type']}",
+        )
     version = tls.get("min_version")
     if version is not None:
         if version.value not in TLS_VERSIONS:

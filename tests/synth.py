@@ -1,4 +1,4 @@
-"""Small synthetic telemetry for core tests (the realistic generator is minerwatch.bench.simulate)."""
+"""Small synthetic telemetry for core tests (the realistic one is minerwatch.bench.simulate)."""
 
 from __future__ import annotations
 

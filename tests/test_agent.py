@@ -1,4 +1,4 @@
-"""minerwatch.service.agent.Agent in-process: real History (SQLite), real model store, real features.
+"""The agent in-process: real History (SQLite), real model store, real features.
 
 A replaying collector feeds synthetic telemetry (tests/synth.py) on a fake clock, so an hour
 of agent life takes a second: learning progress, snapshot fields, gaps, alert episodes and
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from synth import host_series
 
+from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
+from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.service.agent import EXCLUDE_MARGIN_S, Agent
 from minerwatch.service.config import AgentConfig
@@ -82,8 +84,9 @@ def run(agent, replay, start, stop):
 
 
 def live(hours=1.5, seed=1, plateau=None):
-    return host_series(HOST, days=hours / 24, interval=INTERVAL, seed=seed, start=NOW0,
-                       plateau=plateau)
+    return host_series(
+        HOST, days=hours / 24, interval=INTERVAL, seed=seed, start=NOW0, plateau=plateau
+    )
 
 
 def windows_table(agent):
@@ -173,7 +176,7 @@ def test_snapshot_fields_while_scoring(tmp_path, trained_models):
         assert snap.model_training_windows == model.meta["windows"]
         assert snap.samples_total == 60
         assert 8 <= snap.windows_scored_total <= 10  # one per completed minute
-        assert set(snap.feature_values) <= set(model.scorer.feature_names)
+        assert set(snap.feature_values) <= set(model.feature_names)
         assert any(name.startswith("cpu") for name in snap.feature_values)
         share = sum(snap.feature_contributions.values())
         assert share == pytest.approx(1.0) or share == 0.0
@@ -188,6 +191,26 @@ def test_snapshot_fields_while_scoring(tmp_path, trained_models):
         scored = windows_table(agent)
         assert len(scored) == snap.windows_scored_total
         assert all(end - start == WINDOW and end <= replay.ts[59] for start, end, *_ in scored)
+    finally:
+        agent.shutdown()
+
+
+def test_live_features_and_scores_equal_batch(tmp_path, trained_models):
+    """The agent's windows, features and scores are what ``minerwatch score`` gives."""
+    series = live(hours=0.5)
+    replay = Replay(series)
+    agent = make_agent(tmp_path, replay, trained_models)
+    try:
+        run(agent, replay, 0, 90)
+        model = agent.model
+        seen = from_arrays(HOST, series.timestamps[:90], series.values[:90], series.columns)
+        batch = score_series(model, seen)
+        live_windows = windows_table(agent)
+        starts = batch.window_start.tolist()
+        rows = [starts.index(start) for start, *_ in live_windows]
+        np.testing.assert_allclose([w[2] for w in live_windows], batch.score[rows])
+        last = [agent.last["features"][n] for n in model.feature_names[: model.n_base]]
+        np.testing.assert_allclose(last, batch.features[rows[-1]])
     finally:
         agent.shutdown()
 

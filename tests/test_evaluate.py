@@ -20,10 +20,10 @@ from minerwatch.bench.reference import (
     window_grid,
     window_means,
 )
+from minerwatch.bench.simulate import simulate
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
 from minerwatch.features.schema import METRIC_COLUMNS
-from minerwatch.bench.simulate import simulate
 
 HOUR = 3600.0
 

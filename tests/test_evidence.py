@@ -3,7 +3,6 @@ bounds (size, rate, count), persistence sections, error recording and the CLI.""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -20,9 +19,11 @@ import psutil
 import pytest
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import ProcessTable
 from minerwatch.service import evidence
+from minerwatch.service.cli import build_parser
 from minerwatch.service.evidence import EvidenceWriter, HostPaths, fit_to_size, list_evidence, show
-from minerwatch.service.indicators import gather_facts, indicator_counts, load_knowledge_base, scan
+from minerwatch.service.indicators import indicator_counts, load_knowledge_base, scan
 
 DAY = 86400.0
 
@@ -115,7 +116,8 @@ def empty_host(tmp_path):
 
 def test_miner_from_tmp_on_pool_port_is_flagged_and_hashed(kb, miner, tmp_path, empty_host):
     child, exe, port = miner
-    (facts,) = gather_facts([child.pid])
+    table = ProcessTable()  # as the responder reads the collector's busiest processes
+    (facts,) = table.describe([table.lookup(child.pid)], cmdline=True, ports=True)
     assert port in facts.remote_ports
     hits = scan([facts], kb, None, None, empty_host.ld_so_preload)
     by_id = {h.indicator_id: h for h in hits if h.pid == child.pid}
@@ -296,11 +298,10 @@ def test_hostile_episode_id_stays_in_dir(tmp_path, empty_host):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="minerwatch")
-    evidence.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    """``minerwatch evidence ...`` as the real parser builds it, output captured."""
+    args = build_parser().parse_args(argv)
     out = io.StringIO()
-    code = args.func(args, out=out)
+    code = evidence.run(args, out=out)
     return code, out.getvalue()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import inspect
 import math
 import os
 import socket
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from promtools import PROMTOOL, full_snapshot, promtool
 
 from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.service.config import ExporterConfig
 from minerwatch.service.exporter import METRICS, TEXTFILE_NAME, Exporter, write_textfile
 from minerwatch.service.state import AgentSnapshot
 
@@ -217,6 +219,12 @@ def test_port_zero_picks_a_free_port_and_stop_releases_it():
     with socket.socket() as sock:  # the port is free again
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def test_the_exporter_and_the_config_share_one_default_address_and_port():
+    params = inspect.signature(Exporter).parameters
+    assert params["address"].default == ExporterConfig().address == "::"
+    assert params["port"].default == ExporterConfig().port == 10091
 
 
 def test_default_address_serves_ipv4_and_ipv6():

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minerwatch.baseline.exclude import exclusion_mask
 from minerwatch.features.schema import AGENT_COLUMNS
-from minerwatch.service.history import History, exclusion_mask
+from minerwatch.service.history import History
 
 CPU = AGENT_COLUMNS.index("cpu_percent")
 LOAD = AGENT_COLUMNS.index("load1")
@@ -269,9 +270,15 @@ READ_ONLY_SCRIPT = textwrap.dedent("""
 
 def run_unprivileged(path: Path) -> dict:
     """Run History in a child that cannot write where root could (root ignores modes)."""
-    out = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT, str(path)], check=True,
-                         capture_output=True, text=True, timeout=30, cwd="/",
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    out = subprocess.run(
+        [sys.executable, "-c", READ_ONLY_SCRIPT, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     return json.loads(out.stdout)
 
 

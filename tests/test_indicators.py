@@ -1,28 +1,24 @@
-"""Indicator knowledge base and checks: literal facts, a bad file, and a live deleted binary."""
+"""Indicator knowledge base and checks on literal process records, and a bad file (records
+read from live processes are checked in test_evidence.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import ProcessRecord
 from minerwatch.service.indicators import (
     INDICATOR_IDS,
     REASON_CODES,
     IndicatorHit,
-    ProcessFacts,
     default_kb_path,
-    gather_facts,
     indicator_counts,
     kernel_thread_base,
     load_knowledge_base,
@@ -45,9 +41,10 @@ def no_preload(tmp_path):
     return tmp_path / "absent.preload"
 
 
-def facts(**kw) -> ProcessFacts:
+def facts(**kw) -> ProcessRecord:
     base = dict(
         pid=4242,
+        ppid=1,
         name="nginx",
         exe="/usr/sbin/nginx",
         exe_deleted=False,
@@ -58,7 +55,7 @@ def facts(**kw) -> ProcessFacts:
         remote_ports=(443,),
     )
     base.update(kw)
-    return ProcessFacts(**base)
+    return ProcessRecord(**base)
 
 
 def ids(hits):
@@ -295,60 +292,10 @@ def test_indicator_counts_has_every_id():
         indicator_counts([IndicatorHit("bogus", "x", None)])
 
 
-# --- live facts --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tmp_exe():
-    """A real executable under /tmp: a copy of this interpreter."""
-    d = Path(tempfile.mkdtemp(prefix="mw-ind-", dir="/tmp"))
-    exe = d / "kx"
-    shutil.copy2(os.path.realpath(sys.executable), exe)
-    yield exe
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def test_gather_facts_sees_a_deleted_binary_in_tmp(kb, tmp_exe, no_preload):
-    child = subprocess.Popen(
-        [str(tmp_exe), "-c", "import sys; print('up', flush=True); sys.stdin.readline()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout.readline() == "up\n"
-        (live,) = gather_facts([child.pid])
-        assert (live.exe, live.exe_deleted, live.name) == (str(tmp_exe), False, "kx")
-        assert live.cmdline[0] == str(tmp_exe) and live.create_time > 0
-        tmp_exe.unlink()
-        (gone,) = gather_facts([child.pid])
-        assert (gone.exe, gone.exe_deleted) == (str(tmp_exe), True)
-        hits = [h for h in scan([gone], kb, None, None, no_preload) if h.pid == child.pid]
-        assert ids(hits) == ["exe_deleted", "exe_in_tmp"]
-    finally:
-        child.kill()
-        child.wait()
-
-
-def test_gather_facts_skips_vanished_pids_and_keeps_given_cpu():
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    me = os.getpid()
-    out = gather_facts([child.pid, me], cpu_percent={me: 12.5})
-    assert [f.pid for f in out] == [me]
-    assert out[0].cpu_percent == 12.5 and out[0].exe == os.path.realpath(sys.executable)
-
-
-def test_gather_facts_skips_a_reused_pid():
-    me = os.getpid()
-    started = gather_facts([me])[0].create_time
-    assert [f.pid for f in gather_facts([me], create_times={me: started + 0.5})] == [me]
-    assert gather_facts([me], create_times={me: started - 3600}) == []
-
-
 def test_agent_modules_import_no_heavy_libraries():
     code = (
-        "import sys, minerwatch.service.indicators, minerwatch.service.evidence;"
+        "import sys, minerwatch.service.indicators, minerwatch.service.evidence,"
+        " minerwatch.service.respond, minerwatch.features.proctable;"
         "bad = [m for m in ('sklearn', 'pandas', 'scipy') if m in sys.modules];"
         "sys.exit(', '.join(bad) or None)"
     )

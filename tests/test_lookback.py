@@ -3,9 +3,8 @@ from the agent's trimmed buffer equal those from the full series (no live/batch 
 
 import numpy as np
 
-from minerwatch.features.extract import extract
+from minerwatch.features.pipeline import feature_rows
 from minerwatch.features.schema import METRIC_COLUMNS
-from minerwatch.features.windows import make_windows
 from minerwatch.service.agent import LOOKBACK_S
 
 
@@ -14,9 +13,10 @@ def test_lookback_covers_the_longest_rolling_feature():
     ts = np.arange(0, 4 * 3600, 10.0)
     vals = rng.uniform(0, 100, (len(ts), len(METRIC_COLUMNS)))
     now = ts[-1] + 10
-    full = make_windows(ts, vals, METRIC_COLUMNS, interval=10.0, until=now)
+    full = feature_rows(ts, vals, METRIC_COLUMNS, 60.0, 60.0)  # as batch scoring cuts it
     keep = ts >= now - LOOKBACK_S - 2 * 60.0
-    part = make_windows(ts[keep], vals[keep], METRIC_COLUMNS, interval=10.0, until=now)
-    _, f_full = extract(full)
-    _, f_part = extract(part)
-    np.testing.assert_allclose(f_part[-1], f_full[-1])
+    part = feature_rows(  # as the agent cuts its buffer
+        ts[keep], vals[keep], METRIC_COLUMNS, 60.0, 60.0, interval=10.0, until=now
+    )
+    assert part.windows.slots[-1] == full.windows.slots[-1]
+    np.testing.assert_allclose(part.matrix[-1], full.matrix[-1])

@@ -3,9 +3,10 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from synth import host_series
 
+from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.calibrate import AlertState, alert_rule, calibrate_threshold, episodes
 from minerwatch.baseline.model import HostBaseline
-from minerwatch.baseline.train import score_series, train_host
+from minerwatch.baseline.train import train_host
 
 
 @parametrize_with_checks([HostBaseline(n_estimators=10, random_state=0)])
@@ -52,8 +53,9 @@ def trained():
 
 def test_planted_plateau_is_alerted_within_five_minutes(trained):
     start = 86400 + 2 * 3600  # 02:00, a quiet hour
-    test = host_series(days=1.5, seed=7, start=trained.meta["train_end"] + 600,
-                       plateau=(start, 3 * 3600))
+    test = host_series(
+        days=1.5, seed=7, start=trained.meta["train_end"] + 600, plateau=(start, 3 * 3600)
+    )
     res = score_series(trained, test)
     t0 = test.timestamps[0] + start
     alerted = res.window_end[res.alert]
@@ -67,19 +69,19 @@ def test_planted_plateau_is_alerted_within_five_minutes(trained):
 
 
 def test_short_burst_is_not_alerted(trained):
-    test = host_series(days=1, seed=8, start=trained.meta["train_end"] + 600,
-                       burst=(14 * 3600, 120))
+    test = host_series(
+        days=1, seed=8, start=trained.meta["train_end"] + 600, burst=(14 * 3600, 120)
+    )
     res = score_series(trained, test)
     assert not res.alert.any()
 
 
 def test_explanation_names_the_driving_feature(trained):
-    scorer = trained.scorer
-    f = scorer.center[: scorer.n_base].copy()
-    j = scorer.feature_names.index("top_proc_floor_5m")
+    f = trained.center[: trained.n_base].copy()
+    j = trained.feature_names.index("top_proc_floor_5m")
     f[j] = 390.0  # four cores held by one process, with no work to explain it
-    top = scorer.explain(f, top=2)
+    top = trained.explain(f, top=2)
     assert top[0]["feature"] == "top_proc_floor_5m_unexplained"
     assert top[0]["typical_low"] <= top[0]["typical_high"] < top[0]["value"]
     assert 0 < top[0]["contribution"] <= 1
-    assert scorer.score(f[None, :])[0] > scorer.threshold
+    assert trained.score(f[None, :])[0] > trained.threshold

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -10,18 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minerwatch.features.errors import InputError
-from minerwatch.features.schema import METRIC_COLUMNS, METRICS, SCHEMA_VERSION, TELEMETRY_COLUMNS
 from minerwatch.bench.simulate import (
     ARCHETYPES,
     BENIGN_KINDS,
     CAMPAIGN_KINDS,
     DEFAULT_START,
     _Clock,
-    add_parser,
-    run,
     simulate,
 )
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import METRIC_COLUMNS, METRICS, SCHEMA_VERSION, TELEMETRY_COLUMNS
+from minerwatch.service.cli import main
 
 README = Path(__file__).resolve().parents[1] / "datasets" / "README.md"
 PARAMS = {"hosts": 8, "train_days": 2.0, "test_days": 2.0, "seed": 3, "interval": 60.0}
@@ -200,10 +198,8 @@ def test_bad_input_raises_input_error(tmp_path):
 
 
 def test_cli_run_writes_files_and_summary(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="minerwatch")
-    add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "fleet"
-    args = parser.parse_args(
+    rc = main(
         [
             "simulate",
             "--hosts",
@@ -220,14 +216,13 @@ def test_cli_run_writes_files_and_summary(tmp_path, capsys):
             str(out),
         ]
     )
-    assert args.func(args) == 0
+    assert rc == 0
     assert sorted(p.name for p in (out / "train").iterdir()) == ["db-01.csv", "web-01.csv"]
     assert sorted(p.name for p in (out / "test").iterdir()) == ["db-01.csv", "web-01.csv"]
     labels = json.loads((out / "labels.json").read_text())
     assert labels["parameters"]["seed"] == 5 and labels["parameters"]["interval"] == 120
     said = capsys.readouterr().out
     assert "2 hosts" in said and "database 1" in said and "web 1" in said
-    assert run is args.func
 
 
 def test_readme_documents_every_column_with_its_unit():

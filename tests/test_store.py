@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from synth import host_series
 
+from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.store import ModelError, host_dirname, list_hosts, load_model, save_model
-from minerwatch.baseline.train import score_series, train_host
+from minerwatch.baseline.train import train_host
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,17 @@ def test_round_trip_scores_identically(tmp_path, model):
     assert again.threshold == model.threshold
     assert list_hosts(tmp_path) == [model.host]
     meta = json.loads((tmp_path / "web-1" / "meta.json").read_text())
-    for key in ("feature_names", "schema_version", "windows", "train_start", "train_end",
-                "threshold", "versions", "created_at", "sha256"):
+    for key in (
+        "feature_names",
+        "schema_version",
+        "windows",
+        "train_start",
+        "train_end",
+        "threshold",
+        "versions",
+        "created_at",
+        "sha256",
+    ):
         assert key in meta
 
 
@@ -33,8 +43,10 @@ def test_retrain_replaces_atomically_and_cleans_up(tmp_path, model):
     other = train_host(host_series(days=2, seed=5), params={"n_estimators": 30})
     save_model(tmp_path, other)
     files = sorted(p.name for p in (tmp_path / "web-1").iterdir())
-    assert files == ["meta.json", json.loads((tmp_path / "web-1/meta.json").read_text())
-                     ["model_file"]]
+    assert files == [
+        "meta.json",
+        json.loads((tmp_path / "web-1/meta.json").read_text())["model_file"],
+    ]
     assert load_model(tmp_path, "web-1").threshold == other.threshold
 
 
@@ -77,8 +89,13 @@ def test_missing_columns_named_when_scoring(model):
     from minerwatch.features.errors import InputError
     from minerwatch.features.io import from_arrays
 
-    cut = from_arrays("web-1", test.timestamps, test.values[:, keep],
-                      tuple(test.columns[i] for i in keep), source="cut.csv")
+    cut = from_arrays(
+        "web-1",
+        test.timestamps,
+        test.values[:, keep],
+        tuple(test.columns[i] for i in keep),
+        source="cut.csv",
+    )
     with pytest.raises(InputError, match="missing load1"):
         score_series(model, cut)
 

@@ -1,8 +1,8 @@
-"""Auto-throttle: protection rules, mechanisms on real processes and cgroup trees, controller."""
+"""Auto-throttle: mechanisms on real processes and cgroup trees, controller (the protection
+rules are in test_targets.py, the process table in test_proctable.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -12,14 +12,15 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import ProcessRecord, ProcessTable, parse_proc_cgroup
+from minerwatch.service import config
 from minerwatch.service.cgroups import (
     Cgroup1Quota,
     Cgroup2Quota,
@@ -29,27 +30,13 @@ from minerwatch.service.cgroups import (
     build_mechanisms,
     find_v1_cpu_root,
 )
-from minerwatch.service.protect import (
-    ProcInfo,
-    ProcReader,
-    cgroup_units,
-    parse_proc_cgroup,
-    parse_stat,
-    protected_reason,
-    same_process,
-    select_targets,
-    unit_of_cgroup,
-)
+from minerwatch.service.cli import build_parser
 from minerwatch.service.throttle import (
     AUDIT,
     JOURNAL,
     Journal,
     Throttle,
     ThrottleConfig,
-    add_parser,
-    add_serve_arguments,
-    config_from_args,
-    parse_duration,
     release_from_journal,
     run,
 )
@@ -125,17 +112,17 @@ def sleepers():
 
 
 def info(pid, cpu=50.0):
-    """A ProcInfo for a real process (real pid and start time), with an invented CPU figure."""
+    """A record for a real process (real pid and start time), with an invented CPU figure."""
     p = psutil.Process(pid)
-    return ProcInfo(pid, p.ppid(), p.name(), p.exe(), p.username(), p.create_time(), cpu, "/")
+    return ProcessRecord(pid, p.ppid(), p.name(), p.exe(), p.username(), p.create_time(), cpu)
 
 
 def only(*pids):
     """A process reader that sees only our children: never touch other processes here."""
-    reader = ProcReader()
+    table = ProcessTable(lifetime_cpu_for_unseen=True)  # as the throttle's own reader
 
     def read():
-        return [p for p in reader() if p.pid in pids]
+        return [p for p in table.read() if p.pid in pids]
 
     return read
 
@@ -143,8 +130,8 @@ def only(*pids):
 def cfg_for(tmp_path, **kw):
     base = dict(
         enabled=True,
-        hold_s=0.0,
-        release_hold_s=0.0,
+        hold=0.0,
+        release_hold=0.0,
         min_proc_cpu_percent=0.0,
         state_dir=tmp_path / "state",
         cgroup_root=tmp_path / "no-cgroups",
@@ -166,177 +153,6 @@ class FakeClock:
 
     def __call__(self):
         return self.t
-
-
-# --------------------------------------------------------------------------- pure rules
-
-
-class Allow:
-    def __init__(self, names=(), users=(), units=(), max_targets=3, min_cpu=0.0):
-        self.allow_names, self.allow_users, self.allow_units = names, users, units
-        self.max_targets, self.min_proc_cpu_percent = max_targets, min_cpu
-
-
-def p(pid, name="xmrig", ppid=100, exe=None, user="www", cpu=90.0, cgroup="/", kthread=False):
-    exe = f"/usr/bin/{name}" if exe is None else exe
-    return ProcInfo(pid, ppid, name, exe, user, 1.0, cpu, cgroup, kthread)
-
-
-@pytest.mark.parametrize(
-    "proc, allow, reason",
-    [
-        (p(1, "anything"), Allow(), "pid 1"),
-        (p(2, "kthreadd"), Allow(), "kernel thread"),
-        (p(50, "kworker/0:1", ppid=2), Allow(), "kernel thread"),
-        (p(50, "odd", ppid=7, kthread=True), Allow(), "kernel thread"),
-        (p(50, "noexe", exe=""), Allow(), "no executable"),
-        (p(50, "sshd"), Allow(), "core process 'sshd'"),
-        (p(50, "systemd-journal", exe="/lib/systemd/systemd-journald"), Allow(), "core process"),
-        (p(50, "init", exe="/sbin/init"), Allow(), "core process 'init'"),
-        (p(50, "postgres"), Allow(names=("postgr*",)), "allow-listed name"),
-        (p(50, "x", exe="/opt/db/mysqld"), Allow(names=("mysqld",)), "allow-listed name"),
-        (p(50, "build", user="ci"), Allow(users=("ci",)), "allow-listed user"),
-        (
-            p(50, "nginx", cgroup="/system.slice/nginx.service"),
-            Allow(units=("nginx.service",)),
-            "allow-listed unit",
-        ),
-        (p(50, "job", cgroup="/batch.slice/j1.scope"), Allow(units=("batch.slice",)), "unit"),
-    ],
-)
-def test_protected_reason_names_the_rule(proc, allow, reason):
-    got = protected_reason(proc, allow, set())
-    assert got is not None and reason in got
-
-
-def test_unprotected_process_may_be_throttled():
-    miner = p(4242, "kdevtmpfsi", exe="/tmp/.x/kdevtmpfsi (deleted)", cgroup="/user.slice")
-    assert protected_reason(miner, Allow(names=("nginx",), users=("ci",)), {99}) is None
-
-
-def test_agent_and_its_ancestors_are_protected():
-    table = [p(10, "bash", ppid=1), p(20, "agent", ppid=10), p(30, "miner", ppid=1)]
-    picked = select_targets(table, Allow(), {20})
-    assert [t.pid for t in picked] == [30]
-
-
-def test_unit_parsing():
-    assert cgroup_units("/system.slice/nginx.service/sub") == ("system.slice", "nginx.service")
-    assert unit_of_cgroup("/system.slice/nginx.service") == "nginx.service"
-    assert unit_of_cgroup("/user.slice/user-1000.slice") == "user-1000.slice"
-    assert unit_of_cgroup("/") is None
-
-
-def test_parse_stat_and_cgroup_literals():
-    text = "77 (a) b (c)) S 5 77 77 0 -1 2097216 0 0 0 0 12 8 0 0 20 0 1 0 4321 0 0"
-    s = parse_stat(text)
-    assert (s.name, s.state, s.ppid, s.cpu_ticks, s.start_ticks) == ("a) b (c)", "S", 5, 20, 4321)
-    assert s.flags & 0x00200000
-    cg = parse_proc_cgroup("9:name=systemd:/user.slice\n2:cpu,cpuacct:/x\n0::/y.service\n")
-    assert cg == {"name=systemd": "/user.slice", "cpu": "/x", "cpuacct": "/x", "": "/y.service"}
-
-
-def test_selection_takes_busiest_and_respects_limits():
-    table = [p(10, cpu=30), p(11, cpu=95), p(12, cpu=60), p(13, cpu=2), p(14, "sshd", cpu=99)]
-    cfg = Allow(max_targets=2, min_cpu=5.0)
-    assert [t.pid for t in select_targets(table, cfg, set())] == [11, 12]
-    assert [t.pid for t in select_targets(table, cfg, set(), exclude={11})] == [12, 10]
-    assert select_targets(table, cfg, set(), limit=0) == []
-
-
-names = st.sampled_from(
-    ["xmrig", "sshd", "systemd", "systemd-udevd", "init", "nginx", "postgres", "bash", "kworker"]
-)
-users = st.sampled_from(["root", "www", "ci", "alice"])
-cgroups = st.sampled_from(
-    ["/", "/system.slice/nginx.service", "/system.slice/ssh.service", "/user.slice/s-1.scope"]
-)
-
-
-@st.composite
-def tables(draw):
-    n = draw(st.integers(1, 40))
-    pids = draw(st.lists(st.integers(1, 400), min_size=n, max_size=n, unique=True))
-    procs = []
-    for pid in pids:
-        procs.append(
-            ProcInfo(
-                pid=pid,
-                ppid=draw(st.sampled_from([0, 1, 2, *pids])),
-                name=draw(names),
-                exe=draw(st.sampled_from(["", "/usr/bin/x", "/tmp/y (deleted)"])),
-                username=draw(users),
-                create_time=1.0,
-                cpu_percent=draw(st.floats(0, 400)),
-                cgroup=draw(cgroups),
-                is_kernel_thread=draw(st.booleans()),
-            )
-        )
-    agent = draw(st.sets(st.sampled_from(pids), max_size=2))
-    allow = Allow(
-        names=tuple(draw(st.sets(names, max_size=2))),
-        users=tuple(draw(st.sets(users, max_size=2))),
-        units=tuple(draw(st.sets(st.sampled_from(["nginx.service", "user.slice"]), max_size=1))),
-        max_targets=draw(st.integers(0, 5)),
-        min_cpu=5.0,
-    )
-    return procs, agent, allow
-
-
-@settings(max_examples=300, deadline=None)
-@given(tables())
-def test_property_never_selects_a_protected_process(data):
-    procs, agent, allow = data
-    chosen = select_targets(procs, allow, agent)
-    # Independent oracle for the agent's ancestry.
-    parent = {q.pid: q.ppid for q in procs}
-    guarded = set()
-    for pid in agent:
-        while pid in parent and pid not in guarded:
-            guarded.add(pid)
-            pid = parent[pid]
-        guarded.add(pid)
-    for c in chosen:
-        assert c.pid not in guarded
-        assert c.pid not in (1, 2) and c.ppid != 2 and not c.is_kernel_thread and c.exe
-        assert c.name not in ("sshd", "systemd", "init") and not c.name.startswith("systemd-")
-        assert c.name not in allow.allow_names and c.username not in allow.allow_users
-        assert not set(cgroup_units(c.cgroup)) & set(allow.allow_units)
-        assert protected_reason(c, allow, guarded) is None
-    assert len(chosen) <= allow.max_targets
-    assert [c.cpu_percent for c in chosen] == sorted((c.cpu_percent for c in chosen), reverse=True)
-
-
-# --------------------------------------------------------------------------- reading /proc
-
-
-def test_proc_reader_sees_a_burner_and_its_real_start_time(burner):
-    read = only(burner.pid)
-    assert wait_for(lambda: cpu_s(burner.pid) > 0.2)
-    (first,) = read()
-    time.sleep(0.3)
-    (second,) = read()
-    proc = psutil.Process(burner.pid)
-    assert abs(second.create_time - proc.create_time()) < 0.02
-    assert second.ppid == os.getpid() and second.exe == proc.exe()
-    assert second.cpu_percent > 20.0 and not second.is_kernel_thread
-    assert same_process(burner.pid, second.create_time)
-    assert not same_process(burner.pid, second.create_time - 1.0)
-
-
-def test_proc_reader_marks_kernel_threads_on_a_fake_proc(tmp_path):
-    (tmp_path / "stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
-    (tmp_path / "uptime").write_text("1000.00 50.00\n")
-    d = tmp_path / "7"
-    d.mkdir()
-    (d / "stat").write_text("7 (kswapd0) S 2 0 0 0 -1 2129984 0 0 0 0 50 50 0 0 20 0 1 0 100 0")
-    (d / "status").write_text("Name:\tkswapd0\nUid:\t0\t0\t0\t0\n")
-    (d / "cgroup").write_text("0::/\n")
-    (row,) = ProcReader(tmp_path)()
-    assert row.is_kernel_thread and row.exe == "" and row.username == "root"
-    hz = os.sysconf("SC_CLK_TCK")
-    assert row.create_time == pytest.approx(1700000000 + 100 / hz)
-    assert protected_reason(row, Allow(), set()) is not None
 
 
 # --------------------------------------------------------------------------- mechanisms
@@ -391,7 +207,7 @@ def test_cgroup_apply_refuses_a_reused_pid(tmp_path, sleepers):
     root.mkdir()
     (root / "cpu.cfs_quota_us").write_text("-1\n")
     stale = info(sleepers[0].pid)
-    stale = ProcInfo(**{**stale.__dict__, "create_time": stale.create_time - 5})
+    stale = replace(stale, create_time=stale.create_time - 5)
     mech = Cgroup1Quota(root, 10.0, rmdir=fake_rmdir)
     with pytest.raises(ProcessGone):
         mech.apply(mech.plan(stale))
@@ -493,7 +309,7 @@ def test_controller_throttles_real_burner_journals_and_audits(tmp_path, burner):
 def test_hold_time_and_hysteresis(tmp_path, sleepers):
     pid = sleepers[0].pid
     clock = FakeClock()
-    cfg = cfg_for(tmp_path, method="sigstop", hold_s=30, release_hold_s=60)
+    cfg = cfg_for(tmp_path, method="sigstop", hold=30, release_hold=60)
     t = Throttle(cfg, clock=clock, proc_reader=lambda: [info(pid)])
 
     def step(dt, cpu):
@@ -590,9 +406,7 @@ def test_exited_process_is_dropped_from_journal(tmp_path, sleepers):
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="minerwatch")
-    add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_cli_release_pid_exempts_it_from_the_running_agent(tmp_path, burner, capsys):
@@ -608,33 +422,22 @@ def test_cli_release_pid_exempts_it_from_the_running_agent(tmp_path, burner, cap
     assert t.update(100.0, True) == []  # operator said no: not taken again
     assert t.throttled() == []
     assert release_from_journal(cfg.state_dir, 12345) == 0
+    with pytest.raises(InputError, match="PID of a throttled process"):
+        run(parse(["throttle", "release", "12345", "--state-dir", str(cfg.state_dir)]))
 
 
-def test_config_from_mapping_and_flags(tmp_path):
-    cfg = ThrottleConfig.from_mapping(
-        {"enabled": True, "hold_s": "2m", "allow_names": ["nginx"], "cpu_percent": 85}
-    )
-    assert (cfg.hold_s, cfg.allow_names, cfg.cpu_percent) == (120.0, ("nginx",), 85.0)
-    with pytest.raises(InputError, match="cfg.toml:7: expected a throttle option"):
-        ThrottleConfig.from_mapping({"hodl_s": 3}, "cfg.toml", {"hodl_s": 7})
-    with pytest.raises(InputError, match="list of strings"):
-        ThrottleConfig.from_mapping({"allow_users": "root"})
-    with pytest.raises(InputError, match="method"):
-        ThrottleConfig.from_mapping({"method": "freeze"})
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
-    args = parser.parse_args(["--throttle", "--throttle-cpu", "60", "--throttle-hold", "10s"])
-    cfg = config_from_args(args, ThrottleConfig())
-    assert (cfg.enabled, cfg.cpu_percent, cfg.hold_s, cfg.release_cpu_percent) == (
+def test_the_config_section_is_the_controllers_config():
+    """One class: what ``[throttle]`` and the ``serve`` flags build is what Throttle runs with."""
+    assert ThrottleConfig is config.ThrottleConfig
+    args = parse(["serve", "--throttle", "--throttle-cpu", "60", "--throttle-hold", "10s"])
+    cfg = config.config_from_args(args).throttle
+    assert (cfg.enabled, cfg.cpu_percent, cfg.hold, cfg.release_cpu_percent) == (
         True,
         60.0,
         10.0,
-        60.0,
+        40.0,  # follows the trigger: 20 points below it
     )
-    assert config_from_args(parser.parse_args([]), ThrottleConfig()) == ThrottleConfig()
-    assert parse_duration("1.5s") == 1.5
-    with pytest.raises(ValueError):
-        parse_duration("soon")
+    assert config.config_from_args(parse(["serve"])).throttle.enabled is False
 
 
 def test_no_stray_state_in_tmp(tmp_path):
@@ -645,32 +448,6 @@ def test_no_stray_state_in_tmp(tmp_path):
             state.exempt.append((i, 1.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == [JOURNAL, JOURNAL + ".lock"]
     shutil.rmtree(tmp_path)
-
-
-def test_metrics_count_actions_and_pass_promtool(tmp_path, burner):
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from minerwatch.service.throttle import ThrottleCollector
-
-    cfg = cfg_for(tmp_path, method="sigstop")
-    t = Throttle(cfg, proc_reader=only(burner.pid))
-    registry = CollectorRegistry()
-    registry.register(ThrottleCollector(t))
-    t.update(100.0, True)
-    assert registry.get_sample_value("minerwatch_throttled_processes") == 1
-    assert (
-        registry.get_sample_value("minerwatch_throttle_actions_total", {"action": "throttle"}) == 1
-    )
-    t.release_all()
-    assert registry.get_sample_value("minerwatch_throttled_processes") == 0
-    assert (
-        registry.get_sample_value("minerwatch_throttle_actions_total", {"action": "release"}) == 1
-    )
-    text = generate_latest(registry)
-    assert b"cmdline" not in text and b"import" not in text
-    if shutil.which("promtool"):
-        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
-        assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_release_inside_a_held_journal_does_not_deadlock(tmp_path, burner):

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from minerwatch.features.proctable import ProcessTable, parse_proc_cgroup
 from minerwatch.service.cgroups import find_v1_cpu_root
-from minerwatch.service.protect import ProcReader, parse_proc_cgroup
 from minerwatch.service.throttle import Throttle, ThrottleConfig
 
 BURN = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass\n"
@@ -39,7 +39,7 @@ def driver(argv: list[str]) -> int:
         enabled=True,
         cpu_percent=0.0,
         release_cpu_percent=0.0,
-        hold_s=0.0,
+        hold=0.0,
         min_proc_cpu_percent=0.0,
         method=args.method,
         state_dir=args.state_dir,
@@ -50,8 +50,8 @@ def driver(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    reader = ProcReader()
-    with Throttle(cfg, proc_reader=lambda: [p for p in reader() if p.pid == args.pid]) as t:
+    table = ProcessTable(lifetime_cpu_for_unseen=True)
+    with Throttle(cfg, proc_reader=lambda: [p for p in table.read() if p.pid == args.pid]) as t:
         while True:
             t.update(100.0, alert_active=True)
             time.sleep(0.05)

@@ -39,4 +39,4 @@ def test_joblib_and_dask_train_the_same_models(fleet_csv, tmp_path):
     for host in ("h0", "h1", "h2"):
         ma, mb = load_model(tmp_path / "joblib", host), load_model(tmp_path / "dask", host)
         assert ma.threshold == mb.threshold  # same seed, same data: identical models
-        np.testing.assert_array_equal(ma.scorer.forest.threshold, mb.scorer.forest.threshold)
+        np.testing.assert_array_equal(ma.forest.threshold, mb.forest.threshold)

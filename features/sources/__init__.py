@@ -14,7 +14,7 @@ from minerwatch.features.sources.cpu import CpuSource
 from minerwatch.features.sources.disk import DiskSource
 from minerwatch.features.sources.memory import MemorySource
 from minerwatch.features.sources.network import NetworkSource
-from minerwatch.features.sources.processes import ProcessesSource, ProcessInfo
+from minerwatch.features.sources.processes import ProcessesSource
 
 #: The registration map: source name -> class. Order is the order sources are read.
 SOURCES: dict[str, Callable[..., Source]] = {
@@ -40,7 +40,6 @@ __all__ = [
     "MemorySource",
     "NetworkSource",
     "ProcSource",
-    "ProcessInfo",
     "ProcessesSource",
     "Source",
     "build_sources",

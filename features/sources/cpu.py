@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from minerwatch.features.rates import NAN, rate, share_percent
 from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
@@ -135,8 +136,8 @@ class CpuSource(ProcSource):
     returns NaN for the CPU shares and ``ctx_switches_ps``.
     """
 
-    name = "cpu"
-    columns = (
+    name: ClassVar[str] = "cpu"
+    columns: ClassVar[tuple[str, ...]] = (
         "cpu_percent",
         "cpu_user_percent",
         "cpu_system_percent",

@@ -2,8 +2,8 @@
 
 Only whole physical disks are summed: partitions, device-mapper/LVM, md RAID, loop, ram and zram
 devices sit on top of (or beside) a physical disk, so adding them would count the same bytes
-twice. Each disk gets its own rate (see :func:`minerwatch.features.rates.summed_rate`), so a hot-plugged
-or removed disk does not produce a spike.
+twice. Each disk gets its own rate (see :func:`minerwatch.features.rates.summed_rate`), so a
+hot-plugged or removed disk does not produce a spike.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from minerwatch.features.rates import NAN, summed_rate
 from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
@@ -60,8 +61,8 @@ class DiskSource(ProcSource):
     The first read primes the counters and returns NaN.
     """
 
-    name = "disk"
-    columns = ("disk_read_bps", "disk_write_bps")
+    name: ClassVar[str] = "disk"
+    columns: ClassVar[tuple[str, ...]] = ("disk_read_bps", "disk_write_bps")
 
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from minerwatch.features.sources.base import ProcSource
 
 
@@ -41,8 +43,8 @@ def mem_used_percent(meminfo: dict[str, int]) -> float:
 class MemorySource(ProcSource):
     """``mem_percent``: memory in use, percent of total."""
 
-    name = "memory"
-    columns = ("mem_percent",)
+    name: ClassVar[str] = "memory"
+    columns: ClassVar[tuple[str, ...]] = ("mem_percent",)
 
     def read(self) -> dict[str, float]:
         """Read ``/proc/meminfo`` now."""

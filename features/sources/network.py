@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from minerwatch.features.rates import NAN, summed_rate
 from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock, ProcSource
@@ -60,8 +61,14 @@ class NetworkSource(ProcSource):
     The first read primes the counters and returns NaN rates.
     """
 
-    name = "network"
-    columns = ("net_rx_bps", "net_tx_bps", "net_rx_pps", "net_tx_pps", "tcp_established")
+    name: ClassVar[str] = "network"
+    columns: ClassVar[tuple[str, ...]] = (
+        "net_rx_bps",
+        "net_tx_bps",
+        "net_rx_pps",
+        "net_tx_pps",
+        "tcp_established",
+    )
 
     def __init__(
         self,
@@ -98,6 +105,6 @@ class NetworkSource(ProcSource):
         return out
 
 
-def _pick(counters: dict[str, tuple[int, ...]], index: int) -> dict[str, float]:
+def _pick(counters: Mapping[str, tuple[int, ...]], index: int) -> dict[str, float]:
     """One counter per interface, for :func:`minerwatch.features.rates.summed_rate`."""
     return {name: float(values[index]) for name, values in counters.items()}

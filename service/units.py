@@ -1,4 +1,4 @@
-"""Human-friendly durations ("30s", "1h30m", "14d") and sizes ("256MiB") for config and flags.
+"""Units of config values and flags: durations ("30s", "1h30m", "14d") and sizes ("256MiB").
 
 Pure functions, standard library only, so the agent, the config loader and any CLI flag can share
 one spelling of time and size.

@@ -1,14 +1,11 @@
-"""The numpy-only scorer the agent and batch scoring share (no scikit-learn at run time).
+"""``HostModel``: one host's fitted model as numpy arrays, what the store saves and the agent loads.
 
-score = 1 - (1 - s_if) * exp(-excess / excess_scale), in [0, 1], higher = more anomalous:
-``s_if`` is the isolation score on robustly scaled features; ``excess`` adds how far the
-sustained-compute features sit *above* anything seen in training, which isolation trees
-cannot express (every point beyond the training range is isolated at the same depth).
-
-Before scoring, an :class:`Explainer` adds "unexplained CPU" features: the part of the CPU
-(in log space) that a per-host linear model of the host's work (traffic, disk, process churn,
-system CPU, time of day) does not account for, in units of its training residual. A traffic
-surge or a backup explains its own CPU; a miner's CPU is explained by nothing.
+The agent and batch scoring run it without scikit-learn. score = 1 - (1 - s_if) *
+exp(-excess / excess_scale), in [0, 1], higher = more anomalous: ``s_if`` is the isolation
+score on robustly scaled features; ``excess`` adds how far the sustained-compute features sit
+*above* anything seen in training, which isolation trees cannot express (every point beyond
+the training range is isolated at the same depth). Before scoring, an
+:class:`~minerwatch.baseline.explain.Explainer` adds the "unexplained CPU" features.
 """
 
 from __future__ import annotations
@@ -18,104 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from minerwatch.baseline.explain import Explainer, derived_names
 from minerwatch.baseline.forest import NumpyForest
 
 VECTORS = ("center", "scale", "train_max", "typical_low", "typical_high", "excess_mask")
 
 
-_EXPLAINER_ARRAYS = (
-    "targets",
-    "inputs",
-    "in_center",
-    "in_scale",
-    "coef",
-    "resid_scale",
-    "in_low",
-    "in_high",
-)
-
-
-def derived_names(base: tuple[str, ...], targets: np.ndarray) -> tuple[str, ...]:
-    return tuple(f"{base[int(t)]}_unexplained" for t in targets)
-
-
 @dataclass(frozen=True)
-class Explainer:
-    """Per-host ridge regression of log CPU on the context features; residuals as features."""
-
-    names: tuple[str, ...]
-    targets: np.ndarray
-    inputs: np.ndarray
-    in_center: np.ndarray
-    in_scale: np.ndarray
-    coef: np.ndarray
-    resid_scale: np.ndarray
-    in_low: np.ndarray
-    in_high: np.ndarray
-
-    def design(self, F: np.ndarray) -> np.ndarray:
-        """Standardized context, clipped to the training range: a linear model must never
-        extrapolate (a backup twice as heavy as any seen would otherwise "explain" negative
-        CPU, or a correlated pair of inputs would push the prediction anywhere)."""
-        Z = (F[:, self.inputs] - self.in_center) / self.in_scale
-        Z = np.clip(np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0), self.in_low, self.in_high)
-        return np.hstack([np.ones((len(F), 1)), Z])
-
-    def derive(self, F: np.ndarray) -> np.ndarray:
-        y = np.log1p(np.maximum(F[:, self.targets], 0.0))
-        resid = (y - self.design(F) @ self.coef.T) / self.resid_scale
-        return resid
-
-    @classmethod
-    def fit(
-        cls,
-        F: np.ndarray,
-        targets: np.ndarray,
-        inputs: np.ndarray,
-        names: tuple[str, ...],
-        ridge: float = 1e-3,
-    ) -> Explainer:
-        targets = np.asarray(targets, dtype=np.int64)
-        inputs = np.asarray(inputs, dtype=np.int64)
-        X = F[:, inputs]
-        in_center = np.nan_to_num(np.nanmedian(X, axis=0), nan=0.0) if len(X) else np.zeros(0)
-        in_scale = np.nan_to_num(np.nanstd(X, axis=0), nan=1.0) if len(X) else np.zeros(0)
-        in_scale = np.where(in_scale > 1e-9, in_scale, 1.0)
-        Zin = np.nan_to_num((X - in_center) / in_scale, nan=0.0)
-        low = Zin.min(axis=0) if len(X) else np.zeros(0)
-        high = Zin.max(axis=0) if len(X) else np.zeros(0)
-        zeros = np.zeros((len(targets), len(inputs) + 1))
-        draft = cls(
-            names, targets, inputs, in_center, in_scale, zeros, np.ones(len(targets)), low, high
-        )
-        A = draft.design(F)
-        Y = np.log1p(np.maximum(np.nan_to_num(F[:, targets], nan=0.0), 0.0))
-        penalty = ridge * len(F) * np.eye(A.shape[1])
-        penalty[0, 0] = 0.0  # never shrink the intercept
-        coef = np.linalg.solve(A.T @ A + penalty, A.T @ Y).T
-        resid = Y - A @ coef.T
-        mad = np.median(np.abs(resid - np.median(resid, axis=0)), axis=0) * 1.4826
-        return cls(
-            names, targets, inputs, in_center, in_scale, coef, np.maximum(mad, 0.05), low, high
-        )
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f"explain_{k}": np.asarray(getattr(self, k)) for k in _EXPLAINER_ARRAYS}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> Explainer:
-        get = {k: np.asarray(arrays[f"explain_{k}"]) for k in _EXPLAINER_ARRAYS}
-        ints = {k: get[k].astype(np.int64) for k in ("targets", "inputs")}
-        floats = {k: v.astype(np.float64) for k, v in get.items() if k not in ints}
-        return cls(names=names, **ints, **floats)
-
-
-@dataclass(frozen=True)
-class BaselineScorer:
-    """A fitted baseline reduced to arrays: explainer, scaling, forest, excess, calibration.
+class HostModel:
+    """A fitted baseline reduced to arrays (explainer, scaling, forest, excess, calibration),
+    with how to cut its input: the samples' ``columns``, ``window`` and ``hop``.
 
     ``feature_names`` are the pipeline's features followed by the explainer's derived ones;
     methods take the pipeline's features (``n_base`` columns) and add the derived ones.
+    ``HostBaseline.fit`` leaves ``host``, ``columns`` and ``window`` at their defaults;
+    :meth:`for_host` fills them in for the store.
     """
 
     feature_names: tuple[str, ...]
@@ -132,14 +46,36 @@ class BaselineScorer:
     excess_scale: float = 1.0
     explainer: Explainer | None = None
     forest_columns: np.ndarray | None = None
+    host: str = ""
+    columns: tuple[str, ...] = ()
+    window: float = 60.0
+    hop: float = 60.0
+    meta: dict[str, Any] = field(default_factory=dict)
 
-    def renamed(self, base: tuple[str, ...]) -> BaselineScorer:
-        """The same scorer with the pipeline's feature names (derived ones follow them)."""
+    def for_host(
+        self,
+        host: str,
+        columns: tuple[str, ...],
+        base: tuple[str, ...],
+        window: float,
+        hop: float,
+        meta: dict[str, Any],
+    ) -> HostModel:
+        """The same model bound to a host's samples, with the pipeline's feature names
+        ``base`` (the derived ones follow them)."""
+        bound = replace(
+            self,
+            host=host,
+            columns=tuple(columns),
+            window=float(window),
+            hop=float(hop),
+            meta=meta,
+        )
         if self.explainer is None:
-            return replace(self, feature_names=tuple(base))
+            return replace(bound, feature_names=tuple(base))
         derived = derived_names(base, self.explainer.targets)
         return replace(
-            self,
+            bound,
             feature_names=tuple(base) + derived,
             explainer=replace(self.explainer, names=derived),
         )
@@ -160,7 +96,8 @@ class BaselineScorer:
     def standardize(self, F: np.ndarray) -> np.ndarray:
         """Robust z-scores of :meth:`full`; a missing value sits at the centre (neutral)."""
         Z = (self.full(F) - self.center) / self.scale
-        return np.clip(np.nan_to_num(Z, nan=0.0, posinf=1e6, neginf=-1e6), -1e6, 1e6)
+        out: np.ndarray = np.clip(np.nan_to_num(Z, nan=0.0, posinf=1e6, neginf=-1e6), -1e6, 1e6)
+        return out
 
     def excess(self, Z: np.ndarray) -> np.ndarray:
         """Per-feature distance above the training maximum, in training ranges (masked).
@@ -170,16 +107,20 @@ class BaselineScorer:
         same absolute rise on a host that is always flat counts a lot.
         """
         unit = np.maximum(self.train_max, 1.0)
-        return np.maximum(Z - self.train_max, 0.0) / unit * self.excess_mask
+        out: np.ndarray = np.maximum(Z - self.train_max, 0.0) / unit * self.excess_mask
+        return out
 
     def forest_input(self, Z: np.ndarray) -> np.ndarray:
-        return Z if self.forest_columns is None else Z[:, self.forest_columns]
+        """The standardized columns the forest judges (all of them by default)."""
+        return Z if self.forest_columns is None else np.asarray(Z[:, self.forest_columns])
 
     def score(self, F: np.ndarray) -> np.ndarray:
+        """Our 0-1 anomaly score per row of pipeline features, higher = worse."""
         Z = self.standardize(F)
         s_if = self.forest.anomaly_score(self.forest_input(Z))
         e = self.excess(Z).sum(axis=1)
-        return 1.0 - (1.0 - s_if) * np.exp(-e / self.excess_scale)
+        out: np.ndarray = 1.0 - (1.0 - s_if) * np.exp(-e / self.excess_scale)
+        return out
 
     def contributions(self, F: np.ndarray) -> np.ndarray:
         """Each feature's share of the deviation (rows sum to 1, or 0 when nothing deviates).
@@ -218,6 +159,7 @@ class BaselineScorer:
         ]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything numeric, for the store's ``.npz`` (no pickle)."""
         arrays = {f"forest_{k}": v for k, v in self.forest.to_arrays().items()}
         for name in VECTORS:
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
@@ -228,7 +170,12 @@ class BaselineScorer:
         return arrays
 
     def params(self) -> dict[str, Any]:
+        """Everything else, for the store's ``meta.json``."""
         return {
+            "host": self.host,
+            "columns": list(self.columns),
+            "window": self.window,
+            "hop": self.hop,
             "feature_names": list(self.feature_names[: self.n_base]),
             "derived_names": list(self.explainer.names) if self.explainer else [],
             "threshold": self.threshold,
@@ -238,7 +185,8 @@ class BaselineScorer:
         }
 
     @classmethod
-    def from_parts(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> BaselineScorer:
+    def from_parts(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> HostModel:
+        """Rebuild from :meth:`to_arrays` and :meth:`params`; ``params`` becomes ``meta``."""
         forest = NumpyForest.from_arrays(
             {
                 k.removeprefix("forest_"): v
@@ -266,20 +214,9 @@ class BaselineScorer:
             excess_scale=float(params["excess_scale"]),
             explainer=explainer,
             forest_columns=None if columns is None else np.asarray(columns, dtype=np.int64),
+            host=str(params["host"]),
+            columns=tuple(str(c) for c in params["columns"]),
+            window=float(params["window"]),
+            hop=float(params["hop"]),
+            meta=params,
         )
-
-
-@dataclass(frozen=True)
-class HostModel:
-    """What the store holds for one host: the scorer plus how to cut its input."""
-
-    host: str
-    scorer: BaselineScorer
-    columns: tuple[str, ...]
-    window: float
-    hop: float
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def threshold(self) -> float:
-        return self.scorer.threshold

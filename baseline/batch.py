@@ -1,0 +1,85 @@
+"""Scoring a series: one host's samples -> feature rows -> scores, alerts and top features.
+
+Numpy-only (no scikit-learn): ``minerwatch score`` and the retraining child's acceptance check
+run it. Feature rows come from :func:`~minerwatch.features.pipeline.feature_rows`, the same
+function training and the agent call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from minerwatch.baseline.calibrate import alert_rule
+from minerwatch.baseline.fitted import HostModel
+from minerwatch.features.errors import InputError
+from minerwatch.features.pipeline import feature_rows
+
+if TYPE_CHECKING:  # the readers stay out of the numpy-only scoring path
+    from minerwatch.features.io import HostSeries
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One row per window of a host's scored telemetry."""
+
+    host: str
+    window_start: np.ndarray
+    window_end: np.ndarray
+    slots: np.ndarray
+    score: np.ndarray
+    alert: np.ndarray
+    threshold: float
+    features: np.ndarray
+    feature_names: tuple[str, ...]
+    top_features: list[str]
+
+
+def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[str]:
+    """``name=value`` of the strongest contributors per window, ``;``-separated."""
+    share = model.contributions(F)
+    F = model.full(F)
+    order = np.argsort(-share, axis=1, kind="stable")[:, :top]
+    names = model.feature_names
+    out = []
+    for i in range(len(F)):
+        parts = [f"{names[j]}={F[i, j]:.4g}" for j in order[i] if share[i, j] > 0]
+        out.append(";".join(parts))
+    return out
+
+
+def score_series(model: HostModel, series: HostSeries) -> Scored:
+    """Score every complete window of ``series`` with ``model`` and apply the alert rule."""
+    win, names, F = feature_rows(
+        series.timestamps,
+        series.values,
+        series.columns,
+        model.window,
+        model.hop,
+        inputs=model.columns,
+        source=series.source,
+        host=series.host,
+    )
+    if names != model.feature_names[: model.n_base]:
+        raise InputError(
+            series.source or series.host,
+            None,
+            f"features {list(model.feature_names)}",
+            f"{list(names)}",
+        )
+    score = model.score(F) if len(F) else np.zeros(0)
+    alert = alert_rule(score, model.threshold, win.slots, model.alert_windows, model.clear_windows)
+    return Scored(
+        host=series.host,
+        window_start=win.starts.astype(np.float64),
+        window_end=win.ends.astype(np.float64),
+        slots=win.slots,
+        score=score,
+        alert=alert,
+        threshold=model.threshold,
+        features=F,
+        feature_names=names,
+        top_features=top_feature_labels(model, F) if len(F) else [],
+    )

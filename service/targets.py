@@ -1,0 +1,151 @@
+"""Which processes the throttle may touch: the protection rules and the choice of targets.
+
+Pure functions over :class:`~minerwatch.features.proctable.ProcessRecord` rows, so the rules
+can be checked on any invented table; reading the live table is the process table's job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Sequence
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+from minerwatch.features.proctable import ProcessRecord
+
+KTHREADD_PID = 2
+#: Names that are the host's lifeline: the init system and remote access.
+CORE_NAMES = frozenset({"init", "systemd", "sshd", "sshd-session", "sshd-auth"})
+UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap", ".slice", ".target")
+
+
+class AllowLists(Protocol):
+    """The part of the throttle config that protection reads."""
+
+    @property
+    def allow_names(self) -> tuple[str, ...]: ...
+    @property
+    def allow_users(self) -> tuple[str, ...]: ...
+    @property
+    def allow_units(self) -> tuple[str, ...]: ...
+
+
+class SelectionConfig(AllowLists, Protocol):
+    """The part of the throttle config that target selection reads."""
+
+    @property
+    def max_targets(self) -> int: ...
+    @property
+    def min_proc_cpu_percent(self) -> float: ...
+
+
+def cgroup_units(path: str) -> tuple[str, ...]:
+    """Systemd unit names along a cgroup path, outermost first.
+
+    >>> cgroup_units("/system.slice/nginx.service/worker")
+    ('system.slice', 'nginx.service')
+    """
+    return tuple(p for p in path.split("/") if p.endswith(UNIT_SUFFIXES))
+
+
+def unit_of_cgroup(path: str) -> str | None:
+    """The unit that owns a cgroup: the innermost non-slice unit, else the innermost slice.
+
+    >>> unit_of_cgroup("/user.slice/user-1000.slice/session-3.scope")
+    'session-3.scope'
+    """
+    units = cgroup_units(path)
+    leaves = [u for u in units if not u.endswith(".slice")]
+    if leaves:
+        return leaves[-1]
+    return units[-1] if units else None
+
+
+def _matches(value: str, patterns: Iterable[str]) -> str | None:
+    for pattern in patterns:
+        if value and fnmatchcase(value, pattern):
+            return pattern
+    return None
+
+
+def protected_reason(
+    proc: ProcessRecord, cfg: AllowLists, agent_pids: Collection[int]
+) -> str | None:
+    """Why ``proc`` must never be throttled, or None if it may be.
+
+    ``agent_pids`` should already contain the agent's ancestors (see ``with_ancestors``).
+    Allow-list entries are shell globs, matched against the name, the executable's base
+    name, the user, and every systemd unit on the cgroup path.
+
+    >>> p = ProcessRecord(1, 0, "init", "/sbin/init", "root", 0.0, 50.0)
+    >>> protected_reason(p, _NoAllow(), set())
+    'pid 1'
+    """
+    if proc.pid == 1:
+        return "pid 1"
+    if proc.pid == KTHREADD_PID or proc.ppid == KTHREADD_PID or proc.is_kernel_thread:
+        return "kernel thread"
+    if not proc.exe:
+        return "kernel thread (no executable)"
+    if proc.pid in agent_pids:
+        return "the agent or its ancestor"
+    exe_name = os.path.basename(proc.exe)
+    for name in (proc.name, exe_name):
+        if name in CORE_NAMES or name.startswith("systemd-"):
+            return f"core process {name!r}"
+    for name in (proc.name, exe_name):
+        if (pattern := _matches(name, cfg.allow_names)) is not None:
+            return f"allow-listed name {pattern!r}"
+    if (pattern := _matches(proc.username, cfg.allow_users)) is not None:
+        return f"allow-listed user {pattern!r}"
+    for unit in cgroup_units(proc.cgroup):
+        if (pattern := _matches(unit, cfg.allow_units)) is not None:
+            return f"allow-listed unit {pattern!r}"
+    return None
+
+
+def with_ancestors(pids: Iterable[int], procs: Sequence[ProcessRecord]) -> set[int]:
+    """``pids`` plus every ancestor found in the table (stopping at loops)."""
+    parent = {p.pid: p.ppid for p in procs}
+    out: set[int] = set()
+    for pid in pids:
+        while pid not in out and pid > 0:
+            out.add(pid)
+            pid = parent.get(pid, 0)
+    return out
+
+
+def select_targets(
+    procs: Sequence[ProcessRecord],
+    cfg: SelectionConfig,
+    agent_pids: Collection[int],
+    *,
+    exclude: Collection[int] = (),
+    limit: int | None = None,
+) -> list[ProcessRecord]:
+    """The busiest unprotected processes, at most ``limit`` (default ``cfg.max_targets``).
+
+    Processes below ``cfg.min_proc_cpu_percent`` are left alone: throttling them would not
+    bring host CPU down. Ties are broken by pid so the choice is deterministic.
+    """
+    n = cfg.max_targets if limit is None else limit
+    if n <= 0:
+        return []
+    guarded = with_ancestors(agent_pids, procs)
+    candidates = [
+        p
+        for p in procs
+        if p.pid not in exclude
+        and p.cpu_percent >= cfg.min_proc_cpu_percent
+        and protected_reason(p, cfg, guarded) is None
+    ]
+    candidates.sort(key=lambda p: (-p.cpu_percent, p.pid))
+    return candidates[:n]
+
+
+class _NoAllow:
+    """Empty allow-lists, for the doctests."""
+
+    allow_names: tuple[str, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    allow_units: tuple[str, ...] = ()
