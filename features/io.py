@@ -2,22 +2,61 @@
 
 Files may hold many hosts and rows in any order; duplicate timestamps keep the first row and
 are counted, non-finite values become NaN (a gap in that metric, never a fake zero).
+
+CSV goes through pandas' C parser. Its silent leniencies (short rows padded with NaN, blank-
+looking lines skipped, ``True`` read as 1.0) are checked for afterwards; anything the fast path
+cannot vouch for is read again one cell at a time with the csv module (:func:`_read_csv_exact`),
+which defines the semantics and names the file, line and column of the first problem. pandas
+is imported only inside the readers: the on-host agent imports this module (via
+:func:`from_arrays`) and must never load pandas.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+import mmap
+import os
+import warnings
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minerwatch.features.errors import InputError
 from minerwatch.features.schema import HOST, TIMESTAMP
 
+if TYPE_CHECKING:  # annotations only: pandas is imported inside the CSV reader
+    from _csv import Reader
+
+    import pandas as pd
+
 SUFFIXES = (".csv", ".parquet")
+
+#: Cells read as a gap (NaN) besides the empty cell, matched case-insensitively after strip.
+NA_WORDS = ("na", "nan", "null")
+
+# Every spelling the exact path reads as NaN without stripping, for pandas' exact-match set.
+_NA_TOKENS = [""] + sorted(
+    {"".join(cs) for word in NA_WORDS for cs in itertools.product(*((c, c.upper()) for c in word))}
+)
+
+# First bytes of files that are certainly not CSV text, with what to tell the operator.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip-compressed data; decompress it first (gunzip)"),
+    (b"BZh", "bzip2-compressed data; decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "xz-compressed data; decompress it first (unxz)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data; decompress it first (unzstd)"),
+    (b"PK\x03\x04", "a zip archive; extract it first"),
+    (b"\xff\xfe", "UTF-16 text; save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
+)
+
+_CHUNK = 1 << 24  # bytes per slice when counting commas in a mapped file
 
 
 @dataclass
@@ -34,6 +73,20 @@ class HostSeries:
 
     def column(self, name: str) -> np.ndarray:
         return self.values[:, self.columns.index(name)]
+
+
+@dataclass
+class _Table:
+    """One file: numeric columns (incl. timestamp), and hosts as codes into ``hosts``.
+
+    ``hosts`` holds stripped names in order of first appearance; codes avoid a Python string
+    per row.
+    """
+
+    metrics: list[str]
+    numeric: dict[str, np.ndarray]
+    codes: np.ndarray
+    hosts: list[str]
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -54,87 +107,371 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def _to_float(text: str) -> float:
-    if text == "" or text.lower() in ("na", "nan", "null"):
+    if text == "" or text.lower() in NA_WORDS:
         return math.nan
     return float(text)
 
 
-def _column_to_array(cells: list[str], name: str, path: str, header_line: int) -> np.ndarray:
-    try:
-        return np.array(cells, dtype=np.float64)
-    except ValueError:
-        pass
-    out = np.empty(len(cells))
-    for i, cell in enumerate(cells):
-        try:
-            out[i] = _to_float(cell.strip())
-        except ValueError:
-            what = "a number (Unix seconds)" if name == TIMESTAMP else f"a number in {name!r}"
-            raise InputError(path, header_line + 1 + i, what, repr(cell)) from None
-    return out
-
-
 def read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
-    """Return (metric column names, numeric columns incl. timestamp, host per row)."""
+    """Return (metric column names, numeric columns incl. timestamp, host per row).
+
+    The file is fully validated, finite timestamps included.
+    """
+    table = _read(path)
+    hosts: list[str] = np.array(table.hosts, dtype=object)[table.codes].tolist()
+    return table.metrics, table.numeric, hosts
+
+
+def _read(path: Path) -> _Table:
     if path.suffix == ".parquet":
         return _read_parquet(path)
+    return _read_csv(path)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _check_magic(head: bytes, where: str) -> None:
+    """Refuse compressed and binary formats by their first bytes, saying what they are."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            if magic == b"BZh" and head[4:10] != b"1AY&SY":
+                continue  # only bzip2 when the block magic follows
+            raise InputError(where, None, "a CSV file of UTF-8 text", what)
+
+
+def _check_text(data: bytes, where: str) -> None:
+    """Name the line of the first NUL or non-UTF-8 byte (a binary file, or another encoding)."""
+    _check_magic(data[:16], where)
+    nul = data.find(b"\0")
+    bad = -1
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = exc.start
+    if nul < 0 and bad < 0:
+        return
+    at = min(i for i in (nul, bad) if i >= 0)
+    if at == nul:
+        got = "a NUL byte (a binary file?)"
+    else:
+        got = f"the byte 0x{data[at]:02x}, which is not UTF-8 (Latin-1? a binary file?)"
+    raise InputError(where, data.count(b"\n", 0, at) + 1, "a CSV file of UTF-8 text", got)
+
+
+def _header(raw: list[str] | None, where: str) -> list[str]:
+    """The stripped column names of the first line, or InputError for line 1."""
+    if raw is None or not any(h.strip() for h in raw):
+        raise InputError(where, 1, "a header line starting with 'timestamp,host'", "empty file")
+    header = [h.strip() for h in raw]
+    missing = [c for c in (TIMESTAMP, HOST) if c not in header]
+    if missing:
+        raise InputError(where, 1, f"columns {', '.join(missing)} in the header", str(header))
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise InputError(where, 1, "unique column names", f"repeated {dup}")
+    return header
+
+
+def _read_csv(path: Path) -> _Table:
+    with path.open("rb") as fh:
+        _check_magic(fh.read(16), str(path))
+    table = _read_csv_fast(path)
+    return table if table is not None else _read_csv_exact(path)
+
+
+def _read_csv_exact(path: Path) -> _Table:
+    """Reference semantics, one cell at a time; raises the first problem with file and line.
+
+    Order of checks: format and encoding, header, field count per line (as read), then the
+    first empty host, the first bad number (columns in header order), the first non-finite
+    timestamp. Slow; used only when the fast path declines a file.
+    """
     where = str(path)
-    with path.open(newline="", encoding="utf-8") as fh:
+    _check_text(path.read_bytes(), where)
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise InputError(where, 1, "a header line starting with 'timestamp,host'", "empty file")
-        header = [h.strip() for h in header]
-        missing = [c for c in (TIMESTAMP, HOST) if c not in header]
-        if missing:
-            raise InputError(where, 1, f"columns {', '.join(missing)} in the header", str(header))
-        dup = sorted({h for h in header if header.count(h) > 1})
-        if dup:
-            raise InputError(where, 1, "unique column names", f"repeated {dup}")
-        width = len(header)
-        columns: list[list[str]] = [[] for _ in range(width)]
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
+        try:
+            return _scan(reader, where)
+        except csv.Error as exc:
+            raise InputError(where, reader.line_num, "a well-formed CSV line", str(exc)) from None
+
+
+def _scan(reader: Reader, where: str) -> _Table:
+    header = _header(next(reader, None), where)
+    width = len(header)
+    host_at = header.index(HOST)
+    numeric_names = [h for h in header if h != HOST]
+    numeric_at = [i for i, h in enumerate(header) if h != HOST]
+    values = [array("d") for _ in numeric_at]
+    bad: dict[int, tuple[int, str]] = {}  # numeric column -> first (line, cell) not a number
+    names: dict[str, int] = {}
+    codes = array("q")
+    lines = array("q")
+    blank_host: int | None = None
+    line = reader.line_num + 1  # where the next record starts
+    for row in reader:
+        if row:
             if len(row) != width:
-                raise InputError(where, lineno, f"{width} fields", f"{len(row)}")
-            for col, cell in zip(columns, row, strict=True):
-                col.append(cell)
-    if not columns[0]:
+                raise InputError(where, line, f"{width} fields", f"{len(row)}")
+            host = row[host_at].strip()
+            if not host and blank_host is None:
+                blank_host = line
+            codes.append(names.setdefault(host, len(names)))
+            lines.append(line)
+            for j, i in enumerate(numeric_at):
+                cell = row[i]
+                try:
+                    values[j].append(_to_float(cell.strip()))
+                except ValueError:
+                    values[j].append(math.nan)
+                    bad.setdefault(j, (line, cell))
+        line = reader.line_num + 1
+    if not lines:
         raise InputError(where, 2, "at least one data row", "only a header")
-    hosts = [h.strip() for h in columns[header.index(HOST)]]
-    blank = next((i for i, h in enumerate(hosts) if not h), None)
-    if blank is not None:
-        raise InputError(where, blank + 2, "a host name", "an empty cell")
+    if blank_host is not None:
+        raise InputError(where, blank_host, "a host name", "an empty cell")
+    if bad:
+        j = min(bad)
+        at, cell = bad[j]
+        name = numeric_names[j]
+        what = "a number (Unix seconds)" if name == TIMESTAMP else f"a number in {name!r}"
+        raise InputError(where, at, what, repr(cell))
     numeric = {
-        name: _column_to_array(cells, name, where, 1)
-        for name, cells in zip(header, columns, strict=True)
-        if name != HOST
+        name: np.array(col, dtype=np.float64)
+        for name, col in zip(numeric_names, values, strict=True)
     }
+    ts = numeric[TIMESTAMP]
+    nonfinite = np.flatnonzero(~np.isfinite(ts))
+    if nonfinite.size:
+        first = int(nonfinite[0])
+        raise InputError(where, lines[first], "a finite timestamp", str(ts[first]))
     metrics = [h for h in header if h not in (TIMESTAMP, HOST)]
-    return metrics, numeric, hosts
+    return _Table(metrics, numeric, np.array(codes, dtype=np.intp), list(names))
 
 
-def _read_parquet(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+def _read_csv_fast(path: Path) -> _Table | None:
+    """Read with pandas' C parser; None when the file needs :func:`_read_csv_exact`.
+
+    None is returned for anything pandas would read differently from the exact path, so both
+    give the same tables and the same errors: quotes, NUL bytes, a bad header, pandas errors,
+    rows pandas pads or skips, empty or padded host names, non-finite timestamps.
+    """
+    with path.open("rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm.find(b'"') >= 0 or mm.find(b"\0") >= 0:
+                return None  # quoting rules and binary data: leave them to the csv module
+            end = mm.find(b"\n")
+            if end < 0:
+                return None
+            first = mm[:end]
     try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    text = text.removesuffix("\r")
+    if "\r" in text:
+        return None  # old Mac line ends: the header is not one line to pandas
+    try:
+        header = _header(next(csv.reader([text]), None), str(path))
+    except InputError:
+        return None  # the exact path checks the whole file's encoding before the header
+    frame = _pandas_csv(path, header)
+    if frame is None:
+        return None
+    return _vouch(path, header, frame, data_start=end + 1)
+
+
+def _pandas_kwargs() -> dict[str, Any]:
+    """Parser options that only some pandas versions need."""
+    import pandas as pd
+
+    major, minor = (int(p) for p in pd.__version__.split(".")[:2])
+    # Before 3.1 the default float parser may differ from Python's float() in the last bit.
+    return {"float_precision": "round_trip"} if (major, minor) < (3, 1) else {}
+
+
+def _pandas_csv(path: Path, header: list[str]) -> pd.DataFrame | None:
+    """The data rows as a DataFrame (host as category), or None if pandas refuses the file.
+
+    ``skip_blank_lines=False`` keeps blank lines as rows (checked in :func:`_vouch`) and makes
+    whitespace-only lines fail, as they do in the exact path. In the first column only the
+    empty cell is NaN, so a one-field row of NaN is always an empty line. A ParserWarning means
+    pandas dropped fields (an over-long first row), so it is treated as a failure.
+    """
+    import pandas as pd
+
+    numeric = [h for h in header if h != HOST]
+    dtypes: dict[str, Any] = {h: np.float64 for h in numeric}
+    dtypes[HOST] = "category"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame: pd.DataFrame = pd.read_csv(
+                path,
+                engine="c",
+                header=None,
+                names=header,
+                skiprows=1,
+                index_col=False,
+                dtype=dtypes,
+                na_values={h: [""] if h == header[0] else _NA_TOKENS for h in numeric},
+                keep_default_na=False,
+                skip_blank_lines=False,
+                encoding="utf-8",
+                **_pandas_kwargs(),
+            )
+    except (ValueError, OverflowError, pd.errors.ParserWarning):
+        return None  # bad number, too many fields, not UTF-8...: the exact path names it
+    return frame
+
+
+def _vouch(path: Path, header: list[str], frame: pd.DataFrame, data_start: int) -> _Table | None:
+    """Check pandas' frame against the exact semantics; the table, or None to read exactly."""
+    import pandas as pd
+
+    numeric_names = [h for h in header if h != HOST]
+    numeric: dict[str, np.ndarray] = {}
+    for name in numeric_names:
+        if frame[name].dtype != np.float64:
+            return None
+        numeric[name] = frame[name].to_numpy(dtype=np.float64)
+    n = len(frame)
+    codes = frame[HOST].cat.codes.to_numpy()
+    cats = [str(c) for c in frame[HOST].cat.categories]
+    stripped = [c.strip() for c in cats]
+    if any(s == "" and c != "" for s, c in zip(stripped, cats, strict=True)):
+        return None  # a host of spaces: an error the exact path reports with its line
+    no_host = codes < 0
+    if "" in cats:
+        no_host |= codes == cats.index("")
+    blank = np.flatnonzero(no_host)
+    # A row without a host is fine only as a blank line: no numbers either (commas checked below).
+    if blank.size and not all(np.isnan(numeric[name][blank]).all() for name in numeric_names):
+        return None
+    if blank.size == n:
+        return None
+    # pandas pads short rows with NaN, so a short row has NaN in the last column. Every line
+    # has at most width-1 commas (more is a pandas error), so equal totals mean exact widths.
+    last = header[-1]
+    padded = 0 if last == HOST else int(np.isnan(numeric[last]).sum()) - blank.size
+    if blank.size and padded:
+        return None
+    if blank.size or padded:
+        expected = (len(header) - 1) * (n - blank.size)
+        if _count_commas(path, data_start) != expected:
+            return None
+    if not _no_booleans(path, header, numeric):
+        return None
+    if blank.size:
+        keep = ~no_host
+        numeric = {name: col[keep] for name, col in numeric.items()}
+        codes = codes[keep]
+    if not np.isfinite(numeric[TIMESTAMP]).all():
+        return None
+    # Hosts: codes of stripped names in order of first appearance, as the exact path numbers them.
+    remap = np.full(len(cats), -1, dtype=np.intp)
+    names: dict[str, int] = {}
+    for k in pd.unique(codes):
+        remap[k] = names.setdefault(stripped[k], len(names))
+    metrics = [h for h in header if h not in (TIMESTAMP, HOST)]
+    return _Table(metrics, numeric, remap[codes], list(names))
+
+
+def _count_commas(path: Path, start: int) -> int:
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return sum(mm[i : i + _CHUNK].count(b",") for i in range(start, len(mm), _CHUNK))
+
+
+def _no_booleans(path: Path, header: list[str], numeric: dict[str, np.ndarray]) -> bool:
+    """False if pandas may have read a column of True/False words as 1.0/0.0.
+
+    pandas falls back to booleans only when every non-NA cell of a column is such a word, so
+    for a column of only 0/1 values one cell decides: it is looked up in the file.
+    """
+    for name, col in numeric.items():
+        head = col[:1000]
+        if np.any((head != 0) & (head != 1) & ~np.isnan(head)):
+            continue
+        present = np.flatnonzero(~np.isnan(col))
+        if present.size == 0 or np.any((col[present] != 0) & (col[present] != 1)):
+            continue
+        # Row r is line r + 2: no quotes, blank lines kept as rows, one record per line.
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            line = next(itertools.islice(fh, int(present[0]) + 1, None), "")
+        cells = line.rstrip("\r\n").split(",")
+        try:
+            _to_float(cells[header.index(name)].strip())
+        except (ValueError, IndexError):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def _read_parquet(path: Path) -> _Table:
+    where = str(path)
+    try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise InputError(str(path), None, "pyarrow installed for Parquet", "no pyarrow") from None
-    table = pq.read_table(path)
+        raise InputError(where, None, "pyarrow installed for Parquet", "no pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:
+        raise InputError(where, None, "a Parquet file", str(exc).splitlines()[0]) from None
     names = list(table.column_names)
     missing = [c for c in (TIMESTAMP, HOST) if c not in names]
     if missing:
-        raise InputError(str(path), None, f"columns {', '.join(missing)}", str(names))
+        raise InputError(where, None, f"columns {', '.join(missing)}", str(names))
     numeric: dict[str, np.ndarray] = {}
     for name in names:
         if name == HOST:
             continue
+        column = table.column(name)
         try:
-            numeric[name] = np.asarray(table.column(name).to_numpy(), dtype=np.float64)
+            numeric[name] = np.asarray(column.to_numpy(), dtype=np.float64)
         except (TypeError, ValueError):
-            raise InputError(str(path), None, f"numbers in {name!r}", "non-numeric") from None
-    hosts = [str(h) for h in table.column(HOST).to_pylist()]
-    return [n for n in names if n not in (TIMESTAMP, HOST)], numeric, hosts
+            raise InputError(
+                where, None, f"numbers in {name!r}", f"non-numeric ({column.type})"
+            ) from None
+    ts = numeric[TIMESTAMP]
+    bad = np.flatnonzero(~np.isfinite(ts))
+    if bad.size:
+        raise InputError(where, int(bad[0]) + 2, "a finite timestamp", str(ts[bad[0]]))
+    hosts = table.column(HOST)
+    if hosts.null_count == 0 and (
+        pa.types.is_string(hosts.type) or pa.types.is_large_string(hosts.type)
+    ):
+        encoded = hosts.combine_chunks().dictionary_encode()
+        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.intp)
+        host_names = [str(h) for h in encoded.dictionary.to_pylist()]
+    else:  # other types as their str(), a null as "None", as before
+        codes, host_names = _factorize([str(h) for h in hosts.to_pylist()])
+    return _Table([n for n in names if n not in (TIMESTAMP, HOST)], numeric, codes, host_names)
+
+
+def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), np.intp, len(values))
+    return codes, list(index)
+
+
+# --------------------------------------------------------------------------- series
+
+
+@dataclass
+class _Chunk:
+    """One host's rows from one file: timestamps and an (n, len(columns)) value matrix."""
+
+    timestamps: np.ndarray
+    values: np.ndarray
+    columns: list[str]
+    source: str
 
 
 def read_telemetry(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
@@ -142,35 +479,45 @@ def read_telemetry(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
 
     >>> # series = read_telemetry(["fleet/"]); series["web-1"].column("cpu_percent")
     """
-    parts: dict[str, list[tuple[dict[str, np.ndarray], str]]] = {}
+    parts: dict[str, list[_Chunk]] = {}
     for path in expand_inputs(inputs):
-        metrics, numeric, hosts = read_table(path)
-        ts = numeric[TIMESTAMP]
-        bad = np.flatnonzero(~np.isfinite(ts))
-        if bad.size:
-            raise InputError(str(path), int(bad[0]) + 2, "a finite timestamp", str(ts[bad[0]]))
-        host_arr = np.array(hosts, dtype=object)
-        for host in dict.fromkeys(hosts):
-            mask = host_arr == host
-            sub = {name: numeric[name][mask] for name in [TIMESTAMP, *metrics]}
-            parts.setdefault(host, []).append((sub, str(path)))
+        table = _read(path)
+        # One stable sort groups the rows by host and keeps each host's rows in file order
+        # (on the smallest integer type, where numpy sorts by radix).
+        key = table.codes.astype(np.min_scalar_type(max(len(table.hosts) - 1, 0)))
+        order = np.argsort(key, kind="stable")
+        ends = np.cumsum(np.bincount(table.codes, minlength=len(table.hosts)))
+        start = 0
+        for host, end in zip(table.hosts, ends.tolist(), strict=True):
+            rows = order[start:end]
+            start = end
+            # Column by column into contiguous rows of a transposed matrix: from_arrays'
+            # row gather then writes the row-major result in one pass.
+            values = np.empty((len(table.metrics), rows.size))
+            for j, name in enumerate(table.metrics):
+                np.take(table.numeric[name], rows, out=values[j], mode="clip")  # unbuffered
+            ts = table.numeric[TIMESTAMP][rows]
+            parts.setdefault(host, []).append(_Chunk(ts, values.T, table.metrics, str(path)))
     return {host: _merge(host, chunks) for host, chunks in parts.items()}
 
 
-def _merge(host: str, chunks: list[tuple[dict[str, np.ndarray], str]]) -> HostSeries:
+def _merge(host: str, chunks: list[_Chunk]) -> HostSeries:
     columns: list[str] = []
-    for sub, _ in chunks:
-        columns.extend(c for c in sub if c != TIMESTAMP and c not in columns)
-    ts = np.concatenate([sub[TIMESTAMP] for sub, _ in chunks])
+    for chunk in chunks:
+        columns.extend(c for c in chunk.columns if c not in columns)
+    source = ", ".join(sorted({c.source for c in chunks}))
+    if len(chunks) == 1:
+        only = chunks[0]
+        return from_arrays(host, only.timestamps, only.values, tuple(columns), source)
+    ts = np.concatenate([c.timestamps for c in chunks])
     values = np.full((len(ts), len(columns)), np.nan)
     row = 0
-    for sub, _ in chunks:
-        n = len(sub[TIMESTAMP])
-        for j, name in enumerate(columns):
-            if name in sub:
-                values[row : row + n, j] = sub[name]
+    for chunk in chunks:
+        n = len(chunk.timestamps)
+        at = [columns.index(c) for c in chunk.columns]
+        values[row : row + n, at] = chunk.values
         row += n
-    return from_arrays(host, ts, values, tuple(columns), ", ".join(sorted({s for _, s in chunks})))
+    return from_arrays(host, ts, values, tuple(columns), source)
 
 
 def from_arrays(
@@ -180,22 +527,26 @@ def from_arrays(
     columns: tuple[str, ...],
     source: str = "",
 ) -> HostSeries:
-    """Sort, drop duplicate timestamps (first wins) and turn inf into NaN."""
+    """Sort, drop duplicate timestamps (first wins) and turn inf into NaN.
+
+    Returns new arrays (never views of the inputs). No pandas: the agent calls this.
+    """
     ts = np.asarray(timestamps, dtype=np.float64)
     vals = np.asarray(values, dtype=np.float64).reshape(len(ts), len(columns))
     order = np.argsort(ts, kind="stable")
-    ts, vals = ts[order], vals[order]
+    ts = ts[order]
     keep = np.ones(len(ts), dtype=bool)
     keep[1:] = ts[1:] != ts[:-1]
-    nonfinite = ~np.isfinite(vals)
-    nonfinite_count = int(np.isinf(vals).sum())
-    vals = np.where(nonfinite, np.nan, vals)
+    inf = int(np.isinf(vals).sum())  # duplicates included, as they were in the file
+    out = vals[order[keep]]
+    if inf:
+        out[np.isinf(out)] = np.nan
     return HostSeries(
         host=host,
         timestamps=ts[keep],
-        values=vals[keep],
+        values=out,
         columns=columns,
         source=source,
         duplicates=int((~keep).sum()),
-        nonfinite=nonfinite_count,
+        nonfinite=inf,
     )
