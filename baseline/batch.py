@@ -7,7 +7,7 @@ function training and the agent call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +16,7 @@ from minerwatch.baseline.calibrate import alert_rule
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.features.errors import InputError
 from minerwatch.features.pipeline import feature_rows
+from minerwatch.features.schema import AGENT_METRICS
 
 if TYPE_CHECKING:  # the readers stay out of the numpy-only scoring path
     from minerwatch.features.io import HostSeries
@@ -35,6 +36,8 @@ class Scored:
     features: np.ndarray
     feature_names: tuple[str, ...]
     top_features: list[str]
+    #: Agent-only columns the model uses that the input lacked, scored as unknown.
+    unknown: tuple[str, ...] = ()
 
 
 def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[str]:
@@ -50,8 +53,26 @@ def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[st
     return out
 
 
+def with_unknown(series: HostSeries, columns: tuple[str, ...]) -> HostSeries:
+    """``series`` plus ``columns`` holding no value (NaN) in every sample."""
+    blank = np.full((len(series.timestamps), len(columns)), np.nan)
+    return replace(
+        series, values=np.hstack([series.values, blank]), columns=series.columns + columns
+    )
+
+
 def score_series(model: HostModel, series: HostSeries) -> Scored:
-    """Score every complete window of ``series`` with ``model`` and apply the alert rule."""
+    """Score every complete window of ``series`` with ``model`` and apply the alert rule.
+
+    A model the agent trained also uses the columns only the agent records (``indicator_hits``:
+    it needs the process table). Telemetry from ``collect`` or a fleet export lacks them; they
+    are scored as unknown (NaN), which the model places at the host's usual value, so the
+    other features score exactly as they would with the agent's data and the missing signal
+    neither raises nor lowers the score. ``Scored.unknown`` names them.
+    """
+    unknown = tuple(c for c in model.columns if c in AGENT_METRICS and c not in series.columns)
+    if unknown:
+        series = with_unknown(series, unknown)
     win, names, F = feature_rows(
         series.timestamps,
         series.values,
@@ -82,4 +103,5 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
         features=F,
         feature_names=names,
         top_features=top_feature_labels(model, F) if len(F) else [],
+        unknown=unknown,
     )

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-WEEK = 7 * 86400.0
+DAY = 86400.0
+WEEK = 7 * DAY
 
 
 @dataclass
@@ -118,3 +119,70 @@ def calibrate_threshold(
         else:
             lo = mid + 1
     return float(candidates[lo])
+
+
+#: The smallest spread of the "surprise" ``-ln(1 - score)`` that means anything: 5 % of the
+#: distance of a score to 1. It keeps a handful of tied training scores from looking exact.
+SURPRISE_RESOLUTION = 0.05
+
+
+def extrapolation_margin(
+    n: int, hop: float = 60.0, max_alarms_per_week: float = 1.0, span: float | None = None
+) -> float:
+    """How many spreads (sigma) above the largest of ``n`` training windows the edge of normal
+    must sit so that about ``max_alarms_per_week`` future windows a week cross it.
+
+    The largest of ``n`` windows is about their ``n/(n+1)`` quantile; the budget needs the
+    ``1 - 1/m`` one, ``m`` being the windows of one budget period (a week of ``hop`` steps
+    per allowed alarm). Reading both from the Student-t predictive distribution of a new
+    window (a Gaussian whose spread is itself estimated from the same windows) gives the gap
+    ``(t(1 - 1/m) - t(n/(n+1))) * sqrt(1 + 1/n)`` spreads, with ``n - 1`` degrees of
+    freedom. It is what the quantile's uncertainty costs.
+
+    Windows from a stretch shorter than a day (``span`` seconds) are not independent draws
+    from the host's week: they all come from one part of its daily cycle, and the rest of
+    the day may be busier. Their number counts in proportion to the share of the day they
+    cover (``n * span / day``, a cluster-sampling design effect), so a model of ten minutes
+    cannot alert at all, one of two hours judges with about 5 spreads of margin, one of a
+    day with 0.5, and one of a week or more with none: there the calibration on training
+    scores is itself the answer. A zero budget is treated as one alarm in a thousand weeks.
+
+    >>> round(extrapolation_margin(10), 1), round(extrapolation_margin(1440, span=86400.0), 2)
+    (4.8, 0.53)
+    >>> extrapolation_margin(10, span=600.0), round(extrapolation_margin(120, span=7200.0), 1)
+    (inf, 4.8)
+    >>> extrapolation_margin(1), extrapolation_margin(20000)
+    (inf, 0.0)
+    """
+    from scipy.stats import t  # training only: the agent never calls this
+
+    m = WEEK / (hop * max(max_alarms_per_week, 1e-3))
+    n_eff = float(n) if span is None else n * min(1.0, max(span, 0.0) / DAY)
+    if n_eff < 2:
+        return float("inf")
+    if n_eff + 1 >= m:
+        return 0.0
+    gap = float(t.ppf(1.0 - 1.0 / m, n_eff - 1) - t.ppf(n_eff / (n_eff + 1.0), n_eff - 1))
+    return max(0.0, gap * float(np.sqrt(1.0 + 1.0 / n_eff)))
+
+
+def widen_threshold(threshold: float, scores: np.ndarray, margin: float) -> float:
+    """``threshold`` raised by ``margin`` spreads of the training scores' surprise.
+
+    Scores are compared as surprise ``u = -ln(1 - score)``, the scale on which the model's
+    excess term adds up (``score = 1 - (1 - s_if) * exp(-excess)``); the spread is the
+    robust one (MAD) of the training scores, at least :data:`SURPRISE_RESOLUTION`. With an
+    infinite margin the threshold is 1: a model of one window never alerts.
+
+    >>> widen_threshold(0.5, np.array([0.4, 0.5]), 0.0), widen_threshold(0.5, np.zeros(2), 1e9)
+    (0.5, 1.0)
+    """
+    if margin <= 0:
+        return threshold
+    finite = np.asarray(scores, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    u = -np.log1p(-np.clip(finite, 0.0, 1.0 - 1e-12))
+    spread = float(np.median(np.abs(u - np.median(u))) * 1.4826) if u.size else 0.0
+    surprise = -np.log1p(-min(max(threshold, 0.0), 1.0 - 1e-12))
+    surprise += margin * max(spread, SURPRISE_RESOLUTION)
+    return float(-np.expm1(-surprise)) if np.isfinite(surprise) else 1.0

@@ -30,3 +30,26 @@ def exclusion_mask(
     if before is not None:
         keep &= ts < before
     return keep
+
+
+#: The share of the available history the margin around alerts may take, at most.
+MARGIN_SHARE = 0.1
+
+
+def exclusion_margin(
+    history_s: float, hop: float, alert_windows: int, cap_s: float = 3600.0
+) -> float:
+    """Time to leave out on each side of alerted windows, given ``history_s`` of history.
+
+    At least the alert rule's own delay (``alert_windows`` windows before the first alerted
+    one were already above the threshold); otherwise a tenth of the history, up to
+    ``cap_s``. A fixed hour left a try-out agent with nothing to learn from after any alert
+    (every retraining failed for an hour); a share of the history lets one false alert cost
+    a bounded part of it, while two weeks of history still get the full hour.
+
+    >>> exclusion_margin(720.0, 60.0, 3), exclusion_margin(7200.0, 60.0, 3)
+    (180.0, 720.0)
+    >>> exclusion_margin(14 * 86400.0, 60.0, 3)
+    3600.0
+    """
+    return float(min(cap_s, max(alert_windows * hop, MARGIN_SHARE * history_s)))

@@ -2,8 +2,15 @@
 
 A per-host ridge regression predicts log CPU from the context features (traffic, disk,
 process churn, system CPU, time of day); what it does not account for, in units of its
-training residual, becomes a feature. A traffic surge or a backup explains its own CPU; a
+residual spread, becomes a feature. A traffic surge or a backup explains its own CPU; a
 miner's CPU is explained by nothing.
+
+An explanation is only as good as the data it was fitted on. With too few windows for its
+coefficients the fit is noise fitted to noise (on a quiet host, ten windows and nine
+coefficients once turned 0.75 % CPU into "11 units unexplained"), so the explainer then
+explains nothing: the feature is the raw (log) CPU level against its training median. It
+never extrapolates: inputs are clipped to their training range and the prediction to the
+range it took in training.
 """
 
 from __future__ import annotations
@@ -21,7 +28,26 @@ _ARRAYS = (
     "resid_scale",
     "in_low",
     "in_high",
+    "pred_low",
+    "pred_high",
 )
+
+#: Rows per coefficient below which no explanation is fitted (see :func:`min_windows`).
+ROWS_PER_COEF = 11
+
+
+def min_windows(inputs: int) -> int:
+    """Fewest windows an explanation with ``inputs`` context features is fitted on.
+
+    With ``q = inputs + 1`` coefficients on ``n`` rows, least squares' out-of-sample error
+    variance is about ``(n - 1) / (n - q - 1)`` times its in-sample one (Gaussian design);
+    below ``11 q + 1`` rows that optimism exceeds 10 %, and an explanation that looked exact
+    in training claims CPU it cannot account for.
+
+    >>> min_windows(8)
+    100
+    """
+    return ROWS_PER_COEF * (inputs + 1) + 1
 
 
 def derived_names(base: tuple[str, ...], targets: np.ndarray) -> tuple[str, ...]:
@@ -31,7 +57,11 @@ def derived_names(base: tuple[str, ...], targets: np.ndarray) -> tuple[str, ...]
 
 @dataclass(frozen=True)
 class Explainer:
-    """Per-host ridge regression of log CPU on the context features; residuals as features."""
+    """Per-host ridge regression of log CPU on the context features; residuals as features.
+
+    ``coef`` rows are (intercept, slopes); all slopes zero is "no explanation".
+    ``pred_low``/``pred_high`` bound the prediction to the range it took in training.
+    """
 
     names: tuple[str, ...]
     targets: np.ndarray
@@ -42,6 +72,13 @@ class Explainer:
     resid_scale: np.ndarray
     in_low: np.ndarray
     in_high: np.ndarray
+    pred_low: np.ndarray
+    pred_high: np.ndarray
+
+    @property
+    def explains(self) -> bool:
+        """False when the explainer degraded to "no explanation" (too few windows)."""
+        return bool(np.any(self.coef[:, 1:] != 0.0))
 
     def design(self, F: np.ndarray) -> np.ndarray:
         """Standardized context, clipped to the training range: a linear model must never
@@ -51,10 +88,15 @@ class Explainer:
         Z = np.clip(np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0), self.in_low, self.in_high)
         return np.hstack([np.ones((len(F), 1)), Z])
 
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        """Log CPU the context accounts for, within the range it took in training."""
+        pred: np.ndarray = np.clip(self.design(F) @ self.coef.T, self.pred_low, self.pred_high)
+        return pred
+
     def derive(self, F: np.ndarray) -> np.ndarray:
-        """The residual features of ``F``'s rows, in training-residual units."""
+        """The residual features of ``F``'s rows, in residual-spread units."""
         y = np.log1p(np.maximum(F[:, self.targets], 0.0))
-        resid: np.ndarray = (y - self.design(F) @ self.coef.T) / self.resid_scale
+        resid: np.ndarray = (y - self.predict(F)) / self.resid_scale
         return resid
 
     @classmethod
@@ -65,29 +107,68 @@ class Explainer:
         inputs: np.ndarray,
         names: tuple[str, ...],
         ridge: float = 1e-3,
+        resolution: np.ndarray | None = None,
     ) -> Explainer:
+        """Fit on the rows of ``F``; ``resolution`` is each target's smallest meaningful
+        change in its own unit (percent CPU): the residual spread is never taken below one
+        such step at the target's typical level, so a host that was flat in training does
+        not turn a 2 % wiggle into many "units" of unexplained CPU."""
         targets = np.asarray(targets, dtype=np.int64)
         inputs = np.asarray(inputs, dtype=np.int64)
+        n = len(F)
         X = F[:, inputs]
-        in_center = np.nan_to_num(np.nanmedian(X, axis=0), nan=0.0) if len(X) else np.zeros(0)
-        in_scale = np.nan_to_num(np.nanstd(X, axis=0), nan=1.0) if len(X) else np.zeros(0)
+        in_center = np.nan_to_num(np.nanmedian(X, axis=0), nan=0.0) if n else np.zeros(0)
+        in_scale = np.nan_to_num(np.nanstd(X, axis=0), nan=1.0) if n else np.zeros(0)
         in_scale = np.where(in_scale > 1e-9, in_scale, 1.0)
         Zin = np.nan_to_num((X - in_center) / in_scale, nan=0.0)
-        low = Zin.min(axis=0) if len(X) else np.zeros(0)
-        high = Zin.max(axis=0) if len(X) else np.zeros(0)
+        low = Zin.min(axis=0) if n else np.zeros(0)
+        high = Zin.max(axis=0) if n else np.zeros(0)
+        unbounded = np.full(len(targets), np.inf)
         zeros = np.zeros((len(targets), len(inputs) + 1))
         draft = cls(
-            names, targets, inputs, in_center, in_scale, zeros, np.ones(len(targets)), low, high
+            names,
+            targets,
+            inputs,
+            in_center,
+            in_scale,
+            zeros,
+            np.ones(len(targets)),
+            low,
+            high,
+            -unbounded,
+            unbounded,
         )
         A = draft.design(F)
-        Y = np.log1p(np.maximum(np.nan_to_num(F[:, targets], nan=0.0), 0.0))
-        penalty = ridge * len(F) * np.eye(A.shape[1])
-        penalty[0, 0] = 0.0  # never shrink the intercept
-        coef = np.linalg.solve(A.T @ A + penalty, A.T @ Y).T
-        resid = Y - A @ coef.T
-        mad = np.median(np.abs(resid - np.median(resid, axis=0)), axis=0) * 1.4826
+        raw = np.maximum(np.nan_to_num(F[:, targets], nan=0.0), 0.0)
+        Y = np.log1p(raw)
+        q = A.shape[1]
+        if n >= min_windows(len(inputs)):
+            penalty = ridge * n * np.eye(q)
+            penalty[0, 0] = 0.0  # never shrink the intercept
+            coef = np.linalg.solve(A.T @ A + penalty, A.T @ Y).T
+            optimism = np.sqrt((n - 1) / (n - q - 1))
+        else:  # no explanation: the level against its training median
+            coef = np.zeros((len(targets), q))
+            coef[:, 0] = np.median(Y, axis=0) if n else 0.0
+            optimism = 1.0
+        fitted = A @ coef.T
+        resid = Y - fitted
+        mad = np.median(np.abs(resid - np.median(resid, axis=0)), axis=0) * 1.4826 * optimism
+        step = np.full(len(targets), 0.05) if resolution is None else np.asarray(resolution)
+        level = np.median(raw, axis=0) if n else np.zeros(len(targets))
+        floor = np.maximum(np.log1p(step / (1.0 + level)), 0.05)
         return cls(
-            names, targets, inputs, in_center, in_scale, coef, np.maximum(mad, 0.05), low, high
+            names,
+            targets,
+            inputs,
+            in_center,
+            in_scale,
+            coef,
+            np.maximum(mad, floor),
+            low,
+            high,
+            fitted.min(axis=0) if n else -unbounded,
+            fitted.max(axis=0) if n else unbounded,
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -95,7 +176,12 @@ class Explainer:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> Explainer:
-        get = {k: np.asarray(arrays[f"explain_{k}"]) for k in _ARRAYS}
+        unbounded = np.full(len(names), np.inf)
+        defaults = {"pred_low": -unbounded, "pred_high": unbounded}  # models saved before them
+        get = {
+            k: np.asarray(arrays[f"explain_{k}"] if f"explain_{k}" in arrays else defaults[k])
+            for k in _ARRAYS
+        }
         ints = {k: get[k].astype(np.int64) for k in ("targets", "inputs")}
         floats = {k: v.astype(np.float64) for k, v in get.items() if k not in ints}
         return cls(names=names, **ints, **floats)

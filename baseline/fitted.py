@@ -21,6 +21,22 @@ from minerwatch.baseline.forest import NumpyForest
 VECTORS = ("center", "scale", "train_max", "typical_low", "typical_high", "excess_mask")
 
 
+def hold_unexplained_low(
+    Z: np.ndarray, n_base: int, center: np.ndarray, scale: np.ndarray, typical_low: np.ndarray
+) -> np.ndarray:
+    """``Z`` with the derived "unexplained" columns (from ``n_base`` on) raised to their
+    typical low (5th percentile of training), in place.
+
+    Less CPU than the host's work explains is never a miner, and a baseline learnt in a
+    few hours has not seen every quiet hour: judged both ways, the evening's drop looked as
+    anomalous to the forest as a miner's rise.
+    """
+    if Z.shape[1] > n_base:
+        low = (typical_low[n_base:] - center[n_base:]) / scale[n_base:]
+        Z[:, n_base:] = np.maximum(Z[:, n_base:], low)
+    return Z
+
+
 @dataclass(frozen=True)
 class HostModel:
     """A fitted baseline reduced to arrays (explainer, scaling, forest, excess, calibration),
@@ -46,6 +62,7 @@ class HostModel:
     excess_scale: float = 1.0
     explainer: Explainer | None = None
     forest_columns: np.ndarray | None = None
+    seen_max: np.ndarray | None = None
     host: str = ""
     columns: tuple[str, ...] = ()
     window: float = 60.0
@@ -94,10 +111,11 @@ class HostModel:
         return np.hstack([F, self.explainer.derive(F)])
 
     def standardize(self, F: np.ndarray) -> np.ndarray:
-        """Robust z-scores of :meth:`full`; a missing value sits at the centre (neutral)."""
+        """Robust z-scores of :meth:`full`; a missing value sits at the centre (neutral);
+        unexplained CPU is held at its typical low (:func:`hold_unexplained_low`)."""
         Z = (self.full(F) - self.center) / self.scale
         out: np.ndarray = np.clip(np.nan_to_num(Z, nan=0.0, posinf=1e6, neginf=-1e6), -1e6, 1e6)
-        return out
+        return hold_unexplained_low(out, self.n_base, self.center, self.scale, self.typical_low)
 
     def excess(self, Z: np.ndarray) -> np.ndarray:
         """Per-feature distance above the training maximum, in training ranges (masked).
@@ -111,13 +129,24 @@ class HostModel:
         return out
 
     def forest_input(self, Z: np.ndarray) -> np.ndarray:
-        """The standardized columns the forest judges (all of them by default)."""
+        """The standardized columns the forest judges (all of them by default).
+
+        With ``seen_max`` (the largest training values), a value between it and the widened
+        edge ``train_max`` is shown to the forest as the largest seen, and one beyond the
+        edge is moved down by the margin: within the margin a model of little data has no
+        evidence either way, so the forest must not isolate it either.
+        """
+        if self.seen_max is not None:
+            Z = np.where(Z > self.seen_max, self.seen_max + np.maximum(Z - self.train_max, 0), Z)
         return Z if self.forest_columns is None else np.asarray(Z[:, self.forest_columns])
 
     def score(self, F: np.ndarray) -> np.ndarray:
         """Our 0-1 anomaly score per row of pipeline features, higher = worse."""
         Z = self.standardize(F)
-        s_if = self.forest.anomaly_score(self.forest_input(Z))
+        if self.forest.max_samples < 2:  # trees of one window isolate nothing: neutral
+            s_if = np.full(len(Z), 0.5)
+        else:
+            s_if = self.forest.anomaly_score(self.forest_input(Z))
         e = self.excess(Z).sum(axis=1)
         out: np.ndarray = 1.0 - (1.0 - s_if) * np.exp(-e / self.excess_scale)
         return out
@@ -167,6 +196,8 @@ class HostModel:
             arrays.update(self.explainer.to_arrays())
         if self.forest_columns is not None:
             arrays["forest_columns"] = np.asarray(self.forest_columns, dtype=np.int64)
+        if self.seen_max is not None:
+            arrays["seen_max"] = np.asarray(self.seen_max, dtype=np.float64)
         return arrays
 
     def params(self) -> dict[str, Any]:
@@ -201,6 +232,9 @@ class HostModel:
         vectors = {n: np.asarray(arrays[n], dtype=np.float64) for n in VECTORS}
         columns = arrays.get("forest_columns")
         width = len(columns) if columns is not None else len(names)
+        seen = arrays.get("seen_max")  # absent from models saved before it
+        if seen is not None:
+            vectors["seen_max"] = np.asarray(seen, dtype=np.float64)
         bad = [n for n, v in vectors.items() if v.shape != (len(names),)]
         if bad or forest.n_features != width:
             raise ValueError(f"model arrays do not match {len(names)} features: {bad}")

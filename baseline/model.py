@@ -5,6 +5,15 @@ for a false-alarm budget, reduced at the end of ``fit`` to a numpy-only
 :class:`~minerwatch.baseline.fitted.HostModel` (what the model store saves and the agent runs).
 Rows of ``X`` are windows in time order; pass ``slots`` (window index on the time grid) when
 there are gaps so the alert rule does not bridge them.
+
+A baseline learnt from few windows is conservative, not jumpy: the edge of normal of every
+excess feature and the threshold are both widened by
+:func:`~minerwatch.baseline.calibrate.extrapolation_margin` spreads, a margin that is
+infinite for one window, about 5 spreads for ten windows of a minute and nothing once the
+training span covers the false-alarm budget's week; and the explanation of CPU by the host's
+work is only fitted on enough windows (:mod:`~minerwatch.baseline.explain`). So "score above
+threshold" means about the same false-alarm rate whether learning ran two minutes or two
+weeks: a short learning period gives fewer alerts, never more.
 """
 
 from __future__ import annotations
@@ -17,13 +26,17 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from minerwatch.baseline.calibrate import calibrate_threshold
+from minerwatch.baseline.calibrate import calibrate_threshold, extrapolation_margin, widen_threshold
 from minerwatch.baseline.explain import Explainer, derived_names
-from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.fitted import HostModel, hold_unexplained_low
 from minerwatch.baseline.forest import export_forest
 
 #: Out-of-fold calibration splits the history into blocks this long, dealt round-robin.
 FOLD_BLOCK_S = 6 * 3600.0
+#: A Gaussian's interquartile range in standard deviations.
+IQR_PER_SIGMA = 1.349
+#: Standardized values are clipped here when scoring; an edge this far out is never reached.
+MAX_Z = 1e6
 
 
 class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn: untyped
@@ -31,6 +44,9 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
 
     scikit-learn's sign conventions hold for its method names: ``score_samples`` is higher
     for normal windows, ``decision_function`` is negative for alerts, ``predict`` gives -1.
+    ``periods`` gives each feature's period in seconds (time of day: a day; 0: none): a
+    feature whose period is longer than the training span is neither judged nor used to
+    explain, since every part of the cycle not yet seen would look anomalous.
 
     >>> import numpy as np
     >>> X = np.random.default_rng(0).normal(size=(500, 3))
@@ -55,6 +71,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         explain_targets: Any = None,
         explain_inputs: Any = None,
         forest_features: Any = None,
+        periods: Any = None,
         random_state: int | None = None,
     ) -> None:
         self.n_estimators = n_estimators
@@ -71,6 +88,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         self.explain_targets = explain_targets
         self.explain_inputs = explain_inputs
         self.forest_features = forest_features
+        self.periods = periods
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, slots: Any = None) -> HostBaseline:
@@ -80,6 +98,10 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         if slots.shape != (n,):
             raise ValueError(f"slots must have one entry per row ({n}), got {slots.shape}")
         base_names = tuple(getattr(self, "feature_names_in_", [f"x{j}" for j in range(d)]))
+        # a feature of the time of day says nothing before a whole day has been seen: every
+        # unseen hour would look anomalous and explain nothing reliably
+        span = (float(np.ptp(slots)) + 1.0) * self.hop if n else 0.0
+        unseen = self._vector(self.periods, d, 0.0) > span
         explainer = None
         if self.explain_targets is not None and len(self.explain_targets):
             targets = np.asarray(self.explain_targets, dtype=np.int64)
@@ -87,14 +109,20 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             inputs = np.asarray(
                 [] if self.explain_inputs is None else self.explain_inputs, dtype=np.int64
             )
-            explainer = Explainer.fit(X, targets, inputs, derived)
+            inputs = inputs[~unseen[inputs]]
+            base_resolution = self._vector(self.resolution, d, 1e-6)[targets]
+            explainer = Explainer.fit(X, targets, inputs, derived, resolution=base_resolution)
             X_full = np.hstack([X, explainer.derive(X)])
         else:
             derived, X_full = (), X
         n_derived = len(derived)
-        resolution = np.append(self._vector(self.resolution, d, 1e-6), np.full(n_derived, 0.1))
+        # derived features are in units of their residual spread, which is never below one
+        # resolution step of CPU: one unit is the smallest change that means anything
+        resolution = np.append(self._vector(self.resolution, d, 1e-6), np.ones(n_derived))
         excess_mask = np.append(self._vector(self.excess, d, 0.0) > 0, np.ones(n_derived, bool))
-        mask = self._vector(self.forest_features, d, 1.0) > 0
+        mask = (self._vector(self.forest_features, d, 1.0) > 0) & ~unseen
+        if not mask.any() and not n_derived:  # nothing left to judge: judge what there is
+            mask = np.ones(d, dtype=bool)
         forest_columns = (
             None
             if mask.all() and not n_derived
@@ -103,16 +131,21 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         center = np.nan_to_num(_nanquantile(X_full, 0.5), nan=0.0)
         iqr = _nanquantile(X_full, 0.75) - _nanquantile(X_full, 0.25)
         scale = np.maximum(np.nan_to_num(iqr, nan=0.0), resolution)
-        Z = np.nan_to_num((X_full - center) / scale, nan=0.0)
-        Zf = Z if forest_columns is None else Z[:, forest_columns]
-        forest = export_forest(self._forest(self.random_state, n).fit(Zf))
         low = np.nan_to_num(_nanquantile(X_full, 0.05), nan=0.0)
         high = np.nan_to_num(_nanquantile(X_full, 0.95), nan=0.0)
+        Z = np.nan_to_num((X_full - center) / scale, nan=0.0)
+        Z = hold_unexplained_low(Z, d, center, scale, low)  # as the model will score
+        Zf = Z if forest_columns is None else Z[:, forest_columns]
+        # the training maximum is about the n/(n+1) quantile; the budget needs a higher one
+        margin = extrapolation_margin(n, self.hop, self.max_alarms_per_week, span)
+        sigma = np.maximum(np.nan_to_num(iqr, nan=0.0) / IQR_PER_SIGMA, resolution) / scale
+        forest = export_forest(self._forest(self.random_state, n).fit(Zf))
         draft = HostModel(
             feature_names=base_names + derived,
             center=center,
             scale=scale,
-            train_max=Z.max(axis=0),
+            train_max=np.minimum(Z.max(axis=0) + margin * sigma, MAX_Z),
+            seen_max=Z.max(axis=0),
             typical_low=low,
             typical_high=high,
             excess_mask=excess_mask.astype(np.float64),
@@ -129,10 +162,11 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         threshold = calibrate_threshold(
             oof, slots, self.hop, self.max_alarms_per_week, self.alert_windows, self.clear_windows
         )
-        threshold = min(threshold + self.threshold_margin, 1.0)
+        threshold = min(widen_threshold(threshold, oof, margin) + self.threshold_margin, 1.0)
         self.host_model_ = replace(draft, threshold=threshold)
         self.threshold_ = threshold
         self.train_scores_ = oof
+        self.extrapolation_margin_ = margin
         self.offset_ = -threshold
         return self
 

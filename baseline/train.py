@@ -12,15 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.model import HostBaseline
 from minerwatch.baseline.store import save_model
 from minerwatch.features.errors import InputError
-from minerwatch.features.extract import COMPUTE, CONTEXT, EXPLAINED, TIME, feature_specs
+from minerwatch.features.extract import COMPUTE, CONTEXT, DAY, EXPLAINED, TIME, feature_specs
 from minerwatch.features.io import HostSeries, read_telemetry
 from minerwatch.features.pipeline import feature_rows
 
 MIN_WINDOWS = 30
+#: Telemetry columns a host's data must have for ``minerwatch train``: without host CPU the
+#: model would have none of its CPU features and could not see a miner at all.
+REQUIRED_COLUMNS = ("cpu_percent",)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ def train_host(
         explain_targets=[j for j, r in enumerate(roles) if r == EXPLAINED] if has_context else None,
         explain_inputs=[j for j, r in enumerate(roles) if r in (CONTEXT, TIME)],
         forest_features=[1.0 if r in judged else 0.0 for r in roles],
+        periods=[DAY if r == TIME else 0.0 for r in roles],  # judged once a day is seen
         **options,
     ).fit(F, slots=win.slots)
     meta = {
@@ -81,6 +87,25 @@ def train_host(
     }
     model: HostModel = est.host_model_
     return model.for_host(series.host, series.columns, names, window, hop, meta)
+
+
+def missing_columns(series: HostSeries, required: Sequence[str]) -> InputError | None:
+    """Why ``series`` cannot train a useful model (a required column absent or without a single
+    number), naming its file; None when it can."""
+    for column in required:
+        if column not in series.columns:
+            got = f"columns {', '.join(series.columns) or 'none'}"
+        elif not np.isfinite(series.column(column)).any():
+            got = f"no number in {column!r} in {len(series.timestamps)} samples"
+        else:
+            continue
+        return InputError(
+            series.source or series.host,
+            None,
+            f"a {column!r} column for host {series.host!r} (every CPU feature needs it)",
+            got,
+        )
+    return None
 
 
 def _fit_one(
@@ -101,17 +126,22 @@ def train_all(
     dask_address: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
+    model_key: bytes | None = None,
+    required: Sequence[str] = REQUIRED_COLUMNS,
 ) -> list[TrainSummary]:
-    """Train and store one model per host found in ``inputs``.
+    """Train and store one model per host found in ``inputs`` (HMAC-signed with
+    ``model_key`` when given, see :mod:`minerwatch.baseline.store`).
 
     ``dask_address``: a scheduler address (``tcp://host:8786``) or ``"local"`` for a local
-    cluster; otherwise joblib with ``n_jobs`` processes. A host whose data is unusable is
-    reported through ``on_error`` (or raised when no handler is given); others go on.
+    cluster; otherwise joblib with ``n_jobs`` processes. A host whose data is unusable (too
+    few windows, a ``required`` column missing) is reported through ``on_error`` (or raised
+    when no handler is given); others go on.
     """
     fleet = read_telemetry(inputs)
-    hosts = sorted(fleet)
     results: list[TrainSummary] = []
     done: list[str] = []
+    unusable = {h: e for h in sorted(fleet) if (e := missing_columns(fleet[h], required))}
+    hosts = [h for h in sorted(fleet) if h not in unusable]
 
     def finish(host: str, outcome: tuple[HostModel, float] | Exception) -> None:
         if isinstance(outcome, Exception):
@@ -120,14 +150,18 @@ def train_all(
             on_error(host, outcome)
         else:
             model, seconds = outcome
-            folder = save_model(models_dir, model)
+            folder = save_model(models_dir, model, key=model_key)
             results.append(
                 TrainSummary(host, model.meta["windows"], model.threshold, seconds, str(folder))
             )
         done.append(host)
         if progress is not None:
-            progress(len(done), len(hosts), host)
+            progress(len(done), len(fleet), host)
 
+    for host, error in unusable.items():
+        finish(host, error)
+    if not hosts:
+        return []
     if dask_address:
         _train_dask(fleet, hosts, window, hop, params, dask_address, finish)
     else:
@@ -167,7 +201,14 @@ def _train_dask(
         if address == "local"
         else None
     )
-    client = Client(cluster if cluster is not None else address)
+    try:
+        client = Client(cluster if cluster is not None else address)
+    except (OSError, ValueError) as exc:  # unreachable, malformed: the address the user gave
+        if cluster is not None:
+            cluster.close()
+        raise InputError(
+            "--dask", None, "the address of a reachable Dask scheduler", str(exc)
+        ) from None
     try:
         futures = {
             client.submit(_safe_fit, fleet[h], window, hop, params, pure=False): h for h in hosts

@@ -428,12 +428,22 @@ def write_report(
 # --------------------------------------------------------------------------- CLI
 
 
+def _refuse(flags: dict[str, Any], source: str, other: str) -> None:
+    """Flags that would be silently ignored with this source are bad usage."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise InputError(", ".join(given), None, f"only with {other}", f"it with {source}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``evaluate``; raises InputError on bad input (the CLI maps it to exit code 2)."""
     from minerwatch.bench import public
+    from minerwatch.service.cli import check_windows
 
     progress = _quiet if args.quiet else _stderr
     if args.smd is not None or args.nab is not None:
+        unused = {"--models": args.models, "--window": args.window, "--hop": args.hop}
+        _refuse({**unused, "--grace": args.grace}, "--smd/--nab", "--data")
         params = None
         if args.alarms_per_week is not None:
             params = {**public.PUBLIC_PARAMS, "max_alarms_per_week": args.alarms_per_week}
@@ -441,14 +451,24 @@ def run(args: argparse.Namespace) -> int:
             result = public.evaluate_smd(args.smd, args.only, args.seed, params, progress)
         else:
             result = public.evaluate_nab(args.nab, args.only, args.seed, params, progress)
+        if not result["meta"].get("machines", result["meta"].get("files")):
+            what = "SMD machines (train/, test/, test_label/)" if args.smd else "NAB files"
+            raise InputError(str(args.smd or args.nab), None, f"at least one of its {what}", "none")
         if args.output is not None:
             args.output.mkdir(parents=True, exist_ok=True)
             name = f"{result['meta']['dataset']}.json"
             atomic_write(args.output / name, json.dumps(result, indent=1).encode("utf-8"))
         print(json.dumps(result) if args.json else public.format_point_table(result))
         return 0
+    _refuse(
+        {"--only": args.only, "--alarms-per-week": args.alarms_per_week}, "--data", "--smd/--nab"
+    )
+    window = 60.0 if args.window is None else args.window
+    hop = 60.0 if args.hop is None else args.hop
+    check_windows(window, hop)
+    grace = 0.0 if args.grace is None else args.grace
     result = evaluate_simulated(
-        args.data, args.models, args.output, args.window, args.hop, args.grace, args.seed, progress
+        args.data, args.models, args.output, window, hop, grace, args.seed, progress
     )
     print(
         json.dumps(result) if args.json else format_text(result), end="" if not args.json else "\n"

@@ -1,7 +1,7 @@
 """The telemetry collector: every registered source once per sample, one row of metrics.
 
 :class:`Collector` is what the on-host agent calls every ``interval`` seconds; :func:`record`
-is the fixed-interval loop behind ``minerwatch record`` that appends rows to a CSV file.
+is the fixed-interval loop behind ``minerwatch collect`` that appends rows to a CSV file.
 Only the standard library and psutil are imported here (the agent must stay light).
 """
 

@@ -1,10 +1,15 @@
 """``minerwatch serve``: the on-host agent. Sample, learn, score, explain, export, respond.
 
 One loop on a fixed schedule: every ``interval`` it samples the host, stores the sample,
-and when a window completes scores it with the host's numpy-only model. Until enough
-history exists it is in learning mode; training (and scheduled retraining on history that
-excludes alerted time) runs in a child process, so this process never imports scikit-learn
-or pandas. A scrape only reads the latest :class:`~minerwatch.service.state.AgentSnapshot`.
+and when a window completes scores it with the host's numpy-only model. For ``learn_for``
+it is in learning mode; training (and retraining on history that excludes alerted time)
+runs in a child process, so this process never imports scikit-learn or pandas. A young
+model is retrained each time the history has doubled, then every ``retrain_every`` (0:
+never). The agent's own CPU (its loop, scrapes, evidence, the training child) is taken out
+of the host's before anything is stored or scored: what the host does, not what we do.
+An alert episode writes an event line and a WARNING when it opens, another when a stronger
+suspect or a new indicator appears, and a last one when it closes. A scrape only reads the
+latest :class:`~minerwatch.service.state.AgentSnapshot`.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+import psutil
 
 from minerwatch.baseline.calibrate import AlertState
-from minerwatch.baseline.exclude import exclusion_mask
+from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
 from minerwatch.baseline.fitted import HostModel
-from minerwatch.baseline.store import META, ModelError, host_dirname, load_model
+from minerwatch.baseline.store import META, ModelError, host_dirname, load_model, read_key
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.collector import Collector
 from minerwatch.features.errors import InputError
@@ -38,15 +44,90 @@ from minerwatch.features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VER
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.exporter import Exporter
 from minerwatch.service.history import History
-from minerwatch.service.retrain import MIN_AGENT_WINDOWS
+from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot
 
 log = logging.getLogger("minerwatch.agent")
 
 #: Samples kept in memory for the rolling features (the longest looks back 15 minutes).
 LOOKBACK_S = 1800.0
-#: Time around an alert episode that retraining leaves out.
+#: Time around an alert episode that retraining leaves out, at most (less with little
+#: history, see :func:`~minerwatch.baseline.exclude.exclusion_margin`).
 EXCLUDE_MARGIN_S = 3600.0
+#: Host CPU columns the agent's own CPU is taken out of, by which part of it (user, system).
+_OWN_PARTS = {"cpu_percent": (1.0, 1.0), "cpu_user_percent": (1.0, 0.0),
+              "cpu_system_percent": (0.0, 1.0)}  # fmt: skip
+
+
+def _tree_cpu_seconds(children: tuple[int, ...]) -> tuple[float, float]:
+    """(user, system) CPU seconds of this process, its reaped children and ``children``
+    still running; a child that has just exited counts once, as reaped or as running."""
+    t = os.times()
+    user, system = t.user + t.children_user, t.system + t.children_system
+    for pid in children:
+        try:
+            c = psutil.Process(pid).cpu_times()
+        except psutil.Error:  # exited and reaped between the two reads: counted above
+            continue
+        user += c.user + c.children_user
+        system += c.system + c.children_system
+    return user, system
+
+
+class OwnCpu:
+    """The agent's own CPU over each sampling interval, in percent of the host.
+
+    The training child (seconds of a full core), evidence collection and scrapes are the
+    agent's work, not the host's: scored as host activity, the window after each retraining
+    scored 1.0. Subtracting them keeps every window scored (a miner that starts during a
+    retraining is still seen, and the alert rule's consecutive windows are not broken by a
+    gap), which skipping those windows would not.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[tuple[int, ...]], tuple[float, float]] = _tree_cpu_seconds,
+        clock: Callable[[], float] = time.monotonic,
+        ncpu: int | None = None,
+    ) -> None:
+        self.read = read
+        self.clock = clock
+        self.ncpu = ncpu or os.cpu_count() or 1
+        self._last: tuple[float, float, float] | None = None
+
+    def interval_percent(self, children: tuple[int, ...] = ()) -> tuple[float, float]:
+        """(user, system) percent of the host since the previous call ((0, 0) the first time)."""
+        user, system = self.read(children)
+        now = self.clock()
+        last, self._last = self._last, (now, user, system)
+        if last is None or now <= last[0]:
+            return 0.0, 0.0
+        per = 100.0 / ((now - last[0]) * self.ncpu)
+        return max(0.0, (user - last[1]) * per), max(0.0, (system - last[2]) * per)
+
+
+def without_own(
+    metrics: dict[str, float],
+    own: tuple[float, float],
+    top: tuple[Any, ...],
+    own_pids: set[int],
+) -> dict[str, float]:
+    """``metrics`` with the agent's own CPU (``own``: user, system percent of the host) taken
+    out of the host's CPU, and the busiest process being the busiest one that is not ours.
+
+    >>> m = {"cpu_percent": 30.0, "cpu_user_percent": 25.0, "top_proc_cpu_percent": 50.0}
+    >>> without_own(m, (20.0, 5.0), (), set())["cpu_percent"]
+    5.0
+    """
+    out = dict(metrics)
+    for column, (u, s) in _OWN_PARTS.items():
+        value = out.get(column)
+        if value is not None and np.isfinite(value):
+            out[column] = max(0.0, float(value) - u * own[0] - s * own[1])
+    if top and top[0].pid in own_pids:
+        others = [p.cpu_percent for p in top if p.pid not in own_pids]
+        out["top_proc_cpu_percent"] = float(others[0]) if others else 0.0
+    return out
 
 
 def make_data_dir(cfg: AgentConfig) -> Path:
@@ -66,13 +147,21 @@ class Agent:
         exporter: Exporter | None = None,
         clock: Callable[[], float] = time.time,
         responder: Any = None,
+        own_cpu: OwnCpu | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.data_dir = make_data_dir(cfg)
         self.models_dir = self.data_dir / "models"
         self.models_dir.mkdir(exist_ok=True, mode=0o755)
+        # read once at start: a missing or too open key file stops the agent (exit 2)
+        self.model_key = read_key(cfg.model_key) if cfg.model_key else None
         self.collector = collector or Collector(cfg.interval, host=cfg.host)
+        # primed with the collector, so both measure the same intervals; a replayed
+        # collector (tests) is not this host, so nothing is taken out of it by default
+        self.own_cpu = own_cpu if own_cpu is not None or collector else OwnCpu()
+        if self.own_cpu is not None:
+            self.own_cpu.interval_percent()
         self.history = History(
             cfg.history_path, cfg.history_retention, cfg.history_max_bytes, interval_s=cfg.interval
         )
@@ -87,6 +176,7 @@ class Agent:
         self.episode: dict[str, Any] | None = None
         self.counters = {"samples": 0, "windows": 0, "alerts": 0}
         self.errors: dict[str, int] = {}
+        self.retrain_failures = dict.fromkeys(FAILURE_REASONS, 0)
         self.last: dict[str, Any] = {}
         self._stop = threading.Event()
         self._load_model()
@@ -113,7 +203,7 @@ class Agent:
 
     def shutdown(self) -> None:
         if self.episode is not None:
-            self._close_episode()
+            self._close_episode("shutdown")
         if self.responder is not None:
             self.responder.close()
         if self.child is not None and self.child.poll() is None:
@@ -136,6 +226,9 @@ class Agent:
         except Exception as exc:  # a collector bug must not kill the agent; count it
             self._error("sample", exc)
             return
+        if self.own_cpu is not None:
+            own = self.own_cpu.interval_percent(self.child_pids())
+            metrics = without_own(metrics, own, self.collector.top_processes, self.own_pids())
         self.last["sample_s"] = time.perf_counter() - t0
         self.last["sample_ts"] = now
         self.last["metrics"] = metrics
@@ -201,27 +294,61 @@ class Agent:
         self.last["features"] = dict(zip(model.feature_names, full.tolist(), strict=True))
         self.last["contributions"] = dict(zip(model.feature_names, share.tolist(), strict=True))
         if alerted and not was:
-            self.counters["alerts"] += 1
-            self.episode = {
-                "start": start,
-                "end": end,
-                "score": score,
-                "top_features": model.explain(f, top=3),
-            }
-            if self.responder is not None:
-                self.responder.on_alert(self, self.episode, f)
+            self._open_episode(start, end, score, f)
         elif alerted and self.episode is not None:
             self.episode["end"] = end
             if score > self.episode["score"]:
                 self.episode.update(score=score, top_features=model.explain(f, top=3))
+            changed: list[str] = []
+            if self.responder is not None:
+                try:
+                    changed = self.responder.on_episode_window(self, self.episode, f)
+                except Exception as exc:  # responding is best effort; scoring goes on
+                    self._error("respond", exc)
+            if changed:
+                self._event("update", changed=changed)
+                log.warning("alert on %s: %s", self.cfg.host, self._describe(self.episode))
         elif not alerted and self.episode is not None:
             self._close_episode()
 
-    def _close_episode(self) -> None:
+    # -- alert episodes ----------------------------------------------------------------------
+
+    def _open_episode(self, start: float, end: float, score: float, f: np.ndarray) -> None:
+        """Name the suspect, keep the evidence, then say it at once: event line and WARNING."""
+        assert self.model is not None
+        self.counters["alerts"] += 1
+        self.episode = {
+            "id": f"{self.cfg.host}-{int(start)}",
+            "start": start,
+            "end": end,
+            "score": score,
+            "threshold": self.model.threshold,
+            "top_features": self.model.explain(f, top=3),
+        }
+        if self.responder is not None:
+            try:
+                self.responder.on_alert(self, self.episode, f)
+            except Exception as exc:  # the alert is said even if the evidence is not kept
+                self._error("respond", exc)
+        self._event("open")
+        log.warning("alert opened on %s: %s", self.cfg.host, self._describe(self.episode))
+
+    def _close_episode(self, reason: str = "cleared") -> None:
         assert self.episode is not None
-        line = {"host": self.cfg.host, **self.episode}
+        self._event("close", reason=reason)
+        log.warning(
+            "alert closed on %s (%s) after %.0f s: %s",
+            self.cfg.host,
+            reason,
+            self.episode["end"] - self.episode["start"],
+            self._describe(self.episode),
+        )
         self.episode = None
-        assert self.cfg.event_log is not None  # AgentConfig derives it from data_dir
+
+    def _event(self, kind: str, **extra: Any) -> None:
+        """Append one line about the current episode to the event log (0600, JSON)."""
+        assert self.episode is not None and self.cfg.event_log is not None
+        line = {"event": kind, "host": self.cfg.host, "time": self.clock(), **self.episode, **extra}
         try:
             fd = os.open(self.cfg.event_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
@@ -229,14 +356,60 @@ class Agent:
         except OSError as exc:
             self._error("event_log", exc)
 
+    @staticmethod
+    def _describe(episode: dict[str, Any]) -> str:
+        """One log line's worth: score, threshold, top features, suspect, evidence file.
+        Process names are JSON-quoted, so a name with a newline cannot forge a log line."""
+        features = ", ".join(
+            f"{t['feature']}={t['value']:.3g} (typical {t['typical_low']:.3g}-"
+            f"{t['typical_high']:.3g})"
+            for t in episode.get("top_features", [])
+        )
+        proc = episode.get("process")
+        suspect = (
+            f"pid {proc['pid']} {json.dumps(proc['name'])} at {proc['cpu_percent']:g}% of a core"
+            if proc
+            else "none found"
+        )
+        hits = sorted({h["indicator_id"] for h in episode.get("indicators", [])})
+        return (
+            f"score {episode['score']:.4f} above threshold {episode['threshold']:.4f}; "
+            f"top features: {features or 'none'}; busiest process: {suspect}; "
+            f"indicators: {', '.join(hits) or 'none'}; "
+            f"evidence: {episode.get('evidence') or 'not written'}"
+        )
+
     # -- learning ----------------------------------------------------------------------------
 
     def learning_progress(self) -> float:
+        """Share of ``learn_for`` the stored history spans (1 once a model is loaded): the
+        learning period asked for is the one used, the config refuses one too short."""
         if self.model is not None:
             return 1.0
-        # the first model needs a handful of complete windows, however short learn_for is
-        needed = max(self.cfg.learn_for, (MIN_AGENT_WINDOWS + 2) * self.cfg.window)
-        return min(1.0, self.history.span_seconds() / needed)
+        return min(1.0, self.history.span_seconds() / self.cfg.learn_for)
+
+    def retrain_period(self, model: HostModel) -> float:
+        """Time from ``model``'s training to the next one: as long as the history it learnt
+        from (so a young model is relearnt each time the history has doubled and its margins
+        shrink), at most ``retrain_every``; never with ``retrain_every = 0``."""
+        if self.cfg.retrain_every <= 0:
+            return float("inf")
+        meta = model.meta
+        span = float(meta.get("train_end", 0.0)) - float(meta.get("train_start", 0.0))
+        return min(self.cfg.retrain_every, max(span, model.window, self.cfg.interval))
+
+    def own_pids(self) -> set[int]:
+        """This process and its children (the training child), whose CPU is not the host's."""
+        return {os.getpid(), *self.child_pids()}
+
+    def child_pids(self) -> tuple[int, ...]:
+        return () if self.child is None else (self.child.pid,)
+
+    def suspects(self) -> tuple[Any, ...]:
+        """The busiest processes of the latest sample that are not the agent's own."""
+        own = self.own_pids()
+        me = os.getpid()
+        return tuple(p for p in self.collector.top_processes if p.pid not in own and p.ppid != me)
 
     def _maybe_train(self, now: float) -> None:
         if self.child is not None:
@@ -245,7 +418,12 @@ class Agent:
         if not due:
             return
         since = now - self.cfg.retrain_history
-        before = None if self.episode is None else self.episode["start"] - EXCLUDE_MARGIN_S
+        assert self.cfg.hop is not None  # AgentConfig derives it from the window
+        history_s = min(self.cfg.retrain_history, self.history.span_seconds())
+        margin = exclusion_margin(
+            history_s, self.cfg.hop, self.cfg.alert_windows, cap_s=EXCLUDE_MARGIN_S
+        )
+        before = None if self.episode is None else self.episode["start"] - margin
         path = self.data_dir / "train-input.npz"
         source: list[str] = []
         if self.history.path is not None and self.history.degraded is None:
@@ -257,12 +435,12 @@ class Agent:
                 "--since",
                 str(since),
                 "--margin",
-                str(EXCLUDE_MARGIN_S),
+                str(margin),
             ]
             source += [] if before is None else ["--before", str(before)]
         else:
             ts, values = self.history.samples(since=since)
-            keep = exclusion_mask(ts, self.history.alerted_windows(), EXCLUDE_MARGIN_S, before)
+            keep = exclusion_mask(ts, self.history.alerted_windows(), margin, before)
             buf = io.BytesIO()
             np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
             atomic_write(path, buf.getvalue(), mode=0o600)
@@ -283,15 +461,22 @@ class Agent:
             "--alert-windows",
             str(self.cfg.alert_windows),
             *source,
+            *([] if self.cfg.model_key is None else ["--model-key", str(self.cfg.model_key)]),
         ]
-        log.info("training a model for %s in a child process", self.cfg.host)
+        log.info(
+            "training a model for %s in a child process (%.0f s of history, %.0f s left out "
+            "around alerts)",
+            self.cfg.host,
+            history_s,
+            margin,
+        )
         # output goes to files: a pipe nobody reads while the child runs could fill and block it
         out = os.open(self.data_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
         finally:
             os.close(out)
-        self.next_retrain = now + self.cfg.retrain_every
+        self.next_retrain = float("inf")  # set again from the child's outcome
 
     def _poll_child(self) -> None:
         if self.child is None or self.child.poll() is None:
@@ -308,20 +493,41 @@ class Agent:
                 break
             except ValueError:
                 continue
-        backoff = self.clock() + max(60.0, 6 * self.cfg.interval)
+        now = self.clock()
+        backoff = now + max(60.0, 6 * self.cfg.interval)  # not every tick on data that cannot work
         if rc != 0:
-            self._error("train", RuntimeError(result.get("error") or "; ".join(lines[-3:])))
-            self.next_retrain = backoff  # not every tick on data that cannot work yet
+            reason = result.get("reason")
+            reason = reason if reason in self.retrain_failures else "crashed"
+            self._retrain_failed(reason, result.get("error") or "; ".join(lines[-3:]), backoff)
             return
         log.info("training finished: %s", result)
-        if result.get("accepted") and not self._load_model():
-            self.next_retrain = backoff  # a model that does not load must not wait a day
+        if not result.get("accepted"):
+            period = backoff - now if self.model is None else self.retrain_period(self.model)
+            self._retrain_failed(
+                "rejected",
+                f"the new model alerted on {result.get('alert_rate_new')} of recent clean windows,"
+                f" the current one on {result.get('alert_rate_old')}",
+                now + period,
+            )
+        elif not self._load_model():
+            self._retrain_failed("unloadable", "see the model error above", backoff)
+        else:
+            assert self.model is not None
+            self.next_retrain = now + self.retrain_period(self.model)  # on the agent's clock
+
+    def _retrain_failed(self, reason: str, why: str, retry_at: float) -> None:
+        """Count a retraining that gave no new model, by reason, and say why in the log."""
+        self.retrain_failures[reason] += 1
+        if reason != "rejected":
+            self.errors["train"] = self.errors.get("train", 0) + 1
+        log.warning("retraining gave no new model (%s): %s", reason, why)
+        self.next_retrain = retry_at
 
     def _load_model(self) -> bool:
         if not (self.models_dir / host_dirname(self.cfg.host) / META).is_file():
             return False
         try:
-            model = load_model(self.models_dir, self.cfg.host)
+            model = load_model(self.models_dir, self.cfg.host, key=self.model_key)
             unknown = [c for c in model.columns if c not in AGENT_COLUMNS]
             if unknown:
                 raise ModelError(
@@ -338,8 +544,15 @@ class Agent:
         self.alert = AlertState(model.threshold, model.alert_windows, model.clear_windows)
         if old is not None:  # keep an ongoing episode open across a model swap
             self.alert.active = old.active
-        trained = float(model.meta.get("created_at", self.clock()))
-        self.next_retrain = max(self.next_retrain, trained + self.cfg.retrain_every)
+        period = self.retrain_period(model)
+        self.next_retrain = float(model.meta.get("created_at", self.clock())) + period
+        log.info(
+            "model for %s loaded: %d windows, threshold %.4f, next training %s",
+            self.cfg.host,
+            int(model.meta.get("windows", 0)),
+            model.threshold,
+            "never" if period == float("inf") else f"{period:.0f} s after this one",
+        )
         return True
 
     def _reload_recent(self) -> None:
@@ -392,6 +605,14 @@ class Agent:
             model_training_windows=m.meta.get("windows") if m is not None else None,
             learning=m is None,
             learning_progress_ratio=self.learning_progress(),
+            learning_period_seconds=self.cfg.learn_for,
+            # learning is measured from the first stored sample (see learning_progress)
+            learning_started_timestamp_seconds=(
+                (self.last.get("sample_ts") or self.clock()) - self.history.span_seconds()
+                if m is None
+                else None
+            ),
+            evidence_file=(self.episode or {}).get("evidence"),
             top_process_cpu_ratio=(
                 min(1.0, max(0.0, top / (100.0 * cores)))
                 if top is not None and np.isfinite(top)
@@ -409,6 +630,7 @@ class Agent:
             samples_total=self.counters["samples"],
             windows_scored_total=self.counters["windows"],
             errors_total=errors,
+            retrain_failures_total=dict(self.retrain_failures),
             **extra,
         )
 

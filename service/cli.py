@@ -6,24 +6,41 @@ command runs (:func:`_lazy`), so ``minerwatch serve`` never loads the evaluation
 of ``serve`` are generated from the config's option table, so a new option cannot be missed.
 
 Exit codes, decided by :func:`exit_code` alone: 0 ok, 2 bad usage or input (the message names
-the file, the line and what was expected), 1 unexpected failure; never a traceback.
+the file, the line and what was expected), 1 unexpected failure, 130 interrupted, 141 when
+the reader of the output went away (``... | head``); never a traceback. A command that could
+not do its whole job on good terms (a host skipped by ``train`` or ``score``) exits 2 too.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import importlib
+import os
+import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from minerwatch.features.errors import InputError
-from minerwatch.service.config import AgentConfig, add_option_flags, config_from_args
+from minerwatch.service.config import (
+    DEFAULT_DATA_DIR,
+    MAX_WINDOWS_PER_SAMPLE,
+    AgentConfig,
+    add_option_flags,
+    agent_files_config,
+    config_from_args,
+    require_folder,
+)
+from minerwatch.service.units import DURATION_HELP, format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Command: TypeAlias = Callable[[argparse.Namespace], int]
@@ -67,6 +84,9 @@ def _group(sub: Subcommands, name: str, help: str, run: Command, dest: str) -> S
     return _subcommands(_command(sub, name, help, run), dest)
 
 
+# -- argument types: a bad value is a usage error (exit 2) naming the flag and the value ---------
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -77,19 +97,168 @@ def _positive(text: str) -> float:
     return value
 
 
-def _agent_files(
-    parser: argparse.ArgumentParser, flag: str, what: str, default: Path | None
-) -> None:
-    """``--config`` and a folder flag, for commands that read what the agent wrote."""
+def _duration(text: str) -> float:
+    """Seconds, spelled as ``serve`` and the config file spell them (``10s``, ``1m``, ``2.5``)."""
+    try:
+        value = parse_duration(text)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"expected {DURATION_HELP}, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration above 0s, got {text!r}")
+    return value
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value == 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of processes (1, 2, ...; -1 = all cores), got {text!r}"
+        )
+    return value
+
+
+def _existing_folder(text: str) -> Path:
+    """A folder the command reads: it must be there, and be a folder."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(
+            f"expected an existing folder, got no such folder {text!r}"
+        )
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got a file {text!r}")
+    return path
+
+
+def _output_folder(text: str) -> Path:
+    """A folder the command writes into (created when missing): it must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got a file {text!r}")
+    return path
+
+
+def _instant(text: str) -> float:
+    """A point in time: Unix seconds, or ISO 8601 (``2026-01-05T00:00Z``; UTC unless it says)."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected Unix seconds or ISO 8601 (2026-01-05T00:00Z), got {text!r}"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _output_file(text: str) -> Path:
+    """A file the command writes: not a folder, in a folder that exists."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name, got the folder {text!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"expected a file in an existing folder, got {text!r} ({path.parent} is not a folder)"
+        )
+    return path
+
+
+def check_windows(window: float, hop: float) -> None:
+    """``--hop`` within ``--window``, and not so small that each sample lands in too many."""
+    if hop > window:
+        raise InputError(
+            "--hop", None, f"at most --window ({format_duration(window)})", format_duration(hop)
+        )
+    if window / hop > MAX_WINDOWS_PER_SAMPLE:
+        raise InputError(
+            "--window/--hop",
+            None,
+            f"at most {MAX_WINDOWS_PER_SAMPLE} windows over each sample",
+            f"{format_duration(window)}/{format_duration(hop)} = {window / hop:.0f}",
+        )
+
+
+def _model_key_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--model-key",
+        type=Path,
+        metavar="FILE",
+        help=f"HMAC key file (chmod 600): {what} (default: none, a plain sha256 signature)",
+    )
+
+
+# -- where the agent keeps its files ---------------------------------------------------------------
+
+
+class _Deprecated(argparse.Action):
+    """A flag kept for old scripts: hidden from ``--help``, still works, says what replaces it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"minerwatch: note: {option_string} is deprecated and will be removed; use "
+            f"--data-dir DIR (the agent's data folder, as given to 'serve --data-dir')",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def _agent_files(parser: argparse.ArgumentParser, legacy: str, dest: str) -> None:
+    """``--config`` and ``--data-dir``, for commands that read what the agent wrote; ``legacy``
+    is the old flag that named the sub-folder itself (hidden, deprecated)."""
     parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
-        help="the agent's config file, to find the folder (default: none, built-in defaults)",
+        help="the agent's config file: its data_dir (and evidence_dir, throttle.state_dir) "
+        "say where the files are (default: none)",
     )
     parser.add_argument(
-        flag, type=Path, metavar="DIR", help=f"{what} (default: the config's, else {default})"
+        "--data-dir",
+        type=_existing_folder,
+        metavar="DIR",
+        help=f"the agent's data folder, as given to 'serve --data-dir'; overrides the config's "
+        f"(default: the config's, else {DEFAULT_DATA_DIR})",
     )
+    parser.add_argument(
+        legacy, dest=dest, type=Path, metavar="DIR", action=_Deprecated, help=argparse.SUPPRESS
+    )
+
+
+def _reads_agent_files(module: str, dest: str, folder: Callable[[AgentConfig], Path]) -> Command:
+    """Run ``module``'s command with ``args.<dest>`` set to the agent's folder it reads: found
+    from ``--data-dir`` or ``--config`` the way ``serve`` finds it, unless the deprecated
+    flag named it."""
+    run = _lazy(module)
+
+    def command(args: argparse.Namespace) -> int:
+        if getattr(args, dest) is None:
+            cfg = agent_files_config(args.config, args.data_dir)
+            require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
+            setattr(args, dest, folder(cfg))
+        require_folder(getattr(args, dest), "the folder the agent writes these files into")
+        return run(args)
+
+    return command
+
+
+def _evidence_folder(cfg: AgentConfig) -> Path:
+    return cfg.evidence_dir or cfg.data_dir / "evidence"
+
+
+def _throttle_folder(cfg: AgentConfig) -> Path:
+    return cfg.throttle.state_dir or cfg.data_dir / "throttle"
 
 
 # -- commands implemented here ---------------------------------------------------------------------
@@ -99,6 +268,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from minerwatch.features.collector import record
     from minerwatch.service.progress import Progress
 
+    if args.duration < args.interval:
+        raise InputError(
+            "--duration",
+            None,
+            f"at least --interval ({format_duration(args.interval)}), to record one sample",
+            format_duration(args.duration),
+        )
     bar = Progress("collect")
     total = max(1, int(args.duration // args.interval))
     rows = record(
@@ -116,6 +292,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minerwatch.baseline.train import fit_summary_table, train_all
     from minerwatch.service.progress import Progress
 
+    hop = args.hop or args.window
+    check_windows(args.window, hop)
+    key = _model_key(args)  # a bad key file is refused before any work
     failures: list[str] = []
 
     def on_error(host: str, exc: Exception) -> None:
@@ -126,13 +305,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.inputs,
         Path(args.models),
         window=args.window,
-        hop=args.hop or args.window,
+        hop=hop,
         n_jobs=args.jobs,
         dask_address=args.dask,
         progress=Progress("train"),
         on_error=on_error,
+        model_key=key,
     )
-    print(fit_summary_table(rows))
     if not rows:
         raise InputError(
             ", ".join(args.inputs),
@@ -140,7 +319,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             "at least one host with enough data",
             "none could be trained",
         )
-    return EXIT_OK if not failures else EXIT_USAGE
+    print(fit_summary_table(rows))
+    if failures:
+        print(
+            f"minerwatch: trained {len(rows)} hosts, skipped {len(failures)}: "
+            f"{', '.join(failures)} (exit 2)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 SCORE_COLUMNS = (
@@ -155,56 +342,119 @@ SCORE_COLUMNS = (
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """Score every host; one without a usable model or a complete window is skipped and named.
+    Exit 0 only when every host was scored; 2 when any was skipped, and then the CSV holds the
+    hosts that were; when none was, nothing is written."""
     from minerwatch.baseline.batch import score_series
-    from minerwatch.baseline.store import ModelError, load_model
+    from minerwatch.baseline.store import load_model
     from minerwatch.features.io import read_telemetry
     from minerwatch.service.progress import Progress
 
+    key = _model_key(args)
     fleet = read_telemetry(args.inputs)
-    out = Path(args.output)
+    models, out = Path(args.models), Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     bar = Progress("score")
-    skipped, alerts, windows = [], 0, 0
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(SCORE_COLUMNS)
-        for i, host in enumerate(sorted(fleet), start=1):
-            try:
-                model = load_model(Path(args.models), host)
-            except ModelError as exc:
-                skipped.append(host)
-                print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
-                continue
-            res = score_series(model, fleet[host])
-            for j in range(len(res.score)):
-                writer.writerow(
-                    [
-                        host,
-                        f"{res.window_start[j]:.0f}",
-                        f"{res.window_end[j]:.0f}",
-                        f"{res.score[j]:.6f}",
-                        f"{res.threshold:.6f}",
-                        int(res.alert[j]),
-                        res.top_features[j],
-                    ]
-                )
-            windows += len(res.score)
-            alerts += int(res.alert.sum())
-            bar(i, len(fleet), host)
-    tmp.replace(out)
-    print(
-        f"scored {windows} windows of {len(fleet) - len(skipped)} hosts, {alerts} alerted; "
-        f"skipped {len(skipped)} without a usable model -> {out}",
-        file=sys.stderr,
-    )
+    skipped: list[str] = []
+    alerts, windows = 0, 0
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(SCORE_COLUMNS)
+            for i, host in enumerate(sorted(fleet), start=1):
+                bar(i, len(fleet), host)
+                series = fleet[host]
+                try:
+                    model = load_model(models, host, key=key)
+                    res = score_series(model, series)
+                    if not len(res.score):
+                        raise InputError(
+                            series.source or host,
+                            None,
+                            f"at least one complete {format_duration(model.window)} window "
+                            f"for host {host!r}",
+                            f"none in {len(series.timestamps)} samples",
+                        )
+                except InputError as exc:  # a ModelError too: unusable model, or data
+                    skipped.append(host)
+                    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+                    continue
+                for column in res.unknown:
+                    print(
+                        f"minerwatch: note: host {host}: no {column!r} column (only the agent "
+                        "records it); scored as unknown, which counts as the host's usual value",
+                        file=sys.stderr,
+                    )
+                for j in range(len(res.score)):
+                    writer.writerow(
+                        [
+                            host,
+                            f"{res.window_start[j]:.0f}",
+                            f"{res.window_end[j]:.0f}",
+                            f"{res.score[j]:.6f}",
+                            f"{res.threshold:.6f}",
+                            int(res.alert[j]),
+                            res.top_features[j],
+                        ]
+                    )
+                windows += len(res.score)
+                alerts += int(res.alert.sum())
+        if len(skipped) == len(fleet):
+            raise InputError(
+                str(models),
+                None,
+                f"a usable model and data for at least one of the {len(fleet)} hosts in the "
+                f"input ({_names(skipped)})",
+                f"none; {out} was not written",
+            )
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    scored = len(fleet) - len(skipped)
+    summary = f"scored {windows} windows of {scored} hosts, {alerts} alerted -> {out}"
+    if skipped:
+        print(f"{summary}; skipped {len(skipped)}: {_names(skipped)} (exit 2)", file=sys.stderr)
+        return EXIT_USAGE
+    print(summary, file=sys.stderr)
     return EXIT_OK
+
+
+def _model_key(args: argparse.Namespace) -> bytes | None:
+    from minerwatch.baseline.store import read_key
+
+    return read_key(args.model_key) if args.model_key is not None else None
+
+
+def _names(hosts: Sequence[str], most: int = 10) -> str:
+    more = f" and {len(hosts) - most} more" if len(hosts) > most else ""
+    return ", ".join(hosts[:most]) + more
+
+
+#: Errors binding the exporter's socket: the address or port the user gave is unusable.
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # a bad flag or file is reported before the agent loads
+    require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
     from minerwatch.service.agent import serve
 
-    return serve(cfg, args.log_level)
+    try:
+        return serve(cfg, args.log_level)
+    except OSError as exc:
+        # Only binding raises these without a file name: the address or port is unusable.
+        bind = exc.errno in _BIND_ERRNOS or exc.errno == errno.EACCES and exc.filename is None
+        if not (isinstance(exc, socket.gaierror) or bind):
+            raise
+        address = cfg.exporter.address
+        shown = f"[{address}]" if ":" in address else address
+        raise InputError(
+            f"{shown}:{cfg.exporter.port}",
+            None,
+            "an address and port the exporter can listen on (--address, --port, "
+            "[exporter] address/port)",
+            exc.strerror or str(exc),
+        ) from None
 
 
 # -- the parser ------------------------------------------------------------------------------------
@@ -221,20 +471,27 @@ def build_parser() -> argparse.ArgumentParser:
     version = metadata.version("minerwatch")  # the installed distribution's
     parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
     sub = _subcommands(parser, "command")
-    defaults = AgentConfig()  # where the agent writes, unless a config file says otherwise
 
     p = _command(sub, "collect", "record this machine's telemetry to a CSV file", cmd_collect)
-    p.add_argument("--interval", type=_positive, default=10.0, help="seconds between samples")
-    p.add_argument("--duration", type=_positive, default=3600.0, help="seconds to record")
-    p.add_argument("--output", required=True, help="CSV file to append to")
+    p.add_argument(
+        "--interval", type=_duration, default="10s", help="time between samples (10s, 1m, ...)"
+    )
+    p.add_argument("--duration", type=_duration, default="1h", help="time to record (30m, 2h, ...)")
+    p.add_argument("--output", type=_output_file, required=True, help="CSV file to append to")
     p.add_argument("--host", help="host name to record (default: this machine's hostname)")
 
     p = _command(sub, "train", "train one baseline per host found in the inputs", cmd_train)
     p.add_argument("inputs", nargs="+", help="telemetry files or folders of them")
-    p.add_argument("--models", required=True, help="model folder (one sub-folder per host)")
-    p.add_argument("--window", type=_positive, default=60.0, help="window length, seconds")
-    p.add_argument("--hop", type=_positive, help="window hop, seconds (default: the window)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib; -1 = all)")
+    p.add_argument(
+        "--models",
+        type=_output_folder,
+        required=True,
+        help="model folder (one sub-folder per host)",
+    )
+    p.add_argument("--window", type=_duration, default="60s", help="window length")
+    p.add_argument("--hop", type=_duration, help="window hop (default: the window)")
+    p.add_argument("--jobs", type=_jobs, default=1, help="parallel processes (joblib; -1 = all)")
+    _model_key_flag(p, "sign the models with it")
     p.add_argument(
         "--dask",
         metavar="ADDRESS",
@@ -243,8 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "score", "score telemetry with stored models, one row per window", cmd_score)
     p.add_argument("inputs", nargs="+", help="telemetry files or folders of them")
-    p.add_argument("--models", required=True, help="model folder written by 'train'")
-    p.add_argument("--output", required=True, help="CSV file to write")
+    p.add_argument(
+        "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
+    )
+    p.add_argument("--output", type=_output_file, required=True, help="CSV file to write")
+    _model_key_flag(p, "load only models signed with it")
 
     p = _command(
         sub,
@@ -257,11 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-days", type=float, default=7.0, help="days of clean training data")
     p.add_argument("--test-days", type=float, default=3.0, help="days of test data with campaigns")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
+    p.add_argument("--interval", type=_duration, default="30s", help="time between samples")
     p.add_argument(
         "--start", type=float, help="Unix time of the first sample (default: 2026-01-05T00:00Z)"
     )
-    p.add_argument("--output", type=Path, required=True, help="folder to write into")
+    p.add_argument("--output", type=_output_folder, required=True, help="folder to write into")
 
     p = _command(
         sub,
@@ -271,27 +531,34 @@ def build_parser() -> argparse.ArgumentParser:
         _lazy("minerwatch.bench.evaluate"),
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="folder written by 'minerwatch simulate'")
-    src.add_argument("--smd", type=Path, help="Server Machine Dataset folder (train/, test/, ...)")
-    src.add_argument("--nab", type=Path, help="NAB folder (<category>/*.csv, labels/)")
-    p.add_argument("--models", type=Path, help="load models from here (train missing ones)")
-    p.add_argument("--output", type=Path, help="write report.md and plots to this folder")
+    src.add_argument(
+        "--data", type=_existing_folder, help="folder written by 'minerwatch simulate'"
+    )
+    src.add_argument(
+        "--smd", type=_existing_folder, help="Server Machine Dataset folder (train/, test/, ...)"
+    )
+    src.add_argument("--nab", type=_existing_folder, help="NAB folder (<category>/*.csv, labels/)")
+    p.add_argument(
+        "--models", type=_output_folder, help="--data: load models from here (train missing ones)"
+    )
+    p.add_argument("--output", type=_output_folder, help="write report.md and plots to this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--window", type=float, default=60.0, help="window length, s (--data)")
-    p.add_argument("--hop", type=float, default=60.0, help="window hop, s (--data)")
+    p.add_argument("--window", type=_duration, help="--data: window length (default: 60s)")
+    p.add_argument("--hop", type=_duration, help="--data: window hop (default: 60s)")
     p.add_argument(
         "--grace",
-        type=float,
-        default=0.0,
-        help="alerts this long after a campaign ends are not false alarms, s",
+        type=_duration,
+        help="--data: alerts this long after a campaign ends are not false alarms (default: 0s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the reference IsolationForest")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="only these SMD machines or NAB files")
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", help="--smd/--nab: only these machines or files"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument(
         "--alarms-per-week",
-        type=float,
-        help="false-alarm budget of the threshold for --smd/--nab (default: 7 per machine-week)",
+        type=_positive,
+        help="--smd/--nab: false-alarm budget of the threshold (default: 7 per machine-week)",
     )
 
     p = _command(
@@ -312,13 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(config, "show", "print the effective config (defaults < FILE) as TOML", run)
     p.add_argument("file", type=Path, nargs="?", help="TOML config file (default: none)")
 
-    run = _lazy("minerwatch.service.throttle")
+    run = _reads_agent_files("minerwatch.service.throttle", "state_dir", _throttle_folder)
     throttle = _group(
         sub, "throttle", "inspect or release throttled processes", run, "throttle_command"
     )
     p = _command(throttle, "status", "list throttled processes", run)
     p.add_argument("--json", action="store_true", help="print the journal as JSON")
-    _agent_files(p, "--state-dir", "throttle journal folder", defaults.throttle.state_dir)
+    _agent_files(p, "--state-dir", "state_dir")
     p = _command(
         throttle,
         "release",
@@ -326,19 +593,224 @@ def build_parser() -> argparse.ArgumentParser:
         run,
     )
     p.add_argument("pid", nargs="?", type=int, help="only this process (default: all)")
-    _agent_files(p, "--state-dir", "throttle journal folder", defaults.throttle.state_dir)
+    _agent_files(p, "--state-dir", "state_dir")
 
-    run = _lazy("minerwatch.service.evidence")
+    run = _reads_agent_files("minerwatch.service.evidence", "dir", _evidence_folder)
     evidence = _group(
         sub, "evidence", "list or show evidence files written on alerts", run, "evidence_command"
     )
     p = _command(evidence, "list", "one line per evidence file, oldest first", run)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _agent_files(p, "--dir", "evidence folder", defaults.evidence_dir)
+    _agent_files(p, "--dir", "dir")
     p = _command(evidence, "show", "print one evidence file as JSON", run)
     p.add_argument("name", help="file name or episode id, as printed by 'list'")
-    _agent_files(p, "--dir", "evidence folder", defaults.evidence_dir)
+    _agent_files(p, "--dir", "dir")
+    _fleet_commands(sub)
+    _response_commands(sub)
+    _report_command(sub)
     return parser
+
+
+def _report_command(sub: Subcommands) -> None:
+    """``report``: one alert episode written up from the agent's events, evidence, history."""
+    p = _command(
+        sub,
+        "report",
+        "write the incident report of one alert episode (the latest by default) from the "
+        "agent's events, evidence and history",
+        _lazy("minerwatch.service.report"),
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="the agent's config file (default: none)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=_existing_folder,
+        metavar="DIR",
+        help=f"the agent's data folder, as given to 'serve --data-dir'; overrides the config's "
+        f"(default: the config's, else {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument("--episode", metavar="ID", help="episode id (default: the latest)")
+    p.add_argument("--format", choices=("html", "json", "md"), default="html", help="output format")
+    p.add_argument(
+        "--output",
+        type=_output_file,
+        metavar="FILE",
+        help="file to write, mode 0600 (default: stdout)",
+    )
+    p.add_argument(
+        "--remediation",
+        action="store_true",
+        help="add the commands a responder would run to clean up, for review "
+        "(minerwatch never runs them)",
+    )
+
+
+def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False) -> None:
+    """Where Prometheus is, which series are the fleet, and the time range."""
+    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    p.add_argument(
+        "--selector",
+        default="",
+        metavar="S",
+        help="label selector picking the fleet's node_exporter series, e.g. '{job=\"node\"}' "
+        "(default: every node_exporter series)",
+    )
+    p.add_argument(
+        "--host-label",
+        metavar="LABEL",
+        help="label naming the host (default: the instance label without its port)",
+    )
+    p.add_argument("--start", type=_instant, help="Unix seconds or ISO 8601 (2026-01-05T00:00Z)")
+    p.add_argument("--end", type=_instant, help="as --start (default: now)")
+    if days:
+        p.add_argument("--days", type=_positive, default=14.0, help="days before --end to train on")
+    p.add_argument("--username", help="basic auth user (with --password-file)")
+    p.add_argument("--password-file", metavar="FILE", help="file holding the basic auth password")
+    p.add_argument("--bearer-token-file", metavar="FILE", help="file holding a bearer token")
+    p.add_argument("--ca-file", metavar="FILE", help="CA certificates to verify https servers")
+    p.add_argument("--cert-file", metavar="FILE", help="client certificate (PEM)")
+    p.add_argument("--key-file", metavar="FILE", help="client certificate's key (PEM)")
+    p.add_argument("--timeout", type=_duration, default="30s", help="per request")
+    p.add_argument("--concurrency", type=_jobs, default=4, help="requests at once per process")
+
+
+def _fleet_commands(sub: Subcommands) -> None:
+    """``minerwatch fleet ...``: train and score hosts from the Prometheus that scrapes them."""
+    run = _lazy("minerwatch.service.fleet.commands")
+    fleet = _group(
+        sub,
+        "fleet",
+        "train, score or export every host from node_exporter metrics in Prometheus",
+        run,
+        "fleet_command",
+    )
+    p = _command(fleet, "train", "one model per host, from --days of history (or --start)", run)
+    _fleet_flags(p, days=True)
+    p.add_argument("--models", type=_output_folder, required=True, help="model folder")
+    p.add_argument("--window", type=_duration, default="60s", help="window length")
+    p.add_argument("--hop", type=_duration, help="window hop (default: the window)")
+    p.add_argument("--jobs", type=_jobs, default=1, help="parallel processes (joblib; -1 = all)")
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="train on a Dask cluster: scheduler address, or 'local' (default: no Dask)",
+    )
+    p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
+    _fleet_flags(p)
+    p.add_argument(
+        "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
+    )
+    p.add_argument("--output", type=_output_file, required=True, help="CSV file to write")
+    p = _command(fleet, "export", "write --start..--end as telemetry CSV files, one per host", run)
+    _fleet_flags(p)
+    p.add_argument("--output", type=_output_folder, required=True, help="folder to write into")
+
+
+def _isolate_command() -> Command:
+    """``isolate``'s journal is ``DATA_DIR/isolate`` (found as ``throttle`` finds its own);
+    unlike a folder other commands read, it need not exist before the first isolation."""
+    run = _lazy("minerwatch.service.isolate")
+
+    def command(args: argparse.Namespace) -> int:
+        cfg = agent_files_config(args.config, args.data_dir)
+        require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
+        args.state_dir = cfg.data_dir / "isolate"
+        require_folder(args.state_dir, "the folder of the isolation journal")
+        return run(args)
+
+    return command
+
+
+def _response_commands(sub: Subcommands) -> None:
+    """``isolate``, ``ioc`` and ``hunt``: what a responder runs after an alert."""
+    run = _isolate_command()
+    p = _command(
+        sub,
+        "isolate",
+        "cut a process (--process) or the host (--host) off the network with nftables; "
+        "'isolate release' undoes it, 'isolate status' shows it",
+        run,
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--process", type=int, metavar="PID", help="drop this process's traffic")
+    target.add_argument(
+        "--host",
+        action="store_true",
+        help="drop all traffic but loopback, SSH from --allow-ssh-from and exporter scrapes",
+    )
+    p.add_argument(
+        "--allow-ssh-from",
+        nargs="+",
+        metavar="CIDR",
+        help="--host: sources that keep SSH (required with --host)",
+    )
+    p.add_argument("--ssh-port", type=int, default=22, help="--host: the SSH port kept open")
+    p.add_argument(
+        "--by",
+        choices=("auto", "cgroup", "uid"),
+        default="auto",
+        help="--process: match its cgroup v2 or its uid (auto: the cgroup when it is its own)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the nftables ruleset, apply none")
+    _agent_dir_flags(p)
+    actions = p.add_subparsers(dest="isolate_command", metavar="COMMAND")
+    q = _command(actions, "status", "list what is isolated and whether the table is loaded", run)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    _agent_dir_flags(q)
+    q = _command(
+        actions, "release", "undo isolation (all, or --pid/--host); works without an agent", run
+    )
+    q.add_argument("--pid", type=int, help="only this process's isolation")
+    q.add_argument("--host", action="store_true", help="only the host isolation")
+    q.add_argument(
+        "--all",
+        action="store_true",
+        help="delete the nftables table even if the journal is unreadable or lost",
+    )
+    _agent_dir_flags(q)
+
+    ioc = _group(
+        sub, "ioc", "indicators of compromise", _lazy("minerwatch.service.ioc"), "ioc_command"
+    )
+    q = _command(
+        ioc,
+        "extract",
+        "write an IOC file (sha256, paths, pools, cron lines, units) from an evidence file",
+        _lazy("minerwatch.service.ioc"),
+    )
+    q.add_argument("evidence", type=Path, help="evidence file ('minerwatch evidence list')")
+    q.add_argument(
+        "--output", type=_output_file, help="IOC file to write (default: print it to stdout)"
+    )
+    q = _command(
+        sub,
+        "hunt",
+        "check this host once against an IOC file: exit 1 on a hit, 0 when clean",
+        _lazy("minerwatch.service.ioc", "run_hunt"),
+    )
+    q.add_argument("ioc_file", type=Path, metavar="IOC-FILE", help="file from 'ioc extract'")
+    q.add_argument(
+        "--scan",
+        nargs="*",
+        type=Path,
+        metavar="DIR",
+        help="folders whose executables are hashed (default: /tmp /var/tmp /dev/shm)",
+    )
+    q.add_argument("--json", action="store_true", help="print the hits as JSON")
+
+
+def _agent_dir_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="the agent's config file (default: none)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=_existing_folder,
+        metavar="DIR",
+        help=f"the agent's data folder; overrides the config's (default: the config's, else "
+        f"{DEFAULT_DATA_DIR})",
+    )
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -346,26 +818,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(exc: BaseException) -> int:
     """The one place that maps failures to exit codes."""
-    if isinstance(exc, InputError | FileNotFoundError | IsADirectoryError | NotADirectoryError):
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):  # the reader went away (``| head``): as SIGPIPE would
+        return EXIT_BROKEN_PIPE
+    if isinstance(exc, InputError | FileNotFoundError | FileExistsError):
+        return EXIT_USAGE
+    if isinstance(exc, IsADirectoryError | NotADirectoryError):
         return EXIT_USAGE
     if isinstance(exc, PermissionError):  # e.g. a root-only file read by a user
         return EXIT_USAGE
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
     return EXIT_FAILURE
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns its exit code (bad usage exits 2 from argparse itself)."""
-    args = build_parser().parse_args(argv)
+def message(exc: BaseException) -> str:
+    """What went wrong, for a user: an OS error names its file first, like an InputError."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        where = str(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {exc.filename2}"
+        return f"{where}: {exc.strerror}"
+    return str(exc)
+
+
+def _stdout_gone() -> None:
+    """The reader closed the pipe: point stdout at /dev/null so exiting flushes nothing."""
     try:
-        return int(args.run(args))
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded, captured): nothing to flush
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code, also for ``--help`` and bad usage (argparse
+    prints those and stops with ``SystemExit``)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    try:
+        code = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows up here, not at exit
+        return code
     except KeyboardInterrupt as exc:
         return exit_code(exc)
     except Exception as exc:  # the one catch-all: a message, never a traceback, for users
         code = exit_code(exc)
-        if code == EXIT_USAGE:
-            print(f"minerwatch: error: {exc}", file=sys.stderr)
+        if code == EXIT_BROKEN_PIPE:
+            _stdout_gone()
+        elif code == EXIT_USAGE:
+            print(f"minerwatch: error: {message(exc)}", file=sys.stderr)
         else:
             print(f"minerwatch: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
         return code

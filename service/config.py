@@ -44,6 +44,9 @@ METHODS = ("auto", "cgroup2", "cgroup1", "sigstop")
 #: An unset release level sits this many points below the trigger (but at least at half of it).
 RELEASE_GAP = 20.0
 DAY = 86400.0
+#: Most windows one sample may fall in (window / hop): beyond it, cutting windows costs more
+#: memory and time than any detection gains (a 1 h window every 10 s is 360).
+MAX_WINDOWS_PER_SAMPLE = 1000
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class AgentConfig:
     evidence_dir: Path | None = None
     history_retention: float = 14 * DAY
     history_max_bytes: int = 256 * 1024 * 1024
+    model_key: Path | None = None  # HMAC key file: load and save only models signed with it
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
@@ -176,8 +180,15 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "interval": _dur("time between two samples"),
         "window": _dur("length of one scored window"),
         "hop": _dur("step between windows", unset="the window"),
-        "learn_for": _dur("learning time before the first model"),
-        "retrain_every": _dur("retraining period (0 = never)", low_open=False),
+        "learn_for": _dur(
+            "learning time before the first model, exactly as given; at least window + hop "
+            "(2m with the defaults). A short one gives a cautious model (it cannot alert "
+            "before about an hour of history), relearnt each time the history doubles"
+        ),
+        "retrain_every": _dur(
+            "retraining period, reached as the history doubles (0 = never retrain)",
+            low_open=False,
+        ),
         "retrain_history": _dur("history each retraining learns from"),
         "data_dir": Option("path", help="state folder: history, models, journal, evidence"),
         "host": Option(
@@ -201,6 +212,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
         ),
         "history_retention": _dur("how long history.db keeps samples"),
         "history_max_bytes": Option("size", 1024 * 1024, help="upper bound on history.db"),
+        "model_key": Option(
+            "path",
+            empty_ok=True,
+            help="HMAC key file (owner-only): sign models with it and load only models "
+            "signed with it",
+            unset="none, models carry a plain sha256 signature",
+        ),
     },
     "exporter": {
         "port": Option("int", 0, 65535, help="port of /metrics (0 = any free port)"),
@@ -381,7 +399,9 @@ _BOOL_WORDS = {
 
 # -- where keys are in the file ----------------------------------------------------------------
 
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#]+?)\s*\]\]?\s*(?:#.*)?$")
+# The name starts and ends with a non-space: nested quantifiers over the same spaces would
+# backtrack in cubic time on a long line of spaces (a multi-line string may hold one).
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#\s](?:[^\[\]#]*[^\[\]#\s])?)\s*\]\]?\s*(?:#.*)?$")
 _KEYLINE = re.compile(
     r"""^\s*((?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+)"""
     r"""(?:\s*\.\s*(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+))*)\s*="""
@@ -440,6 +460,8 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise InputError(str(path), line, "UTF-8 text", f"byte 0x{data[e.start]:02x}") from None
     try:
         return tomllib.loads(text), text
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise InputError(str(path), None, "valid TOML", "nesting too deep") from None
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
@@ -587,10 +609,20 @@ def _check_relations(cfg: AgentConfig, origin: Mapping[Key, tuple[str, int | Non
             dur(hop_key, hop),
         ),
         (
-            cfg.learn_for >= cfg.window,
+            cfg.window / hop <= MAX_WINDOWS_PER_SAMPLE,
+            hop_key,
+            window,
+            f"{name(window)} / {name(hop_key)} <= {MAX_WINDOWS_PER_SAMPLE} "
+            "(windows over each sample)",
+            f"{format_duration(cfg.window)} / {format_duration(hop)} = {cfg.window / hop:.0f}",
+        ),
+        (
+            cfg.learn_for >= cfg.window + hop,
             learn,
             window,
-            f"{name(learn)} >= {name(window)} ({format_duration(cfg.window)})",
+            f"{name(learn)} >= {name(window)} + {name(hop_key)} "
+            f"({format_duration(cfg.window + hop)}: the first model needs one complete window "
+            "on the clock-aligned grid)",
             dur(learn, cfg.learn_for),
         ),
         (
@@ -770,6 +802,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The one overlay: defaults < ``--config FILE`` < the option flags that were given."""
     return load_config(args.config, overrides_from_args(args))
+
+
+def agent_files_config(config: Path | None, data_dir: Path | None) -> AgentConfig:
+    """Where the agent keeps its files, found as ``serve`` finds them: defaults < ``config``
+    < ``data_dir`` (``--data-dir``), for the commands that read them (``evidence``,
+    ``throttle``)."""
+    return load_config(config, {"data_dir": None if data_dir is None else str(data_dir)})
+
+
+def require_folder(path: Path | None, what: str) -> None:
+    """Refuse ``path`` when it exists as something other than a folder (a missing one is
+    created by the agent, or means "nothing written yet" to the commands that read it)."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise InputError(str(path), None, f"a folder: {what}", "a file")
 
 
 # -- minerwatch config check|show ------------------------------------------------------------------

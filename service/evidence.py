@@ -37,7 +37,7 @@ from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.numbers import finite_or_none
 from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_start
-from minerwatch.service.config import load_config
+from minerwatch.service.config import agent_files_config
 from minerwatch.service.indicators import IndicatorHit
 
 DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
@@ -600,10 +600,15 @@ def _printable(value: Any) -> str:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Execute ``evidence list|show`` on ``--dir``, else the config's (``--config``)
-    evidence directory; bad names raise :class:`InputError` (exit code 2)."""
+    """Execute ``evidence list|show`` on the agent's evidence folder: ``DATA_DIR/evidence``
+    (``--data-dir``, else the config's), or the folder the deprecated ``--dir`` names; bad
+    names raise :class:`InputError` (exit code 2)."""
     stream = out if out is not None else sys.stdout
-    directory: Path = args.dir or load_config(args.config).evidence_dir or DEFAULT_DIR
+    directory: Path = (
+        args.dir
+        or agent_files_config(args.config, getattr(args, "data_dir", None)).evidence_dir
+        or DEFAULT_DIR
+    )
     if args.evidence_command == "show":
         json.dump(show(directory, args.name), stream, indent=2, sort_keys=False)
         stream.write("\n")
@@ -614,7 +619,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         stream.write("\n")
         return 0
     if not entries:
-        print(f"no evidence files in {directory}", file=sys.stderr)
+        missing = "" if directory.is_dir() else " (not there yet: written at the first alert)"
+        print(f"no evidence files in {directory}{missing}", file=sys.stderr)
         return 0
     stream.write(f"{'NAME':<48} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
     for e in entries:

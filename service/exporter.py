@@ -1,29 +1,26 @@
 """Prometheus exposition of the agent's latest :class:`~minerwatch.service.state.AgentSnapshot`.
 
-A scrape only turns the current snapshot into metric families: the agent swaps the
-snapshot reference after each loop, so scrapes never sample, score or wait on a lock.
-The HTTP server is a small ``http.server`` so that paths (``/metrics`` only), TLS and
-basic auth (exporter-toolkit web config) are under our control. With a textfile
-directory, ``update`` also writes the same minerwatch_* exposition to
-``DIR/minerwatch.prom`` for node_exporter's textfile collector; the process/platform
-metrics stay out of that file because node_exporter exports its own.
+The agent swaps the snapshot reference after each loop; the exposition of a snapshot is
+rendered once per format (text or OpenMetrics, plain or gzip) by the first scrape that
+asks for it and then reused (:class:`ExpositionCache`), so a scrape only sends bytes and
+never samples, scores or waits on the agent. The HTTP side (paths, methods, TLS, basic
+auth, load bounds) is :mod:`minerwatch.service.httpserver`. With a textfile directory,
+``update`` also writes the same minerwatch_* exposition to ``DIR/minerwatch.prom`` for
+node_exporter's textfile collector; the process/platform metrics stay out of that file
+because node_exporter exports its own.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
 import logging
-import socket
+import math
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,12 +38,16 @@ from prometheus_client.registry import Collector
 
 from minerwatch.features.atomic import atomic_write
 from minerwatch.service.config import DEFAULT_ADDRESS, DEFAULT_PORT
-from minerwatch.service.state import AgentSnapshot
+from minerwatch.service.httpserver import MAX_CONNECTIONS, Server, Serving, bind
+from minerwatch.service.state import ERROR_STAGES, AgentSnapshot
 from minerwatch.service.webconfig import BasicAuth, load_web_config
 
 log = logging.getLogger(__name__)
 
 TEXTFILE_NAME = "minerwatch.prom"
+#: A rendered exposition is reused for at most this long, even without a new snapshot, so
+#: ``process_*`` and ``minerwatch_model_age_seconds`` keep moving if the agent loop stalls.
+RENDER_MAX_AGE_S = 1.0
 
 #: Every metric the agent exports (exposed name -> help). deploy/README.md lists the same.
 METRICS: dict[str, str] = {
@@ -62,6 +63,10 @@ METRICS: dict[str, str] = {
     "minerwatch_model_age_seconds": "Seconds since the loaded model was trained.",
     "minerwatch_learning_progress_ratio": "Progress of the learning phase, 0 to 1.",
     "minerwatch_learning": "1 while the agent is still learning this host's baseline, else 0.",
+    "minerwatch_learning_period_seconds": "Learning time the agent needs before its first model.",
+    "minerwatch_learning_started_timestamp_seconds": (
+        "Unix time the current learning phase started (absent once a model is loaded)."
+    ),
     "minerwatch_top_process_cpu_ratio": "CPU of the busiest process as a share of the host, 0-1.",
     "minerwatch_telemetry": "Latest raw telemetry sample; metric is the telemetry column name.",
     "minerwatch_sample_duration_seconds": "Time taken by the latest telemetry sample.",
@@ -69,10 +74,12 @@ METRICS: dict[str, str] = {
     "minerwatch_samples_total": "Telemetry samples taken since the agent started.",
     "minerwatch_windows_scored_total": "Windows scored since the agent started.",
     "minerwatch_errors_total": "Errors since the agent started, by stage.",
+    "minerwatch_retrain_failures_total": "Retrainings that gave no new model, by reason.",
     "minerwatch_source_up": "1 if the telemetry source worked in the latest sample, else 0.",
     "minerwatch_last_sample_timestamp_seconds": "Unix time of the latest telemetry sample.",
     "minerwatch_last_score_timestamp_seconds": "Unix time of the latest scored window.",
     "minerwatch_indicator_hits": "Mining indicators matched in the latest sample, by indicator.",
+    "minerwatch_evidence_info": "Evidence file of the open alert episode (value is always 1).",
     "minerwatch_throttled_processes": "Processes currently throttled by the agent.",
     "minerwatch_throttle_actions_total": "Throttling actions taken since start, by action.",
     "minerwatch_build_info": "Agent build (value is always 1).",
@@ -143,16 +150,25 @@ def snapshot_families(
     yield from gauge("minerwatch_model_age_seconds", None if trained is None else now - trained)
     yield from gauge("minerwatch_learning_progress_ratio", s.learning_progress_ratio)
     yield from gauge("minerwatch_learning", 1.0 if s.learning else 0.0)
+    yield from gauge("minerwatch_learning_period_seconds", s.learning_period_seconds)
+    yield from gauge(
+        "minerwatch_learning_started_timestamp_seconds", s.learning_started_timestamp_seconds
+    )
     yield from gauge("minerwatch_top_process_cpu_ratio", s.top_process_cpu_ratio)
     yield from labelled("minerwatch_telemetry", "metric", s.telemetry, GaugeMetricFamily)
     yield from gauge("minerwatch_sample_duration_seconds", s.sample_duration_seconds)
     yield from gauge("minerwatch_score_duration_seconds", s.score_duration_seconds)
     yield counter("minerwatch_samples_total", s.samples_total)
     yield counter("minerwatch_windows_scored_total", s.windows_scored_total)
-    errors = dict(s.errors_total)
+    # Every known stage and source from the start, so the first error is an increase.
+    errors = dict.fromkeys(ERROR_STAGES, 0) | {f"source_{name}": 0 for name in s.source_up}
+    errors |= s.errors_total
     for stage, count in (extra_errors or {}).items():
         errors[stage] = errors.get(stage, 0) + count
     yield from labelled("minerwatch_errors_total", "stage", errors, CounterMetricFamily)
+    yield from labelled(
+        "minerwatch_retrain_failures_total", "reason", s.retrain_failures_total, CounterMetricFamily
+    )
     up = {source: 1.0 if ok else 0.0 for source, ok in s.source_up.items()}
     yield from labelled("minerwatch_source_up", "source", up, GaugeMetricFamily)
     yield from gauge("minerwatch_last_sample_timestamp_seconds", s.last_sample_timestamp_seconds)
@@ -160,6 +176,10 @@ def snapshot_families(
     yield from labelled(
         "minerwatch_indicator_hits", "indicator", s.indicator_hits, GaugeMetricFamily
     )
+    if s.evidence_file is not None:
+        evidence = InfoMetricFamily("minerwatch_evidence", METRICS["minerwatch_evidence_info"])
+        evidence.add_metric([], {"file": s.evidence_file})
+        yield evidence
     yield from gauge("minerwatch_throttled_processes", s.throttled_processes)
     yield from labelled(
         "minerwatch_throttle_actions_total", "action", s.throttle_actions_total, CounterMetricFamily
@@ -181,6 +201,9 @@ class Exporter:
 
     The defaults are the config's (:data:`~minerwatch.service.config.DEFAULT_ADDRESS`,
     dual-stack ``::``, and port 10091); ``port=0`` picks a free port (see :attr:`port`).
+    At most ``max_connections`` connections are served at once (a further one gets ``503``
+    and is counted as ``minerwatch_errors_total{stage="exporter"}``); a rendered exposition
+    is reused until the next snapshot or for ``render_max_age`` seconds.
     """
 
     def __init__(
@@ -191,13 +214,21 @@ class Exporter:
         web_config: Path | None = None,
         textfile_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        max_connections: int = MAX_CONNECTIONS,
+        render_max_age: float = RENDER_MAX_AGE_S,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._port = port
         self.address = address
         self.web_config = web_config
         self.textfile_dir = textfile_dir
+        self.max_connections = max_connections
         self._snapshot = AgentSnapshot()
         self._textfile_errors = 0
+        self._refused = 0
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
         collector = self._collector = SnapshotCollector(self.snapshot, clock, self._own_errors)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(collector)
@@ -209,15 +240,18 @@ class Exporter:
         # The textfile gets only minerwatch_* (node_exporter has its own process metrics).
         self._textfile_registry = CollectorRegistry()
         self._textfile_registry.register(collector)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._cache = ExpositionCache(self.registry, self.snapshot, max_age=render_max_age)
 
     def snapshot(self) -> AgentSnapshot:
         """The snapshot currently being served."""
         return self._snapshot
 
     def _own_errors(self) -> dict[str, int]:
-        return {"textfile": self._textfile_errors} if self._textfile_errors else {}
+        errors = {"textfile": self._textfile_errors, "exporter": self._refused}
+        return {stage: n for stage, n in errors.items() if n}
+
+    def _on_refused(self) -> None:
+        self._refused += 1  # only the accepting thread counts, so no lock is needed
 
     @property
     def port(self) -> int:
@@ -236,7 +270,11 @@ class Exporter:
             config = load_web_config(self.web_config)
             tls = config.ssl_context()
             auth = config.authenticator()
-        self._server = _bind(self.address, self._port, tls, auth, self._render)
+        self._server = bind(
+            self.address,
+            self._port,
+            Serving(tls, auth, self._render, self.max_connections, self._on_refused),
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             # the poll only bounds how fast stop() returns; 0.1 s cost 0.1 % of a core idle
@@ -273,9 +311,59 @@ class Exporter:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def _render(self, accept: str | None) -> tuple[bytes, str]:
+    def _render(self, accept: str | None, compress: bool = False) -> tuple[bytes, str]:
+        return self._cache.get(accept, compress)
+
+
+class ExpositionCache:
+    """The rendered exposition of the current snapshot, once per format, shared by scrapes.
+
+    The first scrape of a new snapshot (or of one rendered more than ``max_age`` seconds
+    ago) renders under a lock while concurrent scrapes of the same format wait for it;
+    every later scrape gets the same bytes. Formats are the encoder's content type, plain
+    or gzip (Prometheus asks for OpenMetrics with gzip, ``curl`` for plain text).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        current: Callable[[], object],
+        max_age: float = RENDER_MAX_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._current = current
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: (snapshot rendered, when, {(content type, gzip): body}), replaced as a whole.
+        self._entry: tuple[object, float, dict[tuple[str, bool], bytes]] = (None, -math.inf, {})
+        #: How many times the registry was rendered (what a scrape must not do every time).
+        self.renders = 0
+
+    def get(self, accept: str | None, compress: bool) -> tuple[bytes, str]:
+        """The body for this ``Accept`` header, gzip-compressed if asked; content type."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        key = (content_type, compress)
+        snapshot, when, bodies = self._entry
+        if snapshot is self._current() and self._clock() - when < self._max_age:
+            body = bodies.get(key)
+            if body is not None:
+                return body, content_type
+        with self._lock:  # bodies are only added, and entries only replaced, under the lock
+            snapshot, when, bodies = self._entry
+            current, now = self._current(), self._clock()
+            if snapshot is not current or now - when >= self._max_age:
+                bodies = {}
+                self._entry = (current, now, bodies)
+            body = bodies.get(key)
+            if body is None:
+                plain = bodies.get((content_type, False))
+                if plain is None:
+                    plain = bodies[(content_type, False)] = encoder(self._registry)
+                    self.renders += 1
+                body = bodies[key] = gzip.compress(plain, compresslevel=1) if compress else plain
+        return body, content_type
 
 
 def write_textfile(directory: Path, payload: bytes) -> Path:
@@ -287,118 +375,3 @@ def write_textfile(directory: Path, payload: bytes) -> Path:
     target = directory / TEXTFILE_NAME
     atomic_write(target, payload, mode=0o644)  # node_exporter usually runs as another user
     return target
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(
-        self,
-        family: socket.AddressFamily,
-        address: tuple[str, int],
-        tls: ssl.SSLContext | None,
-        auth: BasicAuth | None,
-        render: Callable[[str | None], tuple[bytes, str]],
-    ) -> None:
-        self.address_family = family
-        self.tls = tls
-        self.auth = auth
-        self.render = render
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn); skip it.
-        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # TLS handshake in the per-connection thread, so a slow client cannot block accept().
-        if self.tls is not None:
-            request.settimeout(_Handler.timeout)
-            try:
-                tls_request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as err:
-                log.debug("TLS handshake with %s failed: %s", client_address, err)
-                return
-            with tls_request:  # wrap_socket detached ``request``; this one owns the fd now
-                super().finish_request(tls_request, client_address)
-            return
-        super().finish_request(request, client_address)
-
-
-def _bind(
-    address: str,
-    port: int,
-    tls: ssl.SSLContext | None,
-    auth: BasicAuth | None,
-    render: Callable[[str | None], tuple[bytes, str]],
-) -> _Server:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        return _Server(family, (address, port), tls, auth, render)
-    except OSError:
-        if address != "::":
-            raise
-        # Host without IPv6: "::" (the default) still has to listen, on IPv4 alone.
-        return _Server(socket.AF_INET, ("0.0.0.0", port), tls, auth, render)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = 30
-    server_version = "minerwatch"
-    sys_version = ""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        if self.server.auth is not None and not self._authorized(self.server.auth):
-            self._send(
-                401,
-                b"Unauthorized\n",
-                "text/plain; charset=utf-8",
-                {"WWW-Authenticate": 'Basic realm="minerwatch", charset="UTF-8"'},
-            )
-            return
-        if urlsplit(self.path).path != "/metrics":
-            self._send(404, b"Not Found: metrics are at /metrics\n", "text/plain; charset=utf-8")
-            return
-        body, content_type = self.server.render(self.headers.get("Accept"))
-        headers = {}
-        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        self._send(200, body, content_type, headers)
-
-    do_HEAD = do_GET  # noqa: N815 (http.server naming)
-
-    def _authorized(self, auth: BasicAuth) -> bool:
-        header = self.headers.get("Authorization") or ""
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return bool(sep) and auth.check(user, password)
-
-    def _send(
-        self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s - %s", self.address_string(), format % args)

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,9 @@ MiB = 1024 * 1024
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _WIDTH = 1 + len(STORED_COLUMNS)  # timestamp + metrics
 _ROW_BYTES = 8 * _WIDTH
+_FINITE = "1.7976931348623157e308"  # the largest double: BETWEEN -it AND it = a finite number
+#: What our tables look like; a database with other tables of these names is not ours.
+_WINDOW_COLUMNS = ["window_start", "window_end", "score", "threshold", "alert"]
 
 Window = tuple[float, float, float, float, bool]
 
@@ -175,11 +179,13 @@ class History:
                         " ORDER BY ts",
                         (lo, hi),
                     ).fetchall()
-                    parts.append(np.array(rows, dtype=float).reshape(len(rows), _WIDTH))
+                    parts.append(_float_rows(rows))
                 except sqlite3.Error as e:
                     self._on_db_error("read samples", e)
         data = np.concatenate(parts)
-        data = data[(data[:, 0] >= lo) & (data[:, 0] < hi)]
+        data = data[np.isfinite(data[:, 0]) & (data[:, 0] >= lo) & (data[:, 0] < hi)]
+        values = data[:, 1:]
+        values[~np.isfinite(values)] = np.nan  # a gap, whatever another writer left there
         data = data[np.argsort(data[:, 0], kind="stable")]
         return data[:, 0].copy(), data[:, 1:].copy()
 
@@ -190,14 +196,12 @@ class History:
             out = [w for w in self._mem_windows if w[1] >= lo]
             if self._conn is not None:
                 try:
-                    out += [
-                        (s, e, sc, th, bool(a))
-                        for s, e, sc, th, a in self._conn.execute(
-                            "SELECT window_start, window_end, score, threshold, alert FROM windows"
-                            " WHERE window_end >= ?",
-                            (lo,),
-                        )
-                    ]
+                    rows = self._conn.execute(
+                        "SELECT window_start, window_end, score, threshold, alert FROM windows"
+                        " WHERE window_end >= ?",
+                        (lo,),
+                    )
+                    out += [w for w in map(_window, rows) if w is not None and w[1] >= lo]
                 except sqlite3.Error as e:
                     self._on_db_error("read windows", e)
         return sorted(out)
@@ -318,16 +322,25 @@ class History:
             return None
 
     def _is_corrupt(self, conn: sqlite3.Connection) -> bool:
-        """Run the quick check; True means "move the file aside"."""
+        """Run the quick check and look at the schema; True means "move the file aside"."""
         try:
             result = conn.execute("PRAGMA quick_check").fetchall()
+            foreign = None
+            if result == [("ok",)]:
+                try:
+                    foreign = _foreign_schema(conn)
+                except sqlite3.OperationalError as e:  # e.g. a schema that is not UTF-8 text
+                    foreign = f"unreadable schema ({e})"
         except sqlite3.DatabaseError as e:
             self._on_db_error("check database", e)
             return _code(e) in _CORRUPT
-        if result == [("ok",)]:
-            return False
-        self._record(f"database failed quick_check: {result[0][0]}")
-        return True
+        if result != [("ok",)]:
+            self._record(f"database failed quick_check: {result[0][0]}")
+            return True
+        if foreign is not None:
+            self._record(f"database is not a minerwatch history: {foreign}")
+            return True
+        return False
 
     def _move_aside(self, path: Path) -> bool:
         """Rename a corrupt database (and its WAL files) to ``<name>.corrupt-<ts>``."""
@@ -370,6 +383,21 @@ class History:
         for c in STORED_COLUMNS:
             if c not in have:
                 conn.execute(f'ALTER TABLE samples ADD COLUMN "{c}" REAL')
+        # SQLite's dynamic typing lets any writer store text or blobs in a REAL column: drop
+        # rows without a finite time and blank other non-numbers, so every reader (this one,
+        # the training child) sees numbers or gaps. One scan, like quick_check's.
+        finite = f"BETWEEN -{_FINITE} AND {_FINITE}"
+        conn.execute(f"DELETE FROM samples WHERE ts IS NULL OR NOT ts {finite}")
+        conn.execute(
+            "DELETE FROM windows WHERE window_start IS NULL OR window_end IS NULL"
+            f" OR NOT window_start {finite} OR NOT window_end {finite}"
+        )
+        number = "IN ('integer', 'real', 'null')"
+        fix = ", ".join(
+            f'"{c}" = CASE WHEN typeof("{c}") {number} THEN "{c}" END' for c in STORED_COLUMNS
+        )
+        odd = " OR ".join(f'typeof("{c}") NOT {number}' for c in STORED_COLUMNS)
+        conn.execute(f"UPDATE samples SET {fix} WHERE {odd}")
         # Also a write probe: a read-only file fails here rather than at the first sample.
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -523,11 +551,17 @@ class History:
                     first, last, count = self._conn.execute(
                         "SELECT MIN(ts), MAX(ts), COUNT(*) FROM samples"
                     ).fetchone()
+                    if count and (_number(first) is None or _number(last) is None):
+                        # text, blobs or infinities another writer left: only numbers count
+                        first, last, count = self._conn.execute(
+                            "SELECT MIN(ts), MAX(ts), COUNT(*) FROM samples"
+                            f" WHERE ts BETWEEN -{_FINITE} AND {_FINITE}"
+                        ).fetchone()
                 except sqlite3.Error as e:
                     self._on_db_error("count samples", e)
                 else:
                     if count:
-                        lo, hi, n = min(lo, first), max(hi, last), n + count
+                        lo, hi, n = min(lo, float(first)), max(hi, float(last)), n + count
         return ((lo, hi) if n else None), n
 
     # -- error reporting ---------------------------------------------------------------------
@@ -565,6 +599,32 @@ def _number(value: object) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _float_rows(rows: list[Any]) -> np.ndarray:
+    """Sample rows as floats. SQLite's dynamic typing lets any writer put text or blobs into
+    a REAL column; such a cell reads as NaN (a gap) instead of failing the whole read."""
+    try:
+        return np.array(rows, dtype=float).reshape(len(rows), _WIDTH)
+    except (ValueError, TypeError, OverflowError):
+        cells = [[math.nan if (f := _number(v)) is None else f for v in row] for row in rows]
+        return np.array(cells, dtype=float).reshape(len(rows), _WIDTH)
+
+
+def _window(row: Sequence[Any]) -> Window | None:
+    """A stored window as numbers, or None when its start or end is not a finite number."""
+    start, end, score, threshold = (_number(v) for v in row[:4])
+    if start is None or end is None:
+        return None
+    nan = math.nan
+    alert = _number(row[4])
+    return (
+        start,
+        end,
+        nan if score is None else score,
+        nan if threshold is None else threshold,
+        bool(alert),
+    )
+
+
 def _code(e: sqlite3.Error) -> int:
     """The primary SQLite result code of an error (extended codes carry it in the low byte)."""
     return int(getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF
@@ -584,6 +644,34 @@ def _read_only_connection(path: Path) -> sqlite3.Connection | None:
     if _has_tables(conn):
         return conn
     conn.close()
+    return None
+
+
+def _foreign_schema(conn: sqlite3.Connection) -> str | None:
+    """Why the database's schema is not one this store wrote (None when it is, or is empty):
+    tables of our names with other columns, views or triggers."""
+    rows = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger')"
+        " OR name IN ('samples', 'windows', 'samples_ts', 'windows_end')"
+    ).fetchall()
+    expected = {
+        "samples": "table",
+        "windows": "table",
+        "samples_ts": "index",
+        "windows_end": "index",
+    }
+    for kind, name in rows:
+        if expected.get(name) != kind:
+            return f"a {kind} named {name!r}"
+    names = {name for _, name in rows}
+    if "samples" in names:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(samples)")]
+        if "ts" not in columns:
+            return "table 'samples' without a ts column"
+    if "windows" in names:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(windows)")]
+        if columns != _WINDOW_COLUMNS:
+            return f"table 'windows' with columns {columns}"
     return None
 
 

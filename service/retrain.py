@@ -4,7 +4,9 @@ It runs in its own process so the agent never imports scikit-learn. The input ho
 samples the agent chose (alerted windows and their surroundings already removed, so a miner
 that keeps running is never learnt as normal). A candidate replaces the current model only
 if it loads back from the store and its alert rate on the most recent clean windows is no
-higher than the current model's. The outcome is one JSON line on stdout.
+higher than the current model's. The outcome is one JSON line on stdout; a failure carries
+one of :data:`FAILURE_REASONS`, which the agent counts in
+``minerwatch_retrain_failures_total{reason}``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,30 @@ import numpy as np
 
 from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.exclude import exclusion_mask
-from minerwatch.baseline.store import ModelError, load_model, save_model
+from minerwatch.baseline.store import ModelError, load_model, read_key, save_model
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import AGENT_COLUMNS
+from minerwatch.features.windows import make_windows
 
-MIN_AGENT_WINDOWS = 8
+#: One window is enough to start: a model of few windows is conservative by construction
+#: (:func:`minerwatch.baseline.calibrate.extrapolation_margin`), so the learning period the
+#: user asks for is the one they get.
+MIN_AGENT_WINDOWS = 1
+
+#: Why a retraining gave no new model (bounded: these are label values).
+FAILURE_REASONS = (
+    "too_few_windows",  # nothing (or too little) left after leaving out alerted time
+    "bad_input",  # unreadable history or samples, or a model that did not load back
+    "crashed",  # the child died without an answer (killed, out of memory, a bug)
+    "rejected",  # the candidate alerted more than the current model on recent clean windows
+    "unloadable",  # the agent could not load the model the child stored
+)
+
+
+class TooFewWindows(InputError):
+    """Not enough complete windows to train on (after leaving out alerted time)."""
 
 
 def read_history(
@@ -68,6 +87,7 @@ def retrain(
     hop: float,
     alert_windows: int = 3,
     validate_s: float = 86400.0,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     # scikit-learn: only ever imported in this child process
     from minerwatch.baseline.train import train_host
@@ -75,6 +95,14 @@ def retrain(
     with np.load(input_path, allow_pickle=False) as npz:
         ts, values = npz["timestamps"], npz["values"]
         columns = tuple(str(c) for c in npz["columns"])
+    have = len(make_windows(ts, values, columns, window, hop)) if len(ts) > 1 else 0
+    if have < MIN_AGENT_WINDOWS:
+        raise TooFewWindows(
+            str(input_path),
+            None,
+            f"at least {MIN_AGENT_WINDOWS} complete {window:g}s window(s) outside alerted time",
+            str(have),
+        )
     series = from_arrays(host, ts, values, columns, source=str(input_path))
     # a try-out (``--learn-for 10m``) has few windows; the store records how many
     model = train_host(
@@ -88,17 +116,17 @@ def retrain(
         source="recent clean history",
     )
     with tempfile.TemporaryDirectory(dir=models.parent, prefix=".candidate-") as tmp:
-        save_model(Path(tmp), model)
-        candidate = load_model(Path(tmp), host)  # must load back through every check
+        save_model(Path(tmp), model, key=key)
+        candidate = load_model(Path(tmp), host, key=key)  # must load back through every check
         new_rate = float(score_series(candidate, recent).alert.mean()) if len(ts) else 0.0
         try:
-            current = load_model(models, host)
+            current = load_model(models, host, key=key)
             old_rate = float(score_series(current, recent).alert.mean())
         except (ModelError, InputError):
             current, old_rate = None, None
         accepted = old_rate is None or new_rate <= old_rate
         if accepted:
-            save_model(models, model)
+            save_model(models, model, key=key)
     return {
         "accepted": accepted,
         "windows": model.meta["windows"],
@@ -125,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=60.0)
     p.add_argument("--hop", type=float, default=60.0)
     p.add_argument("--alert-windows", type=int, default=3)
+    p.add_argument("--model-key", type=Path, help="HMAC key file to sign the model with")
     args = p.parse_args(argv)
     try:
         if args.history is not None:
@@ -132,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             buf = io.BytesIO()  # kept beside the model: what it was trained on
             np.savez(buf, timestamps=ts, values=values, columns=np.array(AGENT_COLUMNS))
             atomic_write(args.input, buf.getvalue(), mode=0o600)
+        key = read_key(args.model_key) if args.model_key else None
         result = retrain(
-            args.input, args.models, args.host, args.window, args.hop, args.alert_windows
+            args.input, args.models, args.host, args.window, args.hop, args.alert_windows, key=key
         )
     except (InputError, ValueError, OSError, sqlite3.Error) as exc:
-        print(json.dumps({"accepted": False, "error": str(exc)}))
+        reason = "too_few_windows" if isinstance(exc, TooFewWindows) else "bad_input"
+        print(json.dumps({"accepted": False, "error": str(exc), "reason": reason}))
         return 2
     print(json.dumps(result))
     return 0

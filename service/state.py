@@ -23,6 +23,27 @@ from minerwatch.features.schema import METRIC_COLUMNS
 #: makes it impossible to leak a command line, process name or pid through a label.
 _LABEL_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
+#: Every stage that counts errors in ``minerwatch_errors_total{stage}``: the one list, so
+#: each is exported as 0 from the start and ``rate()``/``increase()`` see the first error.
+#: A telemetry source's failures are counted as ``source_<name>`` for each name in
+#: ``AgentSnapshot.source_up`` (zero series for those too).
+ERROR_STAGES: tuple[str, ...] = (
+    "sample",  # the collector as a whole raised
+    "indicators",  # the indicator scan of the busiest processes
+    "respond",  # throttling and other responses after a sample
+    "event_log",  # appending an alert event line
+    "evidence",  # writing an evidence file
+    "train",  # a training child failed
+    "model",  # a stored model could not be loaded
+    "history",  # the SQLite history database
+    "textfile",  # writing the node_exporter textfile
+    "exporter",  # scrape connections refused because all slots were busy
+)
+
+#: An evidence file name as ``EvidenceWriter`` makes it: UTC time, then the episode id made
+#: of the configured host name and the episode's start second (no process data).
+_EVIDENCE_NAME = re.compile(r"\d{8}T\d{6}Z-[A-Za-z0-9_.-]{1,64}\.json")
+
 
 @lru_cache(maxsize=1)
 def package_version() -> str:
@@ -63,6 +84,8 @@ class AgentSnapshot:
     model_training_windows: int | None = None
     learning: bool = True
     learning_progress_ratio: float = 0.0
+    learning_period_seconds: float | None = None
+    learning_started_timestamp_seconds: float | None = None
     # Latest sample.
     top_process_cpu_ratio: float | None = None
     telemetry: Mapping[str, float] = field(default_factory=_empty)
@@ -72,10 +95,14 @@ class AgentSnapshot:
     score_duration_seconds: float | None = None
     source_up: Mapping[str, bool] = field(default_factory=_empty)
     indicator_hits: Mapping[str, int] = field(default_factory=_empty)
+    # Path of the open alert episode's evidence file (one series at a time, no process data).
+    evidence_file: str | None = None
     # Counters since agent start.
     samples_total: int = 0
     windows_scored_total: int = 0
     errors_total: Mapping[str, int] = field(default_factory=_empty)
+    # Retrainings that gave no new model, by reason (every reason present, zero at start).
+    retrain_failures_total: Mapping[str, int] = field(default_factory=_empty)
     # Throttling.
     throttled_processes: int = 0
     throttle_actions_total: Mapping[str, int] = field(default_factory=_empty)
@@ -92,6 +119,8 @@ class AgentSnapshot:
                 for key in frozen:
                     _check_label(f.name, key, allowed)
                 object.__setattr__(self, f.name, frozen)
+        if self.evidence_file is not None:
+            object.__setattr__(self, "evidence_file", _evidence_label(self.evidence_file))
         for name in ("anomaly_score", "learning_progress_ratio", "top_process_cpu_ratio"):
             # Ratios are clamped, not rejected: a rounding error must not stop the agent.
             value = getattr(self, name)
@@ -113,3 +142,19 @@ def _check_label(field_name: str, key: object, allowed: tuple[str, ...] | None) 
             f"AgentSnapshot.{field_name}: label value {key!r} must match {_LABEL_ID.pattern} "
             "(labels carry code identifiers only, never process names or command lines)"
         )
+
+
+def _evidence_label(path: str) -> str:
+    """The path as a label value: the name must be an evidence writer's (else ValueError);
+    a folder that is not printable UTF-8 is dropped rather than stop the agent mid-alert."""
+    folder, _, name = path.rpartition("/")
+    if not _EVIDENCE_NAME.fullmatch(name):
+        raise ValueError(
+            f"AgentSnapshot.evidence_file: {path!r} is not an evidence file "
+            f"(expected a name matching {_EVIDENCE_NAME.pattern}, never process data)"
+        )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return name
+    return path if path.isprintable() and len(folder) <= 1024 else name

@@ -35,6 +35,12 @@ _SIZE_UNITS: dict[str, int] = {
 }
 _SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]*)")
 
+#: Bounds that keep every accepted value printable and re-readable by ``config show``: more than
+#: a century is a typo, and below a millisecond no timer in the agent can honour it.
+MAX_DURATION_S = 100 * 365 * 86400.0
+MIN_DURATION_S = 0.001
+MAX_SIZE_BYTES = 2**53  # exact in a float, which JSON/TOML readers may use
+
 DURATION_HELP = 'a duration such as "30s", "10m", "24h", "14d", "1h30m" or a number of seconds'
 SIZE_HELP = 'a size such as "256MiB", "1GiB", "500MB" or a number of bytes'
 
@@ -60,6 +66,8 @@ def parse_duration(text: str | float, where: str = "<duration>", line: int | Non
             value = _parse_units(s, where, line, text)
     if not math.isfinite(value) or value < 0:
         raise InputError(where, line, DURATION_HELP + " (finite, not negative)", _show(text))
+    if value > MAX_DURATION_S or 0 < value < MIN_DURATION_S:
+        raise InputError(where, line, DURATION_HELP + " (0, or from 1ms to 100 years)", _show(text))
     return value
 
 
@@ -123,8 +131,8 @@ def parse_size(text: str | int, where: str = "<size>", line: int | None = None) 
         if m is None or unit not in _SIZE_UNITS and unit != "":
             raise InputError(where, line, SIZE_HELP, _show(text))
         value = round(float(m.group(1)) * _SIZE_UNITS.get(unit, 1))
-    if value < 0:
-        raise InputError(where, line, SIZE_HELP + " (not negative)", _show(text))
+    if value < 0 or value > MAX_SIZE_BYTES:
+        raise InputError(where, line, SIZE_HELP + " (from 0 to 8 PiB)", _show(text))
     return value
 
 

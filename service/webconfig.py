@@ -199,7 +199,7 @@ class WebConfig:
         ctx.minimum_version = TLS_VERSIONS[self.min_version]
         try:
             ctx.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as err:
+        except (OSError, ssl.SSLError, ValueError) as err:
             raise InputError(
                 str(self.path),
                 self.lines.get("cert_file"),
@@ -210,7 +210,7 @@ class WebConfig:
         if self.client_ca_file is not None:
             try:
                 ctx.load_verify_locations(cafile=self.client_ca_file)
-            except (OSError, ssl.SSLError) as err:
+            except (OSError, ssl.SSLError, ValueError) as err:
                 raise InputError(
                     str(self.path),
                     self.lines.get("client_ca_file"),
@@ -246,7 +246,10 @@ def load_web_config(path: Path) -> WebConfig:
         lines[key] = entry.line
     for key in ("cert_file", "key_file", "client_ca_file"):
         if key in tls:
-            kwargs[key] = (path.parent / tls[key].value).absolute()
+            entry = tls[key]
+            if not entry.value or "\0" in entry.value:
+                raise InputError(where, entry.line, f"a file name for {key}", repr(entry.value))
+            kwargs[key] = (path.parent / entry.value).absolute()
     if tls and ("cert_file" not in kwargs or "key_file" not in kwargs):
         line = next(iter(tls.values())).line
         raise InputError(where, line, "both cert_file and key_file in tls_server_config", None)

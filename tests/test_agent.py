@@ -2,29 +2,34 @@
 
 A replaying collector feeds synthetic telemetry (tests/synth.py) on a fake clock, so an hour
 of agent life takes a second: learning progress, snapshot fields, gaps, alert episodes and
-their event log line, and what retraining is allowed to learn from.
+their event log lines, what retraining is allowed to learn from and when it runs, and the
+agent's own CPU kept out of the host's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from synth import host_series
 
 from minerwatch.baseline.batch import score_series
+from minerwatch.baseline.exclude import exclusion_margin
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
 from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import METRIC_COLUMNS
-from minerwatch.service.agent import EXCLUDE_MARGIN_S, Agent
+from minerwatch.service.agent import EXCLUDE_MARGIN_S, Agent, OwnCpu, without_own
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.history import History
 
@@ -113,45 +118,98 @@ def test_learning_progress_follows_stored_history(tmp_path):
         agent.shutdown()
 
 
-def test_short_learning_waits_for_enough_windows_then_trains(tmp_path):
+def test_short_learning_lasts_what_was_asked_then_trains(tmp_path):
     replay = Replay(live(hours=0.5))
-    agent = make_agent(tmp_path, replay, learn_for=120.0)  # two windows: too few to train
+    agent = make_agent(tmp_path, replay, learn_for=120.0)  # the minimum: window + hop
     try:
-        run(agent, replay, 0, 13)
+        run(agent, replay, 0, 12)  # samples at 0..110 s
         assert agent.learning_progress() < 1.0 and agent.child is None
-        run(agent, replay, 13, 61)  # 600 s: MIN_AGENT_WINDOWS + 2 windows of 60 s
+        run(agent, replay, 12, 13)  # 120 s of history: exactly learn_for
         assert agent.learning_progress() == 1.0
-        assert agent.child is not None, "the agent did not start the training child"
+        assert agent.child is not None, "the agent did not train after learn_for"
         agent.child.wait(timeout=60)
         npz = agent.data_dir / "train-input.npz"  # the child's record of what it trained on
         assert stat.S_IMODE(npz.stat().st_mode) == 0o600
         with np.load(npz, allow_pickle=False) as f:
-            assert len(f["timestamps"]) == 61
+            assert len(f["timestamps"]) == 13
             assert set(METRIC_COLUMNS) <= {str(c) for c in f["columns"]}
-        run(agent, replay, 61, 62)  # the next tick collects the child's answer
+        run(agent, replay, 13, 14)  # the next tick collects the child's answer
         assert agent.errors == {}
         snap = agent.snapshot()
         assert snap.learning is False and snap.learning_progress_ratio == 1.0
-        assert snap.model_training_windows is not None and snap.model_training_windows >= 8
+        assert snap.model_training_windows in (1, 2)
         assert agent.model is not None and agent.model.host == HOST
-        run(agent, replay, 62, 70)
+        # so few windows say nothing about the spread: this model cannot alert
+        assert agent.model.threshold == 1.0
+        run(agent, replay, 14, 30)
         assert agent.snapshot().anomaly_score is not None
+        assert agent.snapshot().retrain_failures_total == dict.fromkeys(
+            ("too_few_windows", "bad_input", "crashed", "rejected", "unloadable"), 0
+        )
     finally:
         agent.shutdown()
 
 
-def test_gappy_history_fails_training_and_backs_off(tmp_path):
+def test_a_young_model_is_relearnt_as_the_history_doubles(tmp_path):
+    replay = Replay(live(hours=1.0))
+    agent = make_agent(tmp_path, replay, learn_for=120.0)
+    trained = []
+    try:
+        for i in range(0, 200):
+            replay.i = i
+            agent.tick()
+            if agent.child is not None:
+                agent.child.wait(timeout=60)
+                trained.append(i)
+        windows = agent.snapshot().model_training_windows
+    finally:
+        agent.shutdown()
+    # first at 120 s, then each time the history spans twice what the model learnt from
+    assert trained[0] == 12 and len(trained) >= 4, trained
+    gaps = np.diff(trained)
+    assert np.all(gaps[1:] >= gaps[:-1]), f"retraining did not slow down: {trained}"
+    assert windows is not None and windows >= 16
+
+
+def test_retrain_every_zero_never_retrains(tmp_path, trained_models):
+    replay = Replay(live(hours=1.0))
+    agent = make_agent(tmp_path, replay, trained_models, retrain_every=0.0)
+    try:
+        assert agent.next_retrain == math.inf
+        run(agent, replay, 0, 300)  # 50 minutes, 0.3 s of real time
+        assert agent.child is None and not (agent.data_dir / "train.log").exists()
+    finally:
+        agent.shutdown()
+
+
+def test_retrain_every_zero_still_learns_a_first_model_once(tmp_path):
+    replay = Replay(live(hours=0.5))
+    agent = make_agent(tmp_path, replay, learn_for=120.0, retrain_every=0.0)
+    try:
+        run(agent, replay, 0, 13)
+        assert agent.child is not None
+        agent.child.wait(timeout=60)
+        run(agent, replay, 13, 150)
+        assert agent.model is not None and agent.child is None
+        assert agent.next_retrain == math.inf
+    finally:
+        agent.shutdown()
+
+
+def test_gappy_history_fails_training_says_why_and_backs_off(tmp_path):
     replay = Replay(live(hours=0.5))
     agent = make_agent(tmp_path, replay, learn_for=120.0)
     try:
-        run(agent, replay, 0, 6)
-        run(agent, replay, 60, 62)  # a 600 s span but only two windows' worth of samples
+        run(agent, replay, 0, 2)
+        run(agent, replay, 60, 62)  # a 610 s span, but no window half covered by samples
         assert agent.child is not None
         agent.child.wait(timeout=60)
         run(agent, replay, 62, 63)
-        assert agent.errors.get("train") == 1
-        assert agent.snapshot().errors_total == {"train": 1}
-        assert agent.model is None and agent.snapshot().learning is True
+        snap = agent.snapshot()
+        assert snap.retrain_failures_total["too_few_windows"] == 1
+        assert sum(snap.retrain_failures_total.values()) == 1
+        assert snap.errors_total == {"train": 1}
+        assert agent.model is None and snap.learning is True
         assert agent.next_retrain >= replay.clock() + 60.0
         run(agent, replay, 63, 66)
         assert agent.child is None, "retrained at once instead of backing off"
@@ -252,51 +310,130 @@ def test_a_gap_gives_no_windows_and_scoring_resumes(tmp_path, trained_models):
 BURN = (30 * 60.0, 10 * 60.0)  # minutes 30-40 of the replay: a miner at 97 % CPU
 
 
-def burn_until_cleared(tmp_path, trained_models):
-    replay = Replay(live(hours=1.0, plateau=BURN))
-    agent = make_agent(tmp_path, replay, trained_models)
-    run(agent, replay, 0, 180)  # 30 min of normal load
-    assert agent.snapshot().alerts_total == 0, "false alarm before the burn"
-    run(agent, replay, 180, 240)
-    snap = agent.snapshot()
-    assert snap.alert_active and snap.alerts_total == 1
-    assert snap.anomaly_score > snap.anomaly_threshold
-    assert not agent.cfg.event_log.exists(), "the episode was logged before it ended"
-    return replay, agent
-
-
 def read_events(agent):
     return [json.loads(line) for line in agent.cfg.event_log.read_text().splitlines()]
 
 
-def test_alert_episode_ends_with_one_event_line(tmp_path, trained_models):
-    replay, agent = burn_until_cleared(tmp_path, trained_models)
+def burn_until_alerted(tmp_path, trained_models, responder=None):
+    replay = Replay(live(hours=1.0, plateau=BURN))
+    agent = make_agent(tmp_path, replay, trained_models)
+    agent.responder = responder
+    run(agent, replay, 0, 180)  # 30 min of normal load
+    assert agent.snapshot().alerts_total == 0, "false alarm before the burn"
+    for i in range(180, 240):
+        run(agent, replay, i, i + 1)
+        if agent.snapshot().alert_active:
+            return replay, agent, i + 1
+    pytest.fail("the burn did not alert")
+
+
+def test_an_alert_is_said_when_it_opens(tmp_path, trained_models, caplog):
+    caplog.set_level(logging.WARNING, logger="minerwatch.agent")
+    replay, agent, _ = burn_until_alerted(tmp_path, trained_models)
     try:
-        run(agent, replay, 240, 360)  # 20 min normal again (5 min means need to cool down)
-        assert agent.snapshot().alert_active is False
-        (event,) = read_events(agent)
+        (event,) = read_events(agent)  # written at once, not when the episode ends
         assert stat.S_IMODE(agent.cfg.event_log.stat().st_mode) == 0o600
-        burn = (NOW0 + BURN[0], NOW0 + BURN[0] + BURN[1])
-        assert burn[0] + 2 * WINDOW <= event["start"] < event["end"] <= burn[1] + 600
-        assert event["host"] == HOST
-        assert event["score"] > agent.model.threshold
-        assert event["top_features"], "no explanation in the event"
-        names = [f["feature"] for f in event["top_features"]]
-        assert any(n.startswith(("cpu", "top_proc")) for n in names), names
-        for f in event["top_features"]:
-            assert set(f) == {"feature", "value", "typical_low", "typical_high", "contribution"}
-        alerted = [w for w in windows_table(agent) if w[4]]
-        assert alerted[0][0] == event["start"] and alerted[-1][1] == event["end"]
+        assert event["event"] == "open" and event["host"] == HOST
+        assert event["id"] == f"{HOST}-{int(event['start'])}"
+        assert event["score"] > event["threshold"] == agent.model.threshold
+        assert event["top_features"] and event["time"] == replay.clock()
+        (line,) = [r for r in caplog.records if "alert opened" in r.getMessage()]
+        assert line.levelno == logging.WARNING
+        text = line.getMessage()
+        assert HOST in text and f"score {event['score']:.4f}" in text
+        assert f"threshold {event['threshold']:.4f}" in text
+        assert event["top_features"][0]["feature"] in text
+        assert "busiest process: none found" in text and "evidence: not written" in text
     finally:
         agent.shutdown()
 
 
-def test_shutdown_during_an_episode_writes_the_event(tmp_path, trained_models):
-    _, agent = burn_until_cleared(tmp_path, trained_models)
+def test_alert_episode_opens_and_closes_with_one_line_each(tmp_path, trained_models):
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
+    try:
+        run(agent, replay, at, 360)  # the burn ends at 240: 20 min normal again
+        assert agent.snapshot().alert_active is False
+        opened, closed = read_events(agent)
+        assert (opened["event"], closed["event"], closed["reason"]) == ("open", "close", "cleared")
+        assert opened["id"] == closed["id"] and opened["start"] == closed["start"]
+        burn = (NOW0 + BURN[0], NOW0 + BURN[0] + BURN[1])
+        assert burn[0] + 2 * WINDOW <= closed["start"] < closed["end"] <= burn[1] + 600
+        assert closed["host"] == HOST
+        assert closed["score"] >= opened["score"] > agent.model.threshold
+        assert closed["top_features"], "no explanation in the event"
+        names = [f["feature"] for f in closed["top_features"]]
+        assert any(n.startswith(("cpu", "top_proc")) for n in names), names
+        for f in closed["top_features"]:
+            assert set(f) == {"feature", "value", "typical_low", "typical_high", "contribution"}
+        alerted = [w for w in windows_table(agent) if w[4]]
+        assert alerted[0][0] == closed["start"] and alerted[-1][1] == closed["end"]
+    finally:
+        agent.shutdown()
+
+
+def test_shutdown_during_an_episode_closes_it(tmp_path, trained_models):
+    _, agent, _ = burn_until_alerted(tmp_path, trained_models)
     agent.shutdown()
-    (event,) = read_events(agent)
-    assert event["start"] < event["end"] and event["score"] > 0
+    opened, closed = read_events(agent)
+    assert opened["event"] == "open"
+    assert closed["event"] == "close" and closed["reason"] == "shutdown"
+    assert closed["start"] < closed["end"] and closed["score"] > 0
     assert stat.S_IMODE(agent.cfg.event_log.stat().st_mode) == 0o600
+
+
+EVIDENCE = "/tmp/20261203T000000Z-test-host-1.json"
+
+
+class NamingResponder:
+    """Names whatever ``suspects`` says is busiest, like the real responder, without /proc."""
+
+    def __init__(self):
+        self.suspect = None
+        self.closed = False
+
+    def inspect(self, agent, metrics):
+        return 0.0
+
+    def after_tick(self, agent, now, metrics):
+        pass
+
+    def on_alert(self, agent, episode, f):
+        episode["process"] = self.suspect
+        episode["evidence"] = EVIDENCE
+
+    def on_episode_window(self, agent, episode, f):
+        if self.suspect is not None and episode.get("process") != self.suspect:
+            episode["process"] = self.suspect
+            return ["process"]
+        return []
+
+    def snapshot_fields(self):
+        return {}
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_stronger_suspect_during_an_episode_is_written_at_once(tmp_path, trained_models, caplog):
+    caplog.set_level(logging.WARNING, logger="minerwatch.agent")
+    responder = NamingResponder()
+    responder.suspect = {"pid": 10, "name": "nginx", "cpu_percent": 20.0}
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models, responder)
+    try:
+        run(agent, replay, at, at + 6)  # one more window: nothing new
+        assert [e["event"] for e in read_events(agent)] == ["open"]
+        responder.suspect = {"pid": 66, "name": 'x\nmrig "evil"', "cpu_percent": 390.0}
+        run(agent, replay, at + 6, at + 12)
+        opened, updated = read_events(agent)
+        assert updated["event"] == "update" and updated["changed"] == ["process"]
+        assert opened["process"]["pid"] == 10 and updated["process"]["pid"] == 66
+        assert updated["id"] == opened["id"] and updated["evidence"] == EVIDENCE
+        (line,) = [r for r in caplog.records if "alert on" in r.getMessage()]
+        assert "\n" not in line.getMessage(), "a process name forged a log line"
+        assert 'pid 66 "x\\nmrig \\"evil\\""' in line.getMessage()
+    finally:
+        agent.shutdown()
+    assert [e["event"] for e in read_events(agent)][-1] == "close" and responder.closed
 
 
 def test_retraining_input_leaves_out_alerted_time(tmp_path, trained_models):
@@ -306,9 +443,9 @@ def test_retraining_input_leaves_out_alerted_time(tmp_path, trained_models):
         (tmp_path / "data").chmod(0o700)
         for t, row in zip(pre.timestamps, pre.values, strict=True):
             h.add_sample(float(t), dict(zip(pre.columns, row.tolist(), strict=True)))
-    replay, agent = burn_until_cleared(tmp_path, trained_models)
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
     try:
-        run(agent, replay, 240, 359)
+        run(agent, replay, at, 359)
         assert not agent.snapshot().alert_active
         alerted = [(w[0], w[1]) for w in windows_table(agent) if w[4]]
         agent.next_retrain = 0.0  # retraining due now
@@ -318,8 +455,11 @@ def test_retraining_input_leaves_out_alerted_time(tmp_path, trained_models):
         with np.load(agent.data_dir / "train-input.npz", allow_pickle=False) as f:
             kept = f["timestamps"]
             cpu = f["values"][:, CPU]
-        lo = min(s for s, _ in alerted) - EXCLUDE_MARGIN_S
-        hi = max(e for _, e in alerted) + EXCLUDE_MARGIN_S
+        # three hours of history: a tenth of it on each side, not a whole hour
+        margin = exclusion_margin(agent.history.span_seconds(), WINDOW, 3)
+        assert 1000 < margin < EXCLUDE_MARGIN_S
+        lo = min(s for s, _ in alerted) - margin
+        hi = max(e for _, e in alerted) + margin
         assert len(kept) > 0
         assert not np.any((kept >= lo) & (kept <= hi)), "alerted time went into training"
         assert cpu.max() < 90, "burn samples went into training"
@@ -332,15 +472,16 @@ def test_retraining_input_leaves_out_alerted_time(tmp_path, trained_models):
 
 
 def test_retraining_during_an_open_episode_stops_before_it(tmp_path, trained_models):
-    replay, agent = burn_until_cleared(tmp_path, trained_models)
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
     try:
         start = agent.episode["start"]
         agent.next_retrain = 0.0
-        run(agent, replay, 240, 241)
+        run(agent, replay, at, at + 1)
         agent.child.wait(timeout=60)
         with np.load(agent.data_dir / "train-input.npz", allow_pickle=False) as f:
             kept = f["timestamps"]
-        assert np.all(kept < start - EXCLUDE_MARGIN_S)
+        assert len(kept) > 0
+        assert np.all(kept < start - exclusion_margin(agent.history.span_seconds(), WINDOW, 3))
     finally:
         agent.shutdown()
         if agent.child is not None:
@@ -348,3 +489,97 @@ def test_retraining_during_an_open_episode_stops_before_it(tmp_path, trained_mod
                 agent.child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 agent.child.kill()
+
+
+def test_one_alert_does_not_freeze_a_young_baseline(tmp_path, trained_models):
+    """50 minutes of history and one alert: a fixed hour around it left nothing to learn."""
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
+    try:
+        run(agent, replay, at, 300)
+        assert not agent.snapshot().alert_active
+        alerted = [(w[0], w[1]) for w in windows_table(agent) if w[4]]
+        everything, _ = agent.history.samples()
+        hour = (everything > min(s for s, _ in alerted) - EXCLUDE_MARGIN_S) & (
+            everything < max(e for _, e in alerted) + EXCLUDE_MARGIN_S
+        )
+        assert hour.all(), "the old fixed margin would not have emptied this history"
+        agent.next_retrain = 0.0
+        run(agent, replay, 300, 301)
+        agent.child.wait(timeout=60)
+        run(agent, replay, 301, 302)
+        snap = agent.snapshot()
+        assert sum(snap.retrain_failures_total.values()) == 0, snap.retrain_failures_total
+        assert snap.model_training_windows is not None and snap.model_training_windows >= 10
+        with np.load(agent.data_dir / "train-input.npz", allow_pickle=False) as f:
+            assert f["values"][:, CPU].max() < 90, "burn samples went into training"
+    finally:
+        agent.shutdown()
+
+
+# -- the agent's own work ----------------------------------------------------------------------
+
+
+def test_without_own_takes_the_agent_out_of_the_host():
+    me = SimpleNamespace(pid=1, cpu_percent=90.0)
+    other = SimpleNamespace(pid=2, cpu_percent=30.0)
+    metrics = {
+        "cpu_percent": 60.0,
+        "cpu_user_percent": 50.0,
+        "cpu_system_percent": 10.0,
+        "top_proc_cpu_percent": 90.0,
+        "net_rx_pps": 5.0,
+    }
+    out = without_own(metrics, (40.0, 5.0), (me, other), {1})
+    assert out == {
+        "cpu_percent": 15.0,
+        "cpu_user_percent": 10.0,
+        "cpu_system_percent": 5.0,
+        "top_proc_cpu_percent": 30.0,
+        "net_rx_pps": 5.0,
+    }
+    assert without_own(metrics, (80.0, 0.0), (other, me), {1})["cpu_percent"] == 0.0
+    assert without_own(metrics, (0.0, 0.0), (other, me), {1})["top_proc_cpu_percent"] == 90.0
+    assert without_own(metrics, (0.0, 0.0), (me,), {1})["top_proc_cpu_percent"] == 0.0
+
+
+def test_own_cpu_is_measured_over_each_interval():
+    now, used = [0.0], [(0.0, 0.0)]
+    own = OwnCpu(read=lambda children: used[0], clock=lambda: now[0], ncpu=4)
+    assert own.interval_percent() == (0.0, 0.0)  # primes
+    now[0], used[0] = 10.0, (2.0, 0.4)  # 2.4 CPU seconds in 10 s on 4 cores
+    assert own.interval_percent() == pytest.approx((5.0, 1.0))
+    now[0] = 20.0  # no CPU used since
+    assert own.interval_percent() == (0.0, 0.0)
+
+
+def test_the_training_child_is_not_the_host(tmp_path):
+    """A child of the agent burning a core is left out of host CPU and is never a suspect."""
+    cfg = AgentConfig(
+        data_dir=tmp_path / "data", host=HOST, interval=1.0, window=3.0, learn_for=3600.0
+    )
+    agent = Agent(cfg)  # the real collector of this host, and OwnCpu with it
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        agent.child = burner  # what the agent does with its training child
+        agent.tick()
+        time.sleep(2.0)
+        agent.tick()
+        stored = agent.last["metrics"]
+        raw_top = agent.collector.top_processes
+        assert any(p.pid == burner.pid for p in raw_top), "the burner was not seen at all"
+        assert burner.pid not in {p.pid for p in agent.suspects()}
+        if raw_top and raw_top[0].pid == burner.pid:
+            others = [p.cpu_percent for p in raw_top[1:]]
+            assert stored["top_proc_cpu_percent"] == (others[0] if others else 0.0)
+        # the host's own CPU is what /proc/stat said minus what the burner (and we) used
+        share = 100.0 / (os.cpu_count() or 1)
+        _, values = agent.history.samples()
+        assert values[-1, METRIC_COLUMNS.index("cpu_percent")] == pytest.approx(
+            stored["cpu_percent"]
+        )
+        assert stored["cpu_percent"] <= 100.0 - 0.5 * share  # a core's worth was taken out
+    finally:
+        burner.kill()
+        burner.wait()
+        agent.child = None
+        agent.shutdown()

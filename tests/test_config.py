@@ -186,6 +186,7 @@ def test_every_option_round_trips_through_its_flag(tmp_path):
         evidence_dir=tmp_path / "evd",
         history_retention=7200.0,
         history_max_bytes=2 << 20,
+        model_key=tmp_path / "model.key",
         exporter=ExporterConfig(
             port=9, address="127.0.0.1", web_config=tmp_path / "w.yml", textfile_dir=tmp_path / "tf"
         ),

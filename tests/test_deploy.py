@@ -156,7 +156,7 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(tmp_path):
             prom.wait_for("count_over_time(minerwatch_build_info[1m]) >= 3")
             check_dashboard(prom)
             check_grafana_alert(prom, snapshot)
-            check_rules_evaluate(prom)
+            check_rules_evaluate(prom, snapshot)
             # And the exposition is lint-clean by Prometheus' own rules.
             promtool("check", "metrics", stdin=exporter._render(None)[0])
     finally:
@@ -201,7 +201,7 @@ def check_grafana_alert(prom, snapshot) -> None:
     assert margin > 0, "the full snapshot is above threshold, so the Grafana rule would fire"
 
 
-def check_rules_evaluate(prom) -> None:
+def check_rules_evaluate(prom, snapshot) -> None:
     deadline = time.monotonic() + 10
     while True:
         groups = prom.api("rules")["data"]["groups"]
@@ -213,7 +213,21 @@ def check_rules_evaluate(prom) -> None:
         time.sleep(0.2)
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     states = {(r["name"], r["labels"].get("trigger")): r["state"] for r in rules}
-    # alert_active is 1 and the score is above threshold: both anomaly rules are pending.
+    # alert_active is 1 and the score is above threshold: both anomaly rules are pending,
+    # and so are the miner_name indicator and the failed "processes" source.
     assert states[("MinerwatchAnomaly", "agent")] == "pending"
     assert states[("MinerwatchAnomaly", "score")] == "pending"
-    assert states[("MinerwatchAgentDown", None)] == "inactive"
+    assert states[("MinerwatchIndicatorHits", None)] == "pending"
+    assert states[("MinerwatchSourceDown", None)] == "pending"
+    for quiet in ("MinerwatchAgentDown", "MinerwatchLearningStuck", "MinerwatchErrors"):
+        assert states[(quiet, None)] == "inactive", quiet
+    # The annotations' queries ran on the real Prometheus: what drove the score, and where
+    # the evidence is.
+    alerts = {
+        (a["labels"]["alertname"], a["labels"].get("trigger")): a["annotations"]
+        for a in prom.api("alerts")["data"]["alerts"]
+    }
+    for key in (("MinerwatchAnomaly", "agent"), ("MinerwatchAnomaly", "score")):
+        assert alerts[key]["top_features"] == "cpu_mean 70%, cpu_std 20%, net_tx_mean 10%"
+        assert alerts[key]["evidence"] == snapshot.evidence_file
+    assert alerts[("MinerwatchIndicatorHits", None)]["evidence"] == snapshot.evidence_file

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import http.client
 import inspect
 import math
 import os
+import re
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,12 +21,24 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from promtools import PROMTOOL, full_snapshot, promtool
+from promtools import PROMTOOL, free_port, full_snapshot, promtool
 
+from minerwatch.bench.scrape_load import running_agent
 from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.features.sources import SOURCES
+from minerwatch.service import httpserver
 from minerwatch.service.config import ExporterConfig
-from minerwatch.service.exporter import METRICS, TEXTFILE_NAME, Exporter, write_textfile
-from minerwatch.service.state import AgentSnapshot
+from minerwatch.service.evidence import EvidenceWriter
+from minerwatch.service.exporter import (
+    METRICS,
+    TEXTFILE_NAME,
+    Exporter,
+    ExpositionCache,
+    SnapshotCollector,
+    write_textfile,
+)
+from minerwatch.service.httpserver import REQUEST_SLOTS, REQUEST_TIMEOUT_S, accepts_gzip
+from minerwatch.service.state import ERROR_STAGES, AgentSnapshot
 
 NOW = 1_700_000_000.0
 
@@ -107,14 +124,128 @@ def test_fresh_agent_exports_no_score_no_model_and_no_nan(exporter):
     assert exporter.registry.get_sample_value("minerwatch_samples_total") == 0.0
 
 
-def test_only_metrics_path_is_served(exporter):
+def test_only_metrics_and_a_landing_page_are_served(exporter):
     exporter.update(full_snapshot(NOW))
     base = f"http://127.0.0.1:{exporter.port}"
-    for path in ("/", "/metric", "/metrics/x", "/favicon.ico"):
+    for path in ("/metric", "/metrics/x", "/favicon.ico", "/index.html", "/-/healthy"):
         assert get(base + path)[0] == 404, path
     status, headers, body = get(base + "/metrics?name[]=ignored")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert b"minerwatch_anomaly_score 0.83" in body
+    status, headers, body = get(base + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<a href="/metrics">' in body and b"minerwatch_" not in body
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_methods_other_than_get_and_head_are_refused(exporter, method):
+    for path in ("/metrics", "/"):
+        conn = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=5)
+        conn.request(method, path, body=b"x=1" if method in ("POST", "PUT") else None)
+        response = conn.getresponse()
+        assert response.status == 405, (method, path)
+        assert response.getheader("Allow") == "GET, HEAD"
+        assert response.getheader("Connection") == "close"
+        assert b"minerwatch_" not in response.read()
+        conn.close()
+
+
+def test_a_scrape_only_sends_the_exposition_rendered_once_per_snapshot():
+    exp = Exporter(port=0, address="127.0.0.1", registry=CollectorRegistry(), render_max_age=3600)
+    exp.start()
+    try:
+        exp.update(full_snapshot(NOW))
+        url = f"http://127.0.0.1:{exp.port}/metrics"
+        openmetrics = {"Accept": "application/openmetrics-text;version=1.0.0"}
+        plain = [get(url)[2] for _ in range(10)]
+        zipped = [get(url, {"Accept-Encoding": "gzip"})[2] for _ in range(10)]
+        om = [get(url, {**openmetrics, "Accept-Encoding": "gzip"})[2] for _ in range(10)]
+        assert len(set(plain)) == len(set(zipped)) == len(set(om)) == 1, "the same bytes"
+        assert gzip.decompress(zipped[0]) == plain[0]
+        assert gzip.decompress(om[0]).rstrip().endswith(b"# EOF")
+        assert exp._cache.renders == 2, "one render per format (text, OpenMetrics), not per scrape"
+        exp.update(dataclasses.replace(full_snapshot(NOW), anomaly_score=0.25))
+        assert b"minerwatch_anomaly_score 0.25" in get(url)[2], "a new snapshot is rendered anew"
+        assert exp._cache.renders == 3
+    finally:
+        exp.stop()
+
+
+def test_a_cached_exposition_is_rendered_again_once_it_is_older_than_its_max_age():
+    now, ticks = [NOW], [0.0]
+    registry = CollectorRegistry()
+    snapshot = AgentSnapshot(model_version="m", model_trained_timestamp_seconds=NOW - 10)
+    registry.register(SnapshotCollector(lambda: snapshot, clock=lambda: now[0]))
+    cache = ExpositionCache(registry, lambda: snapshot, max_age=1.0, clock=lambda: ticks[0])
+
+    def age() -> bytes:
+        body, _ = cache.get(None, compress=False)
+        return next(line for line in body.splitlines() if line.startswith(b"minerwatch_model_age"))
+
+    assert age() == b"minerwatch_model_age_seconds 10.0"
+    now[0] += 50  # the agent loop is stuck: no new snapshot
+    ticks[0] += 0.5
+    assert age() == b"minerwatch_model_age_seconds 10.0", "within max_age: the cached bytes"
+    ticks[0] += 0.6
+    assert age() == b"minerwatch_model_age_seconds 60.0", "older than max_age: rendered again"
+    assert cache.renders == 2
+
+
+def test_connections_beyond_the_limit_get_503_and_are_counted():
+    exp = Exporter(port=0, address="127.0.0.1", registry=CollectorRegistry(), max_connections=2)
+    exp.start()
+    idle = []
+    try:
+        for _ in range(2):  # two silent connections hold both slots
+            idle.append(socket.create_connection(("127.0.0.1", exp.port), timeout=5))
+        time.sleep(0.2)
+        status, headers, body = get(f"http://127.0.0.1:{exp.port}/metrics")
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert body == b"Too many connections, try again.\n"
+        value = exp.registry.get_sample_value
+        assert value("minerwatch_errors_total", {"stage": "exporter"}) >= 1
+        idle.pop().close()  # a slot frees up as soon as the server sees the close
+        deadline = time.monotonic() + 5
+        while get(f"http://127.0.0.1:{exp.port}/metrics")[0] != 200:
+            assert time.monotonic() < deadline, "the freed slot was never reused"
+            time.sleep(0.05)
+    finally:
+        for sock in idle:
+            sock.close()
+        exp.stop()
+
+
+def test_stalled_requests_cannot_hold_the_request_slots(exporter):
+    """Clients that send half a request and stop lose their slot after REQUEST_TIMEOUT_S."""
+    stalled = []
+    try:
+        for _ in range(REQUEST_SLOTS + 2):
+            sock = socket.create_connection(("127.0.0.1", exporter.port), timeout=10)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: unfinished
+            stalled.append(sock)
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert get(f"http://127.0.0.1:{exporter.port}/metrics")[0] == 200
+        assert time.monotonic() - started < REQUEST_TIMEOUT_S + 2
+        for sock in stalled:  # each was closed unanswered, not kept
+            assert sock.recv(65536) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_silent_connection_is_closed_after_the_timeout(exporter, monkeypatch):
+    monkeypatch.setattr(httpserver._Handler, "timeout", 0.5)
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 3
+
+
+def test_accept_encoding_parsing():
+    assert accepts_gzip("gzip") and accepts_gzip("deflate, gzip;q=0.5") and accepts_gzip("GZIP")
+    assert not accepts_gzip("gzip;q=0") and not accepts_gzip("gzip; q=0.000")
+    assert not accepts_gzip("identity") and not accepts_gzip("") and not accepts_gzip(None)
 
 
 def test_standard_process_and_platform_metrics_are_on_the_endpoint(exporter):
@@ -292,3 +423,140 @@ def test_promtool_check_metrics_accepts_the_exposition(exporter):
     exporter.update(full_snapshot(NOW))
     _, _, body = get(f"http://127.0.0.1:{exporter.port}/metrics")
     promtool("check", "metrics", stdin=body)
+
+
+# --- operators' view: series that exist from the start -----------------------------------
+
+
+def test_every_error_stage_and_source_has_a_zero_series_from_the_start(exporter):
+    exporter.update(AgentSnapshot(source_up={"cpu": True, "processes": False}))
+    value = exporter.registry.get_sample_value
+    for stage in (*ERROR_STAGES, "source_cpu", "source_processes"):
+        assert value("minerwatch_errors_total", {"stage": stage}) == 0.0, stage
+    exporter.update(AgentSnapshot(errors_total={"train": 2}, source_up={"cpu": True}))
+    assert value("minerwatch_errors_total", {"stage": "train"}) == 2.0
+    assert value("minerwatch_errors_total", {"stage": "model"}) == 0.0
+
+
+def test_every_error_stage_counted_in_the_code_is_in_the_one_list():
+    """A stage counted somewhere but missing from ERROR_STAGES would have no zero series."""
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r'self\._error\(\s*"(\w+)"|errors\[\s*"(\w+)"\s*\]')
+    counted = {
+        a or b
+        for folder in ("service", "features", "baseline")
+        for path in (root / folder).rglob("*.py")
+        for a, b in pattern.findall(path.read_text())
+    }
+    assert counted, "the pattern no longer finds where errors are counted"
+    assert counted <= set(ERROR_STAGES), f"add {counted - set(ERROR_STAGES)} to ERROR_STAGES"
+
+
+def test_learning_period_and_start_are_exported(exporter):
+    exporter.update(
+        AgentSnapshot(learning_period_seconds=7200.0, learning_started_timestamp_seconds=NOW - 60)
+    )
+    value = exporter.registry.get_sample_value
+    assert value("minerwatch_learning_period_seconds") == 7200.0
+    assert value("minerwatch_learning_started_timestamp_seconds") == NOW - 60
+    exporter.update(AgentSnapshot(learning=False, learning_period_seconds=7200.0))
+    assert value("minerwatch_learning_started_timestamp_seconds") is None
+
+
+def test_evidence_file_of_the_open_episode_is_one_info_series(exporter, tmp_path):
+    writer = EvidenceWriter(tmp_path / "evidence", min_interval_s=0)
+    path = writer.write("web-1-1764749700", 0.9, 0.6, {"cpu_percent": 97.0}, [], [], [])
+    assert path is not None
+    exporter.update(AgentSnapshot(evidence_file=str(path)))
+    text = scrape(exporter)
+    (line,) = [x for x in text.splitlines() if x.startswith("minerwatch_evidence_info")]
+    assert line == f'minerwatch_evidence_info{{file="{path}"}} 1.0'
+    exporter.update(AgentSnapshot())
+    assert "minerwatch_evidence_info" not in scrape(exporter), "no series once it closes"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/tmp/xmrig --donate-level 1",
+        "/var/lib/minerwatch/evidence/20261203T081500Z-web-1.json\nfake_metric 1",
+        "/var/lib/minerwatch/evidence/notes.json",
+        "20261203T081500Z-" + "x" * 65 + ".json",
+    ],
+)
+def test_evidence_file_refuses_anything_but_an_evidence_name(bad):
+    with pytest.raises(ValueError, match="never process data"):
+        AgentSnapshot(evidence_file=bad)
+
+
+def test_evidence_file_in_an_odd_folder_keeps_only_its_name():
+    name = "20261203T081500Z-web-1-1764749700.json"
+    assert AgentSnapshot(evidence_file=f"/srv/\udcff/{name}").evidence_file == name
+    assert AgentSnapshot(evidence_file=f"/srv/a\tb/{name}").evidence_file == name
+    assert AgentSnapshot(evidence_file=f"/srv/données/{name}").evidence_file.startswith("/srv/")
+
+
+# --- the real agent -------------------------------------------------------------------------
+
+
+def test_real_agent_exports_zero_series_learning_metrics_and_serves_nothing_else(tmp_path):
+    with running_agent(tmp_path, 1.0, "--learn-for", "30m") as agent:
+        text = get(agent.url)[2].decode()
+        value = {
+            (f.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        for stage in (*ERROR_STAGES, *(f"source_{name}" for name in SOURCES)):
+            assert ("minerwatch_errors", (("stage", stage),)) in value, stage
+        for name in SOURCES:
+            assert value[("minerwatch_source_up", (("source", name),))] == 1.0, name
+        assert value[("minerwatch_learning_period_seconds", ())] == 1800.0
+        started = value[("minerwatch_learning_started_timestamp_seconds", ())]
+        assert time.time() - 60 < started <= time.time()
+        base = agent.url.removesuffix("/metrics")
+        assert get(base + "/")[0] == 200 and get(base + "/x")[0] == 404
+        conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=5)
+        conn.request("POST", "/metrics", body=b"")
+        assert conn.getresponse().status == 405
+        conn.close()
+
+
+def other_local_address() -> str | None:
+    """A non-loopback IPv4 address of this host, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+        except OSError:
+            return None
+        address = str(sock.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_real_agent_binds_where_its_config_file_says_and_nowhere_else(tmp_path):
+    port = free_port()
+    config = tmp_path / "minerwatch.toml"
+    config.write_text(f'[exporter]\nport = {port}\naddress = "127.0.0.1"\n')
+    entry = Path(sys.executable).with_name("minerwatch")
+    cmd = [str(entry), "serve", "--config", str(config), "--data-dir", str(tmp_path / "d"),
+           "--interval", "1s", "--learn-for", "1h"]  # fmt: skip
+    with (tmp_path / "agent.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if get(f"http://127.0.0.1:{port}/metrics")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "agent.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
+            time.sleep(0.2)
+        elsewhere = other_local_address()
+        if elsewhere is not None:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((elsewhere, port), timeout=2).close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -23,7 +23,8 @@ def test_wheel_installs_only_minerwatch(tmp_path):
     (wheel,) = tmp_path.glob("minerwatch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names}
-    assert top == {"minerwatch", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
+    name, version = wheel.name.split("-")[:2]
+    assert top == {"minerwatch", f"{name}-{version}.dist-info"}
     for room in ("features", "baseline", "service", "bench"):
         assert f"minerwatch/{room}/__init__.py" in names
     assert "minerwatch/service/data/indicators.json" in names

@@ -1,0 +1,233 @@
+"""``minerwatch fleet train|score|export``: the commands, on top of the client and the mapping.
+
+The flags are defined in :mod:`minerwatch.service.cli`; this module is imported only when a
+fleet command runs. Scores are written in exactly the columns of ``minerwatch score``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.features.schema import HOST, TIMESTAMP
+from minerwatch.service.fleet.nodeexporter import (
+    MAPPING,
+    HostTelemetry,
+    discover_hosts,
+)
+from minerwatch.service.fleet.promclient import Connection, PromClient
+from minerwatch.service.fleet.train import FleetReader, summary_table, train_fleet
+
+DAY = 86400.0
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def connection(args: argparse.Namespace) -> Connection:
+    """The server and credentials given by the common fleet flags."""
+    return Connection(
+        url=args.prometheus,
+        username=args.username,
+        password_file=args.password_file,
+        bearer_token_file=args.bearer_token_file,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        timeout=args.timeout,
+    )
+
+
+def time_range(args: argparse.Namespace) -> tuple[float, float]:
+    """``--start``/``--end``, or the last ``--days`` up to now (train only)."""
+    end = args.end if args.end is not None else time.time()
+    days = getattr(args, "days", None)
+    start = args.start if args.start is not None else end - (days or 0) * DAY
+    if not end > start:
+        raise InputError("--start/--end", None, "a start before the end", f"{start:.0f}..{end:.0f}")
+    return start, end
+
+
+def _hosts(client: PromClient, args: argparse.Namespace, start: float, end: float) -> list[str]:
+    hosts = discover_hosts(client, args.selector, args.host_label, start, end)
+    if not hosts:
+        raise InputError(
+            args.prometheus,
+            None,
+            f"node_exporter hosts matching {args.selector or '{}'} between "
+            f"{start:.0f} and {end:.0f}",
+            "none",
+        )
+    return hosts
+
+
+def _names(hosts: list[str], most: int = 10) -> str:
+    more = f" and {len(hosts) - most} more" if len(hosts) > most else ""
+    return ", ".join(hosts[:most]) + more
+
+
+def _explain_absent(columns: tuple[str, ...]) -> str:
+    needs = {c.name: " + ".join(c.metrics) for c in MAPPING}
+    return "; ".join(f"{c} (needs {needs[c]})" for c in columns)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``fleet train``: one model per host, a summary table, failures named (exit 2)."""
+    from minerwatch.service.progress import Progress
+
+    start, end = time_range(args)
+    conn = connection(args)
+    client = PromClient(conn, concurrency=args.concurrency)
+    hosts = _hosts(client, args, start, end)
+    print(f"training {len(hosts)} hosts from {conn.url} ({start:.0f}..{end:.0f})", file=sys.stderr)
+    reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
+    hop = args.hop or args.window
+    bar = Progress("fleet train")
+    outcomes = train_fleet(
+        reader,
+        hosts,
+        Path(args.models),
+        window=args.window,
+        hop=hop,
+        n_jobs=args.jobs,
+        dask_address=args.dask,
+        progress=bar,
+    )
+    failed = [o for o in outcomes if o.model is None]
+    for o in failed:
+        tries = f" after {o.attempts} attempts" if o.attempts > 1 else ""
+        print(f"minerwatch: skipped host {o.host}{tries}: {o.error}", file=sys.stderr)
+    trained = [o for o in outcomes if o.model is not None]
+    if not trained:
+        raise InputError(conn.url, None, "at least one host with enough data", "none trained")
+    print(summary_table(trained))
+    common = set.intersection(*(set(o.absent) for o in trained))
+    if common:
+        ordered = tuple(c.name for c in MAPPING if c.name in common)
+        print(
+            f"not collected by this fleet, trained without: {_explain_absent(ordered)}",
+            file=sys.stderr,
+        )
+    if failed:
+        print(
+            f"minerwatch: trained {len(trained)} hosts, skipped {len(failed)}: "
+            f"{_names([o.host for o in failed])} (exit 2)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """``fleet score``: the hosts in Prometheus that have a model, scored like ``score``."""
+    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.store import load_model
+    from minerwatch.service.cli import SCORE_COLUMNS
+    from minerwatch.service.progress import Progress
+
+    start, end = time_range(args)
+    conn = connection(args)
+    client = PromClient(conn, concurrency=args.concurrency)
+    hosts = _hosts(client, args, start, end)
+    reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
+    models, out = Path(args.models), Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    bar = Progress("fleet score")
+    skipped: list[str] = []
+    alerts = windows = 0
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(SCORE_COLUMNS)
+            for i, host in enumerate(hosts, start=1):
+                bar(i, len(hosts), host)
+                try:
+                    model = load_model(models, host)
+                    res = score_series(model, reader.read(host, client).series)
+                except InputError as exc:  # no usable model, or data the model cannot use
+                    skipped.append(host)
+                    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+                    continue
+                for j in range(len(res.score)):
+                    writer.writerow(
+                        [
+                            host,
+                            f"{res.window_start[j]:.0f}",
+                            f"{res.window_end[j]:.0f}",
+                            f"{res.score[j]:.6f}",
+                            f"{res.threshold:.6f}",
+                            int(res.alert[j]),
+                            res.top_features[j],
+                        ]
+                    )
+                windows += len(res.score)
+                alerts += int(res.alert.sum())
+        if len(skipped) == len(hosts):
+            raise InputError(
+                str(models), None, "a usable model for at least one host", "none; nothing written"
+            )
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    summary = f"scored {windows} windows of {len(hosts) - len(skipped)} hosts, {alerts} alerted"
+    if skipped:
+        print(f"{summary}; skipped {len(skipped)}: {_names(skipped)} (exit 2)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{summary} -> {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def telemetry_csv(data: HostTelemetry) -> str:
+    """One host's telemetry as a CSV file of the telemetry format; a gap is an empty cell.
+
+    Values are written with Python's shortest round-tripping repr, so reading the file back
+    gives exactly the numbers read from Prometheus.
+    """
+    s = data.series
+    lines = [",".join((TIMESTAMP, HOST, *s.columns))]
+    host = (
+        s.host if "," not in s.host and '"' not in s.host else '"' + s.host.replace('"', '""') + '"'
+    )
+    for t, row in zip(s.timestamps.tolist(), s.values.tolist(), strict=True):
+        cells = ("" if v != v else repr(v) for v in row)
+        lines.append(f"{t!r},{host}," + ",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``fleet export``: ``DIR/<host>.csv`` per host, for offline work and bug reports."""
+    from minerwatch.baseline.store import host_dirname
+    from minerwatch.service.progress import Progress
+
+    start, end = time_range(args)
+    conn = connection(args)
+    client = PromClient(conn, concurrency=args.concurrency)
+    hosts = _hosts(client, args, start, end)
+    reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = Progress("fleet export")
+    rows, skipped = 0, []
+    for i, host in enumerate(hosts, start=1):
+        bar(i, len(hosts), host)
+        try:
+            data = reader.read(host, client)
+        except InputError as exc:
+            skipped.append(host)
+            print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+            continue
+        atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
+        rows += len(data.series.timestamps)
+        if data.absent:
+            print(f"minerwatch: note: host {host}: no {', '.join(data.absent)}", file=sys.stderr)
+    print(f"exported {rows} samples of {len(hosts) - len(skipped)} hosts -> {out}", file=sys.stderr)
+    return EXIT_USAGE if skipped else EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch ``minerwatch fleet COMMAND``."""
+    commands = {"train": run_train, "score": run_score, "export": run_export}
+    return commands[args.fleet_command](args)

@@ -1,0 +1,171 @@
+"""Fleet training: one task per host, each reading its own host from Prometheus.
+
+Unlike :func:`minerwatch.baseline.train.train_all`, which reads files in the caller and ships
+series to workers, a task here gets only a :class:`FleetReader` (a URL, a selector, a time
+range) and the host name: the caller never holds the fleet's data, and a worker holds one
+host's. Fitting is :func:`~minerwatch.baseline.train.train_host`; models are saved in the
+caller, so the model store has one writer. A host whose data is unusable is reported; one
+whose reading failed transiently (Prometheus 5xx or timeouts outlasting the client's
+retries) is tried once more before it is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.store import save_model
+from minerwatch.baseline.train import train_host
+from minerwatch.features.errors import InputError
+from minerwatch.service.fleet.nodeexporter import HostTelemetry, read_host
+from minerwatch.service.fleet.promclient import Connection, PromClient, PrometheusUnavailable
+
+
+@dataclass(frozen=True)
+class FleetReader:
+    """What a worker needs to read one host: plain data, so it pickles to any engine."""
+
+    connection: Connection
+    start: float
+    end: float
+    selector: str = ""
+    host_label: str | None = None
+    concurrency: int = 2
+
+    def client(self) -> PromClient:
+        return PromClient(self.connection, concurrency=self.concurrency)
+
+    def read(self, host: str, client: PromClient | None = None) -> HostTelemetry:
+        return read_host(
+            client or self.client(),
+            host,
+            self.start,
+            self.end,
+            selector=self.selector,
+            host_label=self.host_label,
+        )
+
+
+@dataclass
+class Outcome:
+    """One host's result: a model (with what its data lacked), or the error."""
+
+    host: str
+    model: HostModel | None = None
+    absent: tuple[str, ...] = ()
+    seconds: float = 0.0
+    error: str = ""
+    transient: bool = False
+    attempts: int = 1
+    path: str = field(default="")
+
+
+def train_task(
+    reader: FleetReader, host: str, window: float, hop: float, params: dict[str, Any] | None
+) -> Outcome:
+    """Read and fit one host; errors come back as values so one host never stops the fleet."""
+    t0 = time.perf_counter()
+    try:
+        data = reader.read(host)
+        model = train_host(data.series, window, hop, params)
+    except (InputError, ValueError) as exc:
+        return Outcome(host, error=str(exc), seconds=time.perf_counter() - t0)
+    except (PrometheusUnavailable, OSError) as exc:
+        return Outcome(host, error=str(exc), transient=True, seconds=time.perf_counter() - t0)
+    meta = dict(model.meta, absent_columns=list(data.absent), source=reader.connection.url)
+    model = replace(model, meta=meta)
+    return Outcome(host, model, data.absent, time.perf_counter() - t0)
+
+
+def _run(
+    tasks: Sequence[str],
+    reader: FleetReader,
+    window: float,
+    hop: float,
+    params: dict[str, Any] | None,
+    n_jobs: int,
+    dask_address: str | None,
+) -> Iterator[Outcome]:
+    """Outcomes as they finish, on joblib processes or a Dask cluster."""
+    if dask_address:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = (
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            if dask_address == "local"
+            else None
+        )
+        client = Client(cluster if cluster is not None else dask_address)
+        try:
+            futures = [
+                client.submit(train_task, reader, h, window, hop, params, pure=False) for h in tasks
+            ]
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        return
+    if n_jobs == 1:
+        for h in tasks:
+            yield train_task(reader, h, window, hop, params)
+        return
+    from joblib import Parallel, delayed
+
+    yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        delayed(train_task)(reader, h, window, hop, params) for h in tasks
+    )
+
+
+def train_fleet(
+    reader: FleetReader,
+    hosts: Sequence[str],
+    models_dir: Path,
+    *,
+    window: float = 60.0,
+    hop: float = 60.0,
+    n_jobs: int = 1,
+    dask_address: str | None = None,
+    params: dict[str, Any] | None = None,
+    model_key: bytes | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Outcome]:
+    """Train and store one model per host; every host's :class:`Outcome`, sorted by host."""
+    done: dict[str, Outcome] = {}
+    pending = list(hosts)
+    for attempt in (1, 2):
+        retry: list[str] = []
+        for outcome in _run(pending, reader, window, hop, params, n_jobs, dask_address):
+            outcome.attempts = attempt
+            if outcome.transient and attempt == 1:
+                retry.append(outcome.host)
+                continue
+            if outcome.model is not None:
+                outcome.path = str(save_model(models_dir, outcome.model, key=model_key))
+            done[outcome.host] = outcome
+            if progress is not None:
+                progress(len(done), len(hosts), outcome.host)
+        pending = retry
+        if not pending:
+            break
+    return [done[h] for h in sorted(done)]
+
+
+def summary_table(outcomes: Sequence[Outcome]) -> str:
+    """Host, windows, threshold, time, and the telemetry columns the host's metrics lacked."""
+    rows = [o for o in outcomes if o.model is not None]
+    width = max([4, *(len(o.host) for o in rows)])
+    lines = [f"{'host':<{width}}  {'windows':>7}  {'threshold':>9}  {'time':>7}  absent columns"]
+    for o in rows:
+        assert o.model is not None
+        absent = ", ".join(o.absent) or "-"
+        lines.append(
+            f"{o.host:<{width}}  {o.model.meta['windows']:>7}  {o.model.threshold:>9.4f}  "
+            f"{o.seconds:>6.1f}s  {absent}"
+        )
+    return "\n".join(lines)

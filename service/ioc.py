@@ -1,0 +1,355 @@
+"""Indicators of compromise: turn one host's evidence into a file, and hunt for it elsewhere.
+
+A miner found on one machine is rarely alone (one stolen account, a hundred machines), so
+``minerwatch ioc extract EVIDENCE`` keeps what identifies *this* miner — its binary's sha256,
+its paths, the pools it talked to, the cron lines and systemd units that restart it — and
+``minerwatch hunt IOC-FILE`` checks another host once against it: exit 1 on a hit, 0 when
+clean, 2 when the IOC file is not one.
+
+Reading the host (:func:`read_host`) is kept apart from matching (:func:`find_hits`, a pure
+function tested on literals). Only the suspects go into the file: processes an indicator
+named, else the evidence's top process, and never a binary of the system's own folders
+(``/usr/bin/python3`` would match every host).
+
+    >>> ioc = Ioc("ioc-x", sha256=("ab" * 32,))
+    >>> snap = HostSnapshot(processes=[ProcessSeen(7, "kx", "/tmp/kx", "ab" * 32)])
+    >>> [h.kind for h in find_hits(ioc, snap)]
+    ['sha256']
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import ProcessTable
+from minerwatch.service.evidence import HostPaths, _load, _walk, hash_file
+
+FORMAT = "minerwatch-ioc"
+FORMAT_VERSION = 1
+LIST_KEYS = ("sha256", "paths", "pools", "cron_lines", "units")
+DEFAULT_SCAN = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
+#: Binaries here belong to the system: their hash or path would match every host.
+SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/minerwatch/")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HASH_CAP = 256 << 20
+_SCAN_MAX_FILES = 20_000
+_TOKENS = re.compile(r"[\s;|&()<>`'\"=]+")
+
+
+@dataclass(frozen=True)
+class Ioc:
+    """One IOC file: an id (a bounded label for metrics) and what identifies the miner."""
+
+    id: str
+    sha256: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    pools: tuple[str, ...] = ()
+    cron_lines: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    source: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"format": FORMAT, "version": FORMAT_VERSION}
+        return {**doc, **asdict(self), "source": dict(self.source)}
+
+    def empty(self) -> bool:
+        return not any(getattr(self, k) for k in LIST_KEYS)
+
+
+def ioc_id(lists: Mapping[str, Sequence[str]]) -> str:
+    """A name fixed by the content: the same miner seen twice gets the same id."""
+    canon = json.dumps({k: sorted(lists[k]) for k in LIST_KEYS}, sort_keys=True)
+    return "ioc-" + hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def _system(path: str) -> bool:
+    return any(path.startswith(d) for d in SYSTEM_DIRS)
+
+
+def _mentions(text: str, paths: Sequence[str]) -> bool:
+    """Whether a line names one of ``paths`` (in full, or a token with its file name)."""
+    names = {os.path.basename(p) for p in paths if len(os.path.basename(p)) >= 2}
+    if any(p in text for p in paths):
+        return True
+    return any(os.path.basename(tok) in names for tok in _TOKENS.split(text) if tok)
+
+
+def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
+    """The IOC of an evidence document (``service/evidence.py``'s format)."""
+    procs = [p for p in doc.get("processes") or [] if isinstance(p, dict) and "pid" in p]
+    named = {h.get("pid") for h in doc.get("indicators") or [] if isinstance(h, dict)}
+    suspects = [p for p in procs if p["pid"] in named] or procs[:1]
+    sha, paths, pools = set(), set(), set()
+    for p in suspects:
+        exe = str(p.get("exe") or "")
+        if exe and (not _system(exe) or p.get("exe_deleted")):
+            paths.add(exe)
+            if isinstance(p.get("sha256"), str) and _SHA256.match(p["sha256"]):
+                sha.add(p["sha256"])
+        for c in p.get("connections") or []:
+            remote = c.get("remote") if isinstance(c, dict) else None
+            if remote:
+                pools.add(str(remote))
+    cron, units = set(), set()
+    exe_paths = sorted(paths)
+    if exe_paths:
+        for f in doc.get("crontabs") or []:
+            for line in str(f.get("content") or "").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#") and _mentions(line, exe_paths):
+                    cron.add(line)
+                    paths.add(str(f["path"]))
+        for f in doc.get("systemd_units") or []:
+            if _mentions(str(f.get("content") or ""), exe_paths):
+                units.add(os.path.basename(str(f["path"])))
+                paths.add(str(f["path"]))
+    preload = doc.get("ld_so_preload")
+    if isinstance(preload, dict) and preload.get("exists"):
+        # any library forced into every process is the rootkit's, not the system's
+        for line in str(preload.get("content") or "").split():
+            if line.startswith("/") and not line.startswith("#"):
+                paths.add(line)
+    lists = {
+        "sha256": sorted(sha),
+        "paths": sorted(paths),
+        "pools": sorted(pools),
+        "cron_lines": sorted(cron),
+        "units": sorted(units),
+    }
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Ioc(
+        ioc_id(lists),
+        **{k: tuple(v) for k, v in lists.items()},
+        source={
+            "evidence": source,
+            "hostname": doc.get("hostname"),
+            "episode_id": doc.get("episode_id"),
+            "suspect_pids": [p["pid"] for p in suspects],
+            "created_at_utc": now,
+        },
+    )
+
+
+def load_ioc(path: Path) -> Ioc:
+    """Read and check an IOC file; anything else is an InputError naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            str(path), None, "an IOC file (JSON from 'ioc extract')", str(exc)
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = repr(doc.get("format")) if isinstance(doc, dict) else type(doc).__name__
+        raise InputError(str(path), None, f"an IOC file with format {FORMAT!r}", got)
+    if doc.get("version") != FORMAT_VERSION:
+        raise InputError(str(path), None, f"version {FORMAT_VERSION}", repr(doc.get("version")))
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in LIST_KEYS:
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(str(path), None, f"{key!r}: a list of strings", repr(value)[:80])
+        lists[key] = tuple(value)
+    bad = [h for h in lists["sha256"] if not _SHA256.match(h)]
+    if bad:
+        raise InputError(str(path), None, "'sha256': 64 lowercase hex digits each", bad[0][:80])
+    ident = doc.get("id")
+    if not isinstance(ident, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", ident):
+        raise InputError(str(path), None, "'id': a short name ([A-Za-z0-9_.-])", repr(ident))
+    ioc = Ioc(ident, **lists, source=doc.get("source") or {})
+    if ioc.empty():
+        raise InputError(str(path), None, f"at least one indicator in {', '.join(LIST_KEYS)}")
+    return ioc
+
+
+# --------------------------------------------------------------------------- hunt
+
+
+@dataclass(frozen=True)
+class ProcessSeen:
+    pid: int
+    name: str
+    exe: str
+    sha256: str | None = None
+
+
+@dataclass
+class HostSnapshot:
+    """What :func:`read_host` saw; :func:`find_hits` matches an IOC against it."""
+
+    processes: list[ProcessSeen] = field(default_factory=list)
+    files: dict[str, str | None] = field(default_factory=dict)  # path -> sha256 (if hashed)
+    connections: list[tuple[int | None, str]] = field(default_factory=list)  # pid, remote
+    cron_lines: list[tuple[str, str]] = field(default_factory=list)  # path, line
+    unit_files: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Hit:
+    kind: str  # one of LIST_KEYS
+    value: str  # the indicator matched
+    where: str  # pid or path on this host
+
+
+def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
+    """Every place on the host an indicator of ``ioc`` shows up."""
+    hits: list[Hit] = []
+    sha, paths, pools = set(ioc.sha256), set(ioc.paths), set(ioc.pools)
+    for p in snap.processes:
+        where = f"pid {p.pid} ({p.name})"
+        if p.sha256 in sha:
+            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {p.exe}"))
+        if p.exe in paths:
+            hits.append(Hit("paths", p.exe, f"{where} runs it"))
+    for path, digest in sorted(snap.files.items()):
+        if path in paths:
+            hits.append(Hit("paths", path, "file exists"))
+        if digest in sha:
+            hits.append(Hit("sha256", digest or "", f"file {path}"))
+    for pid, remote in snap.connections:
+        if remote in pools:
+            hits.append(Hit("pools", remote, f"connection of pid {pid}" if pid else "connection"))
+    cron = {c.strip() for c in ioc.cron_lines}
+    for path, line in snap.cron_lines:
+        if line.strip() in cron:
+            hits.append(Hit("cron_lines", line.strip(), path))
+    units = set(ioc.units)
+    for path in snap.unit_files:
+        if os.path.basename(path) in units:
+            hits.append(Hit("units", os.path.basename(path), path))
+    return hits
+
+
+def _remote(addr: Any) -> str:
+    return f"[{addr.ip}]:{addr.port}" if ":" in addr.ip else f"{addr.ip}:{addr.port}"
+
+
+def _executables(dirs: Iterable[Path]) -> Iterator[Path]:
+    seen = 0
+    for d in dirs:
+        for path in _walk(d):
+            seen += 1
+            if seen > _SCAN_MAX_FILES:
+                return
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 and st.st_size <= _HASH_CAP:
+                yield path
+
+
+def read_host(
+    ioc: Ioc,
+    paths: HostPaths = HostPaths(),  # noqa: B008 - frozen dataclass, safe as a default
+    scan: Sequence[Path] = DEFAULT_SCAN,
+) -> HostSnapshot:
+    """Look at this host once, only as far as ``ioc`` needs (hashes only if it has some)."""
+    snap = HostSnapshot()
+    hashes: dict[tuple[int, int], str | None] = {}
+    for rec in ProcessTable(paths.proc).read():
+        if not rec.exe:
+            continue
+        digest = None
+        if ioc.sha256:
+            link = paths.proc / str(rec.pid) / "exe"
+            try:
+                st = os.stat(link)
+            except OSError:
+                continue  # exited, or not ours to read
+            key = (st.st_dev, st.st_ino)
+            if key not in hashes:
+                hashes[key] = hash_file(link, _HASH_CAP).get("sha256")
+            digest = hashes[key]
+        snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest))
+    for p in ioc.paths:
+        if os.path.lexists(p):
+            snap.files[p] = None
+    if ioc.sha256:
+        for exe in _executables(scan):
+            snap.files[str(exe)] = hash_file(exe, _HASH_CAP).get("sha256")
+    if ioc.pools:
+        try:
+            conns = psutil.net_connections(kind="inet")
+        except (psutil.Error, OSError) as exc:
+            snap.errors.append(f"connections: {exc}")
+            conns = []
+        snap.connections = [(c.pid, _remote(c.raddr)) for c in conns if c.raddr]
+    if ioc.cron_lines:
+        for f in [paths.crontab, *(f for d in paths.cron_dirs for f in _walk(d))]:
+            try:
+                text = f.read_text(errors="surrogateescape")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                snap.errors.append(f"{f}: {exc.strerror}")
+                continue
+            snap.cron_lines += [(str(f), line) for line in text.splitlines() if line.strip()]
+    if ioc.units:
+        dirs = list(paths.systemd_dirs)
+        for root in paths.home_roots:
+            try:
+                dirs += [h / ".config/systemd/user" for h in root.iterdir()]
+            except OSError:
+                continue
+        snap.unit_files = [str(f) for d in dirs for f in _walk(d)]
+    return snap
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _printable(value: object) -> str:
+    """Process names and paths are attacker-chosen; never let them drive the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``minerwatch ioc extract EVIDENCE [--output FILE]``."""
+    ioc = extract(_load(args.evidence), source=args.evidence.name)
+    text = json.dumps(ioc.to_json(), indent=1) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write(args.output, text, mode=0o644)
+        print(f"wrote {ioc.id} to {args.output}", file=sys.stderr)
+    if ioc.empty():
+        print("minerwatch: note: no indicators found for the suspect", file=sys.stderr)
+    return 0
+
+
+def run_hunt(args: argparse.Namespace) -> int:
+    """``minerwatch hunt IOC-FILE``: 1 on a hit (each printed), 0 when clean."""
+    ioc = load_ioc(args.ioc_file)
+    scan = DEFAULT_SCAN if args.scan is None else tuple(args.scan)
+    snap = read_host(ioc, scan=scan)
+    hits = find_hits(ioc, snap)
+    if args.json:
+        doc = {"ioc": ioc.id, "hits": [asdict(h) for h in hits], "errors": snap.errors}
+        print(json.dumps(doc, indent=1))
+    else:
+        for h in hits:
+            print(f"hit {ioc.id}: {h.kind} {_printable(h.value)} -- {_printable(h.where)}")
+        for e in snap.errors:
+            print(f"minerwatch: note: could not check {_printable(e)}", file=sys.stderr)
+        if not hits:
+            print(f"clean: no indicator of {ioc.id} on this host")
+    return 1 if hits else 0

@@ -1,0 +1,505 @@
+"""Opt-in network isolation: cut a suspect process (or the whole host) off the network with
+nftables, and always be able to undo it.
+
+Everything lives in one dedicated table, ``inet minerwatch``, so releasing is deleting that
+table and nothing else on the host's firewall is touched. The table is a pure function of a
+journal (:func:`ruleset`): every change writes the journal first (atomically, under a lock),
+then loads the whole table in one ``nft -f -`` transaction. A release after a crash reads the
+journal, and ``release --all`` deletes the table even when the journal is lost.
+
+A process is matched by its cgroup v2 path when the host has one and the cgroup holds neither
+the whole host nor this command, else by its user id (never root's: that would cut off sshd
+and the agent). Host isolation drops everything but loopback, SSH from the sources the
+operator names, and Prometheus scrapes of the agent's exporter port.
+
+Example (the ruleset is plain text, so dry runs and tests read it)::
+
+    >>> ruleset([Isolation("process", pid=4242, create_time=1.0, uid=33)]).splitlines()[5].strip()
+    'meta skuid 33 counter drop comment "pid 4242"'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from minerwatch.features.atomic import atomic_write
+from minerwatch.features.errors import InputError
+from minerwatch.features.proctable import (
+    ProcessTable,
+    parse_proc_cgroup,
+    parse_status_uid,
+    same_process,
+)
+from minerwatch.service.config import agent_files_config
+
+TABLE = "minerwatch"
+FAMILY = "inet"
+JOURNAL = "isolate-journal.json"
+AUDIT = "isolate-audit.jsonl"
+SSH_PORT = 22
+_NFT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """One journaled isolation: a process (matched by ``cgroup`` or ``uid``) or the host."""
+
+    kind: str  # "process" or "host"
+    pid: int = 0
+    create_time: float = 0.0
+    uid: int | None = None
+    cgroup: str = ""  # cgroup v2 path (relative to the cgroup2 mount); "" = match the uid
+    allow_ssh_from: tuple[str, ...] = ()
+    ssh_port: int = SSH_PORT
+    exporter_port: int = 0
+    since: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict[str, object]) -> Isolation:
+        def num(key: str, default: float = 0) -> float:
+            value = d.get(key, default)
+            return float(value) if isinstance(value, int | float) else default
+
+        uid = d.get("uid")
+        sources = d.get("allow_ssh_from") or []
+        if d.get("kind") not in ("process", "host") or not isinstance(sources, list):
+            raise ValueError(f"expected an isolation entry, got {d!r}")
+        return Isolation(
+            kind=str(d["kind"]),
+            pid=int(num("pid")),
+            create_time=num("create_time"),
+            uid=uid if isinstance(uid, int) else None,
+            cgroup=str(d.get("cgroup") or ""),
+            allow_ssh_from=tuple(str(s) for s in sources),
+            ssh_port=int(num("ssh_port", SSH_PORT)),
+            exporter_port=int(num("exporter_port")),
+            since=num("since"),
+        )
+
+    def describe(self) -> str:
+        if self.kind == "host":
+            return (
+                f"host: only loopback, ssh (port {self.ssh_port}) from "
+                f"{', '.join(self.allow_ssh_from)} and scrapes of port {self.exporter_port}"
+            )
+        how = f'cgroup "{self.cgroup}"' if self.cgroup else f"uid {self.uid}"
+        return f"pid {self.pid}: outbound traffic of {how} dropped"
+
+
+# --------------------------------------------------------------------------- the ruleset
+
+
+def _networks(cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """IPv4 and IPv6 networks, normalised; raises ValueError on a bad one."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for text in cidrs:
+        net = ipaddress.ip_network(text, strict=False)
+        (v4 if net.version == 4 else v6).append(str(net))
+    return v4, v6
+
+
+def _process_rule(entry: Isolation) -> str:
+    if entry.cgroup:
+        level = len([p for p in entry.cgroup.split("/") if p])
+        match = f'socket cgroupv2 level {level} "{entry.cgroup.strip("/")}"'
+    else:
+        match = f"meta skuid {entry.uid}"
+    return f'{match} counter drop comment "pid {entry.pid}"'
+
+
+def ruleset(entries: Sequence[Isolation]) -> str:
+    """The ``nft -f`` script that makes table ``inet minerwatch`` hold exactly ``entries``.
+
+    It first creates and deletes the table, so loading it replaces any old one in the same
+    transaction; with no entries that is all it does (everything released). Process rules
+    come first in ``output`` so a suspect cannot use loopback either (a local pool proxy);
+    host isolation turns both chains' policy to drop.
+    """
+    head = f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+    if not entries:
+        return head
+    hosts = [e for e in entries if e.kind == "host"]
+    policy = "drop" if hosts else "accept"
+    out = [_process_rule(e) for e in entries if e.kind == "process"]
+    inp: list[str] = []
+    if hosts:
+        inp.append('iif "lo" accept')
+        out.append('oif "lo" accept')
+        for h in hosts:
+            v4, v6 = _networks(h.allow_ssh_from)
+            for family, nets in (("ip", v4), ("ip6", v6)):
+                if nets:
+                    inp.append(
+                        f"{family} saddr {{ {', '.join(nets)} }} tcp dport {h.ssh_port} accept"
+                    )
+                    out.append(
+                        f"{family} daddr {{ {', '.join(nets)} }} tcp sport {h.ssh_port} accept"
+                    )
+            if h.exporter_port:
+                inp.append(f"tcp dport {h.exporter_port} accept")
+                out.append(f"tcp sport {h.exporter_port} accept")
+    lines = [f"table {FAMILY} {TABLE} {{"]
+    for name, hook, rules in (("input", "input", inp), ("output", "output", out)):
+        if not rules and not hosts:
+            continue
+        lines.append(f"    chain {name} {{")
+        lines.append(f"        type filter hook {hook} priority filter; policy {policy};")
+        lines.extend(f"        {r}" for r in rules)
+        lines.append("    }")
+    lines.append("}")
+    return head + "\n".join(lines) + "\n"
+
+
+def apply_ruleset(script: str, nft: str = "nft") -> None:
+    """Load ``script`` in one nftables transaction (all of it or none of it)."""
+    exe = shutil.which(nft)
+    if exe is None:
+        raise InputError(nft, None, "nftables' nft command (apt-get install nftables)", "none")
+    try:
+        done = subprocess.run(
+            [exe, "-f", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=_NFT_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"nft did not answer within {_NFT_TIMEOUT_S:g}s") from exc
+    if done.returncode != 0:
+        why = done.stderr.strip().splitlines()[0] if done.stderr.strip() else "no message"
+        if "Operation not permitted" in done.stderr:
+            raise InputError(
+                "nft", None, "root or CAP_NET_ADMIN (deploy/minerwatch-isolate.conf)", why
+            )
+        raise OSError(f"nft -f - failed ({done.returncode}): {why}")
+
+
+def table_present(nft: str = "nft") -> bool | None:
+    """Whether table ``inet minerwatch`` is loaded; None if nft cannot tell (missing, denied)."""
+    exe = shutil.which(nft)
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run(
+            [exe, "list", "table", FAMILY, TABLE],
+            capture_output=True,
+            text=True,
+            timeout=_NFT_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode == 0:
+        return True
+    return False if "No such file" in done.stderr else None
+
+
+# --------------------------------------------------------------------------- journal
+
+
+class Journal:
+    """The isolations in force, one JSON file rewritten atomically under a lock file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / JOURNAL
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """An exclusive lock over load-change-save (the agent and a hand-run command)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / (JOURNAL + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def load(self) -> list[Isolation]:
+        try:
+            raw = json.loads(self.path.read_text())
+            return [Isolation.from_json(d) for d in raw["isolated"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Never drop a journal silently: it says what is blocked. `release --all` clears it.
+            raise InputError(
+                str(self.path),
+                None,
+                "an isolation journal (JSON with 'isolated'); `isolate release --all` clears it",
+                str(exc),
+            ) from exc
+
+    def save(self, entries: Sequence[Isolation]) -> None:
+        doc = {"version": 1, "isolated": [e.to_json() for e in entries]}
+        atomic_write(self.path, json.dumps(doc, indent=1), mode=0o600)
+
+
+def _audit(state_dir: Path, action: str, entry: Isolation | None, reason: str) -> None:
+    """One fsynced JSON line per change: what was cut off, when, and why."""
+    line = {"ts": time.time(), "action": action, "reason": reason}
+    if entry is not None:
+        line.update(kind=entry.kind, pid=entry.pid, match=entry.describe())
+    fd = os.open(state_dir / AUDIT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def cgroup2_mount(mounts: str) -> Path | None:
+    """Where the unified (v2) hierarchy is mounted, from ``/proc/self/mounts`` text.
+
+    >>> cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\\n")
+    PosixPath('/sys/fs/cgroup')
+    """
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] == "cgroup2":
+            return Path(parts[1])
+    return None
+
+
+def _inside(path: str, parent: str) -> bool:
+    parent = parent.rstrip("/")
+    return path == parent or path.startswith(parent + "/") or not parent
+
+
+def plan_process(
+    pid: int, by: str = "auto", proc_root: Path = Path("/proc"), now: float | None = None
+) -> Isolation:
+    """The isolation of one process: its cgroup v2 path if that is narrow, else its uid."""
+    rec = ProcessTable(proc_root).lookup(pid)
+    if rec is None:
+        raise InputError("--process", None, "the PID of a running process", str(pid))
+    where = f"pid {pid}"
+    try:
+        uid = parse_status_uid((proc_root / str(pid) / "status").read_text())
+        cgroups = parse_proc_cgroup((proc_root / str(pid) / "cgroup").read_text())
+        mine = parse_proc_cgroup((proc_root / "self" / "cgroup").read_text()).get("", "/")
+        mounts = (proc_root / "self" / "mounts").read_text()
+    except FileNotFoundError as exc:
+        raise InputError("--process", None, "the PID of a running process", str(pid)) from exc
+    if not same_process(pid, rec.create_time, proc_root):  # what we read is the suspect's
+        raise InputError("--process", None, "a running process", f"pid {pid} exited")
+    # nft resolves cgroup paths under /sys/fs/cgroup: a hybrid host's "unified" will not do
+    v2 = cgroup2_mount(mounts) == Path("/sys/fs/cgroup") and "" in cgroups
+    path = cgroups.get("", "/")
+    quotable = not any(c in path for c in '"\\\n')
+    narrow = v2 and quotable and path.strip("/") != "" and not _inside(mine, path)
+    if by == "cgroup" and not narrow:
+        raise InputError(
+            "--by cgroup",
+            None,
+            f"{where} in its own cgroup v2 (not the root, not minerwatch's own)",
+            f"{path!r}" if v2 else "no cgroup v2 on this host",
+        )
+    since = time.time() if now is None else now
+    if narrow and by != "uid":
+        return Isolation("process", pid, rec.create_time, uid, path, since=since)
+    if uid is None or uid == 0 or uid == os.getuid():
+        raise InputError(
+            "--process",
+            None,
+            f"{where} to run as a user of its own, to be matched by uid (it shares root's or "
+            "minerwatch's; isolate the host with --host instead)",
+            f"uid {uid}",
+        )
+    return Isolation("process", pid, rec.create_time, uid, "", since=since)
+
+
+def plan_host(
+    allow_ssh_from: Sequence[str], exporter_port: int, ssh_port: int = SSH_PORT
+) -> Isolation:
+    """Host isolation; refuses to lock out the SSH session it is run from."""
+    if not allow_ssh_from:
+        raise InputError(
+            "--allow-ssh-from", None, "at least one CIDR to keep SSH from (e.g. 10.0.0.0/8)"
+        )
+    try:
+        nets = [ipaddress.ip_network(c, strict=False) for c in allow_ssh_from]
+    except ValueError as exc:
+        raise InputError("--allow-ssh-from", None, "CIDRs like 10.0.0.0/8", str(exc)) from exc
+    client = os.environ.get("SSH_CONNECTION", "").split()
+    if client:
+        try:
+            addr = ipaddress.ip_address(client[0])
+        except ValueError:
+            addr = None
+        if addr is not None and not any(addr in n for n in nets if n.version == addr.version):
+            raise InputError(
+                "--allow-ssh-from",
+                None,
+                f"a CIDR holding this SSH session's client {addr} (it would be cut off)",
+                ", ".join(allow_ssh_from),
+            )
+    return Isolation(
+        "host",
+        allow_ssh_from=tuple(str(n) for n in nets),
+        ssh_port=ssh_port,
+        exporter_port=exporter_port,
+        since=time.time(),
+    )
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def isolate(state_dir: Path, entry: Isolation, proc_root: Path = Path("/proc")) -> None:
+    """Journal ``entry`` (write-ahead), then load the table; undone if loading fails.
+
+    The process is checked against its start time after the journal is written and before
+    the table is loaded, so a pid reused meanwhile is never cut off for the old suspect.
+    """
+    journal = Journal(state_dir)
+    with journal.locked():
+        entries = journal.load()
+        wanted = _merge(entries, entry)
+        script = ruleset(wanted)  # a bad entry fails here, before anything is written
+        journal.save(wanted)
+        if entry.kind == "process" and not same_process(entry.pid, entry.create_time, proc_root):
+            journal.save(entries)
+            raise InputError("--process", None, "a running process", f"pid {entry.pid} exited")
+        try:
+            apply_ruleset(script)
+        except BaseException:
+            journal.save(entries)
+            raise
+        _audit(state_dir, "isolate", entry, "requested by operator")
+
+
+def _current(entry: Isolation, proc_root: Path) -> bool:
+    return entry.kind == "host" or same_process(entry.pid, entry.create_time, proc_root)
+
+
+def _merge(entries: Sequence[Isolation], entry: Isolation) -> list[Isolation]:
+    """``entries`` with ``entry`` replacing one for the same pid (or the host).
+
+    Entries of processes that exited stay: a miner respawned by cron under the same uid (or
+    in the same unit's cgroup) stays cut off until an operator releases it.
+    """
+
+    def same(e: Isolation) -> bool:
+        return e.kind == entry.kind and (e.kind == "host" or e.pid == entry.pid)
+
+    return [e for e in entries if not same(e)] + [entry]
+
+
+def release(
+    state_dir: Path,
+    pid: int | None = None,
+    host: bool = False,
+    force: bool = False,
+) -> list[Isolation]:
+    """Release the matching isolations (all without ``pid``/``host``); returns them.
+
+    The table is reloaded without them before the journal forgets them, so a failure leaves
+    both as they were. ``force`` deletes the whole table even when the journal is unreadable.
+    """
+    journal = Journal(state_dir)
+    if force:
+        with journal.locked():
+            try:
+                gone = journal.load()
+            except InputError:
+                gone = []
+            if table_present() is not False or gone:
+                apply_ruleset(ruleset([]))
+            journal.save([])
+            for e in gone:
+                _audit(state_dir, "release", e, "released by operator (--all)")
+        return gone
+    if not journal.path.exists():
+        return []
+    with journal.locked():
+        entries = journal.load()
+        chosen = [
+            e
+            for e in entries
+            if (pid is None and not host)
+            or (pid is not None and e.kind == "process" and e.pid == pid)
+            or (host and e.kind == "host")
+        ]
+        if not chosen:
+            return []
+        keep = [e for e in entries if e not in chosen]
+        apply_ruleset(ruleset(keep))
+        journal.save(keep)
+        for e in chosen:
+            _audit(state_dir, "release", e, "released by operator")
+        return chosen
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``minerwatch isolate [--process PID | --host ...] | release | status``.
+
+    The journal is in ``args.state_dir`` (the CLI sets it from ``--data-dir``/``--config``).
+    """
+    state_dir: Path = args.state_dir
+    command = args.isolate_command
+    if command == "status":
+        entries = Journal(state_dir).load()
+        present = table_present()
+        if args.json:
+            doc = {"table_loaded": present, "isolated": [e.to_json() for e in entries]}
+            print(json.dumps(doc, indent=1))
+            return 0
+        if not entries:
+            print("nothing isolated")
+        for e in entries:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.since))
+            exited = "" if _current(e, Path("/proc")) else "; the process has exited"
+            print(f"{e.describe()} (since {since}{exited})")
+        shown = {True: "loaded", False: "not loaded", None: "unknown (nft unavailable)"}
+        print(f"nftables table {FAMILY} {TABLE}: {shown[present]}")
+        return 0
+    if command == "release":
+        released = release(state_dir, args.pid, args.host, force=args.all)
+        if (args.pid is not None or args.host) and not released:
+            raise InputError(
+                str(state_dir / JOURNAL),
+                None,
+                "an isolated process or host (see `minerwatch isolate status`)",
+                f"pid {args.pid}" if args.pid is not None else "no host isolation",
+            )
+        for e in released:
+            print(f"released {e.describe()}")
+        if not released:
+            print("nothing was isolated")
+        return 0
+    if args.process is None and not args.host:
+        raise InputError("isolate", None, "--process PID, --host, 'status' or 'release'", "none")
+    if args.process is not None:
+        entry = plan_process(args.process, args.by)
+    else:
+        cfg = agent_files_config(args.config, args.data_dir)
+        entry = plan_host(args.allow_ssh_from or [], cfg.exporter.port, args.ssh_port)
+    if args.dry_run:
+        print(ruleset(_merge(Journal(state_dir).load(), entry)), end="")
+        return 0
+    isolate(state_dir, entry)
+    print(f"isolated {entry.describe()}; undo with `minerwatch isolate release`")
+    return 0

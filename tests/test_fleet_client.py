@@ -1,0 +1,328 @@
+"""The Prometheus client against a tiny local HTTP server (retries, refusals, splitting, auth)
+and a recorded VictoriaMetrics answer; the node_exporter arithmetic against the agent's."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minerwatch.features.rates import rate, summed_rate
+from minerwatch.features.sources.cpu import CpuTimes, cpu_shares
+from minerwatch.service.fleet.nodeexporter import (
+    MAPPING,
+    counter_rates,
+    cpu_percentages,
+    host_matcher,
+    host_of,
+    selector_matchers,
+    summed_rates,
+    telemetry,
+)
+from minerwatch.service.fleet.promclient import (
+    MAX_POINTS,
+    Connection,
+    PromClient,
+    PrometheusError,
+    PrometheusUnavailable,
+    to_frame,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: An answer as VictoriaMetrics sends it: integer timestamps, isPartial and stats beside data.
+VICTORIAMETRICS_ANSWER = {
+    "status": "success",
+    "isPartial": False,
+    "data": {
+        "resultType": "matrix",
+        "result": [
+            {
+                "metric": {"__name__": "node_load1", "instance": "web-1:9100", "job": "node"},
+                "values": [[1767571200, "0.5"], [1767571215, "0.75"], [1767571230, "NaN"]],
+            },
+            {
+                "metric": {"__name__": "node_load1", "instance": "db-1:9100"},
+                "values": [[1767571200.5, "2"]],
+            },
+        ],
+    },
+    "stats": {"seriesFetched": "2", "executionTimeMsec": 1},
+}
+
+
+class Server:
+    """Answers each request with the next of ``answers`` ((status, body) or a callable)."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests: list[tuple[str, dict[str, list[str]], dict[str, str]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self):
+                url = urllib.parse.urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                form = self.rfile.read(length).decode() if length else url.query
+                params = urllib.parse.parse_qs(form)
+                outer.requests.append((url.path, params, dict(self.headers)))
+                answer = outer.answers.pop(0) if len(outer.answers) > 1 else outer.answers[0]
+                if callable(answer):
+                    answer = answer(params)
+                status, body = answer
+                if status == "sleep":
+                    time.sleep(body)
+                    status, body = 200, VICTORIAMETRICS_ANSWER
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _handle
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(*answers):
+        servers.append(Server(answers))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def client(url, **kw):
+    kw.setdefault("sleep", lambda s: None)
+    return PromClient(Connection(url, timeout=kw.pop("timeout", 5.0)), **kw)
+
+
+def test_victoriametrics_answer_becomes_a_long_frame():
+    frame = to_frame(VICTORIAMETRICS_ANSWER["data"])
+    assert list(frame.columns) == ["__name__", "instance", "job", "timestamp", "value"]
+    assert frame["timestamp"].tolist() == [1767571200.0, 1767571215.0, 1767571230.0, 1767571200.5]
+    assert frame["value"].tolist()[:2] == [0.5, 0.75] and math.isnan(frame["value"][2])
+    assert frame["instance"].tolist() == ["web-1:9100"] * 3 + ["db-1:9100"]
+    assert frame["job"].tolist() == ["node"] * 3 + [""]  # a label a series lacks is empty
+    assert frame["instance"].dtype == "category"
+
+
+def test_5xx_is_retried_with_backoff_then_succeeds(serve):
+    srv = serve((503, {"status": "error"}), (502, "bad gateway"), (200, VICTORIAMETRICS_ANSWER))
+    waits = []
+    c = client(srv.url, sleep=waits.append, backoff=0.5)
+    frame = c.query("node_load1", 1767571230)
+    assert len(frame) == 4 and c.requests == 3
+    assert len(waits) == 2 and 0.25 <= waits[0] <= 0.5 and 0.5 <= waits[1] <= 1.0
+
+
+def test_5xx_that_persists_is_unavailable(serve):
+    srv = serve((500, {"status": "error", "errorType": "internal", "error": "boom"}))
+    c = client(srv.url, retries=2)
+    with pytest.raises(PrometheusUnavailable, match="boom"):
+        c.query("up", 0)
+    assert c.requests == 3
+
+
+def test_timeouts_are_retried(serve):
+    srv = serve(("sleep", 1.0), (200, VICTORIAMETRICS_ANSWER))
+    c = client(srv.url, timeout=0.3)
+    assert len(c.query("up", 0)) == 4
+    assert c.requests == 2
+
+
+def test_4xx_is_refused_at_once_naming_the_query(serve):
+    body = {"status": "error", "errorType": "bad_data", "error": "1:5: parse error"}
+    srv = serve((400, body))
+    c = client(srv.url)
+    with pytest.raises(PrometheusError) as err:
+        c.query_range('rate(x{job="a"[5m])', 0, 60, 15)
+    assert c.requests == 1
+    assert 'rate(x{job="a"[5m])' in str(err.value) and "bad_data" in str(err.value)
+    assert "?" not in str(err.value).split(":", 2)[1]  # no query string in the location
+
+
+def test_unreachable_server_is_a_usage_error():
+    c = client("http://127.0.0.1:9", retries=1)  # discard port: nothing listens
+    with pytest.raises(PrometheusError, match="reachable Prometheus"):
+        c.query("up", 0)
+
+
+def test_query_range_is_split_to_at_most_11000_points(serve):
+    def answer(params):
+        start, end = float(params["start"][0]), float(params["end"][0])
+        step = float(params["step"][0].rstrip("s"))
+        n = int(round((end - start) / step)) + 1
+        values = [[start + i * step, "1"] for i in range(n)]
+        return 200, {
+            "status": "success",
+            "data": {"resultType": "matrix", "result": [{"metric": {}, "values": values}]},
+        }
+
+    srv = serve(answer)
+    c = client(srv.url, concurrency=3)
+    frame = c.query_range("up", 1000.0, 1000.0 + 15 * 30_000, 15)
+    points = []
+    for _, params, _ in srv.requests:
+        start, end = float(params["start"][0]), float(params["end"][0])
+        points.append(int(round((end - start) / 15)) + 1)
+    assert max(points) <= MAX_POINTS and len(points) == 3
+    ts = frame["timestamp"].to_numpy()
+    np.testing.assert_array_equal(np.sort(ts), 1000.0 + 15 * np.arange(30_001))
+
+
+def test_raw_samples_are_read_in_pieces_without_duplicates(serve):
+    def answer(params):
+        at = float(params["time"][0])
+        ms = int(re.search(r"\[(\d+)ms\]$", params["query"][0]).group(1))
+        ts = [t for t in range(0, 100_000, 10) if at - ms / 1000 <= t <= at]
+        values = [[t, str(t)] for t in ts]
+        return 200, {
+            "status": "success",
+            "data": {"resultType": "matrix", "result": [{"metric": {"a": "b"}, "values": values}]},
+        }
+
+    srv = serve(answer)
+    c = client(srv.url, max_points=1000)
+    frame = c.samples('m{a="b"}', 0, 99_990, 10.0)
+    assert len(srv.requests) == 10
+    np.testing.assert_array_equal(frame["timestamp"].to_numpy(), np.arange(0, 100_000, 10))
+
+
+def test_basic_auth_and_bearer_token_files(serve, tmp_path):
+    srv = serve((200, VICTORIAMETRICS_ANSWER))
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "token").write_text("tok-1\n")
+    PromClient(Connection(srv.url, username="mw", password_file=str(tmp_path / "pw"))).query(
+        "up", 0
+    )
+    assert srv.requests[-1][2]["Authorization"] == "Basic bXc6czNjcmV0"
+    PromClient(Connection(srv.url, bearer_token_file=str(tmp_path / "token"))).query("up", 0)
+    assert srv.requests[-1][2]["Authorization"] == "Bearer tok-1"
+    with pytest.raises(PrometheusError, match="bearer-token-file"):
+        PromClient(Connection(srv.url, bearer_token_file=str(tmp_path / "nope"))).query("up", 0)
+
+
+def test_bad_ca_file_is_refused_before_any_request(tmp_path):
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    with pytest.raises(PrometheusError, match="PEM"):
+        PromClient(Connection("https://127.0.0.1:1", ca_file=str(tmp_path / "ca.pem")))
+
+
+# -- the mapping -----------------------------------------------------------------------------
+
+
+def test_host_and_selector_helpers():
+    assert host_of("web-1:9100") == "web-1" and host_of("[::1]:9100") == "::1"
+    assert host_of("plain") == "plain"
+    assert selector_matchers("") == "" and selector_matchers('{job="node"}') == 'job="node"'
+    with pytest.raises(Exception, match="--selector"):
+        selector_matchers('job="node"')
+    assert re.fullmatch(json.loads(host_matcher("a.b", None).split("=~")[1]), "a.b:9100")
+    assert not re.fullmatch(json.loads(host_matcher("a.b", None).split("=~")[1]), "axb:9100")
+    assert host_matcher("h", "node") == 'node="h"'
+
+
+counters = st.lists(st.floats(0, 1e12, allow_nan=False), min_size=2, max_size=30)
+
+
+@given(counters)
+def test_counter_rates_is_the_agents_rate(values):
+    ts = np.arange(len(values), dtype=float) * 15
+    got = counter_rates(np.zeros(len(values), dtype=np.intp), ts, np.array(values))
+    want = [math.nan] + [rate(a, b, 15.0) for a, b in zip(values, values[1:], strict=False)]
+    np.testing.assert_array_equal(got, want)
+
+
+@given(st.lists(st.tuples(counters, st.integers(0, 5)), min_size=1, max_size=4))
+def test_summed_rates_is_the_agents_summed_rate(devices):
+    ts = np.arange(30, dtype=float) * 10
+    ids, times, values, readings = [], [], [], [dict() for _ in ts]
+    for d, (vals, offset) in enumerate(devices):
+        for k, v in enumerate(vals):
+            i = k + offset
+            if i < len(ts):
+                ids.append(d)
+                times.append(ts[i])
+                values.append(v)
+                readings[i][d] = v
+    got = summed_rates(np.array(ids), np.array(times), np.array(values), ts)
+    for i in range(1, len(ts)):
+        primed = any(d in readings[i - 1] for d in readings[i])
+        want = summed_rate(readings[i - 1], readings[i], 10.0) if primed else math.nan
+        np.testing.assert_allclose(got[i], want, rtol=1e-12, equal_nan=True)
+
+
+def test_cpu_percentages_match_the_agents_shares():
+    prev = CpuTimes(100, 10, 50, 800, 20, 5, 5, 7)
+    cur = CpuTimes(160, 15, 80, 880, 30, 7, 8, 99)
+    modes = {
+        m: np.array([getattr(prev, m), getattr(cur, m)], dtype=float)
+        for m in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    }
+    got = cpu_percentages(modes)
+    want = cpu_shares(prev, cur)
+    for column, value in want.items():
+        assert got[column][1] == pytest.approx(value)
+    assert all(math.isnan(v[0]) for v in got.values())
+
+
+def test_virtual_interfaces_partitions_and_steal_do_not_count():
+    import pandas as pd
+
+    def frame(rows, **labels):
+        out = pd.DataFrame(rows, columns=["timestamp", "value"])
+        for k, v in labels.items():
+            out[k] = v
+        return out
+
+    t = [[0.0, 1e6], [10.0, 1e6 + 1000]]
+    frames = {
+        "node_load1": frame([[0.0, 1.0], [10.0, 2.0]]),
+        "node_network_receive_bytes_total": pd.concat(
+            [frame(t, device=d) for d in ("eth0", "lo", "veth12", "docker0", "br-1f")]
+        ),
+        "node_disk_read_bytes_total": pd.concat(
+            [frame(t, device=d) for d in ("nvme0n1", "nvme0n1p1", "dm-0", "sda", "sda2")]
+        ),
+    }
+    data = telemetry("h", frames)
+    # the first scrape has no earlier reading: no rate (NaN), never a zero
+    assert data.series.column("net_rx_bps")[1:].tolist() == [100.0]  # eth0 only
+    assert math.isnan(data.series.column("net_rx_bps")[0])
+    assert data.series.column("disk_read_bps")[1:].tolist() == [200.0]  # nvme0n1 + sda
+    assert "cpu_percent" in data.absent and "top_proc_cpu_percent" in data.absent
+
+
+def test_datasets_readme_prints_the_mapping():
+    text = (ROOT / "datasets/README.md").read_text()
+    section = text[text.index("## 4. Fleet mode") :]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|", section, re.M)
+    assert [r[0] for r in rows] == [c.name for c in MAPPING]
+    for (_, metrics), column in zip(rows, MAPPING, strict=True):
+        assert re.findall(r"`(\w+)`", metrics) == list(column.metrics)

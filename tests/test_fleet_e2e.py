@@ -1,0 +1,210 @@
+"""Fleet mode end to end: a simulated fleet backfilled into a real Prometheus TSDB (node_exporter
+and process-exporter names, counter semantics), then ``minerwatch fleet train/score/export``
+run as commands against it, and compared with the CSV path on the same fleet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from promtools import PROMETHEUS, PROMTOOL, Prometheus, _terminate, _wait_ready, free_port, require
+
+from minerwatch.bench.fleet_backfill import backfill
+from minerwatch.bench.simulate import simulate
+from minerwatch.features.io import read_telemetry
+
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
+
+MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
+HOSTS = 3
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """(Prometheus, simulated data folder, labels) with the fleet's history backfilled."""
+    require(PROMETHEUS)
+    promtool = require(PROMTOOL)
+    root = tmp_path_factory.mktemp("fleet")
+    data = root / "sim"
+    labels = simulate(data, hosts=HOSTS, train_days=1.0, test_days=0.5, seed=3)
+    tsdb = root / "tsdb"
+    backfill(data, ["train", "test"], tsdb, promtool)
+    config = root / "prometheus.yml"
+    config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
+    log = root / "prometheus.log"
+    port = free_port()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tsdb}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=10y",  # backfilled history is months "old"
+                "--log.level=error",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        if not _wait_ready(prom, 30.0):
+            pytest.fail(f"prometheus did not start:\n{prom.tail()}")
+        yield prom, data, labels
+    finally:
+        _terminate(proc)
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [MINERWATCH, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    if check and done.returncode != 0:
+        pytest.fail(f"minerwatch {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    return done
+
+
+def ranges(labels):
+    """Train and test time ranges that hold exactly the rows of each CSV split."""
+    half = labels["parameters"]["interval"] / 2
+    train, test = labels["splits"]["train"], labels["splits"]["test"]
+    return (
+        (train["start"] - half, train["end"] + half),
+        (test["start"] - half, test["end"] + half),
+    )
+
+
+def read_scores(path: Path) -> dict[tuple[str, int], dict[str, str]]:
+    with path.open() as fh:
+        return {(r["host"], int(r["window_start"])): r for r in csv.DictReader(fh)}
+
+
+def episodes(scores: dict[tuple[str, int], dict[str, str]]) -> list[tuple[str, int, int]]:
+    """(host, first window, last window) of each run of alerted windows."""
+    out: list[tuple[str, int, int]] = []
+    last: tuple[str, int] | None = None
+    for host, start in sorted(scores):
+        if scores[(host, start)]["alert"] != "1":
+            continue
+        if last is not None and last[0] == host and start - last[1] <= 60:
+            out[-1] = (host, out[-1][1], start)
+        else:
+            out.append((host, start, start))
+        last = (host, start)
+    return out
+
+
+def test_prometheus_and_csv_give_the_same_alerts(fleet, tmp_path):
+    prom, data, labels = fleet
+    (t0, t1), (s0, s1) = ranges(labels)
+    common = ["--prometheus", prom.url, "--selector", '{job="node"}']
+    trained = run(
+        "fleet", "train", *common, "--start", f"{t0}", "--end", f"{t1}",
+        "--models", str(tmp_path / "m_prom"), "--jobs", "2",
+    )  # fmt: skip
+    table = trained.stdout.splitlines()
+    assert table[0].split()[:4] == ["host", "windows", "threshold", "time"]
+    assert sorted(line.split()[0] for line in table[1:]) == sorted(labels["hosts"])
+    assert all(line.rstrip().endswith("-") for line in table[1:])  # no column absent
+    run("fleet", "score", *common, "--start", f"{s0}", "--end", f"{s1}",
+        "--models", str(tmp_path / "m_prom"), "--output", str(tmp_path / "prom.csv"))  # fmt: skip
+
+    run("train", str(data / "train"), "--models", str(tmp_path / "m_csv"), "--jobs", "2")
+    run("score", str(data / "test"), "--models", str(tmp_path / "m_csv"),
+        "--output", str(tmp_path / "csv.csv"))  # fmt: skip
+
+    with (tmp_path / "prom.csv").open() as a, (tmp_path / "csv.csv").open() as b:
+        assert next(csv.reader(a)) == next(csv.reader(b))  # the same columns as `score`
+    via_prom, via_csv = read_scores(tmp_path / "prom.csv"), read_scores(tmp_path / "csv.csv")
+    assert via_prom.keys() == via_csv.keys()
+    alerts = sum(int(r["alert"]) for r in via_csv.values())
+    assert alerts > 0  # the test split has campaigns: the comparison means something
+    # Tolerance: the same alert episodes, each starting and ending within one window (60 s)
+    # of its twin. Scores are not bit-identical: the CSV rounds cpu_percent and its parts
+    # separately (they may disagree by 0.01), while node_cpu_seconds_total only has the
+    # parts; the forest's splits turn such nudges into small score steps, which can move a
+    # threshold crossing by a window, never make or lose an episode.
+    a, b = episodes(via_csv), episodes(via_prom)
+    assert [h for h, _, _ in a] == [h for h, _, _ in b]
+    assert all(abs(x[1] - y[1]) <= 60 and abs(x[2] - y[2]) <= 60 for x, y in zip(a, b, strict=True))
+    differ = [k for k in via_csv if via_csv[k]["alert"] != via_prom[k]["alert"]]
+    assert len(differ) <= 2 * len(a)
+    gaps = np.array(
+        [abs(float(via_csv[k]["score"]) - float(via_prom[k]["score"])) for k in via_csv]
+    )
+    assert np.median(gaps) < 0.01
+
+
+def test_export_writes_the_telemetry_prometheus_holds(fleet, tmp_path):
+    prom, data, labels = fleet
+    _, (s0, s1) = ranges(labels)
+    out = tmp_path / "export"
+    done = run(
+        "fleet", "export", "--prometheus", prom.url, "--start", f"{s0}", "--end", f"{s1}",
+        "--output", str(out),
+    )  # fmt: skip
+    assert "exported" in done.stderr
+    exported = read_telemetry([out])
+    reference = read_telemetry([data / "test"])
+    assert sorted(exported) == sorted(reference) == sorted(labels["hosts"])
+    for host, series in exported.items():
+        ref = reference[host]
+        assert series.columns == ref.columns  # every column mapped, in schema order
+        np.testing.assert_array_equal(series.timestamps, ref.timestamps)
+        for column in series.columns:
+            # cpu_*: the CSV's own rounding (see above). Rates are differences of large float64
+            # counters, so they come back to about 1e-8 of their value.
+            tol = 0.0101 if column.startswith("cpu_") else 1e-6
+            np.testing.assert_allclose(
+                series.column(column), ref.column(column), rtol=1e-7, atol=tol, err_msg=column
+            )
+
+
+def test_score_without_models_and_bad_query_exit_2(fleet, tmp_path):
+    prom, _, labels = fleet
+    _, (s0, s1) = ranges(labels)
+    (tmp_path / "empty").mkdir()
+    done = run(
+        "fleet", "score", "--prometheus", prom.url, "--start", f"{s0}", "--end", f"{s1}",
+        "--models", str(tmp_path / "empty"), "--output", str(tmp_path / "s.csv"), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "skipped host" in done.stderr
+    assert not (tmp_path / "s.csv").exists()
+    done = run(
+        "fleet", "export", "--prometheus", prom.url, "--selector", 'job="node"',
+        "--start", f"{s0}", "--end", f"{s1}", "--output", str(tmp_path / "x"), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--selector" in done.stderr, done.stderr
+    done = run(
+        "fleet", "export", "--prometheus", prom.url, "--selector", '{job=~"("}',
+        "--start", f"{s0}", "--end", f"{s1}", "--output", str(tmp_path / "x"), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "bad_data" in done.stderr and 'job=~"("' in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_training_summary_names_absent_columns(fleet, tmp_path):
+    """A fleet without process-exporter: top_proc_cpu_percent is absent and said so."""
+    prom, _, labels = fleet
+    (t0, t1), _ = ranges(labels)
+    host = sorted(labels["hosts"])[0]
+    # process-exporter's series are found by host alone; a host label they lack hides them
+    done = run(
+        "fleet", "train", "--prometheus", prom.url, "--selector", '{job="node"}',
+        "--host-label", "instance", "--start", f"{t0}", "--end", f"{t0 + 6 * 3600}",
+        "--models", str(tmp_path / "m"),
+    )  # fmt: skip
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert lines[f"{host}:9100"].endswith("top_proc_cpu_percent")
+    assert "trained without: top_proc_cpu_percent" in done.stderr
+    meta = json.loads(next((tmp_path / "m").glob("*/meta.json")).read_text())
+    assert "top_proc_cpu_percent" not in meta["columns"]
+    assert meta["absent_columns"] == ["top_proc_cpu_percent"]

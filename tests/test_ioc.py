@@ -1,0 +1,189 @@
+"""IOC files: extraction and matching on literals, then the real ``minerwatch ioc extract`` and
+``minerwatch hunt`` against a running process whose binary is a unique copy under /tmp."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from minerwatch.service.evidence import EvidenceWriter
+from minerwatch.service.ioc import HostSnapshot, Ioc, ProcessSeen, extract, find_hits, ioc_id
+
+SCRIPT = Path(sys.executable).with_name("minerwatch")
+H1, H2 = "a" * 64, "b" * 64
+
+
+def minerwatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+EVIDENCE = {
+    "format": "minerwatch-evidence",
+    "hostname": "web-1",
+    "episode_id": "ep1",
+    "indicators": [{"indicator_id": "pool_port", "reason": "r", "pid": 42, "detail": "3333"}],
+    "processes": [
+        {"pid": 7, "exe": "/usr/bin/python3", "sha256": H2, "connections": []},
+        {
+            "pid": 42,
+            "exe": "/tmp/.x/kworkerds",
+            "exe_deleted": False,
+            "sha256": H1,
+            "connections": [
+                {"remote": "203.0.113.9:3333", "local": "10.0.0.5:40000"},
+                {"remote": "", "local": "0.0.0.0:8080"},
+            ],
+        },
+    ],
+    "crontabs": [
+        {
+            "path": "/var/spool/cron/crontabs/www-data",
+            "content": "# m h dom mon dow\n*/5 * * * * /tmp/.x/kworkerds -o pool\n"
+            "0 1 * * * backup\n",
+        },
+        {"path": "/etc/cron.d/other", "content": "* * * * * root run-parts x\n"},
+    ],
+    "ld_so_preload": {"path": "/etc/ld.so.preload", "exists": True, "content": "/usr/lib/x.so\n"},
+    "systemd_units": [
+        {"path": "/etc/systemd/system/kw.service", "content": "ExecStart=/tmp/.x/kworkerds\n"},
+        {"path": "/etc/systemd/system/nginx.service", "content": "ExecStart=/usr/sbin/nginx\n"},
+    ],
+}
+
+
+def test_extract_keeps_the_suspect_only():
+    ioc = extract(EVIDENCE, "e.json")
+    assert ioc.sha256 == (H1,)  # the python3 of the system is not the suspect
+    assert ioc.pools == ("203.0.113.9:3333",)
+    assert ioc.cron_lines == ("*/5 * * * * /tmp/.x/kworkerds -o pool",)
+    assert ioc.units == ("kw.service",)
+    assert set(ioc.paths) == {
+        "/tmp/.x/kworkerds",
+        "/var/spool/cron/crontabs/www-data",
+        "/etc/systemd/system/kw.service",
+        "/usr/lib/x.so",  # named in ld.so.preload
+    }
+    assert ioc.source["suspect_pids"] == [42] and ioc.source["hostname"] == "web-1"
+    assert (
+        ioc.id
+        == extract(EVIDENCE).id
+        == ioc_id(
+            {k: list(getattr(ioc, k)) for k in ("sha256", "paths", "pools", "cron_lines", "units")}
+        )
+    )
+
+
+def test_extract_without_indicators_takes_the_top_process_but_never_a_system_binary():
+    doc = {**EVIDENCE, "indicators": [], "ld_so_preload": {"exists": False}}
+    assert extract(doc).empty()  # the top process is /usr/bin/python3
+    doc["processes"] = [{**EVIDENCE["processes"][0], "exe_deleted": True}]
+    assert extract(doc).sha256 == (H2,)  # unless its binary was deleted from disk
+
+
+def test_find_hits_on_literals():
+    ioc = Ioc(
+        "ioc-1",
+        sha256=(H1,),
+        paths=("/tmp/.x/kworkerds",),
+        pools=("203.0.113.9:3333",),
+        cron_lines=("*/5 * * * * /tmp/.x/kworkerds",),
+        units=("kw.service",),
+    )
+    clean = HostSnapshot(
+        processes=[ProcessSeen(1, "init", "/sbin/init", H2)],
+        files={"/tmp/other": H2},
+        connections=[(5, "203.0.113.9:443")],
+        cron_lines=[("/etc/crontab", "0 * * * * root true")],
+        unit_files=["/etc/systemd/system/nginx.service"],
+    )
+    assert find_hits(ioc, clean) == []
+    dirty = HostSnapshot(
+        processes=[ProcessSeen(9, "kx", "/var/tmp/kx", H1)],
+        files={"/tmp/.x/kworkerds": None, "/dev/shm/y": H1},
+        connections=[(9, "203.0.113.9:3333")],
+        cron_lines=[("/etc/cron.d/x", "  */5 * * * * /tmp/.x/kworkerds  ")],
+        unit_files=["/etc/systemd/system/kw.service"],
+    )
+    kinds = sorted(h.kind for h in find_hits(ioc, dirty))
+    assert kinds == ["cron_lines", "paths", "pools", "sha256", "sha256", "units"]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("{", ["bad.json", "IOC file"]),
+        ('{"format": "other"}', ["bad.json", "minerwatch-ioc"]),
+        ('{"format": "minerwatch-ioc", "version": 1, "id": "x", "sha256": ["zz"]}', ["sha256"]),
+        ('{"format": "minerwatch-ioc", "version": 1, "id": "x", "paths": "p"}', ["'paths'"]),
+        ('{"format": "minerwatch-ioc", "version": 1, "id": "x"}', ["at least one indicator"]),
+    ],
+)
+def test_hunt_refuses_a_bad_ioc_file(tmp_path, content, words):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    r = minerwatch("hunt", bad)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr
+
+
+def test_extract_refuses_what_is_not_evidence(tmp_path):
+    bad = tmp_path / "not-evidence.json"
+    bad.write_text('{"format": "something-else"}')
+    r = minerwatch("ioc", "extract", bad)
+    assert (
+        r.returncode == 2 and "not-evidence.json" in r.stderr and "minerwatch-evidence" in r.stderr
+    )
+    missing = minerwatch("ioc", "extract", tmp_path / "nope.json")
+    assert missing.returncode == 2 and "nope.json" in missing.stderr
+
+
+def test_extract_then_hunt_a_running_copy(tmp_path):
+    """A process runs a binary copied to /tmp (made unique: its hash is nobody else's)."""
+    drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
+    exe = drop / "kworkerds"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:  # ELF ignores trailing bytes; the hash becomes unique
+        fh.write(os.urandom(32))
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    proc = subprocess.Popen([str(exe), "300"])
+    try:
+        ev = EvidenceWriter(tmp_path / "ev", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [proc.pid], []
+        )
+        assert ev is not None
+        ioc_file = tmp_path / "ioc.json"
+        r = minerwatch("ioc", "extract", ev, "--output", ioc_file)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(ioc_file.read_text())
+        assert doc["format"] == "minerwatch-ioc" and doc["sha256"] == [digest]
+        assert str(exe) in doc["paths"]
+        printed = minerwatch("ioc", "extract", ev)
+        assert json.loads(printed.stdout)["id"] == doc["id"]
+
+        hit = minerwatch("hunt", ioc_file, "--scan")
+        assert hit.returncode == 1, (hit.stdout, hit.stderr)
+        assert f"pid {proc.pid}" in hit.stdout and digest in hit.stdout
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    # stopped, but its binary is still on disk: a hit by path (and by hash in a scanned dir)
+    still = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
+    assert still.returncode == 1, still.stderr
+    kinds = {h["kind"] for h in json.loads(still.stdout)["hits"]}
+    assert kinds == {"paths", "sha256"}
+    shutil.rmtree(drop)
+    clean = minerwatch("hunt", ioc_file, "--scan", tmp_path)
+    assert clean.returncode == 0, (clean.stdout, clean.stderr)
+    assert "clean" in clean.stdout

@@ -1,0 +1,425 @@
+"""Network isolation: the nftables ruleset on literals, and the real ``minerwatch isolate``
+inside network namespaces the test creates (never the machine's own interfaces): a process
+cannot reach a local "pool" listener once isolated, and can again after release."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from minerwatch.features.errors import InputError
+from minerwatch.service.isolate import Isolation, cgroup2_mount, plan_host, plan_process, ruleset
+
+SCRIPT = Path(sys.executable).with_name("minerwatch")
+NOBODY = 65534
+#: A Python the unprivileged client can run (the venv's may live under a 0700 home).
+CLIENT_PYTHON = "/usr/bin/python3"
+
+POOL = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+print("listening", flush=True)
+while True:
+    s.accept()[0].close()
+"""
+
+CLIENT = r"""
+import socket, sys, time
+while True:
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.3).close()
+        print("ok", flush=True)
+    except OSError:
+        print("fail", flush=True)
+    time.sleep(0.1)
+"""
+
+
+# --------------------------------------------------------------------------- ruleset (literals)
+
+
+def test_ruleset_empty_deletes_the_table():
+    assert ruleset([]) == "table inet minerwatch {}\ndelete table inet minerwatch\n"
+
+
+def test_ruleset_by_uid_and_by_cgroup():
+    text = ruleset(
+        [
+            Isolation("process", pid=4242, create_time=1.0, uid=33),
+            Isolation("process", pid=77, create_time=2.0, uid=0, cgroup="/system.slice/x.service"),
+        ]
+    )
+    assert text.startswith("table inet minerwatch {}\ndelete table inet minerwatch\n")
+    assert 'meta skuid 33 counter drop comment "pid 4242"' in text
+    assert 'socket cgroupv2 level 2 "system.slice/x.service" counter drop comment "pid 77"' in text
+    assert "policy accept;" in text and "policy drop" not in text
+    assert "chain input" not in text  # a process is only cut off outbound
+
+
+def test_ruleset_host_keeps_loopback_ssh_sources_and_scrapes():
+    host = Isolation(
+        "host", allow_ssh_from=("10.0.0.0/8", "2001:db8::/32"), ssh_port=2222, exporter_port=10091
+    )
+    text = ruleset([Isolation("process", pid=5, create_time=1.0, uid=1000), host])
+    chains = text.split("chain ")
+    inp = next(c for c in chains if c.startswith("input"))
+    out = next(c for c in chains if c.startswith("output"))
+    assert "policy drop;" in inp and "policy drop;" in out
+    assert 'iif "lo" accept' in inp and 'oif "lo" accept' in out
+    assert "ip saddr { 10.0.0.0/8 } tcp dport 2222 accept" in inp
+    assert "ip6 saddr { 2001:db8::/32 } tcp dport 2222 accept" in inp
+    assert "ip daddr { 10.0.0.0/8 } tcp sport 2222 accept" in out
+    assert "tcp dport 10091 accept" in inp and "tcp sport 10091 accept" in out
+    # the suspect is dropped before loopback is accepted: no local pool proxy either
+    assert out.index("meta skuid 1000") < out.index('oif "lo"')
+
+
+def test_plan_host_refuses_no_source_a_bad_cidr_and_cutting_this_session(monkeypatch):
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    with pytest.raises(InputError, match="--allow-ssh-from"):
+        plan_host([], 10091)
+    with pytest.raises(InputError, match="CIDR"):
+        plan_host(["10.0.0.0/33"], 10091)
+    monkeypatch.setenv("SSH_CONNECTION", "192.0.2.7 50000 192.0.2.1 22")
+    with pytest.raises(InputError, match="192.0.2.7"):
+        plan_host(["10.0.0.0/8"], 10091)
+    assert plan_host(["192.0.2.0/24"], 10091).allow_ssh_from == ("192.0.2.0/24",)
+
+
+def test_cgroup2_mount_parses_mounts():
+    assert cgroup2_mount("tmpfs /sys/fs/cgroup tmpfs ro 0 0\n") is None
+    v2 = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    assert cgroup2_mount("proc /proc proc rw 0 0\n" + v2) == Path("/sys/fs/cgroup/unified")
+
+
+# --------------------------------------------------------------------------- in a namespace
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh network namespace with loopback up; skipped where namespaces are not allowed."""
+    if shutil.which("ip") is None or shutil.which("nft") is None:
+        pytest.skip("needs ip (iproute2) and nft (nftables)")
+    if shutil.which("setpriv") is None or not os.access(CLIENT_PYTHON, os.X_OK):
+        pytest.skip(f"needs setpriv and {CLIENT_PYTHON}")
+    name = f"mwtest-{secrets.token_hex(4)}"
+    made = _ip("netns", "add", name)
+    if made.returncode != 0:
+        pytest.skip(f"ip netns add not permitted here: {made.stderr.strip()}")
+    try:
+        assert _ip("-n", name, "link", "set", "lo", "up").returncode == 0
+        yield name
+    finally:
+        _ip("netns", "del", name)
+
+
+class Reader:
+    """Lines a background process prints, read without blocking."""
+
+    def __init__(self, cmd: list[str], path: Path) -> None:
+        self.path = path
+        self.fh = path.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self.fh, stderr=subprocess.STDOUT, text=True)
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines()
+
+    def wait_for(self, word: str, timeout: float = 10.0) -> None:
+        """Until the latest lines (printed after this call) show ``word`` twice in a row."""
+        start = len(self.lines())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = self.lines()[start:]
+            if new[-2:] == [word, word]:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"expected {word!r}, got {self.lines()[-6:]} (rc={self.proc.poll()})")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.fh.close()
+
+
+def _in_ns(ns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def _as_nobody(ns: str, *cmd: str) -> list[str]:
+    ids = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return _in_ns(ns, "setpriv", *ids, *cmd)
+
+
+def minerwatch(ns: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    cmd = _in_ns(ns, str(SCRIPT), *map(str, args))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_isolate_a_process_then_release_it(netns, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    port = "3333"
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", port), tmp_path / "p")
+    client = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", port), tmp_path / "c"
+    )
+    try:
+        client.wait_for("ok")
+        # setpriv and ip netns exec exec() in place: the Popen pid is the client's
+        pid = str(client.proc.pid)
+
+        dry = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f'meta skuid {NOBODY} counter drop comment "pid {pid}"' in dry.stdout
+        assert not (data / "isolate" / "isolate-journal.json").exists()
+        client.wait_for("ok")  # a dry run changes nothing
+
+        done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        client.wait_for("fail")
+        journal = json.loads((data / "isolate" / "isolate-journal.json").read_text())
+        assert [e["pid"] for e in journal["isolated"]] == [int(pid)]
+
+        status = minerwatch(netns, "isolate", "status", "--json", "--data-dir", data)
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert doc["table_loaded"] is True and doc["isolated"][0]["uid"] == NOBODY
+
+        # a new command (as after a crash) releases from the journal alone
+        rel = minerwatch(netns, "isolate", "release", "--data-dir", data)
+        assert rel.returncode == 0, rel.stderr
+        assert f"released pid {pid}" in rel.stdout
+        client.wait_for("ok")
+        after = json.loads(
+            minerwatch(netns, "isolate", "status", "--json", "--data-dir", data).stdout
+        )
+        assert after == {"table_loaded": False, "isolated": []}
+        audit = (data / "isolate" / "isolate-audit.jsonl").read_text().splitlines()
+        assert [json.loads(line)["action"] for line in audit] == ["isolate", "release"]
+
+        again = minerwatch(netns, "isolate", "release", "--pid", pid, "--data-dir", data)
+        assert again.returncode == 2 and "isolate status" in again.stderr
+        assert "Traceback" not in again.stderr
+    finally:
+        client.stop()
+        pool.stop()
+
+
+def test_release_all_deletes_the_table_when_the_journal_is_lost(netns, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3334"), tmp_path / "p")
+    client = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3334"), tmp_path / "c"
+    )
+    try:
+        client.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        client.wait_for("fail")
+        (data / "isolate" / "isolate-journal.json").write_text("{not json")
+        bad = minerwatch(netns, "isolate", "release", "--data-dir", data)
+        assert (
+            bad.returncode == 2 and "isolate-journal.json" in bad.stderr and "--all" in bad.stderr
+        )
+        client.wait_for("fail")  # nothing was released on a journal it could not read
+        forced = minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        assert forced.returncode == 0, forced.stderr
+        client.wait_for("ok")
+    finally:
+        client.stop()
+        pool.stop()
+
+
+def test_refuses_a_root_process_without_its_own_cgroup(netns, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    r = minerwatch(netns, "isolate", "--process", "1", "--data-dir", data, "--by", "uid")
+    assert r.returncode == 2 and "--host" in r.stderr and "Traceback" not in r.stderr
+    gone = minerwatch(netns, "isolate", "--process", "999999999", "--data-dir", data)
+    assert gone.returncode == 2 and "999999999" in gone.stderr
+
+
+@pytest.fixture
+def two_hosts(netns) -> Iterator[tuple[str, str]]:
+    """``netns`` (the host) linked by a veth pair to a second namespace (the outside)."""
+    outside = f"mwtest-{secrets.token_hex(4)}"
+    assert _ip("netns", "add", outside).returncode == 0
+    a, b = f"mwa{secrets.token_hex(3)}", f"mwb{secrets.token_hex(3)}"
+    try:
+        steps = [
+            ("-n", netns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", outside),
+            ("-n", netns, "addr", "add", "10.231.0.1/24", "dev", a),
+            ("-n", netns, "link", "set", a, "up"),
+            ("-n", outside, "addr", "add", "10.231.0.2/24", "dev", b),
+            ("-n", outside, "link", "set", b, "up"),
+            ("-n", outside, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            r = _ip(*step)
+            if r.returncode != 0:
+                pytest.skip(f"cannot build a veth pair here: {r.stderr.strip()}")
+        yield netns, outside
+    finally:
+        _ip("netns", "del", outside)
+
+
+def test_isolate_the_host_keeps_ssh_sources_and_scrapes(two_hosts, tmp_path):
+    host, outside = two_hosts
+    data = tmp_path / "data"
+    data.mkdir()
+    procs = [
+        # a pool outside, a miner on the host dialling it
+        Reader(_in_ns(outside, CLIENT_PYTHON, "-c", POOL, "10.231.0.2", "3335"), tmp_path / "p"),
+        miner := Reader(
+            _in_ns(host, CLIENT_PYTHON, "-c", CLIENT, "10.231.0.2", "3335"), tmp_path / "m"
+        ),
+        # "sshd" and the exporter on the host, dialled from outside
+        Reader(_in_ns(host, CLIENT_PYTHON, "-c", POOL, "10.231.0.1", "2222"), tmp_path / "s"),
+        Reader(_in_ns(host, CLIENT_PYTHON, "-c", POOL, "10.231.0.1", "10091"), tmp_path / "e"),
+        ssh := Reader(
+            _in_ns(outside, CLIENT_PYTHON, "-c", CLIENT, "10.231.0.1", "2222"), tmp_path / "sc"
+        ),
+        scrape := Reader(
+            _in_ns(outside, CLIENT_PYTHON, "-c", CLIENT, "10.231.0.1", "10091"), tmp_path / "ec"
+        ),
+    ]
+    try:
+        for r in (miner, ssh, scrape):
+            r.wait_for("ok")
+        args = ["isolate", "--host", "--allow-ssh-from", "10.231.0.0/30", "--ssh-port", "2222"]
+        done = minerwatch(host, *args, "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        miner.wait_for("fail")
+        ssh.wait_for("ok")
+        scrape.wait_for("ok")
+        rel = minerwatch(host, "isolate", "release", "--host", "--data-dir", data)
+        assert rel.returncode == 0, rel.stderr
+        miner.wait_for("ok")
+    finally:
+        for r in procs:
+            r.stop()
+
+
+def test_isolate_dropin_adds_only_cap_net_admin():
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+
+    def caps(path: Path) -> set[str]:
+        lines = path.read_text().splitlines()
+        (line,) = [x for x in lines if x.startswith("CapabilityBoundingSet=")]
+        return set(line.split("=", 1)[1].split())
+
+    added = caps(deploy / "minerwatch-isolate.conf") - caps(deploy / "minerwatch.service")
+    assert added == {"CAP_NET_ADMIN"}
+    assert "isolate.conf" in (deploy / "README.md").read_text()
+
+
+def test_a_respawned_miner_under_the_same_uid_stays_cut_off(netns, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    port = "3336"
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", port), tmp_path / "p")
+    cmd = _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", port)
+    first = Reader(cmd, tmp_path / "c1")
+    second = None
+    try:
+        first.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(first.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        first.wait_for("fail")
+        first.stop()
+        second = Reader(cmd, tmp_path / "c2")  # cron starts it again, same user
+        second.wait_for("fail")
+        status = minerwatch(netns, "isolate", "status", "--data-dir", data)
+        assert "the process has exited" in status.stdout
+        rel = minerwatch(
+            netns, "isolate", "release", "--pid", str(first.proc.pid), "--data-dir", data
+        )
+        assert rel.returncode == 0, rel.stderr
+        second.wait_for("ok")
+    finally:
+        for r in (first, second, pool):
+            if r is not None and r.proc.poll() is None:
+                r.stop()
+
+
+def test_cli_dry_run_and_usage_errors(tmp_path):
+    """No namespace needed: a dry run loads nothing, bad usage exits 2 before any nft."""
+    env = {k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}
+
+    def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        cmd = [str(SCRIPT), *map(str, args), "--data-dir", str(tmp_path)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+    dry = run("isolate", "--host", "--allow-ssh-from", "10.1.2.3/8", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "ip saddr { 10.0.0.0/8 } tcp dport 22 accept" in dry.stdout
+    assert "tcp dport 10091 accept" in dry.stdout and "policy drop;" in dry.stdout
+    assert not (tmp_path / "isolate" / "isolate-journal.json").exists()
+    for args, word in [
+        (("isolate",), "--process PID"),
+        (("isolate", "--host"), "--allow-ssh-from"),
+        (("isolate", "--host", "--allow-ssh-from", "nonsense"), "CIDR"),
+    ]:
+        r = run(*args)
+        assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _fake_proc(root: Path, cgroup: str, uid: int, mounts: str, mine: str = "0::/agent") -> Path:
+    """A /proc with one process (pid 42) and ``self``: what plan_process reads."""
+    (root / "42").mkdir(parents=True)
+    (root / "self").mkdir()
+    (root / "stat").write_text("cpu 0 0 0 0\nbtime 1700000000\n")
+    (root / "42" / "stat").write_text(
+        "42 (kx) S 1 42 42 0 -1 4194304 0 0 0 0 7 3 0 0 20 0 1 0 900 0"
+    )
+    (root / "42" / "status").write_text(f"Name:\tkx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    (root / "42" / "cgroup").write_text(cgroup)
+    (root / "self" / "cgroup").write_text(mine + "\n")
+    (root / "self" / "mounts").write_text(mounts)
+    return root
+
+
+V2 = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"
+V1 = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\n"
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "uid", "mounts", "by", "expect"),
+    [
+        ("0::/system.slice/kx.service\n", 33, V2, "auto", "system.slice/kx.service"),
+        ("0::/system.slice/kx.service\n", 0, V2, "auto", "system.slice/kx.service"),
+        ("0::/system.slice/kx.service\n", 33, V2, "uid", 33),
+        ("0::/\n", 33, V2, "auto", 33),  # the root cgroup is the whole host
+        ("0::/agent\n", 33, V2, "auto", 33),  # minerwatch's own cgroup
+        ("4:cpu:/x\n0::/\n", 33, V1, "auto", 33),
+        ("0::/\n", 0, V2, "auto", InputError),  # root without a cgroup of its own
+        ("4:cpu:/x\n", 33, V1, "cgroup", InputError),
+    ],
+)
+def test_plan_process_picks_the_narrowest_safe_match(tmp_path, cgroup, uid, mounts, by, expect):
+    proc = _fake_proc(tmp_path / "proc", cgroup, uid, mounts)
+    if expect is InputError:
+        with pytest.raises(InputError):
+            plan_process(42, by, proc_root=proc)
+        return
+    got = plan_process(42, by, proc_root=proc)
+    assert (got.cgroup.strip("/") or got.uid) == expect
