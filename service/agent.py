@@ -487,12 +487,14 @@ class Agent:
         except OSError:
             lines = []
         result: dict[str, Any] = {}
-        for line in reversed(lines):  # the child's answer is its last JSON line
+        for line in reversed(lines):  # the child's answer is its last JSON object line
             try:
-                result = json.loads(line)
-                break
+                parsed = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(parsed, dict):
+                result = parsed
+                break
         now = self.clock()
         backoff = now + max(60.0, 6 * self.cfg.interval)  # not every tick on data that cannot work
         if rc != 0:
