@@ -22,6 +22,18 @@ if TYPE_CHECKING:  # the readers stay out of the numpy-only scoring path
     from minerwatch.features.io import HostSeries
 
 
+#: Columns of the scores file (Unix seconds; ``top_features`` is ``;``-separated ``name=value``).
+SCORE_COLUMNS = (
+    "host",
+    "window_start",
+    "window_end",
+    "score",
+    "threshold",
+    "alert",
+    "top_features",
+)
+
+
 @dataclass(frozen=True)
 class Scored:
     """One row per window of a host's scored telemetry."""
@@ -38,6 +50,21 @@ class Scored:
     top_features: list[str]
     #: Agent-only columns the model uses that the input lacked, scored as unknown.
     unknown: tuple[str, ...] = ()
+
+    def rows(self) -> list[list[object]]:
+        """The windows as rows of :data:`SCORE_COLUMNS`, as ``score`` and ``fleet score`` write."""
+        return [
+            [
+                self.host,
+                f"{self.window_start[j]:.0f}",
+                f"{self.window_end[j]:.0f}",
+                f"{self.score[j]:.6f}",
+                f"{self.threshold:.6f}",
+                int(self.alert[j]),
+                self.top_features[j],
+            ]
+            for j in range(len(self.score))
+        ]
 
 
 def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[str]:

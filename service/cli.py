@@ -330,22 +330,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SCORE_COLUMNS = (
-    "host",
-    "window_start",
-    "window_end",
-    "score",
-    "threshold",
-    "alert",
-    "top_features",
-)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """Score every host; one without a usable model or a complete window is skipped and named.
     Exit 0 only when every host was scored; 2 when any was skipped, and then the CSV holds the
     hosts that were; when none was, nothing is written."""
-    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.batch import SCORE_COLUMNS, score_series
     from minerwatch.baseline.store import load_model
     from minerwatch.features.io import read_telemetry
     from minerwatch.service.progress import Progress
@@ -385,18 +374,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                         "records it); scored as unknown, which counts as the host's usual value",
                         file=sys.stderr,
                     )
-                for j in range(len(res.score)):
-                    writer.writerow(
-                        [
-                            host,
-                            f"{res.window_start[j]:.0f}",
-                            f"{res.window_end[j]:.0f}",
-                            f"{res.score[j]:.6f}",
-                            f"{res.threshold:.6f}",
-                            int(res.alert[j]),
-                            res.top_features[j],
-                        ]
-                    )
+                writer.writerows(res.rows())
                 windows += len(res.score)
                 alerts += int(res.alert.sum())
         if len(skipped) == len(fleet):

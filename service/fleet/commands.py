@@ -123,9 +123,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     """``fleet score``: the hosts in Prometheus that have a model, scored like ``score``."""
-    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.batch import SCORE_COLUMNS, score_series
     from minerwatch.baseline.store import load_model
-    from minerwatch.service.cli import SCORE_COLUMNS
     from minerwatch.service.progress import Progress
 
     start, end = time_range(args)
@@ -151,18 +150,7 @@ def run_score(args: argparse.Namespace) -> int:
                     skipped.append(host)
                     print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
                     continue
-                for j in range(len(res.score)):
-                    writer.writerow(
-                        [
-                            host,
-                            f"{res.window_start[j]:.0f}",
-                            f"{res.window_end[j]:.0f}",
-                            f"{res.score[j]:.6f}",
-                            f"{res.threshold:.6f}",
-                            int(res.alert[j]),
-                            res.top_features[j],
-                        ]
-                    )
+                writer.writerows(res.rows())
                 windows += len(res.score)
                 alerts += int(res.alert.sum())
         if len(skipped) == len(hosts):
