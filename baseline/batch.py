@@ -7,13 +7,14 @@ function training and the agent call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minerwatch.baseline.calibrate import alert_rule
 from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.procbase import with_process_columns
 from minerwatch.features.errors import InputError
 from minerwatch.features.pipeline import feature_rows
 from minerwatch.features.schema import AGENT_METRICS
@@ -31,6 +32,7 @@ SCORE_COLUMNS = (
     "threshold",
     "alert",
     "top_features",
+    "processes",
 )
 
 
@@ -50,6 +52,9 @@ class Scored:
     top_features: list[str]
     #: Agent-only columns the model uses that the input lacked, scored as unknown.
     unknown: tuple[str, ...] = ()
+    #: Per window that alerted, the unfamiliar processes in words (``; ``-separated); empty
+    #: for the others and without a process table.
+    processes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[list[object]]:
         """The windows as rows of :data:`SCORE_COLUMNS`, as ``score`` and ``fleet score`` write."""
@@ -62,6 +67,7 @@ class Scored:
                 f"{self.threshold:.6f}",
                 int(self.alert[j]),
                 self.top_features[j],
+                self.processes[j] if self.processes else "",
             ]
             for j in range(len(self.score))
         ]
@@ -97,6 +103,8 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
     other features score exactly as they would with the agent's data and the missing signal
     neither raises nor lowers the score. ``Scored.unknown`` names them.
     """
+    if model.procs is not None:  # process features: from the table, or unknown without one
+        series = with_process_columns(series, model.procs)
     unknown = tuple(c for c in model.columns if c in AGENT_METRICS and c not in series.columns)
     if unknown:
         series = with_unknown(series, unknown)
@@ -119,6 +127,12 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
         )
     score = model.score(F) if len(F) else np.zeros(0)
     alert = alert_rule(score, model.threshold, win.slots, model.alert_windows, model.clear_windows)
+    processes: list[str] = []
+    if model.procs is not None and series.procs is not None:
+        processes = [
+            "; ".join(model.procs.describe(series.procs.between(s, e + 1e-6))) if a else ""
+            for s, e, a in zip(win.starts.tolist(), win.ends.tolist(), alert.tolist(), strict=True)
+        ]
     return Scored(
         host=series.host,
         window_start=win.starts.astype(np.float64),
@@ -131,4 +145,5 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
         feature_names=names,
         top_features=top_feature_labels(model, F) if len(F) else [],
         unknown=unknown,
+        processes=processes,
     )

@@ -17,6 +17,8 @@ import numpy as np
 
 from minerwatch.baseline.explain import Explainer, derived_names
 from minerwatch.baseline.forest import NumpyForest
+from minerwatch.baseline.lowrank import LowRank
+from minerwatch.baseline.procbase import ProcessBaseline
 
 VECTORS = ("center", "scale", "train_max", "typical_low", "typical_high", "excess_mask")
 
@@ -63,11 +65,15 @@ class HostModel:
     explainer: Explainer | None = None
     forest_columns: np.ndarray | None = None
     seen_max: np.ndarray | None = None
+    #: reconstruction error of the extra columns, a derived feature after the explainer's
+    lowrank: LowRank | None = None
     host: str = ""
     columns: tuple[str, ...] = ()
     window: float = 60.0
     hop: float = 60.0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The host's process baseline when it was trained with a process table.
+    procs: ProcessBaseline | None = None
 
     def for_host(
         self,
@@ -88,24 +94,31 @@ class HostModel:
             hop=float(hop),
             meta=meta,
         )
+        tail = self.lowrank.names if self.lowrank is not None else ()
         if self.explainer is None:
-            return replace(bound, feature_names=tuple(base))
+            return replace(bound, feature_names=tuple(base) + tail)
         derived = derived_names(base, self.explainer.targets)
         return replace(
             bound,
-            feature_names=tuple(base) + derived,
+            feature_names=tuple(base) + derived + tail,
             explainer=replace(self.explainer, names=derived),
         )
 
     @property
     def n_base(self) -> int:
-        return len(self.feature_names) - (len(self.explainer.names) if self.explainer else 0)
+        derived = (len(self.explainer.names) if self.explainer else 0) + (
+            len(self.lowrank.names) if self.lowrank else 0
+        )
+        return len(self.feature_names) - derived
 
     def full(self, F: np.ndarray) -> np.ndarray:
-        """Pipeline features plus the derived "unexplained" ones."""
+        """Pipeline features plus the derived ones ("unexplained" CPU, extra columns' error)."""
         F = np.asarray(F, dtype=np.float64)
         if F.ndim != 2 or F.shape[1] != self.n_base:
             raise ValueError(f"expected {self.n_base} features, got {F.shape}")
+        if self.lowrank is not None:
+            F_x = F if self.explainer is None else np.hstack([F, self.explainer.derive(F)])
+            return np.hstack([F_x, self.lowrank.derive(F)])
         if self.explainer is None:
             return F
         return np.hstack([F, self.explainer.derive(F)])
@@ -198,6 +211,10 @@ class HostModel:
             arrays["forest_columns"] = np.asarray(self.forest_columns, dtype=np.int64)
         if self.seen_max is not None:
             arrays["seen_max"] = np.asarray(self.seen_max, dtype=np.float64)
+        if self.lowrank is not None:
+            arrays.update(self.lowrank.to_arrays())
+        if self.procs is not None:
+            arrays.update(self.procs.to_arrays())
         return arrays
 
     def params(self) -> dict[str, Any]:
@@ -213,7 +230,7 @@ class HostModel:
             "alert_windows": self.alert_windows,
             "clear_windows": self.clear_windows,
             "excess_scale": self.excess_scale,
-        }
+        } | ({"lowrank_names": list(self.lowrank.names)} if self.lowrank else {})
 
     @classmethod
     def from_parts(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> HostModel:
@@ -227,8 +244,10 @@ class HostModel:
         )
         base = tuple(str(n) for n in params["feature_names"])
         derived = tuple(str(n) for n in params.get("derived_names", []))
-        names = base + derived
+        lr_names = tuple(str(n) for n in params.get("lowrank_names", []))  # absent before it
+        names = base + derived + lr_names
         explainer = Explainer.from_arrays(arrays, derived) if derived else None
+        lowrank = LowRank.from_arrays(arrays, lr_names) if lr_names else None
         vectors = {n: np.asarray(arrays[n], dtype=np.float64) for n in VECTORS}
         columns = arrays.get("forest_columns")
         width = len(columns) if columns is not None else len(names)
@@ -247,10 +266,12 @@ class HostModel:
             clear_windows=int(params["clear_windows"]),
             excess_scale=float(params["excess_scale"]),
             explainer=explainer,
+            lowrank=lowrank,
             forest_columns=None if columns is None else np.asarray(columns, dtype=np.int64),
             host=str(params["host"]),
             columns=tuple(str(c) for c in params["columns"]),
             window=float(params["window"]),
             hop=float(params["hop"]),
             meta=params,
+            procs=ProcessBaseline.from_arrays(arrays),
         )

@@ -30,6 +30,7 @@ from minerwatch.baseline.calibrate import calibrate_threshold, extrapolation_mar
 from minerwatch.baseline.explain import Explainer, derived_names
 from minerwatch.baseline.fitted import HostModel, hold_unexplained_low
 from minerwatch.baseline.forest import export_forest
+from minerwatch.baseline.lowrank import LowRank
 
 #: Out-of-fold calibration splits the history into blocks this long, dealt round-robin.
 FOLD_BLOCK_S = 6 * 3600.0
@@ -73,6 +74,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         forest_features: Any = None,
         periods: Any = None,
         random_state: int | None = None,
+        lowrank_features: Any = None,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -90,6 +92,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         self.forest_features = forest_features
         self.periods = periods
         self.random_state = random_state
+        self.lowrank_features = lowrank_features
 
     def fit(self, X: Any, y: Any = None, slots: Any = None) -> HostBaseline:
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64)
@@ -115,12 +118,26 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             X_full = np.hstack([X, explainer.derive(X)])
         else:
             derived, X_full = (), X
+        # the extra columns judged together: their joint reconstruction error (lowrank.py)
+        lr_cols = np.asarray(
+            [] if self.lowrank_features is None else self.lowrank_features, dtype=np.int64
+        )
+        lowrank = None
+        if len(lr_cols) >= 2 and n:
+            res = self._vector(self.resolution, d, 1e-6)[lr_cols]
+            lowrank = LowRank.fit(X, lr_cols, res)
+            X_full = np.hstack([X_full, lowrank.derive(X)])
+            derived += lowrank.names
         n_derived = len(derived)
         # derived features are in units of their residual spread, which is never below one
         # resolution step of CPU: one unit is the smallest change that means anything
         resolution = np.append(self._vector(self.resolution, d, 1e-6), np.ones(n_derived))
+        if lowrank is not None:  # RMS of z-scores: a tenth of one is the smallest change
+            resolution[-1] = 0.1
         excess_mask = np.append(self._vector(self.excess, d, 0.0) > 0, np.ones(n_derived, bool))
         mask = (self._vector(self.forest_features, d, 1.0) > 0) & ~unseen
+        if lowrank is not None:  # judged through their joint error, not one by one
+            mask[lr_cols] = False
         if not mask.any() and not n_derived:  # nothing left to judge: judge what there is
             mask = np.ones(d, dtype=bool)
         forest_columns = (
@@ -157,6 +174,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             explainer=explainer,
             forest_columns=forest_columns,
             hop=self.hop,
+            lowrank=lowrank,
         )
         oof = self._out_of_fold_scores(X, Zf, slots, draft)
         threshold = calibrate_threshold(

@@ -47,7 +47,7 @@ from minerwatch.baseline.fitted import VECTORS, HostModel
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.extract import feature_names
-from minerwatch.features.schema import SCHEMA_VERSION
+from minerwatch.features.schema import READABLE_VERSIONS, SCHEMA_VERSION
 
 #: 2: ``meta.json`` is signed as a whole (``signature``); 1 signed only the arrays.
 FORMAT_VERSION = 2
@@ -343,7 +343,10 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "excess_scale": ("a positive number", lambda v: _is_number(v, positive=True)),
     "model_file": ("a file name model-<16 hex>.npz", lambda v: isinstance(v, str)),
     "sha256": ("a sha256 in hex", lambda v: isinstance(v, str)),
-    "schema_version": (f"telemetry schema {SCHEMA_VERSION}", lambda v: v == SCHEMA_VERSION),
+    "schema_version": (
+        f"telemetry schema {' or '.join(map(str, READABLE_VERSIONS))}",
+        lambda v: v in READABLE_VERSIONS,
+    ),
 }
 
 
@@ -370,6 +373,10 @@ def _check_fields(meta: dict[str, Any], where: str) -> None:
         )
 
 
+#: Arrays allowed to hold text (see :meth:`ProcessBaseline.to_arrays`).
+TEXT_ARRAYS = frozenset({"procs_identities"})
+
+
 def _read_arrays(data: bytes, where: str) -> dict[str, np.ndarray]:
     """Numeric arrays from ``.npz`` bytes; nothing a pickle or a zip bomb could hide in."""
     try:
@@ -381,7 +388,13 @@ def _read_arrays(data: bytes, where: str) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise ModelError(where, None, "a numpy .npz file", f"{type(exc).__name__}: {exc}") from None
-    bad = [k for k, v in arrays.items() if v.dtype.kind not in "biuf"]
+    # the process baseline's identities are the one text array: fixed-width unicode, which
+    # numpy loads without pickle
+    bad = [
+        k
+        for k, v in arrays.items()
+        if v.dtype.kind not in "biuf" and not (k in TEXT_ARRAYS and v.dtype.kind == "U")
+    ]
     if bad:
         raise ModelError(where, None, "numeric arrays", f"{', '.join(sorted(bad))} are not")
     return arrays
@@ -427,7 +440,11 @@ def _check_structure(model: HostModel, where: str) -> None:
             problems.append("explainer indices out of range")
         elif e.names != derived_names(model.feature_names[:n], e.targets):
             problems.append("derived_names that do not match the explainer's targets")
+    lr = model.lowrank
+    if lr is not None and ((lr.columns < 0) | (lr.columns >= model.n_base)).any():
+        problems.append("low-rank columns out of range")
     floats = [getattr(model, v) for v in VECTORS] + [f.path_length, f.threshold]
+    floats += [] if lr is None else [lr.center, lr.scale, lr.mean, lr.components]
     floats += [a for a in explainer_arrays if a.dtype.kind == "f"]
     if not all(np.isfinite(a).all() for a in floats):
         problems.append("non-finite numbers")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,18 @@ import numpy as np
 
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.model import HostBaseline
+from minerwatch.baseline.procbase import flagged_windows, learn_processes
 from minerwatch.baseline.store import save_model
 from minerwatch.features.errors import InputError
-from minerwatch.features.extract import COMPUTE, CONTEXT, DAY, EXPLAINED, TIME, feature_specs
+from minerwatch.features.extract import (
+    COMPUTE,
+    CONTEXT,
+    DAY,
+    EXPLAINED,
+    EXTRA_PREFIX,
+    TIME,
+    feature_specs,
+)
 from minerwatch.features.io import HostSeries, read_telemetry
 from minerwatch.features.pipeline import feature_rows
 
@@ -44,7 +53,15 @@ def train_host(
     params: dict[str, Any] | None = None,
     min_windows: int = MIN_WINDOWS,
 ) -> HostModel:
-    """Fit one host's baseline on its telemetry and reduce it to a storable :class:`HostModel`."""
+    """Fit one host's baseline on its telemetry and reduce it to a storable :class:`HostModel`.
+
+    With a process table, the host's process baseline is learnt too (part of the model); the
+    windows around processes that match an indicator or a disguise are left out, so a host
+    already mining when first learnt does not make its miner normal.
+    """
+    learnt = learn_processes(series) if series.procs is not None else None
+    if learnt is not None:
+        series = learnt.series
     win, names, F = feature_rows(
         series.timestamps,
         series.values,
@@ -54,17 +71,28 @@ def train_host(
         source=series.source,
         host=series.host,
     )
+    slots = win.slots
+    if learnt is not None and len(learnt.flagged_times):
+        keep = ~flagged_windows(win.starts, win.ends, learnt.flagged_times)
+        F, slots = F[keep], slots[keep]
     if len(F) < min_windows:
         raise InputError(
             series.source or series.host,
             None,
             f"at least {min_windows} complete {window:g}s windows for host {series.host!r}",
-            f"{len(F)}",
+            f"{len(F)}"
+            + (
+                f" after leaving out {len(win.slots) - len(F)} with suspect processes"
+                f" ({', '.join(learnt.flagged[:3])})"
+                if learnt is not None and len(F) < len(win.slots)
+                else ""
+            ),
         )
     specs = feature_specs(series.columns)
     options = {"random_state": 0, **(params or {})}
     roles = [s.role for s in specs]
     has_context = CONTEXT in roles
+    extra = [j for j, s in enumerate(specs) if s.name.startswith(EXTRA_PREFIX)]
     judged = (COMPUTE, TIME) if has_context else (COMPUTE, TIME, EXPLAINED)
     est = HostBaseline(
         hop=hop,
@@ -77,15 +105,21 @@ def train_host(
         explain_inputs=[j for j, r in enumerate(roles) if r in (CONTEXT, TIME)],
         forest_features=[1.0 if r in judged else 0.0 for r in roles],
         periods=[DAY if r == TIME else 0.0 for r in roles],  # judged once a day is seen
+        # two or more extra columns are also judged jointly (baseline/lowrank.py)
+        lowrank_features=extra if len({specs[j].inputs for j in extra}) >= 2 else None,
         **options,
-    ).fit(F, slots=win.slots)
-    meta = {
+    ).fit(F, slots=slots)
+    meta: dict[str, Any] = {
         "windows": int(len(F)),
         "train_start": float(win.starts[0]),
         "train_end": float(win.ends[-1]),
         "params": {k: v for k, v in est.get_params().items() if k not in ("resolution", "excess")},
     }
     model: HostModel = est.host_model_
+    if learnt is not None:
+        meta["process_identities"] = len(learnt.baseline.identities)
+        meta["flagged_processes"] = list(learnt.flagged[:20])
+        model = replace(model, procs=learnt.baseline)
     return model.for_host(series.host, series.columns, names, window, hop, meta)
 
 

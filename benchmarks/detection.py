@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hop", type=float, default=60.0)
     p.add_argument("--grace", type=float, default=0.0)
     p.add_argument("--workdir", type=Path, help="keep the simulated data here")
+    p.add_argument(
+        "--no-procs", action="store_true", help="simulate without process tables (schema 1 data)"
+    )
     p.add_argument("--output", type=Path, help="write report.md, plots and report.json here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             train_days=args.train_days,
             test_days=args.test_days,
             seed=args.seed,
+            procs=not args.no_procs,
         )
         t_sim = time.perf_counter() - t0
         result = evaluate_simulated(
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"simulation seed {args.seed}: {args.hosts} hosts, {args.train_days:g} train + "
-            f"{args.test_days:g} test days; window {args.window:g} s hop {args.hop:g} s\n"
+            f"{args.test_days:g} test days; window {args.window:g} s hop {args.hop:g} s"
+            f"{'; no process tables' if args.no_procs else ''}\n"
         )
         print(format_text(result))
         print(f"({result['meta']['seconds']})")

@@ -2,9 +2,11 @@
 
 On a labelled simulation (``--data DIR`` with ``train/``, ``test/`` and ``labels.json``) it trains
 or loads one baseline per host, scores the test split, runs the reference detectors on the same
-windows and prints, per campaign kind and overall, recall within 30 minutes, median and worst
-delay, false-alarm episodes per host-day, the share of clean time alerted and which benign kinds
-alarmed (definitions in :mod:`minerwatch.bench.metrics`). ``--output`` writes ``report.md``
+windows and prints, per campaign kind, per identity kind (how the miner's process looks: new,
+disguised, inside) and overall, recall within 30 minutes, median and worst delay, false-alarm
+episodes per host-day, the share of clean time alerted and which benign kinds alarmed
+(definitions in :mod:`minerwatch.bench.metrics`). The new-exe reference needs process tables;
+without them it is reported as n/a. ``--output`` writes ``report.md``
 and one PNG per host. ``--smd`` / ``--nab`` run the public benchmarks instead
 (:mod:`minerwatch.bench.public`).
 
@@ -25,19 +27,22 @@ from typing import Any
 import numpy as np
 
 from minerwatch.bench import metrics
-from minerwatch.bench.reference import NaiveIForest, cpu_5m, static_rule
+from minerwatch.bench.reference import NaiveIForest, NewExeRule, cpu_5m, static_rule
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
 
 Progress = Callable[[str], None]
-DETECTORS = ("minerwatch", "static_rule", "cpu_5m", "naive_iforest")
+DETECTORS = ("minerwatch", "static_rule", "cpu_5m", "naive_iforest", "new_exe")
 DETECTOR_TITLES = {
     "minerwatch": "minerwatch baseline",
     "static_rule": "static rule: CPU > 85 % for 3 h",
     "cpu_5m": "fast rule: CPU > 80 % for 5 min",
     "naive_iforest": "naive IsolationForest (window means, max training score)",
+    "new_exe": "new-exe rule: an exe never seen in training uses >= 50 % of a core",
 }
+#: Identity kinds in the order the tables show them (how a miner's process looks).
+IDENTITY_ORDER = ("new", "disguised", "inside")
 
 
 def _stderr(msg: str) -> None:
@@ -83,6 +88,7 @@ def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
             if ev.get("split", "test") != "test":
                 continue
             campaign = ev.get("campaign")
+            identity = ev.get("identity")  # absent in labels written before process tables
             events.append(
                 metrics.Event(
                     str(ev["host"]),
@@ -91,6 +97,7 @@ def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
                     float(ev["start"]),
                     float(ev["end"]),
                     None if campaign is None else str(campaign),
+                    None if identity is None else str(identity),
                 )
             )
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -161,6 +168,9 @@ def run_hosts(
             h = float(np.median(np.diff(ws))) if ws.size > 1 else hop
             naive = NaiveIForest(window=w, hop=h, seed=seed).fit(train[host])
             alerts["naive_iforest"] = naive.alert(test[host], ws, we)
+            if train[host].procs is not None and test[host].procs is not None:
+                rule = NewExeRule().fit(train[host])
+                alerts["new_exe"] = rule.alert(test[host], ws, we)
         runs.append(
             HostRun(
                 host,
@@ -187,6 +197,8 @@ def measure(runs: list[HostRun], events: list[metrics.Event], grace: float = 0.0
             if det in r.alerts
         ]
         if not outcomes:
+            if det == "new_exe":
+                out.setdefault("unavailable", {})[det] = "no process tables"
             continue
         out["detectors"][det] = metrics.summarize(outcomes)
         for o in outcomes:
@@ -268,6 +280,17 @@ def format_detector(name: str, summary: dict) -> str:
             else f"{100 * summary['clean_alerted_share']:.2f} %"
         )
     )
+    looks = summary.get("per_identity") or {}
+    if looks:
+        lines.append(f"{'identity kind':<16}" + head[16:])
+        order = [k for k in IDENTITY_ORDER if k in looks] + sorted(set(looks) - set(IDENTITY_ORDER))
+        for kind in order:
+            s = looks[kind]
+            lines.append(
+                f"{kind:<16}{s['campaigns']:>4}{s['caught_30m']:>13}"
+                f"{_pct(s['recall_30m']):>8}{_pct(s['recall_any']):>7}"
+                f"{_dur(s['median_delay_s']):>14}{_dur(s['worst_delay_s']):>13}"
+            )
     benign = [f"{k} {v['alarmed']}/{v['total']}" for k, v in summary["benign_alarmed"].items()]
     lines.append(
         "benign events that alarmed: " + (", ".join(benign) if benign else "none labelled")
@@ -291,11 +314,17 @@ def format_comparison(result: dict) -> str:
             f"{'-' if fa is None else f'{fa:.2f}':>13}"
             f"{'-' if share is None else f'{100 * share:.2f} %':>15}"
         )
+    for det, why in result.get("unavailable", {}).items():
+        lines.append(f"{det:<16}{'n/a':>12}  ({why})")
     return "\n".join(lines)
 
 
 def format_text(result: dict) -> str:
     blocks = [format_detector(d, s) for d, s in result["detectors"].items()]
+    blocks += [
+        f"== {DETECTOR_TITLES.get(d, d)} ==\nn/a: {why}"
+        for d, why in result.get("unavailable", {}).items()
+    ]
     return "\n\n".join([*blocks, "== summary ==\n" + format_comparison(result)]) + "\n"
 
 

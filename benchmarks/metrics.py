@@ -104,7 +104,9 @@ class Event:
     """One labelled segment ``[start, end]`` (first and last affected sample) on one host.
 
     Malicious segments that share a ``campaign`` id (a miner that only runs at night, say) form
-    one campaign: it is detected once, its delay counts from its first segment.
+    one campaign: it is detected once, its delay counts from its first segment. ``identity``
+    says how the miner's process looks (``new``, ``disguised``, ``inside``; None when the
+    labels predate process tables).
     """
 
     host: str
@@ -113,6 +115,7 @@ class Event:
     start: float
     end: float
     campaign: str | None = None
+    identity: str | None = None
 
 
 def detection_delays(
@@ -158,6 +161,7 @@ class HostOutcome:
     clean_alerted: int
     benign_alarmed: Counter[str] = field(default_factory=Counter)
     benign_total: Counter[str] = field(default_factory=Counter)
+    campaign_identities: list[str | None] = field(default_factory=list)
 
 
 def host_outcome(
@@ -209,6 +213,7 @@ def host_outcome(
         clean_alerted=int((clean & a).sum()),
         benign_alarmed=Counter(ev.kind for ev, h in zip(ben, hit, strict=True) if h),
         benign_total=Counter(ev.kind for ev in ben),
+        campaign_identities=[mal[i].identity for i in first],
     )
 
 
@@ -230,12 +235,24 @@ def summarize(outcomes: Sequence[HostOutcome], within: float = CAUGHT_WITHIN) ->
     """Aggregate host outcomes: per campaign kind, overall, false alarms and benign kinds.
 
     Median and worst delay are over the campaigns that were detected at all; ``recall_any``
-    and ``recall_30m`` say how many that is.
+    and ``recall_30m`` say how many that is. ``per_identity`` does the same per identity kind
+    (empty when no label says how the miner looks).
     """
     kinds = sorted({k for o in outcomes for k in o.campaign_kinds})
     all_delays = np.concatenate([o.delays for o in outcomes]) if outcomes else np.empty(0)
     all_kinds = np.array([k for o in outcomes for k in o.campaign_kinds], dtype=object)
     per_kind = {k: _delay_stats(all_delays[all_kinds == k], within) for k in kinds}
+    looks = np.array(
+        [
+            (o.campaign_identities[i] if i < len(o.campaign_identities) else None) or ""
+            for o in outcomes
+            for i in range(len(o.campaign_kinds))
+        ],
+        dtype=object,
+    )
+    per_identity = {
+        k: _delay_stats(all_delays[looks == k], within) for k in sorted(set(looks.tolist()) - {""})
+    }
     days = sum(o.days for o in outcomes)
     fa = sum(o.false_alarms for o in outcomes)
     clean = sum(o.clean_windows for o in outcomes)
@@ -247,6 +264,7 @@ def summarize(outcomes: Sequence[HostOutcome], within: float = CAUGHT_WITHIN) ->
         total.update(o.benign_total)
     return {
         "per_kind": per_kind,
+        "per_identity": per_identity,
         "overall": _delay_stats(all_delays, within),
         "false_alarm_episodes": fa,
         "host_days": days,

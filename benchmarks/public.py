@@ -8,6 +8,7 @@ upper bound. Loaders are plain functions of a root folder so tests can point the
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import sys
 from collections.abc import Callable
@@ -88,64 +89,108 @@ class Case:
 # --------------------------------------------------------------------------- SMD
 
 
+SMD_PARTS = ("train", "test", "test_label")
+_SUFFIXES = (".txt.gz", ".txt")
+
+
+def smd_columns(n: int) -> tuple[str, ...]:
+    """Column names for ``n`` columns: SMD's own for its 38, else ``m1``..``mN`` (1-based, as
+    SMD's interpretation labels number metrics)."""
+    return SMD_COLUMNS if n == len(SMD_COLUMNS) else tuple(f"m{i}" for i in range(1, n + 1))
+
+
 def _smd_file(root: Path, part: str, machine: str) -> Path:
-    for name in (f"{machine}.txt.gz", f"{machine}.txt"):
-        if (root / part / name).is_file():
-            return root / part / name
-    raise InputError(str(root / part / f"{machine}.txt.gz"), None, "an SMD data file", "none")
+    for suffix in _SUFFIXES:
+        if (root / part / f"{machine}{suffix}").is_file():
+            return root / part / f"{machine}{suffix}"
+    expected = f"a {part} file for machine {machine!r} ({machine}.txt or {machine}.txt.gz)"
+    raise InputError(str(root / part / f"{machine}.txt.gz"), None, expected, "none")
 
 
 def smd_machines(root: Path) -> list[str]:
-    """Machines that have train, test and test_label files under ``root``."""
+    """Machines of a folder in SMD's layout: ``train/``, ``test/`` and ``test_label/``, one
+    ``<machine>.txt[.gz]`` per machine in each (a machine without all three is left out)."""
     root = Path(root)
-    if not (root / "train").is_dir():
-        raise InputError(
-            str(root), None, "an SMD folder with train/, test/, test_label/", "no train/ folder"
-        )
+    for part in SMD_PARTS:
+        if not (root / part).is_dir():
+            expected = "a folder in SMD's layout (train/, test/, test_label/)"
+            raise InputError(str(root / part), None, expected, "no such folder")
     names = sorted(
-        p.name.split(".")[0]
+        p.name.removesuffix(".gz").removesuffix(".txt")
         for p in (root / "train").iterdir()
-        if p.name.endswith((".txt", ".txt.gz"))
+        if p.name.endswith(_SUFFIXES)
     )
-    return [
+    complete = [
         m
         for m in names
-        if all(
-            any((root / d / f"{m}{s}").is_file() for s in (".txt", ".txt.gz"))
-            for d in ("test", "test_label")
-        )
+        if all(any((root / d / f"{m}{s}").is_file() for s in _SUFFIXES) for d in SMD_PARTS[1:])
     ]
+    if not complete:
+        expected = "<machine>.txt or .txt.gz files in train/, test/ and test_label/"
+        raise InputError(str(root / "train"), None, expected, "no machine with all three")
+    return complete
 
 
-def _load_matrix(path: Path, cols: int | None) -> np.ndarray:
+def _open_text(path: Path) -> list[str]:
     try:
-        x = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-    except ValueError as exc:
-        raise InputError(str(path), None, "comma-separated numbers", str(exc)) from None
-    if cols is not None and x.shape[1] != cols:
-        raise InputError(str(path), 1, f"{cols} columns", str(x.shape[1]))
-    return x
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                return fh.read().splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InputError(str(path), None, "a readable text or gzip file", str(exc)) from None
+
+
+def _load_matrix(path: Path, cols: int | None, what: str = "") -> np.ndarray:
+    """Rows of comma-separated numbers, all as wide as the first (or ``cols``); a bad line
+    is named with its number and what was expected."""
+    rows: list[list[float]] = []
+    for lineno, line in enumerate(_open_text(path), start=1):
+        if not line.strip():
+            continue
+        cells = line.split(",")
+        want = cols if cols is not None else (len(rows[0]) if rows else len(cells))
+        try:
+            values = [float(c) for c in cells]
+        except ValueError:
+            values = []
+        if len(values) != want:
+            expected = f"{want} columns (comma-separated numbers{what})"
+            raise InputError(str(path), lineno, expected, repr(line[:80]))
+        rows.append(values)
+    if not rows:
+        raise InputError(str(path), None, "at least one row of comma-separated numbers", "none")
+    return np.asarray(rows, dtype=np.float64)
 
 
 def load_smd(root: Path, machine: str) -> Case:
-    """One SMD machine; samples are 60 s apart and the test part follows the training part."""
+    """One machine of a folder in SMD's layout (any number of columns, the same in its train
+    and test files); samples are 60 s apart and the test part follows the training part."""
     root = Path(root)
-    train = _load_matrix(_smd_file(root, "train", machine), len(SMD_COLUMNS))
-    test = _load_matrix(_smd_file(root, "test", machine), len(SMD_COLUMNS))
-    label = _load_matrix(_smd_file(root, "test_label", machine), 1)[:, 0] > 0.5
+    train = _load_matrix(_smd_file(root, "train", machine), None)
+    like = f", as in train/{machine}"
+    test = _load_matrix(_smd_file(root, "test", machine), train.shape[1], like)
+    label_path = _smd_file(root, "test_label", machine)
+    labels = _load_matrix(label_path, 1, ", one 0 or 1 per test row")[:, 0]
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if bad.size:
+        got = f"{labels[bad[0]]:g} in row {bad[0] + 1}"
+        raise InputError(str(label_path), None, "labels 0 or 1", got)
+    label = labels > 0.5
     if label.size != test.shape[0]:
         raise InputError(
-            str(_smd_file(root, "test_label", machine)),
+            str(label_path),
             None,
-            f"{test.shape[0]} labels (one per test row)",
+            f"{test.shape[0]} labels (one per row of test/{machine})",
             str(label.size),
         )
+    columns = smd_columns(train.shape[1])
     t_train = np.arange(train.shape[0]) * SMD_STEP
     t_test = (train.shape[0] + np.arange(test.shape[0])) * SMD_STEP
     return Case(
         machine,
-        HostSeries(machine, t_train, train, SMD_COLUMNS, source=f"smd/train/{machine}"),
-        HostSeries(machine, t_test, test, SMD_COLUMNS, source=f"smd/test/{machine}"),
+        HostSeries(machine, t_train, train, columns, source=f"smd/train/{machine}"),
+        HostSeries(machine, t_test, test, columns, source=f"smd/test/{machine}"),
         label,
     )
 
@@ -295,6 +340,8 @@ def evaluate_smd(
 ) -> dict:
     """Train one baseline per SMD machine on its train split and score its test split."""
     names = machines or smd_machines(root)
+    for name in names:  # every file is checked before the first machine is trained
+        load_smd(root, name)
     results = {}
     for i, name in enumerate(names, 1):
         progress(f"smd {i}/{len(names)}: {name}")

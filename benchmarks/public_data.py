@@ -33,7 +33,9 @@ def machine_line() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smd", type=Path, default=DATA / "smd")
+    p.add_argument(
+        "--smd", type=Path, default=DATA / "smd", help="SMD, or any folder in its layout"
+    )
     p.add_argument("--nab", type=Path, default=DATA / "nab")
     p.add_argument("--skip-smd", action="store_true")
     p.add_argument("--skip-nab", action="store_true")

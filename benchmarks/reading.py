@@ -172,7 +172,8 @@ def legacy_read(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
 def make_fleet_file(folder: Path, rows: int, hosts: int, seed: int) -> Path:
     """Simulate ``hosts`` hosts and merge their CSV files into ``folder/fleet.csv`` by time."""
     days = rows / (hosts * SAMPLES_PER_DAY)
-    simulate(folder / "sim", hosts=hosts, train_days=days, test_days=0, seed=seed)
+    # host samples only: this measures the samples reader (process tables have their own)
+    simulate(folder / "sim", hosts=hosts, train_days=days, test_days=0, seed=seed, procs=False)
     streams: list[list[tuple[float, str]]] = []
     header = ""
     for path in sorted((folder / "sim" / "train").glob("*.csv")):

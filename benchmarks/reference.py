@@ -3,7 +3,9 @@
 * ``static_rule``: CPU above 85 % for 3 hours straight (the rule many fleets actually run);
 * ``cpu_5m``: CPU above 80 % for 5 minutes straight (the eager version of the same rule);
 * ``naive_iforest``: scikit-learn's IsolationForest on plain window means of every metric column,
-  alerting above the highest score seen in training (no features, no calibration, no filtering).
+  alerting above the highest score seen in training (no features, no calibration, no filtering);
+* ``new_exe``: an executable never seen in training uses at least 50 % of a core (the "look
+  for unknown processes" step of incident-response playbooks, as a rule; needs process tables).
 
 Each returns one boolean per window ``[start, end)``; a window is alerted when the rule fires at
 any sample inside it.
@@ -136,3 +138,39 @@ class NaiveIForest:
 
     def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return self.score(series, starts, ends) > self.threshold_
+
+
+class NewExeRule:
+    """Alert when an executable never seen in training uses at least ``min_cpu`` % of one core.
+
+    Executables are compared as written (``/srv/app/releases/<id>/...`` after a deploy is a new
+    one: that is the rule's weakness, measured on purpose); an empty exe (unreadable, kernel
+    threads) never alerts. A window is alerted when any of its samples has such a process.
+    """
+
+    def __init__(self, min_cpu: float = 50.0) -> None:
+        self.min_cpu = min_cpu
+
+    def fit(self, series: HostSeries) -> NewExeRule:
+        if series.procs is None:
+            raise ValueError(f"{series.host}: no process table to learn executables from")
+        self.known_ = frozenset(str(e) for e in series.procs.exes.tolist() if e)
+        return self
+
+    def fires(self, series: HostSeries) -> np.ndarray:
+        """Per process row of ``series.procs``: does this row fire the rule?"""
+        procs = series.procs
+        if procs is None:
+            raise ValueError(f"{series.host}: no process table to score")
+        exes = procs.exes.tolist()
+        new = np.fromiter((bool(e) and e not in self.known_ for e in exes), bool, len(exes))
+        with np.errstate(invalid="ignore"):
+            return new & (procs.cpu >= self.min_cpu)
+
+    def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        procs = series.procs
+        if procs is None:
+            raise ValueError(f"{series.host}: no process table to score")
+        ts = np.asarray(procs.timestamps, dtype=float)
+        fire = self.fires(series)
+        return _any_in_windows(ts, fire.astype(np.int64), starts, ends)

@@ -9,7 +9,10 @@ scraper asks for ``/metrics`` back to back with Prometheus' own ``Accept`` and
 ``Accept-Encoding`` headers, over a fresh connection per scrape (``--keep-alive`` reuses
 one). Prints clients, requests/s, p50/p99/max latency in ms, failures, the agent's CPU, and
 how many samples it took and stored while being scraped against the number its interval
-promises, with the longest gap between them (the loop must keep its pace under load).
+promises, with the longest gap between them (the loop must keep its pace under load). The
+samples counted are the agent's own: those between its stamps of its latest sample as
+scraped just before and just after the load, so neither the load's start-up nor a clock
+other than the agent's decides which samples count.
 ``tests/test_scrape_load.py`` runs :func:`load_with_sampling_check` with the issue's bounds:
 50 clients for 30 s, p99 under 100 ms, sampling within one sample.
 """
@@ -66,6 +69,10 @@ class LoadResult:
     agent_cpu_percent: float | None = None  # of one core, during the load
     started_at: float | None = None  # Unix time the load began
     ended_at: float | None = None
+    #: The agent's own stamps of its latest sample as scraped just before and just after
+    #: the load: the samples it took in between are stored between these two, both included.
+    first_sample_ts: float | None = None
+    last_sample_ts: float | None = None
     statuses: dict[str, int] | None = None
 
 
@@ -232,6 +239,8 @@ def load_with_sampling_check(
     result = run_load(url, clients, seconds, **kwargs)
     after, t1 = scrape_values(url), time.monotonic()
     result.started_at, result.ended_at = started, time.time()
+    result.first_sample_ts = before.get("minerwatch_last_sample_timestamp_seconds")
+    result.last_sample_ts = after.get("minerwatch_last_sample_timestamp_seconds")
     if pid is not None:
         result.agent_cpu_percent = round(100 * (cpu_seconds(pid) - cpu0) / (t1 - t0), 1)
     taken = after["minerwatch_samples_total"] - before["minerwatch_samples_total"]
@@ -240,8 +249,8 @@ def load_with_sampling_check(
     return result
 
 
-def sample_gaps(history: Path, since: float | None, until: float | None) -> list[float]:
-    """Seconds between consecutive samples the agent stored in ``[since, until]``."""
+def stored_samples(history: Path, since: float | None, until: float | None) -> list[float]:
+    """Times of the samples the agent stored in ``[since, until]`` (its own clock), sorted."""
     conn = sqlite3.connect(f"file:{history}?mode=ro", uri=True)
     try:
         rows = conn.execute(
@@ -250,7 +259,19 @@ def sample_gaps(history: Path, since: float | None, until: float | None) -> list
         ).fetchall()
     finally:
         conn.close()
-    return np.diff([float(ts) for (ts,) in rows]).round(3).tolist()
+    return [float(ts) for (ts,) in rows]
+
+
+def agent_span(result: LoadResult) -> tuple[float | None, float | None]:
+    """The agent's stamps of its latest sample before and after the load, widened by a
+    microsecond against the round trip through the exposition's decimal text."""
+    lo, hi = result.first_sample_ts, result.last_sample_ts
+    return (None if lo is None else lo - 1e-6), (None if hi is None else hi + 1e-6)
+
+
+def sample_gaps(history: Path, since: float | None, until: float | None) -> list[float]:
+    """Seconds between consecutive samples the agent stored in ``[since, until]``."""
+    return np.diff(stored_samples(history, since, until)).round(3).tolist()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = load_with_sampling_check(
                     agent.url, args.clients, args.seconds, args.interval, agent.pid, **opts
                 )
-            # the agent has stopped and flushed: its own record of when it sampled
-            gaps = sample_gaps(Path(tmp) / "history.db", result.started_at, result.ended_at)
-            longest_gap = max(gaps, default=None)
-            stored = len(gaps) + 1 if gaps else None
-            assert result.started_at is not None and result.ended_at is not None
-            due = round((result.ended_at - result.started_at) / args.interval, 2)
+            # the agent has stopped and flushed: its own record of when it sampled, between
+            # its own stamps of the samples it had taken just before and just after the load
+            ts = stored_samples(Path(tmp) / "history.db", *agent_span(result))
+            longest_gap = max(np.diff(ts).round(3).tolist(), default=None)
+            stored = len(ts) - 1 if ts else None  # the first one was taken before the load
+            due = result.samples_expected
     report = {
         **asdict(result),
         "samples_stored_during_load": stored,

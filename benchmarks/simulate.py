@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from minerwatch.bench.simprocs import IDENTITY_KINDS, IDENTITY_MIX, NEW_TOOLS, Procs, procs_csv
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.schema import METRIC_COLUMNS, SCHEMA_VERSION, TELEMETRY_COLUMNS
@@ -47,6 +48,9 @@ BENIGN_KINDS: tuple[str, ...] = (
     "cron",
     "backup",
     "admin_burst",
+    "new_tool",
+    "package_upgrade",
+    "toolchain_upgrade",
 )
 #: 2026-01-05 00:00:00 UTC, a Monday: a fixed default so runs are reproducible.
 DEFAULT_START = 1767571200.0
@@ -278,6 +282,23 @@ def _plan_campaigns(specs: list[HostSpec], rng: np.random.Generator) -> dict[str
     return plan
 
 
+def _plan_identities(
+    specs: list[HostSpec], plan: dict[str, list[str]], rng: np.random.Generator
+) -> dict[str, list[str]]:
+    """How each planned campaign's process looks, in the fleet-wide mix of IDENTITY_MIX."""
+    slots = [(s.name, j) for s in specs for j in range(len(plan.get(s.name, [])))]
+    counts = np.floor(np.asarray(IDENTITY_MIX) * len(slots)).astype(int)
+    rest = np.asarray(IDENTITY_MIX) * len(slots) - counts
+    for i in np.argsort(-rest, kind="stable")[: len(slots) - int(counts.sum())]:
+        counts[i] += 1
+    queue = [k for k, c in zip(IDENTITY_KINDS, counts.tolist(), strict=True) for _ in range(c)]
+    queue = [str(k) for k in rng.permutation(queue)] if queue else []
+    out: dict[str, list[str]] = {}
+    for (host, _), kind in zip(slots, queue, strict=True):
+        out.setdefault(host, []).append(kind)
+    return out
+
+
 # --------------------------------------------------------------------------- benign schedule
 
 
@@ -388,6 +409,59 @@ def _schedule(spec: HostSpec, clock: _Clock, rng: np.random.Generator) -> list[_
     # interactive admin sessions, a couple a day, mostly in working hours
     for t in _poisson_times(rng, clock, rng.uniform(1.5, 3.0), 0.2 + working):
         ev.append(_Event("admin_burst", False, [(t, t + _logu(rng, 1 * MIN, 15 * MIN))]))
+    return [e for e in ev if e.segments[0][0] < total]
+
+
+def _novelty(
+    spec: HostSpec, clock: _Clock, benign: list[_Event], rng: np.random.Generator
+) -> list[_Event]:
+    """Benign novelty: a tool never run before, package upgrades, a compiler upgrade.
+
+    Drawn from the process model's own generator, so the rest of the host stays as it was.
+    """
+    total = clock.n * clock.interval
+    lh = clock.local_hour(spec.tz_hours)
+    working = ((lh > 8.5) & (lh < 18.5)).astype(float) * 0.9 + 0.1
+    ev: list[_Event] = []
+    tools = [int(i) for i in rng.permutation(len(NEW_TOOLS))]
+    for t in _poisson_times(rng, clock, 0.12, working):
+        if not tools:
+            break
+        tool = NEW_TOOLS[tools.pop()]
+        ev.append(
+            _Event(
+                "new_tool", False, [(t, t + _logu(rng, 2 * MIN, 10 * MIN))], params={"tool": tool}
+            )
+        )
+    main = {"database": ("postgres", "mysqld"), "cache": ("redis-server", "memcached")}
+    service = [n for n in main.get(spec.archetype, ()) if n.startswith(spec.flavour[:5])]
+    daemons = ["sshd", "rsyslogd", "node_exporter", "cron", "systemd-journal", *service]
+    at = rng.uniform(6.0, 7.0) * HOUR
+    for d in range(int(np.ceil(total / DAY))):
+        if rng.random() < 0.2:
+            s = d * DAY + at + rng.uniform(0, 1800)
+            k = int(rng.integers(1, 4))
+            restarts = [str(x) for x in rng.choice(daemons, k, replace=False)]
+            ev.append(
+                _Event(
+                    "package_upgrade",
+                    False,
+                    [(s, s + _logu(rng, 2 * MIN, 8 * MIN))],
+                    params={"restarts": restarts},
+                )
+            )
+    for e in benign:  # a configuration run restarts the service it configured
+        if e.kind == "deploy" and service:
+            e.params["restarts"] = service
+    compiles = sorted((e for e in benign if e.kind == "compile"), key=lambda e: e.segments[0][0])
+    make = not (spec.archetype == "ci" and spec.flavour == "gradle")
+    if compiles and make and rng.random() < 0.8:
+        lo = clock.n_train * clock.interval if clock.n > clock.n_train + 60 else 0.0
+        s = rng.uniform(lo, max(lo, total - 2 * HOUR))
+        up = s + _logu(rng, 2 * MIN, 6 * MIN)
+        after = [e for e in compiles if e.segments[0][0] >= up]
+        end = after[0].segments[0][1] if after else up
+        ev.append(_Event("toolchain_upgrade", False, [(s, end)], params={"upgrade_end": up}))
     return [e for e in ev if e.segments[0][0] < total]
 
 
@@ -507,7 +581,12 @@ def _campaigns(
 
 
 def _base(
-    spec: HostSpec, clock: _Clock, surge: np.ndarray, rng: np.random.Generator, load: _Load
+    spec: HostSpec,
+    clock: _Clock,
+    surge: np.ndarray,
+    rng: np.random.Generator,
+    load: _Load,
+    procs: Procs,
 ) -> np.ndarray:
     """The archetype's own rhythm; returns the demand curve (1 = a normal peak)."""
     n, iv, c = clock.n, clock.interval, spec.cores
@@ -549,6 +628,7 @@ def _base(
             procs=workers + 20,
             mem_gb=spec.mem_gb * rng.uniform(0.2, 0.35),
         )
+        procs.base(sl, cpu)
     elif arch == "cache":
         pps = demand * rng.uniform(8000, 40000) * (c / 4) ** 0.5
         cpu = pps / rng.uniform(40000, 80000) * c**0.3
@@ -569,6 +649,7 @@ def _base(
             mem_gb=spec.mem_gb * rng.uniform(0.4, 0.6),
             procs=4,
         )
+        procs.base(sl, cpu)
     elif arch == "database":
         cpu = demand * c * rng.uniform(0.12, 0.35)
         qps = demand * c * rng.uniform(80, 300)
@@ -592,6 +673,7 @@ def _base(
             procs=(15 if spec.flavour == "mysql" else 80) + 20 * demand,
             mem_gb=spec.mem_gb * rng.uniform(0.55, 0.75),
         )
+        procs.base(sl, cpu)
     elif arch == "ci":
         load.add(
             sl,
@@ -608,7 +690,9 @@ def _base(
     return demand
 
 
-def _background(spec: HostSpec, clock: _Clock, rng: np.random.Generator, load: _Load) -> None:
+def _background(
+    spec: HostSpec, clock: _Clock, rng: np.random.Generator, load: _Load, procs: Procs
+) -> None:
     """OS daemons, monitoring and logging that every host has, plus slow memory drift."""
     n, iv, c = clock.n, clock.interval, spec.cores
     sl = slice(0, n)
@@ -633,14 +717,23 @@ def _background(spec: HostSpec, clock: _Clock, rng: np.random.Generator, load: _
         top=daemons * 100 * rng.uniform(0.3, 0.6),
         mem_gb=spec.mem_gb * (rng.uniform(0.08, 0.15) + drift + leak),
     )
+    procs.background(sl, daemons)
 
 
 def _apply_event(
-    ev: _Event, spec: HostSpec, clock: _Clock, rng: np.random.Generator, load: _Load
+    ev: _Event,
+    spec: HostSpec,
+    clock: _Clock,
+    rng: np.random.Generator,
+    load: _Load,
+    procs: Procs,
 ) -> None:
     """Add one benign event's work; mining is added later because it competes for CPU."""
     c = spec.cores
-    for s, e in ev.segments:
+    segments = ev.segments
+    if ev.kind == "toolchain_upgrade":  # the label runs on to the first build that uses it
+        segments = [(ev.segments[0][0], ev.params["upgrade_end"])]
+    for s, e in segments:
         sl, fr, alive = clock.span(s, e)
         m = len(fr)
         if m == 0:
@@ -652,10 +745,10 @@ def _apply_event(
             cores = ev.params["cores"] * fr * jit
             if ev.params.get("job") == "batch" and spec.flavour == "threads":
                 top = np.minimum(cores, c) * 100 * 0.9 * a
-                procs = 3 * a
+                nproc = 3 * a
             else:
                 top = np.minimum(100.0, cores * 100) * a
-                procs = np.ceil(ev.params["cores"]) * a + 2 * a
+                nproc = np.ceil(ev.params["cores"]) * a + 2 * a
             load.add(
                 sl,
                 user=0.85 * cores,
@@ -663,13 +756,14 @@ def _apply_event(
                 threads=cores * 1.05,
                 running=cores * a,
                 iowait=0.05 * cores,
-                procs=procs,
+                procs=nproc,
                 top=top,
                 ctx=cores * rng.uniform(300, 900),
                 read_bps=cores * rng.uniform(3e6, 15e6) * jit,
                 write_bps=cores * rng.uniform(1e6, 8e6) * jit,
                 mem_gb=np.minimum(spec.mem_gb * 0.45, cores * rng.uniform(0.3, 1.0)) * a,
             )
+            procs.event(ev, sl, cores, {})
         elif k == "backup":
             gz = np.minimum(1.0, rng.uniform(0.85, 1.0) * jit) * fr
             dump = rng.uniform(0.3, 0.7) * fr * jit
@@ -693,6 +787,8 @@ def _apply_event(
                 rx_bps=ship / 2800 * 66,
                 tcp=1 * a,
             )
+            rest = np.full(m, 0.1)
+            procs.event(ev, sl, gz + dump + rest, {"gz": gz, "dump": dump, "rest": rest})
         elif k == "reindex":
             cores = rng.uniform(1, max(1.5, c / 4)) * fr * jit
             load.add(
@@ -708,6 +804,7 @@ def _apply_event(
                 ctx=cores * 800,
                 mem_gb=spec.mem_gb * 0.05 * a,
             )
+            procs.event(ev, sl, cores, {})
         elif k == "compile":
             frac = rng.uniform(0.5, 1.0) if ev.params.get("job") == "ci" else rng.uniform(0.7, 1.0)
             cores = frac * c * fr * np.minimum(1, jit)
@@ -739,6 +836,7 @@ def _apply_event(
                 tcp=a * fetch * 20 + a * 2,
                 mem_gb=np.minimum(spec.mem_gb * 0.5, cores * rng.uniform(0.3, 0.8)) * a,
             )
+            procs.event(ev, sl, cores, {})
         elif k == "deploy":
             cores = rng.uniform(0.8, min(3.0, c)) * fr * jit
             dl = rng.uniform(3e6, 40e6) * fr * jit
@@ -759,6 +857,7 @@ def _apply_event(
                 tx_bps=dl / rng.uniform(2200, 2900) * 66,
                 tcp=a * rng.uniform(2, 10),
             )
+            procs.event(ev, sl, cores, {})
         elif k == "gc_storm":
             th = ev.params["threads"]
             cores = th * rng.uniform(0.7, 0.98) * fr
@@ -772,6 +871,7 @@ def _apply_event(
                 ctx=cores * rng.uniform(200, 800),
                 mem_gb=spec.mem_gb * rng.uniform(0.05, 0.15) * a,
             )
+            procs.event(ev, sl, cores, {})
         elif k == "admin_burst":
             spikes = (rng.random(m) < 0.4) * rng.uniform(0.2, 1.5, m) * min(c, 2) * fr
             load.add(
@@ -790,6 +890,45 @@ def _apply_event(
                 tx_bps=a * rng.uniform(2e3, 6e4),
                 tx_pps=a * rng.uniform(5, 60),
             )
+            procs.event(ev, sl, spikes, {})
+        elif k == "new_tool":
+            threads = min(int(ev.params["tool"][2]), c)
+            cores = threads * rng.uniform(0.7, 0.98) * fr * np.minimum(1, jit)
+            rd = rng.uniform(50e6, 300e6) * fr * jit
+            load.add(
+                sl,
+                user=0.85 * cores,
+                system=0.15 * cores,
+                iowait=0.2 * fr,
+                threads=cores + 0.2,
+                running=cores * a,
+                procs=a * 2,
+                ctx=cores * rng.uniform(500, 2000),
+                read_bps=rd,
+                write_bps=rd * rng.uniform(0.2, 0.9),
+            )
+            procs.event(ev, sl, cores, {})
+        elif k in ("package_upgrade", "toolchain_upgrade"):
+            cores = rng.uniform(0.5, 1.0) * fr * jit
+            dl = rng.uniform(2e6, 60e6) * fr * jit
+            load.add(
+                sl,
+                user=0.6 * cores,
+                system=0.4 * cores,
+                iowait=0.1 * fr,
+                threads=cores + 0.3,
+                running=cores * a,
+                procs=a * rng.uniform(5, 30),
+                ctx=cores * 2500,
+                write_bps=rng.uniform(5e6, 40e6) * fr * jit,
+                read_bps=rng.uniform(2e6, 20e6) * fr * jit,
+                rx_bps=dl,
+                rx_pps=dl / rng.uniform(1100, 1450),
+                tx_pps=dl / rng.uniform(2200, 2900),
+                tx_bps=dl / rng.uniform(2200, 2900) * 66,
+                tcp=a * 2,
+            )
+            procs.event(ev, sl, cores, {})
 
 
 def _surge_curve(events: list[_Event], clock: _Clock, rng: np.random.Generator) -> np.ndarray:
@@ -817,6 +956,7 @@ def _apply_miner(
     rng: np.random.Generator,
     load: _Load,
     miner: dict[str, np.ndarray],
+    procs: Procs,
 ) -> None:
     """Record the miner's CPU demand; it is reconciled with legitimate work in _finalise."""
     p = ev.params
@@ -827,6 +967,7 @@ def _apply_miner(
         if m == 0:
             continue
         a = alive.astype(float)
+        procs.campaign(ev, sl, alive, j)
         if ev.kind == "ramp":
             t = np.arange(sl.start, sl.stop) * clock.interval - s
             cap = p["start_capacity"] + (p["end_capacity"] - p["start_capacity"]) * np.clip(
@@ -881,7 +1022,8 @@ def _finalise(
     miner: dict[str, np.ndarray],
     niced: np.ndarray,
     rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
+    procs: Procs,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Turn work into the metrics a collector would read, with contention and sensor noise."""
     n, c, iv = clock.n, float(spec.cores), clock.interval
     cap = c * 0.998
@@ -925,8 +1067,10 @@ def _finalise(
     procs_total = np.maximum(procs_total, running + 40)
 
     top_miner = np.where(miner["alive"] > 0, got * 100 * np.exp(0.02 * rng.standard_normal(n)), 0)
-    top = np.maximum(noisy(load.top, 0.08), top_miner)
-    top = np.clip(top, 0.1, c * 100)
+    # who used the CPU: the busiest process listed is top_proc_cpu_percent, to the digit written
+    top_miner = np.minimum(top_miner, (user_p + sys_p) * c)  # never more than the host used
+    rows, tenths = procs.finish((user_p + sys_p) * c, top_miner)
+    top = np.clip(tenths / 10.0, 0.1, c * 100)
 
     mem = noisy(load.mem_gb, 0.002) / spec.mem_gb * 100 + rng.normal(0, 0.03, n)
 
@@ -960,39 +1104,59 @@ def _finalise(
         "ctx_switches_ps": counter(noisy(load.ctx + 50 * c, 0.05)),
         "top_proc_cpu_percent": top,
     }
-    return out
+    return out, rows
 
 
 # --------------------------------------------------------------------------- one host
 
 
 def _host(
-    spec: HostSpec, kinds: list[str], clock: _Clock, seed: np.random.SeedSequence
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[_Event]]:
-    """All samples of one host plus the mask of samples written and its events."""
+    spec: HostSpec,
+    kinds: list[str],
+    looks: list[str],
+    clock: _Clock,
+    seed: np.random.SeedSequence,
+    proc_seed: np.random.SeedSequence,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[_Event], Procs, dict[str, np.ndarray]]:
+    """All samples of one host, the mask of samples written, its events and process table."""
     rng = np.random.default_rng(seed)
+    prng = np.random.default_rng(proc_seed)
     benign = _schedule(spec, clock, rng)
+    novel = _novelty(spec, clock, benign, prng)
+    procs = Procs(spec, clock, prng)
+    procs.plan(benign + novel)
     load = _Load(clock.n)
     demand_mult = _surge_curve(benign, clock, rng)
-    _base(spec, clock, demand_mult, rng, load)
-    _background(spec, clock, rng, load)
+    _base(spec, clock, demand_mult, rng, load, procs)
+    _background(spec, clock, rng, load, procs)
     for ev in benign:
-        _apply_event(ev, spec, clock, rng, load)
+        _apply_event(ev, spec, clock, rng, load, procs)
+    for ev in novel:
+        _apply_event(ev, spec, clock, prng, load, procs)
     campaigns = _campaigns(spec, kinds, clock, benign, rng)
+    for ev in campaigns:
+        j = int(str(ev.campaign).rsplit("/", 1)[1]) - 1
+        ev.params["process"] = procs.campaign_identity(ev, looks[j] if j < len(looks) else "new")
     miner = {k: np.zeros(clock.n) for k in ("want", "threads", "duty", "alive")}
     niced = np.zeros(clock.n)
     for ev in campaigns:
-        _apply_miner(ev, spec, clock, rng, load, miner)
+        _apply_miner(ev, spec, clock, rng, load, miner, procs)
         if ev.params.get("niced"):
             for s, e in ev.segments:
                 niced[clock.span(s, e)[0]] = 1
-    cols = _finalise(spec, clock, load, miner, niced, rng)
+    cols, rows = _finalise(spec, clock, load, miner, niced, rng, procs)
     # collector hiccups: single lost samples and a couple of longer outages
     keep = rng.random(clock.n) > 0.002
     for _ in range(rng.poisson(1.5 * clock.n * clock.interval / (7 * DAY)) if clock.n > 1 else 0):
         i = int(rng.integers(0, clock.n))
         keep[i : i + int(rng.uniform(2, 20) * MIN / clock.interval) + 1] = False
-    return cols, keep, benign + campaigns
+    return (
+        cols,
+        keep,
+        sorted(benign + novel, key=lambda e: e.segments[0][0]) + campaigns,
+        procs,
+        rows,
+    )
 
 
 def _labels_for(
@@ -1021,8 +1185,14 @@ def _labels_for(
             if ev.campaign:
                 label["campaign"] = ev.campaign
             if ev.malicious:
+                look = dict(ev.params.get("process", {}))
+                if look:
+                    label["identity"] = look.pop("identity")
+                    label["process"] = look
                 label["params"] = {
-                    k: (round(v, 3) if isinstance(v, float) else v) for k, v in ev.params.items()
+                    k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in ev.params.items()
+                    if k != "process"
                 }
             out.append(label)
     return out
@@ -1031,7 +1201,7 @@ def _labels_for(
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text, mode=0o644)  # data, not evidence: readable like any dataset
 
@@ -1062,12 +1232,15 @@ def simulate(
     interval: float = 30.0,
     start: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    procs: bool = True,
 ) -> dict[str, Any]:
     """Write ``output/train/<host>.csv``, ``output/test/<host>.csv`` and ``output/labels.json``.
 
     Deterministic for a given seed and parameters. Mining campaigns appear only in the test
     split; benign events (crons, backups, builds, surges...) in both. Returns the labels dict
     that is also written to ``labels.json``. ``progress(done, total)`` is called per host.
+    With ``procs`` each file has its process table beside it (``<host>.procs.csv``); the host
+    samples are the same either way.
     """
     if hosts < 1:
         raise InputError("--hosts", None, "at least 1 host", str(hosts))
@@ -1089,18 +1262,26 @@ def simulate(
     fleet_rng = np.random.default_rng(fleet_seq)
     specs = _plan_hosts(hosts, fleet_rng)
     plan = _plan_campaigns(specs, fleet_rng)
+    looks = _plan_identities(specs, plan, np.random.default_rng(root.spawn(1)[0]))
     output = Path(output)
     events: list[dict[str, Any]] = []
     for i, (spec, seq) in enumerate(zip(specs, host_seqs, strict=True)):
-        host_seq, file_seq = seq.spawn(2)
-        cols, keep, host_events = _host(spec, plan.get(spec.name, []), clock, host_seq)
+        host_seq, file_seq, proc_seq = seq.spawn(3)
+        cols, keep, host_events, table, listed = _host(
+            spec, plan.get(spec.name, []), looks.get(spec.name, []), clock, host_seq, proc_seq
+        )
         file_rng = np.random.default_rng(file_seq)
         idx = np.arange(clock.n)
+        stamps = [f"{t:.3f}" for t in cols["timestamp"].tolist()]
         for split, mask in (("train", idx < n_train), ("test", idx >= n_train)):
             rows = idx[mask & keep]
             _atomic_write(
                 output / split / f"{spec.name}.csv", _csv_text(spec.name, cols, rows, file_rng)
             )
+            if procs:
+                pick = (mask & keep)[listed["sample"]]
+                text = procs_csv(spec.name, table.idents, listed, stamps, pick)
+                _atomic_write(output / split / f"{spec.name}.procs.csv", text)
         for ev in host_events:
             events.extend(_labels_for(ev, spec.name, clock, cols["timestamp"], keep))
         if progress is not None:
@@ -1116,6 +1297,7 @@ def simulate(
             "test_days": test_days,
             "interval": interval,
             "start": t0,
+            "procs": procs,
         },
         "start": t0,
         "end": t0 + (clock.n - 1) * interval,
@@ -1152,6 +1334,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         interval=args.interval,
         start=getattr(args, "start", None),
+        procs=not getattr(args, "no_procs", False),
     )
     archetypes = Counter(h["archetype"] for h in labels["hosts"].values())
     kinds = Counter(e["kind"] for e in labels["events"])
@@ -1167,5 +1350,17 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"campaigns: {len(campaigns)} on {len(infected)} hosts; events by kind: "
         + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    )
+    looks = Counter(
+        e.get("identity") for e in labels["events"] if e["malicious"] and e.get("identity")
+    )
+    print(
+        "campaign identities (label segments): "
+        + ", ".join(f"{k} {looks[k]}" for k in IDENTITY_KINDS if looks[k])
+        + (
+            "; process tables beside the samples"
+            if labels["parameters"]["procs"]
+            else "; no process tables"
+        )
     )
     return 0

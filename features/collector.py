@@ -2,7 +2,7 @@
 
 :class:`Collector` is what the on-host agent calls every ``interval`` seconds; :func:`record`
 is the fixed-interval loop behind ``minerwatch collect`` that appends rows to a CSV file.
-Only the standard library and psutil are imported here (the agent must stay light).
+Only the standard library, psutil and numpy are imported here (the agent must stay light).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.procs import PROC_TABLE_COLUMNS, clean_text, table_exe
 from minerwatch.features.proctable import ProcessRecord
 from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
 from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, Source, build_sources
@@ -177,6 +178,27 @@ def _check_header(output: Path) -> bool:
     return True
 
 
+def procs_path_for(output: Path) -> Path:
+    """``web-1.csv`` -> ``web-1.procs.csv``: the process table beside the samples."""
+    return output.with_name(output.name.removesuffix(output.suffix) + ".procs.csv")
+
+
+def proc_rows(ts: str, host: str, records: Sequence[ProcessRecord]) -> list[list[object]]:
+    """Process-table rows of one sample (the timestamp as the sample row writes it)."""
+    return [
+        [
+            ts,
+            host,
+            r.pid,
+            clean_text(r.name),
+            clean_text(table_exe(r)),
+            clean_text(r.username),
+            _format_value(r.cpu_percent),
+        ]
+        for r in records
+    ]
+
+
 def record(
     output: Path,
     interval: float,
@@ -205,10 +227,18 @@ def record(
         raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
     output = Path(output)
     has_rows = _check_header(output)
+    procs_path = procs_path_for(output)
+    if not procs_path.exists() or procs_path.stat().st_size == 0:
+        with procs_path.open("w", newline="", encoding="utf-8") as pf:
+            csv.writer(pf).writerow(PROC_TABLE_COLUMNS)
     planned = int(duration / interval + 1e-9) if duration > 0 else 0
     rows = 0
-    with output.open("a", newline="", encoding="utf-8") as f:
+    with (
+        output.open("a", newline="", encoding="utf-8") as f,
+        procs_path.open("a", newline="", encoding="utf-8") as pf,
+    ):
         writer = csv.writer(f)
+        procs_writer = csv.writer(pf)
         if not has_rows:
             writer.writerow(TELEMETRY_COLUMNS)
             f.flush()
@@ -224,7 +254,12 @@ def record(
                 if due > now:
                     sleep(due - now)
                 metrics = coll.sample()
-                writer.writerow(format_row(wall_clock(), coll.host, metrics))
+                ts = wall_clock()
+                row = format_row(ts, coll.host, metrics)
+                # the process rows first: a sample row is never without its processes
+                procs_writer.writerows(proc_rows(row[0], coll.host, coll.top_processes))
+                pf.flush()
+                writer.writerow(row)
                 f.flush()
                 rows += 1
                 if progress is not None:

@@ -172,6 +172,33 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         FeatureSpec("indicator_hits", ("indicator_hits",), 1.0, excess=True),
         lambda c: c.mean("indicator_hits"),
     ),
+    # From the process table, through the host's process baseline (baseline/procbase.py):
+    # zero in training by construction, so any CPU held by a new or disguised process is
+    # above the training range and raises the score through the excess. The new and odd
+    # CPU count from the first window (miners are caught in minutes); a never-seen installed
+    # tool (or a familiar one under another user), a known process far above its peak or at
+    # an hour it never runs count only once sustained (an administrator's copy, a colleague's
+    # compile, a GC storm, a late job).
+    (
+        FeatureSpec("proc_new_cpu", ("proc_new_cpu_percent",), 25.0, excess=True),
+        lambda c: c.mean("proc_new_cpu_percent"),
+    ),
+    (
+        FeatureSpec("proc_new_tool_floor_15m", ("proc_new_tool_cpu_percent",), 100.0, excess=True),
+        lambda c: c.rolling_min(c.mean("proc_new_tool_cpu_percent"), 900),
+    ),
+    (
+        FeatureSpec("proc_odd_cpu", ("proc_odd_cpu_percent",), 10.0, excess=True),
+        lambda c: c.mean("proc_odd_cpu_percent"),
+    ),
+    (
+        FeatureSpec("proc_surge_floor_15m", ("proc_surge_cpu_percent",), 50.0, excess=True),
+        lambda c: c.rolling_min(c.mean("proc_surge_cpu_percent"), 900),
+    ),
+    (
+        FeatureSpec("proc_offhour_floor_15m", ("proc_offhour_cpu_percent",), 100.0, excess=True),
+        lambda c: c.rolling_min(c.mean("proc_offhour_cpu_percent"), 900),
+    ),
     (FeatureSpec("tod_sin", (), 0.05, role=TIME), lambda c: _tod(c, np.sin)),
     (FeatureSpec("tod_cos", (), 0.05, role=TIME), lambda c: _tod(c, np.cos)),
 )

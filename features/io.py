@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.procs import PROC_TABLE_COLUMNS, ProcessRows, is_procs_file, read_procs
 from minerwatch.features.schema import HOST, TIMESTAMP
 
 if TYPE_CHECKING:  # annotations only: pandas is imported inside the CSV reader
@@ -70,6 +71,8 @@ class HostSeries:
     source: str = ""
     duplicates: int = 0
     nonfinite: int = field(default=0)
+    #: The host's process table (schema 2); None when no process table was given.
+    procs: ProcessRows | None = None
 
     def column(self, name: str) -> np.ndarray:
         return self.values[:, self.columns.index(name)]
@@ -480,7 +483,12 @@ def read_telemetry(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
     >>> # series = read_telemetry(["fleet/"]); series["web-1"].column("cpu_percent")
     """
     parts: dict[str, list[_Chunk]] = {}
+    procs: dict[str, list[ProcessRows]] = {}
     for path in expand_inputs(inputs):
+        if is_procs_file(path):
+            for host, table_rows in _read_procs(path).items():
+                procs.setdefault(host, []).append(table_rows)
+            continue
         table = _read(path)
         # One stable sort groups the rows by host and keeps each host's rows in file order
         # (on the smallest integer type, where numpy sorts by radix).
@@ -498,7 +506,83 @@ def read_telemetry(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
                 np.take(table.numeric[name], rows, out=values[j], mode="clip")  # unbuffered
             ts = table.numeric[TIMESTAMP][rows]
             parts.setdefault(host, []).append(_Chunk(ts, values.T, table.metrics, str(path)))
-    return {host: _merge(host, chunks) for host, chunks in parts.items()}
+    out = {host: _merge(host, chunks) for host, chunks in parts.items()}
+    for host, tables in procs.items():
+        if host in out:  # a process table without host samples has nothing to describe
+            out[host].procs = ProcessRows.concat(tables)
+    return out
+
+
+def _read_procs(path: Path) -> dict[str, ProcessRows]:
+    """A process table by host: CSV through pandas when it parses cleanly (a week of a host
+    is a million rows), else the exact reader, which names the line at fault."""
+    if path.name.endswith(".procs.parquet"):
+        return read_procs_parquet(path)
+    import pandas as pd
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if head[:2] == b"\x1f\x8b" or b"\0" in head:
+            return read_procs(path)  # refused there, naming the file
+        text = {c: str for c in ("host", "name", "exe", "user")}
+        frame = pd.read_csv(
+            path, dtype=text, keep_default_na=False, encoding="utf-8-sig", **_pandas_kwargs()
+        )
+        frame.columns = [str(c).strip() for c in frame.columns]
+        if not set(PROC_TABLE_COLUMNS) <= set(frame.columns):
+            return read_procs(path)
+        numbers = {
+            c: pd.to_numeric(frame[c].replace("", "nan"), errors="raise")
+            for c in (TIMESTAMP, "pid", "cpu_percent")
+        }
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError):
+        return read_procs(path)
+    ts = numbers[TIMESTAMP].to_numpy(np.float64)
+    if not np.isfinite(ts).all():
+        return read_procs(path)
+    out: dict[str, ProcessRows] = {}
+    hosts = frame[HOST].str.strip()
+    for host, at in hosts.groupby(hosts, sort=False).indices.items():
+        out[str(host)] = ProcessRows.from_lists(
+            ts[at],
+            np.nan_to_num(numbers["pid"].to_numpy(np.float64)[at]).astype(np.int64),
+            frame["name"].to_numpy()[at],
+            frame["exe"].to_numpy()[at],
+            frame["user"].to_numpy()[at],
+            numbers["cpu_percent"].to_numpy(np.float64)[at],
+        )
+    return out
+
+
+def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
+    """A Parquet process table by host (the CSV reader is in :mod:`~minerwatch.features.procs`)."""
+    where = str(path)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(where, None, "pyarrow installed for Parquet", "no pyarrow") from None
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except pa.ArrowException as exc:
+        raise InputError(where, None, "a Parquet file", str(exc).splitlines()[0]) from None
+    missing = [c for c in PROC_TABLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(
+            where, None, f"columns {', '.join(PROC_TABLE_COLUMNS)}", f"missing {missing}"
+        )
+    out: dict[str, ProcessRows] = {}
+    for host, part in frame.groupby(frame[HOST].astype(str), sort=False):
+        out[str(host)] = ProcessRows.from_lists(
+            part[TIMESTAMP].to_numpy(np.float64),
+            part["pid"].fillna(0).to_numpy(np.int64),
+            part["name"].fillna("").astype(str).to_numpy(),
+            part["exe"].fillna("").astype(str).to_numpy(),
+            part["user"].fillna("").astype(str).to_numpy(),
+            part["cpu_percent"].to_numpy(np.float64),
+        )
+    return out
 
 
 def _merge(host: str, chunks: list[_Chunk]) -> HostSeries:

@@ -393,11 +393,12 @@ class ProcessTable:
         now, btime = self.clock(), self._boot_time()
         counters: dict[_Key, int] = {}
         rows: list[ProcessRecord] = []
-        for entry in os.listdir(self.proc_root):
+        root = str(self.proc_root)  # once, not once per process: 10,000 of them add up
+        for entry in os.listdir(root):
             if not entry.isdigit():
                 continue
             try:
-                stat = parse_stat(_read_text(f"{self.proc_root}/{entry}/stat"))
+                stat = parse_stat(_read_text(f"{root}/{entry}/stat"))
             except (FileNotFoundError, ProcessLookupError):
                 continue  # exited since the listing; counted below if it was seen before
             key = (int(entry), stat.start_ticks)

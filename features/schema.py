@@ -6,7 +6,10 @@ bump ``SCHEMA_VERSION`` on any incompatible change.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions still read as they are: 1 had no process tables (the process features are then
+#: absent from a model, or unknown when scoring with a model that has them).
+READABLE_VERSIONS = (1, 2)
 
 TIMESTAMP = "timestamp"
 HOST = "host"

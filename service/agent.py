@@ -14,6 +14,7 @@ latest :class:`~minerwatch.service.state.AgentSnapshot`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,10 +41,12 @@ from minerwatch.features.atomic import atomic_write
 from minerwatch.features.collector import Collector
 from minerwatch.features.errors import InputError
 from minerwatch.features.pipeline import feature_rows
+from minerwatch.features.procs import PROC_COLUMNS, disguise, rows_from_records, table_exe
 from minerwatch.features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.exporter import Exporter
 from minerwatch.service.history import History
+from minerwatch.service.hostsignals import HostSignals
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot
 
@@ -51,6 +54,8 @@ log = logging.getLogger("minerwatch.agent")
 
 #: Samples kept in memory for the rolling features (the longest looks back 15 minutes).
 LOOKBACK_S = 1800.0
+#: Event lines kept while the disk refuses them (a full disk), oldest dropped first.
+UNWRITTEN_EVENTS = 1000
 #: Time around an alert episode that retraining leaves out, at most (less with little
 #: history, see :func:`~minerwatch.baseline.exclude.exclusion_margin`).
 EXCLUDE_MARGIN_S = 3600.0
@@ -130,6 +135,10 @@ def without_own(
     return out
 
 
+#: The agent's in-memory rows: the stored columns, then the process baseline's columns.
+ROW_COLUMNS = (*AGENT_COLUMNS, *PROC_COLUMNS)
+
+
 def make_data_dir(cfg: AgentConfig) -> Path:
     """The state folder, private to the agent (history, journal and evidence live there)."""
     path = Path(cfg.data_dir)
@@ -148,6 +157,7 @@ class Agent:
         clock: Callable[[], float] = time.time,
         responder: Any = None,
         own_cpu: OwnCpu | None = None,
+        signals: HostSignals | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -167,6 +177,10 @@ class Agent:
         )
         self.exporter = exporter
         self.responder = responder
+        # listening ports, SSH logins and wiped logs of this host (not of a replayed one)
+        self.signals = signals if signals is not None or collector else _host_signals(cfg, clock)
+        if self.signals is not None and hasattr(responder, "evidence"):
+            responder.evidence.sections["host_signals"] = self.signals.evidence_section
         self.model: HostModel | None = None
         self.alert: AlertState | None = None
         self.recent: deque[tuple[float, np.ndarray]] = deque()
@@ -178,6 +192,10 @@ class Agent:
         self.errors: dict[str, int] = {}
         self.retrain_failures = dict.fromkeys(FAILURE_REASONS, 0)
         self.last: dict[str, Any] = {}
+        #: (pid, start time) of processes already reported as suspect
+        self.flagged: set[tuple[int, float]] = set()
+        #: Event lines the disk refused, written before the next one (see append_event)
+        self._unwritten: deque[str] = deque(maxlen=UNWRITTEN_EVENTS)
         self._stop = threading.Event()
         self._load_model()
         self._reload_recent()
@@ -214,6 +232,8 @@ class Agent:
                 self.child.kill()
         if self.exporter is not None:
             self.exporter.stop()
+        if self.signals is not None:
+            self.signals.close()
         self.history.close()
 
     # -- one iteration -----------------------------------------------------------------------
@@ -239,7 +259,16 @@ class Agent:
             except Exception as exc:  # indicators are best effort; scoring goes on
                 self._error("indicators", exc)
         self.history.add_sample(now, metrics)
-        row = np.array([metrics.get(c, np.nan) for c in AGENT_COLUMNS], dtype=np.float64)
+        procs = self.suspects()
+        self.history.add_procs(
+            now, [(p.pid, p.name, table_exe(p), p.username, p.cpu_percent) for p in procs]
+        )
+        self._flag_processes(now, procs)
+        row = np.array(
+            [metrics.get(c, np.nan) for c in AGENT_COLUMNS] + self._proc_columns(now, procs),
+            dtype=np.float64,
+        )
+        self._clock_stepped_back(now)
         self.recent.append((now, row))
         while self.recent and self.recent[0][0] < now - LOOKBACK_S - 2 * self.cfg.window:
             self.recent.popleft()
@@ -247,6 +276,11 @@ class Agent:
         if self.model is not None:
             self._score(now)
         self._maybe_train(now)
+        if self.signals is not None:
+            try:
+                self.signals.tick(now)
+            except Exception as exc:  # host signals are best effort; scoring goes on
+                self._error("host_signals", exc)
         if self.responder is not None:
             try:
                 self.responder.after_tick(self, now, metrics)
@@ -264,7 +298,7 @@ class Agent:
         win, _, F = feature_rows(
             np.array([t for t, _ in self.recent]),
             np.vstack([r for _, r in self.recent]),
-            AGENT_COLUMNS,
+            ROW_COLUMNS,
             self.model.window,
             self.model.hop,
             inputs=self.model.columns,
@@ -325,6 +359,10 @@ class Agent:
             "threshold": self.model.threshold,
             "top_features": self.model.explain(f, top=3),
         }
+        if self.model.procs is not None:  # in words: "exe /tmp/.x/kswapd0, never seen ..."
+            self.episode["processes"] = self.model.procs.describe(
+                rows_from_records(end, self.suspects())
+            )
         if self.responder is not None:
             try:
                 self.responder.on_alert(self, self.episode, f)
@@ -349,12 +387,7 @@ class Agent:
         """Append one line about the current episode to the event log (0600, JSON)."""
         assert self.episode is not None and self.cfg.event_log is not None
         line = {"event": kind, "host": self.cfg.host, "time": self.clock(), **self.episode, **extra}
-        try:
-            fd = os.open(self.cfg.event_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line, sort_keys=True) + "\n")
-        except OSError as exc:
-            self._error("event_log", exc)
+        self.append_event(line)
 
     @staticmethod
     def _describe(episode: dict[str, Any]) -> str:
@@ -376,6 +409,7 @@ class Agent:
             f"score {episode['score']:.4f} above threshold {episode['threshold']:.4f}; "
             f"top features: {features or 'none'}; busiest process: {suspect}; "
             f"indicators: {', '.join(hits) or 'none'}; "
+            f"unfamiliar processes: {json.dumps(episode.get('processes') or 'none')}; "
             f"evidence: {episode.get('evidence') or 'not written'}"
         )
 
@@ -530,7 +564,7 @@ class Agent:
             return False
         try:
             model = load_model(self.models_dir, self.cfg.host, key=self.model_key)
-            unknown = [c for c in model.columns if c not in AGENT_COLUMNS]
+            unknown = [c for c in model.columns if c not in ROW_COLUMNS]
             if unknown:
                 raise ModelError(
                     str(self.models_dir),
@@ -561,11 +595,116 @@ class Agent:
         """After a restart, the last hour of stored samples feeds the rolling features again."""
         now = self.clock()
         ts, values = self.history.samples(since=now - LOOKBACK_S - 2 * self.cfg.window)
+        blank = np.full(len(PROC_COLUMNS), np.nan)  # process columns are not stored
         for t, row in zip(ts, values, strict=True):
-            self.recent.append((float(t), row))
+            self.recent.append((float(t), np.concatenate([row, blank])))
         if len(ts):
             assert self.cfg.hop is not None  # AgentConfig derives it from the window
             self.last_slot = int(np.floor(now / self.cfg.hop)) - 1
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _proc_columns(self, now: float, procs: Sequence[Any]) -> list[float]:
+        """This sample's process columns under the model's process baseline (NaN without
+        one: the process features are then unknown, neutral)."""
+        base = self.model.procs if self.model is not None else None
+        if base is None:
+            return [np.nan] * len(PROC_COLUMNS)
+        values: list[float] = base.columns(rows_from_records(now, procs), np.array([now]))[
+            0
+        ].tolist()
+        return values
+
+    def _flag_processes(self, now: float, procs: Sequence[Any]) -> None:
+        """Say at once when a process matches a miner's name or a disguise, learning or not:
+        a host already mining when first learnt is the common case. One WARNING, one event
+        line and one evidence file per process (its windows never train the baseline)."""
+        for p in procs:
+            why = disguise(p.name, table_exe(p))
+            key = (p.pid, p.create_time)
+            if not why or not p.cpu_percent >= 1.0 or key in self.flagged:
+                continue
+            if len(self.flagged) > 1000:  # bounded: a churn of short-lived ones
+                self.flagged.clear()
+            self.flagged.add(key)
+            self.counters["flagged"] = self.counters.get("flagged", 0) + 1
+            learning = self.model is None
+            evidence = None
+            if self.responder is not None:
+                try:
+                    name = f"suspect-{self.cfg.host}-{p.pid}"
+                    doc = self.responder.evidence.collect(
+                        name, now, np.nan, np.nan, {}, [], [p.pid], self.responder.hits
+                    )
+                    doc["suspect"] = {"why": why, "learning": learning}
+                    evidence = str(self.responder.evidence.write_document(name, doc))
+                except Exception as exc:  # the warning is said even if evidence fails
+                    self._error("evidence", exc)
+            line = {
+                "event": "suspect_process",
+                "host": self.cfg.host,
+                "time": now,
+                "learning": learning,
+                "process": {"pid": p.pid, "name": p.name, "exe": table_exe(p), "user": p.username,
+                            "cpu_percent": p.cpu_percent},
+                "why": why,
+                "evidence": evidence,
+            }  # fmt: skip
+            self.append_event(line)
+            log.warning(
+                "suspect process on %s%s: pid %d %s (%s) at %.0f%% of a core; evidence: %s",
+                self.cfg.host,
+                " while learning (left out of the baseline)" if learning else "",
+                p.pid,
+                json.dumps(table_exe(p) or p.name),
+                why,
+                p.cpu_percent,
+                evidence or "not written",
+            )
+
+    def append_event(self, line: dict[str, Any]) -> None:
+        """Append one JSON line to the event log. Lines a full disk refused are kept and
+        written first, so an alert opened on a full disk still has its ``open`` line before
+        its ``close``; a partly written line is cut off again, so no line is ever torn."""
+        if self.cfg.event_log is None:
+            return
+        self._unwritten.append(json.dumps(line, sort_keys=True) + "\n")
+        data = memoryview("".join(self._unwritten).encode("utf-8"))
+        try:
+            fd = os.open(self.cfg.event_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self._error("event_log", exc)
+            return
+        size = -1
+        try:
+            size = os.fstat(fd).st_size
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as exc:
+            if size >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            self._error("event_log", exc)
+            return
+        finally:
+            os.close(fd)
+        self._unwritten.clear()
+
+    def _clock_stepped_back(self, now: float) -> None:
+        """A wall clock stepped back leaves samples stamped in what is now the future: they
+        are dropped from the rolling features (which must not mix two timelines), and no
+        window is scored until the clock passes the last one scored, so none is scored
+        twice. Said once per step, with how long scoring pauses."""
+        if not self.recent or now >= self.recent[-1][0]:
+            return
+        ahead = self.recent[-1][0] - now
+        while self.recent and self.recent[-1][0] >= now:
+            self.recent.pop()
+        log.warning(
+            "the clock stepped back %.0f s: rolling features restart from now; windows are "
+            "scored again once the clock passes the last one scored (no window twice)",
+            ahead,
+        )
 
     def _error(self, stage: str, exc: BaseException) -> None:
         self.errors[stage] = self.errors.get(stage, 0) + 1
@@ -587,6 +726,10 @@ class Agent:
         extra: dict[str, Any] = {}
         if self.responder is not None:
             extra = self.responder.snapshot_fields()
+        if self.signals is not None:
+            extra |= self.signals.snapshot_fields()
+            for stage, n in self.signals.errors.items():
+                errors[stage] = errors.get(stage, 0) + n
         telemetry = {
             k: float(v)
             for k, v in metrics.items()
@@ -597,6 +740,7 @@ class Agent:
             anomaly_threshold=m.threshold if m is not None else None,
             alert_active=bool(self.alert.active) if self.alert is not None else False,
             alerts_total=self.counters["alerts"],
+            suspect_processes_total=self.counters.get("flagged", 0),
             feature_values={
                 k: v for k, v in (self.last.get("features") or {}).items() if np.isfinite(v)
             },
@@ -635,6 +779,19 @@ class Agent:
             retrain_failures_total=dict(self.retrain_failures),
             **extra,
         )
+
+
+def _host_signals(cfg: AgentConfig, clock: Callable[[], float]) -> HostSignals:
+    """The host signals of ``cfg``'s host, state in its data folder."""
+    return HostSignals(
+        Path(cfg.data_dir),
+        cfg.learn_for,
+        cfg.event_log,
+        cfg.host,
+        clock,
+        auth_log=cfg.auth_log,
+        log_dir=cfg.log_dir,
+    )
 
 
 # -- command line ------------------------------------------------------------------------------

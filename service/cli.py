@@ -108,6 +108,14 @@ def _duration(text: str) -> float:
     return value
 
 
+def _duration_or_zero(text: str) -> float:
+    """A duration where ``0`` means never (``--retrain-every``)."""
+    try:
+        return parse_duration(text)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"expected {DURATION_HELP}, got {text!r}") from None
+
+
 def _jobs(text: str) -> int:
     try:
         value = int(text)
@@ -487,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "simulate",
-        "write a labelled synthetic fleet (train/test CSV + labels.json): hosts with realistic "
-        "rhythms, benign events and (test split only) mining campaigns",
+        "write a labelled synthetic fleet (train/test CSV, process tables + labels.json): hosts "
+        "with realistic rhythms, benign events and (test split only) mining campaigns",
         _lazy("minerwatch.bench.simulate"),
     )
     p.add_argument("--hosts", type=int, default=12, help="number of hosts")
@@ -500,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--start", type=float, help="Unix time of the first sample (default: 2026-01-05T00:00Z)"
     )
     p.add_argument("--output", type=_output_folder, required=True, help="folder to write into")
+    p.add_argument(
+        "--no-procs",
+        action="store_true",
+        help="write no process tables (<host>.procs.csv), as simulators before schema 2 did",
+    )
 
     p = _command(
         sub,
@@ -513,7 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=_existing_folder, help="folder written by 'minerwatch simulate'"
     )
     src.add_argument(
-        "--smd", type=_existing_folder, help="Server Machine Dataset folder (train/, test/, ...)"
+        "--smd",
+        type=_existing_folder,
+        help="a folder in SMD's layout: train/, test/, test_label/, one file per machine, "
+        "any number of columns",
     )
     src.add_argument("--nab", type=_existing_folder, help="NAB folder (<category>/*.csv, labels/)")
     p.add_argument(
@@ -609,6 +625,21 @@ def _report_command(sub: Subcommands) -> None:
         f"(default: the config's, else {DEFAULT_DATA_DIR})",
     )
     p.add_argument("--episode", metavar="ID", help="episode id (default: the latest)")
+    p.add_argument(
+        "--scores",
+        type=Path,
+        metavar="FILE",
+        help="batch or fleet mode: the output of 'score' or 'fleet score' instead of an "
+        "agent's data folder (default: none)",
+    )
+    p.add_argument(
+        "--telemetry",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="with --scores: the telemetry files or folders that were scored, for the "
+        "timeline and the busiest process (default: none)",
+    )
     p.add_argument("--format", choices=("html", "json", "md"), default="html", help="output format")
     p.add_argument(
         "--output",
@@ -624,7 +655,7 @@ def _report_command(sub: Subcommands) -> None:
     )
 
 
-def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False) -> None:
+def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool = True) -> None:
     """Where Prometheus is, which series are the fleet, and the time range."""
     p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
     p.add_argument(
@@ -639,8 +670,11 @@ def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False) -> None:
         metavar="LABEL",
         help="label naming the host (default: the instance label without its port)",
     )
-    p.add_argument("--start", type=_instant, help="Unix seconds or ISO 8601 (2026-01-05T00:00Z)")
-    p.add_argument("--end", type=_instant, help="as --start (default: now)")
+    if times:
+        p.add_argument(
+            "--start", type=_instant, help="Unix seconds or ISO 8601 (2026-01-05T00:00Z)"
+        )
+        p.add_argument("--end", type=_instant, help="as --start (default: now)")
     if days:
         p.add_argument("--days", type=_positive, default=14.0, help="days before --end to train on")
     p.add_argument("--username", help="basic auth user (with --password-file)")
@@ -674,15 +708,38 @@ def _fleet_commands(sub: Subcommands) -> None:
         metavar="ADDRESS",
         help="train on a Dask cluster: scheduler address, or 'local' (default: no Dask)",
     )
+    _model_key_flag(p, "sign the models with it")
     p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
     _fleet_flags(p)
     p.add_argument(
         "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
     )
     p.add_argument("--output", type=_output_file, required=True, help="CSV file to write")
+    _model_key_flag(p, "load only models signed with it")
     p = _command(fleet, "export", "write --start..--end as telemetry CSV files, one per host", run)
     _fleet_flags(p)
     p.add_argument("--output", type=_output_folder, required=True, help="folder to write into")
+    p = _command(
+        fleet,
+        "serve",
+        "score every host each --interval and export the agent's metrics with a host label",
+        run,
+    )
+    _fleet_flags(p, days=True, times=False)
+    p.add_argument(
+        "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
+    )
+    p.add_argument("--port", type=int, default=10092, help="port of /metrics")
+    p.add_argument("--address", default="::", help="address to listen on (:: = all, dual-stack)")
+    p.add_argument("--interval", type=_duration, default="60s", help="time between cycles")
+    p.add_argument(
+        "--retrain-every",
+        type=_duration_or_zero,
+        default="24h",
+        help="retrain a host's model once it is this old, from --days of history (0 = never)",
+    )
+    p.add_argument("--web-config", type=Path, metavar="FILE", help="TLS / basic-auth web config")
+    _model_key_flag(p, "load only models signed with it, sign retrained ones")
 
 
 def _isolate_command() -> Command:

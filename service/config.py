@@ -98,6 +98,22 @@ class ThrottleConfig:
 
 
 @dataclass(frozen=True)
+class RespondConfig:
+    """``[respond]``: what the agent does on its own beyond evidence and throttling.
+
+    Network isolation is off unless ``isolate``; IOC files are checked only when ``ioc_dir``
+    is set. ``host_root`` is where the host's files (crontabs, units, init scripts,
+    ``ld.so.preload``, ``authorized_keys``) are read, so tests can point it at a folder.
+    """
+
+    isolate: bool = False
+    isolate_dry_run: bool = False
+    ioc_dir: Path | None = None
+    ioc_every: float = 300.0
+    host_root: Path = Path("/")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything ``minerwatch serve`` needs; durations in seconds, sizes in bytes.
 
@@ -124,8 +140,11 @@ class AgentConfig:
     history_retention: float = 14 * DAY
     history_max_bytes: int = 256 * 1024 * 1024
     model_key: Path | None = None  # HMAC key file: load and save only models signed with it
+    auth_log: Path | None = None  # SSH logins: None = the journal, else auth.log or secure
+    log_dir: Path | None = Path("/var/log")  # watched for logs shrinking or vanishing
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    respond: RespondConfig = field(default_factory=RespondConfig)
 
     def __post_init__(self) -> None:
         t = self.throttle
@@ -219,6 +238,18 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "signed with it",
             unset="none, models carry a plain sha256 signature",
         ),
+        "auth_log": Option(
+            "path",
+            empty_ok=True,
+            help="file whose sshd lines give SSH logins (failed, from new sources)",
+            unset="the systemd journal when journald runs, else /var/log/auth.log or "
+            "/var/log/secure",
+        ),
+        "log_dir": Option(
+            "path",
+            empty_ok=True,
+            help='folder whose log files are watched for shrinking or vanishing ("" = none)',
+        ),
     },
     "exporter": {
         "port": Option("int", 0, 65535, help="port of /metrics (0 = any free port)"),
@@ -271,6 +302,35 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "path", empty_ok=True, help="throttle journal and audit log", unset="DATA_DIR/throttle"
         ),
     },
+    "respond": {
+        "isolate": Option(
+            "bool",
+            flag="--isolate-on-alert",
+            help="on an alert whose suspect an indicator confirms, drop the suspect's outbound "
+            "traffic (nftables; released on shutdown, at the next start, by 'isolate release')",
+        ),
+        "isolate_dry_run": Option(
+            "bool",
+            flag="--isolate-dry-run",
+            help="with isolate on, only log and audit what would be isolated",
+        ),
+        "ioc_dir": Option(
+            "path",
+            empty_ok=True,
+            flag="--ioc-dir",
+            help="check this host against the IOC files in this folder ('ioc extract')",
+            unset="none",
+        ),
+        "ioc_every": Option(
+            "duration", 0, low_open=True, flag="--ioc-every", help="time between IOC checks"
+        ),
+        "host_root": Option(
+            "path",
+            flag="--host-root",
+            help="where the host's crontabs, units, init scripts, ld.so.preload and "
+            "authorized_keys are read",
+        ),
+    },
 }
 
 #: The dataclass behind each section (``agent`` is :class:`AgentConfig` itself).
@@ -278,6 +338,7 @@ SECTIONS: dict[str, type[Any]] = {
     "agent": AgentConfig,
     "exporter": ExporterConfig,
     "throttle": ThrottleConfig,
+    "respond": RespondConfig,
 }
 
 Key = tuple[str, str]  # (section, option)
@@ -569,6 +630,7 @@ def _build(values: Mapping[Key, Any]) -> AgentConfig:
         **part("agent"),
         exporter=ExporterConfig(**part("exporter")),
         throttle=ThrottleConfig(**part("throttle")),
+        respond=RespondConfig(**part("respond")),
     )
 
 

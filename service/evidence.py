@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -60,14 +61,18 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 #: Sections cut first when a file would exceed its size bound (most to least expendable).
 _SHRINK_ORDER = (
     "errors",
+    "host_signals",
     "systemd_units",
+    "persistence",
     "crontabs",
+    "init_scripts",
     "listening",
     "logged_in",
     "explanation",
     "processes",
     "indicators",
     "features",
+    "authorized_keys",
     "ld_so_preload",
 )
 #: Heavy per-item keys dropped before a list is halved.
@@ -98,6 +103,72 @@ class HostPaths:
     #: ``<root>`` and each ``<root>/*`` is a home; its ``.config/systemd/user`` is scanned.
     home_roots: tuple[Path, ...] = (Path("/root"), Path("/home"))
     ld_so_preload: Path = Path("/etc/ld.so.preload")
+    init_dirs: tuple[Path, ...] = (Path("/etc/init.d"), Path("/etc/rc.local"))
+
+    @classmethod
+    def under(cls, root: Path) -> HostPaths:
+        """Every file path below ``root`` instead of ``/`` (``/proc`` stays the live one):
+        ``[respond] host_root``, so tests read a folder they made."""
+        if Path(root) == Path("/"):
+            return cls()
+        base = cls()
+
+        def moved(p: Path) -> Path:
+            return Path(root) / p.relative_to("/")
+
+        return cls(
+            proc=base.proc,
+            crontab=moved(base.crontab),
+            cron_dirs=tuple(map(moved, base.cron_dirs)),
+            systemd_dirs=tuple(map(moved, base.systemd_dirs)),
+            home_roots=tuple(map(moved, base.home_roots)),
+            ld_so_preload=moved(base.ld_so_preload),
+            init_dirs=tuple(map(moved, base.init_dirs)),
+        )
+
+    def cron_files(self) -> Iterator[Path]:
+        """The crontab and every file under the cron folders."""
+        yield self.crontab
+        for d in self.cron_dirs:
+            yield from walk_files(d)
+
+    def init_files(self) -> Iterator[Path]:
+        """Init scripts (folders walked, single files such as ``rc.local`` as they are)."""
+        for d in self.init_dirs:
+            yield from walk_files(d) if d.is_dir() else iter([d] if os.path.lexists(d) else [])
+
+    def unit_files(self) -> Iterator[Path]:
+        """System unit files and every home's user units, each folder once."""
+        seen: set[str] = set()
+        dirs = list(self.systemd_dirs)
+        for root in self.home_roots:
+            dirs.append(root / ".config/systemd/user")
+            try:
+                dirs.extend(h / ".config/systemd/user" for h in sorted(root.iterdir()))
+            except OSError:
+                continue
+        for d in dirs:
+            try:
+                real = os.path.realpath(d)
+            except OSError:
+                continue
+            if real in seen:
+                continue
+            seen.add(real)
+            yield from walk_files(d)
+
+    def authorized_keys(self) -> Iterator[Path]:
+        """``.ssh/authorized_keys`` (and ``authorized_keys2``) of every home that has one."""
+        for root in self.home_roots:
+            try:
+                homes = [root, *sorted(h for h in root.iterdir() if h.is_dir())]
+            except OSError:
+                continue
+            for home in homes:
+                for name in ("authorized_keys", "authorized_keys2"):
+                    path = home / ".ssh" / name
+                    if path.is_file():
+                        yield path
 
 
 def _clean(value: str, limit: int = _MAX_ARG_CHARS) -> str:
@@ -222,6 +293,9 @@ class EvidenceWriter:
         self.table = ProcessTable(paths.proc)
         self._last_write: float | None = None
         self._episodes: set[str] = set()
+        #: More sections by name, each built when a file is written (the agent adds its
+        #: host signals: new listening ports, SSH logins, wiped logs).
+        self.sections: dict[str, Callable[[], Any]] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -282,10 +356,15 @@ class EvidenceWriter:
             "indicators": [h.as_dict() for h in hits],
             "processes": [self.process_record(pid) for pid in list(top_pids)[:_MAX_PROCESSES]],
             "listening": self._listening(errors),
-            "crontabs": self._recent_files(self._cron_files(), now, content=True),
-            "systemd_units": self._recent_files(self._unit_files(), now, content=True),
+            "crontabs": self._recent_files(self.paths.cron_files(), now, content=True),
+            "systemd_units": self._recent_files(self.paths.unit_files(), now, content=True),
+            "init_scripts": self._recent_files(self.paths.init_files(), now, content=True),
+            # every key, however old: a key added long ago is still a way back in
+            "authorized_keys": self._recent_files(self.paths.authorized_keys(), 0, content=True),
             "ld_so_preload": self._ld_so_preload(),
+            "persistence": persistence_list(persistence_entries(self.paths)),
             "logged_in": self._logged_in(errors),
+            **{name: section() for name, section in self.sections.items()},
             "errors": errors,
             "truncated": [],
         }
@@ -403,35 +482,11 @@ class EvidenceWriter:
                 break
         return sorted(out, key=lambda e: (e["proto"], e["local"]))
 
-    def _cron_files(self) -> Iterator[Path]:
-        yield self.paths.crontab
-        for d in self.paths.cron_dirs:
-            yield from _walk(d)
-
-    def _unit_files(self) -> Iterator[Path]:
-        seen: set[str] = set()
-        dirs = list(self.paths.systemd_dirs)
-        for root in self.paths.home_roots:
-            dirs.append(root / ".config/systemd/user")
-            try:
-                dirs.extend(h / ".config/systemd/user" for h in sorted(root.iterdir()))
-            except OSError:
-                continue
-        for d in dirs:
-            try:
-                real = os.path.realpath(d)
-            except OSError:
-                continue
-            if real in seen:
-                continue
-            seen.add(real)
-            yield from _walk(d)
-
     def _recent_files(
         self, files: Iterator[Path], now: float, content: bool
     ) -> list[dict[str, Any]]:
         """Files modified within ``recent_days`` of ``now``: path, mtime, size, small content."""
-        cutoff = now - self.recent_days * 86400
+        cutoff = now - self.recent_days * 86400 if now else -math.inf
         out: list[dict[str, Any]] = []
         for path in files:
             try:
@@ -503,6 +558,17 @@ class EvidenceWriter:
 
     # -- files ----------------------------------------------------------------------------
 
+    def write_document(self, name: str, doc: dict[str, Any]) -> Path:
+        """Write a document :meth:`collect` made (with sections added) under its own name,
+        as :meth:`write` writes an episode's: bounded, 0600, atomic; no rate limit."""
+        safe = _SAFE_ID.sub("_", name)[:64].lstrip(".") or "evidence"
+        self._ensure_dir()
+        now = self.clock()
+        path = self.dir / f"{datetime.fromtimestamp(now, UTC):%Y%m%dT%H%M%SZ}-{safe}.json"
+        atomic_write(path, fit_to_size(doc, self.max_bytes_per_file), mode=0o600)
+        self._prune()
+        return path
+
     def _ensure_dir(self) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if stat.S_IMODE(self.dir.stat().st_mode) != 0o700:
@@ -517,7 +583,7 @@ class EvidenceWriter:
                 continue
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def walk_files(root: Path) -> Iterator[Path]:
     """Files and symlinks under ``root`` (not following links), bounded; missing root is empty."""
     count = 0
     for dirpath, dirnames, filenames in os.walk(root):
@@ -529,6 +595,112 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(dirpath, name)
 
 
+# ---------------------------------------------------------------------------------------
+# Persistence entries and their baseline
+
+PERSISTENCE_BASELINE = "persistence-baseline.json"
+_MAX_PERSISTENCE = 5000
+_SMALL_HASH_CAP = 4 * _MIB
+
+
+def persistence_entries(paths: HostPaths = HostPaths()) -> dict[str, dict[str, Any]]:  # noqa: B008
+    """Every place a miner restarts from, hashed: ``{path: {"kind", "sha256"}}``.
+
+    Cron files, systemd units (system and per user), init scripts and ``rc.local``,
+    ``ld.so.preload`` and ``authorized_keys``. A symlink is recorded by its target (a unit
+    enabled by a new link is a change), an unreadable file by its error. Bounded in count.
+    """
+    groups: list[tuple[str, Iterator[Path]]] = [
+        ("cron", paths.cron_files()),
+        ("systemd", paths.unit_files()),
+        ("init", paths.init_files()),
+        ("ld_so_preload", iter([paths.ld_so_preload])),
+        ("authorized_keys", paths.authorized_keys()),
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for kind, files in groups:
+        for path in files:
+            if len(out) >= _MAX_PERSISTENCE:
+                return out
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                out[str(path)] = {"kind": kind, "sha256": None, "error": _err(exc)}
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink(path)
+                except OSError as exc:
+                    out[str(path)] = {"kind": kind, "sha256": None, "error": _err(exc)}
+                    continue
+                digest = hashlib.sha256(("link:" + target).encode("utf-8", "surrogateescape"))
+                out[str(path)] = {"kind": kind, "sha256": digest.hexdigest()}
+            elif stat.S_ISREG(st.st_mode):
+                got = hash_file(path, _SMALL_HASH_CAP)
+                entry = {"kind": kind, "sha256": got.get("sha256")}
+                if "error" in got or "hash_error" in got:
+                    entry["error"] = str(got.get("error") or got.get("hash_error"))
+                out[str(path)] = entry
+    return out
+
+
+def persistence_list(entries: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The entries as the evidence file keeps them: a list sorted by path."""
+    return [{"path": _clean(p, 4096), **e} for p, e in sorted(entries.items())]
+
+
+def save_persistence_baseline(path: Path, entries: Mapping[str, Any], now: float) -> None:
+    """The snapshot taken at the end of learning, written atomically, owner only."""
+    doc = {"format": "minerwatch-persistence", "version": 1, "taken_at": now,
+           "taken_at_utc": _iso(now), "entries": dict(entries)}  # fmt: skip
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True), mode=0o600)
+
+
+def load_persistence_baseline(path: Path) -> dict[str, Any] | None:
+    """The saved snapshot, None when there is none (or it is not one)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != "minerwatch-persistence":
+        return None
+    return doc if isinstance(doc.get("entries"), dict) else None
+
+
+def persistence_status(
+    entries: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Each entry marked ``new``, ``changed`` or ``unchanged`` since the baseline, plus the
+    baseline's entries gone since (``removed``); ``unknown`` without a baseline.
+
+    >>> base = {"entries": {"/etc/crontab": {"kind": "cron", "sha256": "a"}}}
+    >>> now = [{"path": "/etc/crontab", "kind": "cron", "sha256": "b"},
+    ...        {"path": "/etc/cron.d/x", "kind": "cron", "sha256": "c"}]
+    >>> [e["status"] for e in persistence_status(now, base)]
+    ['changed', 'new']
+    """
+    known: Mapping[str, Any] = (baseline or {}).get("entries") or {}
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        path = str(e.get("path"))
+        if baseline is None:
+            status = "unknown"
+        elif path not in known:
+            status = "new"
+        elif (known[path] or {}).get("sha256") != e.get("sha256"):
+            status = "changed"
+        else:
+            status = "unchanged"
+        out.append({**e, "status": status})
+    seen = {str(e.get("path")) for e in entries}
+    for path, old in sorted(known.items()):
+        if path not in seen and isinstance(old, dict):
+            out.append({"path": path, "kind": old.get("kind"), "sha256": None, "status": "removed"})
+    return out
+
+
 def evidence_files(dir: Path) -> list[Path]:
     """Evidence files in ``dir``, oldest first (names start with a UTC timestamp)."""
     try:
@@ -538,7 +710,7 @@ def evidence_files(dir: Path) -> list[Path]:
     return [p for p in names if p.is_file()]
 
 
-def _load(path: Path) -> dict[str, Any]:
+def read_evidence_file(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="ascii", errors="replace"))
     except PermissionError as exc:
@@ -556,7 +728,7 @@ def list_evidence(dir: Path = DEFAULT_DIR) -> list[dict[str, Any]]:
     for path in evidence_files(dir):
         entry: dict[str, Any] = {"name": path.name, "path": str(path)}
         try:
-            doc = _load(path)
+            doc = read_evidence_file(path)
         except InputError as exc:
             entry["error"] = str(exc)
             out.append(entry)
@@ -583,10 +755,10 @@ def show(dir: Path, name: str) -> dict[str, Any]:
     stem = name[:-5] if name.endswith(".json") else name
     for path in files:
         if path.stem == stem:
-            return _load(path)
+            return read_evidence_file(path)
     matches = [p for p in files if p.stem.endswith(f"-{stem}")]
     if matches:
-        return _load(matches[-1])
+        return read_evidence_file(matches[-1])
     raise InputError(str(Path(dir) / name), None, "an existing evidence file", "no such file")
 
 

@@ -55,6 +55,10 @@ METRICS: dict[str, str] = {
     "minerwatch_anomaly_threshold": "Calibrated score above which a window counts as anomalous.",
     "minerwatch_alert_active": "1 while the alert rule is firing on this host, else 0.",
     "minerwatch_alerts_total": "Alert episodes started since the agent started.",
+    "minerwatch_suspect_processes_total": (
+        "Processes named like a miner or disguised (deleted exe, kernel-thread name with an exe,"
+        " exe in a temporary folder) seen since the agent started, learning included."
+    ),
     "minerwatch_feature_value": "Feature values of the latest scored window.",
     "minerwatch_feature_contribution": "Share of the latest anomaly score due to each feature.",
     "minerwatch_model_info": "Loaded baseline model (value is always 1).",
@@ -82,7 +86,20 @@ METRICS: dict[str, str] = {
     "minerwatch_evidence_info": "Evidence file of the open alert episode (value is always 1).",
     "minerwatch_throttled_processes": "Processes currently throttled by the agent.",
     "minerwatch_throttle_actions_total": "Throttling actions taken since start, by action.",
+    "minerwatch_isolated_processes": "Processes the agent has cut off the network (nftables).",
+    "minerwatch_ioc_hits": "Matches of each IOC file in the latest check of --ioc-dir, by IOC id.",
     "minerwatch_build_info": "Agent build (value is always 1).",
+    "minerwatch_new_listen_ports": (
+        "Listening ports (TCP, UDP services) never seen while learning, by proto."
+    ),
+    "minerwatch_ssh_failed_logins_per_minute": "Failed SSH login attempts in the last minute.",
+    "minerwatch_ssh_failed_logins_total": "Failed SSH login attempts since the agent started.",
+    "minerwatch_ssh_new_source_logins_total": (
+        "SSH logins from a source never seen while learning (each source once)."
+    ),
+    "minerwatch_log_truncations_total": (
+        "Log files that shrank or vanished without rotation, by kind (shrunk, vanished)."
+    ),
 }
 
 
@@ -134,6 +151,7 @@ def snapshot_families(
     yield from gauge("minerwatch_anomaly_threshold", s.anomaly_threshold)
     yield from gauge("minerwatch_alert_active", 1.0 if s.alert_active else 0.0)
     yield counter("minerwatch_alerts_total", s.alerts_total)
+    yield counter("minerwatch_suspect_processes_total", s.suspect_processes_total)
     yield from labelled("minerwatch_feature_value", "feature", s.feature_values, GaugeMetricFamily)
     yield from labelled(
         "minerwatch_feature_contribution", "feature", s.feature_contributions, GaugeMetricFamily
@@ -183,6 +201,20 @@ def snapshot_families(
     yield from gauge("minerwatch_throttled_processes", s.throttled_processes)
     yield from labelled(
         "minerwatch_throttle_actions_total", "action", s.throttle_actions_total, CounterMetricFamily
+    )
+    yield from gauge("minerwatch_isolated_processes", s.isolated_processes)
+    yield from labelled("minerwatch_ioc_hits", "ioc", s.ioc_hits, GaugeMetricFamily)
+    # Host signals (service/hostsignals.py): absent where the host does not offer them.
+    yield from labelled(
+        "minerwatch_new_listen_ports", "proto", s.new_listen_ports, GaugeMetricFamily
+    )
+    yield from gauge("minerwatch_ssh_failed_logins_per_minute", s.ssh_failed_logins_per_minute)
+    for name in ("minerwatch_ssh_failed_logins_total", "minerwatch_ssh_new_source_logins_total"):
+        total = getattr(s, name.removeprefix("minerwatch_"))
+        if total is not None:
+            yield counter(name, total)
+    yield from labelled(
+        "minerwatch_log_truncations_total", "kind", s.log_truncations_total, CounterMetricFamily
     )
     build = InfoMetricFamily("minerwatch_build", METRICS["minerwatch_build_info"])
     build.add_metric([], {"version": s.version})

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from minerwatch.features.procs import clean_text
 from minerwatch.features.schema import AGENT_COLUMNS as STORED_COLUMNS  # metrics + agent extras
 from minerwatch.features.schema import SCHEMA_VERSION  # the samples table follows it
 
@@ -31,6 +32,8 @@ MiB = 1024 * 1024
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _WIDTH = 1 + len(STORED_COLUMNS)  # timestamp + metrics
 _ROW_BYTES = 8 * _WIDTH
+#: Space a full disk must gain before the store tries to write again before ``retry_s``.
+SPACE_TO_RETRY = 256 * 1024
 _FINITE = "1.7976931348623157e308"  # the largest double: BETWEEN -it AND it = a finite number
 #: What our tables look like; a database with other tables of these names is not ours.
 _WINDOW_COLUMNS = ["window_start", "window_end", "score", "threshold", "alert"]
@@ -125,6 +128,9 @@ class History:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._next_retry = 0.0
+        #: Free bytes on the database's file system when a write last failed for a full
+        #: disk (None otherwise): more free space than that is a reason to retry at once.
+        self._free_when_full: int | None = None
         self._inserts = 0
         rows_for_retention = math.ceil(self.retention_s / max(interval_s, 1e-3)) + 1
         capacity = max(1, min(rows_for_retention, self.max_bytes // _ROW_BYTES))
@@ -150,6 +156,24 @@ class History:
             self._inserts += 1
             if self._inserts % self.prune_every == 0:
                 self._prune_locked()
+
+    def add_procs(self, ts: float, rows: Sequence[tuple[int, str, str, str, float]]) -> None:
+        """Store one sample's process rows (pid, name, exe, user, cpu). Only on disk: while
+        the database is unwritable they are dropped (the samples are what must not be lost;
+        training then learns fewer processes, never wrong ones)."""
+        if not rows:
+            return
+        data = [
+            (float(ts), int(p), clean_text(n), clean_text(e), clean_text(u), _number(c))
+            for p, n, e, u, c in rows
+        ]
+        with self._lock:
+            if self._conn is None or self.degraded is not None:
+                return
+            self._write(
+                "insert procs",
+                lambda c: c.executemany("INSERT INTO procs VALUES (?, ?, ?, ?, ?, ?)", data),
+            )
 
     def add_window(
         self, start: float, end: float, score: float, threshold: float, alert: bool
@@ -378,6 +402,12 @@ class History:
             " alert INTEGER NOT NULL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS windows_end ON windows (window_end)")
+        # the process table of each sample (schema 2): training learns the host's processes
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS procs (ts REAL NOT NULL, pid INTEGER, name TEXT,"
+            " exe TEXT, user TEXT, cpu REAL)"
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS procs_ts ON procs (ts)")
         # A newer schema may add metric columns: old rows read back as NaN for them.
         have = {row[1] for row in conn.execute("PRAGMA table_info(samples)")}
         for c in STORED_COLUMNS:
@@ -403,7 +433,9 @@ class History:
 
     def _maybe_recover(self) -> None:
         """While degraded, every ``retry_s`` reopen if needed, prune, and save the ring."""
-        if self.path is None or self.degraded is None or self.clock() < self._next_retry:
+        if self.path is None or self.degraded is None:
+            return
+        if self.clock() < self._next_retry and not self._space_returned():
             return
         self._next_retry = self.clock() + self.retry_s
         if self._conn is None or self._reopen:
@@ -495,6 +527,7 @@ class History:
             lambda c: (
                 c.execute("DELETE FROM samples WHERE ts < ?", (cutoff,)),
                 c.execute("DELETE FROM windows WHERE window_end < ?", (cutoff,)),
+                c.execute("DELETE FROM procs WHERE ts < ?", (cutoff,)),
             ),
         ):
             return
@@ -513,6 +546,9 @@ class History:
                 c.execute(
                     "DELETE FROM windows WHERE window_end <"
                     " COALESCE((SELECT MIN(ts) FROM samples), 0)"
+                )
+                c.execute(
+                    "DELETE FROM procs WHERE ts < COALESCE((SELECT MIN(ts) FROM samples), 0)"
                 )
 
             if not self._write("prune by size", prune):
@@ -566,10 +602,21 @@ class History:
 
     # -- error reporting ---------------------------------------------------------------------
 
+    def _space_returned(self) -> bool:
+        """True when a full disk has since gained ``SPACE_TO_RETRY`` bytes (one statvfs per
+        sample while full): writing resumes at the next sample, not the next retry. The
+        level is re-read at every failure, so a disk that stays full is not retried again."""
+        if self._free_when_full is None:
+            return False
+        free = _free_bytes(self.path)
+        return free is not None and free >= self._free_when_full + SPACE_TO_RETRY
+
     def _on_db_error(self, what: str, e: sqlite3.Error) -> None:
         # Only a full disk can heal with the same connection (prune frees space); anything
         # else (read-only, I/O error, corruption) is retried with a fresh open.
         self._reopen = self._reopen or _code(e) != sqlite3.SQLITE_FULL
+        full = _code(e) == sqlite3.SQLITE_FULL
+        self._free_when_full = (_free_bytes(self.path) or 0) if full else None
         if _code(e) in _CORRUPT and self._conn is not None:
             # Reading a corrupt file again would only fail again: drop it until the retry,
             # where _open() moves it aside.
@@ -588,6 +635,17 @@ class History:
     def _record(self, reason: str) -> None:
         self.errors_total += 1
         self.last_error = reason
+
+
+def _free_bytes(path: Path | None) -> int | None:
+    """Bytes free for this process on the file system holding ``path`` (None if unknown)."""
+    if path is None:
+        return None
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    return int((st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize)
 
 
 def _number(value: object) -> float | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.procs import kernel_thread_base
 from minerwatch.features.proctable import ProcessRecord
 
 #: The bounded set of indicator ids (metric label values and feature-name suffixes).
@@ -265,16 +266,6 @@ def check_exe_deleted(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | Non
     """Executable unlinked from disk while the process runs."""
     del kb
     return IndicatorHit("exe_deleted", "exe_unlinked", p.pid) if p.exe_deleted else None
-
-
-def kernel_thread_base(name: str) -> str:
-    """``kworker/0:1-events`` -> ``kworker``: kernel threads suffix cpu and queue after / or :."""
-    name = name.strip()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    for sep in ("/", ":"):
-        name = name.split(sep, 1)[0]
-    return name
 
 
 def check_fake_kernel_thread(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:

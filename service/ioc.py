@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +39,9 @@ import psutil
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.proctable import ProcessTable
-from minerwatch.service.evidence import HostPaths, _load, _walk, hash_file
+from minerwatch.service.evidence import HostPaths, hash_file, read_evidence_file, walk_files
+
+log = logging.getLogger(__name__)
 
 FORMAT = "minerwatch-ioc"
 FORMAT_VERSION = 1
@@ -207,6 +211,7 @@ class Hit:
     kind: str  # one of LIST_KEYS
     value: str  # the indicator matched
     where: str  # pid or path on this host
+    pid: int | None = None  # the process it was seen in, if any
 
 
 def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
@@ -216,9 +221,9 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
     for p in snap.processes:
         where = f"pid {p.pid} ({p.name})"
         if p.sha256 in sha:
-            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {p.exe}"))
+            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {p.exe}", p.pid))
         if p.exe in paths:
-            hits.append(Hit("paths", p.exe, f"{where} runs it"))
+            hits.append(Hit("paths", p.exe, f"{where} runs it", p.pid))
     for path, digest in sorted(snap.files.items()):
         if path in paths:
             hits.append(Hit("paths", path, "file exists"))
@@ -226,7 +231,8 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
             hits.append(Hit("sha256", digest or "", f"file {path}"))
     for pid, remote in snap.connections:
         if remote in pools:
-            hits.append(Hit("pools", remote, f"connection of pid {pid}" if pid else "connection"))
+            where = f"connection of pid {pid}" if pid else "connection"
+            hits.append(Hit("pools", remote, where, pid or None))
     cron = {c.strip() for c in ioc.cron_lines}
     for path, line in snap.cron_lines:
         if line.strip() in cron:
@@ -238,6 +244,24 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
     return hits
 
 
+class HashCache:
+    """sha256 of files by (device, inode, size, mtime): unchanged files are hashed once."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._known: dict[tuple[int, int, int, int], str | None] = {}
+
+    def sha256(self, path: Path) -> str | None:
+        """The file's sha256 (None if too big or unreadable); OSError if it is gone."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._known:
+            if len(self._known) >= self.max_entries:
+                self._known.clear()
+            self._known[key] = hash_file(path, _HASH_CAP).get("sha256")
+        return self._known[key]
+
+
 def _remote(addr: Any) -> str:
     return f"[{addr.ip}]:{addr.port}" if ":" in addr.ip else f"{addr.ip}:{addr.port}"
 
@@ -245,7 +269,7 @@ def _remote(addr: Any) -> str:
 def _executables(dirs: Iterable[Path]) -> Iterator[Path]:
     seen = 0
     for d in dirs:
-        for path in _walk(d):
+        for path in walk_files(d):
             seen += 1
             if seen > _SCAN_MAX_FILES:
                 return
@@ -261,10 +285,14 @@ def read_host(
     ioc: Ioc,
     paths: HostPaths = HostPaths(),  # noqa: B008 - frozen dataclass, safe as a default
     scan: Sequence[Path] = DEFAULT_SCAN,
+    cache: HashCache | None = None,
 ) -> HostSnapshot:
-    """Look at this host once, only as far as ``ioc`` needs (hashes only if it has some)."""
+    """Look at this host once, only as far as ``ioc`` needs (hashes only if it has some).
+
+    ``cache`` keeps hashes between calls (the agent checks every few minutes, and a file
+    whose inode, size and mtime are unchanged need not be read again)."""
     snap = HostSnapshot()
-    hashes: dict[tuple[int, int], str | None] = {}
+    hashes = cache if cache is not None else HashCache()
     for rec in ProcessTable(paths.proc).read():
         if not rec.exe:
             continue
@@ -272,20 +300,19 @@ def read_host(
         if ioc.sha256:
             link = paths.proc / str(rec.pid) / "exe"
             try:
-                st = os.stat(link)
+                digest = hashes.sha256(link)
             except OSError:
                 continue  # exited, or not ours to read
-            key = (st.st_dev, st.st_ino)
-            if key not in hashes:
-                hashes[key] = hash_file(link, _HASH_CAP).get("sha256")
-            digest = hashes[key]
         snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest))
     for p in ioc.paths:
         if os.path.lexists(p):
             snap.files[p] = None
     if ioc.sha256:
         for exe in _executables(scan):
-            snap.files[str(exe)] = hash_file(exe, _HASH_CAP).get("sha256")
+            try:
+                snap.files[str(exe)] = hashes.sha256(exe)
+            except OSError:
+                continue
     if ioc.pools:
         try:
             conns = psutil.net_connections(kind="inet")
@@ -294,7 +321,7 @@ def read_host(
             conns = []
         snap.connections = [(c.pid, _remote(c.raddr)) for c in conns if c.raddr]
     if ioc.cron_lines:
-        for f in [paths.crontab, *(f for d in paths.cron_dirs for f in _walk(d))]:
+        for f in paths.cron_files():
             try:
                 text = f.read_text(errors="surrogateescape")
             except FileNotFoundError:
@@ -304,14 +331,110 @@ def read_host(
                 continue
             snap.cron_lines += [(str(f), line) for line in text.splitlines() if line.strip()]
     if ioc.units:
-        dirs = list(paths.systemd_dirs)
-        for root in paths.home_roots:
+        snap.unit_files = [str(f) for f in paths.unit_files()]
+    return snap
+
+
+# --------------------------------------------------------------------------- the agent's watch
+
+#: At most this many IOC files are read from ``--ioc-dir`` (first by name): each becomes a
+#: label value of ``minerwatch_ioc_hits``, so the count must stay bounded.
+MAX_IOC_FILES = 32
+
+
+def ioc_label(ident: str) -> str:
+    """An IOC id as a metric label value (lowercase code identifier).
+
+    >>> ioc_label("ioc-3F2a.b")
+    'ioc_3f2a_b'
+    """
+    label = re.sub(r"[^a-z0-9_]", "_", ident.lower())
+    return (label if label[:1].isalpha() else "ioc_" + label)[:64]
+
+
+class IocWatcher:
+    """``serve --ioc-dir DIR``: the IOC files of a folder, checked against this host every
+    ``every`` seconds; a file is re-read when its size or mtime changes.
+
+    :meth:`check` returns the hits of every IOC by its label; a file that is not an IOC
+    file is logged once (per version of it) and skipped, never stopping the others.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        every: float,
+        paths: HostPaths = HostPaths(),  # noqa: B008 - frozen dataclass, safe as a default
+        scan: Sequence[Path] = DEFAULT_SCAN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.folder = folder
+        self.every = every
+        self.paths = paths
+        self.scan = scan
+        self.clock = clock
+        self.cache = HashCache()
+        self.next_at = 0.0
+        self.iocs: dict[Path, tuple[tuple[int, int], Ioc | None]] = {}
+        self.errors = 0
+
+    def due(self) -> bool:
+        return self.clock() >= self.next_at
+
+    def reload(self) -> list[tuple[Path, Ioc]]:
+        """The folder's IOC files, re-read where changed; bad ones skipped (logged once)."""
+        try:
+            names = sorted(p for p in self.folder.glob("*.json") if not p.name.startswith("."))
+        except OSError as exc:
+            log.warning("cannot read the IOC folder %s: %s", self.folder, exc)
+            names = []
+        if len(names) > MAX_IOC_FILES:
+            log.warning("%s holds %d IOC files; only the first %d are checked",
+                        self.folder, len(names), MAX_IOC_FILES)  # fmt: skip
+            names = names[:MAX_IOC_FILES]
+        current: dict[Path, tuple[tuple[int, int], Ioc | None]] = {}
+        for path in names:
             try:
-                dirs += [h / ".config/systemd/user" for h in root.iterdir()]
+                st = path.stat()
             except OSError:
                 continue
-        snap.unit_files = [str(f) for d in dirs for f in _walk(d)]
-    return snap
+            version = (st.st_size, st.st_mtime_ns)
+            old = self.iocs.get(path)
+            if old is not None and old[0] == version:
+                current[path] = old
+                continue
+            try:
+                current[path] = (version, load_ioc(path))
+            except InputError as exc:
+                self.errors += 1
+                log.warning("skipping %s", exc)
+                current[path] = (version, None)
+        self.iocs = current
+        return [(path, ioc) for path, (_, ioc) in current.items() if ioc is not None]
+
+    def check(self) -> dict[str, tuple[Path, Ioc, list[Hit]]]:
+        """Check the host against every IOC now: ``{label: (file, ioc, hits)}``."""
+        self.next_at = self.clock() + self.every
+        iocs = self.reload()
+        if not iocs:
+            return {}
+
+        # the host is read once for all files: what any of them needs
+        def every(key: str) -> tuple[str, ...]:
+            return tuple(sorted({v for _, ioc in iocs for v in getattr(ioc, key)}))
+
+        union = Ioc(
+            "all",
+            sha256=every("sha256"),
+            paths=every("paths"),
+            pools=every("pools"),
+            cron_lines=every("cron_lines"),
+            units=every("units"),
+        )
+        snap = read_host(union, self.paths, self.scan, self.cache)
+        for e in snap.errors:
+            log.info("IOC check could not read %s", e)
+        return {ioc_label(ioc.id): (path, ioc, find_hits(ioc, snap)) for path, ioc in iocs}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -324,7 +447,7 @@ def _printable(value: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``minerwatch ioc extract EVIDENCE [--output FILE]``."""
-    ioc = extract(_load(args.evidence), source=args.evidence.name)
+    ioc = extract(read_evidence_file(args.evidence), source=args.evidence.name)
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
     if args.output is None:
         sys.stdout.write(text)

@@ -25,12 +25,13 @@ import contextlib
 import fcntl
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from minerwatch.features.atomic import atomic_write
@@ -43,11 +44,15 @@ from minerwatch.features.proctable import (
 )
 from minerwatch.service.config import agent_files_config
 
+log = logging.getLogger(__name__)
+
 TABLE = "minerwatch"
 FAMILY = "inet"
 JOURNAL = "isolate-journal.json"
 AUDIT = "isolate-audit.jsonl"
 SSH_PORT = 22
+#: ``Isolation.by`` of what the agent isolated on its own (it releases only those).
+AGENT = "agent"
 _NFT_TIMEOUT_S = 30.0
 
 
@@ -64,6 +69,7 @@ class Isolation:
     ssh_port: int = SSH_PORT
     exporter_port: int = 0
     since: float = 0.0
+    by: str = "operator"  # or AGENT: what the agent cut off it releases on its own
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -88,6 +94,7 @@ class Isolation:
             ssh_port=int(num("ssh_port", SSH_PORT)),
             exporter_port=int(num("exporter_port")),
             since=num("since"),
+            by=AGENT if d.get("by") == AGENT else "operator",
         )
 
     def describe(self) -> str:
@@ -365,7 +372,12 @@ def plan_host(
 # --------------------------------------------------------------------------- actions
 
 
-def isolate(state_dir: Path, entry: Isolation, proc_root: Path = Path("/proc")) -> None:
+def isolate(
+    state_dir: Path,
+    entry: Isolation,
+    proc_root: Path = Path("/proc"),
+    reason: str = "requested by operator",
+) -> None:
     """Journal ``entry`` (write-ahead), then load the table; undone if loading fails.
 
     The process is checked against its start time after the journal is written and before
@@ -385,7 +397,7 @@ def isolate(state_dir: Path, entry: Isolation, proc_root: Path = Path("/proc")) 
         except BaseException:
             journal.save(entries)
             raise
-        _audit(state_dir, "isolate", entry, "requested by operator")
+        _audit(state_dir, "isolate", entry, reason)
 
 
 def _current(entry: Isolation, proc_root: Path) -> bool:
@@ -410,11 +422,14 @@ def release(
     pid: int | None = None,
     host: bool = False,
     force: bool = False,
+    by: str | None = None,
+    reason: str = "released by operator",
 ) -> list[Isolation]:
     """Release the matching isolations (all without ``pid``/``host``); returns them.
 
     The table is reloaded without them before the journal forgets them, so a failure leaves
     both as they were. ``force`` deletes the whole table even when the journal is unreadable.
+    ``by`` keeps the choice to what that party isolated (the agent releases only its own).
     """
     journal = Journal(state_dir)
     if force:
@@ -436,9 +451,12 @@ def release(
         chosen = [
             e
             for e in entries
-            if (pid is None and not host)
-            or (pid is not None and e.kind == "process" and e.pid == pid)
-            or (host and e.kind == "host")
+            if (by is None or e.by == by)
+            and (
+                (pid is None and not host)
+                or (pid is not None and e.kind == "process" and e.pid == pid)
+                or (host and e.kind == "host")
+            )
         ]
         if not chosen:
             return []
@@ -446,8 +464,93 @@ def release(
         apply_ruleset(ruleset(keep))
         journal.save(keep)
         for e in chosen:
-            _audit(state_dir, "release", e, "released by operator")
+            _audit(state_dir, "release", e, reason)
         return chosen
+
+
+# --------------------------------------------------------------------------- the agent's side
+
+AGENT_ACTIONS = ("isolate", "release", "dry_run", "failed")
+
+
+class AgentIsolator:
+    """What ``serve`` does with ``[respond] isolate``: cut a confirmed suspect off once, and
+    never leave it cut off when the agent is gone.
+
+    Built at every start, whether isolation is on or not, because building it releases what
+    an earlier agent isolated and could not release (``kill -9``, a crash): the journal's
+    entries marked ``by = "agent"``. :meth:`close` releases them on shutdown. Entries an
+    operator made with ``minerwatch isolate`` are never touched. Each process (pid and start
+    time) is isolated at most once per agent run, so one an operator released stays released.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        enabled: bool = False,
+        dry_run: bool = False,
+        proc_root: Path = Path("/proc"),
+    ) -> None:
+        self.state_dir = state_dir
+        self.enabled = enabled
+        self.dry_run = dry_run
+        self.proc_root = proc_root
+        self.actions_total = dict.fromkeys(AGENT_ACTIONS, 0)
+        self._tried: set[tuple[int, float]] = set()
+        self.recovered = self._release("released at start: left by an earlier agent run")
+
+    def isolate(self, pid: int, reason: str) -> Isolation | None:
+        """Isolate ``pid`` (as ``isolate --process``) unless off, done before, or impossible;
+        the entry is returned (also in a dry run), None otherwise. Never raises for one
+        process: a failure is logged and counted."""
+        if not self.enabled:
+            return None
+        rec = ProcessTable(self.proc_root).lookup(pid)
+        if rec is None or (pid, rec.create_time) in self._tried:
+            return None
+        self._tried.add((pid, rec.create_time))
+        try:
+            entry = replace(plan_process(pid, proc_root=self.proc_root), by=AGENT)
+            if self.dry_run:
+                self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _audit(self.state_dir, "dry_run", entry, reason)
+                self.actions_total["dry_run"] += 1
+                log.warning("isolate (dry run): would cut off %s (%s)", entry.describe(), reason)
+                return entry
+            isolate(self.state_dir, entry, self.proc_root, reason=reason)
+        except (InputError, OSError) as exc:
+            self.actions_total["failed"] += 1
+            log.warning("could not isolate pid %d: %s", pid, exc)
+            return None
+        self.actions_total["isolate"] += 1
+        log.warning(
+            "isolated %s (%s); undo with `minerwatch isolate release`", entry.describe(), reason
+        )
+        return entry
+
+    def isolated_now(self) -> int:
+        """Processes the agent has cut off now (from the journal: an operator may release)."""
+        try:
+            return sum(e.by == AGENT for e in Journal(self.state_dir).load())
+        except InputError:
+            return 0
+
+    def close(self) -> None:
+        """Release everything the agent isolated (shutdown)."""
+        self._release("agent shutdown")
+
+    def _release(self, reason: str) -> list[Isolation]:
+        if not Journal(self.state_dir).path.exists():
+            return []
+        try:
+            gone = release(self.state_dir, by=AGENT, reason=reason)
+        except (InputError, OSError) as exc:
+            log.error("could not release what the agent isolated: %s", exc)
+            return []
+        self.actions_total["release"] += len(gone)
+        for e in gone:
+            log.warning("released %s (%s)", e.describe(), reason)
+        return gone
 
 
 # --------------------------------------------------------------------------- CLI
@@ -472,7 +575,7 @@ def run(args: argparse.Namespace) -> int:
         for e in entries:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.since))
             exited = "" if _current(e, Path("/proc")) else "; the process has exited"
-            print(f"{e.describe()} (since {since}{exited})")
+            print(f"{e.describe()} (by the {e.by}, since {since}{exited})")
         shown = {True: "loaded", False: "not loaded", None: "unknown (nft unavailable)"}
         print(f"nftables table {FAMILY} {TABLE}: {shown[present]}")
         return 0

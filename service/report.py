@@ -32,7 +32,14 @@ from typing import Any
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.service.config import AgentConfig, agent_files_config, require_folder
-from minerwatch.service.evidence import evidence_files, show
+from minerwatch.service.evidence import (
+    PERSISTENCE_BASELINE,
+    evidence_files,
+    load_persistence_baseline,
+    persistence_status,
+    show,
+)
+from minerwatch.service.hostsignals import EVENTS as HOST_SIGNAL_EVENTS
 from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
 from minerwatch.service.throttle import AUDIT
 
@@ -91,6 +98,10 @@ def read_events(path: Path, notes: list[str]) -> dict[str, list[dict[str, Any]]]
             except json.JSONDecodeError as exc:
                 notes.append(f"{path}:{n}: skipped, expected a JSON event line, got {exc.msg}")
                 continue
+            if isinstance(event, dict) and "id" not in event and "event" in event:
+                continue  # not an alert episode's line (an IOC hit, a suspect process)
+            if isinstance(event, dict) and event.get("event") in HOST_SIGNAL_EVENTS:
+                continue  # a host signal's line (new port, SSH source, wiped log)
             if not isinstance(event, dict) or not isinstance(event.get("id"), str):
                 notes.append(f"{path}:{n}: skipped, expected an object with an episode 'id'")
                 continue
@@ -104,7 +115,8 @@ def _evidence_episodes(evidence_dir: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for path in evidence_files(evidence_dir):
         stem = path.stem
-        if "-" in stem:
+        # IOC hits and suspect processes have evidence of their own, not alert episodes
+        if "-" in stem and not stem.split("-", 1)[1].startswith(("ioc-hit-", "suspect-")):
             out[stem.split("-", 1)[1]] = path
     return out
 
@@ -130,6 +142,7 @@ def _episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> di
         "close_reason": closed.get("reason") if closed else None,
         "process": last.get("process") if isinstance(last.get("process"), dict) else None,
         "earlier_processes": _dicts(last.get("earlier_processes")),
+        "isolated": _dicts(last.get("isolated")),
         "top_features": _dicts(last.get("top_features")),
         "indicators": _dicts(last.get("indicators")),
         "evidence_path": last.get("evidence"),
@@ -353,16 +366,29 @@ def _indicators(
     return out
 
 
-def _persistence(evidence: Mapping[str, Any] | None) -> dict[str, Any]:
+def _persistence(evidence: Mapping[str, Any] | None, baseline_path: Path) -> dict[str, Any]:
+    """The evidence's persistence files, and every persistence entry it hashed marked new,
+    changed or removed since the baseline the agent took at the end of learning."""
     ev = evidence or {}
+    baseline = load_persistence_baseline(baseline_path)
+    marked = persistence_status(_dicts(ev.get("persistence")), baseline)
+    if baseline is None:
+        since = "no baseline snapshot (taken when the agent finishes learning): nothing marked"
+    else:
+        since = f"marked against the baseline of {baseline.get('taken_at_utc')}"
     return {
         "crontabs": _dicts(ev.get("crontabs")),
         "systemd_units": _dicts(ev.get("systemd_units")),
+        "init_scripts": _dicts(ev.get("init_scripts")),
+        "authorized_keys": _dicts(ev.get("authorized_keys")),
         "ld_so_preload": ev.get("ld_so_preload")
         if isinstance(ev.get("ld_so_preload"), dict)
         else {},
+        "changes": [e for e in marked if e["status"] in ("new", "changed", "removed")],
+        "unchanged": sum(e["status"] == "unchanged" for e in marked),
+        "baseline": since,
         "note": "files changed within the evidence writer's recent window (7 days by default); "
-        "older entries are not listed",
+        "older entries are not listed, except authorized_keys (all)",
     }
 
 
@@ -373,6 +399,9 @@ def _checklist(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     throttled = [a for a in doc["throttle_actions"] if a.get("action") == "throttle"]
     released = [a for a in doc["throttle_actions"] if a.get("action") == "release"]
     pools = [c["remote"] for c in suspect.get("connections", []) if c.get("pool_port")]
+    isolated = [
+        i for i in _dicts(doc["episode"].get("isolated")) if not i.get("dry_run")
+    ]  # by the agent ([respond] isolate)
     steps = [
         (
             "confirm",
@@ -389,10 +418,15 @@ def _checklist(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         (
             "contain",
             "slow or stop the process (auto-throttle) and isolate the host",
-            "partly done" if throttled else "to do",
-            f"throttled {len(throttled)}x, released {len(released)}x during the episode"
-            if throttled
-            else "not throttled (throttling off, or nothing crossed its limits)",
+            "partly done" if throttled or isolated else "to do",
+            "; ".join(
+                [f"isolated {i.get('match')}" for i in isolated]
+                + (
+                    [f"throttled {len(throttled)}x, released {len(released)}x during the episode"]
+                    if throttled
+                    else ["not throttled (throttling off, or nothing crossed its limits)"]
+                )
+            ),
         ),
         (
             "clean",
@@ -582,7 +616,7 @@ def build_report(
         ],
         "indicators": _indicators(episode, evidence, kb),
         "features": episode["top_features"],
-        "persistence": _persistence(evidence),
+        "persistence": _persistence(evidence, cfg.data_dir / PERSISTENCE_BASELINE),
         "logged_in": _dicts((evidence or {}).get("logged_in")),
         "timeline": read_timeline(cfg.history_path, start - margin, end + margin, notes),
         "throttle_actions": read_throttle_actions(
@@ -669,7 +703,12 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             f"{_fmt(f.get('contribution'))} |"
         )
     out += ["", "## Persistence", "", doc["persistence"]["note"], ""]
-    for kind in ("crontabs", "systemd_units"):
+    out += [f"Since learning: {doc['persistence'].get('baseline', '')}.", ""]
+    for entry in doc["persistence"].get("changes", []):
+        out.append(f"- **{entry['status']}** {entry.get('kind')} {_inline(entry.get('path'))}")
+    if doc["persistence"].get("changes"):
+        out.append("")
+    for kind in ("crontabs", "systemd_units", "init_scripts", "authorized_keys"):
         for item in doc["persistence"][kind]:
             out += [
                 f"- {kind[:-1]} {_inline(item.get('path'))} changed {item.get('mtime_utc')}",
@@ -713,8 +752,7 @@ def _fmt(value: Any) -> str:
 # -- CLI ------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    """``minerwatch report``: write the report to ``--output`` (0600, atomically) or stdout."""
+def _agent_report(args: argparse.Namespace) -> dict[str, Any]:
     cfg = agent_files_config(args.config, args.data_dir)
     require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
     if not cfg.data_dir.is_dir():
@@ -724,7 +762,23 @@ def run(args: argparse.Namespace) -> int:
             "the agent's data folder (--data-dir, data_dir)",
             "no such folder",
         )
-    doc = build_report(cfg, args.episode, args.remediation)
+    return build_report(cfg, args.episode, args.remediation)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``minerwatch report``: write the report to ``--output`` (0600, atomically) or stdout;
+    from the agent's data folder, or (``--scores``) from a batch or fleet score output."""
+    scores = getattr(args, "scores", None)
+    if scores is not None:
+        if args.data_dir is not None or args.config is not None:
+            raise InputError("--scores", None, "either --scores or --data-dir/--config", "both")
+        from minerwatch.service.reportbatch import build_batch_report
+
+        doc = build_batch_report(scores, args.telemetry or [], args.episode, args.remediation)
+    else:
+        if getattr(args, "telemetry", None):
+            raise InputError("--telemetry", None, "--scores FILE with it", "no --scores")
+        doc = _agent_report(args)
     for note in doc["notes"]:
         print(f"minerwatch: note: {note}", file=sys.stderr)
     if args.format == "json":

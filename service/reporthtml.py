@@ -295,6 +295,25 @@ def _status_class(status: str) -> str:
     return "done" if status == "done" else "todo"
 
 
+def _changes_html(persistence: dict[str, Any]) -> str:
+    """Persistence entries new, changed or removed since the baseline, new ones first."""
+    order = {"new": 0, "changed": 1, "removed": 2}
+    rows = [
+        [
+            f'<span class="{"note" if e["status"] == "removed" else "hot"}">'
+            f"{_e(e['status'])}</span>",
+            _e(e.get("kind")),
+            f"<code>{_e(e.get('path'))}</code>",
+        ]
+        for e in sorted(persistence.get("changes", []), key=lambda e: order.get(e["status"], 3))
+    ]
+    head = (
+        f'<p class="note">{_e(persistence.get("baseline", ""))}; '
+        f"{_e(persistence.get('unchanged', 0))} entries unchanged</p>"
+    )
+    return head + (_table(["status", "kind", "path"], rows) if rows else "<p>none</p>")
+
+
 def render_html(doc: Mapping[str, Any]) -> str:
     """The whole page; nothing in it refers to the network."""
     ep = doc["episode"]
@@ -380,10 +399,16 @@ def render_html(doc: Mapping[str, Any]) -> str:
         else "<p>no explanation</p>",
         '<h2 id="persistence">Persistence</h2>',
         f'<p class="note">{_e(doc["persistence"]["note"])}</p>',
+        "<h3>New or changed since learning</h3>",
+        _changes_html(doc["persistence"]),
         "<h3>Crontabs</h3>",
         _files_html(doc["persistence"]["crontabs"]),
         "<h3>systemd units</h3>",
         _files_html(doc["persistence"]["systemd_units"]),
+        "<h3>Init scripts</h3>",
+        _files_html(doc["persistence"].get("init_scripts", [])),
+        "<h3>authorized_keys</h3>",
+        _files_html(doc["persistence"].get("authorized_keys", [])),
         "<h3>ld.so.preload</h3>",
         pre_html,
         '<h2 id="checklist">Response checklist</h2>',

@@ -8,13 +8,20 @@ agent's own processes are never suspects. Indicator scans look only at the few b
 processes the collector already found, so the cost stays flat however many processes the
 host runs.
 The throttle object is always built, even when throttling is off, because building it
-releases whatever a crashed earlier agent left paused (its journal on disk).
+releases whatever a crashed earlier agent left paused (its journal on disk); the isolator
+likewise releases what an earlier agent cut off the network. With ``[respond] isolate`` a
+suspect that an indicator confirms (or an IOC file names) loses its outbound traffic; with
+``ioc_dir`` the host is checked against IOC files every ``ioc_every``. At the end of
+learning the persistence entries (cron, units, init scripts, ``ld.so.preload``,
+``authorized_keys``) are hashed into a baseline, so a report can say what is new since.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +31,22 @@ from minerwatch.features.atomic import atomic_write
 from minerwatch.features.numbers import finite_or_none
 from minerwatch.features.proctable import ProcessRecord, ProcessTable
 from minerwatch.service.config import AgentConfig
-from minerwatch.service.evidence import EvidenceWriter, fit_to_size
+from minerwatch.service.evidence import (
+    PERSISTENCE_BASELINE,
+    EvidenceWriter,
+    HostPaths,
+    fit_to_size,
+    persistence_entries,
+    save_persistence_baseline,
+)
 from minerwatch.service.indicators import (
     IndicatorHit,
     indicator_counts,
     load_knowledge_base,
     scan,
 )
+from minerwatch.service.ioc import DEFAULT_SCAN, IocWatcher
+from minerwatch.service.isolate import AgentIsolator
 from minerwatch.service.throttle import Throttle
 
 log = logging.getLogger("minerwatch.respond")
@@ -38,6 +54,19 @@ log = logging.getLogger("minerwatch.respond")
 #: A different busiest process replaces the named suspect only when it is this much busier
 #: (ratio and points of one core), so two processes trading places do not rewrite evidence.
 STRONGER_RATIO, STRONGER_POINTS = 1.25, 5.0
+#: Indicators that say what one process *is* (not only that it is busy): enough to isolate it.
+CONFIRMING = (
+    "miner_name",
+    "pool_port",
+    "stratum_url",
+    "exe_in_tmp",
+    "exe_deleted",
+    "fake_kernel_thread",
+)
+#: Most processes isolated for one alert window (a fork bomb of miners is a host matter).
+MAX_ISOLATED_PER_WINDOW = 3
+#: Evidence of an IOC hit is named ``<time>-ioc-hit-<host>-<ioc>.json``: not an episode's.
+IOC_EVIDENCE_PREFIX = "ioc-hit-"
 
 
 def _describe(p: ProcessRecord) -> dict[str, Any]:
@@ -58,13 +87,32 @@ class Responder:
         self.cfg = cfg
         self.kb = load_knowledge_base()
         assert cfg.evidence_dir is not None  # AgentConfig derives it from data_dir
-        self.evidence = EvidenceWriter(cfg.evidence_dir)
+        self.paths = HostPaths.under(cfg.respond.host_root)
+        self.evidence = EvidenceWriter(cfg.evidence_dir, paths=self.paths)
         self.throttle = throttle or Throttle(cfg.throttle, agent_pids={os.getpid()})
         for action in self.throttle.recovered:
             log.warning("released a process left throttled by an earlier run: %s", action)
+        self.isolator = AgentIsolator(
+            cfg.data_dir / "isolate", cfg.respond.isolate, cfg.respond.isolate_dry_run
+        )
         self.hits: list[IndicatorHit] = []
         #: Re-reads the collector's busiest processes with command line and ports.
         self.table = ProcessTable()
+        self.ioc = (
+            IocWatcher(
+                cfg.respond.ioc_dir,
+                cfg.respond.ioc_every,
+                self.paths,
+                scan=[cfg.respond.host_root / d.relative_to("/") for d in DEFAULT_SCAN],
+            )
+            if cfg.respond.ioc_dir is not None
+            else None
+        )
+        self.ioc_hits: dict[str, int] = {}
+        self._ioc_seen: dict[str, set[tuple[str, str, str]]] = {}
+        self._ioc_pids: set[int] = set()
+        self.baseline_path = cfg.data_dir / PERSISTENCE_BASELINE
+        self._baseline_tried = False
 
     def inspect(self, agent: Any, metrics: dict[str, float]) -> float:
         """Scan the busiest processes; the hit count becomes the sample's ``indicator_hits``."""
@@ -79,6 +127,83 @@ class Responder:
             alert = bool(agent.alert is not None and agent.alert.active)
             for action in self.throttle.update(host_cpu, alert):
                 log.warning("throttle: %s", action)
+        if self.ioc is not None and self.ioc.due():
+            self._check_iocs(agent, now)
+        if agent.model is not None and not self._baseline_tried:
+            self._baseline_tried = True  # once: a failure is counted, not retried every tick
+            if not self.baseline_path.exists():
+                self._snapshot_persistence(now)
+
+    def _snapshot_persistence(self, now: float) -> None:
+        """The end of learning: hash where a miner would restart from, once."""
+        entries = persistence_entries(self.paths)
+        save_persistence_baseline(self.baseline_path, entries, now)
+        log.info("persistence baseline: %d entries in %s", len(entries), self.baseline_path)
+
+    def _check_iocs(self, agent: Any, now: float) -> None:
+        """Check the IOC files; a hit not seen in the previous check gets an event line and
+        evidence (the metric shows every check's count)."""
+        assert self.ioc is not None
+        results = self.ioc.check()
+        self.ioc_hits = {label: len(hits) for label, (_, _, hits) in results.items()}
+        self._ioc_pids = {h.pid for _, _, hits in results.values() for h in hits if h.pid}
+        for label, (path, ioc, hits) in results.items():
+            keys = {(h.kind, h.value, h.where) for h in hits}
+            new, self._ioc_seen[label] = keys - self._ioc_seen.get(label, set()), keys
+            if not new:
+                continue
+            name = f"{IOC_EVIDENCE_PREFIX}{agent.cfg.host}-{label}"
+            pids = sorted({h.pid for h in hits if h.pid})
+            found = [asdict(h) for h in hits]
+            evidence: Path | None = None
+            try:
+                doc = self.evidence.collect(
+                    name, self.evidence.clock(), math.nan, math.nan, {}, [], pids, []
+                )
+                doc["ioc"] = {"id": ioc.id, "file": str(path), "source": dict(ioc.source),
+                              "hits": found}  # fmt: skip
+                evidence = self.evidence.write_document(name, doc)
+            except (OSError, ValueError) as exc:
+                log.warning("could not write IOC evidence: %s", exc)
+                agent.errors["evidence"] = agent.errors.get("evidence", 0) + 1
+            line = {"event": "ioc_hit", "host": agent.cfg.host, "time": now, "ioc": ioc.id,
+                    "ioc_file": str(path), "hits": found,
+                    "evidence": None if evidence is None else str(evidence)}  # fmt: skip
+            agent.append_event(line)  # the agent's one writer: kept through a full disk
+            log.warning(
+                "IOC %s found on %s: %d hit(s) (%s); evidence: %s",
+                ioc.id,
+                agent.cfg.host,
+                len(hits),
+                ", ".join(sorted({h.kind for h in hits})),
+                evidence or "not written",
+            )
+
+    def _isolate(self, episode: dict[str, Any]) -> bool:
+        """Isolate the processes a confirming indicator or an IOC hit names; True if any was
+        (or, in a dry run, would be) cut off now."""
+        if not self.isolator.enabled:
+            return False
+        named = [h for h in self.hits if h.pid is not None and h.indicator_id in CONFIRMING]
+        pids = list(dict.fromkeys([h.pid for h in named if h.pid is not None]))
+        suspect = (episode.get("process") or {}).get("pid")
+        if suspect in self._ioc_pids and suspect not in pids:
+            pids.append(suspect)
+        done = False
+        for pid in pids[:MAX_ISOLATED_PER_WINDOW]:
+            why = sorted({h.indicator_id for h in named if h.pid == pid}) or ["ioc"]
+            entry = self.isolator.isolate(pid, f"alert {episode.get('id')}: {', '.join(why)}")
+            if entry is not None:
+                episode.setdefault("isolated", []).append(
+                    {
+                        "pid": pid,
+                        "match": entry.describe(),
+                        "indicators": why,
+                        "dry_run": self.isolator.dry_run,
+                    }  # fmt: skip
+                )
+                done = True
+        return done
 
     def on_alert(self, agent: Any, episode: dict[str, Any], f: np.ndarray) -> None:
         """Name the most responsible process and write the evidence file as the episode opens."""
@@ -86,6 +211,7 @@ class Responder:
         if top:
             episode["process"] = _describe(max(top, key=self._strength))
         episode["indicators"] = [h.as_dict() for h in self.hits]
+        self._isolate(episode)
         self._write_evidence(agent, episode, f, top)
 
     def on_episode_window(self, agent: Any, episode: dict[str, Any], f: np.ndarray) -> list[str]:
@@ -104,6 +230,8 @@ class Responder:
                 episode.setdefault("earlier_processes", []).append(episode["process"])
             episode["process"] = _describe(best)
             changed.append("process")
+        if self._isolate(episode):
+            changed.append("isolated")
         if changed:
             self._write_evidence(agent, episode, f, top)
         return changed
@@ -159,8 +287,11 @@ class Responder:
             "indicator_hits": indicator_counts(self.hits),
             "throttled_processes": self.throttle.throttled_now,
             "throttle_actions_total": dict(self.throttle.actions_total),
+            "isolated_processes": self.isolator.isolated_now(),
+            "ioc_hits": dict(self.ioc_hits),
         }
 
     def close(self) -> None:
         """Always release everything on shutdown, whether or not throttling is on."""
         self.throttle.release_all("agent shutdown")
+        self.isolator.close()

@@ -28,6 +28,7 @@ from minerwatch.baseline.store import ModelError, load_model, read_key, save_mod
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import from_arrays
+from minerwatch.features.procs import ProcessRows
 from minerwatch.features.schema import AGENT_COLUMNS
 from minerwatch.features.windows import make_windows
 
@@ -79,6 +80,56 @@ def read_history(
     return ts[keep], values[keep]
 
 
+def read_history_procs(db: Path, timestamps: np.ndarray) -> dict[str, np.ndarray]:
+    """The process rows of the samples kept for training, as ``procs_*`` arrays for the npz
+    (none from a history written before process tables)."""
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'procs'").fetchone():
+            return {}
+        lo = float(timestamps.min()) if len(timestamps) else 0.0
+        rows = conn.execute(
+            "SELECT ts, pid, name, exe, user, cpu FROM procs WHERE ts >= ? ORDER BY ts", (lo,)
+        ).fetchall()
+    finally:
+        conn.close()
+    rows = [r for r in rows if isinstance(r[0], float | int)]
+    t = np.array([float(r[0]) for r in rows], dtype=np.float64)
+    keep = np.isin(t, timestamps)  # alerted time is left out of the processes too
+    rows = [r for r, k in zip(rows, keep.tolist(), strict=True) if k]
+    return procs_arrays(
+        ProcessRows.from_lists(
+            [float(r[0]) for r in rows],
+            [int(r[1] or 0) for r in rows],
+            [str(r[2] or "") for r in rows],
+            [str(r[3] or "") for r in rows],
+            [str(r[4] or "") for r in rows],
+            [float(r[5]) if isinstance(r[5], float | int) else np.nan for r in rows],
+        )
+    )
+
+
+def procs_arrays(rows: ProcessRows) -> dict[str, np.ndarray]:
+    """A process table as npz arrays (fixed-width text: numpy reads it without pickle)."""
+    text = {"procs_name": rows.names, "procs_exe": rows.exes, "procs_user": rows.users}
+    out = {k: np.array(v.tolist(), dtype=str) for k, v in text.items()}
+    out.update(procs_ts=rows.timestamps, procs_pid=rows.pids, procs_cpu=rows.cpu)
+    return out
+
+
+def procs_from_npz(npz: Any) -> ProcessRows | None:
+    if "procs_ts" not in npz.files:
+        return None
+    return ProcessRows.from_lists(
+        npz["procs_ts"],
+        npz["procs_pid"],
+        npz["procs_name"].tolist(),
+        npz["procs_exe"].tolist(),
+        npz["procs_user"].tolist(),
+        npz["procs_cpu"],
+    )
+
+
 def retrain(
     input_path: Path,
     models: Path,
@@ -95,6 +146,7 @@ def retrain(
     with np.load(input_path, allow_pickle=False) as npz:
         ts, values = npz["timestamps"], npz["values"]
         columns = tuple(str(c) for c in npz["columns"])
+        procs = procs_from_npz(npz)
     have = len(make_windows(ts, values, columns, window, hop)) if len(ts) > 1 else 0
     if have < MIN_AGENT_WINDOWS:
         raise TooFewWindows(
@@ -104,6 +156,7 @@ def retrain(
             str(have),
         )
     series = from_arrays(host, ts, values, columns, source=str(input_path))
+    series.procs = procs
     # a try-out (``--learn-for 10m``) has few windows; the store records how many
     model = train_host(
         series, window, hop, params={"alert_windows": alert_windows}, min_windows=MIN_AGENT_WINDOWS
@@ -115,6 +168,8 @@ def retrain(
         columns,
         source="recent clean history",
     )
+    if procs is not None and len(ts):
+        recent.procs = procs.between(float(ts.max()) - validate_s, np.inf)
     with tempfile.TemporaryDirectory(dir=models.parent, prefix=".candidate-") as tmp:
         save_model(Path(tmp), model, key=key)
         candidate = load_model(Path(tmp), host, key=key)  # must load back through every check
@@ -159,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.history is not None:
             ts, values = read_history(args.history, args.since, args.before, args.margin)
             buf = io.BytesIO()  # kept beside the model: what it was trained on
-            np.savez(buf, timestamps=ts, values=values, columns=np.array(AGENT_COLUMNS))
+            procs = read_history_procs(args.history, ts)
+            arrays: dict[str, Any] = {"timestamps": ts, "values": values, **procs}
+            np.savez(buf, columns=np.array(AGENT_COLUMNS), **arrays)
             atomic_write(args.input, buf.getvalue(), mode=0o600)
         key = read_key(args.model_key) if args.model_key else None
         result = retrain(

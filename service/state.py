@@ -38,6 +38,10 @@ ERROR_STAGES: tuple[str, ...] = (
     "history",  # the SQLite history database
     "textfile",  # writing the node_exporter textfile
     "exporter",  # scrape connections refused because all slots were busy
+    "listen_ports",  # reading the listening sockets (service/hostsignals.py)
+    "ssh_log",  # reading SSH logins from the journal or the auth log
+    "log_watch",  # scanning the log folder for shrinking or vanishing files
+    "host_signals",  # host signals as a whole, or their state file
 )
 
 #: An evidence file name as ``EvidenceWriter`` makes it: UTC time, then the episode id made
@@ -75,6 +79,7 @@ class AgentSnapshot:
     anomaly_threshold: float | None = None
     alert_active: bool = False
     alerts_total: int = 0
+    suspect_processes_total: int = 0
     feature_values: Mapping[str, float] = field(default_factory=_empty)
     feature_contributions: Mapping[str, float] = field(default_factory=_empty)
     # Model.
@@ -106,6 +111,15 @@ class AgentSnapshot:
     # Throttling.
     throttled_processes: int = 0
     throttle_actions_total: Mapping[str, int] = field(default_factory=_empty)
+    # Isolation and IOC checks (labels: IOC file ids made code identifiers, at most 32).
+    isolated_processes: int = 0
+    ioc_hits: Mapping[str, int] = field(default_factory=_empty)
+    # Host signals (service/hostsignals.py); None/empty = not watched on this host.
+    new_listen_ports: Mapping[str, int] = field(default_factory=_empty)  # by proto
+    ssh_failed_logins_per_minute: float | None = None
+    ssh_failed_logins_total: int | None = None
+    ssh_new_source_logins_total: int | None = None
+    log_truncations_total: Mapping[str, int] = field(default_factory=_empty)  # by kind
     # Build.
     version: str = field(default_factory=package_version)
 

@@ -225,5 +225,12 @@ def full_snapshot(now: float) -> AgentSnapshot:
         retrain_failures_total={"too_few_windows": 1, "rejected": 0},
         throttled_processes=1,
         throttle_actions_total={"throttle": 1, "release": 0},
+        isolated_processes=1,
+        ioc_hits={"ioc_0123456789ab": 2},
+        new_listen_ports={"tcp": 1, "udp": 0},
+        ssh_failed_logins_per_minute=4.0,
+        ssh_failed_logins_total=37,
+        ssh_new_source_logins_total=1,
+        log_truncations_total={"shrunk": 1, "vanished": 0},
         version="1.2.3",
     )

@@ -172,7 +172,7 @@ def test_train_then_score(fleet, tmp_path):
     assert r.returncode == 2, r.stderr  # new-9 has no model: scored the others, said so
     assert "skipped host new-9" in r.stderr and "Traceback" not in r.stderr
     assert out.read_text().splitlines()[0] == (
-        "host,window_start,window_end,score,threshold,alert,top_features"
+        "host,window_start,window_end,score,threshold,alert,top_features,processes"
     )
     rows = list(csv.DictReader(out.open()))
     assert {r["host"] for r in rows} == {"web-1"}

@@ -20,6 +20,7 @@ import minerwatch.features.sources.network
 import minerwatch.features.sources.processes
 from minerwatch.features.collector import Collector, format_row, record
 from minerwatch.features.errors import InputError
+from minerwatch.features.procs import TOP_PROCESSES
 from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
 from minerwatch.features.sources import CpuSource, MemorySource, ProcessesSource
 
@@ -77,7 +78,7 @@ def test_real_sample_has_exactly_the_schema_columns_in_range():
     assert row["load1"] >= 0
     assert 0.0 <= row["top_proc_cpu_percent"] <= 100.0 * os.cpu_count()
     assert 0.0 <= c.visible_proc_cpu_percent <= 100.0
-    assert 1 <= len(c.top_processes) <= 5
+    assert 1 <= len(c.top_processes) <= TOP_PROCESSES
     pcts = [p.cpu_percent for p in c.top_processes]
     assert pcts == sorted(pcts, reverse=True)
     assert c.host == "test-host"

@@ -19,6 +19,7 @@ from minerwatch.service.config import (
     SECTIONS,
     AgentConfig,
     ExporterConfig,
+    RespondConfig,
     ThrottleConfig,
     add_option_flags,
     config_fields,
@@ -187,6 +188,8 @@ def test_every_option_round_trips_through_its_flag(tmp_path):
         history_retention=7200.0,
         history_max_bytes=2 << 20,
         model_key=tmp_path / "model.key",
+        auth_log=tmp_path / "auth.log",
+        log_dir=tmp_path / "logs",
         exporter=ExporterConfig(
             port=9, address="127.0.0.1", web_config=tmp_path / "w.yml", textfile_dir=tmp_path / "tf"
         ),
@@ -207,6 +210,13 @@ def test_every_option_round_trips_through_its_flag(tmp_path):
             allow_units=("x.service",),
             cgroup_root=tmp_path / "cg",
             state_dir=tmp_path / "st",
+        ),
+        respond=RespondConfig(
+            isolate=True,
+            isolate_dry_run=True,
+            ioc_dir=tmp_path / "ioc",
+            ioc_every=30.0,
+            host_root=tmp_path / "root",
         ),
     )
     parser = build_parser()
@@ -398,10 +408,12 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_config_fields_cover_the_dataclasses():
-    names = {f.name for f in dataclasses.fields(AgentConfig)} - {"exporter", "throttle"}
+    sections = {"exporter", "throttle", "respond"}
+    names = {f.name for f in dataclasses.fields(AgentConfig)} - sections
     assert {k for s, k in (f.split(".") for f in config_fields()) if s == "agent"} == names
     assert set(OPTIONS["exporter"]) == {f.name for f in dataclasses.fields(ExporterConfig)}
     assert set(OPTIONS["throttle"]) == {f.name for f in dataclasses.fields(ThrottleConfig)}
+    assert set(OPTIONS["respond"]) == {f.name for f in dataclasses.fields(RespondConfig)}
     assert list(SECTIONS) == list(OPTIONS)
 
 

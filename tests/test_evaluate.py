@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from minerwatch.features.io import HostSeries
 from minerwatch.features.schema import METRIC_COLUMNS
 
 HOUR = 3600.0
+MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
 
 
 def cpu_series(cpu: np.ndarray, step: float = 30.0) -> HostSeries:
@@ -314,3 +316,109 @@ def test_importing_evaluate_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- process identities
+
+
+def test_new_exe_rule_hand_computed():
+    from minerwatch.bench.reference import NewExeRule
+    from minerwatch.features.procs import ProcessRows
+
+    def series(rows: list[tuple[float, str, float]]) -> HostSeries:
+        s = cpu_series(np.full(10, 10.0), step=60.0)
+        ts, exes, cpu = zip(*rows, strict=True) if rows else ((), (), ())
+        s.procs = ProcessRows.from_lists(ts, range(len(ts)), exes, exes, ["u"] * len(ts), cpu)
+        return s
+
+    train = series([(0.0, "/usr/bin/java", 300.0), (60.0, "", 5.0)])
+    rule = NewExeRule().fit(train)
+    test = series(
+        [
+            (60.0, "/usr/bin/java", 390.0),  # known: never alerts, however busy
+            (120.0, "/tmp/.x/kswapd0", 49.9),  # new but below half a core
+            (180.0, "", 99.0),  # unreadable exe: never alerts
+            (240.0, "/tmp/.x/kswapd0", 50.0),  # new and at half a core: alerts
+            (300.0, "/srv/app/releases/2/venv/bin/python3", 80.0),  # a deploy: alerts too
+        ]
+    )
+    assert rule.fires(test).tolist() == [False, False, False, True, True]
+    ws, we = window_grid(test.timestamps, 60.0, 60.0)
+    assert ws[rule.alert(test, ws, we)].tolist() == [240.0, 300.0]
+    with pytest.raises(ValueError, match="no process table"):
+        NewExeRule().fit(cpu_series(np.ones(3)))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The same small fleet twice, through the real command: with and without process tables."""
+    root = tmp_path_factory.mktemp("small")
+    sim = [MINERWATCH, "simulate", "--hosts", "2", "--train-days", "0.5", "--test-days", "1"]
+    sim += ["--seed", "4", "--interval", "60"]
+    for name, extra in (("procs", []), ("bare", ["--no-procs"])):
+        done = subprocess.run(
+            [*sim, "--output", str(root / name), *extra], capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+    return root / "procs", root / "bare"
+
+
+def run_evaluate(data: Path, *extra: str) -> str:
+    done = subprocess.run(
+        [MINERWATCH, "evaluate", "--data", str(data), "--quiet", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_reports_identity_kinds_and_new_exe_rule(small):
+    data, _ = small
+    out = run_evaluate(data)
+    labels = json.loads((data / "labels.json").read_text())
+    looks = {e["identity"] for e in labels["events"] if e["malicious"]}
+    assert looks and looks <= {"new", "disguised", "inside"}
+    blocks = out.split("== ")
+    assert len(blocks) == len(evaluate.DETECTORS) + 2  # leading "", one per detector, summary
+    for block in blocks[1:-1]:  # every detector gets its table per identity kind
+        assert "identity kind" in block
+        for look in looks:
+            assert any(line.startswith(look + " ") for line in block.splitlines()), look
+    assert "new-exe rule" in out and "\nnew_exe " in out
+    assert "n/a" not in out
+
+
+def test_without_process_tables_the_new_exe_rule_is_na(small):
+    _, data = small
+    assert not list(data.rglob("*.procs.csv"))
+    res = json.loads(run_evaluate(data, "--json"))
+    assert "new_exe" not in res["detectors"]
+    assert res["unavailable"] == {"new_exe": "no process tables"}
+    assert {"minerwatch", "static_rule", "cpu_5m", "naive_iforest"} == set(res["detectors"])
+    text = evaluate.format_text(res)
+    assert "new_exe" in text and "n/a" in text
+
+
+def test_labels_without_identities_still_load(fleet, tmp_path):
+    raw = json.loads((fleet / "labels.json").read_text())
+    for ev in raw["events"]:  # as written before process tables
+        ev.pop("identity", None)
+        ev.pop("process", None)
+    (tmp_path / "labels.json").write_text(json.dumps(raw))
+    old, _ = load_labels(tmp_path)
+    new, _ = load_labels(fleet)
+    assert [e.identity for e in old if e.malicious] == [None] * sum(e.malicious for e in old)
+    assert {e.identity for e in new if e.malicious} <= {"new", "disguised", "inside"}
+    assert [(e.host, e.kind, e.start) for e in old] == [(e.host, e.kind, e.start) for e in new]
+    ws = np.arange(0, 10) * 60.0 + raw["splits"]["test"]["start"]
+    run = HostRun(old[0].host, cpu_series(np.ones(3)), ws, ws + 60, ws * 0, 1.0, {})
+    run.alerts["minerwatch"] = np.zeros(ws.size, bool)
+    summary = measure([run], old)["detectors"]["minerwatch"]
+    assert summary["per_identity"] == {}
+    assert "identity kind" not in evaluate.format_detector("minerwatch", summary)
+    summary = measure([run], new)["detectors"]["minerwatch"]
+    assert set(summary["per_identity"]) == {
+        e.identity for e in new if e.malicious and e.host == run.host
+    }

@@ -94,6 +94,8 @@ def test_full_snapshot_exports_every_metric_with_its_values(exporter):
     assert value("minerwatch_errors_total", {"stage": "sample"}) == 2.0
     assert value("minerwatch_indicator_hits", {"indicator": "miner_name"}) == 1.0
     assert value("minerwatch_throttle_actions_total", {"action": "throttle"}) == 1.0
+    assert value("minerwatch_isolated_processes") == 1.0
+    assert value("minerwatch_ioc_hits", {"ioc": "ioc_0123456789ab"}) == 2.0
     assert value("minerwatch_build_info", {"version": "1.2.3"}) == 1.0
 
     families = minerwatch_families(scrape(exporter))

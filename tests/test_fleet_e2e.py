@@ -31,7 +31,9 @@ def fleet(tmp_path_factory):
     promtool = require(PROMTOOL)
     root = tmp_path_factory.mktemp("fleet")
     data = root / "sim"
-    labels = simulate(data, hosts=HOSTS, train_days=1.0, test_days=0.5, seed=3)
+    # no process tables: Prometheus has none to give, and with them the CSV path would also
+    # learn a process baseline, so the two paths would not see the same data
+    labels = simulate(data, hosts=HOSTS, train_days=1.0, test_days=0.5, seed=3, procs=False)
     tsdb = root / "tsdb"
     backfill(data, ["train", "test"], tsdb, promtool)
     config = root / "prometheus.yml"
@@ -125,14 +127,19 @@ def test_prometheus_and_csv_give_the_same_alerts(fleet, tmp_path):
     assert via_prom.keys() == via_csv.keys()
     alerts = sum(int(r["alert"]) for r in via_csv.values())
     assert alerts > 0  # the test split has campaigns: the comparison means something
-    # Tolerance: the same alert episodes, each starting and ending within one window (60 s)
-    # of its twin. Scores are not bit-identical: the CSV rounds cpu_percent and its parts
-    # separately (they may disagree by 0.01), while node_cpu_seconds_total only has the
-    # parts; the forest's splits turn such nudges into small score steps, which can move a
-    # threshold crossing by a window, never make or lose an episode.
+    # Tolerance: the same alert episodes, each starting and ending within one alert rule's
+    # length (3 windows, 180 s) of its twin. Scores are not bit-identical: the CSV rounds
+    # cpu_percent and its parts separately (they may disagree by 0.01), while
+    # node_cpu_seconds_total only has the parts; the forest's splits turn such nudges into
+    # small score steps (median gap ~0.001). Where a score hovers at the threshold at an
+    # episode's edge, one window crossing differently restarts the rule's count of 3, so an
+    # edge can move by up to 3 windows (seen: 2 and 3 windows on db-01 once the feature set
+    # grew); an episode is never made or lost.
     a, b = episodes(via_csv), episodes(via_prom)
     assert [h for h, _, _ in a] == [h for h, _, _ in b]
-    assert all(abs(x[1] - y[1]) <= 60 and abs(x[2] - y[2]) <= 60 for x, y in zip(a, b, strict=True))
+    assert all(
+        abs(x[1] - y[1]) <= 180 and abs(x[2] - y[2]) <= 180 for x, y in zip(a, b, strict=True)
+    )
     differ = [k for k in via_csv if via_csv[k]["alert"] != via_prom[k]["alert"]]
     assert len(differ) <= 2 * len(a)
     gaps = np.array(
@@ -164,6 +171,18 @@ def test_export_writes_the_telemetry_prometheus_holds(fleet, tmp_path):
             np.testing.assert_allclose(
                 series.column(column), ref.column(column), rtol=1e-7, atol=tol, err_msg=column
             )
+        # process-exporter's groups as a process table: one row per group per host sample
+        procs = series.procs
+        assert procs is not None and (out / f"{host}.procs.csv").exists()
+        assert set(procs.names) == {"busiest", "sshd"}
+        assert set(procs.pids) == {0} and set(procs.exes) == {""} and set(procs.users) == {""}
+        assert set(procs.timestamps) <= set(series.timestamps.tolist())
+        busiest = procs.names == "busiest"
+        at = np.searchsorted(series.timestamps, procs.timestamps[busiest])
+        # the backfill gives the group "busiest" exactly top_proc_cpu_percent (user + system)
+        np.testing.assert_allclose(
+            procs.cpu[busiest], series.column("top_proc_cpu_percent")[at], atol=0.006
+        )
 
 
 def test_score_without_models_and_bad_query_exit_2(fleet, tmp_path):
@@ -208,3 +227,23 @@ def test_training_summary_names_absent_columns(fleet, tmp_path):
     meta = json.loads(next((tmp_path / "m").glob("*/meta.json")).read_text())
     assert "top_proc_cpu_percent" not in meta["columns"]
     assert meta["absent_columns"] == ["top_proc_cpu_percent"]
+
+
+def test_dask_local_cluster_trains_the_same_models_as_joblib(fleet, tmp_path):
+    """``fleet train --dask local``: a real Dask LocalCluster (2 worker processes), each task
+    reading its host from Prometheus, gives byte-for-byte the models of joblib."""
+    pytest.importorskip("dask.distributed")
+    prom, _, labels = fleet
+    (t0, t1), _ = ranges(labels)
+    common = ["fleet", "train", "--prometheus", prom.url, "--selector", '{job="node"}',
+              "--start", f"{t0}", "--end", f"{t0 + 8 * 3600}"]  # fmt: skip
+    run(*common, "--models", str(tmp_path / "joblib"), "--jobs", "2")
+    done = run(*common, "--models", str(tmp_path / "dask"), "--dask", "local")
+    assert sorted(line.split()[0] for line in done.stdout.splitlines()[1:]) == sorted(
+        labels["hosts"]
+    )
+    for host in labels["hosts"]:
+        a = json.loads((tmp_path / "joblib" / host / "meta.json").read_text())
+        b = json.loads((tmp_path / "dask" / host / "meta.json").read_text())
+        assert a["sha256"] == b["sha256"]  # the same arrays, bit for bit
+        assert a["threshold"] == b["threshold"] and a["windows"] == b["windows"] > 0

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from minerwatch.bench.simprocs import IDENTITY_KINDS
 from minerwatch.bench.simulate import (
     ARCHETYPES,
     BENIGN_KINDS,
@@ -19,10 +22,15 @@ from minerwatch.bench.simulate import (
 )
 from minerwatch.features.errors import InputError
 from minerwatch.features.schema import METRIC_COLUMNS, METRICS, SCHEMA_VERSION, TELEMETRY_COLUMNS
-from minerwatch.service.cli import main
 
 README = Path(__file__).resolve().parents[1] / "datasets" / "README.md"
+MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
 PARAMS = {"hosts": 8, "train_days": 2.0, "test_days": 2.0, "seed": 3, "interval": 60.0}
+
+
+def sample_files(out: Path, pattern: str = "*/*.csv") -> list[Path]:
+    """Host sample files (process tables, ``*.procs.csv``, are checked in test_simulate_procs)."""
+    return sorted(p for p in out.glob(pattern) if not p.name.endswith(".procs.csv"))
 
 
 def read(path: Path) -> tuple[list[str], np.ndarray]:
@@ -51,13 +59,15 @@ def test_files_and_labels_layout(fleet):
     out, labels = fleet
     assert json.loads((out / "labels.json").read_text()) == labels
     assert labels["schema_version"] == SCHEMA_VERSION
-    assert labels["parameters"] == {**PARAMS, "start": DEFAULT_START}
+    assert labels["parameters"] == {**PARAMS, "start": DEFAULT_START, "procs": True}
     assert len(labels["hosts"]) == PARAMS["hosts"]
     for host, info in labels["hosts"].items():
         assert info["archetype"] in ARCHETYPES
         assert 2 <= info["cores"] <= 64
         assert (out / "train" / f"{host}.csv").is_file()
         assert (out / "test" / f"{host}.csv").is_file()
+        assert (out / "train" / f"{host}.procs.csv").is_file()
+        assert (out / "test" / f"{host}.procs.csv").is_file()
     assert len({h["archetype"] for h in labels["hosts"].values()}) == len(ARCHETYPES)
     assert sorted(p.name for p in out.iterdir()) == ["labels.json", "test", "train"]
 
@@ -71,7 +81,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     simulate(b, **small)
     simulate(c, **{**small, "seed": small["seed"] + 1})
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 7
+    assert len(files) == 13  # 3 hosts x 2 splits x (samples + process table) + labels
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "test" / "web-01.csv").read_bytes() != (c / "test" / "web-01.csv").read_bytes()
@@ -79,7 +89,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_every_column_present_consistent_and_in_range(fleet):
     out, labels = fleet
-    for path in sorted(out.glob("*/*.csv")):
+    for path in sample_files(out):
         header, t = read(path)
         assert tuple(header) == TELEMETRY_COLUMNS
         assert np.isfinite(t).all()
@@ -112,14 +122,14 @@ def test_every_column_present_consistent_and_in_range(fleet):
 def test_gaps_duplicates_and_order_like_real_files(fleet):
     out, labels = fleet
     dups = gaps = backwards = 0
-    for path in sorted(out.glob("*/*.csv")):
+    for path in sample_files(out):
         _, t = read(path)
         ts = t[:, 0]
         dups += len(ts) - len(np.unique(ts))
         backwards += int((np.diff(ts) < 0).sum())
         gaps += int((np.diff(np.unique(ts)) > 1.5 * PARAMS["interval"]).sum())
     assert dups > 0 and gaps > 0 and backwards > 0
-    rows = sum(len(read(p)[1]) for p in out.glob("*/*.csv"))
+    rows = sum(len(read(p)[1]) for p in sample_files(out))
     assert dups < 0.01 * rows
 
 
@@ -128,7 +138,7 @@ def test_labels_match_files_and_campaigns_are_only_in_test(fleet):
     test_start = labels["splits"]["test"]["start"]
     stamps = {}
     for split in ("train", "test"):
-        for path in out.glob(f"{split}/*.csv"):
+        for path in sample_files(out, f"{split}/*.csv"):
             stamps[(split, path.stem)] = set(read(path)[1][:, 0].tolist())
     campaigns = [e for e in labels["events"] if e["malicious"]]
     assert campaigns
@@ -197,10 +207,11 @@ def test_bad_input_raises_input_error(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_run_writes_files_and_summary(tmp_path, capsys):
+def test_cli_run_writes_files_and_summary(tmp_path):
     out = tmp_path / "fleet"
-    rc = main(
+    done = subprocess.run(
         [
+            MINERWATCH,
             "simulate",
             "--hosts",
             "2",
@@ -214,15 +225,26 @@ def test_cli_run_writes_files_and_summary(tmp_path, capsys):
             "120",
             "--output",
             str(out),
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert rc == 0
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["db-01.csv", "web-01.csv"]
-    assert sorted(p.name for p in (out / "test").iterdir()) == ["db-01.csv", "web-01.csv"]
+    assert done.returncode == 0, done.stderr
+    names = ["db-01.csv", "db-01.procs.csv", "web-01.csv", "web-01.procs.csv"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == names
+    assert sorted(p.name for p in (out / "test").iterdir()) == names
     labels = json.loads((out / "labels.json").read_text())
     assert labels["parameters"]["seed"] == 5 and labels["parameters"]["interval"] == 120
-    said = capsys.readouterr().out
+    said = done.stdout
     assert "2 hosts" in said and "database 1" in said and "web 1" in said
+    bad = subprocess.run(
+        [MINERWATCH, "simulate", "--hosts", "0", "--output", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--hosts" in bad.stderr
 
 
 def test_readme_documents_every_column_with_its_unit():
@@ -232,5 +254,5 @@ def test_readme_documents_every_column_with_its_unit():
         assert line is not None, name
         assert unit in line, name
     assert f"SCHEMA_VERSION = {SCHEMA_VERSION}" in text or f"version {SCHEMA_VERSION}" in text
-    for kind in (*CAMPAIGN_KINDS, *BENIGN_KINDS, *ARCHETYPES):
+    for kind in (*CAMPAIGN_KINDS, *BENIGN_KINDS, *ARCHETYPES, *IDENTITY_KINDS):
         assert f"`{kind}`" in text, kind

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
+from minerwatch.features.procs import TOP_PROCESSES
 from minerwatch.features.proctable import ProcessRecord, ProcessTable, boot_clock
 from minerwatch.features.rates import NAN
 from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock
@@ -40,7 +41,7 @@ class ProcessesSource:
         *,
         proc_root: str | Path = DEFAULT_PROC_ROOT,
         clock: Clock = boot_clock,
-        top_n: int = 5,
+        top_n: int = TOP_PROCESSES,
         ports_min_cpu: float = 5.0,
         ncpu: int | None = None,
     ) -> None:

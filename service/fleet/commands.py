@@ -78,6 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``fleet train``: one model per host, a summary table, failures named (exit 2)."""
     from minerwatch.service.progress import Progress
 
+    key = _key(args)
     start, end = time_range(args)
     conn = connection(args)
     client = PromClient(conn, concurrency=args.concurrency)
@@ -94,6 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
         hop=hop,
         n_jobs=args.jobs,
         dask_address=args.dask,
+        model_key=key,
         progress=bar,
     )
     failed = [o for o in outcomes if o.model is None]
@@ -127,6 +129,7 @@ def run_score(args: argparse.Namespace) -> int:
     from minerwatch.baseline.store import load_model
     from minerwatch.service.progress import Progress
 
+    key = _key(args)
     start, end = time_range(args)
     conn = connection(args)
     client = PromClient(conn, concurrency=args.concurrency)
@@ -144,7 +147,7 @@ def run_score(args: argparse.Namespace) -> int:
             for i, host in enumerate(hosts, start=1):
                 bar(i, len(hosts), host)
                 try:
-                    model = load_model(models, host)
+                    model = load_model(models, host, key=key)
                     res = score_series(model, reader.read(host, client).series)
                 except InputError as exc:  # no usable model, or data the model cannot use
                     skipped.append(host)
@@ -186,8 +189,10 @@ def telemetry_csv(data: HostTelemetry) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """``fleet export``: ``DIR/<host>.csv`` per host, for offline work and bug reports."""
+    """``fleet export``: ``DIR/<host>.csv`` per host, for offline work and bug reports, and
+    ``DIR/<host>.procs.csv`` where process-exporter runs."""
     from minerwatch.baseline.store import host_dirname
+    from minerwatch.features.procs import write_procs_csv
     from minerwatch.service.progress import Progress
 
     start, end = time_range(args)
@@ -198,24 +203,46 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     bar = Progress("fleet export")
-    rows, skipped = 0, []
+    rows, tables, skipped = 0, 0, []
     for i, host in enumerate(hosts, start=1):
         bar(i, len(hosts), host)
         try:
-            data = reader.read(host, client)
+            data = reader.read(host, client, procs=True)
         except InputError as exc:
             skipped.append(host)
             print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
             continue
         atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
+        if data.procs is not None:  # process-exporter groups, see process_rows
+            write_procs_csv(out / f"{host_dirname(host)}.procs.csv", host, data.procs)
+            tables += 1
         rows += len(data.series.timestamps)
         if data.absent:
             print(f"minerwatch: note: host {host}: no {', '.join(data.absent)}", file=sys.stderr)
-    print(f"exported {rows} samples of {len(hosts) - len(skipped)} hosts -> {out}", file=sys.stderr)
+    procs = f" and {tables} process tables (process-exporter groups)" if tables else ""
+    print(
+        f"exported {rows} samples of {len(hosts) - len(skipped)} hosts{procs} -> {out}",
+        file=sys.stderr,
+    )
     return EXIT_USAGE if skipped else EXIT_OK
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``fleet serve``: score every host each interval and export the agent's metrics."""
+    from minerwatch.service.fleet.serve import run_serve as serve
+
+    return serve(args, connection(args))
+
+
+def _key(args: argparse.Namespace) -> bytes | None:
+    """The ``--model-key`` (read before any work, so a bad key file costs nothing)."""
+    from minerwatch.baseline.store import read_key
+
+    path = getattr(args, "model_key", None)
+    return read_key(path) if path is not None else None
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch ``minerwatch fleet COMMAND``."""
-    commands = {"train": run_train, "score": run_score, "export": run_export}
+    commands = {"train": run_train, "score": run_score, "export": run_export, "serve": run_serve}
     return commands[args.fleet_command](args)

@@ -25,6 +25,7 @@ import numpy as np
 
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries, from_arrays
+from minerwatch.features.procs import TOP_PROCESSES, ProcessRows
 from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.features.sources.disk import DEFAULT_IGNORE as NOT_WHOLE_DISK
 from minerwatch.service.fleet.promclient import TIMESTAMP, VALUE, PromClient
@@ -99,10 +100,12 @@ DISCOVERY_METRICS = ("node_load1", "node_memory_MemTotal_bytes")
 
 @dataclass(frozen=True)
 class HostTelemetry:
-    """One host's samples and the telemetry columns its metrics could not give."""
+    """One host's samples and the telemetry columns its metrics could not give; with
+    process-exporter data and when asked, its process table (:func:`process_rows`)."""
 
     series: HostSeries
     absent: tuple[str, ...]
+    procs: ProcessRows | None = None
 
 
 # -- selectors -----------------------------------------------------------------------------------
@@ -243,7 +246,14 @@ def cpu_percentages(modes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # -- one host -------------------------------------------------------------------------------------
 
 
+#: Optional column of precomputed series ids (``fleet serve`` numbers the series of the whole
+#: fleet in one pass instead of grouping each host's labels again).
+SERIES_ID = "__series"
+
+
 def _series_ids(frame: pd.DataFrame, exclude: Sequence[str] = ()) -> np.ndarray:
+    if SERIES_ID in frame.columns:
+        return np.asarray(frame[SERIES_ID].to_numpy(), dtype=np.intp)
     labels = [c for c in frame.columns if c not in (TIMESTAMP, VALUE, *exclude)]
     if not labels:
         return np.zeros(len(frame), dtype=np.intp)
@@ -274,8 +284,12 @@ def _gauge(frame: pd.DataFrame, at: np.ndarray) -> np.ndarray:
 def _keep_devices(frame: pd.DataFrame, drop: re.Pattern[str]) -> pd.DataFrame:
     if "device" not in frame.columns:
         return frame
-    devices = frame["device"].astype(str)
-    return frame[~devices.map(lambda d: bool(drop.match(d))).to_numpy(dtype=bool)]
+    devices = frame["device"]
+    if hasattr(devices, "cat"):  # the client's label columns: one match per distinct device
+        cats = devices.cat.categories
+        dropped = np.array([bool(drop.match(str(d))) for d in cats] + [False], dtype=bool)
+        return frame[~dropped[devices.cat.codes.to_numpy()]]
+    return frame[~devices.astype(str).map(lambda d: bool(drop.match(d))).to_numpy(dtype=bool)]
 
 
 def _summed(frame: pd.DataFrame, at: np.ndarray) -> np.ndarray:
@@ -284,44 +298,124 @@ def _summed(frame: pd.DataFrame, at: np.ndarray) -> np.ndarray:
 
 
 def _cpu(frame: pd.DataFrame, at: np.ndarray) -> dict[str, np.ndarray]:
-    frame = frame[frame["mode"].astype(str).isin([*CPU_ACCOUNTED, "steal"])]
-    table = frame.pivot_table(
-        index=TIMESTAMP, columns="mode", values=VALUE, aggfunc="sum", observed=True
-    )
-    table = table.reindex(at)
-    return cpu_percentages({str(m): table[m].to_numpy(np.float64) for m in table.columns})
+    """CPU-seconds per mode summed over CPUs at each time in ``at`` (NaN where a mode has no
+    sample at that time), then the four shares."""
+    modes = frame["mode"].astype(str).to_numpy()
+    ts = frame[TIMESTAMP].to_numpy(np.float64)
+    values = frame[VALUE].to_numpy(np.float64)
+    idx = np.searchsorted(at, ts)
+    hit = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) if len(at) else idx < 0
+    out: dict[str, np.ndarray] = {}
+    for mode in (*CPU_ACCOUNTED, "steal"):
+        rows = hit & (modes == mode)
+        if not rows.any():
+            continue
+        total = np.bincount(idx[rows], weights=np.nan_to_num(values[rows]), minlength=len(at))
+        seen = np.bincount(idx[rows], minlength=len(at))
+        out[mode] = np.where(seen > 0, total, np.nan)
+    return cpu_percentages(out)
 
 
-def _top_process(frame: pd.DataFrame, at: np.ndarray, interval: float) -> np.ndarray:
-    """Largest group's CPU (percent of one core) at the latest process-exporter scrape that
-    is at most one interval older than each row."""
-    import pandas as pd
-
-    frame = frame[frame["mode"].astype(str).isin(["user", "system"])]
+def _group_rate_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CPU-seconds per second of each process-exporter group at each of its scrapes: (group
+    names, timestamps, rates; user + system summed, NaN where no part had a rate)."""
+    modes = frame["mode"].astype(str).to_numpy()
+    frame = frame[(modes == "user") | (modes == "system")]
     ids = _series_ids(frame)
     ts = frame[TIMESTAMP].to_numpy(np.float64)
     order = np.lexsort((ts, ids))
     ts = ts[order]
     rates = counter_rates(ids[order], ts, frame[VALUE].to_numpy(np.float64)[order])
-    groups = frame["groupname"].astype(str).to_numpy()[order]
-    per = pd.DataFrame({"g": groups, TIMESTAMP: ts, "r": rates})
-    per = per.groupby(["g", TIMESTAMP], sort=False)["r"].sum(min_count=1).reset_index()
-    busiest = per.groupby(TIMESTAMP)["r"].max().sort_index()
-    if busiest.empty:
-        return np.full(len(at), np.nan)
-    times = busiest.index.to_numpy(np.float64)
+    names, codes = np.unique(frame["groupname"].astype(str).to_numpy()[order], return_inverse=True)
+    times, t_idx = np.unique(ts, return_inverse=True)
+    keys, inv = np.unique(codes * max(len(times), 1) + t_idx, return_inverse=True)
+    finite = np.isfinite(rates)
+    total = np.bincount(inv, weights=np.where(finite, rates, 0.0), minlength=len(keys))
+    seen = np.bincount(inv, weights=finite.astype(float), minlength=len(keys))
+    rate = np.where(seen > 0, total, np.nan)
+    n = max(len(times), 1)
+    return names[keys // n], times[keys % n] if len(times) else np.zeros(0), rate
+
+
+def _group_rates(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`_group_rate_arrays` as a frame (columns ``g``, ``timestamp``, ``r``)."""
+    import pandas as pd
+
+    names, ts, rate = _group_rate_arrays(frame)
+    return pd.DataFrame({"g": names, TIMESTAMP: ts, "r": rate})
+
+
+def _matched(times: np.ndarray, at: np.ndarray, interval: float) -> np.ndarray:
+    """For each row time in ``at``, the index of the latest of ``times`` (sorted) at most
+    1.5 intervals older; -1 for none."""
     pos = np.searchsorted(times, at, side="right") - 1
     ok = (pos >= 0) & (at - times[np.maximum(pos, 0)] <= interval * 1.5)
-    return np.where(ok, 100.0 * busiest.to_numpy(np.float64)[np.maximum(pos, 0)], np.nan)
+    return np.where(ok, pos, -1)
+
+
+def process_rows(
+    frame: pd.DataFrame, at: np.ndarray, interval: float, top: int = TOP_PROCESSES
+) -> ProcessRows:
+    """A process table from process-exporter: per host sample, its ``top`` busiest groups.
+
+    Process-exporter counts *groups*, not processes, so each row is a group: ``name`` is the
+    group name, ``pid`` 0, ``exe`` and ``user`` empty (unknown), ``cpu_percent`` the group's
+    user + system CPU (percent of one core) at the latest scrape at most 1.5 intervals old.
+    """
+    per = _group_rates(frame)
+    per = per[np.isfinite(per["r"].to_numpy(np.float64))]
+    times = np.unique(per[TIMESTAMP].to_numpy(np.float64))
+    if not len(times) or not len(at):
+        return ProcessRows.empty()
+    pos = _matched(times, at, interval)
+    rows_at = at[pos >= 0]
+    scrape = times[pos[pos >= 0]]
+    per = per.sort_values([TIMESTAMP, "r"], ascending=[True, False], kind="stable")
+    per = per.groupby(TIMESTAMP, sort=False).head(top)
+    when = per[TIMESTAMP].to_numpy(np.float64)
+    # each row time takes the groups of its matched scrape
+    start = np.searchsorted(when, scrape, side="left")
+    stop = np.searchsorted(when, scrape, side="right")
+    spans = [np.arange(a, b) for a, b in zip(start.tolist(), stop.tolist(), strict=True)]
+    take = np.concatenate(spans).astype(np.intp) if spans else np.zeros(0, dtype=np.intp)
+    stamps = np.repeat(rows_at, stop - start)
+    names = per["g"].to_numpy(dtype=object)[take]
+    return ProcessRows.from_lists(
+        stamps,
+        np.zeros(len(take), dtype=np.int64),
+        names,
+        [""] * len(take),
+        [""] * len(take),
+        100.0 * per["r"].to_numpy(np.float64)[take],
+    )
+
+
+def _top_process(frame: pd.DataFrame, at: np.ndarray, interval: float) -> np.ndarray:
+    """Largest group's CPU (percent of one core) at the latest process-exporter scrape that
+    is at most one interval older than each row."""
+    _, ts, rate = _group_rate_arrays(frame)
+    if not len(ts):
+        return np.full(len(at), np.nan)
+    times, inv = np.unique(ts, return_inverse=True)
+    busiest = np.full(len(times), np.nan)
+    np.fmax.at(busiest, inv, rate)  # the largest group's rate per scrape, NaN ignored
+    pos = np.searchsorted(times, at, side="right") - 1
+    ok = (pos >= 0) & (at - times[np.maximum(pos, 0)] <= interval * 1.5)
+    return np.where(ok, 100.0 * busiest[np.maximum(pos, 0)], np.nan)
 
 
 def telemetry(
-    host: str, frames: dict[str, pd.DataFrame], source: str = "", since: float = -np.inf
+    host: str,
+    frames: dict[str, pd.DataFrame],
+    source: str = "",
+    since: float = -np.inf,
+    procs: bool = False,
 ) -> HostTelemetry:
     """Turn one host's raw samples (metric name -> long frame) into telemetry rows.
 
     Rows are the times of the node_exporter scrapes at or after ``since``; samples before it
-    only serve as the previous reading of counters. Pure: no I/O.
+    only serve as the previous reading of counters. With ``procs``, process-exporter data
+    also gives a process table (:func:`process_rows`). Pure: no I/O.
     """
     node = [f for name, f in frames.items() if name not in PROCESS_METRICS and len(f)]
     if not node:
@@ -374,7 +468,13 @@ def telemetry(
     values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
     # a scrape that gives no column a value (only counters, on their first sample) is no row
     useful = np.isfinite(values).any(axis=1) & (at >= since)
-    return HostTelemetry(from_arrays(host, at[useful], values[useful], columns, source), absent)
+    table = None
+    if procs and have("namedprocess_namegroup_cpu_seconds_total"):
+        table = process_rows(
+            frames["namedprocess_namegroup_cpu_seconds_total"], at[useful], interval
+        )
+    series = from_arrays(host, at[useful], values[useful], columns, source)
+    return HostTelemetry(series, absent, table)
 
 
 def read_host(
@@ -387,6 +487,7 @@ def read_host(
     host_label: str | None = None,
     budget: int = 200_000,
     on_metric: Callable[[str, int], None] | None = None,
+    procs: bool = False,
 ) -> HostTelemetry:
     """Read one host's metrics from Prometheus and map them to telemetry.
 
@@ -430,4 +531,4 @@ def read_host(
     for frame in frames.values():
         if "__name__" in frame.columns:
             del frame["__name__"]
-    return telemetry(host, frames, source=where, since=start)
+    return telemetry(host, frames, source=where, since=start, procs=procs)

@@ -39,7 +39,9 @@ class FleetReader:
     def client(self) -> PromClient:
         return PromClient(self.connection, concurrency=self.concurrency)
 
-    def read(self, host: str, client: PromClient | None = None) -> HostTelemetry:
+    def read(
+        self, host: str, client: PromClient | None = None, procs: bool = False
+    ) -> HostTelemetry:
         return read_host(
             client or self.client(),
             host,
@@ -47,6 +49,7 @@ class FleetReader:
             self.end,
             selector=self.selector,
             host_label=self.host_label,
+            procs=procs,
         )
 
 
@@ -81,7 +84,7 @@ def train_task(
     return Outcome(host, model, data.absent, time.perf_counter() - t0)
 
 
-def _run(
+def run_tasks(
     tasks: Sequence[str],
     reader: FleetReader,
     window: float,
@@ -140,7 +143,7 @@ def train_fleet(
     pending = list(hosts)
     for attempt in (1, 2):
         retry: list[str] = []
-        for outcome in _run(pending, reader, window, hop, params, n_jobs, dask_address):
+        for outcome in run_tasks(pending, reader, window, hop, params, n_jobs, dask_address):
             outcome.attempts = attempt
             if outcome.transient and attempt == 1:
                 retry.append(outcome.host)

@@ -1,0 +1,362 @@
+"""The process baseline: which processes this host runs, and what in a sample is new or odd.
+
+Learnt from the same training period as the host model and saved with it; numpy only, so
+the agent scores with it. It turns each sample's process rows into a few per-sample columns
+(percent of one core) that join the host's samples before the one feature pipeline cuts
+windows, so training, batch scoring and the agent compute the same process features:
+
+- ``proc_new_cpu_percent``: CPU of identities this host never ran, from outside the
+  package-managed folders;
+- ``proc_new_tool_cpu_percent``: CPU of never-seen programs from package-managed folders, or
+  of a familiar program run by another user (an administrator's ``rsync`` or ``pigz``, a
+  colleague's compile: judged on a 15-minute floor, so a few minutes of it do not page);
+- ``proc_odd_cpu_percent``: CPU of processes disguised on any host (deleted exe, kernel-thread
+  name with an exe, exe in ``/tmp``, ``/dev/shm`` or a hidden folder) or a familiar name from
+  an exe this host never ran it from;
+- ``proc_surge_cpu_percent``: CPU of known identities above many times their usual peak;
+- ``proc_offhour_cpu_percent``: CPU of processes with a daily schedule (run on at least half
+  the training days, three at least, in at most 12 hours of the day) more than two hours
+  from any hour they ran in.
+
+Identities are normalised (:func:`~minerwatch.features.procs.identity`) so a deploy into a
+new release folder or a compiler upgrade stays familiar. A miner running *inside* a familiar
+process has no new identity: the CPU-residual features of the host model still judge it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from minerwatch.features.procs import (
+    PROC_COLUMNS,
+    ProcessRows,
+    disguise,
+    hidden_place,
+    identity,
+    in_system_dir,
+    normalize_exe,
+    normalize_name,
+)
+
+if TYPE_CHECKING:  # the readers (pandas) stay out of the agent
+    from minerwatch.features.io import HostSeries
+
+T = TypeVar("T")
+#: A known identity "surges" above max(SURGE_FACTOR x its usual peak, usual + SURGE_MIN).
+SURGE_FACTOR = 4.0
+SURGE_MIN = 50.0
+#: Processes below this CPU (percent of one core) are bookkeeping, not work.
+MIN_CPU = 1.0
+#: Days of training before "at an hour it never runs" means anything, and the share of them
+#: a process must have run on to have a daily routine at all (a weekly job or an occasional
+#: compile has none: an odd hour says nothing about it).
+OFFHOUR_MIN_DAYS = 3.0
+ROUTINE_DAYS = 0.5
+#: ... and it must keep a schedule: busy in at most this many hours of the day (a CI
+#: compiler runs at any hour; a nightly job has its hour).
+SCHEDULED_HOURS = 12
+HOUR = 3600.0
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class ProcessBaseline:
+    """Known identities with their usual CPU peak and the hours of day they ran.
+
+    ``pairs`` holds the normalised ``name\\0exe`` pairs seen with an executable (a familiar
+    name from an unfamiliar exe is odd).
+    """
+
+    identities: tuple[str, ...]
+    usual_cpu: np.ndarray
+    hours: np.ndarray
+    days: np.ndarray
+    span_s: float
+
+    @cached_property
+    def known(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.identities)}
+
+    @cached_property
+    def pairs(self) -> dict[str, int]:
+        """``name\0exe`` -> the identity with that pair (any user) that peaks highest."""
+        out: dict[str, int] = {}
+        for i, k in enumerate(self.identities):
+            pair = k.rsplit("\0", 1)[0]
+            if pair not in out or self.usual_cpu[i] > self.usual_cpu[out[pair]]:
+                out[pair] = i
+        return out
+
+    @cached_property
+    def exes(self) -> frozenset[str]:
+        return frozenset(e for k in self.identities if (e := k.split("\0")[1]))
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(k.split("\0", 1)[0] for k in self.identities if k.split("\0")[1])
+
+    # -- learning ----------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        rows: ProcessRows,
+        flagged: np.ndarray | None = None,
+    ) -> ProcessBaseline:
+        """Learn from ``rows`` except the ``flagged`` ones (indicator or disguise matches:
+        a host already mining when first learnt must not make its miner normal)."""
+        keep = np.ones(len(rows), dtype=bool) if flagged is None else ~np.asarray(flagged)
+        keys = np.array(_per_row(rows, identity), dtype=object)[keep]
+        ids_all: list[str] = []
+        code = np.zeros(0, dtype=np.int64)
+        if len(keys):
+            uniq, inverse = np.unique(keys.astype(str), return_inverse=True)
+            ids_all, code = [str(k) for k in uniq], np.asarray(inverse, dtype=np.int64)
+        cpu = np.nan_to_num(rows.cpu[keep], nan=0.0)
+        ts = rows.timestamps[keep]
+        n = len(ids_all)
+        busy_rows = cpu >= MIN_CPU
+        hour_bit = np.left_shift(1, ((ts % DAY) // HOUR).astype(np.int64))
+        hours_v = np.zeros(n, dtype=np.int64)
+        np.bitwise_or.at(hours_v, code[busy_rows], hour_bit[busy_rows])
+        day_pairs = np.unique(
+            np.column_stack([code, (ts // DAY).astype(np.int64)])[busy_rows], axis=0
+        )
+        days_v = (
+            np.bincount(day_pairs[:, 0], minlength=n) if len(day_pairs) else np.zeros(n, np.int64)
+        )
+        order = np.lexsort((cpu, code))  # by identity, then CPU: quantiles from sorted runs
+        bounds = np.searchsorted(code[order], np.arange(n + 1))
+        usual = np.array(
+            [
+                np.quantile(cpu[order[a:b]], 0.99)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ],
+            dtype=np.float64,
+        )
+        span = float(rows.timestamps[-1] - rows.timestamps[0]) if len(rows) else 0.0
+        return cls(
+            identities=tuple(ids_all),
+            usual_cpu=usual.reshape(n),
+            hours=hours_v,
+            days=np.asarray(days_v, dtype=np.int64),
+            span_s=span,
+        )
+
+    # -- judging -----------------------------------------------------------------------------
+
+    def judge(self, name: str, exe: str, user: str) -> tuple[str, int]:
+        """(kind, index of the known identity or -1): kind is ``odd``, ``new``, ``tool`` or
+        ``known``. A familiar program run by another user is ``known`` (judged against the
+        peak of that program); ``tool`` is a familiar executable under a new name (an
+        interpreter running another script) or a never-seen one from a package-managed
+        folder."""
+        if disguise(name, exe):
+            return "odd", -1
+        at = self.known.get(identity(name, exe, user), -1)
+        if at >= 0:
+            return "known", at
+        name_n, exe_n = normalize_name(name), normalize_exe(exe)
+        at = self.pairs.get(f"{name_n}\0{exe_n}", -1)
+        if at >= 0:
+            return "known", at
+        if exe_n and exe_n in self.exes:
+            return "tool", -1  # a familiar executable file under another name
+        if exe and name_n in self.names:
+            return "odd", -1  # a familiar name from an exe it never ran from here
+        if hidden_place(exe):
+            return "odd", -1  # new, and hiding
+        return ("tool" if in_system_dir(exe) else "new"), -1
+
+    def columns(
+        self,
+        rows: ProcessRows,
+        timestamps: np.ndarray,
+    ) -> np.ndarray:
+        """The :data:`PROC_COLUMNS` per host sample (0 for a sample without process rows)."""
+        ts = np.asarray(timestamps, dtype=np.float64)
+        out = np.zeros((len(ts), len(PROC_COLUMNS)))
+        if not len(rows) or not len(ts):
+            return out
+        at = rows.sample_index(ts)
+        offhour_ok = self.span_s >= OFFHOUR_MIN_DAYS * DAY
+        hours = self.hours.astype(np.int64)
+        ran = np.array([bin(int(h)).count("1") for h in hours], dtype=np.int64)
+        routine = (self.days >= max(OFFHOUR_MIN_DAYS, ROUTINE_DAYS * self.span_s / DAY)) & (
+            ran <= SCHEDULED_HOURS
+        )
+        # two hours either side of one it ran in are not odd: jobs drift and run long
+        near = hours.copy()
+        for shift in (1, 2):
+            near |= ((hours << shift) | (hours >> (24 - shift))) & 0xFFFFFF
+            near |= (hours >> shift) | ((hours << (24 - shift)) & 0xFFFFFF)
+        kinds = {"odd": 0, "new": 1, "tool": 2, "known": 3}
+        judged = _per_row(rows, lambda n, e, u: (kinds[(j := self.judge(n, e, u))[0]], j[1]))
+        kind = np.array([j[0] for j in judged], dtype=np.int64)
+        k = np.array([j[1] for j in judged], dtype=np.int64)
+        cpu = rows.cpu
+        ok = (at >= 0) & (np.nan_to_num(cpu, nan=0.0) >= MIN_CPU)
+        s = np.where(ok, at, 0)
+        c = np.where(ok, cpu, 0.0)
+        np.add.at(out[:, 2], s, np.where(kind == 0, c, 0.0))
+        np.add.at(out[:, 0], s, np.where(kind == 1, c, 0.0))
+        np.add.at(out[:, 1], s, np.where(kind == 2, c, 0.0))
+        known = kind == 3
+        kk = np.where(known, k, 0)
+        usual = self.usual_cpu[kk] if len(self.usual_cpu) else np.zeros(len(kk))
+        over = np.maximum(0.0, c - np.maximum(SURGE_FACTOR * usual, usual + SURGE_MIN))
+        np.add.at(out[:, 3], s, np.where(known, over, 0.0))
+        if offhour_ok and len(near):
+            hour = ((rows.timestamps % DAY) // HOUR).astype(np.int64)
+            odd_hour = known & routine[kk] & ((near[kk] >> hour) & 1 == 0)
+            np.add.at(out[:, 4], s, np.where(odd_hour, c, 0.0))
+        return out
+
+    def describe(self, rows: ProcessRows, top: int = 3) -> list[str]:
+        """The processes of some samples that are not familiar, busiest first, in words:
+        ``exe /tmp/.x/kswapd0 (deleted), never seen on this host, 392 % of a core``."""
+        best: dict[tuple[str, str, str], float] = {}
+        for n, e, u, c in zip(rows.names, rows.exes, rows.users, rows.cpu, strict=True):
+            if np.isfinite(c) and c >= MIN_CPU:
+                key = (str(n), str(e), str(u))
+                best[key] = max(best.get(key, 0.0), float(c))
+        out: list[tuple[float, str]] = []
+        for (name, exe, user), cpu in best.items():
+            kind, k = self.judge(name, exe, user)
+            what = exe or name
+            if kind == "known":
+                usual = float(self.usual_cpu[k])
+                if cpu <= max(SURGE_FACTOR * usual, usual + SURGE_MIN):
+                    continue
+                why = f"usually at most {usual:.0f} % of a core"
+            elif kind == "odd":
+                why = disguise(name, exe) or (
+                    "in a hidden folder, never seen on this host"
+                    if hidden_place(exe)
+                    else f"{name!r} never ran from this exe on this host"
+                )
+            elif normalize_exe(exe) in self.exes:
+                why = f"a familiar executable as {name!r}, new on this host"
+            else:
+                why = "never seen on this host"
+            out.append((cpu, f"exe {what}, {why}, {cpu:.0f} % of a core (user {user or '?'})"))
+        return [text for _, text in sorted(out, key=lambda x: -x[0])[:top]]
+
+    # -- storage -----------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Numeric arrays and the identities as a fixed-width unicode array (no pickle)."""
+        width = max((len(k) for k in self.identities), default=1)
+        return {
+            "procs_identities": np.array(self.identities, dtype=f"<U{width}"),
+            "procs_usual_cpu": self.usual_cpu.astype(np.float64),
+            "procs_hours": self.hours.astype(np.int64),
+            "procs_days": self.days.astype(np.int64),
+            "procs_scalars": np.array([self.span_s], dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ProcessBaseline | None:
+        if "procs_identities" not in arrays:
+            return None
+        ids = tuple(str(k) for k in np.asarray(arrays["procs_identities"]).reshape(-1).tolist())
+        n = len(ids)
+        usual = np.asarray(arrays["procs_usual_cpu"], dtype=np.float64)
+        hours = np.asarray(arrays["procs_hours"], dtype=np.int64)
+        days = np.asarray(arrays["procs_days"], dtype=np.int64)
+        scalars = np.asarray(arrays["procs_scalars"], dtype=np.float64)
+        if (
+            usual.shape != (n,)
+            or hours.shape != (n,)
+            or days.shape != (n,)
+            or scalars.shape != (1,)
+        ):
+            raise ValueError(f"process baseline arrays do not match {n} identities")
+        return cls(ids, usual, hours, days, float(scalars[0]))
+
+
+def _per_row(rows: ProcessRows, fn: Callable[[str, str, str], T]) -> list[T]:
+    """``fn(name, exe, user)`` for every row, computed once per distinct process (a week of a
+    host's table has a million rows and a few hundred distinct processes)."""
+    seen: dict[tuple[str, str, str], T] = {}
+    out = []
+    for key in zip(rows.names.tolist(), rows.exes.tolist(), rows.users.tolist(), strict=True):
+        if key not in seen:
+            seen[key] = fn(*key)
+        out.append(seen[key])
+    return out
+
+
+def flag_rows(rows: ProcessRows, indicator: np.ndarray | None = None) -> np.ndarray:
+    """Rows that must never be learnt as normal: disguised, or matching a miner indicator."""
+    out = np.array(_per_row(rows, lambda n, e, u: bool(disguise(n, e))), dtype=bool)
+    if indicator is not None:
+        out |= np.asarray(indicator, dtype=bool)
+    return out
+
+
+#: Windows this long after a flagged process's last sample are also left out of training.
+#: None needed: the CPU features that look back are floors (rolling minima), which fall as
+#: soon as the process stops.
+FLAG_TAIL_S = 0.0
+
+
+def with_process_columns(series: HostSeries, baseline: ProcessBaseline) -> HostSeries:
+    """``series`` plus the :data:`PROC_COLUMNS` its process table gives under ``baseline``;
+    without a process table they hold no value (NaN: scored at the host's usual, neutral)."""
+    keep = [j for j, c in enumerate(series.columns) if c not in PROC_COLUMNS]
+    base = series.values[:, keep]
+    if series.procs is None:
+        extra = np.full((len(series.timestamps), len(PROC_COLUMNS)), np.nan)
+    else:
+        extra = baseline.columns(series.procs, series.timestamps)
+    return replace(
+        series,
+        values=np.hstack([base, extra]),
+        columns=tuple(series.columns[j] for j in keep) + PROC_COLUMNS,
+    )
+
+
+@dataclass(frozen=True)
+class Learnt:
+    """What learning a host's processes gives training: the baseline, the series with its
+    process columns, the times of flagged processes and what they were, in words."""
+
+    baseline: ProcessBaseline
+    series: HostSeries
+    flagged_times: np.ndarray
+    flagged: tuple[str, ...]
+
+
+def learn_processes(series: HostSeries) -> Learnt:
+    """Fit the process baseline on ``series.procs``, leaving flagged processes out of it."""
+    rows = series.procs
+    assert rows is not None
+    flagged = flag_rows(rows)
+    baseline = ProcessBaseline.fit(rows, flagged)
+    busy = flagged & (np.nan_to_num(rows.cpu) >= MIN_CPU)
+    words = sorted(
+        {
+            f"{rows.exes[i] or rows.names[i]} ({disguise(str(rows.names[i]), str(rows.exes[i]))})"
+            for i in np.flatnonzero(busy).tolist()
+        }
+    )
+    return Learnt(
+        baseline, with_process_columns(series, baseline), rows.timestamps[busy], tuple(words)
+    )
+
+
+def flagged_windows(starts: np.ndarray, ends: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Windows holding a flagged sample (or within :data:`FLAG_TAIL_S` after one)."""
+    if not len(times):
+        return np.zeros(len(starts), dtype=bool)
+    t = np.sort(times)
+    lo = np.searchsorted(t, np.asarray(starts) - FLAG_TAIL_S, side="left")
+    hi = np.searchsorted(t, np.asarray(ends), side="right")
+    out: np.ndarray = hi > lo
+    return out

@@ -1,0 +1,137 @@
+"""``fleet train`` throughput, Prometheus reading included: host-models per minute per core,
+and a Dask ``LocalCluster`` with 2 workers against 1.
+
+    minerwatch simulate --hosts 2 --train-days 7 --test-days 0 --interval 15s --output sim/
+    python -m minerwatch.bench.fleet_backfill --data sim/ --splits train --output tsdb/
+    python -m minerwatch.bench.fleet_train --data sim/ --tsdb tsdb/ --repeats 3
+
+Starts Debian's Prometheus on the backfilled TSDB (loopback, a free port), then trains
+every host of ``sim/`` (``--repeats`` times each, so a small backfilled fleet still gives
+enough tasks to time) three ways, each task reading its own host's training split from
+Prometheus as ``fleet train`` does (:func:`~minerwatch.service.fleet.train.run_tasks`):
+one process in sequence, a Dask LocalCluster of 1 worker process, and one of 2. Prints one
+JSON line: tasks, seconds per way, host-models per minute per core (sequential), the Dask
+speed-up, the median seconds per task and its read share, and the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def start_prometheus(tsdb: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus on ``tsdb`` at a free loopback port; (process, URL) once ready."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = workdir / "prometheus.yml"
+    config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
+    proc = subprocess.Popen(
+        [shutil.which("prometheus") or "/usr/bin/prometheus", f"--config.file={config}",
+         f"--storage.tsdb.path={tsdb}", f"--web.listen-address=127.0.0.1:{port}",
+         "--storage.tsdb.retention.time=10y", "--log.level=error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("prometheus did not start")
+
+
+def timed(tasks: list[str], reader: Any, **engine: Any) -> tuple[float, list[Any]]:
+    from minerwatch.service.fleet.train import run_tasks
+
+    t0 = time.perf_counter()
+    out = list(run_tasks(tasks, reader, 60.0, 60.0, None, **engine))
+    took = time.perf_counter() - t0
+    failed = [o for o in out if o.model is None]
+    if failed:
+        raise SystemExit(f"training failed: {failed[0].host}: {failed[0].error}")
+    return took, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minerwatch.service.fleet.promclient import Connection
+    from minerwatch.service.fleet.train import FleetReader
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="folder from 'minerwatch simulate'")
+    p.add_argument("--tsdb", type=Path, required=True, help="its backfilled Prometheus TSDB")
+    p.add_argument("--repeats", type=int, default=2, help="tasks per host")
+    p.add_argument("--no-dask", action="store_true", help="time the sequential way only")
+    args = p.parse_args(argv)
+    labels = json.loads((args.data / "labels.json").read_text())
+    half = labels["parameters"]["interval"] / 2
+    split = labels["splits"]["train"]
+    hosts = sorted(labels["hosts"])
+    tasks = [h for _ in range(args.repeats) for h in hosts]
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_prometheus(args.tsdb, Path(tmp))
+        try:
+            reader = FleetReader(
+                Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
+                '{job="node"}',
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            reader.read(hosts[0])  # warm Prometheus' caches once, untimed
+            read_s = time.perf_counter() - t0
+            seq_s, outcomes = timed(tasks, reader, n_jobs=1, dask_address=None)
+            result: dict[str, Any] = {
+                "hosts": len(hosts),
+                "tasks": len(tasks),
+                "days": labels["parameters"]["train_days"],
+                "interval_s": labels["parameters"]["interval"],
+                "windows_per_host": statistics.median(o.model.meta["windows"] for o in outcomes),
+                "sequential_s": round(seq_s, 1),
+                "task_s_median": round(statistics.median(o.seconds for o in outcomes), 2),
+                "read_s_one_host": round(read_s, 2),
+                "host_models_per_min_per_core": round(60 * len(tasks) / seq_s, 1),
+            }
+            if not args.no_dask:
+                from dask.distributed import LocalCluster
+
+                for workers in (1, 2):
+                    with LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True,
+                        dashboard_address=None,
+                    ) as cluster:  # fmt: skip
+                        address = cluster.scheduler_address
+                        took, _ = timed(tasks, reader, n_jobs=1, dask_address=address)
+                    result[f"dask_{workers}_workers_s"] = round(took, 1)
+                result["dask_speedup_2_vs_1"] = round(
+                    result["dask_1_workers_s"] / result["dask_2_workers_s"], 2
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    result["load_before_after"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+    result["nproc"] = os.cpu_count()
+    result["date_utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

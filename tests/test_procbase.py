@@ -1,0 +1,324 @@
+"""The process baseline: identities, disguises, learning while a miner runs, and the commands.
+
+Scenarios are built on the small synthetic host of ``tests/synth.py`` with a process table
+whose busiest process carries the host's ``top_proc_cpu_percent``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minerwatch.baseline.batch import score_series
+from minerwatch.baseline.procbase import ProcessBaseline, flag_rows
+from minerwatch.baseline.store import load_model, save_model
+from minerwatch.baseline.train import train_host
+from minerwatch.features.io import HostSeries, read_telemetry
+from minerwatch.features.procs import (
+    PROC_COLUMNS,
+    ProcessRows,
+    disguise,
+    identity,
+    normalize_exe,
+    read_procs_csv,
+    write_procs_csv,
+)
+from tests.synth import host_series, write_csv
+
+APP_R1 = "/srv/app/releases/20261201-ab12/venv/bin/python3.11"
+APP_R2 = "/srv/app/releases/20261208-cd34/venv/bin/python3.11"
+USUAL = (
+    ("python3.11", APP_R1, "app"),
+    ("nginx", "/usr/sbin/nginx", "www-data"),
+    ("postgres", "/usr/lib/postgresql/14/bin/postgres", "postgres"),
+    ("kworker/0:1", "", "root"),
+)
+
+
+def with_table(
+    series: HostSeries,
+    extra: tuple[str, str, str, float] | None = None,
+    extra_from: float = 0.0,
+    extra_until: float = float("inf"),
+    app_exe: str = APP_R1,
+    app_from: float = float("inf"),
+) -> HostSeries:
+    """``series`` with a process table: the app carries ``top_proc_cpu_percent``; ``extra``
+    (name, exe, user, cpu) runs from ``extra_from`` s on; the app moves to ``app_exe`` at
+    ``app_from`` s."""
+    ts = series.timestamps
+    top = series.column("top_proc_cpu_percent")
+    t0 = ts[0]
+    rows: list[tuple[float, int, str, str, str, float]] = []
+    for t, c in zip(ts.tolist(), top.tolist(), strict=True):
+        exe = app_exe if t - t0 >= app_from else APP_R1
+        rows.append((t, 100, "python3.11", exe, "app", c))
+        rows.append((t, 200, "nginx", "/usr/sbin/nginx", "www-data", c / 4))
+        rows.append((t, 300, *USUAL[2][:2], "postgres", 3.0))
+        rows.append((t, 12, "kworker/0:1", "", "root", 1.5))
+        if extra is not None and extra_from <= t - t0 < extra_until:
+            rows.append((t, 4242, *extra))
+    cols = list(zip(*rows, strict=True))
+    return replace(series, procs=ProcessRows.from_lists(*cols))  # type: ignore[arg-type]
+
+
+def miner_series(offset: float, cpu: float = 390.0, **kw: object) -> HostSeries:
+    """Day 4 of the host with a miner's CPU from ``offset`` s (host CPU and top process)."""
+    s = host_series(days=0.25, seed=7, start=host_series().timestamps[-1] + 10)
+    if kw.get("burn", True):
+        t = s.timestamps - s.timestamps[0]
+        on = t >= offset
+        v = s.values.copy()
+        c, top = s.columns.index("cpu_percent"), s.columns.index("top_proc_cpu_percent")
+        v[on, c] = np.minimum(100, v[on, c] + cpu / 4)
+        v[on, top] = np.maximum(v[on, top], cpu)
+        s = replace(s, values=v)
+    return s
+
+
+def test_identities_fold_releases_and_versions_but_not_places() -> None:
+    assert normalize_exe(APP_R1) == normalize_exe(APP_R2)
+    gcc12 = "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"
+    assert normalize_exe(gcc12) == normalize_exe(gcc12.replace("/12/", "/13/"))
+    assert identity("kworker/0:1", "", "root") == identity("kworker/3:2", "", "root")
+    assert identity("app", "/srv/app/bin/app", "app") != identity("app", "/tmp/app", "app")
+    assert disguise("kswapd0", "/tmp/.x/kswapd0 (deleted)") == "deleted exe"
+    assert disguise("kworker/0:1", "/dev/shm/kw") == "kernel-thread name with an exe"
+    assert disguise("kworker/0:1", "") == ""  # a real kernel thread has no exe
+    assert disguise("postgres", "/var/tmp/postgres") == "exe in a temporary folder"
+    assert disguise("sysupdate", "/opt/xmrig/xmrig") == "a known miner's name"
+    assert disguise("nginx", "/usr/sbin/nginx") == ""
+
+
+def test_judging_new_odd_tool_and_known() -> None:
+    rows = with_table(host_series(days=0.2)).procs
+    assert rows is not None
+    pb = ProcessBaseline.fit(rows)
+    assert pb.judge("python3.11", APP_R2, "app")[0] == "known"  # a deploy
+    assert pb.judge("nginx", "/opt/nginx/sbin/nginx", "www-data")[0] == "odd"  # familiar name
+    assert pb.judge("helper", "/root/.x/helper", "root")[0] == "odd"  # new, hidden
+    assert pb.judge("sysupd", "/opt/sysupd/sysupd", "app")[0] == "new"
+    assert pb.judge("pigz", "/usr/bin/pigz", "root")[0] == "tool"
+    assert pb.judge("nginx", "/usr/sbin/nginx", "root")[0] == "known"  # another user
+    assert pb.judge("migrate", APP_R2, "app")[0] == "tool"  # the app's python, another script
+    # stored whole, without pickle, and read back equal
+    back = ProcessBaseline.from_arrays(pb.to_arrays())
+    assert back is not None and back.identities == pb.identities
+    np.testing.assert_array_equal(back.usual_cpu, pb.usual_cpu)
+
+
+def _alerts(model, series: HostSeries) -> tuple[int, str]:
+    scored = score_series(model, series)
+    return int(scored.alert.sum()), ";".join(scored.top_features)
+
+
+@pytest.fixture(scope="module")
+def trained() -> object:
+    return train_host(with_table(host_series()))
+
+
+def test_new_identity_alerts_within_minutes_and_names_the_feature(trained) -> None:
+    miner = ("sysupd", "/opt/sysupd/sysupd", "app", 95.0)  # one core, on a 4-core host
+    s = with_table(miner_series(3600, cpu=95.0), extra=miner, extra_from=3600)
+    scored = score_series(trained, s)
+    first = scored.window_start[scored.alert.astype(bool)].min() - s.timestamps[0]
+    assert 3600 <= first <= 3600 + 4 * 60  # alerted within four windows of the start
+    assert "proc_new_cpu" in ";".join(scored.top_features)
+    assert trained.procs is not None
+    rows = s.procs.between(s.timestamps[0] + 3600, s.timestamps[0] + 3700)
+    words = trained.procs.describe(rows)
+    assert words[0].startswith("exe /opt/sysupd/sysupd, never seen on this host, 95 %")
+
+
+def test_benign_novelty_does_not_alert(trained) -> None:
+    quiet = miner_series(0, burn=False)
+    deploy = with_table(quiet, app_exe=APP_R2, app_from=1800)
+    assert _alerts(trained, deploy)[0] == 0
+    # a never-seen installed tool: judged on a 15-minute floor, not from the first window
+    pigz = ("pigz", "/usr/bin/pigz", "root", 150.0)
+    tool = with_table(quiet, extra=pigz, extra_from=1800, extra_until=1800 + 6 * 60)
+    assert "proc_new_tool_floor_15m" in score_series(trained, tool).feature_names
+    assert _alerts(trained, tool)[0] == 0
+    # the same tool left running for an hour is judged once sustained
+    long = with_table(quiet, extra=pigz, extra_from=1800, extra_until=1800 + 3600)
+    assert _alerts(trained, long)[0] > 0
+
+
+def test_without_a_process_table_the_process_features_are_neutral(trained) -> None:
+    quiet = miner_series(0, burn=False)
+    with_procs = score_series(trained, with_table(quiet))
+    without = score_series(trained, quiet)
+    assert without.alert.sum() == 0
+    np.testing.assert_allclose(without.score, with_procs.score, atol=1e-9)
+
+
+def test_a_host_already_mining_when_learnt_does_not_learn_the_miner() -> None:
+    miner = ("xmrig", "/tmp/.vx/xmrig", "root", 390.0)
+    base = host_series(plateau=(2 * 86400, 3 * 3600))
+    learnt = with_table(base, extra=miner, extra_from=2 * 86400)
+    # the miner runs only inside the plateau
+    rows = learnt.procs
+    assert rows is not None
+    t = rows.timestamps - base.timestamps[0]
+    keep = (rows.pids != 4242) | ((t >= 2 * 86400) & (t < 2 * 86400 + 3 * 3600))
+    learnt = replace(learnt, procs=rows.take(keep))
+    model = train_host(learnt)
+    assert model.procs is not None
+    assert identity(*miner[:3]) not in model.procs.identities
+    assert model.meta["flagged_processes"] == ["/tmp/.vx/xmrig (a known miner's name)"]
+    assert int(model.meta["windows"]) < 3 * 8640 // 6 - 3 * 60  # its windows were left out
+    s = with_table(miner_series(600), extra=miner, extra_from=600)
+    n, top = _alerts(model, s)
+    assert n > 0 and "proc_odd_cpu" in top
+
+
+def test_flag_rows_marks_disguises_only() -> None:
+    rows = ProcessRows.from_lists(
+        [1.0, 1.0, 1.0],
+        [1, 2, 3],
+        ["nginx", "kswapd0", "x"],
+        ["/usr/sbin/nginx", "/usr/bin/kswapd0", "/tmp/x (deleted)"],
+        ["www-data", "root", "root"],
+        [10.0, 300.0, 50.0],
+    )
+    assert flag_rows(rows).tolist() == [False, True, True]
+
+
+def test_model_with_process_baseline_round_trips_and_is_signed(trained, tmp_path: Path) -> None:
+    save_model(tmp_path, trained)
+    back = load_model(tmp_path, trained.host)
+    assert back.procs is not None and back.procs.identities == trained.procs.identities
+    npz = next(tmp_path.glob("*/model-*.npz"))
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = dict(z)
+    arrays["procs_identities"] = np.array(["xmrig\0/tmp/x\0root"] * len(back.procs.identities))
+    meta = json.loads((npz.parent / "meta.json").read_text())
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    npz.write_bytes(buf.getvalue())  # same name, other content: the hash no longer matches
+    with pytest.raises(Exception, match="sha256|hash|signature|match"):
+        load_model(tmp_path, meta["host"])
+
+
+def test_process_table_file_round_trip_and_errors(tmp_path: Path) -> None:
+    rows = with_table(host_series(days=0.01)).procs
+    assert rows is not None
+    path = tmp_path / "web-1.procs.csv"
+    write_procs_csv(path, "web-1", rows)
+    back = read_procs_csv(path)["web-1"]
+    assert len(back) == len(rows) and back.names.tolist() == rows.names.tolist()
+    bad = tmp_path / "bad.procs.csv"
+    bad.write_text("timestamp,host,pid,name,exe,user,cpu_percent\n1,h,1,n,/x,u,lots\n")
+    with pytest.raises(Exception, match=r"bad.procs.csv.*2|line 2"):
+        read_procs_csv(bad)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "minerwatch", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_train_and_score_commands_read_process_tables(tmp_path: Path) -> None:
+    data, test, models = tmp_path / "data", tmp_path / "test", tmp_path / "models"
+    data.mkdir()
+    test.mkdir()
+    learnt = with_table(host_series(days=2))
+    write_csv(data / "web-1.csv", [learnt])
+    assert learnt.procs is not None
+    write_procs_csv(data / "web-1.procs.csv", "web-1", learnt.procs)
+    assert set(read_telemetry([data])) == {"web-1"}  # the table is not a host of its own
+    run = _cli("train", str(data), "--models", str(models))
+    assert run.returncode == 0, run.stderr
+    meta = json.loads(next(models.glob("*/meta.json")).read_text())
+    assert set(PROC_COLUMNS) <= set(meta["columns"])
+    miner = ("sysupd", "/opt/sysupd/sysupd", "app", 190.0)
+    s = with_table(miner_series(1800, cpu=190.0), extra=miner, extra_from=1800)
+    write_csv(test / "web-1.csv", [s])
+    assert s.procs is not None
+    write_procs_csv(test / "web-1.procs.csv", "web-1", s.procs)
+    out = tmp_path / "scores.csv"
+    run = _cli("score", str(test), "--models", str(models), "--output", str(out))
+    assert run.returncode == 0, run.stderr
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    alerts = [r for r in rows if r["alert"] == "1"]
+    assert alerts and float(alerts[0]["window_start"]) - s.timestamps[0] <= 1800 + 4 * 60
+    assert any("proc_new_cpu" in r["top_features"] for r in alerts)
+    named = [r["processes"] for r in alerts if r["processes"]]
+    assert named and "exe /opt/sysupd/sysupd, never seen on this host, 190 %" in named[0]
+    assert all(r["processes"] == "" for r in rows if r["alert"] == "0")
+
+
+def test_surge_and_offhour_need_a_routine_and_a_real_surge() -> None:
+    day = 86400.0
+    ts, names, cpu = [], [], []
+    for d in range(7):  # a nightly job at 02:00-02:59 and a daemon all day
+        for h in range(24):
+            t = d * day + h * 3600
+            ts.append(t)
+            names.append("daemon")
+            cpu.append(20.0)
+            if h == 2:
+                ts.append(t)
+                names.append("nightly")
+                cpu.append(100.0)
+            if d == 3 and h == 15:  # a one-off compile in the afternoon
+                ts.append(t)
+                names.append("cc1")
+                cpu.append(100.0)
+    n = len(ts)
+    rows = ProcessRows.from_lists(
+        ts, [1] * n, names, ["/usr/bin/" + x for x in names], ["u"] * n, cpu
+    )
+    pb = ProcessBaseline.fit(rows)
+
+    def cols(name: str, hour: float, c: float) -> np.ndarray:
+        t = 8 * day + hour * 3600
+        one = ProcessRows.from_lists([t], [1], [name], ["/usr/bin/" + name], ["u"], [c])
+        return pb.columns(one, np.array([t]))[0]
+
+    surge, offhour = PROC_COLUMNS.index("proc_surge_cpu_percent"), 4
+    assert cols("nightly", 14, 100.0)[offhour] == 100.0  # a routine job at a new hour
+    assert cols("nightly", 4, 100.0)[offhour] == 0.0  # two hours on: drift, not odd
+    assert cols("nightly", 5, 100.0)[offhour] == 100.0
+    assert cols("daemon", 4, 20.0)[offhour] == 0.0  # busy at every hour: no schedule
+    assert cols("cc1", 4, 100.0)[offhour] == 0.0  # one run is no routine
+    assert cols("daemon", 4, 60.0)[surge] == 0.0  # within max(4x, +50) of its usual 20
+    assert cols("daemon", 4, 170.0)[surge] == 170.0 - 80.0
+
+
+def test_the_fast_reader_agrees_with_the_exact_one_and_errors_name_the_line(
+    tmp_path: Path,
+) -> None:
+    from minerwatch.features.io import _read_procs
+
+    path = tmp_path / "h.procs.csv"
+    rows = ProcessRows.from_lists(
+        [1.0, 1.0, 2.0, 2.0],
+        [1, 2, 3, 0],
+        ['we"ird, name', "kworker/0:1", "x\nnew line", "grp"],
+        ["/opt/a b/x", "", "/tmp/x (deleted)", ""],
+        ["root", "1001", "app", ""],
+        [12.5, 0.0, 99.0, float("nan")],
+    )
+    write_procs_csv(path, "h", rows)
+    fast, exact = _read_procs(path)["h"], read_procs_csv(path)["h"]
+    for field in ("names", "exes", "users", "pids"):
+        assert getattr(fast, field).tolist() == getattr(exact, field).tolist()
+    np.testing.assert_array_equal(fast.cpu, exact.cpu)
+    np.testing.assert_array_equal(fast.timestamps, exact.timestamps)
+    (tmp_path / "h.csv").write_text("timestamp,host,cpu_percent\n1,h,5\n2,h,6\n")
+    with path.open("a") as fh:
+        fh.write("3,h,9,n,/x,u,busy\n")
+    with pytest.raises(Exception, match=r"h.procs.csv:7.*cpu_percent"):
+        read_telemetry([tmp_path])

@@ -1,0 +1,113 @@
+"""``minerwatch evaluate --smd`` on any folder in SMD's layout (any number of columns), and exit 2
+naming the file, line and what was expected when the layout is broken."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
+ROWS = 300
+
+
+def _write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as fh:
+        fh.write("".join(f"{line}\n" for line in lines))
+
+
+def _matrix(arr):
+    return [",".join(f"{v:.6f}" for v in row) for row in arr]
+
+
+def make_machine(root, name, cols, seed, anomaly=(150, 180)):
+    """A machine whose columns follow two loads; the anomaly breaks their relation."""
+    rng = np.random.default_rng(seed)
+    mix = rng.uniform(0.0, 1.0, size=(2, cols))
+    mix /= mix.sum(axis=0)
+
+    def part(n):
+        load = rng.uniform(0.2, 0.8, size=(n, 2))
+        return load @ mix + rng.normal(scale=0.01, size=(n, cols))
+
+    test = part(ROWS)
+    test[anomaly[0] : anomaly[1], : cols // 2] = 0.98
+    label = np.zeros(ROWS, int)
+    label[anomaly[0] : anomaly[1]] = 1
+    _write(root / "train" / f"{name}.txt.gz", _matrix(part(ROWS)))
+    _write(root / "test" / f"{name}.txt.gz", _matrix(test))
+    _write(root / "test_label" / f"{name}.txt.gz", [str(v) for v in label])
+
+
+def evaluate(root, *extra):
+    cmd = [MINERWATCH, "evaluate", "--smd", str(root), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_any_number_of_columns(tmp_path):
+    make_machine(tmp_path, "box-19", 19, seed=1)
+    make_machine(tmp_path, "box-7", 7, seed=2, anomaly=(60, 80))
+    done = evaluate(tmp_path, "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout)
+    assert set(res) >= {"box-19", "box-7"} and res["meta"]["machines"] == 2
+    for name, labelled in (("box-19", 30), ("box-7", 20)):
+        assert res[name]["event_recall"] == 1.0  # half the columns pinned at 0.98
+        assert res[name]["tp"] + res[name]["fn"] == labelled
+    assert "naive_iforest" in res["reference"]
+
+
+def _replace_line(path, lineno, text):
+    with gzip.open(path, "rt") as fh:
+        lines = fh.read().splitlines()
+    lines[lineno - 1] = text
+    _write(path, lines)
+
+
+BROKEN = {
+    "ragged row": (
+        lambda r: _replace_line(r / "test" / "box.txt.gz", 5, ",".join(["0.5"] * 18)),
+        "test/box.txt.gz:5: expected 19 columns",
+    ),
+    "wider test": (
+        lambda r: _write(r / "test" / "box.txt.gz", [",".join(["0.5"] * 20)] * ROWS),
+        "test/box.txt.gz:1: expected 19 columns",
+    ),
+    "not a number": (
+        lambda r: _replace_line(r / "train" / "box.txt.gz", 7, "0.1," * 18 + "oops"),
+        "train/box.txt.gz:7: expected 19 columns (comma-separated numbers)",
+    ),
+    "labels short": (
+        lambda r: _write(r / "test_label" / "box.txt.gz", ["0"] * (ROWS - 1)),
+        f"test_label/box.txt.gz: expected {ROWS} labels (one per row of test/box)",
+    ),
+    "label not 0/1": (
+        lambda r: _replace_line(r / "test_label" / "box.txt.gz", 3, "2"),
+        "test_label/box.txt.gz: expected labels 0 or 1, got 2 in row 3",
+    ),
+    "no test_label/": (
+        lambda r: [p.unlink() for p in (r / "test_label").iterdir()] + [(r / "test_label").rmdir()],
+        "test_label: expected a folder in SMD's layout (train/, test/, test_label/)",
+    ),
+    "empty test": (
+        lambda r: _write(r / "test" / "box.txt.gz", []),
+        "test/box.txt.gz: expected at least one row",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_layout_exits_2_naming_file_and_expectation(tmp_path, case):
+    make_machine(tmp_path, "box", 19, seed=3)
+    make_machine(tmp_path, "aaa", 5, seed=4)  # trained first if the check came late
+    breaks, message = BROKEN[case]
+    breaks(tmp_path)
+    done = evaluate(tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "smd 1/" not in done.stderr  # the layout is checked before any training

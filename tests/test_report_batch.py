@@ -1,0 +1,102 @@
+"""``minerwatch report --scores``: the incident report of an episode found in batch mode, from
+the real ``train`` and ``score`` outputs and the telemetry (with its process table) scored."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synth import T0, host_series, write_csv
+
+from minerwatch.features.procs import ProcessRows, write_procs_csv
+
+SCRIPT = Path(sys.executable).with_name("minerwatch")
+START = T0 + 2 * 86400
+PLATEAU = (3 * 3600, 3600)  # the miner, from 03:00 for an hour of the test day
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    write_csv(d / "train.csv", [host_series("web-1", days=2, interval=30, seed=1)])
+    tele = d / "telemetry"
+    tele.mkdir()
+    test = host_series("web-1", days=0.5, interval=30, seed=3, start=START, plateau=PLATEAU)
+    write_csv(tele / "web-1.csv", [test])
+    # the process table: nginx all day, the miner during the plateau
+    ts = test.timestamps
+    on = (ts >= START + PLATEAU[0]) & (ts < START + PLATEAU[0] + PLATEAU[1])
+    rows = [(t, 812, "nginx", "/usr/sbin/nginx", "www-data", 12.0) for t in ts]
+    rows += [(t, 4242, "kswapd0", "/tmp/.x/kswapd0", "www-data", 380.0) for t in ts[on]]
+    cols = list(zip(*rows, strict=True))
+    write_procs_csv(tele / "web-1.procs.csv", "web-1", ProcessRows.from_lists(*cols))
+    assert run("train", d / "train.csv", "--models", d / "models").returncode == 0
+    r = run("score", tele, "--models", d / "models", "--output", d / "scores.csv")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_report_from_scores_and_telemetry(scored, tmp_path):
+    out = tmp_path / "r.json"
+    r = run(
+        "report", "--scores", scored / "scores.csv", "--telemetry", scored / "telemetry",
+        "--format", "json", "--output", out, "--remediation",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    alerted = [row for row in csv.DictReader((scored / "scores.csv").open()) if row["alert"] == "1"]
+    first = min(float(row["window_start"]) for row in alerted)
+    ep = doc["episode"]
+    assert ep["id"] == f"web-1-{int(first)}" and doc["host"] == "web-1"
+    assert START + PLATEAU[0] <= ep["start"] < ep["end"] <= START + sum(PLATEAU) + 1800
+    assert ep["score"] > ep["threshold"] and doc["features"][0]["feature"]
+    suspect = doc["suspect"]
+    assert (suspect["pid"], suspect["exe"], suspect["username"]) == (
+        4242,
+        "/tmp/.x/kswapd0",
+        "www-data",
+    )
+    cpu = doc["timeline"]["samples"]["cpu_percent"]
+    assert len(cpu) == len(doc["timeline"]["samples"]["ts"]) > 100 and max(cpu) > 90
+    assert any(w["alert"] for w in doc["timeline"]["windows"])
+    assert any("batch mode" in n for n in doc["notes"])
+    assert any("kill" in c["command"] and "4242" in c["command"] for c in doc["remediation"])
+
+    html = run("report", "--scores", scored / "scores.csv", "--telemetry", scored / "telemetry")
+    assert html.returncode == 0, html.stderr
+    assert "<img" in html.stdout or "<svg" in html.stdout
+    assert "/tmp/.x/kswapd0" in html.stdout
+
+
+def test_report_from_scores_alone_and_usage_errors(scored, tmp_path):
+    r = run("report", "--scores", scored / "scores.csv", "--format", "md")
+    assert r.returncode == 0, r.stderr
+    assert "no CPU timeline" in r.stderr and "# Incident report" in r.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("host,start\nweb-1,1\n")
+    for args, words in [
+        (("--scores", bad), [str(bad), ":1", "window_start"]),
+        (("--scores", scored / "scores.csv", "--episode", "nope"), ["--episode", "web-1-"]),
+        (("--scores", scored / "scores.csv", "--data-dir", tmp_path), ["--scores", "--data-dir"]),
+        (("--telemetry", scored / "telemetry"), ["--scores"]),
+    ]:
+        r = run("report", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert all(w in r.stderr for w in words), (words, r.stderr)
+    quiet = tmp_path / "quiet.csv"
+    rows = list(csv.reader((scored / "scores.csv").open()))
+    with quiet.open("w", newline="") as fh:
+        at = rows[0].index("alert")
+        csv.writer(fh).writerows([rows[0], *([*r[:at], "0", *r[at + 1 :]] for r in rows[1:4])])
+    r = run("report", "--scores", quiet)
+    assert r.returncode == 2 and "alerted window" in r.stderr, r.stderr
