@@ -547,9 +547,7 @@ class History:
                     "DELETE FROM windows WHERE window_end <"
                     " COALESCE((SELECT MIN(ts) FROM samples), 0)"
                 )
-                c.execute(
-                    "DELETE FROM procs WHERE ts < COALESCE((SELECT MIN(ts) FROM samples), 0)"
-                )
+                c.execute("DELETE FROM procs WHERE ts < COALESCE((SELECT MIN(ts) FROM samples), 0)")
 
             if not self._write("prune by size", prune):
                 return

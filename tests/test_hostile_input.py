@@ -38,6 +38,7 @@ from minerwatch.baseline.store import ModelError, load_model, save_model, sign
 from minerwatch.baseline.train import train_host
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import read_telemetry
+from minerwatch.features.procs import ProcessRows, write_procs_csv
 from minerwatch.features.schema import AGENT_COLUMNS
 from minerwatch.service.config import OPTIONS, AgentConfig, dump_config, load_config, toml_value
 from minerwatch.service.history import History
@@ -600,6 +601,59 @@ def test_telemetry_random_parquet(data):
 @given(damaged(CSV))
 def test_telemetry_damaged_csv(data):
     check_telemetry(data)
+
+
+def _procs_bytes() -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t.procs.csv"
+        ts = host_series("web-1", days=0.01, interval=30, seed=1).timestamps
+        n = len(ts)
+        rows = ProcessRows.from_lists(
+            ts,
+            range(n),
+            ['we"b, 1'] * n,
+            ["/srv/app/bin/app (deleted)"] * n,
+            ["app"] * n,
+            [5.0] * n,
+        )
+        write_procs_csv(path, "web-1", rows)
+        return path.read_bytes()
+
+
+PROCS = _procs_bytes()
+
+
+def check_procs(data: bytes, suffix: str = ".procs.csv") -> None:
+    """A process table beside good samples: read with them, or refused naming the file."""
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "t.csv").write_bytes(CSV)
+        path = Path(d) / f"t{suffix}"
+        path.write_bytes(data)
+        fleet = verdict(lambda: read_telemetry([d]), path)
+        for s in (fleet or {}).values():
+            if s.procs is not None:
+                n = len(s.procs)
+                assert all(len(a) == n for a in vars(s.procs).values())
+                assert np.all(np.isfinite(s.procs.timestamps))
+                assert np.all(np.diff(s.procs.timestamps) >= 0), "sorted by time"
+
+
+@FUZZ
+@given(st.binary(max_size=500))
+def test_process_table_random_bytes(data):
+    check_procs(data)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_process_table_random_parquet(data):
+    check_procs(data, ".procs.parquet")
+
+
+@FUZZ
+@given(damaged(PROCS))
+def test_process_table_damaged_csv(data):
+    check_procs(data)
 
 
 _CELLS = st.one_of(
