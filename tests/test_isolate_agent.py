@@ -173,7 +173,7 @@ def test_agent_isolates_a_confirmed_miner_and_always_releases_it(netns, tmp_path
     miners: list[Reader] = []
     agents: list[Agent] = []
     try:
-        time.sleep(0.5)
+        _until_listening(pool)
         miners.append(miner := Reader(miner_cmd, tmp_path / "miner1"))
         miner.wait_for("ok")
 
@@ -255,11 +255,19 @@ print(sorted(e.pid for e in AgentIsolator(state).recovered), flush=True)
 """
 
 
+def _until_listening(pool: Reader, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while "listening" not in pool.lines():
+        assert time.monotonic() < deadline and pool.proc.poll() is None, pool.lines()[-6:]
+        time.sleep(0.05)
+
+
 def test_a_starting_agent_releases_only_what_an_agent_isolated(netns, tmp_path):  # noqa: F811
     """An operator's isolation survives the agent's start-up recovery; the agent's does not."""
     data = tmp_path / "data"
     data.mkdir()
     pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, SESSION, PROBE), tmp_path / "pool")
+    _until_listening(pool)  # the miners' first connection must find the pool up
     url = f"stratum+tcp://127.0.0.1:{SESSION}"
     ids = ["--reuid=65533", "--regid=65533", "--clear-groups"]
     other = _in_ns(netns, "setpriv", *ids, CLIENT_PYTHON, "-c", MINER, url, PROBE)
