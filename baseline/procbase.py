@@ -111,12 +111,18 @@ class ProcessBaseline:
         """Learn from ``rows`` except the ``flagged`` ones (indicator or disguise matches:
         a host already mining when first learnt must not make its miner normal)."""
         keep = np.ones(len(rows), dtype=bool) if flagged is None else ~np.asarray(flagged)
-        keys = np.array(_per_row(rows, identity), dtype=object)[keep]
-        ids_all: list[str] = []
-        code = np.zeros(0, dtype=np.int64)
-        if len(keys):
-            uniq, inverse = np.unique(keys.astype(str), return_inverse=True)
-            ids_all, code = [str(k) for k in uniq], np.asarray(inverse, dtype=np.int64)
+        # identities numbered once per distinct process, in sorted order (a week of a host is a
+        # million rows and a few hundred identities: no per-row strings are copied)
+        numbered: dict[str, int] = {}
+        first = np.asarray(
+            _per_row(rows, lambda *k: numbered.setdefault(identity(*k), len(numbered))),
+            dtype=np.int64,
+        )
+        seen = np.bincount(first[keep], minlength=len(numbered)) > 0
+        ids_all = sorted(k for k, i in numbered.items() if seen[i])
+        rank = {k: j for j, k in enumerate(ids_all)}
+        to_sorted = np.array([rank.get(k, -1) for k in numbered], dtype=np.int64)
+        code = to_sorted[first[keep]]
         cpu = np.nan_to_num(rows.cpu[keep], nan=0.0)
         ts = rows.timestamps[keep]
         n = len(ids_all)

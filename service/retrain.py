@@ -17,6 +17,7 @@ import json
 import sqlite3
 import sys
 import tempfile
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ FAILURE_REASONS = (
     "rejected",  # the candidate alerted more than the current model on recent clean windows
     "unloadable",  # the agent could not load the model the child stored
 )
+
+
+#: Longest process text kept (Linux paths end at PATH_MAX, 4096 bytes).
+MAX_TEXT = 4096
 
 
 class TooFewWindows(InputError):
@@ -82,50 +87,58 @@ def read_history(
 
 def read_history_procs(db: Path, timestamps: np.ndarray) -> dict[str, np.ndarray]:
     """The process rows of the samples kept for training, as ``procs_*`` arrays for the npz
-    (none from a history written before process tables)."""
+    (none from a history written before process tables). Streamed, texts numbered: two weeks
+    are over a million rows of a few hundred distinct texts."""
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    texts: dict[str, int] = {}
+    ts, pid, cpu = array("d"), array("q"), array("d")
+    codes = (array("l"), array("l"), array("l"))
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'procs'").fetchone():
             return {}
         lo = float(timestamps.min()) if len(timestamps) else 0.0
-        rows = conn.execute(
+        cursor = conn.execute(
             "SELECT ts, pid, name, exe, user, cpu FROM procs WHERE ts >= ? ORDER BY ts", (lo,)
-        ).fetchall()
+        )
+        for row in cursor:
+            if not isinstance(row[0], float | int):
+                continue
+            ts.append(float(row[0]))
+            pid.append(int(row[1]) if isinstance(row[1], int) else 0)
+            cpu.append(float(row[5]) if isinstance(row[5], float | int) else np.nan)
+            for k, value in enumerate(row[2:5]):
+                text = str(value or "")[:MAX_TEXT]
+                codes[k].append(texts.setdefault(text, len(texts)))
     finally:
         conn.close()
-    rows = [r for r in rows if isinstance(r[0], float | int)]
-    t = np.array([float(r[0]) for r in rows], dtype=np.float64)
+    t = np.frombuffer(ts, dtype=np.float64)
     keep = np.isin(t, timestamps)  # alerted time is left out of the processes too
-    rows = [r for r, k in zip(rows, keep.tolist(), strict=True) if k]
-    return procs_arrays(
-        ProcessRows.from_lists(
-            [float(r[0]) for r in rows],
-            [int(r[1] or 0) for r in rows],
-            [str(r[2] or "") for r in rows],
-            [str(r[3] or "") for r in rows],
-            [str(r[4] or "") for r in rows],
-            [float(r[5]) if isinstance(r[5], float | int) else np.nan for r in rows],
-        )
-    )
-
-
-def procs_arrays(rows: ProcessRows) -> dict[str, np.ndarray]:
-    """A process table as npz arrays (fixed-width text: numpy reads it without pickle)."""
-    text = {"procs_name": rows.names, "procs_exe": rows.exes, "procs_user": rows.users}
-    out = {k: np.array(v.tolist(), dtype=str) for k, v in text.items()}
-    out.update(procs_ts=rows.timestamps, procs_pid=rows.pids, procs_cpu=rows.cpu)
-    return out
+    table = np.array(list(texts), dtype=str) if texts else np.array([""], dtype=str)
+    return {
+        "procs_ts": t[keep].copy(),
+        "procs_pid": np.frombuffer(pid, dtype=np.int64)[keep].copy(),
+        "procs_cpu": np.frombuffer(cpu, dtype=np.float64)[keep].copy(),
+        "procs_text": table,
+        **{
+            f"procs_{field}": np.asarray(c, dtype=np.int64)[keep]
+            for field, c in zip(("name", "exe", "user"), codes, strict=True)
+        },
+    }
 
 
 def procs_from_npz(npz: Any) -> ProcessRows | None:
+    """The process table :func:`read_history_procs` wrote (texts as codes into one table of
+    distinct texts: per-row fixed-width text would be as wide as the longest path on every
+    row), or None (a history without one)."""
     if "procs_ts" not in npz.files:
         return None
+    table = np.array(npz["procs_text"].tolist(), dtype=object)
     return ProcessRows.from_lists(
         npz["procs_ts"],
         npz["procs_pid"],
-        npz["procs_name"].tolist(),
-        npz["procs_exe"].tolist(),
-        npz["procs_user"].tolist(),
+        table[npz["procs_name"]],
+        table[npz["procs_exe"]],
+        table[npz["procs_user"]],
         npz["procs_cpu"],
     )
 

@@ -322,3 +322,31 @@ def test_the_fast_reader_agrees_with_the_exact_one_and_errors_name_the_line(
         fh.write("3,h,9,n,/x,u,busy\n")
     with pytest.raises(Exception, match=r"h.procs.csv:7.*cpu_percent"):
         read_telemetry([tmp_path])
+
+
+def test_the_agents_history_keeps_process_rows_for_its_training_child(tmp_path: Path) -> None:
+    import io
+
+    from minerwatch.service.history import History
+    from minerwatch.service.retrain import procs_from_npz, read_history, read_history_procs
+
+    db = tmp_path / "history.db"
+    long_exe = "/opt/" + "x" * 5000
+    with History(db, retention_s=1e12, interval_s=10.0) as h:
+        for k in range(5):
+            t = 1_000.0 + 10 * k
+            h.add_sample(t, {"cpu_percent": 5.0})
+            h.add_procs(t, [(7, "nginx", "/usr/sbin/nginx", "www-data", 3.5)])
+            h.add_procs(t, [(9, "bad\udcffname", long_exe, "1001", float("nan"))])
+    ts, _ = read_history(db, since=0.0)
+    arrays = read_history_procs(db, ts[1:])  # a left-out sample leaves out its processes
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as npz:
+        rows = procs_from_npz(npz)
+    assert rows is not None and len(rows) == 8
+    assert set(rows.timestamps.tolist()) == set(ts[1:].tolist())
+    assert sorted(set(rows.names.tolist())) == ["bad\ufffdname", "nginx"]
+    assert {len(e) for e in rows.exes.tolist()} == {len("/usr/sbin/nginx"), 4096}
+    assert arrays["procs_text"].nbytes < 100_000  # texts stored once, not per row
