@@ -129,10 +129,15 @@ def identity(name: str, exe: str, user: str) -> str:
     return f"{normalize_name(name)}\0{normalize_exe(exe)}\0{user}"
 
 
+def is_memfd(exe: str) -> bool:
+    """An in-memory executable (``memfd_create``), which the kernel always shows as deleted:
+    container runtimes and sandboxes run that way every day."""
+    return exe.startswith(MEMFD)
+
+
 def is_deleted(exe: str) -> bool:
-    """Removed from disk while running. An in-memory file (``memfd_create``, always shown
-    as deleted) is not: container runtimes and sandboxes run that way every day."""
-    return exe.endswith(DELETED) and not exe.startswith(MEMFD)
+    """Removed from disk while running (an in-memory executable is not)."""
+    return exe.endswith(DELETED) and not is_memfd(exe)
 
 
 def odd_place(exe: str) -> bool:

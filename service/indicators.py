@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from minerwatch.features.errors import InputError
-from minerwatch.features.procs import kernel_thread_base
+from minerwatch.features.procs import is_memfd, kernel_thread_base
 from minerwatch.features.proctable import ProcessRecord
 
 #: The bounded set of indicator ids (metric label values and feature-name suffixes).
@@ -263,9 +263,11 @@ def check_exe_in_tmp(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None
 
 
 def check_exe_deleted(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:
-    """Executable unlinked from disk while the process runs."""
+    """Executable unlinked from disk while the process runs. An in-memory executable
+    (``memfd_create``: container runtimes, sandboxes) always reads as deleted and is not."""
     del kb
-    return IndicatorHit("exe_deleted", "exe_unlinked", p.pid) if p.exe_deleted else None
+    hit = p.exe_deleted and not is_memfd(p.exe)
+    return IndicatorHit("exe_deleted", "exe_unlinked", p.pid) if hit else None
 
 
 def check_fake_kernel_thread(p: ProcessRecord, kb: KnowledgeBase) -> IndicatorHit | None:

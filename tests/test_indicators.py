@@ -182,6 +182,12 @@ def test_exe_deleted(kb, no_preload):
     assert hit == IndicatorHit("exe_deleted", "exe_unlinked", 4242)
 
 
+def test_an_in_memory_executable_is_not_a_deleted_one(kb, no_preload):
+    """runc and sandboxes run from memfd_create files, which always read as deleted."""
+    memfd = facts(exe="/memfd:sealed-91173221a7ea", exe_deleted=True)
+    assert scan([memfd], kb, None, None, no_preload) == []
+
+
 @pytest.mark.parametrize(
     ("kw", "reason", "detail"),
     [
