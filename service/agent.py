@@ -207,12 +207,15 @@ class Agent:
         if self.exporter is not None:
             self.exporter.update(self.snapshot())
             self.exporter.start()
-        next_at = time.monotonic()
+        # The first sample comes one interval after start, not at once: the counters were read
+        # milliseconds before, and CPU time moves in 10 ms ticks, so an immediate sample read
+        # 0 % CPU and no busy process. Stored, that zero held every CPU floor (minima over 3
+        # to 15 minutes) at 0 after each restart, and a miner still running could not alert.
+        next_at = time.monotonic() + self.cfg.interval
         try:
-            while not self._stop.is_set():
+            while not self._stop.wait(max(0.0, next_at - time.monotonic())):
                 self.tick()
                 next_at += self.cfg.interval
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
         finally:
             self.shutdown()
 

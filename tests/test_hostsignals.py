@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -553,7 +554,8 @@ def test_real_agent_reports_new_port_ssh_and_wiped_log(netns, tmp_path):
 
     agent = start()
     try:
-        _wait(lambda: _scrape(netns, port))
+        # the agent has read the log's end (its first sample) before the learning-time line
+        _wait(lambda: re.search(r"^minerwatch_samples_total [1-9]", _scrape(netns, port), re.M))
         _auth_line = "Dec  3 11:00:00 h sshd[{}]: {}\n"
         with auth.open("a") as fh:  # while learning: a known source
             fh.write(_auth_line.format(2, "Accepted publickey for ann from 10.0.0.5 port 2 ssh2"))
