@@ -32,7 +32,6 @@ import re
 import shutil
 import socket
 import stat
-import struct
 import subprocess
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -41,14 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from minerwatch.features.atomic import atomic_write
-from minerwatch.features.tcp_ports import (
-    NETLINK_SOCK_DIAG,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    SOCK_DIAG_BY_FAMILY,
-)
+from minerwatch.features.tcp_ports import NETLINK_SOCK_DIAG, diag_dump, diag_messages
 
 log = logging.getLogger("minerwatch.hostsignals")
 
@@ -71,9 +63,6 @@ SAVE_EVERY_S = 60.0
 AUTH_LOGS = (Path("/var/log/auth.log"), Path("/var/log/secure"))
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_DIAG_REQ = struct.Struct("=BBBBI48s")
-_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
 TCP_LISTEN, UDP_UNCONNECTED = 10, 7  # kernel socket states (TCP_LISTEN, TCP_CLOSE)
 
 Port = tuple[str, int]  # (proto, port)
@@ -87,26 +76,21 @@ EVENTS = ("new_listen_port", "ssh_login_new_source", "log_truncated")
 def parse_listen_diag(data: bytes, proto: str) -> tuple[dict[Port, str], bool]:
     """``{(proto, port): local address}`` from one chunk of an inet_diag dump of listening
     (TCP) or unconnected (UDP) sockets, and whether the dump is complete."""
+    messages, done = diag_messages(data)
     found: dict[Port, str] = {}
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
-            raise ValueError(f"netlink message of length {length}")
-        body = offset + _NLMSGHDR.size
-        if kind == NLMSG_DONE:
-            return found, True
-        if kind == NLMSG_ERROR:
-            errno = -struct.unpack_from("=i", data, body)[0]
-            raise OSError(errno, f"sock_diag: {os.strerror(errno)}")
-        if kind == SOCK_DIAG_BY_FAMILY and length >= _NLMSGHDR.size + _DIAG_MSG.size:
-            f = _DIAG_MSG.unpack_from(data, body)
-            family, sport, dport, src = f[0], int.from_bytes(f[4], "big"), f[5], f[6]
-            if sport and not int.from_bytes(dport, "big"):
-                raw = src[:4] if family == socket.AF_INET else src
-                found[(proto, sport)] = str(ipaddress.ip_address(raw))
-        offset += (length + 3) & ~3
-    return found, False
+    for fields in messages:
+        if (port := _listening(fields, proto)) is not None:
+            found[port[0]] = port[1]
+    return found, done
+
+
+def _listening(fields: tuple[Any, ...], proto: str) -> tuple[Port, str] | None:
+    """((proto, port), local address) of a socket with a local port and no remote one."""
+    family, sport, dport, src = fields[0], int.from_bytes(fields[4], "big"), fields[5], fields[6]
+    if not sport or int.from_bytes(dport, "big"):
+        return None
+    raw = src[:4] if family == socket.AF_INET else src
+    return (proto, sport), str(ipaddress.ip_address(raw))
 
 
 def listening_ports_netlink() -> dict[Port, str]:
@@ -121,20 +105,9 @@ def listening_ports_netlink() -> dict[Port, str]:
         ):
             for family in (socket.AF_INET, socket.AF_INET6):
                 seq += 1
-                req = _DIAG_REQ.pack(family, ipproto, 0, 0, 1 << state, b"")
-                header = _NLMSGHDR.pack(
-                    _NLMSGHDR.size + len(req),
-                    SOCK_DIAG_BY_FAMILY,
-                    NLM_F_REQUEST | NLM_F_DUMP,
-                    seq,
-                    0,
-                )
-                sock.sendto(header + req, (0, 0))
-                done = False
-                while not done:
-                    chunk, done = parse_listen_diag(sock.recv(1 << 16), proto)
-                    for key, addr in chunk.items():
-                        found.setdefault(key, addr)
+                for fields in diag_dump(sock, family, ipproto, 1 << state, seq):
+                    if (port := _listening(fields, proto)) is not None:
+                        found.setdefault(*port)
     return found
 
 
