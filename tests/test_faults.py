@@ -41,6 +41,7 @@ from synth import host_series, write_csv
 
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
+from minerwatch.bench.proc_scan import Sleepers
 from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.service.agent import Agent as AgentLoop
@@ -326,38 +327,14 @@ def test_kill_9_in_the_middle_of_retraining_keeps_a_whole_model(tmp_path, agents
 
 # -- 10,000 processes --------------------------------------------------------------------------
 
-#: Forks ``n`` children that sleep in pause(), says "ready", then sleeps; run as the init of
-#: a new PID namespace, so its death (unshare --kill-child) takes every child with it.
-SLEEPERS = """
-import os, signal, sys
-for _ in range(int(sys.argv[1])):
-    if os.fork() == 0:
-        signal.pause()
-        os._exit(0)
-print("ready", flush=True)
-signal.pause()
-"""
 
-
-class Sleepers:
-    """``n`` idle processes in their own PID namespace; :meth:`close` kills them all."""
-
-    def __init__(self, n: int) -> None:
-        self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-S", "-c",
-             SLEEPERS, str(n)],
-            stdout=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != b"ready":
-            self.close()
-            pytest.skip(f"cannot start {n} processes in a PID namespace: {line!r}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # --kill-child: the namespace's init dies, the kernel kills the rest
-        self.proc.wait(timeout=30)
+def start_sleepers(n: int) -> Sleepers:
+    """The benchmark's ``n`` idle processes in their own PID namespace (skip where the kernel
+    refuses a PID namespace)."""
+    try:
+        return Sleepers(n)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
 
 
 def host_processes() -> int:
@@ -374,7 +351,7 @@ def test_ten_thousand_processes_are_all_counted(tmp_path, agents):
     agents.append(agent)
     agent.wait_for("samples", lambda v: one(v, "minerwatch_samples_total") >= 2)
     before = host_processes()
-    sleepers = Sleepers(10_000)
+    sleepers = start_sleepers(10_000)
     try:
         v = agent.wait_for(
             "10,000 more processes counted",
