@@ -4,7 +4,7 @@ subprocess and hurts it for real, then checks what the operator would see.
 - ``kill -9`` in the middle of its SQLite writes (a 0.1 s interval, killed at a random
   moment, five times on one data dir) and in the middle of a retraining (the agent and its
   training child killed together, as systemd kills a unit's cgroup; and the child alone);
-- a full disk: the data dir on a 3 MiB tmpfs mounted in a private mount namespace
+- a full disk: the data dir on a 16 MiB tmpfs mounted in a private mount namespace
   (``unshare -m``), filled and freed again from outside through ``/proc/<pid>/root``;
 - the wall clock stepping forward and back an hour (libfaketime, monotonic time untouched,
   as an NTP step does);
@@ -458,7 +458,7 @@ def test_hostile_process_names_leave_metrics_events_evidence_and_report_well_for
 
 #: Mounts a small tmpfs on the data dir in the agent's own mount namespace, puts the model
 #: there, then becomes the agent: the mount is gone with it, nothing leaks to the host.
-ON_TMPFS = 'd=$1; m=$2; shift 2; mount -t tmpfs -o size=3m,mode=0700 minerwatch-test "$d" \
+ON_TMPFS = 'd=$1; m=$2; shift 2; mount -t tmpfs -o size=16m,mode=0700 minerwatch-test "$d" \
 && cp -r "$m" "$d/models" && exec "$@"'
 
 
@@ -486,7 +486,7 @@ def stored_in_namespace(pid: int, db: Path) -> np.ndarray:
 def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
     tmp_path, agents, quiet_models
 ):
-    """The data dir is a 3 MiB tmpfs, filled from outside (through ``/proc/<pid>/root``):
+    """The data dir is a 16 MiB tmpfs, filled from outside (through ``/proc/<pid>/root``):
     the agent keeps sampling and scoring, counts history errors and logs that it keeps new
     data in memory; when the filler is deleted it logs that it writes again, at the next
     sample, and the samples taken while the disk was full are then in history.db."""
