@@ -87,6 +87,30 @@ def test_rule_tests_cover_firing_and_silence_for_every_alert():
         assert "minerwatch evidence list" in rule["annotations"]["description"]
 
 
+def test_fleet_rules_watch_the_job_the_fleet_docs_scrape():
+    """The fleet server's rules select the scrape job docs/fleet.md configures for it: a rename
+    on one side only would leave them watching nothing, and nothing would ever fire."""
+    docs = (DEPLOY.parent / "docs" / "fleet.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", docs, flags=re.S)]
+    jobs = {
+        job["job_name"]
+        for block in blocks
+        if isinstance(block, dict)
+        for job in block.get("scrape_configs", [])
+        if job.get("honor_labels")
+    }
+    assert jobs == {"minerwatch-fleet"}
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    fleet = {r["alert"]: r["expr"] for r in rules if r["alert"].startswith("MinerwatchFleet")}
+    assert set(fleet) == {"MinerwatchFleetDown", "MinerwatchFleetStalled",
+                          "MinerwatchFleetHostNotScored"}  # fmt: skip
+    for name, expr in fleet.items():
+        assert set(re.findall(r'job="([^"]*)"', expr)) == jobs, name
+    table = (DEPLOY / "README.md").read_text()
+    for name in fleet:
+        assert f"| {name} |" in table, f"{name} missing from deploy/README.md's alert table"
+
+
 def test_dashboard_is_well_formed():
     dash = dashboard()
     ids = [p["id"] for p in dash["panels"]]
@@ -223,6 +247,9 @@ def check_rules_evaluate(prom, snapshot) -> None:
     assert states[("MinerwatchIndicatorHits", None)] == "pending"
     assert states[("MinerwatchSourceDown", None)] == "pending"
     for quiet in ("MinerwatchAgentDown", "MinerwatchLearningStuck", "MinerwatchErrors"):
+        assert states[(quiet, None)] == "inactive", quiet
+    # no fleet server is scraped here: its rules select only its own job
+    for quiet in ("MinerwatchFleetDown", "MinerwatchFleetStalled", "MinerwatchFleetHostNotScored"):
         assert states[(quiet, None)] == "inactive", quiet
     # one host with IOC hits is not "several hosts"
     assert states[("MinerwatchIocOnSeveralHosts", None)] == "inactive"
