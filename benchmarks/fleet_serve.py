@@ -4,16 +4,21 @@
 
 The data are synthetic and say so: every host is a node_exporter with 2 CPUs (8 modes each),
 one disk, ``eth0`` and ``lo``, the netstat and processes collectors, and process-exporter
-with three groups, scraped every 15 s; counters grow by random rates. The answers to the
-cycle's queries (one per metric for the whole fleet, ``serve.read_fleet``) are rendered
-once as Prometheus JSON and served by a small HTTP server on loopback, so the cycle pays
-the HTTP transfer, JSON decoding, splitting by host, the node_exporter mapping, features
-and scoring, but not Prometheus' own evaluation of the 15 queries (for 1,000 hosts they
-read about 5 million raw samples). Every host scores with one model,
-trained once on a simulated host's day and rebound to each host name in memory.
+with three groups, scraped every 15 s; counters grow by random rates. Every sample of the
+fleet is rendered once as Prometheus JSON; a small HTTP server on loopback answers each of
+the cycle's queries (one per metric for the whole fleet, ``metric{...}[range]`` at a time)
+with the points inside the asked range, so a cycle that reads only what is new gets a
+smaller answer, as from Prometheus. A cycle pays the HTTP transfer, JSON decoding, buffering
+by host, the node_exporter mapping, features and scoring, and writing the alert state, but
+not Prometheus' own evaluation of the 15 queries. Every host scores with one model, trained
+once on a simulated host's day and rebound to each host name in memory.
 
-Prints one JSON line: hosts, points read, cycle seconds (median of the repeats, after one
-warm-up), seconds per host, and the peak RSS growth per host.
+The clock starts at the first cycle (a warm-up: it reads and scores the whole lookback) and
+moves on by ``--interval`` (60 s) before each timed cycle, so each brings one new window per
+host and ``--interval`` of new points. ``--full`` re-reads the whole lookback every cycle.
+
+Prints one JSON line: hosts, points read per timed cycle, wall and CPU seconds of a cycle
+(median of the repeats), seconds per host, and the peak RSS growth per host.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,47 +64,75 @@ def _series(metric: str, host: int) -> list[dict[str, str]]:
     return [node]
 
 
-def answers(hosts: int, end: float, samples: int, seed: int = 0) -> tuple[dict[str, bytes], int]:
-    """Each metric's answer to ``metric{...}[range]`` for every host, as Prometheus' JSON;
-    and the number of points in all of them."""
-    rng = np.random.default_rng(seed)
-    ts = end - INTERVAL * np.arange(samples)[::-1]
-    stamps = [f"{t:.3f}" for t in ts]
-    out: dict[str, bytes] = {}
-    points = 0
-    for metric in METRICS:
+#: Changes a series before it is rendered (tests): (metric, host, labels, values) -> which
+#: points exist (mask) and their values.
+Edit = Callable[[str, int, dict[str, str], np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class Answers:
+    """Every metric's samples of the whole fleet, pre-rendered point by point as Prometheus
+    JSON, so an answer for any time range is cut out of them (no float formatting while the
+    cycle waits): ``metric{...}[range]`` at ``time`` gets the points in (time - range, time]."""
+
+    def __init__(
+        self, hosts: int, stamps: np.ndarray, seed: int = 0, edit: Edit | None = None
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        n = len(stamps)
+        self.stamps = stamps
+        texts = np.array([f"{t:.3f}" for t in stamps], dtype=object)
+        #: metric -> [(labels JSON, points text, offset of each point and of the end,
+        #: the series' own timestamps if it lacks some points)]
+        self.series: dict[str, list[tuple[str, str, np.ndarray, np.ndarray | None]]] = {}
+        for metric in METRICS:
+            counter = metric.endswith("_total")
+            out = []
+            for h in range(hosts):
+                for labels in _series(metric, h):
+                    if counter:
+                        values = 1e5 + np.cumsum(rng.uniform(0.0, 2.0, n)) * INTERVAL
+                    elif "Mem" in metric:
+                        values = np.full(n, 8e9 if "Total" in metric else 5e9)
+                    else:
+                        values = rng.uniform(0.5, 4.0, n)
+                    own = None
+                    stamp_text = texts
+                    if edit is not None:
+                        mask, values = edit(metric, h, labels, values)
+                        if not mask.all():
+                            own, stamp_text, values = stamps[mask], texts[mask], values[mask]
+                    points = [
+                        f'[{s},"{v!r}"]' for s, v in zip(stamp_text, values.tolist(), strict=True)
+                    ]
+                    offsets = np.cumsum([0, *(len(x) + 1 for x in points)]).astype(np.int64)
+                    out.append((json.dumps(labels), ",".join(points), offsets, own))
+            self.series[metric] = out
+
+    def body(self, metric: str, start: float, end: float) -> bytes:
+        i, j = np.searchsorted(self.stamps, [start, end], side="right").tolist()
         parts = []
-        counter = metric.endswith("_total")
-        for h in range(hosts):
-            for labels in _series(metric, h):
-                if counter:
-                    values = 1e5 + np.cumsum(rng.uniform(0.0, 2.0, samples)) * INTERVAL
-                elif "Mem" in metric:
-                    values = np.full(samples, 8e9 if "Total" in metric else 5e9)
-                else:
-                    values = rng.uniform(0.5, 4.0, samples)
-                pairs = ",".join(
-                    f'[{s},"{v!r}"]' for s, v in zip(stamps, values.tolist(), strict=True)
-                )
-                parts.append(f'{{"metric":{json.dumps(labels)},"values":[{pairs}]}}')
-                points += samples
+        for labels, text, offsets, own in self.series.get(metric, []):
+            a, b = (i, j) if own is None else np.searchsorted(own, [start, end], "right").tolist()
+            if b > a:
+                points = text[offsets[a] : offsets[b] - 1]
+                parts.append(f'{{"metric":{labels},"values":[{points}]}}')
         head = '{"status":"success","data":{"resultType":"matrix","result":['
-        out[metric] = (head + ",".join(parts) + "]}}").encode()
-    return out, points
+        return (head + ",".join(parts) + "]}}").encode()
 
 
-def serve_answers(bodies: dict[str, bytes]) -> ThreadingHTTPServer:
-    """A loopback server answering ``/api/v1/query`` with the metric's rendered answer."""
+def serve_answers(answers: Answers) -> ThreadingHTTPServer:
+    """A loopback server answering ``/api/v1/query`` of ``metric{...}[Nms]`` at ``time``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             form = urllib.parse.parse_qs(
                 self.rfile.read(int(self.headers["Content-Length"])).decode()
             )
-            metric = form["query"][0].split("{", 1)[0]
-            body = bodies.get(
-                metric, b'{"status":"success","data":{"resultType":"matrix","result":[]}}'
-            )
+            query = form["query"][0]
+            metric = query.split("{", 1)[0]
+            span = float(query.rsplit("[", 1)[1].rstrip("]").removesuffix("ms")) / 1000.0
+            end = float(form["time"][0])
+            body = answers.body(metric, end - span, end)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -155,40 +189,61 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hosts", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between cycles")
+    p.add_argument(
+        "--full", action="store_true", help="read the whole lookback every cycle (as before)"
+    )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # random counters alert: not what is measured
-    end = 1_800_000_000.0
-    samples = int((LOOKBACK_S + 2 * 60) / INTERVAL) + 2
+    first = 1_800_000_000.0  # the warm-up cycle's time; each later one is --interval later
+    last = first + args.repeats * args.interval
+    lookback = LOOKBACK_S + 2 * 60
+    stamps = np.arange(last, first - lookback - 2 * INTERVAL, -INTERVAL)[::-1]
     model = one_model()
-    bodies, points = answers(args.hosts, end, samples)
-    http = serve_answers(bodies)
+    answers = Answers(args.hosts, stamps)
+    http = serve_answers(answers)
     client = PromClient(Connection(f"http://127.0.0.1:{http.server_address[1]}"))
-    server = FleetServer(client, Path("."), clock=lambda: end)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for h in range(args.hosts):
-        server.hosts[f"h{h:04d}"] = HostState.of(replace(model, host=f"h{h:04d}"))
-    times = []
-    for i in range(args.repeats + 1):  # the first scores the whole lookback: warm-up
-        t0 = time.perf_counter()
-        counts = server.cycle()
-        took = time.perf_counter() - t0
-        if i:
-            times.append(took)
-        assert counts["scored"] == args.hosts, counts
-        # the next cycle finds one new window per host (the same data, one slot rewound)
-        for state in server.hosts.values():
-            state.last_slot = None if state.last_slot is None else state.last_slot - 1
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    clock = [first]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = FleetServer(
+            client, Path(tmp), clock=lambda: clock[0], incremental=not args.full,
+            state_file=Path(tmp) / "state.json",
+        )  # fmt: skip
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for h in range(args.hosts):
+            server.hosts[f"h{h:04d}"] = HostState.of(replace(model, host=f"h{h:04d}"))
+        times, cpu, points, windows = [], [], [], []
+        for i in range(args.repeats + 1):  # the first reads and scores the whole lookback
+            clock[0] = first + i * args.interval
+            scored = sum(s.windows_total for s in server.hosts.values())
+            t0, c0 = time.perf_counter(), time.process_time()
+            counts = server.cycle()
+            took = time.perf_counter() - t0
+            assert counts["scored"] == args.hosts, counts
+            if i:
+                times.append(took)
+                cpu.append(time.process_time() - c0)
+                points.append(server.points_read)
+                windows.append(sum(s.windows_total for s in server.hosts.values()) - scored)
+            else:
+                warmup = (took, server.points_read)
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     http.shutdown()
     median = statistics.median(times)
     print(
         json.dumps(
             {
                 "hosts": args.hosts,
-                "points_per_cycle": points,
+                "mode": "full lookback" if args.full else "incremental",
+                "interval_s": args.interval,
+                "warmup_s": round(warmup[0], 2),
+                "warmup_points": warmup[1],
+                "points_per_cycle": int(statistics.median(points)),
+                "windows_per_cycle": int(statistics.median(windows)),
                 "queries_per_cycle": len(METRICS),
                 "cycle_s_median": round(median, 2),
                 "cycle_s_all": [round(t, 2) for t in times],
+                "cycle_cpu_s_median": round(statistics.median(cpu), 2),
                 "ms_per_host": round(1000 * median / args.hosts, 2),
                 "peak_rss_growth_kb_per_host": round((rss1 - rss0) / args.hosts, 1),
                 "machine": machine(),

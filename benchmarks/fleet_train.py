@@ -11,7 +11,10 @@ enough tasks to time) three ways, each task reading its own host's training spli
 Prometheus as ``fleet train`` does (:func:`~minerwatch.service.fleet.train.run_tasks`):
 one process in sequence, a Dask LocalCluster of 1 worker process, and one of 2. Prints one
 JSON line: tasks, seconds per way, host-models per minute per core (sequential), the Dask
-speed-up, the median seconds per task and its read share, and the machine's load.
+speed-up, the median seconds per task and its read share, and the machine's load. For each
+way it also gives the CPU seconds Prometheus spent and those of this process and its other
+descendants (the Dask workers): on a small machine they share the cores, which bounds what a
+second worker can add.
 """
 
 from __future__ import annotations
@@ -59,6 +62,29 @@ def start_prometheus(tsdb: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
     raise SystemExit("prometheus did not start")
 
 
+def cpu_seconds(prometheus_pid: int) -> tuple[float, float]:
+    """(Prometheus, this process and its other descendants): CPU seconds used so far."""
+    import psutil
+
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    me = psutil.Process()
+    prom = used(psutil.Process(prometheus_pid))
+    rest = used(me) + sum(used(c) for c in me.children(recursive=True) if c.pid != prometheus_pid)
+    return prom, rest
+
+
+def warm_imports() -> None:
+    """Import what a task needs, so a worker's first task does not time the imports."""
+    import minerwatch.baseline.train
+    import minerwatch.service.fleet.train  # noqa: F401
+
+
 def timed(tasks: list[str], reader: Any, **engine: Any) -> tuple[float, list[Any]]:
     from minerwatch.service.fleet.train import run_tasks
 
@@ -97,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             reader.read(hosts[0])  # warm Prometheus' caches once, untimed
             read_s = time.perf_counter() - t0
+            cpu0 = cpu_seconds(proc.pid)
             seq_s, outcomes = timed(tasks, reader, n_jobs=1, dask_address=None)
+            cpu1 = cpu_seconds(proc.pid)
             result: dict[str, Any] = {
                 "hosts": len(hosts),
                 "tasks": len(tasks),
@@ -108,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                 "task_s_median": round(statistics.median(o.seconds for o in outcomes), 2),
                 "read_s_one_host": round(read_s, 2),
                 "host_models_per_min_per_core": round(60 * len(tasks) / seq_s, 1),
-            }
+                "sequential_cpu_s_prometheus_vs_trainer": [
+                    round(cpu1[0] - cpu0[0], 1), round(cpu1[1] - cpu0[1], 1)
+                ],
+            }  # fmt: skip
             if not args.no_dask:
-                from dask.distributed import LocalCluster
+                from dask.distributed import Client, LocalCluster
 
                 for workers in (1, 2):
                     with LocalCluster(
@@ -118,8 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                         dashboard_address=None,
                     ) as cluster:  # fmt: skip
                         address = cluster.scheduler_address
+                        with Client(address) as warm:
+                            warm.run(warm_imports)  # as the sequential way, imports untimed
+                        cpu0 = cpu_seconds(proc.pid)
                         took, _ = timed(tasks, reader, n_jobs=1, dask_address=address)
+                        cpu1 = cpu_seconds(proc.pid)
                     result[f"dask_{workers}_workers_s"] = round(took, 1)
+                    result[f"dask_{workers}_cpu_s_prometheus_vs_workers"] = [
+                        round(cpu1[0] - cpu0[0], 1), round(cpu1[1] - cpu0[1], 1)
+                    ]  # fmt: skip
                 result["dask_speedup_2_vs_1"] = round(
                     result["dask_1_workers_s"] / result["dask_2_workers_s"], 2
                 )

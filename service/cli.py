@@ -739,6 +739,13 @@ def _fleet_commands(sub: Subcommands) -> None:
         help="retrain a host's model once it is this old, from --days of history (0 = never)",
     )
     p.add_argument("--web-config", type=Path, metavar="FILE", help="TLS / basic-auth web config")
+    p.add_argument(
+        "--state-dir",
+        type=_output_folder,
+        metavar="DIR",
+        help="folder of fleet-serve-state.json, the open alerts and alerted windows kept across "
+        "restarts (default: the --models folder)",
+    )
     _model_key_flag(p, "load only models signed with it, sign retrained ones")
 
 

@@ -49,8 +49,9 @@ def burner():
     except KeyError:
         pytest.skip("no 'nobody' user")
     # an interpreter 'nobody' may run (the test's own may sit in a root-only folder)
-    python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
-                   if os.access(p, os.X_OK)), None)
+    python = next(
+        (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None
+    )
     if python is None:
         pytest.skip("no system python3 for the burner")
     proc = subprocess.Popen([python, "-c", BURN], user="nobody", cwd="/")
@@ -67,7 +68,7 @@ def start_agent(tmp_path):
 interval = "1s"
 window = "5s"
 learn_for = "1h"
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 
 [exporter]
 port = {free_port()}
@@ -83,8 +84,12 @@ method = "sigstop"
 allow_users = ["root"]
 """
     )
-    return subprocess.Popen([sys.executable, "-m", "minerwatch", "serve", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "minerwatch", "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sigterm_releases_and_restart_after_kill9_releases(burner, tmp_path):

@@ -21,13 +21,18 @@ from minerwatch.features.rates import rate, summed_rate
 from minerwatch.features.sources.cpu import CpuTimes, cpu_shares
 from minerwatch.service.fleet.nodeexporter import (
     MAPPING,
+    NOT_WHOLE_DISK,
+    READ_PLANS,
+    VIRTUAL_INTERFACES,
     counter_rates,
     cpu_percentages,
     host_matcher,
     host_of,
+    promql_regex,
     selector_matchers,
     summed_rates,
     telemetry,
+    telemetry_series,
 )
 from minerwatch.service.fleet.promclient import (
     MAX_POINTS,
@@ -35,6 +40,9 @@ from minerwatch.service.fleet.promclient import (
     PromClient,
     PrometheusError,
     PrometheusUnavailable,
+    RawSeries,
+    merge_series,
+    parse_series,
     to_frame,
 )
 
@@ -132,6 +140,60 @@ def test_victoriametrics_answer_becomes_a_long_frame():
     assert frame["instance"].dtype == "category"
 
 
+def _frame_of(series: list[RawSeries]):
+    """RawSeries as to_frame would give them: label columns, timestamp, value."""
+    return to_frame(
+        {
+            "resultType": "matrix",
+            "result": [
+                {
+                    "metric": s.labels,
+                    "values": [
+                        [t, repr(v)]
+                        for t, v in zip(s.timestamps.tolist(), s.values.tolist(), strict=True)
+                    ],
+                }
+                for s in series
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_parse_series_reads_what_to_frame_reads(compact):
+    answer = json.loads(json.dumps(VICTORIAMETRICS_ANSWER))
+    answer["data"]["result"].append(  # odd values, and label text that looks like the values
+        {
+            "metric": {"__name__": "x", "note": '"values":[[1,"2"]]'},
+            "values": [[1767571200.123, "+Inf"], [1767571201, "-Inf"], [1767571202, "1e-07"]],
+        }
+    )
+    answer["data"]["result"].append({"metric": {"__name__": "empty"}, "values": []})
+    separators = (",", ":") if compact else (", ", ": ")
+    series = parse_series(json.dumps(answer, separators=separators).encode())
+    frame = to_frame(answer["data"])
+    assert [s.labels for s in series] == [r["metric"] for r in answer["data"]["result"][:3]]
+    ts = np.concatenate([s.timestamps for s in series])
+    values = np.concatenate([s.values for s in series])
+    np.testing.assert_array_equal(ts, frame["timestamp"].to_numpy())
+    np.testing.assert_array_equal(values, frame["value"].to_numpy())  # NaN equal to NaN
+    vector = {"resultType": "vector", "result": [{"metric": {"a": "b"}, "value": [5, "0.25"]}]}
+    got = parse_series(json.dumps({"status": "success", "data": vector}).encode())
+    assert got[0].labels == {"a": "b"} and got[0].values.tolist() == [0.25]
+    with pytest.raises(PrometheusError, match="bad_data"):
+        parse_series(b'{"status":"error","errorType":"bad_data","error":"parse error"}')
+
+
+def test_merge_series_joins_pieces_sorted_by_labels_without_duplicates():
+    a = RawSeries({"d": "b"}, np.array([0.0, 10.0]), np.array([1.0, 2.0]))
+    b = RawSeries({"d": "a"}, np.array([5.0]), np.array([3.0]))
+    c = RawSeries({"d": "b"}, np.array([10.0, 20.0, 30.0]), np.array([9.0, 4.0, 5.0]))
+    got = merge_series([[a, b], [c]], start=0.0, end=20.0)
+    assert [s.labels for s in got] == [{"d": "a"}, {"d": "b"}]
+    assert got[1].timestamps.tolist() == [0.0, 10.0, 20.0]
+    assert got[1].values.tolist() == [1.0, 2.0, 4.0]  # the first piece's point wins
+
+
 def test_5xx_is_retried_with_backoff_then_succeeds(serve):
     srv = serve((503, {"status": "error"}), (502, "bad gateway"), (200, VICTORIAMETRICS_ANSWER))
     waits = []
@@ -212,6 +274,10 @@ def test_raw_samples_are_read_in_pieces_without_duplicates(serve):
     frame = c.samples('m{a="b"}', 0, 99_990, 10.0)
     assert len(srv.requests) == 10
     np.testing.assert_array_equal(frame["timestamp"].to_numpy(), np.arange(0, 100_000, 10))
+    series = c.samples_series('m{a="b"}', 0, 99_990, 10.0)
+    assert len(srv.requests) == 20 and len(series) == 1 and series[0].labels == {"a": "b"}
+    np.testing.assert_array_equal(series[0].timestamps, np.arange(0, 100_000, 10))
+    np.testing.assert_array_equal(series[0].values, np.arange(0, 100_000, 10))
 
 
 def test_basic_auth_and_bearer_token_files(serve, tmp_path):
@@ -317,6 +383,95 @@ def test_virtual_interfaces_partitions_and_steal_do_not_count():
     assert math.isnan(data.series.column("net_rx_bps")[0])
     assert data.series.column("disk_read_bps")[1:].tolist() == [200.0]  # nvme0n1 + sda
     assert "cpu_percent" in data.absent and "top_proc_cpu_percent" in data.absent
+
+
+def test_server_side_filters_are_the_mappings_own():
+    """The matchers Prometheus applies drop exactly the series the mapping drops."""
+    devices = ["sda", "sda1", "nvme0n1", "nvme0n1p2", "dm-0", "md127", "loop3", "vda", "xvdb",
+               "mmcblk0", "mmcblk0p1", "eth0", "ens5", "lo", "veth1a", "docker0", "br-x",
+               "cali9", "wlan0", "bond0", "tun0", "", "lo0"]  # fmt: skip
+    for pattern in (NOT_WHOLE_DISK, VIRTUAL_INTERFACES):
+        promql = promql_regex(pattern)
+        for d in devices:  # PromQL matchers are anchored at both ends
+            assert bool(re.fullmatch(promql, d)) == bool(pattern.match(d)), (pattern, d)
+    cpu = READ_PLANS["node_cpu_seconds_total"]
+    assert cpu.keeps({"mode": "steal"}) and not cpu.keeps({"mode": "guest"})
+    assert READ_PLANS["node_network_receive_bytes_total"].matchers() == (
+        f"device!~{json.dumps(promql_regex(VIRTUAL_INTERFACES))}",
+    )
+
+
+def _random_host(rng: np.random.Generator) -> dict[str, list[RawSeries]]:
+    """Raw samples of one host with what the mapping must get right: devices to drop,
+    counter resets, series that start late or skip scrapes, process groups, CPU modes."""
+    ts = 1000.0 + 15.0 * np.arange(60)
+
+    def series(labels: dict[str, str], scale: float, counter: bool = True) -> RawSeries:
+        values = np.cumsum(rng.random(60) * scale) if counter else rng.random(60) * scale
+        if counter and rng.random() < 0.5:
+            values[rng.integers(5, 55) :] -= values[30]  # a reset
+        keep = rng.random(60) > 0.1  # missed scrapes
+        keep[: rng.integers(0, 10)] = False  # a late start
+        return RawSeries(labels, ts[keep], values[keep])
+
+    out: dict[str, list[RawSeries]] = {
+        "node_load1": [series({}, 4.0, counter=False)],
+        "node_memory_MemTotal_bytes": [RawSeries({}, ts, np.full(60, 8e9))],
+        "node_memory_MemAvailable_bytes": [series({}, 8e9, counter=False)],
+        "node_cpu_seconds_total": [
+            series({"cpu": str(c), "mode": m}, 10.0)
+            for c in range(3)
+            for m in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+        ],
+        "node_disk_read_bytes_total": [
+            series({"device": d}, 1e6) for d in ("dm-0", "nvme0n1", "sda", "sda1")
+        ],
+        "node_network_receive_bytes_total": [
+            series({"device": d}, 1e5) for d in ("docker0", "eth0", "lo", "wlan0")
+        ],
+        "node_context_switches_total": [series({}, 1e4)],
+        "namedprocess_namegroup_cpu_seconds_total": [
+            series({"groupname": g, "mode": m}, 1.0)
+            for g in ("a", "b", "c")
+            for m in ("system", "user", "wait")
+        ],
+    }
+    for name, items in out.items():  # as merge_series orders them (and samples sorts rows)
+        items.sort(key=lambda s: tuple(sorted(s.labels.items())))
+        out[name] = [
+            RawSeries({"__name__": name, **s.labels}, s.timestamps, s.values) for s in items
+        ]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_telemetry_series_is_telemetry_of_frames(seed):
+    """The numpy mapping read_host uses gives the frame mapping's rows, bit for bit."""
+    raw = _random_host(np.random.default_rng(seed))
+    frames = {name: _frame_of(items) for name, items in raw.items()}
+    for frame in frames.values():
+        del frame["__name__"]
+    want = telemetry("h", frames, since=1100.0, procs=True)
+    got = telemetry_series("h", raw, since=1100.0, procs=True)
+    assert got.absent == want.absent and got.series.columns == want.series.columns
+    np.testing.assert_array_equal(got.series.timestamps, want.series.timestamps)
+    np.testing.assert_array_equal(got.series.values, want.series.values)
+    assert got.procs is not None and want.procs is not None
+    np.testing.assert_array_equal(got.procs.timestamps, want.procs.timestamps)
+    np.testing.assert_array_equal(got.procs.names, want.procs.names)
+    np.testing.assert_array_equal(got.procs.cpu, want.procs.cpu)
+
+
+def test_a_metric_whose_series_the_filters_all_drop_is_nan_not_absent():
+    ts = np.array([0.0, 10.0])
+    raw = {
+        "node_load1": [RawSeries({}, ts, np.array([1.0, 2.0]))],
+        "node_network_receive_bytes_total": [],
+    }
+    got = telemetry_series("h", raw, present=["node_network_receive_bytes_total"])
+    assert "net_rx_bps" in got.series.columns and "net_rx_bps" not in got.absent
+    assert np.isnan(got.series.column("net_rx_bps")).all()
+    assert "net_rx_bps" in telemetry_series("h", raw).absent
 
 
 def test_datasets_readme_prints_the_mapping():

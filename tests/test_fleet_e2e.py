@@ -8,6 +8,8 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from promtools import PROMETHEUS, PROMTOOL, Prometheus, _terminate, _wait_ready,
 from minerwatch.bench.fleet_backfill import backfill
 from minerwatch.bench.simulate import simulate
 from minerwatch.features.io import read_telemetry
+from minerwatch.service.fleet.nodeexporter import READ_PLANS, read_host, read_summed
+from minerwatch.service.fleet.promclient import Connection, PromClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
@@ -36,6 +40,13 @@ def fleet(tmp_path_factory):
     labels = simulate(data, hosts=HOSTS, train_days=1.0, test_days=0.5, seed=3, procs=False)
     tsdb = root / "tsdb"
     backfill(data, ["train", "test"], tsdb, promtool)
+    with started_prometheus(root, tsdb) as prom:
+        yield prom, data, labels
+
+
+@contextmanager
+def started_prometheus(root: Path, tsdb: Path) -> Iterator[Prometheus]:
+    """Debian's Prometheus on ``tsdb`` (backfilled history is months "old": long retention)."""
     config = root / "prometheus.yml"
     config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
     log = root / "prometheus.log"
@@ -47,7 +58,7 @@ def fleet(tmp_path_factory):
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tsdb}",
                 f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=10y",  # backfilled history is months "old"
+                "--storage.tsdb.retention.time=10y",
                 "--log.level=error",
             ],
             stdout=fh,
@@ -58,7 +69,7 @@ def fleet(tmp_path_factory):
     try:
         if not _wait_ready(prom, 30.0):
             pytest.fail(f"prometheus did not start:\n{prom.tail()}")
-        yield prom, data, labels
+        yield prom
     finally:
         _terminate(proc)
 
@@ -247,3 +258,130 @@ def test_dask_local_cluster_trains_the_same_models_as_joblib(fleet, tmp_path):
         b = json.loads((tmp_path / "dask" / host / "meta.json").read_text())
         assert a["sha256"] == b["sha256"]  # the same arrays, bit for bit
         assert a["threshold"] == b["threshold"] and a["windows"] == b["windows"] > 0
+
+
+# -- sums computed by Prometheus ---------------------------------------------------------------
+
+T0, SCRAPES, STEP = 1767571200.0, 480, 15.0
+
+
+def _many_series_host(host: str, odd: bool, rng: np.random.Generator) -> list[str]:
+    """OpenMetrics of one big host, 2 hours at 15 s: 8 CPUs x 5 modes, 9 NICs and 9 disks
+    (plus what the mapping drops). ``odd``: a counter reset on one NIC, a NIC that appears
+    half-way, one CPU missing from one scrape, and a 7.5-minute scrape gap (longer than
+    Prometheus' lookback)."""
+    node = f'instance="{host}:9100",job="node"'
+    ts = T0 + STEP * np.arange(SCRAPES)
+    scraped = np.ones(SCRAPES, dtype=bool)
+    if odd:
+        scraped[200:230] = False
+    stamps = [f"{t:.3f}" for t in ts]
+    lines: list[str] = []
+
+    def family(name: str, kind: str, series: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        lines.append(f"# TYPE {name.removesuffix('_total') if kind == 'counter' else name} {kind}")
+        for labels, values, present in series:
+            lines.extend(
+                f"{name}{{{labels}}} {v!r} {stamps[k]}"
+                for k, v in enumerate(values.tolist())
+                if present[k] and scraped[k]
+            )
+
+    def counter(scale: float) -> np.ndarray:
+        return 1e9 * rng.random() + np.cumsum(rng.random(SCRAPES) * scale)
+
+    everywhere = np.ones(SCRAPES, dtype=bool)
+    cpu = []
+    for c in range(8):
+        for mode in ("user", "system", "idle", "iowait", "steal"):
+            present = everywhere.copy()
+            if odd and c == 7:
+                present[100] = False
+            cpu.append((f'{node},cpu="{c}",mode="{mode}"', counter(10.0), present))
+    family("node_cpu_seconds_total", "counter", cpu)
+    family("node_load1", "gauge", [(node, rng.random(SCRAPES) * 4, everywhere)])
+    family("node_memory_MemTotal_bytes", "gauge", [(node, np.full(SCRAPES, 2.0**34), everywhere)])
+    family(
+        "node_memory_MemAvailable_bytes", "gauge", [(node, rng.random(SCRAPES) * 2**33, everywhere)]
+    )
+    nics = [f"eth{i}" for i in range(9)] + ["lo", "veth9c"]
+    for metric in (
+        "node_network_receive_bytes_total",
+        "node_network_transmit_bytes_total",
+        "node_network_receive_packets_total",
+    ):
+        series = []
+        for nic in nics:
+            values, present = counter(1e6), everywhere.copy()
+            if odd and nic == "eth3" and metric == "node_network_receive_bytes_total":
+                values[300:] -= values[300] - 5.0  # the interface was reset
+            series.append((f'{node},device="{nic}"', values, present))
+        if odd and metric == "node_network_transmit_bytes_total":
+            late = np.arange(SCRAPES) >= 240
+            series.append((f'{node},device="eth9"', counter(1e6), late))
+        family(metric, "counter", series)
+    disks = [f"sd{chr(97 + i)}" for i in range(9)] + ["sda1", "dm-0"]
+    family(
+        "node_disk_read_bytes_total",
+        "counter",
+        [(f'{node},device="{d}"', counter(1e7), everywhere) for d in disks],
+    )
+    return lines
+
+
+@pytest.fixture(scope="module")
+def big_hosts(tmp_path_factory):
+    """A Prometheus holding two hosts with many CPUs and devices: one clean, one odd."""
+    require(PROMETHEUS)
+    promtool = require(PROMTOOL)
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(11)
+    text = root / "big.om"
+    lines = _many_series_host("big-01", False, rng) + _many_series_host("odd-01", True, rng)
+    text.write_text("\n".join(lines) + "\n# EOF\n")
+    tsdb = root / "tsdb"
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(text), str(tsdb)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    with started_prometheus(root, tsdb) as prom:
+        yield prom
+
+
+def test_sums_by_prometheus_give_the_raw_samples_telemetry(big_hosts):
+    """Where the mapping sums (CPUs per mode, devices), Prometheus may sum instead: the
+    telemetry is the one the raw samples give, and the odd cases (a reset, a device that
+    appears, a CPU missing from one scrape) fall back to the raw samples."""
+    client = PromClient(Connection(big_hosts.url, timeout=60.0))
+    start, end = T0 + 60.0, T0 + STEP * (SCRAPES - 1)
+    lead = start - 2 * STEP
+    summed: dict[tuple[str, str], bool] = {}
+    for host in ("big-01", "odd-01"):
+        raw = read_host(client, host, start, end, selector='{job="node"}', summed=False)
+        got = read_host(client, host, start, end, selector='{job="node"}')
+        assert got.absent == raw.absent
+        assert got.series.columns == raw.series.columns
+        np.testing.assert_array_equal(got.series.timestamps, raw.series.timestamps)
+        np.testing.assert_allclose(got.series.values, raw.series.values, rtol=1e-9, atol=1e-9)
+        assert np.isfinite(raw.series.column("net_rx_bps")).mean() > 0.9
+        for metric in (
+            "node_cpu_seconds_total",
+            "node_network_receive_bytes_total",
+            "node_network_transmit_bytes_total",
+            "node_network_receive_packets_total",
+            "node_disk_read_bytes_total",
+        ):
+            plan = READ_PLANS[metric]
+            selector = f'{metric}{{job="node",instance="{host}:9100",{plan.matchers()[0]}}}'
+            sets = [s for s in client.series([selector], start, end) if plan.keeps(s)]
+            sums = read_summed(client, selector, sets, plan, lead, end, STEP)
+            summed[(host, metric)] = sums is not None
+            if sums is not None:  # one series per mode (CPU) or one for all devices
+                assert len(sums) == (5 if metric == "node_cpu_seconds_total" else 1)
+    assert all(summed[("big-01", m)] for m in READ_PLANS if ("big-01", m) in summed)
+    assert summed[("odd-01", "node_network_receive_packets_total")]  # the gap alone is fine
+    assert not summed[("odd-01", "node_cpu_seconds_total")]  # cpu 7 missed a scrape
+    assert not summed[("odd-01", "node_network_receive_bytes_total")]  # eth3 was reset
+    assert not summed[("odd-01", "node_network_transmit_bytes_total")]  # eth9 appeared

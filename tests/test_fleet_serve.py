@@ -204,8 +204,9 @@ def test_serve_scores_live_hosts_exports_host_labels_and_retrains(live, models, 
         # one build info and one error counter per stage for the server, not per host
         assert len(first["minerwatch_build_info"]) == 1
         assert {lab["stage"] for lab, _ in first["minerwatch_errors_total"]} == {
-            "query", "model", "score", "train"
+            "query", "model", "score", "train", "state"
         }  # fmt: skip
+        assert value(first, "minerwatch_errors_total", stage="state") == 0
         # later cycles score the windows completed since (no window twice, none skipped)
         before = value(first, "minerwatch_windows_scored_total", host="127.0.0.1")
         later = poll(
@@ -371,3 +372,270 @@ def test_fleet_score_loads_only_models_signed_with_its_key(live, models, tmp_pat
                check=False)  # fmt: skip
     assert done.returncode == 2 and "skipped host" in done.stderr, done.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+# -- incremental reads, the buffered mapping, alert state across restarts ----------------------
+# These run against the benchmark's synthetic Prometheus (answers cut to the asked time range).
+
+T0 = 1_800_000_000.0
+#: Seconds between cycles: regular, irregular, a gap shorter than the lookback, one longer.
+STEPS = (60.0, 60.0, 37.0, 60.0, 400.0, 60.0, 60.0, 2500.0, 60.0, 45.0)
+
+
+def _edit(metric: str, host: int, labels: dict[str, str], values: np.ndarray):
+    """What real fleets do to a series: counter resets, gaps, NaN, series that appear late."""
+    n = len(values)
+    mask = np.ones(n, dtype=bool)
+    values = values.copy()
+    if host == 0 and metric == "node_cpu_seconds_total" and labels["cpu"] == "0":
+        if labels["mode"] == "user":
+            values[n // 2 :] -= values[n // 2] - 5.0  # a reset (reboot)
+    if host == 1 and metric == "node_network_receive_bytes_total" and labels["device"] == "eth0":
+        mask[n // 3 : n // 3 + 40] = False  # the interface gone for 10 minutes
+        mask[n - 150 : n - 120] = False
+    if host == 2 and metric.startswith("namedprocess") and labels["groupname"] == "app":
+        mask[n // 2 : n // 2 + 20] = False
+        mask[-100:-97] = False
+    if host == 2 and metric == "node_load1":
+        values[::17] = np.nan
+    if host == 3 and metric == "node_disk_read_bytes_total":
+        mask[: n // 2] = False  # a disk that appears during the run
+    if host == 0 and metric == "node_procs_running":
+        mask[n - 60 : n - 40] = False  # one metric missing a while: the cut waits for it
+    return mask, values
+
+
+@pytest.fixture(scope="module")
+def synthetic_model():
+    from minerwatch.bench.fleet_serve import one_model
+
+    return one_model()
+
+
+@pytest.fixture(scope="module")
+def synthetic_prometheus():
+    """(URL, answers) of a fleet of 5 hosts from before T0's lookback to after STEPS."""
+    from minerwatch.bench.fleet_serve import INTERVAL, Answers, serve_answers
+
+    stamps = np.arange(T0 - 2400.0, T0 + sum(STEPS) + 1.0, INTERVAL)
+    answers = Answers(5, stamps, seed=3, edit=_edit)
+    http = serve_answers(answers)
+    yield f"http://127.0.0.1:{http.server_address[1]}", answers
+    http.shutdown()
+
+
+def _server(url: str, model, clock, incremental: bool, hosts: range) -> FleetServer:
+    from dataclasses import replace
+
+    from minerwatch.service.fleet.serve import HostState
+
+    server = FleetServer(
+        PromClient(Connection(url)), Path("."), clock=clock, incremental=incremental
+    )
+    for h in hosts:
+        server.hosts[f"h{h:04d}"] = HostState.of(replace(model, host=f"h{h:04d}"))
+    return server
+
+
+def test_incremental_reads_score_exactly_as_full_rereads(synthetic_prometheus, synthetic_model):
+    """The same fake Prometheus, one server reading only what is new each cycle and one
+    re-reading the whole lookback (as before): the same samples held, the same windows
+    scored with the same scores, features and alerts; the incremental reads are smaller."""
+    from dataclasses import replace
+
+    from minerwatch.service.fleet.serve import HostState
+
+    url, _ = synthetic_prometheus
+    now = [T0]
+    fast = _server(url, synthetic_model, lambda: now[0], True, range(4))
+    full = _server(url, synthetic_model, lambda: now[0], False, range(4))
+    smaller = 0
+    for i, step in enumerate((0.0, *STEPS)):
+        now[0] += step
+        if i == 5:  # a model appears for a host the server never read: a full read again
+            for server in (fast, full):
+                server.hosts["h0004"] = HostState.of(replace(synthetic_model, host="h0004"))
+                server.read_end = None if server is fast else server.read_end
+        counts = fast.cycle()
+        assert counts == full.cycle(), i
+        # h0003's disk appears during the run: it fails (a model column missing) until then
+        assert counts["scored"] + counts["failed"] == len(fast.hosts), counts
+        if fast.points_read < full.points_read:
+            smaller += 1
+        for host, a in fast.hosts.items():
+            b = full.hosts[host]
+            for metric, held in fast.buffers[host].items():
+                other = full.buffers[host][metric]
+                np.testing.assert_array_equal(held.ts, other.ts, err_msg=f"{host} {metric}")
+                np.testing.assert_array_equal(held.value, other.value)
+                np.testing.assert_array_equal(held.sid, other.sid)
+            for name in ("score", "features", "contributions", "telemetry", "sample_ts",
+                         "last_slot", "windows_total", "alerts_total", "episode_start",
+                         "alerted"):  # fmt: skip
+                np.testing.assert_equal(getattr(a, name), getattr(b, name), err_msg=name)
+            assert a.alert == b.alert
+    # every host was scored, and only the full reads were as big
+    assert all(s.windows_total > 0 for s in fast.hosts.values())
+    assert fast.hosts["h0000"].windows_total > 50
+    assert smaller >= len(STEPS) - 3  # not smaller: the gap past the lookback, the new host
+
+
+def test_buffered_mapping_equals_the_training_mapping(synthetic_prometheus, synthetic_model):
+    """The array mapping ``fleet serve`` runs on its buffers gives the rows and values that
+    ``nodeexporter.telemetry`` (what ``fleet train`` maps with) gives on the same samples."""
+    from minerwatch.service.fleet.nodeexporter import telemetry
+    from minerwatch.service.fleet.serve import LOOKBACK_S, host_series
+
+    url, _ = synthetic_prometheus
+    for at in (T0, T0 + 1200.0, T0 + sum(STEPS)):
+        server = _server(url, synthetic_model, lambda at=at: at, True, range(5))
+        server.cycle()
+        start = at - LOOKBACK_S - 120.0
+        answers = {m: server.client.samples(f"{m}{{}}", start, at, 15.0) for m in METRICS}
+        for h in range(5):
+            host = f"h{h:04d}"
+            frames = {}
+            for metric, frame in answers.items():
+                mine = frame["instance"].astype(str).str.startswith(f"{host}:")
+                if mine.any():
+                    frames[metric] = frame[mine.to_numpy()].drop(columns="__name__")
+            want = telemetry(host, frames).series
+            got = host_series(host, server.buffers[host], server.registries)
+            assert got.columns == want.columns
+            np.testing.assert_array_equal(got.timestamps, want.timestamps)
+            # the same sums; to the last bit today, but the order of a read's rows is the
+            # client's to choose, so allow a rounding difference
+            np.testing.assert_allclose(got.values, want.values, rtol=1e-12, err_msg=host)
+
+
+def _fake_live_prometheus(now: float):
+    """The synthetic fleet (one host) around the wall clock, for a real ``fleet serve``."""
+    from minerwatch.bench.fleet_serve import INTERVAL, Answers, serve_answers
+
+    stamps = np.arange(now - 2400.0, now + 900.0, INTERVAL)
+    return serve_answers(Answers(1, stamps, seed=4))
+
+
+def _serve_until(args: list[str], log: Path, check) -> tuple[dict, str]:
+    """Run ``minerwatch fleet serve`` until ``check(metrics)``, stop it with SIGTERM; the last
+    scrape and the log. It must exit 0."""
+    port = free_port()
+    proc = _start(
+        [MINERWATCH, "fleet", "serve", *args, "--port", str(port), "--address", "127.0.0.1",
+         "--interval", "1s", "--retrain-every", "0"],
+        log,
+    )  # fmt: skip
+    try:
+
+        def metrics() -> dict:
+            if proc.poll() is not None:
+                pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
+            return scrape(port)
+
+        got = poll(metrics, lambda m: m.get("minerwatch_alert_active") and check(m))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    return got, text
+
+
+def test_serve_keeps_open_alerts_across_restarts_and_survives_a_corrupt_state_file(
+    synthetic_model, tmp_path
+):
+    """A real ``fleet serve`` opens an alert; restarted, it neither opens it again nor
+    forgets it (state file in --state-dir); a corrupt state file (the default one, in the
+    model folder) is logged, counted, moved aside and ignored."""
+    from dataclasses import replace
+
+    from minerwatch.baseline.store import save_model
+    from minerwatch.service.fleet.serve import STATE_FILE
+
+    done = run("fleet", "serve", "--help")
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert "--state-dir DIR" in text and "(default: the --models folder)" in text, text
+    models = tmp_path / "models"
+    # every window above the threshold: the alert opens on the first cycle and stays open
+    save_model(models, replace(synthetic_model, host="h0000", threshold=0.0))
+    http = _fake_live_prometheus(time.time())
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    state = tmp_path / "state"
+    common = ["--prometheus", url, "--models", str(models)]
+    try:
+        active = lambda m: value(m, "minerwatch_alert_active", host="h0000") == 1  # noqa: E731
+        first, text = _serve_until([*common, "--state-dir", str(state)], tmp_path / "1.log", active)
+        assert text.count("alert opened on h0000") == 1, text
+        assert value(first, "minerwatch_alerts_total", host="h0000") == 1
+        saved = json.loads((state / STATE_FILE).read_text())
+        assert saved["hosts"]["h0000"]["active"] is True
+        assert saved["hosts"]["h0000"]["alerted"]
+        assert not (models / STATE_FILE).exists()  # --state-dir, not the model folder
+
+        # restarted: the open alert is taken back, not fired again
+        log = tmp_path / "2.log"
+        again, text = _serve_until(  # three cycles: the later ones read only what is new
+            [*common, "--state-dir", str(state)], log,
+            lambda m: active(m) and log.read_text().count("cycle:") >= 3,
+        )  # fmt: skip
+        assert "alert opened" not in text, text
+        assert "restored" in text and "open alerts: h0000" in text, text
+        assert value(again, "minerwatch_alerts_total", host="h0000") == 1
+        assert json.loads((state / STATE_FILE).read_text())["hosts"]["h0000"]["active"]
+
+        # a corrupt state file (the default place: the model folder) is said, not fatal
+        (models / STATE_FILE).write_text('{"format": 1, "hosts": {"h0000": {"active": ')
+        after, text = _serve_until(common, tmp_path / "3.log", active)
+        assert value(after, "minerwatch_errors_total", stage="state") == 1
+        assert "is unreadable" in text and "ignored" in text and ".corrupt" in text, text
+        assert "alert opened on h0000" in text  # nothing was remembered: it opens afresh
+        aside = models / (STATE_FILE + ".corrupt")
+        assert aside.read_text().startswith('{"format": 1, "hosts"')
+        assert json.loads((models / STATE_FILE).read_text())["hosts"]["h0000"]["active"]
+    finally:
+        http.shutdown()
+
+
+def test_state_file_round_trip_and_entries_not_as_written(synthetic_model, tmp_path, caplog):
+    """What is saved comes back whole (the alert rule's counts and slot included, alerted
+    windows as spans, hosts without a model kept); a file whose entries are not as written is
+    ignored as a whole, said in the log, counted and moved aside."""
+    from dataclasses import replace
+
+    from minerwatch.service.fleet.serve import STATE_FILE, HostState
+
+    path = tmp_path / STATE_FILE
+
+    def server() -> FleetServer:
+        s = FleetServer(PromClient(Connection("http://127.0.0.1:9")), tmp_path, state_file=path)
+        s.hosts["h0000"] = HostState.of(replace(synthetic_model, host="h0000"))
+        return s
+
+    a = server()
+    state = a.hosts["h0000"]
+    for slot, score in enumerate([0.9, 0.9, 0.9, 0.1, 0.9], start=100):
+        state.alert.update(score, slot)
+    state.last_slot, state.alerts_total, state.windows_total = 104, 1, 5
+    state.episode_start = 6000.0
+    state.alerted = [(6000.0, 6060.0), (6060.0, 6120.0), (6120.0, 6180.0), (6240.0, 6300.0)]
+    a.kept_state = {"gone": {"active": True}}
+    a.save_state()
+    b = server()
+    assert b.restore_state() == 1
+    got = b.hosts["h0000"]
+    assert got.alert == state.alert and got.alert._below == 0 and got.alert._above == 1
+    assert (got.last_slot, got.alerts_total, got.windows_total) == (104, 1, 5)
+    assert got.episode_start == 6000.0
+    assert got.alerted == [(6000.0, 6180.0), (6240.0, 6300.0)]  # touching windows: one span
+    b.save_state()
+    assert json.loads(path.read_text())["hosts"]["gone"] == {"active": True}
+
+    doc = json.loads(path.read_text())
+    doc["hosts"]["h0000"]["active"] = "yes"
+    path.write_text(json.dumps(doc))
+    c = server()
+    with caplog.at_level("WARNING", logger="minerwatch.fleet"):
+        assert c.restore_state() == 0
+    assert c.errors == {"state": 1} and not c.hosts["h0000"].alert.active
+    assert "'active' is not true or false" in caplog.text and "ignored" in caplog.text
+    assert not path.exists() and json.loads(path.with_name(STATE_FILE + ".corrupt").read_text())

@@ -17,7 +17,9 @@ MINERWATCH = Path(sys.executable).with_name("minerwatch")
 def test_wheel_installs_only_minerwatch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     (wheel,) = tmp_path.glob("minerwatch-*.whl")

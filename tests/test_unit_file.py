@@ -49,7 +49,9 @@ def test_throttle_dropin_adds_only_what_the_throttle_needs():
 def exposure(unit: Path) -> float:
     out = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout + out.stderr)
     assert m, out.stdout + out.stderr

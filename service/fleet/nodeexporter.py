@@ -11,13 +11,19 @@ Unlike the agent, which sums every interface but ``lo``, virtual interfaces (bri
 overlays; :data:`VIRTUAL_INTERFACES`) are left out here, so a container's traffic is counted
 once, on the physical interface. A column whose metrics the fleet does not collect is
 absent (not zero); :class:`HostTelemetry` says which.
+
+:func:`read_host` lets Prometheus apply the mapping's own filters (and, where that is
+cheaper and provably the same, its sums: :func:`read_summed`) and maps the answers as numpy
+arrays (:func:`telemetry_series`); :func:`telemetry` maps pandas frames, as ``fleet serve``
+reads them, with the same arithmetic.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +34,13 @@ from minerwatch.features.io import HostSeries, from_arrays
 from minerwatch.features.procs import TOP_PROCESSES, ProcessRows
 from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.features.sources.disk import DEFAULT_IGNORE as NOT_WHOLE_DISK
-from minerwatch.service.fleet.promclient import TIMESTAMP, VALUE, PromClient
+from minerwatch.service.fleet.promclient import (
+    TIMESTAMP,
+    VALUE,
+    PromClient,
+    RawSeries,
+    merge_series,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,8 +283,11 @@ def _sorted(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _gauge(frame: pd.DataFrame, at: np.ndarray) -> np.ndarray:
     """A gauge's value at each time in ``at`` (mean if several series share the time)."""
-    ts = frame[TIMESTAMP].to_numpy(np.float64)
-    values = frame[VALUE].to_numpy(np.float64)
+    return _gauge_at(frame[TIMESTAMP].to_numpy(np.float64), frame[VALUE].to_numpy(np.float64), at)
+
+
+def _gauge_at(ts: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """:func:`_gauge` of arrays."""
     idx = np.searchsorted(at, ts)
     hit = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) & np.isfinite(values)
     total = np.bincount(idx[hit], weights=values[hit], minlength=len(at))
@@ -303,11 +318,19 @@ def _cpu(frame: pd.DataFrame, at: np.ndarray) -> dict[str, np.ndarray]:
     modes = frame["mode"].astype(str).to_numpy()
     ts = frame[TIMESTAMP].to_numpy(np.float64)
     values = frame[VALUE].to_numpy(np.float64)
-    idx = np.searchsorted(at, ts)
-    hit = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) if len(at) else idx < 0
+    parts = {m: (ts[modes == m], values[modes == m]) for m in (*CPU_ACCOUNTED, "steal")}
+    return _cpu_at(parts, at)
+
+
+def _cpu_at(
+    parts: dict[str, tuple[np.ndarray, np.ndarray]], at: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`_cpu` of arrays: (timestamps, values) of every CPU's series, per mode."""
     out: dict[str, np.ndarray] = {}
     for mode in (*CPU_ACCOUNTED, "steal"):
-        rows = hit & (modes == mode)
+        ts, values = parts.get(mode, (np.zeros(0), np.zeros(0)))
+        idx = np.searchsorted(at, ts)
+        rows = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) if len(at) else idx < 0
         if not rows.any():
             continue
         total = np.bincount(idx[rows], weights=np.nan_to_num(values[rows]), minlength=len(at))
@@ -327,6 +350,14 @@ def _group_rate_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
     ts = ts[order]
     rates = counter_rates(ids[order], ts, frame[VALUE].to_numpy(np.float64)[order])
     names, codes = np.unique(frame["groupname"].astype(str).to_numpy()[order], return_inverse=True)
+    return _group_totals(names, codes, ts, rates)
+
+
+def _group_totals(
+    names: np.ndarray, codes: np.ndarray, ts: np.ndarray, rates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rates of every series summed per (group, time): ``names`` sorted, ``codes`` the group
+    of each point (an index into ``names``)."""
     times, t_idx = np.unique(ts, return_inverse=True)
     keys, inv = np.unique(codes * max(len(times), 1) + t_idx, return_inverse=True)
     finite = np.isfinite(rates)
@@ -362,7 +393,11 @@ def process_rows(
     group name, ``pid`` 0, ``exe`` and ``user`` empty (unknown), ``cpu_percent`` the group's
     user + system CPU (percent of one core) at the latest scrape at most 1.5 intervals old.
     """
-    per = _group_rates(frame)
+    return _process_table(_group_rates(frame), at, interval, top)
+
+
+def _process_table(per: pd.DataFrame, at: np.ndarray, interval: float, top: int) -> ProcessRows:
+    """:func:`process_rows` from the groups' rates (:func:`_group_rates`)."""
     per = per[np.isfinite(per["r"].to_numpy(np.float64))]
     times = np.unique(per[TIMESTAMP].to_numpy(np.float64))
     if not len(times) or not len(at):
@@ -394,6 +429,11 @@ def _top_process(frame: pd.DataFrame, at: np.ndarray, interval: float) -> np.nda
     """Largest group's CPU (percent of one core) at the latest process-exporter scrape that
     is at most one interval older than each row."""
     _, ts, rate = _group_rate_arrays(frame)
+    return _top_of(ts, rate, at, interval)
+
+
+def _top_of(ts: np.ndarray, rate: np.ndarray, at: np.ndarray, interval: float) -> np.ndarray:
+    """:func:`_top_process` from the groups' rates (:func:`_group_rate_arrays`)."""
     if not len(ts):
         return np.full(len(at), np.nan)
     times, inv = np.unique(ts, return_inverse=True)
@@ -477,6 +517,308 @@ def telemetry(
     return HostTelemetry(series, absent, table)
 
 
+# -- the numpy path: what read_host reads ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """One metric's series as flat arrays: labels per series; per point its series id, time
+    and value, series after series (in the order given), each in time order."""
+
+    labels: tuple[dict[str, str], ...]
+    ids: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, series: Sequence[RawSeries]) -> _Flat:
+        lengths = np.array([len(s.timestamps) for s in series], dtype=np.intp)
+        ids = np.repeat(np.arange(len(series), dtype=np.intp), lengths)
+        if not len(series):
+            return cls((), ids, np.zeros(0), np.zeros(0))
+        ts = np.concatenate([np.asarray(s.timestamps, np.float64) for s in series])
+        values = np.concatenate([np.asarray(s.values, np.float64) for s in series])
+        return cls(tuple(s.labels for s in series), ids, ts, values)
+
+    def label(self, name: str) -> list[str]:
+        """One label's value per series ("" where a series lacks it)."""
+        return [labels.get(name, "") for labels in self.labels]
+
+    def where(self, keep: Sequence[bool]) -> _Flat:
+        """Only the series with ``keep`` true, numbered again from 0 in the same order."""
+        mask = np.asarray(keep, dtype=bool).reshape(len(self.labels))
+        rows = mask[self.ids] if len(self.ids) else np.zeros(0, dtype=bool)
+        renumber = np.cumsum(mask) - 1
+        labels = tuple(lab for lab, k in zip(self.labels, mask.tolist(), strict=True) if k)
+        return _Flat(labels, renumber[self.ids[rows]], self.ts[rows], self.values[rows])
+
+
+def _group_rates_flat(f: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_group_rate_arrays` of a :class:`_Flat` (process-exporter's series)."""
+    f = f.where([m in ("user", "system") for m in f.label("mode")])
+    rates = counter_rates(f.ids, f.ts, f.values)
+    names, series_code = np.unique(np.array(f.label("groupname"), dtype=str), return_inverse=True)
+    codes = np.asarray(series_code, dtype=np.intp).reshape(-1)[f.ids]
+    return _group_totals(names, codes, f.ts, rates)
+
+
+def telemetry_series(
+    host: str,
+    metrics: Mapping[str, Sequence[RawSeries]],
+    source: str = "",
+    since: float = -np.inf,
+    procs: bool = False,
+    present: Collection[str] = (),
+) -> HostTelemetry:
+    """:func:`telemetry` of :class:`~minerwatch.service.fleet.promclient.RawSeries` (metric
+    name -> its series), with numpy only: the same arithmetic, the same rows.
+
+    ``present`` names metrics that exist although no series is given (the server-side filters
+    of :func:`read_host` left none, as the mapping's own would): their columns are NaN, not
+    absent, as :func:`telemetry` gives them for the unfiltered frames.
+    """
+    flat = {name: _Flat.of(list(series)) for name, series in metrics.items()}
+    node = [f.ts for name, f in flat.items() if name not in PROCESS_METRICS and len(f.ts)]
+    if not node:
+        raise InputError(source or host, None, f"node_exporter samples for host {host!r}", "none")
+    at = np.unique(np.concatenate(node))
+    steps = np.diff(at)
+    interval = float(np.median(steps)) if steps.size else 60.0
+    have_set = {name for name, f in flat.items() if len(f.ts)} | set(present)
+    empty = _Flat.of([])
+    out: dict[str, np.ndarray] = {}
+
+    def have(*names: str) -> bool:
+        return all(n in have_set for n in names)
+
+    def get(name: str) -> _Flat:
+        return flat.get(name, empty)
+
+    if have("node_cpu_seconds_total"):
+        f = get("node_cpu_seconds_total")
+        wanted = (*CPU_ACCOUNTED, "steal")
+        code = np.array([wanted.index(m) if m in wanted else -1 for m in f.label("mode")], np.intp)
+        rows = code[f.ids] if len(f.ids) else np.zeros(0, dtype=np.intp)
+        parts = {m: (f.ts[rows == i], f.values[rows == i]) for i, m in enumerate(wanted)}
+        cpu = _cpu_at(parts, at)
+        if all(len(v) == len(at) for v in cpu.values()):
+            out.update(cpu)
+    for column, metric in _GAUGES.items():
+        if have(metric):
+            out[column] = _gauge_at(get(metric).ts, get(metric).values, at)
+    if have("node_memory_MemTotal_bytes", "node_memory_MemAvailable_bytes"):
+        f, g = get("node_memory_MemTotal_bytes"), get("node_memory_MemAvailable_bytes")
+        total, avail = _gauge_at(f.ts, f.values, at), _gauge_at(g.ts, g.values, at)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mem = np.where(total > 0, 100.0 * (total - avail) / total, np.nan)
+        out["mem_percent"] = np.clip(mem, 0.0, 100.0)
+    for column, (metric, drop) in _COUNTERS.items():
+        if have(metric):
+            f = get(metric)
+            if drop is not None:
+                f = f.where([not drop.match(d) for d in f.label("device")])
+            out[column] = summed_rates(f.ids, f.ts, f.values, at)
+    top = None
+    if have("namedprocess_namegroup_cpu_seconds_total"):
+        top = _group_rates_flat(get("namedprocess_namegroup_cpu_seconds_total"))
+        out["top_proc_cpu_percent"] = _top_of(top[1], top[2], at, interval)
+    columns = tuple(c for c in METRIC_COLUMNS if c in out)
+    absent = tuple(c for c in METRIC_COLUMNS if c not in out)
+    values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
+    useful = np.isfinite(values).any(axis=1) & (at >= since)
+    table = None
+    if procs and top is not None:
+        import pandas as pd
+
+        per = pd.DataFrame({"g": top[0], TIMESTAMP: top[1], "r": top[2]})
+        table = _process_table(per, at[useful], interval, TOP_PROCESSES)
+    series = from_arrays(host, at[useful], values[useful], columns, source)
+    return HostTelemetry(series, absent, table)
+
+
+_GAUGES = {
+    "load1": "node_load1",
+    "tcp_established": "node_netstat_Tcp_CurrEstab",
+    "procs_total": "node_processes_pids",
+    "procs_running": "node_procs_running",
+}
+_COUNTERS: dict[str, tuple[str, re.Pattern[str] | None]] = {
+    "disk_read_bps": ("node_disk_read_bytes_total", NOT_WHOLE_DISK),
+    "disk_write_bps": ("node_disk_written_bytes_total", NOT_WHOLE_DISK),
+    "net_rx_bps": ("node_network_receive_bytes_total", VIRTUAL_INTERFACES),
+    "net_tx_bps": ("node_network_transmit_bytes_total", VIRTUAL_INTERFACES),
+    "net_rx_pps": ("node_network_receive_packets_total", VIRTUAL_INTERFACES),
+    "net_tx_pps": ("node_network_transmit_packets_total", VIRTUAL_INTERFACES),
+    "ctx_switches_ps": ("node_context_switches_total", None),
+}
+
+
+# -- reading: what Prometheus can filter and sum -----------------------------------------------
+
+
+def promql_regex(pattern: re.Pattern[str]) -> str:
+    """A ``^(...)$`` Python pattern as a PromQL matcher regex (PromQL anchors both ends).
+
+    >>> promql_regex(re.compile(r"^(?:lo|veth.*)$"))
+    '(?:lo|veth.*)'
+    """
+    text = pattern.pattern
+    if not (text.startswith("^") and text.endswith("$")):
+        raise ValueError(f"not an anchored pattern: {text!r}")
+    return text[1:-1]
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What Prometheus does for the mapping before answering, for one metric.
+
+    ``label`` with ``allow`` (a set of values) or ``drop`` (a pattern) filters series exactly
+    as the mapping does; ``without`` is the label the mapping sums over, which Prometheus
+    may then sum (:func:`read_summed`): counters only where the sum's rate is provably the
+    sum of the rates (``counter``), CPU seconds always (the mapping sums the counters
+    themselves). ``apart`` are labels the sums keep (CPU ``mode``).
+    """
+
+    label: str = ""
+    allow: tuple[str, ...] = ()
+    drop: re.Pattern[str] | None = None
+    without: str = ""
+    apart: tuple[str, ...] = ()
+    counter: bool = False
+
+    def matchers(self) -> tuple[str, ...]:
+        if self.allow:
+            return (f"{self.label}=~{_quote('|'.join(re.escape(a) for a in self.allow))}",)
+        if self.drop is not None:
+            return (f"{self.label}!~{_quote(promql_regex(self.drop))}",)
+        return ()
+
+    def keeps(self, labels: Mapping[str, str]) -> bool:
+        """Whether the mapping uses a series with these labels (the matchers, in Python)."""
+        value = labels.get(self.label, "")
+        if self.allow:
+            return value in self.allow
+        if self.drop is not None:
+            return not self.drop.match(value)
+        return True
+
+
+_DEVICES_DISK = ReadPlan("device", drop=NOT_WHOLE_DISK, without="device", counter=True)
+_DEVICES_NET = ReadPlan("device", drop=VIRTUAL_INTERFACES, without="device", counter=True)
+#: Per metric, the filters and sums Prometheus applies (metrics not named: read as they are).
+READ_PLANS: dict[str, ReadPlan] = {
+    "node_cpu_seconds_total": ReadPlan(
+        "mode", allow=(*CPU_ACCOUNTED, "steal"), without="cpu", apart=("mode",)
+    ),
+    "node_disk_read_bytes_total": _DEVICES_DISK,
+    "node_disk_written_bytes_total": _DEVICES_DISK,
+    **{m: _DEVICES_NET for m, drop in _COUNTERS.values() if drop is VIRTUAL_INTERFACES},
+    "namedprocess_namegroup_cpu_seconds_total": ReadPlan("mode", allow=("user", "system")),
+}
+
+#: Label marking the parts of a :func:`read_summed` answer.
+_PART = "minerwatch_part"
+
+
+def _without(labels: Mapping[str, str], names: Collection[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k not in names))
+
+
+#: Prometheus CPU per week of one output series of a summing ``query_range`` and per
+#: summed group (its count of new samples), in raw series read instead (each ~0.03 s of
+#: Prometheus and client CPU per week; measured on Prometheus 2.42, docs/benchmarks.md).
+SUM_COST, GROUP_COST = 2, 5
+
+
+def read_summed(
+    client: PromClient,
+    selector: str,
+    label_sets: Sequence[Mapping[str, str]],
+    plan: ReadPlan,
+    start: float,
+    end: float,
+    interval: float,
+) -> list[RawSeries] | None:
+    """The series of ``selector`` summed by Prometheus over ``plan.without``, one point per
+    scrape at the scrape's own timestamp; None when that would cost more than reading the
+    raw series (:data:`SUM_COST`) or would not be exactly the sums of the raw samples (the
+    caller then reads raw samples).
+
+    One series per group of summed series (the first by labels) is read raw: its timestamps
+    are the scrape times. One ``query_range`` with a step of the scrape interval, evaluated
+    half an interval after each scrape, gives the sums and the number of new samples in each
+    step; the sums are those of the scrapes only if, in every step, there is either no new
+    sample or one of each series of the group (all series of one target are scraped at the
+    same instant), and the reference series' one. For counters the sum's rate is the sum of
+    the rates (the mapping's) only if no series resets and none is NaN: resets are checked
+    (one ``resets()`` query); node_exporter never exports NaN counters. (``timestamp()``
+    would give the scrape times directly, but Prometheus 2.42 evaluates it ~50x slower.)
+    """
+    if not plan.without:
+        return None
+    sums = {_without(labels, ("__name__", plan.without)) for labels in label_sets}
+    apart = ("__name__", plan.without, *plan.apart)
+    groups: dict[tuple[tuple[str, str], ...], list[Mapping[str, str]]] = {}
+    for labels in label_sets:
+        groups.setdefault(_without(labels, apart), []).append(labels)
+    if len(label_sets) <= SUM_COST * len(sums) + GROUP_COST * len(groups):
+        return None
+    step = round(interval, 3)
+    if step < 0.001:
+        return None
+    times: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
+    for key, members in groups.items():
+        ref = min(members, key=lambda labels: sorted(labels.items()))
+        exact = series_selector("", *(f"{k}={_quote(v)}" for k, v in sorted(ref.items())))
+        got = client.samples_series(exact, start, end, interval)
+        times[key] = got[0].timestamps if got else np.zeros(0)
+    ref_times = next(iter(times.values()))
+    if not len(ref_times):
+        return None
+    phase = float(ref_times[0])
+    first = phase + step / 2 + (math.floor((start - phase - step / 2) / step) + 1) * step
+    last = max(first, phase + step / 2 + math.ceil((end - phase - step / 2) / step) * step)
+    by = ",".join((plan.without, *plan.apart))
+    new = f"sum without ({by}) (count_over_time({selector}[{round(step * 1000)}ms]))"
+    expr = (
+        f'label_replace(sum without ({plan.without}) ({selector}), "{_PART}", "sum", "", "")'
+        f' or label_replace({new}, "{_PART}", "new", "", "")'
+    )
+    answer = client.query_range_series(expr, first, last, step)
+    sum_parts = [s for s in answer if s.labels.get(_PART) == "sum"]
+    new_parts = {_without(s.labels, (_PART,)): s for s in answer if s.labels.get(_PART) == "new"}
+    fresh: dict[tuple[tuple[str, str], ...], tuple[np.ndarray, np.ndarray]] = {}
+    for key, members in groups.items():
+        counts, scrape = new_parts.get(key), times[key]
+        if counts is None or not np.all(counts.values == len(members)):
+            return None  # some step has a new sample of some series only, or two of one
+        # each step with new samples holds exactly one scrape of the reference series
+        pos = np.searchsorted(scrape, counts.timestamps, side="right") - 1
+        when = scrape[np.maximum(pos, 0)]
+        inside = (scrape > first - step) & (scrape <= last)
+        if not (np.all(pos >= 0) and np.all(when > counts.timestamps - step)):
+            return None
+        if len(np.unique(when)) != len(when) or len(when) != int(inside.sum()):
+            return None
+        fresh[key] = (counts.timestamps, when)
+    out: list[RawSeries] = []
+    for s in sum_parts:
+        labels = {k: v for k, v in s.labels.items() if k != _PART}
+        steps, when = fresh[_without(labels, plan.apart)]
+        rows = np.searchsorted(steps, s.timestamps)
+        rows = np.minimum(rows, len(steps) - 1)
+        hit = steps[rows] == s.timestamps  # a step without new samples repeats the last
+        at, values = when[rows[hit]], s.values[hit]
+        keep = (at >= start) & (at <= end)
+        if keep.any():
+            out.append(RawSeries(labels, at[keep], values[keep]))
+    if plan.counter:
+        span = math.ceil((end - start) * 1000) + 1
+        if client.query_series(f"resets({selector}[{span}ms]) > 0", end):
+            return None
+    return merge_series([out])
+
+
 def read_host(
     client: PromClient,
     host: str,
@@ -488,12 +830,17 @@ def read_host(
     budget: int = 200_000,
     on_metric: Callable[[str, int], None] | None = None,
     procs: bool = False,
+    summed: bool = True,
 ) -> HostTelemetry:
     """Read one host's metrics from Prometheus and map them to telemetry.
 
-    One ``/series`` request says which metrics exist (and how many series each has); each
-    metric is then read in pieces of at most ``budget`` points, so memory per host stays
-    bounded whatever its number of CPUs or devices.
+    One ``/series`` request says which metrics exist, with their label sets. Each metric is
+    then read with the mapping's filters applied by Prometheus (:data:`READ_PLANS`: CPU
+    modes, whole disks, physical interfaces, process-exporter's user and system), summed by
+    Prometheus where the mapping sums and that gives fewer series (:func:`read_summed`;
+    not with ``summed=False``), else as raw samples in pieces of at most ``budget`` points,
+    so memory per host stays bounded whatever its number of CPUs or devices. Answers are
+    parsed to arrays and mapped with numpy (:func:`telemetry_series`).
     """
     inner = selector_matchers(selector)
     node_inner = ",".join(m for m in (inner, host_matcher(host, host_label)) if m)
@@ -504,31 +851,37 @@ def read_host(
         f"{{__name__=~{_quote(names)},{node_inner}}}",
         series_selector(PROCESS_METRICS[0], proc_inner),
     ]
-    counts: dict[str, int] = {}
+    label_sets: dict[str, list[dict[str, str]]] = {}
     for labels in client.series(match, start, end):
-        name = labels.get("__name__", "")
-        counts[name] = counts.get(name, 0) + 1
+        label_sets.setdefault(labels.get("__name__", ""), []).append(labels)
     where = f"{client.connection.url} host {host}"
-    if not any(counts.get(m) for m in DISCOVERY_METRICS):
+    if not any(label_sets.get(m) for m in DISCOVERY_METRICS):
         raise InputError(where, None, "node_exporter series in the time range", "none")
-    probe = client.samples(series_selector("node_load1", node_inner), start, end, 15.0)
-    steps = np.diff(np.unique(probe[TIMESTAMP].to_numpy(np.float64))) if len(probe) else None
-    interval = float(np.median(steps)) if steps is not None and steps.size else 15.0
+    probe = client.samples_series(series_selector("node_load1", node_inner), start, end, 15.0)
+    scrapes = np.unique(np.concatenate([s.timestamps for s in probe])) if probe else np.zeros(0)
+    steps = np.diff(scrapes)
+    interval = float(np.median(steps)) if steps.size else 15.0
     lead = start - 2 * interval  # one scrape before start: the first row's rates are known
-    frames: dict[str, pd.DataFrame] = {}
+    metrics = {"node_load1": probe}
+    present: set[str] = set()
     for metric in METRICS:
-        n = counts.get(metric, 0)
-        if not n:
+        sets = label_sets.get(metric, [])
+        if not sets or metric == "node_load1":
             continue
-        if metric == "node_load1":
-            frames[metric] = probe
+        plan = READ_PLANS.get(metric, ReadPlan())
+        kept = [labels for labels in sets if plan.keeps(labels)]
+        if not kept:  # it exists, but the mapping uses none of its series
+            present.add(metric)
             continue
-        sel = series_selector(metric, proc_inner if metric in PROCESS_METRICS else node_inner)
-        per_series = max(100, min(client.max_points, budget // n))
-        frames[metric] = client.samples(sel, lead, end, interval * per_series / client.max_points)
+        inner_m = proc_inner if metric in PROCESS_METRICS else node_inner
+        sel = series_selector(metric, inner_m, *plan.matchers())
+        got = None
+        if summed and metric not in PROCESS_METRICS:
+            got = read_summed(client, sel, kept, plan, lead, end, interval)
+        if got is None:
+            per_series = max(100, min(client.max_points, budget // len(kept)))
+            got = client.samples_series(sel, lead, end, interval * per_series / client.max_points)
+        metrics[metric] = got
         if on_metric is not None:
-            on_metric(metric, len(frames[metric]))
-    for frame in frames.values():
-        if "__name__" in frame.columns:
-            del frame["__name__"]
-    return telemetry(host, frames, source=where, since=start, procs=procs)
+            on_metric(metric, sum(len(s.timestamps) for s in got))
+    return telemetry_series(host, metrics, source=where, since=start, procs=procs, present=present)

@@ -6,7 +6,9 @@ points per series (Prometheus refuses ``query_range`` beyond 11,000), runs at mo
 ``concurrency`` requests at once, retries 5xx answers, timeouts and refused connections with
 exponential backoff, and refuses a 4xx at once with the server's own message and the query.
 Answers come back as pandas frames in long form: one row per point, a column per label,
-``timestamp`` (Unix seconds) and ``value``.
+``timestamp`` (Unix seconds) and ``value``; or, from the ``*_series`` methods, as
+:class:`RawSeries` (labels and two numpy arrays per series), parsed without a Python object
+per point (:func:`parse_series`): what reading weeks of history needs.
 
 Only the standard library speaks HTTP (``urllib`` + ``ssl``), so TLS options are exactly
 those of :class:`Connection`.
@@ -18,6 +20,7 @@ import base64
 import json
 import math
 import random
+import re
 import ssl
 import threading
 import time
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 MAX_POINTS = 11_000
 
 TIMESTAMP, VALUE = "timestamp", "value"
+
+_T = TypeVar("_T")
 
 
 class PrometheusError(InputError):
@@ -100,6 +105,20 @@ def _secret(path: str | None, flag: str) -> str:
         return Path(str(path)).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise PrometheusError(str(path), None, f"a readable {flag}", exc.strerror) from None
+
+
+@dataclass(frozen=True)
+class RawSeries:
+    """One series of an answer: its labels and its points, timestamps (Unix seconds) and
+    values as float64 arrays of equal length, in the order the server sent them."""
+
+    labels: dict[str, str]
+    timestamps: np.ndarray
+    values: np.ndarray
+
+    def key(self) -> tuple[tuple[str, str], ...]:
+        """The label set as a hashable, sortable key."""
+        return tuple(sorted(self.labels.items()))
 
 
 class PromClient:
@@ -185,6 +204,48 @@ class PromClient:
             frame = frame.sort_values([*labels, TIMESTAMP], kind="stable").reset_index(drop=True)
         return frame
 
+    def query_series(self, expr: str, at: float) -> list[RawSeries]:
+        """:meth:`query` as :class:`RawSeries` (a vector answer gives one point per series)."""
+        return self._api_series("query", {"query": expr, "time": _ts(at)}, expr)
+
+    def query_range_series(
+        self, expr: str, start: float, end: float, step: float
+    ) -> list[RawSeries]:
+        """:meth:`query_range` as :class:`RawSeries`, one per label set, sorted by labels.
+
+        ``step`` is sent in seconds with millisecond precision, so any scrape interval works.
+        """
+        if not (step > 0 and end >= start):
+            raise ValueError(f"need step > 0 and end >= start, got {start}..{end} step {step}")
+        span = step * (self.max_points - 1)
+        starts = np.arange(start, end + step / 2, span + step) if end > start else [start]
+        pieces = [(float(a), min(float(a) + span, end)) for a in starts]
+
+        def piece(a: float, b: float) -> list[RawSeries]:
+            params = {"query": expr, "start": _ts(a), "end": _ts(b), "step": f"{step:.3f}"}
+            return self._api_series("query_range", params, expr)
+
+        return merge_series(self._parallel(piece, pieces))
+
+    def samples_series(
+        self, selector: str, start: float, end: float, interval: float
+    ) -> list[RawSeries]:
+        """:meth:`samples` as :class:`RawSeries`: the same requests, the same points (each
+        timestamp once, in [start, end], in time order), one per label set sorted by labels,
+        without pandas and without a Python object per point."""
+        if not (interval > 0 and end >= start):
+            raise ValueError(f"need interval > 0 and end >= start, got {start}..{end}")
+        span = interval * self.max_points
+        n = max(1, math.ceil((end - start) / span))
+        edges = [start + i * (end - start) / n for i in range(n + 1)]
+
+        def piece(a: float, b: float) -> list[RawSeries]:
+            ms = max(1, math.ceil((b - a) * 1000))
+            return self.query_series(f"{selector}[{ms}ms]", b)
+
+        pieces = self._parallel(piece, list(zip(edges, edges[1:], strict=False)))
+        return merge_series(pieces, start, end)
+
     def series(self, match: Sequence[str], start: float, end: float) -> list[dict[str, str]]:
         """``/api/v1/series``: the label sets of the series matching any of ``match``."""
         params = [("match[]", m) for m in match] + [("start", _ts(start)), ("end", _ts(end))]
@@ -206,8 +267,8 @@ class PromClient:
     # -- transport -----------------------------------------------------------------------------
 
     def _parallel(
-        self, piece: Callable[[float, float], pd.DataFrame], spans: Sequence[tuple[float, float]]
-    ) -> list[pd.DataFrame]:
+        self, piece: Callable[[float, float], _T], spans: Sequence[tuple[float, float]]
+    ) -> list[_T]:
         """``piece(a, b)`` for every span, at most ``concurrency`` at once, in order."""
         if len(spans) == 1:
             return [piece(*spans[0])]
@@ -226,6 +287,24 @@ class PromClient:
         POST keeps long selectors out of URLs (and server logs); every compatible store
         accepts it for these endpoints.
         """
+        url, payload = self._request(endpoint, params, what, method)
+        return _data(payload, url, what)
+
+    def _api_series(
+        self, endpoint: str, params: dict[str, str] | list[tuple[str, str]], what: str
+    ) -> list[RawSeries]:
+        """:meth:`_api` for ``query``/``query_range``, parsed by :func:`parse_series`."""
+        url, payload = self._request(endpoint, params, what, "POST")
+        return parse_series(payload, url, what)
+
+    def _request(
+        self,
+        endpoint: str,
+        params: dict[str, str] | list[tuple[str, str]],
+        what: str,
+        method: str,
+    ) -> tuple[str, bytes]:
+        """(URL, body of a 2xx answer), with retries; refusals raise at once."""
         url = f"{self.connection.url.rstrip('/')}/api/v1/{endpoint}"
         form = urllib.parse.urlencode(params)
         body: bytes | None = form.encode()
@@ -251,8 +330,7 @@ class PromClient:
                     with urllib.request.urlopen(
                         request, timeout=self.connection.timeout, context=self._ssl
                     ) as response:
-                        payload = response.read()
-                return _data(payload, url, what)
+                        return url, response.read()
             except urllib.error.HTTPError as err:
                 text = err.read().decode("utf-8", "replace")
                 if err.code < 500 and err.code != 429:
@@ -364,3 +442,115 @@ def _concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     out[TIMESTAMP] = np.concatenate([f[TIMESTAMP].to_numpy() for f in frames])
     out[VALUE] = np.concatenate([f[VALUE].to_numpy() for f in frames])
     return pd.DataFrame(out)
+
+
+# -- answers as arrays ---------------------------------------------------------------------------
+
+_VALUES = b'"values":['
+_UNQUOTE = bytes.maketrans(b"", b"")  # translate() with this table only deletes
+_NUMBER_TEXT = re.compile(rb"[^0-9eE+\-.,naNIf]")
+
+
+def _points(chunk: bytes) -> np.ndarray | None:
+    """``[t,"v"],[t,"v"],...`` (the inside of a ``values`` array) as an (n, 2) float array,
+    or None when it is not exactly that (the caller then parses it as JSON).
+
+    Brackets and quotes are deleted and numpy parses the comma-separated numbers in C; Go's
+    "NaN", "+Inf" and "-Inf" parse as Python's ``float`` does.
+    """
+    n = chunk.count(b"[")
+    if not n:
+        return np.zeros((0, 2))
+    text = chunk.translate(_UNQUOTE, b'[]"')
+    if _NUMBER_TEXT.search(text):
+        return None
+    try:
+        flat = np.fromstring(text, dtype=np.float64, sep=",")
+    except ValueError:
+        return None
+    if flat.size != 2 * n or chunk.count(b"]") != n:
+        return None
+    return np.asarray(flat, dtype=np.float64).reshape(n, 2)
+
+
+def parse_series(payload: bytes, url: str = "answer", what: str = "") -> list[RawSeries]:
+    """A ``query``/``query_range`` answer body as :class:`RawSeries`, one per result.
+
+    Each ``"values":[...]`` array is cut out of the body (its points are only numbers and
+    quoted numbers; a label value cannot contain that text unescaped) and parsed by
+    :func:`_points`; the rest, labels and status, is small and goes through ``json``. Any
+    answer :func:`to_frame` accepts parses here to the same numbers.
+    """
+    chunks: list[bytes] = []
+    parts: list[bytes] = []
+    pos = 0
+    while True:
+        at = payload.find(_VALUES, pos)
+        if at < 0:
+            break
+        begin = at + len(_VALUES)
+        stop = begin if payload[begin : begin + 1] == b"]" else payload.find(b"]]", begin) + 1
+        if stop <= 0:
+            break
+        parts.append(payload[pos:begin])
+        chunks.append(payload[begin:stop])
+        pos = stop
+    parts.append(payload[pos:])
+    data = _data(b"".join(parts), url, what)
+    kind = data.get("resultType") if isinstance(data, dict) else None
+    result = data.get("result", []) if isinstance(data, dict) else []
+    if kind not in ("matrix", "vector") or not isinstance(result, list):
+        raise PrometheusError(url, None, "a matrix or vector result", repr(kind))
+    if kind == "matrix" and len(chunks) != sum("values" in item for item in result):
+        # not the compact JSON Prometheus writes (spaces after colons): read it all as JSON
+        chunks = []
+        result = _data(payload, url, what).get("result", [])
+    out: list[RawSeries] = []
+    cut = iter(chunks)
+    for item in result:
+        labels = {str(k): str(v) for k, v in dict(item.get("metric", {})).items()}
+        if kind == "vector":
+            point = item.get("value")
+            if point:
+                t, v = np.array([float(point[0])]), np.array([float(point[1])])
+                out.append(RawSeries(labels, t, v))
+            continue
+        if "values" not in item:
+            continue
+        chunk = next(cut) if chunks else None
+        pts = _points(chunk) if chunk is not None else None
+        if pts is None:  # not the plain shape: let json read it, one object per point
+            raw = item["values"] if chunk is None else json.loads(b"[" + chunk + b"]")
+            pts = np.array([[float(t), float(v)] for t, v in raw], dtype=np.float64)
+            pts = pts.reshape(len(raw), 2)
+        if len(pts):
+            out.append(RawSeries(labels, pts[:, 0].copy(), pts[:, 1].copy()))
+    return out
+
+
+def merge_series(
+    pieces: Iterable[Sequence[RawSeries]], start: float = -math.inf, end: float = math.inf
+) -> list[RawSeries]:
+    """Join the answers of several pieces: one series per label set (sorted by labels), its
+    points in time order, each timestamp once (the first piece's point wins), in [start, end].
+    """
+    by_key: dict[tuple[tuple[str, str], ...], list[RawSeries]] = {}
+    for piece in pieces:
+        for s in piece:
+            by_key.setdefault(s.key(), []).append(s)
+    names = sorted({k for key in by_key for k, _ in key})
+    out: list[tuple[tuple[str, ...], RawSeries]] = []
+    for key, parts in by_key.items():
+        ts = np.concatenate([p.timestamps for p in parts])
+        values = np.concatenate([p.values for p in parts])
+        order = np.argsort(ts, kind="stable")
+        ts, values = ts[order], values[order]
+        keep = (ts >= start) & (ts <= end)
+        if len(ts) > 1:
+            keep[1:] &= ts[1:] != ts[:-1]
+        if keep.any():
+            labels = dict(key)
+            sort_key = tuple(labels.get(n, "") for n in names)
+            out.append((sort_key, RawSeries(labels, ts[keep], values[keep])))
+    out.sort(key=lambda pair: pair[0])
+    return [s for _, s in out]

@@ -1,23 +1,28 @@
 """``minerwatch fleet serve``: score every host from Prometheus each interval, export the agent's
 metric names with a ``host`` label, and retrain on schedule.
 
-A cycle reads the last :data:`LOOKBACK_S` of every host with one query per metric for the
-whole selector (never one per host), splits the answers by host, maps them to telemetry with
-the same code as ``fleet train`` (:func:`~minerwatch.service.fleet.nodeexporter.telemetry`),
-and scores the windows completed since the previous cycle with each host's stored model and
-its own streaming alert rule (:class:`~minerwatch.baseline.calibrate.AlertState`), as the
-agent does. The exposition reuses the agent's metric families
-(:func:`~minerwatch.service.exporter.snapshot_families`) with a ``host`` label added, so the
-dashboard and the alert rules serve both modes. Retraining runs in a background thread, one
-host at a time, through the agent's own :func:`~minerwatch.service.retrain.retrain` (candidate
-checked against the current model on recent clean windows) after leaving out the windows the
-host alerted on, widened as the agent widens them.
+A cycle reads Prometheus with one query per metric for the whole selector (never one per
+host): the first cycle the last :data:`LOOKBACK_S`, later ones only what is new since the
+previous read (from :data:`OVERLAP_S` before its end). Each host's raw samples are held between
+cycles (:class:`Samples`, merged and cut to the lookback), so they are what a full read would
+give; they are mapped to telemetry by :func:`host_series` (arrays, the same rows and values as
+``fleet train``'s :func:`~minerwatch.service.fleet.nodeexporter.telemetry`), and the windows
+completed since the previous cycle are scored with each host's stored model and its own
+streaming alert rule (:class:`~minerwatch.baseline.calibrate.AlertState`), as the agent does.
+The alert state is written to :data:`STATE_FILE` after every cycle and read back at start, so
+a restart neither fires an open alert again nor forgets it. The exposition reuses the agent's
+metric families (:func:`~minerwatch.service.exporter.snapshot_families`) with a ``host`` label
+added, so the dashboard and the alert rules serve both modes. Retraining runs in a background
+thread, one host at a time, through the agent's own :func:`~minerwatch.service.retrain.retrain`
+(candidate checked against the current model on recent clean windows) after leaving out the
+windows the host alerted on, widened as the agent widens them.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 import queue
@@ -41,21 +46,26 @@ from minerwatch.baseline.calibrate import AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.store import ModelError, list_hosts, load_model, read_key
+from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
-from minerwatch.features.io import HostSeries
+from minerwatch.features.io import HostSeries, from_arrays
 from minerwatch.features.pipeline import feature_rows
-from minerwatch.features.schema import AGENT_METRICS, SCHEMA_VERSION
+from minerwatch.features.schema import AGENT_METRICS, METRIC_COLUMNS, SCHEMA_VERSION
+from minerwatch.features.sources.disk import DEFAULT_IGNORE as NOT_WHOLE_DISK
 from minerwatch.service.exporter import METRICS, ExpositionCache, snapshot_families
 from minerwatch.service.fleet.nodeexporter import (
-    METRICS as NODE_METRICS,
-)
-from minerwatch.service.fleet.nodeexporter import (
+    CPU_ACCOUNTED,
     PROCESS_METRICS,
     SERIES_ID,
+    VIRTUAL_INTERFACES,
+    counter_rates,
+    cpu_percentages,
     host_of,
     selector_matchers,
     series_selector,
-    telemetry,
+)
+from minerwatch.service.fleet.nodeexporter import (
+    METRICS as NODE_METRICS,
 )
 from minerwatch.service.fleet.promclient import (
     TIMESTAMP,
@@ -84,8 +94,14 @@ EXCLUDE_MARGIN_S = 3600.0
 RETRY_S = 3600.0
 #: Alerted windows remembered per host for retraining (older ones are rescored instead).
 MAX_REMEMBERED = 10_000
+#: Each read after the first starts this long before the previous read's end, so a scrape
+#: that Prometheus made visible up to this long after its own timestamp is still read.
+OVERLAP_S = 60.0
+#: The alert state kept across restarts: this file in ``--state-dir`` (default ``--models``).
+STATE_FILE = "fleet-serve-state.json"
+STATE_FORMAT = 1
 #: Stages counted in the fleet server's ``minerwatch_errors_total{stage}`` (bounded).
-FLEET_STAGES = ("query", "model", "score", "train")
+FLEET_STAGES = ("query", "model", "score", "train", "state")
 #: The agent's metric families that mean the same for a host scored from Prometheus, by
 #: family name (counters without ``_total``, info without ``_info``); the agent-only ones
 #: (sampling, responding, host signals) and per-process ones are left out.
@@ -111,49 +127,346 @@ PER_HOST = frozenset(
 )
 
 
-# -- reading: one query per metric, split by host ----------------------------------------------
+# -- reading: one query per metric, buffered per host between cycles -----------------------------
 
 
-def split_by_host(frame: pd.DataFrame, host_label: str | None) -> dict[str, pd.DataFrame]:
-    """One long answer (every host's series) as a frame per host, label columns kept."""
-    label = host_label or "instance"
-    if not len(frame) or label not in frame.columns:
+#: Modes of ``node_cpu_seconds_total`` the CPU columns add up, in the mapping's order.
+CPU_MODES = (*CPU_ACCOUNTED, "steal")
+
+
+@dataclass
+class Samples:
+    """One host's raw samples of one metric, sorted by series (label order) then time."""
+
+    sid: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Samples:
+        return cls(np.zeros(0, np.intp), np.zeros(0), np.zeros(0))
+
+    def after(self, start: float) -> Samples:
+        keep = self.ts > start
+        return self if keep.all() else Samples(self.sid[keep], self.ts[keep], self.value[keep])
+
+
+class SeriesRegistry:
+    """Every series of one metric ever read, numbered once (``sid``), with what the mapping
+    needs of its labels: its host, whether its device counts, its CPU mode, its process
+    group. ``rank`` orders series as a full read's answer does (by label values, label names
+    sorted, a missing label as ""), so sums run in the same order either way."""
+
+    def __init__(self, metric: str, host_label: str | None) -> None:
+        self.metric = metric
+        self.host_label = host_label
+        drop = {"node_disk_read_bytes_total": NOT_WHOLE_DISK,
+                "node_disk_written_bytes_total": NOT_WHOLE_DISK}.get(metric)  # fmt: skip
+        self.drop = VIRTUAL_INTERFACES if metric.startswith("node_network_") else drop
+        self.ids: dict[tuple[tuple[str, str], ...], int] = {}
+        self.labels: list[dict[str, str]] = []
+        self.hosts: list[str] = []
+        self.groups: dict[str, int] = {}
+        self._attrs: list[tuple[bool, int, int]] = []
+        #: label names of an answer -> their values -> sid (a dict per answer's columns)
+        self.by_values: dict[tuple[str, ...], dict[tuple[str, ...], int]] = {}
+        self.keep = np.zeros(0, bool)  # device counted (network, disk)
+        self.mode = np.zeros(0, np.intp)  # index in CPU_MODES, -1 for none
+        self.group = np.zeros(0, np.intp)  # process group code, -1 for a mode not counted
+        self.rank = np.zeros(0, np.intp)
+
+    def sid(self, labels: Mapping[str, str]) -> int:
+        key = tuple(sorted((k, v) for k, v in labels.items() if v != "" and k != "__name__"))
+        found = self.ids.get(key)
+        if found is not None:
+            return found
+        new = self.ids[key] = len(self.labels)
+        lab = dict(key)
+        self.labels.append(lab)
+        host = lab.get(self.host_label or "instance", "")
+        self.hosts.append(host if self.host_label else host_of(host))
+        device = lab.get("device", "")
+        keep = self.drop is None or not self.drop.match(device)
+        mode = lab.get("mode", "")
+        group = -1
+        if mode in ("user", "system"):
+            group = self.groups.setdefault(lab.get("groupname", ""), len(self.groups))
+        self._attrs.append((keep, CPU_MODES.index(mode) if mode in CPU_MODES else -1, group))
+        return new
+
+    def reorder(self) -> None:
+        """The arrays and ranks in label order, after new series were added."""
+        self.keep = np.array([a[0] for a in self._attrs], dtype=bool)
+        self.mode = np.array([a[1] for a in self._attrs], dtype=np.intp)
+        self.group = np.array([a[2] for a in self._attrs], dtype=np.intp)
+        names = sorted({k for lab in self.labels for k in lab})
+        keys = [tuple(lab.get(n, "") for n in names) for lab in self.labels]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        self.rank = np.empty(len(keys), np.intp)
+        self.rank[order] = np.arange(len(keys))
+
+
+def ingest(
+    frame: pd.DataFrame, registry: SeriesRegistry, wanted: Mapping[str, int]
+) -> dict[int, Samples]:
+    """One answer (every host's series) as :class:`Samples` per host index of ``wanted``
+    (hosts not in it are dropped); each host's rows sorted by series then time."""
+    if not len(frame):
         return {}
-    column = frame[label]
-    names = [str(c) for c in column.cat.categories]
-    hosts = names if host_label else [host_of(n) for n in names]
-    uniq = sorted(set(hosts))
-    index = {h: i for i, h in enumerate(uniq)}
-    per_category = np.array([index[h] for h in hosts], dtype=np.intp)
-    codes = per_category[column.cat.codes.to_numpy()]
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
-    drop = [c for c in ("__name__",) if c in frame.columns]
-    frame = frame.drop(columns=drop) if drop else frame
-    # every series of the fleet numbered once, so the mapping need not group each host again
-    labels = [c for c in frame.columns if c not in (TIMESTAMP, VALUE)]
-    frame[SERIES_ID] = frame.groupby(labels, observed=True, sort=False).ngroup().to_numpy()
+    labels = [c for c in frame.columns if c not in (TIMESTAMP, VALUE, "__name__", SERIES_ID)]
+    before = len(registry.labels)
+    if labels:
+        group = frame.groupby(labels, observed=True, sort=False, dropna=False).ngroup().to_numpy()
+        _, first = np.unique(group, return_index=True)
+        known = registry.by_values.setdefault(tuple(labels), {})
+        columns = [_label_values(frame[c], first) for c in labels]
+        sids = np.empty(len(first), dtype=np.intp)
+        for i, v in enumerate(zip(*columns, strict=True)):
+            found = known.get(v)
+            if found is None:
+                found = known[v] = registry.sid(dict(zip(labels, v, strict=True)))
+            sids[i] = found
+        sid = sids[group]
+    else:
+        sid = np.full(len(frame), registry.sid({}), dtype=np.intp)
+    if len(registry.labels) != before:
+        registry.reorder()
+    host_index = np.array([wanted.get(h, -1) for h in registry.hosts], dtype=np.intp)
+    owner = host_index[sid]
+    ts = frame[TIMESTAMP].to_numpy(np.float64)
+    order = np.lexsort((ts, registry.rank[sid], owner))
+    owner, sid, ts = owner[order], sid[order], ts[order]
+    value = frame[VALUE].to_numpy(np.float64)[order]
+    bounds = np.searchsorted(owner, np.arange(len(wanted) + 1)).tolist()
     return {
-        h: frame.iloc[order[bounds[i] : bounds[i + 1]]]
-        for i, h in enumerate(uniq)
-        if bounds[i + 1] > bounds[i]
-    }
+        h: Samples(sid[bounds[h] : bounds[h + 1]], ts[bounds[h] : bounds[h + 1]],
+                   value[bounds[h] : bounds[h + 1]])
+        for h in range(len(wanted))
+        if bounds[h + 1] > bounds[h]
+    }  # fmt: skip
 
 
-def read_fleet(
-    client: PromClient, selector: str, host_label: str | None, start: float, end: float
-) -> dict[str, dict[str, pd.DataFrame]]:
-    """Raw samples of every fleet metric in [start, end]: metric -> host -> long frame.
+def _label_values(column: pd.Series, rows: np.ndarray) -> list[str]:
+    """The label's value on each of ``rows`` ("" for none)."""
+    if hasattr(column, "cat"):
+        names = [str(c) for c in column.cat.categories]
+        return [names[c] if c >= 0 else "" for c in column.cat.codes.to_numpy()[rows].tolist()]
+    return ["" if v is None else str(v) for v in column.to_numpy()[rows].tolist()]
 
-    One request per metric for the whole selector (process-exporter's series are another
-    job, so they are read without it and joined by host).
-    """
-    inner = selector_matchers(selector)
-    out: dict[str, dict[str, pd.DataFrame]] = {}
-    for metric in NODE_METRICS:
-        sel = series_selector(metric, "" if metric in PROCESS_METRICS else inner)
-        out[metric] = split_by_host(client.samples(sel, start, end, 15.0), host_label)
+
+def merge_host(
+    old: Mapping[str, Samples],
+    new: Mapping[str, Samples],
+    ranks: Mapping[str, np.ndarray],
+    start: float,
+) -> dict[str, Samples]:
+    """One host's held samples of every metric in ``new`` and the new ones, as one: sorted
+    by series (``ranks``) and time, without samples at or before ``start`` nor a second copy
+    of one (series, time) (the one already held is kept). One sort for all the metrics."""
+    metrics = list(new)
+    empty = Samples.empty()
+    parts = [p for m in metrics for p in (old.get(m, empty), new[m])]
+    sizes = [len(p.ts) for p in parts]
+    if not sum(sizes[1::2]):  # nothing new: only the oldest samples leave
+        return {m: old.get(m, empty).after(start) for m in metrics}
+    which = np.repeat(np.arange(len(parts)) // 2, sizes)
+    sid = np.concatenate([p.sid for p in parts])
+    ts = np.concatenate([p.ts for p in parts])
+    value = np.concatenate([p.value for p in parts])
+    rank = np.concatenate([ranks[m][p.sid] for m in metrics for p in (old.get(m, empty), new[m])])
+    order = np.lexsort((ts, rank, which))  # stable: of two copies, the held one comes first
+    which, sid, ts, value = which[order], sid[order], ts[order], value[order]
+    keep = ts > start
+    keep[1:] &= (which[1:] != which[:-1]) | (sid[1:] != sid[:-1]) | (ts[1:] != ts[:-1])
+    which, sid, ts, value = which[keep], sid[keep], ts[keep], value[keep]
+    bounds = np.searchsorted(which, np.arange(len(metrics) + 1)).tolist()
+    return {
+        m: Samples(sid[bounds[j] : bounds[j + 1]], ts[bounds[j] : bounds[j + 1]],
+                   value[bounds[j] : bounds[j + 1]])
+        for j, m in enumerate(metrics)
+    }  # fmt: skip
+
+
+# -- the node_exporter mapping on buffered arrays --------------------------------------------------
+
+
+def _at_rows(at: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.searchsorted(at, ts)
+    hit = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) if len(at) else idx < 0
+    return idx, hit
+
+
+def _per_row(
+    col: np.ndarray, idx: np.ndarray, weights: np.ndarray, columns: int, rows: int
+) -> np.ndarray:
+    """Sums of ``weights`` per (column, row): one ``bincount`` for several columns, each
+    bin adding its samples in the same order as a ``bincount`` of that column alone."""
+    return np.bincount(col * rows + idx, weights=weights, minlength=columns * rows).reshape(
+        columns, rows
+    )
+
+
+def _gauges_of(parts: Sequence[Samples], at: np.ndarray) -> np.ndarray:
+    """Each gauge's value at each time in ``at`` (mean of the series sharing the time), as
+    the mapping's ``_gauge``; one row per part."""
+    n = len(at)
+    col = np.repeat(np.arange(len(parts)), [len(p.ts) for p in parts])
+    ts = np.concatenate([p.ts for p in parts])
+    value = np.concatenate([p.value for p in parts])
+    idx, hit = _at_rows(at, ts)
+    hit &= np.isfinite(value)
+    total = _per_row(col[hit], idx[hit], value[hit], len(parts), n)
+    count = _per_row(col[hit], idx[hit], np.ones(int(hit.sum())), len(parts), n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return out
+
+
+def _counters_of(
+    parts: Sequence[Samples], keep: Sequence[np.ndarray], at: np.ndarray
+) -> np.ndarray:
+    """Each counter's rate summed over its (kept) series at each time in ``at``, as the
+    mapping's ``summed_rates``; one row per part."""
+    n = len(at)
+    sizes = [int(k.sum()) for k in keep]
+    col = np.repeat(np.arange(len(parts)), sizes)
+    # series ids made distinct across parts, so a part's first sample has no previous one
+    series = np.concatenate([p.sid[k] for p, k in zip(parts, keep, strict=True)]) * len(parts) + col
+    ts = np.concatenate([p.ts[k] for p, k in zip(parts, keep, strict=True)])
+    value = np.concatenate([p.value[k] for p, k in zip(parts, keep, strict=True)])
+    rates = counter_rates(series, ts, value)
+    primed = np.zeros(len(ts), dtype=bool)
+    if len(ts) > 1:
+        primed[1:] = series[1:] == series[:-1]
+    idx, hit = _at_rows(at, ts)
+    weights = np.where(np.isfinite(rates), rates, 0.0)
+    total = _per_row(col[hit], idx[hit], weights[hit], len(parts), n)
+    seen = _per_row(col[hit], idx[hit], primed[hit].astype(float), len(parts), n)
+    out: np.ndarray = np.where(seen > 0, total, np.nan)
+    return out
+
+
+def _cpu_of(s: Samples, registry: SeriesRegistry, at: np.ndarray) -> dict[str, np.ndarray]:
+    """CPU-seconds per mode summed over CPUs at each time in ``at``, then the four shares
+    (as the mapping's ``_cpu``)."""
+    n = len(at)
+    idx, hit = _at_rows(at, s.ts)
+    modes = registry.mode[s.sid]
+    rows = hit & (modes >= 0)
+    value = s.value if np.isfinite(s.value).all() else np.nan_to_num(s.value)
+    total = _per_row(modes[rows], idx[rows], value[rows], len(CPU_MODES), n)
+    seen = _per_row(modes[rows], idx[rows], np.ones(int(rows.sum())), len(CPU_MODES), n)
+    present = np.bincount(modes[rows], minlength=len(CPU_MODES)) > 0
+    out = {
+        mode: np.where(seen[i] > 0, total[i], np.nan)
+        for i, mode in enumerate(CPU_MODES)
+        if present[i]
+    }
+    shares: dict[str, np.ndarray] = cpu_percentages(out)
+    return shares
+
+
+def _top_of(s: Samples, registry: SeriesRegistry, at: np.ndarray, interval: float) -> np.ndarray:
+    """As the mapping's ``_top_process``: the busiest group's CPU at the matched scrape."""
+    codes = registry.group[s.sid]
+    rows = codes >= 0
+    ts = s.ts[rows]
+    rates = counter_rates(s.sid[rows], ts, s.value[rows])
+    codes = codes[rows]
+    times, t_idx = np.unique(ts, return_inverse=True)
+    if not len(times):
+        return np.full(len(at), np.nan)
+    keys, inv = np.unique(codes * len(times) + t_idx, return_inverse=True)
+    finite = np.isfinite(rates)
+    total = np.bincount(inv, weights=np.where(finite, rates, 0.0), minlength=len(keys))
+    seen = np.bincount(inv, weights=finite.astype(float), minlength=len(keys))
+    rate = np.where(seen > 0, total, np.nan)
+    scrape_times, scrape = np.unique(times[keys % len(times)], return_inverse=True)
+    busiest = np.full(len(scrape_times), np.nan)
+    np.fmax.at(busiest, scrape, rate)
+    pos = np.searchsorted(scrape_times, at, side="right") - 1
+    ok = (pos >= 0) & (at - scrape_times[np.maximum(pos, 0)] <= interval * 1.5)
+    out: np.ndarray = np.where(ok, 100.0 * busiest[np.maximum(pos, 0)], np.nan)
+    return out
+
+
+def host_series(
+    host: str,
+    samples: Mapping[str, Samples],
+    registries: Mapping[str, SeriesRegistry],
+    source: str = "",
+) -> HostSeries:
+    """One host's buffered samples as telemetry rows: the same rows and values as
+    :func:`~minerwatch.service.fleet.nodeexporter.telemetry` gives for the same samples, on
+    arrays, a few ``bincount`` for all the columns (no pandas; a test compares the two)."""
+    frames = {m: s for m, s in samples.items() if len(s.ts)}
+    node = [s.ts for m, s in frames.items() if m not in PROCESS_METRICS]
+    if not node:
+        raise InputError(source or host, None, f"node_exporter samples for host {host!r}", "none")
+    at = np.unique(np.concatenate(node))
+    steps = np.diff(at)
+    interval = float(np.median(steps)) if steps.size else 60.0
+    out: dict[str, np.ndarray] = {}
+    if "node_cpu_seconds_total" in frames:
+        m = "node_cpu_seconds_total"
+        out.update(_cpu_of(frames[m], registries[m], at))
+    gauges = {c: m for c, m in _GAUGES.items() if m in frames}
+    memory = "node_memory_MemTotal_bytes" in frames and "node_memory_MemAvailable_bytes" in frames
+    if memory:
+        gauges["mem_total"] = "node_memory_MemTotal_bytes"
+        gauges["mem_avail"] = "node_memory_MemAvailable_bytes"
+    if gauges:
+        rows = _gauges_of([frames[m] for m in gauges.values()], at)
+        out.update(zip(gauges, rows, strict=True))
+    if memory:
+        total, avail = out.pop("mem_total"), out.pop("mem_avail")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mem = np.where(total > 0, 100.0 * (total - avail) / total, np.nan)
+        out["mem_percent"] = np.clip(mem, 0.0, 100.0)
+    counters = {c: m for c, m in _COUNTERS.items() if m in frames}
+    if counters:
+        parts = [frames[m] for m in counters.values()]
+        keep = [registries[m].keep[frames[m].sid] for m in counters.values()]
+        out.update(zip(counters, _counters_of(parts, keep, at), strict=True))
+    proc = PROCESS_METRICS[0]
+    if proc in frames:
+        out["top_proc_cpu_percent"] = _top_of(frames[proc], registries[proc], at, interval)
+    columns = tuple(c for c in METRIC_COLUMNS if c in out)
+    values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
+    useful = np.isfinite(values).any(axis=1)
+    return from_arrays(host, at[useful], values[useful], columns, source)
+
+
+_GAUGES = {
+    "load1": "node_load1",
+    "tcp_established": "node_netstat_Tcp_CurrEstab",
+    "procs_total": "node_processes_pids",
+    "procs_running": "node_procs_running",
+}
+_COUNTERS = {
+    "disk_read_bps": "node_disk_read_bytes_total",
+    "disk_write_bps": "node_disk_written_bytes_total",
+    "net_rx_bps": "node_network_receive_bytes_total",
+    "net_tx_bps": "node_network_transmit_bytes_total",
+    "net_rx_pps": "node_network_receive_packets_total",
+    "net_tx_pps": "node_network_transmit_packets_total",
+    "ctx_switches_ps": "node_context_switches_total",
+}
+
+
+def read_answers(
+    client: PromClient, selector: str, start: float, end: float
+) -> dict[str, pd.DataFrame]:
+    """Raw samples of every fleet metric in [start, end], one request per metric for the
+    whole selector (process-exporter's series are another job, so they are read without it
+    and joined by host)."""
+    inner = selector_matchers(selector)
+    return {
+        metric: client.samples(
+            series_selector(metric, "" if metric in PROCESS_METRICS else inner), start, end, 15.0
+        )
+        for metric in NODE_METRICS
+    }
 
 
 # -- per-host state -----------------------------------------------------------------------------
@@ -191,6 +504,17 @@ class HostState:
             state.alerted = old.alerted
         return state
 
+    def saved(self) -> dict[str, object]:
+        """What a restart must not lose: the alert rule's state and the alerted windows."""
+        a = self.alert
+        return {
+            "active": a.active, "above": a._above, "below": a._below,
+            "alert_slot": a._last_slot, "last_slot": self.last_slot,
+            "alerts_total": self.alerts_total, "windows_total": self.windows_total,
+            "episode_start": self.episode_start, "alerted": coalesce(self.alerted),
+            "model": str(self.model.meta.get("sha256", "")),
+        }  # fmt: skip
+
     def snapshot(self) -> AgentSnapshot:
         """The agent's snapshot fields that mean something for a host scored from afar."""
         m = self.model
@@ -212,6 +536,83 @@ class HostState:
             last_score_timestamp_seconds=self.score_ts,
             windows_scored_total=self.windows_total,
         )
+
+
+def coalesce(windows: Sequence[tuple[float, float]]) -> list[list[float]]:
+    """Overlapping or touching windows as one span each: what retraining leaves out
+    (every window widened by a margin) is the same, and an episode of hours is one entry."""
+    out: list[list[float]] = []
+    for start, end in sorted(windows):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
+
+
+@dataclass(frozen=True)
+class HostSaved:
+    """One host's entry of the state file, checked."""
+
+    active: bool
+    above: int
+    below: int
+    alert_slot: int | None
+    last_slot: int | None
+    alerts_total: int
+    windows_total: int
+    episode_start: float | None
+    alerted: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def parse(cls, item: object) -> HostSaved:
+        """Raises ValueError (or TypeError, KeyError) for an entry not as written."""
+        if not isinstance(item, dict):
+            raise ValueError("a host entry is not an object")
+
+        def count(key: str, none: bool = False) -> int | None:
+            v = item[key]
+            if v is None and none:
+                return None
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{key!r} is not an integer: {v!r}")
+            return v
+
+        def instant(v: object) -> float:
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"not a time: {v!r}")
+            return float(v)
+
+        if not isinstance(item["active"], bool):
+            raise ValueError(f"'active' is not true or false: {item['active']!r}")
+        episode = item["episode_start"]
+        windows = item["alerted"]
+        if not isinstance(windows, list):
+            raise ValueError("'alerted' is not a list")
+        pairs = []
+        for w in windows:
+            if not isinstance(w, list) or len(w) != 2:
+                raise ValueError(f"an alerted window is not [start, end]: {w!r}")
+            pairs.append((instant(w[0]), instant(w[1])))
+        return cls(
+            active=item["active"], above=count("above") or 0, below=count("below") or 0,
+            alert_slot=count("alert_slot", True), last_slot=count("last_slot", True),
+            alerts_total=count("alerts_total") or 0, windows_total=count("windows_total") or 0,
+            episode_start=None if episode is None else instant(episode),
+            alerted=tuple(pairs[-MAX_REMEMBERED:]),
+        )  # fmt: skip
+
+    def apply(self, state: HostState) -> None:
+        a = state.alert
+        a.active, a._above, a._below, a._last_slot = (
+            self.active,
+            self.above,
+            self.below,
+            self.alert_slot,
+        )
+        state.last_slot, state.alerts_total = self.last_slot, self.alerts_total
+        state.windows_total, state.episode_start = self.windows_total, self.episode_start
+        state.alerted = list(self.alerted)
 
 
 def score_host(state: HostState, series: HostSeries, now: float) -> list[tuple[float, float, bool]]:
@@ -400,6 +801,8 @@ class FleetServer:
         retrain_every: float = 0.0,
         history_s: float = 14 * 86400.0,
         clock: Callable[[], float] = time.time,
+        incremental: bool = True,
+        state_file: Path | None = None,
     ) -> None:
         self.client = client
         self.models_dir = models_dir
@@ -416,6 +819,19 @@ class FleetServer:
         self.reloaded: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         #: Why the latest cycle could not read Prometheus (None: it could).
         self.query_error: PrometheusError | PrometheusUnavailable | None = None
+        #: Read only what is new since the previous cycle (False: the whole lookback, always).
+        self.incremental = incremental
+        #: Where the alert state is kept across restarts (None: nowhere).
+        self.state_file = state_file
+        self.registries: dict[str, SeriesRegistry] = {}
+        self.buffers: dict[str, dict[str, Samples]] = {}
+        #: End of the latest successful read (None: the next read is a full lookback).
+        self.read_end: float | None = None
+        self.read_start: float | None = None
+        #: Saved state of hosts without a loaded model, written back as it was.
+        self.kept_state: dict[str, object] = {}
+        #: Points in the latest cycle's answers (the benchmark reports it).
+        self.points_read = 0
 
     def _error(self, stage: str, what: str) -> None:
         self.errors[stage] = self.errors.get(stage, 0) + 1
@@ -437,15 +853,21 @@ class FleetServer:
         if old is not None and old.model.meta.get("sha256") == model.meta.get("sha256"):
             return True
         state = self.hosts[host] = HostState.of(model, old)
+        if old is None:  # a host not buffered yet: the next read is a full lookback
+            self.read_end = None
         if self.retrain_every > 0:
             created = float(model.meta.get("created_at", self.clock()))
             state.next_retrain = created + self.retrain_every
         return True
 
     def cycle(self) -> dict[str, int]:
-        """Read every host's last :data:`LOOKBACK_S` and score its new windows.
+        """Read what is new since the previous cycle and score every host's new windows.
 
-        Returns how many hosts were scored, had no data, or failed to score.
+        The first read (and the first after a host's model appears) is the whole
+        :data:`LOOKBACK_S`; later ones start :data:`OVERLAP_S` before the previous read's
+        end and are merged into each host's buffer of raw samples, which then holds what a
+        full read of the lookback would give. Returns how many hosts were scored, had no
+        data, or failed to score.
         """
         while not self.reloaded.empty():
             host, outcome = self.reloaded.get()
@@ -454,30 +876,38 @@ class FleetServer:
         t0 = time.perf_counter()
         now = self.clock()
         start = now - LOOKBACK_S - 2 * max([60.0, *(s.model.window for s in self.hosts.values())])
+        full = (
+            not self.incremental
+            or self.read_end is None
+            or self.read_start is None
+            or start < self.read_start  # a longer window than any buffered for
+        )
+        since = start if full else max(start, min(now, (self.read_end or now) - OVERLAP_S))
         counts = {"scored": 0, "no_data": 0, "failed": 0}
         try:
-            data = read_fleet(self.client, self.selector, self.host_label, start, now)
+            answers = read_answers(self.client, self.selector, since, now)
         except (PrometheusError, PrometheusUnavailable) as exc:
             self._error("query", str(exc))
             self.query_error = exc
             counts["failed"] = len(self.hosts)
-            return counts
+            return counts  # the next read starts where the last good one ended
         self.query_error = None
+        self.points_read = sum(len(f) for f in answers.values())
+        self._buffer(answers, start, full)
+        self.read_start, self.read_end = start, now
         for host, state in self.hosts.items():
-            frames = {metric: per.get(host) for metric, per in data.items()}
-            present = {k: v for k, v in frames.items() if v is not None}
-            if not any(k not in PROCESS_METRICS for k in present):
+            present = {m: s for m, s in self.buffers.get(host, {}).items() if len(s.ts)}
+            node = [s.ts for m, s in present.items() if m not in PROCESS_METRICS]
+            if not node:
                 counts["no_data"] += 1
                 continue
             # a scrape ingested between two of the cycle's queries is in some answers only:
             # rows after the oldest "latest sample" of any metric wait for the next cycle
-            cut = min(
-                float(f[TIMESTAMP].max()) for k, f in present.items() if k not in PROCESS_METRICS
-            )
+            cut = min(float(ts.max()) for ts in node)
             try:
-                data_h = telemetry(
-                    host, present, source=f"{self.client.connection.url} host {host}"
-                ).series
+                data_h = host_series(
+                    host, present, self.registries, f"{self.client.connection.url} host {host}"
+                )
                 n = int(np.searchsorted(data_h.timestamps, cut, side="right"))
                 series = replace(data_h, timestamps=data_h.timestamps[:n], values=data_h.values[:n])
                 new = score_host(state, series, now)
@@ -493,8 +923,86 @@ class FleetServer:
                         host, start_w, end_w, state.score or 0.0, state.model.threshold,
                         ", ".join(f"{k}={v:.3g}" for k, v in _top(state.contributions)),
                     )  # fmt: skip
+        self.save_state()
         self.cycle_seconds = time.perf_counter() - t0
         return counts
+
+    def _buffer(self, answers: Mapping[str, pd.DataFrame], start: float, full: bool) -> None:
+        """Each host's samples of every metric: the answers (a full read), or the answers
+        merged into what was held, without samples before ``start``."""
+        names = list(self.hosts)
+        wanted = {h: i for i, h in enumerate(names)}
+        for host in [h for h in self.buffers if h not in wanted]:
+            del self.buffers[host]
+        per: dict[str, dict[int, Samples]] = {}
+        for metric, frame in answers.items():
+            registry = self.registries.get(metric)
+            if registry is None:
+                registry = self.registries[metric] = SeriesRegistry(metric, self.host_label)
+            per[metric] = ingest(frame, registry, wanted)
+        empty = Samples.empty()
+        ranks = {m: self.registries[m].rank for m in answers}
+        for i, host in enumerate(names):
+            new = {m: per[m].get(i, empty) for m in answers}
+            if full:  # (start, now]: whether the server's range includes its start or not
+                self.buffers[host] = {m: s.after(start) for m, s in new.items()}
+            else:
+                self.buffers[host] = merge_host(self.buffers.get(host, {}), new, ranks, start)
+
+    # -- alert state across restarts -------------------------------------------------------
+
+    def save_state(self) -> None:
+        """Write every host's alert state (atomically); a failure is counted, never fatal."""
+        if self.state_file is None:
+            return
+        hosts: dict[str, object] = dict(self.kept_state)
+        hosts.update({h: s.saved() for h, s in self.hosts.items()})
+        doc = {"format": STATE_FORMAT, "saved_at": self.clock(), "hosts": hosts}
+        try:
+            atomic_write(self.state_file, json.dumps(doc, separators=(",", ":")), mode=0o600)
+        except OSError as exc:
+            self._error("state", f"cannot write {self.state_file}: {exc}")
+
+    def restore_state(self) -> int:
+        """Take back the alert state saved by a previous run; how many hosts it had.
+
+        A missing file is a first start. A file that cannot be read or parsed is logged,
+        counted (``stage="state"``), moved aside as ``<file>.corrupt`` and ignored: every
+        host then starts without an open alert, as on a first start.
+        """
+        path = self.state_file
+        if path is None or not path.exists():
+            return 0
+        try:
+            doc = json.loads(path.read_bytes())
+            if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+                raise ValueError(f"not a fleet serve state file of format {STATE_FORMAT}")
+            saved = doc["hosts"]
+            if not isinstance(saved, dict):
+                raise ValueError("'hosts' is not an object")
+            restored = {h: HostSaved.parse(v) for h, v in saved.items() if h in self.hosts}
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            try:
+                path.replace(aside)
+                kept = f"moved to {aside}"
+            except OSError as err:
+                kept = f"not moved aside ({err}); it will be overwritten"
+            self._error(
+                "state",
+                f"state file {path} is unreadable ({type(exc).__name__}: {exc}); ignored, so "
+                f"no alert is taken as open and the alerted windows are forgotten; {kept}",
+            )
+            return 0
+        for host, item in restored.items():
+            item.apply(self.hosts[host])
+        self.kept_state = {h: v for h, v in saved.items() if h not in self.hosts}
+        open_alerts = sorted(h for h, s in self.hosts.items() if s.alert.active)
+        log.info(
+            "alert state of %d hosts restored from %s (open alerts: %s)", len(restored), path,
+            ", ".join(open_alerts) or "none",
+        )  # fmt: skip
+        return len(restored)
 
     def due(self) -> list[str]:
         """Hosts whose model is older than ``--retrain-every`` (and not waiting for a retry)."""
@@ -583,6 +1091,15 @@ def _retrainer(server: FleetServer, connection: Connection, stop: threading.Even
                 server._retrain_failed(host, "crashed", f"{type(exc).__name__}: {exc}")
 
 
+def state_file(args: argparse.Namespace) -> Path:
+    """:data:`STATE_FILE` in ``--state-dir`` (created when missing), else in ``--models``."""
+    folder = getattr(args, "state_dir", None)
+    if folder is None:
+        return Path(args.models) / STATE_FILE
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder) / STATE_FILE
+
+
 def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     """``fleet serve``: until SIGTERM/SIGINT; exit 2 when no model loads (nothing to serve)."""
     logging.basicConfig(
@@ -594,9 +1111,11 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     server = FleetServer(
         client, Path(args.models), selector=args.selector, host_label=args.host_label, key=key,
         retrain_every=args.retrain_every, history_s=args.days * 86400.0,
+        state_file=state_file(args),
     )  # fmt: skip
     if not server.load_models():
         raise InputError(str(args.models), None, "at least one model that loads", "none")
+    server.restore_state()
     began = time.monotonic()
     counts = server.cycle()
     if isinstance(server.query_error, PrometheusError):  # a refused query or no server at all:
@@ -636,4 +1155,5 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
         exporter.stop()
         if worker is not None:
             worker.join(timeout=30)
+        server.save_state()
     return 0
