@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.model import HostBaseline
 from minerwatch.baseline.procbase import flagged_windows, learn_processes
@@ -89,7 +90,7 @@ def train_host(
             ),
         )
     specs = feature_specs(series.columns)
-    options = {"random_state": 0, **(params or {})}
+    options = {"random_state": 0, "max_alarms_per_week": ALARMS_PER_WEEK, **(params or {})}
     roles = [s.role for s in specs]
     has_context = CONTEXT in roles
     extra = [j for j, s in enumerate(specs) if s.name.startswith(EXTRA_PREFIX)]

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
 from minerwatch.features.errors import InputError
 from minerwatch.service.config import (
     DEFAULT_DATA_DIR,
@@ -319,6 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=Progress("train"),
         on_error=on_error,
         model_key=key,
+        params={"max_alarms_per_week": args.alarms_per_week},
     )
     if not rows:
         raise InputError(
@@ -482,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dask",
         metavar="ADDRESS",
         help="train on a Dask cluster: scheduler address, or 'local' (default: no Dask)",
+    )
+    p.add_argument(
+        "--alarms-per-week",
+        type=_positive,
+        default=ALARMS_PER_WEEK,
+        help="false-alarm budget per host the threshold is calibrated for (default: %(default)s,"
+        " one in four weeks)",
     )
 
     p = _command(sub, "score", "score telemetry with stored models, one row per window", cmd_score)

@@ -183,6 +183,25 @@ def test_train_then_score(fleet, tmp_path):
     assert all(0 <= float(r["score"]) <= 1 for r in rows)
 
 
+def test_train_alarm_budget_sets_the_threshold(fleet, tmp_path):
+    """A smaller false-alarm budget gives a higher threshold; the default is in --help."""
+    r = run("train", "--help")
+    assert "--alarms-per-week" in r.stdout and "default: 0.25" in r.stdout
+    thresholds = {}
+    for budget in ("0.25", "20"):
+        models = tmp_path / budget
+        r = run("train", fleet / "train.csv", "--models", models, "--alarms-per-week", budget)
+        assert r.returncode == 0, r.stderr
+        metas = sorted(models.glob("*/meta.json"))
+        assert len(metas) == 2, metas
+        thresholds[budget] = [json.loads(m.read_text())["threshold"] for m in metas]
+    assert all(a > b for a, b in zip(thresholds["0.25"], thresholds["20"], strict=True))
+    assert_usage_error(
+        run("train", fleet / "train.csv", "--models", tmp_path / "m", "--alarms-per-week", "0"),
+        "--alarms-per-week",
+    )
+
+
 def test_bad_input_exit_code_2(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,host,cpu_percent\n1,a,x\n")
