@@ -67,6 +67,9 @@ class HostModel:
     seen_max: np.ndarray | None = None
     #: reconstruction error of the extra columns, a derived feature after the explainer's
     lowrank: LowRank | None = None
+    #: the error's own sub-score is ``1 - exp(-error / lowrank_unit)``; 0: not judged on its
+    #: own (models saved before it judged the error in the forest)
+    lowrank_unit: float = 0.0
     host: str = ""
     columns: tuple[str, ...] = ()
     window: float = 60.0
@@ -126,7 +129,10 @@ class HostModel:
     def standardize(self, F: np.ndarray) -> np.ndarray:
         """Robust z-scores of :meth:`full`; a missing value sits at the centre (neutral);
         unexplained CPU is held at its typical low (:func:`hold_unexplained_low`)."""
-        Z = (self.full(F) - self.center) / self.scale
+        return self._standardize_full(self.full(F))
+
+    def _standardize_full(self, full: np.ndarray) -> np.ndarray:
+        Z = (full - self.center) / self.scale
         out: np.ndarray = np.clip(np.nan_to_num(Z, nan=0.0, posinf=1e6, neginf=-1e6), -1e6, 1e6)
         return hold_unexplained_low(out, self.n_base, self.center, self.scale, self.typical_low)
 
@@ -155,13 +161,33 @@ class HostModel:
 
     def score(self, F: np.ndarray) -> np.ndarray:
         """Our 0-1 anomaly score per row of pipeline features, higher = worse."""
-        Z = self.standardize(F)
+        full = self.full(F)
+        Z = self._standardize_full(full)
         if self.forest.max_samples < 2:  # trees of one window isolate nothing: neutral
             s_if = np.full(len(Z), 0.5)
         else:
             s_if = self.forest.anomaly_score(self.forest_input(Z))
         e = self.excess(Z).sum(axis=1)
         out: np.ndarray = 1.0 - (1.0 - s_if) * np.exp(-e / self.excess_scale)
+        if self.lowrank is not None:
+            out = self.combine(out, full[:, -1])
+        return out
+
+    def combine(self, score: np.ndarray, error: np.ndarray) -> np.ndarray:
+        """``score`` (forest and excess) and the low-rank ``error``'s own sub-score, the
+        larger of the two: the error is scaled at training so that both sub-scores reach
+        the threshold at the same false-alarm rate, so either can raise an alert alone.
+
+        >>> import numpy as np
+        >>> m = HostModel.__new__(HostModel)
+        >>> object.__setattr__(m, "lowrank_unit", 2.0)
+        >>> m.combine(np.array([0.5, 0.5]), np.array([0.0, 2.0])).round(3).tolist()
+        [0.5, 0.632]
+        """
+        if self.lowrank_unit <= 0:
+            return score
+        sub = -np.expm1(-np.maximum(np.nan_to_num(error, nan=0.0), 0.0) / self.lowrank_unit)
+        out: np.ndarray = np.maximum(score, sub)
         return out
 
     def contributions(self, F: np.ndarray) -> np.ndarray:
@@ -178,6 +204,7 @@ class HostModel:
         if self.forest_columns is not None:
             judged = np.zeros(Z.shape[1], dtype=bool)
             judged[self.forest_columns] = True
+            judged[-1] |= self.lowrank is not None and self.lowrank_unit > 0  # its own score
             dev = dev * (judged | (self.excess_mask > 0))
         total = dev.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -230,7 +257,11 @@ class HostModel:
             "alert_windows": self.alert_windows,
             "clear_windows": self.clear_windows,
             "excess_scale": self.excess_scale,
-        } | ({"lowrank_names": list(self.lowrank.names)} if self.lowrank else {})
+        } | (
+            {"lowrank_names": list(self.lowrank.names), "lowrank_unit": self.lowrank_unit}
+            if self.lowrank
+            else {}
+        )
 
     @classmethod
     def from_parts(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> HostModel:
@@ -267,6 +298,7 @@ class HostModel:
             excess_scale=float(params["excess_scale"]),
             explainer=explainer,
             lowrank=lowrank,
+            lowrank_unit=float(params.get("lowrank_unit", 0.0)),  # absent before it
             forest_columns=None if columns is None else np.asarray(columns, dtype=np.int64),
             host=str(params["host"]),
             columns=tuple(str(c) for c in params["columns"]),

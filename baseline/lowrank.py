@@ -13,6 +13,11 @@ interquartile range (never below their standard deviation or their resolution, s
 that was flat in training does not explode), the subspace is refitted after dropping the
 worst-reconstructed training rows, and the error is the root mean square of the residual in
 those units. Scoring is numpy only (the agent loads models without scikit-learn).
+
+The baseline judges the error as a sub-score of its own, calibrated for the same false-alarm
+budget as the forest and combined with it by the larger of the two
+(:meth:`~minerwatch.baseline.fitted.HostModel.combine`), not as one more forest column:
+isolation trees would saturate on it and split on it rarely among the per-column features.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ FOLD_BLOCK_S = 6 * 3600.0
 IQR_PER_SIGMA = 1.349
 #: Standardized values are clipped here when scoring; an edge this far out is never reached.
 MAX_Z = 1e6
+#: The smallest change of the low-rank error (an RMS of robust z-scores) that means anything.
+LOWRANK_RESOLUTION = 0.1
 
 
 class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn: untyped
@@ -133,17 +135,21 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         # resolution step of CPU: one unit is the smallest change that means anything
         resolution = np.append(self._vector(self.resolution, d, 1e-6), np.ones(n_derived))
         if lowrank is not None:  # RMS of z-scores: a tenth of one is the smallest change
-            resolution[-1] = 0.1
+            resolution[-1] = LOWRANK_RESOLUTION
         excess_mask = np.append(self._vector(self.excess, d, 0.0) > 0, np.ones(n_derived, bool))
+        # the joint error is judged on its own (its calibrated sub-score, below), not by the
+        # forest: among many per-column features the trees split on it too rarely, and
+        # isolation saturates, so an error ten times the usual scored like one twice as large
+        forest_derived = np.arange(n_derived - (lowrank is not None))
+        if lowrank is not None:
+            excess_mask[-1] = False
         mask = (self._vector(self.forest_features, d, 1.0) > 0) & ~unseen
-        if lowrank is not None:  # judged through their joint error, not one by one
-            mask[lr_cols] = False
-        if not mask.any() and not n_derived:  # nothing left to judge: judge what there is
+        if not mask.any() and not len(forest_derived):  # nothing left: judge what there is
             mask = np.ones(d, dtype=bool)
         forest_columns = (
             None
             if mask.all() and not n_derived
-            else np.append(np.flatnonzero(mask), d + np.arange(n_derived)).astype(np.int64)
+            else np.append(np.flatnonzero(mask), d + forest_derived).astype(np.int64)
         )
         center = np.nan_to_num(_nanquantile(X_full, 0.5), nan=0.0)
         iqr = _nanquantile(X_full, 0.75) - _nanquantile(X_full, 0.25)
@@ -176,10 +182,17 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             hop=self.hop,
             lowrank=lowrank,
         )
-        oof = self._out_of_fold_scores(X, Zf, slots, draft)
-        threshold = calibrate_threshold(
-            oof, slots, self.hop, self.max_alarms_per_week, self.alert_windows, self.clear_windows
-        )
+        folds = self._folds(slots, n)
+        oof = self._out_of_fold_scores(X, Zf, folds, draft)
+        if lowrank is not None:
+            # in-sample: a subspace of a few components is not optimistic the way isolation
+            # trees are (its residual shrinks by about k/n), and its trimmed refit already
+            # scores the worst training rows as unseen; held-out 6-hour blocks would instead
+            # take every regime seen once for an anomaly, and set the bar far too high
+            errors = X_full[:, -1]
+            draft = replace(draft, lowrank_unit=self._lowrank_unit(errors, slots, oof))
+            oof = draft.combine(oof, errors)
+        threshold = self._calibrate(oof, slots)
         threshold = min(widen_threshold(threshold, oof, margin) + self.threshold_margin, 1.0)
         self.host_model_ = replace(draft, threshold=threshold)
         self.threshold_ = threshold
@@ -192,29 +205,53 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         size = min(self.max_samples, n) if isinstance(self.max_samples, int) else self.max_samples
         return IsolationForest(n_estimators=self.n_estimators, max_samples=size, random_state=seed)
 
+    def _calibrate(self, scores: np.ndarray, slots: np.ndarray) -> float:
+        return calibrate_threshold(
+            scores,
+            slots,
+            self.hop,
+            self.max_alarms_per_week,
+            self.alert_windows,
+            self.clear_windows,
+        )
+
+    def _folds(self, slots: np.ndarray, n: int) -> np.ndarray | None:
+        """The out-of-fold split: blocks of a few hours dealt round-robin, so each fold still
+        sees every time of day; None when there are too few windows to split."""
+        if self.folds < 2 or n < 20 * self.folds:
+            return None
+        block = np.floor(slots * self.hop / FOLD_BLOCK_S).astype(np.int64)
+        fold: np.ndarray = (block - block.min()) % self.folds
+        if len(np.unique(fold)) < self.folds:
+            fold = (np.arange(n) * self.folds) // n
+        return fold
+
     def _out_of_fold_scores(
-        self, X: np.ndarray, Z: np.ndarray, slots: np.ndarray, draft: HostModel
+        self, X: np.ndarray, Z: np.ndarray, fold: np.ndarray | None, draft: HostModel
     ) -> np.ndarray:
         """Scores each window with a forest that did not see it, so the threshold is honest.
 
         In-sample isolation scores are optimistic: calibrating on them puts the threshold too
-        low and every new day brings false alarms. Blocks of a few hours are dealt to folds
-        round-robin, so each fold still sees every time of day.
+        low and every new day brings false alarms.
         """
-        n = len(X)
-        if self.folds < 2 or n < 20 * self.folds:
+        if fold is None:
             return draft.score(X)
-        block = np.floor(slots * self.hop / FOLD_BLOCK_S).astype(np.int64)
-        fold = (block - block.min()) % self.folds
-        if len(np.unique(fold)) < self.folds:
-            fold = (np.arange(n) * self.folds) // n
-        out = np.empty(n)
+        out = np.empty(len(X))
         for k in range(self.folds):
             held = fold == k
             seed = None if self.random_state is None else self.random_state + k + 1
             part = export_forest(self._forest(seed, int((~held).sum())).fit(Z[~held]))
             out[held] = replace(draft, forest=part).score(X[held])
         return out
+
+    def _lowrank_unit(self, errors: np.ndarray, slots: np.ndarray, oof: np.ndarray) -> float:
+        """The low-rank error's scale as a sub-score: the error and the rest of the score are
+        each calibrated on their own out-of-fold training values for the same false-alarm
+        budget, and the error is scaled so that its threshold lands on the rest's
+        (sub-score ``1 - exp(-error / unit)``, see :meth:`HostModel.combine`)."""
+        error_threshold = max(self._calibrate(errors, slots), LOWRANK_RESOLUTION)
+        surprise = -np.log1p(-min(self._calibrate(oof, slots), 1.0 - 1e-12))
+        return float(error_threshold / max(surprise, 1e-6))
 
     @staticmethod
     def _vector(value: Any, d: int, default: float) -> np.ndarray:

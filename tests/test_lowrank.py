@@ -172,3 +172,61 @@ def test_store_refuses_low_rank_columns_outside_the_features(tmp_path):
     save_model(tmp_path, replace(model, lowrank=replace(model.lowrank, columns=cols)))
     with pytest.raises(ModelError, match="low-rank columns out of range"):
         load_model(tmp_path, "h")
+
+
+def _baseline_on(X, **kw):
+    from minerwatch.baseline.model import HostBaseline
+
+    d = X.shape[1]
+    return HostBaseline(
+        n_estimators=50,
+        random_state=0,
+        max_alarms_per_week=7.0,
+        excess=np.ones(d),
+        lowrank_features=np.arange(d),
+        resolution=np.full(d, 1e-3),
+        **kw,
+    ).fit(X)
+
+
+def test_error_is_its_own_calibrated_sub_score_not_a_forest_column():
+    from minerwatch.baseline.calibrate import WEEK, count_episodes
+
+    rng = np.random.default_rng(11)
+    X = _related(3 * 1440, rng)  # three days of one-minute windows
+    est = _baseline_on(X)
+    model = est.host_model_
+    err_col = len(model.feature_names) - 1
+    assert model.feature_names[err_col] == NAME and model.lowrank_unit > 0
+    assert model.forest_columns is not None and err_col not in model.forest_columns
+    assert model.excess_mask[err_col] == 0  # judged once, by its own sub-score
+    assert set(model.forest_columns) == set(range(5))  # the columns one by one, as before
+    # the combined training scores (forest's out-of-fold, error's own) keep the budget
+    allowed = int(7.0 * len(X) * 60.0 / WEEK)
+    assert count_episodes(est.train_scores_, est.threshold_, None, 3, 3) <= allowed
+    # a broken relation, every value in range: the further off, the higher the score (no
+    # saturation as in a forest, where every point past the training range scores alike)
+    base = np.array([0.3, 0.7, 0.5, 0.38, 0.62])
+    rows = np.array([base + np.array([0, 0, 0, s, -s]) for s in (0.1, 0.2, 0.3, 0.4)])
+    scores = model.score(rows)
+    assert (np.diff(scores) > 0).all() and scores[1] > model.threshold
+    error = model.full(rows)[:, -1]
+    assert np.allclose(scores, np.maximum(model.combine(np.zeros(4), error), scores))
+    assert model.explain(rows[-1])[0]["feature"] == NAME
+
+
+def test_models_that_judged_the_error_in_the_forest_still_load(tmp_path):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(12)
+    t, V = _series(6 * 60 * 6, rng)
+    model = train_host(HostSeries("h", t, V, ("cpu_percent", *EXTRA)))
+    assert model.params()["lowrank_unit"] == model.lowrank_unit > 0
+    old_params = {k: v for k, v in model.params().items() if k != "lowrank_unit"}
+    old = HostModel.from_parts(model.to_arrays(), old_params)  # saved before the sub-score
+    assert old.lowrank_unit == 0.0
+    F = np.tile(model.center[: model.n_base], (4, 1))
+    F[:, -3] += np.arange(4)  # the error grows; without the sub-score it is not judged alone
+    assert np.array_equal(old.score(F), replace(model, lowrank_unit=0.0).score(F))
+    save_model(tmp_path, model)
+    assert load_model(tmp_path, "h").lowrank_unit == model.lowrank_unit
