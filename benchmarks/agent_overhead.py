@@ -261,7 +261,12 @@ def latest_feature_row(history: Path, model: Any) -> np.ndarray:
 
     with History(history) as h:
         ts, values = h.samples()
-    rows = feature_rows(ts, values, AGENT_COLUMNS, model.window, model.hop, inputs=model.columns)
+    # the process columns are computed live by the agent, not kept in history.db; their values
+    # do not change what scoring one row costs, so "no unfamiliar process" (zeros) stands in
+    columns = tuple(AGENT_COLUMNS)
+    live = tuple(c for c in model.columns if c not in columns)
+    values = np.hstack([values, np.zeros((len(ts), len(live)))])
+    rows = feature_rows(ts, values, columns + live, model.window, model.hop, inputs=model.columns)
     return np.asarray(rows.matrix[-1:])
 
 
