@@ -350,14 +350,15 @@ def _group_rate_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
     ts = ts[order]
     rates = counter_rates(ids[order], ts, frame[VALUE].to_numpy(np.float64)[order])
     names, codes = np.unique(frame["groupname"].astype(str).to_numpy()[order], return_inverse=True)
-    return _group_totals(names, codes, ts, rates)
+    groups, times, rate = _group_totals(codes, ts, rates)
+    return names[groups], times, rate
 
 
 def _group_totals(
-    names: np.ndarray, codes: np.ndarray, ts: np.ndarray, rates: np.ndarray
+    codes: np.ndarray, ts: np.ndarray, rates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rates of every series summed per (group, time): ``names`` sorted, ``codes`` the group
-    of each point (an index into ``names``)."""
+    """Rates of every series summed per (group, time), in that order: (group codes, times,
+    rates); ``codes`` is the group of each point."""
     times, t_idx = np.unique(ts, return_inverse=True)
     keys, inv = np.unique(codes * max(len(times), 1) + t_idx, return_inverse=True)
     finite = np.isfinite(rates)
@@ -365,7 +366,7 @@ def _group_totals(
     seen = np.bincount(inv, weights=finite.astype(float), minlength=len(keys))
     rate = np.where(seen > 0, total, np.nan)
     n = max(len(times), 1)
-    return names[keys // n], times[keys % n] if len(times) else np.zeros(0), rate
+    return keys // n, times[keys % n] if len(times) else np.zeros(0), rate
 
 
 def _group_rates(frame: pd.DataFrame) -> pd.DataFrame:
@@ -471,13 +472,7 @@ def telemetry(
 
     if have("node_cpu_seconds_total"):
         out.update(_cpu(frames["node_cpu_seconds_total"], at))
-    gauges = {
-        "load1": "node_load1",
-        "tcp_established": "node_netstat_Tcp_CurrEstab",
-        "procs_total": "node_processes_pids",
-        "procs_running": "node_procs_running",
-    }
-    for column, metric in gauges.items():
+    for column, metric in _GAUGES.items():
         if have(metric):
             out[column] = _gauge(frames[metric], at)
     if have("node_memory_MemTotal_bytes", "node_memory_MemAvailable_bytes"):
@@ -486,16 +481,7 @@ def telemetry(
         with np.errstate(invalid="ignore", divide="ignore"):
             mem = np.where(total > 0, 100.0 * (total - avail) / total, np.nan)
         out["mem_percent"] = np.clip(mem, 0.0, 100.0)
-    counters: dict[str, tuple[str, re.Pattern[str] | None]] = {
-        "disk_read_bps": ("node_disk_read_bytes_total", NOT_WHOLE_DISK),
-        "disk_write_bps": ("node_disk_written_bytes_total", NOT_WHOLE_DISK),
-        "net_rx_bps": ("node_network_receive_bytes_total", VIRTUAL_INTERFACES),
-        "net_tx_bps": ("node_network_transmit_bytes_total", VIRTUAL_INTERFACES),
-        "net_rx_pps": ("node_network_receive_packets_total", VIRTUAL_INTERFACES),
-        "net_tx_pps": ("node_network_transmit_packets_total", VIRTUAL_INTERFACES),
-        "ctx_switches_ps": ("node_context_switches_total", None),
-    }
-    for column, (metric, drop) in counters.items():
+    for column, (metric, drop) in _COUNTERS.items():
         if have(metric):
             frame = frames[metric] if drop is None else _keep_devices(frames[metric], drop)
             out[column] = _summed(frame, at)
@@ -517,124 +503,13 @@ def telemetry(
     return HostTelemetry(series, absent, table)
 
 
-# -- the numpy path: what read_host reads ---------------------------------------------------------
+# -- the array mapping: what read_host reads and fleet serve buffers ------------------------------
 
 
-@dataclass(frozen=True)
-class _Flat:
-    """One metric's series as flat arrays: labels per series; per point its series id, time
-    and value, series after series (in the order given), each in time order."""
-
-    labels: tuple[dict[str, str], ...]
-    ids: np.ndarray
-    ts: np.ndarray
-    values: np.ndarray
-
-    @classmethod
-    def of(cls, series: Sequence[RawSeries]) -> _Flat:
-        lengths = np.array([len(s.timestamps) for s in series], dtype=np.intp)
-        ids = np.repeat(np.arange(len(series), dtype=np.intp), lengths)
-        if not len(series):
-            return cls((), ids, np.zeros(0), np.zeros(0))
-        ts = np.concatenate([np.asarray(s.timestamps, np.float64) for s in series])
-        values = np.concatenate([np.asarray(s.values, np.float64) for s in series])
-        return cls(tuple(s.labels for s in series), ids, ts, values)
-
-    def label(self, name: str) -> list[str]:
-        """One label's value per series ("" where a series lacks it)."""
-        return [labels.get(name, "") for labels in self.labels]
-
-    def where(self, keep: Sequence[bool]) -> _Flat:
-        """Only the series with ``keep`` true, numbered again from 0 in the same order."""
-        mask = np.asarray(keep, dtype=bool).reshape(len(self.labels))
-        rows = mask[self.ids] if len(self.ids) else np.zeros(0, dtype=bool)
-        renumber = np.cumsum(mask) - 1
-        labels = tuple(lab for lab, k in zip(self.labels, mask.tolist(), strict=True) if k)
-        return _Flat(labels, renumber[self.ids[rows]], self.ts[rows], self.values[rows])
-
-
-def _group_rates_flat(f: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_group_rate_arrays` of a :class:`_Flat` (process-exporter's series)."""
-    f = f.where([m in ("user", "system") for m in f.label("mode")])
-    rates = counter_rates(f.ids, f.ts, f.values)
-    names, series_code = np.unique(np.array(f.label("groupname"), dtype=str), return_inverse=True)
-    codes = np.asarray(series_code, dtype=np.intp).reshape(-1)[f.ids]
-    return _group_totals(names, codes, f.ts, rates)
-
-
-def telemetry_series(
-    host: str,
-    metrics: Mapping[str, Sequence[RawSeries]],
-    source: str = "",
-    since: float = -np.inf,
-    procs: bool = False,
-    present: Collection[str] = (),
-) -> HostTelemetry:
-    """:func:`telemetry` of :class:`~minerwatch.service.fleet.promclient.RawSeries` (metric
-    name -> its series), with numpy only: the same arithmetic, the same rows.
-
-    ``present`` names metrics that exist although no series is given (the server-side filters
-    of :func:`read_host` left none, as the mapping's own would): their columns are NaN, not
-    absent, as :func:`telemetry` gives them for the unfiltered frames.
-    """
-    flat = {name: _Flat.of(list(series)) for name, series in metrics.items()}
-    node = [f.ts for name, f in flat.items() if name not in PROCESS_METRICS and len(f.ts)]
-    if not node:
-        raise InputError(source or host, None, f"node_exporter samples for host {host!r}", "none")
-    at = np.unique(np.concatenate(node))
-    steps = np.diff(at)
-    interval = float(np.median(steps)) if steps.size else 60.0
-    have_set = {name for name, f in flat.items() if len(f.ts)} | set(present)
-    empty = _Flat.of([])
-    out: dict[str, np.ndarray] = {}
-
-    def have(*names: str) -> bool:
-        return all(n in have_set for n in names)
-
-    def get(name: str) -> _Flat:
-        return flat.get(name, empty)
-
-    if have("node_cpu_seconds_total"):
-        f = get("node_cpu_seconds_total")
-        wanted = (*CPU_ACCOUNTED, "steal")
-        code = np.array([wanted.index(m) if m in wanted else -1 for m in f.label("mode")], np.intp)
-        rows = code[f.ids] if len(f.ids) else np.zeros(0, dtype=np.intp)
-        parts = {m: (f.ts[rows == i], f.values[rows == i]) for i, m in enumerate(wanted)}
-        cpu = _cpu_at(parts, at)
-        if all(len(v) == len(at) for v in cpu.values()):
-            out.update(cpu)
-    for column, metric in _GAUGES.items():
-        if have(metric):
-            out[column] = _gauge_at(get(metric).ts, get(metric).values, at)
-    if have("node_memory_MemTotal_bytes", "node_memory_MemAvailable_bytes"):
-        f, g = get("node_memory_MemTotal_bytes"), get("node_memory_MemAvailable_bytes")
-        total, avail = _gauge_at(f.ts, f.values, at), _gauge_at(g.ts, g.values, at)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mem = np.where(total > 0, 100.0 * (total - avail) / total, np.nan)
-        out["mem_percent"] = np.clip(mem, 0.0, 100.0)
-    for column, (metric, drop) in _COUNTERS.items():
-        if have(metric):
-            f = get(metric)
-            if drop is not None:
-                f = f.where([not drop.match(d) for d in f.label("device")])
-            out[column] = summed_rates(f.ids, f.ts, f.values, at)
-    top = None
-    if have("namedprocess_namegroup_cpu_seconds_total"):
-        top = _group_rates_flat(get("namedprocess_namegroup_cpu_seconds_total"))
-        out["top_proc_cpu_percent"] = _top_of(top[1], top[2], at, interval)
-    columns = tuple(c for c in METRIC_COLUMNS if c in out)
-    absent = tuple(c for c in METRIC_COLUMNS if c not in out)
-    values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
-    useful = np.isfinite(values).any(axis=1) & (at >= since)
-    table = None
-    if procs and top is not None:
-        import pandas as pd
-
-        per = pd.DataFrame({"g": top[0], TIMESTAMP: top[1], "r": top[2]})
-        table = _process_table(per, at[useful], interval, TOP_PROCESSES)
-    series = from_arrays(host, at[useful], values[useful], columns, source)
-    return HostTelemetry(series, absent, table)
-
+#: Modes of ``node_cpu_seconds_total`` the CPU columns add up, in :func:`map_points`' order.
+CPU_MODES = (*CPU_ACCOUNTED, "steal")
+#: process-exporter's modes the process columns add up.
+PROCESS_MODES = ("user", "system")
 
 _GAUGES = {
     "load1": "node_load1",
@@ -651,6 +526,228 @@ _COUNTERS: dict[str, tuple[str, re.Pattern[str] | None]] = {
     "net_tx_pps": ("node_network_transmit_packets_total", VIRTUAL_INTERFACES),
     "ctx_switches_ps": ("node_context_switches_total", None),
 }
+#: Per counter metric with a ``device`` label, the devices the mapping leaves out.
+DEVICE_FILTERS: dict[str, re.Pattern[str]] = {
+    m: drop for m, drop in _COUNTERS.values() if drop is not None
+}
+
+
+@dataclass(slots=True)
+class Points:
+    """One metric's samples of one host as flat arrays, what :func:`map_points` maps.
+
+    Per point: its series id (``ids``), time and value; the points of a series together and
+    in time order, series in the order their sums run. Per series id, what the mapping needs
+    of its labels (None where unused): ``keep``, whether its device counts
+    (:data:`DEVICE_FILTERS`); ``mode``, its CPU mode as an index in :data:`CPU_MODES` (-1 for
+    none); ``group``, its process group as an index in ``groups`` (-1 for a mode not in
+    :data:`PROCESS_MODES`).
+    """
+
+    ids: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
+    keep: np.ndarray | None = None
+    mode: np.ndarray | None = None
+    group: np.ndarray | None = None
+    groups: Sequence[str] | np.ndarray = ()
+
+    @classmethod
+    def of(cls, metric: str, series: Sequence[RawSeries]) -> Points:
+        """The points of ``series`` (in the order given) and what their labels say."""
+        lengths = np.array([len(s.timestamps) for s in series], dtype=np.intp)
+        ids = np.repeat(np.arange(len(series), dtype=np.intp), lengths)
+        if not len(series):
+            return cls(ids, np.zeros(0), np.zeros(0))
+        ts = np.concatenate([np.asarray(s.timestamps, np.float64) for s in series])
+        values = np.concatenate([np.asarray(s.values, np.float64) for s in series])
+        labels = [s.labels for s in series]
+        keep = mode = group = None
+        groups: Sequence[str] | np.ndarray = ()
+        drop = DEVICE_FILTERS.get(metric)
+        if drop is not None:
+            keep = np.array([not drop.match(lab.get("device", "")) for lab in labels], bool)
+        if metric == "node_cpu_seconds_total":
+            modes = [lab.get("mode", "") for lab in labels]
+            mode = np.array([CPU_MODES.index(m) if m in CPU_MODES else -1 for m in modes], np.intp)
+        if metric in PROCESS_METRICS:
+            counted = np.array([lab.get("mode", "") in PROCESS_MODES for lab in labels], bool)
+            names = [lab.get("groupname", "") for lab, c in zip(labels, counted, strict=True) if c]
+            groups, code = np.unique(np.array(names, dtype=str), return_inverse=True)
+            group = np.full(len(labels), -1, dtype=np.intp)
+            group[counted] = np.asarray(code, dtype=np.intp).reshape(-1)
+        return cls(ids, ts, values, keep, mode, group, groups)
+
+
+_NO_POINTS = Points(np.zeros(0, np.intp), np.zeros(0), np.zeros(0))
+
+
+def _at_rows(at: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each time's row in ``at`` (sorted) and whether it is one."""
+    idx = np.searchsorted(at, ts)
+    hit = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) if len(at) else idx < 0
+    return idx, hit
+
+
+def _per_row(
+    col: np.ndarray, idx: np.ndarray, weights: np.ndarray, columns: int, rows: int
+) -> np.ndarray:
+    """Sums of ``weights`` per (column, row): one ``bincount`` for several columns, each
+    bin adding its samples in the same order as a ``bincount`` of that column alone."""
+    return np.bincount(col * rows + idx, weights=weights, minlength=columns * rows).reshape(
+        columns, rows
+    )
+
+
+def _gauges_of(parts: Sequence[Points], at: np.ndarray) -> np.ndarray:
+    """Each gauge's value at each time in ``at`` (mean of the series sharing the time), as
+    :func:`_gauge_at`; one row per part."""
+    n = len(at)
+    col = np.repeat(np.arange(len(parts)), [len(p.ts) for p in parts])
+    ts = np.concatenate([p.ts for p in parts])
+    value = np.concatenate([p.values for p in parts])
+    idx, hit = _at_rows(at, ts)
+    hit &= np.isfinite(value)
+    total = _per_row(col[hit], idx[hit], value[hit], len(parts), n)
+    count = _per_row(col[hit], idx[hit], np.ones(int(hit.sum())), len(parts), n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out
+
+
+def _counters_of(parts: Sequence[Points], at: np.ndarray) -> np.ndarray:
+    """Each counter's rate summed over its kept series at each time in ``at``, as
+    :func:`summed_rates`; one row per part."""
+    n = len(at)
+    keep = [p.keep[p.ids] if p.keep is not None else np.ones(len(p.ids), bool) for p in parts]
+    col = np.repeat(np.arange(len(parts)), [int(k.sum()) for k in keep])
+    # series ids made distinct across parts, so a part's first sample has no previous one
+    series = np.concatenate([p.ids[k] for p, k in zip(parts, keep, strict=True)]) * len(parts) + col
+    ts = np.concatenate([p.ts[k] for p, k in zip(parts, keep, strict=True)])
+    value = np.concatenate([p.values[k] for p, k in zip(parts, keep, strict=True)])
+    rates = counter_rates(series, ts, value)
+    primed = np.zeros(len(ts), dtype=bool)
+    if len(ts) > 1:
+        primed[1:] = series[1:] == series[:-1]
+    idx, hit = _at_rows(at, ts)
+    weights = np.where(np.isfinite(rates), rates, 0.0)
+    total = _per_row(col[hit], idx[hit], weights[hit], len(parts), n)
+    seen = _per_row(col[hit], idx[hit], primed[hit].astype(float), len(parts), n)
+    out: np.ndarray = np.where(seen > 0, total, np.nan)
+    return out
+
+
+def _cpu_of(p: Points, at: np.ndarray) -> dict[str, np.ndarray]:
+    """CPU-seconds per mode summed over CPUs at each time in ``at``, then the four shares
+    (as :func:`_cpu_at`)."""
+    n = len(at)
+    idx, hit = _at_rows(at, p.ts)
+    modes = p.mode[p.ids] if p.mode is not None else np.full(len(p.ids), -1, np.intp)
+    rows = hit & (modes >= 0)
+    value = p.values if np.isfinite(p.values).all() else np.nan_to_num(p.values)
+    total = _per_row(modes[rows], idx[rows], value[rows], len(CPU_MODES), n)
+    seen = _per_row(modes[rows], idx[rows], np.ones(int(rows.sum())), len(CPU_MODES), n)
+    present = np.bincount(modes[rows], minlength=len(CPU_MODES)) > 0
+    out = {
+        mode: np.where(seen[i] > 0, total[i], np.nan)
+        for i, mode in enumerate(CPU_MODES)
+        if present[i]
+    }
+    return cpu_percentages(out)
+
+
+def _group_rates_of(p: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_group_rate_arrays` of process-exporter's points, with group codes (indices
+    in ``p.groups``) for names."""
+    codes = p.group[p.ids] if p.group is not None else np.full(len(p.ids), -1, np.intp)
+    rows = codes >= 0
+    ts = p.ts[rows]
+    rates = counter_rates(p.ids[rows], ts, p.values[rows])
+    return _group_totals(codes[rows], ts, rates)
+
+
+def map_points(
+    host: str,
+    points: Mapping[str, Points],
+    source: str = "",
+    since: float = -np.inf,
+    procs: bool = False,
+    present: Collection[str] = (),
+) -> HostTelemetry:
+    """:func:`telemetry` of :class:`Points` (metric name -> its points), with numpy only: the
+    same arithmetic, the same rows; a few ``bincount`` for all the columns.
+
+    ``present`` names metrics that exist although no points are given (filters upstream
+    left none, as the mapping's own would): their columns are NaN, not absent.
+    """
+    node = [p.ts for name, p in points.items() if name not in PROCESS_METRICS and len(p.ts)]
+    if not node:
+        raise InputError(source or host, None, f"node_exporter samples for host {host!r}", "none")
+    at = np.unique(np.concatenate(node))
+    steps = np.diff(at)
+    interval = float(np.median(steps)) if steps.size else 60.0
+    have = {name for name, p in points.items() if len(p.ts)}.union(present)
+    get = points.get
+    out: dict[str, np.ndarray] = {}
+    if "node_cpu_seconds_total" in have:
+        cpu = _cpu_of(get("node_cpu_seconds_total", _NO_POINTS), at)
+        if all(len(v) == len(at) for v in cpu.values()):
+            out.update(cpu)
+    gauges = {c: m for c, m in _GAUGES.items() if m in have}
+    memory = "node_memory_MemTotal_bytes" in have and "node_memory_MemAvailable_bytes" in have
+    if memory:
+        gauges["mem_total"] = "node_memory_MemTotal_bytes"
+        gauges["mem_avail"] = "node_memory_MemAvailable_bytes"
+    if gauges:
+        parts = [get(m, _NO_POINTS) for m in gauges.values()]
+        out.update(zip(gauges, _gauges_of(parts, at), strict=True))
+    if memory:
+        total, avail = out.pop("mem_total"), out.pop("mem_avail")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mem = np.where(total > 0, 100.0 * (total - avail) / total, np.nan)
+        out["mem_percent"] = np.clip(mem, 0.0, 100.0)
+    counters = {c: m for c, (m, _) in _COUNTERS.items() if m in have}
+    if counters:
+        parts = [get(m, _NO_POINTS) for m in counters.values()]
+        out.update(zip(counters, _counters_of(parts, at), strict=True))
+    proc = PROCESS_METRICS[0]
+    top = None
+    if proc in have:
+        top = _group_rates_of(get(proc, _NO_POINTS))
+        out["top_proc_cpu_percent"] = _top_of(top[1], top[2], at, interval)
+    columns = tuple(c for c in METRIC_COLUMNS if c in out)
+    absent = tuple(c for c in METRIC_COLUMNS if c not in out)
+    values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
+    # a scrape that gives no column a value (only counters, on their first sample) is no row
+    useful = np.isfinite(values).any(axis=1) & (at >= since)
+    table = None
+    if procs and top is not None:
+        import pandas as pd
+
+        names = np.asarray(get(proc, _NO_POINTS).groups)[top[0]]
+        per = pd.DataFrame({"g": names, TIMESTAMP: top[1], "r": top[2]})
+        table = _process_table(per, at[useful], interval, TOP_PROCESSES)
+    series = from_arrays(host, at[useful], values[useful], columns, source)
+    return HostTelemetry(series, absent, table)
+
+
+def telemetry_series(
+    host: str,
+    metrics: Mapping[str, Sequence[RawSeries]],
+    source: str = "",
+    since: float = -np.inf,
+    procs: bool = False,
+    present: Collection[str] = (),
+) -> HostTelemetry:
+    """:func:`telemetry` of :class:`~minerwatch.service.fleet.promclient.RawSeries` (metric
+    name -> its series): :func:`map_points` of their :class:`Points`.
+
+    ``present`` names metrics that exist although no series is given (the server-side filters
+    of :func:`read_host` left none, as the mapping's own would): their columns are NaN, not
+    absent, as :func:`telemetry` gives them for the unfiltered frames.
+    """
+    points = {name: Points.of(name, list(series)) for name, series in metrics.items()}
+    return map_points(host, points, source, since, procs, present)
 
 
 # -- reading: what Prometheus can filter and sum -----------------------------------------------

@@ -48,19 +48,19 @@ from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.store import ModelError, list_hosts, load_model, read_key
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
-from minerwatch.features.io import HostSeries, from_arrays
+from minerwatch.features.io import HostSeries
 from minerwatch.features.pipeline import feature_rows
-from minerwatch.features.schema import AGENT_METRICS, METRIC_COLUMNS, SCHEMA_VERSION
-from minerwatch.features.sources.disk import DEFAULT_IGNORE as NOT_WHOLE_DISK
+from minerwatch.features.schema import AGENT_METRICS, SCHEMA_VERSION
 from minerwatch.service.exporter import METRICS, ExpositionCache, snapshot_families
 from minerwatch.service.fleet.nodeexporter import (
-    CPU_ACCOUNTED,
+    CPU_MODES,
+    DEVICE_FILTERS,
     PROCESS_METRICS,
+    PROCESS_MODES,
     SERIES_ID,
-    VIRTUAL_INTERFACES,
-    counter_rates,
-    cpu_percentages,
+    Points,
     host_of,
+    map_points,
     selector_matchers,
     series_selector,
 )
@@ -130,10 +130,6 @@ PER_HOST = frozenset(
 # -- reading: one query per metric, buffered per host between cycles -----------------------------
 
 
-#: Modes of ``node_cpu_seconds_total`` the CPU columns add up, in the mapping's order.
-CPU_MODES = (*CPU_ACCOUNTED, "steal")
-
-
 @dataclass
 class Samples:
     """One host's raw samples of one metric, sorted by series (label order) then time."""
@@ -160,13 +156,12 @@ class SeriesRegistry:
     def __init__(self, metric: str, host_label: str | None) -> None:
         self.metric = metric
         self.host_label = host_label
-        drop = {"node_disk_read_bytes_total": NOT_WHOLE_DISK,
-                "node_disk_written_bytes_total": NOT_WHOLE_DISK}.get(metric)  # fmt: skip
-        self.drop = VIRTUAL_INTERFACES if metric.startswith("node_network_") else drop
+        self.drop = DEVICE_FILTERS.get(metric)
         self.ids: dict[tuple[tuple[str, str], ...], int] = {}
         self.labels: list[dict[str, str]] = []
         self.hosts: list[str] = []
         self.groups: dict[str, int] = {}
+        self.group_names: list[str] = []  # by group code
         self._attrs: list[tuple[bool, int, int]] = []
         #: label names of an answer -> their values -> sid (a dict per answer's columns)
         self.by_values: dict[tuple[str, ...], dict[tuple[str, ...], int]] = {}
@@ -189,8 +184,12 @@ class SeriesRegistry:
         keep = self.drop is None or not self.drop.match(device)
         mode = lab.get("mode", "")
         group = -1
-        if mode in ("user", "system"):
-            group = self.groups.setdefault(lab.get("groupname", ""), len(self.groups))
+        if mode in PROCESS_MODES:
+            name = lab.get("groupname", "")
+            if name not in self.groups:
+                self.groups[name] = len(self.group_names)
+                self.group_names.append(name)
+            group = self.groups[name]
         self._attrs.append((keep, CPU_MODES.index(mode) if mode in CPU_MODES else -1, group))
         return new
 
@@ -204,6 +203,10 @@ class SeriesRegistry:
         order = sorted(range(len(keys)), key=keys.__getitem__)
         self.rank = np.empty(len(keys), np.intp)
         self.rank[order] = np.arange(len(keys))
+
+    def points(self, s: Samples) -> Points:
+        """A host's samples of this metric as the mapping takes them."""
+        return Points(s.sid, s.ts, s.value, self.keep, self.mode, self.group, self.group_names)
 
 
 def ingest(
@@ -290,168 +293,18 @@ def merge_host(
 # -- the node_exporter mapping on buffered arrays --------------------------------------------------
 
 
-def _at_rows(at: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.searchsorted(at, ts)
-    hit = (idx < len(at)) & (at[np.minimum(idx, len(at) - 1)] == ts) if len(at) else idx < 0
-    return idx, hit
-
-
-def _per_row(
-    col: np.ndarray, idx: np.ndarray, weights: np.ndarray, columns: int, rows: int
-) -> np.ndarray:
-    """Sums of ``weights`` per (column, row): one ``bincount`` for several columns, each
-    bin adding its samples in the same order as a ``bincount`` of that column alone."""
-    return np.bincount(col * rows + idx, weights=weights, minlength=columns * rows).reshape(
-        columns, rows
-    )
-
-
-def _gauges_of(parts: Sequence[Samples], at: np.ndarray) -> np.ndarray:
-    """Each gauge's value at each time in ``at`` (mean of the series sharing the time), as
-    the mapping's ``_gauge``; one row per part."""
-    n = len(at)
-    col = np.repeat(np.arange(len(parts)), [len(p.ts) for p in parts])
-    ts = np.concatenate([p.ts for p in parts])
-    value = np.concatenate([p.value for p in parts])
-    idx, hit = _at_rows(at, ts)
-    hit &= np.isfinite(value)
-    total = _per_row(col[hit], idx[hit], value[hit], len(parts), n)
-    count = _per_row(col[hit], idx[hit], np.ones(int(hit.sum())), len(parts), n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: np.ndarray = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return out
-
-
-def _counters_of(
-    parts: Sequence[Samples], keep: Sequence[np.ndarray], at: np.ndarray
-) -> np.ndarray:
-    """Each counter's rate summed over its (kept) series at each time in ``at``, as the
-    mapping's ``summed_rates``; one row per part."""
-    n = len(at)
-    sizes = [int(k.sum()) for k in keep]
-    col = np.repeat(np.arange(len(parts)), sizes)
-    # series ids made distinct across parts, so a part's first sample has no previous one
-    series = np.concatenate([p.sid[k] for p, k in zip(parts, keep, strict=True)]) * len(parts) + col
-    ts = np.concatenate([p.ts[k] for p, k in zip(parts, keep, strict=True)])
-    value = np.concatenate([p.value[k] for p, k in zip(parts, keep, strict=True)])
-    rates = counter_rates(series, ts, value)
-    primed = np.zeros(len(ts), dtype=bool)
-    if len(ts) > 1:
-        primed[1:] = series[1:] == series[:-1]
-    idx, hit = _at_rows(at, ts)
-    weights = np.where(np.isfinite(rates), rates, 0.0)
-    total = _per_row(col[hit], idx[hit], weights[hit], len(parts), n)
-    seen = _per_row(col[hit], idx[hit], primed[hit].astype(float), len(parts), n)
-    out: np.ndarray = np.where(seen > 0, total, np.nan)
-    return out
-
-
-def _cpu_of(s: Samples, registry: SeriesRegistry, at: np.ndarray) -> dict[str, np.ndarray]:
-    """CPU-seconds per mode summed over CPUs at each time in ``at``, then the four shares
-    (as the mapping's ``_cpu``)."""
-    n = len(at)
-    idx, hit = _at_rows(at, s.ts)
-    modes = registry.mode[s.sid]
-    rows = hit & (modes >= 0)
-    value = s.value if np.isfinite(s.value).all() else np.nan_to_num(s.value)
-    total = _per_row(modes[rows], idx[rows], value[rows], len(CPU_MODES), n)
-    seen = _per_row(modes[rows], idx[rows], np.ones(int(rows.sum())), len(CPU_MODES), n)
-    present = np.bincount(modes[rows], minlength=len(CPU_MODES)) > 0
-    out = {
-        mode: np.where(seen[i] > 0, total[i], np.nan)
-        for i, mode in enumerate(CPU_MODES)
-        if present[i]
-    }
-    shares: dict[str, np.ndarray] = cpu_percentages(out)
-    return shares
-
-
-def _top_of(s: Samples, registry: SeriesRegistry, at: np.ndarray, interval: float) -> np.ndarray:
-    """As the mapping's ``_top_process``: the busiest group's CPU at the matched scrape."""
-    codes = registry.group[s.sid]
-    rows = codes >= 0
-    ts = s.ts[rows]
-    rates = counter_rates(s.sid[rows], ts, s.value[rows])
-    codes = codes[rows]
-    times, t_idx = np.unique(ts, return_inverse=True)
-    if not len(times):
-        return np.full(len(at), np.nan)
-    keys, inv = np.unique(codes * len(times) + t_idx, return_inverse=True)
-    finite = np.isfinite(rates)
-    total = np.bincount(inv, weights=np.where(finite, rates, 0.0), minlength=len(keys))
-    seen = np.bincount(inv, weights=finite.astype(float), minlength=len(keys))
-    rate = np.where(seen > 0, total, np.nan)
-    scrape_times, scrape = np.unique(times[keys % len(times)], return_inverse=True)
-    busiest = np.full(len(scrape_times), np.nan)
-    np.fmax.at(busiest, scrape, rate)
-    pos = np.searchsorted(scrape_times, at, side="right") - 1
-    ok = (pos >= 0) & (at - scrape_times[np.maximum(pos, 0)] <= interval * 1.5)
-    out: np.ndarray = np.where(ok, 100.0 * busiest[np.maximum(pos, 0)], np.nan)
-    return out
-
-
 def host_series(
     host: str,
     samples: Mapping[str, Samples],
     registries: Mapping[str, SeriesRegistry],
     source: str = "",
 ) -> HostSeries:
-    """One host's buffered samples as telemetry rows: the same rows and values as
-    :func:`~minerwatch.service.fleet.nodeexporter.telemetry` gives for the same samples, on
-    arrays, a few ``bincount`` for all the columns (no pandas; a test compares the two)."""
-    frames = {m: s for m, s in samples.items() if len(s.ts)}
-    node = [s.ts for m, s in frames.items() if m not in PROCESS_METRICS]
-    if not node:
-        raise InputError(source or host, None, f"node_exporter samples for host {host!r}", "none")
-    at = np.unique(np.concatenate(node))
-    steps = np.diff(at)
-    interval = float(np.median(steps)) if steps.size else 60.0
-    out: dict[str, np.ndarray] = {}
-    if "node_cpu_seconds_total" in frames:
-        m = "node_cpu_seconds_total"
-        out.update(_cpu_of(frames[m], registries[m], at))
-    gauges = {c: m for c, m in _GAUGES.items() if m in frames}
-    memory = "node_memory_MemTotal_bytes" in frames and "node_memory_MemAvailable_bytes" in frames
-    if memory:
-        gauges["mem_total"] = "node_memory_MemTotal_bytes"
-        gauges["mem_avail"] = "node_memory_MemAvailable_bytes"
-    if gauges:
-        rows = _gauges_of([frames[m] for m in gauges.values()], at)
-        out.update(zip(gauges, rows, strict=True))
-    if memory:
-        total, avail = out.pop("mem_total"), out.pop("mem_avail")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mem = np.where(total > 0, 100.0 * (total - avail) / total, np.nan)
-        out["mem_percent"] = np.clip(mem, 0.0, 100.0)
-    counters = {c: m for c, m in _COUNTERS.items() if m in frames}
-    if counters:
-        parts = [frames[m] for m in counters.values()]
-        keep = [registries[m].keep[frames[m].sid] for m in counters.values()]
-        out.update(zip(counters, _counters_of(parts, keep, at), strict=True))
-    proc = PROCESS_METRICS[0]
-    if proc in frames:
-        out["top_proc_cpu_percent"] = _top_of(frames[proc], registries[proc], at, interval)
-    columns = tuple(c for c in METRIC_COLUMNS if c in out)
-    values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
-    useful = np.isfinite(values).any(axis=1)
-    return from_arrays(host, at[useful], values[useful], columns, source)
-
-
-_GAUGES = {
-    "load1": "node_load1",
-    "tcp_established": "node_netstat_Tcp_CurrEstab",
-    "procs_total": "node_processes_pids",
-    "procs_running": "node_procs_running",
-}
-_COUNTERS = {
-    "disk_read_bps": "node_disk_read_bytes_total",
-    "disk_write_bps": "node_disk_written_bytes_total",
-    "net_rx_bps": "node_network_receive_bytes_total",
-    "net_tx_bps": "node_network_transmit_bytes_total",
-    "net_rx_pps": "node_network_receive_packets_total",
-    "net_tx_pps": "node_network_transmit_packets_total",
-    "ctx_switches_ps": "node_context_switches_total",
-}
+    """One host's buffered samples as telemetry rows: the mapping ``fleet train`` reads with
+    (:func:`~minerwatch.service.fleet.nodeexporter.map_points`) of their points, so the same
+    rows and values as :func:`~minerwatch.service.fleet.nodeexporter.telemetry` gives for
+    the same samples (a test compares the two)."""
+    points = {m: registries[m].points(s) for m, s in samples.items() if len(s.ts)}
+    return map_points(host, points, source).series
 
 
 def read_answers(
