@@ -497,6 +497,8 @@ class Agent:
             str(self.cfg.hop),
             "--alert-windows",
             str(self.cfg.alert_windows),
+            "--alarms-per-week",
+            str(self.cfg.alarms_per_week),
             *source,
             *([] if self.cfg.model_key is None else ["--model-key", str(self.cfg.model_key)]),
         ]

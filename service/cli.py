@@ -88,6 +88,17 @@ def _group(sub: Subcommands, name: str, help: str, run: Command, dest: str) -> S
 # -- argument types: a bad value is a usage error (exit 2) naming the flag and the value ---------
 
 
+def _alarms_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--alarms-per-week",
+        type=_positive,
+        default=ALARMS_PER_WEEK,
+        metavar="N",
+        help="false-alarm budget per host the threshold is calibrated for (default: %(default)s,"
+        " one in four weeks)",
+    )
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -485,13 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="train on a Dask cluster: scheduler address, or 'local' (default: no Dask)",
     )
-    p.add_argument(
-        "--alarms-per-week",
-        type=_positive,
-        default=ALARMS_PER_WEEK,
-        help="false-alarm budget per host the threshold is calibrated for (default: %(default)s,"
-        " one in four weeks)",
-    )
+    _alarms_flag(p)
 
     p = _command(sub, "score", "score telemetry with stored models, one row per window", cmd_score)
     p.add_argument("inputs", nargs="+", help="telemetry files or folders of them")
@@ -717,6 +722,7 @@ def _fleet_commands(sub: Subcommands) -> None:
         metavar="ADDRESS",
         help="train on a Dask cluster: scheduler address, or 'local' (default: no Dask)",
     )
+    _alarms_flag(p)
     _model_key_flag(p, "sign the models with it")
     p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
     _fleet_flags(p)

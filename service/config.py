@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
 from minerwatch.features.errors import InputError
 from minerwatch.service.units import (
     DURATION_HELP,
@@ -135,6 +136,7 @@ class AgentConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     host: str = ""
     alert_windows: int = 3
+    alarms_per_week: float = ALARMS_PER_WEEK
     event_log: Path | None = None
     evidence_dir: Path | None = None
     history_retention: float = 14 * DAY
@@ -217,6 +219,12 @@ OPTIONS: dict[str, dict[str, Option]] = {
             unset="this machine's hostname",
         ),
         "alert_windows": Option("int", 1, help="consecutive anomalous windows before an alert"),
+        "alarms_per_week": Option(
+            "float",
+            0,
+            low_open=True,
+            help="false-alarm budget per week the model's threshold is calibrated for",
+        ),
         "event_log": Option(
             "path",
             empty_ok=True,

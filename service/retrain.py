@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from minerwatch.baseline.batch import score_series
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
 from minerwatch.baseline.exclude import exclusion_mask
 from minerwatch.baseline.store import ModelError, load_model, read_key, save_model
 from minerwatch.features.atomic import atomic_write
@@ -151,6 +152,7 @@ def retrain(
     hop: float,
     alert_windows: int = 3,
     validate_s: float = 86400.0,
+    alarms_per_week: float = ALARMS_PER_WEEK,
     key: bytes | None = None,
 ) -> dict[str, Any]:
     # scikit-learn: only ever imported in this child process
@@ -172,7 +174,11 @@ def retrain(
     series.procs = procs
     # a try-out (``--learn-for 10m``) has few windows; the store records how many
     model = train_host(
-        series, window, hop, params={"alert_windows": alert_windows}, min_windows=MIN_AGENT_WINDOWS
+        series,
+        window,
+        hop,
+        params={"alert_windows": alert_windows, "max_alarms_per_week": alarms_per_week},
+        min_windows=MIN_AGENT_WINDOWS,
     )
     recent = from_arrays(
         host,
@@ -221,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=60.0)
     p.add_argument("--hop", type=float, default=60.0)
     p.add_argument("--alert-windows", type=int, default=3)
+    p.add_argument("--alarms-per-week", type=float, default=ALARMS_PER_WEEK)
     p.add_argument("--model-key", type=Path, help="HMAC key file to sign the model with")
     args = p.parse_args(argv)
     try:
@@ -233,7 +240,14 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(args.input, buf.getvalue(), mode=0o600)
         key = read_key(args.model_key) if args.model_key else None
         result = retrain(
-            args.input, args.models, args.host, args.window, args.hop, args.alert_windows, key=key
+            args.input,
+            args.models,
+            args.host,
+            args.window,
+            args.hop,
+            args.alert_windows,
+            key=key,
+            alarms_per_week=args.alarms_per_week,
         )
     except (InputError, ValueError, OSError, sqlite3.Error) as exc:
         reason = "too_few_windows" if isinstance(exc, TooFewWindows) else "bad_input"

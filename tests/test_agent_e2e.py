@@ -317,11 +317,13 @@ def trainings(agent: AgentProcess) -> list[float]:
 
 @pytest.mark.slow
 def test_learning_and_retraining_do_what_was_asked(tmp_path):
-    """``--learn-for 6s`` trains after 6 s of history; ``--retrain-every 0`` never again;
+    """``--learn-for 6s`` trains after 6 s of history (for ``--alarms-per-week``);
+    ``--retrain-every 0`` never again;
     a retraining that cannot work (1 s of history for 10 s windows) says why in a metric."""
     never = AgentProcess(
         tmp_path / "never", tmp_path / "never.log",
-        ("--interval", "1s", "--window", "3s", "--learn-for", "6s", "--retrain-every", "0"),
+        ("--interval", "1s", "--window", "3s", "--learn-for", "6s", "--retrain-every", "0",
+         "--alarms-per-week", "3.5"),
     )  # fmt: skip
     starved = AgentProcess(
         tmp_path / "starved", tmp_path / "starved.log",
@@ -336,6 +338,8 @@ def test_learning_and_retraining_do_what_was_asked(tmp_path):
         assert 6 <= span < 9, f"learnt from {span} s of history, asked for 6 s"
         meta = never.data_dir / "models" / HOST / "meta.json"
         trained_at = json.loads(meta.read_text())["created_at"]
+        # the false-alarm budget asked for is the one the training child calibrated for
+        assert json.loads(meta.read_text())["params"]["max_alarms_per_week"] == 3.5
         failed = starved.wait_for(
             "a failed retraining", lambda m: m.get("retrain_failures_too_few_windows", 0) >= 1, 60
         )

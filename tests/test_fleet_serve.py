@@ -639,3 +639,20 @@ def test_state_file_round_trip_and_entries_not_as_written(synthetic_model, tmp_p
     assert c.errors == {"state": 1} and not c.hosts["h0000"].alert.active
     assert "'active' is not true or false" in caplog.text and "ignored" in caplog.text
     assert not path.exists() and json.loads(path.with_name(STATE_FILE + ".corrupt").read_text())
+
+
+def test_retraining_keeps_the_false_alarm_budget_the_model_was_trained_for():
+    """``fleet train --alarms-per-week 3.5`` models are retrained for 3.5, not the default."""
+    from dataclasses import replace
+
+    from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
+    from minerwatch.baseline.train import train_host
+    from minerwatch.service.fleet.serve import budget_of
+
+    rng = np.random.default_rng(0)
+    ts = 1.7e9 + 60.0 * np.arange(600)
+    cpu = np.clip(20 + 5 * rng.standard_normal((600, 1)), 0, 100)
+    series = from_arrays("web-1", ts, cpu, ("cpu_percent",))
+    model = train_host(series, params={"max_alarms_per_week": 3.5})
+    assert budget_of(model) == 3.5
+    assert budget_of(replace(model, meta={})) == ALARMS_PER_WEEK  # a model that does not say

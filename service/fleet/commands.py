@@ -97,6 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         dask_address=args.dask,
         model_key=key,
         progress=bar,
+        params={"max_alarms_per_week": args.alarms_per_week},
     )
     failed = [o for o in outcomes if o.model is None]
     for o in failed:

@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from minerwatch.baseline.calibrate import AlertState
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.store import ModelError, list_hosts, load_model, read_key
@@ -901,7 +901,7 @@ class FleetServer:
                 path.write_bytes(buf.getvalue())
                 result = retrain(
                     path, self.models_dir, host, model.window, model.hop, model.alert_windows,
-                    key=self.key,
+                    key=self.key, alarms_per_week=budget_of(model),
                 )  # fmt: skip
         except TooFewWindows as exc:
             return self._retrain_failed(host, "too_few_windows", str(exc))
@@ -942,6 +942,14 @@ def _retrainer(server: FleetServer, connection: Connection, stop: threading.Even
                 server.retrain_host(connection, host)
             except Exception as exc:  # a bug in one host's training must not end retraining
                 server._retrain_failed(host, "crashed", f"{type(exc).__name__}: {exc}")
+
+
+def budget_of(model: HostModel) -> float:
+    """The false-alarm budget ``model`` was calibrated for (``fleet train --alarms-per-week``),
+    so retraining keeps it; the default for models that do not say."""
+    params = model.meta.get("params")
+    value = params.get("max_alarms_per_week") if isinstance(params, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else ALARMS_PER_WEEK
 
 
 def state_file(args: argparse.Namespace) -> Path:
