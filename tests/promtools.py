@@ -148,6 +148,36 @@ def running_prometheus(
 
 
 @functools.cache
+@contextmanager
+def started_prometheus(root: Path, tsdb: Path) -> Iterator[Prometheus]:
+    """Debian's Prometheus on ``tsdb`` (backfilled history is months "old": long retention)."""
+    config = root / "prometheus.yml"
+    config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
+    log = root / "prometheus.log"
+    port = free_port()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tsdb}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=10y",
+                "--log.level=error",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        if not _wait_ready(prom, 60.0):
+            pytest.fail(f"prometheus did not start:\n{prom.tail()}")
+        yield prom
+    finally:
+        _terminate(proc)
+
+
 def _fast_discovery_flag(binary: str) -> tuple[str, ...]:
     """Prometheus applies new targets every 5 s; newer releases can be told to do it sooner."""
     flag = "--scrape.discovery-reload-interval"

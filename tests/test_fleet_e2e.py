@@ -8,13 +8,16 @@ import csv
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from promtools import PROMETHEUS, PROMTOOL, Prometheus, _terminate, _wait_ready, free_port, require
+from promtools import (
+    PROMETHEUS,
+    PROMTOOL,
+    require,
+    started_prometheus,
+)
 
 from minerwatch.bench.fleet_backfill import backfill
 from minerwatch.bench.simulate import simulate
@@ -42,36 +45,6 @@ def fleet(tmp_path_factory):
     backfill(data, ["train", "test"], tsdb, promtool)
     with started_prometheus(root, tsdb) as prom:
         yield prom, data, labels
-
-
-@contextmanager
-def started_prometheus(root: Path, tsdb: Path) -> Iterator[Prometheus]:
-    """Debian's Prometheus on ``tsdb`` (backfilled history is months "old": long retention)."""
-    config = root / "prometheus.yml"
-    config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
-    log = root / "prometheus.log"
-    port = free_port()
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tsdb}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=10y",
-                "--log.level=error",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        if not _wait_ready(prom, 30.0):
-            pytest.fail(f"prometheus did not start:\n{prom.tail()}")
-        yield prom
-    finally:
-        _terminate(proc)
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -34,10 +34,9 @@ from promtools import (
     PROMETHEUS,
     PROMTOOL,
     Prometheus,
-    _terminate,
-    _wait_ready,
     free_port,
     require,
+    started_prometheus,
 )
 
 from minerwatch.baseline.batch import score_series
@@ -127,31 +126,8 @@ def backfilled_prometheus(root: Path, hosts: list[HostSeries]) -> Iterator[Prome
             check=False,
         )
         assert done.returncode == 0, done.stderr.decode(errors="replace")
-    config = root / "prometheus.yml"
-    config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
-    log = root / "prometheus.log"
-    port = free_port()
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tsdb}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=10d",
-                "--log.level=error",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        if not _wait_ready(prom, 60.0):
-            pytest.fail(f"prometheus did not start:\n{prom.tail()}")
+    with started_prometheus(root, tsdb) as prom:
         yield prom
-    finally:
-        _terminate(proc)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
