@@ -112,8 +112,11 @@ def running_prometheus(
     scrape_configs: Sequence[dict[str, Any]],
     rule_files: Sequence[Path] = (),
     startup_timeout: float = 20.0,
+    tsdb: Path | None = None,
+    retention: str = "1h",
 ) -> Iterator[Prometheus]:
-    """Start Prometheus with the given scrape configs; yield once ``/-/ready`` answers."""
+    """Start Prometheus with the given scrape configs (on ``tsdb``, default a fresh one) and
+    yield once ``/-/ready`` answers."""
     binary = require(PROMETHEUS)
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
@@ -127,9 +130,9 @@ def running_prometheus(
                 [
                     binary,
                     f"--config.file={config}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--storage.tsdb.path={tsdb or workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
-                    "--storage.tsdb.retention.time=1h",
+                    f"--storage.tsdb.retention.time={retention}",
                     "--log.level=warn",
                     *_fast_discovery_flag(binary),
                 ],
@@ -147,37 +150,15 @@ def running_prometheus(
     pytest.fail(f"prometheus did not become ready:\n{prom.tail()}")
 
 
-@functools.cache
 @contextmanager
 def started_prometheus(root: Path, tsdb: Path) -> Iterator[Prometheus]:
-    """Debian's Prometheus on ``tsdb`` (backfilled history is months "old": long retention)."""
-    config = root / "prometheus.yml"
-    config.write_text('{"global": {"scrape_interval": "1m"}, "scrape_configs": []}')
-    log = root / "prometheus.log"
-    port = free_port()
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tsdb}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=10y",
-                "--log.level=error",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        if not _wait_ready(prom, 60.0):
-            pytest.fail(f"prometheus did not start:\n{prom.tail()}")
+    """Prometheus on a backfilled ``tsdb``, scraping nothing (backfilled history is months
+    "old": long retention)."""
+    with running_prometheus(root, (), tsdb=tsdb, retention="10y", startup_timeout=60.0) as prom:
         yield prom
-    finally:
-        _terminate(proc)
 
 
+@functools.cache
 def _fast_discovery_flag(binary: str) -> tuple[str, ...]:
     """Prometheus applies new targets every 5 s; newer releases can be told to do it sooner."""
     flag = "--scrape.discovery-reload-interval"
