@@ -95,7 +95,65 @@ def episodes(alert: np.ndarray, slots: np.ndarray | None = None) -> list[tuple[i
 def count_episodes(
     scores: np.ndarray, threshold: float, slots: np.ndarray | None, k: int, clear: int
 ) -> int:
-    return len(episodes(alert_rule(scores, threshold, slots, k, clear), slots))
+    """``len(episodes(alert_rule(scores, threshold, slots, k, clear), slots))``, vectorised."""
+    return _EpisodeCounter(len(scores), slots, k, clear).count(scores, threshold)
+
+
+class _EpisodeCounter:
+    """The alert rule's episodes counted with numpy, for the calibration's many thresholds.
+
+    The rule's state is a hysteresis: the alert is on after window ``i`` exactly when its
+    last switch-on (``k`` above in a row) came after its last switch-off (``clear`` windows
+    not above, a missed slot counting as one, at a gap or after a window). What depends on
+    the slots alone is worked out once; tests/test_forest_build.py holds the counts to
+    :func:`alert_rule` and :func:`episodes` on random scores, gaps and ``k``/``clear``.
+    """
+
+    def __init__(self, n: int, slots: np.ndarray | None, k: int, clear: int) -> None:
+        self.k, self.clear = k, clear
+        self.index = np.arange(n)
+        step: np.ndarray = np.ones(max(n - 1, 0), dtype=np.int64)
+        contiguous: np.ndarray = np.ones(max(n - 1, 0), dtype=bool)
+        if slots is not None:
+            slots = np.asarray(slots)
+            if slots.shape != (n,):
+                raise ValueError(f"expected {n} slots, got shape {slots.shape}")
+            step = np.diff(slots.astype(np.int64))  # alert_rule's int(slot)
+            contiguous = np.diff(slots) == 1  # episodes' test, on the slots as given
+        self.gap = np.append(False, step > 1)
+        missed = np.append(0, np.where(step > 1, step - 1, 0))
+        self.missed_before = np.cumsum(missed)  # missed slots up to and including each gap
+        self.gap_start = np.maximum.accumulate(np.where(self.gap, self.index, 0))
+        self.split = np.append(True, ~contiguous)  # an episode cannot continue across these
+
+    def count(self, scores: np.ndarray, threshold: float) -> int:
+        scores = np.asarray(scores, dtype=np.float64)
+        index = self.index
+        if scores.shape != index.shape:
+            raise ValueError(f"expected {len(index)} scores, got shape {scores.shape}")
+        if not len(index):
+            return 0
+        with np.errstate(invalid="ignore"):
+            above = np.isfinite(scores) & (scores > threshold)
+        # switch-on: the k-th window of a run above threshold (a gap restarts the run)
+        last_below = np.maximum.accumulate(np.where(above, -1, index))
+        run = index - np.maximum(last_below + 1, self.gap_start) + 1
+        on = above & (run >= self.k)
+        # windows not above (missed slots included) since the last one above, before window i
+        last_above = np.maximum.accumulate(np.where(above, index, -1))
+        before = np.append(-1, last_above[:-1])
+        missed = self.missed_before - np.where(before >= 0, self.missed_before[before], 0)
+        below = missed + (index - 1 - before)
+        # events in time order: a gap's check (2i) comes before window i's own (2i + 1)
+        off_gap = self.gap & (below >= self.clear)
+        off_own = ~above & (below + 1 >= self.clear)
+        last_on = np.maximum.accumulate(np.where(on, 2 * index + 1, -1))
+        last_off = np.maximum.accumulate(
+            np.maximum(np.where(off_gap, 2 * index, -1), np.where(off_own, 2 * index + 1, -1))
+        )
+        alert = last_on > last_off
+        starts = alert & (self.split | ~np.append(False, alert[:-1]))
+        return int(np.count_nonzero(starts))
 
 
 def calibrate_threshold(
@@ -115,10 +173,11 @@ def calibrate_threshold(
     allowed = int(np.floor(max_alarms_per_week * span / WEEK))
     candidates = np.unique(np.quantile(finite, np.linspace(0.5, 1.0, 201)))
     candidates = np.append(candidates, np.nextafter(finite.max(), np.inf))
+    counter = _EpisodeCounter(len(scores), slots, k, clear)
     lo, hi = 0, len(candidates) - 1  # episodes fall (weakly) as the threshold rises
     while lo < hi:
         mid = (lo + hi) // 2
-        if count_episodes(scores, float(candidates[mid]), slots, k, clear) <= allowed:
+        if counter.count(scores, float(candidates[mid])) <= allowed:
             hi = mid
         else:
             lo = mid + 1
