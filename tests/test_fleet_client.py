@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nodeexporter_reference import summed_rates, telemetry
 
+from minerwatch.features.procs import TOP_PROCESSES
 from minerwatch.features.rates import rate, summed_rate
 from minerwatch.features.sources.cpu import CpuTimes, cpu_shares
 from minerwatch.service.fleet.nodeexporter import (
@@ -30,8 +32,6 @@ from minerwatch.service.fleet.nodeexporter import (
     host_of,
     promql_regex,
     selector_matchers,
-    summed_rates,
-    telemetry,
     telemetry_series,
 )
 from minerwatch.service.fleet.promclient import (
@@ -460,6 +460,37 @@ def test_telemetry_series_is_telemetry_of_frames(seed):
     np.testing.assert_array_equal(got.procs.timestamps, want.procs.timestamps)
     np.testing.assert_array_equal(got.procs.names, want.procs.names)
     np.testing.assert_array_equal(got.procs.cpu, want.procs.cpu)
+
+
+def test_process_rows_keep_the_busiest_groups_and_break_ties_as_the_reference():
+    """More groups than a row keeps, several with the same rate, a scrape missed: the array
+    process table is the reference's, row for row (names in the same order)."""
+    ts = 1000.0 + 15.0 * np.arange(8)
+    proc = "namedprocess_namegroup_cpu_seconds_total"
+    groups = [f"g{i:02d}" for i in range(TOP_PROCESSES + 4)]
+    raw: dict[str, list[RawSeries]] = {
+        "node_load1": [RawSeries({"__name__": "node_load1"}, ts, np.ones(8))],
+        proc: [],
+    }
+    for i, g in enumerate(groups):
+        for mode in ("system", "user"):
+            per_s = 0.5 if i % 3 else 0.25 * (i % 2)  # many equal rates, some zero
+            keep = np.arange(8) != (5 if i == 2 else -1)  # one group misses a scrape
+            values = 100.0 + per_s * (ts - ts[0])
+            labels = {"__name__": proc, "groupname": g, "mode": mode}
+            raw[proc].append(RawSeries(labels, ts[keep], values[keep]))
+    raw[proc].sort(key=lambda s: tuple(sorted(s.labels.items())))
+    frames = {name: _frame_of(items) for name, items in raw.items()}
+    for frame in frames.values():
+        del frame["__name__"]
+    want = telemetry("h", frames, procs=True).procs
+    got = telemetry_series("h", raw, procs=True).procs
+    assert got is not None and want is not None
+    assert len(want.timestamps) == 7 * TOP_PROCESSES  # every scrape but the first, full
+    np.testing.assert_array_equal(got.timestamps, want.timestamps)
+    np.testing.assert_array_equal(got.names, want.names)
+    np.testing.assert_array_equal(got.cpu, want.cpu)
+    np.testing.assert_array_equal(got.pids, want.pids)
 
 
 def test_a_metric_whose_series_the_filters_all_drop_is_nan_not_absent():

@@ -482,8 +482,10 @@ def test_incremental_reads_score_exactly_as_full_rereads(synthetic_prometheus, s
 
 def test_buffered_mapping_equals_the_training_mapping(synthetic_prometheus, synthetic_model):
     """The array mapping ``fleet serve`` runs on its buffers gives the rows and values that
-    ``nodeexporter.telemetry`` (what ``fleet train`` maps with) gives on the same samples."""
-    from minerwatch.service.fleet.nodeexporter import telemetry
+    the reference frame mapping (``nodeexporter_reference.telemetry``, which ``fleet train``'s
+    own mapping equals bit for bit) gives on the same samples read as frames."""
+    from nodeexporter_reference import telemetry
+
     from minerwatch.service.fleet.serve import LOOKBACK_S, host_series
 
     url, _ = synthetic_prometheus
@@ -506,6 +508,38 @@ def test_buffered_mapping_equals_the_training_mapping(synthetic_prometheus, synt
             # the same sums; to the last bit today, but the order of a read's rows is the
             # client's to choose, so allow a rounding difference
             np.testing.assert_allclose(got.values, want.values, rtol=1e-12, err_msg=host)
+
+
+def test_serve_cycles_read_and_map_without_pandas(synthetic_prometheus, synthetic_model, tmp_path):
+    """Serve's per-cycle path (read, buffer, map, score; a full read and an incremental one)
+    runs in a fresh process without importing pandas or scikit-learn: answers are parsed to
+    arrays as ``fleet train`` reads them."""
+    from dataclasses import replace
+
+    from minerwatch.baseline.store import save_model
+
+    url, _ = synthetic_prometheus
+    for h in range(2):
+        save_model(tmp_path, replace(synthetic_model, host=f"h{h:04d}"))
+    code = f"""
+import sys
+from pathlib import Path
+from minerwatch.service.fleet.promclient import Connection, PromClient
+from minerwatch.service.fleet.serve import FleetServer
+now = [{T0!r}]
+server = FleetServer(PromClient(Connection({url!r})), Path({str(tmp_path)!r}),
+                     clock=lambda: now[0], incremental=True)
+assert server.load_models() == 2
+for step in (0.0, 60.0, 60.0):
+    now[0] += step
+    counts = server.cycle()
+    assert counts["scored"] == 2 and server.points_read > 0, counts
+assert all(s.windows_total > 0 for s in server.hosts.values())
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"pandas", "sklearn"}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def _fake_live_prometheus(now: float):

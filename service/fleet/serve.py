@@ -5,8 +5,9 @@ A cycle reads Prometheus with one query per metric for the whole selector (never
 host): the first cycle the last :data:`LOOKBACK_S`, later ones only what is new since the
 previous read (from :data:`OVERLAP_S` before its end). Each host's raw samples are held between
 cycles (:class:`Samples`, merged and cut to the lookback), so they are what a full read would
-give; they are mapped to telemetry by :func:`host_series` (arrays, the same rows and values as
-``fleet train``'s :func:`~minerwatch.service.fleet.nodeexporter.telemetry`), and the windows
+give; answers are parsed straight to numpy arrays and mapped to telemetry by
+:func:`host_series` with ``fleet train``'s own mapping
+(:func:`~minerwatch.service.fleet.nodeexporter.map_points`; no pandas per cycle), and the windows
 completed since the previous cycle are scored with each host's stored model and its own
 streaming alert rule (:class:`~minerwatch.baseline.calibrate.AlertState`), as the agent does.
 The alert state is written to :data:`STATE_FILE` after every cycle and read back at start, so
@@ -35,7 +36,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -57,7 +57,6 @@ from minerwatch.service.fleet.nodeexporter import (
     DEVICE_FILTERS,
     PROCESS_METRICS,
     PROCESS_MODES,
-    SERIES_ID,
     Points,
     host_of,
     map_points,
@@ -68,20 +67,16 @@ from minerwatch.service.fleet.nodeexporter import (
     METRICS as NODE_METRICS,
 )
 from minerwatch.service.fleet.promclient import (
-    TIMESTAMP,
-    VALUE,
     Connection,
     PromClient,
     PrometheusError,
     PrometheusUnavailable,
+    RawSeries,
 )
 from minerwatch.service.httpserver import Server, Serving, bind
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
 from minerwatch.service.webconfig import load_web_config
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger("minerwatch.fleet")
 
@@ -163,8 +158,8 @@ class SeriesRegistry:
         self.groups: dict[str, int] = {}
         self.group_names: list[str] = []  # by group code
         self._attrs: list[tuple[bool, int, int]] = []
-        #: label names of an answer -> their values -> sid (a dict per answer's columns)
-        self.by_values: dict[tuple[str, ...], dict[tuple[str, ...], int]] = {}
+        #: an answer's label set, as the client ordered it -> sid
+        self.by_labels: dict[tuple[tuple[str, str], ...], int] = {}
         self.keep = np.zeros(0, bool)  # device counted (network, disk)
         self.mode = np.zeros(0, np.intp)  # index in CPU_MODES, -1 for none
         self.group = np.zeros(0, np.intp)  # process group code, -1 for a mode not counted
@@ -210,36 +205,31 @@ class SeriesRegistry:
 
 
 def ingest(
-    frame: pd.DataFrame, registry: SeriesRegistry, wanted: Mapping[str, int]
+    answer: Sequence[RawSeries], registry: SeriesRegistry, wanted: Mapping[str, int]
 ) -> dict[int, Samples]:
     """One answer (every host's series) as :class:`Samples` per host index of ``wanted``
     (hosts not in it are dropped); each host's rows sorted by series then time."""
-    if not len(frame):
+    if not answer:
         return {}
-    labels = [c for c in frame.columns if c not in (TIMESTAMP, VALUE, "__name__", SERIES_ID)]
     before = len(registry.labels)
-    if labels:
-        group = frame.groupby(labels, observed=True, sort=False, dropna=False).ngroup().to_numpy()
-        _, first = np.unique(group, return_index=True)
-        known = registry.by_values.setdefault(tuple(labels), {})
-        columns = [_label_values(frame[c], first) for c in labels]
-        sids = np.empty(len(first), dtype=np.intp)
-        for i, v in enumerate(zip(*columns, strict=True)):
-            found = known.get(v)
-            if found is None:
-                found = known[v] = registry.sid(dict(zip(labels, v, strict=True)))
-            sids[i] = found
-        sid = sids[group]
-    else:
-        sid = np.full(len(frame), registry.sid({}), dtype=np.intp)
+    known = registry.by_labels
+    sids = np.empty(len(answer), dtype=np.intp)
+    for i, s in enumerate(answer):
+        key = tuple(s.labels.items())  # the client's order: one lookup, no sort, per series
+        found = known.get(key)
+        if found is None:
+            found = known[key] = registry.sid(s.labels)
+        sids[i] = found
     if len(registry.labels) != before:
         registry.reorder()
+    lengths = np.array([len(s.timestamps) for s in answer], dtype=np.intp)
+    sid = np.repeat(sids, lengths)
     host_index = np.array([wanted.get(h, -1) for h in registry.hosts], dtype=np.intp)
     owner = host_index[sid]
-    ts = frame[TIMESTAMP].to_numpy(np.float64)
+    ts = np.concatenate([s.timestamps for s in answer])
     order = np.lexsort((ts, registry.rank[sid], owner))
     owner, sid, ts = owner[order], sid[order], ts[order]
-    value = frame[VALUE].to_numpy(np.float64)[order]
+    value = np.concatenate([s.values for s in answer])[order]
     bounds = np.searchsorted(owner, np.arange(len(wanted) + 1)).tolist()
     return {
         h: Samples(sid[bounds[h] : bounds[h + 1]], ts[bounds[h] : bounds[h + 1]],
@@ -247,14 +237,6 @@ def ingest(
         for h in range(len(wanted))
         if bounds[h + 1] > bounds[h]
     }  # fmt: skip
-
-
-def _label_values(column: pd.Series, rows: np.ndarray) -> list[str]:
-    """The label's value on each of ``rows`` ("" for none)."""
-    if hasattr(column, "cat"):
-        names = [str(c) for c in column.cat.categories]
-        return [names[c] if c >= 0 else "" for c in column.cat.codes.to_numpy()[rows].tolist()]
-    return ["" if v is None else str(v) for v in column.to_numpy()[rows].tolist()]
 
 
 def merge_host(
@@ -301,21 +283,20 @@ def host_series(
 ) -> HostSeries:
     """One host's buffered samples as telemetry rows: the mapping ``fleet train`` reads with
     (:func:`~minerwatch.service.fleet.nodeexporter.map_points`) of their points, so the same
-    rows and values as :func:`~minerwatch.service.fleet.nodeexporter.telemetry` gives for
-    the same samples (a test compares the two)."""
+    rows and values as a full read of the same samples gives (a test compares the two)."""
     points = {m: registries[m].points(s) for m, s in samples.items() if len(s.ts)}
     return map_points(host, points, source).series
 
 
 def read_answers(
     client: PromClient, selector: str, start: float, end: float
-) -> dict[str, pd.DataFrame]:
+) -> dict[str, list[RawSeries]]:
     """Raw samples of every fleet metric in [start, end], one request per metric for the
     whole selector (process-exporter's series are another job, so they are read without it
-    and joined by host)."""
+    and joined by host), parsed to arrays as ``fleet train`` reads them."""
     inner = selector_matchers(selector)
     return {
-        metric: client.samples(
+        metric: client.samples_series(
             series_selector(metric, "" if metric in PROCESS_METRICS else inner), start, end, 15.0
         )
         for metric in NODE_METRICS
@@ -745,7 +726,7 @@ class FleetServer:
             counts["failed"] = len(self.hosts)
             return counts  # the next read starts where the last good one ended
         self.query_error = None
-        self.points_read = sum(len(f) for f in answers.values())
+        self.points_read = sum(len(s.timestamps) for a in answers.values() for s in a)
         self._buffer(answers, start, full)
         self.read_start, self.read_end = start, now
         for host, state in self.hosts.items():
@@ -780,7 +761,7 @@ class FleetServer:
         self.cycle_seconds = time.perf_counter() - t0
         return counts
 
-    def _buffer(self, answers: Mapping[str, pd.DataFrame], start: float, full: bool) -> None:
+    def _buffer(self, answers: Mapping[str, Sequence[RawSeries]], start: float, full: bool) -> None:
         """Each host's samples of every metric: the answers (a full read), or the answers
         merged into what was held, without samples before ``start``."""
         names = list(self.hosts)
@@ -788,11 +769,11 @@ class FleetServer:
         for host in [h for h in self.buffers if h not in wanted]:
             del self.buffers[host]
         per: dict[str, dict[int, Samples]] = {}
-        for metric, frame in answers.items():
+        for metric, answer in answers.items():
             registry = self.registries.get(metric)
             if registry is None:
                 registry = self.registries[metric] = SeriesRegistry(metric, self.host_label)
-            per[metric] = ingest(frame, registry, wanted)
+            per[metric] = ingest(answer, registry, wanted)
         empty = Samples.empty()
         ranks = {m: self.registries[m].rank for m in answers}
         for i, host in enumerate(names):
