@@ -542,9 +542,11 @@ def _points(chunks: Sequence[bytes]) -> list[tuple[np.ndarray, np.ndarray]] | No
     if flat is None:
         return None
     pairs = flat.reshape(total, 2)
-    times, values = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
     edges = np.concatenate([[0], np.cumsum(counts)]).tolist()
-    return [(times[a:b], values[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    # copies of their own: a series kept for later must not keep the whole answer alive
+    return [
+        (pairs[a:b, 0].copy(), pairs[a:b, 1].copy()) for a, b in zip(edges, edges[1:], strict=False)
+    ]
 
 
 def parse_series(payload: bytes, url: str = "answer", what: str = "") -> list[RawSeries]:
