@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,21 +68,75 @@ class Outcome:
     path: str = field(default="")
 
 
+@dataclass
+class _Read:
+    """One host's data, or the error reading it raised; and the seconds the read took."""
+
+    host: str
+    data: HostTelemetry | None
+    error: Exception | None
+    seconds: float
+
+
+def _read(reader: FleetReader, host: str) -> _Read:
+    t0 = time.perf_counter()
+    try:
+        return _Read(host, reader.read(host), None, time.perf_counter() - t0)
+    except (InputError, ValueError, PrometheusUnavailable, OSError) as exc:
+        return _Read(host, None, exc, time.perf_counter() - t0)
+
+
+def _fit(
+    reader: FleetReader, read: _Read, window: float, hop: float, params: dict[str, Any] | None
+) -> Outcome:
+    """Fit a host read by :func:`_read`; ``seconds`` counts the read and the fit, not waits."""
+    t0 = time.perf_counter()
+    try:
+        if read.error is not None:
+            raise read.error
+        assert read.data is not None
+        model = train_host(read.data.series, window, hop, params)
+    except (InputError, ValueError) as exc:
+        return Outcome(read.host, error=str(exc), seconds=read.seconds + time.perf_counter() - t0)
+    except (PrometheusUnavailable, OSError) as exc:
+        took = read.seconds + time.perf_counter() - t0
+        return Outcome(read.host, error=str(exc), transient=True, seconds=took)
+    meta = dict(model.meta, absent_columns=list(read.data.absent), source=reader.connection.url)
+    model = replace(model, meta=meta)
+    return Outcome(read.host, model, read.data.absent, read.seconds + time.perf_counter() - t0)
+
+
 def train_task(
     reader: FleetReader, host: str, window: float, hop: float, params: dict[str, Any] | None
 ) -> Outcome:
     """Read and fit one host; errors come back as values so one host never stops the fleet."""
-    t0 = time.perf_counter()
-    try:
-        data = reader.read(host)
-        model = train_host(data.series, window, hop, params)
-    except (InputError, ValueError) as exc:
-        return Outcome(host, error=str(exc), seconds=time.perf_counter() - t0)
-    except (PrometheusUnavailable, OSError) as exc:
-        return Outcome(host, error=str(exc), transient=True, seconds=time.perf_counter() - t0)
-    meta = dict(model.meta, absent_columns=list(data.absent), source=reader.connection.url)
-    model = replace(model, meta=meta)
-    return Outcome(host, model, data.absent, time.perf_counter() - t0)
+    return _fit(reader, _read(reader, host), window, hop, params)
+
+
+def read_ahead(
+    tasks: Sequence[str],
+    reader: FleetReader,
+    window: float,
+    hop: float,
+    params: dict[str, Any] | None,
+) -> Iterator[Outcome]:
+    """:func:`train_task` for each host in order, in this process, reading the next host in
+    a thread while this one fits, so the core does not idle while Prometheus answers.
+
+    One read ahead at most: two hosts' data at a time, whatever the fleet. The outcomes are
+    those of :func:`train_task`, in task order.
+    """
+    if not tasks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-read") as pool:
+        ahead = pool.submit(_read, reader, tasks[0])
+        for i in range(len(tasks)):
+            read = ahead.result()
+            if i + 1 < len(tasks):
+                ahead = pool.submit(_read, reader, tasks[i + 1])
+            outcome = _fit(reader, read, window, hop, params)
+            del read  # not held while the caller saves the model, nor while the next read waits
+            yield outcome
 
 
 def run_tasks(
@@ -93,7 +148,12 @@ def run_tasks(
     n_jobs: int,
     dask_address: str | None,
 ) -> Iterator[Outcome]:
-    """Outcomes as they finish, on joblib processes or a Dask cluster."""
+    """Outcomes as they finish, on joblib processes or a Dask cluster; in one process
+    (``n_jobs=1``), in task order with the next host read during each fit (:func:`read_ahead`).
+
+    Workers of a pool each run whole tasks (read, then fit): while one waits on Prometheus
+    the others fit, and a task never holds more than its own host.
+    """
     if dask_address:
         from dask.distributed import Client, LocalCluster, as_completed
 
@@ -115,8 +175,7 @@ def run_tasks(
                 cluster.close()
         return
     if n_jobs == 1:
-        for h in tasks:
-            yield train_task(reader, h, window, hop, params)
+        yield from read_ahead(tasks, reader, window, hop, params)
         return
     from joblib import Parallel, delayed
 
