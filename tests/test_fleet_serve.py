@@ -510,10 +510,11 @@ def test_buffered_mapping_equals_the_training_mapping(synthetic_prometheus, synt
             np.testing.assert_allclose(got.values, want.values, rtol=1e-12, err_msg=host)
 
 
-def test_serve_cycles_read_and_map_without_pandas(synthetic_prometheus, synthetic_model, tmp_path):
+def test_serve_cycles_read_and_map_without_frames(synthetic_prometheus, synthetic_model, tmp_path):
     """Serve's per-cycle path (read, buffer, map, score; a full read and an incremental one)
-    runs in a fresh process without importing pandas or scikit-learn: answers are parsed to
-    arrays as ``fleet train`` reads them."""
+    never builds frames and never imports scikit-learn: answers are parsed to arrays as
+    ``fleet train`` reads them (pandas may only parse a long run of numbers, see
+    ``promclient.parse_numbers``)."""
     from dataclasses import replace
 
     from minerwatch.baseline.store import save_model
@@ -524,8 +525,13 @@ def test_serve_cycles_read_and_map_without_pandas(synthetic_prometheus, syntheti
     code = f"""
 import sys
 from pathlib import Path
+from minerwatch.service.fleet import promclient
 from minerwatch.service.fleet.promclient import Connection, PromClient
 from minerwatch.service.fleet.serve import FleetServer
+def refuse(*args, **kwargs):
+    raise AssertionError("a frame was built")
+promclient.to_frame = promclient._concat = refuse
+PromClient.samples = PromClient.query_range = PromClient.query = refuse
 now = [{T0!r}]
 server = FleetServer(PromClient(Connection({url!r})), Path({str(tmp_path)!r}),
                      clock=lambda: now[0], incremental=True)
@@ -535,7 +541,7 @@ for step in (0.0, 60.0, 60.0):
     counts = server.cycle()
     assert counts["scored"] == 2 and server.points_read > 0, counts
 assert all(s.windows_total > 0 for s in server.hosts.values())
-print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"pandas", "sklearn"}}))
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"sklearn"}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
