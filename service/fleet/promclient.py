@@ -585,7 +585,9 @@ def parse_series(payload: bytes, url: str = "answer", what: str = "") -> list[Ra
     out: list[RawSeries] = []
     index = 0
     for item in result:
-        labels = {str(k): str(v) for k, v in dict(item.get("metric", {})).items()}
+        labels = item.get("metric", {})
+        if type(labels) is not dict or not set(map(type, labels.values())) <= {str}:
+            labels = {str(k): str(v) for k, v in dict(labels).items()}  # JSON keys are str
         if kind == "vector":
             point = item.get("value")
             if point:
@@ -617,13 +619,21 @@ def merge_series(
 ) -> list[RawSeries]:
     """Join the answers of several pieces: one series per label set (sorted by labels), its
     points in time order, each timestamp once (the first piece's point wins), in [start, end].
+
+    An answer that came in one piece (label sets unique, timestamps strictly increasing in
+    every series: what Prometheus sends) only needs the range check and the sort by labels
+    (:func:`_merge_one`); a series wholly in range is returned as it came, arrays shared.
     """
+    pieces = [piece for piece in pieces if len(piece)]
+    if len(pieces) == 1:
+        fast = _merge_one(pieces[0], start, end)
+        if fast is not None:
+            return fast
     by_key: dict[tuple[tuple[str, str], ...], list[RawSeries]] = {}
     for piece in pieces:
         for s in piece:
             by_key.setdefault(s.key(), []).append(s)
-    names = sorted({k for key in by_key for k, _ in key})
-    out: list[tuple[tuple[str, ...], RawSeries]] = []
+    out: list[tuple[tuple[tuple[str, str], ...], RawSeries]] = []
     for key, parts in by_key.items():
         ts = np.concatenate([p.timestamps for p in parts])
         values = np.concatenate([p.values for p in parts])
@@ -633,8 +643,47 @@ def merge_series(
         if len(ts) > 1:
             keep[1:] &= ts[1:] != ts[:-1]
         if keep.any():
-            labels = dict(key)
-            sort_key = tuple(labels.get(n, "") for n in names)
-            out.append((sort_key, RawSeries(labels, ts[keep], values[keep])))
-    out.sort(key=lambda pair: pair[0])
+            out.append((key, RawSeries(dict(key), ts[keep], values[keep])))
+    return _by_labels(out)
+
+
+def _by_labels(out: list[tuple[tuple[tuple[str, str], ...], RawSeries]]) -> list[RawSeries]:
+    """The series sorted by their label values, name by name (a missing label sorts as "")."""
+    names = sorted({k for key, _ in out for k, _ in key})
+    if all(len(key) == len(names) for key, _ in out):  # the same names everywhere
+        out.sort(key=lambda pair: pair[0])  # so (name, value) pairs order as the values do
+    else:
+        out.sort(key=lambda pair: tuple(dict(pair[0]).get(n, "") for n in names))
     return [s for _, s in out]
+
+
+def _merge_one(piece: Sequence[RawSeries], start: float, end: float) -> list[RawSeries] | None:
+    """:func:`merge_series` of one piece whose label sets are unique and whose series are
+    each strictly increasing in time, checked for all series at once (one array of every
+    timestamp); None when it is not such a piece."""
+    keys = [s.key() for s in piece]
+    if len(set(keys)) != len(keys):
+        return None
+    lengths = np.fromiter((len(s.timestamps) for s in piece), np.intp, len(piece))
+    ts = np.concatenate([s.timestamps for s in piece])
+    edges = np.cumsum(lengths)
+    rising = ts[1:] > ts[:-1]  # NaN and equal neighbours are not
+    rising[edges[(edges > 0) & (edges < len(ts))] - 1] = True  # from a series to the next
+    if not rising.all():
+        return None
+    inside = (ts >= start) & (ts <= end)
+    if inside.all():
+        kept = lengths
+    else:  # points in range per series
+        below = np.concatenate([[0], np.cumsum(inside)])
+        kept = below[edges] - below[edges - lengths]
+    out: list[tuple[tuple[tuple[str, str], ...], RawSeries]] = []
+    for key, s, n, k in zip(keys, piece, lengths.tolist(), kept.tolist(), strict=True):
+        if k == n and k and tuple(s.labels.items()) == key:
+            out.append((key, s))
+        elif k == n and k:
+            out.append((key, RawSeries(dict(key), s.timestamps, s.values)))
+        elif k:
+            mask = (s.timestamps >= start) & (s.timestamps <= end)
+            out.append((key, RawSeries(dict(key), s.timestamps[mask], s.values[mask])))
+    return _by_labels(out)
