@@ -199,6 +199,9 @@ def _backfill_batch(
                 hosts.append(host)
                 print(f"  {host}: {len(series.timestamps)} rows as text", file=sys.stderr)
         fh.write("# EOF\n")
+    if not hosts:  # header-only files (a split with no rows): nothing for promtool
+        text.unlink()
+        return hosts
     t1 = time.perf_counter()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
