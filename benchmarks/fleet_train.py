@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tsdb", type=Path, required=True, help="its backfilled Prometheus TSDB")
     p.add_argument("--repeats", type=int, default=2, help="tasks per host")
     p.add_argument("--no-dask", action="store_true", help="time the sequential way only")
+    p.add_argument("--hosts-limit", type=int, help="only the first N hosts (by name)")
     args = p.parse_args(argv)
     labels = json.loads((args.data / "labels.json").read_text())
     half = labels["parameters"]["interval"] / 2
     split = labels["splits"]["train"]
-    hosts = sorted(labels["hosts"])
+    hosts = sorted(labels["hosts"])[: args.hosts_limit]
     tasks = [h for _ in range(args.repeats) for h in hosts]
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
