@@ -16,6 +16,7 @@ import numpy as np
 
 from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
 from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.heap import roomy_heap
 from minerwatch.baseline.model import HostBaseline
 from minerwatch.baseline.procbase import flagged_windows, learn_processes
 from minerwatch.baseline.store import save_model
@@ -215,7 +216,8 @@ def _safe_fit(
 ) -> tuple[HostModel, float] | Exception:
     """Return the error instead of raising, so one bad host does not stop the fleet."""
     try:
-        return _fit_one(series, window, hop, params)
+        with roomy_heap():  # in a Dask worker: see baseline/heap.py
+            return _fit_one(series, window, hop, params)
     except (InputError, ValueError) as exc:
         return exc
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.heap import roomy_heap
 from minerwatch.baseline.store import save_model
 from minerwatch.baseline.train import train_host
 from minerwatch.features.errors import InputError
@@ -110,7 +111,8 @@ def train_task(
     reader: FleetReader, host: str, window: float, hop: float, params: dict[str, Any] | None
 ) -> Outcome:
     """Read and fit one host; errors come back as values so one host never stops the fleet."""
-    return _fit(reader, _read(reader, host), window, hop, params)
+    with roomy_heap():  # in a Dask worker: see baseline/heap.py
+        return _fit(reader, _read(reader, host), window, hop, params)
 
 
 def read_ahead(
