@@ -26,6 +26,7 @@ from minerwatch.service.fleet.nodeexporter import (
     NOT_WHOLE_DISK,
     READ_PLANS,
     VIRTUAL_INTERFACES,
+    Points,
     counter_rates,
     cpu_percentages,
     host_matcher,
@@ -401,17 +402,18 @@ def test_server_side_filters_are_the_mappings_own():
     )
 
 
-def _random_host(rng: np.random.Generator) -> dict[str, list[RawSeries]]:
+def _random_host(rng: np.random.Generator, gaps: bool = True) -> dict[str, list[RawSeries]]:
     """Raw samples of one host with what the mapping must get right: devices to drop,
-    counter resets, series that start late or skip scrapes, process groups, CPU modes."""
+    counter resets, series that start late or skip scrapes (unless not ``gaps``: then every
+    series has a sample at every scrape), process groups, CPU modes."""
     ts = 1000.0 + 15.0 * np.arange(60)
 
     def series(labels: dict[str, str], scale: float, counter: bool = True) -> RawSeries:
         values = np.cumsum(rng.random(60) * scale) if counter else rng.random(60) * scale
         if counter and rng.random() < 0.5:
             values[rng.integers(5, 55) :] -= values[30]  # a reset
-        keep = rng.random(60) > 0.1  # missed scrapes
-        keep[: rng.integers(0, 10)] = False  # a late start
+        keep = rng.random(60) > (0.1 if gaps else -1.0)  # missed scrapes
+        keep[: rng.integers(0, 10) if gaps else 0] = False  # a late start
         return RawSeries(labels, ts[keep], values[keep])
 
     out: dict[str, list[RawSeries]] = {
@@ -444,10 +446,12 @@ def _random_host(rng: np.random.Generator) -> dict[str, list[RawSeries]]:
     return out
 
 
+@pytest.mark.parametrize("gaps", [True, False])
 @pytest.mark.parametrize("seed", range(5))
-def test_telemetry_series_is_telemetry_of_frames(seed):
-    """The numpy mapping read_host uses gives the frame mapping's rows, bit for bit."""
-    raw = _random_host(np.random.default_rng(seed))
+def test_telemetry_series_is_telemetry_of_frames(seed, gaps):
+    """The numpy mapping read_host uses gives the frame mapping's rows, bit for bit (with
+    gaps, and without: every series at every scrape, the scrape times' short cut)."""
+    raw = _random_host(np.random.default_rng(seed), gaps)
     frames = {name: _frame_of(items) for name, items in raw.items()}
     for frame in frames.values():
         del frame["__name__"]
@@ -460,6 +464,32 @@ def test_telemetry_series_is_telemetry_of_frames(seed):
     np.testing.assert_array_equal(got.procs.timestamps, want.procs.timestamps)
     np.testing.assert_array_equal(got.procs.names, want.procs.names)
     np.testing.assert_array_equal(got.procs.cpu, want.procs.cpu)
+
+
+def test_scrape_times_take_the_short_cut_only_when_every_series_has_every_scrape(monkeypatch):
+    from minerwatch.service.fleet import nodeexporter
+
+    full = _random_host(np.random.default_rng(7), gaps=False)
+    points = {name: Points.of(name, items) for name, items in full.items()}
+    node = [p for name, p in points.items() if not name.startswith("namedprocess")]
+    want = np.unique(np.concatenate([p.ts for p in node]))
+    with monkeypatch.context() as m:  # every series has every scrape: no sort of them all
+        m.setattr(nodeexporter.np, "unique", None)
+        np.testing.assert_array_equal(nodeexporter._scrape_times(node), want)
+    ts = node[0].ts
+
+    variants = [  # one series one scrape short, one scrape late, one extra, a late series
+        Points(np.zeros(len(ts) - 1, np.intp), ts[:-1], ts[:-1]),
+        Points(np.zeros(len(ts), np.intp), np.r_[ts[:-1], ts[-1] + 1.0], ts),
+        Points(np.zeros(len(ts) + 1, np.intp), np.r_[ts, ts[-1] + 15.0], np.r_[ts, 0.0]),
+        Points(np.array([0] * len(ts) + [1] * 3), np.r_[ts, ts[-3:]], np.r_[ts, ts[-3:]]),
+        Points(np.zeros(len(ts), np.intp), ts, ts),  # and one more like the rest
+    ]
+    for extra in variants:
+        for where in (0, len(node)):
+            parts = [*node[:where], extra, *node[where:]]
+            want = np.unique(np.concatenate([p.ts for p in parts]))
+            np.testing.assert_array_equal(nodeexporter._scrape_times(parts), want)
 
 
 def test_process_rows_keep_the_busiest_groups_and_break_ties_as_the_reference():
