@@ -10,7 +10,9 @@ doubled (see docs/benchmarks.md, "Dask's nanny and glibc's heap").
 
 :func:`roomy_heap` lets glibc keep freed memory for the length of one task and restores the
 worker's thresholds afterwards, then trims, so an idle worker holds what Dask expects. It does
-nothing where the variable is not set (the agent, a plain ``train``) or off glibc.
+nothing where the variable is not set (the agent, a plain ``train``) or off glibc. The
+thresholds are the process's: in a worker running several tasks at once, the first to end
+restores them for all (slower again, never wrong).
 """
 
 from __future__ import annotations
