@@ -16,6 +16,12 @@ fit), the wall and client CPU seconds of one host's read, and the machine's load
 way it also gives the CPU seconds Prometheus spent and those of this process and its other
 descendants (the Dask workers): on a small machine they share the cores, which bounds what a
 second worker can add.
+
+With ``--replay DIR`` the Dask ways read Prometheus' answers as recorded in ``DIR``
+(:mod:`~minerwatch.bench.replay`: every host read once through a recording proxy after the
+sequential way, then Prometheus stopped): the same requests and bytes, answered at almost no
+CPU, as if Prometheus ran on another machine. Its figures then name the replay server's CPU
+instead of Prometheus'.
 """
 
 from __future__ import annotations
@@ -63,6 +69,21 @@ def start_prometheus(tsdb: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
     raise SystemExit("prometheus did not start")
 
 
+def start_replay(store: Path, upstream: str | None) -> tuple[subprocess.Popen[str], str]:
+    """:mod:`~minerwatch.bench.replay` serving ``store`` (recording through ``upstream`` when
+    given) at a free loopback port; (process, URL) once it listens."""
+    record = ["--record", "--upstream", upstream] if upstream else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minerwatch.bench.replay", "--store", str(store), *record],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("listening "):
+        proc.kill()
+        raise SystemExit("the replay server did not start")
+    return proc, line.split()[1]
+
+
 def cpu_seconds(prometheus_pid: int) -> tuple[float, float]:
     """(Prometheus, this process and its other descendants): CPU seconds used so far."""
     import psutil
@@ -98,6 +119,29 @@ def timed(tasks: list[str], reader: Any, **engine: Any) -> tuple[float, list[Any
     return took, out
 
 
+def record(
+    store: Path, upstream: str, hosts: list[str], split: dict[str, float], half: float
+) -> tuple[subprocess.Popen[str], str]:
+    """Every host's reads recorded in ``store`` through the replay server; the replay
+    server (process, URL) then serving them."""
+    from minerwatch.service.fleet.promclient import Connection
+    from minerwatch.service.fleet.train import FleetReader
+
+    recorder, url = start_replay(store, upstream)
+    try:
+        reader = FleetReader(
+            Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
+            '{job="node"}',
+        )  # fmt: skip
+        for i, host in enumerate(hosts, 1):
+            reader.read(host)
+            print(f"recorded {i}/{len(hosts)}: {host}", file=sys.stderr, flush=True)
+    finally:
+        recorder.terminate()
+        recorder.wait(timeout=30)
+    return start_replay(store, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     from minerwatch.service.fleet.promclient import Connection
     from minerwatch.service.fleet.train import FleetReader
@@ -108,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="tasks per host")
     p.add_argument("--no-dask", action="store_true", help="time the sequential way only")
     p.add_argument("--hosts-limit", type=int, help="only the first N hosts (by name)")
+    p.add_argument(
+        "--replay",
+        type=Path,
+        help="record Prometheus' answers here and give the Dask ways the recording",
+    )
     args = p.parse_args(argv)
     labels = json.loads((args.data / "labels.json").read_text())
     half = labels["parameters"]["interval"] / 2
@@ -117,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_prometheus(args.tsdb, Path(tmp))
+        answers: subprocess.Popen[Any] = proc  # what answers the Dask ways
         try:
             reader = FleetReader(
                 Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
@@ -143,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
                     round(cpu1[0] - cpu0[0], 1), round(cpu1[1] - cpu0[1], 1)
                 ],
             }  # fmt: skip
+            if args.replay is not None and not args.no_dask:
+                answers, url = record(args.replay, url, hosts, split, half)
+                proc.terminate()
+                proc.wait(timeout=30)
+                reader = FleetReader(
+                    Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
+                    '{job="node"}',
+                )  # fmt: skip
+                result["dask_answers_from"] = "replay"
             if not args.no_dask:
                 from dask.distributed import Client, LocalCluster
 
@@ -154,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         address = cluster.scheduler_address
                         with Client(address) as warm:
                             warm.run(warm_imports)  # as the sequential way, imports untimed
-                        cpu0 = cpu_seconds(proc.pid)
+                        cpu0 = cpu_seconds(answers.pid)
                         took, _ = timed(tasks, reader, n_jobs=1, dask_address=address)
-                        cpu1 = cpu_seconds(proc.pid)
+                        cpu1 = cpu_seconds(answers.pid)
                     result[f"dask_{workers}_workers_s"] = round(took, 1)
                     result[f"dask_{workers}_cpu_s_prometheus_vs_workers"] = [
                         round(cpu1[0] - cpu0[0], 1), round(cpu1[1] - cpu0[1], 1)
@@ -165,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                     result["dask_1_workers_s"] / result["dask_2_workers_s"], 2
                 )
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for server in {proc, answers}:
+                server.terminate()
+                server.wait(timeout=30)
     result["load_before_after"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
     result["nproc"] = os.cpu_count()
     result["date_utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -192,3 +195,42 @@ def test_a_transient_read_failure_is_retried_once_then_reported(fleet, flaky, tm
     assert "failed 5 times" in bad.error
     assert flaky.refused == 2 * 5  # every attempt of the client, on both tries of the host
     assert all(o.model is not None and o.attempts == 1 for o in out.values())
+
+
+def test_replayed_answers_train_the_models_prometheus_gives(fleet, tmp_path):
+    """``bench.replay`` (the fleet benchmark's stand-in for a Prometheus on another machine):
+    models trained from its recording are bit-identical to those read from Prometheus, and a
+    request never recorded is refused, not made up."""
+    from minerwatch.bench.fleet_train import start_replay
+
+    url, hosts, start, end = fleet
+    direct = [train_task(reader_for(url, start, end), h, 60.0, 60.0, None) for h in hosts]
+    recorder, rec_url = start_replay(tmp_path / "answers", url)
+    try:
+        for h in hosts:
+            reader_for(rec_url, start, end).read(h)
+    finally:
+        recorder.terminate()
+        recorder.wait(timeout=30)
+    assert len(list((tmp_path / "answers").iterdir())) > len(hosts)
+    replay, rep_url = start_replay(tmp_path / "answers", None)
+    try:
+        again = [train_task(reader_for(rep_url, start, end), h, 60.0, 60.0, None) for h in hosts]
+        assert stored(again, tmp_path / "b") == stored(direct, tmp_path / "a")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{rep_url}/api/v1/labels?unseen=1", timeout=10)
+        assert refused.value.code == 404
+        assert b"not recorded: GET /api/v1/labels?unseen=1" in refused.value.read()
+    finally:
+        replay.terminate()
+        replay.wait(timeout=30)
+
+
+def test_replay_refuses_record_without_upstream(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "minerwatch.bench.replay", "--store", str(tmp_path), "--record"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--record and --upstream go together" in done.stderr
