@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,7 +53,7 @@ def make_handler(store: Path, upstream: str | None) -> type[BaseHTTPRequestHandl
             if upstream is not None:
                 status, data = self._fetch(body)
                 if status == 200:
-                    tmp = path.with_suffix(".tmp")
+                    tmp = path.with_name(f"{key}.{threading.get_ident()}.tmp")
                     tmp.write_bytes(data)
                     os.replace(tmp, path)
             elif path.is_file():
