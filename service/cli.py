@@ -698,6 +698,11 @@ def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool 
     p.add_argument("--cert-file", metavar="FILE", help="client certificate (PEM)")
     p.add_argument("--key-file", metavar="FILE", help="client certificate's key (PEM)")
     p.add_argument("--timeout", type=_duration, default="30s", help="per request")
+    p.add_argument(
+        "--gzip",
+        action="store_true",
+        help="ask for gzip answers: 1/4 of the bytes for ~7x Prometheus' CPU (slow links only)",
+    )
     p.add_argument("--concurrency", type=_jobs, default=4, help="requests at once per process")
 
 

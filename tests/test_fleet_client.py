@@ -3,6 +3,7 @@ and a recorded VictoriaMetrics answer; the node_exporter arithmetic against the 
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -93,8 +94,16 @@ class Server:
                     time.sleep(body)
                     status, body = 200, VICTORIAMETRICS_ANSWER
                 data = json.dumps(body).encode()
+                packed = isinstance(status, str) and status.startswith("gzip")
+                if packed:  # ("gzip <code>", body), or "gzip-cut <code>": cut short on the way
+                    kind, code = status.split()
+                    data, status = gzip.compress(data), int(code)
+                    if kind == "gzip-cut":
+                        data = data[: len(data) // 2]
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if packed:
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -217,6 +226,25 @@ def test_timeouts_are_retried(serve):
     c = client(srv.url, timeout=0.3)
     assert len(c.query("up", 0)) == 4
     assert c.requests == 2
+
+
+def test_gzip_is_asked_for_only_when_set_and_a_damaged_answer_is_retried(serve):
+    srv = serve(("gzip-cut 200", VICTORIAMETRICS_ANSWER), ("gzip 200", VICTORIAMETRICS_ANSWER))
+    c = PromClient(Connection(srv.url, timeout=5.0, gzip=True), sleep=lambda s: None)
+    assert len(c.query("node_load1", 1767571230)) == 4 and c.requests == 2
+    assert all(h.get("Accept-Encoding") == "gzip" for _, _, h in srv.requests)
+    assert 0 < c.received < 2 * len(json.dumps(VICTORIAMETRICS_ANSWER))
+    plain = serve((200, VICTORIAMETRICS_ANSWER))
+    client(plain.url).query("node_load1", 1767571230)
+    assert plain.requests[0][2].get("Accept-Encoding", "identity") == "identity"
+
+
+def test_a_gzip_refusal_still_names_the_query_and_the_reason(serve):
+    srv = serve(("gzip 400", {"status": "error", "errorType": "bad_data", "error": "parse error"}))
+    c = PromClient(Connection(srv.url, timeout=5.0, gzip=True), sleep=lambda s: None)
+    with pytest.raises(PrometheusError, match="parse error") as refused:
+        c.query("rate(x[", 0)
+    assert "rate(x[" in str(refused.value) and c.requests == 1
 
 
 def test_4xx_is_refused_at_once_naming_the_query(serve):

@@ -138,7 +138,7 @@ def test_export_writes_the_telemetry_prometheus_holds(fleet, tmp_path):
     out = tmp_path / "export"
     done = run(
         "fleet", "export", "--prometheus", prom.url, "--start", f"{s0}", "--end", f"{s1}",
-        "--output", str(out),
+        "--output", str(out), "--gzip",  # compressed answers decode to the same telemetry
     )  # fmt: skip
     assert "exported" in done.stderr
     exported = read_telemetry([out])
@@ -167,6 +167,22 @@ def test_export_writes_the_telemetry_prometheus_holds(fleet, tmp_path):
         np.testing.assert_allclose(
             procs.cpu[busiest], series.column("top_proc_cpu_percent")[at], atol=0.006
         )
+
+
+def test_gzip_answers_are_a_fraction_of_the_bytes_and_read_the_same(fleet):
+    prom, _, labels = fleet
+    _, (s0, s1) = ranges(labels)
+    host = sorted(labels["hosts"])[0]
+    plain = PromClient(Connection(prom.url, timeout=60.0))
+    packed = PromClient(Connection(prom.url, timeout=60.0, gzip=True))
+    a = read_host(plain, host, s0, s1, selector='{job="node"}').series
+    b = read_host(packed, host, s0, s1, selector='{job="node"}').series
+    assert a.columns == b.columns and a.columns
+    np.testing.assert_array_equal(a.timestamps, b.timestamps)
+    for column in a.columns:
+        np.testing.assert_array_equal(a.column(column), b.column(column), err_msg=column)
+    assert plain.requests == packed.requests
+    assert packed.received < plain.received / 2  # Prometheus did compress
 
 
 def test_score_without_models_and_bad_query_exit_2(fleet, tmp_path):

@@ -38,6 +38,7 @@ def connection(args: argparse.Namespace) -> Connection:
         cert_file=args.cert_file,
         key_file=args.key_file,
         timeout=args.timeout,
+        gzip=args.gzip,
     )
 
 

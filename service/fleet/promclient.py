@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gzip
 import json
 import math
 import random
@@ -29,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,7 +67,9 @@ class Connection:
     Secrets are named by file, never given on a command line: ``password_file`` (with
     ``username``) for basic auth, ``bearer_token_file`` for a token (re-read on every
     request, so a rotated token is picked up). ``ca_file`` verifies the server;
-    ``cert_file``/``key_file`` present a client certificate.
+    ``cert_file``/``key_file`` present a client certificate. ``gzip`` asks for compressed
+    answers: a quarter of the bytes on the wire for ~7x Prometheus' CPU (measured on 2.42,
+    docs/fleet.md), so only for slow or metered links.
     """
 
     url: str
@@ -76,6 +80,7 @@ class Connection:
     cert_file: str | None = None
     key_file: str | None = None
     timeout: float = 30.0
+    gzip: bool = False
 
     def headers(self) -> dict[str, str]:
         """Authorization header for the configured scheme (none, basic or bearer)."""
@@ -149,6 +154,7 @@ class PromClient:
         self.max_points = max_points
         self.sleep = sleep
         self.requests = 0  # HTTP requests sent, retries included
+        self.received = 0  # bytes of answers as they came over the wire
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._ssl = connection.ssl_context()
         self._lock = threading.Lock()
@@ -318,6 +324,8 @@ class PromClient:
         if method == "GET":
             target, body = f"{url}?{form}", None
             del headers["Content-Type"]
+        if self.connection.gzip:
+            headers["Accept-Encoding"] = "gzip"
         headers.update(self.connection.headers())
         last, unreachable = "", False
         for attempt in range(self.retries + 1):
@@ -332,9 +340,20 @@ class PromClient:
                     with urllib.request.urlopen(
                         request, timeout=self.connection.timeout, context=self._ssl
                     ) as response:
-                        return url, response.read()
+                        raw = response.read()
+                        encoding = response.headers.get("Content-Encoding", "")
+                with self._lock:
+                    self.received += len(raw)
+                if encoding.lower() != "gzip":
+                    return url, raw
+                try:
+                    return url, gzip.decompress(raw)
+                except (OSError, EOFError, zlib.error) as err:  # cut short on the way: retry
+                    last = f"a damaged gzip answer: {err}"
+                    unreachable = False
+                    continue
             except urllib.error.HTTPError as err:
-                text = err.read().decode("utf-8", "replace")
+                text = _unzipped(err.read(), err.headers).decode("utf-8", "replace")
                 if err.code < 500 and err.code != 429:
                     raise PrometheusError(
                         url, None, f"an answer to {what!r}", _refusal(err.code, text)
@@ -359,6 +378,17 @@ class PromClient:
             "a reachable Prometheus",
             f"{last} ({self.retries + 1} attempts)",
         )
+
+
+def _unzipped(raw: bytes, headers: Any) -> bytes:
+    """An error answer's body, decompressed when it says it is gzip (as it came if damaged:
+    it is only read for its message)."""
+    if headers is None or headers.get("Content-Encoding", "").lower() != "gzip":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error):
+        return raw
 
 
 def _ts(t: float) -> str:
