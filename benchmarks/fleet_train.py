@@ -119,20 +119,25 @@ def timed(tasks: list[str], reader: Any, **engine: Any) -> tuple[float, list[Any
     return took, out
 
 
+def fleet_reader(url: str, split: dict[str, float], half: float, concurrency: int = 2) -> Any:
+    """The reader ``fleet train`` would use for the training split of the simulated fleet."""
+    from minerwatch.service.fleet.promclient import Connection
+    from minerwatch.service.fleet.train import FleetReader
+
+    start, end = split["start"] - half, split["end"] + half
+    return FleetReader(
+        Connection(url, timeout=300.0), start, end, '{job="node"}', concurrency=concurrency
+    )
+
+
 def record(
     store: Path, upstream: str, hosts: list[str], split: dict[str, float], half: float
 ) -> tuple[subprocess.Popen[str], str]:
     """Every host's reads recorded in ``store`` through the replay server; the replay
     server (process, URL) then serving them."""
-    from minerwatch.service.fleet.promclient import Connection
-    from minerwatch.service.fleet.train import FleetReader
-
     recorder, url = start_replay(store, upstream)
     try:
-        reader = FleetReader(
-            Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
-            '{job="node"}',
-        )  # fmt: skip
+        reader = fleet_reader(url, split, half)
         for i, host in enumerate(hosts, 1):
             reader.read(host)
             print(f"recorded {i}/{len(hosts)}: {host}", file=sys.stderr, flush=True)
@@ -143,9 +148,6 @@ def record(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minerwatch.service.fleet.promclient import Connection
-    from minerwatch.service.fleet.train import FleetReader
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="folder from 'minerwatch simulate'")
     p.add_argument("--tsdb", type=Path, required=True, help="its backfilled Prometheus TSDB")
@@ -175,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_prometheus(args.tsdb, Path(tmp))
         answers: subprocess.Popen[Any] = proc  # what answers the Dask ways
         try:
-            reader = FleetReader(
-                Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
-                '{job="node"}', concurrency=args.concurrency,
-            )  # fmt: skip
+            reader = fleet_reader(url, split, half, args.concurrency)
             t0, c0 = time.perf_counter(), time.process_time()
             reader.read(hosts[0])  # warms Prometheus' caches; not part of the timed runs
             read_s, read_cpu_s = time.perf_counter() - t0, time.process_time() - c0
@@ -205,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 answers, url = record(args.replay, url, hosts, split, half)
                 proc.terminate()
                 proc.wait(timeout=30)
-                reader = FleetReader(
-                    Connection(url, timeout=300.0), split["start"] - half, split["end"] + half,
-                    '{job="node"}', concurrency=args.concurrency,
-                )  # fmt: skip
+                reader = fleet_reader(url, split, half, args.concurrency)
                 result["dask_answers_from"] = "replay"
             if not args.no_dask:
                 from dask.distributed import Client, LocalCluster
