@@ -340,11 +340,10 @@ class PromClient:
                     with urllib.request.urlopen(
                         request, timeout=self.connection.timeout, context=self._ssl
                     ) as response:
-                        raw = response.read()
-                        encoding = response.headers.get("Content-Encoding", "")
+                        raw, packed = response.read(), _is_gzip(response.headers)
                 with self._lock:
                     self.received += len(raw)
-                if encoding.lower() != "gzip":
+                if not packed:
                     return url, raw
                 try:
                     return url, gzip.decompress(raw)
@@ -380,10 +379,14 @@ class PromClient:
         )
 
 
+def _is_gzip(headers: Any) -> bool:
+    return headers is not None and headers.get("Content-Encoding", "").lower() == "gzip"
+
+
 def _unzipped(raw: bytes, headers: Any) -> bytes:
     """An error answer's body, decompressed when it says it is gzip (as it came if damaged:
     it is only read for its message)."""
-    if headers is None or headers.get("Content-Encoding", "").lower() != "gzip":
+    if not _is_gzip(headers):
         return raw
     try:
         return gzip.decompress(raw)
