@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minerwatch.baseline.calibrate import alert_rule
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.procbase import with_process_columns
 from minerwatch.features.errors import InputError
@@ -126,7 +125,7 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
             f"{list(names)}",
         )
     score = model.score(F) if len(F) else np.zeros(0)
-    alert = alert_rule(score, model.threshold, win.slots, model.alert_windows, model.clear_windows)
+    alert = model.alerts(score, win.slots, identities=series.procs is not None)
     processes: list[str] = []
     if model.procs is not None and series.procs is not None:
         processes = [

@@ -9,8 +9,12 @@ An explanation is only as good as the data it was fitted on. With too few window
 coefficients the fit is noise fitted to noise (on a quiet host, ten windows and nine
 coefficients once turned 0.75 % CPU into "11 units unexplained"), so the explainer then
 explains nothing: the feature is the raw (log) CPU level against its training median. It
-never extrapolates: inputs are clipped to their training range and the prediction to the
-range it took in training.
+never extrapolates blindly: inputs are clipped to their training range and the prediction to
+the range it took in training. Only *evidence of work* (disk bytes, context switches, I/O
+wait: things a pure compute loop such as a miner does not produce) may reach beyond it, by
+at most :data:`REACH` training standard deviations and only in the direction that adds CPU:
+a reindex at twice the parallelism of any in training brings twice the I/O and switches
+with its CPU; a miner's CPU brings none.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ _ARRAYS = (
     "resid_scale",
     "in_low",
     "in_high",
+    "in_reach",
     "pred_low",
     "pred_high",
 )
 
 #: Rows per coefficient below which no explanation is fitted (see :func:`min_windows`).
 ROWS_PER_COEF = 11
+#: How far past its training maximum an input that is evidence of work still explains CPU,
+#: in training standard deviations of that input.
+REACH = 2.0
 
 
 def min_windows(inputs: int) -> int:
@@ -60,7 +68,9 @@ class Explainer:
     """Per-host ridge regression of log CPU on the context features; residuals as features.
 
     ``coef`` rows are (intercept, slopes); all slopes zero is "no explanation".
-    ``pred_low``/``pred_high`` bound the prediction to the range it took in training.
+    ``pred_low``/``pred_high`` bound the prediction to the range it took in training;
+    ``in_reach`` (at least ``in_high``) is how far an input adds CPU beyond its training
+    maximum, through its positive slopes only.
     """
 
     names: tuple[str, ...]
@@ -72,6 +82,7 @@ class Explainer:
     resid_scale: np.ndarray
     in_low: np.ndarray
     in_high: np.ndarray
+    in_reach: np.ndarray
     pred_low: np.ndarray
     pred_high: np.ndarray
 
@@ -80,17 +91,25 @@ class Explainer:
         """False when the explainer degraded to "no explanation" (too few windows)."""
         return bool(np.any(self.coef[:, 1:] != 0.0))
 
+    def _standardized(self, F: np.ndarray) -> np.ndarray:
+        Z = (F[:, self.inputs] - self.in_center) / self.in_scale
+        out: np.ndarray = np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
     def design(self, F: np.ndarray) -> np.ndarray:
         """Standardized context, clipped to the training range: a linear model must never
         extrapolate (a backup twice as heavy as any seen would otherwise "explain" negative
         CPU, or a correlated pair of inputs would push the prediction anywhere)."""
-        Z = (F[:, self.inputs] - self.in_center) / self.in_scale
-        Z = np.clip(np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0), self.in_low, self.in_high)
+        Z = np.clip(self._standardized(F), self.in_low, self.in_high)
         return np.hstack([np.ones((len(F), 1)), Z])
 
     def predict(self, F: np.ndarray) -> np.ndarray:
-        """Log CPU the context accounts for, within the range it took in training."""
+        """Log CPU the context accounts for: within the range it took in training, plus what
+        evidence of work beyond its training maximum adds (positive slopes, up to its reach)."""
         pred: np.ndarray = np.clip(self.design(F) @ self.coef.T, self.pred_low, self.pred_high)
+        beyond = np.clip(self._standardized(F) - self.in_high, 0.0, self.in_reach - self.in_high)
+        if beyond.any():
+            pred = pred + beyond @ np.maximum(self.coef[:, 1:], 0.0).T
         return pred
 
     def derive(self, F: np.ndarray) -> np.ndarray:
@@ -108,11 +127,14 @@ class Explainer:
         names: tuple[str, ...],
         ridge: float = 1e-3,
         resolution: np.ndarray | None = None,
+        evidence: np.ndarray | None = None,
     ) -> Explainer:
         """Fit on the rows of ``F``; ``resolution`` is each target's smallest meaningful
         change in its own unit (percent CPU): the residual spread is never taken below one
         such step at the target's typical level, so a host that was flat in training does
-        not turn a 2 % wiggle into many "units" of unexplained CPU."""
+        not turn a 2 % wiggle into many "units" of unexplained CPU. ``evidence`` marks the
+        inputs (a boolean per input) that may explain CPU up to :data:`REACH` past their
+        training maximum."""
         targets = np.asarray(targets, dtype=np.int64)
         inputs = np.asarray(inputs, dtype=np.int64)
         n = len(F)
@@ -134,6 +156,7 @@ class Explainer:
             zeros,
             np.ones(len(targets)),
             low,
+            high,
             high,
             -unbounded,
             unbounded,
@@ -157,6 +180,9 @@ class Explainer:
         step = np.full(len(targets), 0.05) if resolution is None else np.asarray(resolution)
         level = np.median(raw, axis=0) if n else np.zeros(len(targets))
         floor = np.maximum(np.log1p(step / (1.0 + level)), 0.05)
+        reach = high.copy()
+        if evidence is not None and n >= min_windows(len(inputs)):
+            reach = np.where(np.asarray(evidence, dtype=bool), high + REACH, high)
         return cls(
             names,
             targets,
@@ -167,6 +193,7 @@ class Explainer:
             np.maximum(mad, floor),
             low,
             high,
+            reach,
             fitted.min(axis=0) if n else -unbounded,
             fitted.max(axis=0) if n else unbounded,
         )
@@ -178,6 +205,8 @@ class Explainer:
     def from_arrays(cls, arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> Explainer:
         unbounded = np.full(len(names), np.inf)
         defaults = {"pred_low": -unbounded, "pred_high": unbounded}  # models saved before them
+        if "explain_in_reach" not in arrays:  # saved before it: nothing reaches past training
+            defaults["in_reach"] = np.asarray(arrays["explain_in_high"])
         get = {
             k: np.asarray(arrays[f"explain_{k}"] if f"explain_{k}" in arrays else defaults[k])
             for k in _ARRAYS

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from minerwatch.baseline.calibrate import AlertState, alert_rule
 from minerwatch.baseline.explain import Explainer, derived_names
 from minerwatch.baseline.forest import NumpyForest
 from minerwatch.baseline.lowrank import LowRank
@@ -61,6 +62,10 @@ class HostModel:
     threshold: float
     alert_windows: int = 3
     clear_windows: int = 3
+    #: Windows above the threshold that open an alert without the margin (see
+    #: :class:`~minerwatch.baseline.calibrate.AlertState`); None in models saved before it.
+    sustain_windows: int | None = None
+    alert_margin: float = 0.0
     excess_scale: float = 1.0
     explainer: Explainer | None = None
     forest_columns: np.ndarray | None = None
@@ -105,6 +110,41 @@ class HostModel:
             bound,
             feature_names=tuple(base) + derived + tail,
             explainer=replace(self.explainer, names=derived),
+        )
+
+    def alert_state(self) -> AlertState:
+        """The streaming alert rule this model was calibrated for (the agent, ``fleet serve``)."""
+        return AlertState(
+            self.threshold,
+            self.alert_windows,
+            self.clear_windows,
+            self.sustain_windows,
+            self.alert_margin,
+        )
+
+    @property
+    def alert_delay_windows(self) -> int:
+        """Windows above the threshold the rule may need before it opens an alert."""
+        return max(self.alert_windows, self.sustain_windows or 0)
+
+    def alerts(
+        self, scores: np.ndarray, slots: np.ndarray | None = None, identities: bool = True
+    ) -> np.ndarray:
+        """The same rule over a series of window scores (``score``, ``evaluate``).
+
+        ``identities=False``: the telemetry had no process table, so no window can carry an
+        unknown process's evidence, and marginal evidence opens alerts as in a model trained
+        without one.
+        """
+        sustain = self.sustain_windows if identities else None
+        return alert_rule(
+            scores,
+            self.threshold,
+            slots,
+            self.alert_windows,
+            self.clear_windows,
+            sustain,
+            self.alert_margin,
         )
 
     @property
@@ -246,21 +286,29 @@ class HostModel:
 
     def params(self) -> dict[str, Any]:
         """Everything else, for the store's ``meta.json``."""
-        return {
-            "host": self.host,
-            "columns": list(self.columns),
-            "window": self.window,
-            "hop": self.hop,
-            "feature_names": list(self.feature_names[: self.n_base]),
-            "derived_names": list(self.explainer.names) if self.explainer else [],
-            "threshold": self.threshold,
-            "alert_windows": self.alert_windows,
-            "clear_windows": self.clear_windows,
-            "excess_scale": self.excess_scale,
-        } | (
-            {"lowrank_names": list(self.lowrank.names), "lowrank_unit": self.lowrank_unit}
-            if self.lowrank
-            else {}
+        return (
+            {
+                "host": self.host,
+                "columns": list(self.columns),
+                "window": self.window,
+                "hop": self.hop,
+                "feature_names": list(self.feature_names[: self.n_base]),
+                "derived_names": list(self.explainer.names) if self.explainer else [],
+                "threshold": self.threshold,
+                "alert_windows": self.alert_windows,
+                "clear_windows": self.clear_windows,
+                "excess_scale": self.excess_scale,
+            }
+            | (
+                {"sustain_windows": self.sustain_windows, "alert_margin": self.alert_margin}
+                if self.sustain_windows is not None
+                else {}
+            )
+            | (
+                {"lowrank_names": list(self.lowrank.names), "lowrank_unit": self.lowrank_unit}
+                if self.lowrank
+                else {}
+            )
         )
 
     @classmethod
@@ -295,6 +343,10 @@ class HostModel:
             threshold=float(params["threshold"]),
             alert_windows=int(params["alert_windows"]),
             clear_windows=int(params["clear_windows"]),
+            sustain_windows=(  # absent before it: every window above counts as strong
+                int(params["sustain_windows"]) if "sustain_windows" in params else None
+            ),
+            alert_margin=float(params.get("alert_margin", 0.0)),
             excess_scale=float(params["excess_scale"]),
             explainer=explainer,
             lowrank=lowrank,

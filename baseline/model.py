@@ -31,7 +31,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from minerwatch.baseline.calibrate import calibrate_threshold, extrapolation_margin, widen_threshold
+from minerwatch.baseline.calibrate import (
+    ALERT_MARGIN,
+    SUSTAIN_WINDOWS,
+    calibrate_threshold,
+    extrapolation_margin,
+    widen_threshold,
+)
 from minerwatch.baseline.explain import Explainer, derived_names
 from minerwatch.baseline.fitted import HostModel, hold_unexplained_low
 from minerwatch.baseline.forest import NumpyForest, export_forest, export_trees
@@ -72,6 +78,8 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         max_alarms_per_week: float = 1.0,
         alert_windows: int = 3,
         clear_windows: int = 3,
+        sustain_windows: int = SUSTAIN_WINDOWS,
+        alert_margin: float = ALERT_MARGIN,
         hop: float = 60.0,
         excess_scale: float = 1.0,
         threshold_margin: float = 0.04,
@@ -84,12 +92,15 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         periods: Any = None,
         random_state: int | None = None,
         lowrank_features: Any = None,
+        explain_evidence: Any = None,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.max_alarms_per_week = max_alarms_per_week
         self.alert_windows = alert_windows
         self.clear_windows = clear_windows
+        self.sustain_windows = sustain_windows
+        self.alert_margin = alert_margin
         self.hop = hop
         self.excess_scale = excess_scale
         self.threshold_margin = threshold_margin
@@ -102,6 +113,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         self.periods = periods
         self.random_state = random_state
         self.lowrank_features = lowrank_features
+        self.explain_evidence = explain_evidence
 
     def fit(self, X: Any, y: Any = None, slots: Any = None) -> HostBaseline:
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64)
@@ -123,7 +135,10 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             )
             inputs = inputs[~unseen[inputs]]
             base_resolution = self._vector(self.resolution, d, 1e-6)[targets]
-            explainer = Explainer.fit(X, targets, inputs, derived, resolution=base_resolution)
+            evidence = np.isin(inputs, np.asarray(self.explain_evidence or [], dtype=np.int64))
+            explainer = Explainer.fit(
+                X, targets, inputs, derived, resolution=base_resolution, evidence=evidence
+            )
             X_full = np.hstack([X, explainer.derive(X)])
         else:
             derived, X_full = (), X
@@ -183,6 +198,8 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             threshold=1.0,
             alert_windows=self.alert_windows,
             clear_windows=self.clear_windows,
+            sustain_windows=max(self.sustain_windows, self.alert_windows),
+            alert_margin=self.alert_margin,
             excess_scale=self.excess_scale,
             explainer=explainer,
             forest_columns=forest_columns,

@@ -340,6 +340,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "threshold": ("a number from 0 to 1", lambda v: _is_number(v) and 0 <= v <= 1),
     "alert_windows": ("a whole number of windows, at least 1", _is_count),
     "clear_windows": ("a whole number of windows, at least 1", _is_count),
+    "sustain_windows": ("a whole number of windows, at least 1", _is_count),
+    "alert_margin": ("a number, at least 0", lambda v: _is_number(v) and v >= 0),
     "excess_scale": ("a positive number", lambda v: _is_number(v, positive=True)),
     "model_file": ("a file name model-<16 hex>.npz", lambda v: isinstance(v, str)),
     "sha256": ("a sha256 in hex", lambda v: isinstance(v, str)),
@@ -350,12 +352,18 @@ _FIELDS: dict[str, tuple[str, Any]] = {
 }
 
 
+#: Fields models saved by earlier versions lack (their loader's defaults keep the old rule).
+_OPTIONAL = frozenset({"derived_names", "sustain_windows", "alert_margin"})
+
+
 def _check_fields(meta: dict[str, Any], where: str) -> None:
-    missing = [k for k in _FIELDS if k not in meta and k != "derived_names"]
+    missing = [k for k in _FIELDS if k not in meta and k not in _OPTIONAL]
     if missing:
         raise ModelError(where, None, "model metadata", f"missing {', '.join(missing)}")
     meta.setdefault("derived_names", [])
     for name, (expected, ok) in _FIELDS.items():
+        if name not in meta:  # an optional field a model saved before it lacks
+            continue
         value = meta[name]
         if not ok(value):
             retrain = f" ({_RETRAIN})" if name == "schema_version" else ""

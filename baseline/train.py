@@ -105,6 +105,7 @@ def train_host(
         ],
         explain_targets=[j for j, r in enumerate(roles) if r == EXPLAINED] if has_context else None,
         explain_inputs=[j for j, r in enumerate(roles) if r in (CONTEXT, TIME)],
+        explain_evidence=[j for j, s in enumerate(specs) if s.evidence],
         forest_features=[1.0 if r in judged else 0.0 for r in roles],
         periods=[DAY if r == TIME else 0.0 for r in roles],  # judged once a day is seen
         # two or more extra columns are also judged jointly (baseline/lowrank.py)
@@ -118,7 +119,11 @@ def train_host(
         "params": {k: v for k, v in est.get_params().items() if k not in ("resolution", "excess")},
     }
     model: HostModel = est.host_model_
-    if learnt is not None:
+    if learnt is None:
+        # without process identities nothing can be strong evidence of an unknown process:
+        # marginal evidence is all there is and must not wait (docs/benchmarks.md)
+        model = replace(model, sustain_windows=None, alert_margin=0.0)
+    else:
         meta["process_identities"] = len(learnt.baseline.identities)
         meta["flagged_processes"] = list(learnt.flagged[:20])
         model = replace(model, procs=learnt.baseline)

@@ -41,6 +41,8 @@ class FeatureSpec:
     feature that never moved in training does not turn a tiny wiggle into an alarm).
     ``excess``: values far *above* everything seen in training raise the score directly
     (isolation trees saturate outside the training range and cannot say "far").
+    ``evidence`` (context only): evidence of work a pure compute loop does not produce, which
+    may explain CPU somewhat beyond its training range (:mod:`minerwatch.baseline.explain`).
     """
 
     name: str
@@ -48,6 +50,7 @@ class FeatureSpec:
     resolution: float
     excess: bool = False
     role: str = COMPUTE
+    evidence: bool = False
 
 
 class _Context:
@@ -143,15 +146,21 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         ),
     ),
     (
-        FeatureSpec("net_pps_log_5m", _PPS, 0.1, role=CONTEXT),
+        FeatureSpec("net_pps_log_5m", _PPS, 0.1, role=CONTEXT, evidence=True),
         lambda c: c.rolling_mean(_log1p(c.mean("net_rx_pps") + c.mean("net_tx_pps")), 300),
     ),
     (
-        FeatureSpec("disk_bps_log_5m", ("disk_read_bps", "disk_write_bps"), 0.1, role=CONTEXT),
+        FeatureSpec(
+            "disk_bps_log_5m",
+            ("disk_read_bps", "disk_write_bps"),
+            0.1,
+            role=CONTEXT,
+            evidence=True,
+        ),
         lambda c: c.rolling_mean(_log1p(c.mean("disk_read_bps") + c.mean("disk_write_bps")), 300),
     ),
     (
-        FeatureSpec("ctx_switches_log_5m", ("ctx_switches_ps",), 0.1, role=CONTEXT),
+        FeatureSpec("ctx_switches_log_5m", ("ctx_switches_ps",), 0.1, role=CONTEXT, evidence=True),
         lambda c: c.rolling_mean(_log1p(c.mean("ctx_switches_ps")), 300),
     ),
     (
@@ -163,7 +172,7 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         lambda c: c.rolling_mean(c.mean("cpu_system_percent"), 300),
     ),
     (
-        FeatureSpec("cpu_iowait_5m", ("cpu_iowait_percent",), 1.0, role=CONTEXT),
+        FeatureSpec("cpu_iowait_5m", ("cpu_iowait_percent",), 1.0, role=CONTEXT, evidence=True),
         lambda c: c.rolling_mean(c.mean("cpu_iowait_percent"), 300),
     ),
     (

@@ -458,7 +458,10 @@ class Agent:
         assert self.cfg.hop is not None  # AgentConfig derives it from the window
         history_s = min(self.cfg.retrain_history, self.history.span_seconds())
         margin = exclusion_margin(
-            history_s, self.cfg.hop, self.cfg.alert_windows, cap_s=EXCLUDE_MARGIN_S
+            history_s,
+            self.cfg.hop,
+            max(self.cfg.alert_windows, self.cfg.sustain_windows),
+            cap_s=EXCLUDE_MARGIN_S,
         )
         before = None if self.episode is None else self.episode["start"] - margin
         path = self.data_dir / "train-input.npz"
@@ -497,6 +500,10 @@ class Agent:
             str(self.cfg.hop),
             "--alert-windows",
             str(self.cfg.alert_windows),
+            "--sustain-windows",
+            str(self.cfg.sustain_windows),
+            "--alert-margin",
+            str(self.cfg.alert_margin),
             "--alarms-per-week",
             str(self.cfg.alarms_per_week),
             *source,
@@ -582,7 +589,7 @@ class Agent:
             return False
         self.model = model
         old = self.alert
-        self.alert = AlertState(model.threshold, model.alert_windows, model.clear_windows)
+        self.alert = model.alert_state()
         if old is not None:  # keep an ongoing episode open across a model swap
             self.alert.active = old.active
         period = self.retrain_period(model)

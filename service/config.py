@@ -23,7 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, ALERT_MARGIN, SUSTAIN_WINDOWS
 from minerwatch.features.errors import InputError
 from minerwatch.service.units import (
     DURATION_HELP,
@@ -136,6 +136,8 @@ class AgentConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     host: str = ""
     alert_windows: int = 3
+    sustain_windows: int = SUSTAIN_WINDOWS
+    alert_margin: float = ALERT_MARGIN
     alarms_per_week: float = ALARMS_PER_WEEK
     event_log: Path | None = None
     evidence_dir: Path | None = None
@@ -218,7 +220,18 @@ OPTIONS: dict[str, dict[str, Option]] = {
             help="host name in models, metrics and events",
             unset="this machine's hostname",
         ),
-        "alert_windows": Option("int", 1, help="consecutive anomalous windows before an alert"),
+        "alert_windows": Option(
+            "int", 1, help="consecutive windows far above the threshold that open an alert"
+        ),
+        "sustain_windows": Option(
+            "int", 1, help="consecutive windows above the threshold that open an alert"
+        ),
+        "alert_margin": Option(
+            "float",
+            0,
+            help="how far above the threshold (surprise units) a window counts toward "
+            "alert_windows; 0: every window above does",
+        ),
         "alarms_per_week": Option(
             "float",
             0,

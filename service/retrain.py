@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from minerwatch.baseline.batch import score_series
-from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, ALERT_MARGIN, SUSTAIN_WINDOWS
 from minerwatch.baseline.exclude import exclusion_mask
 from minerwatch.baseline.store import ModelError, load_model, read_key, save_model
 from minerwatch.features.atomic import atomic_write
@@ -154,6 +154,8 @@ def retrain(
     validate_s: float = 86400.0,
     alarms_per_week: float = ALARMS_PER_WEEK,
     key: bytes | None = None,
+    sustain_windows: int = SUSTAIN_WINDOWS,
+    alert_margin: float = ALERT_MARGIN,
 ) -> dict[str, Any]:
     # scikit-learn: only ever imported in this child process
     from minerwatch.baseline.train import train_host
@@ -177,7 +179,12 @@ def retrain(
         series,
         window,
         hop,
-        params={"alert_windows": alert_windows, "max_alarms_per_week": alarms_per_week},
+        params={
+            "alert_windows": alert_windows,
+            "sustain_windows": sustain_windows,
+            "alert_margin": alert_margin,
+            "max_alarms_per_week": alarms_per_week,
+        },
         min_windows=MIN_AGENT_WINDOWS,
     )
     recent = from_arrays(
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=60.0)
     p.add_argument("--hop", type=float, default=60.0)
     p.add_argument("--alert-windows", type=int, default=3)
+    p.add_argument("--sustain-windows", type=int, default=SUSTAIN_WINDOWS)
+    p.add_argument("--alert-margin", type=float, default=ALERT_MARGIN)
     p.add_argument("--alarms-per-week", type=float, default=ALARMS_PER_WEEK)
     p.add_argument("--model-key", type=Path, help="HMAC key file to sign the model with")
     args = p.parse_args(argv)
@@ -248,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             args.alert_windows,
             key=key,
             alarms_per_week=args.alarms_per_week,
+            sustain_windows=args.sustain_windows,
+            alert_margin=args.alert_margin,
         )
     except (InputError, ValueError, OSError, sqlite3.Error) as exc:
         reason = "too_few_windows" if isinstance(exc, TooFewWindows) else "bad_input"

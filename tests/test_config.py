@@ -183,6 +183,8 @@ def test_every_option_round_trips_through_its_flag(tmp_path):
         data_dir=tmp_path,
         host="h",
         alert_windows=2,
+        sustain_windows=5,
+        alert_margin=1.5,
         alarms_per_week=2.5,
         event_log=tmp_path / "ev.jsonl",
         evidence_dir=tmp_path / "evd",

@@ -670,6 +670,16 @@ def test_state_file_round_trip_and_entries_not_as_written(synthetic_model, tmp_p
     b.save_state()
     assert json.loads(path.read_text())["hosts"]["gone"] == {"active": True}
 
+    # a state file written before the strong run was kept: the run above stands for it
+    doc = json.loads(path.read_text())
+    assert doc["hosts"]["h0000"]["strong"] == state.alert._strong
+    del doc["hosts"]["h0000"]["strong"]
+    path.write_text(json.dumps(doc))
+    older = server()
+    assert older.restore_state() == 1
+    assert older.hosts["h0000"].alert._strong == older.hosts["h0000"].alert._above == 1
+    b.save_state()
+
     doc = json.loads(path.read_text())
     doc["hosts"]["h0000"]["active"] = "yes"
     path.write_text(json.dumps(doc))

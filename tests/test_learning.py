@@ -158,3 +158,43 @@ def test_the_explanation_needs_enough_windows_and_never_extrapolates():
     step = idle[:1].copy()
     step[0, 0] = 3.0
     assert 0.5 < float(flat.derive(step)[0, 0]) < 1.5
+
+
+def test_evidence_of_work_explains_cpu_a_little_past_its_training_maximum():
+    """Packets, disk bytes, switches and I/O wait a pure compute loop does not produce: a
+    traffic surge a bit bigger than any in training explains its CPU, up to REACH training
+    spreads and only through positive slopes; other inputs stay clipped to training."""
+    from minerwatch.baseline.explain import REACH
+
+    rng = np.random.default_rng(2)
+    n = 600
+    X = rng.normal(size=(n, 2))  # packets (evidence), procs_running (not)
+    cpu = np.expm1(2.0 + X @ np.array([0.6, 0.3]) + rng.normal(0, 0.05, n))
+    F = np.column_stack([cpu, X])
+    targets, cols = np.array([0]), np.array([1, 2])
+    names = ("cpu_unexplained",)
+    plain = Explainer.fit(F, targets, cols, names)
+    ev = Explainer.fit(F, targets, cols, names, evidence=np.array([True, False]))
+    scale, top = ev.in_scale, ev.in_center + ev.in_high * ev.in_scale  # training maxima
+    at_max = np.array([[0.0, top[0], 0.0]])
+    surge = at_max.copy()
+    surge[0, 1] += 1.0 * scale[0]  # one training spread past the maximum
+    slope = float(ev.coef[0, 1])
+    assert slope > 0
+    assert float(ev.predict(surge)[0, 0] - ev.predict(at_max)[0, 0]) == pytest.approx(slope)
+    assert float(plain.predict(surge)[0, 0]) == float(plain.predict(at_max)[0, 0])  # clipped
+    far = at_max.copy()
+    far[0, 1] += 10 * scale[0]  # ten spreads past: only REACH of them explain
+    gain = float(ev.predict(far)[0, 0] - ev.predict(at_max)[0, 0])
+    assert gain == pytest.approx(REACH * slope)
+    other = np.array([[0.0, 0.0, top[1] + 5 * scale[1]]])  # not evidence: clipped
+    base = np.array([[0.0, 0.0, top[1]]])
+    assert float(ev.predict(other)[0, 0]) == float(ev.predict(base)[0, 0])
+    # stored and read back, and models saved before the reach extrapolate nothing
+    arrays = ev.to_arrays()
+    np.testing.assert_array_equal(
+        Explainer.from_arrays(arrays, names).predict(far), ev.predict(far)
+    )
+    del arrays["explain_in_reach"]
+    old = Explainer.from_arrays(arrays, names)
+    assert float(old.predict(far)[0, 0]) == float(old.predict(at_max)[0, 0])

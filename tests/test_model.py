@@ -85,3 +85,32 @@ def test_explanation_names_the_driving_feature(trained):
     assert top[0]["typical_low"] <= top[0]["typical_high"] < top[0]["value"]
     assert 0 < top[0]["contribution"] <= 1
     assert trained.score(f[None, :])[0] > trained.threshold
+
+
+def test_marginal_evidence_must_last_strong_evidence_opens_at_k():
+    thr = 0.6
+    strong = 1 - (1 - thr) * np.exp(-2.5)  # 2.5 units of surprise above the threshold
+    marginal = np.full(12, 0.65)
+    rule = {"k": 3, "clear": 3, "sustain": 8, "margin": 2.0}
+    assert alert_rule(marginal, thr, **rule).tolist() == [0] * 7 + [1] * 5  # 8th window
+    assert alert_rule(np.full(5, strong), thr, **rule).tolist() == [0, 0, 1, 1, 1]
+    # a marginal window breaks the strong run but not the run above the threshold
+    mixed = np.array([strong, strong, 0.65, strong, strong, 0.65, 0.65, 0.65])
+    assert alert_rule(mixed, thr, **rule).tolist() == [0] * 7 + [1]
+    # a gap restarts both runs
+    slots = np.array([0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15])
+    assert not alert_rule(np.full(11, 0.65), thr, slots=slots, **rule).any()
+    # without a sustain every window above counts toward k: the rule of older models
+    np.testing.assert_array_equal(alert_rule(marginal, thr, k=3, clear=3), [0, 0] + [1] * 10)
+
+
+def test_streaming_equals_batch_with_sustain_and_margin():
+    rng = np.random.default_rng(4)
+    s = 1 - np.exp(-rng.exponential(1.5, 2000))  # surprise spread over several units
+    state = AlertState(0.7, k=3, clear=3, sustain=8, margin=2.0)
+    streamed = [state.update(x, slot) for slot, x in enumerate(s)]
+    batch = alert_rule(s, 0.7, np.arange(len(s)), k=3, clear=3, sustain=8, margin=2.0)
+    np.testing.assert_array_equal(streamed, batch)
+    loose = alert_rule(s, 0.7, k=3, clear=3)
+    assert batch.sum() < loose.sum()
+    assert not (batch & ~loose).any()  # never alerts where the calibrated k-rule would not

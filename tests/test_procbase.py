@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from minerwatch.baseline.batch import score_series
+from minerwatch.baseline.calibrate import alert_rule
 from minerwatch.baseline.procbase import ProcessBaseline, flag_rows
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
@@ -350,3 +351,33 @@ def test_the_agents_history_keeps_process_rows_for_its_training_child(tmp_path: 
     assert sorted(set(rows.names.tolist())) == ["bad\ufffdname", "nginx"]
     assert {len(e) for e in rows.exes.tolist()} == {len("/usr/sbin/nginx"), 4096}
     assert arrays["procs_text"].nbytes < 100_000  # texts stored once, not per row
+
+
+def test_marginal_evidence_must_last_strong_evidence_does_not_wait(trained) -> None:
+    """Windows far above the threshold (here the app at 4x anything it did in training) open
+    an alert at the third; windows barely above it (a GC storm, a compile, a miner inside a
+    familiar process that stays near its usual peak) only once they last ``sustain_windows``."""
+    assert trained.sustain_windows == 8 and trained.alert_margin == 2.0
+    surge = with_table(miner_series(3600, cpu=260.0))  # the app itself at 260 %
+    scored = score_series(trained, surge)
+    surprise = -np.log1p(-scored.score)
+    start = int(np.argmax(surprise - -np.log1p(-scored.threshold) > 2.0))
+    assert surprise[start : start + 3].min() > -np.log1p(-trained.threshold) + 2.0
+    assert int(np.argmax(scored.alert)) <= start + 2  # strong: the third window
+    # the surge's first windows when they clear the threshold only just: the rule waits
+    near = replace(trained, threshold=float(-np.expm1(-(surprise[start] - 0.5))))
+    marginal = score_series(near, surge)
+    first_above = int(np.argmax(marginal.score > near.threshold))
+    assert first_above == start
+    rule = (near.threshold, marginal.slots, 3, 3, 8, 2.0)
+    np.testing.assert_array_equal(marginal.alert, alert_rule(marginal.score, *rule))
+    first_alert = int(np.argmax(marginal.alert))
+    assert first_above + 2 < first_alert <= first_above + 7  # after 3 strong or 8 windows
+    # as older models judged (no sustain): the third window above
+    loose = replace(near, sustain_windows=None)
+    assert int(np.argmax(score_series(loose, surge).alert)) == first_above + 2
+    # scored without a process table nothing can show an unknown process: no waiting either
+    bare = score_series(near, miner_series(3600, cpu=260.0))
+    np.testing.assert_array_equal(bare.alert, alert_rule(bare.score, near.threshold, bare.slots))
+    # a model trained without a process table keeps the rule it always had
+    assert train_host(host_series()).sustain_windows is None

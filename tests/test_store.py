@@ -431,3 +431,41 @@ def test_agent_refuses_a_bad_key_file_at_start(tmp_path):
     key = make_key(tmp_path / "open.key", mode=0o644)
     r = run("serve", "--data-dir", tmp_path / "data", "--model-key", key, "--port", "0")
     assert r.returncode == 2 and str(key) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_alert_rule_fields_round_trip_and_older_models_keep_their_rule(tmp_path, model):
+    from dataclasses import replace
+
+    ruled = replace(model, sustain_windows=8, alert_margin=2.0)
+    folder = save_model(tmp_path, ruled)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["sustain_windows"], meta["alert_margin"]) == (8, 2.0)
+    back = load_model(tmp_path, model.host)
+    assert (back.sustain_windows, back.alert_margin) == (8, 2.0)
+    # a model saved before the fields (signed without them) loads with the k-window rule
+    for name in ("sustain_windows", "alert_margin"):
+        del meta[name]
+    meta["signature"] = sign(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    old = load_model(tmp_path, model.host)
+    assert old.sustain_windows is None and old.alert_state().sustain is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("sustain_windows", 0, "sustain_windows to be a whole number of windows, at least 1"),
+        ("sustain_windows", "8", "sustain_windows to be a whole number of windows, at least 1"),
+        ("alert_margin", -1.0, "alert_margin to be a number, at least 0"),
+    ],
+)
+def test_bad_alert_rule_fields_are_refused_by_name(tmp_path, model, field, value, expected):
+    from dataclasses import replace
+
+    folder = save_model(tmp_path, replace(model, sustain_windows=8, alert_margin=2.0))
+    meta = json.loads((folder / "meta.json").read_text())
+    meta[field] = value
+    meta["signature"] = sign(meta)  # signed by a buggy writer: still refused, by name
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=re.escape(expected)):
+        load_model(tmp_path, model.host)

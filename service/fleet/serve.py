@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -329,7 +330,7 @@ class HostState:
     @classmethod
     def of(cls, model: HostModel, old: HostState | None = None) -> HostState:
         """A state for a (new) model; an ongoing episode and the counters stay open."""
-        alert = AlertState(model.threshold, model.alert_windows, model.clear_windows)
+        alert = model.alert_state()
         state = cls(model, alert)
         if old is not None:
             alert.active = old.alert.active
@@ -342,7 +343,7 @@ class HostState:
         """What a restart must not lose: the alert rule's state and the alerted windows."""
         a = self.alert
         return {
-            "active": a.active, "above": a._above, "below": a._below,
+            "active": a.active, "above": a._above, "strong": a._strong, "below": a._below,
             "alert_slot": a._last_slot, "last_slot": self.last_slot,
             "alerts_total": self.alerts_total, "windows_total": self.windows_total,
             "episode_start": self.episode_start, "alerted": coalesce(self.alerted),
@@ -394,6 +395,9 @@ class HostSaved:
     alert_slot: int | None
     last_slot: int | None
     alerts_total: int
+    #: windows in a row far above the threshold (absent from files written before it: the
+    #: run above, as the rule then counted)
+    strong: int
     windows_total: int
     episode_start: float | None
     alerted: tuple[tuple[float, float], ...]
@@ -430,6 +434,7 @@ class HostSaved:
             pairs.append((instant(w[0]), instant(w[1])))
         return cls(
             active=item["active"], above=count("above") or 0, below=count("below") or 0,
+            strong=count("strong") or 0 if "strong" in item else count("above") or 0,
             alert_slot=count("alert_slot", True), last_slot=count("last_slot", True),
             alerts_total=count("alerts_total") or 0, windows_total=count("windows_total") or 0,
             episode_start=None if episode is None else instant(episode),
@@ -438,9 +443,10 @@ class HostSaved:
 
     def apply(self, state: HostState) -> None:
         a = state.alert
-        a.active, a._above, a._below, a._last_slot = (
+        a.active, a._above, a._strong, a._below, a._last_slot = (
             self.active,
             self.above,
+            min(self.strong, self.above),
             self.below,
             self.alert_slot,
         )
@@ -869,7 +875,7 @@ class FleetServer:
             ]
             episode = state.episode_start if state.alert.active else None
             ts, values, margin = training_samples(
-                series, [*state.alerted, *alerted], model.hop, model.alert_windows, episode
+                series, [*state.alerted, *alerted], model.hop, model.alert_delay_windows, episode
             )
             log.info(
                 "retraining %s on %d of %d samples (%.0f s left out around %d alerted windows)",
@@ -882,7 +888,7 @@ class FleetServer:
                 path.write_bytes(buf.getvalue())
                 result = retrain(
                     path, self.models_dir, host, model.window, model.hop, model.alert_windows,
-                    key=self.key, alarms_per_week=budget_of(model),
+                    key=self.key, alarms_per_week=budget_of(model), **rule_of(model),
                 )  # fmt: skip
         except TooFewWindows as exc:
             return self._retrain_failed(host, "too_few_windows", str(exc))
@@ -923,6 +929,14 @@ def _retrainer(server: FleetServer, connection: Connection, stop: threading.Even
                 server.retrain_host(connection, host)
             except Exception as exc:  # a bug in one host's training must not end retraining
                 server._retrain_failed(host, "crashed", f"{type(exc).__name__}: {exc}")
+
+
+def rule_of(model: HostModel) -> dict[str, Any]:
+    """The alert rule's sustain and margin to retrain ``model`` with (a model saved before
+    them is retrained with today's defaults)."""
+    if model.sustain_windows is None:
+        return {}
+    return {"sustain_windows": model.sustain_windows, "alert_margin": model.alert_margin}
 
 
 def budget_of(model: HostModel) -> float:
