@@ -10,11 +10,11 @@ coefficients the fit is noise fitted to noise (on a quiet host, ten windows and 
 coefficients once turned 0.75 % CPU into "11 units unexplained"), so the explainer then
 explains nothing: the feature is the raw (log) CPU level against its training median. It
 never extrapolates blindly: inputs are clipped to their training range and the prediction to
-the range it took in training. Only *evidence of work* (disk bytes, context switches, I/O
-wait: things a pure compute loop such as a miner does not produce) may reach beyond it, by
-at most :data:`REACH` training standard deviations and only in the direction that adds CPU:
-a reindex at twice the parallelism of any in training brings twice the I/O and switches
-with its CPU; a miner's CPU brings none.
+the range it took in training. Only *evidence of work* (packets, disk bytes, context
+switches, I/O wait: things a pure compute loop such as a miner does not produce) may reach
+beyond it, by at most :data:`REACH` training standard deviations and only in the direction
+that adds CPU: a traffic surge a little bigger than any in training brings its packets with
+its CPU; a miner's CPU brings none.
 """
 
 from __future__ import annotations

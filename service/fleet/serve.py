@@ -434,7 +434,7 @@ class HostSaved:
             pairs.append((instant(w[0]), instant(w[1])))
         return cls(
             active=item["active"], above=count("above") or 0, below=count("below") or 0,
-            strong=count("strong") or 0 if "strong" in item else count("above") or 0,
+            strong=(count("strong") if "strong" in item else count("above")) or 0,
             alert_slot=count("alert_slot", True), last_slot=count("last_slot", True),
             alerts_total=count("alerts_total") or 0, windows_total=count("windows_total") or 0,
             episode_start=None if episode is None else instant(episode),
