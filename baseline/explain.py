@@ -100,14 +100,18 @@ class Explainer:
         """Standardized context, clipped to the training range: a linear model must never
         extrapolate (a backup twice as heavy as any seen would otherwise "explain" negative
         CPU, or a correlated pair of inputs would push the prediction anywhere)."""
-        Z = np.clip(self._standardized(F), self.in_low, self.in_high)
-        return np.hstack([np.ones((len(F), 1)), Z])
+        return self._design(self._standardized(F))
+
+    def _design(self, Z: np.ndarray) -> np.ndarray:
+        clipped = np.clip(Z, self.in_low, self.in_high)
+        return np.hstack([np.ones((len(Z), 1)), clipped])
 
     def predict(self, F: np.ndarray) -> np.ndarray:
         """Log CPU the context accounts for: within the range it took in training, plus what
         evidence of work beyond its training maximum adds (positive slopes, up to its reach)."""
-        pred: np.ndarray = np.clip(self.design(F) @ self.coef.T, self.pred_low, self.pred_high)
-        beyond = np.clip(self._standardized(F) - self.in_high, 0.0, self.in_reach - self.in_high)
+        Z = self._standardized(F)
+        pred: np.ndarray = np.clip(self._design(Z) @ self.coef.T, self.pred_low, self.pred_high)
+        beyond = np.clip(Z - self.in_high, 0.0, self.in_reach - self.in_high)
         if beyond.any():
             pred = pred + beyond @ np.maximum(self.coef[:, 1:], 0.0).T
         return pred
