@@ -349,8 +349,6 @@ class PromClient:
                     return url, gzip.decompress(raw)
                 except (OSError, EOFError, zlib.error) as err:  # cut short on the way: retry
                     last = f"a damaged gzip answer: {err}"
-                    unreachable = False
-                    continue
             except urllib.error.HTTPError as err:
                 text = _unzipped(err.read(), err.headers).decode("utf-8", "replace")
                 if err.code < 500 and err.code != 429:
