@@ -285,7 +285,7 @@ def _throttle_folder(cfg: AgentConfig) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from minerwatch.features.collector import record
+    from minerwatch.features.collector import procs_path_for, record
     from minerwatch.service.progress import Progress
 
     if args.duration < args.interval:
@@ -304,7 +304,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         host=args.host,
         progress=lambda done, _total: bar(min(done, total), total),
     )
-    print(f"wrote {rows} samples to {args.output}", file=sys.stderr)
+    samples = "sample" if rows == 1 else "samples"
+    table = procs_path_for(Path(args.output))
+    print(f"wrote {rows} {samples} to {args.output}, processes to {table}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -222,6 +222,9 @@ def test_collect_records_this_machine(tmp_path):
     assert 3 <= len(rows) <= 6
     assert {row["host"] for row in rows} == {"me"}
     assert all(0 <= float(row["cpu_percent"]) <= 100 for row in rows)
+    table = tmp_path / "me.procs.csv"
+    assert f"wrote {len(rows)} samples to {out}, processes to {table}" in r.stderr
+    assert {row["host"] for row in csv.DictReader(table.open())} == {"me"}
     assert_usage_error(run("collect", "--interval", "0", "--output", out), "above 0s")
 
 
