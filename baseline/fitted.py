@@ -112,15 +112,18 @@ class HostModel:
             explainer=replace(self.explainer, names=derived),
         )
 
+    def _rule(self, identities: bool = True) -> dict[str, Any]:
+        """The alert rule's parameters (``identities=False``: see :meth:`alerts`)."""
+        return {
+            "k": self.alert_windows,
+            "clear": self.clear_windows,
+            "sustain": self.sustain_windows if identities else None,
+            "margin": self.alert_margin,
+        }
+
     def alert_state(self) -> AlertState:
         """The streaming alert rule this model was calibrated for (the agent, ``fleet serve``)."""
-        return AlertState(
-            self.threshold,
-            self.alert_windows,
-            self.clear_windows,
-            self.sustain_windows,
-            self.alert_margin,
-        )
+        return AlertState(self.threshold, **self._rule())
 
     @property
     def alert_delay_windows(self) -> int:
@@ -136,16 +139,7 @@ class HostModel:
         unknown process's evidence, and marginal evidence opens alerts as in a model trained
         without one.
         """
-        sustain = self.sustain_windows if identities else None
-        return alert_rule(
-            scores,
-            self.threshold,
-            slots,
-            self.alert_windows,
-            self.clear_windows,
-            sustain,
-            self.alert_margin,
-        )
+        return alert_rule(scores, self.threshold, slots, **self._rule(identities))
 
     @property
     def n_base(self) -> int:
