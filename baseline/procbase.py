@@ -16,7 +16,11 @@ windows, so training, batch scoring and the agent compute the same process featu
 - ``proc_surge_cpu_percent``: CPU of known identities above many times their usual peak;
 - ``proc_offhour_cpu_percent``: CPU of processes with a daily schedule (run on at least half
   the training days, three at least, in at most 12 hours of the day) more than two hours
-  from any hour they ran in.
+  from any hour they ran in;
+- ``proc_gc_cpu_percent``: CPU the garbage-collector threads of known identities ran (a GC
+  storm is housekeeping, not work); not judged itself, the pipeline takes it out of the
+  busiest process's and the host's CPU (:func:`~minerwatch.features.pipeline.without_gc`).
+  A never-seen process gets no credit, whatever its threads are called.
 
 Identities are normalised (:func:`~minerwatch.features.procs.identity`) so a deploy into a
 new release folder or a compiler upgrade stays familiar. A miner running *inside* a familiar
@@ -213,9 +217,13 @@ class ProcessBaseline:
         np.add.at(out[:, 0], s, np.where(kind == 1, c, 0.0))
         np.add.at(out[:, 1], s, np.where(kind == 2, c, 0.0))
         known = kind == 3
+        # a known process's garbage collector at work is housekeeping, not work done for
+        # someone else: a GC storm is judged without it (a never-seen process gets no credit)
+        gc = np.where(known, np.clip(np.nan_to_num(rows.gc_or_nan(), nan=0.0), 0.0, c), 0.0)
+        np.add.at(out[:, 5], s, gc)
         kk = np.where(known, k, 0)
         usual = self.usual_cpu[kk] if len(self.usual_cpu) else np.zeros(len(kk))
-        over = np.maximum(0.0, c - np.maximum(SURGE_FACTOR * usual, usual + SURGE_MIN))
+        over = np.maximum(0.0, c - gc - np.maximum(SURGE_FACTOR * usual, usual + SURGE_MIN))
         np.add.at(out[:, 3], s, np.where(known, over, 0.0))
         if offhour_ok and len(near):
             hour = ((rows.timestamps % DAY) // HOUR).astype(np.int64)
@@ -226,20 +234,23 @@ class ProcessBaseline:
     def describe(self, rows: ProcessRows, top: int = 3) -> list[str]:
         """The processes of some samples that are not familiar, busiest first, in words:
         ``exe /tmp/.x/kswapd0 (deleted), never seen on this host, 392 % of a core``."""
-        best: dict[tuple[str, str, str], float] = {}
-        for n, e, u, c in zip(rows.names, rows.exes, rows.users, rows.cpu, strict=True):
+        best: dict[tuple[str, str, str], tuple[float, float]] = {}
+        gcs = np.nan_to_num(rows.gc_or_nan(), nan=0.0)
+        for n, e, u, c, g in zip(rows.names, rows.exes, rows.users, rows.cpu, gcs, strict=True):
             if np.isfinite(c) and c >= MIN_CPU:
                 key = (str(n), str(e), str(u))
-                best[key] = max(best.get(key, 0.0), float(c))
+                best[key] = max(best.get(key, (0.0, 0.0)), (float(c), float(min(g, c))))
         out: list[tuple[float, str]] = []
-        for (name, exe, user), cpu in best.items():
+        for (name, exe, user), (cpu, gc) in best.items():
             kind, k = self.judge(name, exe, user)
             what = exe or name
             if kind == "known":
                 usual = float(self.usual_cpu[k])
-                if cpu <= max(SURGE_FACTOR * usual, usual + SURGE_MIN):
-                    continue
+                if cpu - gc <= max(SURGE_FACTOR * usual, usual + SURGE_MIN):
+                    continue  # as the features judge it: its collector's time is not work
                 why = f"usually at most {usual:.0f} % of a core"
+                if gc >= MIN_CPU:
+                    why += f", {gc:.0f} % collecting garbage"
             elif kind == "odd":
                 why = disguise(name, exe) or (
                     "in a hidden folder, never seen on this host"

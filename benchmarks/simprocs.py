@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from minerwatch.features.procs import PROC_TABLE_COLUMNS
+from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_COLUMNS
 
 #: How a campaign's process looks to someone reading ``ps``.
 IDENTITY_KINDS: tuple[str, ...] = ("new", "disguised", "inside")
@@ -114,7 +114,11 @@ class Procs:
         self.idents: list[Ident] = []
         self._ids: dict[Ident, int] = {}
         self._pid = int(rng.integers(300, 3000))
-        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = []
+        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]] = []
+        # share of a JVM's CPU its garbage collector takes in normal running: a per-host
+        # constant from the name (no draw from rng, so the rest of the fleet is unchanged)
+        h = int(hashlib.sha1(f"gc{spec.name}".encode()).hexdigest()[:8], 16)
+        self.gc_share = 0.02 + 0.08 * (h % 1000) / 1000
         self._miner: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.user = _service_user(spec.archetype, spec.flavour)
         self.admin = str(rng.choice(("ops", "alice", "deploy", "root")))
@@ -196,22 +200,29 @@ class Procs:
         ident: int | np.ndarray,
         pid: int | np.ndarray,
         cap: float = np.inf,
+        gc: float | None = None,
     ) -> None:
-        """One process (or, with -1 as ident, unlisted small ones) at ``cores`` per sample."""
+        """One process (or, with -1 as ident, unlisted small ones) at ``cores`` per sample;
+        ``gc`` is the share of it its garbage-collector threads run (a JVM's usual by default)."""
         idx = np.arange(sl.start, sl.stop)
         if idx.size == 0:
             return
         cpu = np.broadcast_to(np.asarray(cores, float) * 100.0, idx.shape).copy()
         ids = np.broadcast_to(np.asarray(ident, np.int64), idx.shape)
         ps = np.broadcast_to(np.asarray(pid, np.int64), idx.shape)
+        if gc is None:
+            gc = self.gc_share if np.ndim(ident) == 0 and self._is_jvm(int(ident)) else 0.0
         if np.isfinite(cap) and np.ndim(pid) == 0 and cpu.max() > cap:
             # a single-threaded program given more than a core forked helpers: fill them
             helpers = self.pids(int(np.ceil(cpu.max() / cap)) - 1)
             for j, helper in enumerate(helpers.tolist(), start=1):
                 part = np.clip(cpu - cap * j, 0.0, cap)
-                self._rows.append((idx, ids, np.full(idx.shape, helper), part, cap))
+                self._rows.append((idx, ids, np.full(idx.shape, helper), part, cap, gc))
             cpu = np.minimum(cpu, cap)
-        self._rows.append((idx, ids, ps, cpu, cap))
+        self._rows.append((idx, ids, ps, cpu, cap, gc))
+
+    def _is_jvm(self, ident: int) -> bool:
+        return ident >= 0 and self.idents[ident].name == "java"
 
     def pool(
         self,
@@ -438,7 +449,8 @@ class Procs:
                 if arch == "cache"
                 else self.long("java", JAVA, "app")
             )
-            self.add(sl, cores, ident, self._at(pid, sl))
+            # the collector's threads run the storm (the stalled application does little)
+            self.add(sl, cores, ident, self._at(pid, sl), gc=0.9)
         elif k == "admin_burst":
             a = int(rng.integers(0, len(_ADMIN_TOOLS)))
             name, exe = _ADMIN_TOOLS[a]
@@ -562,12 +574,14 @@ class Procs:
         pid = np.concatenate([r[2] for r in self._rows])
         cpu = np.concatenate([r[3] for r in self._rows])
         cap = np.concatenate([np.full(r[0].size, r[4]) for r in self._rows])
+        gcs = np.concatenate([np.full(r[0].size, r[5]) for r in self._rows])
         raw = np.bincount(idx, weights=cpu, minlength=n)
         target = np.maximum(busy - miner_cpu, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = np.where(raw > 0, target / raw, 0.0)
         # each process's own jitter (what a second read of /proc would show), then its cap
         cpu = np.minimum(cpu * scale[idx] * np.exp(0.03 * self.rng.standard_normal(cpu.size)), cap)
+        gc = cpu * gcs
         miner = np.zeros(cpu.size, bool)
         if self._miner:
             m_idx = np.concatenate([m[0] for m in self._miner])
@@ -575,34 +589,46 @@ class Procs:
             ids = np.concatenate([ids, np.concatenate([m[1] for m in self._miner])])
             pid = np.concatenate([pid, np.concatenate([m[2] for m in self._miner])])
             cpu = np.concatenate([cpu, miner_cpu[m_idx]])
+            gc = np.concatenate([gc, np.zeros(m_idx.size)])  # a miner's threads are its own
             miner = np.concatenate([miner, np.ones(m_idx.size, bool)])
         # unlisted work and processes that would print as 0.0 never make the table
         listed = (ids >= 0) & ((cpu >= 0.05) | miner)
-        idx, ids, pid, cpu, miner = (
+        idx, ids, pid, cpu, gc, miner = (
             idx[listed],
             ids[listed],
             pid[listed],
             cpu[listed],
+            gc[listed],
             miner[listed],
         )
         # one row per (sample, pid): a miner inside a familiar process adds to its CPU
         order = np.argsort(idx * (1 << 31) + pid)
-        idx, ids, pid, cpu, miner = idx[order], ids[order], pid[order], cpu[order], miner[order]
+        idx, ids, pid, cpu, gc, miner = (
+            idx[order],
+            ids[order],
+            pid[order],
+            cpu[order],
+            gc[order],
+            miner[order],
+        )
         new = np.ones(idx.size, bool)
         new[1:] = (idx[1:] != idx[:-1]) | (pid[1:] != pid[:-1])
         starts = np.flatnonzero(new)
         cpu = np.add.reduceat(cpu, starts) if starts.size else cpu
+        gc = np.add.reduceat(gc, starts) if starts.size else gc
         miner = np.logical_or.reduceat(miner, starts) if starts.size else miner
         idx, ids, pid = idx[starts], ids[starts], pid[starts]
         # no process runs on more cores than the host has
         tenths = np.rint(np.minimum(cpu, self.spec.cores * 100.0) * 10).astype(np.int64)
+        gc_tenths = np.minimum(np.rint(gc * 10).astype(np.int64), tenths)
         # the busiest TOP_N per sample with some CPU, plus every miner row
         order = np.argsort(idx * (1 << 24) - np.minimum(tenths, (1 << 24) - 1))
-        idx, ids, pid, tenths, miner = (
+        idx, ids, pid, tenths, gc_tenths, miner = (
             idx[order],
             ids[order],
             pid[order],
             tenths[order],
+            gc_tenths[order],
             miner[order],
         )
         first = np.concatenate(([0], np.flatnonzero(np.diff(idx)) + 1))
@@ -613,7 +639,13 @@ class Procs:
         sel = ((rank < TOP_N) & (tenths >= FLOOR_TENTHS)) | (rank == 0) | miner
         if keep is not None:
             sel &= keep[idx]
-        rows = {"sample": idx[sel], "ident": ids[sel], "pid": pid[sel], "tenths": tenths[sel]}
+        rows = {
+            "sample": idx[sel],
+            "ident": ids[sel],
+            "pid": pid[sel],
+            "tenths": tenths[sel],
+            "gc_tenths": gc_tenths[sel],
+        }
         top = np.zeros(n, np.int64)
         np.maximum.at(top, rows["sample"], rows["tenths"])
         return rows, top
@@ -647,7 +679,10 @@ def procs_csv(
     tenths = rows["tenths"][pick]
     tq, tinv = np.unique(tenths, return_inverse=True)
     cpu = np.array([f"{v // 10}.{v % 10}" for v in tq.tolist()], dtype=object)
+    gq, ginv = np.unique(rows["gc_tenths"][pick], return_inverse=True)
+    gc = np.array([f",{v // 10}.{v % 10}" if v else "," for v in gq.tolist()], dtype=object)
     ts = np.asarray(stamps, dtype=object)
-    lines = ts[sample] + head[inv] + cpu[tinv]
+    lines = ts[sample] + head[inv] + cpu[tinv] + gc[ginv]
     body = "\n".join(lines.tolist())
-    return (",".join(PROC_TABLE_COLUMNS) + "\n" + body + ("\n" if body else "")).encode()
+    header = ",".join((*PROC_TABLE_COLUMNS, GC_COLUMN))
+    return (header + "\n" + body + ("\n" if body else "")).encode()

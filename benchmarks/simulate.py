@@ -107,6 +107,7 @@ _FORMATS = {
     "procs_running": "%d",
     "ctx_switches_ps": "%.1f",
     "top_proc_cpu_percent": "%.1f",
+    "cpu_cores": "%d",
 }
 
 MIN = 60.0
@@ -1103,6 +1104,7 @@ def _finalise(
         "procs_running": running.astype(float),
         "ctx_switches_ps": counter(noisy(load.ctx + 50 * c, 0.05)),
         "top_proc_cpu_percent": top,
+        "cpu_cores": np.full(n, float(c)),
     }
     return out, rows
 

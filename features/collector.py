@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from minerwatch.features.errors import InputError
-from minerwatch.features.procs import PROC_TABLE_COLUMNS, clean_text, table_exe
+from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_COLUMNS, clean_text, table_exe
 from minerwatch.features.proctable import ProcessRecord
 from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
 from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, Source, build_sources
@@ -194,6 +194,7 @@ def proc_rows(ts: str, host: str, records: Sequence[ProcessRecord]) -> list[list
             clean_text(table_exe(r)),
             clean_text(r.username),
             _format_value(r.cpu_percent),
+            _format_value(r.gc_cpu_percent),
         ]
         for r in records
     ]
@@ -230,7 +231,7 @@ def record(
     procs_path = procs_path_for(output)
     if not procs_path.exists() or procs_path.stat().st_size == 0:
         with procs_path.open("w", newline="", encoding="utf-8") as pf:
-            csv.writer(pf).writerow(PROC_TABLE_COLUMNS)
+            csv.writer(pf).writerow((*PROC_TABLE_COLUMNS, GC_COLUMN))
     planned = int(duration / interval + 1e-9) if duration > 0 else 0
     rows = 0
     with (

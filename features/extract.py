@@ -240,6 +240,8 @@ _IGNORED = frozenset(
         "net_tx_bps",
         "cpu_user_percent",
         "load1",
+        "cpu_cores",
+        "proc_gc_cpu_percent",  # not judged: subtracted from the busiest process (pipeline)
     }
 )
 

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minerwatch.features.errors import InputError
-from minerwatch.features.procs import PROC_TABLE_COLUMNS, ProcessRows, is_procs_file, read_procs
+from minerwatch.features.procs import (
+    GC_COLUMN,
+    PROC_TABLE_COLUMNS,
+    ProcessRows,
+    is_procs_file,
+    read_procs,
+)
 from minerwatch.features.schema import HOST, TIMESTAMP
 
 if TYPE_CHECKING:  # annotations only: pandas is imported inside the CSV reader
@@ -532,9 +538,10 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
         frame.columns = [str(c).strip() for c in frame.columns]
         if not set(PROC_TABLE_COLUMNS) <= set(frame.columns):
             return read_procs(path)
+        gc = GC_COLUMN in frame.columns
         numbers = {
             c: pd.to_numeric(frame[c].replace("", "nan"), errors="raise")
-            for c in (TIMESTAMP, "pid", "cpu_percent")
+            for c in (TIMESTAMP, "pid", "cpu_percent", *((GC_COLUMN,) if gc else ()))
         }
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError):
         return read_procs(path)
@@ -551,6 +558,7 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
             frame["exe"].to_numpy()[at],
             frame["user"].to_numpy()[at],
             numbers["cpu_percent"].to_numpy(np.float64)[at],
+            numbers[GC_COLUMN].to_numpy(np.float64)[at] if gc else None,
         )
     return out
 
@@ -581,6 +589,7 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
             part["exe"].fillna("").astype(str).to_numpy(),
             part["user"].fillna("").astype(str).to_numpy(),
             part["cpu_percent"].to_numpy(np.float64),
+            part[GC_COLUMN].to_numpy(np.float64) if GC_COLUMN in part.columns else None,
         )
     return out
 

@@ -16,6 +16,12 @@ from minerwatch.features.errors import InputError
 from minerwatch.features.extract import extract
 from minerwatch.features.windows import Windows, make_windows, sample_interval
 
+#: CPU of known processes' garbage collectors (:mod:`minerwatch.baseline.procbase`).
+GC = "proc_gc_cpu_percent"
+#: Columns a model may have been trained with that other data lacks without harm: the core
+#: count only scales the GC credit.
+OPTIONAL = ("cpu_cores",)
+
 
 class FeatureRows(NamedTuple):
     """One feature row per complete window on the grid."""
@@ -23,6 +29,39 @@ class FeatureRows(NamedTuple):
     windows: Windows
     names: tuple[str, ...]
     matrix: np.ndarray
+
+
+def without_gc(values: np.ndarray, columns: Sequence[str]) -> np.ndarray:
+    """``values`` with the CPU familiar processes spent collecting garbage taken out of the
+    busiest process's CPU and, where the core count is known, out of the host's.
+
+    A GC storm is a JVM at many cores for minutes, doing no work: to the CPU features it is a
+    miner inside a familiar process. Its collector threads name it (the process baseline
+    credits them only to processes this host has run), so the features judge the rest.
+    Without the column (no process table, or an older one) nothing changes.
+
+    >>> v = np.array([[50.0, 300.0, 4.0, 200.0], [50.0, 300.0, 4.0, np.nan]])
+    >>> cols = ("cpu_percent", "top_proc_cpu_percent", "cpu_cores", GC)
+    >>> without_gc(v, cols)[:, :2].tolist()
+    [[0.0, 100.0], [50.0, 300.0]]
+    """
+    cols = tuple(columns)
+    if GC not in cols:
+        return values
+    gc = values[:, cols.index(GC)]
+    has = np.isfinite(gc) & (gc > 0)
+    if not has.any():
+        return values
+    out = values.copy()
+    if "top_proc_cpu_percent" in cols:
+        j = cols.index("top_proc_cpu_percent")
+        out[:, j] = np.where(has, np.maximum(out[:, j] - np.where(has, gc, 0.0), 0.0), out[:, j])
+    if "cpu_percent" in cols and "cpu_cores" in cols:
+        j, cores = cols.index("cpu_percent"), values[:, cols.index("cpu_cores")]
+        ok = has & np.isfinite(cores) & (cores >= 1)
+        less = out[:, j] - np.where(ok, gc, 0.0) / np.where(ok, cores, 1.0)
+        out[:, j] = np.where(ok, np.maximum(less, 0.0), out[:, j])
+    return out
 
 
 def feature_rows(
@@ -53,6 +92,15 @@ def feature_rows(
     have = tuple(columns)
     use = have if inputs is None else tuple(inputs)
     where = source or host
+    blank = tuple(c for c in OPTIONAL if c in use and c not in have)
+    if blank:  # data that never had them (a fleet, an older file): unknown, not an error
+        values = np.hstack(
+            [
+                np.asarray(values, dtype=np.float64).reshape(len(timestamps), len(have)),
+                np.full((len(timestamps), len(blank)), np.nan),
+            ]
+        )
+        have += blank
     missing = [c for c in use if c not in have]
     if missing:
         for_host = f" for host {host!r}" if host else ""
@@ -65,6 +113,7 @@ def feature_rows(
     ts = np.asarray(timestamps, dtype=np.float64)
     picked = np.asarray(values, dtype=np.float64).reshape(len(ts), len(have))
     picked = picked[:, [have.index(c) for c in use]]
+    picked = without_gc(picked, use)
     if interval is None:
         interval = sample_interval(np.sort(ts), window)
     if interval > window:

@@ -14,6 +14,7 @@ import csv
 import functools
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -32,6 +33,24 @@ if TYPE_CHECKING:
 
 #: The process table's required columns, in the order the collector writes them.
 PROC_TABLE_COLUMNS = ("timestamp", "host", "pid", "name", "exe", "user", "cpu_percent")
+#: Optional column: CPU of the process's garbage-collector threads, percent of one core
+#: (empty: not read). A GC storm is housekeeping, not work a miner does.
+GC_COLUMN = "gc_cpu_percent"
+#: Thread names (``/proc/<pid>/task/<tid>/comm``) of managed runtimes' garbage collectors:
+#: HotSpot's G1 and Parallel workers (``GC Thread#0``) and G1's concurrent threads, ZGC,
+#: Shenandoah, .NET's server and background GC, Kotlin/Native's collector.
+GC_THREAD_PREFIXES = (
+    "GC Thread",
+    "GC thread",
+    "G1 Conc",
+    "G1 Refine",
+    "G1 Main Marker",
+    "ZWorker",
+    "ZDriver",
+    "Shenandoah",
+    ".NET Server GC",
+    ".NET BGC",
+)
 #: Per-sample columns the process baseline derives from a process table (see
 #: :mod:`minerwatch.baseline.procbase`), percent of one core.
 PROC_COLUMNS = (
@@ -40,6 +59,7 @@ PROC_COLUMNS = (
     "proc_odd_cpu_percent",
     "proc_surge_cpu_percent",
     "proc_offhour_cpu_percent",
+    "proc_gc_cpu_percent",
 )
 #: The collector lists this many of the busiest processes per sample.
 TOP_PROCESSES = 10
@@ -90,6 +110,15 @@ def kernel_thread_base(name: str) -> str:
     for sep in ("/", ":"):
         name = name.split(sep, 1)[0]
     return name
+
+
+def is_gc_thread(name: str) -> bool:
+    """Whether a thread's name is one a runtime gives its garbage collector.
+
+    >>> is_gc_thread("GC Thread#3"), is_gc_thread("G1 Conc#0"), is_gc_thread("pool-1-thread-1")
+    (True, True, False)
+    """
+    return name.startswith(GC_THREAD_PREFIXES)
 
 
 def clean_text(text: str) -> str:
@@ -192,6 +221,7 @@ class ProcessRows:
     exes: np.ndarray
     users: np.ndarray
     cpu: np.ndarray
+    gc: np.ndarray | None = None  # GC threads' CPU per row; None: not recorded
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -205,6 +235,7 @@ class ProcessRows:
         exes: Sequence[str] | np.ndarray,
         users: Sequence[str] | np.ndarray,
         cpu: Sequence[float] | np.ndarray,
+        gc: Sequence[float] | np.ndarray | None = None,
     ) -> ProcessRows:
         ts = np.asarray(timestamps, dtype=np.float64)
         order = np.argsort(ts, kind="stable")
@@ -221,6 +252,7 @@ class ProcessRows:
             exes=text(exes),
             users=text(users),
             cpu=np.asarray(cpu, dtype=np.float64)[order],
+            gc=None if gc is None else np.asarray(gc, dtype=np.float64)[order],
         )
 
     @classmethod
@@ -238,6 +270,9 @@ class ProcessRows:
             np.concatenate([p.exes for p in parts]),
             np.concatenate([p.users for p in parts]),
             np.concatenate([p.cpu for p in parts]),
+            None
+            if all(p.gc is None for p in parts)
+            else np.concatenate([p.gc_or_nan() for p in parts]),
         )
 
     def between(self, start: float, end: float) -> ProcessRows:
@@ -253,7 +288,11 @@ class ProcessRows:
             self.exes[which],
             self.users[which],
             self.cpu[which],
+            None if self.gc is None else self.gc[which],
         )
+
+    def gc_or_nan(self) -> np.ndarray:
+        return np.full(len(self), np.nan) if self.gc is None else self.gc
 
     def sample_index(self, timestamps: np.ndarray) -> np.ndarray:
         """For each row, the index of the host sample with the same timestamp (-1: none)."""
@@ -267,14 +306,15 @@ class ProcessRows:
 def write_procs_csv(path: Path, host: str, rows: ProcessRows, append: bool = False) -> None:
     """Write (or append to) a process table; a new file is written whole, atomically."""
     lines: Iterable[list[object]] = (
-        [f"{t:.3f}".rstrip("0").rstrip("."), host, int(p), n, e, u, f"{c:.2f}"]
-        for t, p, n, e, u, c in zip(
+        [f"{t:.3f}".rstrip("0").rstrip("."), host, int(p), n, e, u, f"{c:.2f}", _gc_text(g)]
+        for t, p, n, e, u, c, g in zip(
             rows.timestamps.tolist(),
             rows.pids.tolist(),
             rows.names.tolist(),
             rows.exes.tolist(),
             rows.users.tolist(),
             rows.cpu.tolist(),
+            rows.gc_or_nan().tolist(),
             strict=True,
         )
     )
@@ -286,12 +326,16 @@ def write_procs_csv(path: Path, host: str, rows: ProcessRows, append: bool = Fal
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(PROC_TABLE_COLUMNS)
+            writer.writerow((*PROC_TABLE_COLUMNS, GC_COLUMN))
             writer.writerows(lines)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _gc_text(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else ""
 
 
 def table_exe(record: ProcessRecord) -> str:
@@ -309,6 +353,7 @@ def rows_from_records(ts: float, records: Iterable[ProcessRecord]) -> ProcessRow
         [table_exe(r) for r in recs],
         [r.username for r in recs],
         [r.cpu_percent for r in recs],
+        [r.gc_cpu_percent for r in recs],
     )
 
 
@@ -344,24 +389,36 @@ def read_procs_csv(path: Path) -> dict[str, ProcessRows]:
             where, 1, f"a header with {', '.join(PROC_TABLE_COLUMNS)}", f"missing {missing}"
         )
     at = [header.index(c) for c in PROC_TABLE_COLUMNS]
+    gc_at = header.index(GC_COLUMN) if GC_COLUMN in header else -1
+    need = max(at) + 1  # the optional GC column may be left off a row's end
     cols: dict[str, list[list[object]]] = {}
     for row in reader:
         line = reader.line_num  # the physical line (a quoted name may hold a newline)
         if not row:
             continue
-        if len(row) < len(header):
-            raise InputError(where, line, f"{len(header)} fields", f"{len(row)}")
+        if len(row) < need:
+            raise InputError(where, line, f"{need} fields", f"{len(row)}")
         t, host, pid, name, exe, user, cpu = (row[i] for i in at)
         ts = _float(t, where, line, "timestamp")
         if not np.isfinite(ts):
             raise InputError(where, line, "a finite timestamp", repr(t))
         pid_v = _float(pid, where, line, "pid") if pid.strip() else 0.0
         cpu_v = _float(cpu, where, line, "cpu_percent") if cpu.strip() else float("nan")
-        bucket = cols.setdefault(host.strip(), [[], [], [], [], [], []])
-        for k, v in enumerate((ts, int(pid_v), name, exe, user, cpu_v)):
+        gc = row[gc_at].strip() if 0 <= gc_at < len(row) else ""
+        gc_v = _float(gc, where, line, GC_COLUMN) if gc else float("nan")
+        bucket = cols.setdefault(host.strip(), [[], [], [], [], [], [], []])
+        for k, v in enumerate((ts, int(pid_v), name, exe, user, cpu_v, gc_v)):
             bucket[k].append(v)
     return {
-        host: ProcessRows.from_lists(*b)  # type: ignore[arg-type]
+        host: ProcessRows.from_lists(
+            b[0],  # type: ignore[arg-type]
+            b[1],  # type: ignore[arg-type]
+            b[2],  # type: ignore[arg-type]
+            b[3],  # type: ignore[arg-type]
+            b[4],  # type: ignore[arg-type]
+            b[5],  # type: ignore[arg-type]
+            b[6] if gc_at >= 0 else None,  # type: ignore[arg-type]
+        )
         for host, b in cols.items()
     }
 

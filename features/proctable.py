@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import psutil
 
+from minerwatch.features.procs import is_gc_thread
 from minerwatch.features.rates import NAN, rate
 from minerwatch.features.tcp_ports import tcp_remote_ports_by_inode
 
@@ -48,7 +49,9 @@ class ProcessRecord:
     (kernel threads, access denied); ``exe_deleted`` flags a binary removed from disk while
     it runs (a classic dropper trick). ``cgroup`` is the path that names systemd units.
     ``remote_ports`` (sorted remote TCP ports) and ``cmdline`` are filled only when a caller
-    asks: the command line is for matching and is never reported.
+    asks: the command line is for matching and is never reported. ``gc_cpu_percent`` (also on
+    request) is the CPU its garbage-collector threads took over the same interval (NaN: not
+    read, or the process was not read the time before).
 
     >>> ProcessRecord(4242, 1, "xmrig", "/tmp/.x/xmrig", "www-data", 1.7e9, 190.0).cgroup
     '/'
@@ -66,6 +69,7 @@ class ProcessRecord:
     exe_deleted: bool = False
     remote_ports: tuple[int, ...] = ()
     cmdline: tuple[str, ...] = ()
+    gc_cpu_percent: float = NAN
 
 
 # --------------------------------------------------------------------------- parsing
@@ -334,6 +338,7 @@ class _Extras:
     ports: bool = False
     #: Remote port per socket inode from one netlink dump; None with ``ports``: ask psutil.
     by_inode: dict[int, int] | None = None
+    gc: bool = False
 
 
 class ProcessTable:
@@ -381,6 +386,9 @@ class ProcessTable:
         self._counters: dict[_Key, int] = {}
         self._scanned_at: float | None = None
         self._users: dict[int, str] = {}
+        #: Per process: when its threads were last read, and each GC thread's CPU ticks.
+        self._gc_ticks: dict[_Key, tuple[float, dict[int, int]]] = {}
+        self._gc_seen: dict[_Key, tuple[float, dict[int, int]]] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -414,28 +422,34 @@ class ProcessTable:
         *,
         cmdline: bool = False,
         ports: bool | Callable[[ProcessRecord], bool] = False,
+        gc: bool | Callable[[ProcessRecord], bool] = False,
     ) -> list[ProcessRecord]:
         """``procs`` read again in full, minus those that exited or whose pid was reused.
 
         ``cpu_percent`` is kept as given. ``cmdline`` adds the command line; ``ports`` adds
         the remote TCP ports, to every record or to those the predicate picks (one netlink
-        dump serves them all).
+        dump serves them all); ``gc`` adds the CPU of garbage-collector threads the same way
+        (one ``stat`` read per thread, so only for the few busiest processes).
         """
         wanted = list(procs)
         pick = ports if callable(ports) else (lambda _proc: ports)
+        pick_gc = gc if callable(gc) else (lambda _proc: gc)
         with_ports = [pick(p) for p in wanted]
         by_inode = self._tcp_ports() if any(with_ports) else None
         out: list[ProcessRecord] = []
+        now = self.clock()
         for proc, need in zip(wanted, with_ports, strict=True):
-            extras = _Extras(cmdline, need, by_inode)
-            row = self._details(proc.pid, proc.create_time, proc.cpu_percent, extras)
+            extras = _Extras(cmdline, need, by_inode, pick_gc(proc))
+            row = self._details(proc.pid, proc.create_time, proc.cpu_percent, extras, now)
             if row is not None:
                 out.append(row)
+        if any(pick_gc(p) for p in wanted):  # forget processes not read this time
+            self._gc_ticks, self._gc_seen = self._gc_seen, {}
         return out
 
     def lookup(self, pid: int, *, cmdline: bool = False) -> ProcessRecord | None:
         """Whatever process holds ``pid`` now (CPU percent unknown), or None if there is none."""
-        return self._details(pid, None, NAN, _Extras(cmdline=cmdline))
+        return self._details(pid, None, NAN, _Extras(cmdline=cmdline), self.clock())
 
     def read(self) -> list[ProcessRecord]:
         """Every process, every field but ports and command line."""
@@ -506,7 +520,12 @@ class ProcessTable:
         return default
 
     def _details(
-        self, pid: int, create_time: float | None, cpu_percent: float, extras: _Extras
+        self,
+        pid: int,
+        create_time: float | None,
+        cpu_percent: float,
+        extras: _Extras,
+        now: float,
     ) -> ProcessRecord | None:
         """One process in full, or None if it is gone or (given ``create_time``) replaced."""
         try:
@@ -521,7 +540,13 @@ class ProcessTable:
             ):
                 self.skipped["vanished"] += 1  # exited, or the pid belongs to a newer process
                 return None
-            return self._fill(dir_fd, *found, extras)
+            row = self._fill(dir_fd, *found, extras)
+            if extras.gc:
+                gc = self._attempt(
+                    found[0].state, lambda: self._gc_percent(dir_fd, found, now), NAN
+                )
+                row = replace(row, gc_cpu_percent=gc)
+            return row
         finally:
             os.close(dir_fd)
 
@@ -536,6 +561,34 @@ class ProcessTable:
             return None
         row = self._record(pid, stat, self._boot_time(), cpu_percent)
         return stat, replace(row, username=self._username(parse_status_uid(status)))
+
+    def _gc_percent(
+        self, dir_fd: int, found: tuple[StatFields, ProcessRecord], now: float
+    ) -> float:
+        """CPU of the process's garbage-collector threads since it was last read, percent of
+        one core: 0 without such threads, NaN the first time it is read."""
+        stat, row = found
+        key = (row.pid, stat.start_ticks)
+        ticks: dict[int, int] = {}
+        task_fd = os.open("task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            for tid in os.listdir(task_fd):
+                try:
+                    t = parse_stat(_read_text(f"{tid}/stat", task_fd))
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # the thread ended while we read
+                if is_gc_thread(t.name):
+                    ticks[int(tid)] = t.cpu_ticks
+        finally:
+            os.close(task_fd)
+        self._gc_seen[key] = (now, ticks)
+        before = self._gc_ticks.get(key)
+        if not ticks:
+            return 0.0
+        if before is None or not now > before[0]:
+            return NAN
+        used = sum(max(0, v - before[1].get(tid, v)) for tid, v in ticks.items())
+        return min(100.0 * used / self._hz / (now - before[0]), 100.0 * self.ncpu)
 
     def _fill(
         self, dir_fd: int, stat: StatFields, row: ProcessRecord, extras: _Extras

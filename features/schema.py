@@ -33,6 +33,7 @@ METRICS: dict[str, str] = {
     "procs_running": "processes in state running",
     "ctx_switches_ps": "context switches per second",
     "top_proc_cpu_percent": "CPU of the busiest single process, percent of one core (as top)",
+    "cpu_cores": "CPUs the kernel runs (100 % of the host = this many cores)",
 }
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)

@@ -264,7 +264,11 @@ class Agent:
         self.history.add_sample(now, metrics)
         procs = self.suspects()
         self.history.add_procs(
-            now, [(p.pid, p.name, table_exe(p), p.username, p.cpu_percent) for p in procs]
+            now,
+            [
+                (p.pid, p.name, table_exe(p), p.username, p.cpu_percent, p.gc_cpu_percent)
+                for p in procs
+            ],
         )
         self._flag_processes(now, procs)
         row = np.array(

@@ -157,22 +157,26 @@ class History:
             if self._inserts % self.prune_every == 0:
                 self._prune_locked()
 
-    def add_procs(self, ts: float, rows: Sequence[tuple[int, str, str, str, float]]) -> None:
-        """Store one sample's process rows (pid, name, exe, user, cpu). Only on disk: while
-        the database is unwritable they are dropped (the samples are what must not be lost;
-        training then learns fewer processes, never wrong ones)."""
+    def add_procs(self, ts: float, rows: Sequence[tuple[int, str, str, str, float, float]]) -> None:
+        """Store one sample's process rows (pid, name, exe, user, cpu, its GC threads' cpu).
+        Only on disk: while the database is unwritable they are dropped (the samples are what
+        must not be lost; training then learns fewer processes, never wrong ones)."""
         if not rows:
             return
         data = [
-            (float(ts), int(p), clean_text(n), clean_text(e), clean_text(u), _number(c))
-            for p, n, e, u, c in rows
+            (float(ts), int(p), clean_text(n), clean_text(e), clean_text(u), _number(c), _number(g))
+            for p, n, e, u, c, g in rows
         ]
         with self._lock:
             if self._conn is None or self.degraded is not None:
                 return
             self._write(
                 "insert procs",
-                lambda c: c.executemany("INSERT INTO procs VALUES (?, ?, ?, ?, ?, ?)", data),
+                lambda c: c.executemany(
+                    "INSERT INTO procs (ts, pid, name, exe, user, cpu, gc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    data,
+                ),
             )
 
     def add_window(
@@ -405,9 +409,11 @@ class History:
         # the process table of each sample (schema 2): training learns the host's processes
         conn.execute(
             "CREATE TABLE IF NOT EXISTS procs (ts REAL NOT NULL, pid INTEGER, name TEXT,"
-            " exe TEXT, user TEXT, cpu REAL)"
+            " exe TEXT, user TEXT, cpu REAL, gc REAL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS procs_ts ON procs (ts)")
+        if "gc" not in {row[1] for row in conn.execute("PRAGMA table_info(procs)")}:
+            conn.execute("ALTER TABLE procs ADD COLUMN gc REAL")  # a history from before it
         # A newer schema may add metric columns: old rows read back as NaN for them.
         have = {row[1] for row in conn.execute("PRAGMA table_info(samples)")}
         for c in STORED_COLUMNS:

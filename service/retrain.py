@@ -92,14 +92,17 @@ def read_history_procs(db: Path, timestamps: np.ndarray) -> dict[str, np.ndarray
     are over a million rows of a few hundred distinct texts."""
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     texts: dict[str, int] = {}
-    ts, pid, cpu = array("d"), array("q"), array("d")
+    ts, pid, cpu, gc = array("d"), array("q"), array("d"), array("d")
     codes = (array("l"), array("l"), array("l"))
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'procs'").fetchone():
             return {}
         lo = float(timestamps.min()) if len(timestamps) else 0.0
+        have = {row[1] for row in conn.execute("PRAGMA table_info(procs)")}
+        gc_col = "gc" if "gc" in have else "NULL"  # a history from before GC threads were read
         cursor = conn.execute(
-            "SELECT ts, pid, name, exe, user, cpu FROM procs WHERE ts >= ? ORDER BY ts", (lo,)
+            f"SELECT ts, pid, name, exe, user, cpu, {gc_col} FROM procs WHERE ts >= ? ORDER BY ts",
+            (lo,),
         )
         for row in cursor:
             if not isinstance(row[0], float | int):
@@ -107,6 +110,7 @@ def read_history_procs(db: Path, timestamps: np.ndarray) -> dict[str, np.ndarray
             ts.append(float(row[0]))
             pid.append(int(row[1]) if isinstance(row[1], int) else 0)
             cpu.append(float(row[5]) if isinstance(row[5], float | int) else np.nan)
+            gc.append(float(row[6]) if isinstance(row[6], float | int) else np.nan)
             for k, value in enumerate(row[2:5]):
                 text = str(value or "")[:MAX_TEXT]
                 codes[k].append(texts.setdefault(text, len(texts)))
@@ -119,6 +123,7 @@ def read_history_procs(db: Path, timestamps: np.ndarray) -> dict[str, np.ndarray
         "procs_ts": t[keep].copy(),
         "procs_pid": np.frombuffer(pid, dtype=np.int64)[keep].copy(),
         "procs_cpu": np.frombuffer(cpu, dtype=np.float64)[keep].copy(),
+        "procs_gc": np.frombuffer(gc, dtype=np.float64)[keep].copy(),
         "procs_text": table,
         **{
             f"procs_{field}": np.asarray(c, dtype=np.int64)[keep]
@@ -141,6 +146,7 @@ def procs_from_npz(npz: Any) -> ProcessRows | None:
         table[npz["procs_exe"]],
         table[npz["procs_user"]],
         npz["procs_cpu"],
+        npz["procs_gc"] if "procs_gc" in npz.files else None,
     )
 
 

@@ -279,7 +279,7 @@ def telemetry(
             frames["namedprocess_namegroup_cpu_seconds_total"], at, interval
         )
     columns = tuple(c for c in METRIC_COLUMNS if c in out)
-    absent = tuple(c for c in METRIC_COLUMNS if c not in out)
+    absent = tuple(c for c in METRIC_COLUMNS if c not in out and c != "cpu_cores")  # not read
     values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
     # a scrape that gives no column a value (only counters, on their first sample) is no row
     useful = np.isfinite(values).any(axis=1) & (at >= since)

@@ -56,6 +56,7 @@ def host_series(
     put("procs_running", np.round(1 + cpu / 30))
     put("ctx_switches_ps", np.abs(2000 + load * 100 + rng.normal(0, 100, n)))
     put("top_proc_cpu_percent", top)
+    put("cpu_cores", np.full(n, 4.0))
     return from_arrays(host, ts, v, tuple(cols), source=f"{host}.csv")
 
 

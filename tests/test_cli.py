@@ -228,6 +228,47 @@ def test_collect_records_this_machine(tmp_path):
     assert_usage_error(run("collect", "--interval", "0", "--output", out), "above 0s")
 
 
+GC_BURNER = """
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+def spin(name):
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: what a JVM calls its threads
+    while True:
+        pass
+threading.Thread(target=spin, args=("GC Thread#0",), daemon=True).start()
+threading.Thread(target=spin, args=("pool-1-thread-1",), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_collect_records_the_cpu_of_garbage_collector_threads(tmp_path):
+    """A real process with a busy thread named as HotSpot names its collector's and a busy
+    worker thread: the table gives it about a core of each, the collector's in
+    ``gc_cpu_percent``; the samples give the host's core count."""
+    burner = subprocess.Popen(
+        [sys.executable, "-c", GC_BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert burner.stdout is not None and burner.stdout.readline().strip() == "ready"
+        out = tmp_path / "me.csv"
+        r = run("collect", "--interval", "0.5", "--duration", "3", "--output", out)
+        assert r.returncode == 0, r.stderr
+    finally:
+        burner.kill()
+        burner.wait()
+    rows = list(csv.DictReader((tmp_path / "me.procs.csv").open()))
+    mine = [row for row in rows if int(row["pid"]) == burner.pid and row["gc_cpu_percent"]]
+    assert len(mine) >= 3, rows
+    gc = sorted(float(row["gc_cpu_percent"]) for row in mine)
+    cpu = sorted(float(row["cpu_percent"]) for row in mine)
+    cores = os.cpu_count() or 1
+    assert 30.0 <= gc[len(gc) // 2] <= 100.0 * 1.1  # one of its two busy threads
+    assert gc[len(gc) // 2] <= 0.8 * cpu[len(cpu) // 2]  # the worker's time is not collection
+    samples = list(csv.DictReader(out.open()))
+    assert {float(row["cpu_cores"]) for row in samples} == {float(cores)}
+
+
 def test_simulate_then_evaluate(tmp_path):
     data = tmp_path / "sim"
     r = run(

@@ -104,8 +104,9 @@ def workload(host: str, ts: np.ndarray, mining: np.ndarray, seed: int) -> HostSe
         "ctx_switches_ps": 4000.0 + 30000.0 * load + rng.normal(0.0, 500.0, n),
         "top_proc_cpu_percent": top,
     }
-    values = np.column_stack([np.maximum(cols[c], 0.0) for c in METRIC_COLUMNS])
-    return from_arrays(host, ts, values, METRIC_COLUMNS)
+    names = tuple(c for c in METRIC_COLUMNS if c in cols)  # what a fleet maps
+    values = np.column_stack([np.maximum(cols[c], 0.0) for c in names])
+    return from_arrays(host, ts, values, names)
 
 
 @contextmanager

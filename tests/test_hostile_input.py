@@ -633,7 +633,7 @@ def check_procs(data: bytes, suffix: str = ".procs.csv") -> None:
         for s in (fleet or {}).values():
             if s.procs is not None:
                 n = len(s.procs)
-                assert all(len(a) == n for a in vars(s.procs).values())
+                assert all(len(a) == n for a in vars(s.procs).values() if a is not None)
                 assert np.all(np.isfinite(s.procs.timestamps))
                 assert np.all(np.diff(s.procs.timestamps) >= 0), "sorted by time"
 

@@ -337,8 +337,8 @@ def test_the_agents_history_keeps_process_rows_for_its_training_child(tmp_path: 
         for k in range(5):
             t = 1_000.0 + 10 * k
             h.add_sample(t, {"cpu_percent": 5.0})
-            h.add_procs(t, [(7, "nginx", "/usr/sbin/nginx", "www-data", 3.5)])
-            h.add_procs(t, [(9, "bad\udcffname", long_exe, "1001", float("nan"))])
+            h.add_procs(t, [(7, "nginx", "/usr/sbin/nginx", "www-data", 3.5, 0.0)])
+            h.add_procs(t, [(9, "bad\udcffname", long_exe, "1001", float("nan"), 1.5)])
     ts, _ = read_history(db, since=0.0)
     arrays = read_history_procs(db, ts[1:])  # a left-out sample leaves out its processes
     buf = io.BytesIO()
@@ -351,6 +351,97 @@ def test_the_agents_history_keeps_process_rows_for_its_training_child(tmp_path: 
     assert sorted(set(rows.names.tolist())) == ["bad\ufffdname", "nginx"]
     assert {len(e) for e in rows.exes.tolist()} == {len("/usr/sbin/nginx"), 4096}
     assert arrays["procs_text"].nbytes < 100_000  # texts stored once, not per row
+    assert rows.gc is not None
+    assert sorted(set(rows.gc.tolist())) == [0.0, 1.5]  # the GC threads' CPU goes along
+
+
+def test_a_history_from_before_gc_threads_gains_the_column_and_reads_them_as_unknown(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from minerwatch.service.history import History
+    from minerwatch.service.retrain import read_history, read_history_procs
+
+    db = tmp_path / "history.db"
+    with History(db, retention_s=1e12, interval_s=10.0) as h:
+        h.add_sample(1_000.0, {"cpu_percent": 5.0})
+    conn = sqlite3.connect(db)  # the procs table as an agent of the last release made it
+    conn.execute("DROP TABLE procs")
+    conn.execute(
+        "CREATE TABLE procs (ts REAL NOT NULL, pid INTEGER, name TEXT, exe TEXT, user TEXT,"
+        " cpu REAL)"
+    )
+    conn.execute("INSERT INTO procs VALUES (1000.0, 7, 'java', '/usr/bin/java', 'app', 250.0)")
+    conn.commit()
+    conn.close()
+    ts, _ = read_history(db, since=0.0)
+    old = read_history_procs(db, ts)  # the training child reads it as it is
+    assert old["procs_cpu"].tolist() == [250.0] and np.isnan(old["procs_gc"]).all()
+    with History(db, retention_s=1e12, interval_s=10.0) as h:  # the new agent opens it
+        h.add_sample(1_010.0, {"cpu_percent": 5.0})
+        h.add_procs(1_010.0, [(7, "java", "/usr/bin/java", "app", 260.0, 240.0)])
+    ts, _ = read_history(db, since=0.0)
+    both = read_history_procs(db, ts)
+    assert both["procs_cpu"].tolist() == [250.0, 260.0]
+    assert np.isnan(both["procs_gc"][0]) and both["procs_gc"][1] == 240.0
+
+
+def with_gc(series: HostSeries, pid: int, share: float, after: float) -> HostSeries:
+    """``series`` whose process ``pid`` spends ``share`` of its CPU in garbage-collector
+    threads from ``after`` s on (a GC storm's shape)."""
+    rows = series.procs
+    assert rows is not None
+    on = (rows.pids == pid) & (rows.timestamps - series.timestamps[0] >= after)
+    gc = np.where(on, share * rows.cpu, 0.0)
+    return replace(series, procs=replace(rows, gc=gc))
+
+
+def test_garbage_collection_is_credited_to_known_processes_only() -> None:
+    rows = with_table(host_series(days=0.2)).procs
+    assert rows is not None
+    pb = ProcessBaseline.fit(rows)
+    t = np.array([1.0])
+    storm = ProcessRows.from_lists(
+        [1.0, 1.0],
+        [100, 4242],
+        ["python3.11", "sysupd"],
+        [APP_R1, "/opt/sysupd/sysupd"],
+        ["app", "app"],
+        [900.0, 200.0],
+        [850.0, 190.0],  # the stranger's threads are named like a collector's: no credit
+    )
+    cols = dict(zip(PROC_COLUMNS, pb.columns(storm, t)[0].tolist(), strict=True))
+    assert cols["proc_gc_cpu_percent"] == 850.0 and cols["proc_new_cpu_percent"] == 200.0
+    assert cols["proc_surge_cpu_percent"] == 0.0  # 50 % of work: far from a surge
+    plain = replace(storm, gc=None)
+    cols = dict(zip(PROC_COLUMNS, pb.columns(plain, t)[0].tolist(), strict=True))
+    assert cols["proc_gc_cpu_percent"] == 0.0 and cols["proc_surge_cpu_percent"] > 500.0
+
+
+def test_a_gc_storm_of_a_known_process_does_not_page_the_same_cpu_as_work_does(trained) -> None:
+    """The app at 260 % of a core for five hours: collecting garbage (its collector threads
+    run it all), no alert; doing it as work, an alert; a
+    never-seen process whose threads carry a collector's name gets no credit."""
+    calm = with_table(miner_series(3600, burn=False))
+    storm = miner_series(3600, cpu=260.0)  # the same quarter day, the app at 260 % from 1 h
+    assert calm.procs is not None and np.array_equal(calm.timestamps, storm.timestamps)
+    app = calm.procs.pids == 100
+    cpu = calm.procs.cpu.copy()
+    cpu[app] = storm.column("top_proc_cpu_percent")[calm.procs.sample_index(storm.timestamps)[app]]
+    storm = replace(storm, procs=replace(calm.procs, cpu=cpu))  # only the app's row moves
+    assert score_series(trained, storm).alert.any()
+    quiet = score_series(trained, with_gc(storm, 100, 1.0, 3600))
+    assert not quiet.alert.any()
+    stranger = ("javax", "/opt/javax/javax", "app", 260.0)
+    s = with_table(miner_series(3600, cpu=260.0), extra=stranger, extra_from=3600)
+    assert score_series(trained, with_gc(s, 4242, 1.0, 3600)).alert.any()
+    without_cores = replace(
+        with_gc(storm, 100, 1.0, 3600),
+        values=storm.values[:, [c != "cpu_cores" for c in storm.columns]],
+        columns=tuple(c for c in storm.columns if c != "cpu_cores"),
+    )
+    assert score_series(trained, without_cores).score.mean() > quiet.score.mean()
 
 
 def test_marginal_evidence_must_last_strong_evidence_does_not_wait(trained) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from minerwatch.bench.simprocs import IDENTITY_KINDS, IDENTITY_MIX, TOP_N
 from minerwatch.bench.simulate import BENIGN_KINDS, _plan_campaigns, _plan_hosts, _plan_identities
-from minerwatch.features.procs import PROC_TABLE_COLUMNS, disguise, normalize_exe
+from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_COLUMNS, disguise, normalize_exe
 
 MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
 #: Seed 0 with six hosts over 1 + 1.5 days has every identity kind, a web deploy, a compiler
@@ -56,7 +56,7 @@ def samples(path: Path) -> dict[str, dict[str, float]]:
 def procs(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        assert tuple(reader.fieldnames or ()) == PROC_TABLE_COLUMNS
+        assert tuple(reader.fieldnames or ()) == (*PROC_TABLE_COLUMNS, GC_COLUMN)
         return list(reader)
 
 
@@ -88,6 +88,53 @@ def test_tables_add_up_with_the_samples(fleet):
             for r in rows:
                 assert len(r["name"].encode()) <= 15 and int(r["pid"]) > 0
                 assert r["exe"] == "" or r["exe"].startswith("/"), r
+            assert {s["cpu_cores"] for s in rows_by_ts.values()} == {cores}
+
+
+def test_only_jvms_collect_garbage_and_a_gc_storm_is_mostly_collection(tmp_path: Path) -> None:
+    """The simulated GC threads' CPU: a JVM's few percent in normal running, most of a GC
+    storm's; every other process (a miner inside a JVM included) has none. Seed 1 of the
+    same fleet has GC storms on a web and a cache host."""
+    out = tmp_path / "sim"
+    subprocess.run(
+        [
+            MINERWATCH,
+            "simulate",
+            *ARGS[:-4],
+            "--seed",
+            "1",
+            "--interval",
+            "60",
+            "--output",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    labels = json.loads((out / "labels.json").read_text())
+    storms = [e for e in labels["events"] if e["kind"] == "gc_storm"]
+    in_storm = out_storm = 0
+    for host in labels["hosts"]:
+        for split in ("train", "test"):
+            for r in procs(out / split / f"{host}.procs.csv"):
+                cpu, gc = float(r["cpu_percent"]), float(r[GC_COLUMN] or 0.0)
+                assert 0.0 <= gc <= cpu, r
+                if r["name"] != "java":
+                    assert gc == 0.0, r
+                    continue
+                t = float(r["timestamp"])
+                near = [e for e in storms if e["host"] == host and e["start"] - 120 <= t]
+                if any(t < e["end"] + 120 and not e["start"] <= t < e["end"] for e in near):
+                    continue  # a storm's edges: a sample partly in it
+                storm = any(t < e["end"] for e in near)
+                if storm and cpu >= 100.0:
+                    in_storm += 1
+                    assert gc >= 0.5 * cpu, r
+                elif not storm and cpu >= 20.0:
+                    out_storm += 1
+                    assert gc <= 0.15 * cpu, r
+    assert len(storms) == 2 and in_storm > 0 and out_storm > 0
 
 
 def test_identities_per_archetype(fleet):

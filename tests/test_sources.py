@@ -302,12 +302,63 @@ def test_processes_source_on_a_fake_proc(tmp_path):
     write_process(tmp_path, 11, 3.0, 6.0, name="p11")  # 30 %
     write_process(tmp_path, 12, 1.0, 7.0, name="p12")  # 10 %
     row = src.read()
-    assert row == {"procs_total": 3.0, "top_proc_cpu_percent": pytest.approx(80.0)}
+    assert row == {
+        "procs_total": 3.0,
+        "top_proc_cpu_percent": pytest.approx(80.0),
+        "cpu_cores": 2.0,
+    }
     assert [(p.pid, p.name, p.exe) for p in src.top] == [
         (10, "p10", "/usr/bin/p10"),
         (11, "p11", "/usr/bin/p11"),
     ]
     assert src.visible_cpu_percent == pytest.approx(60.0)  # 120 % of one core, 2 cores
+    assert all(math.isnan(p.gc_cpu_percent) for p in src.top)  # no threads to read here
+
+
+def write_thread(root, pid, tid, name, cpu_s):
+    hz = os.sysconf("SC_CLK_TCK")
+    d = root / str(pid) / "task" / str(tid)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "stat").write_text(
+        f"{tid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {round(cpu_s * hz)} 0 0 0 20 0 1 0 "
+        f"500 0 0\n"
+    )
+
+
+def test_the_busiest_processes_carry_their_garbage_collectors_cpu(tmp_path):
+    """Threads named as a runtime's collector (``GC Thread#0``, ``G1 Conc#0``) are summed;
+    other threads are the process's work. The first read has no interval (NaN); a busy
+    process without such threads has none (0); an idle one is not looked at."""
+    write_proc(tmp_path)
+    write_process(tmp_path, 10, 0.0, 5.0, name="java")
+    write_process(tmp_path, 11, 0.0, 6.0, name="nginx")
+    write_process(tmp_path, 12, 0.0, 7.0, name="idle")
+    threads = {10: ("java", "GC Thread#0", "GC Thread#1", "G1 Conc#0", "pool-1-thread-1")}
+    threads[11] = ("nginx",)
+    for pid, names in threads.items():
+        for k, name in enumerate(names):
+            write_thread(tmp_path, pid, pid * 100 + k, name, 0.0)
+    clock = FakeClock(1000.0)
+    src = ProcessesSource(proc_root=tmp_path, clock=clock, top_n=3, ncpu=4)
+    src.read()
+    clock.t += 10
+    write_process(tmp_path, 10, 30.0, 5.0, name="java")  # 300 % of one core
+    write_process(tmp_path, 11, 5.0, 6.0, name="nginx")
+    for k, cpu in enumerate((1.0, 12.0, 11.0, 4.0, 2.0)):  # GC threads: 27 s of the 30
+        write_thread(tmp_path, 10, 1000 + k, threads[10][k], cpu)
+    write_thread(tmp_path, 11, 1100, "nginx", 5.0)
+    src.read()
+    first = {p.pid: p.gc_cpu_percent for p in src.top}
+    assert math.isnan(first[10]) and first[11] == 0.0 and math.isnan(first[12])
+    clock.t += 10
+    write_process(tmp_path, 10, 60.0, 5.0, name="java")
+    write_process(tmp_path, 11, 10.0, 6.0, name="nginx")
+    for k, cpu in enumerate((2.0, 24.0, 22.0, 8.0, 4.0)):
+        write_thread(tmp_path, 10, 1000 + k, threads[10][k], cpu)
+    write_thread(tmp_path, 11, 1100, "nginx", 10.0)
+    src.read()
+    second = {p.pid: p.gc_cpu_percent for p in src.top}
+    assert second[10] == pytest.approx(270.0) and second[11] == 0.0
 
 
 # ---- the registration map and the real machine --------------------------------------------

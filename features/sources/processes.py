@@ -23,9 +23,14 @@ from minerwatch.features.proctable import ProcessRecord, ProcessTable, boot_cloc
 from minerwatch.features.rates import NAN
 from minerwatch.features.sources.base import DEFAULT_PROC_ROOT, Clock
 
+#: Busiest processes using at least this much CPU (percent of one core) get their threads
+#: read for garbage-collector time.
+GC_MIN_CPU = 1.0
+
 
 class ProcessesSource:
-    """``procs_total``, ``top_proc_cpu_percent``; keeps :attr:`top`, :attr:`visible_cpu_percent`.
+    """``procs_total``, ``top_proc_cpu_percent``, ``cpu_cores``; keeps :attr:`top` (the busiest
+    processes, with their garbage-collector threads' CPU) and :attr:`visible_cpu_percent`.
 
     The first read primes per-process counters: ``top_proc_cpu_percent`` is NaN and ``top``
     empty. ``visible_cpu_percent`` is the summed CPU of all processes seen in both samples (or
@@ -34,7 +39,7 @@ class ProcessesSource:
     """
 
     name: ClassVar[str] = "processes"
-    columns: ClassVar[tuple[str, ...]] = ("procs_total", "top_proc_cpu_percent")
+    columns: ClassVar[tuple[str, ...]] = ("procs_total", "top_proc_cpu_percent", "cpu_cores")
 
     def __init__(
         self,
@@ -70,8 +75,15 @@ class ProcessesSource:
         self.visible_cpu_percent = min(100.0, total_cpu / self.table.ncpu) if known else NAN
         leaders = heapq.nlargest(self.top_n, known, key=lambda r: r.cpu_percent)
         busy = self.ports_min_cpu
-        self.top = tuple(self.table.describe(leaders, ports=lambda r: r.cpu_percent >= busy))
+        self.top = tuple(
+            self.table.describe(
+                leaders,
+                ports=lambda r: r.cpu_percent >= busy,
+                gc=lambda r: r.cpu_percent >= GC_MIN_CPU,
+            )
+        )
         return {
             "procs_total": float(len(rows)),
             "top_proc_cpu_percent": max((r.cpu_percent for r in known), default=NAN),
+            "cpu_cores": float(self.table.ncpu),
         }

@@ -96,11 +96,19 @@ MAPPING: tuple[Column, ...] = (
         "process-exporter: rate per `groupname` summed over `mode`, the largest x 100; "
         "the latest scrape at most one interval old",
     ),
+    Column(
+        "cpu_cores",
+        (),
+        "not read: it only scales the garbage collectors' CPU of agent process tables, "
+        "which fleet mode has none of",
+    ),
 )
 
 #: Metrics scraped from process-exporter, a different target: joined by time, not exactly.
 PROCESS_METRICS = ("namedprocess_namegroup_cpu_seconds_total",)
 METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for c in MAPPING for m in c.metrics))
+#: Columns fleet mode never fills (so never reports as missing).
+_NOT_READ = frozenset(c.name for c in MAPPING if not c.metrics)
 #: Series whose presence marks a node_exporter host (every node_exporter exports them).
 DISCOVERY_METRICS = ("node_load1", "node_memory_MemTotal_bytes")
 
@@ -548,7 +556,7 @@ def map_points(
         top = _group_rates_of(get(proc, _NO_POINTS))
         out["top_proc_cpu_percent"] = _top_of(top[1], top[2], at, interval)
     columns = tuple(c for c in METRIC_COLUMNS if c in out)
-    absent = tuple(c for c in METRIC_COLUMNS if c not in out)
+    absent = tuple(c for c in METRIC_COLUMNS if c not in out and c not in _NOT_READ)
     values = np.column_stack([out[c] for c in columns]) if columns else np.zeros((len(at), 0))
     # a scrape that gives no column a value (only counters, on their first sample) is no row
     useful = np.isfinite(values).any(axis=1) & (at >= since)
