@@ -13,6 +13,8 @@ any sample inside it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from minerwatch.features.io import HostSeries
@@ -101,6 +103,17 @@ def cpu_5m(series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
     return cpu_rule(series, starts, ends, 80.0, 300.0)
 
 
+def _measured(series: HostSeries) -> HostSeries:
+    """``series`` without ``cpu_cores``: it describes the machine, it does not measure it (a
+    constant column would only take the naive forest's random splits)."""
+    if "cpu_cores" not in series.columns:
+        return series
+    keep = [j for j, c in enumerate(series.columns) if c != "cpu_cores"]
+    return replace(
+        series, values=series.values[:, keep], columns=tuple(series.columns[j] for j in keep)
+    )
+
+
 class NaiveIForest:
     """IsolationForest on window means; threshold = highest training score (no false alarm in
     training by construction). Scores follow our convention: higher = more anomalous."""
@@ -116,6 +129,7 @@ class NaiveIForest:
     def fit(self, series: HostSeries) -> NaiveIForest:
         from sklearn.ensemble import IsolationForest
 
+        series = _measured(series)
         starts, ends = window_grid(series.timestamps, self.window, self.hop)
         x = window_means(series, starts, ends)
         self.columns_ = series.columns
@@ -130,6 +144,7 @@ class NaiveIForest:
         return np.where(np.isfinite(x), x, self.fill_[None, :])
 
     def score(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        series = _measured(series)
         if series.columns != self.columns_:
             missing = sorted(set(self.columns_) - set(series.columns))
             raise ValueError(f"columns differ from training; missing {missing}")
