@@ -341,6 +341,20 @@ class _Extras:
     gc: bool = False
 
 
+#: Every this many reads of a process, all its threads' names are read again.
+GC_RECHECK = 10
+
+
+@dataclass(frozen=True)
+class _Threads:
+    """One process's threads at its latest read: GC threads' CPU ticks, the others' ids."""
+
+    at: float
+    ticks: dict[int, int]
+    others: set[int]
+    reads: int
+
+
 class ProcessTable:
     """Reads the live process table into :class:`ProcessRecord` rows.
 
@@ -387,8 +401,8 @@ class ProcessTable:
         self._scanned_at: float | None = None
         self._users: dict[int, str] = {}
         #: Per process: when its threads were last read, and each GC thread's CPU ticks.
-        self._gc_ticks: dict[_Key, tuple[float, dict[int, int]]] = {}
-        self._gc_seen: dict[_Key, tuple[float, dict[int, int]]] = {}
+        self._gc_ticks: dict[_Key, _Threads] = {}
+        self._gc_seen: dict[_Key, _Threads] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -569,26 +583,37 @@ class ProcessTable:
         one core: 0 without such threads, NaN the first time it is read."""
         stat, row = found
         key = (row.pid, stat.start_ticks)
+        before = self._gc_ticks.get(key)
+        # threads already known not to collect are not read again (a JVM has hundreds), but
+        # every RECHECK-th time all are: a runtime names a thread just after starting it
+        skip = before.others if before is not None and before.reads % GC_RECHECK else set()
         ticks: dict[int, int] = {}
+        others: set[int] = set()
         task_fd = os.open("task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            for tid in os.listdir(task_fd):
+            for entry in os.listdir(task_fd):
+                tid = int(entry)
+                if tid in skip:
+                    others.add(tid)
+                    continue
                 try:
-                    t = parse_stat(_read_text(f"{tid}/stat", task_fd))
+                    t = parse_stat(_read_text(f"{entry}/stat", task_fd))
                 except (FileNotFoundError, ProcessLookupError):
                     continue  # the thread ended while we read
                 if is_gc_thread(t.name):
-                    ticks[int(tid)] = t.cpu_ticks
+                    ticks[tid] = t.cpu_ticks
+                else:
+                    others.add(tid)
         finally:
             os.close(task_fd)
-        self._gc_seen[key] = (now, ticks)
-        before = self._gc_ticks.get(key)
+        reads = 1 if before is None else before.reads + 1
+        self._gc_seen[key] = _Threads(now, ticks, others, reads)
         if not ticks:
             return 0.0
-        if before is None or not now > before[0]:
+        if before is None or not now > before.at:
             return NAN
-        used = sum(max(0, v - before[1].get(tid, v)) for tid, v in ticks.items())
-        return min(100.0 * used / self._hz / (now - before[0]), 100.0 * self.ncpu)
+        used = sum(max(0, v - before.ticks.get(tid, v)) for tid, v in ticks.items())
+        return min(100.0 * used / self._hz / (now - before.at), 100.0 * self.ncpu)
 
     def _fill(
         self, dir_fd: int, stat: StatFields, row: ProcessRecord, extras: _Extras

@@ -536,3 +536,27 @@ def test_a_busy_binary_deleted_from_disk_is_flagged(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_threads_not_collecting_are_read_again_every_tenth_time(tmp_path):
+    """A JVM has hundreds of threads: those not named as a collector's are not read on every
+    sample, but every tenth time all are, so a thread named after it was first seen (a
+    runtime names a thread just after starting it) is counted from the read after that."""
+    write_proc(tmp_path)
+    write_process(tmp_path, 10, 0.0, 5.0, name="java")
+    write_thread(tmp_path, 10, 1000, "java", 0.0)  # not yet named
+    clock = FakeClock(1000.0)
+    src = ProcessesSource(proc_root=tmp_path, clock=clock, top_n=1, ncpu=4)
+    src.read()
+    gcs = []
+    for k in range(1, 15):
+        clock.t += 10
+        write_process(tmp_path, 10, 10.0 * k, 5.0, name="java")
+        name = "java" if k < 3 else "GC Thread#0"  # named from the third sample on
+        write_thread(tmp_path, 10, 1000, name, 10.0 * k)  # a core of collection
+        src.read()
+        gcs.append(src.top[0].gc_cpu_percent)
+    assert gcs[:3] == [0.0, 0.0, 0.0]  # read as "java", then not read again for a while
+    first = next(i for i, g in enumerate(gcs) if g > 0)
+    assert 3 < first <= 11  # found at the tenth read, counted from the next one
+    assert gcs[first:] == pytest.approx([100.0] * (14 - first))
