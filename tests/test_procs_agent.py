@@ -91,3 +91,52 @@ def test_a_miner_running_before_learning_is_reported_at_once_and_never_learnt(
         if agent is not None:
             agent.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+GC_SPINNER = """
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+def spin():
+    libc.prctl(15, b"GC Thread#0", 0, 0, 0)  # PR_SET_NAME, as HotSpot names its collector's
+    while True:
+        pass
+threading.Thread(target=spin, daemon=True).start()
+sys.stdin.read()
+"""
+
+
+def test_the_agent_keeps_the_cpu_of_garbage_collector_threads_in_its_history(
+    tmp_path: Path,
+) -> None:
+    """The real agent reads the threads of its busiest processes: a process whose busy thread
+    carries a collector's name is stored with that CPU as its ``gc``, for training to credit."""
+    import sqlite3
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", GC_SPINNER], stdin=subprocess.PIPE)
+    data = tmp_path / "data"
+    agent = None
+
+    def gc_rows() -> list[tuple[float, float]]:
+        db = data / "history.db"
+        if not db.exists():
+            return []
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        try:
+            q = "SELECT cpu, gc FROM procs WHERE pid = ? AND gc IS NOT NULL"
+            return conn.execute(q, (spinner.pid,)).fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+
+    try:
+        agent = AgentProcess(data, tmp_path / "agent.log")
+        _wait(lambda: len(gc_rows()) >= 3, 60, "three samples of the spinner with its GC time")
+        rows = gc_rows()
+        assert all(gc >= 0.5 * cpu and cpu >= 30.0 for cpu, gc in rows[-3:]), rows
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=10)
+        if agent is not None:
+            agent.kill()
