@@ -17,10 +17,11 @@ windows, so training, batch scoring and the agent compute the same process featu
 - ``proc_offhour_cpu_percent``: CPU of processes with a daily schedule (run on at least half
   the training days, three at least, in at most 12 hours of the day) more than two hours
   from any hour they ran in;
-- ``proc_gc_cpu_percent``: CPU the garbage-collector threads of known identities ran (a GC
-  storm is housekeeping, not work); not judged itself, the pipeline takes it out of the
-  busiest process's and the host's CPU (:func:`~minerwatch.features.pipeline.without_gc`).
-  A never-seen process gets no credit, whatever its threads are called.
+- ``proc_gc_cpu_percent``, ``proc_gc_top_cpu_percent``: CPU the garbage-collector threads of
+  known identities ran, in all and in the busiest process (a GC storm is housekeeping, not
+  work); not judged themselves, the pipeline takes them out of the host's and the busiest
+  process's CPU (:func:`~minerwatch.features.pipeline.without_gc`). A never-seen process gets
+  no credit, whatever its threads are called.
 
 Identities are normalised (:func:`~minerwatch.features.procs.identity`) so a deploy into a
 new release folder or a compiler upgrade stays familiar. A miner running *inside* a familiar
@@ -221,6 +222,10 @@ class ProcessBaseline:
         # someone else: a GC storm is judged without it (a never-seen process gets no credit)
         gc = np.where(known, np.clip(np.nan_to_num(rows.gc_or_nan(), nan=0.0), 0.0, c), 0.0)
         np.add.at(out[:, 5], s, gc)
+        # ... and the busiest process's own, for its CPU (the last row of each sample by CPU)
+        order = np.lexsort((c, s))
+        last = order[np.append(s[order][1:] != s[order][:-1], True)]
+        out[s[last], 6] = gc[last]
         kk = np.where(known, k, 0)
         usual = self.usual_cpu[kk] if len(self.usual_cpu) else np.zeros(len(kk))
         over = np.maximum(0.0, c - gc - np.maximum(SURGE_FACTOR * usual, usual + SURGE_MIN))

@@ -241,7 +241,8 @@ _IGNORED = frozenset(
         "cpu_user_percent",
         "load1",
         "cpu_cores",
-        "proc_gc_cpu_percent",  # not judged: subtracted from the busiest process (pipeline)
+        "proc_gc_cpu_percent",  # not judged: taken out of the CPU columns (pipeline.py)
+        "proc_gc_top_cpu_percent",
     }
 )
 

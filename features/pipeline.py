@@ -16,8 +16,9 @@ from minerwatch.features.errors import InputError
 from minerwatch.features.extract import extract
 from minerwatch.features.windows import Windows, make_windows, sample_interval
 
-#: CPU of known processes' garbage collectors (:mod:`minerwatch.baseline.procbase`).
-GC = "proc_gc_cpu_percent"
+#: CPU of known processes' garbage collectors, in all and in the busiest process
+#: (:mod:`minerwatch.baseline.procbase`).
+GC, GC_TOP = "proc_gc_cpu_percent", "proc_gc_top_cpu_percent"
 #: Columns a model may have been trained with that other data lacks without harm: the core
 #: count only scales the GC credit.
 OPTIONAL = ("cpu_cores",)
@@ -33,17 +34,17 @@ class FeatureRows(NamedTuple):
 
 def without_gc(values: np.ndarray, columns: Sequence[str]) -> np.ndarray:
     """``values`` with the CPU familiar processes spent collecting garbage taken out of the
-    busiest process's CPU and, where the core count is known, out of the host's.
+    host's CPU (where the core count is known) and the busiest process's own out of its CPU.
 
     A GC storm is a JVM at many cores for minutes, doing no work: to the CPU features it is a
     miner inside a familiar process. Its collector threads name it (the process baseline
     credits them only to processes this host has run), so the features judge the rest.
     Without the column (no process table, or an older one) nothing changes.
 
-    >>> v = np.array([[50.0, 300.0, 4.0, 200.0], [50.0, 300.0, 4.0, np.nan]])
-    >>> cols = ("cpu_percent", "top_proc_cpu_percent", "cpu_cores", GC)
+    >>> v = np.array([[50.0, 300.0, 4.0, 200.0, 190.0], [50.0, 300.0, 4.0, np.nan, np.nan]])
+    >>> cols = ("cpu_percent", "top_proc_cpu_percent", "cpu_cores", GC, GC_TOP)
     >>> without_gc(v, cols)[:, :2].tolist()
-    [[0.0, 100.0], [50.0, 300.0]]
+    [[0.0, 110.0], [50.0, 300.0]]
     """
     cols = tuple(columns)
     if GC not in cols:
@@ -53,9 +54,10 @@ def without_gc(values: np.ndarray, columns: Sequence[str]) -> np.ndarray:
     if not has.any():
         return values
     out = values.copy()
-    if "top_proc_cpu_percent" in cols:
-        j = cols.index("top_proc_cpu_percent")
-        out[:, j] = np.where(has, np.maximum(out[:, j] - np.where(has, gc, 0.0), 0.0), out[:, j])
+    if "top_proc_cpu_percent" in cols and GC_TOP in cols:
+        j, top = cols.index("top_proc_cpu_percent"), values[:, cols.index(GC_TOP)]
+        ok = np.isfinite(top) & (top > 0)
+        out[:, j] = np.where(ok, np.maximum(out[:, j] - np.where(ok, top, 0.0), 0.0), out[:, j])
     if "cpu_percent" in cols and "cpu_cores" in cols:
         j, cores = cols.index("cpu_percent"), values[:, cols.index("cpu_cores")]
         ok = has & np.isfinite(cores) & (cores >= 1)

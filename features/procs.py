@@ -60,6 +60,7 @@ PROC_COLUMNS = (
     "proc_surge_cpu_percent",
     "proc_offhour_cpu_percent",
     "proc_gc_cpu_percent",
+    "proc_gc_top_cpu_percent",
 )
 #: The collector lists this many of the busiest processes per sample.
 TOP_PROCESSES = 10

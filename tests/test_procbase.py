@@ -413,7 +413,11 @@ def test_garbage_collection_is_credited_to_known_processes_only() -> None:
     )
     cols = dict(zip(PROC_COLUMNS, pb.columns(storm, t)[0].tolist(), strict=True))
     assert cols["proc_gc_cpu_percent"] == 850.0 and cols["proc_new_cpu_percent"] == 200.0
+    assert cols["proc_gc_top_cpu_percent"] == 850.0  # the app is the busiest process
     assert cols["proc_surge_cpu_percent"] == 0.0  # 50 % of work: far from a surge
+    busier = replace(storm, cpu=np.array([900.0, 1200.0]))  # the stranger now the busiest
+    cols = dict(zip(PROC_COLUMNS, pb.columns(busier, t)[0].tolist(), strict=True))
+    assert cols["proc_gc_cpu_percent"] == 850.0 and cols["proc_gc_top_cpu_percent"] == 0.0
     plain = replace(storm, gc=None)
     cols = dict(zip(PROC_COLUMNS, pb.columns(plain, t)[0].tolist(), strict=True))
     assert cols["proc_gc_cpu_percent"] == 0.0 and cols["proc_surge_cpu_percent"] > 500.0
