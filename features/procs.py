@@ -45,6 +45,7 @@ GC_THREAD_PREFIXES = (
     "G1 Conc",
     "G1 Refine",
     "G1 Main Marker",
+    "G1 Marker",  # JDK 9-11's concurrent marking workers
     "ZWorker",
     "ZDriver",
     "Shenandoah",
