@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_COLUMNS
+from minerwatch.features.procs import PROC_TABLE_HEADER
 
 #: How a campaign's process looks to someone reading ``ps``.
 IDENTITY_KINDS: tuple[str, ...] = ("new", "disguised", "inside")
@@ -684,5 +684,5 @@ def procs_csv(
     ts = np.asarray(stamps, dtype=object)
     lines = ts[sample] + head[inv] + cpu[tinv] + gc[ginv]
     body = "\n".join(lines.tolist())
-    header = ",".join((*PROC_TABLE_COLUMNS, GC_COLUMN))
+    header = ",".join(PROC_TABLE_HEADER)
     return (header + "\n" + body + ("\n" if body else "")).encode()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from minerwatch.features.errors import InputError
-from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_COLUMNS, clean_text, table_exe
+from minerwatch.features.procs import PROC_TABLE_HEADER, clean_text, table_exe
 from minerwatch.features.proctable import ProcessRecord
 from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
 from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, Source, build_sources
@@ -231,7 +231,7 @@ def record(
     procs_path = procs_path_for(output)
     if not procs_path.exists() or procs_path.stat().st_size == 0:
         with procs_path.open("w", newline="", encoding="utf-8") as pf:
-            csv.writer(pf).writerow((*PROC_TABLE_COLUMNS, GC_COLUMN))
+            csv.writer(pf).writerow(PROC_TABLE_HEADER)
     planned = int(duration / interval + 1e-9) if duration > 0 else 0
     rows = 0
     with (

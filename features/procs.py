@@ -36,6 +36,8 @@ PROC_TABLE_COLUMNS = ("timestamp", "host", "pid", "name", "exe", "user", "cpu_pe
 #: Optional column: CPU of the process's garbage-collector threads, percent of one core
 #: (empty: not read). A GC storm is housekeeping, not work a miner does.
 GC_COLUMN = "gc_cpu_percent"
+#: The header every writer of a process table writes.
+PROC_TABLE_HEADER = (*PROC_TABLE_COLUMNS, GC_COLUMN)
 #: Thread names (``/proc/<pid>/task/<tid>/comm``) of managed runtimes' garbage collectors:
 #: HotSpot's G1 and Parallel workers (``GC Thread#0``) and G1's concurrent threads, ZGC,
 #: Shenandoah, .NET's server and background GC, Kotlin/Native's collector.
@@ -328,7 +330,7 @@ def write_procs_csv(path: Path, host: str, rows: ProcessRows, append: bool = Fal
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow((*PROC_TABLE_COLUMNS, GC_COLUMN))
+            writer.writerow(PROC_TABLE_HEADER)
             writer.writerows(lines)
         os.replace(tmp, path)
     except BaseException:

@@ -449,15 +449,16 @@ class ProcessTable:
         pick = ports if callable(ports) else (lambda _proc: ports)
         pick_gc = gc if callable(gc) else (lambda _proc: gc)
         with_ports = [pick(p) for p in wanted]
+        with_gc = [pick_gc(p) for p in wanted]
         by_inode = self._tcp_ports() if any(with_ports) else None
         out: list[ProcessRecord] = []
         now = self.clock()
-        for proc, need in zip(wanted, with_ports, strict=True):
-            extras = _Extras(cmdline, need, by_inode, pick_gc(proc))
+        for proc, need, gc_too in zip(wanted, with_ports, with_gc, strict=True):
+            extras = _Extras(cmdline, need, by_inode, gc_too)
             row = self._details(proc.pid, proc.create_time, proc.cpu_percent, extras, now)
             if row is not None:
                 out.append(row)
-        if any(pick_gc(p) for p in wanted):  # forget processes not read this time
+        if any(with_gc):  # forget processes not read this time
             self._gc_ticks, self._gc_seen = self._gc_seen, {}
         return out
 

@@ -16,7 +16,7 @@ import pytest
 
 from minerwatch.bench.simprocs import IDENTITY_KINDS, IDENTITY_MIX, TOP_N
 from minerwatch.bench.simulate import BENIGN_KINDS, _plan_campaigns, _plan_hosts, _plan_identities
-from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_COLUMNS, disguise, normalize_exe
+from minerwatch.features.procs import GC_COLUMN, PROC_TABLE_HEADER, disguise, normalize_exe
 
 MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
 #: Seed 0 with six hosts over 1 + 1.5 days has every identity kind, a web deploy, a compiler
@@ -56,7 +56,7 @@ def samples(path: Path) -> dict[str, dict[str, float]]:
 def procs(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        assert tuple(reader.fieldnames or ()) == (*PROC_TABLE_COLUMNS, GC_COLUMN)
+        assert tuple(reader.fieldnames or ()) == PROC_TABLE_HEADER
         return list(reader)
 
 
