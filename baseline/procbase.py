@@ -67,6 +67,44 @@ ROUTINE_DAYS = 0.5
 SCHEDULED_HOURS = 12
 HOUR = 3600.0
 DAY = 86400.0
+#: A never-seen tool's CPU counts once one process of it has held it this long, listed in
+#: every sample: an administrator's copy or a miner runs as one long-lived process, a build
+#: as thousands of compiler processes of seconds each (its CPU never sustained by one pid).
+SUSTAIN_S = 900.0
+
+
+class Sustained:
+    """Per process (pid and name), the least CPU it held in every sample of the last
+    :data:`SUSTAIN_S`.
+
+    Fed one sample at a time, in order, by batch scoring and the agent alike (the agent keeps
+    one across samples); a process missing from a sample, or last seen more than a fifth of
+    the window before, starts again, so a restart, a pause of the agent or a build's stream
+    of short compiler processes sums to nothing.
+    """
+
+    def __init__(self, window: float = SUSTAIN_S) -> None:
+        self.window = window
+        self._since: dict[tuple[int, str], float] = {}
+        self._cpu: dict[tuple[int, str], list[tuple[float, float]]] = {}
+
+    def update(self, t: float, keys: list[tuple[int, str]], cpu: list[float]) -> float:
+        """The sum, over this sample's processes ``keys`` (pid, identity), of their floors."""
+        total = 0.0
+        since: dict[tuple[int, str], float] = {}
+        history: dict[tuple[int, str], list[tuple[float, float]]] = {}
+        for key, c in zip(keys, cpu, strict=True):
+            before = self._cpu.get(key, [])
+            if before and before[-1][0] < t - self.window / 5:
+                before = []  # a gap in the samples: not seen in between
+            start = self._since.get(key, t) if before else t
+            past = [(u, v) for u, v in before if u > t - self.window]
+            past.append((t, c))
+            since[key], history[key] = start, past
+            if start <= t - self.window:
+                total += min(v for _, v in past)
+        self._since, self._cpu = since, history
+        return total
 
 
 @dataclass(frozen=True)
@@ -188,8 +226,12 @@ class ProcessBaseline:
         self,
         rows: ProcessRows,
         timestamps: np.ndarray,
+        sustained: Sustained | None = None,
     ) -> np.ndarray:
-        """The :data:`PROC_COLUMNS` per host sample (0 for a sample without process rows)."""
+        """The :data:`PROC_COLUMNS` per host sample (0 for a sample without process rows).
+
+        ``sustained`` carries the tools' per-process floors over from earlier calls (the
+        agent's, one sample a call); without it they start from these samples."""
         ts = np.asarray(timestamps, dtype=np.float64)
         out = np.zeros((len(ts), len(PROC_COLUMNS)))
         if not len(rows) or not len(ts):
@@ -216,7 +258,9 @@ class ProcessBaseline:
         c = np.where(ok, cpu, 0.0)
         np.add.at(out[:, 2], s, np.where(kind == 0, c, 0.0))
         np.add.at(out[:, 0], s, np.where(kind == 1, c, 0.0))
-        np.add.at(out[:, 1], s, np.where(kind == 2, c, 0.0))
+        out[:, 1] = _sustained(
+            sustained or Sustained(), ts, s, ok & (kind == 2), rows.pids, rows.names, c
+        )
         known = kind == 3
         # a known process's garbage collector at work is housekeeping, not work done for
         # someone else: a GC storm is judged without it (a never-seen process gets no credit)
@@ -300,6 +344,38 @@ class ProcessBaseline:
         ):
             raise ValueError(f"process baseline arrays do not match {n} identities")
         return cls(ids, usual, hours, days, float(scalars[0]))
+
+
+def _sustained(
+    tracker: Sustained,
+    ts: np.ndarray,
+    sample: np.ndarray,
+    tool: np.ndarray,
+    pids: np.ndarray,
+    names: np.ndarray,
+    cpu: np.ndarray,
+) -> np.ndarray:
+    """Per sample, the tools' sustained CPU: ``tracker`` fed every sample in order (those
+    without tool rows at once, as one empty step)."""
+    out = np.zeros(len(ts))
+    at = np.flatnonzero(tool)
+    if not len(at):
+        if len(ts):
+            tracker.update(float(ts[-1]), [], [])
+        return out
+    order = at[np.argsort(sample[at], kind="stable")]
+    bounds = np.flatnonzero(np.diff(sample[order])) + 1
+    last = -1
+    for group in np.split(order, bounds):
+        k = int(sample[group[0]])
+        if k > last + 1:  # samples without tool rows in between: every process starts again
+            tracker.update(float(ts[k - 1]), [], [])
+        keys = list(zip(pids[group].tolist(), names[group].tolist(), strict=True))
+        out[k] = tracker.update(float(ts[k]), keys, cpu[group].tolist())
+        last = k
+    if last < len(ts) - 1:
+        tracker.update(float(ts[-1]), [], [])
+    return out
 
 
 def _per_row(rows: ProcessRows, fn: Callable[[str, str, str], T]) -> list[T]:

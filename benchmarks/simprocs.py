@@ -30,6 +30,14 @@ TOP_N = 10
 #: ...that used at least this much of a core (tenths of a percent): idle ones are left out.
 FLOOR_TENTHS = 5
 
+#: A compiler process per translation unit lives this long: lognormal with a per-build
+#: median (seconds) and log-spread (our assumption: most C/C++ units compile in seconds, a
+#: heavy template unit in a minute or more).
+CC_MEDIAN_S = (3.0, 20.0)
+CC_SIGMA = 1.0
+#: Compiler processes take pids from here (a build forks thousands; the long-running
+#: processes' pids stay below it).
+CC_PID0 = 1_000_000
 JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
 GCC = "/usr/lib/gcc/x86_64-linux-gnu/{v}/cc1plus"
 APP = "/srv/app/releases/{r}/venv/bin/python3"
@@ -131,6 +139,7 @@ class Procs:
         self._long: dict[str, np.ndarray] = {}  # pids of long-running processes, per restart
         self._fixed_pids: dict[str, np.ndarray] = {}  # pids of pools that never restart
         self._app_pids = np.zeros((len(self.releases), 1), np.int64)  # release x worker
+        self._cc_pid = 0  # compiler processes forked so far (pids from CC_PID0)
 
     # ------------------------------------------------------------------ identities and pids
 
@@ -235,9 +244,26 @@ class Procs:
         skew: float = 2.0,
     ) -> None:
         """``k`` processes of one identity sharing ``cores`` unevenly (workers, backends)."""
+        split = self._split(sl, cores, k, cap, pids, skew)
+        if split is None:
+            return
+        pids, share = split
+        for j in range(len(pids)):
+            self.add(sl, share[:, j], ident, int(pids[j]), cap)
+
+    def _split(
+        self,
+        sl: slice,
+        cores: np.ndarray,
+        k: int,
+        cap: float = np.inf,
+        pids: np.ndarray | None = None,
+        skew: float = 2.0,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Pids and per-sample cores (samples x pids) of ``k`` uneven sharers of ``cores``."""
         m = sl.stop - sl.start
         if m <= 0 or k <= 0:
-            return
+            return None
         c = np.broadcast_to(np.asarray(cores, float), (m,))
         if np.isfinite(cap) and pids is None:
             k = max(k, int(np.ceil(float(c.max(initial=0.0)) * 100.0 / cap - 1e-9)))
@@ -256,8 +282,7 @@ class Procs:
                 total = room.sum(axis=1, keepdims=True)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     share += np.where(total > 0, room / total * np.minimum(over, total), 0.0)
-        for j in range(k):
-            self.add(sl, share[:, j], ident, int(pids[j]), cap)
+        return pids, share
 
     def unlisted(self, sl: slice, cores: np.ndarray | float) -> None:
         """Many short or tiny processes nobody lists; they still count in the host's CPU."""
@@ -506,7 +531,9 @@ class Procs:
             c = cores[part.start - sl.start : part.stop - sl.start]
             cc = self.ident("cc1plus", GCC.format(v=version), user)
             jobs = max(1, int(round(float(np.max(c)))))
-            self.pool(part, 0.84 * c, cc, jobs, cap=100.0, skew=20.0)
+            split = self._split(part, 0.84 * c, jobs, cap=100.0, skew=20.0)
+            if split is not None:
+                self._units(part, cc, split[1], f"{ev.segments[0][0]}{version}")
             self.add(part, 0.04 * c, self.ident("make", "/usr/bin/make", user), int(self.pids()[0]))
             self.add(
                 part,
@@ -516,6 +543,36 @@ class Procs:
                 cap=100.0,
             )
             self.unlisted(part, 0.08 * c)
+
+    def _units(self, sl: slice, ident: int, share: np.ndarray, key: str) -> None:
+        """A build's job slots (columns of ``share``) run one compiler process per translation
+        unit, a few seconds each: a sample lists the one alive at its instant, with the CPU
+        it used since it started; units that started and ended between two samples are never
+        listed (their CPU is the host's, unlisted), as the collector sees them."""
+        # a generator of its own (keyed by host and build): the rest of the host is unchanged
+        h = int(hashlib.sha1(f"tu{self.spec.name}{key}".encode()).hexdigest()[:12], 16)
+        rng = np.random.default_rng(h)
+        iv = self.clock.interval
+        t0, t1 = (sl.start - 1) * iv, (sl.stop - 1) * iv  # sample k reports ((k-1)iv, k iv]
+        at = np.arange(sl.start, sl.stop) * iv
+        median = rng.uniform(CC_MEDIAN_S[0], CC_MEDIAN_S[1])  # C is quick, template C++ slow
+        unlisted = np.zeros(share.shape[0])
+        k, units = share.shape[1], 0
+        for j in range(k):
+            ends = [t0]
+            while ends[-1] < t1:
+                d = np.clip(rng.lognormal(np.log(median), CC_SIGMA, 256), 0.3, None)
+                ends.extend((ends[-1] + np.cumsum(d)).tolist())
+            end = np.asarray(ends[1:])
+            unit = np.searchsorted(end, at, "left")  # the unit alive at each sample instant
+            began = np.asarray(ends)[unit]
+            alive = np.clip((at - began) / iv, 0.0, 1.0)
+            pid = CC_PID0 + self._cc_pid + unit * k + j
+            self.add(sl, share[:, j] * alive, ident, pid.astype(np.int64), cap=100.0)
+            unlisted += share[:, j] * (1.0 - alive)
+            units = max(units, int(unit[-1]) + 1)
+        self._cc_pid += units * k
+        self.unlisted(sl, unlisted)
 
     # ------------------------------------------------------------------ campaigns
 

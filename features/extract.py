@@ -193,8 +193,10 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         lambda c: c.mean("proc_new_cpu_percent"),
     ),
     (
+        # the column is already each process's own 15-minute floor (a build's thousands of
+        # short compiler processes never hold one), summed
         FeatureSpec("proc_new_tool_floor_15m", ("proc_new_tool_cpu_percent",), 100.0, excess=True),
-        lambda c: c.rolling_min(c.mean("proc_new_tool_cpu_percent"), 900),
+        lambda c: c.mean("proc_new_tool_cpu_percent"),
     ),
     (
         FeatureSpec("proc_odd_cpu", ("proc_odd_cpu_percent",), 10.0, excess=True),

@@ -18,7 +18,7 @@ import pytest
 
 from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.calibrate import alert_rule
-from minerwatch.baseline.procbase import ProcessBaseline, flag_rows
+from minerwatch.baseline.procbase import SUSTAIN_S, ProcessBaseline, Sustained, flag_rows
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
 from minerwatch.features.io import HostSeries, read_telemetry
@@ -50,22 +50,24 @@ def with_table(
     extra_until: float = float("inf"),
     app_exe: str = APP_R1,
     app_from: float = float("inf"),
+    extra_churn: bool = False,
 ) -> HostSeries:
     """``series`` with a process table: the app carries ``top_proc_cpu_percent``; ``extra``
     (name, exe, user, cpu) runs from ``extra_from`` s on; the app moves to ``app_exe`` at
-    ``app_from`` s."""
+    ``app_from`` s; with ``extra_churn`` a new process of ``extra`` in every sample (a build's
+    compiler processes)."""
     ts = series.timestamps
     top = series.column("top_proc_cpu_percent")
     t0 = ts[0]
     rows: list[tuple[float, int, str, str, str, float]] = []
-    for t, c in zip(ts.tolist(), top.tolist(), strict=True):
+    for i, (t, c) in enumerate(zip(ts.tolist(), top.tolist(), strict=True)):
         exe = app_exe if t - t0 >= app_from else APP_R1
         rows.append((t, 100, "python3.11", exe, "app", c))
         rows.append((t, 200, "nginx", "/usr/sbin/nginx", "www-data", c / 4))
         rows.append((t, 300, *USUAL[2][:2], "postgres", 3.0))
         rows.append((t, 12, "kworker/0:1", "", "root", 1.5))
         if extra is not None and extra_from <= t - t0 < extra_until:
-            rows.append((t, 4242, *extra))
+            rows.append((t, 5000 + i if extra_churn else 4242, *extra))
     cols = list(zip(*rows, strict=True))
     return replace(series, procs=ProcessRows.from_lists(*cols))  # type: ignore[arg-type]
 
@@ -150,6 +152,55 @@ def test_benign_novelty_does_not_alert(trained) -> None:
     # the same tool left running for an hour is judged once sustained
     long = with_table(quiet, extra=pigz, extra_from=1800, extra_until=1800 + 3600)
     assert _alerts(trained, long)[0] > 0
+
+
+def test_a_build_of_short_compiler_processes_is_not_one_tool_sustained(trained) -> None:
+    quiet = miner_series(0, burn=False)
+    cc = ("cc1plus", "/usr/lib/gcc/x86_64-linux-gnu/13/cc1plus", "alice", 180.0)
+    # an hour of a never-seen compiler, a new process every sample: never one held it
+    build = with_table(quiet, extra=cc, extra_from=1800, extra_until=1800 + 3600, extra_churn=True)
+    assert _alerts(trained, build)[0] == 0
+    assert build.procs is not None and trained.procs is not None
+    cols = trained.procs.columns(build.procs, build.timestamps)
+    assert cols[:, PROC_COLUMNS.index("proc_new_tool_cpu_percent")].max() == 0.0
+    # the same CPU held by one process for the hour is judged once it held it 15 minutes
+    one = with_table(quiet, extra=cc, extra_from=1800, extra_until=1800 + 3600)
+    assert one.procs is not None
+    tool = trained.procs.columns(one.procs, one.timestamps)[:, 1]
+    t = one.timestamps - one.timestamps[0]
+    assert tool[(t >= 1800) & (t < 1800 + SUSTAIN_S)].max() == 0.0
+    assert np.all(tool[(t >= 1800 + SUSTAIN_S + 10) & (t < 1800 + 3600)] == 180.0)
+    assert _alerts(trained, one)[0] > 0
+
+
+def test_sustained_floors_are_the_same_fed_a_sample_at_a_time() -> None:
+    tracker = Sustained(window=60.0)  # a gap of more than 12 s starts a process again
+    pigz, xz = (7, "pigz"), (8, "xz")
+    seen = [
+        tracker.update(t, [pigz], [c])
+        for t, c in zip(range(0, 60, 10), (90, 80, 95, 99, 99, 99), strict=True)
+    ]
+    assert seen == [0.0] * 6  # not yet listed for the whole window
+    assert tracker.update(60, [pigz], [99.0]) == 80.0  # its least over (0, 60]
+    assert tracker.update(70, [pigz], [99.0]) == 95.0  # the 80 at 10 s has left
+    assert tracker.update(80, [pigz, xz], [97.0, 50.0]) == 97.0  # xz is new
+    assert [tracker.update(t, [pigz, xz], [98.0, 60.0]) for t in range(90, 140, 10)] == [97.0] * 5
+    assert tracker.update(140, [pigz, xz], [98.0, 60.0]) == 98.0 + 60.0
+    assert tracker.update(160, [pigz], [98.0]) == 0.0  # a gap: not seen in between
+    assert tracker.update(170, [], []) == 0.0
+    assert tracker.update(180, [(7, "gzip")], [99.0]) == 0.0  # the pid reused by another
+    # the agent's way (one sample a call, the tracker kept) gives what batch scoring gives
+    quiet = miner_series(0, burn=False)
+    s = with_table(quiet, extra=("pigz", "/usr/bin/pigz", "root", 150.0), extra_from=600)
+    assert s.procs is not None
+    pb = ProcessBaseline.fit(with_table(host_series(days=0.2)).procs)
+    whole = pb.columns(s.procs, s.timestamps)
+    kept = Sustained()
+    one_by_one = np.vstack(
+        [pb.columns(s.procs.between(t, t + 1e-3), np.array([t]), kept) for t in s.timestamps[:200]]
+    )
+    np.testing.assert_array_equal(one_by_one, whole[:200])
+    assert whole[:200, 1].max() == 150.0
 
 
 def test_without_a_process_table_the_process_features_are_neutral(trained) -> None:
