@@ -30,8 +30,9 @@ process has no new identity: the CPU-residual features of the host model still j
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
 
@@ -85,26 +86,45 @@ class Sustained:
 
     def __init__(self, window: float = SUSTAIN_S) -> None:
         self.window = window
-        self._since: dict[tuple[int, str], float] = {}
-        self._cpu: dict[tuple[int, str], list[tuple[float, float]]] = {}
+        # key -> (first seen, last seen, its (time, cpu) minima over the window, ascending)
+        self._seen: dict[tuple[int, str], tuple[float, float, deque[tuple[float, float]]]] = {}
+        self._first = self._last = -np.inf  # the unbroken run of samples fed so far
 
-    def update(self, t: float, keys: list[tuple[int, str]], cpu: list[float]) -> float:
-        """The sum, over this sample's processes ``keys`` (pid, identity), of their floors."""
-        total = 0.0
-        since: dict[tuple[int, str], float] = {}
-        history: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    def warm(self) -> bool:
+        """True once samples have been fed, without a gap, for the whole window: before, a
+        zero would only mean "not watched yet" (an agent that just started)."""
+        return self._last - self._first >= self.window
+
+    def update(self, t: float, keys: list[tuple[int, str]], cpu: list[float]) -> list[float]:
+        """Each of this sample's processes ``keys`` (pid, name): its floor, 0 until it has
+        been listed for the whole window."""
+        out: list[float] = []
+        seen: dict[tuple[int, str], tuple[float, float, deque[tuple[float, float]]]] = {}
+        if t - self._last > self.window / 5:
+            self._first = t
+        self._last = t
         for key, c in zip(keys, cpu, strict=True):
-            before = self._cpu.get(key, [])
-            if before and before[-1][0] < t - self.window / 5:
-                before = []  # a gap in the samples: not seen in between
-            start = self._since.get(key, t) if before else t
-            past = [(u, v) for u, v in before if u > t - self.window]
-            past.append((t, c))
-            since[key], history[key] = start, past
-            if start <= t - self.window:
-                total += min(v for _, v in past)
-        self._since, self._cpu = since, history
-        return total
+            since, last, low = self._seen.get(key, (t, t, deque()))
+            if last < t - self.window / 5:  # a gap in the samples: not seen in between
+                since, low = t, deque()
+            while low and low[-1][1] >= c:
+                low.pop()
+            low.append((t, c))
+            while low[0][0] <= t - self.window:
+                low.popleft()
+            seen[key] = (since, t, low)
+            out.append(low[0][1] if since <= t - self.window else 0.0)
+        self._seen = seen
+        return out
+
+
+@dataclass
+class Carry:
+    """What the process columns carry from one call to the next (the agent's, one sample a
+    call): never-seen tools' and all processes' sustained CPU."""
+
+    tools: Sustained = field(default_factory=Sustained)
+    every: Sustained = field(default_factory=Sustained)
 
 
 @dataclass(frozen=True)
@@ -226,12 +246,12 @@ class ProcessBaseline:
         self,
         rows: ProcessRows,
         timestamps: np.ndarray,
-        sustained: Sustained | None = None,
+        carry: Carry | None = None,
     ) -> np.ndarray:
         """The :data:`PROC_COLUMNS` per host sample (0 for a sample without process rows).
 
-        ``sustained`` carries the tools' per-process floors over from earlier calls (the
-        agent's, one sample a call); without it they start from these samples."""
+        ``carry`` holds the per-process floors of earlier calls (the agent's, one sample a
+        call); without it they start from these samples."""
         ts = np.asarray(timestamps, dtype=np.float64)
         out = np.zeros((len(ts), len(PROC_COLUMNS)))
         if not len(rows) or not len(ts):
@@ -258,14 +278,17 @@ class ProcessBaseline:
         c = np.where(ok, cpu, 0.0)
         np.add.at(out[:, 2], s, np.where(kind == 0, c, 0.0))
         np.add.at(out[:, 0], s, np.where(kind == 1, c, 0.0))
-        out[:, 1] = _sustained(
-            sustained or Sustained(), ts, s, ok & (kind == 2), rows.pids, rows.names, c
-        )
+        carry = carry or Carry()
+        tools = _sustained(carry.tools, ts, s, ok & (kind == 2), rows.pids, rows.names, c)[0]
+        out[:, 1] = np.nan_to_num(tools, nan=0.0)  # judged above its training range only
         known = kind == 3
         # a known process's garbage collector at work is housekeeping, not work done for
         # someone else: a GC storm is judged without it (a never-seen process gets no credit)
         gc = np.where(known, np.clip(np.nan_to_num(rows.gc_or_nan(), nan=0.0), 0.0, c), 0.0)
         np.add.at(out[:, 5], s, gc)
+        # what processes held for the whole window, each (their collectors' time left out): a
+        # miner holds its CPU in one process, a build in thousands of short ones
+        out[:, 7], out[:, 8] = _sustained(carry.every, ts, s, ok, rows.pids, rows.names, c - gc)
         # ... and the busiest process's own, for its CPU (the last row of each sample by CPU)
         order = np.lexsort((c, s))
         last = order[np.append(s[order][1:] != s[order][:-1], True)]
@@ -350,32 +373,26 @@ def _sustained(
     tracker: Sustained,
     ts: np.ndarray,
     sample: np.ndarray,
-    tool: np.ndarray,
+    which: np.ndarray,
     pids: np.ndarray,
     names: np.ndarray,
     cpu: np.ndarray,
-) -> np.ndarray:
-    """Per sample, the tools' sustained CPU: ``tracker`` fed every sample in order (those
-    without tool rows at once, as one empty step)."""
-    out = np.zeros(len(ts))
-    at = np.flatnonzero(tool)
-    if not len(at):
-        if len(ts):
-            tracker.update(float(ts[-1]), [], [])
-        return out
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the sum and the largest of the floors of the rows ``which`` (NaN until
+    ``tracker`` has watched for its whole window), feeding it every sample in order."""
+    total, top = np.zeros(len(ts)), np.zeros(len(ts))
+    at = np.flatnonzero(which)
     order = at[np.argsort(sample[at], kind="stable")]
-    bounds = np.flatnonzero(np.diff(sample[order])) + 1
-    last = -1
-    for group in np.split(order, bounds):
-        k = int(sample[group[0]])
-        if k > last + 1:  # samples without tool rows in between: every process starts again
-            tracker.update(float(ts[k - 1]), [], [])
+    starts = np.searchsorted(sample[order], np.arange(len(ts) + 1))
+    for k, t in enumerate(ts.tolist()):
+        group = order[starts[k] : starts[k + 1]]
         keys = list(zip(pids[group].tolist(), names[group].tolist(), strict=True))
-        out[k] = tracker.update(float(ts[k]), keys, cpu[group].tolist())
-        last = k
-    if last < len(ts) - 1:
-        tracker.update(float(ts[-1]), [], [])
-    return out
+        floors = tracker.update(t, keys, cpu[group].tolist())
+        if not tracker.warm():
+            total[k] = top[k] = np.nan
+        elif floors:
+            total[k], top[k] = sum(floors), max(floors)
+    return total, top
 
 
 def _per_row(rows: ProcessRows, fn: Callable[[str, str, str], T]) -> list[T]:

@@ -51,6 +51,8 @@ class FeatureSpec:
     excess: bool = False
     role: str = COMPUTE
     evidence: bool = False
+    #: a column that, when the data has it, gives a better version of this feature
+    unless: str = ""
 
 
 class _Context:
@@ -109,6 +111,7 @@ def _tod(c: _Context, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
 _CPU = ("cpu_percent",)
 _TOP = ("top_proc_cpu_percent",)
 _PPS = ("net_rx_pps", "net_tx_pps")
+_SUSTAINED, _SUSTAINED_TOP = "proc_sustained_cpu_percent", "proc_sustained_top_cpu_percent"
 
 #: Every feature the pipeline knows, with the function that computes it.
 REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
@@ -122,8 +125,19 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         lambda c: c.rolling_min(c.floor("cpu_percent"), 300),
     ),
     (
-        FeatureSpec("cpu_floor_15m", _CPU, 2.0, role=EXPLAINED),
+        FeatureSpec("cpu_floor_15m", _CPU, 2.0, role=EXPLAINED, unless=_SUSTAINED),
         lambda c: c.rolling_min(c.floor("cpu_percent"), 900),
+    ),
+    (
+        # with a process table, the 15-minute floors are the processes' own (the CPU each
+        # held in every sample, summed; the largest): a build's thousands of compiler
+        # processes of seconds each hold none of it, a miner all of its own
+        FeatureSpec("cpu_sustained_15m", (_SUSTAINED,), 5.0, role=EXPLAINED),
+        lambda c: c.mean(_SUSTAINED),
+    ),
+    (
+        FeatureSpec("top_sustained_15m", (_SUSTAINED_TOP,), 5.0, role=EXPLAINED),
+        lambda c: c.mean(_SUSTAINED_TOP),
     ),
     (
         FeatureSpec("top_proc_floor_3m", _TOP, 5.0, role=EXPLAINED),
@@ -134,7 +148,7 @@ REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (
         lambda c: c.rolling_min(c.floor("top_proc_cpu_percent"), 300),
     ),
     (
-        FeatureSpec("top_proc_floor_15m", _TOP, 5.0, role=EXPLAINED),
+        FeatureSpec("top_proc_floor_15m", _TOP, 5.0, role=EXPLAINED, unless=_SUSTAINED_TOP),
         lambda c: c.rolling_min(c.floor("top_proc_cpu_percent"), 900),
     ),
     (
@@ -221,7 +235,11 @@ EXTRA_PREFIX = "x_"
 
 def feature_specs(columns: tuple[str, ...]) -> tuple[FeatureSpec, ...]:
     """The features computable from ``columns``: known ones, then two per extra column."""
-    known = tuple(spec for spec, _ in REGISTRY if all(i in columns for i in spec.inputs))
+    known = tuple(
+        spec
+        for spec, _ in REGISTRY
+        if all(i in columns for i in spec.inputs) and spec.unless not in columns
+    )
     extras: list[FeatureSpec] = []
     for col in columns:
         if col in USED_COLUMNS or col in _IGNORED:

@@ -64,6 +64,8 @@ PROC_COLUMNS = (
     "proc_offhour_cpu_percent",
     "proc_gc_cpu_percent",
     "proc_gc_top_cpu_percent",
+    "proc_sustained_cpu_percent",
+    "proc_sustained_top_cpu_percent",
 )
 #: The collector lists this many of the busiest processes per sample.
 TOP_PROCESSES = 10

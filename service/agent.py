@@ -36,7 +36,7 @@ import psutil
 from minerwatch.baseline.calibrate import AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
 from minerwatch.baseline.fitted import HostModel
-from minerwatch.baseline.procbase import Sustained
+from minerwatch.baseline.procbase import Carry
 from minerwatch.baseline.store import META, ModelError, host_dirname, load_model, read_key
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.collector import Collector
@@ -183,8 +183,8 @@ class Agent:
         if self.signals is not None and hasattr(responder, "evidence"):
             responder.evidence.sections["host_signals"] = self.signals.evidence_section
         self.model: HostModel | None = None
-        #: never-seen tools' per-process CPU floors, carried from sample to sample
-        self.sustained = Sustained()
+        #: per-process CPU floors, carried from sample to sample
+        self.carry = Carry()
         self.alert: AlertState | None = None
         self.recent: deque[tuple[float, np.ndarray]] = deque()
         self.last_slot: int | None = None
@@ -595,7 +595,7 @@ class Agent:
             self._error("model", exc)
             return False
         self.model = model
-        self.sustained = Sustained()  # the new baseline judges which processes are tools
+        self.carry = Carry()  # the new baseline judges which processes are tools
         old = self.alert
         self.alert = model.alert_state()
         if old is not None:  # keep an ongoing episode open across a model swap
@@ -631,7 +631,7 @@ class Agent:
         if base is None:
             return [np.nan] * len(PROC_COLUMNS)
         rows = rows_from_records(now, procs)
-        values: list[float] = base.columns(rows, np.array([now]), self.sustained)[0].tolist()
+        values: list[float] = base.columns(rows, np.array([now]), self.carry)[0].tolist()
         return values
 
     def _flag_processes(self, now: float, procs: Sequence[Any]) -> None:

@@ -18,9 +18,10 @@ import pytest
 
 from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.calibrate import alert_rule
-from minerwatch.baseline.procbase import SUSTAIN_S, ProcessBaseline, Sustained, flag_rows
+from minerwatch.baseline.procbase import SUSTAIN_S, Carry, ProcessBaseline, Sustained, flag_rows
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
+from minerwatch.features.extract import feature_specs
 from minerwatch.features.io import HostSeries, read_telemetry
 from minerwatch.features.procs import (
     PROC_COLUMNS,
@@ -176,26 +177,24 @@ def test_a_build_of_short_compiler_processes_is_not_one_tool_sustained(trained) 
 def test_sustained_floors_are_the_same_fed_a_sample_at_a_time() -> None:
     tracker = Sustained(window=60.0)  # a gap of more than 12 s starts a process again
     pigz, xz = (7, "pigz"), (8, "xz")
-    seen = [
-        tracker.update(t, [pigz], [c])
-        for t, c in zip(range(0, 60, 10), (90, 80, 95, 99, 99, 99), strict=True)
-    ]
-    assert seen == [0.0] * 6  # not yet listed for the whole window
-    assert tracker.update(60, [pigz], [99.0]) == 80.0  # its least over (0, 60]
-    assert tracker.update(70, [pigz], [99.0]) == 95.0  # the 80 at 10 s has left
-    assert tracker.update(80, [pigz, xz], [97.0, 50.0]) == 97.0  # xz is new
-    assert [tracker.update(t, [pigz, xz], [98.0, 60.0]) for t in range(90, 140, 10)] == [97.0] * 5
-    assert tracker.update(140, [pigz, xz], [98.0, 60.0]) == 98.0 + 60.0
-    assert tracker.update(160, [pigz], [98.0]) == 0.0  # a gap: not seen in between
-    assert tracker.update(170, [], []) == 0.0
-    assert tracker.update(180, [(7, "gzip")], [99.0]) == 0.0  # the pid reused by another
+    first = zip(range(0, 60, 10), (90, 80, 95, 99, 99, 99), strict=True)
+    assert [tracker.update(t, [pigz], [c]) for t, c in first] == [[0.0]] * 6  # not yet
+    assert tracker.update(60, [pigz], [99.0]) == [80.0]  # its least over (0, 60]
+    assert tracker.update(70, [pigz], [99.0]) == [95.0]  # the 80 at 10 s has left
+    assert tracker.update(80, [pigz, xz], [97.0, 50.0]) == [97.0, 0.0]  # xz is new
+    for t in range(90, 140, 10):
+        assert tracker.update(t, [pigz, xz], [98.0, 60.0]) == [97.0, 0.0]
+    assert tracker.update(140, [pigz, xz], [98.0, 60.0]) == [98.0, 60.0]
+    assert tracker.update(160, [pigz], [98.0]) == [0.0]  # a gap: not seen in between
+    assert tracker.update(170, [], []) == []
+    assert tracker.update(180, [(7, "gzip")], [99.0]) == [0.0]  # the pid reused by another
     # the agent's way (one sample a call, the tracker kept) gives what batch scoring gives
     quiet = miner_series(0, burn=False)
     s = with_table(quiet, extra=("pigz", "/usr/bin/pigz", "root", 150.0), extra_from=600)
     assert s.procs is not None
     pb = ProcessBaseline.fit(with_table(host_series(days=0.2)).procs)
     whole = pb.columns(s.procs, s.timestamps)
-    kept = Sustained()
+    kept = Carry()
     one_by_one = np.vstack(
         [pb.columns(s.procs.between(t, t + 1e-3), np.array([t]), kept) for t in s.timestamps[:200]]
     )
@@ -207,8 +206,21 @@ def test_without_a_process_table_the_process_features_are_neutral(trained) -> No
     quiet = miner_series(0, burn=False)
     with_procs = score_series(trained, with_table(quiet))
     without = score_series(trained, quiet)
-    assert without.alert.sum() == 0
-    np.testing.assert_allclose(without.score, with_procs.score, atol=1e-9)
+    assert without.alert.sum() == 0 and with_procs.alert.sum() == 0
+    specs = {s.name: s for s in feature_specs(trained.columns)}
+    from_table = [
+        j
+        for j, name in enumerate(without.feature_names)
+        if name in specs and set(specs[name].inputs) & set(PROC_COLUMNS)
+    ]
+    assert {without.feature_names[j] for j in from_table} >= {"cpu_sustained_15m", "proc_new_cpu"}
+    assert np.isnan(without.features[:, from_table]).all()  # unknown: scored at the usual
+    # with the table they are known once the processes have been watched for 15 minutes
+    watched = with_procs.window_start - quiet.timestamps[0] >= SUSTAIN_S
+    assert np.isfinite(with_procs.features[np.ix_(watched, from_table)]).all()
+    assert np.isnan(
+        with_procs.features[~watched, with_procs.feature_names.index("cpu_sustained_15m")]
+    ).all()
 
 
 def test_a_host_already_mining_when_learnt_does_not_learn_the_miner() -> None:
