@@ -531,24 +531,22 @@ class Procs:
             c = cores[part.start - sl.start : part.stop - sl.start]
             cc = self.ident("cc1plus", GCC.format(v=version), user)
             jobs = max(1, int(round(float(np.max(c)))))
+            key = f"{ev.segments[0][0]}{version}"
             split = self._split(part, 0.84 * c, jobs, cap=100.0, skew=20.0)
             if split is not None:
-                self._units(part, cc, split[1], f"{ev.segments[0][0]}{version}")
+                self._units(part, cc, split[1], key)
             self.add(part, 0.04 * c, self.ident("make", "/usr/bin/make", user), int(self.pids()[0]))
-            self.add(
-                part,
-                0.04 * c,
-                self.ident("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", user),
-                int(self.pids()[0]),
-                cap=100.0,
-            )
+            # the linker too runs as one process per link step
+            ld = self.ident("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", user)
+            self._units(part, ld, np.minimum(0.04 * c, 1.0)[:, None], f"ld{key}")
             self.unlisted(part, 0.08 * c)
 
     def _units(self, sl: slice, ident: int, share: np.ndarray, key: str) -> None:
-        """A build's job slots (columns of ``share``) run one compiler process per translation
-        unit, a few seconds each: a sample lists the one alive at its instant, with the CPU
-        it used since it started; units that started and ended between two samples are never
-        listed (their CPU is the host's, unlisted), as the collector sees them."""
+        """A build's job slots (columns of ``share``) run one process per unit of work (a
+        translation unit, a link step), a few seconds each: a sample lists the one alive at
+        its instant, with the CPU it used since it started; units that started and ended
+        between two samples are never listed (their CPU is the host's, unlisted), as the
+        collector sees them."""
         # a generator of its own (keyed by host and build): the rest of the host is unchanged
         h = int(hashlib.sha1(f"tu{self.spec.name}{key}".encode()).hexdigest()[:12], 16)
         rng = np.random.default_rng(h)

@@ -584,3 +584,56 @@ def test_the_training_child_is_not_the_host(tmp_path):
         burner.wait()
         agent.child = None
         agent.shutdown()
+
+
+def test_the_agent_carries_each_processs_floor_from_sample_to_sample(tmp_path):
+    """The agent scores one sample at a time, so it keeps each process's 15-minute floor
+    across ticks: its process columns equal batch scoring's of the same table, and after a
+    restart the floors are unknown (neutral) until it has watched the window again."""
+    from test_procbase import with_table
+
+    from minerwatch.baseline.procbase import SUSTAIN_S
+    from minerwatch.features.procs import PROC_COLUMNS
+    from minerwatch.features.proctable import ProcessRecord
+    from minerwatch.service.agent import ROW_COLUMNS
+
+    models = tmp_path / "models"
+    day = host_series(HOST, days=1.0, interval=INTERVAL, seed=0, start=NOW0 - 86400.0)
+    model = train_host(with_table(day), WINDOW, WINDOW, params={"alert_windows": 3})
+    save_model(models, model)
+    pigz = ("pigz", "/usr/bin/pigz", "root", 150.0)  # a tool this host never ran
+    series = with_table(live(hours=0.5), extra=pigz)
+    table = series.procs
+    replay = Replay(series)
+    agent = make_agent(tmp_path, replay, models)
+    assert agent.model is not None and agent.model.procs is not None
+
+    def records(i: int) -> tuple[ProcessRecord, ...]:
+        rows = table.between(series.timestamps[i], series.timestamps[i] + 1e-3)
+        return tuple(
+            ProcessRecord(int(p), 1, str(n), str(e), str(u), NOW0 - 3600.0, float(c))
+            for p, n, e, u, c in zip(
+                rows.pids, rows.names, rows.exes, rows.users, rows.cpu, strict=True
+            )
+        )
+
+    cols = [ROW_COLUMNS.index(c) for c in PROC_COLUMNS]
+    seen = []
+    for i in range(len(series.timestamps)):
+        replay.i = i
+        replay.top_processes = records(i)
+        agent.tick()
+        seen.append(agent.recent[-1][1][cols])
+    batch = agent.model.procs.columns(table, series.timestamps)
+    np.testing.assert_allclose(np.array(seen), batch, equal_nan=True)
+    t = series.timestamps - series.timestamps[0]
+    tool = PROC_COLUMNS.index("proc_new_tool_cpu_percent")
+    held = PROC_COLUMNS.index("proc_sustained_cpu_percent")
+    assert np.all(batch[t < SUSTAIN_S, tool] == 0) and np.all(batch[t >= SUSTAIN_S, tool] == 150)
+    assert np.isnan(batch[t < SUSTAIN_S, held]).all() and (batch[t >= SUSTAIN_S, held] > 150).all()
+    # restarted: what it carried is gone, so the floors are unknown again, not zero
+    again = make_agent(tmp_path, replay)  # the same data folder, its model in it
+    assert again.model is not None and again.model.procs is not None
+    replay.top_processes = records(replay.i)
+    again.tick()
+    assert np.isnan(again.recent[-1][1][cols][held]) and again.recent[-1][1][cols][tool] == 0

@@ -278,8 +278,9 @@ def test_no_procs_writes_no_tables_and_the_same_samples(fleet, tmp_path):
 
 
 def test_a_build_is_many_short_compiler_processes(fleet):
-    """A real build forks a compiler per translation unit, seconds each: no ``cc1plus`` pid is
-    listed for long, while the build keeps the host busy (its short ones are not listed)."""
+    """A real build forks a compiler per translation unit and a linker per link step, seconds
+    each: no ``cc1plus`` or ``ld`` pid is listed for long, while the build keeps the host busy
+    (its short ones are not listed)."""
     out, labels, _ = fleet
     builds = [
         e
@@ -289,13 +290,14 @@ def test_a_build_is_many_short_compiler_processes(fleet):
     assert builds
     for split in ("train", "test"):
         host_rows, table = tables(out, split, "ci-01")
-        listed: dict[str, list[float]] = {}
-        for r in table:
-            if r["name"] == "cc1plus":
-                listed.setdefault(r["pid"], []).append(float(r["timestamp"]))
-        spans = [max(t) - min(t) for t in listed.values()]
-        assert len(spans) > 100
-        assert np.median(spans) <= 60 and max(spans) < 600  # samples are 60 s apart
+        for name, many in (("cc1plus", 100), ("ld", 10)):  # compile and link steps
+            listed: dict[str, list[float]] = {}
+            for r in table:
+                if r["name"] == name:
+                    listed.setdefault(r["pid"], []).append(float(r["timestamp"]))
+            spans = [max(t) - min(t) for t in listed.values()]
+            assert len(spans) > many, name
+            assert np.median(spans) <= 60 and max(spans) < 600, name  # samples 60 s apart
         for e in builds:
             if e["split"] != split:
                 continue
