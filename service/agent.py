@@ -183,7 +183,8 @@ class Agent:
         if self.signals is not None and hasattr(responder, "evidence"):
             responder.evidence.sections["host_signals"] = self.signals.evidence_section
         self.model: HostModel | None = None
-        #: per-process CPU floors, carried from sample to sample
+        #: per-process CPU floors, carried from sample to sample (and across a model swap: a
+        #: process the new baseline judges otherwise is fed or dropped from the next sample)
         self.carry = Carry()
         self.alert: AlertState | None = None
         self.recent: deque[tuple[float, np.ndarray]] = deque()
@@ -595,7 +596,6 @@ class Agent:
             self._error("model", exc)
             return False
         self.model = model
-        self.carry = Carry()  # the new baseline judges which processes are tools
         old = self.alert
         self.alert = model.alert_state()
         if old is not None:  # keep an ongoing episode open across a model swap
