@@ -438,7 +438,8 @@ class Procs:
         elif k == "reindex":
             if fl == "postgres":
                 pg = self.ident("postgres", "/usr/lib/postgresql/14/bin/postgres", "postgres")
-                self.add(sl, cores, pg, int(self.pids()[0]))
+                # the backend and its parallel workers, each at most one core
+                self.add(sl, cores, pg, int(self.pids()[0]), cap=100.0)
             else:
                 ident, pid = self.long("mysqld", "/usr/sbin/mysqld", "mysql")
                 self.add(sl, cores, ident, self._at(pid, sl))

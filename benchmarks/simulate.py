@@ -138,6 +138,11 @@ class _Event:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+#: PostgreSQL builds an index in its backend plus at most ``max_parallel_maintenance_workers``
+#: parallel worker processes (2 by default), each single-threaded.
+PG_MAINTENANCE_PROCS = 3.0
+
+
 @dataclass
 class _Clock:
     """Sample grid of one host: sample k reports the interval ((k-1)*iv, k*iv]."""
@@ -792,6 +797,8 @@ def _apply_event(
             procs.event(ev, sl, gz + dump + rest, {"gz": gz, "dump": dump, "rest": rest})
         elif k == "reindex":
             cores = rng.uniform(1, max(1.5, c / 4)) * fr * jit
+            if spec.flavour == "postgres":  # one process per core: a leader and its workers
+                cores = np.minimum(cores, PG_MAINTENANCE_PROCS)
             load.add(
                 sl,
                 user=0.8 * cores,

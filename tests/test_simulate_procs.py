@@ -316,3 +316,33 @@ def test_a_build_is_many_short_compiler_processes(fleet):
             cores = labels["hosts"]["ci-01"]["cores"]
             assert busy > 30  # the build keeps the host busy...
             assert shown < 0.9 * busy * cores  # ...and part of it is never listed
+
+
+def test_a_postgres_reindex_runs_in_single_threaded_processes(tmp_path: Path) -> None:
+    """PostgreSQL is one single-threaded process per backend: a reindex is the backend and its
+    parallel workers (at most three processes), never one process on many cores."""
+    out = tmp_path / "sim"
+    args = ["--hosts", "6", "--train-days", "1", "--test-days", "1.5", "--seed", "1"]
+    done = subprocess.run(
+        [MINERWATCH, "simulate", *args, "--interval", "60", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["hosts"]["db-01"]["flavour"] == "postgres"
+    (reindex,) = [e for e in labels["events"] if e["kind"] == "reindex"]
+    assert reindex["host"] == "db-01" and not any(
+        e["malicious"] for e in labels["events"] if e["host"] == "db-01" and e["split"] == "train"
+    )
+    rows = procs(out / "train" / "db-01.procs.csv")
+    pg = [r for r in rows if r["name"] == "postgres"]
+    assert max(float(r["cpu_percent"]) for r in pg) <= 100.0
+    during = Counter(
+        r["timestamp"]
+        for r in pg
+        if reindex["start"] + 120 <= float(r["timestamp"]) <= reindex["end"] - 60
+        and float(r["cpu_percent"]) >= 90
+    )
+    assert during and max(during.values()) <= 3 + 2  # the reindex's, and busy backends
