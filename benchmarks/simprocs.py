@@ -536,11 +536,13 @@ class Procs:
             split = self._split(part, 0.84 * c, jobs, cap=100.0, skew=20.0)
             if split is not None:
                 self._units(part, cc, split[1], key)
-            self.add(part, 0.04 * c, self.ident("make", "/usr/bin/make", user), int(self.pids()[0]))
-            # the linker too runs as one process per link step
+            # make itself mostly waits for its jobs; the linker runs one process per link step,
+            # and the assembler and shells of each unit are as short-lived as the compiler
+            make = self.ident("make", "/usr/bin/make", user)
+            self.add(part, 0.01 * c, make, int(self.pids()[0]), cap=100.0)
             ld = self.ident("ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", user)
             self._units(part, ld, np.minimum(0.04 * c, 1.0)[:, None], f"ld{key}")
-            self.unlisted(part, 0.08 * c)
+            self.unlisted(part, 0.11 * c)
 
     def _units(self, sl: slice, ident: int, share: np.ndarray, key: str) -> None:
         """A build's job slots (columns of ``share``) run one process per unit of work (a
