@@ -9,7 +9,9 @@ windows, so training, batch scoring and the agent compute the same process featu
   package-managed folders;
 - ``proc_new_tool_cpu_percent``: CPU of never-seen programs from package-managed folders, or
   of a familiar program run by another user (an administrator's ``rsync`` or ``pigz``, a
-  colleague's compile: judged on a 15-minute floor, so a few minutes of it do not page);
+  colleague's compile), counted per process once it has held it for 15 minutes
+  (:class:`Sustained`: a few minutes of it, or a build's thousands of short compiler
+  processes, do not page);
 - ``proc_odd_cpu_percent``: CPU of processes disguised on any host (deleted exe, kernel-thread
   name with an exe, exe in ``/tmp``, ``/dev/shm`` or a hidden folder) or a familiar name from
   an exe this host never ran it from;
@@ -21,7 +23,12 @@ windows, so training, batch scoring and the agent compute the same process featu
   known identities ran, in all and in the busiest process (a GC storm is housekeeping, not
   work); not judged themselves, the pipeline takes them out of the host's and the busiest
   process's CPU (:func:`~minerwatch.features.pipeline.without_gc`). A never-seen process gets
-  no credit, whatever its threads are called.
+  no credit, whatever its threads are called;
+- ``proc_sustained_cpu_percent``, ``proc_sustained_top_cpu_percent``: the CPU each process
+  held in every sample of the last 15 minutes (its collector's time left out), summed and
+  the largest: the host's 15-minute floors by process, which replace the host-wide ones (a
+  miner holds its cores in one process, a build in thousands of short ones); unknown (NaN)
+  until the samples cover the window.
 
 Identities are normalised (:func:`~minerwatch.features.procs.identity`) so a deploy into a
 new release folder or a compiler upgrade stays familiar. A miner running *inside* a familiar
