@@ -47,6 +47,7 @@ import numpy as np
 
 from minerwatch.features.procs import (
     PROC_COLUMNS,
+    SUSTAINED_COLUMNS,
     ProcessRows,
     disguise,
     hidden_place,
@@ -261,7 +262,9 @@ class ProcessBaseline:
         call); without it they start from these samples."""
         ts = np.asarray(timestamps, dtype=np.float64)
         out = np.zeros((len(ts), len(PROC_COLUMNS)))
+        sustained = [PROC_COLUMNS.index(c) for c in SUSTAINED_COLUMNS]
         if not len(rows) or not len(ts):
+            out[:, sustained] = np.nan  # nothing read: unknown (a collector that failed)
             return out
         at = rows.sample_index(ts)
         offhour_ok = self.span_s >= OFFHOUR_MIN_DAYS * DAY
@@ -295,7 +298,9 @@ class ProcessBaseline:
         np.add.at(out[:, 5], s, gc)
         # what processes held for the whole window, each (their collectors' time left out): a
         # miner holds its CPU in one process, a build in thousands of short ones
-        out[:, 7], out[:, 8] = _sustained(carry.every, ts, s, ok, rows.pids, rows.names, c - gc)
+        out[:, sustained[0]], out[:, sustained[1]] = _sustained(
+            carry.every, ts, s, ok, rows.pids, rows.names, c - gc, read=at[at >= 0]
+        )
         # ... and the busiest process's own, for its CPU (the last row of each sample by CPU)
         order = np.lexsort((c, s))
         last = order[np.append(s[order][1:] != s[order][:-1], True)]
@@ -384,14 +389,24 @@ def _sustained(
     pids: np.ndarray,
     names: np.ndarray,
     cpu: np.ndarray,
+    read: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per sample, the sum and the largest of the floors of the rows ``which`` (NaN until
-    ``tracker`` has watched for its whole window), feeding it every sample in order."""
+    ``tracker`` has watched for its whole window), feeding it every sample in order. With
+    ``read`` (the samples that have any process row) the others are unknown and skipped:
+    a failed read of the process table says nothing about which processes ran."""
     total, top = np.zeros(len(ts)), np.zeros(len(ts))
+    listed = np.ones(len(ts), dtype=bool)
+    if read is not None:
+        listed[:] = False
+        listed[read] = True
     at = np.flatnonzero(which)
     order = at[np.argsort(sample[at], kind="stable")]
     starts = np.searchsorted(sample[order], np.arange(len(ts) + 1))
     for k, t in enumerate(ts.tolist()):
+        if not listed[k]:
+            total[k] = top[k] = np.nan
+            continue
         group = order[starts[k] : starts[k + 1]]
         keys = list(zip(pids[group].tolist(), names[group].tolist(), strict=True))
         floors = tracker.update(t, keys, cpu[group].tolist())

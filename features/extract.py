@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from minerwatch.features.procs import SUSTAINED_COLUMNS
 from minerwatch.features.windows import Windows
 
 DAY = 86400.0
@@ -111,7 +112,7 @@ def _tod(c: _Context, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
 _CPU = ("cpu_percent",)
 _TOP = ("top_proc_cpu_percent",)
 _PPS = ("net_rx_pps", "net_tx_pps")
-_SUSTAINED, _SUSTAINED_TOP = "proc_sustained_cpu_percent", "proc_sustained_top_cpu_percent"
+_SUSTAINED, _SUSTAINED_TOP = SUSTAINED_COLUMNS
 
 #: Every feature the pipeline knows, with the function that computes it.
 REGISTRY: tuple[tuple[FeatureSpec, Callable[[_Context], np.ndarray]], ...] = (

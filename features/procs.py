@@ -54,6 +54,8 @@ GC_THREAD_PREFIXES = (
     ".NET Server GC",
     ".NET BGC",
 )
+#: The host's 15-minute CPU floors by process (each process's own floor, summed; the largest).
+SUSTAINED_COLUMNS = ("proc_sustained_cpu_percent", "proc_sustained_top_cpu_percent")
 #: Per-sample columns the process baseline derives from a process table (see
 #: :mod:`minerwatch.baseline.procbase`), percent of one core.
 PROC_COLUMNS = (
@@ -64,8 +66,7 @@ PROC_COLUMNS = (
     "proc_offhour_cpu_percent",
     "proc_gc_cpu_percent",
     "proc_gc_top_cpu_percent",
-    "proc_sustained_cpu_percent",
-    "proc_sustained_top_cpu_percent",
+    *SUSTAINED_COLUMNS,
 )
 #: The collector lists this many of the busiest processes per sample.
 TOP_PROCESSES = 10

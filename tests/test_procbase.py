@@ -200,6 +200,14 @@ def test_sustained_floors_are_the_same_fed_a_sample_at_a_time() -> None:
     )
     np.testing.assert_array_equal(one_by_one, whole[:200])
     assert whole[:200, 1].max() == 150.0
+    # a sample whose process table could not be read: unknown, and nothing is forgotten
+    held = PROC_COLUMNS.index("proc_sustained_cpu_percent")
+    t = s.timestamps[200]
+    empty = pb.columns(s.procs.between(t, t), np.array([t]), kept)
+    assert np.isnan(empty[0, held]) and empty[0, 1] == 0.0
+    t = s.timestamps[201]
+    after = pb.columns(s.procs.between(t, t + 1e-3), np.array([t]), kept)
+    np.testing.assert_array_equal(after[0], whole[201])
 
 
 def test_without_a_process_table_the_process_features_are_neutral(trained) -> None:
