@@ -586,7 +586,7 @@ def test_the_training_child_is_not_the_host(tmp_path):
         agent.shutdown()
 
 
-def test_the_agent_carries_each_processs_floor_from_sample_to_sample(tmp_path):
+def test_the_agent_carries_per_process_floors_from_sample_to_sample(tmp_path):
     """The agent scores one sample at a time, so it keeps each process's 15-minute floor
     across ticks: its process columns equal batch scoring's of the same table, and after a
     restart the floors are unknown (neutral) until it has watched the window again."""

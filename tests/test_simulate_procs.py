@@ -333,9 +333,7 @@ def test_a_postgres_reindex_runs_in_single_threaded_processes(tmp_path: Path) ->
     labels = json.loads((out / "labels.json").read_text())
     assert labels["hosts"]["db-01"]["flavour"] == "postgres"
     (reindex,) = [e for e in labels["events"] if e["kind"] == "reindex"]
-    assert reindex["host"] == "db-01" and not any(
-        e["malicious"] for e in labels["events"] if e["host"] == "db-01" and e["split"] == "train"
-    )
+    assert reindex["host"] == "db-01" and reindex["split"] == "train"
     rows = procs(out / "train" / "db-01.procs.csv")
     pg = [r for r in rows if r["name"] == "postgres"]
     assert max(float(r["cpu_percent"]) for r in pg) <= 100.0
