@@ -80,6 +80,7 @@ DAY = 86400.0
 #: every sample: an administrator's copy or a miner runs as one long-lived process, a build
 #: as thousands of compiler processes of seconds each (its CPU never sustained by one pid).
 SUSTAIN_S = 900.0
+_SUSTAINED_AT = [PROC_COLUMNS.index(c) for c in SUSTAINED_COLUMNS]
 
 
 class Sustained:
@@ -262,9 +263,8 @@ class ProcessBaseline:
         call); without it they start from these samples."""
         ts = np.asarray(timestamps, dtype=np.float64)
         out = np.zeros((len(ts), len(PROC_COLUMNS)))
-        sustained = [PROC_COLUMNS.index(c) for c in SUSTAINED_COLUMNS]
         if not len(rows) or not len(ts):
-            out[:, sustained] = np.nan  # nothing read: unknown (a collector that failed)
+            out[:, _SUSTAINED_AT] = np.nan  # nothing read: unknown (a collector that failed)
             return out
         at = rows.sample_index(ts)
         offhour_ok = self.span_s >= OFFHOUR_MIN_DAYS * DAY
@@ -298,7 +298,7 @@ class ProcessBaseline:
         np.add.at(out[:, 5], s, gc)
         # what processes held for the whole window, each (their collectors' time left out): a
         # miner holds its CPU in one process, a build in thousands of short ones
-        out[:, sustained[0]], out[:, sustained[1]] = _sustained(
+        out[:, _SUSTAINED_AT[0]], out[:, _SUSTAINED_AT[1]] = _sustained(
             carry.every, ts, s, ok, rows.pids, rows.names, c - gc, read=at[at >= 0]
         )
         # ... and the busiest process's own, for its CPU (the last row of each sample by CPU)

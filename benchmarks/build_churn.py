@@ -37,15 +37,19 @@ from minerwatch.service.units import parse_duration
 BUILD_NAMES = ("gcc", "cc", "cc1", "cc1plus", "as", "collect2", "ld")
 
 
+def sources(src: Path) -> list[Path]:
+    """The C files built: every one under ``src`` but those in a ``test`` folder."""
+    return sorted(p for p in src.rglob("*.c") if "test" not in p.parts)
+
+
 def makefile(src: Path, out: Path) -> str:
     """A Makefile with one explicit rule per source file and a shared library at the end."""
-    sources = sorted(p for p in src.rglob("*.c") if "test" not in p.parts)
     headers = {p.parent for p in src.rglob("*.h")}
     includes = sorted({str(d) for d in headers} | {str(d) for d in src.rglob("include")})
     flags = " ".join(f"-I{d}" for d in includes)
     lines = [f"CFLAGS = -O2 -fPIC {flags}", f"all: {out}/liball.so"]
     objects = []
-    for j, source in enumerate(sources):
+    for j, source in enumerate(sources(src)):
         obj = f"{out}/o{j}.o"
         objects.append(obj)
         lines += [f"{obj}: {source}", "\t$(CC) $(CFLAGS) -c -o $@ $<"]
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         share = listed_share(samples, table, start, end)
     longest = max((max(v) for v in life.values() if v), default=0.0)
     result: dict[str, Any] = {
-        "sources": len(sorted(args.src.rglob("*.c"))),
+        "sources": len(sources(args.src)),
         "jobs": args.jobs,
         "build_seconds": [round(s, 1) for s in seconds],
         "interval_s": interval,

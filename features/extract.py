@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from minerwatch.features.procs import SUSTAINED_COLUMNS
+from minerwatch.features.procs import GC_COLUMNS, SUSTAINED_COLUMNS
 from minerwatch.features.windows import Windows
 
 DAY = 86400.0
@@ -262,8 +262,7 @@ _IGNORED = frozenset(
         "cpu_user_percent",
         "load1",
         "cpu_cores",
-        "proc_gc_cpu_percent",  # not judged: taken out of the CPU columns (pipeline.py)
-        "proc_gc_top_cpu_percent",
+        *GC_COLUMNS,  # not judged: taken out of the CPU columns (pipeline.py)
     }
 )
 

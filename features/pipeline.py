@@ -14,11 +14,12 @@ import numpy as np
 
 from minerwatch.features.errors import InputError
 from minerwatch.features.extract import extract
+from minerwatch.features.procs import GC_COLUMNS
 from minerwatch.features.windows import Windows, make_windows, sample_interval
 
 #: CPU of known processes' garbage collectors, in all and in the busiest process
 #: (:mod:`minerwatch.baseline.procbase`).
-GC, GC_TOP = "proc_gc_cpu_percent", "proc_gc_top_cpu_percent"
+GC, GC_TOP = GC_COLUMNS
 #: Columns a model may have been trained with that other data lacks without harm: the core
 #: count only scales the GC credit.
 OPTIONAL = ("cpu_cores",)

@@ -54,6 +54,9 @@ GC_THREAD_PREFIXES = (
     ".NET Server GC",
     ".NET BGC",
 )
+#: CPU of known processes' garbage collectors, in all and in the busiest process: not judged,
+#: taken out of the CPU columns (:func:`~minerwatch.features.pipeline.without_gc`).
+GC_COLUMNS = ("proc_gc_cpu_percent", "proc_gc_top_cpu_percent")
 #: The host's 15-minute CPU floors by process (each process's own floor, summed; the largest).
 SUSTAINED_COLUMNS = ("proc_sustained_cpu_percent", "proc_sustained_top_cpu_percent")
 #: Per-sample columns the process baseline derives from a process table (see
@@ -64,8 +67,7 @@ PROC_COLUMNS = (
     "proc_odd_cpu_percent",
     "proc_surge_cpu_percent",
     "proc_offhour_cpu_percent",
-    "proc_gc_cpu_percent",
-    "proc_gc_top_cpu_percent",
+    *GC_COLUMNS,
     *SUSTAINED_COLUMNS,
 )
 #: The collector lists this many of the busiest processes per sample.
