@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from minerwatch.bench import metrics
-from minerwatch.bench.reference import NaiveIForest
+from minerwatch.bench.reference import NaiveIForest, PcaReconstruction
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
 
@@ -282,7 +282,8 @@ def points_from_windows(
 def run_case(
     case: Case, window: float, seed: int = 0, params: dict | None = None
 ) -> dict[str, metrics.PointReport]:
-    """Train both detectors on ``case.train``, score ``case.test`` point by point."""
+    """Train our baseline and the reference detectors on ``case.train``, score ``case.test``
+    point by point."""
     from minerwatch.baseline.batch import score_series
     from minerwatch.baseline.train import train_host
 
@@ -303,6 +304,12 @@ def run_case(
     n_pred = points_from_windows(t, starts, ends, n_score > naive.threshold_, False)
     n_pts = points_from_windows(t, starts, ends, n_score, np.nan)
     out["naive_iforest"] = metrics.point_report(n_pred, case.label, n_pts)
+
+    pca = PcaReconstruction(window=window, hop=window).fit(case.train)
+    p_score = pca.score(case.test, starts, ends)
+    p_pred = points_from_windows(t, starts, ends, p_score > pca.threshold_, False)
+    p_pts = points_from_windows(t, starts, ends, p_score, np.nan)
+    out["pca"] = metrics.point_report(p_pred, case.label, p_pts)
     return out
 
 

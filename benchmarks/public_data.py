@@ -3,8 +3,9 @@
     python -m minerwatch.bench.public_data --smd ../shared/data/smd --nab ../shared/data/nab \\
         --output benchmarks/results
 
-Prints the point-wise / point-adjusted / event-level tables for our baseline and the naive
-IsolationForest, and writes ``smd.json`` / ``nab.json`` into ``--output``.
+Prints the point-wise / point-adjusted / event-level tables for our baseline and the reference
+detectors (a naive IsolationForest, a plain per-machine PCA), and writes ``smd.json`` /
+``nab.json`` into ``--output``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 * ``cpu_5m``: CPU above 80 % for 5 minutes straight (the eager version of the same rule);
 * ``naive_iforest``: scikit-learn's IsolationForest on plain window means of every metric column,
   alerting above the highest score seen in training (no features, no calibration, no filtering);
+* ``pca``: per-machine PCA reconstruction error of standardised window means, alerting above
+  the highest training error (the strong simple baseline of Sarfraz et al., "Quo Vadis,
+  Unsupervised Time Series Anomaly Detection?", ICML 2024; for the public data sets);
 * ``new_exe``: an executable never seen in training uses at least 50 % of a core (the "look
   for unknown processes" step of incident-response playbooks, as a rule; needs process tables).
 
@@ -13,6 +16,7 @@ any sample inside it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -150,6 +154,57 @@ class NaiveIForest:
             raise ValueError(f"columns differ from training; missing {missing}")
         x = self._fill(window_means(series, starts, ends))
         return -self.forest_.score_samples(x)
+
+    def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        return self.score(series, starts, ends) > self.threshold_
+
+
+class PcaReconstruction:
+    """Squared reconstruction error of standardised window means from the principal subspace
+    that keeps ``variance`` of the training variance (at most one component fewer than the
+    columns: with one column the error is its squared z-score). Threshold = highest training
+    error, as the naive forest's. No trimming, no features: the plain reference, so a gain of
+    our own low-rank sub-score over it is measured rather than assumed."""
+
+    def __init__(self, window: float = 60.0, hop: float = 60.0, variance: float = 0.9) -> None:
+        self.window = window
+        self.hop = hop
+        self.variance = variance
+
+    def fit(self, series: HostSeries) -> PcaReconstruction:
+        series = _measured(series)
+        starts, ends = window_grid(series.timestamps, self.window, self.hop)
+        x = window_means(series, starts, ends)
+        if not len(x):
+            raise ValueError(f"{series.host}: no training window to learn a subspace from")
+        self.columns_ = series.columns
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column without any value
+            self.center_ = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
+            scale = np.nan_to_num(np.nanstd(x, axis=0), nan=0.0)
+        self.scale_ = np.where(scale > 1e-9, scale, 1.0)
+        z = self._standard(x)
+        _, sv, vt = np.linalg.svd(z, full_matrices=False)
+        share = np.cumsum(sv**2) / max(float(np.sum(sv**2)), 1e-12)
+        k = min(int(np.searchsorted(share, self.variance - 1e-12)) + 1, z.shape[1] - 1)
+        self.components_ = vt[:k].T
+        self.threshold_ = float(np.max(self._error(z)))
+        return self
+
+    def _standard(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.center_[None, :]) / self.scale_[None, :]
+        return np.where(np.isfinite(z), z, 0.0)
+
+    def _error(self, z: np.ndarray) -> np.ndarray:
+        resid = z - z @ self.components_ @ self.components_.T
+        return np.asarray(np.sum(resid**2, axis=1))
+
+    def score(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        series = _measured(series)
+        if series.columns != self.columns_:
+            missing = sorted(set(self.columns_) - set(series.columns))
+            raise ValueError(f"columns differ from training; missing {missing}")
+        return self._error(self._standard(window_means(series, starts, ends)))
 
     def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return self.score(series, starts, ends) > self.threshold_

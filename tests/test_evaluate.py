@@ -15,6 +15,7 @@ from minerwatch.bench import evaluate, public
 from minerwatch.bench.evaluate import HostRun, load_labels, measure
 from minerwatch.bench.reference import (
     NaiveIForest,
+    PcaReconstruction,
     cpu_5m,
     static_rule,
     sustained,
@@ -87,6 +88,32 @@ def test_naive_iforest_threshold_is_max_training_score():
     assert not det.alert(train, ws, we).any()
     tws, twe = window_grid(test.timestamps, 60.0, 60.0)
     assert det.alert(test, tws, twe)[50]
+
+
+def test_pca_reference_flags_a_broken_relation_that_no_single_column_shows():
+    rng = np.random.default_rng(2)
+    n = 800
+    common = rng.normal(size=n)
+    train_vals = np.column_stack([common, common, common]) + 0.05 * rng.normal(size=(n, 3))
+    train = HostSeries("h", np.arange(n) * 60.0, train_vals, ("a", "b", "c"))
+    test_vals = train_vals[:100].copy()
+    # c leaves a and b; every column stays well inside its own training range
+    test_vals[40] = (1.0, 1.0, -1.0)
+    test = HostSeries("h", (n + np.arange(100)) * 60.0, test_vals, ("a", "b", "c"))
+    det = PcaReconstruction().fit(train)
+    assert det.components_.shape == (3, 1)  # one common factor keeps 90 % of the variance
+    ws, we = window_grid(train.timestamps, 60.0, 60.0)
+    assert not det.alert(train, ws, we).any()  # threshold = highest training error
+    tws, twe = window_grid(test.timestamps, 60.0, 60.0)
+    fired = det.alert(test, tws, twe)
+    assert fired[40] and fired.sum() == 1
+    # one column: no subspace to leave, the error is the squared z-score
+    one = PcaReconstruction().fit(HostSeries("h", train.timestamps, train_vals[:, :1], ("a",)))
+    z = (test_vals[:5, 0] - train_vals[:, 0].mean()) / train_vals[:, 0].std()
+    got = one.score(
+        HostSeries("h", test.timestamps[:5], test_vals[:5, :1], ("a",)), tws[:5], twe[:5]
+    )
+    assert np.allclose(got, z**2)
 
 
 # --------------------------------------------------------------------------- simulated fleet
@@ -263,7 +290,10 @@ def test_smd_fixture_end_to_end(tmp_path):
         assert 0.0 <= res["mean"][key] <= 1.0
     assert res["mean"]["f1_pa"] >= res["mean"]["f1"]
     assert res["mean"]["event_recall"] == 1.0  # a 0.95 plateau on six metrics is not subtle
-    assert "naive_iforest" in res["reference"]
+    assert {"naive_iforest", "pca"} <= set(res["reference"])
+    # the six-metric plateau is far off the training subspace: the PCA reference sees it
+    assert res["reference"]["pca"]["machine-9-2"]["tp"] > 0
+    assert "== pca (smd) ==" in public.format_point_table(res)
     assert "machine-9-1" in public.format_point_table(res)
 
 
