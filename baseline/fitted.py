@@ -195,7 +195,11 @@ class HostModel:
 
     def score(self, F: np.ndarray) -> np.ndarray:
         """Our 0-1 anomaly score per row of pipeline features, higher = worse."""
-        full = self.full(F)
+        return self.score_full(self.full(F))
+
+    def score_full(self, full: np.ndarray) -> np.ndarray:
+        """:meth:`score` of rows already extended by :meth:`full` (training derives its own
+        rows' features apart from themselves, see ``Explainer.work_alike``)."""
         Z = self._standardize_full(full)
         if self.forest.max_samples < 2:  # trees of one window isolate nothing: neutral
             s_if = np.full(len(Z), 0.5)

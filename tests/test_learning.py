@@ -198,3 +198,58 @@ def test_evidence_of_work_explains_cpu_a_little_past_its_training_maximum():
     del arrays["explain_in_reach"]
     old = Explainer.from_arrays(arrays, names)
     assert float(old.predict(far)[0, 0]) == float(old.predict(at_max)[0, 0])
+
+
+def test_work_alike_explains_cpu_a_straight_line_cannot():
+    """A database host: most disk reads come from a one-core backup, a few from index
+    rebuilds (reading as much, and writing) on four cores. The fitted slope of CPU on disk
+    bytes is shallow, so the ridge calls a rebuild's CPU unexplained; the windows of alike
+    work (the other rebuilds) explain it, while a miner's CPU with the host's usual work
+    stays unexplained. A rebuild seen only once in training does not explain itself (times)."""
+    from minerwatch.baseline.explain import WORK_APART_S
+
+    rng = np.random.default_rng(4)
+    hop, n = 60.0, 7 * 1440
+    times = np.arange(n) * hop
+    disk = rng.normal(0.0, 0.3, n)  # log disk bytes, standardized-ish
+    cores = np.full(n, 0.3)
+    for day in range(7):  # a nightly one-core backup: heavy reads
+        at = day * 1440 + 120
+        disk[at : at + 90] += 4.0
+        cores[at : at + 90] = 1.0
+    rebuilds = [(d * 1440 + 700, 40) for d in (1, 3, 5)]
+    for at, length in rebuilds:  # rebuilds: as heavy reads plus writes, four cores
+        disk[at : at + length] += 6.5
+        cores[at : at + length] = 4.0
+    cpu = 100.0 * cores * np.exp(rng.normal(0.0, 0.05, n))
+    F = np.column_stack([cpu, disk, rng.normal(0.0, 1.0, n)])  # cpu, disk, procs_running
+    targets, cols, names = np.array([0]), np.array([1, 2]), ("cpu_unexplained",)
+    ev = np.array([True, False])
+    ridge = Explainer.fit(F, targets, cols, names, evidence=ev)
+    alike = Explainer.fit(F, targets, cols, names, evidence=ev, times=times)
+    assert len(ridge.work_z) == 0 and alike.work_z.shape == (n, 1)
+    rebuild = F[rebuilds[0][0] + 10][None, :].copy()
+    miner = F[3000][None, :].copy()  # usual work
+    miner[0, 0] = 400.0
+    assert float(ridge.derive(rebuild)[0, 0]) > 5.0  # the straight line cannot hold it
+    assert float(alike.derive(rebuild)[0, 0]) < 1.0  # other rebuilds did this work
+    assert float(alike.derive(miner)[0, 0]) > 5.0  # nothing did the miner's
+    # in training, each rebuild is explained by the other two, never by its own windows
+    rows = np.arange(rebuilds[0][0], rebuilds[0][0] + 40)
+    own = alike.derive(F[rows], times[rows])
+    assert float(np.median(own)) < 1.0
+    once = F.copy()
+    for at, length in rebuilds[1:]:  # no other rebuild: quiet windows instead
+        once[at : at + length] = F[at - 300 : at - 300 + length]
+    single = Explainer.fit(once, targets, cols, names, evidence=ev, times=times)
+    assert float(np.median(single.derive(once[rows], times[rows]))) > 5.0
+    assert float(np.median(single.derive(once[rows]))) < 1.0  # without times it would
+    assert WORK_APART_S >= 40 * hop
+    # stored and read back; a model saved before it has no remembered work
+    arrays = alike.to_arrays()
+    back = Explainer.from_arrays(arrays, names)
+    np.testing.assert_array_equal(back.derive(rebuild), alike.derive(rebuild))
+    for k in ("work_inputs", "work_z", "work_y", "work_t"):
+        del arrays[f"explain_{k}"]
+    old = Explainer.from_arrays(arrays, names)
+    np.testing.assert_array_equal(old.derive(rebuild), ridge.derive(rebuild))
