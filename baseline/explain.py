@@ -22,10 +22,10 @@ as much on four, so the fitted slope of CPU on disk bytes comes out near zero an
 on more cores than usual reads as CPU nothing explains. So the explainer also remembers the
 work of its training windows (their evidence inputs only) and the CPU that came with it: a
 window's CPU is also explained up to the median of the :data:`WORK_NEIGHBOURS` training
-windows whose work was most alike (within :data:`WORK_RADIUS`), at least
-:data:`WORK_APART_S` away in time when the window itself is a training window (the same
-occurrence must not explain itself, as the forest's own calibration is out of fold). The
-prediction is the larger of the two. A miner does no work of its own, so its neighbours are
+windows whose work was most alike (within :data:`WORK_RADIUS`) and at least
+:data:`WORK_APART_S` away from it in time: an occurrence never explains itself, neither in
+training (the forest's own calibration is out of fold too) nor in the first hours after a
+retraining that learnt its beginning. The prediction is the larger of the two. A miner does no work of its own, so its neighbours are
 the host's windows with its usual work, and their CPU.
 """
 
@@ -63,7 +63,7 @@ WORK_NEIGHBOURS = 10
 #: Farthest (Euclidean, in training standard deviations of the evidence inputs) a training
 #: window's work may be from a window's to count as alike.
 WORK_RADIUS = 2.0
-#: Training windows at least this far apart in time explain each other's CPU (in training).
+#: Windows at least this far apart in time explain each other's CPU.
 WORK_APART_S = 3 * 3600.0
 #: Training windows remembered, at most (a week of 60-s windows); more are thinned evenly.
 WORK_MAX_ROWS = 10080
@@ -151,7 +151,7 @@ class Explainer:
         """Log CPU the context accounts for: within the range it took in training, plus what
         evidence of work beyond its training maximum adds (positive slopes, up to its reach),
         or what the training windows of the most alike work ran, if more (``times``: the
-        rows are training windows, see :meth:`work_alike`)."""
+        rows' window starts, see :meth:`work_alike`)."""
         Z = self._standardized(F)
         pred: np.ndarray = np.clip(self._design(Z) @ self.coef.T, self.pred_low, self.pred_high)
         beyond = np.clip(Z - self.in_high, 0.0, self.in_reach - self.in_high)
@@ -165,8 +165,8 @@ class Explainer:
     def work_alike(self, W: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
         """Per row of standardized work ``W``: the median log CPU of the training windows of
         the most alike work (NaN with fewer than :data:`WORK_NEIGHBOURS` within
-        :data:`WORK_RADIUS`). With ``times`` the rows are training windows, and windows
-        closer than :data:`WORK_APART_S` to a row do not count for it."""
+        :data:`WORK_RADIUS`). With ``times`` (the rows' window starts, Unix seconds), training
+        windows closer than :data:`WORK_APART_S` to a row do not count for it."""
         out = np.full((len(W), self.work_y.shape[1]), np.nan)
         k = WORK_NEIGHBOURS
         if len(self.work_z) < k:
@@ -187,7 +187,7 @@ class Explainer:
 
     def derive(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
         """The residual features of ``F``'s rows, in residual-spread units (``times``: the
-        rows are the training windows at these times, see :meth:`work_alike`)."""
+        rows' window starts, see :meth:`work_alike`)."""
         y = np.log1p(np.maximum(F[:, self.targets], 0.0))
         resid: np.ndarray = (y - self.predict(F, times)) / self.resid_scale
         return resid
