@@ -72,13 +72,10 @@ class Scored:
         ]
 
 
-def top_feature_labels(
-    model: HostModel, F: np.ndarray, top: int = 3, times: np.ndarray | None = None
-) -> list[str]:
-    """``name=value`` of the strongest contributors per window, ``;``-separated (``times``:
-    the windows' starts, see :meth:`HostModel.full`)."""
-    share = model.contributions(F, times)
-    F = model.full(F, times)
+def top_feature_labels(model: HostModel, F: np.ndarray, top: int = 3) -> list[str]:
+    """``name=value`` of the strongest contributors per window, ``;``-separated."""
+    share = model.contributions(F)
+    F = model.full(F)
     order = np.argsort(-share, axis=1, kind="stable")[:, :top]
     names = model.feature_names
     out = []
@@ -127,8 +124,7 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
             f"features {list(model.feature_names)}",
             f"{list(names)}",
         )
-    starts = win.starts.astype(np.float64)
-    score = model.score(F, starts) if len(F) else np.zeros(0)
+    score = model.score(F) if len(F) else np.zeros(0)
     alert = model.alerts(score, win.slots, identities=series.procs is not None)
     processes: list[str] = []
     if model.procs is not None and series.procs is not None:
@@ -146,7 +142,7 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
         threshold=model.threshold,
         features=F,
         feature_names=names,
-        top_features=top_feature_labels(model, F, times=starts) if len(F) else [],
+        top_features=top_feature_labels(model, F) if len(F) else [],
         unknown=unknown,
         processes=processes,
     )

@@ -15,18 +15,6 @@ switches, I/O wait: things a pure compute loop such as a miner does not produce)
 beyond it, by at most :data:`REACH` training standard deviations and only in the direction
 that adds CPU: a traffic surge a little bigger than any in training brings its packets with
 its CPU; a miner's CPU brings none.
-
-A straight line in the logs cannot hold every kind of work a host does: on a database host
-the nightly backup reads hundreds of megabytes a second on one core, an index rebuild reads
-as much on four, so the fitted slope of CPU on disk bytes comes out near zero and a rebuild
-on more cores than usual reads as CPU nothing explains. So the explainer also remembers the
-work of its training windows (their evidence inputs only) and the CPU that came with it: a
-window's CPU is also explained up to the median of the :data:`WORK_NEIGHBOURS` training
-windows whose work was most alike (within :data:`WORK_RADIUS`) and at least
-:data:`WORK_APART_S` away from it in time: an occurrence never explains itself, neither in
-training (the forest's own calibration is out of fold too) nor in the first hours after a
-retraining that learnt its beginning. The prediction is the larger of the two. A miner does no work of its own, so its neighbours are
-the host's windows with its usual work, and their CPU.
 """
 
 from __future__ import annotations
@@ -47,10 +35,6 @@ _ARRAYS = (
     "in_reach",
     "pred_low",
     "pred_high",
-    "work_inputs",
-    "work_z",
-    "work_y",
-    "work_t",
 )
 
 #: Rows per coefficient below which no explanation is fitted (see :func:`min_windows`).
@@ -58,17 +42,6 @@ ROWS_PER_COEF = 11
 #: How far past its training maximum an input that is evidence of work still explains CPU,
 #: in training standard deviations of that input.
 REACH = 2.0
-#: Training windows whose work is compared, the CPU explained is their median.
-WORK_NEIGHBOURS = 10
-#: Farthest (Euclidean, in training standard deviations of the evidence inputs) a training
-#: window's work may be from a window's to count as alike.
-WORK_RADIUS = 2.0
-#: Windows at least this far apart in time explain each other's CPU.
-WORK_APART_S = 3 * 3600.0
-#: Training windows remembered, at most (a week of 60-s windows); more are thinned evenly.
-WORK_MAX_ROWS = 10080
-#: Query rows per block when comparing work (bounds the distance matrix's memory).
-_WORK_BLOCK = 256
 
 
 def min_windows(inputs: int) -> int:
@@ -85,13 +58,6 @@ def min_windows(inputs: int) -> int:
     return ROWS_PER_COEF * (inputs + 1) + 1
 
 
-def _no_work(targets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``work_inputs``, ``work_z``, ``work_y``, ``work_t`` of an explainer without remembered
-    work."""
-    none = np.zeros(0)
-    return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), np.zeros((0, targets)), none
-
-
 def derived_names(base: tuple[str, ...], targets: np.ndarray) -> tuple[str, ...]:
     """Names of the residual features, one per explained target (``<target>_unexplained``)."""
     return tuple(f"{base[int(t)]}_unexplained" for t in targets)
@@ -104,10 +70,7 @@ class Explainer:
     ``coef`` rows are (intercept, slopes); all slopes zero is "no explanation".
     ``pred_low``/``pred_high`` bound the prediction to the range it took in training;
     ``in_reach`` (at least ``in_high``) is how far an input adds CPU beyond its training
-    maximum, through its positive slopes only. ``work_z`` (standardized evidence inputs,
-    positions ``work_inputs`` of ``inputs``), ``work_y`` (log targets) and ``work_t`` (times)
-    are the training windows' work; no rows: no work-alike explanation (models saved before
-    it).
+    maximum, through its positive slopes only.
     """
 
     names: tuple[str, ...]
@@ -122,10 +85,6 @@ class Explainer:
     in_reach: np.ndarray
     pred_low: np.ndarray
     pred_high: np.ndarray
-    work_inputs: np.ndarray
-    work_z: np.ndarray
-    work_y: np.ndarray
-    work_t: np.ndarray
 
     @property
     def explains(self) -> bool:
@@ -147,49 +106,20 @@ class Explainer:
         clipped = np.clip(Z, self.in_low, self.in_high)
         return np.hstack([np.ones((len(Z), 1)), clipped])
 
-    def predict(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, F: np.ndarray) -> np.ndarray:
         """Log CPU the context accounts for: within the range it took in training, plus what
-        evidence of work beyond its training maximum adds (positive slopes, up to its reach),
-        or what the training windows of the most alike work ran, if more (``times``: the
-        rows' window starts, see :meth:`work_alike`)."""
+        evidence of work beyond its training maximum adds (positive slopes, up to its reach)."""
         Z = self._standardized(F)
         pred: np.ndarray = np.clip(self._design(Z) @ self.coef.T, self.pred_low, self.pred_high)
         beyond = np.clip(Z - self.in_high, 0.0, self.in_reach - self.in_high)
         if beyond.any():
             pred = pred + beyond @ np.maximum(self.coef[:, 1:], 0.0).T
-        if len(self.work_z):
-            alike = self.work_alike(Z[:, self.work_inputs], times)
-            pred = np.where(np.isnan(alike), pred, np.maximum(pred, alike))
         return pred
 
-    def work_alike(self, W: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-        """Per row of standardized work ``W``: the median log CPU of the training windows of
-        the most alike work (NaN with fewer than :data:`WORK_NEIGHBOURS` within
-        :data:`WORK_RADIUS`). With ``times`` (the rows' window starts, Unix seconds), training
-        windows closer than :data:`WORK_APART_S` to a row do not count for it."""
-        out = np.full((len(W), self.work_y.shape[1]), np.nan)
-        k = WORK_NEIGHBOURS
-        if len(self.work_z) < k:
-            return out
-        ref_sq = np.sum(self.work_z**2, axis=1)
-        for lo in range(0, len(W), _WORK_BLOCK):
-            q = W[lo : lo + _WORK_BLOCK]
-            d2 = np.sum(q**2, axis=1)[:, None] + ref_sq[None, :] - 2.0 * (q @ self.work_z.T)
-            if times is not None:
-                near = np.abs(times[lo : lo + _WORK_BLOCK, None] - self.work_t[None, :])
-                d2[near < WORK_APART_S] = np.inf
-            nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            far = np.take_along_axis(d2, nearest, axis=1).max(axis=1) > WORK_RADIUS**2
-            alike = np.median(self.work_y[nearest], axis=1)
-            alike[far] = np.nan
-            out[lo : lo + len(q)] = alike
-        return out
-
-    def derive(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-        """The residual features of ``F``'s rows, in residual-spread units (``times``: the
-        rows' window starts, see :meth:`work_alike`)."""
+    def derive(self, F: np.ndarray) -> np.ndarray:
+        """The residual features of ``F``'s rows, in residual-spread units."""
         y = np.log1p(np.maximum(F[:, self.targets], 0.0))
-        resid: np.ndarray = (y - self.predict(F, times)) / self.resid_scale
+        resid: np.ndarray = (y - self.predict(F)) / self.resid_scale
         return resid
 
     @classmethod
@@ -202,7 +132,6 @@ class Explainer:
         ridge: float = 1e-3,
         resolution: np.ndarray | None = None,
         evidence: np.ndarray | None = None,
-        times: np.ndarray | None = None,
     ) -> Explainer:
         """Fit on the rows of ``F``; ``resolution`` is each target's smallest meaningful
         change in its own unit (percent CPU): the residual spread is never taken below one
@@ -235,7 +164,6 @@ class Explainer:
             high,
             -unbounded,
             unbounded,
-            *_no_work(len(targets)),
         )
         A = draft.design(F)
         raw = np.maximum(np.nan_to_num(F[:, targets], nan=0.0), 0.0)
@@ -257,14 +185,8 @@ class Explainer:
         level = np.median(raw, axis=0) if n else np.zeros(len(targets))
         floor = np.maximum(np.log1p(step / (1.0 + level)), 0.05)
         reach = high.copy()
-        work = _no_work(len(targets))
         if evidence is not None and n >= min_windows(len(inputs)):
             reach = np.where(np.asarray(evidence, dtype=bool), high + REACH, high)
-            at = np.flatnonzero(np.asarray(evidence, dtype=bool))
-            if times is not None and len(at):
-                rows = np.unique(np.linspace(0, n - 1, min(n, WORK_MAX_ROWS)).round().astype(int))
-                t = np.asarray(times, dtype=np.float64)
-                work = (at.astype(np.int64), Zin[rows][:, at], Y[rows], t[rows])
         return cls(
             names,
             targets,
@@ -278,7 +200,6 @@ class Explainer:
             reach,
             fitted.min(axis=0) if n else -unbounded,
             fitted.max(axis=0) if n else unbounded,
-            *work,
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -287,15 +208,13 @@ class Explainer:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> Explainer:
         unbounded = np.full(len(names), np.inf)
-        # models saved before them
-        defaults = {"pred_low": -unbounded, "pred_high": unbounded}
-        defaults.update(zip(_ARRAYS[-4:], _no_work(len(names)), strict=True))
+        defaults = {"pred_low": -unbounded, "pred_high": unbounded}  # models saved before them
         if "explain_in_reach" not in arrays:  # saved before it: nothing reaches past training
             defaults["in_reach"] = np.asarray(arrays["explain_in_high"])
         get = {
             k: np.asarray(arrays[f"explain_{k}"] if f"explain_{k}" in arrays else defaults[k])
             for k in _ARRAYS
         }
-        ints = {k: get[k].astype(np.int64) for k in ("targets", "inputs", "work_inputs")}
+        ints = {k: get[k].astype(np.int64) for k in ("targets", "inputs")}
         floats = {k: v.astype(np.float64) for k, v in get.items() if k not in ints}
         return cls(names=names, **ints, **floats)

@@ -148,24 +148,22 @@ class HostModel:
         )
         return len(self.feature_names) - derived
 
-    def full(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-        """Pipeline features plus the derived ones ("unexplained" CPU, extra columns' error).
-
-        ``times`` (the windows' starts, Unix seconds) keeps the training windows of the same
-        hours from explaining a window's CPU (``Explainer.work_alike``): a model that learnt
-        the first minutes of an occurrence must not explain its rest by them."""
+    def full(self, F: np.ndarray) -> np.ndarray:
+        """Pipeline features plus the derived ones ("unexplained" CPU, extra columns' error)."""
         F = np.asarray(F, dtype=np.float64)
         if F.ndim != 2 or F.shape[1] != self.n_base:
             raise ValueError(f"expected {self.n_base} features, got {F.shape}")
-        F_x = F if self.explainer is None else np.hstack([F, self.explainer.derive(F, times)])
         if self.lowrank is not None:
+            F_x = F if self.explainer is None else np.hstack([F, self.explainer.derive(F)])
             return np.hstack([F_x, self.lowrank.derive(F)])
-        return F_x
+        if self.explainer is None:
+            return F
+        return np.hstack([F, self.explainer.derive(F)])
 
-    def standardize(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+    def standardize(self, F: np.ndarray) -> np.ndarray:
         """Robust z-scores of :meth:`full`; a missing value sits at the centre (neutral);
         unexplained CPU is held at its typical low (:func:`hold_unexplained_low`)."""
-        return self._standardize_full(self.full(F, times))
+        return self._standardize_full(self.full(F))
 
     def _standardize_full(self, full: np.ndarray) -> np.ndarray:
         Z = (full - self.center) / self.scale
@@ -195,14 +193,9 @@ class HostModel:
             Z = np.where(Z > self.seen_max, self.seen_max + np.maximum(Z - self.train_max, 0), Z)
         return Z if self.forest_columns is None else np.asarray(Z[:, self.forest_columns])
 
-    def score(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-        """Our 0-1 anomaly score per row of pipeline features, higher = worse (``times``:
-        see :meth:`full`)."""
-        return self.score_full(self.full(F, times))
-
-    def score_full(self, full: np.ndarray) -> np.ndarray:
-        """:meth:`score` of rows already extended by :meth:`full` (training derives its own
-        rows' features apart from themselves, see ``Explainer.work_alike``)."""
+    def score(self, F: np.ndarray) -> np.ndarray:
+        """Our 0-1 anomaly score per row of pipeline features, higher = worse."""
+        full = self.full(F)
         Z = self._standardize_full(full)
         if self.forest.max_samples < 2:  # trees of one window isolate nothing: neutral
             s_if = np.full(len(Z), 0.5)
@@ -231,14 +224,14 @@ class HostModel:
         out: np.ndarray = np.maximum(score, sub)
         return out
 
-    def contributions(self, F: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+    def contributions(self, F: np.ndarray) -> np.ndarray:
         """Each feature's share of the deviation (rows sum to 1, or 0 when nothing deviates).
 
         Deviation = distance outside the typical (5th-95th percentile) band in scale units,
         plus the excess above the training maximum, over the features the model judges:
         the part of a window a person would point at when asked "what is unusual here".
         """
-        Z = self.standardize(F, times)
+        Z = self.standardize(F)
         lo = (self.typical_low - self.center) / self.scale
         hi = (self.typical_high - self.center) / self.scale
         dev = np.maximum(Z - hi, 0.0) + np.maximum(lo - Z, 0.0) + self.excess(Z)
@@ -251,15 +244,11 @@ class HostModel:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, dev / np.where(total > 0, total, 1.0), 0.0)
 
-    def explain(
-        self, f: np.ndarray, top: int = 3, start: float | None = None
-    ) -> list[dict[str, Any]]:
-        """The features that drove one window's score (starting at ``start``), with the
-        baseline's typical range."""
+    def explain(self, f: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
+        """The features that drove one window's score, with the baseline's typical range."""
         f = np.asarray(f, dtype=np.float64).reshape(1, -1)
-        times = None if start is None else np.array([start])
-        full = self.full(f, times)[0]
-        share = self.contributions(f, times)[0]
+        full = self.full(f)[0]
+        share = self.contributions(f)[0]
         order = [j for j in np.argsort(-share, kind="stable") if share[j] > 0][:top]
         return [
             {

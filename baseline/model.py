@@ -136,17 +136,10 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             inputs = inputs[~unseen[inputs]]
             base_resolution = self._vector(self.resolution, d, 1e-6)[targets]
             evidence = np.isin(inputs, np.asarray(self.explain_evidence or [], dtype=np.int64))
-            times = slots * self.hop
             explainer = Explainer.fit(
-                X,
-                targets,
-                inputs,
-                derived,
-                resolution=base_resolution,
-                evidence=evidence,
-                times=times,
+                X, targets, inputs, derived, resolution=base_resolution, evidence=evidence
             )
-            X_full = np.hstack([X, explainer.derive(X, times)])
+            X_full = np.hstack([X, explainer.derive(X)])
         else:
             derived, X_full = (), X
         # the extra columns judged together: their joint reconstruction error (lowrank.py)
@@ -214,7 +207,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             lowrank=lowrank,
         )
         folds = self._folds(slots, n)
-        oof = self._out_of_fold_scores(X_full, Zf, folds, draft)
+        oof = self._out_of_fold_scores(X, Zf, folds, draft)
         if lowrank is not None:
             # in-sample: a subspace of a few components is not optimistic the way isolation
             # trees are (its residual shrinks by about k/n), and its trimmed refit already
@@ -259,7 +252,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         return fold
 
     def _out_of_fold_scores(
-        self, X_full: np.ndarray, Z: np.ndarray, fold: np.ndarray | None, draft: HostModel
+        self, X: np.ndarray, Z: np.ndarray, fold: np.ndarray | None, draft: HostModel
     ) -> np.ndarray:
         """Scores each window with a forest that did not see it, so the threshold is honest.
 
@@ -267,13 +260,13 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         low and every new day brings false alarms.
         """
         if fold is None:
-            return draft.score_full(X_full)
-        out = np.empty(len(X_full))
+            return draft.score(X)
+        out = np.empty(len(X))
         for k in range(self.folds):
             held = fold == k
             seed = None if self.random_state is None else self.random_state + k + 1
             part = self._forest(seed, Z[~held])
-            out[held] = replace(draft, forest=part).score_full(X_full[held])
+            out[held] = replace(draft, forest=part).score(X[held])
         return out
 
     def _lowrank_unit(self, errors: np.ndarray, slots: np.ndarray, oof: np.ndarray) -> float:

@@ -441,16 +441,10 @@ def _check_structure(model: HostModel, where: str) -> None:
             and all(a.shape == (k,) for a in per_input)
             and e.coef.shape == (t, k + 1)
             and e.resid_scale.shape == (t,)
-            and e.work_inputs.ndim == 1
-            and e.work_z.shape[1:] == ((e.work_inputs.shape[0],) if len(e.work_z) else (0,))
-            and e.work_y.shape == (len(e.work_z), t)
-            and e.work_t.shape == (len(e.work_z),)
         )
         if not shapes_ok:
             problems.append("explainer arrays of the wrong shape")
-        elif not all(((a >= 0) & (a < n)).all() for a in (e.targets, e.inputs)) or (
-            ((e.work_inputs < 0) | (e.work_inputs >= k)).any()
-        ):
+        elif not all(((a >= 0) & (a < n)).all() for a in (e.targets, e.inputs)):
             problems.append("explainer indices out of range")
         elif e.names != derived_names(model.feature_names[:n], e.targets):
             problems.append("derived_names that do not match the explainer's targets")

@@ -327,16 +327,15 @@ class Agent:
     def _score_window(self, start: float, end: float, slot: int, f: np.ndarray) -> None:
         assert self.model is not None and self.alert is not None
         model = self.model
-        at = np.array([start])  # the window's own hours never explain its CPU (see full)
-        score = float(model.score(f[None, :], at)[0])
+        score = float(model.score(f[None, :])[0])
         was = self.alert.active
         alerted = self.alert.update(score, slot)
         self.last_slot = slot
         self.counters["windows"] += 1
         self.history.add_window(start, end, score, model.threshold, alerted)
-        share = model.contributions(f[None, :], at)[0]
+        share = model.contributions(f[None, :])[0]
         self.last["score"] = score
-        full = model.full(f[None, :], at)[0]
+        full = model.full(f[None, :])[0]
         self.last["features"] = dict(zip(model.feature_names, full.tolist(), strict=True))
         self.last["contributions"] = dict(zip(model.feature_names, share.tolist(), strict=True))
         if alerted and not was:
@@ -344,7 +343,7 @@ class Agent:
         elif alerted and self.episode is not None:
             self.episode["end"] = end
             if score > self.episode["score"]:
-                self.episode.update(score=score, top_features=model.explain(f, 3, start))
+                self.episode.update(score=score, top_features=model.explain(f, top=3))
             changed: list[str] = []
             if self.responder is not None:
                 try:
@@ -369,7 +368,7 @@ class Agent:
             "end": end,
             "score": score,
             "threshold": self.model.threshold,
-            "top_features": self.model.explain(f, 3, start),
+            "top_features": self.model.explain(f, top=3),
         }
         if self.model.procs is not None:  # in words: "exe /tmp/.x/kswapd0, never seen ..."
             self.episode["processes"] = self.model.procs.describe(

@@ -258,11 +258,10 @@ class Responder:
     ) -> None:
         """Write the episode's evidence file, or rewrite it in place once it exists."""
         model = agent.model
-        at = np.array([float(episode["end"]) - model.window])  # ``f``'s window, as scored
         args = (
             float(episode["score"]),
             float(model.threshold),
-            dict(zip(model.feature_names, model.full(f[None, :], at)[0].tolist(), strict=True)),
+            dict(zip(model.feature_names, model.full(f[None, :])[0].tolist(), strict=True)),
             episode["top_features"],
             [p.pid for p in top],
             self.hits,

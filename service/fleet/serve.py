@@ -480,8 +480,7 @@ def score_host(state: HostState, series: HostSeries, now: float) -> list[tuple[f
         }
     if not len(fresh):
         return []
-    starts = win.starts[fresh].astype(np.float64)
-    scores = m.score(F[fresh], starts)
+    scores = m.score(F[fresh])
     out = []
     for j, score in zip(fresh.tolist(), scores.tolist(), strict=True):
         start, end, slot = float(win.starts[j]), float(win.ends[j]), int(win.slots[j])
@@ -498,12 +497,10 @@ def score_host(state: HostState, series: HostSeries, now: float) -> list[tuple[f
             state.episode_start = None
         out.append((start, end, alerted))
     del state.alerted[:-MAX_REMEMBERED]
-    f, at = F[fresh[-1]][None, :], starts[-1:]
+    f = F[fresh[-1]][None, :]
     state.score = float(scores[-1])
-    state.features = dict(zip(m.feature_names, m.full(f, at)[0].tolist(), strict=True))
-    state.contributions = dict(
-        zip(m.feature_names, m.contributions(f, at)[0].tolist(), strict=True)
-    )
+    state.features = dict(zip(m.feature_names, m.full(f)[0].tolist(), strict=True))
+    state.contributions = dict(zip(m.feature_names, m.contributions(f)[0].tolist(), strict=True))
     state.score_ts = now
     return out
 
