@@ -291,9 +291,14 @@ def format_detector(name: str, summary: dict) -> str:
                 f"{_pct(s['recall_30m']):>8}{_pct(s['recall_any']):>7}"
                 f"{_dur(s['median_delay_s']):>14}{_dur(s['worst_delay_s']):>13}"
             )
-    benign = [f"{k} {v['alarmed']}/{v['total']}" for k, v in summary["benign_alarmed"].items()]
+    benign = [
+        f"{k} {v['alarmed']}/{v['total']}"
+        + (f" ({v['episodes']} episode{'s' * (v['episodes'] != 1)})" if v["alarmed"] else "")
+        for k, v in summary["benign_alarmed"].items()
+    ]
     lines.append(
-        "benign events that alarmed: " + (", ".join(benign) if benign else "none labelled")
+        "benign events that alarmed (false-alarm episodes they fall in): "
+        + (", ".join(benign) if benign else "none labelled")
     )
     return "\n".join(lines)
 

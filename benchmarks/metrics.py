@@ -161,6 +161,9 @@ class HostOutcome:
     clean_alerted: int
     benign_alarmed: Counter[str] = field(default_factory=Counter)
     benign_total: Counter[str] = field(default_factory=Counter)
+    #: per benign kind, the false-alarm episodes that touch at least one of its events (one
+    #: episode over two overlapping reindexes is one alarm, two alarmed events)
+    benign_episodes: Counter[str] = field(default_factory=Counter)
     campaign_identities: list[str | None] = field(default_factory=list)
 
 
@@ -177,7 +180,8 @@ def host_outcome(
 
     An episode is a *false alarm* when it touches no malicious segment extended by ``grace``
     seconds after its end (the miner's after-effects). A window is *clean* when it touches no
-    such extended segment. A benign event *alarmed* when it overlaps a false-alarm episode.
+    such extended segment. A benign event *alarmed* when it overlaps a false-alarm episode;
+    ``benign_episodes`` counts the episodes per kind (the pages an operator got).
     ``campaign_kinds`` and ``delays`` hold one entry per campaign, in order of first segment.
     """
     ws = np.asarray(window_start, dtype=float)
@@ -202,7 +206,10 @@ def host_outcome(
 
     b_start = np.array([ev.start for ev in ben], dtype=float)
     b_end = np.array([ev.end for ev in ben], dtype=float)
-    hit = _touches(ep.start[false_ep], ep.end[false_ep], b_start, b_end).any(axis=0)
+    touch = _touches(ep.start[false_ep], ep.end[false_ep], b_start, b_end)
+    hit = touch.any(axis=0)
+    kind = np.array([ev.kind for ev in ben], dtype=object)
+    pages = Counter({k: int(touch[:, kind == k].any(axis=1).sum()) for k in set(kind.tolist())})
     return HostOutcome(
         host=host,
         campaign_kinds=[mal[i].kind for i in first],
@@ -213,6 +220,7 @@ def host_outcome(
         clean_alerted=int((clean & a).sum()),
         benign_alarmed=Counter(ev.kind for ev, h in zip(ben, hit, strict=True) if h),
         benign_total=Counter(ev.kind for ev in ben),
+        benign_episodes=+pages,
         campaign_identities=[mal[i].identity for i in first],
     )
 
@@ -259,9 +267,11 @@ def summarize(outcomes: Sequence[HostOutcome], within: float = CAUGHT_WITHIN) ->
     clean_alerted = sum(o.clean_alerted for o in outcomes)
     alarmed: Counter[str] = Counter()
     total: Counter[str] = Counter()
+    pages: Counter[str] = Counter()
     for o in outcomes:
         alarmed.update(o.benign_alarmed)
         total.update(o.benign_total)
+        pages.update(o.benign_episodes)
     return {
         "per_kind": per_kind,
         "per_identity": per_identity,
@@ -270,7 +280,10 @@ def summarize(outcomes: Sequence[HostOutcome], within: float = CAUGHT_WITHIN) ->
         "host_days": days,
         "false_alarms_per_host_day": fa / days if days > 0 else None,
         "clean_alerted_share": clean_alerted / clean if clean else None,
-        "benign_alarmed": {k: {"alarmed": alarmed[k], "total": total[k]} for k in sorted(total)},
+        "benign_alarmed": {
+            k: {"alarmed": alarmed[k], "episodes": pages[k], "total": total[k]}
+            for k in sorted(total)
+        },
     }
 
 

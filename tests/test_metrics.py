@@ -93,8 +93,8 @@ def test_perfect_oracle_recall_one_and_no_false_alarms():
     assert s["false_alarms_per_host_day"] == 0.0
     assert s["clean_alerted_share"] == 0.0
     assert s["benign_alarmed"] == {
-        "deploy": {"alarmed": 0, "total": 1},
-        "gc_storm": {"alarmed": 0, "total": 1},
+        "deploy": {"alarmed": 0, "episodes": 0, "total": 1},
+        "gc_storm": {"alarmed": 0, "episodes": 0, "total": 1},
     }
 
 
@@ -121,6 +121,28 @@ def test_flickering_alert_is_credited_but_counts_false_alarms():
     assert out.benign_alarmed == {"gc_storm": 1, "deploy": 1}
     s = summarize([out])
     assert s["false_alarms_per_host_day"] == pytest.approx(out.false_alarms / 2.0)
+
+
+def test_benign_kinds_count_events_and_the_episodes_that_paged():
+    """One false alarm over two overlapping reindexes is two alarmed events and one page; a
+    second alarm on a third reindex is a second page."""
+    ws, we = grid(1)
+    events = [
+        Event("h", "reindex", False, 10_000.0, 13_000.0),
+        Event("h", "reindex", False, 12_000.0, 15_000.0),
+        Event("h", "reindex", False, 40_000.0, 42_000.0),
+        Event("h", "backup", False, 60_000.0, 62_000.0),
+    ]
+    alert = ((ws >= 12_300) & (ws < 12_900)) | ((ws >= 41_000) & (ws < 41_300))
+    out = host_outcome("h", ws, we, alert, events)
+    assert out.false_alarms == 2
+    assert out.benign_alarmed == {"reindex": 3}
+    assert out.benign_episodes == {"reindex": 2}
+    s = summarize([out, host_outcome("h", ws, we, alert & (ws < 20_000), events)])
+    assert s["benign_alarmed"] == {
+        "backup": {"alarmed": 0, "episodes": 0, "total": 2},
+        "reindex": {"alarmed": 5, "episodes": 3, "total": 6},
+    }
 
 
 def test_episode_already_running_then_new_one_counts():
