@@ -186,7 +186,7 @@ class PcaReconstruction:
         z = self._standard(x)
         _, sv, vt = np.linalg.svd(z, full_matrices=False)
         share = np.cumsum(sv**2) / max(float(np.sum(sv**2)), 1e-12)
-        k = min(int(np.searchsorted(share, self.variance - 1e-12)) + 1, z.shape[1] - 1)
+        k = max(0, min(int(np.searchsorted(share, self.variance - 1e-12)) + 1, z.shape[1] - 1))
         self.components_ = vt[:k].T
         self.threshold_ = float(np.max(self._error(z)))
         return self
