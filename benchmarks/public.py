@@ -296,20 +296,19 @@ def run_case(
     )
     out = {"minerwatch": metrics.point_report(pred, case.label, score)}
 
-    naive = NaiveIForest(window=window, hop=window, seed=seed).fit(case.train)
     starts = np.floor(t / window) * window
     starts = np.unique(starts)
     ends = starts + window
-    n_score = naive.score(case.test, starts, ends)
-    n_pred = points_from_windows(t, starts, ends, n_score > naive.threshold_, False)
-    n_pts = points_from_windows(t, starts, ends, n_score, np.nan)
-    out["naive_iforest"] = metrics.point_report(n_pred, case.label, n_pts)
-
-    pca = PcaReconstruction(window=window, hop=window).fit(case.train)
-    p_score = pca.score(case.test, starts, ends)
-    p_pred = points_from_windows(t, starts, ends, p_score > pca.threshold_, False)
-    p_pts = points_from_windows(t, starts, ends, p_score, np.nan)
-    out["pca"] = metrics.point_report(p_pred, case.label, p_pts)
+    references = {
+        "naive_iforest": NaiveIForest(window=window, hop=window, seed=seed),
+        "pca": PcaReconstruction(window=window, hop=window),
+    }
+    for name, ref in references.items():
+        ref.fit(case.train)
+        r_score = ref.score(case.test, starts, ends)
+        r_pred = points_from_windows(t, starts, ends, r_score > ref.threshold_, False)
+        r_pts = points_from_windows(t, starts, ends, r_score, np.nan)
+        out[name] = metrics.point_report(r_pred, case.label, r_pts)
     return out
 
 

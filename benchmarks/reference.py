@@ -118,25 +118,52 @@ def _measured(series: HostSeries) -> HostSeries:
     )
 
 
-class NaiveIForest:
-    """IsolationForest on window means; threshold = highest training score (no false alarm in
-    training by construction). Scores follow our convention: higher = more anomalous."""
+class _OnWindowMeans:
+    """A reference detector on plain window means of the measured columns, alerting above its
+    highest training score (no false alarm in training by construction). Scores follow our
+    convention: higher = more anomalous. Subclasses learn from and score the means."""
+
+    threshold_: float
+
+    def __init__(self, window: float, hop: float) -> None:
+        self.window = window
+        self.hop = hop
+
+    def _train_means(self, series: HostSeries) -> np.ndarray:
+        """The training split's window means; the columns they were taken from are kept."""
+        series = _measured(series)
+        starts, ends = window_grid(series.timestamps, self.window, self.hop)
+        self.columns_ = series.columns
+        return window_means(series, starts, ends)
+
+    def _means(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        series = _measured(series)
+        if series.columns != self.columns_:
+            missing = sorted(set(self.columns_) - set(series.columns))
+            raise ValueError(f"columns differ from training; missing {missing}")
+        return window_means(series, starts, ends)
+
+    def score(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        return self.score(series, starts, ends) > self.threshold_
+
+
+class NaiveIForest(_OnWindowMeans):
+    """IsolationForest on window means; threshold = highest training score."""
 
     def __init__(
         self, window: float = 60.0, hop: float = 60.0, seed: int = 0, n_estimators: int = 100
     ) -> None:
-        self.window = window
-        self.hop = hop
+        super().__init__(window, hop)
         self.seed = seed
         self.n_estimators = n_estimators
 
     def fit(self, series: HostSeries) -> NaiveIForest:
         from sklearn.ensemble import IsolationForest
 
-        series = _measured(series)
-        starts, ends = window_grid(series.timestamps, self.window, self.hop)
-        x = window_means(series, starts, ends)
-        self.columns_ = series.columns
+        x = self._train_means(series)
         self.fill_ = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0) if x.size else None
         x = self._fill(x)
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed)
@@ -148,18 +175,10 @@ class NaiveIForest:
         return np.where(np.isfinite(x), x, self.fill_[None, :])
 
     def score(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        series = _measured(series)
-        if series.columns != self.columns_:
-            missing = sorted(set(self.columns_) - set(series.columns))
-            raise ValueError(f"columns differ from training; missing {missing}")
-        x = self._fill(window_means(series, starts, ends))
-        return -self.forest_.score_samples(x)
-
-    def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        return self.score(series, starts, ends) > self.threshold_
+        return -self.forest_.score_samples(self._fill(self._means(series, starts, ends)))
 
 
-class PcaReconstruction:
+class PcaReconstruction(_OnWindowMeans):
     """Squared reconstruction error of standardised window means from the principal subspace
     that keeps ``variance`` of the training variance (at most one component fewer than the
     columns: with one column the error is its squared z-score). Threshold = highest training
@@ -167,17 +186,13 @@ class PcaReconstruction:
     our own low-rank sub-score over it is measured rather than assumed."""
 
     def __init__(self, window: float = 60.0, hop: float = 60.0, variance: float = 0.9) -> None:
-        self.window = window
-        self.hop = hop
+        super().__init__(window, hop)
         self.variance = variance
 
     def fit(self, series: HostSeries) -> PcaReconstruction:
-        series = _measured(series)
-        starts, ends = window_grid(series.timestamps, self.window, self.hop)
-        x = window_means(series, starts, ends)
+        x = self._train_means(series)
         if not len(x):
             raise ValueError(f"{series.host}: no training window to learn a subspace from")
-        self.columns_ = series.columns
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a column without any value
             self.center_ = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
@@ -200,14 +215,7 @@ class PcaReconstruction:
         return np.asarray(np.sum(resid**2, axis=1))
 
     def score(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        series = _measured(series)
-        if series.columns != self.columns_:
-            missing = sorted(set(self.columns_) - set(series.columns))
-            raise ValueError(f"columns differ from training; missing {missing}")
-        return self._error(self._standard(window_means(series, starts, ends)))
-
-    def alert(self, series: HostSeries, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        return self.score(series, starts, ends) > self.threshold_
+        return self._error(self._standard(self._means(series, starts, ends)))
 
 
 class NewExeRule:
