@@ -125,7 +125,8 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
             f"{list(names)}",
         )
     score = model.score(F) if len(F) else np.zeros(0)
-    alert = model.alerts(score, win.slots, identities=series.procs is not None)
+    identities = series.procs is not None
+    alert = model.alerts(score, win.slots, identities=identities, heavy=model.heavy(F))
     processes: list[str] = []
     if model.procs is not None and series.procs is not None:
         processes = [

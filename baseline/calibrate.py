@@ -5,12 +5,16 @@ score far above the threshold (:data:`ALERT_MARGIN`: an unknown or disguised pro
 past anything in training), or when ``sustain`` consecutive windows score above it at all (a
 familiar process working harder than usual: GC storms, compiles and admin jobs last minutes,
 a miner inside a familiar process runs for hours); one hot window is a blip, a miner is a
-plateau. It closes after ``clear`` consecutive windows below the threshold, so one campaign is
+plateau. A window in which the host does *heavy work* (some evidence of work, such as disk
+bytes or packets, far above its training median: :data:`HEAVY_WORK`) does not count toward
+the sustain: a reindex on more cores than any in training or a traffic surge bigger than any
+before holds marginal evidence for as long as the work lasts, a miner holds it after the work
+too. It closes after ``clear`` consecutive windows below the threshold, so one campaign is
 one episode, not a flapping series.
 The threshold is the lowest one that keeps out-of-fold training scores within the allowed
 number of episodes (default: :data:`ALARMS_PER_WEEK`), counted as if ``k`` windows above it
-opened an alert whatever the margin: the rule's most eager reading, so the margin and the
-sustain only ever remove episodes from what the calibration allowed.
+opened an alert whatever the margin: the rule's most eager reading, so the margin, the
+sustain and heavy work only ever remove episodes from what the calibration allowed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ ALERT_MARGIN = 2.0
 #: Windows in a row above the threshold that open an alert however small the margin (8 minutes
 #: at the default 60-s window). docs/benchmarks.md, "Marginal evidence must last".
 SUSTAIN_WINDOWS = 8
+#: Evidence of work at least this many training standard deviations above its training median
+#: makes a window one of heavy work, whose marginal evidence does not count toward the sustain.
+#: docs/benchmarks.md, "Heavy work holds the sustain".
+HEAVY_WORK = 2.0
 
 
 def strong_threshold(threshold: float, margin: float) -> float:
@@ -71,8 +79,10 @@ class AlertState:
             else strong_threshold(self.threshold, self.margin)
         )
 
-    def update(self, score: float, slot: int | None = None) -> bool:
-        """Feed one window's score; returns whether the window is alerted."""
+    def update(self, score: float, slot: int | None = None, heavy: bool = False) -> bool:
+        """Feed one window's score (``heavy``: the host did heavy work in it, so a margin
+        below :attr:`margin` does not count toward the sustain); returns whether the window
+        is alerted."""
         if slot is not None and self._last_slot is not None and slot - self._last_slot > 1:
             missed = slot - self._last_slot - 1  # a gap: no evidence either way
             self._above = self._strong = 0
@@ -82,8 +92,9 @@ class AlertState:
         self._last_slot = slot
         above = bool(np.isfinite(score) and score > self.threshold)
         if above:
-            self._above += 1
-            self._strong = self._strong + 1 if score > self._strong_at else 0
+            strong = score > self._strong_at
+            self._above = self._above + 1 if strong or not heavy else 0
+            self._strong = self._strong + 1 if strong else 0
             self._below = 0
             sustain = self.k if self.sustain is None else self.sustain
             if self._strong >= self.k or self._above >= sustain:
@@ -104,12 +115,16 @@ def alert_rule(
     clear: int = 3,
     sustain: int | None = None,
     margin: float = 0.0,
+    heavy: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Alert flag per window (windows in time order; ``slots`` = window index on the grid)."""
+    """Alert flag per window (windows in time order; ``slots`` = window index on the grid;
+    ``heavy``: per window, whether the host did heavy work in it)."""
     state = AlertState(threshold=threshold, k=k, clear=clear, sustain=sustain, margin=margin)
     slot_list = [None] * len(scores) if slots is None else [int(s) for s in slots]
+    work = [False] * len(scores) if heavy is None else [bool(h) for h in heavy]
     return np.array(
-        [state.update(float(s), sl) for s, sl in zip(scores, slot_list, strict=True)], dtype=bool
+        [state.update(float(s), sl, h) for s, sl, h in zip(scores, slot_list, work, strict=True)],
+        dtype=bool,
     )
 
 

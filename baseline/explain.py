@@ -116,6 +116,16 @@ class Explainer:
             pred = pred + beyond @ np.maximum(self.coef[:, 1:], 0.0).T
         return pred
 
+    def heavy(self, F: np.ndarray, spreads: float) -> np.ndarray:
+        """Per row of ``F``: whether some evidence of work (an input that may explain CPU past
+        its training range) sits at least ``spreads`` training standard deviations above its
+        training median. Such work may hold more CPU than any training window did (an index
+        rebuild on more cores than before) without the straight line accounting for it."""
+        evidence = self.in_reach > self.in_high
+        if spreads <= 0 or not evidence.any():
+            return np.zeros(len(F), dtype=bool)
+        return np.asarray((self._standardized(F)[:, evidence] >= spreads).any(axis=1), dtype=bool)
+
     def derive(self, F: np.ndarray) -> np.ndarray:
         """The residual features of ``F``'s rows, in residual-spread units."""
         y = np.log1p(np.maximum(F[:, self.targets], 0.0))

@@ -66,6 +66,9 @@ class HostModel:
     #: :class:`~minerwatch.baseline.calibrate.AlertState`); None in models saved before it.
     sustain_windows: int | None = None
     alert_margin: float = 0.0
+    #: Evidence of work this many training spreads above its median holds the sustain (see
+    #: :class:`~minerwatch.baseline.calibrate.AlertState`); 0: never (models saved before it).
+    heavy_work: float = 0.0
     excess_scale: float = 1.0
     explainer: Explainer | None = None
     forest_columns: np.ndarray | None = None
@@ -131,15 +134,27 @@ class HostModel:
         return max(self.alert_windows, self.sustain_windows or 0)
 
     def alerts(
-        self, scores: np.ndarray, slots: np.ndarray | None = None, identities: bool = True
+        self,
+        scores: np.ndarray,
+        slots: np.ndarray | None = None,
+        identities: bool = True,
+        heavy: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The same rule over a series of window scores (``score``, ``evaluate``).
+        """The same rule over a series of window scores (``score``, ``evaluate``); ``heavy``
+        is :meth:`heavy` of the windows' features.
 
         ``identities=False``: the telemetry had no process table, so no window can carry an
         unknown process's evidence, and marginal evidence opens alerts as in a model trained
         without one.
         """
-        return alert_rule(scores, self.threshold, slots, **self._rule(identities))
+        return alert_rule(scores, self.threshold, slots, **self._rule(identities), heavy=heavy)
+
+    def heavy(self, F: np.ndarray) -> np.ndarray:
+        """Per window (pipeline features ``F``): whether the host did heavy work in it, whose
+        marginal evidence the alert rule does not count toward the sustain."""
+        if self.explainer is None or self.heavy_work <= 0:
+            return np.zeros(len(F), dtype=bool)
+        return self.explainer.heavy(np.asarray(F, dtype=np.float64), self.heavy_work)
 
     @property
     def n_base(self) -> int:
@@ -294,7 +309,11 @@ class HostModel:
                 "excess_scale": self.excess_scale,
             }
             | (
-                {"sustain_windows": self.sustain_windows, "alert_margin": self.alert_margin}
+                {
+                    "sustain_windows": self.sustain_windows,
+                    "alert_margin": self.alert_margin,
+                    "heavy_work": self.heavy_work,
+                }
                 if self.sustain_windows is not None
                 else {}
             )
@@ -341,6 +360,7 @@ class HostModel:
                 int(params["sustain_windows"]) if "sustain_windows" in params else None
             ),
             alert_margin=float(params.get("alert_margin", 0.0)),
+            heavy_work=float(params.get("heavy_work", 0.0)),  # absent before it: never
             excess_scale=float(params["excess_scale"]),
             explainer=explainer,
             lowrank=lowrank,

@@ -33,6 +33,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from minerwatch.baseline.calibrate import (
     ALERT_MARGIN,
+    HEAVY_WORK,
     SUSTAIN_WINDOWS,
     calibrate_threshold,
     extrapolation_margin,
@@ -93,6 +94,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         random_state: int | None = None,
         lowrank_features: Any = None,
         explain_evidence: Any = None,
+        heavy_work: float = HEAVY_WORK,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -101,6 +103,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         self.clear_windows = clear_windows
         self.sustain_windows = sustain_windows
         self.alert_margin = alert_margin
+        self.heavy_work = heavy_work
         self.hop = hop
         self.excess_scale = excess_scale
         self.threshold_margin = threshold_margin
@@ -200,6 +203,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             clear_windows=self.clear_windows,
             sustain_windows=max(self.sustain_windows, self.alert_windows),
             alert_margin=self.alert_margin,
+            heavy_work=self.heavy_work,
             excess_scale=self.excess_scale,
             explainer=explainer,
             forest_columns=forest_columns,

@@ -342,6 +342,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "clear_windows": ("a whole number of windows, at least 1", _is_count),
     "sustain_windows": ("a whole number of windows, at least 1", _is_count),
     "alert_margin": ("a number, at least 0", lambda v: _is_number(v) and v >= 0),
+    "heavy_work": ("a number, at least 0", lambda v: _is_number(v) and v >= 0),
     "excess_scale": ("a positive number", lambda v: _is_number(v, positive=True)),
     "model_file": ("a file name model-<16 hex>.npz", lambda v: isinstance(v, str)),
     "sha256": ("a sha256 in hex", lambda v: isinstance(v, str)),
@@ -353,7 +354,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
 
 
 #: Fields models saved by earlier versions lack (their loader's defaults keep the old rule).
-_OPTIONAL = frozenset({"derived_names", "sustain_windows", "alert_margin"})
+_OPTIONAL = frozenset({"derived_names", "sustain_windows", "alert_margin", "heavy_work"})
 
 
 def _check_fields(meta: dict[str, Any], where: str) -> None:

@@ -329,7 +329,7 @@ class Agent:
         model = self.model
         score = float(model.score(f[None, :])[0])
         was = self.alert.active
-        alerted = self.alert.update(score, slot)
+        alerted = self.alert.update(score, slot, bool(model.heavy(f[None, :])[0]))
         self.last_slot = slot
         self.counters["windows"] += 1
         self.history.add_window(start, end, score, model.threshold, alerted)

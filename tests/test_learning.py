@@ -198,3 +198,34 @@ def test_evidence_of_work_explains_cpu_a_little_past_its_training_maximum():
     del arrays["explain_in_reach"]
     old = Explainer.from_arrays(arrays, names)
     assert float(old.predict(far)[0, 0]) == float(old.predict(at_max)[0, 0])
+
+
+def test_heavy_work_is_evidence_of_work_far_above_its_training_median():
+    """A window is heavy work when an input that is evidence of work (disk bytes, packets)
+    sits HEAVY_WORK training spreads or more above its training median; other inputs, however
+    high, never make it so, nor does an explainer without evidence or without a fit."""
+    from minerwatch.baseline.calibrate import HEAVY_WORK
+
+    rng = np.random.default_rng(5)
+    n = 600
+    X = rng.normal(size=(n, 2))  # disk bytes (evidence), procs_running (not)
+    cpu = np.expm1(2.0 + X @ np.array([0.6, 0.3]) + rng.normal(0, 0.05, n))
+    F = np.column_stack([cpu, X])
+    targets, cols, names = np.array([0]), np.array([1, 2]), ("cpu_unexplained",)
+    ev = Explainer.fit(F, targets, cols, names, evidence=np.array([True, False]))
+    med, spread = ev.in_center, ev.in_scale
+    rows = np.array(
+        [
+            [0.0, med[0] + (HEAVY_WORK + 0.1) * spread[0], med[1]],  # the disk far above
+            [0.0, med[0] + (HEAVY_WORK - 0.1) * spread[0], med[1]],  # just under
+            [0.0, med[0], med[1] + 10 * spread[1]],  # the other input far above
+        ]
+    )
+    assert ev.heavy(rows, HEAVY_WORK).tolist() == [True, False, False]
+    assert not ev.heavy(rows, 0.0).any()  # 0: never
+    in_training = ev.heavy(F, HEAVY_WORK).mean()
+    assert 0.005 < in_training < 0.05  # a normal input's tail, about 2 %
+    plain = Explainer.fit(F, targets, cols, names)  # no evidence of work
+    assert not plain.heavy(rows, HEAVY_WORK).any()
+    few = Explainer.fit(F[:30], targets, cols, names, evidence=np.array([True, False]))
+    assert not few.explains and not few.heavy(rows, HEAVY_WORK).any()

@@ -104,6 +104,38 @@ def test_marginal_evidence_must_last_strong_evidence_opens_at_k():
     np.testing.assert_array_equal(alert_rule(marginal, thr, k=3, clear=3), [0, 0] + [1] * 10)
 
 
+def test_heavy_work_holds_the_sustain_not_strong_evidence():
+    """Marginal windows while the host does heavy work (a reindex on more cores than in
+    training) do not count toward the sustain; strong ones still open at k, and once open an
+    alert stays open through heavy work."""
+    thr = 0.6
+    strong = 1 - (1 - thr) * np.exp(-2.5)
+    rule = {"k": 3, "clear": 3, "sustain": 8, "margin": 2.0}
+    marginal = np.full(20, 0.65)
+    work = np.zeros(20, dtype=bool)
+    work[:12] = True  # the work lasts 12 windows, the marginal evidence 20
+    held = alert_rule(marginal, thr, heavy=work, **rule)
+    assert held.tolist() == [0] * 19 + [1]  # the 8th window after the work ended
+    assert not alert_rule(marginal[:12], thr, heavy=work[:12], **rule).any()
+    assert alert_rule(marginal[:12], thr, **rule).any()  # the same without the work: pages
+    # one window of heavy work restarts the count
+    blip = np.zeros(20, dtype=bool)
+    blip[5] = True
+    assert int(np.argmax(alert_rule(marginal, thr, heavy=blip, **rule))) == 5 + 8
+    # strong evidence is not held
+    np.testing.assert_array_equal(
+        alert_rule(np.full(5, strong), thr, heavy=np.ones(5, dtype=bool), **rule), [0, 0, 1, 1, 1]
+    )
+    # an open alert is not closed by heavy work above the threshold
+    late = np.zeros(20, dtype=bool)
+    late[10:] = True
+    assert alert_rule(marginal, thr, heavy=late, **rule)[7:].all()
+    # without a sustain (models trained without process tables) heavy work changes nothing
+    np.testing.assert_array_equal(
+        alert_rule(marginal, thr, k=3, clear=3, heavy=work), alert_rule(marginal, thr, k=3, clear=3)
+    )
+
+
 def test_streaming_equals_batch_with_sustain_and_margin():
     rng = np.random.default_rng(4)
     s = 1 - np.exp(-rng.exponential(1.5, 2000))  # surprise spread over several units
@@ -114,3 +146,11 @@ def test_streaming_equals_batch_with_sustain_and_margin():
     loose = alert_rule(s, 0.7, k=3, clear=3)
     assert batch.sum() < loose.sum()
     assert not (batch & ~loose).any()  # never alerts where the calibrated k-rule would not
+    work = rng.random(len(s)) < 0.3
+    state = AlertState(0.7, k=3, clear=3, sustain=8, margin=2.0)
+    streamed = [
+        state.update(x, slot, bool(h)) for slot, (x, h) in enumerate(zip(s, work, strict=True))
+    ]
+    held = alert_rule(s, 0.7, np.arange(len(s)), k=3, clear=3, sustain=8, margin=2.0, heavy=work)
+    np.testing.assert_array_equal(streamed, held)
+    assert held.sum() < batch.sum() and not (held & ~batch).any()

@@ -539,6 +539,22 @@ def test_marginal_evidence_must_last_strong_evidence_does_not_wait(trained) -> N
     np.testing.assert_array_equal(marginal.alert, alert_rule(marginal.score, *rule))
     first_alert = int(np.argmax(marginal.alert))
     assert first_above + 2 < first_alert <= first_above + 7  # after 3 strong or 8 windows
+    # the same surge while the host reads and writes its disk far harder than in training
+    # (an index rebuild on more cores than ever): heavy work holds the sustain, scores unchanged
+    raw = miner_series(3600, cpu=260.0)
+    t = raw.timestamps - raw.timestamps[0]
+    v = raw.values[t < 7200].copy()
+    for col in ("disk_read_bps", "disk_write_bps"):
+        v[t[t < 7200] >= 3000, raw.columns.index(col)] *= 50
+    busy = with_table(replace(raw, timestamps=raw.timestamps[t < 7200], values=v))
+    surge_u = -np.log1p(-score_series(trained, busy).score)
+    plateau = score_series(trained, busy).window_start - raw.timestamps[0] >= 4500
+    assert np.ptp(surge_u[plateau]) < 3.0  # a plateau just above a threshold below it
+    bar_u = surge_u[plateau].min() - 0.3
+    bar = replace(trained, threshold=float(-np.expm1(-bar_u)), alert_margin=4.0)
+    held, eager = score_series(bar, busy), score_series(replace(bar, heavy_work=0.0), busy)
+    np.testing.assert_array_equal(held.score, eager.score)
+    assert eager.alert.any() and not held.alert.any()
     # as older models judged (no sustain): the third window above
     loose = replace(near, sustain_windows=None)
     assert int(np.argmax(score_series(loose, surge).alert)) == first_above + 2

@@ -481,11 +481,12 @@ def score_host(state: HostState, series: HostSeries, now: float) -> list[tuple[f
     if not len(fresh):
         return []
     scores = m.score(F[fresh])
+    heavy = m.heavy(F[fresh])
     out = []
-    for j, score in zip(fresh.tolist(), scores.tolist(), strict=True):
+    for j, score, work in zip(fresh.tolist(), scores.tolist(), heavy.tolist(), strict=True):
         start, end, slot = float(win.starts[j]), float(win.ends[j]), int(win.slots[j])
         was = state.alert.active
-        alerted = state.alert.update(score, slot)
+        alerted = state.alert.update(score, slot, work)
         state.last_slot = slot
         state.windows_total += 1
         if alerted:
