@@ -329,12 +329,14 @@ class Agent:
         model = self.model
         score = float(model.score(f[None, :])[0])
         was = self.alert.active
-        alerted = self.alert.update(score, slot, bool(model.heavy(f[None, :])[0]))
+        heavy = bool(model.heavy(f[None, :])[0])
+        alerted = self.alert.update(score, slot, heavy)
         self.last_slot = slot
         self.counters["windows"] += 1
         self.history.add_window(start, end, score, model.threshold, alerted)
         share = model.contributions(f[None, :])[0]
         self.last["score"] = score
+        self.last["heavy_work"] = heavy
         full = model.full(f[None, :])[0]
         self.last["features"] = dict(zip(model.feature_names, full.tolist(), strict=True))
         self.last["contributions"] = dict(zip(model.feature_names, share.tolist(), strict=True))
@@ -758,6 +760,7 @@ class Agent:
             anomaly_score=self.last.get("score") if m is not None else None,
             anomaly_threshold=m.threshold if m is not None else None,
             alert_active=bool(self.alert.active) if self.alert is not None else False,
+            heavy_work=self.last.get("heavy_work") if m is not None else None,
             alerts_total=self.counters["alerts"],
             suspect_processes_total=self.counters.get("flagged", 0),
             feature_values={

@@ -54,6 +54,10 @@ METRICS: dict[str, str] = {
     "minerwatch_anomaly_score": "Anomaly score of the latest window, 0 (normal) to 1.",
     "minerwatch_anomaly_threshold": "Calibrated score above which a window counts as anomalous.",
     "minerwatch_alert_active": "1 while the alert rule is firing on this host, else 0.",
+    "minerwatch_heavy_work": (
+        "1 when the latest window was heavy work (evidence of work far above its training"
+        " median), whose marginal evidence the alert rule does not count toward its sustain."
+    ),
     "minerwatch_alerts_total": "Alert episodes started since the agent started.",
     "minerwatch_suspect_processes_total": (
         "Processes named like a miner or disguised (deleted exe, kernel-thread name with an exe,"
@@ -150,6 +154,8 @@ def snapshot_families(
     yield from gauge("minerwatch_anomaly_score", s.anomaly_score)
     yield from gauge("minerwatch_anomaly_threshold", s.anomaly_threshold)
     yield from gauge("minerwatch_alert_active", 1.0 if s.alert_active else 0.0)
+    if s.heavy_work is not None:
+        yield from gauge("minerwatch_heavy_work", 1.0 if s.heavy_work else 0.0)
     yield counter("minerwatch_alerts_total", s.alerts_total)
     yield counter("minerwatch_suspect_processes_total", s.suspect_processes_total)
     yield from labelled("minerwatch_feature_value", "feature", s.feature_values, GaugeMetricFamily)

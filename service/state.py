@@ -78,6 +78,8 @@ class AgentSnapshot:
     anomaly_score: float | None = None
     anomaly_threshold: float | None = None
     alert_active: bool = False
+    # The latest window was heavy work (its marginal evidence does not count toward the sustain).
+    heavy_work: bool | None = None
     alerts_total: int = 0
     suspect_processes_total: int = 0
     feature_values: Mapping[str, float] = field(default_factory=_empty)

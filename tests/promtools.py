@@ -210,6 +210,7 @@ def full_snapshot(now: float) -> AgentSnapshot:
         anomaly_score=0.83,
         anomaly_threshold=0.61,
         alert_active=True,
+        heavy_work=False,
         alerts_total=3,
         feature_values={"cpu_mean": 97.5, "cpu_std": 1.5, "net_tx_mean": 1200.0},
         feature_contributions={"cpu_mean": 0.7, "cpu_std": 0.2, "net_tx_mean": 0.1},

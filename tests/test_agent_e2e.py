@@ -239,6 +239,7 @@ def test_an_alert_is_said_as_it_opens_and_as_it_closes(tmp_path):
         first = agent.wait_for("the stored model", lambda m: True, 20)
         assert first["minerwatch_learning"] == 0.0
         on = agent.wait_for("an alert", lambda m: m.get("minerwatch_alert_active") == 1.0, 60)
+        assert on["minerwatch_heavy_work"] == 0.0  # a compute loop does no work of its own
         (opened,) = episodes(agent)  # said at once, not when the episode ends
         assert opened["event"] == "open" and opened["host"] == QUIET
         assert opened["score"] > opened["threshold"] == on["minerwatch_anomaly_threshold"]

@@ -77,6 +77,7 @@ def test_full_snapshot_exports_every_metric_with_its_values(exporter):
     assert value("minerwatch_anomaly_score") == snap.anomaly_score
     assert value("minerwatch_anomaly_threshold") == snap.anomaly_threshold
     assert value("minerwatch_alert_active") == 1.0
+    assert value("minerwatch_heavy_work") == 0.0
     assert value("minerwatch_alerts_total") == snap.alerts_total
     assert value("minerwatch_feature_value", {"feature": "cpu_mean"}) == 97.5
     assert value("minerwatch_feature_contribution", {"feature": "cpu_std"}) == 0.2
@@ -476,6 +477,13 @@ def test_learning_period_and_start_are_exported(exporter):
     assert value("minerwatch_learning_started_timestamp_seconds") == NOW - 60
     exporter.update(AgentSnapshot(learning=False, learning_period_seconds=7200.0))
     assert value("minerwatch_learning_started_timestamp_seconds") is None
+
+
+def test_heavy_work_is_left_out_until_a_window_is_scored(exporter):
+    exporter.update(AgentSnapshot(anomaly_threshold=0.6))
+    assert "minerwatch_heavy_work" not in scrape(exporter)
+    exporter.update(AgentSnapshot(anomaly_score=0.7, anomaly_threshold=0.6, heavy_work=True))
+    assert exporter.registry.get_sample_value("minerwatch_heavy_work") == 1.0
 
 
 def test_evidence_file_of_the_open_episode_is_one_info_series(exporter, tmp_path):

@@ -184,6 +184,7 @@ def test_serve_scores_live_hosts_exports_host_labels_and_retrains(live, models, 
             assert 0.0 <= score <= 1.0
             assert value(first, "minerwatch_anomaly_threshold", host=h) > 0
             assert value(first, "minerwatch_alert_active", host=h) in (0.0, 1.0)
+            assert value(first, "minerwatch_heavy_work", host=h) in (0.0, 1.0)
             assert value(first, "minerwatch_telemetry", host=h, metric="cpu_percent") >= 0
             # the window the exported features describe is recent live data
             assert (
@@ -291,13 +292,20 @@ def check_rules_evaluate(prom) -> None:
 
 
 def check_grafana_alert_per_host(prom) -> None:
-    """The Grafana-managed alert's query gives one margin per fleet host, each its own."""
+    """The Grafana-managed alert's query gives one margin per fleet host, each its own, for the
+    hosts whose alert rule fires."""
     (rule,) = yaml.safe_load(ALERTING.read_text())["groups"][0]["rules"]
     (query,) = [d["model"]["expr"] for d in rule["data"] if d["datasourceUid"] != "__expr__"]
-    answer = prom.query(query)
-    assert answer["status"] == "success", answer
-    fleet = [r for r in answer["data"]["result"] if r["metric"]["job"] == "minerwatch-fleet"]
-    assert sorted(r["metric"]["host"] for r in fleet) == list(HOSTS)
+    margin, gate = query.split(" and on (instance, job, host) ")
+
+    def fleet_hosts(expr: str) -> list[str]:
+        answer = prom.query(expr)
+        assert answer["status"] == "success", answer
+        rows = answer["data"]["result"]
+        return sorted(r["metric"]["host"] for r in rows if r["metric"]["job"] == "minerwatch-fleet")
+
+    assert fleet_hosts(margin) == list(HOSTS)
+    assert fleet_hosts(query) == fleet_hosts(gate)
 
 
 def test_one_query_per_metric_per_cycle_whatever_the_hosts(live, models):

@@ -106,6 +106,7 @@ PER_HOST = frozenset(
         "minerwatch_anomaly_score",
         "minerwatch_anomaly_threshold",
         "minerwatch_alert_active",
+        "minerwatch_heavy_work",
         "minerwatch_alerts",
         "minerwatch_feature_value",
         "minerwatch_feature_contribution",
@@ -317,6 +318,7 @@ class HostState:
     alerts_total: int = 0
     windows_total: int = 0
     score: float | None = None
+    heavy: bool | None = None
     features: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
     telemetry: dict[str, float] = field(default_factory=dict)
@@ -357,6 +359,7 @@ class HostState:
             anomaly_score=self.score,
             anomaly_threshold=m.threshold,
             alert_active=self.alert.active,
+            heavy_work=self.heavy,
             alerts_total=self.alerts_total,
             feature_values={k: v for k, v in self.features.items() if math.isfinite(v)},
             feature_contributions=self.contributions,
@@ -500,6 +503,7 @@ def score_host(state: HostState, series: HostSeries, now: float) -> list[tuple[f
     del state.alerted[:-MAX_REMEMBERED]
     f = F[fresh[-1]][None, :]
     state.score = float(scores[-1])
+    state.heavy = bool(heavy[-1])
     state.features = dict(zip(m.feature_names, m.full(f)[0].tolist(), strict=True))
     state.contributions = dict(zip(m.feature_names, m.contributions(f)[0].tolist(), strict=True))
     state.score_ts = now
