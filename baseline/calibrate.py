@@ -2,7 +2,9 @@
 
 The model only scores; this module decides. An episode opens when ``k`` consecutive windows
 score far above the threshold (:data:`ALERT_MARGIN`: an unknown or disguised process, CPU far
-past anything in training), or when ``sustain`` consecutive windows score above it at all (a
+past anything in training), when ``fast`` (2) score farther still (:data:`FAST_MARGIN`: a
+new or disguised miner scores ten or more units above it from its first windows), or when
+``sustain`` consecutive windows score above it at all (a
 familiar process working harder than usual: GC storms, compiles and admin jobs last minutes,
 a miner inside a familiar process runs for hours); one hot window is a blip, a miner is a
 plateau. A window in which the host does *heavy work* (some evidence of work, such as disk
@@ -13,8 +15,10 @@ too. It closes after ``clear`` consecutive windows below the threshold, so one c
 one episode, not a flapping series.
 The threshold is the lowest one that keeps out-of-fold training scores within the allowed
 number of episodes (default: :data:`ALARMS_PER_WEEK`), counted as if ``k`` windows above it
-opened an alert whatever the margin: the rule's most eager reading, so the margin, the
-sustain and heavy work only ever remove episodes from what the calibration allowed.
+opened an alert whatever the margin: the rule's most eager reading but for the fast path, so
+the margin, the sustain and heavy work only ever remove episodes from what the calibration
+allowed. The fast path can add one only where two windows in a row score :data:`FAST_MARGIN`
+above the threshold and the third does not score above it at all.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ SUSTAIN_WINDOWS = 8
 #: makes a window one of heavy work, whose marginal evidence does not count toward the sustain.
 #: docs/benchmarks.md, "Heavy work holds the sustain".
 HEAVY_WORK = 2.0
+#: Windows in a row, and how far above the threshold (units of surprise, twice the margin:
+#: ``1 - score`` 55 times smaller than at the threshold), that open an alert without waiting
+#: for the third. docs/benchmarks.md, "Two windows for evidence far above the threshold".
+FAST_WINDOWS = 2
+FAST_MARGIN = 2 * ALERT_MARGIN
 
 
 def strong_threshold(threshold: float, margin: float) -> float:
@@ -65,12 +74,18 @@ class AlertState:
     sustain: int | None = None
     #: Surprise margin above the threshold for a window to count toward ``k``.
     margin: float = 0.0
+    #: Windows at least ``fast_margin`` above the threshold that open an alert; None: no such
+    #: path (models trained without process tables, or before it).
+    fast: int | None = None
+    fast_margin: float = 0.0
     active: bool = False
     _above: int = 0
     _strong: int = 0
+    _fast: int = 0
     _below: int = 0
     _last_slot: int | None = field(default=None, repr=False)
     _strong_at: float = field(default=1.0, init=False, repr=False)
+    _fast_at: float = field(default=1.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._strong_at = (
@@ -78,6 +93,7 @@ class AlertState:
             if self.sustain is None
             else strong_threshold(self.threshold, self.margin)
         )
+        self._fast_at = strong_threshold(self.threshold, self.fast_margin)
 
     def update(self, score: float, slot: int | None = None, heavy: bool = False) -> bool:
         """Feed one window's score (``heavy``: the host did heavy work in it, so a margin
@@ -85,7 +101,7 @@ class AlertState:
         is alerted."""
         if slot is not None and self._last_slot is not None and slot - self._last_slot > 1:
             missed = slot - self._last_slot - 1  # a gap: no evidence either way
-            self._above = self._strong = 0
+            self._above = self._strong = self._fast = 0
             self._below += missed
             if self.active and self._below >= self.clear:
                 self.active = False
@@ -95,12 +111,14 @@ class AlertState:
             strong = score > self._strong_at
             self._above = self._above + 1 if strong or not heavy else 0
             self._strong = self._strong + 1 if strong else 0
+            self._fast = self._fast + 1 if strong and score > self._fast_at else 0
             self._below = 0
             sustain = self.k if self.sustain is None else self.sustain
-            if self._strong >= self.k or self._above >= sustain:
+            fast = self.fast is not None and self._fast >= self.fast
+            if self._strong >= self.k or self._above >= sustain or fast:
                 self.active = True
         else:
-            self._above = self._strong = 0
+            self._above = self._strong = self._fast = 0
             self._below += 1
             if self.active and self._below >= self.clear:
                 self.active = False
@@ -116,10 +134,12 @@ def alert_rule(
     sustain: int | None = None,
     margin: float = 0.0,
     heavy: np.ndarray | None = None,
+    fast: int | None = None,
+    fast_margin: float = 0.0,
 ) -> np.ndarray:
     """Alert flag per window (windows in time order; ``slots`` = window index on the grid;
     ``heavy``: per window, whether the host did heavy work in it)."""
-    state = AlertState(threshold=threshold, k=k, clear=clear, sustain=sustain, margin=margin)
+    state = AlertState(threshold, k, clear, sustain, margin, fast, fast_margin)
     slot_list = [None] * len(scores) if slots is None else [int(s) for s in slots]
     work = [False] * len(scores) if heavy is None else [bool(h) for h in heavy]
     return np.array(

@@ -69,6 +69,10 @@ class HostModel:
     #: Evidence of work this many training spreads above its median holds the sustain (see
     #: :class:`~minerwatch.baseline.calibrate.AlertState`); 0: never (models saved before it).
     heavy_work: float = 0.0
+    #: Windows this far above the threshold that open an alert (the rule's fast path); None:
+    #: none (models trained without process tables, or saved before it).
+    fast_windows: int | None = None
+    fast_margin: float = 0.0
     excess_scale: float = 1.0
     explainer: Explainer | None = None
     forest_columns: np.ndarray | None = None
@@ -122,6 +126,8 @@ class HostModel:
             "clear": self.clear_windows,
             "sustain": self.sustain_windows if identities else None,
             "margin": self.alert_margin,
+            "fast": self.fast_windows if identities else None,
+            "fast_margin": self.fast_margin,
         }
 
     def alert_state(self) -> AlertState:
@@ -318,6 +324,11 @@ class HostModel:
                 else {}
             )
             | (
+                {"fast_windows": self.fast_windows, "fast_margin": self.fast_margin}
+                if self.fast_windows is not None
+                else {}
+            )
+            | (
                 {"lowrank_names": list(self.lowrank.names), "lowrank_unit": self.lowrank_unit}
                 if self.lowrank
                 else {}
@@ -361,6 +372,8 @@ class HostModel:
             ),
             alert_margin=float(params.get("alert_margin", 0.0)),
             heavy_work=float(params.get("heavy_work", 0.0)),  # absent before it: never
+            fast_windows=int(params["fast_windows"]) if "fast_windows" in params else None,
+            fast_margin=float(params.get("fast_margin", 0.0)),
             excess_scale=float(params["excess_scale"]),
             explainer=explainer,
             lowrank=lowrank,

@@ -33,6 +33,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from minerwatch.baseline.calibrate import (
     ALERT_MARGIN,
+    FAST_MARGIN,
+    FAST_WINDOWS,
     HEAVY_WORK,
     SUSTAIN_WINDOWS,
     calibrate_threshold,
@@ -95,6 +97,8 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         lowrank_features: Any = None,
         explain_evidence: Any = None,
         heavy_work: float = HEAVY_WORK,
+        fast_windows: int = FAST_WINDOWS,
+        fast_margin: float = FAST_MARGIN,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -104,6 +108,8 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         self.sustain_windows = sustain_windows
         self.alert_margin = alert_margin
         self.heavy_work = heavy_work
+        self.fast_windows = fast_windows
+        self.fast_margin = fast_margin
         self.hop = hop
         self.excess_scale = excess_scale
         self.threshold_margin = threshold_margin
@@ -204,6 +210,8 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             sustain_windows=max(self.sustain_windows, self.alert_windows),
             alert_margin=self.alert_margin,
             heavy_work=self.heavy_work,
+            fast_windows=self.fast_windows,
+            fast_margin=self.fast_margin,
             excess_scale=self.excess_scale,
             explainer=explainer,
             forest_columns=forest_columns,

@@ -343,6 +343,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "sustain_windows": ("a whole number of windows, at least 1", _is_count),
     "alert_margin": ("a number, at least 0", lambda v: _is_number(v) and v >= 0),
     "heavy_work": ("a number, at least 0", lambda v: _is_number(v) and v >= 0),
+    "fast_windows": ("a whole number of windows, at least 1", _is_count),
+    "fast_margin": ("a number, at least 0", lambda v: _is_number(v) and v >= 0),
     "excess_scale": ("a positive number", lambda v: _is_number(v, positive=True)),
     "model_file": ("a file name model-<16 hex>.npz", lambda v: isinstance(v, str)),
     "sha256": ("a sha256 in hex", lambda v: isinstance(v, str)),
@@ -354,7 +356,16 @@ _FIELDS: dict[str, tuple[str, Any]] = {
 
 
 #: Fields models saved by earlier versions lack (their loader's defaults keep the old rule).
-_OPTIONAL = frozenset({"derived_names", "sustain_windows", "alert_margin", "heavy_work"})
+_OPTIONAL = frozenset(
+    {
+        "derived_names",
+        "sustain_windows",
+        "alert_margin",
+        "heavy_work",
+        "fast_windows",
+        "fast_margin",
+    }
+)
 
 
 def _check_fields(meta: dict[str, Any], where: str) -> None:

@@ -122,7 +122,9 @@ def train_host(
     if learnt is None:
         # without process identities nothing can be strong evidence of an unknown process:
         # marginal evidence is all there is and must not wait (docs/benchmarks.md)
-        model = replace(model, sustain_windows=None, alert_margin=0.0, heavy_work=0.0)
+        model = replace(
+            model, sustain_windows=None, alert_margin=0.0, heavy_work=0.0, fast_windows=None
+        )
     else:
         meta["process_identities"] = len(learnt.baseline.identities)
         meta["flagged_processes"] = list(learnt.flagged[:20])

@@ -136,6 +136,27 @@ def test_heavy_work_holds_the_sustain_not_strong_evidence():
     )
 
 
+def test_two_windows_far_above_open_at_once():
+    """Evidence twice the margin above the threshold (a new miner, ten or more units up) opens
+    an alert at its second window; one such window is a blip; without a fast path (models
+    trained without process tables, or before it) it waits for the third."""
+    thr = 0.6
+    far = 1 - (1 - thr) * np.exp(-4.5)  # 4.5 units above
+    strong = 1 - (1 - thr) * np.exp(-2.5)
+    rule = {"k": 3, "clear": 3, "sustain": 8, "margin": 2.0, "fast": 2, "fast_margin": 4.0}
+    assert alert_rule(np.full(4, far), thr, **rule).tolist() == [0, 1, 1, 1]
+    assert alert_rule(np.full(4, strong), thr, **rule).tolist() == [0, 0, 1, 1]
+    blip = np.array([far, 0.1, far, 0.1, 0.1])
+    assert not alert_rule(blip, thr, **rule).any()
+    # a gap between the two restarts the run
+    assert not alert_rule(np.full(2, far), thr, slots=np.array([0, 2]), **rule).any()
+    # heavy work does not hold it
+    held = alert_rule(np.full(4, far), thr, heavy=np.ones(4, dtype=bool), **rule)
+    assert held.tolist() == [0, 1, 1, 1]
+    older = {k: v for k, v in rule.items() if not k.startswith("fast")}
+    assert alert_rule(np.full(4, far), thr, **older).tolist() == [0, 0, 1, 1]
+
+
 def test_streaming_equals_batch_with_sustain_and_margin():
     rng = np.random.default_rng(4)
     s = 1 - np.exp(-rng.exponential(1.5, 2000))  # surprise spread over several units
@@ -154,3 +175,11 @@ def test_streaming_equals_batch_with_sustain_and_margin():
     held = alert_rule(s, 0.7, np.arange(len(s)), k=3, clear=3, sustain=8, margin=2.0, heavy=work)
     np.testing.assert_array_equal(streamed, held)
     assert held.sum() < batch.sum() and not (held & ~batch).any()
+    fast = {"fast": 2, "fast_margin": 4.0}
+    state = AlertState(0.7, k=3, clear=3, sustain=8, margin=2.0, **fast)
+    streamed = [
+        state.update(x, slot, bool(h)) for slot, (x, h) in enumerate(zip(s, work, strict=True))
+    ]
+    quick = alert_rule(s, 0.7, np.arange(len(s)), 3, 3, 8, 2.0, heavy=work, **fast)
+    np.testing.assert_array_equal(streamed, quick)
+    assert quick.sum() > held.sum() and not (held & ~quick).any()

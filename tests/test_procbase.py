@@ -134,6 +134,13 @@ def test_new_identity_alerts_within_minutes_and_names_the_feature(trained) -> No
     scored = score_series(trained, s)
     first = scored.window_start[scored.alert.astype(bool)].min() - s.timestamps[0]
     assert 3600 <= first <= 3600 + 4 * 60  # alerted within four windows of the start
+    # far above the threshold from its first full window: the fast path opens at the second
+    surprise = -np.log1p(-scored.score) + np.log1p(-scored.threshold)
+    far = int(np.argmax(surprise > trained.fast_margin))
+    assert surprise[far : far + 2].min() > trained.fast_margin
+    assert int(np.argmax(scored.alert)) == far + 1
+    eager = score_series(replace(trained, fast_windows=None), s)
+    assert int(np.argmax(eager.alert)) == far + 2  # the third, without it
     assert "proc_new_cpu" in ";".join(scored.top_features)
     assert trained.procs is not None
     rows = s.procs.between(s.timestamps[0] + 3600, s.timestamps[0] + 3700)
@@ -536,7 +543,8 @@ def test_marginal_evidence_must_last_strong_evidence_does_not_wait(trained) -> N
     first_above = int(np.argmax(marginal.score > near.threshold))
     assert first_above == start
     rule = (near.threshold, marginal.slots, 3, 3, 8, 2.0)
-    np.testing.assert_array_equal(marginal.alert, alert_rule(marginal.score, *rule))
+    fast = {"fast": 2, "fast_margin": 4.0}
+    np.testing.assert_array_equal(marginal.alert, alert_rule(marginal.score, *rule, **fast))
     first_alert = int(np.argmax(marginal.alert))
     assert first_above + 2 < first_alert <= first_above + 7  # after 3 strong or 8 windows
     # the same surge while the host reads and writes its disk far harder than in training

@@ -436,20 +436,26 @@ def test_agent_refuses_a_bad_key_file_at_start(tmp_path):
 def test_alert_rule_fields_round_trip_and_older_models_keep_their_rule(tmp_path, model):
     from dataclasses import replace
 
-    ruled = replace(model, sustain_windows=8, alert_margin=2.0, heavy_work=2.5)
+    ruled = replace(
+        model, sustain_windows=8, alert_margin=2.0, heavy_work=2.5, fast_windows=2, fast_margin=4.0
+    )
     folder = save_model(tmp_path, ruled)
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["sustain_windows"], meta["alert_margin"], meta["heavy_work"]) == (8, 2.0, 2.5)
+    assert (meta["fast_windows"], meta["fast_margin"]) == (2, 4.0)
     back = load_model(tmp_path, model.host)
     assert (back.sustain_windows, back.alert_margin, back.heavy_work) == (8, 2.0, 2.5)
+    assert (back.alert_state().fast, back.alert_state().fast_margin) == (2, 4.0)
     busy = np.full((3, back.n_base), 1e9)  # every input, evidence of work too, far above
     assert back.heavy(busy).all()
-    # saved before heavy work held the sustain: no window is heavy work
-    del meta["heavy_work"]
+    # saved before heavy work held the sustain and the fast path: neither
+    for name in ("heavy_work", "fast_windows", "fast_margin"):
+        del meta[name]
     meta["signature"] = sign(meta)
     (folder / "meta.json").write_text(json.dumps(meta))
     older = load_model(tmp_path, model.host)
     assert older.heavy_work == 0.0 and older.sustain_windows == 8
+    assert older.fast_windows is None and older.alert_state().fast is None
     assert not older.heavy(busy).any()
     # a model saved before the fields (signed without them) loads with the k-window rule
     for name in ("sustain_windows", "alert_margin"):
@@ -467,6 +473,8 @@ def test_alert_rule_fields_round_trip_and_older_models_keep_their_rule(tmp_path,
         ("sustain_windows", "8", "sustain_windows to be a whole number of windows, at least 1"),
         ("alert_margin", -1.0, "alert_margin to be a number, at least 0"),
         ("heavy_work", "2", "heavy_work to be a number, at least 0"),
+        ("fast_windows", 0, "fast_windows to be a whole number of windows, at least 1"),
+        ("fast_margin", -4.0, "fast_margin to be a number, at least 0"),
     ],
 )
 def test_bad_alert_rule_fields_are_refused_by_name(tmp_path, model, field, value, expected):

@@ -345,7 +345,8 @@ class HostState:
         """What a restart must not lose: the alert rule's state and the alerted windows."""
         a = self.alert
         return {
-            "active": a.active, "above": a._above, "strong": a._strong, "below": a._below,
+            "active": a.active, "above": a._above, "strong": a._strong, "fast": a._fast,
+            "below": a._below,
             "alert_slot": a._last_slot, "last_slot": self.last_slot,
             "alerts_total": self.alerts_total, "windows_total": self.windows_total,
             "episode_start": self.episode_start, "alerted": coalesce(self.alerted),
@@ -404,6 +405,8 @@ class HostSaved:
     windows_total: int
     episode_start: float | None
     alerted: tuple[tuple[float, float], ...]
+    #: windows in a row on the fast path (absent from files written before it: none)
+    fast: int = 0
 
     @classmethod
     def parse(cls, item: object) -> HostSaved:
@@ -438,6 +441,7 @@ class HostSaved:
         return cls(
             active=item["active"], above=count("above") or 0, below=count("below") or 0,
             strong=(count("strong") if "strong" in item else count("above")) or 0,
+            fast=(count("fast") if "fast" in item else 0) or 0,
             alert_slot=count("alert_slot", True), last_slot=count("last_slot", True),
             alerts_total=count("alerts_total") or 0, windows_total=count("windows_total") or 0,
             episode_start=None if episode is None else instant(episode),
@@ -446,10 +450,11 @@ class HostSaved:
 
     def apply(self, state: HostState) -> None:
         a = state.alert
-        a.active, a._above, a._strong, a._below, a._last_slot = (
+        a.active, a._above, a._strong, a._fast, a._below, a._last_slot = (
             self.active,
             self.above,
             min(self.strong, self.above),
+            min(self.fast, self.strong, self.above),
             self.below,
             self.alert_slot,
         )
