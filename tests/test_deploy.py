@@ -240,9 +240,10 @@ def check_rules_evaluate(prom, snapshot) -> None:
         time.sleep(0.2)
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     states = {(r["name"], r["labels"].get("trigger")): r["state"] for r in rules}
-    # alert_active is 1 and the score is above threshold: both anomaly rules are pending,
-    # and so are the miner_name indicator and the failed "processes" source.
-    assert states[("MinerwatchAnomaly", "agent")] == "pending"
+    # alert_active is 1: the agent's alert fires at once (its rule has already waited); the
+    # score is above threshold: the fallback is pending, and so are the miner_name indicator
+    # and the failed "processes" source.
+    assert states[("MinerwatchAnomaly", "agent")] == "firing"
     assert states[("MinerwatchAnomaly", "score")] == "pending"
     assert states[("MinerwatchIndicatorHits", None)] == "pending"
     assert states[("MinerwatchSourceDown", None)] == "pending"
