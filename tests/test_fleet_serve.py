@@ -661,7 +661,7 @@ def test_state_file_round_trip_and_entries_not_as_written(synthetic_model, tmp_p
 
     a = server()
     state = a.hosts["h0000"]
-    for slot, score in enumerate([0.9, 0.9, 0.9, 0.1, 0.9], start=100):
+    for slot, score in enumerate([0.9, 0.9, 0.9, 0.1, 0.9999], start=100):
         state.alert.update(score, slot)
     state.last_slot, state.alerts_total, state.windows_total = 104, 1, 5
     state.episode_start = 6000.0
@@ -672,20 +672,23 @@ def test_state_file_round_trip_and_entries_not_as_written(synthetic_model, tmp_p
     assert b.restore_state() == 1
     got = b.hosts["h0000"]
     assert got.alert == state.alert and got.alert._below == 0 and got.alert._above == 1
+    assert got.alert._fast == state.alert._fast == 1  # the fast path's run is kept too
     assert (got.last_slot, got.alerts_total, got.windows_total) == (104, 1, 5)
     assert got.episode_start == 6000.0
     assert got.alerted == [(6000.0, 6180.0), (6240.0, 6300.0)]  # touching windows: one span
     b.save_state()
     assert json.loads(path.read_text())["hosts"]["gone"] == {"active": True}
 
-    # a state file written before the strong run was kept: the run above stands for it
+    # a state file written before the strong run was kept: the run above stands for it; one
+    # written before the fast path: no fast run
     doc = json.loads(path.read_text())
     assert doc["hosts"]["h0000"]["strong"] == state.alert._strong
-    del doc["hosts"]["h0000"]["strong"]
+    del doc["hosts"]["h0000"]["strong"], doc["hosts"]["h0000"]["fast"]
     path.write_text(json.dumps(doc))
     older = server()
     assert older.restore_state() == 1
     assert older.hosts["h0000"].alert._strong == older.hosts["h0000"].alert._above == 1
+    assert older.hosts["h0000"].alert._fast == 0
     b.save_state()
 
     doc = json.loads(path.read_text())
