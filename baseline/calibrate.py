@@ -45,8 +45,9 @@ SUSTAIN_WINDOWS = 8
 #: docs/benchmarks.md, "Heavy work holds the sustain".
 HEAVY_WORK = 2.0
 #: Windows in a row, and how far above the threshold (units of surprise, twice the margin:
-#: ``1 - score`` 55 times smaller than at the threshold), that open an alert without waiting
-#: for the third. docs/benchmarks.md, "Two windows for evidence far above the threshold".
+#: ``1 - score`` 55 times smaller than at the threshold at the default margin), that open an
+#: alert without waiting for the third. docs/benchmarks.md, "Two windows for evidence far
+#: above the threshold". Training takes twice the model's own margin.
 FAST_WINDOWS = 2
 FAST_MARGIN = 2 * ALERT_MARGIN
 

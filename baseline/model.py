@@ -33,7 +33,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from minerwatch.baseline.calibrate import (
     ALERT_MARGIN,
-    FAST_MARGIN,
     FAST_WINDOWS,
     HEAVY_WORK,
     SUSTAIN_WINDOWS,
@@ -98,7 +97,7 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         explain_evidence: Any = None,
         heavy_work: float = HEAVY_WORK,
         fast_windows: int = FAST_WINDOWS,
-        fast_margin: float = FAST_MARGIN,
+        fast_margin: float | None = None,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -211,7 +210,11 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
             alert_margin=self.alert_margin,
             heavy_work=self.heavy_work,
             fast_windows=self.fast_windows,
-            fast_margin=self.fast_margin,
+            # twice the margin unless given: an agent configured with another margin keeps
+            # the fast path above it
+            fast_margin=(
+                2.0 * self.alert_margin if self.fast_margin is None else float(self.fast_margin)
+            ),
             excess_scale=self.excess_scale,
             explainer=explainer,
             forest_columns=forest_columns,

@@ -141,6 +141,10 @@ def test_new_identity_alerts_within_minutes_and_names_the_feature(trained) -> No
     assert int(np.argmax(scored.alert)) == far + 1
     eager = score_series(replace(trained, fast_windows=None), s)
     assert int(np.argmax(eager.alert)) == far + 2  # the third, without it
+    # twice the model's own margin: an agent configured with a wider margin keeps it above
+    assert trained.fast_margin == 2 * trained.alert_margin == 4.0
+    wide = train_host(with_table(host_series()), params={"alert_margin": 3.0})
+    assert (wide.alert_margin, wide.fast_margin) == (3.0, 6.0)
     assert "proc_new_cpu" in ";".join(scored.top_features)
     assert trained.procs is not None
     rows = s.procs.between(s.timestamps[0] + 3600, s.timestamps[0] + 3700)
