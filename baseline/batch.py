@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # the readers stay out of the numpy-only scoring path
     from minerwatch.features.io import HostSeries
 
 
-#: Columns of the scores file (Unix seconds; ``top_features`` is ``;``-separated ``name=value``).
+#: Columns of the scores file (Unix seconds; ``top_features`` is ``;``-separated ``name=value``;
+#: ``heavy_work`` 1 where the host did heavy work, which holds the alert rule's sustain).
 SCORE_COLUMNS = (
     "host",
     "window_start",
@@ -32,6 +33,7 @@ SCORE_COLUMNS = (
     "alert",
     "top_features",
     "processes",
+    "heavy_work",
 )
 
 
@@ -54,6 +56,9 @@ class Scored:
     #: Per window that alerted, the unfamiliar processes in words (``; ``-separated); empty
     #: for the others and without a process table.
     processes: list[str] = field(default_factory=list)
+    #: Per window, whether the host did heavy work (its marginal evidence then does not count
+    #: toward the sustain); empty = none, as for a model without process tables.
+    heavy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def rows(self) -> list[list[object]]:
         """The windows as rows of :data:`SCORE_COLUMNS`, as ``score`` and ``fleet score`` write."""
@@ -67,6 +72,7 @@ class Scored:
                 int(self.alert[j]),
                 self.top_features[j],
                 self.processes[j] if self.processes else "",
+                int(self.heavy[j]) if len(self.heavy) else 0,
             ]
             for j in range(len(self.score))
         ]
@@ -126,7 +132,8 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
         )
     score = model.score(F) if len(F) else np.zeros(0)
     identities = series.procs is not None
-    alert = model.alerts(score, win.slots, identities=identities, heavy=model.heavy(F))
+    heavy = model.heavy(F)
+    alert = model.alerts(score, win.slots, identities=identities, heavy=heavy)
     processes: list[str] = []
     if model.procs is not None and series.procs is not None:
         processes = [
@@ -146,4 +153,5 @@ def score_series(model: HostModel, series: HostSeries) -> Scored:
         top_features=top_feature_labels(model, F) if len(F) else [],
         unknown=unknown,
         processes=processes,
+        heavy=np.asarray(heavy, dtype=bool),
     )

@@ -172,10 +172,11 @@ def test_train_then_score(fleet, tmp_path):
     assert r.returncode == 2, r.stderr  # new-9 has no model: scored the others, said so
     assert "skipped host new-9" in r.stderr and "Traceback" not in r.stderr
     assert out.read_text().splitlines()[0] == (
-        "host,window_start,window_end,score,threshold,alert,top_features,processes"
+        "host,window_start,window_end,score,threshold,alert,top_features,processes,heavy_work"
     )
     rows = list(csv.DictReader(out.open()))
     assert {r["host"] for r in rows} == {"web-1"}
+    assert {r["heavy_work"] for r in rows} <= {"0", "1"}
     alerted = [r for r in rows if r["alert"] == "1"]
     t0 = T0 + 2 * 86400 + 3 * 3600
     assert alerted and float(alerted[0]["window_end"]) - t0 <= 300

@@ -148,6 +148,10 @@ def test_grafana_provisioning_files_agree():
     panel_ids = {str(p["id"]) for p in dashboard()["panels"]}
     assert rule["annotations"]["__panelId__"] in panel_ids
     assert "minerwatch evidence list" in rule["annotations"]["description"]
+    # it waits no longer than the Prometheus rules' agent trigger (the agent's rule has waited)
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    (agent,) = [r for r in rules if r.get("labels", {}).get("trigger") == "agent"]
+    assert rule["for"] == agent.get("for", "0s") == "0s"
     provider = yaml.safe_load((PROVISIONING / "dashboards" / "minerwatch.yml").read_text())
     assert provider["providers"][0]["type"] == "file"
 

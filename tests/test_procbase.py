@@ -567,6 +567,9 @@ def test_marginal_evidence_must_last_strong_evidence_does_not_wait(trained) -> N
     held, eager = score_series(bar, busy), score_series(replace(bar, heavy_work=0.0), busy)
     np.testing.assert_array_equal(held.score, eager.score)
     assert eager.alert.any() and not held.alert.any()
+    # the scores file says which windows the work held (the last column, heavy_work)
+    assert held.heavy[plateau].all() and not eager.heavy.any()
+    assert [row[-1] for row in held.rows()] == held.heavy.astype(int).tolist()
     # as older models judged (no sustain): the third window above
     loose = replace(near, sustain_windows=None)
     assert int(np.argmax(score_series(loose, surge).alert)) == first_above + 2

@@ -82,6 +82,14 @@ def test_report_from_scores_alone_and_usage_errors(scored, tmp_path):
     r = run("report", "--scores", scored / "scores.csv", "--format", "md")
     assert r.returncode == 0, r.stderr
     assert "no CPU timeline" in r.stderr and "# Incident report" in r.stdout
+    # a scores file written before the processes and heavy_work columns reads the same
+    older = tmp_path / "older.csv"
+    with older.open("w", newline="") as fh:
+        csv.writer(fh).writerows(row[:7] for row in csv.reader((scored / "scores.csv").open()))
+    assert older.read_text().splitlines()[0].endswith(",alert,top_features")
+    again = run("report", "--scores", older, "--format", "md")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.replace("older.csv", "scores.csv") == r.stdout
     bad = tmp_path / "bad.csv"
     bad.write_text("host,start\nweb-1,1\n")
     for args, words in [
