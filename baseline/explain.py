@@ -19,7 +19,9 @@ its CPU; a miner's CPU brings none.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +58,35 @@ def min_windows(inputs: int) -> int:
     100
     """
     return ROWS_PER_COEF * (inputs + 1) + 1
+
+
+def heavy_work_words(episode: Mapping[str, Any]) -> str:
+    """What the responder reads about heavy work in an alert episode (its ``windows``,
+    ``heavy_windows`` and ``heavy_work`` inputs; "" when there was none): maintenance (an
+    index rebuild, a backup, an administrator's tool) reads and writes while it holds the CPU,
+    a miner does not. Fields of the wrong type (an edited event log) are ignored.
+
+    >>> heavy_work_words({"windows": 5, "heavy_windows": 3,
+    ...                   "heavy_work": [{"feature": "disk_read_bps", "spreads": 45.2}]})
+    'heavy work in 3 of 5 windows (disk_read_bps 45 spreads above its training median)'
+    >>> heavy_work_words({"windows": 5, "heavy_windows": 0})
+    ''
+    """
+    heavy, windows = episode.get("heavy_windows"), episode.get("windows")
+    if not isinstance(heavy, int) or not isinstance(windows, int) or heavy <= 0:
+        return ""
+    inputs = episode.get("heavy_work")
+    named = [
+        f"{i['feature']} {float(i['spreads']):.0f} spreads"
+        for i in (inputs if isinstance(inputs, list) else [])
+        if isinstance(i, Mapping)
+        and isinstance(i.get("feature"), str)
+        and isinstance(i.get("spreads"), int | float)
+    ]
+    where = "its training median" if len(named) == 1 else "their training medians"
+    return f"heavy work in {heavy} of {windows} windows" + (
+        f" ({', '.join(named)} above {where})" if named else ""
+    )
 
 
 def derived_names(base: tuple[str, ...], targets: np.ndarray) -> tuple[str, ...]:
@@ -125,6 +156,14 @@ class Explainer:
         if spreads <= 0 or not evidence.any():
             return np.zeros(len(F), dtype=bool)
         return np.asarray((self._standardized(F)[:, evidence] >= spreads).any(axis=1), dtype=bool)
+
+    def work(self, F: np.ndarray) -> np.ndarray:
+        """Per row of ``F`` and input: training spreads above its training median for the
+        evidence of work, NaN for the other inputs (what made a window heavy, in words for
+        the responder: a reindex reads and writes, a miner does not)."""
+        evidence = self.in_reach > self.in_high
+        out: np.ndarray = np.where(evidence, self._standardized(F), np.nan)
+        return out
 
     def derive(self, F: np.ndarray) -> np.ndarray:
         """The residual features of ``F``'s rows, in residual-spread units."""

@@ -162,6 +162,26 @@ class HostModel:
             return np.zeros(len(F), dtype=bool)
         return self.explainer.heavy(np.asarray(F, dtype=np.float64), self.heavy_work)
 
+    def heavy_inputs(self, f: np.ndarray, top: int = 2) -> list[dict[str, Any]]:
+        """The evidence of work that made one window heavy (pipeline features ``f``), the
+        farthest above its training median first; empty when the window was not heavy."""
+        f = np.asarray(f, dtype=np.float64).reshape(1, -1)
+        if self.explainer is None or not self.heavy(f)[0]:
+            return []
+        ex = self.explainer
+        spreads = ex.work(f)[0]
+        order = np.argsort(-np.nan_to_num(spreads, nan=-np.inf), kind="stable")
+        return [
+            {
+                "feature": self.feature_names[int(ex.inputs[j])],
+                "value": float(f[0, int(ex.inputs[j])]),
+                "typical": float(ex.in_center[j]),
+                "spreads": float(spreads[j]),
+            }
+            for j in order[:top]
+            if spreads[j] >= self.heavy_work
+        ]
+
     @property
     def n_base(self) -> int:
         derived = (len(self.explainer.names) if self.explainer else 0) + (

@@ -35,6 +35,7 @@ import psutil
 
 from minerwatch.baseline.calibrate import AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
+from minerwatch.baseline.explain import heavy_work_words
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.procbase import Carry
 from minerwatch.baseline.store import META, ModelError, host_dirname, load_model, read_key
@@ -341,9 +342,10 @@ class Agent:
         self.last["features"] = dict(zip(model.feature_names, full.tolist(), strict=True))
         self.last["contributions"] = dict(zip(model.feature_names, share.tolist(), strict=True))
         if alerted and not was:
-            self._open_episode(start, end, score, f)
+            self._open_episode(start, end, score, f, heavy)
         elif alerted and self.episode is not None:
             self.episode["end"] = end
+            self._count_work(heavy, f)
             if score > self.episode["score"]:
                 self.episode.update(score=score, top_features=model.explain(f, top=3))
             changed: list[str] = []
@@ -360,7 +362,9 @@ class Agent:
 
     # -- alert episodes ----------------------------------------------------------------------
 
-    def _open_episode(self, start: float, end: float, score: float, f: np.ndarray) -> None:
+    def _open_episode(
+        self, start: float, end: float, score: float, f: np.ndarray, heavy: bool = False
+    ) -> None:
         """Name the suspect, keep the evidence, then say it at once: event line and WARNING."""
         assert self.model is not None
         self.counters["alerts"] += 1
@@ -372,6 +376,7 @@ class Agent:
             "threshold": self.model.threshold,
             "top_features": self.model.explain(f, top=3),
         }
+        self._count_work(heavy, f)
         if self.model.procs is not None:  # in words: "exe /tmp/.x/kswapd0, never seen ..."
             self.episode["processes"] = self.model.procs.describe(
                 rows_from_records(end, self.suspects())
@@ -383,6 +388,21 @@ class Agent:
                 self._error("respond", exc)
         self._event("open")
         log.warning("alert opened on %s: %s", self.cfg.host, self._describe(self.episode))
+
+    def _count_work(self, heavy: bool, f: np.ndarray) -> None:
+        """How many of the episode's windows were heavy work, and the heaviest evidence: an
+        index rebuild or a backup reads and writes, a miner's CPU brings no I/O."""
+        assert self.model is not None
+        ep = self.episode
+        if ep is None:
+            return
+        ep["windows"] = int(ep.get("windows", 0)) + 1
+        ep["heavy_windows"] = int(ep.get("heavy_windows", 0)) + int(heavy)
+        if heavy:
+            work = self.model.heavy_inputs(f)
+            before = ep.get("heavy_work") or [{"spreads": float("-inf")}]
+            if work and work[0]["spreads"] > before[0]["spreads"]:
+                ep["heavy_work"] = work
 
     def _close_episode(self, reason: str = "cleared") -> None:
         assert self.episode is not None
@@ -423,6 +443,7 @@ class Agent:
             f"top features: {features or 'none'}; busiest process: {suspect}; "
             f"indicators: {', '.join(hits) or 'none'}; "
             f"unfamiliar processes: {json.dumps(episode.get('processes') or 'none')}; "
+            f"{heavy_work_words(episode) or 'no heavy work'}; "
             f"evidence: {episode.get('evidence') or 'not written'}"
         )
 

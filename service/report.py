@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from minerwatch.baseline.explain import heavy_work_words
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.service.config import AgentConfig, agent_files_config, require_folder
@@ -146,6 +147,11 @@ def _episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> di
         "top_features": _dicts(last.get("top_features")),
         "indicators": _dicts(last.get("indicators")),
         "evidence_path": last.get("evidence"),
+        "windows": last.get("windows") if isinstance(last.get("windows"), int) else None,
+        "heavy_windows": (
+            last.get("heavy_windows") if isinstance(last.get("heavy_windows"), int) else None
+        ),
+        "heavy_work": _dicts(last.get("heavy_work")),
         "events": [
             {
                 "event": e.get("event"),
@@ -155,6 +161,18 @@ def _episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> di
             for e in events
         ],
     }
+
+
+def heavy_work_note(episode: Mapping[str, Any]) -> str:
+    """A note for the responder when the host did heavy work during the episode ("" else)."""
+    words = heavy_work_words(episode)
+    if not words:
+        return ""
+    return (
+        f"work: {words}. Maintenance (an index rebuild, a backup, an administrator's "
+        "tool) reads and writes while it holds the CPU; a miner's CPU brings no I/O. Check "
+        "the suspect's role before acting."
+    )
 
 
 def choose_episode(
@@ -597,6 +615,9 @@ def build_report(
         notes.append("events: no event lines for this episode; times come from its evidence file")
     if not episode["top_features"] and evidence:
         episode["top_features"] = _dicts(evidence.get("explanation"))
+    work = heavy_work_note(episode)
+    if work:
+        notes.append(work)
     kb = load_knowledge_base()
     start = episode["start"] if episode["start"] is not None else 0.0
     end = episode["end"] if episode["end"] is not None else start

@@ -33,6 +33,7 @@ from minerwatch.service.report import (
     _iso,
     _suspect,
     _thin,
+    heavy_work_note,
     remediation,
 )
 
@@ -76,6 +77,7 @@ def read_scores(path: Path) -> dict[str, list[dict[str, Any]]]:
                 ",".join(header)[:120] or "an empty file",
             )
         at = {name: header.index(name) for name in NEEDED}
+        heavy_at = header.index("heavy_work") if "heavy_work" in header else None
         for n, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -89,10 +91,15 @@ def read_scores(path: Path) -> dict[str, list[dict[str, Any]]]:
                     "threshold": float(row[at["threshold"]]),
                     "alert": int(row[at["alert"]]) == 1,
                     "top_features": row[at["top_features"]],
+                    # files written before the column: not known
+                    "heavy": None if heavy_at is None else int(row[heavy_at]) == 1,
                 }
             except ValueError as exc:
                 raise InputError(
-                    str(path), n, "numbers in the window, score and alert fields", str(exc)
+                    str(path),
+                    n,
+                    "numbers in the window, score, alert and heavy_work fields",
+                    str(exc),
                 ) from None
             rows.setdefault(row[at["host"]], []).append(parsed)
     for windows in rows.values():
@@ -126,6 +133,11 @@ def find_episodes(rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[st
                     "score": peak["score"],
                     "threshold": peak["threshold"],
                     "windows": len(run),
+                    "heavy_windows": (
+                        sum(bool(r.get("heavy")) for r in run)
+                        if all(r.get("heavy") is not None for r in run)
+                        else None
+                    ),
                     "top_features": _top_features(peak["top_features"]),
                 }
                 run = []
@@ -211,6 +223,9 @@ def build_batch_report(
         "batch mode: no agent kept evidence, connections or persistence for this episode; "
         "run 'minerwatch hunt' or collect evidence on the host"
     )
+    work = heavy_work_note(ep)
+    if work:
+        notes.append(work)
     episode = {
         "id": ep["id"],
         "host": ep["host"],
@@ -230,6 +245,9 @@ def build_batch_report(
         "indicators": [],
         "evidence_path": None,
         "events": [],
+        "windows": ep["windows"],
+        "heavy_windows": ep["heavy_windows"],
+        "heavy_work": [],
     }
     doc: dict[str, Any] = {
         "format": FORMAT,

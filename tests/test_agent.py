@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,6 +25,7 @@ import pytest
 from synth import host_series
 
 from minerwatch.baseline.batch import score_series
+from minerwatch.baseline.calibrate import ALERT_MARGIN, HEAVY_WORK, SUSTAIN_WINDOWS
 from minerwatch.baseline.exclude import exclusion_margin
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
@@ -637,3 +639,64 @@ def test_the_agent_carries_per_process_floors_from_sample_to_sample(tmp_path):
     replay.top_processes = records(replay.i)
     again.tick()
     assert np.isnan(again.recent[-1][1][cols][held]) and again.recent[-1][1][cols][tool] == 0
+
+
+def test_an_episode_during_heavy_work_says_so(tmp_path, trained_models, caplog):
+    """A burn while the disk reads and writes far beyond training (an index rebuild looks like
+    this, a miner does not) still alerts on strong evidence; the episode's events, its log
+    line and 'minerwatch report' say how many of its windows were heavy work, and which
+    evidence made them so."""
+    caplog.set_level(logging.WARNING, logger="minerwatch.agent")
+    series = live(hours=1.0, plateau=BURN)
+    t = series.timestamps - NOW0
+    v = series.values.copy()
+    during = (t >= BURN[0]) & (t < BURN[0] + BURN[1])
+    for col in ("disk_read_bps", "disk_write_bps"):
+        v[during, METRIC_COLUMNS.index(col)] += 400e6
+    replay = Replay(from_arrays(HOST, series.timestamps, v, series.columns))
+    # this host's model, trained without process tables, has the older rule (no sustain, no
+    # heavy work); the agent's own models, with process rows, have the rule below
+    rule = {"sustain_windows": SUSTAIN_WINDOWS, "alert_margin": ALERT_MARGIN}
+    models = tmp_path / "models"
+    save_model(models, replace(load_model(trained_models, HOST), heavy_work=HEAVY_WORK, **rule))
+    agent = make_agent(tmp_path, replay, models)
+    try:
+        run(agent, replay, 0, 360)
+        assert agent.snapshot().alert_active is False
+        alerted = [w for w in windows_table(agent) if w[4]]
+    finally:
+        agent.shutdown()
+    opened, closed = read_events(agent)[:2]
+    assert closed["event"] == "close"
+    assert opened["windows"] == 1 and closed["windows"] == len(alerted)
+    assert 1 <= closed["heavy_windows"] <= closed["windows"]
+    (heaviest, *_) = closed["heavy_work"]
+    assert heaviest["feature"].startswith("disk_") and heaviest["spreads"] >= agent.model.heavy_work
+    text = next(r.getMessage() for r in caplog.records if "alert closed" in r.getMessage())
+    assert f"heavy work in {closed['heavy_windows']} of {closed['windows']} windows" in text
+    assert heaviest["feature"] in text
+    r = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "minerwatch"), "report",
+         "--data-dir", str(agent.cfg.data_dir), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["episode"]["heavy_windows"] == closed["heavy_windows"]
+    (note,) = [n for n in doc["notes"] if n.startswith("work: heavy work in")]
+    assert heaviest["feature"] in note and "a miner's CPU brings no I/O" in note
+
+
+def test_an_episode_without_heavy_work_says_none(tmp_path, trained_models, caplog):
+    caplog.set_level(logging.WARNING, logger="minerwatch.agent")
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
+    try:
+        run(agent, replay, at, 360)
+        alerted = [w for w in windows_table(agent) if w[4]]
+    finally:
+        agent.shutdown()
+    closed = read_events(agent)[1]
+    assert closed["heavy_windows"] == 0 and "heavy_work" not in closed
+    assert closed["windows"] == len(alerted)
+    text = next(r.getMessage() for r in caplog.records if "alert closed" in r.getMessage())
+    assert "no heavy work" in text

@@ -222,6 +222,9 @@ def test_heavy_work_is_evidence_of_work_far_above_its_training_median():
         ]
     )
     assert ev.heavy(rows, HEAVY_WORK).tolist() == [True, False, False]
+    spreads = ev.work(rows)  # the evidence in spreads, the other input not at all
+    np.testing.assert_allclose(spreads[:, 0], [HEAVY_WORK + 0.1, HEAVY_WORK - 0.1, 0.0])
+    assert np.isnan(spreads[:, 1]).all()
     assert not ev.heavy(rows, 0.0).any()  # 0: never
     in_training = ev.heavy(F, HEAVY_WORK).mean()
     assert 0.005 < in_training < 0.05  # a normal input's tail, about 2 %
@@ -229,3 +232,25 @@ def test_heavy_work_is_evidence_of_work_far_above_its_training_median():
     assert not plain.heavy(rows, HEAVY_WORK).any()
     few = Explainer.fit(F[:30], targets, cols, names, evidence=np.array([True, False]))
     assert not few.explains and not few.heavy(rows, HEAVY_WORK).any()
+
+
+def test_heavy_work_in_words_for_the_responder():
+    """The episode's counts and its heaviest evidence, and nothing from fields an edited event
+    log got wrong."""
+    from minerwatch.baseline.explain import heavy_work_words
+
+    disk = {"feature": "disk_bps_log_5m", "spreads": 45.4}
+    net = {"feature": "net_pps_log_5m", "spreads": 3.2}
+    ep = {"windows": 7, "heavy_windows": 3, "heavy_work": [disk]}
+    assert heavy_work_words(ep) == (
+        "heavy work in 3 of 7 windows (disk_bps_log_5m 45 spreads above its training median)"
+    )
+    assert heavy_work_words({**ep, "heavy_work": [disk, net]}).endswith(
+        "(disk_bps_log_5m 45 spreads, net_pps_log_5m 3 spreads above their training medians)"
+    )
+    assert heavy_work_words({**ep, "heavy_work": "x"}) == "heavy work in 3 of 7 windows"
+    assert heavy_work_words({**ep, "heavy_work": [{"feature": 1, "spreads": "a"}]}) == (
+        "heavy work in 3 of 7 windows"
+    )
+    for bad in ({**ep, "heavy_windows": 0}, {**ep, "heavy_windows": "3"}, {"windows": 7}, {}):
+        assert heavy_work_words(bad) == ""

@@ -570,6 +570,13 @@ def test_marginal_evidence_must_last_strong_evidence_does_not_wait(trained) -> N
     # the scores file says which windows the work held (the last column, heavy_work)
     assert held.heavy[plateau].all() and not eager.heavy.any()
     assert [row[-1] for row in held.rows()] == held.heavy.astype(int).tolist()
+    # and which evidence made a window heavy: the disk, far above its training median
+    f = held.features[np.flatnonzero(plateau)[0]]
+    (disk, *_) = bar.heavy_inputs(f)
+    assert disk["feature"].startswith("disk_") and disk["spreads"] >= bar.heavy_work
+    assert disk["value"] > disk["typical"]
+    assert replace(bar, heavy_work=0.0).heavy_inputs(f) == []
+    assert bar.heavy_inputs(held.features[np.flatnonzero(~held.heavy)[0]]) == []
     # as older models judged (no sustain): the third window above
     loose = replace(near, sustain_windows=None)
     assert int(np.argmax(score_series(loose, surge).alert)) == first_above + 2

@@ -90,6 +90,35 @@ def test_report_from_scores_alone_and_usage_errors(scored, tmp_path):
     again = run("report", "--scores", older, "--format", "md")
     assert again.returncode == 0, again.stderr
     assert again.stdout.replace("older.csv", "scores.csv") == r.stdout
+    # heavy work in the episode's windows (this model, without process tables, never calls
+    # work heavy, so the file is edited as a model with them would have written it)
+    rows = list(csv.reader((scored / "scores.csv").open()))
+    at, heavy = rows[0].index("alert"), rows[0].index("heavy_work")
+    alerted = [row for row in rows[1:] if row[at] == "1"]
+    for row in alerted[::2]:
+        row[heavy] = "1"
+    busy = tmp_path / "busy.csv"
+    with busy.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    docs = {}
+    for name in ("scores", "busy", "older"):
+        path = busy if name == "busy" else older if name == "older" else scored / "scores.csv"
+        out = run("report", "--scores", path, "--format", "json")
+        assert out.returncode == 0, out.stderr
+        docs[name] = json.loads(out.stdout)
+    assert docs["scores"]["episode"]["heavy_windows"] == 0
+    assert docs["older"]["episode"]["heavy_windows"] is None  # not known
+    assert docs["scores"]["episode"]["windows"] == len(alerted)  # one episode
+    n = len(alerted[::2])
+    assert docs["busy"]["episode"]["heavy_windows"] == n
+    for name, doc in docs.items():
+        work = [note for note in doc["notes"] if note.startswith("work:")]
+        if name == "busy":
+            (note,) = work
+            assert note.startswith(f"work: heavy work in {n} of {len(alerted)} windows. ")
+            assert "a miner's CPU brings no I/O" in note
+        else:
+            assert work == [], name
     bad = tmp_path / "bad.csv"
     bad.write_text("host,start\nweb-1,1\n")
     for args, words in [
