@@ -40,6 +40,7 @@ from minerwatch.features.numbers import finite_or_none
 from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_start
 from minerwatch.service.config import agent_files_config
 from minerwatch.service.indicators import IndicatorHit
+from minerwatch.service.packages import DPKG_INFO, package_record
 
 DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
 FORMAT = "minerwatch-evidence"
@@ -104,6 +105,8 @@ class HostPaths:
     home_roots: tuple[Path, ...] = (Path("/root"), Path("/home"))
     ld_so_preload: Path = Path("/etc/ld.so.preload")
     init_dirs: tuple[Path, ...] = (Path("/etc/init.d"), Path("/etc/rc.local"))
+    #: Debian's database of installed files (which package shipped a process's binary).
+    dpkg_info: Path = DPKG_INFO
 
     @classmethod
     def under(cls, root: Path) -> HostPaths:
@@ -124,6 +127,7 @@ class HostPaths:
             home_roots=tuple(map(moved, base.home_roots)),
             ld_so_preload=moved(base.ld_so_preload),
             init_dirs=tuple(map(moved, base.init_dirs)),
+            dpkg_info=moved(base.dpkg_info),
         )
 
     def cron_files(self) -> Iterator[Path]:
@@ -382,7 +386,11 @@ class EvidenceWriter:
             "exe_deleted": found.exe_deleted,
         }
         if found.exe:  # through the link, so a binary deleted from disk still hashes
-            rec.update(hash_file(self.paths.proc / str(pid) / "exe", self.hash_cap_bytes))
+            running = self.paths.proc / str(pid) / "exe"
+            rec.update(hash_file(running, self.hash_cap_bytes))
+            rec["package"] = package_record(
+                found.exe, running, self.paths.dpkg_info, self.hash_cap_bytes, found.exe_deleted
+            )
         rec.update(
             name=_clean(found.name),
             ppid=found.ppid,

@@ -42,6 +42,7 @@ from minerwatch.service.evidence import (
 )
 from minerwatch.service.hostsignals import EVENTS as HOST_SIGNAL_EVENTS
 from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
+from minerwatch.service.packages import package_words
 from minerwatch.service.throttle import AUDIT
 
 FORMAT = "minerwatch-incident-report"
@@ -690,6 +691,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             ("cwd", "cwd"),
         ):
             out.append(f"- {label}: {_inline(s.get(key, '-'))}")
+        out.append(f"- package: {_inline(package_words(s.get('package')))}")
         chain = " <- ".join(f"{p.get('name')}({p.get('pid')})" for p in s.get("parents", []))
         out.append(f"- parents: {_inline(chain or '-')}")
         out += ["- command line:", "", _block(shlex.join(s.get("cmdline", []))), ""]

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from minerwatch.service.packages import package_words
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1150px}
 h1{font-size:22px}h3{font-size:14px}
@@ -218,6 +220,7 @@ def _suspect_html(s: Mapping[str, Any] | None) -> str:
             + (" <b>(deleted from disk)</b>" if s.get("exe_deleted") else ""),
         ),
         ("sha256", f"<code>{_e(s.get('sha256') or s.get('hash_error') or '-')}</code>"),
+        ("package", _e(package_words(s.get("package")))),
         ("user", _e(s.get("username") or s.get("user") or "-")),
         ("started", _e(s.get("create_time_utc") or "-")),
         ("working directory", f"<code>{_e(s.get('cwd') or '-')}</code>"),

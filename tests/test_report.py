@@ -106,6 +106,7 @@ def build_data_dir(root: Path) -> Path:
                 "exe": EXE,
                 "exe_deleted": False,
                 "sha256": SHA,
+                "package": {"manager": "dpkg", "name": None, "as_shipped": None},
                 "size": 2_400_000,
                 "name": EVIL_NAME,
                 "ppid": 4100,
@@ -234,6 +235,7 @@ def test_html_report_is_self_contained_escaped_and_private(data_dir, tmp_path):
         assert ref not in page
     assert 'src="data:image/png;base64,' in page  # matplotlib is in the test extra
     assert SHA in page and "/tmp/.X11-unix/.x" in page and "2026-01-01T00:58:00Z" in page
+    assert "installed by no dpkg package" in page
     assert '<span class="hot">203.0.113.7:3333</span>' in page
     assert f'<span class="hot">{STRATUM}</span>' in page
     assert "198.51.100.9:443" in page and '<span class="hot">198.51.100.9:443' not in page
@@ -280,6 +282,7 @@ def test_markdown_fences_host_text(data_dir, tmp_path):
     text = out.read_text()
     assert f"` {EVIL_NAME} `" in text and "**POOL PORT**" in text and STRATUM in text
     assert "- [x] preserve" in text and "- [ ] clean" in text
+    assert "installed by no dpkg package" in text
 
 
 def test_without_matplotlib_the_plot_is_an_inline_svg(data_dir):
