@@ -166,8 +166,8 @@ class HostModel:
         """The evidence of work that made one window heavy (pipeline features ``f``), the
         farthest above its training median first; empty when the window was not heavy."""
         f = np.asarray(f, dtype=np.float64).reshape(1, -1)
-        if self.explainer is None or not self.heavy(f)[0]:
-            return []
+        if self.explainer is None or self.heavy_work <= 0:
+            return []  # never heavy; else the filter below leaves nothing unless it was
         ex = self.explainer
         spreads = ex.work(f)[0]
         order = np.argsort(-np.nan_to_num(spreads, nan=-np.inf), kind="stable")
