@@ -179,7 +179,8 @@ def build_batch_report(
 ) -> dict[str, Any]:
     """The report of one episode (the latest by default) found in ``scores``."""
     notes: list[str] = []
-    episodes = find_episodes(read_scores(scores))
+    by_host = read_scores(scores)
+    episodes = find_episodes(by_host)
     if not episodes:
         raise InputError(str(scores), None, "at least one alerted window (alert = 1)", "none")
     if episode_id is None:
@@ -211,7 +212,7 @@ def build_batch_report(
                 col = series.column(c)
                 samples[c] = [float(col[i]) if np.isfinite(col[i]) else None for i in rows]
         timeline["samples"] = samples
-    for w in read_scores(scores).get(ep["host"], []):
+    for w in by_host.get(ep["host"], []):
         if w["end"] >= start - margin and w["start"] <= end + margin:
             timeline["windows"].append({k: w[k] for k in ("start", "end", "score", "threshold",
                                                           "alert")})  # fmt: skip
