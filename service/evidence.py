@@ -56,7 +56,6 @@ _MAX_WALK = 20_000
 _MAX_ARG_CHARS = 1024
 _MAX_CMDLINE_ARGS = 64
 _SMALL_FILE = 16 * 1024
-_CHUNK = _MIB
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
 #: Sections cut first when a file would exceed its size bound (most to least expendable).
@@ -202,12 +201,10 @@ def hash_file(path: Path, cap_bytes: int) -> dict[str, Any]:
             size = os.fstat(fh.fileno()).st_size
             if size > cap_bytes:
                 return {"sha256": None, "size": size, "hash_error": f"larger than {cap_bytes}"}
-            digest = hashlib.sha256()
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         return {"sha256": None, "hash_error": _err(exc)}
-    return {"sha256": digest.hexdigest(), "size": size}
+    return {"sha256": digest, "size": size}
 
 
 def fit_to_size(doc: dict[str, Any], max_bytes: int) -> bytes:

@@ -14,6 +14,7 @@ without dpkg, ``manager`` is None and nothing is claimed.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -81,18 +82,14 @@ def shipped_md5(path: str, package: str, info: Path = DPKG_INFO) -> str | None:
 
 
 def _md5(path: Path, cap_bytes: int) -> str | None:
-    h = hashlib.md5(usedforsecurity=False)
-    size = 0
+    """As :func:`~minerwatch.service.evidence.hash_file` hashes, in dpkg's digest."""
     try:
         with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                size += len(chunk)
-                if size > cap_bytes:
-                    return None
-                h.update(chunk)
+            if os.fstat(fh.fileno()).st_size > cap_bytes:
+                return None
+            return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def package_record(
