@@ -53,3 +53,23 @@ def exclusion_margin(
     3600.0
     """
     return float(min(cap_s, max(alert_windows * hop, MARGIN_SHARE * history_s)))
+
+
+def outside_dismissed(
+    alerted: Iterable[tuple[float, float]], dismissed: Iterable[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The alerted windows retraining must still leave out: those that overlap no episode a
+    responder dismissed as benign (``minerwatch dismiss``), whose windows are learnt instead.
+
+    Without this, a host's weekly index rebuild pages every week: each retraining leaves its
+    windows out, so the model never sees it.
+
+    >>> outside_dismissed([(0.0, 60.0), (60.0, 120.0), (300.0, 360.0)], [(60.0, 120.0)])
+    [(0.0, 60.0), (300.0, 360.0)]
+    """
+    spans = list(dismissed)
+    return [
+        (start, end)
+        for start, end in alerted
+        if not any(start < d_end and end > d_start for d_start, d_end in spans)
+    ]

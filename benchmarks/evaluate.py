@@ -33,9 +33,11 @@ from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
 
 Progress = Callable[[str], None]
-DETECTORS = ("minerwatch", "static_rule", "cpu_5m", "naive_iforest", "new_exe")
+DETECTORS = ("minerwatch", "dismissed", "static_rule", "cpu_5m", "naive_iforest", "new_exe")
 DETECTOR_TITLES = {
     "minerwatch": "minerwatch baseline",
+    "dismissed": "minerwatch, each false alarm dismissed 30 min after it paged and learnt "
+    "(minerwatch dismiss)",
     "static_rule": "static rule: CPU > 85 % for 3 h",
     "cpu_5m": "fast rule: CPU > 80 % for 5 min",
     "naive_iforest": "naive IsolationForest (window means, max training score)",
@@ -142,8 +144,10 @@ def run_hosts(
     hop: float = 60.0,
     seed: int = 0,
     progress: Progress = _stderr,
+    events: list[metrics.Event] | None = None,
 ) -> list[HostRun]:
-    """Train or load each host's baseline, score the test split, run the reference detectors."""
+    """Train or load each host's baseline, score the test split, run the reference detectors;
+    with ``events`` (the labels) also the baseline with a responder's dismissals."""
     from minerwatch.baseline.batch import score_series
     from minerwatch.features.io import read_telemetry
 
@@ -160,6 +164,12 @@ def run_hosts(
         ws = np.asarray(scored.window_start, dtype=float)
         we = np.asarray(scored.window_end, dtype=float)
         alerts = {"minerwatch": np.asarray(scored.alert, dtype=bool)}
+        if events is not None and host in train:
+            alerts["dismissed"], retrains = _dismissed(
+                model, train[host], test[host], ws, we, alerts["minerwatch"], events
+            )
+            if retrains:
+                progress(f"{host}: {retrains} false alarm(s) dismissed and learnt")
         if "cpu_percent" in test[host].columns:
             alerts["static_rule"] = static_rule(test[host], ws, we)
             alerts["cpu_5m"] = cpu_5m(test[host], ws, we)
@@ -183,6 +193,41 @@ def run_hosts(
             )
         )
     return runs
+
+
+def _dismissed(
+    model: Any,
+    train: HostSeries,
+    test: HostSeries,
+    ws: np.ndarray,
+    we: np.ndarray,
+    alert: np.ndarray,
+    events: list[metrics.Event],
+) -> tuple[np.ndarray, int]:
+    """The baseline's alerts with each false alarm dismissed and learnt by a retraining with
+    the same settings as ``model``'s (:mod:`minerwatch.bench.dismissals`)."""
+    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.train import train_host
+    from minerwatch.bench.dismissals import with_dismissals
+
+    def fit(series: HostSeries) -> Any:
+        return train_host(series, window=model.window, hop=model.hop)
+
+    def alerts_of(m: Any, series: HostSeries) -> np.ndarray:
+        return np.asarray(score_series(m, series).alert, dtype=bool)
+
+    return with_dismissals(
+        train,
+        test,
+        ws,
+        we,
+        alert,
+        events,
+        fit,
+        alerts_of,
+        model.hop,
+        max(model.alert_windows, model.sustain_windows or 0),
+    )
 
 
 def measure(runs: list[HostRun], events: list[metrics.Event], grace: float = 0.0) -> dict:
@@ -223,7 +268,7 @@ def evaluate_simulated(
 ) -> dict:
     """Run, measure and (with ``output``) write the report; return the figures as a dict."""
     events, meta = load_labels(data)
-    runs = run_hosts(data, models, window, hop, seed, progress)
+    runs = run_hosts(data, models, window, hop, seed, progress, events)
     result = measure(runs, events, grace)
     result["meta"] = {
         "data": str(data),

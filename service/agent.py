@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 
 from minerwatch.baseline.calibrate import AlertState
-from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
+from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outside_dismissed
 from minerwatch.baseline.explain import heavy_work_words
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.procbase import Carry
@@ -204,6 +204,13 @@ class Agent:
         self._stop = threading.Event()
         self._load_model()
         self._reload_recent()
+        #: Dismissals (``minerwatch dismiss``) up to this time are learnt or being learnt: a
+        #: model trained after them read them; while learning, the first training will.
+        self.dismissals_seen = (
+            float(self.model.meta.get("created_at", 0.0))
+            if self.model is not None
+            else self.history.dismissals_changed_at()
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -287,6 +294,7 @@ class Agent:
         self._poll_child()
         if self.model is not None:
             self._score(now)
+        self._learn_dismissals(now)
         self._maybe_train(now)
         if self.signals is not None:
             try:
@@ -407,6 +415,7 @@ class Agent:
     def _close_episode(self, reason: str = "cleared") -> None:
         assert self.episode is not None
         self._event("close", reason=reason)
+        self.history.extend_dismissal(self.episode["id"], self.episode["end"])
         log.warning(
             "alert closed on %s (%s) after %.0f s: %s",
             self.cfg.host,
@@ -479,6 +488,26 @@ class Agent:
         me = os.getpid()
         return tuple(p for p in self.collector.top_processes if p.pid not in own and p.ppid != me)
 
+    def _learn_dismissals(self, now: float) -> None:
+        """Retrain soon after a responder dismisses an episode as benign (or undoes that), so
+        the next index rebuild of the kind that paged is judged by a model that has seen
+        one. Waits for a running training and for an open episode to close (retraining
+        stops before an open episode: the one dismissed may be it)."""
+        changed = self.history.dismissals_changed_at()
+        if changed <= self.dismissals_seen or self.child is not None or self.episode is not None:
+            return
+        self.dismissals_seen = changed
+        if self.model is None:
+            return  # still learning: the first training reads the dismissals anyway
+        if self.cfg.retrain_every <= 0:
+            log.warning(
+                "an alert episode was dismissed, but retrain_every = 0 keeps this model as it "
+                "is: it does not learn the episode"
+            )
+            return
+        log.info("an alert episode was dismissed or a dismissal undone: retraining now")
+        self.next_retrain = min(self.next_retrain, now)
+
     def _maybe_train(self, now: float) -> None:
         if self.child is not None:
             return
@@ -511,7 +540,10 @@ class Agent:
             source += [] if before is None else ["--before", str(before)]
         else:
             ts, values = self.history.samples(since=since)
-            keep = exclusion_mask(ts, self.history.alerted_windows(), margin, before)
+            alerted = outside_dismissed(
+                self.history.alerted_windows(), self.history.dismissed_spans()
+            )
+            keep = exclusion_mask(ts, alerted, margin, before)
             buf = io.BytesIO()
             np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
             atomic_write(path, buf.getvalue(), mode=0o600)

@@ -618,7 +618,36 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet_commands(sub)
     _response_commands(sub)
     _report_command(sub)
+    _dismiss_command(sub)
     return parser
+
+
+def _dismiss_command(sub: Subcommands) -> None:
+    """``dismiss``: a responder's verdict that an episode was benign, learnt by retraining."""
+    p = _command(
+        sub,
+        "dismiss",
+        "mark an alert episode (the latest by default) as benign: the agent retrains and "
+        "learns its windows instead of leaving them out, so the same work does not page again",
+        _lazy("minerwatch.service.dismiss"),
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="the agent's config file (default: none)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=_existing_folder,
+        metavar="DIR",
+        help=f"the agent's data folder, as given to 'serve --data-dir'; overrides the config's "
+        f"(default: the config's, else {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument("--episode", metavar="ID", help="episode id (default: the latest)")
+    p.add_argument(
+        "--reason", metavar="TEXT", help="why it was benign, kept with the record (default: none)"
+    )
+    p.add_argument("--undo", metavar="ID", help="take back the dismissal of episode ID instead")
+    p.add_argument("--list", action="store_true", help="list the dismissals in force instead")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _report_command(sub: Subcommands) -> None:

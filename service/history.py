@@ -238,6 +238,58 @@ class History:
         """(start, end) of windows that alerted and end at or after ``since``."""
         return [(w[0], w[1]) for w in self.windows(since) if w[4]]
 
+    def dismissed_spans(self) -> list[tuple[float, float]]:
+        """(start, end) of the episodes a responder dismissed as benign (``minerwatch
+        dismiss``); none while the database is unreadable, so retraining then leaves every
+        alerted window out, as it would without them."""
+        with self._lock:
+            if self._conn is None:
+                return []
+            try:
+                return dismissed_spans(self._conn)
+            except sqlite3.Error as e:
+                self._on_db_error("read dismissals", e)
+                return []
+
+    def extend_dismissal(self, episode_id: str, end: float) -> None:
+        """An episode dismissed while it was open closes at ``end``: the dismissal covers its
+        windows up to there (the command could only know its end so far)."""
+        with self._lock:
+            if self._conn is None or self.degraded is not None:
+                return
+            try:
+                if not _has_dismissed(self._conn):
+                    return
+            except sqlite3.Error as e:
+                self._on_db_error("read dismissals", e)
+                return
+            self._write(
+                "extend dismissal",
+                lambda c: c.execute(
+                    "UPDATE dismissed SET end = ? WHERE episode = ? AND end < ?"
+                    " AND undone_at IS NULL",
+                    (float(end), episode_id, float(end)),
+                ),
+            )
+
+    def dismissals_changed_at(self) -> float:
+        """When an episode was last dismissed or a dismissal undone (0 if never): the agent
+        retrains soon after, so the next page of that kind is judged by a model that saw it."""
+        with self._lock:
+            if self._conn is None:
+                return 0.0
+            try:
+                if not _has_dismissed(self._conn):
+                    return 0.0
+                row = self._conn.execute(
+                    "SELECT max(max(at, coalesce(undone_at, at))) FROM dismissed"
+                ).fetchone()
+            except sqlite3.Error as e:
+                self._on_db_error("read dismissals", e)
+                return 0.0
+        value = row[0] if row else None
+        return float(value) if isinstance(value, float | int) and math.isfinite(value) else 0.0
+
     def span_seconds(self) -> float:
         """Time from the first to the last stored sample (0 with fewer than two)."""
         ts, _ = self._bounds()
@@ -412,6 +464,7 @@ class History:
             " exe TEXT, user TEXT, cpu REAL, gc REAL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS procs_ts ON procs (ts)")
+        conn.execute(DISMISSED_TABLE)
         if "gc" not in {row[1] for row in conn.execute("PRAGMA table_info(procs)")}:
             conn.execute("ALTER TABLE procs ADD COLUMN gc REAL")  # a history from before it
         # A newer schema may add metric columns: old rows read back as NaN for them.
@@ -707,6 +760,33 @@ def _read_only_connection(path: Path) -> sqlite3.Connection | None:
         return conn
     conn.close()
     return None
+
+
+#: Episodes a responder dismissed as benign: retraining learns their windows instead of
+#: leaving them out. ``undone_at`` is set (the row kept, for the record) when undone.
+DISMISSED_TABLE = (
+    "CREATE TABLE IF NOT EXISTS dismissed (episode TEXT PRIMARY KEY, host TEXT,"
+    " start REAL NOT NULL, end REAL NOT NULL, at REAL NOT NULL, by TEXT, reason TEXT,"
+    " undone_at REAL)"
+)
+
+
+def dismissed_spans(conn: sqlite3.Connection) -> list[tuple[float, float]]:
+    """(start, end) of every dismissal not undone; none in a history from before them."""
+    if not _has_dismissed(conn):
+        return []
+    rows = conn.execute("SELECT start, end FROM dismissed WHERE undone_at IS NULL").fetchall()
+    return [
+        (float(s), float(e))
+        for s, e in rows
+        if isinstance(s, float | int) and isinstance(e, float | int) and s <= e
+    ]
+
+
+def _has_dismissed(conn: sqlite3.Connection) -> bool:
+    """A history from before dismissals (or one that could not be set up) has no table."""
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dismissed'"
+    return conn.execute(query).fetchone() is not None
 
 
 def _foreign_schema(conn: sqlite3.Connection) -> str | None:

@@ -111,7 +111,7 @@ def read_events(path: Path, notes: list[str]) -> dict[str, list[dict[str, Any]]]
     return episodes
 
 
-def _evidence_episodes(evidence_dir: Path) -> dict[str, Path]:
+def evidence_episodes(evidence_dir: Path) -> dict[str, Path]:
     """Episode id (as in the file name) -> newest evidence file, for episodes whose event
     lines were lost (a full disk) but whose evidence was kept."""
     out: dict[str, Path] = {}
@@ -123,7 +123,7 @@ def _evidence_episodes(evidence_dir: Path) -> dict[str, Path]:
     return out
 
 
-def _episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The episode as its last event line knows it, plus when it opened and closed."""
     last = dict(events[-1]) if events else {}
     opened = next((e for e in events if e.get("event") == "open"), None)
@@ -244,6 +244,28 @@ def _history_connection(path: Path) -> sqlite3.Connection | None:
         except sqlite3.Error:
             continue
     return None
+
+
+def read_dismissal(history_path: Path, episode_id: str) -> dict[str, Any] | None:
+    """Who dismissed the episode as benign, when and why (``minerwatch dismiss``), or None."""
+    conn = _history_connection(history_path)
+    if conn is None:
+        return None
+    try:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dismissed'"
+        if not conn.execute(query).fetchone():
+            return None
+        row = conn.execute(
+            "SELECT at, by, reason FROM dismissed WHERE episode = ? AND undone_at IS NULL",
+            (episode_id,),
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return {"at_utc": _iso(_num(row[0])), "by": str(row[1] or ""), "reason": str(row[2] or "")}
 
 
 def read_timeline(
@@ -598,9 +620,9 @@ def build_report(
     assert cfg.throttle.state_dir is not None
     notes: list[str] = []
     events = read_events(cfg.event_log, notes)
-    by_evidence = _evidence_episodes(cfg.evidence_dir)
+    by_evidence = evidence_episodes(cfg.evidence_dir)
     eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.data_dir))
-    episode = _episode_summary(eid, evs)
+    episode = episode_summary(eid, evs)
     evidence, evidence_path = load_evidence(cfg.evidence_dir, episode, notes)
     if evidence is not None and not evs:  # known from its evidence file alone
         written = _num(evidence.get("written_at"))
@@ -619,6 +641,15 @@ def build_report(
     work = heavy_work_note(episode)
     if work:
         notes.append(work)
+    episode["dismissed"] = read_dismissal(cfg.history_path, eid)
+    if episode["dismissed"] is not None:
+        d = episode["dismissed"]
+        notes.append(
+            f"dismissed as benign at {d['at_utc']} by {d['by'] or 'unknown'}"
+            + (f": {d['reason']}" if d["reason"] else "")
+            + "; the agent's retraining learns its windows ('minerwatch dismiss --undo "
+            f"{eid}' takes it back)"
+        )
     kb = load_knowledge_base()
     start = episode["start"] if episode["start"] is not None else 0.0
     end = episode["end"] if episode["end"] is not None else start

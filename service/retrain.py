@@ -25,7 +25,7 @@ import numpy as np
 
 from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, ALERT_MARGIN, SUSTAIN_WINDOWS
-from minerwatch.baseline.exclude import exclusion_mask
+from minerwatch.baseline.exclude import exclusion_mask, outside_dismissed
 from minerwatch.baseline.store import ModelError, load_model, read_key, save_model
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
@@ -33,6 +33,7 @@ from minerwatch.features.io import from_arrays
 from minerwatch.features.procs import ProcessRows
 from minerwatch.features.schema import AGENT_COLUMNS
 from minerwatch.features.windows import make_windows
+from minerwatch.service.history import dismissed_spans
 
 #: One window is enough to start: a model of few windows is conservative by construction
 #: (:func:`minerwatch.baseline.calibrate.extrapolation_margin`), so the learning period the
@@ -65,7 +66,8 @@ def read_history(
     Read here, in the training child, so the agent never holds two weeks of samples in
     memory (the daily retraining would otherwise push its RSS past 180 MB). Left out: every
     alerted window widened by ``margin_s``, and everything from ``before`` on (an episode
-    still open), so a miner that keeps running is never learnt as normal.
+    still open), so a miner that keeps running is never learnt as normal. Episodes a
+    responder dismissed as benign are learnt (:func:`outside_dismissed`).
     """
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
@@ -78,6 +80,7 @@ def read_history(
             "SELECT window_start, window_end FROM windows WHERE alert = 1 AND window_end >= ?",
             (since - margin_s,),
         ).fetchall()
+        alerted = outside_dismissed(alerted, dismissed_spans(conn))
     finally:
         conn.close()
     data = np.array(rows, dtype=np.float64).reshape(len(rows), 1 + len(AGENT_COLUMNS))

@@ -129,7 +129,8 @@ def fleet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(fleet, tmp_path_factory):
     report = tmp_path_factory.mktemp("report")
-    runs = evaluate.run_hosts(fleet, progress=lambda m: None)
+    events, _ = load_labels(fleet)
+    runs = evaluate.run_hosts(fleet, progress=lambda m: None, events=events)
     return runs, report
 
 
@@ -426,7 +427,9 @@ def test_without_process_tables_the_new_exe_rule_is_na(small):
     res = json.loads(run_evaluate(data, "--json"))
     assert "new_exe" not in res["detectors"]
     assert res["unavailable"] == {"new_exe": "no process tables"}
-    assert {"minerwatch", "static_rule", "cpu_5m", "naive_iforest"} == set(res["detectors"])
+    assert {"minerwatch", "dismissed", "static_rule", "cpu_5m", "naive_iforest"} == set(
+        res["detectors"]
+    )
     text = evaluate.format_text(res)
     assert "new_exe" in text and "n/a" in text
 

@@ -1,0 +1,115 @@
+"""The baseline with a responder who dismisses each false alarm (``minerwatch dismiss``).
+
+On a host, the agent's retraining leaves alerted time out so that a miner never becomes
+normal; legitimate work it has never seen (an index rebuild) therefore pages each time it
+comes back until someone says it was benign. This replays that on a labelled simulation: the
+responder dismisses a false-alarm episode ``respond_s`` after it paged (or when it closes, if
+later); the host then retrains, as the agent does, on its training data plus the test samples
+seen so far, leaving out alerted time except the dismissed episodes; the rest of the test is
+scored by the new model. Episodes that touch a miner are never dismissed (the labels say which
+is which; a responder has the report).
+
+Evaluation code: trains with scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outside_dismissed
+from minerwatch.bench import metrics
+from minerwatch.features.io import HostSeries
+
+#: The responder reads the page and the report, then dismisses it: half an hour after it paged.
+RESPOND_S = 1800.0
+#: The agent's cap on the time left out around alerts (as ``service.agent.EXCLUDE_MARGIN_S``).
+MARGIN_CAP_S = 3600.0
+
+Train = Callable[[HostSeries], object]
+Alerts = Callable[[object, HostSeries], np.ndarray]
+
+
+def take(series: HostSeries, keep: np.ndarray) -> HostSeries:
+    """The samples where ``keep`` holds, with their process rows."""
+    procs = None
+    if series.procs is not None:
+        at = series.procs.sample_index(series.timestamps)
+        rows = (at >= 0) & keep[np.maximum(at, 0)]
+        procs = series.procs.take(np.flatnonzero(rows))
+    return HostSeries(
+        series.host,
+        series.timestamps[keep],
+        series.values[keep],
+        series.columns,
+        series.source,
+        procs=procs,
+    )
+
+
+def join(first: HostSeries, then: HostSeries) -> HostSeries:
+    """``then``'s samples after ``first``'s (same columns), process rows too."""
+    procs = None
+    if first.procs is not None and then.procs is not None:
+        procs = type(first.procs).concat([first.procs, then.procs])
+    return HostSeries(
+        first.host,
+        np.concatenate([first.timestamps, then.timestamps]),
+        np.concatenate([first.values, then.values]),
+        first.columns,
+        first.source,
+        procs=procs,
+    )
+
+
+def _episode_end_at(ws: np.ndarray, we: np.ndarray, alert: np.ndarray, t: float) -> float:
+    """``t``, or the end of the alert episode open at ``t`` (the agent retrains after it)."""
+    ep = metrics.alert_episodes(ws, we, alert)
+    for start, end in zip(ep.start, ep.end, strict=True):
+        if start <= t < end:
+            return float(end)
+    return t
+
+
+def with_dismissals(
+    train: HostSeries,
+    test: HostSeries,
+    ws: np.ndarray,
+    we: np.ndarray,
+    alert: np.ndarray,
+    events: Sequence[metrics.Event],
+    fit: Train,
+    alerts_of: Alerts,
+    hop: float,
+    alert_windows: int,
+    respond_s: float = RESPOND_S,
+) -> tuple[np.ndarray, int]:
+    """The host's alerts when each false alarm is dismissed and learnt; and the retrainings."""
+    alert = np.asarray(alert, dtype=bool).copy()
+    mal = [ev for ev in events if ev.host == test.host and ev.malicious]
+    dismissed: list[tuple[float, float]] = []
+    since = -np.inf
+    retrains = 0
+    while True:
+        ep = metrics.alert_episodes(ws, we, alert & (ws >= since))
+        false = [
+            (float(s), float(e))
+            for s, e in zip(ep.start, ep.end, strict=True)
+            if not any(ev.start <= e and s <= ev.end for ev in mal)
+        ]
+        if not false:
+            return alert, retrains
+        start, end = false[0]
+        dismissed.append((start, end))
+        now = _episode_end_at(ws, we, alert, max(end, start + respond_s))
+        history = join(train, take(test, test.timestamps < now))
+        done = alert & (we <= now)
+        alerted = outside_dismissed(zip(ws[done], we[done], strict=True), dismissed)
+        span = float(history.timestamps[-1] - history.timestamps[0])
+        margin = exclusion_margin(span, hop, alert_windows, cap_s=MARGIN_CAP_S)
+        model = fit(take(history, exclusion_mask(history.timestamps, alerted, margin)))
+        retrains += 1
+        later = ws >= now
+        alert[later] = alerts_of(model, test)[later]
+        since = now

@@ -1,0 +1,243 @@
+"""``minerwatch dismiss``: a responder's verdict that an alert episode was benign.
+
+The agent's retraining leaves every alerted window out, so that a miner never becomes normal.
+The price is that legitimate work the model has never seen (an index rebuild, an
+administrator's new tool) pages again each time it comes back. Dismissing the episode records
+it in the agent's history; the agent retrains within a minute (once no episode is open) and
+that training learns the episode's windows instead of leaving them out. Undoing a dismissal
+starts another retraining that leaves them out again.
+
+What a dismissal cannot do: a process that matched an indicator or a miner's disguise is
+never learnt (training leaves it out whatever the verdict), and the record keeps who
+dismissed which episode, when and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from minerwatch.features.errors import InputError
+from minerwatch.service.config import AgentConfig, agent_files_config, require_folder
+from minerwatch.service.history import DISMISSED_TABLE
+from minerwatch.service.report import (
+    choose_episode,
+    episode_summary,
+    evidence_episodes,
+    read_events,
+)
+
+#: Longest reason kept: a note for the record, not a document.
+MAX_REASON = 500
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _who() -> str:
+    """The person behind ``sudo`` if there is one, else the user running the command."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _connect(cfg: AgentConfig) -> sqlite3.Connection:
+    """The agent's history, opened for writing but never created: a missing file means the
+    data folder is wrong (or the agent never ran), which is worth saying, not hiding."""
+    db = cfg.history_path
+    if not db.is_file():
+        raise InputError(
+            str(db), None, "the agent's history database (run 'minerwatch serve' first)", "none"
+        )
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=10.0)
+        conn.execute(DISMISSED_TABLE)
+    except sqlite3.Error as exc:
+        raise InputError(
+            str(db), None, "a writable minerwatch history database", str(exc)
+        ) from None
+    return conn
+
+
+def dismiss(
+    cfg: AgentConfig, episode_id: str | None, reason: str, now: float | None = None
+) -> dict[str, Any]:
+    """Record the episode (the latest by default) as benign; return the record, with
+    ``"already"`` set when it was dismissed before (nothing changes then)."""
+    notes: list[str] = []
+    assert cfg.event_log is not None and cfg.evidence_dir is not None
+    events = read_events(cfg.event_log, notes)
+    eid, evs = choose_episode(
+        events, evidence_episodes(cfg.evidence_dir), episode_id, str(cfg.event_log)
+    )
+    episode = episode_summary(eid, evs)
+    start, end = episode["start"], episode["end"]
+    if start is None or end is None:
+        raise InputError(
+            str(cfg.event_log),
+            None,
+            f"event lines with the start and end of episode {eid}",
+            "none (only its evidence file is left): there are no windows to learn",
+        )
+    conn = _connect(cfg)
+    try:
+        with conn:
+            row = conn.execute(
+                "SELECT at, by, reason FROM dismissed WHERE episode = ? AND undone_at IS NULL",
+                (eid,),
+            ).fetchone()
+            record = {
+                "episode": eid,
+                "host": episode["host"],
+                "start": start,
+                "end": end,
+                "state": episode["state"],
+            }
+            if row is not None:
+                return {**record, "at": row[0], "by": row[1], "reason": row[2], "already": True}
+            at = time.time() if now is None else now
+            by = _who()
+            conn.execute(
+                "INSERT OR REPLACE INTO dismissed (episode, host, start, end, at, by, reason,"
+                " undone_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (eid, episode["host"], start, end, at, by, reason),
+            )
+            windows = conn.execute(
+                "SELECT count(*) FROM windows WHERE alert = 1 AND window_start < ?"
+                " AND window_end > ?",
+                (end, start),
+            ).fetchone()[0]
+    except sqlite3.Error as exc:
+        raise InputError(
+            str(cfg.history_path), None, "a writable history database", str(exc)
+        ) from None
+    finally:
+        conn.close()
+    return {**record, "at": at, "by": by, "reason": reason, "windows": windows, "already": False}
+
+
+def undo(cfg: AgentConfig, episode_id: str, now: float | None = None) -> dict[str, Any]:
+    """Take a dismissal back: the next retraining leaves the episode's windows out again."""
+    conn = _connect(cfg)
+    try:
+        with conn:
+            row = conn.execute(
+                "SELECT host, start, end, at, by, reason FROM dismissed"
+                " WHERE episode = ? AND undone_at IS NULL",
+                (episode_id,),
+            ).fetchone()
+            if row is None:
+                raise InputError(
+                    str(cfg.history_path),
+                    None,
+                    f"a dismissal of episode {episode_id!r} (see 'minerwatch dismiss --list')",
+                    "none",
+                )
+            at = time.time() if now is None else now
+            conn.execute("UPDATE dismissed SET undone_at = ? WHERE episode = ?", (at, episode_id))
+    except sqlite3.Error as exc:
+        raise InputError(
+            str(cfg.history_path), None, "a writable history database", str(exc)
+        ) from None
+    finally:
+        conn.close()
+    keys = ("host", "start", "end", "at", "by", "reason")
+    return {"episode": episode_id, **dict(zip(keys, row, strict=True)), "undone_at": at}
+
+
+def dismissals(cfg: AgentConfig) -> list[dict[str, Any]]:
+    """Every dismissal in force, oldest first."""
+    conn = _connect(cfg)
+    try:
+        rows = conn.execute(
+            "SELECT episode, host, start, end, at, by, reason FROM dismissed"
+            " WHERE undone_at IS NULL ORDER BY at"
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise InputError(
+            str(cfg.history_path), None, "a readable history database", str(exc)
+        ) from None
+    finally:
+        conn.close()
+    keys = ("episode", "host", "start", "end", "at", "by", "reason")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _reason(text: str | None) -> str:
+    if text is None:
+        return ""
+    clean = " ".join(text.split())
+    if len(clean) > MAX_REASON:
+        raise InputError("--reason", None, f"at most {MAX_REASON} characters", f"{len(clean)}")
+    return clean
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dismiss (default), ``--undo`` or ``--list``; the outcome on stdout."""
+    cfg = agent_files_config(args.config, args.data_dir)
+    require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
+    if args.list:
+        if args.undo or args.episode or args.reason is not None:
+            raise InputError("--list", None, "--list alone", "with --episode, --undo or --reason")
+        records = dismissals(cfg)
+        if args.json:
+            print(json.dumps(records, indent=1))
+            return 0
+        if not records:
+            print(f"no dismissed episodes in {cfg.history_path}")
+            return 0
+        print(f"{'episode':<32} {'alerted from':<21} {'to':<21} {'dismissed':<21} by  reason")
+        for r in records:
+            print(
+                f"{r['episode']:<32} {_utc(r['start']):<21} {_utc(r['end']):<21} "
+                f"{_utc(r['at']):<21} {r['by']}  {r['reason'] or '-'}"
+            )
+        return 0
+    if args.undo is not None:
+        if args.episode or args.reason is not None:
+            raise InputError("--undo", None, "--undo ID alone", "with --episode or --reason")
+        record = undo(cfg, args.undo)
+        if args.json:
+            print(json.dumps(record, indent=1))
+        else:
+            print(
+                f"dismissal of episode {record['episode']} undone: the agent's next retraining, "
+                "within a minute once no episode is open, leaves its windows out again"
+            )
+        return 0
+    record = dismiss(cfg, args.episode, _reason(args.reason))
+    if args.json:
+        print(json.dumps(record, indent=1))
+    elif record["already"]:
+        print(
+            f"episode {record['episode']} was already dismissed at {_utc(record['at'])} by "
+            f"{record['by']}; nothing changed"
+        )
+    else:
+        when = (
+            "within a minute"
+            if record["state"] == "closed"
+            else "once it closes (it is still open, or the agent stopped without closing it)"
+        )
+        print(
+            f"dismissed episode {record['episode']} on {record['host']} "
+            f"({_utc(record['start'])} to {_utc(record['end'])}, {record['windows']} alerted "
+            f"windows) as benign: the agent's next retraining, {when}, learns these windows "
+            "instead of leaving them out; 'minerwatch dismiss --undo "
+            f"{record['episode']}' takes it back"
+        )
+    if cfg.retrain_every <= 0:
+        print(
+            f"minerwatch: warning: retrain_every = 0 in {args.config or 'the defaults'}: the "
+            "agent never retrains, so it will not learn this",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,219 @@
+"""``minerwatch dismiss``: a benign episode is learnt by the agent's next retraining.
+
+Real agent (replayed telemetry, real SQLite history, real training child), the command run as
+a subprocess against its data folder, as a responder would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from synth import host_series
+from test_agent import CPU, HOST, INTERVAL, NOW0, WINDOW, burn_until_alerted, read_events, run
+
+from minerwatch.baseline.store import save_model
+from minerwatch.baseline.train import train_host
+from minerwatch.service.history import History
+from minerwatch.service.retrain import read_history
+
+MINERWATCH = os.path.join(os.path.dirname(sys.executable), "minerwatch")
+
+
+def mw(*args, **kw):
+    return subprocess.run(
+        [MINERWATCH, *map(str, args)], capture_output=True, text=True, timeout=120, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory):
+    """The model test_agent's replays are scored with: the synthetic host's day before."""
+    models = tmp_path_factory.mktemp("models")
+    day = host_series(HOST, days=1.0, interval=INTERVAL, seed=0, start=NOW0 - 86400.0)
+    save_model(models, train_host(day, WINDOW, WINDOW, params={"alert_windows": 3}))
+    return models
+
+
+def training_input(agent):
+    """Start the retraining the agent decided on, wait for its child, return its samples."""
+    assert agent.child is not None, "the agent started no retraining"
+    agent.child.wait(timeout=120)
+    with np.load(agent.data_dir / "train-input.npz", allow_pickle=False) as f:
+        return f["timestamps"].copy(), f["values"][:, CPU].copy()
+
+
+def test_a_dismissed_episode_is_learnt_at_once_and_undo_leaves_it_out_again(
+    tmp_path, trained_models
+):
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
+    data = agent.cfg.data_dir
+    try:
+        run(agent, replay, at, 330)  # the burn ends, the episode closes
+        assert agent.episode is None
+        (closed,) = [e for e in read_events(agent) if e["event"] == "close"]
+        assert agent.next_retrain > replay.clock() + 3600, "no retraining due by itself"
+        run(agent, replay, 330, 331)
+        assert agent.child is None, "nothing dismissed yet, nothing to learn"
+
+        r = mw("dismiss", "--data-dir", data, "--reason", "nightly reindex (ticket 42)")
+        assert r.returncode == 0, r.stderr
+        assert f"dismissed episode {closed['id']} on {HOST}" in r.stdout
+        assert "within a minute" in r.stdout
+
+        run(agent, replay, 331, 332)  # the next tick notices it and retrains
+        ts, cpu = training_input(agent)
+        assert cpu.max() > 90, "the dismissed burn was left out of training"
+        assert np.any((ts >= closed["start"]) & (ts < closed["end"]))
+        run(agent, replay, 332, 333)  # the child's answer is read
+        assert agent.child is None
+        run(agent, replay, 333, 334)
+        assert agent.child is None, "one dismissal, one retraining"
+
+        r = mw("dismiss", "--data-dir", data, "--list", "--json")
+        assert r.returncode == 0, r.stderr
+        (record,) = json.loads(r.stdout)
+        assert (
+            record["episode"] == closed["id"] and record["reason"] == "nightly reindex (ticket 42)"
+        )
+        assert (record["start"], record["end"]) == (closed["start"], closed["end"])
+        assert record["by"]
+
+        r = mw("report", "--data-dir", data, "--format", "json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["episode"]["dismissed"]["reason"] == "nightly reindex (ticket 42)"
+        assert any(n.startswith("dismissed as benign at ") for n in doc["notes"])
+
+        r = mw("dismiss", "--data-dir", data)  # again: nothing changes, and it says so
+        assert (
+            r.returncode == 0 and "already dismissed" in r.stdout and "nothing changed" in r.stdout
+        )
+        run(agent, replay, 334, 335)
+        assert agent.child is None
+
+        r = mw("dismiss", "--data-dir", data, "--undo", closed["id"])
+        assert r.returncode == 0, r.stderr
+        assert "leaves its windows out again" in r.stdout
+        run(agent, replay, 335, 336)
+        ts, cpu = training_input(agent)
+        assert cpu.max() < 90, "an undone dismissal was still learnt"
+        assert not np.any((ts >= closed["start"]) & (ts < closed["end"]))
+        r = mw("dismiss", "--data-dir", data, "--list")
+        assert r.returncode == 0 and r.stdout.startswith("no dismissed episodes")
+    finally:
+        agent.shutdown()
+        if agent.child is not None:
+            agent.child.wait(timeout=60)
+
+
+def test_an_open_episode_is_learnt_only_after_it_closes(tmp_path, trained_models):
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
+    try:
+        r = mw("dismiss", "--data-dir", agent.cfg.data_dir)
+        assert r.returncode == 0, r.stderr
+        assert "once it closes" in r.stdout
+        run(agent, replay, at, at + 3)
+        assert agent.episode is not None and agent.child is None, "retrained while it was open"
+        while agent.episode is not None:
+            run(agent, replay, replay.i + 1, replay.i + 2)
+        run(agent, replay, replay.i + 1, replay.i + 2)
+        _, cpu = training_input(agent)
+        assert cpu.max() > 90
+    finally:
+        agent.shutdown()
+        if agent.child is not None:
+            agent.child.wait(timeout=60)
+
+
+# -- the history as the training child reads it -----------------------------------------------
+
+
+def history_with_an_alert(path):
+    """Two hours of samples at 10 s; windows of 60 s; the 20 minutes from 3600 s alerted."""
+    with History(path, retention_s=1e12) as h:
+        for t in np.arange(0.0, 7200.0, 10.0):
+            h.add_sample(1e9 + t, {"cpu_percent": 95.0 if 3600 <= t < 4800 else 10.0})
+        for t in np.arange(0.0, 7200.0, 60.0):
+            h.add_window(1e9 + t, 1e9 + t + 60, 0.5, 0.7, bool(3600 <= t < 4800))
+    return 1e9 + 3600, 1e9 + 4800
+
+
+def test_read_history_learns_dismissed_windows_only(tmp_path):
+    db = tmp_path / "history.db"
+    start, end = history_with_an_alert(db)
+    ts, _ = read_history(db, since=0.0, margin_s=600.0)
+    assert not np.any((ts >= start - 600) & (ts <= end + 600))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "INSERT INTO dismissed VALUES ('h-1', 'h', ?, ?, 1.0, 'me', '', NULL)", (start, end)
+        )
+    ts, values = read_history(db, since=0.0, margin_s=600.0)
+    assert len(ts) == 720 and values[:, 0].max() == 95.0
+    with conn:
+        conn.execute("UPDATE dismissed SET undone_at = 2.0")
+    conn.close()
+    ts, _ = read_history(db, since=0.0, margin_s=600.0)
+    assert len(ts) == 720 - (120 + 2 * 60 + 1)
+
+
+# -- usage errors: exit 2, naming what was expected ---------------------------------------------
+
+
+def agent_folder(tmp_path, events=True, history=True):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700, parents=True)
+    if history:
+        history_with_an_alert(data / "history.db")
+    if events:
+        line = {"id": "h-1000003600", "host": "h", "start": 1e9 + 3600, "end": 1e9 + 4800}
+        (data / "events.jsonl").write_text(
+            json.dumps({**line, "event": "open"}) + "\n" + json.dumps({**line, "event": "close"})
+        )
+    return data
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--episode", "nope"], "expected"),
+        (["--undo", "h-1000003600"], "a dismissal of episode 'h-1000003600'"),
+        (["--list", "--undo", "x"], "--list alone"),
+        (["--undo", "x", "--reason", "y"], "--undo ID alone"),
+        (["--reason", "x" * 501], "at most 500 characters"),
+    ],
+)
+def test_bad_usage_exits_2_and_says_what_was_expected(tmp_path, args, expected):
+    data = agent_folder(tmp_path)
+    r = mw("dismiss", "--data-dir", data, *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expected in r.stderr and "Traceback" not in r.stderr
+    conn = sqlite3.connect(data / "history.db")
+    assert conn.execute("SELECT count(*) FROM dismissed").fetchone() == (0,)
+    conn.close()
+
+
+def test_no_episode_or_no_history_exits_2_naming_the_file(tmp_path):
+    data = agent_folder(tmp_path / "a", events=False)
+    r = mw("dismiss", "--data-dir", data)
+    assert r.returncode == 2 and f"{data / 'events.jsonl'}: expected at least one" in r.stderr
+    data = agent_folder(tmp_path / "b", history=False)
+    r = mw("dismiss", "--data-dir", data)
+    assert r.returncode == 2 and f"{data / 'history.db'}: expected the agent's history" in r.stderr
+    assert not (data / "history.db").exists(), "the command created a history"
+
+
+def test_dismiss_without_an_agent_running_records_the_episode(tmp_path):
+    data = agent_folder(tmp_path)
+    r = mw("dismiss", "--data-dir", data, "--episode", "h-1000003600", "--json")
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert record["windows"] == 20 and record["already"] is False
+    ts, values = read_history(data / "history.db", since=0.0, margin_s=600.0)
+    assert len(ts) == 720
