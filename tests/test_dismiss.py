@@ -217,3 +217,45 @@ def test_dismiss_without_an_agent_running_records_the_episode(tmp_path):
     assert record["windows"] == 20 and record["already"] is False
     ts, values = read_history(data / "history.db", since=0.0, margin_s=600.0)
     assert len(ts) == 720
+
+
+def test_a_dismissal_teaches_a_new_tool_but_never_a_disguised_miner(tmp_path):
+    """The training child on a history whose alerted episode was dismissed: the admin's new
+    tool in it becomes known, the miner posing as a kernel thread from /tmp does not."""
+    from minerwatch.baseline.store import load_model
+    from minerwatch.features.procs import identity
+
+    db = tmp_path / "history.db"
+    series = host_series("h", days=3 / 24, interval=10.0, seed=3, start=1e9)
+    t0 = float(series.timestamps[0])
+    start, end = t0 + 3600.0, t0 + 4800.0
+    tool = ("pigz", "/usr/bin/pigz", "root", 150.0)
+    miner = ("kswapd0", "/tmp/.x/kswapd0", "nobody", 390.0)
+    with History(db, retention_s=1e12) as h:
+        for t, row in zip(series.timestamps, series.values, strict=True):
+            h.add_sample(float(t), dict(zip(series.columns, row.tolist(), strict=True)))
+            procs = [(100, "nginx", "/usr/sbin/nginx", "www-data", 20.0, 0.0)]
+            if start <= t < end:
+                procs += [(200, *tool, 0.0), (300, *miner, 0.0)]
+            h.add_procs(float(t), procs)
+        for t in np.arange(t0, t0 + 3 * 3600.0 - 60.0, 60.0):
+            h.add_window(t, t + 60.0, 0.5, 0.7, bool(start <= t < end))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "INSERT INTO dismissed VALUES ('h-1', 'h', ?, ?, 1.0, 'me', 'backup', NULL)",
+            (start, end),
+        )
+    conn.close()
+    models = tmp_path / "models"
+    done = subprocess.run(
+        [sys.executable, "-m", "minerwatch.service.retrain", "--input", tmp_path / "in.npz",
+         "--history", db, "--margin", "600", "--models", models, "--host", "h"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    model = load_model(models, "h")
+    known = set(model.procs.identities)
+    assert identity(*tool[:3]) in known, "the dismissed episode's tool was not learnt"
+    assert identity(*miner[:3]) not in known, "a dismissal made a disguised miner normal"
+    assert any("kswapd0" in f for f in model.meta["flagged_processes"])
