@@ -206,10 +206,9 @@ class Agent:
         self._reload_recent()
         #: Dismissals (``minerwatch dismiss``) up to this time are learnt or being learnt: a
         #: model trained after them read them; while learning, the first training will.
+        self.dismissed, changed = self.history.dismissals()
         self.dismissals_seen = (
-            float(self.model.meta.get("created_at", 0.0))
-            if self.model is not None
-            else self.history.dismissals_changed_at()
+            float(self.model.meta.get("created_at", 0.0)) if self.model is not None else changed
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -493,7 +492,7 @@ class Agent:
         the next index rebuild of the kind that paged is judged by a model that has seen
         one. Waits for a running training and for an open episode to close (retraining
         stops before an open episode: the one dismissed may be it)."""
-        changed = self.history.dismissals_changed_at()
+        self.dismissed, changed = self.history.dismissals()
         if changed <= self.dismissals_seen or self.child is not None or self.episode is not None:
             return
         self.dismissals_seen = changed
@@ -852,6 +851,7 @@ class Agent:
             windows_scored_total=self.counters["windows"],
             errors_total=errors,
             retrain_failures_total=dict(self.retrain_failures),
+            dismissed_episodes=self.dismissed,
             **extra,
         )
 

@@ -143,7 +143,13 @@ def _jobs(text: str) -> int:
 def _existing_folder(text: str) -> Path:
     """A folder the command reads: it must be there, and be a folder."""
     path = Path(text)
-    if not path.exists():
+    try:
+        there = path.exists()
+    except OSError as exc:  # a folder on the way this user may not enter
+        raise argparse.ArgumentTypeError(
+            f"expected a folder this user can read, got {text!r} ({exc.strerror or exc})"
+        ) from None
+    if not there:
         raise argparse.ArgumentTypeError(
             f"expected an existing folder, got no such folder {text!r}"
         )
@@ -951,6 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    except Exception as exc:  # a flag's check that failed another way (a folder unreadable)
+        return _failed(exc)
     try:
         code = int(args.run(args))
         sys.stdout.flush()  # a closed pipe shows up here, not at exit
@@ -958,14 +966,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         return exit_code(exc)
     except Exception as exc:  # the one catch-all: a message, never a traceback, for users
-        code = exit_code(exc)
-        if code == EXIT_BROKEN_PIPE:
-            _stdout_gone()
-        elif code == EXIT_USAGE:
-            print(f"minerwatch: error: {message(exc)}", file=sys.stderr)
-        else:
-            print(f"minerwatch: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return code
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """Say what went wrong in one line (never a traceback) and return the exit code."""
+    code = exit_code(exc)
+    if code == EXIT_BROKEN_PIPE:
+        _stdout_gone()
+    elif code == EXIT_USAGE:
+        print(f"minerwatch: error: {message(exc)}", file=sys.stderr)
+    else:
+        print(f"minerwatch: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

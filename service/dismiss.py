@@ -57,6 +57,14 @@ def _connect(cfg: AgentConfig) -> sqlite3.Connection:
         raise InputError(
             str(db), None, "the agent's history database (run 'minerwatch serve' first)", "none"
         )
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise InputError(
+            str(db),
+            None,
+            "write access to the agent's history (run as the agent's user: root with the unit "
+            "file)",
+            "permission denied",
+        )
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=10.0)
         conn.execute(DISMISSED_TABLE)

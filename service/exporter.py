@@ -83,6 +83,9 @@ METRICS: dict[str, str] = {
     "minerwatch_windows_scored_total": "Windows scored since the agent started.",
     "minerwatch_errors_total": "Errors since the agent started, by stage.",
     "minerwatch_retrain_failures_total": "Retrainings that gave no new model, by reason.",
+    "minerwatch_dismissed_episodes": (
+        "Alert episodes a responder dismissed as benign (minerwatch dismiss), in force."
+    ),
     "minerwatch_source_up": "1 if the telemetry source worked in the latest sample, else 0.",
     "minerwatch_last_sample_timestamp_seconds": "Unix time of the latest telemetry sample.",
     "minerwatch_last_score_timestamp_seconds": "Unix time of the latest scored window.",
@@ -193,6 +196,7 @@ def snapshot_families(
     yield from labelled(
         "minerwatch_retrain_failures_total", "reason", s.retrain_failures_total, CounterMetricFamily
     )
+    yield from gauge("minerwatch_dismissed_episodes", s.dismissed_episodes)
     up = {source: 1.0 if ok else 0.0 for source, ok in s.source_up.items()}
     yield from labelled("minerwatch_source_up", "source", up, GaugeMetricFamily)
     yield from gauge("minerwatch_last_sample_timestamp_seconds", s.last_sample_timestamp_seconds)

@@ -272,23 +272,26 @@ class History:
                 ),
             )
 
-    def dismissals_changed_at(self) -> float:
-        """When an episode was last dismissed or a dismissal undone (0 if never): the agent
-        retrains soon after, so the next page of that kind is judged by a model that saw it."""
+    def dismissals(self) -> tuple[int, float]:
+        """Episodes dismissed as benign and in force, and when one was last dismissed or a
+        dismissal undone (0 if never): the agent retrains soon after a change, so the next page
+        of that kind is judged by a model that saw it."""
         with self._lock:
             if self._conn is None:
-                return 0.0
+                return 0, 0.0
             try:
                 if not _has_dismissed(self._conn):
-                    return 0.0
+                    return 0, 0.0
                 row = self._conn.execute(
-                    "SELECT max(max(at, coalesce(undone_at, at))) FROM dismissed"
+                    "SELECT sum(undone_at IS NULL), max(max(at, coalesce(undone_at, at)))"
+                    " FROM dismissed"
                 ).fetchone()
             except sqlite3.Error as e:
                 self._on_db_error("read dismissals", e)
-                return 0.0
-        value = row[0] if row else None
-        return float(value) if isinstance(value, float | int) and math.isfinite(value) else 0.0
+                return 0, 0.0
+        count, changed = row if row else (0, 0.0)
+        finite = isinstance(changed, float | int) and math.isfinite(changed)
+        return (int(count) if isinstance(count, int) else 0), (float(changed) if finite else 0.0)
 
     def span_seconds(self) -> float:
         """Time from the first to the last stored sample (0 with fewer than two)."""

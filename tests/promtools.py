@@ -235,6 +235,7 @@ def full_snapshot(now: float) -> AgentSnapshot:
         windows_scored_total=800,
         errors_total={"sample": 2, "score": 0},
         retrain_failures_total={"too_few_windows": 1, "rejected": 0},
+        dismissed_episodes=2,
         throttled_processes=1,
         throttle_actions_total={"throttle": 1, "release": 0},
         isolated_processes=1,

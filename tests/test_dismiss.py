@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +69,9 @@ def test_a_dismissed_episode_is_learnt_at_once_and_undo_leaves_it_out_again(
         assert f"dismissed episode {closed['id']} on {HOST}" in r.stdout
         assert "within a minute" in r.stdout
 
+        assert agent.snapshot().dismissed_episodes == 0
         run(agent, replay, 331, 332)  # the next tick notices it and retrains
+        assert agent.snapshot().dismissed_episodes == 1
         ts, cpu = training_input(agent)
         assert cpu.max() > 90, "the dismissed burn was left out of training"
         assert np.any((ts >= closed["start"]) & (ts < closed["end"]))
@@ -101,6 +106,7 @@ def test_a_dismissed_episode_is_learnt_at_once_and_undo_leaves_it_out_again(
         assert r.returncode == 0, r.stderr
         assert "leaves its windows out again" in r.stdout
         run(agent, replay, 335, 336)
+        assert agent.snapshot().dismissed_episodes == 0
         ts, cpu = training_input(agent)
         assert cpu.max() < 90, "an undone dismissal was still learnt"
         assert not np.any((ts >= closed["start"]) & (ts < closed["end"]))
@@ -259,3 +265,42 @@ def test_a_dismissal_teaches_a_new_tool_but_never_a_disguised_miner(tmp_path):
     assert identity(*tool[:3]) in known, "the dismissed episode's tool was not learnt"
     assert identity(*miner[:3]) not in known, "a dismissal made a disguised miner normal"
     assert any("kswapd0" in f for f in model.meta["flagged_processes"])
+
+
+def test_a_user_who_cannot_write_the_history_is_told_so(tmp_path):
+    if os.geteuid() != 0:
+        data = agent_folder(tmp_path)
+        (data / "history.db").chmod(0o400)
+        r = mw("dismiss", "--data-dir", data)
+    else:  # root writes anything: run as nobody, in a folder nobody may read but not write
+        outside = Path(tempfile.mkdtemp(prefix="mw-dismiss-"))
+        try:
+            outside.chmod(0o755)
+            data = agent_folder(outside)
+            data.chmod(0o755)
+            (data / "events.jsonl").chmod(0o644)
+            (data / "history.db").chmod(0o644)
+            r = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", MINERWATCH,
+                 "dismiss", "--data-dir", str(data)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(outside)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"{data / 'history.db'}: expected write access to the agent's history" in r.stderr
+
+
+def test_a_data_folder_the_user_cannot_enter_is_a_usage_error(tmp_path):
+    """Not a traceback: the folder check of --data-dir itself fails with permission denied."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the command as another user")
+    data = agent_folder(tmp_path)  # under pytest's 0700 folder: nobody cannot enter it
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", MINERWATCH,
+         "dismiss", "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert f"expected a folder this user can read, got '{data}'" in r.stderr

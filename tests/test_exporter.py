@@ -78,6 +78,7 @@ def test_full_snapshot_exports_every_metric_with_its_values(exporter):
     assert value("minerwatch_anomaly_threshold") == snap.anomaly_threshold
     assert value("minerwatch_alert_active") == 1.0
     assert value("minerwatch_heavy_work") == 0.0
+    assert value("minerwatch_dismissed_episodes") == 2.0
     assert value("minerwatch_alerts_total") == snap.alerts_total
     assert value("minerwatch_feature_value", {"feature": "cpu_mean"}) == 97.5
     assert value("minerwatch_feature_contribution", {"feature": "cpu_std"}) == 0.2
