@@ -26,7 +26,7 @@ from typing import Any
 
 from minerwatch.features.errors import InputError
 from minerwatch.service.config import AgentConfig, agent_files_config, require_folder
-from minerwatch.service.history import DISMISSED_TABLE
+from minerwatch.service.history import DISMISSED_TABLE, dismissal
 from minerwatch.service.report import (
     choose_episode,
     episode_summary,
@@ -98,10 +98,7 @@ def dismiss(
     conn = _connect(cfg)
     try:
         with conn:
-            row = conn.execute(
-                "SELECT at, by, reason FROM dismissed WHERE episode = ? AND undone_at IS NULL",
-                (eid,),
-            ).fetchone()
+            row = dismissal(conn, eid)
             record = {
                 "episode": eid,
                 "host": episode["host"],

@@ -786,6 +786,17 @@ def dismissed_spans(conn: sqlite3.Connection) -> list[tuple[float, float]]:
     ]
 
 
+def dismissal(conn: sqlite3.Connection, episode_id: str) -> tuple[Any, Any, Any] | None:
+    """(at, by, reason) of the episode's dismissal in force, or None."""
+    if not _has_dismissed(conn):
+        return None
+    row = conn.execute(
+        "SELECT at, by, reason FROM dismissed WHERE episode = ? AND undone_at IS NULL",
+        (episode_id,),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 def _has_dismissed(conn: sqlite3.Connection) -> bool:
     """A history from before dismissals (or one that could not be set up) has no table."""
     query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dismissed'"

@@ -40,6 +40,7 @@ from minerwatch.service.evidence import (
     persistence_status,
     show,
 )
+from minerwatch.service.history import dismissal
 from minerwatch.service.hostsignals import EVENTS as HOST_SIGNAL_EVENTS
 from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
 from minerwatch.service.packages import package_words
@@ -252,13 +253,7 @@ def read_dismissal(history_path: Path, episode_id: str) -> dict[str, Any] | None
     if conn is None:
         return None
     try:
-        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dismissed'"
-        if not conn.execute(query).fetchone():
-            return None
-        row = conn.execute(
-            "SELECT at, by, reason FROM dismissed WHERE episode = ? AND undone_at IS NULL",
-            (episode_id,),
-        ).fetchone()
+        row = dismissal(conn, episode_id)
     except sqlite3.Error:
         return None
     finally:
