@@ -428,8 +428,9 @@ def _persistence(evidence: Mapping[str, Any] | None, baseline_path: Path) -> dic
     }
 
 
-def _checklist(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The response playbook, step by step, with what the agent has already done."""
+def _checklist(doc: Mapping[str, Any], agent: bool = True) -> list[dict[str, Any]]:
+    """The response playbook, step by step, with what the agent has already done (batch
+    reports have no agent to dismiss an episode to)."""
     suspect = doc.get("suspect") or {}
     pid = suspect.get("pid")
     throttled = [a for a in doc["throttle_actions"] if a.get("action") == "throttle"]
@@ -479,6 +480,17 @@ def _checklist(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         ("recover", "rotate the credentials that let it in; rebuild if in doubt", "to do", ""),
         ("report", "write the incident report", "done", "this report"),
     ]
+    if agent:
+        steps.insert(
+            1,
+            (
+                "or dismiss",
+                "legitimate work (see the work note)? mark the episode benign, so the agent "
+                "learns it",
+                "done" if doc["episode"].get("dismissed") else "if benign",
+                f"minerwatch dismiss --episode {doc['episode']['id']} --reason '...'",
+            ),
+        )
     return [{"step": s, "what": w, "status": st, "detail": d} for s, w, st, d in steps]
 
 

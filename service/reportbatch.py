@@ -277,7 +277,7 @@ def build_batch_report(
         "throttle_actions": [],
         "notes": notes,
     }
-    doc["checklist"] = _checklist(doc)
+    doc["checklist"] = _checklist(doc, agent=False)
     if with_remediation:
         doc["remediation"] = remediation(doc)
     return doc

@@ -94,6 +94,8 @@ def test_a_dismissed_episode_is_learnt_at_once_and_undo_leaves_it_out_again(
         doc = json.loads(r.stdout)
         assert doc["episode"]["dismissed"]["reason"] == "nightly reindex (ticket 42)"
         assert any(n.startswith("dismissed as benign at ") for n in doc["notes"])
+        (step,) = [c for c in doc["checklist"] if c["step"] == "or dismiss"]
+        assert step["status"] == "done"
 
         r = mw("dismiss", "--data-dir", data)  # again: nothing changes, and it says so
         assert (

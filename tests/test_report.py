@@ -272,7 +272,10 @@ def test_json_twin_holds_the_same_content_and_picks_episodes(data_dir):
     assert r.returncode == 0, r.stderr
     earlier = json.loads(r.stdout)
     assert earlier["episode"]["id"] == EARLIER and "remediation" not in earlier
-    assert earlier["suspect"] is None and earlier["checklist"][1]["status"] == "to do"
+    steps = {c["step"]: c for c in earlier["checklist"]}
+    assert earlier["suspect"] is None and steps["preserve"]["status"] == "to do"
+    assert steps["or dismiss"]["status"] == "if benign"
+    assert steps["or dismiss"]["detail"].startswith(f"minerwatch dismiss --episode {EARLIER} ")
 
 
 def test_markdown_fences_host_text(data_dir, tmp_path):

@@ -60,6 +60,8 @@ def test_report_from_scores_and_telemetry(scored, tmp_path):
     assert ep["id"] == f"web-1-{int(first)}" and doc["host"] == "web-1"
     assert START + PLATEAU[0] <= ep["start"] < ep["end"] <= START + sum(PLATEAU) + 1800
     assert ep["score"] > ep["threshold"] and doc["features"][0]["feature"]
+    steps = [c["step"] for c in doc["checklist"]]
+    assert "preserve" in steps and "or dismiss" not in steps, "no agent to dismiss it to"
     suspect = doc["suspect"]
     assert (suspect["pid"], suspect["exe"], suspect["username"]) == (
         4242,
