@@ -58,18 +58,32 @@ def exclusion_margin(
 def outside_dismissed(
     alerted: Iterable[tuple[float, float]], dismissed: Iterable[tuple[float, float]]
 ) -> list[tuple[float, float]]:
-    """The alerted windows retraining must still leave out: those that overlap no episode a
-    responder dismissed as benign (``minerwatch dismiss``), whose windows are learnt instead.
+    """The alerted windows retraining must still leave out: those of episodes (runs of
+    windows that touch or overlap) that no span a responder dismissed as benign overlaps
+    (``minerwatch dismiss``, ``fleet dismiss``); those episodes are learnt instead, whole,
+    even where the span given by hand missed their first or last windows.
 
-    Without this, a host's weekly index rebuild pages every week: each retraining leaves its
-    windows out, so the model never sees it.
+    Without this, a host's quarterly index rebuild pages every time: each retraining leaves
+    its windows out, so the model never sees one.
 
-    >>> outside_dismissed([(0.0, 60.0), (60.0, 120.0), (300.0, 360.0)], [(60.0, 120.0)])
-    [(0.0, 60.0), (300.0, 360.0)]
+    >>> outside_dismissed([(0.0, 60.0), (60.0, 120.0), (300.0, 360.0)], [(70.0, 80.0)])
+    [(300.0, 360.0)]
     """
     spans = list(dismissed)
-    return [
-        (start, end)
-        for start, end in alerted
-        if not any(start < d_end and end > d_start for d_start, d_end in spans)
-    ]
+    out: list[tuple[float, float]] = []
+    run: list[tuple[float, float]] = []
+
+    def flush() -> None:
+        hit = any(s < d_end and e > d_start for s, e in run for d_start, d_end in spans)
+        if not hit:
+            out.extend(run)
+        run.clear()
+
+    reach = float("-inf")  # the end of the run so far
+    for start, end in sorted(alerted):
+        if run and start > reach:
+            flush()
+        run.append((start, end))
+        reach = max(reach, end) if len(run) > 1 else end
+    flush()
+    return out

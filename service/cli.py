@@ -804,6 +804,33 @@ def _fleet_commands(sub: Subcommands) -> None:
         "restarts (default: the --models folder)",
     )
     _model_key_flag(p, "load only models signed with it, sign retrained ones")
+    _fleet_dismiss(fleet, run)
+
+
+def _fleet_dismiss(fleet: Subcommands, run: Command) -> None:
+    p = _command(
+        fleet,
+        "dismiss",
+        "mark a host's alert (--host, --start..--end) as benign: fleet serve retrains the host "
+        "and learns that span instead of leaving it out",
+        run,
+    )
+    p.add_argument(
+        "--state-dir",
+        type=_existing_folder,
+        required=True,
+        metavar="DIR",
+        help="fleet serve's state folder (its --state-dir, else its --models folder)",
+    )
+    p.add_argument("--host", help="the host, as fleet serve's host label names it")
+    p.add_argument("--start", type=_instant, help="start of the alert: Unix seconds or ISO 8601")
+    p.add_argument("--end", type=_instant, help="end of the alert, as --start")
+    p.add_argument("--reason", metavar="TEXT", help="why it was benign (default: none)")
+    p.add_argument(
+        "--undo", action="store_true", help="take back the dismissal of --host from --start"
+    )
+    p.add_argument("--list", action="store_true", help="list the dismissals instead")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
 
 
 def _isolate_command() -> Command:

@@ -279,3 +279,60 @@ def test_scheduled_retraining_leaves_out_a_live_miner_and_an_earlier_one(tmp_pat
         assert learnt.meta["windows"] >= every - 2
         caught_learnt, _, _ = hits(learnt, data, start, end)
         assert caught_learnt <= 0.25 * windows, (host, caught_learnt, windows)
+
+
+def test_a_dismissed_alert_is_learnt_by_the_retraining_it_starts(tmp_path: Path) -> None:
+    """``fleet dismiss`` before ``fleet serve`` starts: the server retrains the host at once
+    (its model is young, not due by age), and the new model learnt the dismissed hour: it no
+    longer alerts there (the test above shows that without the dismissal it still does)."""
+    now = float(np.floor(time.time() / SCRAPE) * SCRAPE)
+    ts = np.arange(now - HISTORY, now, SCRAPE)
+    start, end = now - EARLIER_MINER[0], now - EARLIER_MINER[1]
+    hosts = [workload(EARLIER, ts, (ts >= start) & (ts < end), 2)]  # a batch job, say
+    models = tmp_path / "models"
+    with backfilled_prometheus(tmp_path, hosts) as prom:
+        common = ["--prometheus", prom.url, "--selector", '{job="node"}']
+        run("fleet", "train", *common, "--start", f"{now - HISTORY}",
+            "--end", f"{now - FIRST_MODEL_END}", "--models", str(models))  # fmt: skip
+        first = json.loads((models / EARLIER / "meta.json").read_text())
+        data = FleetReader(Connection(prom.url), now - HISTORY, now, '{job="node"}').read(EARLIER)
+        before, windows, _ = hits(load_model(models, EARLIER), data.series, start, end)
+        assert windows >= 55 and before >= 0.75 * windows, "the first model must page on it"
+        done = run("fleet", "dismiss", "--state-dir", str(models), "--host", EARLIER,
+                   "--start", f"{start}", "--end", f"{end}", "--reason", "batch job")  # fmt: skip
+        assert done.stdout.startswith(f"dismissed {EARLIER} from ")
+        (record,) = json.loads(run("fleet", "dismiss", "--state-dir", str(models), "--list",
+                                   "--json").stdout)  # fmt: skip
+        assert (record["host"], record["start"], record["end"]) == (EARLIER, start, end)
+        assert (models / "fleet-dismissed.json").stat().st_mode & 0o777 == 0o600
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [MINERWATCH, "fleet", "serve", *common, "--models", str(models),
+                 "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+                 "--retrain-every", "24h", "--days", f"{HISTORY / 86400}"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            wait_until(
+                "the retrained model in use",
+                lambda: (
+                    value(scrape(port), "minerwatch_model_trained_timestamp_seconds", host=EARLIER)
+                    > first["created_at"]
+                ),
+                proc,
+                log,
+                120,
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        text = log.read_text()
+        assert code == 0 and "Traceback" not in text, text
+        assert f"{EARLIER}: a dismissal changed, retraining it now" in text
+    retrained = load_model(models, EARLIER)
+    every = len(score_series(retrained, data.series).score)
+    assert retrained.meta["windows"] >= every - 5, "the dismissed hour was left out"
+    learnt, _, _ = hits(retrained, data.series, start, end)
+    assert learnt <= 0.25 * windows, (learnt, windows)

@@ -246,5 +246,9 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch ``minerwatch fleet COMMAND``."""
+    if args.fleet_command == "dismiss":  # no Prometheus: a file in the state folder
+        from minerwatch.service.fleet.dismiss import run_dismiss
+
+        return run_dismiss(args)
     commands = {"train": run_train, "score": run_score, "export": run_export, "serve": run_serve}
     return commands[args.fleet_command](args)

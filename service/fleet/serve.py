@@ -44,7 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, AlertState
-from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask
+from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outside_dismissed
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.store import ModelError, list_hosts, load_model, read_key
 from minerwatch.features.atomic import atomic_write
@@ -53,6 +53,7 @@ from minerwatch.features.io import HostSeries
 from minerwatch.features.pipeline import feature_rows
 from minerwatch.features.schema import AGENT_METRICS, SCHEMA_VERSION
 from minerwatch.service.exporter import METRICS, ExpositionCache, snapshot_families
+from minerwatch.service.fleet.dismiss import DISMISSED_FILE, read_dismissed, spans_by_host
 from minerwatch.service.fleet.nodeexporter import (
     CPU_MODES,
     DEVICE_FILTERS,
@@ -682,6 +683,10 @@ class FleetServer:
         self.kept_state: dict[str, object] = {}
         #: Points in the latest cycle's answers (the benchmark reports it).
         self.points_read = 0
+        #: Spans a responder dismissed as benign, per host (``fleet dismiss``), read from
+        #: :data:`DISMISSED_FILE` beside the state file whenever it changes.
+        self.dismissed: dict[str, list[tuple[float, float]]] = {}
+        self._dismissed_stamp: tuple[int, int] | None = None
 
     def _error(self, stage: str, what: str) -> None:
         self.errors[stage] = self.errors.get(stage, 0) + 1
@@ -723,6 +728,7 @@ class FleetServer:
             host, outcome = self.reloaded.get()
             if outcome == "accepted":
                 self.load(host)
+        self.read_dismissals()
         t0 = time.perf_counter()
         now = self.clock()
         start = now - LOOKBACK_S - 2 * max([60.0, *(s.model.window for s in self.hosts.values())])
@@ -854,6 +860,39 @@ class FleetServer:
         )  # fmt: skip
         return len(restored)
 
+    def read_dismissals(self) -> None:
+        """Pick up ``fleet dismiss``'s file when it changed; a host whose dismissed spans
+        changed retrains now, so the next page of that work is judged by a model that saw it.
+        A damaged file is logged and counted once (stage ``state``); the last good one stays."""
+        if self.state_file is None:
+            return
+        path = self.state_file.parent / DISMISSED_FILE
+        try:
+            st = path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        except OSError as exc:
+            self._error("state", f"{path}: {exc.strerror or exc}")
+            return
+        if stamp == self._dismissed_stamp:
+            return
+        self._dismissed_stamp = stamp  # a broken file is said once, not every cycle
+        try:
+            spans = spans_by_host(read_dismissed(path))
+        except InputError as exc:
+            self._error("state", f"{exc}; the dismissals read before stay in force")
+            return
+        changed = {h for h in {*spans, *self.dismissed} if spans.get(h) != self.dismissed.get(h)}
+        self.dismissed = spans
+        now = self.clock()
+        for host in sorted(changed & set(self.hosts)):
+            if self.retrain_every > 0:
+                log.info("%s: a dismissal changed, retraining it now", host)
+                self.hosts[host].next_retrain = now
+            else:
+                log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
+
     def due(self) -> list[str]:
         """Hosts whose model is older than ``--retrain-every`` (and not waiting for a retry)."""
         now = self.clock()
@@ -884,12 +923,14 @@ class FleetServer:
                 if hit
             ]
             episode = state.episode_start if state.alert.active else None
+            # what a responder dismissed as benign is learnt, not left out
+            alerted = outside_dismissed([*state.alerted, *alerted], self.dismissed.get(host, []))
             ts, values, margin = training_samples(
-                series, [*state.alerted, *alerted], model.hop, model.alert_delay_windows, episode
+                series, alerted, model.hop, model.alert_delay_windows, episode
             )
             log.info(
                 "retraining %s on %d of %d samples (%.0f s left out around %d alerted windows)",
-                host, len(ts), len(series.timestamps), margin, len(alerted) + len(state.alerted),
+                host, len(ts), len(series.timestamps), margin, len(alerted),
             )  # fmt: skip
             with tempfile.TemporaryDirectory(prefix=".fleet-retrain-", dir=self.models_dir) as tmp:
                 path = Path(tmp) / "input.npz"

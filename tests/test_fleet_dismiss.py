@@ -1,0 +1,114 @@
+"""``minerwatch fleet dismiss`` as a command: the record it keeps and its usage errors (exit 2).
+What ``fleet serve`` does with a dismissal is in test_fleet_retrain.py (a real Prometheus)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from minerwatch.service.fleet.dismiss import DISMISSED_FILE, read_dismissed, spans_by_host
+
+T2 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC).timestamp()
+T3 = datetime(2026, 12, 1, 3, 10, tzinfo=UTC).timestamp()
+MINERWATCH = os.path.join(os.path.dirname(sys.executable), "minerwatch")
+
+
+def mw(*args):
+    return subprocess.run(
+        [MINERWATCH, "fleet", "dismiss", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dismiss_list_and_undo_keep_one_private_file(tmp_path):
+    r = mw("--state-dir", tmp_path, "--host", "db-2", "--start", "2026-12-01T02:00Z",
+           "--end", "2026-12-01T03:10Z", "--reason", "quarterly\nreindex")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "dismissed db-2 from 2026-12-01 02:00:00Z to 2026-12-01 03:10:00Z" in r.stdout
+    path = tmp_path / DISMISSED_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    (item,) = read_dismissed(path)
+    assert (item["start"], item["end"], item["reason"]) == (
+        T2,
+        T3,
+        "quarterly reindex",
+    )
+    assert item["by"] and abs(item["at"] - time.time()) < 60
+    r = mw("--state-dir", tmp_path, "--host", "db-3", "--start", "100", "--end", "200")
+    assert r.returncode == 0, r.stderr
+    assert spans_by_host(read_dismissed(path)) == {
+        "db-2": [(T2, T3)],
+        "db-3": [(100.0, 200.0)],
+    }
+    again = mw("--state-dir", tmp_path, "--host", "db-3", "--start", "100", "--end", "200")
+    assert again.returncode == 0 and "already dismissed; nothing changed" in again.stdout
+    listed = mw("--state-dir", tmp_path, "--list")
+    assert (
+        listed.returncode == 0
+        and listed.stdout.count("\n") == 2
+        and "quarterly reindex" in listed.stdout
+    )
+    r = mw("--state-dir", tmp_path, "--host", "db-2", "--start", "2026-12-01T02:00Z", "--undo")
+    assert r.returncode == 0 and "undone" in r.stdout
+    assert [
+        i["host"] for i in json.loads(mw("--state-dir", tmp_path, "--list", "--json").stdout)
+    ] == ["db-3"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--host", "h"], "expected --host and --start (or --list)"),
+        (
+            ["--host", "h", "--start", "200", "--end", "100"],
+            "--end: expected a time at or after --start",
+        ),
+        (["--host", "h", "--start", "100"], "--end: expected a time at or after --start"),
+        (["--host", "h", "--start", "1", "--undo"], "expected a dismissal of h from 1"),
+        (["--host", "h", "--start", "1", "--end", "2", "--reason", "x" * 501], "at most 500"),
+        (["--host", "h", "--start", "yesterday"], "expected Unix seconds or ISO 8601"),
+    ],
+)
+def test_bad_usage_exits_2(tmp_path, args, expected):
+    r = mw("--state-dir", tmp_path, *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expected in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / DISMISSED_FILE).exists()
+
+
+def test_a_damaged_file_is_named_and_left_alone(tmp_path):
+    path = tmp_path / DISMISSED_FILE
+    path.write_text('{"format": "minerwatch-fleet-dismissals", "dismissed": [\n{"host": 1}]}')
+    r = mw("--state-dir", tmp_path, "--host", "h", "--start", "1", "--end", "2")
+    assert r.returncode == 2 and f"{path}: expected dismissed[0] with host" in r.stderr
+    path.write_text("{not json")
+    r = mw("--state-dir", tmp_path, "--list")
+    assert r.returncode == 2 and f"{path}:1: expected JSON" in r.stderr
+    assert path.read_text() == "{not json"
+
+
+def test_fleet_serve_keeps_the_last_good_dismissals_when_the_file_breaks(tmp_path):
+    from minerwatch.service.fleet.serve import STATE_FILE, FleetServer
+
+    server = FleetServer(None, tmp_path, state_file=tmp_path / STATE_FILE, retrain_every=60.0)
+    server.read_dismissals()
+    assert server.dismissed == {} and server.errors == {}
+    assert mw("--state-dir", tmp_path, "--host", "h", "--start", "1", "--end", "2").returncode == 0
+    server.read_dismissals()
+    assert server.dismissed == {"h": [(1.0, 2.0)]}
+    (tmp_path / DISMISSED_FILE).write_text("[]")  # another program's file
+    server.read_dismissals()
+    assert server.errors == {"state": 1} and server.dismissed == {"h": [(1.0, 2.0)]}
+    server.read_dismissals()  # unchanged since: not read (nor counted) again
+    assert server.errors == {"state": 1}
+    (tmp_path / DISMISSED_FILE).unlink()
+    server.read_dismissals()
+    assert server.dismissed == {}
