@@ -111,7 +111,7 @@ class AgentSnapshot:
     # Retrainings that gave no new model, by reason (every reason present, zero at start).
     retrain_failures_total: Mapping[str, int] = field(default_factory=_empty)
     # Alert episodes a responder dismissed as benign (``minerwatch dismiss``), in force.
-    dismissed_episodes: int | None = None  # None: not an agent (fleet serve)
+    dismissed_episodes: int | None = None
     # Throttling.
     throttled_processes: int = 0
     throttle_actions_total: Mapping[str, int] = field(default_factory=_empty)

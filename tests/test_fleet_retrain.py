@@ -325,6 +325,7 @@ def test_a_dismissed_alert_is_learnt_by_the_retraining_it_starts(tmp_path: Path)
                 log,
                 120,
             )
+            assert value(scrape(port), "minerwatch_dismissed_episodes", host=EARLIER) == 1.0
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=60)

@@ -121,6 +121,7 @@ PER_HOST = frozenset(
         "minerwatch_last_sample_timestamp_seconds",
         "minerwatch_last_score_timestamp_seconds",
         "minerwatch_windows_scored",
+        "minerwatch_dismissed_episodes",
     }
 )
 
@@ -354,8 +355,9 @@ class HostState:
             "model": str(self.model.meta.get("sha256", "")),
         }  # fmt: skip
 
-    def snapshot(self) -> AgentSnapshot:
-        """The agent's snapshot fields that mean something for a host scored from afar."""
+    def snapshot(self, dismissed: int = 0) -> AgentSnapshot:
+        """The agent's snapshot fields that mean something for a host scored from afar
+        (``dismissed``: its spans in ``fleet dismiss``'s file)."""
         m = self.model
         return AgentSnapshot(
             anomaly_score=self.score,
@@ -375,6 +377,7 @@ class HostState:
             last_sample_timestamp_seconds=self.sample_ts,
             last_score_timestamp_seconds=self.score_ts,
             windows_scored_total=self.windows_total,
+            dismissed_episodes=dismissed,
         )
 
 
@@ -959,7 +962,7 @@ class FleetServer:
 
     def snapshot(self) -> FleetSnapshot:
         return FleetSnapshot(
-            hosts={h: s.snapshot() for h, s in self.hosts.items()},
+            hosts={h: s.snapshot(len(self.dismissed.get(h, ()))) for h, s in self.hosts.items()},
             errors_total=dict(self.errors),
             retrain_failures_total=dict(self.retrain_failures),
             cycle_seconds=self.cycle_seconds,
