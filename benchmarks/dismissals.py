@@ -3,11 +3,12 @@
 On a host, the agent's retraining leaves alerted time out so that a miner never becomes
 normal; legitimate work it has never seen (an index rebuild) therefore pages each time it
 comes back until someone says it was benign. This replays that on a labelled simulation: the
-responder dismisses a false-alarm episode ``respond_s`` after it paged (or when it closes, if
-later); the host then retrains, as the agent does, on its training data plus the test samples
-seen so far, leaving out alerted time except the dismissed episodes; the rest of the test is
-scored by the new model. Episodes that touch a miner are never dismissed (the labels say which
-is which; a responder has the report).
+responder dismisses a false-alarm episode ``respond_s`` after it paged; the host then retrains,
+as the agent does, on its training data plus the test samples seen so far, leaving out alerted
+time except the dismissed episodes (one still open is learnt as far as it has gone, as the
+agent does); the rest of the test is scored by the new model, and a dismissed episode that
+goes on is not dismissed again. Episodes that touch a miner are never dismissed (the labels
+say which is which; a responder has the report).
 
 Evaluation code: trains with scikit-learn.
 """
@@ -63,15 +64,6 @@ def join(first: HostSeries, then: HostSeries) -> HostSeries:
     )
 
 
-def _episode_end_at(ws: np.ndarray, we: np.ndarray, alert: np.ndarray, t: float) -> float:
-    """``t``, or the end of the alert episode open at ``t`` (the agent retrains after it)."""
-    ep = metrics.alert_episodes(ws, we, alert)
-    for start, end in zip(ep.start, ep.end, strict=True):
-        if start <= t < end:
-            return float(end)
-    return t
-
-
 def with_dismissals(
     train: HostSeries,
     test: HostSeries,
@@ -92,17 +84,20 @@ def with_dismissals(
     since = -np.inf
     retrains = 0
     while True:
-        ep = metrics.alert_episodes(ws, we, alert & (ws >= since))
+        ep = metrics.alert_episodes(ws, we, alert)
         false = [
             (float(s), float(e))
             for s, e in zip(ep.start, ep.end, strict=True)
-            if not any(ev.start <= e and s <= ev.end for ev in mal)
+            # the responder judges what the episode has shown by the time they dismiss it
+            if not any(ev.start <= min(e, s + respond_s) and s <= ev.end for ev in mal)
+            and not any(d_start < e and s < d_end for d_start, d_end in dismissed)
         ]
         if not false:
             return alert, retrains
         start, end = false[0]
         dismissed.append((start, end))
-        now = _episode_end_at(ws, we, alert, max(end, start + respond_s))
+        # the agent retrains at once, learning an episode still open as far as it has gone
+        now = max(since, start + respond_s)
         history = join(train, take(test, test.timestamps < now))
         done = alert & (we <= now)
         alerted = outside_dismissed(zip(ws[done], we[done], strict=True), dismissed)

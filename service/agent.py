@@ -487,13 +487,19 @@ class Agent:
         me = os.getpid()
         return tuple(p for p in self.collector.top_processes if p.pid not in own and p.ppid != me)
 
+    def _open_episode_dismissed(self) -> bool:
+        return self.episode is not None and self.history.is_dismissed(self.episode["id"])
+
     def _learn_dismissals(self, now: float) -> None:
         """Retrain soon after a responder dismisses an episode as benign (or undoes that), so
         the next index rebuild of the kind that paged is judged by a model that has seen
-        one. Waits for a running training and for an open episode to close (retraining
-        stops before an open episode: the one dismissed may be it)."""
+        one. Waits for a running training, and for an open episode to close unless it is the
+        one dismissed: that one is learnt as far as it has gone, since a lasting new level
+        (a service moved here for good) would otherwise page until it ends."""
         self.dismissed, changed = self.history.dismissals()
-        if changed <= self.dismissals_seen or self.child is not None or self.episode is not None:
+        if changed <= self.dismissals_seen or self.child is not None:
+            return
+        if self.episode is not None and not self._open_episode_dismissed():
             return
         self.dismissals_seen = changed
         if self.model is None:
@@ -522,7 +528,9 @@ class Agent:
             max(self.cfg.alert_windows, self.cfg.sustain_windows),
             cap_s=EXCLUDE_MARGIN_S,
         )
-        before = None if self.episode is None else self.episode["start"] - margin
+        before = None  # an open episode stays out (with its margin) unless it was dismissed
+        if self.episode is not None and not self._open_episode_dismissed():
+            before = self.episode["start"] - margin
         path = self.data_dir / "train-input.npz"
         source: list[str] = []
         if self.history.path is not None and self.history.degraded is None:

@@ -3,8 +3,8 @@
 The agent's retraining leaves every alerted window out, so that a miner never becomes normal.
 The price is that legitimate work the model has never seen (an index rebuild, an
 administrator's new tool) pages again each time it comes back. Dismissing the episode records
-it in the agent's history; the agent retrains within a minute (once no episode is open) and
-that training learns the episode's windows instead of leaving them out. Undoing a dismissal
+it in the agent's history; the agent retrains within a minute (once no other episode is open)
+and that training learns the episode's windows instead of leaving them out. Undoing a dismissal
 starts another retraining that leaves them out again.
 
 What a dismissal cannot do: a process that matched an indicator or a miner's disguise is
@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         when = (
             "within a minute"
             if record["state"] == "closed"
-            else "once it closes (it is still open, or the agent stopped without closing it)"
+            else "within a minute, with its windows so far (it is still open, or the agent "
+            "stopped without closing it)"
         )
         print(
             f"dismissed episode {record['episode']} on {record['host']} "

@@ -251,6 +251,18 @@ class History:
                 self._on_db_error("read dismissals", e)
                 return []
 
+    def is_dismissed(self, episode_id: str) -> bool:
+        """Whether a responder dismissed this episode (and did not undo it); False while the
+        database is unreadable, so an open episode then stays out of training."""
+        with self._lock:
+            if self._conn is None:
+                return False
+            try:
+                return dismissal(self._conn, episode_id) is not None
+            except sqlite3.Error as e:
+                self._on_db_error("read dismissals", e)
+                return False
+
     def extend_dismissal(self, episode_id: str, end: float) -> None:
         """An episode dismissed while it was open closes at ``end``: the dismissal covers its
         windows up to there (the command could only know its end so far)."""

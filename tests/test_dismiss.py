@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,19 +121,49 @@ def test_a_dismissed_episode_is_learnt_at_once_and_undo_leaves_it_out_again(
             agent.child.wait(timeout=60)
 
 
-def test_an_open_episode_is_learnt_only_after_it_closes(tmp_path, trained_models):
+def test_an_open_episode_dismissed_is_learnt_at_once_as_far_as_it_has_gone(
+    tmp_path, trained_models
+):
+    """A lasting new level would never close its episode: waiting for the close would leave
+    the dismissal without effect for as long as the level lasts."""
     replay, agent, at = burn_until_alerted(tmp_path, trained_models)
     try:
+        assert agent.episode is not None
+        opened = agent.episode["start"]
         r = mw("dismiss", "--data-dir", agent.cfg.data_dir)
         assert r.returncode == 0, r.stderr
-        assert "once it closes" in r.stdout
+        assert "with its windows so far" in r.stdout
+        run(agent, replay, at, at + 1)
+        assert agent.episode is not None, "the burn goes on"
+        ts, cpu = training_input(agent)
+        assert cpu.max() > 90, "the open, dismissed episode was left out"
+        assert ts.max() >= opened, "training stopped before the open episode"
+    finally:
+        agent.shutdown()
+        if agent.child is not None:
+            agent.child.wait(timeout=60)
+
+
+def test_another_open_episode_holds_the_retraining_back(tmp_path, trained_models):
+    """A dismissal of an earlier episode waits while a new one is open: the open one may be a
+    miner, and retraining then stops before it."""
+    replay, agent, at = burn_until_alerted(tmp_path, trained_models)
+    try:
+        assert agent.episode is not None
+        with sqlite3.connect(agent.cfg.data_dir / "history.db") as conn:
+            conn.execute(
+                "INSERT INTO dismissed (episode, host, start, end, at, by, reason)"
+                " VALUES ('earlier', ?, ?, ?, ?, 'test', '')",
+                (HOST, NOW0 - 7200.0, NOW0 - 3600.0, time.time()),  # as the command does
+            )
+        conn.close()
         run(agent, replay, at, at + 3)
         assert agent.episode is not None and agent.child is None, "retrained while it was open"
         while agent.episode is not None:
             run(agent, replay, replay.i + 1, replay.i + 2)
         run(agent, replay, replay.i + 1, replay.i + 2)
         _, cpu = training_input(agent)
-        assert cpu.max() > 90
+        assert cpu.max() < 90, "the episode nobody dismissed was learnt"
     finally:
         agent.shutdown()
         if agent.child is not None:

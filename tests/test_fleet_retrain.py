@@ -337,3 +337,54 @@ def test_a_dismissed_alert_is_learnt_by_the_retraining_it_starts(tmp_path: Path)
     assert retrained.meta["windows"] >= every - 5, "the dismissed hour was left out"
     learnt, _, _ = hits(retrained, data.series, start, end)
     assert learnt <= 0.25 * windows, (learnt, windows)
+
+
+def test_an_open_episode_dismissed_is_learnt_as_far_as_it_has_gone(tmp_path: Path) -> None:
+    """A load that started an hour ago and goes on (a service moved to the host for good):
+    dismissed while its episode is open, the retraining learns it up to now instead of stopping
+    before the episode, so the page ends instead of lasting as long as the load."""
+    now = float(np.floor(time.time() / SCRAPE) * SCRAPE)
+    ts = np.arange(now - HISTORY, now, SCRAPE)
+    start = now - 3600.0
+    hosts = [workload(LIVE, ts, ts >= start, 1)]
+    models = tmp_path / "models"
+    with backfilled_prometheus(tmp_path, hosts) as prom:
+        common = ["--prometheus", prom.url, "--selector", '{job="node"}']
+        run("fleet", "train", *common, "--start", f"{now - HISTORY}",
+            "--end", f"{now - FIRST_MODEL_END}", "--models", str(models))  # fmt: skip
+        first = json.loads((models / LIVE / "meta.json").read_text())
+        data = FleetReader(Connection(prom.url), now - HISTORY, now, '{job="node"}').read(LIVE)
+        before, windows, _ = hits(load_model(models, LIVE), data.series, start, now)
+        assert windows >= 55 and before >= 0.75 * windows, "the first model must page on it"
+        run("fleet", "dismiss", "--state-dir", str(models), "--host", LIVE,
+            "--start", f"{start}", "--end", f"{now}", "--reason", "new service")  # fmt: skip
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [MINERWATCH, "fleet", "serve", *common, "--models", str(models),
+                 "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+                 "--retrain-every", "24h", "--days", f"{HISTORY / 86400}"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            wait_until(
+                "the retrained model in use",
+                lambda: (
+                    value(scrape(port), "minerwatch_model_trained_timestamp_seconds", host=LIVE)
+                    > first["created_at"]
+                ),
+                proc,
+                log,
+                120,
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        text = log.read_text()
+        assert code == 0 and "Traceback" not in text, text
+    retrained = load_model(models, LIVE)
+    every = len(score_series(retrained, data.series).score)
+    assert retrained.meta["windows"] >= every - 5, "training stopped before the open episode"
+    learnt, _, _ = hits(retrained, data.series, start, now)
+    assert learnt <= 0.25 * windows, (learnt, windows)

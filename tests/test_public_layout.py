@@ -111,3 +111,42 @@ def test_broken_layout_exits_2_naming_file_and_expectation(tmp_path, case):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert "smd 1/" not in done.stderr  # the layout is checked before any training
+
+
+def test_smd_dismissals_learn_an_unlabelled_new_level(tmp_path):
+    """The benchmark's oracle responder dismisses the false alarms of a level the test half
+    moves to; the retrained model stops paging on it and still catches the labelled fault."""
+    rng = np.random.default_rng(5)
+    cols = 6
+    mix = rng.uniform(0.0, 1.0, size=(2, cols))
+    mix /= mix.sum(axis=0)
+
+    def part(n):
+        return rng.uniform(0.2, 0.8, size=(n, 2)) @ mix + rng.normal(scale=0.01, size=(n, cols))
+
+    test = part(ROWS)
+    test[60:, 0] += 0.6  # a lasting new level of one column: not labelled
+    test[250:280, : cols // 2] = 3.0  # the labelled fault
+    label = np.zeros(ROWS, int)
+    label[250:280] = 1
+    _write(tmp_path / "train" / "box-6.txt.gz", _matrix(part(ROWS)))
+    _write(tmp_path / "test" / "box-6.txt.gz", _matrix(test))
+    _write(tmp_path / "test_label" / "box-6.txt.gz", [str(v) for v in label])
+    cmd = [sys.executable, "-m", "minerwatch.bench.smd_dismissals", "--smd", str(tmp_path)]
+    done = subprocess.run(
+        [*cmd, "--respond-minutes", "5", "--json"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout)["machines"]["box-6"]
+    base, dismissed = res["minerwatch"], res["dismissed"]
+    assert base["fp"] > 50  # the new level pages for the rest of the test
+    assert res["retrains"] >= 1
+    assert dismissed["fp"] < base["fp"] / 2
+    assert dismissed["event_recall"] == 1.0 and dismissed["f1"] > base["f1"]
+    table = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert table.returncode == 0 and "box-6" in table.stdout and "mean" in table.stdout
+    broken = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "none")], capture_output=True, text=True, timeout=60
+    )
+    assert broken.returncode == 2 and "none" in broken.stderr
+    assert "Traceback" not in broken.stderr

@@ -926,8 +926,12 @@ class FleetServer:
                 if hit
             ]
             episode = state.episode_start if state.alert.active else None
-            # what a responder dismissed as benign is learnt, not left out
-            alerted = outside_dismissed([*state.alerted, *alerted], self.dismissed.get(host, []))
+            # what a responder dismissed as benign is learnt, not left out; an open episode
+            # dismissed too, as far as it has gone (a lasting new level never closes)
+            spans = self.dismissed.get(host, [])
+            if episode is not None and any(end >= episode for _, end in spans):
+                episode = None
+            alerted = outside_dismissed([*state.alerted, *alerted], spans)
             ts, values, margin = training_samples(
                 series, alerted, model.hop, model.alert_delay_windows, episode
             )
