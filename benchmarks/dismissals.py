@@ -5,9 +5,9 @@ normal; legitimate work it has never seen (an index rebuild) therefore pages eac
 comes back until someone says it was benign. This replays that on a labelled simulation: the
 responder dismisses a false-alarm episode ``respond_s`` after it paged; the host then retrains,
 as the agent does, on its training data plus the test samples seen so far, leaving out alerted
-time except the dismissed episodes (one still open is learnt as far as it has gone, as the
-agent does); the rest of the test is scored by the new model, and a dismissed episode that
-goes on is not dismissed again. Episodes that touch a miner are never dismissed (the labels
+time except the dismissed episodes; the rest of the test is scored by the new model. As in the
+agent, an episode still open when dismissed is learnt as far as it has gone, and whole by
+another retraining when it closes. Episodes that touch a miner are never dismissed (the labels
 say which is which; a responder has the report).
 
 Evaluation code: trains with scikit-learn.
@@ -81,23 +81,30 @@ def with_dismissals(
     alert = np.asarray(alert, dtype=bool).copy()
     mal = [ev for ev in events if ev.host == test.host and ev.malicious]
     dismissed: list[tuple[float, float]] = []
+    pending: list[float] = []  # starts of episodes dismissed while open, learnt again at close
     since = -np.inf
     retrains = 0
     while True:
         ep = metrics.alert_episodes(ws, we, alert)
-        false = [
-            (float(s), float(e))
-            for s, e in zip(ep.start, ep.end, strict=True)
+        actions: list[tuple[float, bool, float, float]] = []  # (when, dismiss?, start, end)
+        for s, e in zip(ep.start.tolist(), ep.end.tolist(), strict=True):
+            if any(d_start < e and s < d_end for d_start, d_end in dismissed):
+                if e > since and any(s <= p <= e for p in pending):
+                    actions.append((e, False, s, e))  # it closed: the agent learns it whole
+                continue
             # the responder judges what the episode has shown by the time they dismiss it
-            if not any(ev.start <= min(e, s + respond_s) and s <= ev.end for ev in mal)
-            and not any(d_start < e and s < d_end for d_start, d_end in dismissed)
-        ]
-        if not false:
+            if not any(ev.start <= min(e, s + respond_s) and s <= ev.end for ev in mal):
+                actions.append((max(since, s + respond_s), True, s, e))
+        if not actions:
             return alert, retrains
-        start, end = false[0]
-        dismissed.append((start, end))
+        now, dismiss, start, end = min(actions)
+        if dismiss:
+            dismissed.append((start, end))
+            if end > now:
+                pending.append(start)
+        else:
+            pending = [p for p in pending if not start <= p <= end]
         # the agent retrains at once, learning an episode still open as far as it has gone
-        now = max(since, start + respond_s)
         history = join(train, take(test, test.timestamps < now))
         done = alert & (we <= now)
         alerted = outside_dismissed(zip(ws[done], we[done], strict=True), dismissed)

@@ -415,6 +415,13 @@ class Agent:
         assert self.episode is not None
         self._event("close", reason=reason)
         self.history.extend_dismissal(self.episode["id"], self.episode["end"])
+        if (
+            self.model is not None
+            and self.cfg.retrain_every > 0
+            and self.history.is_dismissed(self.episode["id"])
+        ):
+            # dismissed while open, it was learnt as far as it had gone: now learn it whole
+            self.next_retrain = min(self.next_retrain, self.clock())
         log.warning(
             "alert closed on %s (%s) after %.0f s: %s",
             self.cfg.host,

@@ -138,6 +138,14 @@ def test_an_open_episode_dismissed_is_learnt_at_once_as_far_as_it_has_gone(
         ts, cpu = training_input(agent)
         assert cpu.max() > 90, "the open, dismissed episode was left out"
         assert ts.max() >= opened, "training stopped before the open episode"
+        so_far = ts.max()
+        while agent.episode is not None:  # the burn ends, the episode closes
+            run(agent, replay, replay.i + 1, replay.i + 2)
+        (closed,) = [e for e in read_events(agent) if e["event"] == "close"]
+        run(agent, replay, replay.i + 1, replay.i + 2)
+        ts, cpu = training_input(agent)  # and it is learnt again, whole
+        assert ts.max() >= closed["end"] - WINDOW > so_far
+        assert np.sum(cpu > 90) > np.sum((ts >= opened) & (ts <= so_far))
     finally:
         agent.shutdown()
         if agent.child is not None:

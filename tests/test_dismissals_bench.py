@@ -71,3 +71,33 @@ def test_a_dismissed_reindex_does_not_page_again_and_a_miner_still_does():
     first = events[0]
     assert np.any((learnt >= first.start) & (learnt <= first.end))
     np.testing.assert_array_equal(after[ws < dismissed_at], alert[ws < dismissed_at])
+
+
+def test_an_episode_open_when_dismissed_is_learnt_so_far_then_whole_when_it_closes():
+    """The replay's timing, with a model that is simply 'what it learnt up to': a 100-minute
+    episode dismissed 30 minutes in is learnt so far at once, then whole when it closes."""
+    minute = 60.0
+    train = host_series("app", days=0.5, interval=minute, seed=1, start=T0)
+    test = host_series("app", days=0.5, interval=minute, seed=2, start=T0 + 43200.0)
+    ws = test.timestamps.copy()
+    we = ws + minute
+    t0 = ws[0]
+    busy = (ws >= t0 + 100 * minute) & (ws < t0 + 200 * minute)
+    miner = Event("app", "full_speed", True, t0 + 400 * minute, t0 + 420 * minute)
+    mining = (ws >= miner.start) & (ws <= miner.end)
+    learnt = []
+
+    def fit(series):
+        learnt.append(float(series.timestamps.max()))
+        return learnt[-1]  # the model knows everything up to here
+
+    def alerts_of(learnt_until, series):
+        return (busy & (ws > learnt_until)) | mining
+
+    after, retrains = with_dismissals(
+        train, test, ws, we, busy | mining, [miner], fit, alerts_of, minute, 3
+    )
+    assert retrains == 2
+    assert learnt == [t0 + 129 * minute, t0 + 199 * minute]  # 30 minutes in, then at the close
+    assert after[busy].all(), "the episode's pages are history, not rewritten"
+    assert after[mining].all(), "a miner is never dismissed"
