@@ -88,10 +88,12 @@ def with_dismissals(
         ep = metrics.alert_episodes(ws, we, alert)
         actions: list[tuple[float, bool, float, float]] = []  # (when, dismiss?, start, end)
         for s, e in zip(ep.start.tolist(), ep.end.tolist(), strict=True):
-            if any(d_start < e and s < d_end for d_start, d_end in dismissed):
+            if any(s <= d_start <= e for d_start, _ in dismissed):  # one dismissed, going on
                 if e > since and any(s <= p <= e for p in pending):
                     actions.append((e, False, s, e))  # it closed: the agent learns it whole
-                continue
+                continue  # (one the retraining cut short has nothing more to learn)
+            # anything else pages anew (also what follows a dismissed episode that a
+            # retraining cut short): the responder has to dismiss it again
             # the responder judges what the episode has shown by the time they dismiss it
             if not any(ev.start <= min(e, s + respond_s) and s <= ev.end for ev in mal):
                 actions.append((max(since, s + respond_s), True, s, e))
