@@ -93,8 +93,8 @@ def with_dismissals(
                     actions.append((e, False, s, e))  # it closed: the agent learns it whole
                 continue  # (one the retraining cut short has nothing more to learn)
             # anything else pages anew (also what follows a dismissed episode that a
-            # retraining cut short): the responder has to dismiss it again
-            # the responder judges what the episode has shown by the time they dismiss it
+            # retraining cut short); the responder judges what it has shown by the time
+            # they would dismiss it
             if not any(ev.start <= min(e, s + respond_s) and s <= ev.end for ev in mal):
                 actions.append((max(since, s + respond_s), True, s, e))
         if not actions:
