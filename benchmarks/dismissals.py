@@ -16,6 +16,7 @@ Evaluation code: trains with scikit-learn.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -117,3 +118,40 @@ def with_dismissals(
         later = ws >= now
         alert[later] = alerts_of(model, test)[later]
         since = now
+
+
+def retrained_like(
+    model: Any,
+    train: HostSeries,
+    test: HostSeries,
+    ws: np.ndarray,
+    we: np.ndarray,
+    alert: np.ndarray,
+    events: Sequence[metrics.Event],
+    params: dict[str, Any] | None = None,
+    respond_s: float = RESPOND_S,
+) -> tuple[np.ndarray, int]:
+    """:func:`with_dismissals` for a baseline: each retraining has ``model``'s window and hop
+    and ``params`` (those ``model`` was trained with), scored as ``score`` does."""
+    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.train import train_host
+
+    def fit(series: HostSeries) -> Any:
+        return train_host(series, window=model.window, hop=model.hop, params=params)
+
+    def alerts_of(m: Any, series: HostSeries) -> np.ndarray:
+        return np.asarray(score_series(m, series).alert, dtype=bool)
+
+    return with_dismissals(
+        train,
+        test,
+        ws,
+        we,
+        alert,
+        events,
+        fit,
+        alerts_of,
+        model.hop,
+        max(model.alert_windows, model.sustain_windows or 0),
+        respond_s=respond_s,
+    )

@@ -165,7 +165,9 @@ def run_hosts(
         we = np.asarray(scored.window_end, dtype=float)
         alerts = {"minerwatch": np.asarray(scored.alert, dtype=bool)}
         if events is not None and host in train:
-            alerts["dismissed"], retrains = _dismissed(
+            from minerwatch.bench.dismissals import retrained_like
+
+            alerts["dismissed"], retrains = retrained_like(
                 model, train[host], test[host], ws, we, alerts["minerwatch"], events
             )
             if retrains:
@@ -193,41 +195,6 @@ def run_hosts(
             )
         )
     return runs
-
-
-def _dismissed(
-    model: Any,
-    train: HostSeries,
-    test: HostSeries,
-    ws: np.ndarray,
-    we: np.ndarray,
-    alert: np.ndarray,
-    events: list[metrics.Event],
-) -> tuple[np.ndarray, int]:
-    """The baseline's alerts with each false alarm dismissed and learnt by a retraining with
-    the same settings as ``model``'s (:mod:`minerwatch.bench.dismissals`)."""
-    from minerwatch.baseline.batch import score_series
-    from minerwatch.baseline.train import train_host
-    from minerwatch.bench.dismissals import with_dismissals
-
-    def fit(series: HostSeries) -> Any:
-        return train_host(series, window=model.window, hop=model.hop)
-
-    def alerts_of(m: Any, series: HostSeries) -> np.ndarray:
-        return np.asarray(score_series(m, series).alert, dtype=bool)
-
-    return with_dismissals(
-        train,
-        test,
-        ws,
-        we,
-        alert,
-        events,
-        fit,
-        alerts_of,
-        model.hop,
-        max(model.alert_windows, model.sustain_windows or 0),
-    )
 
 
 def measure(runs: list[HostRun], events: list[metrics.Event], grace: float = 0.0) -> dict:

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from minerwatch.bench import metrics, public
-from minerwatch.bench.dismissals import RESPOND_S, with_dismissals
+from minerwatch.bench.dismissals import RESPOND_S, retrained_like
 from minerwatch.bench.public_data import machine_line
 from minerwatch.features.errors import InputError
-from minerwatch.features.io import HostSeries
 
 
 def labelled_events(name: str, t: np.ndarray, label: np.ndarray) -> list[metrics.Event]:
@@ -44,33 +43,15 @@ def run_machine(case: public.Case, respond_s: float) -> dict[str, Any]:
     from minerwatch.baseline.train import train_host
 
     params = public.PUBLIC_PARAMS
-    step = public.SMD_STEP
-
-    def fit(series: HostSeries) -> Any:
-        return train_host(series, window=step, hop=step, params=params)
-
-    def alerts_of(model: Any, series: HostSeries) -> np.ndarray:
-        return np.asarray(score_series(model, series).alert, dtype=bool)
-
-    model = fit(case.train)
+    model = train_host(case.train, window=public.SMD_STEP, hop=public.SMD_STEP, params=params)
     scored = score_series(model, case.test)
     ws = np.asarray(scored.window_start, dtype=float)
     we = np.asarray(scored.window_end, dtype=float)
     base = np.asarray(scored.alert, dtype=bool)
     t = case.test.timestamps
     events = labelled_events(case.name, t, case.label)
-    dismissed, retrains = with_dismissals(
-        case.train,
-        case.test,
-        ws,
-        we,
-        base,
-        events,
-        fit,
-        alerts_of,
-        step,
-        max(model.alert_windows, model.sustain_windows or 0),
-        respond_s=respond_s,
+    dismissed, retrains = retrained_like(
+        model, case.train, case.test, ws, we, base, events, params, respond_s
     )
     out: dict[str, Any] = {"retrains": retrains}
     for key, alert in (("minerwatch", base), ("dismissed", dismissed)):
