@@ -281,6 +281,40 @@ def test_scheduled_retraining_leaves_out_a_live_miner_and_an_earlier_one(tmp_pat
         assert caught_learnt <= 0.25 * windows, (host, caught_learnt, windows)
 
 
+def serve_until_retrained(
+    tmp_path: Path, common: list[str], models: Path, host: str, created_at: float
+) -> tuple[Samples, str]:
+    """Run ``fleet serve`` (daily schedule) until ``host``'s model is newer than
+    ``created_at``, then stop it; its last scrape and its log, checked for a clean exit."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [MINERWATCH, "fleet", "serve", *common, "--models", str(models),
+             "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+             "--retrain-every", "24h", "--days", f"{HISTORY / 86400}"],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        wait_until(
+            "the retrained model in use",
+            lambda: (
+                value(scrape(port), "minerwatch_model_trained_timestamp_seconds", host=host)
+                > created_at
+            ),
+            proc,
+            log,
+            120,
+        )
+        last = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    return last, text
+
+
 def test_a_dismissed_alert_is_learnt_by_the_retraining_it_starts(tmp_path: Path) -> None:
     """``fleet dismiss`` before ``fleet serve`` starts: the server retrains the host at once
     (its model is young, not due by age), and the new model learnt the dismissed hour: it no
@@ -305,32 +339,8 @@ def test_a_dismissed_alert_is_learnt_by_the_retraining_it_starts(tmp_path: Path)
                                    "--json").stdout)  # fmt: skip
         assert (record["host"], record["start"], record["end"]) == (EARLIER, start, end)
         assert (models / "fleet-dismissed.json").stat().st_mode & 0o777 == 0o600
-        port = free_port()
-        log = tmp_path / "serve.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [MINERWATCH, "fleet", "serve", *common, "--models", str(models),
-                 "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
-                 "--retrain-every", "24h", "--days", f"{HISTORY / 86400}"],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        try:
-            wait_until(
-                "the retrained model in use",
-                lambda: (
-                    value(scrape(port), "minerwatch_model_trained_timestamp_seconds", host=EARLIER)
-                    > first["created_at"]
-                ),
-                proc,
-                log,
-                120,
-            )
-            assert value(scrape(port), "minerwatch_dismissed_episodes", host=EARLIER) == 1.0
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        text = log.read_text()
-        assert code == 0 and "Traceback" not in text, text
+        last, text = serve_until_retrained(tmp_path, common, models, EARLIER, first["created_at"])
+        assert value(last, "minerwatch_dismissed_episodes", host=EARLIER) == 1.0
         assert f"{EARLIER}: a dismissal changed, retraining it now" in text
     retrained = load_model(models, EARLIER)
     every = len(score_series(retrained, data.series).score)
@@ -358,31 +368,7 @@ def test_an_open_episode_dismissed_is_learnt_as_far_as_it_has_gone(tmp_path: Pat
         assert windows >= 55 and before >= 0.75 * windows, "the first model must page on it"
         run("fleet", "dismiss", "--state-dir", str(models), "--host", LIVE,
             "--start", f"{start}", "--end", f"{now}", "--reason", "new service")  # fmt: skip
-        port = free_port()
-        log = tmp_path / "serve.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [MINERWATCH, "fleet", "serve", *common, "--models", str(models),
-                 "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
-                 "--retrain-every", "24h", "--days", f"{HISTORY / 86400}"],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        try:
-            wait_until(
-                "the retrained model in use",
-                lambda: (
-                    value(scrape(port), "minerwatch_model_trained_timestamp_seconds", host=LIVE)
-                    > first["created_at"]
-                ),
-                proc,
-                log,
-                120,
-            )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        text = log.read_text()
-        assert code == 0 and "Traceback" not in text, text
+        serve_until_retrained(tmp_path, common, models, LIVE, first["created_at"])
     retrained = load_model(models, LIVE)
     every = len(score_series(retrained, data.series).score)
     assert retrained.meta["windows"] >= every - 5, "training stopped before the open episode"
