@@ -546,10 +546,17 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError):
         return read_procs(path)
     ts = numbers[TIMESTAMP].to_numpy(np.float64)
-    if not np.isfinite(ts).all():
+    hosts = frame[HOST].str.strip()
+    with np.errstate(invalid="ignore"):
+        fine = (
+            np.isfinite(ts).all()
+            and _pid_ok(numbers["pid"].to_numpy(np.float64)).all()
+            and all(_share_ok(numbers[c].to_numpy(np.float64)).all() for c in numbers if "cpu" in c)
+            and not (hosts == "").any()
+        )
+    if not fine:  # the exact reader names the first bad line
         return read_procs(path)
     out: dict[str, ProcessRows] = {}
-    hosts = frame[HOST].str.strip()
     for host, at in hosts.groupby(hosts, sort=False).indices.items():
         out[str(host)] = ProcessRows.from_lists(
             ts[at],
@@ -580,18 +587,53 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
         raise InputError(
             where, None, f"columns {', '.join(PROC_TABLE_COLUMNS)}", f"missing {missing}"
         )
+    import pandas as pd
+
+    def numbers(column: str, expected: str, ok: Any) -> np.ndarray:
+        raw = frame[column]
+        values: np.ndarray = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+        bad = np.flatnonzero((raw.notna().to_numpy() & np.isnan(values)) | ~ok(values))
+        if bad.size:
+            cell = raw.iloc[bad[0]]
+            shown = repr(cell) if isinstance(cell, str) else str(cell)
+            got = f"{shown} in row {bad[0] + 1}"
+            raise InputError(where, None, f"{expected} in column {column!r}", got)
+        return values
+
+    with np.errstate(invalid="ignore"):
+        ts = numbers(TIMESTAMP, "a finite timestamp", np.isfinite)
+        pid = numbers("pid", "a process id (a whole number >= 0)", _pid_ok)
+        cpu = numbers("cpu_percent", "a percentage >= 0", _share_ok)
+        gc = numbers(GC_COLUMN, "a percentage >= 0", _share_ok) if GC_COLUMN in frame else None
+    hosts = frame[HOST].fillna("").astype(str).str.strip()
+    empty = np.flatnonzero((hosts == "").to_numpy())
+    if empty.size:
+        raise InputError(where, None, "a host name in column 'host'", f"none in row {empty[0] + 1}")
     out: dict[str, ProcessRows] = {}
-    for host, part in frame.groupby(frame[HOST].astype(str), sort=False):
+    for host, at in frame.groupby(hosts.to_numpy(), sort=False).indices.items():
+        part = frame.iloc[at]
         out[str(host)] = ProcessRows.from_lists(
-            part[TIMESTAMP].to_numpy(np.float64),
-            part["pid"].fillna(0).to_numpy(np.int64),
+            ts[at],
+            np.nan_to_num(pid[at]).astype(np.int64),
             part["name"].fillna("").astype(str).to_numpy(),
             part["exe"].fillna("").astype(str).to_numpy(),
             part["user"].fillna("").astype(str).to_numpy(),
-            part["cpu_percent"].to_numpy(np.float64),
-            part[GC_COLUMN].to_numpy(np.float64) if GC_COLUMN in part.columns else None,
+            cpu[at],
+            gc[at] if gc is not None else None,
         )
     return out
+
+
+def _pid_ok(v: np.ndarray) -> np.ndarray:
+    """A missing pid (NaN) is read as 0, as in a CSV table; else a whole number >= 0."""
+    ok: np.ndarray = np.isnan(v) | ((v >= 0) & (v < 2**31) & (v == np.floor(v)))
+    return ok
+
+
+def _share_ok(v: np.ndarray) -> np.ndarray:
+    """A missing CPU share (NaN) is unknown; else finite and >= 0."""
+    ok: np.ndarray = np.isnan(v) | (np.isfinite(v) & (v >= 0))
+    return ok
 
 
 def _merge(host: str, chunks: list[_Chunk]) -> HostSeries:

@@ -374,6 +374,17 @@ def _float(text: str, where: str, line: int, column: str) -> float:
     return value
 
 
+def _percent(text: str, where: str, line: int, column: str) -> float:
+    """A CPU share: empty or NaN = unknown; else finite and >= 0 (a negative or infinite
+    share would pass for a quiet or a runaway process)."""
+    if not text.strip():
+        return float("nan")
+    value = _float(text, where, line, column)
+    if not (math.isnan(value) or (math.isfinite(value) and value >= 0)):
+        raise InputError(where, line, f"a percentage >= 0 in column {column!r}", repr(text))
+    return value
+
+
 def read_procs_csv(path: Path) -> dict[str, ProcessRows]:
     """One :class:`ProcessRows` per host of a process table (extra columns are ignored)."""
     where = str(path)
@@ -411,10 +422,15 @@ def read_procs_csv(path: Path) -> dict[str, ProcessRows]:
         ts = _float(t, where, line, "timestamp")
         if not np.isfinite(ts):
             raise InputError(where, line, "a finite timestamp", repr(t))
+        if not host.strip():
+            raise InputError(where, line, "a host name in column 'host'", "an empty cell")
         pid_v = _float(pid, where, line, "pid") if pid.strip() else 0.0
-        cpu_v = _float(cpu, where, line, "cpu_percent") if cpu.strip() else float("nan")
-        gc = row[gc_at].strip() if 0 <= gc_at < len(row) else ""
-        gc_v = _float(gc, where, line, GC_COLUMN) if gc else float("nan")
+        if not (0 <= pid_v < 2**31 and pid_v == int(pid_v)):
+            raise InputError(
+                where, line, "a process id (a whole number >= 0) in column 'pid'", repr(pid)
+            )
+        cpu_v = _percent(cpu, where, line, "cpu_percent")
+        gc_v = _percent(row[gc_at] if 0 <= gc_at < len(row) else "", where, line, GC_COLUMN)
         bucket = cols.setdefault(host.strip(), [[], [], [], [], [], [], []])
         for k, v in enumerate((ts, int(pid_v), name, exe, user, cpu_v, gc_v)):
             bucket[k].append(v)

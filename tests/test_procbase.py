@@ -7,6 +7,7 @@ whose busiest process carries the host's ``top_proc_cpu_percent``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -283,7 +284,6 @@ def test_model_with_process_baseline_round_trips_and_is_signed(trained, tmp_path
         arrays = dict(z)
     arrays["procs_identities"] = np.array(["xmrig\0/tmp/x\0root"] * len(back.procs.identities))
     meta = json.loads((npz.parent / "meta.json").read_text())
-    import io
 
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -309,6 +309,45 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "minerwatch", *args], capture_output=True, text=True, timeout=600
     )
+
+
+_BAD_PROC_ROWS = {
+    "negative CPU": ("1,h,7,n,/x,u,-5", "percentage >= 0 in column 'cpu_percent'"),
+    "infinite CPU": ("1,h,7,n,/x,u,inf", "percentage >= 0 in column 'cpu_percent'"),
+    "fractional pid": ("1,h,7.5,n,/x,u,5", "process id"),
+    "negative pid": ("1,h,-7,n,/x,u,5", "process id"),
+    "no host": ("1,,7,n,/x,u,5", "host name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_PROC_ROWS))
+@pytest.mark.parametrize("suffix", [".procs.csv", ".procs.parquet"])
+def test_train_refuses_impossible_process_rows(tmp_path: Path, case: str, suffix: str) -> None:
+    """A negative or infinite CPU share would pass for a quiet or a runaway process, a pid
+    that is not a whole number or a row without a host for another host's: refused with the
+    file, the line (CSV) or row (Parquet) and the column, before anything is trained."""
+    data, models = tmp_path / "data", tmp_path / "models"
+    data.mkdir()
+    write_csv(data / "h.csv", [host_series(days=0.2, host="h")])
+    row, expected = _BAD_PROC_ROWS[case]
+    good = "1,h,8,n,/x,u,5"
+    text = f"timestamp,host,pid,name,exe,user,cpu_percent\n{good}\n{row}\n"
+    path = data / f"h{suffix}"
+    if suffix == ".procs.csv":
+        path.write_text(text)
+        where = f"{path}:3"
+    else:
+        import pandas as pd
+
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        frame = frame.replace("", None)
+        frame.to_parquet(path)
+        where = "row 2"
+    run = _cli("train", str(data), "--models", str(models))
+    assert run.returncode == 2, run.stderr
+    assert str(path) in run.stderr and where in run.stderr and expected in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not models.exists() or not any(models.rglob("meta.json"))
 
 
 def test_train_and_score_commands_read_process_tables(tmp_path: Path) -> None:
