@@ -150,3 +150,32 @@ def test_smd_dismissals_learn_an_unlabelled_new_level(tmp_path):
     )
     assert broken.returncode == 2 and "none" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_smd_smoothing_reports_what_evaluate_reports(tmp_path):
+    """Unsmoothed (one window), the best F1 and the honest F1 are evaluate's own figures
+    for the machine; smoothing only looks back, so its span changes the figures."""
+    make_machine(tmp_path, "box-5", 5, seed=3, anomaly=(100, 160))
+    cmd = [sys.executable, "-m", "minerwatch.bench.smd_smoothing", "--smd", str(tmp_path)]
+    done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)["machines"]["box-5"]
+    ref = json.loads(evaluate(tmp_path, "--json", "--quiet").stdout)["box-5"]
+    assert got["best_mean1"] == pytest.approx(ref["best_f1"])
+    assert got["best_min1"] == got["best_mean1"]
+    assert got["f1"] == pytest.approx(ref["f1"])
+    assert {"best_mean3", "best_min10"} <= set(got) and 0 < got["best_mean10"] <= 1
+    table = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert table.returncode == 0 and "box-5" in table.stdout and "best_min3" in table.stdout
+    for bad in ([str(tmp_path / "none")], [str(tmp_path), "--spans", "0"]):
+        broken = subprocess.run([*cmd[:-1], *bad], capture_output=True, text=True, timeout=60)
+        assert broken.returncode == 2 and "Traceback" not in broken.stderr
+
+
+def test_trailing_smoothing_looks_only_back():
+    from minerwatch.bench.smd_smoothing import trailing
+
+    s = np.array([0.0, 3.0, 0.0, 6.0])
+    np.testing.assert_allclose(trailing(s, 2, "mean"), [0.0, 1.5, 1.5, 3.0])
+    np.testing.assert_allclose(trailing(s, 3, "min"), [0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(trailing(s, 1, "mean"), s)
