@@ -112,3 +112,63 @@ def test_fleet_serve_keeps_the_last_good_dismissals_when_the_file_breaks(tmp_pat
     (tmp_path / DISMISSED_FILE).unlink()
     server.read_dismissals()
     assert server.dismissed == {}
+
+
+@pytest.mark.parametrize("dismissed", [True, False])
+def test_fleet_serve_retrains_when_a_dismissed_episode_closes(tmp_path, caplog, dismissed):
+    """An episode dismissed while open was learnt as far as it had gone; when it closes,
+    ``fleet serve`` retrains the host at once to learn it whole, as the agent does. An
+    episode nobody dismissed waits for the schedule. Cycles run against the synthetic
+    Prometheus over HTTP; the episode opens under a threshold of 0 and closes when the model
+    is swapped for one nothing crosses (the episode carried over, as a reload does)."""
+    import logging
+    from dataclasses import replace
+
+    import numpy as np
+
+    from minerwatch.bench.fleet_serve import INTERVAL, Answers, one_model, serve_answers
+    from minerwatch.service.fleet.promclient import Connection, PromClient
+    from minerwatch.service.fleet.serve import STATE_FILE, FleetServer, HostState
+
+    t0 = 1_800_000_000.0
+    http = serve_answers(Answers(1, np.arange(t0 - 2400.0, t0 + 1200.0, INTERVAL), seed=4))
+    model = replace(one_model(), host="h0000")
+    now = [t0]
+    server = FleetServer(
+        PromClient(Connection(f"http://127.0.0.1:{http.server_address[1]}")),
+        tmp_path,
+        clock=lambda: now[0],
+        state_file=tmp_path / STATE_FILE,
+        retrain_every=86400.0,
+    )
+    try:
+        server.hosts["h0000"] = HostState.of(replace(model, threshold=0.0))
+        state = server.hosts["h0000"]
+        state.next_retrain = t0 + 86400.0
+        assert server.cycle()["scored"] == 1 and state.alert.active
+        opened = state.episode_start
+        assert opened is not None
+        if dismissed:
+            done = mw("--state-dir", tmp_path, "--host", "h0000", "--start", opened,
+                      "--end", t0, "--reason", "a batch job")  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        now[0] += 60.0
+        server.cycle()  # the dismissal read; the open episode is retrained on at once
+        assert state.alert.active
+        assert (state.next_retrain == now[0]) is dismissed
+        state.next_retrain = t0 + 86400.0  # as if that retraining had run
+        server.hosts["h0000"] = state = HostState.of(replace(model, threshold=2.0), state)
+        state.next_retrain = t0 + 86400.0
+        with caplog.at_level(logging.INFO, logger="minerwatch"):
+            for _ in range(10):
+                now[0] += 60.0
+                server.cycle()
+                if not state.alert.active:
+                    break
+        assert not state.alert.active, "the episode must close"
+        closed = "a dismissed episode closed, retraining it now" in caplog.text
+        assert closed is dismissed, caplog.text
+        assert (state.next_retrain == now[0]) is dismissed
+        assert server.due() == (["h0000"] if dismissed else [])
+    finally:
+        http.shutdown()

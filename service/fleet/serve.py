@@ -769,7 +769,10 @@ class FleetServer:
                 )
                 n = int(np.searchsorted(data_h.timestamps, cut, side="right"))
                 series = replace(data_h, timestamps=data_h.timestamps[:n], values=data_h.values[:n])
+                opened = state.episode_start if state.alert.active else None
                 new = score_host(state, series, now)
+                if opened is not None and not state.alert.active:
+                    self._episode_closed(host, opened)
             except (InputError, ValueError) as exc:
                 self._error("score", f"host {host}: {exc}")
                 counts["failed"] += 1
@@ -895,6 +898,14 @@ class FleetServer:
                 self.hosts[host].next_retrain = now
             else:
                 log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
+
+    def _episode_closed(self, host: str, opened: float) -> None:
+        """An episode a responder dismissed while it was open was learnt as far as it had
+        gone; now that it is over, retrain at once to learn it whole (as the agent does)
+        rather than leave its heavier rest to page again until the schedule comes round."""
+        if self.retrain_every > 0 and any(end >= opened for _, end in self.dismissed.get(host, [])):
+            log.info("%s: a dismissed episode closed, retraining it now to learn it whole", host)
+            self.hosts[host].next_retrain = self.clock()
 
     def due(self) -> list[str]:
         """Hosts whose model is older than ``--retrain-every`` (and not waiting for a retry)."""
