@@ -31,6 +31,7 @@ from minerwatch.bench.reference import NaiveIForest, NewExeRule, cpu_5m, static_
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
+from minerwatch.service.units import format_duration
 
 Progress = Callable[[str], None]
 DETECTORS = ("minerwatch", "dismissed", "static_rule", "cpu_5m", "naive_iforest", "new_exe")
@@ -127,7 +128,17 @@ def _model_for(
     from minerwatch.baseline.train import train_host
 
     if models is not None and (Path(models) / host_dirname(host) / META).is_file():
-        return load_model(models, host)
+        stored = load_model(models, host)
+        if (stored.window, stored.hop) != (window, hop):  # delays and budgets would differ
+            raise InputError(
+                str(Path(models) / host_dirname(host)),
+                None,
+                f"a model with {format_duration(window)} windows and hop {format_duration(hop)} "
+                "(--window, --hop)",
+                f"one trained with {format_duration(stored.window)} and "
+                f"{format_duration(stored.hop)}",
+            )
+        return stored
     if host not in train:
         raise InputError(host, None, "training telemetry for this host", "none in train/")
     model = train_host(train[host], window=window, hop=hop)
@@ -487,6 +498,13 @@ def run(args: argparse.Namespace) -> int:
     from minerwatch.service.cli import check_windows
 
     progress = _quiet if args.quiet else _stderr
+    if args.output is not None:  # an unusable folder is said before the work, not after
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                str(args.output), None, "a folder this user can create", exc.strerror or str(exc)
+            ) from None
     if args.smd is not None or args.nab is not None:
         unused = {"--models": args.models, "--window": args.window, "--hop": args.hop}
         _refuse({**unused, "--grace": args.grace}, "--smd/--nab", "--data")
@@ -510,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
         {"--only": args.only, "--alarms-per-week": args.alarms_per_week}, "--data", "--smd/--nab"
     )
     window = 60.0 if args.window is None else args.window
-    hop = 60.0 if args.hop is None else args.hop
+    hop = window if args.hop is None else args.hop  # as in train
     check_windows(window, hop)
     grace = 0.0 if args.grace is None else args.grace
     result = evaluate_simulated(

@@ -1215,6 +1215,43 @@ def _atomic_write(path: Path, text: str | bytes) -> None:
     atomic_write(path, text, mode=0o644)  # data, not evidence: readable like any dataset
 
 
+def _clear_previous(output: Path) -> None:
+    """Remove the files an earlier ``simulate`` wrote into ``output`` (the hosts its
+    ``labels.json`` lists), so a run into the same folder never leaves old hosts beside the
+    new ones, where ``train`` and ``evaluate`` would read them. Telemetry of any other origin
+    in ``train/`` or ``test/`` is refused (InputError), never deleted."""
+    labels_path = output / "labels.json"
+    hosts: list[str] = []
+    if labels_path.is_file():
+        try:
+            old = json.loads(labels_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("generator") == "minerwatch simulate":
+            hosts = [str(h) for h in old.get("hosts") or {}]
+    owned = {f"{h}{suffix}" for h in hosts for suffix in (".csv", ".procs.csv")}
+    foreign = [
+        f
+        for split in ("train", "test")
+        if (output / split).is_dir()
+        for f in sorted((output / split).iterdir())
+        if f.suffix in (".csv", ".parquet") and f.name not in owned
+    ]
+    if foreign:
+        shown = ", ".join(str(f) for f in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(
+            str(output),
+            None,
+            "a new or empty folder, or one an earlier 'minerwatch simulate' wrote",
+            f"{len(foreign)} telemetry files of another origin ({shown})",
+        )
+    if hosts:
+        labels_path.unlink()
+        for split in ("train", "test"):
+            for name in owned:
+                (output / split / name).unlink(missing_ok=True)
+
+
 def _csv_text(
     host: str, cols: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator
 ) -> str:
@@ -1273,6 +1310,7 @@ def simulate(
     plan = _plan_campaigns(specs, fleet_rng)
     looks = _plan_identities(specs, plan, np.random.default_rng(root.spawn(1)[0]))
     output = Path(output)
+    _clear_previous(output)
     events: list[dict[str, Any]] = []
     for i, (spec, seq) in enumerate(zip(specs, host_seqs, strict=True)):
         host_seq, file_seq, proc_seq = seq.spawn(3)
@@ -1351,7 +1389,8 @@ def run(args: argparse.Namespace) -> int:
     infected = {e["host"] for e in labels["events"] if e["malicious"]}
     t0 = datetime.fromtimestamp(labels["start"], UTC).strftime("%Y-%m-%d %H:%M")
     print(
-        f"wrote {len(labels['hosts'])} hosts to {args.output} "
+        f"wrote {len(labels['hosts'])} host{'s' if len(labels['hosts']) != 1 else ''} "
+        f"to {args.output} "
         f"({args.train_days:g} train + {args.test_days:g} test days from {t0} UTC, "
         f"every {args.interval:g} s, seed {args.seed})"
     )

@@ -16,7 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from minerwatch.features.errors import InputError
-from minerwatch.features.procs import PROC_TABLE_HEADER, clean_text, table_exe
+from minerwatch.features.procs import (
+    PROC_TABLE_COLUMNS,
+    PROC_TABLE_HEADER,
+    clean_text,
+    table_exe,
+)
 from minerwatch.features.proctable import ProcessRecord
 from minerwatch.features.schema import METRIC_COLUMNS, TELEMETRY_COLUMNS
 from minerwatch.features.sources import SOURCE_ERRORS, ProcessesSource, Source, build_sources
@@ -162,20 +167,36 @@ def format_row(ts: float, host: str, metrics: Mapping[str, float]) -> list[str]:
     ]
 
 
-def _check_header(output: Path) -> bool:
-    """True if ``output`` already has rows; InputError if its header is not ours."""
+def _check_header(
+    output: Path,
+    header: Sequence[str] = TELEMETRY_COLUMNS,
+    what: str = "telemetry",
+    also: Sequence[str] | None = None,
+) -> bool:
+    """True if ``output`` already has rows; InputError if its header is neither ``header``
+    nor ``also`` (appending to another file would leave it unreadable)."""
     try:
         with output.open(newline="", encoding="utf-8") as f:
             first = next(csv.reader(f), None)
     except FileNotFoundError:
         return False
+    except UnicodeDecodeError:
+        first = ["(not UTF-8 text)"]
     if first is None:
         return False
-    if tuple(first) != TELEMETRY_COLUMNS:
-        raise InputError(
-            str(output), 1, f"the telemetry header {','.join(TELEMETRY_COLUMNS)}", ",".join(first)
-        )
+    if tuple(first) not in (tuple(header), tuple(also or header)):
+        raise InputError(str(output), 1, f"the {what} header {','.join(header)}", ",".join(first))
     return True
+
+
+def check_output_name(output: Path) -> None:
+    """``collect`` writes CSV text: a ``.parquet`` name would hold text readers refuse, and a
+    ``.procs.csv`` name is read as a process table (its own table would be ``.procs.procs.csv``)."""
+    name = output.name
+    if not name.endswith(".csv") or name.endswith(".procs.csv"):
+        raise InputError(
+            str(output), None, "a file name ending in .csv (not .procs.csv)", repr(name)
+        )
 
 
 def procs_path_for(output: Path) -> Path:
@@ -227,8 +248,11 @@ def record(
     if not interval > 0:
         raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
     output = Path(output)
+    check_output_name(output)
     has_rows = _check_header(output)
     procs_path = procs_path_for(output)
+    # tables from before the GC column: rows with it still read (extra fields are ignored)
+    _check_header(procs_path, PROC_TABLE_HEADER, "process table", PROC_TABLE_COLUMNS)
     if not procs_path.exists() or procs_path.stat().st_size == 0:
         with procs_path.open("w", newline="", encoding="utf-8") as pf:
             csv.writer(pf).writerow(PROC_TABLE_HEADER)

@@ -184,8 +184,20 @@ def _instant(text: str) -> float:
 
 
 def _output_file(text: str) -> Path:
-    """A file the command writes: not a folder, in a folder that exists."""
+    """A file the command writes: not a folder, in a folder that exists.
+
+    Files are written whole and renamed into place, which would replace a device, FIFO or
+    socket at that path (as root, ``/dev/full`` became a regular file): refused. A symlink
+    is followed, so its target is written and the link stays.
+    """
     path = Path(text)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"expected a regular file (it is written whole and renamed into place), got "
+            f"{text!r}, a device, FIFO or socket"
+        )
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a file name, got the folder {text!r}")
     if not path.parent.is_dir():
@@ -369,14 +381,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     from minerwatch.service.progress import Progress
 
     key = _model_key(args)
-    fleet = read_telemetry(args.inputs)
     models, out = Path(args.models), Path(args.output)
+    _not_among_inputs(out, args.inputs)
+    fleet = read_telemetry(args.inputs)
     tmp = out.with_name(f".{out.name}.tmp")
     bar = Progress("score")
     skipped: list[str] = []
     alerts, windows = 0, 0
     try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
+        try:
+            fh = tmp.open("w", newline="", encoding="utf-8")
+        except OSError as exc:  # named as the user gave it, not as the temp file beside it
+            raise InputError(
+                str(out), None, "a file this user can create", exc.strerror or str(exc)
+            ) from None
+        with fh:
             writer = csv.writer(fh)
             writer.writerow(SCORE_COLUMNS)
             for i, host in enumerate(sorted(fleet), start=1):
@@ -418,12 +437,32 @@ def cmd_score(args: argparse.Namespace) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     scored = len(fleet) - len(skipped)
-    summary = f"scored {windows} windows of {scored} hosts, {alerts} alerted -> {out}"
+    hosts = "host" if scored == 1 else "hosts"
+    summary = f"scored {windows} windows of {scored} {hosts}, {alerts} alerted -> {out}"
     if skipped:
         print(f"{summary}; skipped {len(skipped)}: {_names(skipped)} (exit 2)", file=sys.stderr)
         return EXIT_USAGE
     print(summary, file=sys.stderr)
     return EXIT_OK
+
+
+def _not_among_inputs(out: Path, inputs: Sequence[str]) -> None:
+    """Refuse an output that is one of the input files, or a telemetry file in an input
+    folder: it would overwrite the telemetry, or be read as telemetry by the next run."""
+    from minerwatch.features.io import SUFFIXES
+
+    target = out.resolve()
+    for item in inputs:
+        given = Path(item).resolve()
+        inside = given.is_dir() and target.parent == given and target.suffix in SUFFIXES
+        if target == given or inside:
+            raise InputError(
+                str(out),
+                None,
+                "an output file outside the inputs (a file in an input folder is read as "
+                "telemetry by the next run)",
+                f"a path among the inputs ({item})",
+            )
 
 
 def _model_key(args: argparse.Namespace) -> bytes | None:
@@ -484,7 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_duration, default="10s", help="time between samples (10s, 1m, ...)"
     )
     p.add_argument("--duration", type=_duration, default="1h", help="time to record (30m, 2h, ...)")
-    p.add_argument("--output", type=_output_file, required=True, help="CSV file to append to")
+    p.add_argument(
+        "--output",
+        type=_output_file,
+        required=True,
+        help="CSV file (NAME.csv) to append to; the process table goes beside it, NAME.procs.csv",
+    )
     p.add_argument("--host", help="host name to record (default: this machine's hostname)")
 
     p = _command(sub, "train", "train one baseline per host found in the inputs", cmd_train)
@@ -527,9 +571,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--interval", type=_duration, default="30s", help="time between samples")
     p.add_argument(
-        "--start", type=float, help="Unix time of the first sample (default: 2026-01-05T00:00Z)"
+        "--start",
+        type=_instant,
+        help="time of the first sample, Unix seconds or ISO 8601 (default: 2026-01-05T00:00Z)",
     )
-    p.add_argument("--output", type=_output_folder, required=True, help="folder to write into")
+    p.add_argument(
+        "--output",
+        type=_output_folder,
+        required=True,
+        help="folder to write into (what an earlier simulate wrote there is replaced)",
+    )
     p.add_argument(
         "--no-procs",
         action="store_true",
@@ -560,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=_output_folder, help="write report.md and plots to this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--window", type=_duration, help="--data: window length (default: 60s)")
-    p.add_argument("--hop", type=_duration, help="--data: window hop (default: 60s)")
+    p.add_argument("--hop", type=_duration, help="--data: window hop (default: the window)")
     p.add_argument(
         "--grace",
         type=_duration,
