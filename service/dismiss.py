@@ -32,6 +32,7 @@ from minerwatch.service.report import (
     episode_summary,
     evidence_episodes,
     read_events,
+    say,
 )
 
 #: Longest reason kept: a note for the record, not a document.
@@ -83,9 +84,9 @@ def dismiss(
     notes: list[str] = []
     assert cfg.event_log is not None and cfg.evidence_dir is not None
     events = read_events(cfg.event_log, notes)
-    eid, evs = choose_episode(
-        events, evidence_episodes(cfg.evidence_dir), episode_id, str(cfg.event_log)
-    )
+    by_evidence = evidence_episodes(cfg.evidence_dir, notes, known=events)
+    say(notes)  # damaged lines first: the episode may be missing because of them
+    eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.event_log), notes)
     episode = episode_summary(eid, evs)
     start, end = episode["start"], episode["end"]
     if start is None or end is None:

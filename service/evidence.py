@@ -716,14 +716,20 @@ def evidence_files(dir: Path) -> list[Path]:
 
 
 def read_evidence_file(path: Path) -> dict[str, Any]:
+    """One evidence document; a file that is not one is an :class:`InputError` naming it
+    (and the line, for broken JSON), so no caller mistakes it for an episode."""
     try:
         doc = json.loads(path.read_text(encoding="ascii", errors="replace"))
     except PermissionError as exc:
         raise InputError(str(path), None, "a readable evidence file (run as root)", None) from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        got = f"{exc.msg} (column {exc.colno})"
+        raise InputError(str(path), exc.lineno, "an evidence JSON file", got) from exc
+    except (OSError, ValueError) as exc:  # ValueError: a JSON number too long to convert
         raise InputError(str(path), None, "an evidence JSON file", _err(exc)) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InputError(str(path), None, f"format {FORMAT!r}", repr(type(doc).__name__))
+        got = repr(doc.get("format")) if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise InputError(str(path), None, f"an evidence file with format {FORMAT!r}", got)
     return doc
 
 
@@ -779,7 +785,9 @@ def _printable(value: Any) -> str:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Execute ``evidence list|show`` on the agent's evidence folder: ``DATA_DIR/evidence``
     (``--data-dir``, else the config's), or the folder the deprecated ``--dir`` names; bad
-    names raise :class:`InputError` (exit code 2)."""
+    names raise :class:`InputError` (exit code 2). ``list`` names each unreadable file on
+    stderr and exits 2, after listing the good ones on stdout (a script must not take a
+    damaged folder for a clean one)."""
     stream = out if out is not None else sys.stdout
     directory: Path = (
         args.dir
@@ -791,21 +799,28 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         stream.write("\n")
         return 0
     entries = list_evidence(directory)
+    good = [e for e in entries if "error" not in e]
     if args.json:
-        json.dump(entries, stream, indent=2)
+        json.dump(good, stream, indent=2)
         stream.write("\n")
-        return 0
-    if not entries:
+    elif not entries:
         missing = "" if directory.is_dir() else " (not there yet: written at the first alert)"
         print(f"no evidence files in {directory}{missing}", file=sys.stderr)
+    elif good:
+        stream.write(f"{'NAME':<48} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
+        for e in good:
+            score = f"{e['score']:.3f}" if isinstance(e.get("score"), float) else "-"
+            top = f"{_printable(e.get('top_process') or '-')} (pid {e.get('top_pid')})"
+            name, when = _printable(e["name"]), _printable(e.get("time_utc") or "-")
+            stream.write(f"{name:<48} {when:<20} {score:>6}  {top}\n")
+    bad = [e for e in entries if "error" in e]
+    for e in bad:  # on stderr, so stdout stays the list of usable files
+        print(f"minerwatch: error: {_printable(e['error'])}", file=sys.stderr)
+    if not bad:
         return 0
-    stream.write(f"{'NAME':<48} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
-    for e in entries:
-        if "error" in e:
-            stream.write(f"{_printable(e['name']):<48} error: {_printable(e['error'])}\n")
-            continue
-        score = f"{e['score']:.3f}" if isinstance(e.get("score"), float) else "-"
-        top = f"{_printable(e.get('top_process') or '-')} (pid {e.get('top_pid')})"
-        name = _printable(e["name"])
-        stream.write(f"{name:<48} {_printable(e.get('time_utc') or '-'):<20} {score:>6}  {top}\n")
-    return 0
+    print(
+        f"minerwatch: error: {len(bad)} of {len(entries)} evidence files in {directory} "
+        "could not be read" + ("; the others are listed" if good else ""),
+        file=sys.stderr,
+    )
+    return 2

@@ -446,23 +446,57 @@ def _printable(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``minerwatch ioc extract EVIDENCE [--output FILE]``."""
+    """``minerwatch ioc extract EVIDENCE [--output FILE]``; evidence that names no
+    indicator is an :class:`InputError` and nothing is written: ``hunt`` refuses an empty
+    IOC file, so writing one would only defer the error to another host."""
     ioc = extract(read_evidence_file(args.evidence), source=args.evidence.name)
+    if ioc.empty():
+        raise InputError(
+            str(args.evidence),
+            None,
+            f"evidence naming at least one indicator of the suspect ({', '.join(LIST_KEYS)}; "
+            "binaries of the system's folders are left out)",
+            f"none for {_suspects(ioc)}; no IOC file written",
+        )
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
     if args.output is None:
         sys.stdout.write(text)
     else:
         atomic_write(args.output, text, mode=0o644)
         print(f"wrote {ioc.id} to {args.output}", file=sys.stderr)
-    if ioc.empty():
-        print("minerwatch: note: no indicators found for the suspect", file=sys.stderr)
     return 0
+
+
+def _suspects(ioc: Ioc) -> str:
+    pids = ioc.source.get("suspect_pids") or []
+    if not pids:
+        return "its processes (it lists none)"
+    return "the suspect " + ", ".join(f"pid {_printable(p)}" for p in pids)
+
+
+def scan_folders(folders: Sequence[Path]) -> tuple[Path, ...]:
+    """The ``--scan`` folders, each checked before any is scanned: a folder that is not
+    there or cannot be read would otherwise be reported "clean" without being looked at."""
+    expected = "a --scan folder this user can read"
+    for folder in folders:
+        try:
+            is_dir = stat.S_ISDIR(folder.stat().st_mode)
+            if is_dir:
+                with os.scandir(folder):
+                    pass
+        except FileNotFoundError:
+            raise InputError(str(folder), None, expected, "no such folder") from None
+        except OSError as exc:
+            raise InputError(str(folder), None, expected, exc.strerror or str(exc)) from None
+        if not is_dir:
+            raise InputError(str(folder), None, expected, "a file, not a folder")
+    return tuple(folders)
 
 
 def run_hunt(args: argparse.Namespace) -> int:
     """``minerwatch hunt IOC-FILE``: 1 on a hit (each printed), 0 when clean."""
     ioc = load_ioc(args.ioc_file)
-    scan = DEFAULT_SCAN if args.scan is None else tuple(args.scan)
+    scan = DEFAULT_SCAN if args.scan is None else scan_folders(args.scan)
     snap = read_host(ioc, scan=scan)
     hits = find_hits(ioc, snap)
     if args.json:

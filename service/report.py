@@ -38,6 +38,7 @@ from minerwatch.service.evidence import (
     evidence_files,
     load_persistence_baseline,
     persistence_status,
+    read_evidence_file,
     show,
 )
 from minerwatch.service.history import dismissal
@@ -84,10 +85,31 @@ def evidence_id(episode_id: str) -> str:
 # -- reading the agent's files ------------------------------------------------------------
 
 
+class Damaged(str):
+    """A note that data was left out (a damaged event line or evidence file): said as a
+    warning, since the report or verdict may miss what it held."""
+
+
+def say(notes: Iterable[str]) -> None:
+    """The notes on stderr, damaged data as warnings: a user sees what was left out."""
+    for note in notes:
+        kind = "warning" if isinstance(note, Damaged) else "note"
+        print(f"minerwatch: {kind}: {note}", file=sys.stderr)
+
+
+#: At most this many damaged line numbers are listed; the count says the rest.
+_MAX_LINES_NAMED = 10
+
+
 def read_events(path: Path, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Event lines grouped by episode id, in file order; a broken line (a crash mid-write)
-    is skipped and named in ``notes`` rather than hiding every other episode."""
+    """Event lines grouped by episode id, in file order.
+
+    A damaged line is skipped rather than hiding every other episode, and named once in
+    ``notes`` (a :class:`Damaged` warning: its file and line, with a count if several). A
+    last line without its newline is what a kill mid-write leaves: a mild note only."""
     episodes: dict[str, list[dict[str, Any]]] = {}
+    damaged: list[tuple[int, str]] = []  # line number, "expected ..., got ..."
+    cut: int | None = None
     try:
         fh = path.open(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -98,29 +120,62 @@ def read_events(path: Path, notes: list[str]) -> dict[str, list[dict[str, Any]]]
                 continue
             try:
                 event = json.loads(line)
-            except json.JSONDecodeError as exc:
-                notes.append(f"{path}:{n}: skipped, expected a JSON event line, got {exc.msg}")
+            except (ValueError, RecursionError) as exc:
+                if not line.endswith("\n"):  # only the last line can lack it
+                    cut = n
+                    continue
+                got = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+                damaged.append((n, f"expected a JSON event line, got {got}"))
                 continue
             if isinstance(event, dict) and "id" not in event and "event" in event:
                 continue  # not an alert episode's line (an IOC hit, a suspect process)
             if isinstance(event, dict) and event.get("event") in HOST_SIGNAL_EVENTS:
                 continue  # a host signal's line (new port, SSH source, wiped log)
             if not isinstance(event, dict) or not isinstance(event.get("id"), str):
-                notes.append(f"{path}:{n}: skipped, expected an object with an episode 'id'")
+                damaged.append((n, "expected an object with an episode 'id'"))
                 continue
             episodes.setdefault(event["id"], []).append(event)
+    if damaged:
+        first, what = damaged[0]
+        note = f"{path}:{first}: skipped, {what}"
+        if len(damaged) > 1:
+            more = [str(n) for n, _ in damaged[1:_MAX_LINES_NAMED]]
+            rest = len(damaged) - 1 - len(more)
+            listed = ", ".join(more) + (f" and {rest} more" if rest else "")
+            note += f"; {len(damaged)} damaged lines skipped in all (also line {listed})"
+        notes.append(Damaged(note))
+    if cut is not None:
+        notes.append(f"{path}:{cut}: skipped the last line, cut short (a stop mid-write)")
     return episodes
 
 
-def evidence_episodes(evidence_dir: Path) -> dict[str, Path]:
+def evidence_episodes(
+    evidence_dir: Path, notes: list[str] | None = None, known: Iterable[str] = ()
+) -> dict[str, Path]:
     """Episode id (as in the file name) -> newest evidence file, for episodes whose event
-    lines were lost (a full disk) but whose evidence was kept."""
+    lines were lost (a full disk) but whose evidence was kept.
+
+    Such a file is read first: one that is not evidence (broken JSON, another format) never
+    becomes an episode; it is skipped and named in ``notes``. Files of the episodes in
+    ``known`` (the event log has them) are read when their report is written instead."""
+    covered = {evidence_id(k) for k in known}
     out: dict[str, Path] = {}
     for path in evidence_files(evidence_dir):
         stem = path.stem
+        if "-" not in stem:
+            continue
+        eid = stem.split("-", 1)[1]
         # IOC hits and suspect processes have evidence of their own, not alert episodes
-        if "-" in stem and not stem.split("-", 1)[1].startswith(("ioc-hit-", "suspect-")):
-            out[stem.split("-", 1)[1]] = path
+        if eid.startswith(("ioc-hit-", "suspect-")):
+            continue
+        if eid not in covered:
+            try:
+                read_evidence_file(path)
+            except InputError as exc:
+                if notes is not None:
+                    notes.append(Damaged(f"{exc}; skipped, not taken for an episode"))
+                continue
+        out[eid] = path
     return out
 
 
@@ -182,9 +237,11 @@ def choose_episode(
     evidence: Mapping[str, Path],
     wanted: str | None,
     where: str,
+    notes: Sequence[str] = (),
 ) -> tuple[str, list[dict[str, Any]]]:
     """The episode asked for, or the latest; an unknown id or no episode at all is an
-    :class:`InputError` naming what is there."""
+    :class:`InputError` naming what is there (and how much damaged data in ``notes`` was
+    skipped, which may be why there is none)."""
     known = dict(events)
     for eid in evidence:
         if not any(evidence_id(k) == eid for k in known):
@@ -197,7 +254,9 @@ def choose_episode(
         return evidence[eid].stat().st_mtime
 
     if not known:
-        raise InputError(where, None, "at least one alert episode (event log or evidence)", "none")
+        skipped = sum(isinstance(n, Damaged) for n in notes)
+        got = f"none usable ({skipped} damaged, named above)" if skipped else "none"
+        raise InputError(where, None, "at least one alert episode (event log or evidence)", got)
     if wanted is None:
         return max(known.items(), key=started)
     if wanted in known:
@@ -220,8 +279,9 @@ def load_evidence(
         try:
             doc = show(evidence_dir, name)
         except InputError as exc:
-            if "no such file" not in str(exc):
-                notes.append(f"evidence: {exc}")
+            note = Damaged(f"evidence: {exc}")
+            if "no such file" not in str(exc) and note not in notes:
+                notes.append(note)
             continue
         stem = name.removesuffix(".json")
         files = evidence_files(evidence_dir)
@@ -627,8 +687,12 @@ def build_report(
     assert cfg.throttle.state_dir is not None
     notes: list[str] = []
     events = read_events(cfg.event_log, notes)
-    by_evidence = evidence_episodes(cfg.evidence_dir)
-    eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.data_dir))
+    by_evidence = evidence_episodes(cfg.evidence_dir, notes, known=events)
+    try:
+        eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.data_dir), notes)
+    except InputError:
+        say(notes)  # what was skipped may be why there is no such episode
+        raise
     episode = episode_summary(eid, evs)
     evidence, evidence_path = load_evidence(cfg.evidence_dir, episode, notes)
     if evidence is not None and not evs:  # known from its evidence file alone
@@ -840,8 +904,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "telemetry", None):
             raise InputError("--telemetry", None, "--scores FILE with it", "no --scores")
         doc = _agent_report(args)
-    for note in doc["notes"]:
-        print(f"minerwatch: note: {note}", file=sys.stderr)
+    say(doc["notes"])
     if args.format == "json":
         text = json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n"
     elif args.format == "md":

@@ -132,7 +132,8 @@ def timeline_png(doc: Mapping[str, Any]) -> str | None:
                     linewidth=1,
                 )
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an empty legend is a UserWarning on stderr
+            ax.legend(loc="upper left", fontsize=8)
     score.set_xlabel("time (UTC); dotted lines: throttle actions")
     fig.tight_layout()
     buf = io.BytesIO()
