@@ -1,7 +1,10 @@
 """Read telemetry files (CSV, or Parquet with pyarrow) into per-host series, with clear errors.
 
 Files may hold many hosts and rows in any order; duplicate timestamps keep the first row and
-are counted, non-finite values become NaN (a gap in that metric, never a fake zero).
+are counted, non-finite values become NaN (a gap in that metric, never a fake zero), and so do
+values a known column cannot hold (:data:`~minerwatch.features.schema.VALID_RANGES`: a negative
+rate, a CPU share of the host over 100 %). Values read as missing, and process tables that match
+no host sample, are told once per file (``note``, by default on stderr).
 
 CSV goes through pandas' C parser. Its silent leniencies (short rows padded with NaN, blank-
 looking lines skipped, ``True`` read as 1.0) are checked for afterwards; anything the fast path
@@ -18,9 +21,10 @@ import itertools
 import math
 import mmap
 import os
+import sys
 import warnings
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +39,7 @@ from minerwatch.features.procs import (
     is_procs_file,
     read_procs,
 )
-from minerwatch.features.schema import HOST, TIMESTAMP
+from minerwatch.features.schema import HOST, TIMESTAMP, VALID_RANGES, expected_range
 
 if TYPE_CHECKING:  # annotations only: pandas is imported inside the CSV reader
     from _csv import Reader
@@ -89,13 +93,36 @@ class _Table:
     """One file: numeric columns (incl. timestamp), and hosts as codes into ``hosts``.
 
     ``hosts`` holds stripped names in order of first appearance; codes avoid a Python string
-    per row.
+    per row. ``lines``: the file line of each row (None: row r is line r + 2, a header and one
+    line per row); a Parquet table's rows are counted from 1 instead (``parquet``).
     """
 
     metrics: list[str]
     numeric: dict[str, np.ndarray]
     codes: np.ndarray
     hosts: list[str]
+    lines: np.ndarray | None = None
+    parquet: bool = False
+    #: The values read as missing by :func:`_screen` (set by :func:`_read`).
+    gaps: _Gaps | None = None
+
+    def where(self, path: Path, row: int) -> str:
+        """Row ``row`` of this table as a place in its file, for messages."""
+        if self.parquet:
+            return f"{path}, row {row + 1}"
+        return f"{path}:{int(self.lines[row]) if self.lines is not None else row + 2}"
+
+
+@dataclass(frozen=True)
+class _Gaps:
+    """The values of one file read as missing: outside their column's range, or infinite;
+    the first of them (by row, then column in file order) at ``row`` of ``column``."""
+
+    out_of_range: int
+    infinite: int
+    row: int
+    column: str
+    value: float
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -132,9 +159,68 @@ def read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]
 
 
 def _read(path: Path) -> _Table:
-    if path.suffix == ".parquet":
-        return _read_parquet(path)
-    return _read_csv(path)
+    table = _read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
+    table.gaps = _screen(table)
+    return table
+
+
+def _screen(table: _Table) -> _Gaps | None:
+    """Turn the values a known column cannot hold into NaN (a gap, as an empty cell), and
+    count them with the infinite ones (:func:`from_arrays` makes those NaN); None when none.
+
+    Every format goes through here, so the fast and exact CSV paths and Parquet agree.
+    """
+    out_of_range = infinite = 0
+    first: tuple[int, str, float] | None = None
+    for name in table.metrics:
+        col = table.numeric[name]
+        bad = np.isinf(col)
+        infinite += int(np.count_nonzero(bad))
+        limits = VALID_RANGES.get(name)
+        if limits is not None:
+            with np.errstate(invalid="ignore"):
+                outside = ((col < limits[0]) | (col > limits[1])) & ~bad
+            count = int(np.count_nonzero(outside))
+            if count:
+                out_of_range += count
+                table.numeric[name] = np.where(outside, np.nan, col)  # a new array: pandas'
+                bad |= outside  # may be read-only
+        if bad.any():
+            row = int(np.argmax(bad))
+            if first is None or row < first[0]:
+                first = (row, name, float(col[row]))
+    if first is None:
+        return None
+    return _Gaps(out_of_range, infinite, *first)
+
+
+def _shown(value: float) -> str:
+    """A number as a person would write it: ``250``, ``-5``, ``100.7``, ``1e+308``, ``inf``."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _gaps_note(path: Path, table: _Table, gaps: _Gaps) -> str:
+    count = gaps.out_of_range + gaps.infinite
+    if count == 1:
+        said = "1 value read as missing, as an empty cell is; it is"
+    else:
+        kinds = (
+            f" ({gaps.out_of_range} outside their column's range, {gaps.infinite} infinite)"
+            if gaps.out_of_range and gaps.infinite
+            else ""
+        )
+        said = f"{count} values read as missing, as empty cells are{kinds}; the first is"
+    expected = "a finite number" if math.isinf(gaps.value) else expected_range(gaps.column)
+    return (
+        f"{table.where(path, gaps.row)}: {said} in column {gaps.column!r}: "
+        f"expected {expected}, got {_shown(gaps.value)}"
+    )
+
+
+def _to_stderr(text: str) -> None:
+    print(f"minerwatch: note: {text}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -257,7 +343,13 @@ def _scan(reader: Reader, where: str) -> _Table:
         first = int(nonfinite[0])
         raise InputError(where, lines[first], "a finite timestamp", str(ts[first]))
     metrics = [h for h in header if h not in (TIMESTAMP, HOST)]
-    return _Table(metrics, numeric, np.array(codes, dtype=np.intp), list(names))
+    return _Table(
+        metrics,
+        numeric,
+        np.array(codes, dtype=np.intp),
+        list(names),
+        lines=np.array(lines, dtype=np.int64),
+    )
 
 
 def _read_csv_fast(path: Path) -> _Table | None:
@@ -375,10 +467,12 @@ def _vouch(path: Path, header: list[str], frame: pd.DataFrame, data_start: int) 
             return None
     if not _no_booleans(path, header, numeric):
         return None
+    lines: np.ndarray | None = None  # row r is line r + 2: no quotes, blank lines kept as rows
     if blank.size:
         keep = ~no_host
         numeric = {name: col[keep] for name, col in numeric.items()}
         codes = codes[keep]
+        lines = np.flatnonzero(keep) + 2
     if not np.isfinite(numeric[TIMESTAMP]).all():
         return None
     # Hosts: codes of stripped names in order of first appearance, as the exact path numbers them.
@@ -387,7 +481,7 @@ def _vouch(path: Path, header: list[str], frame: pd.DataFrame, data_start: int) 
     for k in pd.unique(codes):
         remap[k] = names.setdefault(stripped[k], len(names))
     metrics = [h for h in header if h not in (TIMESTAMP, HOST)]
-    return _Table(metrics, numeric, remap[codes], list(names))
+    return _Table(metrics, numeric, remap[codes], list(names), lines=lines)
 
 
 def _count_commas(path: Path, start: int) -> int:
@@ -461,7 +555,8 @@ def _read_parquet(path: Path) -> _Table:
         host_names = [str(h) for h in encoded.dictionary.to_pylist()]
     else:  # other types as their str(), a null as "None", as before
         codes, host_names = _factorize([str(h) for h in hosts.to_pylist()])
-    return _Table([n for n in names if n not in (TIMESTAMP, HOST)], numeric, codes, host_names)
+    metrics = [n for n in names if n not in (TIMESTAMP, HOST)]
+    return _Table(metrics, numeric, codes, host_names, parquet=True)
 
 
 def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -483,19 +578,27 @@ class _Chunk:
     source: str
 
 
-def read_telemetry(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
+def read_telemetry(
+    inputs: Sequence[str | Path], note: Callable[[str], None] | None = None
+) -> dict[str, HostSeries]:
     """Read telemetry files and folders into one :class:`HostSeries` per host.
+
+    ``note`` is told (once per file, naming it) what was read but not used as it is: values
+    read as missing (out of their column's range, or infinite) and process rows that match no
+    host sample. By default it prints to stderr.
 
     >>> # series = read_telemetry(["fleet/"]); series["web-1"].column("cpu_percent")
     """
+    tell = _to_stderr if note is None else note
     parts: dict[str, list[_Chunk]] = {}
-    procs: dict[str, list[ProcessRows]] = {}
+    procs: list[tuple[Path, dict[str, ProcessRows]]] = []
     for path in expand_inputs(inputs):
         if is_procs_file(path):
-            for host, table_rows in _read_procs(path).items():
-                procs.setdefault(host, []).append(table_rows)
+            procs.append((path, _read_procs(path)))
             continue
         table = _read(path)
+        if table.gaps is not None:
+            tell(_gaps_note(path, table, table.gaps))
         # One stable sort groups the rows by host and keeps each host's rows in file order
         # (on the smallest integer type, where numpy sorts by radix).
         key = table.codes.astype(np.min_scalar_type(max(len(table.hosts) - 1, 0)))
@@ -513,10 +616,72 @@ def read_telemetry(inputs: Sequence[str | Path]) -> dict[str, HostSeries]:
             ts = table.numeric[TIMESTAMP][rows]
             parts.setdefault(host, []).append(_Chunk(ts, values.T, table.metrics, str(path)))
     out = {host: _merge(host, chunks) for host, chunks in parts.items()}
-    for host, tables in procs.items():
-        if host in out:  # a process table without host samples has nothing to describe
-            out[host].procs = ProcessRows.concat(tables)
+    _attach_procs(out, procs, tell)
     return out
+
+
+def _attach_procs(
+    out: dict[str, HostSeries],
+    tables: list[tuple[Path, dict[str, ProcessRows]]],
+    tell: Callable[[str], None],
+) -> None:
+    """Give each host the rows of its process tables that describe its samples.
+
+    Rows are matched to samples by host and equal timestamp (:meth:`ProcessRows.sample_index`).
+    A table's rows of a host without samples, or of a host none of whose sample timestamps they
+    carry, describe nothing: they are left out, and ``tell`` says so naming the table (a
+    host with no table left is read without process features, as if it had none).
+    """
+    kept: dict[str, list[ProcessRows]] = {}
+    unmatched: list[tuple[Path, str, int, float]] = []
+    for path, by_host in tables:
+        orphans = {h: len(r) for h, r in by_host.items() if h not in out}
+        if orphans:
+            total, count = sum(len(r) for r in by_host.values()), sum(orphans.values())
+            lead = f"its {total} rows are" if count == total else f"{count} of its {total} rows are"
+            many = len(orphans) > 1
+            tell(
+                f"{path}: {lead} of host{'s' if many else ''} {_listed(list(orphans))}, which "
+                f"{'have' if many else 'has'} no samples in the input (hosts with samples: "
+                f"{_listed(sorted(out)) or 'none'}): not used"
+            )
+        for host, rows in by_host.items():
+            series = out.get(host)
+            if series is None:
+                continue
+            if len(rows) and not (rows.sample_index(series.timestamps) >= 0).any():
+                unmatched.append((path, host, len(rows), _closest(rows.timestamps, series)))
+                continue
+            kept.setdefault(host, []).append(rows)
+    for path, host, count, gap in unmatched:
+        tell(
+            f"{path}: none of its {count} rows of host {host} has the timestamp of a sample of "
+            f"host {host} (rows are matched to samples by equal timestamps; the closest is "
+            f"{gap:.6g} s from one): "
+            + (
+                "these rows are not used"
+                if host in kept
+                else f"not used, host {host} is read without process features"
+            )
+        )
+    for host, rows_list in kept.items():
+        out[host].procs = ProcessRows.concat(rows_list)
+
+
+def _closest(times: np.ndarray, series: HostSeries) -> float:
+    """The smallest distance between one of ``times`` and a sample of ``series`` (sorted)."""
+    ts = series.timestamps
+    if not len(ts) or not len(times):
+        return math.inf
+    at = np.searchsorted(ts, times)
+    left = ts[np.maximum(at - 1, 0)]
+    right = ts[np.minimum(at, len(ts) - 1)]
+    return float(np.minimum(np.abs(times - left), np.abs(times - right)).min())
+
+
+def _listed(names: Sequence[str], most: int = 10) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _read_procs(path: Path) -> dict[str, ProcessRows]:

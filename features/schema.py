@@ -45,3 +45,34 @@ AGENT_METRICS: dict[str, str] = {
     "indicator_hits": "miner indicators matched among the busiest processes (count)",
 }
 AGENT_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *AGENT_METRICS)
+
+#: Columns that are a percentage of the whole host (or of its memory): at most 100 %.
+PERCENT_OF_HOST: tuple[str, ...] = (
+    "cpu_percent",
+    "cpu_user_percent",
+    "cpu_system_percent",
+    "cpu_iowait_percent",
+    "mem_percent",
+)
+#: How far above 100 a percentage of the whole host may read (rounding: user + system is
+#: rounded on its own, a counter read a little late) before it is impossible.
+PERCENT_TOLERANCE = 0.5
+
+#: The values each known column can take, (lowest, highest), both inclusive. Every known column
+#: is a rate, a count, a percentage or a load, none of which can be negative; percentages of the
+#: whole host cannot exceed 100 (plus :data:`PERCENT_TOLERANCE`). ``top_proc_cpu_percent`` is
+#: of one core and reads up to 100 x cores, so it has no upper bound here. A value outside its
+#: range is read as missing (a gap), as a non-finite one is; columns not listed (extra columns
+#: of other data sets) are read as they are.
+VALID_RANGES: dict[str, tuple[float, float]] = {
+    name: (0.0, 100.0 + PERCENT_TOLERANCE if name in PERCENT_OF_HOST else float("inf"))
+    for name in (*METRIC_COLUMNS, *AGENT_METRICS)
+}
+
+
+def expected_range(name: str) -> str:
+    """What :data:`VALID_RANGES` allows in column ``name``, in words (for messages)."""
+    low = VALID_RANGES[name][0]
+    if name in PERCENT_OF_HOST:
+        return f"a percentage from {low:g} to 100"
+    return f"a number >= {low:g} ({METRICS.get(name) or AGENT_METRICS[name]})"
