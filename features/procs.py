@@ -417,7 +417,7 @@ def read_procs_csv(path: Path) -> dict[str, ProcessRows]:
         if not row:
             continue
         if len(row) < need:
-            raise InputError(where, line, f"{need} fields", f"{len(row)}")
+            raise InputError(where, line, f"at least {need} fields", f"{len(row)}")
         t, host, pid, name, exe, user, cpu = (row[i] for i in at)
         ts = _float(t, where, line, "timestamp")
         if not np.isfinite(ts):

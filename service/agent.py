@@ -912,11 +912,12 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    port = exporter.port if exporter else 0
     log.info(
-        "minerwatch agent for %s: metrics on %s:%d, data in %s",
+        "minerwatch agent for %s: metrics on %s:%s, data in %s",
         cfg.host,
         cfg.exporter.address,
-        exporter.port if exporter else 0,
+        port or "a free port (the exporter's line names it)",
         cfg.data_dir,
     )
     agent.run()
