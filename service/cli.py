@@ -140,6 +140,19 @@ def _jobs(text: str) -> int:
     return value
 
 
+def _requests(text: str) -> int:
+    """``--concurrency``: requests in flight per process; unlike ``--jobs`` no "all cores"."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of requests at once per process (1, 2, ...), got {text!r}"
+        )
+    return value
+
+
 def _existing_folder(text: str) -> Path:
     """A folder the command reads: it must be there, and be a folder."""
     path = Path(text)
@@ -759,7 +772,12 @@ def _report_command(sub: Subcommands) -> None:
 
 def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool = True) -> None:
     """Where Prometheus is, which series are the fleet, and the time range."""
-    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    p.add_argument(
+        "--prometheus",
+        required=True,
+        metavar="URL",
+        help="Prometheus base URL, http:// or https://",
+    )
     p.add_argument(
         "--selector",
         default="",
@@ -774,24 +792,49 @@ def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool 
     )
     if times:
         p.add_argument(
-            "--start", type=_instant, help="Unix seconds or ISO 8601 (2026-01-05T00:00Z)"
+            "--start",
+            type=_instant,
+            required=not days,  # score and export: no span worth guessing
+            help="Unix seconds or ISO 8601 (2026-01-05T00:00Z)"
+            + (" (default: --days before --end)" if days else ""),
         )
         p.add_argument("--end", type=_instant, help="as --start (default: now)")
     if days:
-        p.add_argument("--days", type=_positive, default=14.0, help="days before --end to train on")
-    p.add_argument("--username", help="basic auth user (with --password-file)")
-    p.add_argument("--password-file", metavar="FILE", help="file holding the basic auth password")
-    p.add_argument("--bearer-token-file", metavar="FILE", help="file holding a bearer token")
-    p.add_argument("--ca-file", metavar="FILE", help="CA certificates to verify https servers")
-    p.add_argument("--cert-file", metavar="FILE", help="client certificate (PEM)")
-    p.add_argument("--key-file", metavar="FILE", help="client certificate's key (PEM)")
+        p.add_argument(
+            "--days",
+            type=_positive,
+            default=14.0,
+            help="days of history before --end to train on"
+            if times
+            else "days of history up to now that a retraining reads",
+        )
+    p.add_argument("--username", help="basic auth user, with --password-file (default: none)")
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="file holding the basic auth password (default: none, an empty password)",
+    )
+    p.add_argument(
+        "--bearer-token-file", metavar="FILE", help="file holding a bearer token (default: none)"
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="CA certificates to verify https servers (default: the system's)",
+    )
+    p.add_argument("--cert-file", metavar="FILE", help="client certificate, PEM (default: none)")
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="client certificate's key, PEM (default: in --cert-file)",
+    )
     p.add_argument("--timeout", type=_duration, default="30s", help="per request")
     p.add_argument(
         "--gzip",
         action="store_true",
         help="ask for gzip answers: 1/4 of the bytes for ~7x Prometheus' CPU (slow links only)",
     )
-    p.add_argument("--concurrency", type=_jobs, default=4, help="requests at once per process")
+    p.add_argument("--concurrency", type=_requests, default=4, help="requests at once per process")
 
 
 def _fleet_commands(sub: Subcommands) -> None:
@@ -837,7 +880,7 @@ def _fleet_commands(sub: Subcommands) -> None:
     p.add_argument(
         "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
     )
-    p.add_argument("--port", type=int, default=10092, help="port of /metrics")
+    p.add_argument("--port", type=int, default=10092, help="port of /metrics (0 = any free port)")
     p.add_argument("--address", default="::", help="address to listen on (:: = all, dual-stack)")
     p.add_argument("--interval", type=_duration, default="60s", help="time between cycles")
     p.add_argument(
@@ -846,7 +889,12 @@ def _fleet_commands(sub: Subcommands) -> None:
         default="24h",
         help="retrain a host's model once it is this old, from --days of history (0 = never)",
     )
-    p.add_argument("--web-config", type=Path, metavar="FILE", help="TLS / basic-auth web config")
+    p.add_argument(
+        "--web-config",
+        type=Path,
+        metavar="FILE",
+        help="TLS / basic-auth web config (default: none, plain HTTP without authentication)",
+    )
     p.add_argument(
         "--state-dir",
         type=_output_folder,
@@ -871,11 +919,23 @@ def _fleet_dismiss(fleet: Subcommands, run: Command) -> None:
         type=_existing_folder,
         required=True,
         metavar="DIR",
-        help="fleet serve's state folder (its --state-dir, else its --models folder)",
+        help="fleet serve's state folder (its --state-dir, else its --models folder); it must "
+        "hold fleet-serve-state.json, fleet-dismissed.json or a model to dismiss into",
     )
-    p.add_argument("--host", help="the host, as fleet serve's host label names it")
-    p.add_argument("--start", type=_instant, help="start of the alert: Unix seconds or ISO 8601")
-    p.add_argument("--end", type=_instant, help="end of the alert, as --start")
+    p.add_argument(
+        "--host",
+        help="the host, as fleet serve's host label names it (required, except with --list)",
+    )
+    p.add_argument(
+        "--start",
+        type=_instant,
+        help="start of the alert: Unix seconds or ISO 8601 (required, except with --list)",
+    )
+    p.add_argument(
+        "--end",
+        type=_instant,
+        help="end of the alert, as --start (required to dismiss; not with --list or --undo)",
+    )
     p.add_argument("--reason", metavar="TEXT", help="why it was benign (default: none)")
     p.add_argument(
         "--undo", action="store_true", help="take back the dismissal of --host from --start"

@@ -338,7 +338,10 @@ def plan_process(
 def plan_host(
     allow_ssh_from: Sequence[str], exporter_port: int, ssh_port: int = SSH_PORT
 ) -> Isolation:
-    """Host isolation; refuses to lock out the SSH session it is run from."""
+    """Host isolation; refuses to lock out the SSH session it is run from, or to keep open
+    a port that cannot exist (nft would refuse the whole ruleset; a dry run would show it)."""
+    if isinstance(ssh_port, bool) or not 1 <= ssh_port <= 65535:
+        raise InputError("--ssh-port", None, "a TCP port from 1 to 65535", str(ssh_port))
     if not allow_ssh_from:
         raise InputError(
             "--allow-ssh-from", None, "at least one CIDR to keep SSH from (e.g. 10.0.0.0/8)"

@@ -29,6 +29,7 @@ def mw(*args):
 
 
 def test_dismiss_list_and_undo_keep_one_private_file(tmp_path):
+    (tmp_path / "fleet-serve-state.json").write_text("{}")  # fleet serve's state folder
     r = mw("--state-dir", tmp_path, "--host", "db-2", "--start", "2026-12-01T02:00Z",
            "--end", "2026-12-01T03:10Z", "--reason", "quarterly\nreindex")  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -99,6 +100,7 @@ def test_fleet_serve_keeps_the_last_good_dismissals_when_the_file_breaks(tmp_pat
     from minerwatch.service.fleet.serve import STATE_FILE, FleetServer
 
     server = FleetServer(None, tmp_path, state_file=tmp_path / STATE_FILE, retrain_every=60.0)
+    server.save_state()  # what makes the folder fleet serve's, for fleet dismiss
     server.read_dismissals()
     assert server.dismissed == {} and server.errors == {}
     assert mw("--state-dir", tmp_path, "--host", "h", "--start", "1", "--end", "2").returncode == 0

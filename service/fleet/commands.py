@@ -28,7 +28,14 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def connection(args: argparse.Namespace) -> Connection:
-    """The server and credentials given by the common fleet flags."""
+    """The server and credentials of the common fleet flags. Every command that reads
+    Prometheus builds this first, so a bad URL (:func:`~.promclient.check_url`) or request
+    count is exit 2 before any request, in all of them."""
+    if args.concurrency < 1:  # -1 means "all cores" to --jobs, nothing to a request count
+        raise InputError(
+            "--concurrency", None, "a number of requests at once per process (1, 2, ...)",
+            str(args.concurrency),
+        )  # fmt: skip
     return Connection(
         url=args.prometheus,
         username=args.username,
@@ -43,10 +50,18 @@ def connection(args: argparse.Namespace) -> Connection:
 
 
 def time_range(args: argparse.Namespace) -> tuple[float, float]:
-    """``--start``/``--end``, or the last ``--days`` up to now (train only)."""
+    """``--start``/``--end``, or ``--days`` before ``--end`` (train only: score and export
+    have no sensible span to guess, so they need ``--start``)."""
     end = args.end if args.end is not None else time.time()
-    days = getattr(args, "days", None)
-    start = args.start if args.start is not None else end - (days or 0) * DAY
+    days: float | None = getattr(args, "days", None)
+    if args.start is not None:
+        start = float(args.start)
+    elif days is not None:
+        start = end - days * DAY
+    else:
+        raise InputError(
+            "--start", None, "the start of the span to read (Unix seconds or ISO 8601)", "none"
+        )
     if not end > start:
         raise InputError("--start/--end", None, "a start before the end", f"{start:.0f}..{end:.0f}")
     return start, end

@@ -28,6 +28,9 @@ from minerwatch.features.errors import InputError
 
 #: In ``fleet serve``'s state folder (its ``--state-dir``, else its ``--models`` folder).
 DISMISSED_FILE = "fleet-dismissed.json"
+#: ``fleet serve``'s alert state kept across restarts, beside :data:`DISMISSED_FILE`
+#: (defined here so that ``fleet dismiss`` can look for it without importing the server).
+STATE_FILE = "fleet-serve-state.json"
 FORMAT = "minerwatch-fleet-dismissals"
 #: Longest reason kept: a note for the record, not a document.
 MAX_REASON = 500
@@ -99,6 +102,23 @@ def _folder(args: argparse.Namespace) -> Path:
     return folder / DISMISSED_FILE
 
 
+def check_state_folder(folder: Path) -> None:
+    """Refuse to record a dismissal where ``fleet serve`` would never read it: a folder with
+    no state file of fleet serve (:data:`STATE_FILE`), no dismissals file and no
+    model (``<host>/meta.json``, as fleet serve finds them) is a mistyped path, and a record
+    there would silently change nothing."""
+    from minerwatch.baseline.store import list_hosts
+
+    if (folder / STATE_FILE).exists() or (folder / DISMISSED_FILE).exists():
+        return
+    if list_hosts(folder):
+        return
+    raise InputError(
+        str(folder), None, f"fleet serve's state folder: its --state-dir (holding {STATE_FILE}) "
+        "or its --models folder (holding models)", "a folder holding neither (mistyped?)",
+    )  # fmt: skip
+
+
 def run_dismiss(args: argparse.Namespace) -> int:
     """Dismiss ``--host`` from ``--start`` to ``--end``; or ``--list``; or ``--undo``."""
     path = _folder(args)
@@ -116,6 +136,14 @@ def run_dismiss(args: argparse.Namespace) -> int:
         return 0
     if args.host is None or args.start is None:
         raise InputError("fleet dismiss", None, "--host and --start (or --list)", "missing")
+    reason = " ".join((args.reason or "").split())
+    if not args.undo:  # checked before the folder is touched: a usage error changes nothing
+        if args.end is None or args.end < args.start:
+            got = "none (--end is required to dismiss)" if args.end is None else f"{args.end:g}"
+            raise InputError("--end", None, "a time at or after --start", got)
+        if len(reason) > MAX_REASON:
+            raise InputError("--reason", None, f"at most {MAX_REASON} characters", f"{len(reason)}")
+        check_state_folder(path.parent)
     with _locked(path):
         items = read_dismissed(path)
         if args.undo:
@@ -130,11 +158,6 @@ def run_dismiss(args: argparse.Namespace) -> int:
                 "the host within a cycle and leaves that span out again"
             )
             return 0
-        if args.end is None or args.end < args.start:
-            raise InputError("--end", None, "a time at or after --start", str(args.end))
-        reason = " ".join((args.reason or "").split())
-        if len(reason) > MAX_REASON:
-            raise InputError("--reason", None, f"at most {MAX_REASON} characters", f"{len(reason)}")
         if any(i["host"] == args.host and i["start"] == args.start for i in items):
             print(f"{args.host} from {_utc(args.start)} was already dismissed; nothing changed")
             return 0

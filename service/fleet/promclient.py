@@ -82,6 +82,9 @@ class Connection:
     timeout: float = 30.0
     gzip: bool = False
 
+    def __post_init__(self) -> None:
+        check_url(self.url)
+
     def headers(self) -> dict[str, str]:
         """Authorization header for the configured scheme (none, basic or bearer)."""
         if self.bearer_token_file:
@@ -95,7 +98,7 @@ class Connection:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context with the CA and client certificate, for https URLs."""
-        if not self.url.startswith("https:"):
+        if urllib.parse.urlsplit(self.url).scheme != "https":  # HTTPS:// too
             return None
         try:
             ctx = ssl.create_default_context(cafile=self.ca_file)
@@ -105,6 +108,34 @@ class Connection:
             where = self.cert_file or self.ca_file or self.url
             raise PrometheusError(where, None, "a readable PEM file", str(exc)) from None
         return ctx
+
+
+def check_url(url: str) -> None:
+    """Refuse a ``--prometheus`` that is not an http(s) base URL, before any request: urllib
+    would fail on it with a bare ValueError (an unexpected failure), or only after every
+    retry (no host, port 0), or send what the user did not mean (a query, credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = 0
+    problem = ""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        pass
+    elif any(c.isspace() or not c.isprintable() for c in url):
+        problem = " without spaces"
+    elif port == 0:
+        problem = " with a port from 1 to 65535"
+    elif parts.username is not None or parts.password is not None:
+        problem = " without credentials (use --username, --password-file)"
+    elif parts.query or parts.fragment:
+        problem = " without ?query or #fragment"
+    else:
+        return
+    expected = f"an http:// or https:// base URL (e.g. http://prom:9090){problem}"
+    _, at, host = parts.netloc.rpartition("@")
+    shown = url.replace(parts.netloc, f"...@{host}", 1) if at else url  # no password echoed
+    raise PrometheusError("--prometheus", None, expected, repr(shown))
 
 
 def _secret(path: str | None, flag: str) -> str:

@@ -22,12 +22,15 @@ windows the host alerted on, widened as the agent widens them.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import logging
 import math
 import queue
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -53,7 +56,12 @@ from minerwatch.features.io import HostSeries
 from minerwatch.features.pipeline import feature_rows
 from minerwatch.features.schema import AGENT_METRICS, SCHEMA_VERSION
 from minerwatch.service.exporter import METRICS, ExpositionCache, snapshot_families
-from minerwatch.service.fleet.dismiss import DISMISSED_FILE, read_dismissed, spans_by_host
+from minerwatch.service.fleet.dismiss import (
+    DISMISSED_FILE,
+    STATE_FILE,
+    read_dismissed,
+    spans_by_host,
+)
 from minerwatch.service.fleet.nodeexporter import (
     CPU_MODES,
     DEVICE_FILTERS,
@@ -78,7 +86,10 @@ from minerwatch.service.fleet.promclient import (
 from minerwatch.service.httpserver import Server, Serving, bind
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
-from minerwatch.service.webconfig import load_web_config
+from minerwatch.service.webconfig import BasicAuth, load_web_config
+
+#: Errors binding /metrics' socket: the address or port the user gave is unusable.
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 log = logging.getLogger("minerwatch.fleet")
 
@@ -94,8 +105,6 @@ MAX_REMEMBERED = 10_000
 #: Each read after the first starts this long before the previous read's end, so a scrape
 #: that Prometheus made visible up to this long after its own timestamp is still read.
 OVERLAP_S = 60.0
-#: The alert state kept across restarts: this file in ``--state-dir`` (default ``--models``).
-STATE_FILE = "fleet-serve-state.json"
 STATE_FORMAT = 1
 #: Stages counted in the fleet server's ``minerwatch_errors_total{stage}`` (bounded).
 FLEET_STAGES = ("query", "model", "score", "train", "state")
@@ -606,19 +615,27 @@ class _FleetCollector(Collector):
 class FleetExporter:
     """``/metrics`` of the latest :class:`FleetSnapshot`, on the agent's HTTP server."""
 
-    def __init__(self, port: int, address: str, web_config: Path | None = None) -> None:
+    def __init__(
+        self, port: int, address: str, tls: ssl.SSLContext | None = None,
+        auth: BasicAuth | None = None,
+    ) -> None:  # fmt: skip
         self.snapshot = FleetSnapshot()
         self.registry = CollectorRegistry()
         self.registry.register(_FleetCollector(lambda: self.snapshot))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._cache = ExpositionCache(self.registry, lambda: self.snapshot)
-        tls, auth = None, None
-        if web_config is not None:
-            config = load_web_config(web_config)
-            tls = config.ssl_context()
-            auth = config.authenticator()
-        self._server: Server = bind(address, port, Serving(tls, auth, self._cache.get))
+        try:
+            self._server: Server = bind(address, port, Serving(tls, auth, self._cache.get))
+        except OSError as exc:  # only binding raises these without a file name
+            unusable = exc.filename is None and exc.errno in (*_BIND_ERRNOS, errno.EACCES)
+            if not (isinstance(exc, socket.gaierror) or unusable):
+                raise
+            shown = f"[{address}]" if ":" in address else address
+            raise InputError(
+                f"{shown}:{port}", None, "an address and port /metrics can listen on "
+                "(--address, --port)", exc.strerror or str(exc),
+            ) from None  # fmt: skip
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.5},
@@ -1026,7 +1043,18 @@ def state_file(args: argparse.Namespace) -> Path:
 
 
 def run_serve(args: argparse.Namespace, connection: Connection) -> int:
-    """``fleet serve``: until SIGTERM/SIGINT; exit 2 when no model loads (nothing to serve)."""
+    """``fleet serve``: until SIGTERM/SIGINT; exit 2 when no model loads (nothing to serve).
+
+    ``--port`` and ``--web-config`` are checked first: /metrics is bound only after the first
+    cycle, which reads Prometheus and may take a while on a big fleet.
+    """
+    if not 0 <= args.port <= 65535:  # as the agent's [exporter] port
+        raise InputError(
+            "--port", None, "a port from 0 to 65535 (0 = any free port)", str(args.port)
+        )
+    web = load_web_config(args.web_config) if args.web_config is not None else None
+    tls = web.ssl_context() if web is not None else None  # a bad certificate: exit 2 now
+    auth = web.authenticator() if web is not None else None
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
@@ -1045,7 +1073,7 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     counts = server.cycle()
     if isinstance(server.query_error, PrometheusError):  # a refused query or no server at all:
         raise server.query_error  # the next cycles would fail the same way (exit 2)
-    exporter = FleetExporter(args.port, args.address, args.web_config)
+    exporter = FleetExporter(args.port, args.address, tls, auth)
     exporter.snapshot = server.snapshot()
     stop = threading.Event()
 
