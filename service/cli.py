@@ -843,7 +843,8 @@ def _fleet_commands(sub: Subcommands) -> None:
     fleet = _group(
         sub,
         "fleet",
-        "train, score or export every host from node_exporter metrics in Prometheus",
+        "train, score, export, serve or dismiss every host from node_exporter metrics in "
+        "Prometheus",
         run,
         "fleet_command",
     )

@@ -216,7 +216,7 @@ def _process_table(per: pd.DataFrame, at: np.ndarray, interval: float, top: int)
 
 def _top_process(frame: pd.DataFrame, at: np.ndarray, interval: float) -> np.ndarray:
     """Largest group's CPU (percent of one core) at the latest process-exporter scrape that
-    is at most one interval older than each row."""
+    is at most 1.5 intervals older than each row."""
     _, ts, rate = _group_rate_arrays(frame)
     return _top_of(ts, rate, at, interval)
 

@@ -94,7 +94,7 @@ MAPPING: tuple[Column, ...] = (
         "top_proc_cpu_percent",
         ("namedprocess_namegroup_cpu_seconds_total",),
         "process-exporter: rate per `groupname` summed over `mode`, the largest x 100; "
-        "the latest scrape at most one interval old",
+        "the latest scrape at most 1.5 intervals old",
     ),
     Column(
         "cpu_cores",
