@@ -148,6 +148,47 @@ def make_data_dir(cfg: AgentConfig) -> Path:
     return path
 
 
+def lock_data_dir(path: Path) -> int:
+    """Hold ``path/agent.lock`` for the life of the process (the returned descriptor).
+
+    Two agents on one data folder would interleave their samples in one history, train on
+    each other's alerts, and the second's start would release what the first throttled or
+    isolated: the second is refused (InputError, exit 2) naming the first one's pid.
+    """
+    import fcntl
+
+    lock = path / "agent.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(
+            str(path),
+            None,
+            "a data folder no other agent is using (--data-dir, data_dir)",
+            f"one in use by the agent with pid {holder} ({lock} is locked)",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _warn_if_open(path: Path) -> None:
+    """Say so when the data folder is open to others: its files stay 0600, but their names
+    (evidence of an incident, the suspect's name in them) are listed to anyone."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "data folder %s is open to other users (mode %03o): its files are private (0600), "
+            "but make the folder private too: chmod 700 %s",
+            path,
+            mode,
+            path,
+        )
+
+
 class Agent:
     """The agent's state and one ``tick``; ``run`` repeats it until ``stop``."""
 
@@ -165,7 +206,7 @@ class Agent:
         self.clock = clock
         self.data_dir = make_data_dir(cfg)
         self.models_dir = self.data_dir / "models"
-        self.models_dir.mkdir(exist_ok=True, mode=0o755)
+        self.models_dir.mkdir(exist_ok=True, mode=0o700)  # the host's process identities
         # read once at start: a missing or too open key file stops the agent (exit 2)
         self.model_key = read_key(cfg.model_key) if cfg.model_key else None
         self.collector = collector or Collector(cfg.interval, host=cfg.host)
@@ -234,8 +275,13 @@ class Agent:
         self._stop.set()
 
     def shutdown(self) -> None:
+        """Release what the responder holds whatever else fails on the way out: a process
+        left paused or cut off the network outlives the agent."""
         if self.episode is not None:
-            self._close_episode("shutdown")
+            try:
+                self._close_episode("shutdown")
+            except Exception as exc:  # a full disk, a broken history: still release below
+                log.error("closing the open episode at shutdown failed: %s", exc)
         if self.responder is not None:
             self.responder.close()
         if self.child is not None and self.child.poll() is None:
@@ -560,7 +606,12 @@ class Agent:
             keep = exclusion_mask(ts, alerted, margin, before)
             buf = io.BytesIO()
             np.savez(buf, timestamps=ts[keep], values=values[keep], columns=np.array(AGENT_COLUMNS))
-            atomic_write(path, buf.getvalue(), mode=0o600)
+            try:
+                atomic_write(path, buf.getvalue(), mode=0o600)
+            except OSError as exc:  # a full disk: scoring goes on, training waits
+                why = f"the training input could not be written: {exc}"
+                self._retrain_failed("bad_input", why, now + max(60.0, 6 * self.cfg.interval))
+                return
         cmd = [
             sys.executable,
             "-m",
@@ -594,11 +645,16 @@ class Agent:
             margin,
         )
         # output goes to files: a pipe nobody reads while the child runs could fill and block it
-        out = os.open(self.data_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            self.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-        finally:
-            os.close(out)
+            out = os.open(self.data_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                self.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+            finally:
+                os.close(out)
+        except OSError as exc:  # the agent goes on scoring; the next attempt is after a backoff
+            why = f"the training child could not be started: {exc}"
+            self._retrain_failed("crashed", why, now + max(60.0, 6 * self.cfg.interval))
+            return
         self.next_retrain = float("inf")  # set again from the child's outcome
 
     def _poll_child(self) -> None:
@@ -888,10 +944,12 @@ def _host_signals(cfg: AgentConfig, clock: Callable[[], float]) -> HostSignals:
 
 
 def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
-    """Run the agent until SIGTERM or SIGINT (``minerwatch serve``; flags and config file are
+    """Run the agent until SIGTERM, SIGINT or SIGHUP (``minerwatch serve``; flags and config are
     read by the CLI, so a bad one is reported before this module is even imported)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    make_data_dir(cfg)
+    data_dir = make_data_dir(cfg)
+    lock = lock_data_dir(data_dir)  # before the responder releases what a crash left held
+    _warn_if_open(data_dir)
     exporter = Exporter(
         port=cfg.exporter.port,
         address=cfg.exporter.address,
@@ -910,8 +968,10 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         agent.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP too (a closed terminal, a mistaken reload): its default would end the agent
+    # without releasing what it throttled or isolated
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     port = exporter.port if exporter else 0
     log.info(
         "minerwatch agent for %s: metrics on %s:%s, data in %s",
@@ -920,5 +980,8 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
         port or "a free port (the exporter's line names it)",
         cfg.data_dir,
     )
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        os.close(lock)
     return 0

@@ -89,6 +89,8 @@ class Responder:
         assert cfg.evidence_dir is not None  # AgentConfig derives it from data_dir
         self.paths = HostPaths.under(cfg.respond.host_root)
         self.evidence = EvidenceWriter(cfg.evidence_dir, paths=self.paths)
+        # Only this process: target selection adds its ancestors and, read afresh each
+        # time, its descendants (the training child), so neither is ever throttled.
         self.throttle = throttle or Throttle(cfg.throttle, agent_pids={os.getpid()})
         for action in self.throttle.recovered:
             log.warning("released a process left throttled by an earlier run: %s", action)
@@ -293,5 +295,7 @@ class Responder:
 
     def close(self) -> None:
         """Always release everything on shutdown, whether or not throttling is on."""
-        self.throttle.release_all("agent shutdown")
-        self.isolator.close()
+        try:
+            self.throttle.release_all("agent shutdown")
+        finally:  # a throttle that failed to release must not keep the network cut too
+            self.isolator.close()

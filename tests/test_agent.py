@@ -152,6 +152,31 @@ def test_short_learning_lasts_what_was_asked_then_trains(tmp_path):
         agent.shutdown()
 
 
+def test_a_training_child_that_cannot_start_is_a_failed_retraining_not_the_end(tmp_path):
+    """A train.log the agent cannot open (here a folder; a full disk, a missing interpreter)
+    used to end ``serve`` with exit 2, which systemd does not restart: the agent now counts a
+    failed retraining, goes on sampling and scoring, and tries again after its backoff."""
+    replay = Replay(live(hours=0.5))
+    agent = make_agent(tmp_path, replay, learn_for=120.0)
+    (agent.data_dir / "train.log").mkdir()
+    try:
+        run(agent, replay, 0, 13)  # 120 s of history: time to train
+        assert agent.child is None
+        assert agent.retrain_failures["crashed"] == 1 and agent.errors == {"train": 1}
+        retry = agent.next_retrain
+        assert replay.clock() < retry < math.inf
+        run(agent, replay, 13, 15)  # still sampling, no second attempt before the backoff
+        assert agent.retrain_failures["crashed"] == 1
+        assert agent.snapshot().samples_total == 15
+        (agent.data_dir / "train.log").rmdir()
+        stop = 15 + int((retry - replay.clock()) // INTERVAL) + 2
+        run(agent, replay, 15, stop)
+        assert agent.child is not None, "no second attempt after the backoff"
+        agent.child.wait(timeout=60)
+    finally:
+        agent.shutdown()
+
+
 def test_a_young_model_is_relearnt_as_the_history_doubles(tmp_path):
     replay = Replay(live(hours=1.0))
     agent = make_agent(tmp_path, replay, learn_for=120.0)

@@ -115,3 +115,24 @@ def test_sigterm_releases_and_restart_after_kill9_releases(burner, tmp_path):
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=10)
+
+
+def test_sighup_releases_and_a_second_agent_on_its_folder_is_refused(burner, tmp_path):
+    """A second agent on the same data folder would release what the first holds (and mix
+    their histories): refused, exit 2 naming the first one's pid, the burner still paused.
+    SIGHUP (a closed terminal) ends the agent as SIGTERM does: everything released."""
+    agent = start_agent(tmp_path)
+    try:
+        assert wait_for(lambda: status(burner.pid) == psutil.STATUS_STOPPED), "never throttled"
+        second = start_agent(tmp_path)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert f"in use by the agent with pid {agent.pid}" in err and "Traceback" not in err
+        assert status(burner.pid) == psutil.STATUS_STOPPED, "the refused agent released it"
+        agent.send_signal(signal.SIGHUP)
+        assert agent.wait(timeout=10) == 0
+        assert wait_for(lambda: status(burner.pid) != psutil.STATUS_STOPPED, 5), "left paused"
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=10)
