@@ -259,6 +259,8 @@ class Agent:
         if self.exporter is not None:
             self.exporter.update(self.snapshot())
             self.exporter.start()
+            if self.signals is not None:  # its own /metrics is no new listening port
+                self.signals.own_ports({self.exporter.port})
         # The first sample comes one interval after start, not at once: the counters were read
         # milliseconds before, and CPU time moves in 10 ms ticks, so an immediate sample read
         # 0 % CPU and no busy process. Stored, that zero held every CPU floor (minima over 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import math
 import re
 import socket
@@ -48,6 +49,22 @@ DAY = 86400.0
 #: Most windows one sample may fall in (window / hop): beyond it, cutting windows costs more
 #: memory and time than any detection gains (a 1 h window every 10 s is 360).
 MAX_WINDOWS_PER_SAMPLE = 1000
+#: Most consecutive windows an alert rule may wait for (alert_windows, sustain_windows): a
+#: day of windows at the default 60 s window. An alert that needs a miner to run longer than
+#: a day before anyone hears of it has lost its point, and a larger count (a typo,
+#: 99999999999999999999) meant the agent could never alert at all.
+MAX_ALERT_WINDOWS = 1440
+#: Most processes throttled at once: the throttle contains a few busy processes; a thousand
+#: capped at once is stopping the host, not a miner (and each one is journalled and audited).
+MAX_TARGETS = 1000
+#: Longest sampling interval, window, hop and throttle hold: a day. A window longer than a day
+#: spans the daily cycle the time-of-day feature learns, and a throttle that waits more than a
+#: day of high CPU never acts while a miner runs.
+MAX_PERIOD = DAY
+#: Longest learning, retraining and history duration (and IOC check period): a year. The
+#: defaults are a day or two weeks; beyond a year a value is a typo that means "never" (never
+#: leave learning, never retrain) and a history too large to retrain from.
+MAX_SPAN = 365 * DAY
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,7 @@ class AgentConfig:
 class Option:
     """How one option is spelled, checked, printed and offered as a ``serve`` flag."""
 
-    kind: str  # duration | size | int | float | bool | str | path | names | choice
+    kind: str  # duration | size | int | float | bool | str | address | path | names | choice
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # True: value must be > low, else >= low
@@ -186,8 +203,8 @@ class Option:
     choices: tuple[str, ...] = ()
 
 
-def _dur(help: str, low_open: bool = True, unset: str = "") -> Option:
-    return Option("duration", 0, low_open=low_open, help=help, unset=unset)
+def _dur(help: str, high: float, low_open: bool = True, unset: str = "") -> Option:
+    return Option("duration", 0, high, low_open=low_open, help=help, unset=unset)
 
 
 def _pct(help: str, flag: str, low_open: bool = True, unset: str = "") -> Option:
@@ -198,21 +215,39 @@ def _names(what: str) -> Option:
     return Option("names", help=f"never throttle processes {what} (shell patterns)")
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _listen_address(text: str) -> bool:
+    """An IP address, or a syntactically valid host name (never looked up here: a name that
+    does not resolve is reported by ``serve`` when it binds, naming the address)."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    numeric = all(label.isdigit() for label in labels)  # 1.2.3: a broken IPv4 address
+    return len(text) <= 253 and not numeric and all(_HOST_LABEL.fullmatch(x) for x in labels)
+
+
 OPTIONS: dict[str, dict[str, Option]] = {
     "agent": {
-        "interval": _dur("time between two samples"),
-        "window": _dur("length of one scored window"),
-        "hop": _dur("step between windows", unset="the window"),
+        "interval": _dur("time between two samples", MAX_PERIOD),
+        "window": _dur("length of one scored window", MAX_PERIOD),
+        "hop": _dur("step between windows", MAX_PERIOD, unset="the window"),
         "learn_for": _dur(
             "learning time before the first model, exactly as given; at least window + hop "
             "(2m with the defaults). A short one gives a cautious model (it cannot alert "
-            "before about an hour of history), relearnt each time the history doubles"
+            "before about an hour of history), relearnt each time the history doubles",
+            MAX_SPAN,
         ),
         "retrain_every": _dur(
             "retraining period, reached as the history doubles (0 = never retrain)",
+            MAX_SPAN,
             low_open=False,
         ),
-        "retrain_history": _dur("history each retraining learns from"),
+        "retrain_history": _dur("history each retraining learns from", MAX_SPAN),
         "data_dir": Option("path", help="state folder: history, models, journal, evidence"),
         "host": Option(
             "str",
@@ -221,10 +256,16 @@ OPTIONS: dict[str, dict[str, Option]] = {
             unset="this machine's hostname",
         ),
         "alert_windows": Option(
-            "int", 1, help="consecutive windows far above the threshold that open an alert"
+            "int",
+            1,
+            MAX_ALERT_WINDOWS,
+            help="consecutive windows far above the threshold that open an alert",
         ),
         "sustain_windows": Option(
-            "int", 1, help="consecutive windows above the threshold that open an alert"
+            "int",
+            1,
+            MAX_ALERT_WINDOWS,
+            help="consecutive windows above the threshold that open an alert",
         ),
         "alert_margin": Option(
             "float",
@@ -250,7 +291,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
             help="evidence files written on alerts",
             unset="DATA_DIR/evidence",
         ),
-        "history_retention": _dur("how long history.db keeps samples"),
+        "history_retention": _dur("how long history.db keeps samples", MAX_SPAN),
         "history_max_bytes": Option("size", 1024 * 1024, help="upper bound on history.db"),
         "model_key": Option(
             "path",
@@ -275,9 +316,9 @@ OPTIONS: dict[str, dict[str, Option]] = {
     "exporter": {
         "port": Option("int", 0, 65535, help="port of /metrics (0 = any free port)"),
         "address": Option(
-            "str",
-            help="address to listen on (:: = IPv6 and IPv4, falling back "
-            "to 0.0.0.0 without IPv6; 127.0.0.1 = this host only)",
+            "address",
+            help="address to listen on: an IP address (:: = IPv6 and IPv4, falling back "
+            "to 0.0.0.0 without IPv6; 127.0.0.1 = this host only) or a host name",
         ),
         "web_config": Option(
             "path", empty_ok=True, help="TLS / basic-auth web config file", unset="plain HTTP"
@@ -297,17 +338,19 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "cpu_percent": _pct(
             "host CPU that, held for the hold time, starts throttling", "--throttle-cpu"
         ),
-        "hold": _dur("how long host CPU must stay at the trigger", low_open=False),
+        "hold": _dur("how long host CPU must stay at the trigger", MAX_PERIOD, low_open=False),
         "release_cpu_percent": _pct(
             "host CPU below which throttled processes are released",
             "--throttle-release-cpu",
             low_open=False,
             unset=f"{RELEASE_GAP:g} below the trigger, at least half",
         ),
-        "release_hold": _dur("how long host CPU must stay below the release level", low_open=False),
+        "release_hold": _dur(
+            "how long host CPU must stay below the release level", MAX_PERIOD, low_open=False
+        ),
         "dry_run": Option("bool", help="only log what would be throttled"),
         "only_when_alert": Option("bool", help="throttle only while an alert is active"),
-        "max_targets": Option("int", 1, help="most processes throttled at once"),
+        "max_targets": Option("int", 1, MAX_TARGETS, help="most processes throttled at once"),
         "min_proc_cpu_percent": _pct(
             "processes using less CPU (percent of one core) are never throttled",
             "--throttle-min-proc-cpu",
@@ -343,7 +386,12 @@ OPTIONS: dict[str, dict[str, Option]] = {
             unset="none",
         ),
         "ioc_every": Option(
-            "duration", 0, low_open=True, flag="--ioc-every", help="time between IOC checks"
+            "duration",
+            0,
+            MAX_SPAN,
+            low_open=True,
+            flag="--ioc-every",
+            help="time between IOC checks",
         ),
         "host_root": Option(
             "path",
@@ -382,6 +430,8 @@ def _describe(name: str, opt: Option) -> str:
         "float": "a number",
         "bool": "true or false",
         "str": "a string",
+        "address": 'an IP address such as "::", "0.0.0.0", "127.0.0.1" or "::1" (no brackets, '
+        'no port), or a host name such as "localhost"',
         "path": "a path (string)",
         "names": "a list of strings",
         "choice": "one of " + ", ".join(f'"{m}"' for m in opt.choices),
@@ -438,13 +488,15 @@ def _convert(key: Key, opt: Option, raw: Any, strict: bool) -> Any:
                 value = _BOOL_WORDS[raw.lower()]
             else:
                 raise _Bad(expected, got)
-        elif kind in ("str", "path", "choice"):
+        elif kind in ("str", "address", "path", "choice"):
             if not isinstance(raw, str):
                 raise _Bad(expected, got)
             text = raw.strip()
             if not text and not opt.empty_ok or text != raw or "\0" in raw:
                 raise _Bad(expected + " (not empty, no surrounding spaces)", got)
             if kind == "choice" and text not in opt.choices:
+                raise _Bad(expected, got)
+            if kind == "address" and not _listen_address(text):
                 raise _Bad(expected, got)
             value = (Path(text) if text else None) if kind == "path" else text
         elif kind == "names":
@@ -805,6 +857,7 @@ _METAVARS = {
     "int": "N",
     "float": "NUMBER",
     "str": "TEXT",
+    "address": "ADDRESS",
     "path": "PATH",
 }
 

@@ -6,7 +6,9 @@ nothing to read incrementally, so the agent reads them every tick:
 - **listening ports** (TCP LISTEN, unconnected UDP) from netlink sock_diag (``/proc/net``
   as a fallback); the baseline is every port seen while learning. UDP ports in the local
   ephemeral range are left out: they are clients' unconnected sockets (resolvers, NTP), not
-  services.
+  services. The agent's own ports (its exporter's, told by :meth:`HostSignals.own_ports`
+  once bound) are neither learnt nor reported; a port reported before a restart is not
+  reported again while it stays open.
 - **SSH logins** from the systemd journal when journald runs (``journalctl`` every minute,
   resumed from its cursor), else ``/var/log/auth.log`` or ``/var/log/secure`` (or the
   configured file), read from a remembered inode and offset. Failed attempts are counted
@@ -504,17 +506,19 @@ def checked_state(doc: Any) -> dict[str, Any]:
     if not isinstance(started, (int, float)) or started != started:
         raise ValueError("learn_started: expected a number")
     out["learn_started"] = float(started)
-    ports = doc.get("listen_ports", [])
-    if not isinstance(ports, list) or not all(
-        isinstance(x, list)
-        and len(x) == 2
-        and x[0] in ("tcp", "udp")
-        and isinstance(x[1], int)
-        and 0 < x[1] < 65536
-        for x in ports
-    ):
-        raise ValueError("listen_ports: expected [proto, port] pairs")
-    out["listen_ports"] = ports
+    for key in ("listen_ports", "listen_reported"):
+        ports = doc.get(key, [])
+        if not isinstance(ports, list) or not all(
+            isinstance(x, list)
+            and len(x) == 2
+            and x[0] in ("tcp", "udp")
+            and isinstance(x[1], int)
+            and not isinstance(x[1], bool)
+            and 0 < x[1] < 65536
+            for x in ports
+        ):
+            raise ValueError(f"{key}: expected [proto, port] pairs")
+        out[key] = ports
     for key in ("ssh_sources", "ssh_reported", "log_rewriting"):
         out[key] = strings(key)
     auth = doc.get("auth_log")
@@ -564,7 +568,11 @@ class HostSignals:
         self.reported_sources: set[str] = set(state.get("ssh_reported", []))
         self.rewriting: set[str] = set(state.get("log_rewriting", []))
         self.new_ports: dict[Port, str] = {}
-        self.reported_ports: set[Port] = set()
+        #: New ports already reported, while they stay open; saved, so a restart does not
+        #: report them again
+        self.reported_ports: set[Port] = {(p, int(n)) for p, n in state.get("listen_reported", [])}
+        #: The agent's own listening ports (its exporter's): never learnt, never reported
+        self.own: set[Port] = set()
         self.failed_total = 0
         self.new_source_total = 0
         self.truncations: Counter[str] = Counter({"shrunk": 0, "vanished": 0})
@@ -626,6 +634,7 @@ class HostSignals:
             "learn_started": self.learn_started,
             "learned": not self.learning(),
             "listen_ports": [list(p) for p in _bounded(self.known_ports)],
+            "listen_reported": [list(p) for p in _bounded(self.reported_ports)],
             "ssh_sources": _bounded(self.known_sources),
             "ssh_reported": _bounded(self.reported_sources),
             "log_rewriting": _bounded(self.rewriting),
@@ -641,6 +650,13 @@ class HostSignals:
             self._fail("host_signals", exc)
             return
         self._dirty, self._saved_at = False, self.clock()
+
+    def own_ports(self, ports: Iterable[int], proto: str = "tcp") -> None:
+        """The agent's own listening ports of ``proto`` (its exporter's, known once bound, a
+        random one with ``--port 0``): never learnt, never reported. Replaces those given
+        before for ``proto``; the ports are dropped from the new ones at once."""
+        self.own = {p for p in self.own if p[0] != proto} | {(proto, int(n)) for n in ports}
+        self.new_ports = {k: a for k, a in self.new_ports.items() if k not in self.own}
 
     def learning(self, now: float | None = None) -> bool:
         return (self.clock() if now is None else now) - self.learn_started < self.learn_for
@@ -682,7 +698,7 @@ class HostSignals:
         except (OSError, ValueError) as exc:
             self._fail("listen_ports", exc)
             return
-        current = services(ports, self.ephemeral)
+        current = {k: a for k, a in services(ports, self.ephemeral).items() if k not in self.own}
         if learning:
             added = set(current) - self.known_ports
             if added and len(self.known_ports) < MAX_ENTRIES:
@@ -702,7 +718,10 @@ class HostSignals:
                 port=port,
                 address=self.new_ports[key],
             )
-        self.reported_ports = set(self.new_ports)  # a port that closes and reopens is new again
+        reported = set(self.new_ports)  # a port that closes and reopens is new again
+        if reported != self.reported_ports:
+            self.reported_ports = reported
+            self._dirty = True  # saved at once: a restart does not report them again
 
     def _ssh(self, now: float, learning: bool) -> None:
         events: list[SshEvent] = []
