@@ -73,7 +73,8 @@ def protected_reason(
 ) -> str | None:
     """Why ``proc`` must never be throttled, or None if it may be.
 
-    ``agent_pids`` should already contain the agent's ancestors (see ``with_ancestors``).
+    ``agent_pids`` should already contain the agent's ancestors and descendants (see
+    ``agent_family``).
     Allow-list entries are shell globs, matched against the name, the executable's base
     name, the user, and every systemd unit on the cgroup path.
 
@@ -88,7 +89,7 @@ def protected_reason(
     if not proc.exe:
         return "kernel thread (no executable)"
     if proc.pid in agent_pids:
-        return "the agent or its ancestor"
+        return "the agent, its ancestor or its descendant"
     exe_name = os.path.basename(proc.exe)
     for name in (proc.name, exe_name):
         if name in CORE_NAMES or name.startswith("systemd-"):
@@ -115,6 +116,42 @@ def with_ancestors(pids: Iterable[int], procs: Sequence[ProcessRecord]) -> set[i
     return out
 
 
+def with_descendants(pids: Iterable[int], procs: Sequence[ProcessRecord]) -> set[int]:
+    """``pids`` plus every process below them in the table: children, theirs, and so on.
+
+    >>> table = [ProcessRecord(pid, ppid, "x", "/x", "u", 0.0, 0.0) for pid, ppid in
+    ...          [(10, 1), (11, 10), (12, 11), (13, 1)]]
+    >>> sorted(with_descendants({10}, table))
+    [10, 11, 12]
+    """
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        if p.pid != p.ppid:
+            children.setdefault(p.ppid, []).append(p.pid)
+    out: set[int] = set()
+    todo = [pid for pid in pids if pid > 0]
+    while todo:
+        pid = todo.pop()
+        if pid not in out:  # a loop in a torn table cannot run forever
+            out.add(pid)
+            todo.extend(children.get(pid, ()))
+    return out
+
+
+def agent_family(agent_pids: Iterable[int], procs: Sequence[ProcessRecord]) -> set[int]:
+    """What the agent stands on and what it started: its ancestors (whose pause would stop
+    it) and its descendants (its training child and anything that one starts), from the table
+    read at selection time. The ancestors' other children are not included.
+
+    >>> table = [ProcessRecord(pid, ppid, "x", "/x", "u", 0.0, 0.0) for pid, ppid in
+    ...          [(10, 1), (20, 10), (21, 20), (22, 21), (30, 10)]]
+    >>> sorted(agent_family({20}, table))
+    [1, 10, 20, 21, 22]
+    """
+    pids = set(agent_pids)
+    return with_ancestors(pids, procs) | with_descendants(pids, procs)
+
+
 def select_targets(
     procs: Sequence[ProcessRecord],
     cfg: SelectionConfig,
@@ -125,13 +162,16 @@ def select_targets(
 ) -> list[ProcessRecord]:
     """The busiest unprotected processes, at most ``limit`` (default ``cfg.max_targets``).
 
+    ``agent_pids`` is the agent itself; its ancestors and descendants are found in ``procs``
+    (see ``agent_family``) and are never chosen.
+
     Processes below ``cfg.min_proc_cpu_percent`` are left alone: throttling them would not
     bring host CPU down. Ties are broken by pid so the choice is deterministic.
     """
     n = cfg.max_targets if limit is None else limit
     if n <= 0:
         return []
-    guarded = with_ancestors(agent_pids, procs)
+    guarded = agent_family(agent_pids, procs)
     candidates = [
         p
         for p in procs

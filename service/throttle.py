@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -38,8 +39,11 @@ from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_process
 from minerwatch.service.cgroups import (
+    Cgroup1Quota,
+    Cgroup2Quota,
     Mechanism,
     ProcessGone,
+    SigStop,
     Throttled,
     build_mechanisms,
     release_record,
@@ -51,6 +55,11 @@ from minerwatch.service.targets import select_targets
 log = logging.getLogger(__name__)
 
 JOURNAL = "throttle-journal.json"
+JOURNAL_VERSION = 1
+#: The methods a journal record can be undone by.
+JOURNAL_METHODS = (SigStop.method, Cgroup2Quota.method, Cgroup1Quota.method)
+#: The kernel's largest possible pid (``PID_MAX_LIMIT`` on 64-bit Linux).
+PID_MAX = 1 << 22
 AUDIT = "throttle-audit.jsonl"
 ACTION_KINDS = ("throttle", "release", "dry_run", "skip")
 
@@ -112,19 +121,129 @@ class Journal:
         except (OSError, ValueError) as exc:
             # A journal we cannot read must not be silently dropped: keep it for a human.
             raise InputError(str(self.path), None, "a throttle journal (JSON)", str(exc)) from exc
-        return JournalState(
-            throttled=[Throttled.from_json(d) for d in raw.get("throttled", [])],
-            exempt=[(int(p), float(c)) for p, c in raw.get("exempt", [])],
-        )
+        return parse_journal(raw, str(self.path))
 
     def _save(self, state: JournalState) -> None:
         atomic_write(self.path, _dump(state), mode=0o600)
 
 
+#: What a journal must look like, for the message when it does not.
+JOURNAL_SHAPE = (
+    "a throttle journal: an object with a 'throttled' list of {pid, create_time, method, ...} "
+    "and an optional 'exempt' list of [pid, create_time]"
+)
+
+
+class _Shape(Exception):
+    """What was found where the journal's shape was broken (a path into it, and the value)."""
+
+
+def _kind(value: object) -> str:
+    """A value as the message shows it: its JSON type and a short ``repr``.
+
+    >>> _kind("abc"), _kind([1, 2]), _kind(None)
+    ("a string 'abc'", 'an array [1, 2]', 'null')
+    """
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
+    kind = names.get(type(value), "a number")
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _get_pid(value: object, where: str, lowest: int = 1) -> int:
+    """A pid that can be signalled (``lowest`` 1: never 0 or -1, a group or every process)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= PID_MAX:
+        raise _Shape(f"{where} is {_kind(value)} (a pid is a whole number {lowest}..{PID_MAX})")
+    return value
+
+
+def _get_time(value: object, where: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise _Shape(f"{where} is {_kind(value)} (expected seconds since the epoch)")
+    return float(value)
+
+
+def _get_text(value: object, where: str, *, optional: bool = False) -> str | None:
+    if isinstance(value, str) or (optional and value is None):
+        return value
+    raise _Shape(f"{where} is {_kind(value)} (expected a string)")
+
+
+def _get_record(d: object, where: str) -> Throttled:
+    if not isinstance(d, dict):
+        raise _Shape(f"{where} is {_kind(d)}")
+    for key in ("pid", "create_time", "method"):
+        if key not in d:
+            raise _Shape(f"{where} has no {key!r}")
+    method = d["method"]
+    if method not in JOURNAL_METHODS:
+        raise _Shape(f"{where}.method is {_kind(method)} (one of {', '.join(JOURNAL_METHODS)})")
+    cgroup_dir = _get_text(d.get("cgroup_dir"), f"{where}.cgroup_dir", optional=True)
+    original_dir = _get_text(d.get("original_dir"), f"{where}.original_dir", optional=True)
+    if method != SigStop.method and (cgroup_dir is None or original_dir is None):
+        raise _Shape(f"{where} is a {method} record without cgroup_dir and original_dir")
+    return Throttled(
+        pid=_get_pid(d["pid"], f"{where}.pid"),
+        create_time=_get_time(d["create_time"], f"{where}.create_time"),
+        name=_get_text(d.get("name", ""), f"{where}.name") or "",
+        method=method,
+        since=_get_time(d.get("since", 0.0), f"{where}.since"),
+        cgroup_dir=cgroup_dir,
+        original_dir=original_dir,
+    )
+
+
+def _get_exempt(e: object, where: str) -> tuple[int, float]:
+    if not isinstance(e, list) or len(e) != 2:
+        raise _Shape(f"{where} is {_kind(e)} (expected [pid, create_time])")
+    # Only compared, never signalled: any pid the kernel could have given is harmless here.
+    return _get_pid(e[0], f"{where}[0]", lowest=0), _get_time(e[1], f"{where}[1]")
+
+
+def parse_journal(raw: object, path: str) -> JournalState:
+    """The journal's decoded JSON, checked whole before anything acts on it; any other shape
+    is an InputError naming the file (the file itself is left alone for a human).
+
+    >>> parse_journal({"throttled": [], "exempt": [[42, 1.5]]}, "j.json").exempt
+    [(42, 1.5)]
+    >>> try:
+    ...     parse_journal({"throttled": "abc"}, "j.json")
+    ... except InputError as exc:
+    ...     print(exc.path, "-", exc.got)
+    j.json - 'throttled' is a string 'abc'
+    """
+    try:
+        if not isinstance(raw, dict):
+            raise _Shape(f"{_kind(raw)} at the top")
+        if raw.get("version", JOURNAL_VERSION) != JOURNAL_VERSION:
+            raise _Shape(f"version {_kind(raw['version'])} (this agent reads {JOURNAL_VERSION})")
+        if "throttled" not in raw:
+            keys = ", ".join(map(repr, raw)) or "none"
+            raise _Shape(f"an object without 'throttled' (its keys: {keys})")
+        throttled, exempt = raw["throttled"], raw.get("exempt", [])
+        if not isinstance(throttled, list):
+            raise _Shape(f"'throttled' is {_kind(throttled)}")
+        if not isinstance(exempt, list):
+            raise _Shape(f"'exempt' is {_kind(exempt)}")
+        return JournalState(
+            throttled=[_get_record(d, f"throttled[{i}]") for i, d in enumerate(throttled)],
+            exempt=[_get_exempt(e, f"exempt[{i}]") for i, e in enumerate(exempt)],
+        )
+    except _Shape as exc:
+        raise InputError(path, None, JOURNAL_SHAPE, str(exc)) from None
+
+
 def _dump(state: JournalState) -> str:
     return json.dumps(
         {
-            "version": 1,
+            "version": JOURNAL_VERSION,
             "throttled": [r.to_json() for r in state.throttled],
             "exempt": [list(e) for e in state.exempt],
         },

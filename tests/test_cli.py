@@ -90,7 +90,7 @@ def test_help_shows_defaults():
     for flag, default in [
         ("--interval DURATION", "10s"),
         ("--port N", "10091"),
-        ("--address TEXT", "::"),
+        ("--address ADDRESS", "::"),
         ("--throttle-cpu NUMBER", "90.0"),
         ("--throttle-hold DURATION", "30s"),
         ("--hop DURATION", "the window"),

@@ -127,6 +127,11 @@ def only(*pids):
     return read
 
 
+#: The throttle's 'agent': a pid that is no ancestor of the processes these tests start
+#: (the test process is their parent, and an agent's descendants are never throttled).
+NOT_OUR_CHILDREN: set[int] = set()
+
+
 def cfg_for(tmp_path, **kw):
     base = dict(
         enabled=True,
@@ -288,7 +293,7 @@ def test_real_cgroup1_quota_lowers_cpu_of_a_burner(burner):
 
 def test_controller_throttles_real_burner_journals_and_audits(tmp_path, burner):
     cfg = cfg_for(tmp_path, method="sigstop")
-    t = Throttle(cfg, proc_reader=only(burner.pid))
+    t = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid))
     actions = t.update(99.0, alert_active=True)
     assert [(a.action, a.pid, a.method) for a in actions] == [("throttle", burner.pid, "sigstop")]
     assert wait_for(lambda: is_stopped(burner.pid)) and stays_frozen(burner.pid)
@@ -310,7 +315,7 @@ def test_hold_time_and_hysteresis(tmp_path, sleepers):
     pid = sleepers[0].pid
     clock = FakeClock()
     cfg = cfg_for(tmp_path, method="sigstop", hold=30, release_hold=60)
-    t = Throttle(cfg, clock=clock, proc_reader=lambda: [info(pid)])
+    t = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, clock=clock, proc_reader=lambda: [info(pid)])
 
     def step(dt, cpu):
         clock.t += dt
@@ -332,7 +337,11 @@ def test_hold_time_and_hysteresis(tmp_path, sleepers):
 def test_only_when_alert_and_max_targets(tmp_path, sleepers):
     pids = [s.pid for s in sleepers]
     cfg = cfg_for(tmp_path, method="sigstop", only_when_alert=True, max_targets=2)
-    t = Throttle(cfg, proc_reader=lambda: [info(q, cpu=10.0 + i) for i, q in enumerate(pids)])
+    t = Throttle(
+        cfg,
+        agent_pids=NOT_OUR_CHILDREN,
+        proc_reader=lambda: [info(q, cpu=10.0 + i) for i, q in enumerate(pids)],
+    )
     assert t.update(100.0, alert_active=False) == []
     taken = [a.pid for a in t.update(100.0, alert_active=True)]
     assert taken == [pids[2], pids[1]]  # the busiest two
@@ -347,7 +356,7 @@ def test_dry_run_changes_nothing(tmp_path, burner):
     root.mkdir()
     (root / "cpu.cfs_quota_us").write_text("-1\n")
     cfg = cfg_for(tmp_path, dry_run=True, cgroup_root=root)
-    t = Throttle(cfg, proc_reader=only(burner.pid))
+    t = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid))
     actions = t.update(100.0, alert_active=True)
     assert [(a.action, a.method) for a in actions] == [("dry_run", "cgroup1")]
     assert runs_again(burner.pid) and t.throttled() == []
@@ -357,13 +366,13 @@ def test_dry_run_changes_nothing(tmp_path, burner):
 
 def test_disabled_throttle_does_nothing(tmp_path, burner):
     cfg = cfg_for(tmp_path, enabled=False, method="sigstop")
-    t = Throttle(cfg, proc_reader=only(burner.pid))
+    t = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid))
     assert t.update(100.0, True) == [] and runs_again(burner.pid)
 
 
 def test_restart_recovers_journal_and_refuses_reused_pid(tmp_path, burner, sleepers):
     cfg = cfg_for(tmp_path, method="sigstop")
-    first = Throttle(cfg, proc_reader=only(burner.pid))
+    first = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid))
     first.update(100.0, True)
     assert wait_for(lambda: is_stopped(burner.pid))
     # A record whose pid now belongs to a different process: it must not be continued.
@@ -373,7 +382,7 @@ def test_restart_recovers_journal_and_refuses_reused_pid(tmp_path, burner, sleep
     with Journal(cfg.state_dir).locked() as state:
         state.throttled.append(Throttled(victim, info(victim).create_time - 7, "x", "sigstop", 0))
     del first  # the old agent is gone without releasing
-    second = Throttle(cfg, proc_reader=lambda: [])
+    second = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=lambda: [])
     assert sorted((a.action, a.pid) for a in second.recovered) == sorted(
         [("release", burner.pid), ("skip", victim)]
     )
@@ -384,7 +393,7 @@ def test_restart_recovers_journal_and_refuses_reused_pid(tmp_path, burner, sleep
 
 def test_context_manager_releases_on_exit(tmp_path, burner):
     cfg = cfg_for(tmp_path, method="sigstop")
-    with Throttle(cfg, proc_reader=only(burner.pid)) as t:
+    with Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid)) as t:
         t.update(100.0, True)
         assert wait_for(lambda: is_stopped(burner.pid))
     assert runs_again(burner.pid)
@@ -393,7 +402,11 @@ def test_context_manager_releases_on_exit(tmp_path, burner):
 def test_exited_process_is_dropped_from_journal(tmp_path, sleepers):
     proc = sleepers[0]
     cfg = cfg_for(tmp_path, method="sigstop")
-    t = Throttle(cfg, proc_reader=lambda: [info(proc.pid)] if proc.poll() is None else [])
+    t = Throttle(
+        cfg,
+        agent_pids=NOT_OUR_CHILDREN,
+        proc_reader=lambda: [info(proc.pid)] if proc.poll() is None else [],
+    )
     assert [a.action for a in t.update(100.0, True)] == ["throttle"]
     cleanup(proc)
     assert [(a.action, a.reason) for a in t.update(50.0, True)] == [
@@ -411,7 +424,7 @@ def parse(argv):
 
 def test_cli_release_pid_exempts_it_from_the_running_agent(tmp_path, burner, capsys):
     cfg = cfg_for(tmp_path, method="sigstop")
-    t = Throttle(cfg, proc_reader=only(burner.pid))
+    t = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid))
     t.update(100.0, True)
     assert wait_for(lambda: is_stopped(burner.pid))
     assert run(parse(["throttle", "status", "--state-dir", str(cfg.state_dir)])) == 0
@@ -455,7 +468,7 @@ def test_release_inside_a_held_journal_does_not_deadlock(tmp_path, burner):
     import threading
 
     cfg = cfg_for(tmp_path, method="sigstop")
-    t = Throttle(cfg, proc_reader=only(burner.pid))
+    t = Throttle(cfg, agent_pids=NOT_OUR_CHILDREN, proc_reader=only(burner.pid))
     t.update(100.0, True)
     done = []
 
