@@ -585,6 +585,9 @@ def test_the_training_child_is_not_the_host(tmp_path):
         data_dir=tmp_path / "data", host=HOST, interval=1.0, window=3.0, learn_for=3600.0
     )
     agent = Agent(cfg)  # the real collector of this host, and OwnCpu with it
+    raw: list[dict[str, float]] = []
+    sample = agent.collector.sample
+    agent.collector.sample = lambda: raw.append(sample()) or raw[-1]  # what /proc/stat said
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         agent.child = burner  # what the agent does with its training child
@@ -605,7 +608,9 @@ def test_the_training_child_is_not_the_host(tmp_path):
         assert values[-1, METRIC_COLUMNS.index("cpu_percent")] == pytest.approx(
             stored["cpu_percent"]
         )
-        assert stored["cpu_percent"] <= 100.0 - 0.5 * share  # a core's worth was taken out
+        # a core's worth was taken out of what /proc/stat said (at least half of one: on a
+        # shared machine the burner may not get a whole core; other load stays in both)
+        assert stored["cpu_percent"] <= raw[-1]["cpu_percent"] - 0.5 * share
     finally:
         burner.kill()
         burner.wait()
