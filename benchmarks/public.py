@@ -11,10 +11,11 @@ import csv
 import gzip
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -279,16 +280,27 @@ def points_from_windows(
     return out
 
 
+def smd_cases(root: Path, machines: Sequence[str] | None = None) -> list[Case]:
+    """The named machines of a folder in SMD's layout (default: every one), loaded."""
+    return [load_smd(root, name) for name in (machines or smd_machines(root))]
+
+
+def fit_and_score(case: Case, window: float, params: dict | None = None) -> tuple[Any, Any]:
+    """Our baseline trained on ``case.train`` (windows and hop ``window``) and its scored
+    windows of ``case.test``, as ``minerwatch evaluate --smd/--nab`` makes them."""
+    from minerwatch.baseline.batch import score_series
+    from minerwatch.baseline.train import train_host
+
+    model = train_host(case.train, window=window, hop=window, params=params)
+    return model, score_series(model, case.test)
+
+
 def run_case(
     case: Case, window: float, seed: int = 0, params: dict | None = None
 ) -> dict[str, metrics.PointReport]:
     """Train our baseline and the reference detectors on ``case.train``, score ``case.test``
     point by point."""
-    from minerwatch.baseline.batch import score_series
-    from minerwatch.baseline.train import train_host
-
-    model = train_host(case.train, window=window, hop=window, params=params)
-    scored = score_series(model, case.test)
+    _, scored = fit_and_score(case, window, params)
     t = case.test.timestamps
     pred = points_from_windows(t, scored.window_start, scored.window_end, scored.alert, False)
     score = points_from_windows(

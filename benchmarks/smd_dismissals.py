@@ -39,12 +39,8 @@ def labelled_events(name: str, t: np.ndarray, label: np.ndarray) -> list[metrics
 
 def run_machine(case: public.Case, respond_s: float) -> dict[str, Any]:
     """Point-wise figures of the baseline and of the baseline with dismissals."""
-    from minerwatch.baseline.batch import score_series
-    from minerwatch.baseline.train import train_host
-
     params = public.PUBLIC_PARAMS
-    model = train_host(case.train, window=public.SMD_STEP, hop=public.SMD_STEP, params=params)
-    scored = score_series(model, case.test)
+    model, scored = public.fit_and_score(case, public.SMD_STEP, params)
     ws = np.asarray(scored.window_start, dtype=float)
     we = np.asarray(scored.window_end, dtype=float)
     base = np.asarray(scored.alert, dtype=bool)
@@ -79,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     try:
-        names = args.machines or public.smd_machines(args.smd)
-        cases = [public.load_smd(args.smd, name) for name in names]
+        cases = public.smd_cases(args.smd, args.machines)
     except InputError as exc:
         print(f"minerwatch: {exc}", file=sys.stderr)
         return 2

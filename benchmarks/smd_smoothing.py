@@ -45,13 +45,7 @@ def trailing(score: np.ndarray, k: int, how: str) -> np.ndarray:
 
 def run_machine(case: public.Case, spans: tuple[int, ...] = SPANS) -> dict[str, Any]:
     """The honest F1 of the alert rule and the best F1 of each smoothed score."""
-    from minerwatch.baseline.batch import score_series
-    from minerwatch.baseline.train import train_host
-
-    model = train_host(
-        case.train, window=public.SMD_STEP, hop=public.SMD_STEP, params=public.PUBLIC_PARAMS
-    )
-    scored = score_series(model, case.test)
+    _, scored = public.fit_and_score(case, public.SMD_STEP, public.PUBLIC_PARAMS)
     t = case.test.timestamps
     ws, we = scored.window_start, scored.window_end
     alert = public.points_from_windows(t, ws, we, scored.alert, False)
@@ -80,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in args.spans):
         p.error("--spans: every span must be 1 or more windows")
     try:
-        names = args.machines or public.smd_machines(args.smd)
-        cases = [public.load_smd(args.smd, name) for name in names]
+        cases = public.smd_cases(args.smd, args.machines)
     except InputError as exc:
         print(f"minerwatch: {exc}", file=sys.stderr)
         return 2
