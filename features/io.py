@@ -37,7 +37,9 @@ from minerwatch.features.procs import (
     PROC_TABLE_COLUMNS,
     ProcessRows,
     is_procs_file,
+    pid_ok,
     read_procs,
+    share_ok,
 )
 from minerwatch.features.schema import HOST, TIMESTAMP, VALID_RANGES, expected_range
 
@@ -715,8 +717,8 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
     with np.errstate(invalid="ignore"):
         fine = (
             np.isfinite(ts).all()
-            and _pid_ok(numbers["pid"].to_numpy(np.float64)).all()
-            and all(_share_ok(numbers[c].to_numpy(np.float64)).all() for c in numbers if "cpu" in c)
+            and pid_ok(numbers["pid"].to_numpy(np.float64)).all()
+            and all(share_ok(numbers[c].to_numpy(np.float64)).all() for c in numbers if "cpu" in c)
             and not (hosts == "").any()
         )
     if not fine:  # the exact reader names the first bad line
@@ -767,9 +769,9 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
 
     with np.errstate(invalid="ignore"):
         ts = numbers(TIMESTAMP, "a finite timestamp", np.isfinite)
-        pid = numbers("pid", "a process id (a whole number >= 0)", _pid_ok)
-        cpu = numbers("cpu_percent", "a percentage >= 0", _share_ok)
-        gc = numbers(GC_COLUMN, "a percentage >= 0", _share_ok) if GC_COLUMN in frame else None
+        pid = numbers("pid", "a process id (a whole number >= 0)", pid_ok)
+        cpu = numbers("cpu_percent", "a percentage >= 0", share_ok)
+        gc = numbers(GC_COLUMN, "a percentage >= 0", share_ok) if GC_COLUMN in frame else None
     hosts = frame[HOST].fillna("").astype(str).str.strip()
     empty = np.flatnonzero((hosts == "").to_numpy())
     if empty.size:
@@ -787,18 +789,6 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
             gc[at] if gc is not None else None,
         )
     return out
-
-
-def _pid_ok(v: np.ndarray) -> np.ndarray:
-    """A missing pid (NaN) is read as 0, as in a CSV table; else a whole number >= 0."""
-    ok: np.ndarray = np.isnan(v) | ((v >= 0) & (v < 2**31) & (v == np.floor(v)))
-    return ok
-
-
-def _share_ok(v: np.ndarray) -> np.ndarray:
-    """A missing CPU share (NaN) is unknown; else finite and >= 0."""
-    ok: np.ndarray = np.isnan(v) | (np.isfinite(v) & (v >= 0))
-    return ok
 
 
 def _merge(host: str, chunks: list[_Chunk]) -> HostSeries:

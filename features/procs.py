@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -374,13 +374,24 @@ def _float(text: str, where: str, line: int, column: str) -> float:
     return value
 
 
+def pid_ok(v: Any) -> Any:
+    """Per value (array or number): a process id, a whole number >= 0, or missing (NaN: read
+    as 0, as an empty cell is). Every process-table reader checks with it."""
+    return np.isnan(v) | ((v >= 0) & (v < 2**31) & (v == np.floor(v)))
+
+
+def share_ok(v: Any) -> Any:
+    """Per value (array or number): a CPU share, finite and >= 0, or missing (NaN: unknown).
+    A negative or infinite share would pass for a quiet or a runaway process."""
+    return np.isnan(v) | (np.isfinite(v) & (v >= 0))
+
+
 def _percent(text: str, where: str, line: int, column: str) -> float:
-    """A CPU share: empty or NaN = unknown; else finite and >= 0 (a negative or infinite
-    share would pass for a quiet or a runaway process)."""
+    """A CPU share (:func:`share_ok`); an empty cell is unknown."""
     if not text.strip():
         return float("nan")
     value = _float(text, where, line, column)
-    if not (math.isnan(value) or (math.isfinite(value) and value >= 0)):
+    if not share_ok(value):
         raise InputError(where, line, f"a percentage >= 0 in column {column!r}", repr(text))
     return value
 
@@ -425,7 +436,7 @@ def read_procs_csv(path: Path) -> dict[str, ProcessRows]:
         if not host.strip():
             raise InputError(where, line, "a host name in column 'host'", "an empty cell")
         pid_v = _float(pid, where, line, "pid") if pid.strip() else 0.0
-        if not (0 <= pid_v < 2**31 and pid_v == int(pid_v)):
+        if math.isnan(pid_v) or not pid_ok(pid_v):  # "nan" is no empty cell
             raise InputError(
                 where, line, "a process id (a whole number >= 0) in column 'pid'", repr(pid)
             )
