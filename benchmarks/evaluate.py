@@ -518,8 +518,7 @@ def run(args: argparse.Namespace) -> int:
         if not result["meta"].get("machines", result["meta"].get("files")):
             what = "SMD machines (train/, test/, test_label/)" if args.smd else "NAB files"
             raise InputError(str(args.smd or args.nab), None, f"at least one of its {what}", "none")
-        if args.output is not None:
-            args.output.mkdir(parents=True, exist_ok=True)
+        if args.output is not None:  # made above, before the work
             name = f"{result['meta']['dataset']}.json"
             atomic_write(args.output / name, json.dumps(result, indent=1).encode("utf-8"))
         print(json.dumps(result) if args.json else public.format_point_table(result))

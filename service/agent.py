@@ -612,7 +612,7 @@ class Agent:
                 atomic_write(path, buf.getvalue(), mode=0o600)
             except OSError as exc:  # a full disk: scoring goes on, training waits
                 why = f"the training input could not be written: {exc}"
-                self._retrain_failed("bad_input", why, now + max(60.0, 6 * self.cfg.interval))
+                self._retrain_failed("bad_input", why, self._backoff(now))
                 return
         cmd = [
             sys.executable,
@@ -655,7 +655,7 @@ class Agent:
                 os.close(out)
         except OSError as exc:  # the agent goes on scoring; the next attempt is after a backoff
             why = f"the training child could not be started: {exc}"
-            self._retrain_failed("crashed", why, now + max(60.0, 6 * self.cfg.interval))
+            self._retrain_failed("crashed", why, self._backoff(now))
             return
         self.next_retrain = float("inf")  # set again from the child's outcome
 
@@ -677,7 +677,7 @@ class Agent:
                 result = parsed
                 break
         now = self.clock()
-        backoff = now + max(60.0, 6 * self.cfg.interval)  # not every tick on data that cannot work
+        backoff = self._backoff(now)
         if rc != 0:
             reason = result.get("reason")
             reason = reason if reason in self.retrain_failures else "crashed"
@@ -697,6 +697,10 @@ class Agent:
         else:
             assert self.model is not None
             self.next_retrain = now + self.retrain_period(self.model)  # on the agent's clock
+
+    def _backoff(self, now: float) -> float:
+        """When to try a failed training again: not every tick on data that cannot work."""
+        return now + max(60.0, 6 * self.cfg.interval)
 
     def _retrain_failed(self, reason: str, why: str, retry_at: float) -> None:
         """Count a retraining that gave no new model, by reason, and say why in the log."""

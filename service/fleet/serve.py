@@ -916,11 +916,16 @@ class FleetServer:
             else:
                 log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
 
+    def _dismissed_since(self, host: str, start: float) -> bool:
+        """Whether a responder dismissed a span of ``host`` reaching past ``start`` (the
+        start of an episode: that episode, open or just closed, is the one dismissed)."""
+        return any(end >= start for _, end in self.dismissed.get(host, []))
+
     def _episode_closed(self, host: str, opened: float) -> None:
         """An episode a responder dismissed while it was open was learnt as far as it had
         gone; now that it is over, retrain at once to learn it whole (as the agent does)
         rather than leave its heavier rest to page again until the schedule comes round."""
-        if self.retrain_every > 0 and any(end >= opened for _, end in self.dismissed.get(host, [])):
+        if self.retrain_every > 0 and self._dismissed_since(host, opened):
             log.info("%s: a dismissed episode closed, retraining it now to learn it whole", host)
             self.hosts[host].next_retrain = self.clock()
 
@@ -957,7 +962,7 @@ class FleetServer:
             # what a responder dismissed as benign is learnt, not left out; an open episode
             # dismissed too, as far as it has gone (a lasting new level never closes)
             spans = self.dismissed.get(host, [])
-            if episode is not None and any(end >= episode for _, end in spans):
+            if episode is not None and self._dismissed_since(host, episode):
                 episode = None
             alerted = outside_dismissed([*state.alerted, *alerted], spans)
             ts, values, margin = training_samples(
