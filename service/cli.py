@@ -14,7 +14,6 @@ not do its whole job on good terms (a host skipped by ``train`` or ``score``) ex
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
 import importlib
 import os
@@ -220,6 +219,11 @@ def _output_file(text: str) -> Path:
     return path
 
 
+def _output_file_or_stdout(text: str) -> Path:
+    """:func:`_output_file`, or ``-`` for standard output (scores piped to another tool)."""
+    return Path(text) if text == "-" else _output_file(text)
+
+
 def check_windows(window: float, hop: float) -> None:
     """``--hop`` within ``--window``, and not so small that each sample lands in too many."""
     if hop > window:
@@ -392,66 +396,58 @@ def cmd_score(args: argparse.Namespace) -> int:
     from minerwatch.baseline.store import load_model
     from minerwatch.features.io import read_telemetry
     from minerwatch.service.progress import Progress
+    from minerwatch.service.scorecsv import ScoreSink, describe, is_stdout
 
     key = _model_key(args)
     models, out = Path(args.models), Path(args.output)
-    _not_among_inputs(out, args.inputs)
+    if not is_stdout(out):
+        _not_among_inputs(out, args.inputs)
     fleet = read_telemetry(args.inputs)
-    tmp = out.with_name(f".{out.name}.tmp")
     bar = Progress("score")
     skipped: list[str] = []
     alerts, windows = 0, 0
-    try:
-        try:
-            fh = tmp.open("w", newline="", encoding="utf-8")
-        except OSError as exc:  # named as the user gave it, not as the temp file beside it
-            raise InputError(
-                str(out), None, "a file this user can create", exc.strerror or str(exc)
-            ) from None
-        with fh:
-            writer = csv.writer(fh)
-            writer.writerow(SCORE_COLUMNS)
-            for i, host in enumerate(sorted(fleet), start=1):
-                bar(i, len(fleet), host)
-                series = fleet[host]
-                try:
-                    model = load_model(models, host, key=key)
-                    res = score_series(model, series)
-                    if not len(res.score):
-                        raise InputError(
-                            series.source or host,
-                            None,
-                            f"at least one complete {format_duration(model.window)} window "
-                            f"for host {host!r}",
-                            f"none in {len(series.timestamps)} samples",
-                        )
-                except InputError as exc:  # a ModelError too: unusable model, or data
-                    skipped.append(host)
-                    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
-                    continue
-                for column in res.unknown:
-                    print(
-                        f"minerwatch: note: host {host}: no {column!r} column (only the agent "
-                        "records it); scored as unknown, which counts as the host's usual value",
-                        file=sys.stderr,
+    with ScoreSink(out, SCORE_COLUMNS) as sink:
+        for i, host in enumerate(sorted(fleet), start=1):
+            bar(i, len(fleet), host)
+            series = fleet[host]
+            try:
+                model = load_model(models, host, key=key)
+                res = score_series(model, series)
+                if not len(res.score):
+                    raise InputError(
+                        series.source or host,
+                        None,
+                        f"at least one complete {format_duration(model.window)} window "
+                        f"for host {host!r}",
+                        f"none in {len(series.timestamps)} samples",
                     )
-                writer.writerows(res.rows())
-                windows += len(res.score)
-                alerts += int(res.alert.sum())
+            except InputError as exc:  # a ModelError too: unusable model, or data
+                skipped.append(host)
+                print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+                continue
+            for column in res.unknown:
+                print(
+                    f"minerwatch: note: host {host}: no {column!r} column (only the agent "
+                    "records it); scored as unknown, which counts as the host's usual value",
+                    file=sys.stderr,
+                )
+            sink.write(res.rows())
+            windows += len(res.score)
+            alerts += int(res.alert.sum())
         if len(skipped) == len(fleet):
             raise InputError(
                 str(models),
                 None,
                 f"a usable model and data for at least one of the {len(fleet)} hosts in the "
                 f"input ({_names(skipped)})",
-                f"none; {out} was not written",
+                f"none; nothing was written to {describe(out)}"
+                if is_stdout(out)
+                else f"none; {out} was not written",
             )
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        sink.commit()
     scored = len(fleet) - len(skipped)
     hosts = "host" if scored == 1 else "hosts"
-    summary = f"scored {windows} windows of {scored} {hosts}, {alerts} alerted -> {out}"
+    summary = f"scored {windows} windows of {scored} {hosts}, {alerts} alerted -> {describe(out)}"
     if skipped:
         print(f"{summary}; skipped {len(skipped)}: {_names(skipped)} (exit 2)", file=sys.stderr)
         return EXIT_USAGE
@@ -568,7 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
     )
-    p.add_argument("--output", type=_output_file, required=True, help="CSV file to write")
+    p.add_argument(
+        "--output",
+        type=_output_file_or_stdout,
+        required=True,
+        help="CSV file to write, or - for standard output",
+    )
     _model_key_flag(p, "load only models signed with it")
 
     p = _command(
@@ -866,7 +867,12 @@ def _fleet_commands(sub: Subcommands) -> None:
     p.add_argument(
         "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
     )
-    p.add_argument("--output", type=_output_file, required=True, help="CSV file to write")
+    p.add_argument(
+        "--output",
+        type=_output_file_or_stdout,
+        required=True,
+        help="CSV file to write, or - for standard output",
+    )
     _model_key_flag(p, "load only models signed with it")
     p = _command(fleet, "export", "write --start..--end as telemetry CSV files, one per host", run)
     _fleet_flags(p)

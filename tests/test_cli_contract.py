@@ -132,6 +132,26 @@ def test_score_that_skips_some_hosts_writes_the_others_and_exits_2(fleet, tmp_pa
     assert {row["host"] for row in rows(out)} == {"web-1"} and len(rows(out)) > 200
 
 
+def test_score_to_standard_output_streams_the_same_csv(fleet, tmp_path):
+    """``--output -`` pipes the rows the file would hold (the summary stays on stderr); a run
+    that scores nothing prints nothing there, not even the header."""
+    out = tmp_path / "scores.csv"
+    assert (
+        run("score", fleet / "test.csv", "--models", fleet / "models", "--output", out).returncode
+        == 0
+    )
+    r = run("score", fleet / "test.csv", "--models", fleet / "models", "--output", "-")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == out.read_text() and r.stdout.startswith("host,window_start")
+    assert "-> standard output" in r.stderr and not (tmp_path / "-").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("score", fleet / "test.csv", "--models", empty, "--output", "-")
+    usage_error(r, "nothing was written to standard output")
+    assert r.stdout == ""
+
+
 def test_train_that_skips_a_host_trains_the_others_and_exits_2(fleet, tmp_path):
     short = tmp_path / "short.csv"
     write_csv(short, [host_series("tiny", days=0.01, interval=60, seed=5)])

@@ -373,6 +373,8 @@ def test_fleet_score_loads_only_models_signed_with_its_key(live, models, tmp_pat
     rows = out.read_text().splitlines()
     assert rows[0].startswith("host,window_start") and len(rows) > 10
     assert {line.split(",")[0] for line in rows[1:]} == set(HOSTS)
+    piped = run(*common, "--output", "-", "--model-key", str(key))  # rows to standard output
+    assert piped.stdout.splitlines()[0] == rows[0] and len(piped.stdout.splitlines()) > 10
     other = tmp_path / "other.key"
     other.write_bytes(os.urandom(32))
     other.chmod(0o600)

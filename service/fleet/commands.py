@@ -7,7 +7,6 @@ fleet command runs. Scores are written in exactly the columns of ``minerwatch sc
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -145,6 +144,7 @@ def run_score(args: argparse.Namespace) -> int:
     from minerwatch.baseline.batch import SCORE_COLUMNS, score_series
     from minerwatch.baseline.store import load_model
     from minerwatch.service.progress import Progress
+    from minerwatch.service.scorecsv import ScoreSink, describe
 
     key = _key(args)
     start, end = time_range(args)
@@ -153,38 +153,32 @@ def run_score(args: argparse.Namespace) -> int:
     hosts = _hosts(client, args, start, end)
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     models, out = Path(args.models), Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
     bar = Progress("fleet score")
     skipped: list[str] = []
     alerts = windows = 0
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(SCORE_COLUMNS)
-            for i, host in enumerate(hosts, start=1):
-                bar(i, len(hosts), host)
-                try:
-                    model = load_model(models, host, key=key)
-                    res = score_series(model, reader.read(host, client).series)
-                except InputError as exc:  # no usable model, or data the model cannot use
-                    skipped.append(host)
-                    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
-                    continue
-                writer.writerows(res.rows())
-                windows += len(res.score)
-                alerts += int(res.alert.sum())
+    with ScoreSink(out, SCORE_COLUMNS) as sink:
+        for i, host in enumerate(hosts, start=1):
+            bar(i, len(hosts), host)
+            try:
+                model = load_model(models, host, key=key)
+                res = score_series(model, reader.read(host, client).series)
+            except InputError as exc:  # no usable model, or data the model cannot use
+                skipped.append(host)
+                print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+                continue
+            sink.write(res.rows())
+            windows += len(res.score)
+            alerts += int(res.alert.sum())
         if len(skipped) == len(hosts):
             raise InputError(
                 str(models), None, "a usable model for at least one host", "none; nothing written"
             )
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        sink.commit()
     summary = f"scored {windows} windows of {len(hosts) - len(skipped)} hosts, {alerts} alerted"
     if skipped:
         print(f"{summary}; skipped {len(skipped)}: {_names(skipped)} (exit 2)", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{summary} -> {out}", file=sys.stderr)
+    print(f"{summary} -> {describe(out)}", file=sys.stderr)
     return EXIT_OK
 
 
