@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,14 @@ def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
                 f"events[{i}] with host, kind, malicious, start, end",
                 repr(ev)[:120],
             ) from None
+        last = events[-1]
+        if not (math.isfinite(last.start) and math.isfinite(last.end) and last.start <= last.end):
+            raise InputError(
+                str(path),
+                None,
+                f"events[{i}] with finite times, start <= end",
+                f"start {ev['start']!r}, end {ev['end']!r}",
+            )
     meta = {k: v for k, v in raw.items() if k != "events"}
     return events, meta
 

@@ -256,6 +256,28 @@ def test_load_labels_errors(tmp_path):
     assert exc.value.line == 2
 
 
+def test_evaluate_refuses_labels_that_end_before_they_start(fleet, tmp_path):
+    """A hand-edited labels.json with an event ending before it starts (or at NaN) would count
+    as a campaign no detector can catch: refused by the real command before any training."""
+    import shutil
+
+    data = tmp_path / "sim"
+    shutil.copytree(fleet, data)
+    raw = json.loads((data / "labels.json").read_text())
+    i = next(k for k, ev in enumerate(raw["events"]) if ev.get("split", "test") == "test")
+    raw["events"][i]["end"] = raw["events"][i]["start"] - 60
+    (data / "labels.json").write_text(json.dumps(raw))
+    done = subprocess.run(
+        [MINERWATCH, "evaluate", "--data", str(data), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "labels.json" in done.stderr and f"events[{i}]" in done.stderr
+    assert "start <= end" in done.stderr and "Traceback" not in done.stderr
+
+
 # --------------------------------------------------------------------------- public data
 
 
