@@ -139,6 +139,18 @@ def _jobs(text: str) -> int:
     return value
 
 
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a process id (a whole number > 0, as 'throttle status' lists), got {text!r}"
+        )
+    return value
+
+
 def _requests(text: str) -> int:
     """``--concurrency``: requests in flight per process; unlike ``--jobs`` no "all cores"."""
     try:
@@ -673,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
         "release throttled processes (all, or one PID); works without a running agent",
         run,
     )
-    p.add_argument("pid", nargs="?", type=int, help="only this process (default: all)")
+    p.add_argument("pid", nargs="?", type=_pid, help="only this process (default: all)")
     _agent_files(p, "--state-dir", "state_dir")
 
     run = _reads_agent_files("minerwatch.service.evidence", "dir", _evidence_folder)

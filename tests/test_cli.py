@@ -378,6 +378,12 @@ def test_throttle_status_and_release_without_an_agent(tmp_path):
         "PID of a throttled process",
         "99999999",
     )
+    for bad in ("abc", "0", "-5"):  # not a process id at all: said as one, before any work
+        assert_usage_error(
+            run("throttle", "release", "--data-dir", tmp_path, "--", bad),
+            "expected a process id",
+            repr(bad),
+        )
 
 
 def test_throttle_commands_find_the_journal_through_the_config(tmp_path):
