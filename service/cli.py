@@ -146,7 +146,7 @@ def _pid(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(
-            f"expected a process id (a whole number > 0, as 'throttle status' lists), got {text!r}"
+            f"expected a process id (a whole number > 0), got {text!r}"
         )
     return value
 
@@ -714,16 +714,7 @@ def _dismiss_command(sub: Subcommands) -> None:
         "learns its windows instead of leaving them out, so the same work does not page again",
         _lazy("minerwatch.service.dismiss"),
     )
-    p.add_argument(
-        "--config", type=Path, metavar="FILE", help="the agent's config file (default: none)"
-    )
-    p.add_argument(
-        "--data-dir",
-        type=_existing_folder,
-        metavar="DIR",
-        help=f"the agent's data folder, as given to 'serve --data-dir'; overrides the config's "
-        f"(default: the config's, else {DEFAULT_DATA_DIR})",
-    )
+    _agent_dir_flags(p)
     p.add_argument("--episode", metavar="ID", help="episode id (default: the latest)")
     p.add_argument(
         "--reason", metavar="TEXT", help="why it was benign, kept with the record (default: none)"
@@ -742,16 +733,7 @@ def _report_command(sub: Subcommands) -> None:
         "agent's events, evidence and history",
         _lazy("minerwatch.service.report"),
     )
-    p.add_argument(
-        "--config", type=Path, metavar="FILE", help="the agent's config file (default: none)"
-    )
-    p.add_argument(
-        "--data-dir",
-        type=_existing_folder,
-        metavar="DIR",
-        help=f"the agent's data folder, as given to 'serve --data-dir'; overrides the config's "
-        f"(default: the config's, else {DEFAULT_DATA_DIR})",
-    )
+    _agent_dir_flags(p)
     p.add_argument("--episode", metavar="ID", help="episode id (default: the latest)")
     p.add_argument(
         "--scores",
@@ -989,7 +971,7 @@ def _response_commands(sub: Subcommands) -> None:
         run,
     )
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--process", type=int, metavar="PID", help="drop this process's traffic")
+    target.add_argument("--process", type=_pid, metavar="PID", help="drop this process's traffic")
     target.add_argument(
         "--host",
         action="store_true",
@@ -1017,7 +999,7 @@ def _response_commands(sub: Subcommands) -> None:
     q = _command(
         actions, "release", "undo isolation (all, or --pid/--host); works without an agent", run
     )
-    q.add_argument("--pid", type=int, help="only this process's isolation")
+    q.add_argument("--pid", type=_pid, help="only this process's isolation")
     q.add_argument("--host", action="store_true", help="only the host isolation")
     q.add_argument(
         "--all",
@@ -1064,8 +1046,8 @@ def _agent_dir_flags(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=_existing_folder,
         metavar="DIR",
-        help=f"the agent's data folder; overrides the config's (default: the config's, else "
-        f"{DEFAULT_DATA_DIR})",
+        help=f"the agent's data folder, as given to 'serve --data-dir'; overrides the config's "
+        f"(default: the config's, else {DEFAULT_DATA_DIR})",
     )
 
 
