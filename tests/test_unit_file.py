@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from promtools import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "minerwatch.service"
@@ -67,3 +73,58 @@ def test_systemd_rates_the_unit_ok_with_and_without_the_throttle(tmp_path):
     merged = tmp_path / "minerwatch-throttled.service"
     merged.write_text(UNIT.read_text() + "\n" + DROPIN.read_text())
     assert exposure(unit) < exposure(merged) <= 3.0
+
+
+#: systemd.service(5), "Restart=": which settings restart a main process that exited by
+#: itself with a clean exit code (0) or an unclean one (anything else).
+RESTARTS_ON = {
+    "no": set(),
+    "always": {"clean", "unclean"},
+    "on-success": {"clean"},
+    "on-failure": {"unclean"},
+    "on-abnormal": set(),
+    "on-watchdog": set(),
+    "on-abort": set(),
+}
+
+
+def systemd_restarts(unit: dict[str, list[str]], exit_code: int) -> bool:
+    if str(exit_code) in " ".join(unit.get("RestartPreventExitStatus", [])).split():
+        return False
+    (policy,) = unit.get("Restart", ["no"])
+    return ("clean" if exit_code == 0 else "unclean") in RESTARTS_ON[policy]
+
+
+def test_an_agent_killed_by_someone_else_is_restarted(tmp_path):
+    """`kill PID` (SIGTERM) from an intruder ends the real agent with exit 0, as a stop does:
+    the unit must restart that too (only `systemctl stop` may leave it down), and still not
+    loop on a config error (exit 2)."""
+    port = free_port()
+    log = tmp_path / "agent.log"
+    with log.open("wb") as fh:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "minerwatch", "serve", "--data-dir", str(tmp_path / "data"),
+             "--port", str(port), "--address", "127.0.0.1", "--log-dir", ""],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert agent.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).close()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=10)
+    assert rc == 0, log.read_text()
+    unit = directives(UNIT)
+    assert systemd_restarts(unit, rc), f"Restart={unit.get('Restart')} leaves a killed agent down"
+    assert systemd_restarts(unit, 1)  # a crash
+    assert not systemd_restarts(unit, 2)  # bad config, or another agent holds the data folder
