@@ -128,3 +128,52 @@ def test_an_agent_killed_by_someone_else_is_restarted(tmp_path):
     assert systemd_restarts(unit, rc), f"Restart={unit.get('Restart')} leaves a killed agent down"
     assert systemd_restarts(unit, 1)  # a crash
     assert not systemd_restarts(unit, 2)  # bad config, or another agent holds the data folder
+
+
+def install_steps() -> list[str]:
+    """The commands of deploy/README.md's "0. Installing the agent", one per line."""
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("## 0. Installing the agent") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "no sh block under '0. Installing the agent'"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
+    """deploy/README.md's install steps, run as written from a checkout with every absolute
+    path moved under a scratch root, leave what the unit runs: its ExecStart binary and its
+    config, which its ExecStartPre accepts. The virtual environment with its `pip install`
+    is stood in for by this test's own `minerwatch` (test_package builds the wheel), and
+    systemd is not running here."""
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+
+    def moved(text: str) -> str:
+        return re.sub(r"(?<![\w./-])/(opt|usr/local|etc)/", f"{root}/\\1/", text)
+
+    steps = install_steps()
+    assert steps[-1] == "systemctl daemon-reload && systemctl enable --now minerwatch"
+    venv = [s for s in steps if s.startswith("python3 -m venv ")]
+    pip = [s for s in steps if re.match(r"\S+/bin/pip install \.", s)]
+    assert len(venv) == len(pip) == 1
+    prefix = Path(moved(venv[0].split()[-1]))
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "minerwatch").symlink_to(Path(sys.executable).parent / "minerwatch")
+    script = [moved(s) for s in steps if s not in venv + pip and not s.startswith("systemctl")]
+    done = subprocess.run(
+        ["bash", "-euxc", "\n".join(script)],
+        cwd=DEPLOY.parent,
+        env={"PATH": f"{root}/usr/local/bin:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    unit = directives(root / "etc/systemd/system/minerwatch.service")
+    (start,) = unit["ExecStart"]
+    (pre,) = unit["ExecStartPre"]
+    assert Path(moved(start.split()[0])).resolve().is_file()
+    config = Path(moved(start.split("--config ")[1]))
+    assert config.stat().st_mode & 0o777 == 0o644
+    checked = subprocess.run(moved(pre).split(), capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and checked.stdout.strip() == f"{config}: OK", checked
