@@ -177,3 +177,24 @@ def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
     assert config.stat().st_mode & 0o777 == 0o644
     checked = subprocess.run(moved(pre).split(), capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0 and checked.stdout.strip() == f"{config}: OK", checked
+
+
+def test_textfile_mode_makes_its_folder_writable_for_the_unit(tmp_path):
+    """The unit's file system is read-only but for the state folder: deploy/README.md's
+    textfile mode must give the folder it names to the agent (a drop-in it shows, run here
+    in a scratch root), or every write fails with EROFS; the unit's own hint agrees."""
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("### Textfile mode") : readme.index("## 2. Prometheus")]
+    folder = re.search(r"`--textfile (/\S+)`", section)
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert folder and block, "textfile mode names no folder or no drop-in"
+    root = tmp_path / "root"
+    script = re.sub(r"(?<![\w./-])/etc/", f"{root}/etc/", block.group(1))
+    script = "\n".join(s for s in script.splitlines() if not s.startswith("systemctl"))
+    done = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    (dropin,) = (root / "etc/systemd/system/minerwatch.service.d").glob("*.conf")
+    assert dropin.read_text().startswith("[Service]\n")
+    assert directives(dropin)["ReadWritePaths"] == [folder.group(1)]
+    hint = re.search(r"^# ReadWritePaths=-?(\S+)$", UNIT.read_text(), re.M)
+    assert hint and hint.group(1) == folder.group(1)
