@@ -142,7 +142,7 @@ def install_steps() -> list[str]:
 def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
     """deploy/README.md's install steps, run as written from a checkout with every absolute
     path moved under a scratch root, leave what the unit runs: its ExecStart binary and its
-    config, which its ExecStartPre accepts. The virtual environment with its `pip install`
+    config, which `config check` accepts. The virtual environment with its `pip install`
     is stood in for by this test's own `minerwatch` (test_package builds the wheel), and
     systemd is not running here."""
     root = tmp_path / "root"
@@ -171,12 +171,37 @@ def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     unit = directives(root / "etc/systemd/system/minerwatch.service")
     (start,) = unit["ExecStart"]
-    (pre,) = unit["ExecStartPre"]
-    assert Path(moved(start.split()[0])).resolve().is_file()
+    binary = Path(moved(start.split()[0]))
+    assert binary.resolve().is_file()
     config = Path(moved(start.split("--config ")[1]))
     assert config.stat().st_mode & 0o777 == 0o644
-    checked = subprocess.run(moved(pre).split(), capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        [str(binary), "config", "check", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0 and checked.stdout.strip() == f"{config}: OK", checked
+
+
+def test_a_bad_config_stops_the_unit_instead_of_restarting_it_forever(tmp_path):
+    """The unit's commands, run in order as systemd would with a config that has a typo: the
+    first to fail must be the main process with exit 2, which RestartPreventExitStatus keeps
+    from a restart. (systemd tests that setting against ExecStart's exit only: a failing
+    ExecStartPre is restarted as Restart= says, every RestartSec while the config is bad.)"""
+    bad = tmp_path / "minerwatch.toml"
+    bad.write_text('[agent]\nintervall = "10s"\n')
+    unit = directives(UNIT)
+    exe = str(Path(sys.executable).parent / "minerwatch")
+    for key in ("ExecStartPre", "ExecStart"):
+        for line in unit.get(key, []):
+            argv = line.replace("/etc/minerwatch/minerwatch.toml", str(bad)).split()
+            argv[0] = exe if argv[0] == "/usr/local/bin/minerwatch" else argv[0]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                assert key == "ExecStart", f"{key} fails first: systemd would restart it forever"
+                assert done.returncode == 2
+                assert f"{bad}:2:" in done.stderr  # file:line, for the journal
+                assert not systemd_restarts(unit, done.returncode)
+                return
+    pytest.fail("the unit started with a bad config")
 
 
 def test_textfile_mode_makes_its_folder_writable_for_the_unit(tmp_path):
