@@ -7,6 +7,7 @@ evaluated by a real Prometheus that scrapes a real Exporter.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -268,3 +269,49 @@ def check_rules_evaluate(prom, snapshot) -> None:
         assert alerts[key]["top_features"] == "cpu_mean 70%, cpu_std 20%, net_tx_mean 10%"
         assert alerts[key]["evidence"] == snapshot.evidence_file
     assert alerts[("MinerwatchIndicatorHits", None)]["evidence"] == snapshot.evidence_file
+
+
+def color_of(value: float, steps: list[dict[str, Any]]) -> str:
+    """Grafana's absolute thresholds: the color of the last step whose value is reached."""
+    color = steps[0]["color"]
+    for step in steps[1:]:
+        if value >= step["value"]:
+            color = step["color"]
+    return color
+
+
+@pytest.mark.prometheus
+def test_fleet_bars_color_each_host_by_its_own_threshold(tmp_path):
+    """Thresholds are calibrated per host (0.72 on one, 0.80 on another) and a normal window
+    scores about 0.5: the fleet's bars, as Prometheus answers their query, are red for a host
+    above its threshold and green for a normal one, never the other way round."""
+    (panel,) = [p for p in dashboard()["panels"] if p["id"] == 2]
+    (target,) = panel["targets"]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    base = full_snapshot(time.time())
+    hosts = {
+        "above": dataclasses.replace(base, anomaly_score=0.75, anomaly_threshold=0.72),
+        "normal": dataclasses.replace(base, anomaly_score=0.55, anomaly_threshold=0.80),
+    }
+    exporters = {name: Exporter(port=0, address="127.0.0.1", registry=CollectorRegistry())
+                 for name in hosts}  # fmt: skip
+    try:
+        for name, exporter in exporters.items():
+            exporter.start()
+            exporter.update(hosts[name])
+        port = {name: f"127.0.0.1:{e.port}" for name, e in exporters.items()}
+        job = scrape_job("minerwatch", 0)
+        job["static_configs"] = [{"targets": list(port.values())}]
+        with running_prometheus(tmp_path, [job]) as prom:
+            prom.wait_for('count(minerwatch_anomaly_threshold{job="minerwatch"}) == 2')
+            expr = substitute(target["expr"], {"$job": "minerwatch", "$host_label": "instance"})
+            answer = prom.query(expr)
+            assert answer["status"] == "success", answer
+            colors = {
+                r["metric"]["instance"]: color_of(float(r["value"][1]), steps)
+                for r in answer["data"]["result"]
+            }
+    finally:
+        for exporter in exporters.values():
+            exporter.stop()
+    assert colors == {port["above"]: "red", port["normal"]: "green"}

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from promtools import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "minerwatch.service"
@@ -67,3 +73,153 @@ def test_systemd_rates_the_unit_ok_with_and_without_the_throttle(tmp_path):
     merged = tmp_path / "minerwatch-throttled.service"
     merged.write_text(UNIT.read_text() + "\n" + DROPIN.read_text())
     assert exposure(unit) < exposure(merged) <= 3.0
+
+
+#: systemd.service(5), "Restart=": which settings restart a main process that exited by
+#: itself with a clean exit code (0) or an unclean one (anything else).
+RESTARTS_ON = {
+    "no": set(),
+    "always": {"clean", "unclean"},
+    "on-success": {"clean"},
+    "on-failure": {"unclean"},
+    "on-abnormal": set(),
+    "on-watchdog": set(),
+    "on-abort": set(),
+}
+
+
+def systemd_restarts(unit: dict[str, list[str]], exit_code: int) -> bool:
+    if str(exit_code) in " ".join(unit.get("RestartPreventExitStatus", [])).split():
+        return False
+    (policy,) = unit.get("Restart", ["no"])
+    return ("clean" if exit_code == 0 else "unclean") in RESTARTS_ON[policy]
+
+
+def test_an_agent_killed_by_someone_else_is_restarted(tmp_path):
+    """`kill PID` (SIGTERM) from an intruder ends the real agent with exit 0, as a stop does:
+    the unit must restart that too (only `systemctl stop` may leave it down), and still not
+    loop on a config error (exit 2)."""
+    port = free_port()
+    log = tmp_path / "agent.log"
+    with log.open("wb") as fh:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "minerwatch", "serve", "--data-dir", str(tmp_path / "data"),
+             "--port", str(port), "--address", "127.0.0.1", "--log-dir", ""],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert agent.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).close()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=10)
+    assert rc == 0, log.read_text()
+    unit = directives(UNIT)
+    assert systemd_restarts(unit, rc), f"Restart={unit.get('Restart')} leaves a killed agent down"
+    assert systemd_restarts(unit, 1)  # a crash
+    assert not systemd_restarts(unit, 2)  # bad config, or another agent holds the data folder
+
+
+def install_steps() -> list[str]:
+    """The commands of deploy/README.md's "0. Installing the agent", one per line."""
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("## 0. Installing the agent") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "no sh block under '0. Installing the agent'"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
+    """deploy/README.md's install steps, run as written from a checkout with every absolute
+    path moved under a scratch root, leave what the unit runs: its ExecStart binary and its
+    config, which `config check` accepts. The virtual environment with its `pip install`
+    is stood in for by this test's own `minerwatch` (test_package builds the wheel), and
+    systemd is not running here."""
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+
+    def moved(text: str) -> str:
+        return re.sub(r"(?<![\w./-])/(opt|usr/local|etc)/", f"{root}/\\1/", text)
+
+    steps = install_steps()
+    assert steps[-1] == "systemctl daemon-reload && systemctl enable --now minerwatch"
+    venv = [s for s in steps if s.startswith("python3 -m venv ")]
+    pip = [s for s in steps if re.match(r"\S+/bin/pip install \.", s)]
+    assert len(venv) == len(pip) == 1
+    prefix = Path(moved(venv[0].split()[-1]))
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "minerwatch").symlink_to(Path(sys.executable).parent / "minerwatch")
+    script = [moved(s) for s in steps if s not in venv + pip and not s.startswith("systemctl")]
+    done = subprocess.run(
+        ["bash", "-euxc", "\n".join(script)],
+        cwd=DEPLOY.parent,
+        env={"PATH": f"{root}/usr/local/bin:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    unit = directives(root / "etc/systemd/system/minerwatch.service")
+    (start,) = unit["ExecStart"]
+    binary = Path(moved(start.split()[0]))
+    assert binary.resolve().is_file()
+    config = Path(moved(start.split("--config ")[1]))
+    assert config.stat().st_mode & 0o777 == 0o644
+    checked = subprocess.run(
+        [str(binary), "config", "check", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0 and checked.stdout.strip() == f"{config}: OK", checked
+
+
+def test_a_bad_config_stops_the_unit_instead_of_restarting_it_forever(tmp_path):
+    """The unit's commands, run in order as systemd would with a config that has a typo: the
+    first to fail must be the main process with exit 2, which RestartPreventExitStatus keeps
+    from a restart. (systemd tests that setting against ExecStart's exit only: a failing
+    ExecStartPre is restarted as Restart= says, every RestartSec while the config is bad.)"""
+    bad = tmp_path / "minerwatch.toml"
+    bad.write_text('[agent]\nintervall = "10s"\n')
+    unit = directives(UNIT)
+    exe = str(Path(sys.executable).parent / "minerwatch")
+    for key in ("ExecStartPre", "ExecStart"):
+        for line in unit.get(key, []):
+            argv = line.replace("/etc/minerwatch/minerwatch.toml", str(bad)).split()
+            argv[0] = exe if argv[0] == "/usr/local/bin/minerwatch" else argv[0]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                assert key == "ExecStart", f"{key} fails first: systemd would restart it forever"
+                assert done.returncode == 2
+                assert f"{bad}:2:" in done.stderr  # file:line, for the journal
+                assert not systemd_restarts(unit, done.returncode)
+                return
+    pytest.fail("the unit started with a bad config")
+
+
+def test_textfile_mode_makes_its_folder_writable_for_the_unit(tmp_path):
+    """The unit's file system is read-only but for the state folder: deploy/README.md's
+    textfile mode must give the folder it names to the agent (a drop-in it shows, run here
+    in a scratch root), or every write fails with EROFS; the unit's own hint agrees."""
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("### Textfile mode") : readme.index("## 2. Prometheus")]
+    folder = re.search(r"`--textfile (/\S+)`", section)
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert folder and block, "textfile mode names no folder or no drop-in"
+    root = tmp_path / "root"
+    script = re.sub(r"(?<![\w./-])/etc/", f"{root}/etc/", block.group(1))
+    script = "\n".join(s for s in script.splitlines() if not s.startswith("systemctl"))
+    done = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    (dropin,) = (root / "etc/systemd/system/minerwatch.service.d").glob("*.conf")
+    assert dropin.read_text().startswith("[Service]\n")
+    assert directives(dropin)["ReadWritePaths"] == [folder.group(1)]
+    hint = re.search(r"^# ReadWritePaths=-?(\S+)$", UNIT.read_text(), re.M)
+    assert hint and hint.group(1) == folder.group(1)
