@@ -160,7 +160,14 @@ class Responder:
         if self.throttle.cfg.enabled and host_cpu is not None:
             alert = bool(agent.alert is not None and agent.alert.active)
             for action in self.throttle.update(host_cpu, alert):
-                log.warning("throttle: %s", action)
+                log.warning(
+                    "throttle: %s pid %d (%s) by %s: %s",
+                    action.action.replace("_", " "),
+                    action.pid,
+                    action.name,
+                    action.method,
+                    action.reason,
+                )
         if self.ioc is not None and self.ioc.due():
             self._check_iocs(agent, now)
         if agent.model is not None and not self._baseline_tried:

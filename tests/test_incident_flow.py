@@ -163,3 +163,6 @@ def test_evidence_keeps_the_throttled_suspect_first(pidns, tmp_path):
     suspect = json.loads(report.stdout)["suspect"]
     assert suspect["pid"] == miner and suspect["sha256"] == top["sha256"]
     assert not journal()  # shutdown released the miner
+    said = log.read_text()
+    assert f"throttle: throttle pid {miner} (xmrig) by sigstop: host cpu" in said
+    assert "Action(" not in said and "Traceback" not in said
