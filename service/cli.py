@@ -696,7 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _agent_files(p, "--dir", "dir")
     p = _command(evidence, "show", "print one evidence file as JSON", run)
-    p.add_argument("name", help="file name or episode id, as printed by 'list'")
+    p.add_argument(
+        "name",
+        help="file name or episode id, as printed by 'list', or the file's path in the "
+        "evidence folder (an alert's 'evidence' annotation)",
+    )
     _agent_files(p, "--dir", "dir")
     _fleet_commands(sub)
     _response_commands(sub)

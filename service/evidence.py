@@ -759,7 +759,11 @@ def list_evidence(dir: Path = DEFAULT_DIR) -> list[dict[str, Any]]:
 
 
 def show(dir: Path, name: str) -> dict[str, Any]:
-    """One evidence file by file name (with or without ``.json``) or by episode id."""
+    """One evidence file by file name (with or without ``.json``), by episode id, or by its
+    absolute path in ``dir`` (what an alert's ``evidence`` annotation gives)."""
+    given = Path(name)
+    if given.is_absolute() and "\0" not in name and given.parent.resolve() == Path(dir).resolve():
+        name = given.name
     if not name or "/" in name or "\0" in name or name.startswith("."):
         raise InputError(name, None, "a file name from 'minerwatch evidence list'", repr(name))
     files = evidence_files(dir)

@@ -135,7 +135,9 @@ def ruleset(entries: Sequence[Isolation]) -> str:
     It first creates and deletes the table, so loading it replaces any old one in the same
     transaction; with no entries that is all it does (everything released). Process rules
     come first in ``output`` so a suspect cannot use loopback either (a local pool proxy);
-    host isolation turns both chains' policy to drop.
+    host isolation turns both chains' policy to drop. What leaves from the SSH and exporter
+    ports are answers only (``ct state established``): a process that dials out from port
+    10091 (free whenever the agent is down) is not an exporter answering a scrape.
     """
     head = f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
     if not entries:
@@ -155,11 +157,12 @@ def ruleset(entries: Sequence[Isolation]) -> str:
                         f"{family} saddr {{ {', '.join(nets)} }} tcp dport {h.ssh_port} accept"
                     )
                     out.append(
-                        f"{family} daddr {{ {', '.join(nets)} }} tcp sport {h.ssh_port} accept"
+                        f"{family} daddr {{ {', '.join(nets)} }} tcp sport {h.ssh_port} "
+                        "ct state established accept"
                     )
             if h.exporter_port:
                 inp.append(f"tcp dport {h.exporter_port} accept")
-                out.append(f"tcp sport {h.exporter_port} accept")
+                out.append(f"tcp sport {h.exporter_port} ct state established accept")
     lines = [f"table {FAMILY} {TABLE} {{"]
     for name, hook, rules in (("input", "input", inp), ("output", "output", out)):
         if not rules and not hosts:

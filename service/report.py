@@ -793,6 +793,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             ("cwd", "cwd"),
         ):
             out.append(f"- {label}: {_inline(s.get(key, '-'))}")
+            if key == "username":
+                out.append(f"- cpu: {cpu_words(s.get('cpu_percent'))}")
         out.append(f"- package: {_inline(package_words(s.get('package')))}")
         chain = " <- ".join(f"{p.get('name')}({p.get('pid')})" for p in s.get("parents", []))
         out.append(f"- parents: {_inline(chain or '-')}")
@@ -811,7 +813,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     for h in doc["indicators"]:
         refs = "; ".join(f"{r['title']} <{r['url']}>" for r in h["sources"])
         out.append(
-            f"- {h.get('indicator_id')} ({h.get('reason')}, pid {h.get('pid')}, "
+            f"- {h.get('indicator_id')} ({h.get('reason')}, {pid_words(h.get('pid'))}, "
             f"{_inline(h.get('detail') or '-')}): {refs}"
         )
     out += [
@@ -867,6 +869,17 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     if doc["notes"]:
         out += ["", "## Notes", ""] + [f"- {_inline(n)}" for n in doc["notes"]]
     return "\n".join(out) + "\n"
+
+
+def cpu_words(value: Any) -> str:
+    """The suspect's CPU when the alert named it (batch: its mean), percent of one core."""
+    f = _num(value)
+    return "-" if f is None else f"{f:.0f} % of one core"
+
+
+def pid_words(pid: Any) -> str:
+    """An indicator's process; one about the whole host (unexplained CPU) names none."""
+    return "host-wide" if pid is None else f"pid {pid}"
 
 
 def _fmt(value: Any) -> str:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from minerwatch.service.packages import package_words
+from minerwatch.service.report import cpu_words
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1150px}
@@ -223,6 +224,7 @@ def _suspect_html(s: Mapping[str, Any] | None) -> str:
         ("sha256", f"<code>{_e(s.get('sha256') or s.get('hash_error') or '-')}</code>"),
         ("package", _e(package_words(s.get("package")))),
         ("user", _e(s.get("username") or s.get("user") or "-")),
+        ("CPU", _e(cpu_words(s.get("cpu_percent")))),
         ("started", _e(s.get("create_time_utc") or "-")),
         ("working directory", f"<code>{_e(s.get('cwd') or '-')}</code>"),
         ("command line", f"<pre>{_e(shlex.join(s.get('cmdline') or []))}</pre>"),
@@ -332,7 +334,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         [
             _e(h.get("indicator_id")),
             _e(h.get("reason")),
-            _e(h.get("pid")),
+            _e(h.get("pid") if h.get("pid") is not None else "host-wide"),
             f"<code>{_e(h.get('detail'))}</code>",
             "<br>".join(
                 f"{_e(r['title'])}: {_e(r['fact'])} <span class=note>({_e(r['url'])})</span>"

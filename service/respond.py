@@ -18,6 +18,7 @@ learning the persistence entries (cron, units, init scripts, ``ld.so.preload``,
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -80,6 +81,37 @@ def _describe(p: ProcessRecord) -> dict[str, Any]:
     }
 
 
+def _evidence_pids(
+    episode: dict[str, Any], hits: list[IndicatorHit], top: tuple[Any, ...]
+) -> list[int]:
+    """The processes an episode's evidence describes: the named suspect first (so the file's
+    first process is the one the alert names), then earlier suspects and the processes a
+    confirming indicator names, then the busiest. A throttled (stopped) suspect has no CPU
+    left and may be out of the busiest when the evidence is rewritten: it stays in."""
+    named = [episode.get("process"), *episode.get("earlier_processes", [])]
+    pids = [int(p["pid"]) for p in named if isinstance(p, dict) and p.get("pid") is not None]
+    pids += [h.pid for h in hits if h.pid is not None and h.indicator_id in CONFIRMING]
+    return list(dict.fromkeys([*pids, *(p.pid for p in top)]))
+
+
+def _keep_known_records(doc: dict[str, Any], path: Path) -> None:
+    """When evidence is rewritten, a process that has exited since keeps the record the
+    earlier write took of it (exe, hash, command line, connections), not a "no such process"."""
+    try:
+        before = json.loads(path.read_bytes())
+        known = {
+            p["pid"]: p
+            for p in before.get("processes", [])
+            if isinstance(p, dict) and "error" not in p and "pid" in p
+        }
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    doc["processes"] = [
+        known.get(p.get("pid"), p) if isinstance(p, dict) and "error" in p else p
+        for p in doc.get("processes", [])
+    ]
+
+
 class Responder:
     """Indicators each tick, evidence once per episode, the throttle when enabled."""
 
@@ -128,7 +160,14 @@ class Responder:
         if self.throttle.cfg.enabled and host_cpu is not None:
             alert = bool(agent.alert is not None and agent.alert.active)
             for action in self.throttle.update(host_cpu, alert):
-                log.warning("throttle: %s", action)
+                log.warning(
+                    "throttle: %s pid %d (%s) by %s: %s",
+                    action.action.replace("_", " "),
+                    action.pid,
+                    action.name,
+                    action.method,
+                    action.reason,
+                )
         if self.ioc is not None and self.ioc.due():
             self._check_iocs(agent, now)
         if agent.model is not None and not self._baseline_tried:
@@ -265,7 +304,7 @@ class Responder:
             float(model.threshold),
             dict(zip(model.feature_names, model.full(f[None, :])[0].tolist(), strict=True)),
             episode["top_features"],
-            [p.pid for p in top],
+            _evidence_pids(episode, self.hits, top),
             self.hits,
         )
         episode_id = str(episode.get("id") or f"{agent.cfg.host}-{int(episode['start'])}")
@@ -275,6 +314,7 @@ class Responder:
                 doc = self.evidence.collect(
                     path.stem.split("-", 1)[1], self.evidence.clock(), *args
                 )
+                _keep_known_records(doc, path)
                 atomic_write(path, fit_to_size(doc, self.evidence.max_bytes_per_file), mode=0o600)
             else:
                 written = self.evidence.write(episode_id, *args)

@@ -322,6 +322,26 @@ def test_cli_list_and_show(tmp_path, empty_host):
             run_cli(["evidence", "show", bad, "--dir", str(ev)])
 
 
+def test_show_takes_the_path_an_alert_annotation_gives(tmp_path, empty_host):
+    """The alert's ``evidence`` annotation is the file's full path: pasted as it is, it shows
+    the file; a path outside the evidence folder is still refused (exit 2, named)."""
+    data = tmp_path / "data"
+    path = EvidenceWriter(data / "evidence", paths=empty_host).write(
+        "web1-7", 0.9, 0.7, {}, [], [], []
+    )
+    assert path is not None
+    mw = str(Path(sys.executable).with_name("minerwatch"))
+    r = subprocess.run([mw, "evidence", "show", str(path), "--data-dir", str(data)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["episode_id"] == "web1-7"
+    elsewhere = tmp_path / path.name
+    shutil.copy(path, elsewhere)
+    r = subprocess.run([mw, "evidence", "show", str(elsewhere), "--data-dir", str(data)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and str(elsewhere) in r.stderr and "Traceback" not in r.stderr
+
+
 def test_cli_list_escapes_control_characters(tmp_path, capsys):
     doc = {"format": "minerwatch-evidence", "episode_id": "e", "written_at_utc": "t", "score": 1.0}
     doc["processes"] = [{"pid": 7, "name": "evil\x1b]2;pwned\x07"}]

@@ -80,8 +80,9 @@ def test_ruleset_host_keeps_loopback_ssh_sources_and_scrapes():
     assert 'iif "lo" accept' in inp and 'oif "lo" accept' in out
     assert "ip saddr { 10.0.0.0/8 } tcp dport 2222 accept" in inp
     assert "ip6 saddr { 2001:db8::/32 } tcp dport 2222 accept" in inp
-    assert "ip daddr { 10.0.0.0/8 } tcp sport 2222 accept" in out
-    assert "tcp dport 10091 accept" in inp and "tcp sport 10091 accept" in out
+    assert "ip daddr { 10.0.0.0/8 } tcp sport 2222 ct state established accept" in out
+    assert "tcp dport 10091 accept" in inp
+    assert "tcp sport 10091 ct state established accept" in out
     # the suspect is dropped before loopback is accepted: no local pool proxy either
     assert out.index("meta skuid 1000") < out.index('oif "lo"')
 
@@ -316,6 +317,50 @@ def test_isolate_the_host_keeps_ssh_sources_and_scrapes(two_hosts, tmp_path):
         miner.wait_for("ok")
     finally:
         for r in procs:
+            r.stop()
+
+
+SPOOFED_PORT = r"""
+import socket, sys, time
+while True:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(0.3)
+    try:
+        s.bind(("0.0.0.0", int(sys.argv[3])))
+        s.connect((sys.argv[1], int(sys.argv[2])))
+        print("ok", flush=True)
+    except OSError:
+        print("fail", flush=True)
+    s.close()
+    time.sleep(0.2)
+"""
+
+
+def test_isolated_host_lets_no_one_out_from_the_exporter_or_ssh_port(two_hosts, tmp_path):
+    """Only answers leave from the exporter's and SSH's ports: a miner that dials its pool
+    from source port 10091 (free while the agent is down or listens elsewhere) is cut off."""
+    host, outside = two_hosts
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = Reader(_in_ns(outside, CLIENT_PYTHON, "-c", POOL, "10.231.0.2", "3336"), tmp_path / "p")
+    miner = Reader(
+        _as_nobody(host, CLIENT_PYTHON, "-c", SPOOFED_PORT, "10.231.0.2", "3336", "10091"),
+        tmp_path / "m",
+    )
+    try:
+        miner.wait_for("ok")
+        args = ["isolate", "--host", "--allow-ssh-from", "10.231.0.0/30", "--ssh-port", "2222"]
+        done = minerwatch(host, *args, "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        miner.wait_for("fail")
+        seen = len(miner.lines())
+        time.sleep(1.5)
+        assert "ok" not in miner.lines()[seen:]
+        assert minerwatch(host, "isolate", "release", "--data-dir", data).returncode == 0
+        miner.wait_for("ok")
+    finally:
+        for r in (pool, miner):
             r.stop()
 
 

@@ -57,8 +57,9 @@ def _event(kind: str, episode_id: str, start: float, end: float, time: float, **
     return json.dumps(line, sort_keys=True) + "\n"
 
 
-def build_data_dir(root: Path) -> Path:
-    """A data folder with two episodes; the latest has evidence, history and a throttle."""
+def build_data_dir(root: Path, host_wide: bool = False) -> Path:
+    """A data folder with two episodes; the latest has evidence, history and a throttle
+    (``host_wide``: and an indicator about the whole host, which names no process)."""
     data = root / "data"
     (data / "evidence").mkdir(parents=True, mode=0o700)
     (data / "throttle").mkdir(mode=0o700)
@@ -79,6 +80,15 @@ def build_data_dir(root: Path) -> Path:
             "detail": "stratum+tcp://",
         },
     ]
+    if host_wide:
+        hits.append(
+            {
+                "indicator_id": "unexplained_cpu",
+                "reason": "host_above_visible",
+                "pid": None,
+                "detail": "51.3",
+            }  # fmt: skip
+        )
     evidence_name = f"20260101T010000Z-{EPISODE}.json"
     evidence_path = data / "evidence" / evidence_name
     with open(data / "events.jsonl", "w") as fh:
@@ -286,6 +296,20 @@ def test_markdown_fences_host_text(data_dir, tmp_path):
     assert f"` {EVIL_NAME} `" in text and "**POOL PORT**" in text and STRATUM in text
     assert "- [x] preserve" in text and "- [ ] clean" in text
     assert "installed by no dpkg package" in text
+
+
+def test_reports_give_the_suspects_cpu_and_no_pid_for_a_host_wide_indicator(tmp_path):
+    data = build_data_dir(tmp_path, host_wide=True)
+    md = report("--data-dir", str(data), "--format", "md")
+    assert md.returncode == 0, md.stderr
+    assert "- cpu: 398 % of one core" in md.stdout
+    assert "unexplained_cpu (host_above_visible, host-wide, " in md.stdout
+    assert "pid 4242" in md.stdout and "None" not in md.stdout
+    page = report("--data-dir", str(data))
+    assert page.returncode == 0, page.stderr
+    assert "<td><b>CPU</b></td><td>398 % of one core</td>" in page.stdout
+    row = page.stdout.split("<td>unexplained_cpu</td>", 1)[1].split("</tr>", 1)[0]
+    assert "<td>host-wide</td>" in row and "None" not in row
 
 
 def test_without_matplotlib_the_plot_is_an_inline_svg(data_dir):
