@@ -275,6 +275,7 @@ class EvidenceWriter:
         hash_cap_bytes: int = 256 * _MIB,
         users: Callable[[], Sequence[Any]] = psutil.users,
         net_connections: Callable[..., Sequence[Any]] = psutil.net_connections,
+        hostname: str = "",
     ) -> None:
         if max_bytes_per_file < 4096:
             raise ValueError("max_bytes_per_file must be at least 4096")
@@ -290,6 +291,9 @@ class EvidenceWriter:
         self.hash_cap_bytes = hash_cap_bytes
         self.users = users
         self.net_connections = net_connections
+        #: The host as the agent names it (``serve --host``), which the alerts and metrics
+        #: carry; this machine's hostname when it has none.
+        self.hostname = hostname or socket.gethostname()
         #: Reads the processes the file describes (and their ancestors) under ``paths.proc``.
         self.table = ProcessTable(paths.proc)
         self._last_write: float | None = None
@@ -349,7 +353,7 @@ class EvidenceWriter:
             "episode_id": episode_id,
             "written_at": now,
             "written_at_utc": _iso(now),
-            "hostname": socket.gethostname(),
+            "hostname": self.hostname,
             "score": finite_or_none(score),
             "threshold": finite_or_none(threshold),
             "features": {str(k): finite_or_none(v) for k, v in features.items()},

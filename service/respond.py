@@ -120,7 +120,7 @@ class Responder:
         self.kb = load_knowledge_base()
         assert cfg.evidence_dir is not None  # AgentConfig derives it from data_dir
         self.paths = HostPaths.under(cfg.respond.host_root)
-        self.evidence = EvidenceWriter(cfg.evidence_dir, paths=self.paths)
+        self.evidence = EvidenceWriter(cfg.evidence_dir, paths=self.paths, hostname=cfg.host)
         # Only this process: target selection adds its ancestors and, read afresh each
         # time, its descendants (the training child), so neither is ever throttled.
         self.throttle = throttle or Throttle(cfg.throttle, agent_pids={os.getpid()})

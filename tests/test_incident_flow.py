@@ -158,6 +158,7 @@ def test_evidence_keeps_the_throttled_suspect_first(pidns, tmp_path):
     assert top["pid"] == miner and top["exe"] == str(miner_exe)
     assert top["sha256"] and top["status"] == "stopped"
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
+    assert doc["hostname"] == QUIET  # the host the alerts name (--host), not this machine's
     report = run("report", "--data-dir", str(data), "--format", "json")
     assert report.returncode == 0, report.stderr
     suspect = json.loads(report.stdout)["suspect"]
