@@ -972,7 +972,10 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
     agent = Agent(cfg, exporter=exporter, responder=responder)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopped_by.append(signal.Signals(signum).name)
         agent.stop()
+
+    stopped_by: list[str] = []
 
     # SIGHUP too (a closed terminal, a mistaken reload): its default would end the agent
     # without releasing what it throttled or isolated
@@ -990,4 +993,6 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
         agent.run()
     finally:
         os.close(lock)
+    # the journal shows why the agent went away (a stop by systemd, or by someone else)
+    log.info("minerwatch agent for %s stopped (%s)", cfg.host, ", ".join(stopped_by) or "no signal")
     return 0

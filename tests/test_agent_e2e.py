@@ -280,6 +280,8 @@ def test_signal_stops_and_restart_scores_at_once(agent, signum):
         assert agent.metrics()["minerwatch_windows_scored_total"] > 0
         rc, took = agent.signal_and_wait(signum)
         assert rc == 0 and took < 5.0, (rc, took, agent.tail())
+        name = signal.Signals(signum).name  # the journal says why it went away
+        assert f"minerwatch agent for {HOST} stopped ({name})" in agent.tail(), agent.tail()
     version = json.loads((agent.data_dir / "models" / HOST / "meta.json").read_text())["sha256"]
     kept = stored_samples(agent.data_dir)
     assert kept >= 30  # at least the learning phase, 1 s apart
