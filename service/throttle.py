@@ -536,6 +536,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not state.throttled:
         print("no throttled processes")
+    else:
+        print(f"{'PID':>8}  {'NAME':<16} {'METHOD':<8} SINCE (local time)")
     for r in state.throttled:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.since))
         print(f"{r.pid:>8}  {r.name:<16} {r.method:<8} since {since}")

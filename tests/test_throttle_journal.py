@@ -141,6 +141,10 @@ def test_message_says_what_was_found_and_a_corrected_journal_reads(tmp_path: Pat
             }
         )
     )
+    r = run("throttle", "status", "--data-dir", tmp_path)  # a table with a header row
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0].split()[:3] == ["PID", "NAME", "METHOD"], r.stdout
+    assert [line.split()[0] for line in lines[1:]] == ["4242", "4243"]
     r = run("throttle", "status", "--data-dir", tmp_path, "--json")
     assert r.returncode == 0, r.stderr
     state = json.loads(r.stdout)
