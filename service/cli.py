@@ -1021,7 +1021,13 @@ def _response_commands(sub: Subcommands) -> None:
         "write an IOC file (sha256, paths, pools, cron lines, units) from an evidence file",
         _lazy("minerwatch.service.ioc"),
     )
-    q.add_argument("evidence", type=Path, help="evidence file ('minerwatch evidence list')")
+    q.add_argument(
+        "evidence",
+        type=Path,
+        help="evidence file, or a name or episode id from 'minerwatch evidence list' (looked up "
+        "in the agent's evidence folder)",
+    )
+    _agent_dir_flags(q)
     q.add_argument(
         "--output", type=_output_file, help="IOC file to write (default: print it to stdout)"
     )

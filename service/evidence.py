@@ -763,6 +763,11 @@ def list_evidence(dir: Path = DEFAULT_DIR) -> list[dict[str, Any]]:
 
 
 def show(dir: Path, name: str) -> dict[str, Any]:
+    """One evidence file's document, found as :func:`locate` finds it."""
+    return read_evidence_file(locate(dir, name))
+
+
+def locate(dir: Path, name: str) -> Path:
     """One evidence file by file name (with or without ``.json``), by episode id, or by its
     absolute path in ``dir`` (what an alert's ``evidence`` annotation gives)."""
     given = Path(name)
@@ -774,10 +779,10 @@ def show(dir: Path, name: str) -> dict[str, Any]:
     stem = name[:-5] if name.endswith(".json") else name
     for path in files:
         if path.stem == stem:
-            return read_evidence_file(path)
+            return path
     matches = [p for p in files if p.stem.endswith(f"-{stem}")]
     if matches:
-        return read_evidence_file(matches[-1])
+        return matches[-1]
     raise InputError(str(Path(dir) / name), None, "an existing evidence file", "no such file")
 
 

@@ -39,7 +39,13 @@ import psutil
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.proctable import ProcessTable
-from minerwatch.service.evidence import HostPaths, hash_file, read_evidence_file, walk_files
+from minerwatch.service.evidence import (
+    HostPaths,
+    hash_file,
+    locate,
+    read_evidence_file,
+    walk_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -449,10 +455,11 @@ def run(args: argparse.Namespace) -> int:
     """``minerwatch ioc extract EVIDENCE [--output FILE]``; evidence that names no
     indicator is an :class:`InputError` and nothing is written: ``hunt`` refuses an empty
     IOC file, so writing one would only defer the error to another host."""
-    ioc = extract(read_evidence_file(args.evidence), source=args.evidence.name)
+    path = _evidence_path(args)
+    ioc = extract(read_evidence_file(path), source=path.name)
     if ioc.empty():
         raise InputError(
-            str(args.evidence),
+            str(path),
             None,
             f"evidence naming at least one indicator of the suspect ({', '.join(LIST_KEYS)}; "
             "binaries of the system's folders are left out)",
@@ -465,6 +472,18 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(args.output, text, mode=0o644)
         print(f"wrote {ioc.id} to {args.output}", file=sys.stderr)
     return 0
+
+
+def _evidence_path(args: argparse.Namespace) -> Path:
+    """The file given, or, for a bare name that is no file here, the evidence file of that name
+    or episode id in the agent's evidence folder (what ``evidence list`` prints)."""
+    given = Path(args.evidence)
+    if given.is_file() or "/" in str(args.evidence):
+        return given  # a missing path is named by the reader
+    from minerwatch.service.config import agent_files_config
+
+    cfg = agent_files_config(args.config, args.data_dir)
+    return locate(cfg.evidence_dir or cfg.data_dir / "evidence", str(args.evidence))
 
 
 def _suspects(ioc: Ioc) -> str:

@@ -159,7 +159,7 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
     digest = hashlib.sha256(exe.read_bytes()).hexdigest()
     proc = subprocess.Popen([str(exe), "300"])
     try:
-        ev = EvidenceWriter(tmp_path / "ev", min_interval_s=0).write(
+        ev = EvidenceWriter(tmp_path / "data" / "evidence", min_interval_s=0).write(
             "ep1", 0.9, 0.7, {}, [], [proc.pid], []
         )
         assert ev is not None
@@ -171,6 +171,14 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
         assert str(exe) in doc["paths"]
         printed = minerwatch("ioc", "extract", ev)
         assert json.loads(printed.stdout)["id"] == doc["id"]
+        # by the name 'evidence list' prints, or the episode id, in the agent's data folder
+        for name in (ev.name, "ep1"):
+            found = minerwatch("ioc", "extract", name, "--data-dir", tmp_path / "data")
+            assert found.returncode == 0, found.stderr
+            assert json.loads(found.stdout)["sha256"] == [digest]
+        unknown = minerwatch("ioc", "extract", "ep2", "--data-dir", tmp_path / "data")
+        assert unknown.returncode == 2 and "ep2" in unknown.stderr, unknown.stderr
+        assert "an existing evidence file" in unknown.stderr
 
         hit = minerwatch("hunt", ioc_file, "--scan")
         assert hit.returncode == 1, (hit.stdout, hit.stderr)
