@@ -820,12 +820,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         missing = "" if directory.is_dir() else " (not there yet: written at the first alert)"
         print(f"no evidence files in {directory}{missing}", file=sys.stderr)
     elif good:
-        stream.write(f"{'NAME':<48} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
+        width = max(48, *(len(_printable(e["name"])) for e in good))  # long names stay aligned
+        stream.write(f"{'NAME':<{width}} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
         for e in good:
             score = f"{e['score']:.3f}" if isinstance(e.get("score"), float) else "-"
             top = f"{_printable(e.get('top_process') or '-')} (pid {e.get('top_pid')})"
             name, when = _printable(e["name"]), _printable(e.get("time_utc") or "-")
-            stream.write(f"{name:<48} {when:<20} {score:>6}  {top}\n")
+            stream.write(f"{name:<{width}} {when:<20} {score:>6}  {top}\n")
     bad = [e for e in entries if "error" in e]
     for e in bad:  # on stderr, so stdout stays the list of usable files
         print(f"minerwatch: error: {_printable(e['error'])}", file=sys.stderr)

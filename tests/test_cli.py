@@ -414,6 +414,15 @@ def test_evidence_list_and_show(tmp_path):
         "processes": [{"pid": os.getpid(), "name": "x"}],
     }
     (empty / "20270101T000000Z-ep1.json").write_text(json.dumps(doc))
+    long_id = "web-frontend-eu-west-1a-17670000000-suspect-12345"  # a long host and episode
+    (empty / f"20270101T000100Z-{long_id}.json").write_text(json.dumps(doc))
+    r = run("evidence", "list", "--data-dir", tmp_path)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 3, r.stderr
+    assert (
+        len({line.index("TOP PROCESS" if i == 0 else "x (pid") for i, line in enumerate(lines)})
+        == 1
+    )
     r = run("evidence", "show", "ep1", "--data-dir", tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["episode_id"] == "ep1", r.stderr
     assert_usage_error(run("evidence", "show", "nope", "--data-dir", tmp_path), "no such file")
