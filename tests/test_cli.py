@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from entry import ENTRY, run
+from entry import usage_error as assert_usage_error
 from promtools import free_port
 from synth import T0, host_series, write_csv
 
@@ -20,33 +22,12 @@ from minerwatch.service.config import config_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "minerwatch.toml"
-SCRIPT = Path(sys.executable).with_name("minerwatch")
-ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "minerwatch"]
 COMMANDS = [
     ["collect"], ["train"], ["score"], ["simulate"], ["evaluate"], ["serve"],
     ["config"], ["config", "check"], ["config", "show"],
     ["throttle"], ["throttle", "status"], ["throttle", "release"],
     ["evidence"], ["evidence", "list"], ["evidence", "show"],
 ]  # fmt: skip
-
-
-def run(*args, cwd=None, timeout=300):
-    return subprocess.run(
-        [*ENTRY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def assert_usage_error(r, *words):
-    """Exit 2 with a one-line message that names what was wrong; never a traceback."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr
-    for word in words:
-        assert word in r.stderr, r.stderr
 
 
 @pytest.fixture(scope="module")

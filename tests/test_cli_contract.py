@@ -10,40 +10,17 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
+from entry import ENTRY, run, usage_error
 from promtools import free_port
 from synth import T0, host_series, write_csv
 
 from minerwatch.features.io import from_arrays
 from minerwatch.service.config import AgentConfig
-
-SCRIPT = Path(sys.executable).with_name("minerwatch")
-ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "minerwatch"]
-
-
-def run(*args, cwd=None, timeout=120):
-    return subprocess.run(
-        [*ENTRY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def usage_error(r, *words):
-    """Exit 2, a message naming what was wrong, no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    for word in words:
-        assert str(word) in r.stderr, (word, r.stderr)
 
 
 def rows(path):

@@ -9,23 +9,10 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(sys.executable).with_name("minerwatch")
-ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "minerwatch"]
-
-
-def run(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ENTRY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+from entry import run
 
 
 def refused(r: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -20,7 +20,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from entry import ENTRY, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from promtools import free_port
@@ -46,8 +46,6 @@ from minerwatch.service.webconfig import load_web_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "minerwatch.toml"
-SCRIPT = Path(sys.executable).with_name("minerwatch")
-ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "minerwatch"]
 
 FUZZ = settings(
     max_examples=int(os.environ.get("MINERWATCH_FUZZ_EXAMPLES", "60")),  # more when hunting
@@ -101,16 +99,6 @@ toml_scalars = st.one_of(
     ),
 )
 toml_values = st.one_of(toml_scalars, st.lists(toml_scalars, max_size=3))
-
-
-def run(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ENTRY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def assert_refused(r: subprocess.CompletedProcess[str], path: Path) -> None:

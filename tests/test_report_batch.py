@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from entry import run
 from synth import T0, host_series, write_csv
 
 from minerwatch.features.procs import ProcessRows, write_procs_csv
 
-SCRIPT = Path(sys.executable).with_name("minerwatch")
 START = T0 + 2 * 86400
 PLATEAU = (3 * 3600, 3600)  # the miner, from 03:00 for an hour of the test day
-
-
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")

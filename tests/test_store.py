@@ -6,11 +6,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from entry import ENTRY, run
 from synth import T0, host_series, write_csv
 
 from minerwatch.baseline.batch import score_series
@@ -26,9 +26,6 @@ from minerwatch.baseline.store import (
 )
 from minerwatch.baseline.train import train_host
 from minerwatch.features.errors import InputError
-
-SCRIPT = Path(sys.executable).with_name("minerwatch")
-ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "minerwatch"]
 
 
 @pytest.fixture(scope="module")
@@ -301,16 +298,6 @@ def test_malformed_metadata_is_a_model_error(tmp_path, model):
 
 
 # -- through the real command ----------------------------------------------------------------------
-
-
-def run(*args):
-    return subprocess.run(
-        [*ENTRY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from entry import run
 
 from minerwatch.features.proctable import ProcessTable
 from minerwatch.service.targets import select_targets
 from minerwatch.service.throttle import JOURNAL, Throttle, ThrottleConfig
-
-SCRIPT = Path(sys.executable).with_name("minerwatch")
-ENTRY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "minerwatch"]
 
 #: A busy loop that ends by itself, so nothing outlives a killed test run for long.
 BURN = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass\n"
@@ -39,16 +37,6 @@ LAUNCH_ORPHAN = (
     "    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
     "print(p.pid, flush=True)\n"
 )
-
-
-def run(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ENTRY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 # --------------------------------------------------------------------------- 1: journal shape

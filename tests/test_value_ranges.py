@@ -4,28 +4,18 @@ said: both are told on stderr naming the file, never trained on nor dropped sile
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from entry import run
 from synth import host_series, write_csv
 
 from minerwatch.features import io
 from minerwatch.features.io import HostSeries, read_telemetry
 from minerwatch.features.procs import ProcessRows, write_procs_csv
 from minerwatch.features.schema import VALID_RANGES
-
-MINERWATCH = os.path.join(os.path.dirname(sys.executable), "minerwatch")
-
-
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MINERWATCH, *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 def write_cells(path: Path, series: HostSeries, cells: dict[tuple[int, str], str]) -> None:
