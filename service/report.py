@@ -179,6 +179,17 @@ def evidence_episodes(
     return out
 
 
+def _evidence_without_episode(evidence_dir: Path) -> list[str]:
+    """Names of the evidence files of suspects found while learning and of IOC hits, oldest
+    first: what a responder paged for them has when no alert episode exists yet."""
+    names = []
+    for path in evidence_files(evidence_dir):
+        eid = path.stem.split("-", 1)[1] if "-" in path.stem else ""
+        if eid.startswith(("ioc-hit-", "suspect-")):
+            names.append(path.name)
+    return names
+
+
 def episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The episode as its last event line knows it, plus when it opened and closed."""
     last = dict(events[-1]) if events else {}
@@ -690,9 +701,19 @@ def build_report(
     by_evidence = evidence_episodes(cfg.evidence_dir, notes, known=events)
     try:
         eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.data_dir), notes)
-    except InputError:
+    except InputError as exc:
         say(notes)  # what was skipped may be why there is no such episode
-        raise
+        others = _evidence_without_episode(cfg.evidence_dir)
+        if episode_id is not None or not others:
+            raise
+        raise InputError(
+            exc.path,
+            exc.line,
+            exc.expected,
+            f"{exc.got}; without an alert the agent kept evidence of {len(others)} suspect "
+            f"process(es) or IOC hit(s): 'minerwatch evidence show {others[-1]}' (the latest), "
+            "'minerwatch ioc extract' to hunt it elsewhere",
+        ) from None
     episode = episode_summary(eid, evs)
     evidence, evidence_path = load_evidence(cfg.evidence_dir, episode, notes)
     if evidence is not None and not evs:  # known from its evidence file alone

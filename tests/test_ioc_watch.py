@@ -159,6 +159,9 @@ def test_agent_reports_an_ioc_hit_and_rereads_the_folder(tmp_path, suspect):
     # the IOC check wrote no alert episode: the report says so instead of using its evidence
     report = minerwatch("report", "--data-dir", data, "--format", "json")
     assert report.returncode == 2 and "alert episode" in report.stderr
+    # ... and points the responder at the evidence the IOC hit left
+    kept = [p.name for p in (data / "evidence").glob("*-ioc-hit-*.json")]
+    assert kept and f"minerwatch evidence show {sorted(kept)[-1]}" in report.stderr, report.stderr
 
 
 def test_watcher_rereads_a_changed_file_and_bounds_the_count(tmp_path):
