@@ -1,0 +1,253 @@
+"""Fleet mode when Prometheus misbehaves, through the real ``minerwatch fleet`` commands
+against a real Prometheus holding a simulated fleet's recent node_exporter history: answers
+cut short (the server stopped while sending) and the server's own sample limit."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from promtools import PROMETHEUS, PROMTOOL, free_port, require, started_prometheus
+
+from minerwatch.bench.fleet_backfill import backfill
+from minerwatch.bench.simulate import simulate
+
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
+
+MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
+HOSTS = 8
+INTERVAL = 15.0
+HISTORY = 0.1 * 86400.0  # 2.4 hours, ending now: what fleet serve reads is there too
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """(root, tsdb, Prometheus, hosts, start, end): the fleet's last 2.4 hours, backfilled."""
+    require(PROMETHEUS)
+    promtool = require(PROMTOOL)
+    root = tmp_path_factory.mktemp("faults")
+    end = float(int(time.time() // INTERVAL) * INTERVAL)
+    labels = simulate(
+        root / "sim", hosts=HOSTS, train_days=HISTORY / 86400.0, test_days=0.0, seed=11,
+        interval=INTERVAL, start=end - HISTORY, procs=False,
+    )  # fmt: skip
+    backfill(root / "sim", ["train"], root / "tsdb", promtool)
+    split = labels["splits"]["train"]
+    span = (split["start"] - INTERVAL / 2, split["end"] + INTERVAL / 2)
+    with started_prometheus(root, root / "tsdb") as prom:
+        yield root, root / "tsdb", prom, sorted(labels["hosts"]), *span
+
+
+def mw(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MINERWATCH, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def train_args(url: str, start: float, end: float, models: Path) -> list[object]:
+    return ["fleet", "train", "--prometheus", url, "--start", start, "--end", end,
+            "--models", models]  # fmt: skip
+
+
+def array_hashes(models: Path) -> dict[str, str]:
+    """host -> sha256 of its model's arrays (what training computed, not when)."""
+    return {
+        m["host"]: m["sha256"]
+        for m in (json.loads(p.read_text()) for p in sorted(models.glob("*/meta.json")))
+    }
+
+
+@pytest.fixture(scope="module")
+def models(fleet):
+    """Models trained straight from the Prometheus, for comparison and for fleet serve."""
+    root, _, prom, hosts, start, end = fleet
+    folder = root / "models"
+    done = mw(*train_args(prom.url, start, end, folder))
+    assert done.returncode == 0, done.stderr
+    assert sorted(array_hashes(folder)) == hosts
+    return folder
+
+
+class CuttingProxy(http.server.ThreadingHTTPServer):
+    """Forwards to Prometheus; while ``cut`` is n > 0, every n-th answer is cut short: its
+    headers announce the whole answer, half of it is sent and the connection closed, as when
+    Prometheus stops (or a load balancer drops it) in the middle of an answer."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.cut, self.answers, self.cuts = upstream, 0, 0, 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _CuttingHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _CuttingHandler(http.server.BaseHTTPRequestHandler):
+    server: CuttingProxy
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self, body: bytes | None) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+        request = urllib.request.Request(
+            self.server.upstream + self.path, data=body, headers=headers, method=self.command
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                answer, status = r.read(), r.status
+        except urllib.error.HTTPError as err:
+            answer, status = err.read(), err.code
+        with self.server.lock:
+            self.server.answers += 1
+            cut = self.server.cut > 0 and self.server.answers % self.server.cut == 0
+            self.server.cuts += cut
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        if cut:
+            self.wfile.write(answer[: len(answer) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(answer)
+
+    def do_POST(self) -> None:
+        self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def do_GET(self) -> None:
+        self._forward(None)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(fleet) -> Iterator[CuttingProxy]:
+    server = CuttingProxy(fleet[2].url)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_train_retries_answers_cut_short(fleet, models, proxy, tmp_path):
+    """Every tenth answer cut in the middle: each is asked again, and the models are those
+    of an unbroken read."""
+    _, _, _, hosts, start, end = fleet
+    proxy.cut = 10
+    done = mw(*train_args(proxy.url, start, end, tmp_path / "m"), "--concurrency", 1)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "IncompleteRead" not in done.stderr, done.stderr
+    assert proxy.cuts > 0
+    assert array_hashes(tmp_path / "m") == array_hashes(models)
+
+
+def test_a_sample_limit_is_met_by_reading_in_halves(fleet, models, tmp_path):
+    """Prometheus refuses (422) a query that would load more than --query.max-samples: each
+    host is then read in shorter pieces, and trains exactly the model of one read; fleet
+    serve's first read of the whole fleet is cut the same way and every host is scored."""
+    root, tsdb, _, hosts, start, end = fleet
+    copy = tmp_path / "tsdb"
+    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
+    # node_cpu_seconds_total holds 2 CPUs x 5 modes x ~577 samples per host: ~5,800
+    with started_prometheus(tmp_path, copy, flags=["--query.max-samples=2000"]) as limited:
+        refused = limited.query(
+            f'node_cpu_seconds_total{{instance=~"{hosts[0]}:.*"}}[{end - start:.0f}s]'
+        )
+        assert "too many samples" in refused.get("error", ""), refused
+        done = mw(*train_args(limited.url, start, end, tmp_path / "m"))
+        assert done.returncode == 0, done.stderr
+        assert array_hashes(tmp_path / "m") == array_hashes(models)
+        with serving(limited.url, models, tmp_path) as (proc, log, _):
+            wait_for(
+                proc,
+                log,
+                "a scored cycle",
+                lambda: f"cycle: {HOSTS} hosts scored" in log.read_text(),
+            )
+
+
+@contextmanager
+def serving(
+    url: str, models: Path, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+    """``minerwatch fleet serve`` every second: (process, log, metrics port); stopped with
+    SIGTERM at the end, when it must exit 0 without a traceback."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
+             "--state-dir", str(tmp_path), "--port", str(port), "--address", "127.0.0.1",
+             "--interval", "1s", "--retrain-every", "0"],
+            stdout=fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield proc, log, port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+
+
+def wait_for(
+    proc: subprocess.Popen[bytes], log: Path, what: str, check: Callable[[], bool]
+) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if check():
+                return
+        except OSError:  # not listening yet
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {what} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def test_serve_keeps_serving_through_answers_cut_short(fleet, models, proxy, tmp_path):
+    """A cycle whose answers are cut short is retried; one whose every try is cut is counted
+    in minerwatch_errors_total{stage="query"}, and the next cycle scores again: the server
+    never exits on it."""
+    with serving(proxy.url, models, tmp_path) as (proc, log, port):
+
+        def scored() -> int:
+            return log.read_text().count(f"cycle: {HOSTS} hosts scored")
+
+        def query_errors() -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            hit = re.search(r'^minerwatch_errors_total\{stage="query"\} (\S+)$', text, re.M)
+            return float(hit[1]) if hit else 0.0
+
+        wait_for(proc, log, "a first scored cycle", lambda: scored() >= 1)
+        proxy.cut = 4  # every fourth answer cut: the retries get every query through
+        before = scored()
+        wait_for(proc, log, "a cycle scored through cut answers", lambda: scored() > before)
+        assert proxy.cuts > 0
+        proxy.cut = 1  # every answer cut: the cycle fails, counted
+        wait_for(proc, log, "a failed cycle counted", lambda: query_errors() >= 1)
+        proxy.cut = 0
+        before = scored()
+        wait_for(proc, log, "a scored cycle after the failure", lambda: scored() > before)
+    text = log.read_text()
+    assert re.search(
+        r"WARNING .*query: .*/api/v1/query: .* failed 5 times; last: IncompleteRead", text
+    )
