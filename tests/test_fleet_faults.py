@@ -1,6 +1,7 @@
 """Fleet mode when Prometheus misbehaves, through the real ``minerwatch fleet`` commands
 against a real Prometheus holding a simulated fleet's recent node_exporter history: answers
-cut short (the server stopped while sending) and the server's own sample limit."""
+cut short (the server stopped while sending), the server's own sample limit, and the server
+going away in the middle of ``fleet train``."""
 
 from __future__ import annotations
 
@@ -146,9 +147,9 @@ def proxy(fleet) -> Iterator[CuttingProxy]:
     server.server_close()
 
 
-def test_train_retries_answers_cut_short(fleet, models, proxy, tmp_path):
-    """Every tenth answer cut in the middle: each is asked again, and the models are those
-    of an unbroken read."""
+def test_train_retries_answers_cut_short_and_says_how_far_it_got(fleet, models, proxy, tmp_path):
+    """Every tenth answer cut in the middle: each is asked again, the models are those of
+    an unbroken read, and the progress (stderr is not a terminal) is in plain lines."""
     _, _, _, hosts, start, end = fleet
     proxy.cut = 10
     done = mw(*train_args(proxy.url, start, end, tmp_path / "m"), "--concurrency", 1)
@@ -156,6 +157,9 @@ def test_train_retries_answers_cut_short(fleet, models, proxy, tmp_path):
     assert "Traceback" not in done.stderr and "IncompleteRead" not in done.stderr, done.stderr
     assert proxy.cuts > 0
     assert array_hashes(tmp_path / "m") == array_hashes(models)
+    lines = re.findall(r"^fleet train: (\d+)/(\d+) hosts done, last (\S+)", done.stderr, re.M)
+    assert lines and lines[-1][:2] == (str(HOSTS), str(HOSTS)), done.stderr
+    assert len(lines) <= 10  # at each tenth of the fleet, not a line per host of a big one
 
 
 def test_a_sample_limit_is_met_by_reading_in_halves(fleet, models, tmp_path):
@@ -181,6 +185,42 @@ def test_a_sample_limit_is_met_by_reading_in_halves(fleet, models, tmp_path):
                 "a scored cycle",
                 lambda: f"cycle: {HOSTS} hosts scored" in log.read_text(),
             )
+
+
+def test_train_stops_when_prometheus_goes_away_keeping_what_it_trained(fleet, tmp_path):
+    """Prometheus killed once the first model is saved: the run does not wait through every
+    remaining host's retries; it names the hosts done and not done, keeps the saved models
+    and exits 1 (an unexpected failure, not the user's input)."""
+    _, tsdb, _, hosts, start, end = fleet
+    copy = tmp_path / "tsdb"
+    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
+    models = tmp_path / "m"
+    with started_prometheus(tmp_path, copy) as prom:
+        proc = subprocess.Popen(
+            [MINERWATCH, *map(str, train_args(prom.url, start, end, models))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while proc.poll() is None and not list(models.glob("*/meta.json")):
+            time.sleep(0.01)
+        prom.proc.kill()
+        prom.proc.wait(timeout=10)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err, err
+    m = re.search(
+        rf"minerwatch: error: {re.escape(prom.url)} stopped answering after (\d+) of {HOSTS} "
+        r"hosts: trained (\d+) \(saved in .*\), not trained (\d+): (.*) \(exit 1\)$",
+        err, re.M,
+    )  # fmt: skip
+    assert m, err
+    assert re.search(rf"^fleet train: \d+/{HOSTS} hosts done, last \S+, 2 failed", err, re.M), err
+    tried, trained, missing = int(m[1]), int(m[2]), int(m[3])
+    saved = array_hashes(models)
+    assert trained == len(saved) >= 1 and trained + missing == HOSTS
+    assert tried < HOSTS  # it stopped: the last hosts were not waited for
+    assert all(h in out for h in saved)  # the trained hosts' summary table
+    named = m[4].split(", ")
+    assert set(named) <= set(hosts) - set(saved) and named, m[4]
 
 
 @contextmanager

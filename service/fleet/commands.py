@@ -24,7 +24,7 @@ from minerwatch.service.fleet.promclient import Connection, PromClient
 from minerwatch.service.fleet.train import FleetReader, summary_table, train_fleet
 
 DAY = 86400.0
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def connection(args: argparse.Namespace) -> Connection:
@@ -102,7 +102,11 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"training {len(hosts)} hosts from {conn.url} ({start:.0f}..{end:.0f})", file=sys.stderr)
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     hop = args.hop or args.window
-    bar = Progress("fleet train")
+    bar = Progress("fleet train", lines=10)  # under a service manager too: runs are long
+
+    def progress(done: int, total: int, host: str, failed: int) -> None:
+        bar(done, total, f"hosts done, last {host}" + (f", {failed} failed" if failed else ""))
+
     outcomes = train_fleet(
         reader,
         hosts,
@@ -112,14 +116,27 @@ def run_train(args: argparse.Namespace) -> int:
         n_jobs=args.jobs,
         dask_address=args.dask,
         model_key=key,
-        progress=bar,
+        progress=progress,
         params={"max_alarms_per_week": args.alarms_per_week},
     )
     failed = [o for o in outcomes if o.model is None]
     for o in failed:
+        if o.attempts == 0:  # not tried: said once below
+            continue
         tries = f" after {o.attempts} attempts" if o.attempts > 1 else ""
         print(f"minerwatch: skipped host {o.host}{tries}: {o.error}", file=sys.stderr)
     trained = [o for o in outcomes if o.model is not None]
+    if any(o.attempts == 0 for o in outcomes):  # Prometheus went away: the run stopped
+        if trained:
+            print(summary_table(trained))
+        tried = sum(o.attempts > 0 for o in outcomes)
+        print(
+            f"minerwatch: error: {conn.url} stopped answering after {tried} of {len(hosts)} "
+            f"hosts: trained {len(trained)} (saved in {args.models}), not trained "
+            f"{len(failed)}: {_names([o.host for o in failed])} (exit 1)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     if not trained:
         raise InputError(conn.url, None, "at least one host with enough data", "none trained")
     print(summary_table(trained))
