@@ -5,6 +5,7 @@ going away in the middle of ``fleet train``."""
 
 from __future__ import annotations
 
+import csv
 import http.server
 import json
 import re
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,12 +87,14 @@ def models(fleet):
 class CuttingProxy(http.server.ThreadingHTTPServer):
     """Forwards to Prometheus; while ``cut`` is n > 0, every n-th answer is cut short: its
     headers announce the whole answer, half of it is sent and the connection closed, as when
-    Prometheus stops (or a load balancer drops it) in the middle of an answer."""
+    Prometheus stops (or a load balancer drops it) in the middle of an answer. A request that
+    names host ``broken`` (in a selector, where the name is a regex) is answered 503."""
 
     daemon_threads = True
 
     def __init__(self, upstream: str) -> None:
         self.upstream, self.cut, self.answers, self.cuts = upstream, 0, 0, 0
+        self.broken = ""
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _CuttingHandler)
 
@@ -104,6 +108,12 @@ class _CuttingHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _forward(self, body: bytes | None) -> None:
+        form = urllib.parse.unquote_plus((body or b"").decode()).replace("\\\\", "\\")
+        if self.server.broken and re.escape(self.server.broken) in form:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
         request = urllib.request.Request(
             self.server.upstream + self.path, data=body, headers=headers, method=self.command
@@ -291,3 +301,58 @@ def test_serve_keeps_serving_through_answers_cut_short(fleet, models, proxy, tmp
     assert re.search(
         r"WARNING .*query: .*/api/v1/query: .* failed 5 times; last: IncompleteRead", text
     )
+
+
+def test_score_skips_a_host_prometheus_keeps_failing_and_writes_the_others(
+    fleet, models, proxy, tmp_path
+):
+    """A host whose every query Prometheus answers 503 (after the client's retries): it is
+    named and skipped, the others are scored and written (exit 2), not the whole run lost."""
+    _, _, _, hosts, start, end = fleet
+    proxy.broken = hosts[1]
+    out = tmp_path / "scores.csv"
+    done = mw("fleet", "score", "--prometheus", proxy.url, "--start", start, "--end", end,
+              "--models", models, "--output", out)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected failure" not in done.stderr
+    assert re.search(rf"^minerwatch: skipped host {hosts[1]}: .* failed 5 times; last: HTTP 503",
+                     done.stderr, re.M), done.stderr  # fmt: skip
+    assert f"skipped 1: {hosts[1]} (exit 2)" in done.stderr
+    with out.open() as fh:
+        assert {r["host"] for r in csv.DictReader(fh)} == set(hosts) - {hosts[1]}
+
+
+def test_export_stops_when_prometheus_goes_away_keeping_what_it_wrote(fleet, tmp_path):
+    """Prometheus killed once the first host is written: two hosts in a row find nothing at
+    the URL, the run stops (exit 1) naming what was done and what not; the files written
+    stay."""
+    _, tsdb, _, hosts, start, end = fleet
+    copy = tmp_path / "tsdb"
+    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
+    out = tmp_path / "export"
+    with started_prometheus(tmp_path, copy) as prom:
+        proc = subprocess.Popen(
+            [MINERWATCH, "fleet", "export", "--prometheus", prom.url, "--start", str(start),
+             "--end", str(end), "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        # progress lines as they come: a host's line is written as it is begun
+        lines = [proc.stderr.readline(), proc.stderr.readline()]
+        assert lines[1].startswith(f"fleet export: 2/{HOSTS} "), lines
+        prom.proc.kill()
+        prom.proc.wait(timeout=10)
+        err = "".join(lines) + proc.stderr.read()
+        proc.wait(timeout=300)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err, err
+    m = re.search(
+        rf"^minerwatch: error: {re.escape(prom.url)} stopped answering after (\d+) of {HOSTS} "
+        r"hosts: exported (\d+) \(\d+ samples -> .*\), not done (\d+): (.*) \(exit 1\)$",
+        err, re.M,
+    )  # fmt: skip
+    assert m, err
+    written = sorted(p.name for p in out.glob("*.csv") if not p.name.endswith(".procs.csv"))
+    assert int(m[2]) == len(written) >= 1 and int(m[2]) + int(m[3]) == HOSTS
+    assert int(m[1]) < HOSTS
+    assert hosts[0] + ".csv" in written and hosts[-1] + ".csv" not in written

@@ -20,8 +20,18 @@ from minerwatch.service.fleet.nodeexporter import (
     HostTelemetry,
     discover_hosts,
 )
-from minerwatch.service.fleet.promclient import Connection, PromClient
-from minerwatch.service.fleet.train import FleetReader, summary_table, train_fleet
+from minerwatch.service.fleet.promclient import (
+    Connection,
+    PromClient,
+    PrometheusUnavailable,
+    PrometheusUnreachable,
+)
+from minerwatch.service.fleet.train import (
+    STOP_AFTER_UNREACHABLE,
+    FleetReader,
+    summary_table,
+    train_fleet,
+)
 
 DAY = 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -83,6 +93,24 @@ def _hosts(client: PromClient, args: argparse.Namespace, start: float, end: floa
 def _names(hosts: list[str], most: int = 10) -> str:
     more = f" and {len(hosts) - most} more" if len(hosts) > most else ""
     return ", ".join(hosts[:most]) + more
+
+
+def _skip(host: str, exc: Exception, skipped: list[str], in_a_row: int) -> int:
+    """Name a host that ``fleet score``/``export`` could not do and note it; how many hosts in a
+    row found nothing at all at the URL (:data:`~.train.STOP_AFTER_UNREACHABLE` stops)."""
+    skipped.append(host)
+    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+    return in_a_row + 1 if isinstance(exc, PrometheusUnreachable) else 0
+
+
+def _stopped(url: str, tried: int, total: int, done: str, missing: list[str]) -> int:
+    """Say that Prometheus went away in the middle of a run, what was done and what not."""
+    print(
+        f"minerwatch: error: {url} stopped answering after {tried} of {total} hosts: {done}, "
+        f"not done {len(missing)}: {_names(missing)} (exit 1)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
 
 
 def _explain_absent(columns: tuple[str, ...]) -> str:
@@ -171,25 +199,37 @@ def run_score(args: argparse.Namespace) -> int:
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     models, out = Path(args.models), Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
-    bar = Progress("fleet score")
+    bar = Progress("fleet score", lines=10)
     skipped: list[str] = []
-    alerts = windows = 0
+    stopped: list[str] = []  # not tried: Prometheus went away
+    alerts = windows = in_a_row = 0
     try:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(SCORE_COLUMNS)
             for i, host in enumerate(hosts, start=1):
+                if in_a_row >= STOP_AFTER_UNREACHABLE:
+                    stopped = hosts[i - 1 :]
+                    break
                 bar(i, len(hosts), host)
                 try:
                     model = load_model(models, host, key=key)
                     res = score_series(model, reader.read(host, client).series)
-                except InputError as exc:  # no usable model, or data the model cannot use
-                    skipped.append(host)
-                    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+                except (InputError, PrometheusUnavailable) as exc:
+                    # no usable model, data the model cannot use, or Prometheus failing
+                    in_a_row = _skip(host, exc, skipped, in_a_row)
                     continue
+                in_a_row = 0
                 writer.writerows(res.rows())
                 windows += len(res.score)
                 alerts += int(res.alert.sum())
+        scored = len(hosts) - len(skipped) - len(stopped)
+        if stopped:  # what was scored is kept
+            if scored:
+                tmp.replace(out)
+            done = f"scored {scored}" + (f" ({windows} windows -> {out})" if scored else "")
+            return _stopped(conn.url, len(hosts) - len(stopped), len(hosts), done,
+                            skipped + stopped)  # fmt: skip
         if len(skipped) == len(hosts):
             raise InputError(
                 str(models), None, "a usable model for at least one host", "none; nothing written"
@@ -236,16 +276,20 @@ def run_export(args: argparse.Namespace) -> int:
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    bar = Progress("fleet export")
-    rows, tables, skipped = 0, 0, []
+    bar = Progress("fleet export", lines=10)
+    rows, tables, in_a_row = 0, 0, 0
+    skipped: list[str] = []
     for i, host in enumerate(hosts, start=1):
+        if in_a_row >= STOP_AFTER_UNREACHABLE:
+            done = f"exported {i - 1 - len(skipped)} ({rows} samples -> {out})"
+            return _stopped(conn.url, i - 1, len(hosts), done, skipped + hosts[i - 1 :])
         bar(i, len(hosts), host)
         try:
             data = reader.read(host, client, procs=True)
-        except InputError as exc:
-            skipped.append(host)
-            print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+        except (InputError, PrometheusUnavailable) as exc:
+            in_a_row = _skip(host, exc, skipped, in_a_row)
             continue
+        in_a_row = 0
         atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
         if data.procs is not None:  # process-exporter groups, see process_rows
             write_procs_csv(out / f"{host_dirname(host)}.procs.csv", host, data.procs)
