@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import http.server
 import json
+import os
 import re
 import shutil
 import signal
@@ -197,17 +198,19 @@ def test_a_sample_limit_is_met_by_reading_in_halves(fleet, models, tmp_path):
             )
 
 
-def test_train_stops_when_prometheus_goes_away_keeping_what_it_trained(fleet, tmp_path):
+@pytest.mark.parametrize("engine", [["--jobs", "1"], ["--dask", "local"]], ids=["one", "dask"])
+def test_train_stops_when_prometheus_goes_away_keeping_what_it_trained(fleet, tmp_path, engine):
     """Prometheus killed once the first model is saved: the run does not wait through every
-    remaining host's retries; it names the hosts done and not done, keeps the saved models
-    and exits 1 (an unexpected failure, not the user's input)."""
+    remaining host's retries (in this process, or on a Dask LocalCluster); it names the hosts
+    done and not done, keeps the saved models and exits 1 (an unexpected failure, not the
+    user's input)."""
     _, tsdb, _, hosts, start, end = fleet
     copy = tmp_path / "tsdb"
     shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
     models = tmp_path / "m"
     with started_prometheus(tmp_path, copy) as prom:
         proc = subprocess.Popen(
-            [MINERWATCH, *map(str, train_args(prom.url, start, end, models))],
+            [MINERWATCH, *map(str, train_args(prom.url, start, end, models)), *engine],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         while proc.poll() is None and not list(models.glob("*/meta.json")):
@@ -356,3 +359,22 @@ def test_export_stops_when_prometheus_goes_away_keeping_what_it_wrote(fleet, tmp
     assert int(m[2]) == len(written) >= 1 and int(m[2]) + int(m[3]) == HOSTS
     assert int(m[1]) < HOSTS
     assert hosts[0] + ".csv" in written and hosts[-1] + ".csv" not in written
+
+
+def test_a_bad_or_unreachable_dask_scheduler_is_named_exit_2(fleet, tmp_path):
+    """``--dask`` that is no address, or where no scheduler listens: the flag is named with
+    what is wrong (exit 2), as ``train --dask`` does, not an unexpected failure."""
+    _, _, prom, _, start, end = fleet
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    for address, why in [("bogus", "missing port number"), (nobody, "Timed out trying")]:
+        done = subprocess.run(
+            [MINERWATCH, *map(str, train_args(prom.url, start, end, tmp_path / "m")),
+             "--dask", address],
+            capture_output=True, text=True, timeout=120, check=False, env=env,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("minerwatch: error: --dask: expected the address of a reachable "
+                               "Dask scheduler, got ") and why in last, done.stderr  # fmt: skip
+        assert not (tmp_path / "m").exists()

@@ -180,7 +180,14 @@ def run_tasks(
             if dask_address == "local"
             else None
         )
-        client = Client(cluster if cluster is not None else dask_address)
+        try:
+            client = Client(cluster if cluster is not None else dask_address)
+        except (OSError, ValueError) as exc:  # unreachable, malformed: as `train --dask` says
+            if cluster is not None:
+                cluster.close()
+            raise InputError(
+                "--dask", None, "the address of a reachable Dask scheduler", str(exc)
+            ) from None
         try:
             futures = [
                 client.submit(train_task, reader, h, window, hop, params, pure=False) for h in tasks
