@@ -23,8 +23,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from promtools import PROMETHEUS, PROMTOOL, free_port, require, started_prometheus
+from test_fleet_e2e import SCRAPES, STEP, T0, _many_series_host
 
 from minerwatch.bench.fleet_backfill import backfill
 from minerwatch.bench.simulate import simulate
@@ -378,3 +380,41 @@ def test_a_bad_or_unreachable_dask_scheduler_is_named_exit_2(fleet, tmp_path):
         assert last.startswith("minerwatch: error: --dask: expected the address of a reachable "
                                "Dask scheduler, got ") and why in last, done.stderr  # fmt: skip
         assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """(tsdb, start, end): two hosts of 8 CPUs, 9 NICs and 9 disks, whose metrics fleet mode
+    has Prometheus sum (test_fleet_e2e's big hosts)."""
+    promtool = require(PROMTOOL)
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(11)
+    lines = _many_series_host("big-01", False, rng) + _many_series_host("big-02", False, rng)
+    (root / "big.om").write_text("\n".join(lines) + "\n# EOF\n")
+    tsdb = root / "tsdb"
+    done = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(root / "big.om"), str(tsdb)],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return tsdb, T0 + 60.0, T0 + STEP * (SCRAPES - 1)
+
+
+def test_sums_over_the_sample_limit_fall_back_to_raw_samples_in_pieces(big, tmp_path):
+    """Where Prometheus sums a big host's CPUs and devices, a sum refused for the sample limit
+    is read as raw samples instead, in pieces under the limit: the same files are exported."""
+    tsdb, start, end = big
+    exported = {}
+    for limit in ("50000000", "10000"):  # Prometheus' default, and one the sums go over
+        copy = tmp_path / f"tsdb-{limit}"
+        shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
+        root = tmp_path / limit
+        root.mkdir()
+        with started_prometheus(root, copy, flags=[f"--query.max-samples={limit}"]) as prom:
+            out = root / "export"
+            done = mw("fleet", "export", "--prometheus", prom.url, "--start", start,
+                      "--end", end, "--output", out)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        exported[limit] = {p.name: p.read_text() for p in sorted(out.glob("*.csv"))}
+    assert sorted(exported["10000"]) == ["big-01.csv", "big-02.csv"]
+    assert exported["10000"] == exported["50000000"]
