@@ -418,3 +418,30 @@ def test_sums_over_the_sample_limit_fall_back_to_raw_samples_in_pieces(big, tmp_
         exported[limit] = {p.name: p.read_text() for p in sorted(out.glob("*.csv"))}
     assert sorted(exported["10000"]) == ["big-01.csv", "big-02.csv"]
     assert exported["10000"] == exported["50000000"]
+
+
+def test_an_interrupted_train_says_which_hosts_are_saved_and_which_are_left(fleet, tmp_path):
+    """Ctrl-C (SIGINT) once two hosts are done: exit 130, the models fitted so far stay, and
+    one line says how many were trained and which hosts were not done."""
+    _, _, prom, hosts, start, end = fleet
+    models = tmp_path / "m"
+    proc = subprocess.Popen(
+        [MINERWATCH, *map(str, train_args(prom.url, start, end, models))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines = [proc.stderr.readline() for _ in range(3)]  # "training ...", then hosts 1 and 2
+    assert lines[2].startswith(f"fleet train: 2/{HOSTS} hosts done"), lines
+    proc.send_signal(signal.SIGINT)
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err
+    assert "Traceback" not in err, err
+    m = re.search(
+        rf"^minerwatch: interrupted after (\d+) of {HOSTS} hosts: trained (\d+) "
+        rf"\(saved in {re.escape(str(models))}\), failed 0, not done (\d+): (.*)$",
+        err, re.M,
+    )  # fmt: skip
+    assert m, err
+    saved = array_hashes(models)
+    assert int(m[1]) == int(m[2]) == len(saved) >= 2 and int(m[3]) == HOSTS - len(saved)
+    assert set(m[4].removesuffix(" and 0 more").split(", ")) == set(hosts) - set(saved)

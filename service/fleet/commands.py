@@ -132,21 +132,37 @@ def run_train(args: argparse.Namespace) -> int:
     hop = args.hop or args.window
     bar = Progress("fleet train", lines=10)  # under a service manager too: runs are long
 
+    seen: list[str] = []
+    errors = [0]
+
     def progress(done: int, total: int, host: str, failed: int) -> None:
+        seen.append(host)
+        errors[0] = failed
         bar(done, total, f"hosts done, last {host}" + (f", {failed} failed" if failed else ""))
 
-    outcomes = train_fleet(
-        reader,
-        hosts,
-        Path(args.models),
-        window=args.window,
-        hop=hop,
-        n_jobs=args.jobs,
-        dask_address=args.dask,
-        model_key=key,
-        progress=progress,
-        params={"max_alarms_per_week": args.alarms_per_week},
-    )
+    try:
+        outcomes = train_fleet(
+            reader,
+            hosts,
+            Path(args.models),
+            window=args.window,
+            hop=hop,
+            n_jobs=args.jobs,
+            dask_address=args.dask,
+            model_key=key,
+            progress=progress,
+            params={"max_alarms_per_week": args.alarms_per_week},
+        )
+    except KeyboardInterrupt:  # the models fitted so far are saved: say which hosts are left
+        left = sorted(set(hosts) - set(seen))
+        print(
+            ("\n" if bar.enabled else "")
+            + f"minerwatch: interrupted after {len(seen)} of {len(hosts)} hosts: trained "
+            f"{len(seen) - errors[0]} (saved in {args.models}), failed {errors[0]}, "
+            f"not done {len(left)}: {_names(left)}",
+            file=sys.stderr,
+        )
+        raise
     failed = [o for o in outcomes if o.model is None]
     for o in failed:
         if o.attempts == 0:  # not tried: said once below
