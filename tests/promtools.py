@@ -114,6 +114,7 @@ def running_prometheus(
     startup_timeout: float = 20.0,
     tsdb: Path | None = None,
     retention: str = "1h",
+    flags: Sequence[str] = (),
 ) -> Iterator[Prometheus]:
     """Start Prometheus with the given scrape configs (on ``tsdb``, default a fresh one) and
     yield once ``/-/ready`` answers."""
@@ -135,6 +136,7 @@ def running_prometheus(
                     f"--storage.tsdb.retention.time={retention}",
                     "--log.level=warn",
                     *_fast_discovery_flag(binary),
+                    *flags,
                 ],
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
@@ -151,10 +153,12 @@ def running_prometheus(
 
 
 @contextmanager
-def started_prometheus(root: Path, tsdb: Path) -> Iterator[Prometheus]:
+def started_prometheus(root: Path, tsdb: Path, flags: Sequence[str] = ()) -> Iterator[Prometheus]:
     """Prometheus on a backfilled ``tsdb``, scraping nothing (backfilled history is months
-    "old": long retention)."""
-    with running_prometheus(root, (), tsdb=tsdb, retention="10y", startup_timeout=60.0) as prom:
+    "old": long retention); ``flags`` are added to its command line."""
+    with running_prometheus(
+        root, (), tsdb=tsdb, retention="10y", startup_timeout=60.0, flags=flags
+    ) as prom:
         yield prom
 
 

@@ -115,11 +115,10 @@ def test_a_host_that_cannot_be_read_is_reported_and_the_others_train(fleet, tmp_
     url, hosts, start, end = fleet
     reader = reader_for(url, start, end)
     tasks = [hosts[0], "ghost-01", hosts[1], hosts[2]]
-    seen: list[tuple[int, int, str]] = []
-    out = train_fleet(
-        reader, tasks, tmp_path / "m", progress=lambda n, total, h: seen.append((n, total, h))
-    )
-    assert seen == [(i + 1, 4, h) for i, h in enumerate(tasks)]  # progress in task order
+    seen: list[tuple[int, int, str, int]] = []
+    out = train_fleet(reader, tasks, tmp_path / "m", progress=lambda *done: seen.append(done))
+    # progress in task order, with the failures so far
+    assert seen == [(i + 1, 4, h, int(i >= 1)) for i, h in enumerate(tasks)]
     by_host = {o.host: o for o in out}
     ghost = by_host.pop("ghost-01")
     assert ghost.model is None and not ghost.transient and ghost.attempts == 1

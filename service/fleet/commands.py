@@ -19,11 +19,21 @@ from minerwatch.service.fleet.nodeexporter import (
     HostTelemetry,
     discover_hosts,
 )
-from minerwatch.service.fleet.promclient import Connection, PromClient
-from minerwatch.service.fleet.train import FleetReader, summary_table, train_fleet
+from minerwatch.service.fleet.promclient import (
+    Connection,
+    PromClient,
+    PrometheusUnavailable,
+    PrometheusUnreachable,
+)
+from minerwatch.service.fleet.train import (
+    STOP_AFTER_UNREACHABLE,
+    FleetReader,
+    summary_table,
+    train_fleet,
+)
 
 DAY = 86400.0
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def connection(args: argparse.Namespace) -> Connection:
@@ -84,6 +94,24 @@ def _names(hosts: list[str], most: int = 10) -> str:
     return ", ".join(hosts[:most]) + more
 
 
+def _skip(host: str, exc: Exception, skipped: list[str], in_a_row: int) -> int:
+    """Name a host that ``fleet score``/``export`` could not do and note it; how many hosts in a
+    row found nothing at all at the URL (:data:`~.train.STOP_AFTER_UNREACHABLE` stops)."""
+    skipped.append(host)
+    print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+    return in_a_row + 1 if isinstance(exc, PrometheusUnreachable) else 0
+
+
+def _stopped(url: str, tried: int, total: int, done: str, missing: list[str]) -> int:
+    """Say that Prometheus went away in the middle of a run, what was done and what not."""
+    print(
+        f"minerwatch: error: {url} stopped answering after {tried} of {total} hosts: {done}, "
+        f"not done {len(missing)}: {_names(missing)} (exit 1)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
+
+
 def _explain_absent(columns: tuple[str, ...]) -> str:
     needs = {c.name: " + ".join(c.metrics) for c in MAPPING}
     return "; ".join(f"{c} (needs {needs[c]})" for c in columns)
@@ -101,24 +129,57 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"training {len(hosts)} hosts from {conn.url} ({start:.0f}..{end:.0f})", file=sys.stderr)
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     hop = args.hop or args.window
-    bar = Progress("fleet train")
-    outcomes = train_fleet(
-        reader,
-        hosts,
-        Path(args.models),
-        window=args.window,
-        hop=hop,
-        n_jobs=args.jobs,
-        dask_address=args.dask,
-        model_key=key,
-        progress=bar,
-        params={"max_alarms_per_week": args.alarms_per_week},
-    )
+    bar = Progress("fleet train", lines=10)  # under a service manager too: runs are long
+
+    seen: list[str] = []
+    errors = [0]
+
+    def progress(done: int, total: int, host: str, failed: int) -> None:
+        seen.append(host)
+        errors[0] = failed
+        bar(done, total, f"hosts done, last {host}" + (f", {failed} failed" if failed else ""))
+
+    try:
+        outcomes = train_fleet(
+            reader,
+            hosts,
+            Path(args.models),
+            window=args.window,
+            hop=hop,
+            n_jobs=args.jobs,
+            dask_address=args.dask,
+            model_key=key,
+            progress=progress,
+            params={"max_alarms_per_week": args.alarms_per_week},
+        )
+    except KeyboardInterrupt:  # the models fitted so far are saved: say which hosts are left
+        left = sorted(set(hosts) - set(seen))
+        print(
+            ("\n" if bar.enabled else "")
+            + f"minerwatch: interrupted after {len(seen)} of {len(hosts)} hosts: trained "
+            f"{len(seen) - errors[0]} (saved in {args.models}), failed {errors[0]}, "
+            f"not done {len(left)}: {_names(left)}",
+            file=sys.stderr,
+        )
+        raise
     failed = [o for o in outcomes if o.model is None]
     for o in failed:
+        if o.attempts == 0:  # not tried: said once below
+            continue
         tries = f" after {o.attempts} attempts" if o.attempts > 1 else ""
         print(f"minerwatch: skipped host {o.host}{tries}: {o.error}", file=sys.stderr)
     trained = [o for o in outcomes if o.model is not None]
+    if any(o.attempts == 0 for o in outcomes):  # Prometheus went away: the run stopped
+        if trained:
+            print(summary_table(trained))
+        tried = sum(o.attempts > 0 for o in outcomes)
+        print(
+            f"minerwatch: error: {conn.url} stopped answering after {tried} of {len(hosts)} "
+            f"hosts: trained {len(trained)} (saved in {args.models}), not trained "
+            f"{len(failed)}: {_names([o.host for o in failed])} (exit 1)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     if not trained:
         raise InputError(conn.url, None, "at least one host with enough data", "none trained")
     print(summary_table(trained))
@@ -153,22 +214,36 @@ def run_score(args: argparse.Namespace) -> int:
     hosts = _hosts(client, args, start, end)
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     models, out = Path(args.models), Path(args.output)
-    bar = Progress("fleet score")
+    bar = Progress("fleet score", lines=10)
     skipped: list[str] = []
-    alerts = windows = 0
+    stopped: list[str] = []  # not tried: Prometheus went away
+    alerts = windows = in_a_row = 0
     with ScoreSink(out, SCORE_COLUMNS) as sink:
         for i, host in enumerate(hosts, start=1):
+            if in_a_row >= STOP_AFTER_UNREACHABLE:
+                stopped = hosts[i - 1 :]
+                break
             bar(i, len(hosts), host)
             try:
                 model = load_model(models, host, key=key)
                 res = score_series(model, reader.read(host, client).series)
-            except InputError as exc:  # no usable model, or data the model cannot use
-                skipped.append(host)
-                print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+            except (InputError, PrometheusUnavailable) as exc:
+                # no usable model, data the model cannot use, or Prometheus failing
+                in_a_row = _skip(host, exc, skipped, in_a_row)
                 continue
+            in_a_row = 0
             sink.write(res.rows())
             windows += len(res.score)
             alerts += int(res.alert.sum())
+        scored = len(hosts) - len(skipped) - len(stopped)
+        if stopped:  # what was scored is kept
+            if scored:
+                sink.commit()
+            done = f"scored {scored}" + (
+                f" ({windows} windows -> {describe(out)})" if scored else ""
+            )
+            return _stopped(conn.url, len(hosts) - len(stopped), len(hosts), done,
+                            skipped + stopped)  # fmt: skip
         if len(skipped) == len(hosts):
             raise InputError(
                 str(models), None, "a usable model for at least one host", "none; nothing written"
@@ -213,16 +288,20 @@ def run_export(args: argparse.Namespace) -> int:
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    bar = Progress("fleet export")
-    rows, tables, skipped = 0, 0, []
+    bar = Progress("fleet export", lines=10)
+    rows, tables, in_a_row = 0, 0, 0
+    skipped: list[str] = []
     for i, host in enumerate(hosts, start=1):
+        if in_a_row >= STOP_AFTER_UNREACHABLE:
+            done = f"exported {i - 1 - len(skipped)} ({rows} samples -> {out})"
+            return _stopped(conn.url, i - 1, len(hosts), done, skipped + hosts[i - 1 :])
         bar(i, len(hosts), host)
         try:
             data = reader.read(host, client, procs=True)
-        except InputError as exc:
-            skipped.append(host)
-            print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
+        except (InputError, PrometheusUnavailable) as exc:
+            in_a_row = _skip(host, exc, skipped, in_a_row)
             continue
+        in_a_row = 0
         atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
         if data.procs is not None:  # process-exporter groups, see process_rows
             write_procs_csv(out / f"{host_dirname(host)}.procs.csv", host, data.procs)

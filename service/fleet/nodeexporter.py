@@ -36,8 +36,10 @@ from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.features.sources.disk import DEFAULT_IGNORE as NOT_WHOLE_DISK
 from minerwatch.service.fleet.promclient import (
     PromClient,
+    PrometheusError,
     RawSeries,
     merge_series,
+    too_many_samples,
 )
 
 #: Interfaces that carry traffic some physical interface also carries, or none at all.
@@ -772,7 +774,8 @@ def read_host(
     then read with the mapping's filters applied by Prometheus (:data:`READ_PLANS`: CPU
     modes, whole disks, physical interfaces, process-exporter's user and system), summed by
     Prometheus where the mapping sums and that gives fewer series (:func:`read_summed`;
-    not with ``summed=False``), else as raw samples in pieces of at most ``budget`` points,
+    not with ``summed=False``, nor when the server refuses the sums for its sample limit),
+    else as raw samples in pieces of at most ``budget`` points,
     so memory per host stays bounded whatever its number of CPUs or devices. Answers are
     parsed to arrays and mapped with numpy (:func:`telemetry_series`).
     """
@@ -811,7 +814,11 @@ def read_host(
         sel = series_selector(metric, inner_m, *plan.matchers())
         got = None
         if summed and metric not in PROCESS_METRICS:
-            got = read_summed(client, sel, kept, plan, lead, end, interval)
+            try:
+                got = read_summed(client, sel, kept, plan, lead, end, interval)
+            except PrometheusError as exc:  # over the server's sample limit: the raw samples,
+                if not too_many_samples(exc):  # in pieces it accepts
+                    raise
         if got is None:
             per_series = max(100, min(client.max_points, budget // len(kept)))
             got = client.samples_series(sel, lead, end, interval * per_series / client.max_points)

@@ -3,8 +3,10 @@
 Fleet mode reads weeks of history for thousands of hosts, so the client does the things a
 one-off ``curl`` does not: it cuts long ranges so no answer holds more than ``max_points``
 points per series (Prometheus refuses ``query_range`` beyond 11,000), runs at most
-``concurrency`` requests at once, retries 5xx answers, timeouts and refused connections with
-exponential backoff, and refuses a 4xx at once with the server's own message and the query.
+``concurrency`` requests at once, retries 5xx answers, timeouts, refused connections and
+answers cut short with exponential backoff, reads raw samples in halves when the server
+refuses a span for its sample limit (Prometheus' ``--query.max-samples``), and refuses
+another 4xx at once with the server's own message and the query.
 Answers come back as pandas frames in long form: one row per point, a column per label,
 ``timestamp`` (Unix seconds) and ``value``; or, from the ``*_series`` methods, as
 :class:`RawSeries` (labels and two numpy arrays per series), parsed without a Python object
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import http.client
 import json
 import math
 import random
@@ -54,6 +57,10 @@ _T = TypeVar("_T")
 
 class PrometheusError(InputError):
     """The server refused a request (4xx), or could not be reached at all: exit code 2."""
+
+
+class PrometheusUnreachable(PrometheusError):
+    """Nothing answered at the URL (connection refused, no such host) through every retry."""
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -271,19 +278,32 @@ class PromClient:
     ) -> list[RawSeries]:
         """:meth:`samples` as :class:`RawSeries`: the same requests, the same points (each
         timestamp once, in [start, end], in time order), one per label set sorted by labels,
-        without pandas and without a Python object per point."""
+        without pandas and without a Python object per point. A piece the server refuses for
+        its sample limit (:func:`too_many_samples`) is read again as two halves, down to one
+        ``interval``."""
         if not (interval > 0 and end >= start):
             raise ValueError(f"need interval > 0 and end >= start, got {start}..{end}")
         span = interval * self.max_points
         n = max(1, math.ceil((end - start) / span))
         edges = [start + i * (end - start) / n for i in range(n + 1)]
 
-        def piece(a: float, b: float) -> list[RawSeries]:
+        def piece(a: float, b: float) -> list[list[RawSeries]]:
             ms = max(1, math.ceil((b - a) * 1000))
-            return self.query_series(f"{selector}[{ms}ms]", b)
+            try:
+                return [self.query_series(f"{selector}[{ms}ms]", b)]
+            except PrometheusError as exc:  # over the server's sample limit: halve the span
+                if not too_many_samples(exc):
+                    raise
+                if b - a <= interval:
+                    raise PrometheusError(
+                        exc.path, None, f"{exc.expected} (even {b - a:g} s at a time: raise "
+                        "the server's sample limit, Prometheus' --query.max-samples)", exc.got,
+                    ) from None  # fmt: skip
+            mid = (a + b) / 2
+            return piece(a, mid) + piece(mid, b)
 
         pieces = self._parallel(piece, list(zip(edges, edges[1:], strict=False)))
-        return merge_series(pieces, start, end)
+        return merge_series([p for parts in pieces for p in parts], start, end)
 
     def series(self, match: Sequence[str], start: float, end: float) -> list[dict[str, str]]:
         """``/api/v1/series``: the label sets of the series matching any of ``match``."""
@@ -395,17 +415,32 @@ class PromClient:
                 continue
             except (TimeoutError, ConnectionError) as err:  # while reading the answer
                 last = f"{type(err).__name__}: {err}"
+            except http.client.HTTPException as err:  # an answer cut short (server stopped)
+                last = f"{type(err).__name__}: {err}"
             unreachable = False
         if not unreachable:
             raise PrometheusUnavailable(
                 f"{url}: {what!r} failed {self.retries + 1} times; last: {last}"
             )
-        raise PrometheusError(
+        raise PrometheusUnreachable(
             self.connection.url,
             None,
             "a reachable Prometheus",
             f"{last} ({self.retries + 1} attempts)",
         )
+
+
+#: How servers say an answer would hold more samples than they allow: Prometheus (and Thanos,
+#: which runs its engine), VictoriaMetrics' -search.maxSamplesPerQuery, Mimir's limits.
+TOO_MANY_SAMPLES = re.compile(
+    r"too many samples|maxSamplesPerQuery|exceeded the maximum number of (samples|chunks)"
+)
+
+
+def too_many_samples(exc: PrometheusError) -> bool:
+    """Whether the server refused a query for the number of samples it would load, which a
+    shorter span of the same query avoids."""
+    return TOO_MANY_SAMPLES.search(str(exc.got)) is not None
 
 
 def _is_gzip(headers: Any) -> bool:

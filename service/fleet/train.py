@@ -12,8 +12,10 @@ retries) is tried once more before it is reported.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,16 @@ from minerwatch.baseline.store import save_model
 from minerwatch.baseline.train import train_host
 from minerwatch.features.errors import InputError
 from minerwatch.service.fleet.nodeexporter import HostTelemetry, read_host
-from minerwatch.service.fleet.promclient import Connection, PromClient, PrometheusUnavailable
+from minerwatch.service.fleet.promclient import (
+    Connection,
+    PromClient,
+    PrometheusUnavailable,
+    PrometheusUnreachable,
+)
+
+#: Hosts in a row whose reading found nothing answering at the URL before a run stops: the
+#: server went away, and every further host would only wait through the client's retries.
+STOP_AFTER_UNREACHABLE = 2
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     transient: bool = False
+    #: Nothing answered at the URL (or, with ``attempts`` 0, the host was not tried after that).
+    unreachable: bool = False
     attempts: int = 1
     path: str = field(default="")
 
@@ -97,6 +110,9 @@ def _fit(
             raise read.error
         assert read.data is not None
         model = train_host(read.data.series, window, hop, params)
+    except PrometheusUnreachable as exc:
+        took = read.seconds + time.perf_counter() - t0
+        return Outcome(read.host, error=str(exc), unreachable=True, seconds=took)
     except (InputError, ValueError) as exc:
         return Outcome(read.host, error=str(exc), seconds=read.seconds + time.perf_counter() - t0)
     except (PrometheusUnavailable, OSError) as exc:
@@ -149,7 +165,7 @@ def run_tasks(
     params: dict[str, Any] | None,
     n_jobs: int,
     dask_address: str | None,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Outcomes as they finish, on joblib processes or a Dask cluster; in one process
     (``n_jobs=1``), in task order with the next host read during each fit (:func:`read_ahead`).
 
@@ -164,7 +180,14 @@ def run_tasks(
             if dask_address == "local"
             else None
         )
-        client = Client(cluster if cluster is not None else dask_address)
+        try:
+            client = Client(cluster if cluster is not None else dask_address)
+        except (OSError, ValueError) as exc:  # unreachable, malformed: as `train --dask` says
+            if cluster is not None:
+                cluster.close()
+            raise InputError(
+                "--dask", None, "the address of a reachable Dask scheduler", str(exc)
+            ) from None
         try:
             futures = [
                 client.submit(train_task, reader, h, window, hop, params, pure=False) for h in tasks
@@ -181,9 +204,11 @@ def run_tasks(
         return
     from joblib import Parallel, delayed
 
-    yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(train_task)(reader, h, window, hop, params) for h in tasks
-    )
+    with warnings.catch_warnings():  # a stopped run cancels the tasks still running: meant
+        warnings.filterwarnings("ignore", "[0-9]+ tasks which were still being processed")
+        yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(train_task)(reader, h, window, hop, params) for h in tasks
+        )
 
 
 def train_fleet(
@@ -197,23 +222,40 @@ def train_fleet(
     dask_address: str | None = None,
     params: dict[str, Any] | None = None,
     model_key: bytes | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Callable[[int, int, str, int], None] | None = None,
 ) -> list[Outcome]:
-    """Train and store one model per host; every host's :class:`Outcome`, sorted by host."""
+    """Train and store one model per host; every host's :class:`Outcome`, sorted by host.
+
+    Each model is saved as soon as it is fitted; ``progress(done, total, host, failed)`` is
+    told of each host as it is done. When :data:`STOP_AFTER_UNREACHABLE` hosts in
+    a row found nothing answering at the URL, the run stops: the hosts not done yet come back
+    unreachable with ``attempts`` 0 (not tried), the models already saved stay.
+    """
     done: dict[str, Outcome] = {}
     pending = list(hosts)
+    in_a_row = failed = 0
     for attempt in (1, 2):
         retry: list[str] = []
-        for outcome in run_tasks(pending, reader, window, hop, params, n_jobs, dask_address):
-            outcome.attempts = attempt
-            if outcome.transient and attempt == 1:
-                retry.append(outcome.host)
-                continue
-            if outcome.model is not None:
-                outcome.path = str(save_model(models_dir, outcome.model, key=model_key))
-            done[outcome.host] = outcome
-            if progress is not None:
-                progress(len(done), len(hosts), outcome.host)
+        tasks = run_tasks(pending, reader, window, hop, params, n_jobs, dask_address)
+        with closing(tasks):  # a stop ends the pool and what it was still running
+            for outcome in tasks:
+                outcome.attempts = attempt
+                in_a_row = in_a_row + 1 if outcome.unreachable else 0
+                if outcome.transient and attempt == 1:
+                    retry.append(outcome.host)
+                    continue
+                if outcome.model is not None:
+                    outcome.path = str(save_model(models_dir, outcome.model, key=model_key))
+                done[outcome.host] = outcome
+                failed += outcome.model is None
+                if progress is not None:
+                    progress(len(done), len(hosts), outcome.host, failed)
+                if in_a_row >= STOP_AFTER_UNREACHABLE:
+                    why = f"not tried: {reader.connection.url} stopped answering"
+                    for host in hosts:
+                        if host not in done:
+                            done[host] = Outcome(host, error=why, unreachable=True, attempts=0)
+                    return [done[h] for h in sorted(done)]
         pending = retry
         if not pending:
             break
