@@ -538,6 +538,9 @@ def _read_parquet(path: Path) -> _Table:
         if name == HOST:
             continue
         column = table.column(name)
+        if name == TIMESTAMP and pa.types.is_timestamp(column.type):
+            numeric[name] = _unix_seconds(column)
+            continue
         try:
             numeric[name] = np.asarray(column.to_numpy(), dtype=np.float64)
         except (TypeError, ValueError):
@@ -559,6 +562,21 @@ def _read_parquet(path: Path) -> _Table:
         codes, host_names = _factorize([str(h) for h in hosts.to_pylist()])
     metrics = [n for n in names if n not in (TIMESTAMP, HOST)]
     return _Table(metrics, numeric, codes, host_names, parquet=True)
+
+
+def _unix_seconds(column: Any) -> np.ndarray:
+    """A Parquet ``timestamp`` column (pandas' ``datetime64``) as Unix seconds; a value without
+    a time zone is UTC, as pandas makes it from Unix seconds. Its raw numbers are counts of the
+    column's unit since the epoch (nanoseconds for pandas), not seconds; a null is NaN."""
+    import pyarrow as pa
+
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[column.type.unit]
+    ticks: np.ndarray = np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False))
+    if ticks.dtype.kind == "f":  # nulls made it float: NaN stays NaN
+        return np.asarray(ticks / per_second, dtype=np.float64)
+    whole, part = np.divmod(ticks, per_second)  # exact seconds, then the fraction
+    seconds: np.ndarray = whole.astype(np.float64) + part / per_second
+    return seconds
 
 
 def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -667,7 +685,20 @@ def _attach_procs(
             )
         )
     for host, rows_list in kept.items():
-        out[host].procs = ProcessRows.concat(rows_list)
+        out[host].procs = _first_of_each(ProcessRows.concat(rows_list))
+
+
+def _first_of_each(rows: ProcessRows) -> ProcessRows:
+    """``rows`` with each process listed once per sample: of the rows with the same timestamp,
+    pid and name (a shipper re-sending a chunk, overlapping files of one host) the first is kept,
+    as for duplicated samples, so a repeated row does not count its process's CPU twice."""
+    import pandas as pd
+
+    if len(rows) < 2:
+        return rows
+    keys = pd.DataFrame({"t": rows.timestamps, "p": rows.pids, "n": rows.names})
+    repeated = keys.duplicated(keep="first").to_numpy()
+    return rows.take(np.flatnonzero(~repeated)) if repeated.any() else rows
 
 
 def _closest(times: np.ndarray, series: HostSeries) -> float:
@@ -707,7 +738,7 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
             return read_procs(path)
         gc = GC_COLUMN in frame.columns
         numbers = {
-            c: pd.to_numeric(frame[c].replace("", "nan"), errors="raise")
+            c: _numeric(frame[c])
             for c in (TIMESTAMP, "pid", "cpu_percent", *((GC_COLUMN,) if gc else ()))
         }
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError):
@@ -737,6 +768,21 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
     return out
 
 
+def _numeric(column: pd.Series) -> pd.Series:
+    """A process table's column as numbers, a blank cell as NaN (the exact reader's empty
+    cell); ValueError for anything else that is not a number, the exact reader then names it.
+
+    Blank cells must not become the word ``nan`` on the way: pandas 3's ``to_numeric`` refuses
+    it, which sent every table with an empty ``gc_cpu_percent`` to the slow exact reader.
+    """
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    text = column.astype(str)
+    return pd.to_numeric(text.where(text.str.strip() != "", None), errors="raise")
+
+
 def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
     """A Parquet process table by host (the CSV reader is in :mod:`~minerwatch.features.procs`)."""
     where = str(path)
@@ -746,9 +792,12 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
     except ImportError:
         raise InputError(where, None, "pyarrow installed for Parquet", "no pyarrow") from None
     try:
-        frame = pq.read_table(path).to_pandas()
+        arrow = pq.read_table(path)
+        frame = arrow.to_pandas()
     except pa.ArrowException as exc:
         raise InputError(where, None, "a Parquet file", str(exc).splitlines()[0]) from None
+    if TIMESTAMP in arrow.column_names and pa.types.is_timestamp(arrow.column(TIMESTAMP).type):
+        frame[TIMESTAMP] = _unix_seconds(arrow.column(TIMESTAMP))
     missing = [c for c in PROC_TABLE_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(

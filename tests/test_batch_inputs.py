@@ -1,0 +1,113 @@
+"""Odd but valid telemetry through ``minerwatch train`` and ``score``: the same model and the
+same scores as the clean files, or a refusal naming the file (datasets/README.md, file rules)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from entry import run
+
+from minerwatch.features import io
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small simulated fleet with process tables, its models and the clean test's scores."""
+    root = tmp_path_factory.mktemp("fleet")
+    data = root / "data"
+    r = run(
+        "simulate", "--hosts", 2, "--train-days", 1, "--test-days", 0.5, "--seed", 1,
+        "--output", data,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run("train", data / "train", "--models", root / "models")
+    assert r.returncode == 0, r.stderr
+    r = run("score", data / "test", "--models", root / "models", "--output", root / "base.csv")
+    assert r.returncode == 0, r.stderr
+    return {"data": data, "models": root / "models", "scores": root / "base.csv"}
+
+
+def _resend(folder: Path) -> None:
+    """Add a chunk of each process table again in a second file, as a shipper re-sending it
+    (or two overlapping exports of one host) leaves it."""
+    for table in sorted(folder.glob("*.procs.csv")):
+        lines = table.read_text().splitlines(keepends=True)
+        again = folder / table.name.replace(".procs.csv", "-resent.procs.csv")
+        again.write_text(lines[0] + "".join(lines[len(lines) // 3 : 2 * len(lines) // 3]))
+
+
+def test_process_rows_sent_twice_score_as_once(fleet: dict[str, Path], tmp_path: Path) -> None:
+    test = tmp_path / "test"
+    shutil.copytree(fleet["data"] / "test", test)
+    _resend(test)
+    out = tmp_path / "scores.csv"
+    r = run("score", test, "--models", fleet["models"], "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == fleet["scores"].read_text()
+
+
+def test_process_rows_sent_twice_train_as_once(fleet: dict[str, Path], tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    shutil.copytree(fleet["data"] / "train", train)
+    _resend(train)
+    r = run("train", train, "--models", tmp_path / "models")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "scores.csv"
+    r = run("score", fleet["data"] / "test", "--models", tmp_path / "models", "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == fleet["scores"].read_text()
+
+
+def test_parquet_with_datetime_timestamps(fleet: dict[str, Path], tmp_path: Path) -> None:
+    """pandas writes its datetime64 columns as Parquet timestamps (nanoseconds since the epoch,
+    not seconds): read as times, with or without a time zone, samples and process rows alike."""
+    pytest.importorskip("pyarrow")
+    test = tmp_path / "test"
+    test.mkdir()
+    for path in sorted((fleet["data"] / "test").glob("*.csv")):
+        frame = pd.read_csv(path, keep_default_na=False, na_values={"gc_cpu_percent": [""]})
+        seconds = frame["timestamp"].astype(np.float64)
+        if path.name.endswith(".procs.csv"):  # milliseconds in a time zone
+            ms = (seconds * 1000).round().astype(np.int64)
+            frame["timestamp"] = pd.to_datetime(ms, unit="ms", utc=True).dt.tz_convert(
+                "Europe/Berlin"
+            )
+        else:  # naive UTC nanoseconds, as pd.to_datetime(unix_seconds, unit="s") gives
+            frame["timestamp"] = pd.to_datetime(seconds, unit="s")
+        frame.to_parquet(test / path.name.replace(".csv", ".parquet"), index=False)
+    out = tmp_path / "scores.csv"
+    r = run("score", test, "--models", fleet["models"], "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert "none of its" not in r.stderr  # the process rows matched their samples
+    got = pd.read_csv(out)
+    want = pd.read_csv(fleet["scores"])
+    assert got[["host", "window_start", "alert"]].equals(want[["host", "window_start", "alert"]])
+    assert np.allclose(got["score"], want["score"], atol=1e-6)
+
+
+def test_process_table_with_empty_cells_is_read_by_pandas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty ``gc_cpu_percent`` (every process but a JVM's) is no reason for the exact reader,
+    which takes minutes on a month of process rows: pandas reads it, the same way."""
+    table = tmp_path / "h.procs.csv"
+    table.write_text(
+        "timestamp,host,pid,name,exe,user,cpu_percent,gc_cpu_percent\n"
+        "10.5,h,1,java,/usr/bin/java,app,250.0,20.0\n"
+        "10.5,h,,sshd,/usr/sbin/sshd,root,1.5,\n"
+        "20.5,h,2,cron,/usr/sbin/cron,root,,\n"
+    )
+    exact = io.read_procs(table)["h"]
+
+    def refused(path: Path) -> None:
+        raise AssertionError(f"{path} went to the exact reader")
+
+    monkeypatch.setattr(io, "read_procs", refused)
+    fast = io._read_procs(table)["h"]
+    for name in ("timestamps", "pids", "cpu", "gc"):
+        assert np.array_equal(getattr(fast, name), getattr(exact, name), equal_nan=True), name
+    assert fast.names.tolist() == ["java", "sshd", "cron"]
