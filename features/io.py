@@ -755,13 +755,14 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
     if not fine:  # the exact reader names the first bad line
         return read_procs(path)
     out: dict[str, ProcessRows] = {}
+    name, exe, user = (_shared(frame[c]) for c in ("name", "exe", "user"))
     for host, at in hosts.groupby(hosts, sort=False).indices.items():
         out[str(host)] = ProcessRows.from_lists(
             ts[at],
             np.nan_to_num(numbers["pid"].to_numpy(np.float64)[at]).astype(np.int64),
-            frame["name"].to_numpy()[at],
-            frame["exe"].to_numpy()[at],
-            frame["user"].to_numpy()[at],
+            name[at],
+            exe[at],
+            user[at],
             numbers["cpu_percent"].to_numpy(np.float64)[at],
             numbers[GC_COLUMN].to_numpy(np.float64)[at] if gc else None,
         )
@@ -781,6 +782,22 @@ def _numeric(column: pd.Series) -> pd.Series:
         return column
     text = column.astype(str)
     return pd.to_numeric(text.where(text.str.strip() != "", None), errors="raise")
+
+
+def _shared(column: pd.Series) -> np.ndarray:
+    """A text column as an object array holding one string object per distinct value.
+
+    A month of a host's process table is millions of rows of a few dozen names: one object per
+    row (as ``to_numpy`` makes them) held about 0.5 GB per host, and a fleet's tables the
+    machine's memory.
+    """
+    import pandas as pd
+
+    codes, uniques = pd.factorize(column)
+    distinct = np.empty(len(uniques), dtype=object)
+    distinct[:] = [str(u) for u in uniques]
+    shared: np.ndarray = distinct[codes]
+    return shared
 
 
 def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
@@ -826,14 +843,14 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
     if empty.size:
         raise InputError(where, None, "a host name in column 'host'", f"none in row {empty[0] + 1}")
     out: dict[str, ProcessRows] = {}
+    name, exe, user = (_shared(frame[c].fillna("").astype(str)) for c in ("name", "exe", "user"))
     for host, at in frame.groupby(hosts.to_numpy(), sort=False).indices.items():
-        part = frame.iloc[at]
         out[str(host)] = ProcessRows.from_lists(
             ts[at],
             np.nan_to_num(pid[at]).astype(np.int64),
-            part["name"].fillna("").astype(str).to_numpy(),
-            part["exe"].fillna("").astype(str).to_numpy(),
-            part["user"].fillna("").astype(str).to_numpy(),
+            name[at],
+            exe[at],
+            user[at],
             cpu[at],
             gc[at] if gc is not None else None,
         )

@@ -111,3 +111,30 @@ def test_process_table_with_empty_cells_is_read_by_pandas(
     for name in ("timestamps", "pids", "cpu", "gc"):
         assert np.array_equal(getattr(fast, name), getattr(exact, name), equal_nan=True), name
     assert fast.names.tolist() == ["java", "sshd", "cron"]
+
+
+@pytest.mark.parametrize("suffix", [".procs.csv", ".procs.parquet"])
+def test_process_names_are_held_once(tmp_path: Path, suffix: str) -> None:
+    """A month of process rows repeats a few dozen names millions of times: each distinct
+    name, exe and user is one string object, not one per row (0.5 GB per host otherwise)."""
+    frame = pd.DataFrame(
+        {
+            "timestamp": np.repeat(np.arange(500) * 10.0, 2),
+            "host": "h",
+            "pid": np.tile([10, 20], 500),
+            "name": np.tile(["postgres", "sshd"], 500),
+            "exe": np.tile(["/usr/lib/postgresql/14/bin/postgres", "/usr/sbin/sshd"], 500),
+            "user": np.tile(["postgres", "root"], 500),
+            "cpu_percent": 1.5,
+        }
+    )
+    table = tmp_path / f"h{suffix}"
+    if suffix.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+        frame.to_parquet(table, index=False)
+    else:
+        frame.to_csv(table, index=False)
+    rows = io._read_procs(table)["h"]
+    assert len(rows) == 1000
+    for column in (rows.names, rows.exes, rows.users):
+        assert len({id(value) for value in column}) == 2
