@@ -378,6 +378,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_jobs=args.jobs,
         dask_address=args.dask,
         progress=Progress("train"),
+        read_progress=Progress("read"),
         on_error=on_error,
         model_key=key,
         params={"max_alarms_per_week": args.alarms_per_week},
@@ -414,7 +415,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     models, out = Path(args.models), Path(args.output)
     if not is_stdout(out):
         _not_among_inputs(out, args.inputs)
-    fleet = read_telemetry(args.inputs)
+    fleet = read_telemetry(args.inputs, progress=Progress("read"))
     bar = Progress("score")
     skipped: list[str] = []
     alerts, windows = 0, 0

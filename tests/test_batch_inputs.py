@@ -138,3 +138,47 @@ def test_process_names_are_held_once(tmp_path: Path, suffix: str) -> None:
     assert len(rows) == 1000
     for column in (rows.names, rows.exes, rows.users):
         assert len({id(value) for value in column}) == 2
+
+
+def _on_a_terminal(*args: object) -> tuple[int, str]:
+    """``minerwatch ARGS`` with stderr on a terminal, as an operator runs it; (exit, stderr)."""
+    import os
+    import pty
+    import subprocess
+
+    from entry import ENTRY
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [*ENTRY, *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    return proc.wait(timeout=120), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_reading_shows_progress_on_a_terminal(fleet: dict[str, Path], tmp_path: Path) -> None:
+    """A month of a fleet's files takes minutes to read: on a terminal, train and score say
+    which file they read before the per-host bar starts (silent in logs, as every bar)."""
+    code, shown = _on_a_terminal(
+        "score", fleet["data"] / "test", "--models", fleet["models"], "--output", tmp_path / "s.csv"
+    )
+    assert code == 0, shown
+    assert "read [" in shown and "1/4 db-01.procs.csv" in shown and "4/4" in shown, shown
+    code, shown = _on_a_terminal("train", fleet["data"] / "test", "--models", tmp_path / "m")
+    assert code == 0, shown
+    assert "read [" in shown and "4/4" in shown and "train [" in shown, shown
+    r = run("score", fleet["data"] / "test", "--models", fleet["models"], "--output", "-")
+    assert "read [" not in r.stderr  # not a terminal
