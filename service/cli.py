@@ -633,9 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--nab", type=_existing_folder, help="NAB folder (<category>/*.csv, labels/)")
     p.add_argument(
-        "--models", type=_output_folder, help="--data: load models from here (train missing ones)"
+        "--models",
+        type=_output_folder,
+        help="--data: load models from here, training and saving the missing ones "
+        "(default: none, every host trained afresh and no model kept)",
     )
-    p.add_argument("--output", type=_output_folder, help="write report.md and plots to this folder")
+    p.add_argument(
+        "--output",
+        type=_output_folder,
+        help="write report.md and plots to this folder (default: none, tables on stdout only)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--window", type=_duration, help="--data: window length (default: 60s)")
     p.add_argument("--hop", type=_duration, help="--data: window hop (default: the window)")
@@ -646,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the reference IsolationForest")
     p.add_argument(
-        "--only", nargs="+", metavar="NAME", help="--smd/--nab: only these machines or files"
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="--smd/--nab: only these machines or files (default: all)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument(

@@ -182,3 +182,20 @@ def test_reading_shows_progress_on_a_terminal(fleet: dict[str, Path], tmp_path: 
     assert "read [" in shown and "4/4" in shown and "train [" in shown, shown
     r = run("score", fleet["data"] / "test", "--models", fleet["models"], "--output", "-")
     assert "read [" not in r.stderr  # not a terminal
+
+
+@pytest.mark.parametrize("command", ["collect", "train", "score", "report", "evaluate"])
+def test_batch_help_shows_every_default(command: str) -> None:
+    """Every optional flag that takes a value says what happens without it."""
+    import re
+
+    r = run(command, "--help")
+    assert r.returncode == 0, r.stderr
+    usage, _, options = r.stdout.partition("options:")
+    usage = " ".join(usage.split())
+    entries = re.split(r"\n  (?=-)", options)
+    for entry in entries[1:]:
+        flag = re.match(r"(--[\w-]+) ([A-Z_]+)", entry)
+        if flag is None or f"[{flag[1]}" not in usage:
+            continue  # a switch, or required
+        assert "(default:" in " ".join(entry.split()), (command, entry)
