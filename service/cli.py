@@ -444,6 +444,14 @@ def cmd_score(args: argparse.Namespace) -> int:
                     "records it); scored as unknown, which counts as the host's usual value",
                     file=sys.stderr,
                 )
+            if model.procs is not None and series.procs is None:
+                print(
+                    f"minerwatch: note: host {host}: no process table in the input (such as "
+                    f"{host}.procs.csv beside its samples), though its model learnt the host's "
+                    "processes: the process features are scored as unknown and alerts name no "
+                    "process",
+                    file=sys.stderr,
+                )
             sink.write(res.rows())
             windows += len(res.score)
             alerts += int(res.alert.sum())

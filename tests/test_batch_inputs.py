@@ -199,3 +199,15 @@ def test_batch_help_shows_every_default(command: str) -> None:
         if flag is None or f"[{flag[1]}" not in usage:
             continue  # a switch, or required
         assert "(default:" in " ".join(entry.split()), (command, entry)
+
+
+def test_score_says_when_a_process_table_is_missing(fleet: dict[str, Path], tmp_path: Path) -> None:
+    """A model that learnt the host's processes, given its samples without their table (left
+    behind when copying the files): scored, but not silently as if nothing were missing."""
+    test = tmp_path / "test"
+    shutil.copytree(fleet["data"] / "test", test)
+    (test / "web-01.procs.csv").unlink()
+    r = run("score", test, "--models", fleet["models"], "--output", tmp_path / "s.csv")
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "no process table" in line]
+    assert len(notes) == 1 and "host web-01" in notes[0], r.stderr
