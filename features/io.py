@@ -162,8 +162,28 @@ def read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]
 
 def _read(path: Path) -> _Table:
     table = _read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
+    _check_seconds(path, table)
     table.gaps = _screen(table)
     return table
+
+
+#: Beyond this a timestamp is not Unix seconds (the year 5138): milliseconds or finer.
+_MOST_SECONDS = 1e11
+
+
+def _check_seconds(path: Path, table: _Table) -> None:
+    """Refuse timestamps in milliseconds (or micro-, nanoseconds), naming the first: read as
+    seconds they put samples hours apart, and every host would be skipped for its interval."""
+    ts = table.numeric[TIMESTAMP]
+    far = np.flatnonzero(np.abs(ts) >= _MOST_SECONDS)
+    if far.size:
+        row = int(far[0])
+        raise InputError(
+            table.where(path, row),
+            None,
+            "a timestamp in Unix seconds (10 digits until the year 2286)",
+            f"{_shown(float(ts[row]))}: milliseconds or finer? divide by 1000",
+        )
 
 
 def _screen(table: _Table) -> _Gaps | None:

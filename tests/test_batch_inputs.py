@@ -211,3 +211,19 @@ def test_score_says_when_a_process_table_is_missing(fleet: dict[str, Path], tmp_
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "no process table" in line]
     assert len(notes) == 1 and "host web-01" in notes[0], r.stderr
+
+
+def test_timestamps_in_milliseconds_are_refused_naming_the_line(
+    fleet: dict[str, Path], tmp_path: Path
+) -> None:
+    """Many exporters write milliseconds; read as seconds the samples are hours apart."""
+    rows = [f"{1767571200000 + 10000 * i},web-01,{5 + i % 3}" for i in range(40)]
+    data = tmp_path / "web-01.csv"
+    data.write_text("timestamp,host,cpu_percent\n" + "\n".join(rows) + "\n")
+    for r in (
+        run("train", data, "--models", tmp_path / "m"),
+        run("score", data, "--models", fleet["models"], "--output", tmp_path / "s.csv"),
+    ):
+        assert r.returncode == 2, r.stderr
+        assert f"{data}:2: expected a timestamp in Unix seconds" in r.stderr, r.stderr
+        assert "got 1767571200000: milliseconds" in r.stderr and "Traceback" not in r.stderr
