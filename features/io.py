@@ -69,6 +69,15 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
 )
 
+#: Compressed telemetry a folder may hold beside plain files, and how to unpack it.
+_PACKED = {
+    ".gz": "decompress it first (gunzip)",
+    ".bz2": "decompress it first (bunzip2)",
+    ".xz": "decompress it first (unxz)",
+    ".zst": "decompress it first (unzstd)",
+    ".zip": "extract it first",
+}
+
 _CHUNK = 1 << 24  # bytes per slice when counting commas in a mapped file
 
 
@@ -133,6 +142,15 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            for packed in sorted(path.iterdir()):
+                # web-1.csv.gz beside web-1.csv: skipped, its host would be silently missing
+                if packed.suffix in _PACKED and packed.suffixes[-2:-1] == [".csv"]:
+                    raise InputError(
+                        str(packed),
+                        None,
+                        "plain .csv or .parquet telemetry in the folder",
+                        f"compressed data; {_PACKED[packed.suffix]}",
+                    )
             found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
             if not found:
                 raise InputError(str(path), None, "a folder with .csv or .parquet files", "none")

@@ -227,3 +227,20 @@ def test_timestamps_in_milliseconds_are_refused_naming_the_line(
         assert r.returncode == 2, r.stderr
         assert f"{data}:2: expected a timestamp in Unix seconds" in r.stderr, r.stderr
         assert "got 1767571200000: milliseconds" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compressed_file_in_a_folder_is_not_skipped_silently(
+    fleet: dict[str, Path], tmp_path: Path
+) -> None:
+    """A rotated ``web-01.csv.gz`` beside ``db-01.csv``: its host is not left out unsaid."""
+    import gzip
+
+    train = tmp_path / "train"
+    shutil.copytree(fleet["data"] / "train", train)
+    samples = train / "web-01.csv"
+    (train / "web-01.csv.gz").write_bytes(gzip.compress(samples.read_bytes()))
+    samples.unlink()
+    r = run("train", train, "--models", tmp_path / "m")
+    assert r.returncode == 2, r.stderr
+    assert f"{train / 'web-01.csv.gz'}: expected plain .csv or .parquet" in r.stderr, r.stderr
+    assert "gunzip" in r.stderr and not (tmp_path / "m").exists()
