@@ -244,3 +244,25 @@ def test_compressed_file_in_a_folder_is_not_skipped_silently(
     assert r.returncode == 2, r.stderr
     assert f"{train / 'web-01.csv.gz'}: expected plain .csv or .parquet" in r.stderr, r.stderr
     assert "gunzip" in r.stderr and not (tmp_path / "m").exists()
+
+
+def test_report_reads_a_scores_file_a_spreadsheet_saved(
+    fleet: dict[str, Path], tmp_path: Path
+) -> None:
+    """Opened and saved as "CSV UTF-8": a byte-order mark and CRLF line ends. The same report;
+    a Latin-1 file is refused naming its line, not an unexpected failure."""
+    saved = tmp_path / "scores.csv"
+    saved.write_bytes(b"\xef\xbb\xbf" + fleet["scores"].read_bytes().replace(b"\n", b"\r\n"))
+    reports = []
+    for scores in (fleet["scores"], saved):
+        out = tmp_path / f"{len(reports)}.md"
+        r = run("report", "--scores", scores, "--format", "md", "--output", out)
+        assert r.returncode == 0, r.stderr
+        reports.append(out.read_text().replace(saved.name, "").replace(fleet["scores"].name, ""))
+    assert reports[0] == reports[1]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"host,window_start,window_end,score,threshold,alert,top_features\n"
+                      b"caf\xe9,0,60,0.9,0.5,1,\n")  # fmt: skip
+    r = run("report", "--scores", latin, "--format", "md", "--output", tmp_path / "r.md")
+    assert r.returncode == 2, r.stderr
+    assert f"{latin}:2: expected a scores file of UTF-8 text" in r.stderr, r.stderr
