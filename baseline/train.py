@@ -171,6 +171,7 @@ def train_all(
     on_error: Callable[[str, Exception], None] | None = None,
     model_key: bytes | None = None,
     required: Sequence[str] = REQUIRED_COLUMNS,
+    read_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[TrainSummary]:
     """Train and store one model per host found in ``inputs`` (HMAC-signed with
     ``model_key`` when given, see :mod:`minerwatch.baseline.store`).
@@ -178,9 +179,10 @@ def train_all(
     ``dask_address``: a scheduler address (``tcp://host:8786``) or ``"local"`` for a local
     cluster; otherwise joblib with ``n_jobs`` processes. A host whose data is unusable (too
     few windows, a ``required`` column missing) is reported through ``on_error`` (or raised
-    when no handler is given); others go on.
+    when no handler is given); others go on. ``progress`` is told of each host trained,
+    ``read_progress`` of each file read.
     """
-    fleet = read_telemetry(inputs)
+    fleet = read_telemetry(inputs, progress=read_progress)
     results: list[TrainSummary] = []
     done: list[str] = []
     unusable = {h: e for h in sorted(fleet) if (e := missing_columns(fleet[h], required))}

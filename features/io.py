@@ -69,6 +69,15 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
 )
 
+#: Compressed telemetry a folder may hold beside plain files, and how to unpack it.
+_PACKED = {
+    ".gz": "decompress it first (gunzip)",
+    ".bz2": "decompress it first (bunzip2)",
+    ".xz": "decompress it first (unxz)",
+    ".zst": "decompress it first (unzstd)",
+    ".zip": "extract it first",
+}
+
 _CHUNK = 1 << 24  # bytes per slice when counting commas in a mapped file
 
 
@@ -133,6 +142,15 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            for packed in sorted(path.iterdir()):
+                # web-1.csv.gz beside web-1.csv: skipped, its host would be silently missing
+                if packed.suffix in _PACKED and packed.suffixes[-2:-1] == [".csv"]:
+                    raise InputError(
+                        str(packed),
+                        None,
+                        "plain .csv or .parquet telemetry in the folder",
+                        f"compressed data; {_PACKED[packed.suffix]}",
+                    )
             found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
             if not found:
                 raise InputError(str(path), None, "a folder with .csv or .parquet files", "none")
@@ -162,8 +180,28 @@ def read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]
 
 def _read(path: Path) -> _Table:
     table = _read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
+    _check_seconds(path, table)
     table.gaps = _screen(table)
     return table
+
+
+#: Beyond this a timestamp is not Unix seconds (the year 5138): milliseconds or finer.
+_MOST_SECONDS = 1e11
+
+
+def _check_seconds(path: Path, table: _Table) -> None:
+    """Refuse timestamps in milliseconds (or micro-, nanoseconds), naming the first: read as
+    seconds they put samples hours apart, and every host would be skipped for its interval."""
+    ts = table.numeric[TIMESTAMP]
+    far = np.flatnonzero(np.abs(ts) >= _MOST_SECONDS)
+    if far.size:
+        row = int(far[0])
+        raise InputError(
+            table.where(path, row),
+            None,
+            "a timestamp in Unix seconds (10 digits until the year 2286)",
+            f"{_shown(float(ts[row]))}: milliseconds or finer? divide by 1000",
+        )
 
 
 def _screen(table: _Table) -> _Gaps | None:
@@ -538,6 +576,9 @@ def _read_parquet(path: Path) -> _Table:
         if name == HOST:
             continue
         column = table.column(name)
+        if name == TIMESTAMP and pa.types.is_timestamp(column.type):
+            numeric[name] = _unix_seconds(column)
+            continue
         try:
             numeric[name] = np.asarray(column.to_numpy(), dtype=np.float64)
         except (TypeError, ValueError):
@@ -561,6 +602,21 @@ def _read_parquet(path: Path) -> _Table:
     return _Table(metrics, numeric, codes, host_names, parquet=True)
 
 
+def _unix_seconds(column: Any) -> np.ndarray:
+    """A Parquet ``timestamp`` column (pandas' ``datetime64``) as Unix seconds; a value without
+    a time zone is UTC, as pandas makes it from Unix seconds. Its raw numbers are counts of the
+    column's unit since the epoch (nanoseconds for pandas), not seconds; a null is NaN."""
+    import pyarrow as pa
+
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[column.type.unit]
+    ticks: np.ndarray = np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False))
+    if ticks.dtype.kind == "f":  # nulls made it float: NaN stays NaN
+        return np.asarray(ticks / per_second, dtype=np.float64)
+    whole, part = np.divmod(ticks, per_second)  # exact seconds, then the fraction
+    seconds: np.ndarray = whole.astype(np.float64) + part / per_second
+    return seconds
+
+
 def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
     index: dict[str, int] = {}
     codes = np.fromiter((index.setdefault(v, len(index)) for v in values), np.intp, len(values))
@@ -581,20 +637,26 @@ class _Chunk:
 
 
 def read_telemetry(
-    inputs: Sequence[str | Path], note: Callable[[str], None] | None = None
+    inputs: Sequence[str | Path],
+    note: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, HostSeries]:
     """Read telemetry files and folders into one :class:`HostSeries` per host.
 
     ``note`` is told (once per file, naming it) what was read but not used as it is: values
     read as missing (out of their column's range, or infinite) and process rows that match no
-    host sample. By default it prints to stderr.
+    host sample. By default it prints to stderr. ``progress`` is told (files read, files, name)
+    after each file: a month of a fleet's process tables takes minutes to read.
 
     >>> # series = read_telemetry(["fleet/"]); series["web-1"].column("cpu_percent")
     """
     tell = _to_stderr if note is None else note
     parts: dict[str, list[_Chunk]] = {}
     procs: list[tuple[Path, dict[str, ProcessRows]]] = []
-    for path in expand_inputs(inputs):
+    paths = expand_inputs(inputs)
+    for done, path in enumerate(paths, start=1):
+        if progress is not None and done > 1:
+            progress(done - 1, len(paths), path.name)  # names the file being read
         if is_procs_file(path):
             procs.append((path, _read_procs(path)))
             continue
@@ -617,6 +679,8 @@ def read_telemetry(
                 np.take(table.numeric[name], rows, out=values[j], mode="clip")  # unbuffered
             ts = table.numeric[TIMESTAMP][rows]
             parts.setdefault(host, []).append(_Chunk(ts, values.T, table.metrics, str(path)))
+    if progress is not None and paths:
+        progress(len(paths), len(paths), "")
     out = {host: _merge(host, chunks) for host, chunks in parts.items()}
     _attach_procs(out, procs, tell)
     return out
@@ -667,7 +731,20 @@ def _attach_procs(
             )
         )
     for host, rows_list in kept.items():
-        out[host].procs = ProcessRows.concat(rows_list)
+        out[host].procs = _first_of_each(ProcessRows.concat(rows_list))
+
+
+def _first_of_each(rows: ProcessRows) -> ProcessRows:
+    """``rows`` with each process listed once per sample: of the rows with the same timestamp,
+    pid and name (a shipper re-sending a chunk, overlapping files of one host) the first is kept,
+    as for duplicated samples, so a repeated row does not count its process's CPU twice."""
+    import pandas as pd
+
+    if len(rows) < 2:
+        return rows
+    keys = pd.DataFrame({"t": rows.timestamps, "p": rows.pids, "n": rows.names})
+    repeated = keys.duplicated(keep="first").to_numpy()
+    return rows.take(np.flatnonzero(~repeated)) if repeated.any() else rows
 
 
 def _closest(times: np.ndarray, series: HostSeries) -> float:
@@ -707,7 +784,7 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
             return read_procs(path)
         gc = GC_COLUMN in frame.columns
         numbers = {
-            c: pd.to_numeric(frame[c].replace("", "nan"), errors="raise")
+            c: _numeric(frame[c])
             for c in (TIMESTAMP, "pid", "cpu_percent", *((GC_COLUMN,) if gc else ()))
         }
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError):
@@ -724,17 +801,49 @@ def _read_procs(path: Path) -> dict[str, ProcessRows]:
     if not fine:  # the exact reader names the first bad line
         return read_procs(path)
     out: dict[str, ProcessRows] = {}
+    name, exe, user = (_shared(frame[c]) for c in ("name", "exe", "user"))
     for host, at in hosts.groupby(hosts, sort=False).indices.items():
         out[str(host)] = ProcessRows.from_lists(
             ts[at],
             np.nan_to_num(numbers["pid"].to_numpy(np.float64)[at]).astype(np.int64),
-            frame["name"].to_numpy()[at],
-            frame["exe"].to_numpy()[at],
-            frame["user"].to_numpy()[at],
+            name[at],
+            exe[at],
+            user[at],
             numbers["cpu_percent"].to_numpy(np.float64)[at],
             numbers[GC_COLUMN].to_numpy(np.float64)[at] if gc else None,
         )
     return out
+
+
+def _numeric(column: pd.Series) -> pd.Series:
+    """A process table's column as numbers, a blank cell as NaN (the exact reader's empty
+    cell); ValueError for anything else that is not a number, the exact reader then names it.
+
+    Blank cells must not become the word ``nan`` on the way: pandas 3's ``to_numeric`` refuses
+    it, which sent every table with an empty ``gc_cpu_percent`` to the slow exact reader.
+    """
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    text = column.astype(str)
+    return pd.to_numeric(text.where(text.str.strip() != "", None), errors="raise")
+
+
+def _shared(column: pd.Series) -> np.ndarray:
+    """A text column as an object array holding one string object per distinct value.
+
+    A month of a host's process table is millions of rows of a few dozen names: one object per
+    row (as ``to_numpy`` makes them) held about 0.5 GB per host, and a fleet's tables the
+    machine's memory.
+    """
+    import pandas as pd
+
+    codes, uniques = pd.factorize(column)
+    distinct = np.empty(len(uniques), dtype=object)
+    distinct[:] = [str(u) for u in uniques]
+    shared: np.ndarray = distinct[codes]
+    return shared
 
 
 def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
@@ -746,9 +855,12 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
     except ImportError:
         raise InputError(where, None, "pyarrow installed for Parquet", "no pyarrow") from None
     try:
-        frame = pq.read_table(path).to_pandas()
+        arrow = pq.read_table(path)
+        frame = arrow.to_pandas()
     except pa.ArrowException as exc:
         raise InputError(where, None, "a Parquet file", str(exc).splitlines()[0]) from None
+    if TIMESTAMP in arrow.column_names and pa.types.is_timestamp(arrow.column(TIMESTAMP).type):
+        frame[TIMESTAMP] = _unix_seconds(arrow.column(TIMESTAMP))
     missing = [c for c in PROC_TABLE_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(
@@ -777,14 +889,14 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
     if empty.size:
         raise InputError(where, None, "a host name in column 'host'", f"none in row {empty[0] + 1}")
     out: dict[str, ProcessRows] = {}
+    name, exe, user = (_shared(frame[c].fillna("").astype(str)) for c in ("name", "exe", "user"))
     for host, at in frame.groupby(hosts.to_numpy(), sort=False).indices.items():
-        part = frame.iloc[at]
         out[str(host)] = ProcessRows.from_lists(
             ts[at],
             np.nan_to_num(pid[at]).astype(np.int64),
-            part["name"].fillna("").astype(str).to_numpy(),
-            part["exe"].fillna("").astype(str).to_numpy(),
-            part["user"].fillna("").astype(str).to_numpy(),
+            name[at],
+            exe[at],
+            user[at],
             cpu[at],
             gc[at] if gc is not None else None,
         )

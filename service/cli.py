@@ -378,6 +378,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_jobs=args.jobs,
         dask_address=args.dask,
         progress=Progress("train"),
+        read_progress=Progress("read"),
         on_error=on_error,
         model_key=key,
         params={"max_alarms_per_week": args.alarms_per_week},
@@ -414,7 +415,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     models, out = Path(args.models), Path(args.output)
     if not is_stdout(out):
         _not_among_inputs(out, args.inputs)
-    fleet = read_telemetry(args.inputs)
+    fleet = read_telemetry(args.inputs, progress=Progress("read"))
     bar = Progress("score")
     skipped: list[str] = []
     alerts, windows = 0, 0
@@ -441,6 +442,14 @@ def cmd_score(args: argparse.Namespace) -> int:
                 print(
                     f"minerwatch: note: host {host}: no {column!r} column (only the agent "
                     "records it); scored as unknown, which counts as the host's usual value",
+                    file=sys.stderr,
+                )
+            if model.procs is not None and series.procs is None:
+                print(
+                    f"minerwatch: note: host {host}: no process table in the input (such as "
+                    f"{host}.procs.csv beside its samples), though its model learnt the host's "
+                    "processes: the process features are scored as unknown and alerts name no "
+                    "process",
                     file=sys.stderr,
                 )
             sink.write(res.rows())
@@ -632,9 +641,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--nab", type=_existing_folder, help="NAB folder (<category>/*.csv, labels/)")
     p.add_argument(
-        "--models", type=_output_folder, help="--data: load models from here (train missing ones)"
+        "--models",
+        type=_output_folder,
+        help="--data: load models from here, training and saving the missing ones "
+        "(default: none, every host trained afresh and no model kept)",
     )
-    p.add_argument("--output", type=_output_folder, help="write report.md and plots to this folder")
+    p.add_argument(
+        "--output",
+        type=_output_folder,
+        help="write report.md and plots to this folder (default: none, tables on stdout only)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--window", type=_duration, help="--data: window length (default: 60s)")
     p.add_argument("--hop", type=_duration, help="--data: window hop (default: the window)")
@@ -645,7 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the reference IsolationForest")
     p.add_argument(
-        "--only", nargs="+", metavar="NAME", help="--smd/--nab: only these machines or files"
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="--smd/--nab: only these machines or files (default: all)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument(

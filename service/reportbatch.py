@@ -13,6 +13,7 @@ so the same JSON, Markdown and HTML renderers write it; what only an agent can k
 from __future__ import annotations
 
 import csv
+import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,11 +63,20 @@ NEEDED = ("host", "window_start", "window_end", "score", "threshold", "alert", "
 def read_scores(path: Path) -> dict[str, list[dict[str, Any]]]:
     """Rows of a scores file by host, sorted by window start; a bad row names its line."""
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(str(path), None, "a readable scores file", str(exc)) from exc
+    try:
+        text = data.decode("utf-8-sig")  # a BOM: saved by a spreadsheet
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            str(path),
+            data.count(b"\n", 0, exc.start) + 1,
+            "a scores file of UTF-8 text",
+            f"the byte 0x{data[exc.start]:02x}, which is not UTF-8 (saved as Latin-1?)",
+        ) from None
     rows: dict[str, list[dict[str, Any]]] = {}
-    with fh:
+    with io.StringIO(text, newline="") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, None) or []]
         if not set(NEEDED) <= set(header):
