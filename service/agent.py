@@ -170,8 +170,11 @@ def lock_data_dir(path: Path) -> int:
             "a data folder no other agent is using (--data-dir, data_dir)",
             f"one in use by the agent with pid {holder} ({lock} is locked)",
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:  # the pid only names the holder to a refused second agent: the lock is the flock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as exc:  # a full disk must not stop the agent releasing what it holds
+        log.warning("could not write the agent's pid into %s: %s", lock, exc.strerror or exc)
     return fd
 
 

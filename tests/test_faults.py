@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from promtools import free_port, promtool
@@ -557,6 +558,49 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
             opened.add(e["id"])
         elif e["event"] in ("update", "close"):
             assert e["id"] in opened, f"{e['event']} line without its open line: {events}"
+
+
+#: A 1 MiB tmpfs on the data dir, seeded from a folder, then filled to the last byte.
+FULL_FROM_START = 'd=$1; seed=$2; shift 2; mount -t tmpfs -o size=1m,mode=0700 mw-full "$d" \
+&& cp -r "$seed/." "$d" && { cat /dev/zero > "$d/filler" 2>/dev/null; exec "$@"; }'
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not private_mounts_work(),
+    reason="needs unshare -m (root)",
+)
+def test_an_agent_restarted_on_a_full_disk_runs_and_releases_what_a_crash_left_paused(
+    tmp_path, agents
+):
+    """The agent was killed while it held a process paused (the throttle journal lists it)
+    and the disk filled: systemd restarts it on a data dir with no byte free. It must start,
+    release the process, serve metrics and count the history's failure, and stop with 0
+    (it exited 1 before: first writing its pid into agent.lock, then saving the journal
+    after the release, so every restart of the unit failed the same way)."""
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        seed = tmp_path / "seed"
+        (seed / "throttle").mkdir(parents=True, mode=0o700)
+        record = {"pid": sleeper.pid, "create_time": psutil.Process(sleeper.pid).create_time(),
+                  "name": "sleep", "method": "sigstop", "since": time.time() - 60}  # fmt: skip
+        journal = {"throttled": [record], "exempt": []}
+        (seed / "throttle" / "throttle-journal.json").write_text(json.dumps(journal))
+        data = tmp_path / "data"
+        data.mkdir(mode=0o700)
+        prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", FULL_FROM_START, "sh",
+                  str(data), str(seed))  # fmt: skip
+        agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", prefix=prefix)
+        agents.append(agent)
+        v = agent.wait_for("metrics", lambda v: one(v, "minerwatch_samples_total") >= 2)
+        assert one(v, "minerwatch_errors_total", stage="history") >= 1, agent.tail()
+        assert psutil.Process(sleeper.pid).status() != psutil.STATUS_STOPPED, agent.tail()
+        assert "throttle release pid=" in agent.tail()
+        assert agent.stop() == 0, agent.tail()
+        assert "Traceback" not in agent.tail() and "unexpected failure" not in agent.tail()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # -- the clock stepping ------------------------------------------------------------------------
