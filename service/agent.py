@@ -520,7 +520,17 @@ class Agent:
         learning period asked for is the one used, the config refuses one too short."""
         if self.model is not None:
             return 1.0
-        return min(1.0, self.history.span_seconds() / self.cfg.learn_for)
+        span = self.history.span_seconds()
+        if span >= self.cfg.learn_for:  # only then read every stamp (cheap while learning)
+            # a wall clock stepped ahead (or days of the agent stopped) is no time learnt:
+            # counted as such, it ended learning after seconds of samples
+            span = self.history.covered_seconds(self.max_gap())
+        return min(1.0, span / self.cfg.learn_for)
+
+    def max_gap(self) -> float:
+        """The longest gap between two samples counted as time learnt: a window, or two
+        intervals (a restart); more is time nothing was sampled, or a clock step."""
+        return max(self.cfg.window, 2.0 * self.cfg.interval)
 
     def retrain_period(self, model: HostModel) -> float:
         """Time from ``model``'s training to the next one: as long as the history it learnt
@@ -530,6 +540,9 @@ class Agent:
             return float("inf")
         meta = model.meta
         span = float(meta.get("train_end", 0.0)) - float(meta.get("train_start", 0.0))
+        # the time its windows cover, not their first to last: a clock step ahead while it
+        # learnt made a model of minutes wait a day for the next training
+        span = min(span, float(meta.get("windows", 0)) * model.hop + model.window)
         return min(self.cfg.retrain_every, max(span, model.window, self.cfg.interval))
 
     def own_pids(self) -> set[int]:

@@ -310,6 +310,24 @@ class History:
         ts, _ = self._bounds()
         return ts[1] - ts[0] if ts else 0.0
 
+    def covered_seconds(self, max_gap: float) -> float:
+        """Time the stored samples cover: the gaps between consecutive samples, each counted
+        up to ``max_gap``. Unlike :meth:`span_seconds`, a wall clock stepped a day ahead, or
+        an agent stopped for a night, adds at most ``max_gap``: nothing was sampled then."""
+        with self._lock:
+            parts = [self._ring.rows()[:, 0]]
+            if self._conn is not None:
+                try:
+                    rows = self._conn.execute(
+                        f"SELECT ts FROM samples WHERE ts BETWEEN -{_FINITE} AND {_FINITE}"
+                    ).fetchall()
+                    parts.append(np.array([r[0] for r in rows], dtype=np.float64))
+                except sqlite3.Error as e:
+                    self._on_db_error("read samples", e)
+        ts = np.sort(np.concatenate(parts))
+        ts = ts[np.isfinite(ts)]
+        return float(np.clip(np.diff(ts), 0.0, max(0.0, float(max_gap))).sum()) if len(ts) else 0.0
+
     def count(self) -> int:
         """Number of stored samples, on disk and in memory."""
         return self._bounds()[1]

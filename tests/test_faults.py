@@ -707,3 +707,51 @@ def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet
     finally:
         conn.close()
     assert starts and len(starts) == len(set(starts)), "a window was stored twice"
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
+def test_a_clock_stepped_a_day_ahead_while_learning_does_not_end_learning(tmp_path, agents):
+    """The wall clock steps a day ahead seconds after ``serve`` started learning for 8 s:
+    it goes on learning until its samples cover 8 s (the step counted as a day learnt, so
+    learning ended at once on three samples), and the model it then trains is retrained when
+    its history has doubled, not a day later (its windows' first to last spanned the day)."""
+    spec = tmp_path / "faketime"
+    spec.write_text("+0\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    agent = Agent(tmp_path / "data", tmp_path / "agent.log", "--interval", "0.5s", "--window",
+                  "2s", "--learn-for", "8s", env=env)  # fmt: skip
+    agents.append(agent)
+    agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 3)
+    spec.write_text("+86400\n")
+    v = agent.wait_for(
+        "sampling a day ahead",
+        lambda v: one(v, "minerwatch_last_sample_timestamp_seconds") > time.time() + 80000,
+    )
+    n = one(v, "minerwatch_samples_total")
+    v = agent.wait_for("4 s more", lambda v: one(v, "minerwatch_samples_total") >= n + 8)
+    assert one(v, "minerwatch_learning") == 1, agent.tail()
+    assert 0 < one(v, "minerwatch_learning_progress_ratio") < 1, agent.tail()
+    agent.wait_for("the model", lambda v: one(v, "minerwatch_learning") == 0, timeout=60)
+    found = re.search(r"model for \S+ loaded: .*next training (\d+) s after", agent.tail())
+    assert found and int(found[1]) < 60, agent.tail()
+    assert agent.stop() == 0, agent.tail()
+
+
+def test_a_model_of_forty_minutes_a_day_apart_cannot_alert_like_one_of_forty_minutes(tmp_path):
+    """``minerwatch train`` on two 20-minute stretches a day apart (a clock step, or a host
+    off overnight): 40 windows, which judge like 40 minutes of one day (a model of less than
+    about an hour cannot alert), not like a day (threshold 0.68 before: the first to last
+    window span counted as time seen)."""
+    start = 1767225600.0
+    parts = [host_series("gappy", days=20 / 1440, interval=10.0, seed=s, start=start + d)
+             for s, d in ((3, 0.0), (4, 86400.0))]  # fmt: skip
+    ts = np.concatenate([p.timestamps for p in parts])
+    values = np.vstack([p.values for p in parts])
+    write_csv(tmp_path / "gappy.csv", [from_arrays("gappy", ts, values, parts[0].columns)])
+    done = subprocess.run([MINERWATCH, "train", str(tmp_path / "gappy.csv"), "--models",
+                           str(tmp_path / "models")], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = load_model(tmp_path / "models", "gappy")
+    assert model.meta["windows"] == 40 and model.threshold == 1.0
