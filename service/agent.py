@@ -58,6 +58,8 @@ log = logging.getLogger("minerwatch.agent")
 LOOKBACK_S = 1800.0
 #: Event lines kept while the disk refuses them (a full disk), oldest dropped first.
 UNWRITTEN_EVENTS = 1000
+#: Longest wait before a failed training is tried again (it doubles after each failure).
+BACKOFF_MAX_S = 3600.0
 #: Time around an alert episode that retraining leaves out, at most (less with little
 #: history, see :func:`~minerwatch.baseline.exclude.exclusion_margin`).
 EXCLUDE_MARGIN_S = 3600.0
@@ -236,6 +238,8 @@ class Agent:
         self.last_slot: int | None = None
         self.child: subprocess.Popen[str] | None = None
         self.next_retrain = 0.0
+        #: Retrainings that failed in a row (see _backoff)
+        self._train_failures = 0
         self.episode: dict[str, Any] | None = None
         self.counters = {"samples": 0, "windows": 0, "alerts": 0}
         self.errors: dict[str, int] = {}
@@ -712,11 +716,15 @@ class Agent:
             self._retrain_failed("unloadable", "see the model error above", backoff)
         else:
             assert self.model is not None
+            self._train_failures = 0
             self.next_retrain = now + self.retrain_period(self.model)  # on the agent's clock
 
     def _backoff(self, now: float) -> float:
-        """When to try a failed training again: not every tick on data that cannot work."""
-        return now + max(60.0, 6 * self.cfg.interval)
+        """When to try a failed training again: not every tick on data that cannot work, and
+        twice as long after each failure in a row (at most an hour): a disk that stays full
+        would otherwise start a child reading the whole history every minute."""
+        base = max(60.0, 6 * self.cfg.interval)
+        return now + min(base * 2.0 ** min(self._train_failures, 16), max(base, BACKOFF_MAX_S))
 
     def _retrain_failed(self, reason: str, why: str, retry_at: float) -> None:
         """Count a retraining that gave no new model, by reason, and say why in the log."""
@@ -725,6 +733,8 @@ class Agent:
             self.errors["train"] = self.errors.get("train", 0) + 1
         log.warning("retraining gave no new model (%s): %s", reason, why)
         self.next_retrain = retry_at
+        # a model rejected for alerting more is a training that worked
+        self._train_failures = 0 if reason == "rejected" else self._train_failures + 1
 
     def _load_model(self) -> bool:
         if not (self.models_dir / host_dirname(self.cfg.host) / META).is_file():

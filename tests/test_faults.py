@@ -758,3 +758,52 @@ def test_a_model_of_forty_minutes_a_day_apart_cannot_alert_like_one_of_forty_min
     assert done.returncode == 0, done.stderr
     model = load_model(tmp_path / "models", "gappy")
     assert model.meta["windows"] == 40 and model.threshold == 1.0
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not private_mounts_work(),
+    reason="needs unshare -m (root)",
+)
+def test_a_training_that_keeps_failing_on_a_full_disk_is_retried_less_and_less_often(
+    tmp_path, agents
+):
+    """The agent learns on a full disk, so the training input cannot be written. It says so
+    and tries again after a minute, then after two, four... (the wall clock is stepped
+    ahead with libfaketime instead of waiting): a disk full for hours no longer starts a
+    training every minute (each one, with a history on disk, a child reading all of it)."""
+    spec = tmp_path / "faketime"
+    spec.write_text("+0\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    (tmp_path / "seed").mkdir()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", FULL_FROM_START, "sh",
+              str(data), str(tmp_path / "seed"))  # fmt: skip
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", "--window", "2s",
+                  "--learn-for", "4s", prefix=prefix, env=env)  # fmt: skip
+
+    agents.append(agent)
+
+    def failures(at_least: int) -> int:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert agent.proc.poll() is None, agent.tail()
+            n = agent.tail().count("retraining gave no new model")
+            if n >= at_least:
+                return n
+            time.sleep(0.1)
+        pytest.fail(f"{at_least} failed trainings not reached\n{agent.tail()}")
+
+    assert failures(1) == 1
+    assert "the training input could not be written" in agent.tail()
+    spec.write_text("+70\n")  # past the first backoff (60 s): tried again
+    assert failures(2) == 2
+    spec.write_text("+140\n")  # 70 s after the second failure: within its 120 s
+    n = one(agent.values(), "minerwatch_samples_total")
+    agent.wait_for("3 s more", lambda v: one(v, "minerwatch_samples_total") >= n + 6)
+    assert agent.tail().count("retraining gave no new model") == 2, agent.tail()
+    spec.write_text("+200\n")  # 130 s after it: tried again
+    assert failures(3) == 3
+    assert agent.stop() == 0, agent.tail()
