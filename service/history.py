@@ -138,6 +138,7 @@ class History:
         self._mem_windows: deque[Window] = deque(maxlen=capacity)
         self._columns = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
         self._reopen = False
+        self._clock_warned = False
         if self.path is not None:
             with self._lock:
                 if self._open():
@@ -607,6 +608,19 @@ class History:
 
     def _prune_locked(self) -> None:
         cutoff = self.clock() - self.retention_s
+        bounds, _ = self._bounds()
+        if bounds is not None and bounds[1] < cutoff:
+            # every sample is older than the retention: a clock far ahead (a wrong RTC at
+            # boot, a bad time server) would delete the whole history. Kept (the size bound
+            # still holds) until a sample is stored at this clock's time.
+            if not self._clock_warned:
+                self._clock_warned = True
+                log.warning(
+                    "history: the clock is %.1f days past the newest stored sample; not "
+                    "deleting old samples until new ones are stored (is the clock right?)",
+                    (cutoff + self.retention_s - bounds[1]) / 86400,
+                )
+            cutoff = -math.inf
         self._ring.keep_from(cutoff)
         kept = [w for w in self._mem_windows if w[1] >= cutoff]
         if len(kept) != len(self._mem_windows):

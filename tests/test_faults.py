@@ -806,3 +806,27 @@ def test_a_training_that_keeps_failing_on_a_full_disk_is_retried_less_and_less_o
     spec.write_text("+200\n")  # 130 s after it: tried again
     assert failures(3) == 3
     assert agent.stop() == 0, agent.tail()
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
+def test_an_agent_started_with_its_clock_far_ahead_keeps_the_history(tmp_path, agents):
+    """``serve`` starts with its wall clock 400 days ahead (a wrong RTC at boot, a bad time
+    server) on ten minutes of stored history: it says the clock is past every stored sample
+    and keeps them (it deleted them all at once, silently, as older than the 14-day
+    retention), and stores its new samples beside them."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    prefill_history(data)
+    before = len(stored(data / "history.db"))
+    spec = tmp_path / "faketime"
+    spec.write_text("+400d\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", env=env)
+    agents.append(agent)
+    agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 3)
+    assert agent.stop() == 0, agent.tail()
+    ts = stored(data / "history.db")
+    assert (ts < time.time() + 60).sum() == before, "stored samples deleted"
+    assert (ts > time.time() + 399 * 86400).sum() >= 3
+    assert re.search(r"the clock is 400\.\d days past the newest stored sample", agent.tail())
