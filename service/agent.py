@@ -38,7 +38,14 @@ from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outsid
 from minerwatch.baseline.explain import heavy_work_words
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.procbase import Carry
-from minerwatch.baseline.store import META, ModelError, host_dirname, load_model, read_key
+from minerwatch.baseline.store import (
+    META,
+    ModelError,
+    host_dirname,
+    list_hosts,
+    load_model,
+    read_key,
+)
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.collector import Collector
 from minerwatch.features.errors import InputError
@@ -250,7 +257,8 @@ class Agent:
         #: Event lines the disk refused, written before the next one (see append_event)
         self._unwritten: deque[str] = deque(maxlen=UNWRITTEN_EVENTS)
         self._stop = threading.Event()
-        self._load_model()
+        if not self._load_model():
+            self._say_other_hosts()
         self._reload_recent()
         #: Dismissals (``minerwatch dismiss``) up to this time are learnt or being learnt: a
         #: model trained after them read them; while learning, the first training will.
@@ -767,6 +775,21 @@ class Agent:
             "never" if period == float("inf") else f"{period:.0f} s after this one",
         )
         return True
+
+    def _say_other_hosts(self) -> None:
+        """A host renamed, or a data folder copied from another host: the models there are
+        not this host's, and what it learns from is the history stored under the old name."""
+        others = sorted(h for h in list_hosts(self.models_dir) if h != self.cfg.host)
+        if others:
+            log.warning(
+                "no model for %s in %s, but one for %s: learning %s from the stored history "
+                "(a renamed host keeps its history; a data folder copied from another host "
+                "holds that host's, so start such a host on an empty data folder)",
+                json.dumps(self.cfg.host),
+                self.models_dir,
+                ", ".join(json.dumps(h) for h in others[:5]),
+                json.dumps(self.cfg.host),
+            )
 
     def _reload_recent(self) -> None:
         """After a restart, the last hour of stored samples feeds the rolling features again."""

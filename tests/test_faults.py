@@ -830,3 +830,18 @@ def test_an_agent_started_with_its_clock_far_ahead_keeps_the_history(tmp_path, a
     assert (ts < time.time() + 60).sum() == before, "stored samples deleted"
     assert (ts > time.time() + 399 * 86400).sum() >= 3
     assert re.search(r"the clock is 400\.\d days past the newest stored sample", agent.tail())
+
+
+def test_a_renamed_host_is_told_the_models_in_its_data_folder_are_another_hosts(
+    tmp_path, agents, quiet_models
+):
+    """The data folder holds a model for another host name (the host was renamed, or the
+    folder copied from another host): the agent says so at start, naming both, instead of
+    silently learning again from the history stored under the old name."""
+    data = data_dir_with_model(tmp_path, quiet_models)
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", host=LEARNER)
+    agents.append(agent)
+    agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 1)
+    assert agent.stop() == 0, agent.tail()
+    said = f'no model for "{LEARNER}" in {data / "models"}, but one for "{QUIET}"'
+    assert said in agent.tail(), agent.tail()
