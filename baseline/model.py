@@ -132,7 +132,11 @@ class HostBaseline(OutlierMixin, BaseEstimator):  # type: ignore[misc]  # sklear
         base_names = tuple(getattr(self, "feature_names_in_", [f"x{j}" for j in range(d)]))
         # a feature of the time of day says nothing before a whole day has been seen: every
         # unseen hour would look anomalous and explain nothing reliably
-        span = (float(np.ptp(slots)) + 1.0) * self.hop if n else 0.0
+        # the time the windows cover, not their first to last: a host's clock stepped a day
+        # ahead (or an agent stopped overnight) while it learnt is no day seen
+        span = (
+            min(float(np.ptp(slots)) + 1.0, float(len(np.unique(slots)))) * self.hop if n else 0.0
+        )
         unseen = self._vector(self.periods, d, 0.0) > span
         explainer = None
         if self.explain_targets is not None and len(self.explain_targets):

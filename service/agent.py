@@ -38,7 +38,14 @@ from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outsid
 from minerwatch.baseline.explain import heavy_work_words
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.procbase import Carry
-from minerwatch.baseline.store import META, ModelError, host_dirname, load_model, read_key
+from minerwatch.baseline.store import (
+    META,
+    ModelError,
+    host_dirname,
+    list_hosts,
+    load_model,
+    read_key,
+)
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.collector import Collector
 from minerwatch.features.errors import InputError
@@ -58,6 +65,8 @@ log = logging.getLogger("minerwatch.agent")
 LOOKBACK_S = 1800.0
 #: Event lines kept while the disk refuses them (a full disk), oldest dropped first.
 UNWRITTEN_EVENTS = 1000
+#: Longest wait before a failed training is tried again (it doubles after each failure).
+BACKOFF_MAX_S = 3600.0
 #: Time around an alert episode that retraining leaves out, at most (less with little
 #: history, see :func:`~minerwatch.baseline.exclude.exclusion_margin`).
 EXCLUDE_MARGIN_S = 3600.0
@@ -170,8 +179,11 @@ def lock_data_dir(path: Path) -> int:
             "a data folder no other agent is using (--data-dir, data_dir)",
             f"one in use by the agent with pid {holder} ({lock} is locked)",
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:  # the pid only names the holder to a refused second agent: the lock is the flock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as exc:  # a full disk must not stop the agent releasing what it holds
+        log.warning("could not write the agent's pid into %s: %s", lock, exc.strerror or exc)
     return fd
 
 
@@ -233,6 +245,8 @@ class Agent:
         self.last_slot: int | None = None
         self.child: subprocess.Popen[str] | None = None
         self.next_retrain = 0.0
+        #: Retrainings that failed in a row (see _backoff)
+        self._train_failures = 0
         self.episode: dict[str, Any] | None = None
         self.counters = {"samples": 0, "windows": 0, "alerts": 0}
         self.errors: dict[str, int] = {}
@@ -243,7 +257,8 @@ class Agent:
         #: Event lines the disk refused, written before the next one (see append_event)
         self._unwritten: deque[str] = deque(maxlen=UNWRITTEN_EVENTS)
         self._stop = threading.Event()
-        self._load_model()
+        if not self._load_model():
+            self._say_other_hosts()
         self._reload_recent()
         #: Dismissals (``minerwatch dismiss``) up to this time are learnt or being learnt: a
         #: model trained after them read them; while learning, the first training will.
@@ -517,7 +532,17 @@ class Agent:
         learning period asked for is the one used, the config refuses one too short."""
         if self.model is not None:
             return 1.0
-        return min(1.0, self.history.span_seconds() / self.cfg.learn_for)
+        span = self.history.span_seconds()
+        if span >= self.cfg.learn_for:  # only then read every stamp (cheap while learning)
+            # a wall clock stepped ahead (or days of the agent stopped) is no time learnt:
+            # counted as such, it ended learning after seconds of samples
+            span = self.history.covered_seconds(self.max_gap())
+        return min(1.0, span / self.cfg.learn_for)
+
+    def max_gap(self) -> float:
+        """The longest gap between two samples counted as time learnt: a window, or two
+        intervals (a restart); more is time nothing was sampled, or a clock step."""
+        return max(self.cfg.window, 2.0 * self.cfg.interval)
 
     def retrain_period(self, model: HostModel) -> float:
         """Time from ``model``'s training to the next one: as long as the history it learnt
@@ -527,6 +552,9 @@ class Agent:
             return float("inf")
         meta = model.meta
         span = float(meta.get("train_end", 0.0)) - float(meta.get("train_start", 0.0))
+        # the time its windows cover, not their first to last: a clock step ahead while it
+        # learnt made a model of minutes wait a day for the next training
+        span = min(span, float(meta.get("windows", 0)) * model.hop + model.window)
         return min(self.cfg.retrain_every, max(span, model.window, self.cfg.interval))
 
     def own_pids(self) -> set[int]:
@@ -696,11 +724,15 @@ class Agent:
             self._retrain_failed("unloadable", "see the model error above", backoff)
         else:
             assert self.model is not None
+            self._train_failures = 0
             self.next_retrain = now + self.retrain_period(self.model)  # on the agent's clock
 
     def _backoff(self, now: float) -> float:
-        """When to try a failed training again: not every tick on data that cannot work."""
-        return now + max(60.0, 6 * self.cfg.interval)
+        """When to try a failed training again: not every tick on data that cannot work, and
+        twice as long after each failure in a row (at most an hour): a disk that stays full
+        would otherwise start a child reading the whole history every minute."""
+        base = max(60.0, 6 * self.cfg.interval)
+        return now + min(base * 2.0 ** min(self._train_failures, 16), max(base, BACKOFF_MAX_S))
 
     def _retrain_failed(self, reason: str, why: str, retry_at: float) -> None:
         """Count a retraining that gave no new model, by reason, and say why in the log."""
@@ -709,6 +741,8 @@ class Agent:
             self.errors["train"] = self.errors.get("train", 0) + 1
         log.warning("retraining gave no new model (%s): %s", reason, why)
         self.next_retrain = retry_at
+        # a model rejected for alerting more is a training that worked
+        self._train_failures = 0 if reason == "rejected" else self._train_failures + 1
 
     def _load_model(self) -> bool:
         if not (self.models_dir / host_dirname(self.cfg.host) / META).is_file():
@@ -741,6 +775,21 @@ class Agent:
             "never" if period == float("inf") else f"{period:.0f} s after this one",
         )
         return True
+
+    def _say_other_hosts(self) -> None:
+        """A host renamed, or a data folder copied from another host: the models there are
+        not this host's, and what it learns from is the history stored under the old name."""
+        others = sorted(h for h in list_hosts(self.models_dir) if h != self.cfg.host)
+        if others:
+            log.warning(
+                "no model for %s in %s, but one for %s: learning %s from the stored history "
+                "(a renamed host keeps its history; a data folder copied from another host "
+                "holds that host's, so start such a host on an empty data folder)",
+                json.dumps(self.cfg.host),
+                self.models_dir,
+                ", ".join(json.dumps(h) for h in others[:5]),
+                json.dumps(self.cfg.host),
+            )
 
     def _reload_recent(self) -> None:
         """After a restart, the last hour of stored samples feeds the rolling features again."""

@@ -138,6 +138,7 @@ class History:
         self._mem_windows: deque[Window] = deque(maxlen=capacity)
         self._columns = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
         self._reopen = False
+        self._clock_warned = False
         if self.path is not None:
             with self._lock:
                 if self._open():
@@ -309,6 +310,24 @@ class History:
         """Time from the first to the last stored sample (0 with fewer than two)."""
         ts, _ = self._bounds()
         return ts[1] - ts[0] if ts else 0.0
+
+    def covered_seconds(self, max_gap: float) -> float:
+        """Time the stored samples cover: the gaps between consecutive samples, each counted
+        up to ``max_gap``. Unlike :meth:`span_seconds`, a wall clock stepped a day ahead, or
+        an agent stopped for a night, adds at most ``max_gap``: nothing was sampled then."""
+        with self._lock:
+            parts = [self._ring.rows()[:, 0]]
+            if self._conn is not None:
+                try:
+                    rows = self._conn.execute(
+                        f"SELECT ts FROM samples WHERE ts BETWEEN -{_FINITE} AND {_FINITE}"
+                    ).fetchall()
+                    parts.append(np.array([r[0] for r in rows], dtype=np.float64))
+                except sqlite3.Error as e:
+                    self._on_db_error("read samples", e)
+        ts = np.sort(np.concatenate(parts))
+        ts = ts[np.isfinite(ts)]
+        return float(np.clip(np.diff(ts), 0.0, max(0.0, float(max_gap))).sum()) if len(ts) else 0.0
 
     def count(self) -> int:
         """Number of stored samples, on disk and in memory."""
@@ -589,6 +608,19 @@ class History:
 
     def _prune_locked(self) -> None:
         cutoff = self.clock() - self.retention_s
+        bounds, _ = self._bounds()
+        if bounds is not None and bounds[1] < cutoff:
+            # every sample is older than the retention: a clock far ahead (a wrong RTC at
+            # boot, a bad time server) would delete the whole history. Kept (the size bound
+            # still holds) until a sample is stored at this clock's time.
+            if not self._clock_warned:
+                self._clock_warned = True
+                log.warning(
+                    "history: the clock is %.1f days past the newest stored sample; not "
+                    "deleting old samples until new ones are stored (is the clock right?)",
+                    (cutoff + self.retention_s - bounds[1]) / 86400,
+                )
+            cutoff = -math.inf
         self._ring.keep_from(cutoff)
         kept = [w for w in self._mem_windows if w[1] >= cutoff]
         if len(kept) != len(self._mem_windows):

@@ -610,6 +610,9 @@ class HostSignals:
         self._dirty = "learn_started" not in state
         self._was_learning = self.learning(now)
         self._saved_at = now
+        #: No save before this time: a disk that refused the last one (full) is tried again
+        #: once a minute, not every tick (a WARNING and an error each time)
+        self._save_retry_at = now
 
     # -- state ----------------------------------------------------------------------------
 
@@ -647,6 +650,7 @@ class HostSignals:
         try:
             atomic_write(self.path, json.dumps(doc, indent=1), mode=0o600)
         except OSError as exc:
+            self._save_retry_at = self.clock() + SAVE_EVERY_S
             self._fail("host_signals", exc)
             return
         self._dirty, self._saved_at = False, self.clock()
@@ -679,7 +683,7 @@ class HostSignals:
         self._ports(now, learning)
         self._ssh(now, learning)
         self._logs(now, learning)
-        if self._dirty or now - self._saved_at >= SAVE_EVERY_S:
+        if (self._dirty or now - self._saved_at >= SAVE_EVERY_S) and now >= self._save_retry_at:
             self.save()
 
     def _fail(self, stage: str, exc: BaseException) -> None:

@@ -108,7 +108,7 @@ class Journal:
                     yield state
                 finally:
                     if _dump(state) != before:
-                        self._save(state)
+                        self._save_after(state)
             finally:
                 self._held = None
                 os.close(fd)
@@ -125,6 +125,21 @@ class Journal:
 
     def _save(self, state: JournalState) -> None:
         atomic_write(self.path, _dump(state), mode=0o600)
+
+    def _save_after(self, state: JournalState) -> None:
+        """Save what changed once the lock is released. A throttle is saved before the process
+        is touched (``_save``, which raises), so what is left to save here is releases and
+        exemptions: when the disk refuses it (full), the journal on disk still lists processes
+        already released, which a later release checks and skips. That must not turn into a
+        crash, or an agent restarted on a full disk would exit before it could run at all."""
+        try:
+            self._save(state)
+        except OSError as exc:
+            log.error(
+                "throttle journal %s not updated (%s): it may still list released processes",
+                self.path,
+                exc.strerror or exc,
+            )
 
 
 #: What a journal must look like, for the message when it does not.

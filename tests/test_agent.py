@@ -228,17 +228,19 @@ def test_gappy_history_fails_training_says_why_and_backs_off(tmp_path):
     agent = make_agent(tmp_path, replay, learn_for=120.0)
     try:
         run(agent, replay, 0, 2)
-        run(agent, replay, 60, 62)  # a 610 s span, but no window half covered by samples
+        run(agent, replay, 60, 62)  # a 610 s span, but only 80 s learnt (a gap counts a window)
+        assert agent.child is None
+        run(agent, replay, 120, 122)  # 150 s learnt, but no window half covered by samples
         assert agent.child is not None
         agent.child.wait(timeout=60)
-        run(agent, replay, 62, 63)
+        run(agent, replay, 122, 123)
         snap = agent.snapshot()
         assert snap.retrain_failures_total["too_few_windows"] == 1
         assert sum(snap.retrain_failures_total.values()) == 1
         assert snap.errors_total == {"train": 1}
         assert agent.model is None and snap.learning is True
         assert agent.next_retrain >= replay.clock() + 60.0
-        run(agent, replay, 63, 66)
+        run(agent, replay, 123, 126)
         assert agent.child is None, "retrained at once instead of backing off"
     finally:
         agent.shutdown()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from promtools import free_port, promtool
@@ -503,7 +504,7 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
     inside = Path(f"/proc/{agent.proc.pid}/root") / str(data).lstrip("/")
     filler = inside / "filler"
     try:
-        opened = filler.open("wb")
+        opened = filler.open("wb", buffering=0)  # unbuffered: nothing left to fail at close
     except OSError as exc:  # full before the test filled it: say with what
         files = sorted((p.stat().st_size, str(p)) for p in inside.rglob("*") if p.is_file())
         pytest.fail(f"the tmpfs was full before the filler ({exc}): {files[-10:]}")
@@ -511,7 +512,6 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass  # ENOSPC: the tmpfs is full
     full = agent.wait_for(
@@ -557,6 +557,52 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
             opened.add(e["id"])
         elif e["event"] in ("update", "close"):
             assert e["id"] in opened, f"{e['event']} line without its open line: {events}"
+
+
+#: A 1 MiB tmpfs on the data dir, seeded from a folder, then filled to the last byte.
+FULL_FROM_START = 'd=$1; seed=$2; shift 2; mount -t tmpfs -o size=1m,mode=0700 mw-full "$d" \
+&& cp -r "$seed/." "$d" && { cat /dev/zero > "$d/filler" 2>/dev/null; exec "$@"; }'
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not private_mounts_work(),
+    reason="needs unshare -m (root)",
+)
+def test_an_agent_restarted_on_a_full_disk_runs_and_releases_what_a_crash_left_paused(
+    tmp_path, agents
+):
+    """The agent was killed while it held a process paused (the throttle journal lists it)
+    and the disk filled: systemd restarts it on a data dir with no byte free. It must start,
+    release the process, serve metrics, count the history's failure, say once (not at every
+    sample) that its host signals' state cannot be saved, and stop with 0. It exited 1
+    before: first writing its pid into agent.lock, then saving the journal after the
+    release, so every restart of the unit failed the same way."""
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        seed = tmp_path / "seed"
+        (seed / "throttle").mkdir(parents=True, mode=0o700)
+        record = {"pid": sleeper.pid, "create_time": psutil.Process(sleeper.pid).create_time(),
+                  "name": "sleep", "method": "sigstop", "since": time.time() - 60}  # fmt: skip
+        journal = {"throttled": [record], "exempt": []}
+        (seed / "throttle" / "throttle-journal.json").write_text(json.dumps(journal))
+        data = tmp_path / "data"
+        data.mkdir(mode=0o700)
+        prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", FULL_FROM_START, "sh",
+                  str(data), str(seed))  # fmt: skip
+        agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", prefix=prefix)
+        agents.append(agent)
+        v = agent.wait_for("metrics", lambda v: one(v, "minerwatch_samples_total") >= 8)
+        assert one(v, "minerwatch_errors_total", stage="history") >= 1, agent.tail()
+        # said once, not at every sample: a full disk lasts, and so would the log lines
+        assert agent.tail().count("host_signals failed") == 1, agent.tail()
+        assert psutil.Process(sleeper.pid).status() != psutil.STATUS_STOPPED, agent.tail()
+        assert "throttle release pid=" in agent.tail()
+        assert agent.stop() == 0, agent.tail()
+        assert "Traceback" not in agent.tail() and "unexpected failure" not in agent.tail()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # -- the clock stepping ------------------------------------------------------------------------
@@ -663,3 +709,139 @@ def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet
     finally:
         conn.close()
     assert starts and len(starts) == len(set(starts)), "a window was stored twice"
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
+def test_a_clock_stepped_a_day_ahead_while_learning_does_not_end_learning(tmp_path, agents):
+    """The wall clock steps a day ahead seconds after ``serve`` started learning for 8 s:
+    it goes on learning until its samples cover 8 s (the step counted as a day learnt, so
+    learning ended at once on three samples), and the model it then trains is retrained when
+    its history has doubled, not a day later (its windows' first to last spanned the day)."""
+    spec = tmp_path / "faketime"
+    spec.write_text("+0\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    agent = Agent(tmp_path / "data", tmp_path / "agent.log", "--interval", "0.5s", "--window",
+                  "2s", "--learn-for", "8s", env=env)  # fmt: skip
+    agents.append(agent)
+    agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 3)
+    spec.write_text("+86400\n")
+    v = agent.wait_for(
+        "sampling a day ahead",
+        lambda v: one(v, "minerwatch_last_sample_timestamp_seconds") > time.time() + 80000,
+    )
+    n = one(v, "minerwatch_samples_total")
+    v = agent.wait_for("4 s more", lambda v: one(v, "minerwatch_samples_total") >= n + 8)
+    assert one(v, "minerwatch_learning") == 1, agent.tail()
+    assert 0 < one(v, "minerwatch_learning_progress_ratio") < 1, agent.tail()
+    agent.wait_for("the model", lambda v: one(v, "minerwatch_learning") == 0, timeout=60)
+    found = re.search(r"model for \S+ loaded: .*next training (\d+) s after", agent.tail())
+    assert found and int(found[1]) < 60, agent.tail()
+    assert agent.stop() == 0, agent.tail()
+
+
+def test_a_model_of_forty_minutes_a_day_apart_cannot_alert_like_one_of_forty_minutes(tmp_path):
+    """``minerwatch train`` on two 20-minute stretches a day apart (a clock step, or a host
+    off overnight): 40 windows, which judge like 40 minutes of one day (a model of less than
+    about an hour cannot alert), not like a day (threshold 0.68 before: the first to last
+    window span counted as time seen)."""
+    start = 1767225600.0
+    parts = [host_series("gappy", days=20 / 1440, interval=10.0, seed=s, start=start + d)
+             for s, d in ((3, 0.0), (4, 86400.0))]  # fmt: skip
+    ts = np.concatenate([p.timestamps for p in parts])
+    values = np.vstack([p.values for p in parts])
+    write_csv(tmp_path / "gappy.csv", [from_arrays("gappy", ts, values, parts[0].columns)])
+    done = subprocess.run([MINERWATCH, "train", str(tmp_path / "gappy.csv"), "--models",
+                           str(tmp_path / "models")], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = load_model(tmp_path / "models", "gappy")
+    assert model.meta["windows"] == 40 and model.threshold == 1.0
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not private_mounts_work(),
+    reason="needs unshare -m (root)",
+)
+def test_a_training_that_keeps_failing_on_a_full_disk_is_retried_less_and_less_often(
+    tmp_path, agents
+):
+    """The agent learns on a full disk, so the training input cannot be written. It says so
+    and tries again after a minute, then after two, four... (the wall clock is stepped
+    ahead with libfaketime instead of waiting): a disk full for hours no longer starts a
+    training every minute (each one, with a history on disk, a child reading all of it)."""
+    spec = tmp_path / "faketime"
+    spec.write_text("+0\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    (tmp_path / "seed").mkdir()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", FULL_FROM_START, "sh",
+              str(data), str(tmp_path / "seed"))  # fmt: skip
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", "--window", "2s",
+                  "--learn-for", "4s", prefix=prefix, env=env)  # fmt: skip
+
+    agents.append(agent)
+
+    def failures(at_least: int) -> int:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert agent.proc.poll() is None, agent.tail()
+            n = agent.tail().count("retraining gave no new model")
+            if n >= at_least:
+                return n
+            time.sleep(0.1)
+        pytest.fail(f"{at_least} failed trainings not reached\n{agent.tail()}")
+
+    assert failures(1) == 1
+    assert "the training input could not be written" in agent.tail()
+    spec.write_text("+70\n")  # past the first backoff (60 s): tried again
+    assert failures(2) == 2
+    spec.write_text("+140\n")  # 70 s after the second failure: within its 120 s
+    n = one(agent.values(), "minerwatch_samples_total")
+    agent.wait_for("3 s more", lambda v: one(v, "minerwatch_samples_total") >= n + 6)
+    assert agent.tail().count("retraining gave no new model") == 2, agent.tail()
+    spec.write_text("+200\n")  # 130 s after it: tried again
+    assert failures(3) == 3
+    assert agent.stop() == 0, agent.tail()
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
+def test_an_agent_started_with_its_clock_far_ahead_keeps_the_history(tmp_path, agents):
+    """``serve`` starts with its wall clock 400 days ahead (a wrong RTC at boot, a bad time
+    server) on ten minutes of stored history: it says the clock is past every stored sample
+    and keeps them (it deleted them all at once, silently, as older than the 14-day
+    retention), and stores its new samples beside them."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    prefill_history(data)
+    before = len(stored(data / "history.db"))
+    spec = tmp_path / "faketime"
+    spec.write_text("+400d\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", env=env)
+    agents.append(agent)
+    agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 3)
+    assert agent.stop() == 0, agent.tail()
+    ts = stored(data / "history.db")
+    assert (ts < time.time() + 60).sum() == before, "stored samples deleted"
+    assert (ts > time.time() + 399 * 86400).sum() >= 3
+    assert re.search(r"the clock is 400\.\d days past the newest stored sample", agent.tail())
+
+
+def test_a_renamed_host_is_told_the_models_in_its_data_folder_are_another_hosts(
+    tmp_path, agents, quiet_models
+):
+    """The data folder holds a model for another host name (the host was renamed, or the
+    folder copied from another host): the agent says so at start, naming both, instead of
+    silently learning again from the history stored under the old name."""
+    data = data_dir_with_model(tmp_path, quiet_models)
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", host=LEARNER)
+    agents.append(agent)
+    agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 1)
+    assert agent.stop() == 0, agent.tail()
+    said = f'no model for "{LEARNER}" in {data / "models"}, but one for "{QUIET}"'
+    assert said in agent.tail(), agent.tail()
