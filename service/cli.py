@@ -151,6 +151,16 @@ def _pid(text: str) -> int:
     return value
 
 
+def _retries(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"expected a number of retries, 0 to 10, got {text!r}")
+    return value
+
+
 def _requests(text: str) -> int:
     """``--concurrency``: requests in flight per process; unlike ``--jobs`` no "all cores"."""
     try:
@@ -847,6 +857,13 @@ def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool 
         help="client certificate's key, PEM (default: in --cert-file)",
     )
     p.add_argument("--timeout", type=_duration, default="30s", help="per request")
+    p.add_argument(
+        "--retries",
+        type=_retries,
+        default=4,
+        help="tries again a request that failed for a transient reason (5xx, timeout, refused "
+        "or cut-short connection), after 0.5 s, 1 s, 2 s ...",
+    )
     p.add_argument(
         "--gzip",
         action="store_true",

@@ -55,6 +55,7 @@ def connection(args: argparse.Namespace) -> Connection:
         key_file=args.key_file,
         timeout=args.timeout,
         gzip=args.gzip,
+        retries=args.retries,
     )
 
 

@@ -88,6 +88,9 @@ class Connection:
     key_file: str | None = None
     timeout: float = 30.0
     gzip: bool = False
+    #: Tries after the first for a request that failed for a transient reason (5xx, timeout,
+    #: refused connection, answer cut short), waiting 0.5 s, 1 s, 2 s ... before each.
+    retries: int = 4
 
     def __post_init__(self) -> None:
         check_url(self.url)
@@ -180,14 +183,14 @@ class PromClient:
         connection: Connection,
         *,
         concurrency: int = 4,
-        retries: int = 4,
+        retries: int | None = None,
         backoff: float = 0.5,
         max_points: int = MAX_POINTS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.connection = connection
         self.concurrency = max(1, concurrency)
-        self.retries = retries
+        self.retries = connection.retries if retries is None else retries
         self.backoff = backoff
         self.max_points = max_points
         self.sleep = sleep
