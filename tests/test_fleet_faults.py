@@ -429,11 +429,14 @@ def test_an_interrupted_train_says_which_hosts_are_saved_and_which_are_left(flee
     slowly (through the proxy), so the run is still going when the signal comes (on a fast
     machine the whole fleet trained in 1.4 s, before it)."""
     _, _, _, hosts, start, end = fleet
-    proxy.delay = 0.2
+    proxy.delay = 0.1
     models = tmp_path / "m"
     proc = subprocess.Popen(
         [MINERWATCH, *map(str, train_args(proxy.url, start, end, models))],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as at a terminal: a job a shell started in the background (CI's own run)
+        # ignores SIGINT, and a Python started that way keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None
     lines = [proc.stderr.readline() for _ in range(3)]  # "training ...", then hosts 1 and 2
