@@ -127,51 +127,32 @@ def _duration_or_zero(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected {DURATION_HELP}, got {text!r}") from None
 
 
-def _jobs(text: str) -> int:
+def _whole(text: str, ok: Callable[[int], bool], expected: str) -> int:
+    """A whole-number flag that ``ok`` accepts, else argparse's error "expected ..., got ..."."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value == 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of processes (1, 2, ...; -1 = all cores), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _jobs(text: str) -> int:
+    return _whole(text, lambda n: n != 0, "a number of processes (1, 2, ...; -1 = all cores)")
 
 
 def _pid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a process id (a whole number > 0), got {text!r}"
-        )
-    return value
+    return _whole(text, lambda n: n > 0, "a process id (a whole number > 0)")
 
 
 def _retries(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"expected a number of retries, 0 to 10, got {text!r}")
-    return value
+    return _whole(text, lambda n: 0 <= n <= 10, "a number of retries, 0 to 10")
 
 
 def _requests(text: str) -> int:
     """``--concurrency``: requests in flight per process; unlike ``--jobs`` no "all cores"."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of requests at once per process (1, 2, ...), got {text!r}"
-        )
-    return value
+    return _whole(text, lambda n: n >= 1, "a number of requests at once per process (1, 2, ...)")
 
 
 def _existing_folder(text: str) -> Path:
