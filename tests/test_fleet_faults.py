@@ -19,9 +19,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,6 +56,16 @@ def fleet(tmp_path_factory):
     span = (split["start"] - INTERVAL / 2, split["end"] + INTERVAL / 2)
     with started_prometheus(root, root / "tsdb") as prom:
         yield root, root / "tsdb", prom, sorted(labels["hosts"]), *span
+
+
+@contextmanager
+def prometheus_on_a_copy(tsdb: Path, root: Path, flags: Sequence[str] = ()) -> Iterator[Any]:
+    """A Prometheus of the test's own on a copy of ``tsdb`` under ``root``: one it may kill or
+    start with a sample limit without touching the module's shared server."""
+    copy = root / "tsdb"
+    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
+    with started_prometheus(root, copy, flags=flags) as prom:
+        yield prom
 
 
 def mw(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -182,10 +193,8 @@ def test_a_sample_limit_is_met_by_reading_in_halves(fleet, models, tmp_path):
     host is then read in shorter pieces, and trains exactly the model of one read; fleet
     serve's first read of the whole fleet is cut the same way and every host is scored."""
     root, tsdb, _, hosts, start, end = fleet
-    copy = tmp_path / "tsdb"
-    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
     # node_cpu_seconds_total holds 2 CPUs x 5 modes x ~577 samples per host: ~5,800
-    with started_prometheus(tmp_path, copy, flags=["--query.max-samples=2000"]) as limited:
+    with prometheus_on_a_copy(tsdb, tmp_path, flags=["--query.max-samples=2000"]) as limited:
         refused = limited.query(
             f'node_cpu_seconds_total{{instance=~"{hosts[0]}:.*"}}[{end - start:.0f}s]'
         )
@@ -209,10 +218,8 @@ def test_train_stops_when_prometheus_goes_away_keeping_what_it_trained(fleet, tm
     done and not done, keeps the saved models and exits 1 (an unexpected failure, not the
     user's input)."""
     _, tsdb, _, hosts, start, end = fleet
-    copy = tmp_path / "tsdb"
-    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
     models = tmp_path / "m"
-    with started_prometheus(tmp_path, copy) as prom:
+    with prometheus_on_a_copy(tsdb, tmp_path) as prom:
         proc = subprocess.Popen(
             [MINERWATCH, *map(str, train_args(prom.url, start, end, models)), *engine,
              "--retries", "1"],  # a server gone stays gone: one retry is enough to say so
@@ -335,10 +342,8 @@ def test_export_stops_when_prometheus_goes_away_keeping_what_it_wrote(fleet, tmp
     the URL, the run stops (exit 1) naming what was done and what not; the files written
     stay."""
     _, tsdb, _, hosts, start, end = fleet
-    copy = tmp_path / "tsdb"
-    shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
     out = tmp_path / "export"
-    with started_prometheus(tmp_path, copy) as prom:
+    with prometheus_on_a_copy(tsdb, tmp_path) as prom:
         proc = subprocess.Popen(
             [MINERWATCH, "fleet", "export", "--prometheus", prom.url, "--start", str(start),
              "--end", str(end), "--output", str(out), "--retries", "1"],
@@ -409,11 +414,9 @@ def test_sums_over_the_sample_limit_fall_back_to_raw_samples_in_pieces(big, tmp_
     tsdb, start, end = big
     exported = {}
     for limit in ("50000000", "10000"):  # Prometheus' default, and one the sums go over
-        copy = tmp_path / f"tsdb-{limit}"
-        shutil.copytree(tsdb, copy, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head"))
         root = tmp_path / limit
         root.mkdir()
-        with started_prometheus(root, copy, flags=[f"--query.max-samples={limit}"]) as prom:
+        with prometheus_on_a_copy(tsdb, root, flags=[f"--query.max-samples={limit}"]) as prom:
             out = root / "export"
             done = mw("fleet", "export", "--prometheus", prom.url, "--start", start,
                       "--end", end, "--output", out)  # fmt: skip
