@@ -161,12 +161,8 @@ def evidence_episodes(
     covered = {evidence_id(k) for k in known}
     out: dict[str, Path] = {}
     for path in evidence_files(evidence_dir):
-        stem = path.stem
-        if "-" not in stem:
-            continue
-        eid = stem.split("-", 1)[1]
-        # IOC hits and suspect processes have evidence of their own, not alert episodes
-        if eid.startswith(("ioc-hit-", "suspect-")):
+        eid = _file_episode(path)
+        if not eid or eid.startswith(NOT_EPISODES):
             continue
         if eid not in covered:
             try:
@@ -182,12 +178,19 @@ def evidence_episodes(
 def _evidence_without_episode(evidence_dir: Path) -> list[str]:
     """Names of the evidence files of suspects found while learning and of IOC hits, oldest
     first: what a responder paged for them has when no alert episode exists yet."""
-    names = []
-    for path in evidence_files(evidence_dir):
-        eid = path.stem.split("-", 1)[1] if "-" in path.stem else ""
-        if eid.startswith(("ioc-hit-", "suspect-")):
-            names.append(path.name)
-    return names
+    return [
+        p.name for p in evidence_files(evidence_dir) if _file_episode(p).startswith(NOT_EPISODES)
+    ]
+
+
+#: IOC hits and suspect processes found while learning have evidence of their own, not alert
+#: episodes: the id in their file name starts with one of these.
+NOT_EPISODES = ("ioc-hit-", "suspect-")
+
+
+def _file_episode(path: Path) -> str:
+    """The id in an evidence file's name (``<UTC time>-<id>.json``); "" when it has none."""
+    return path.stem.split("-", 1)[1] if "-" in path.stem else ""
 
 
 def episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
