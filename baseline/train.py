@@ -7,7 +7,7 @@ for errors); only the CPU-heavy fitting is shipped to workers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from minerwatch.features.extract import (
     TIME,
     feature_specs,
 )
-from minerwatch.features.io import HostSeries, read_telemetry
+from minerwatch.features.io import HostSeries, TelemetryGroups
 from minerwatch.features.pipeline import feature_rows
 
 MIN_WINDOWS = 30
@@ -172,6 +172,7 @@ def train_all(
     model_key: bytes | None = None,
     required: Sequence[str] = REQUIRED_COLUMNS,
     read_progress: Callable[[int, int, str], None] | None = None,
+    scan_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[TrainSummary]:
     """Train and store one model per host found in ``inputs`` (HMAC-signed with
     ``model_key`` when given, see :mod:`minerwatch.baseline.store`).
@@ -180,13 +181,23 @@ def train_all(
     cluster; otherwise joblib with ``n_jobs`` processes. A host whose data is unusable (too
     few windows, a ``required`` column missing) is reported through ``on_error`` (or raised
     when no handler is given); others go on. ``progress`` is told of each host trained,
-    ``read_progress`` of each file read.
+    ``scan_progress`` and ``read_progress`` of each file scanned and read.
+
+    The input is read a few hosts at a time (:class:`TelemetryGroups`: as many as train at
+    once), and each model is saved as soon as it is trained: a fleet need not fit in memory,
+    and a file found bad half-way leaves the models already trained in place.
     """
-    fleet = read_telemetry(inputs, progress=read_progress)
+    if dask_address:
+        at_once = DASK_BATCH
+    else:
+        from joblib import effective_n_jobs
+
+        at_once = effective_n_jobs(n_jobs)
+    groups = TelemetryGroups(
+        inputs, least=at_once, progress=read_progress, scan_progress=scan_progress
+    )
     results: list[TrainSummary] = []
     done: list[str] = []
-    unusable = {h: e for h in sorted(fleet) if (e := missing_columns(fleet[h], required))}
-    hosts = [h for h in sorted(fleet) if h not in unusable]
 
     def finish(host: str, outcome: tuple[HostModel, float] | Exception) -> None:
         if isinstance(outcome, Exception):
@@ -201,23 +212,30 @@ def train_all(
             )
         done.append(host)
         if progress is not None:
-            progress(len(done), len(fleet), host)
+            progress(len(done), groups.hosts, host)
 
-    for host, error in unusable.items():
-        finish(host, error)
-    if not hosts:
-        return []
+    def usable(fleet: dict[str, HostSeries]) -> list[str]:
+        for host in sorted(fleet):
+            if error := missing_columns(fleet[host], required):
+                finish(host, error)
+        return [h for h in sorted(fleet) if h not in done]
+
     if dask_address:
-        _train_dask(fleet, hosts, window, hop, params, dask_address, finish)
+        _train_dask(groups, usable, window, hop, params, dask_address, finish)
     else:
         from joblib import Parallel, delayed
 
-        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_safe_fit)(fleet[h], window, hop, params) for h in hosts
-        )
-        for host, outcome in zip(hosts, jobs, strict=True):
-            finish(host, outcome)
+        with Parallel(n_jobs=n_jobs, return_as="generator") as parallel:
+            for fleet in groups:
+                hosts = usable(fleet)
+                jobs = parallel(delayed(_safe_fit)(fleet[h], window, hop, params) for h in hosts)
+                for host, outcome in zip(hosts, jobs, strict=True):
+                    finish(host, outcome)
     return sorted(results, key=lambda r: r.host)
+
+
+#: Hosts read and sent to a Dask cluster at a time (its workers are not counted beforehand).
+DASK_BATCH = 16
 
 
 def _safe_fit(
@@ -232,8 +250,8 @@ def _safe_fit(
 
 
 def _train_dask(
-    fleet: dict[str, HostSeries],
-    hosts: list[str],
+    groups: Iterable[dict[str, HostSeries]],
+    usable: Callable[[dict[str, HostSeries]], list[str]],
     window: float,
     hop: float,
     params: dict[str, Any] | None,
@@ -256,11 +274,13 @@ def _train_dask(
             "--dask", None, "the address of a reachable Dask scheduler", str(exc)
         ) from None
     try:
-        futures = {
-            client.submit(_safe_fit, fleet[h], window, hop, params, pure=False): h for h in hosts
-        }
-        for future in as_completed(futures):
-            finish(futures[future], future.result())
+        for fleet in groups:
+            futures = {
+                client.submit(_safe_fit, fleet[h], window, hop, params, pure=False): h
+                for h in usable(fleet)
+            }
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
     finally:
         client.close()
         if cluster is not None:

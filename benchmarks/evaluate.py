@@ -16,6 +16,7 @@ scikit-learn and matplotlib are imported only inside the functions that need the
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -168,53 +169,66 @@ def run_hosts(
 ) -> list[HostRun]:
     """Train or load each host's baseline, score the test split, run the reference detectors;
     with ``events`` (the labels) also the baseline with a responder's dismissals."""
-    from minerwatch.baseline.batch import score_series
-    from minerwatch.features.io import read_telemetry
+    from minerwatch.features.io import TelemetryGroups, read_telemetry
 
     data = Path(data)
     test = read_telemetry([data / "test"])
     # With stored models the training split is optional (only the naive forest needs it).
     has_train = (data / "train").is_dir() and any((data / "train").iterdir())
-    train = read_telemetry([data / "train"]) if has_train or models is None else {}
-    runs = []
-    for i, host in enumerate(sorted(test), 1):
-        progress(f"evaluate {i}/{len(test)}: {host}")
-        model = _model_for(host, train, models, window, hop, progress)
-        scored = score_series(model, test[host])
-        ws = np.asarray(scored.window_start, dtype=float)
-        we = np.asarray(scored.window_end, dtype=float)
-        alerts = {"minerwatch": np.asarray(scored.alert, dtype=bool)}
-        if events is not None and host in train:
-            from minerwatch.bench.dismissals import retrained_like
+    # The training split, the larger, is read a few hosts at a time (a month of a fleet need
+    # not fit in memory); hosts of the test without training data come last.
+    parts = TelemetryGroups([data / "train"]) if has_train or models is None else ()
+    runs: list[HostRun] = []
+    for train in itertools.chain(parts, [{}]):
+        done = {r.host for r in runs}
+        for host in sorted(h for h in test if h not in done and (h in train or not train)):
+            progress(f"evaluate {len(runs) + 1}/{len(test)}: {host}")
+            runs.append(
+                _run_host(host, train, test[host], models, window, hop, seed, progress, events)
+            )
+    return sorted(runs, key=lambda r: r.host)
 
-            alerts["dismissed"], retrains = retrained_like(
-                model, train[host], test[host], ws, we, alerts["minerwatch"], events
-            )
-            if retrains:
-                progress(f"{host}: {retrains} false alarm(s) dismissed and learnt")
-        if "cpu_percent" in test[host].columns:
-            alerts["static_rule"] = static_rule(test[host], ws, we)
-            alerts["cpu_5m"] = cpu_5m(test[host], ws, we)
-        if host in train:
-            w = float(np.median(we - ws)) if ws.size else window
-            h = float(np.median(np.diff(ws))) if ws.size > 1 else hop
-            naive = NaiveIForest(window=w, hop=h, seed=seed).fit(train[host])
-            alerts["naive_iforest"] = naive.alert(test[host], ws, we)
-            if train[host].procs is not None and test[host].procs is not None:
-                rule = NewExeRule().fit(train[host])
-                alerts["new_exe"] = rule.alert(test[host], ws, we)
-        runs.append(
-            HostRun(
-                host,
-                test[host],
-                ws,
-                we,
-                np.asarray(scored.score, dtype=float),
-                float(scored.threshold),
-                alerts,
-            )
+
+def _run_host(
+    host: str,
+    train: dict[str, HostSeries],
+    test: HostSeries,
+    models: Path | None,
+    window: float,
+    hop: float,
+    seed: int,
+    progress: Progress,
+    events: list[metrics.Event] | None,
+) -> HostRun:
+    from minerwatch.baseline.batch import score_series
+
+    model = _model_for(host, train, models, window, hop, progress)
+    scored = score_series(model, test)
+    ws = np.asarray(scored.window_start, dtype=float)
+    we = np.asarray(scored.window_end, dtype=float)
+    alerts = {"minerwatch": np.asarray(scored.alert, dtype=bool)}
+    if events is not None and host in train:
+        from minerwatch.bench.dismissals import retrained_like
+
+        alerts["dismissed"], retrains = retrained_like(
+            model, train[host], test, ws, we, alerts["minerwatch"], events
         )
-    return runs
+        if retrains:
+            progress(f"{host}: {retrains} false alarm(s) dismissed and learnt")
+    if "cpu_percent" in test.columns:
+        alerts["static_rule"] = static_rule(test, ws, we)
+        alerts["cpu_5m"] = cpu_5m(test, ws, we)
+    if host in train:
+        w = float(np.median(we - ws)) if ws.size else window
+        h = float(np.median(np.diff(ws))) if ws.size > 1 else hop
+        naive = NaiveIForest(window=w, hop=h, seed=seed).fit(train[host])
+        alerts["naive_iforest"] = naive.alert(test, ws, we)
+        if train[host].procs is not None and test.procs is not None:
+            rule = NewExeRule().fit(train[host])
+            alerts["new_exe"] = rule.alert(test, ws, we)
+    return HostRun(
+        host, test, ws, we, np.asarray(scored.score, dtype=float), float(scored.threshold), alerts
+    )
 
 
 def measure(runs: list[HostRun], events: list[metrics.Event], grace: float = 0.0) -> dict:

@@ -24,7 +24,7 @@ import os
 import sys
 import warnings
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -648,15 +648,165 @@ def read_telemetry(
     host sample. By default it prints to stderr. ``progress`` is told (files read, files, name)
     after each file: a month of a fleet's process tables takes minutes to read.
 
+    The whole input is held at once; :class:`TelemetryGroups` reads a fleet a few hosts at a
+    time.
+
     >>> # series = read_telemetry(["fleet/"]); series["web-1"].column("cpu_percent")
     """
-    tell = _to_stderr if note is None else note
+    paths = expand_inputs(inputs)
+    return _read_files(paths, _to_stderr if note is None else note, progress, 0, len(paths))
+
+
+class TelemetryGroups:
+    """A fleet's telemetry a few hosts at a time, each host whole, so that a month of a
+    hundred hosts does not have to fit in memory at once (about 340 MB per host-month at
+    10-second samples with process tables).
+
+    Files are first scanned for the hosts they hold (their host column only); files that
+    share a host are read together, and groups are read one after another until they hold
+    at least ``least`` hosts, which are then yielded. With one file per host (and its
+    process table) that is ``least`` hosts in memory; a file holding the whole fleet is read
+    whole. A file whose hosts cannot be scanned (unreadable, malformed) makes one group of
+    everything, and the full reader then says what is wrong with it.
+
+    ``hosts``: the number of hosts with samples in the input, known before the first group
+    is yielded. ``scan_progress`` and ``progress`` are told (files done, files, name) while
+    scanning and while reading; ``note`` as for :func:`read_telemetry`.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[str | Path],
+        least: int = 1,
+        note: Callable[[str], None] | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
+        scan_progress: Callable[[int, int, str], None] | None = None,
+    ) -> None:
+        self.paths = expand_inputs(inputs)
+        self.least = max(1, least)
+        self.note = _to_stderr if note is None else note
+        self.progress = progress
+        found: list[frozenset[str] | None] = []
+        for done, path in enumerate(self.paths, start=1):
+            if scan_progress is not None:
+                scan_progress(done - 1, len(self.paths), path.name)
+            found.append(hosts_in(path))
+        if scan_progress is not None and self.paths:
+            scan_progress(len(self.paths), len(self.paths), "")
+        self.groups = _share_hosts(found)
+        self._found = found
+        sampled = [h for p, h in zip(self.paths, found, strict=True) if not is_procs_file(p)]
+        known = [h for h in sampled if h is not None]
+        self._sampled = frozenset().union(*known) if len(known) == len(sampled) else None
+        self.hosts = len(self._sampled) if self._sampled is not None else 0
+
+    def __iter__(self) -> Iterator[dict[str, HostSeries]]:
+        done = 0
+        batch: dict[str, HostSeries] = {}
+        for group in self.groups:
+            paths = [self.paths[i] for i in group]
+            read = _read_files(
+                paths, self.note, self.progress, done, len(self.paths), self._sampled
+            )
+            done += len(paths)
+            if self._sampled is None:  # one group of everything: counted as read
+                self.hosts = len(read)
+            batch.update(read)
+            if len(batch) >= self.least:
+                yield batch
+                batch = {}
+        if batch:
+            yield batch
+
+    def only(self, hosts: Iterable[str]) -> dict[str, HostSeries]:
+        """The series of ``hosts`` (those present), reading only the files that hold them."""
+        wanted = set(hosts)
+        files = sorted(
+            i for group in self.groups if any(self._holds(i, wanted) for i in group) for i in group
+        )
+        paths = [self.paths[i] for i in files]
+        read = _read_files(paths, self.note, None, 0, len(paths), self._sampled)
+        return {h: read[h] for h in sorted(wanted & set(read))}
+
+    def _holds(self, i: int, hosts: set[str]) -> bool:
+        found = self._found[i]
+        return found is None or not found.isdisjoint(hosts)
+
+
+def hosts_in(path: Path) -> frozenset[str] | None:
+    """The host names a telemetry file holds, from its host column alone (stripped, as the
+    reader does); None when that cannot be told cheaply, for the full reader to explain."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            column = pq.read_table(path, columns=[HOST]).column(HOST).unique()
+            return frozenset(str(v).strip() for v in column.to_pylist() if v is not None) - {""}
+        import pandas as pd
+
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+        if b"\0" in head or any(head.startswith(magic) for magic, _ in _MAGIC):
+            return None
+        names: set[str] = set()
+        with pd.read_csv(
+            path,
+            usecols=lambda c: str(c).strip() == HOST,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+            chunksize=1 << 20,
+        ) as chunks:
+            for chunk in chunks:
+                if chunk.shape[1] != 1:
+                    return None
+                names.update(chunk.iloc[:, 0].unique().tolist())
+        return frozenset(n.strip() for n in names) - {""}
+    except Exception:  # noqa: BLE001 - any failure: the full reader names the problem
+        return None
+
+
+def _share_hosts(found: Sequence[frozenset[str] | None]) -> list[list[int]]:
+    """File indexes grouped so that files holding a common host are in one group (in file
+    order, groups by their first file); one group of all when any file is unknown (None)."""
+    if any(hosts is None for hosts in found):
+        return [list(range(len(found)))] if found else []
+    parent = list(range(len(found)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, hosts in enumerate(found):
+        for host in hosts or ():
+            j = first.setdefault(host, i)
+            a, b = root(i), root(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(found)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _read_files(
+    paths: Sequence[Path],
+    tell: Callable[[str], None],
+    progress: Callable[[int, int, str], None] | None,
+    before: int,
+    total: int,
+    sampled: frozenset[str] | None = None,
+) -> dict[str, HostSeries]:
+    """Read ``paths`` (files ``before``.. of ``total``, for ``progress``) into series by host;
+    ``sampled``: every host with samples in the whole input, for the notes."""
     parts: dict[str, list[_Chunk]] = {}
     procs: list[tuple[Path, dict[str, ProcessRows]]] = []
-    paths = expand_inputs(inputs)
-    for done, path in enumerate(paths, start=1):
+    for done, path in enumerate(paths, start=before + 1):
         if progress is not None and done > 1:
-            progress(done - 1, len(paths), path.name)  # names the file being read
+            progress(done - 1, total, path.name)  # names the file being read
         if is_procs_file(path):
             procs.append((path, _read_procs(path)))
             continue
@@ -679,10 +829,11 @@ def read_telemetry(
                 np.take(table.numeric[name], rows, out=values[j], mode="clip")  # unbuffered
             ts = table.numeric[TIMESTAMP][rows]
             parts.setdefault(host, []).append(_Chunk(ts, values.T, table.metrics, str(path)))
-    if progress is not None and paths:
-        progress(len(paths), len(paths), "")
+        del table
+    if progress is not None and before + len(paths) == total and total:
+        progress(total, total, "")
     out = {host: _merge(host, chunks) for host, chunks in parts.items()}
-    _attach_procs(out, procs, tell)
+    _attach_procs(out, procs, tell, sampled)
     return out
 
 
@@ -690,6 +841,7 @@ def _attach_procs(
     out: dict[str, HostSeries],
     tables: list[tuple[Path, dict[str, ProcessRows]]],
     tell: Callable[[str], None],
+    sampled: frozenset[str] | None = None,
 ) -> None:
     """Give each host the rows of its process tables that describe its samples.
 
@@ -709,7 +861,7 @@ def _attach_procs(
             tell(
                 f"{path}: {lead} of host{'s' if many else ''} {_listed(list(orphans))}, which "
                 f"{'have' if many else 'has'} no samples in the input (hosts with samples: "
-                f"{_listed(sorted(out)) or 'none'}): not used"
+                f"{_listed(sorted(out if sampled is None else sampled)) or 'none'}): not used"
             )
         for host, rows in by_host.items():
             series = out.get(host)

@@ -361,19 +361,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         failures.append(host)
         print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
 
-    rows = train_all(
-        args.inputs,
-        Path(args.models),
-        window=args.window,
-        hop=hop,
-        n_jobs=args.jobs,
-        dask_address=args.dask,
-        progress=Progress("train"),
-        read_progress=Progress("read"),
-        on_error=on_error,
-        model_key=key,
-        params={"max_alarms_per_week": args.alarms_per_week},
-    )
+    trained: list[str] = []
+    bar = Progress("train")
+
+    def progress(done: int, total: int, host: str) -> None:
+        trained.append(host)
+        bar(done, total, host)
+
+    try:
+        rows = train_all(
+            args.inputs,
+            Path(args.models),
+            window=args.window,
+            hop=hop,
+            n_jobs=args.jobs,
+            dask_address=args.dask,
+            progress=progress,
+            read_progress=Progress("read"),
+            scan_progress=Progress("scan"),
+            on_error=on_error,
+            model_key=key,
+            params={"max_alarms_per_week": args.alarms_per_week},
+        )
+    except InputError:
+        kept = len(trained) - len(failures)
+        if kept:  # the input is read a few hosts at a time: say what is already saved
+            print(
+                f"minerwatch: the models of {kept} hosts trained before this error are saved "
+                f"in {args.models}",
+                file=sys.stderr,
+            )
+        raise
     if not rows:
         raise InputError(
             ", ".join(args.inputs),
@@ -398,7 +416,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     hosts that were; when none was, nothing is written."""
     from minerwatch.baseline.batch import SCORE_COLUMNS, score_series
     from minerwatch.baseline.store import load_model
-    from minerwatch.features.io import read_telemetry
+    from minerwatch.features.io import TelemetryGroups
     from minerwatch.service.progress import Progress
     from minerwatch.service.scorecsv import ScoreSink, describe, is_stdout
 
@@ -406,14 +424,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     models, out = Path(args.models), Path(args.output)
     if not is_stdout(out):
         _not_among_inputs(out, args.inputs)
-    fleet = read_telemetry(args.inputs, progress=Progress("read"))
+    groups = TelemetryGroups(args.inputs, progress=Progress("read"), scan_progress=Progress("scan"))
     bar = Progress("score")
     skipped: list[str] = []
-    alerts, windows = 0, 0
+    alerts, windows, seen = 0, 0, 0
     with ScoreSink(out, SCORE_COLUMNS) as sink:
-        for i, host in enumerate(sorted(fleet), start=1):
-            bar(i, len(fleet), host)
-            series = fleet[host]
+        for host, series in ((h, f[h]) for f in groups for h in sorted(f)):
+            seen += 1
+            bar(seen, groups.hosts, host)
             try:
                 model = load_model(models, host, key=key)
                 res = score_series(model, series)
@@ -446,18 +464,18 @@ def cmd_score(args: argparse.Namespace) -> int:
             sink.write(res.rows())
             windows += len(res.score)
             alerts += int(res.alert.sum())
-        if len(skipped) == len(fleet):
+        if len(skipped) == seen:
             raise InputError(
                 str(models),
                 None,
-                f"a usable model and data for at least one of the {len(fleet)} hosts in the "
+                f"a usable model and data for at least one of the {seen} hosts in the "
                 f"input ({_names(skipped)})",
                 f"none; nothing was written to {describe(out)}"
                 if is_stdout(out)
                 else f"none; {out} was not written",
             )
         sink.commit()
-    scored = len(fleet) - len(skipped)
+    scored = seen - len(skipped)
     hosts = "host" if scored == 1 else "hosts"
     summary = f"scored {windows} windows of {scored} {hosts}, {alerts} alerted -> {describe(out)}"
     if skipped:
@@ -877,6 +895,14 @@ def _fleet_commands(sub: Subcommands) -> None:
     )
     _alarms_flag(p)
     _model_key_flag(p, "sign the models with it")
+    p.add_argument(
+        "--skip-trained-since",
+        type=_instant,
+        metavar="TIME",
+        help="leave out hosts whose model in --models was saved at or after TIME (Unix seconds "
+        "or ISO 8601): finishes an interrupted run, which prints this flag with its own start "
+        "(default: train every host)",
+    )
     p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
     _fleet_flags(p)
     p.add_argument(

@@ -23,7 +23,7 @@ import numpy as np
 
 from minerwatch.baseline.batch import SCORE_COLUMNS
 from minerwatch.features.errors import InputError
-from minerwatch.features.io import read_telemetry
+from minerwatch.features.io import TelemetryGroups
 from minerwatch.service.indicators import load_knowledge_base
 from minerwatch.service.report import (
     FORMAT,
@@ -206,7 +206,10 @@ def build_batch_report(
     timeline: dict[str, Any] = {
         "since": start - margin, "until": end + margin, "samples": {}, "windows": [],
     }  # fmt: skip
-    series = read_telemetry(list(telemetry)).get(ep["host"]) if telemetry else None
+    # only the files holding this host are read: the folder may hold a month of a fleet
+    series = (
+        TelemetryGroups(list(telemetry)).only([ep["host"]]).get(ep["host"]) if telemetry else None
+    )
     if series is None:
         notes.append(
             f"telemetry: no samples of host {ep['host']} given (--telemetry): no CPU timeline"

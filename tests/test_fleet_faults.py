@@ -234,7 +234,8 @@ def test_train_stops_when_prometheus_goes_away_keeping_what_it_trained(fleet, tm
     assert "Traceback" not in err, err
     m = re.search(
         rf"minerwatch: error: {re.escape(prom.url)} stopped answering after (\d+) of {HOSTS} "
-        r"hosts: trained (\d+) \(saved in .*\), not trained (\d+): (.*) \(exit 1\)$",
+        r"hosts: trained (\d+) \(saved in .*\), not trained (\d+): (.*); to train the rest, "
+        r"run the same command with --skip-trained-since \S+ \(exit 1\)$",
         err, re.M,
     )  # fmt: skip
     assert m, err
@@ -456,4 +457,22 @@ def test_an_interrupted_train_says_which_hosts_are_saved_and_which_are_left(flee
     assert m, err
     saved = array_hashes(models)
     assert int(m[1]) == int(m[2]) == len(saved) >= 2 and int(m[3]) == HOSTS - len(saved)
-    assert set(m[4].removesuffix(" and 0 more").split(", ")) == set(hosts) - set(saved)
+    left, hint = m[4].split("; ")
+    assert set(left.split(", ")) == set(hosts) - set(saved)
+
+    # the line says how to finish: the same command trains the hosts left, not the others
+    flag = re.fullmatch(r"to train the rest, run the same command with (--skip-trained-since) "
+                        r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", hint)  # fmt: skip
+    assert flag, hint
+    proxy.delay = 0.0
+    rest = mw(*train_args(proxy.url, start, end, models), *flag.groups())
+    assert rest.returncode == 0, rest.stderr
+    assert f"skipping {len(saved)} hosts with a model saved since {flag[2]}" in rest.stderr
+    assert f"training {HOSTS - len(saved)} hosts" in rest.stderr
+    finished = array_hashes(models)
+    assert sorted(finished) == sorted(hosts)
+    assert {h: finished[h] for h in saved} == saved  # the models of the first run untouched
+    again = mw(*train_args(proxy.url, start, end, models), *flag.groups())
+    assert again.returncode == 0, again.stderr
+    assert f"all {HOSTS} hosts have a model saved since {flag[2]}" in again.stderr
+    assert array_hashes(models) == finished

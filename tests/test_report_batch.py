@@ -130,3 +130,23 @@ def test_report_from_scores_alone_and_usage_errors(scored, tmp_path):
         csv.writer(fh).writerows([rows[0], *([*r[:at], "0", *r[at + 1 :]] for r in rows[1:4])])
     r = run("report", "--scores", quiet)
     assert r.returncode == 2 and "alerted window" in r.stderr, r.stderr
+
+
+def test_report_reads_only_the_files_of_its_host(scored, tmp_path):
+    """A telemetry folder holding other hosts (a month of a fleet) is not read whole: only the
+    files holding the episode's host are, so a bad file of another host does not stop it."""
+    tele = tmp_path / "telemetry"
+    tele.mkdir()
+    for f in (scored / "telemetry").iterdir():
+        (tele / f.name).write_bytes(f.read_bytes())
+    (tele / "db-9.csv").write_text("timestamp,host,cpu_percent\n0,db-9,1\n30,db-9,abc\n")
+    out = tmp_path / "r.json"
+    r = run("report", "--scores", scored / "scores.csv", "--telemetry", tele,
+            "--format", "json", "--output", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert max(doc["timeline"]["samples"]["cpu_percent"]) > 90
+    assert doc["suspect"]["exe"] == "/tmp/.x/kswapd0"
+    # the same folder given to score is read whole, and the bad file named
+    r = run("score", tele, "--models", scored / "models", "--output", tmp_path / "s.csv")
+    assert r.returncode == 2 and f"{tele / 'db-9.csv'}:3" in r.stderr, r.stderr

@@ -113,6 +113,30 @@ def _stopped(url: str, tried: int, total: int, done: str, missing: list[str]) ->
     return EXIT_FAILURE
 
 
+def _iso(t: float) -> str:
+    """``t`` as ISO 8601 UTC to the second, as ``--skip-trained-since`` takes it back (rounded
+    down, so a model saved in that second still counts)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _trained_since(models: Path, hosts: list[str], since: float, key: bytes | None) -> list[str]:
+    """The hosts whose model in ``models`` is whole and verified (as scoring loads it) and was
+    saved at or after ``since``; any other host is trained again."""
+    from minerwatch.baseline.store import ModelError, load_model
+
+    recent = []
+    for host in hosts:
+        try:
+            model = load_model(models, host, key=key)
+        except ModelError:
+            continue
+        if float(model.meta.get("created_at", 0.0)) >= int(since):
+            recent.append(host)
+    return recent
+
+
 def _explain_absent(columns: tuple[str, ...]) -> str:
     needs = {c.name: " + ".join(c.metrics) for c in MAPPING}
     return "; ".join(f"{c} (needs {needs[c]})" for c in columns)
@@ -123,10 +147,28 @@ def run_train(args: argparse.Namespace) -> int:
     from minerwatch.service.progress import Progress
 
     key = _key(args)
+    since = args.skip_trained_since if args.skip_trained_since is not None else time.time()
+    resume = f"to train the rest, run the same command with --skip-trained-since {_iso(since)}"
     start, end = time_range(args)
     conn = connection(args)
     client = PromClient(conn, concurrency=args.concurrency)
     hosts = _hosts(client, args, start, end)
+    if args.skip_trained_since is not None:
+        recent = _trained_since(Path(args.models), hosts, since, key)
+        if len(recent) == len(hosts):
+            print(
+                f"all {len(hosts)} hosts have a model saved since {_iso(since)} in {args.models}: "
+                "nothing to train",
+                file=sys.stderr,
+            )
+            return EXIT_OK
+        if recent:
+            print(
+                f"skipping {len(recent)} hosts with a model saved since {_iso(since)}: "
+                f"{_names(recent)}",
+                file=sys.stderr,
+            )
+        hosts = sorted(set(hosts) - set(recent))
     print(f"training {len(hosts)} hosts from {conn.url} ({start:.0f}..{end:.0f})", file=sys.stderr)
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
     hop = args.hop or args.window
@@ -159,7 +201,7 @@ def run_train(args: argparse.Namespace) -> int:
             ("\n" if bar.enabled else "")
             + f"minerwatch: interrupted after {len(seen)} of {len(hosts)} hosts: trained "
             f"{len(seen) - errors[0]} (saved in {args.models}), failed {errors[0]}, "
-            f"not done {len(left)}: {_names(left)}",
+            f"not done {len(left)}: {_names(left)}; {resume}",
             file=sys.stderr,
         )
         raise
@@ -177,7 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(
             f"minerwatch: error: {conn.url} stopped answering after {tried} of {len(hosts)} "
             f"hosts: trained {len(trained)} (saved in {args.models}), not trained "
-            f"{len(failed)}: {_names([o.host for o in failed])} (exit 1)",
+            f"{len(failed)}: {_names([o.host for o in failed])}; {resume} (exit 1)",
             file=sys.stderr,
         )
         return EXIT_FAILURE

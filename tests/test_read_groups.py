@@ -1,0 +1,121 @@
+"""Reading a fleet a few hosts at a time (``TelemetryGroups``): files that share a host are read
+together, each host whole and the same as reading everything at once; ``train`` and ``score``
+read that way through the real command, and a bad file found half-way keeps what was trained."""
+
+import csv
+
+import numpy as np
+import pytest
+from entry import run, usage_error
+from synth import host_series, write_csv
+
+from minerwatch.baseline.store import list_hosts
+from minerwatch.features.errors import InputError
+from minerwatch.features.io import TelemetryGroups, read_telemetry
+
+
+def write_procs(path, series, name="java"):
+    """One process row per sample of ``series`` (the busiest process)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "host", "pid", "name", "exe", "user", "cpu_percent"])
+        for t, cpu in zip(series.timestamps, series.column("top_proc_cpu_percent"), strict=True):
+            w.writerow(
+                [f"{t:.3f}", series.host, 100, name, f"/usr/bin/{name}", "app", f"{cpu:.3g}"]
+            )
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """a (samples + process table), b, one file with c and d, a second file of c's later rows."""
+    d = tmp_path / "in"
+    d.mkdir()
+    a = host_series("a", days=0.1, interval=30, seed=1)
+    write_csv(d / "a.csv", [a])
+    write_procs(d / "a.procs.csv", a)
+    write_csv(d / "b.csv", [host_series("b", days=0.1, interval=30, seed=2)])
+    c = host_series("c", days=0.2, interval=30, seed=3)
+    half = len(c.timestamps) // 2
+    early = host_series("c", days=0.1, interval=30, seed=3)
+    write_csv(d / "cd.csv", [early, host_series("d", days=0.1, interval=30, seed=4)])
+    late = host_series("c", days=0.1, interval=30, seed=5, start=c.timestamps[half])
+    write_csv(d / "z-c-later.csv", [late])
+    return d
+
+
+def batches(groups):
+    return [sorted(batch) for batch in groups]
+
+
+def test_each_host_is_read_whole_and_as_reading_everything_at_once(folder):
+    whole = read_telemetry([folder])
+    groups = TelemetryGroups([folder])
+    assert groups.hosts == 4  # known from the scan, before any group is read
+    seen = {}
+    for batch in groups:
+        seen.update(batch)
+        assert len(batch) < 4  # never the whole fleet at once
+    assert sorted(seen) == sorted(whole) == ["a", "b", "c", "d"]
+    for host, series in whole.items():
+        got = seen[host]
+        np.testing.assert_array_equal(got.timestamps, series.timestamps)
+        np.testing.assert_array_equal(got.values, series.values)
+        assert got.columns == series.columns and got.source == series.source
+    assert len(seen["c"].timestamps) == len(whole["c"].timestamps) > 300  # both files of c
+    assert seen["a"].procs is not None and len(seen["a"].procs) == len(whole["a"].procs)
+
+
+def test_files_that_share_a_host_are_read_together(folder):
+    assert batches(TelemetryGroups([folder])) == [["a"], ["b"], ["c", "d"]]
+    # as many hosts as train at once, whole groups
+    assert batches(TelemetryGroups([folder], least=2)) == [["a", "b"], ["c", "d"]]
+    assert batches(TelemetryGroups([folder], least=10)) == [["a", "b", "c", "d"]]
+
+
+def test_a_file_that_cannot_be_scanned_is_read_with_everything_and_named(folder):
+    (folder / "m.csv").write_bytes(b"\x1f\x8b\x08\x00 not csv at all")
+    groups = TelemetryGroups([folder])
+    assert len(groups.groups) == 1
+    with pytest.raises(InputError) as err:
+        list(groups)
+    assert str(folder / "m.csv") in str(err.value) and "gzip" in str(err.value)
+
+
+def test_a_process_table_of_a_host_without_samples_names_every_host_with_samples(folder):
+    write_procs(folder / "y.procs.csv", host_series("y", days=0.05, interval=30, seed=7))
+    notes = []
+    for _ in TelemetryGroups([folder], note=notes.append):
+        pass
+    (note,) = [n for n in notes if "y.procs.csv" in n]
+    assert "hosts with samples: a, b, c, d" in note
+
+
+def test_train_keeps_the_models_of_hosts_trained_before_a_bad_file(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(2):
+        write_csv(d / f"h{i}.csv", [host_series(f"h{i}", days=1, interval=30, seed=i)])
+    bad = d / "zz.csv"
+    bad.write_text("timestamp,host,cpu_percent\n0,zz,1\n30,zz,abc\n")
+    models = tmp_path / "models"
+    r = run("train", d, "--models", models)
+    usage_error(r, f"{bad}:3", "the models of 2 hosts trained before this error are saved")
+    assert sorted(list_hosts(models)) == ["h0", "h1"]
+
+    bad.unlink()
+    out = tmp_path / "scores.csv"
+    r = run("score", d, "--models", models, "--output", out)
+    assert r.returncode == 0, r.stderr
+    with open(out) as fh:
+        hosts = {row["host"] for row in csv.DictReader(fh)}
+    assert hosts == {"h0", "h1"}
+    assert "scored 2880 windows of 2 hosts" in r.stderr
+
+
+def test_only_reads_the_files_holding_the_hosts_asked_for(folder):
+    (folder / "e.csv").write_text("timestamp,host,cpu_percent\n0,e,1\n30,e,abc\n")  # bad, unread
+    got = TelemetryGroups([folder]).only(["c", "nobody"])
+    assert sorted(got) == ["c"]
+    assert got["c"].source == f"{folder / 'cd.csv'}, {folder / 'z-c-later.csv'}"
+    with pytest.raises(InputError, match="e.csv:3"):
+        TelemetryGroups([folder]).only(["e"])
