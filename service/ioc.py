@@ -9,7 +9,8 @@ clean, 2 when the IOC file is not one.
 Reading the host (:func:`read_host`) is kept apart from matching (:func:`find_hits`, a pure
 function tested on literals). Only the suspects go into the file: processes an indicator
 named, else the evidence's top process, and never a binary of the system's own folders
-(``/usr/bin/python3`` would match every host).
+(``/usr/bin/python3`` would match every host), nor the hash of a copy of one (a renamed
+``python3`` in ``/tmp`` running the miner's script: its path is kept).
 
     >>> ioc = Ioc("ioc-x", sha256=("ab" * 32,))
     >>> snap = HostSnapshot(processes=[ProcessSeen(7, "kx", "/tmp/kx", "ab" * 32)])
@@ -108,12 +109,24 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
     named = {h.get("pid") for h in doc.get("indicators") or [] if isinstance(h, dict)}
     suspects = [p for p in procs if p["pid"] in named] or procs[:1]
     sha, paths, pools = set(), set(), set()
+    left_out: list[str] = []
     for p in suspects:
         exe = str(p.get("exe") or "")
         if exe and (not _system(exe) or p.get("exe_deleted")):
             paths.add(exe)
+            copy = (
+                (p.get("package") or {}).get("copy_of")
+                if isinstance(p.get("package"), dict)
+                else None
+            )
             if isinstance(p.get("sha256"), str) and _SHA256.match(p["sha256"]):
-                sha.add(p["sha256"])
+                if isinstance(copy, dict):  # a renamed system program: its hash is everywhere
+                    left_out.append(
+                        f"the sha256 of {exe}: a copy of {copy.get('path')} "
+                        f"({copy.get('package')}), it would match that program on every host"
+                    )
+                else:
+                    sha.add(p["sha256"])
         for c in p.get("connections") or []:
             remote = c.get("remote") if isinstance(c, dict) else None
             if remote:
@@ -154,6 +167,7 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
             "episode_id": doc.get("episode_id"),
             "suspect_pids": [p["pid"] for p in suspects],
             "created_at_utc": now,
+            **({"left_out": left_out} if left_out else {}),
         },
     )
 
@@ -465,6 +479,8 @@ def run(args: argparse.Namespace) -> int:
             "binaries of the system's folders are left out)",
             f"none for {_suspects(ioc)}; no IOC file written",
         )
+    for what in ioc.source.get("left_out") or ():
+        print(f"minerwatch: note: left out {what}; its path stays", file=sys.stderr)
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
     if args.output is None:
         sys.stdout.write(text)

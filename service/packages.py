@@ -81,6 +81,31 @@ def shipped_md5(path: str, package: str, info: Path = DPKG_INFO) -> str | None:
     return None
 
 
+def shipped_as(md5: str, info: Path = DPKG_INFO) -> dict[str, str] | None:
+    """``{"path", "package"}`` of a file some package shipped with this MD5, else None.
+
+    A binary no package owns with the content of one a package shipped is a copy of it: a
+    renamed interpreter (``/tmp/.x/kswapd0`` that is ``python3``, ``perl`` or ``node``)
+    running a miner's script. Its hash then identifies the interpreter on every host, not
+    the miner (:func:`~minerwatch.service.ioc.extract` leaves it out). One pass over the
+    ``*.md5sums`` files (about 12 MB on a server), each searched whole before its lines.
+    """
+    wanted = md5.lower().encode()
+    for sums in sorted(info.glob("*.md5sums")):
+        try:
+            data = sums.read_bytes()
+        except OSError:
+            continue
+        if wanted not in data:
+            continue
+        for line in data.splitlines():
+            digest, _, name = line.partition(b"  ")
+            if digest.lower() == wanted and name:
+                path = "/" + name.decode("utf-8", "replace")
+                return {"path": path, "package": sums.name[: -len(".md5sums")]}
+    return None
+
+
 def _md5(path: Path, cap_bytes: int) -> str | None:
     """As :func:`~minerwatch.service.evidence.hash_file` hashes, in dpkg's digest."""
     try:
@@ -99,26 +124,32 @@ def package_record(
     cap_bytes: int = 256 << 20,
     deleted: bool = False,
 ) -> dict[str, Any]:
-    """``{"manager", "name", "as_shipped"}`` for the executable ``exe`` (as ``/proc/PID/exe``
-    resolves it), whose running content is read through ``running`` (the ``exe`` link, so a
-    binary replaced on disk is compared as it runs). ``as_shipped`` is None when it cannot be
-    compared: no record, a binary ``deleted`` from disk (a package upgrade does that to every
-    program still running; a `` (deleted)`` suffix on ``exe`` says so too) or one larger than
-    ``cap_bytes``."""
+    """``{"manager", "name", "as_shipped", "copy_of"}`` for the executable ``exe`` (as
+    ``/proc/PID/exe`` resolves it), whose running content is read through ``running`` (the
+    ``exe`` link, so a binary replaced on disk is compared as it runs). ``as_shipped`` is None
+    when it cannot be compared: no record, a binary ``deleted`` from disk (a package upgrade
+    does that to every program still running; a `` (deleted)`` suffix on ``exe`` says so too)
+    or one larger than ``cap_bytes``. ``copy_of``: for a binary no package owns (deleted or
+    not), the shipped file it is a byte-for-byte copy of (:func:`shipped_as`), else None."""
     path = exe.removesuffix(_DELETED)
     deleted = deleted or path != exe
+    none: dict[str, Any] = {"manager": None, "name": None, "as_shipped": None, "copy_of": None}
     if not path.startswith("/"):
-        return {"manager": None, "name": None, "as_shipped": None}
+        return none
     found = owners([path], info)
     if found is None:
-        return {"manager": None, "name": None, "as_shipped": None}
+        return none
     name = found[path]
     as_shipped: bool | None = None
+    copy_of: dict[str, str] | None = None
     if name is not None and not deleted:
         recorded = shipped_md5(path, name, info)
         actual = _md5(running, cap_bytes) if recorded is not None else None
         as_shipped = None if actual is None else actual == recorded
-    return {"manager": "dpkg", "name": name, "as_shipped": as_shipped}
+    elif name is None:
+        actual = _md5(running, cap_bytes)
+        copy_of = shipped_as(actual, info) if actual is not None else None
+    return {"manager": "dpkg", "name": name, "as_shipped": as_shipped, "copy_of": copy_of}
 
 
 def package_words(record: Any) -> str:
@@ -135,6 +166,12 @@ def package_words(record: Any) -> str:
         return "not known (no dpkg database on the host)"
     name = record.get("name")
     if not isinstance(name, str):
+        copy = record.get("copy_of")
+        if isinstance(copy, dict) and isinstance(copy.get("path"), str):
+            return (
+                f"installed by no dpkg package, a copy of {copy['path']} "
+                f"({copy.get('package')}): a renamed system program"
+            )
         return "installed by no dpkg package"
     shipped = record.get("as_shipped")
     if shipped is True:

@@ -195,3 +195,40 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
     clean = minerwatch("hunt", ioc_file, "--scan", tmp_path)
     assert clean.returncode == 0, (clean.stdout, clean.stderr)
     assert "clean" in clean.stdout
+
+
+@pytest.mark.skipif(not Path("/var/lib/dpkg/info/coreutils.md5sums").exists(), reason="no dpkg")
+def test_a_renamed_system_program_gives_its_path_not_its_hash(tmp_path):
+    """The miner runs as an unmodified copy of a shipped program (here ``sleep``; in the wild a
+    renamed ``python3`` or ``perl`` running its script): the hash would name that program on
+    every host, so the IOC keeps the path only and says why; the hunt then finds the copy and
+    leaves the system's own ``sleep`` alone."""
+    drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
+    exe = drop / "kswapd0"
+    system = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
+    shutil.copy2(system, exe)
+    miner, bystander = subprocess.Popen([str(exe), "300"]), subprocess.Popen([system, "300"])
+    try:
+        ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [miner.pid], []
+        )
+        assert ev is not None
+        ioc_file = tmp_path / "ioc.json"
+        r = minerwatch("ioc", "extract", ev, "--output", ioc_file)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(ioc_file.read_text())
+        assert doc["sha256"] == [] and doc["paths"] == [str(exe)]
+        assert f"left out the sha256 of {exe}: a copy of " in r.stderr, r.stderr
+        assert "(coreutils)" in r.stderr and doc["source"]["left_out"]
+        hunt = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
+        assert hunt.returncode == 1, hunt.stderr
+        hits = json.loads(hunt.stdout)["hits"]
+        assert {h["kind"] for h in hits} == {"paths"}
+        assert {h["value"] for h in hits} == {str(exe)}
+        assert any(f"pid {miner.pid} " in h["where"] for h in hits), hits
+        assert not any(f"pid {bystander.pid} " in h["where"] for h in hits), hits
+    finally:
+        for p in (miner, bystander):
+            p.kill()
+            p.wait(timeout=10)
+        shutil.rmtree(drop)

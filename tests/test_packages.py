@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from minerwatch.service.evidence import EvidenceWriter, HostPaths
-from minerwatch.service.packages import DPKG_INFO, owners, package_record, spellings
+from minerwatch.service.packages import (
+    DPKG_INFO,
+    owners,
+    package_record,
+    package_words,
+    spellings,
+)
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/usr/bin/sleep")
 
@@ -56,7 +62,7 @@ def test_a_packaged_binary_and_a_copy_of_it(copy):
     from a temp folder are installed by no package."""
     assert owners(spellings(SLEEP)) == dict.fromkeys(spellings(SLEEP), "coreutils")
     for exe, expected in (
-        (SLEEP, {"manager": "dpkg", "name": "coreutils", "as_shipped": True}),
+        (SLEEP, {"manager": "dpkg", "name": "coreutils", "as_shipped": True, "copy_of": None}),
         (copy, {"manager": "dpkg", "name": None, "as_shipped": None}),
     ):
         proc = start(exe)
@@ -65,7 +71,12 @@ def test_a_packaged_binary_and_a_copy_of_it(copy):
         finally:
             proc.kill()
             proc.wait()
-        assert rec["exe"] == str(exe) and rec["package"] == expected, rec
+        got = dict(rec["package"])
+        if exe == copy:  # the same bytes as the shipped sleep: a renamed system program
+            shipped = got.pop("copy_of")
+            assert shipped["package"] == "coreutils" and shipped["path"] in spellings(SLEEP)
+            assert "a copy of" in package_words(rec["package"])
+        assert rec["exe"] == str(exe) and got == expected, rec
 
 
 def test_a_replaced_binary_differs_from_what_its_package_shipped(copy, tmp_path):
@@ -80,7 +91,9 @@ def test_a_replaced_binary_differs_from_what_its_package_shipped(copy, tmp_path)
         finally:
             proc.kill()
             proc.wait()
-        assert rec["package"] == {"manager": "dpkg", "name": "procps", "as_shipped": shipped}
+        assert rec["package"] == {
+            "manager": "dpkg", "name": "procps", "as_shipped": shipped, "copy_of": None
+        }  # fmt: skip
 
 
 def test_a_deleted_binary_is_not_compared_and_no_database_claims_nothing(copy, tmp_path):
@@ -91,9 +104,35 @@ def test_a_deleted_binary_is_not_compared_and_no_database_claims_nothing(copy, t
         copy.unlink()  # as a package upgrade leaves every program still running
         rec = record(proc.pid, root)
         assert rec["exe_deleted"] and rec["sha256"]  # still hashed through the link
-        assert rec["package"] == {"manager": "dpkg", "name": "procps", "as_shipped": None}
+        assert rec["package"] == {
+            "manager": "dpkg", "name": "procps", "as_shipped": None, "copy_of": None
+        }  # fmt: skip
         bare = record(proc.pid, tmp_path / "no-dpkg")
-        assert bare["package"] == {"manager": None, "name": None, "as_shipped": None}
+        assert bare["package"] == {
+            "manager": None, "name": None, "as_shipped": None, "copy_of": None
+        }  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_deleted_copy_of_a_shipped_file_that_no_package_owns_is_named(copy, tmp_path):
+    """A package shipped these bytes elsewhere (``/usr/bin/perl``); the running copy, owned by
+    no package and deleted from disk as droppers do, is named a copy of it; other bytes are
+    not."""
+    root = tmp_path / "root"
+    fake_dpkg(root, "perl-base", "/usr/bin/perl", copy.read_bytes())
+    proc = start(copy)
+    try:
+        copy.unlink()
+        rec = record(proc.pid, root)
+        assert rec["package"] == {
+            "manager": "dpkg", "name": None, "as_shipped": None,
+            "copy_of": {"path": "/usr/bin/perl", "package": "perl-base"},
+        }  # fmt: skip
+        other = tmp_path / "other"
+        fake_dpkg(other, "perl-base", "/usr/bin/perl", b"another build")
+        assert record(proc.pid, other)["package"]["copy_of"] is None
     finally:
         proc.kill()
         proc.wait()
