@@ -65,6 +65,10 @@ log = logging.getLogger("minerwatch.agent")
 LOOKBACK_S = 1800.0
 #: Event lines kept while the disk refuses them (a full disk), oldest dropped first.
 UNWRITTEN_EVENTS = 1000
+#: Once the history covers the learning period, samples before it is counted again: every
+#: stored timestamp is read for it, which a model-less agent (training failing, backing off)
+#: did at each sample (a week of history: 60,000 rows every 10 s).
+RECOUNT_LEARNT_EVERY = 60
 #: Longest wait before a failed training is tried again (it doubles after each failure).
 BACKOFF_MAX_S = 3600.0
 #: Time around an alert episode that retraining leaves out, at most (less with little
@@ -237,6 +241,8 @@ class Agent:
         if self.signals is not None and hasattr(responder, "evidence"):
             responder.evidence.sections["host_signals"] = self.signals.evidence_section
         self.model: HostModel | None = None
+        #: Sample count when the history last covered ``learn_for`` (see learning_progress)
+        self._learnt_at: int | None = None
         #: per-process CPU floors, carried from sample to sample (and across a model swap: a
         #: process the new baseline judges otherwise is fed or dropped from the next sample)
         self.carry = Carry()
@@ -536,7 +542,12 @@ class Agent:
         if span >= self.cfg.learn_for:  # only then read every stamp (cheap while learning)
             # a wall clock stepped ahead (or days of the agent stopped) is no time learnt:
             # counted as such, it ended learning after seconds of samples
+            done = self.counters["samples"]
+            cached = self._learnt_at
+            if cached is not None and done - cached < RECOUNT_LEARNT_EVERY:
+                return 1.0  # learnt: a model-less agent (training failing) need not recount
             span = self.history.covered_seconds(self.max_gap())
+            self._learnt_at = done if span >= self.cfg.learn_for else None
         return min(1.0, span / self.cfg.learn_for)
 
     def max_gap(self) -> float:

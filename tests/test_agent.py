@@ -31,7 +31,13 @@ from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
 from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import METRIC_COLUMNS
-from minerwatch.service.agent import EXCLUDE_MARGIN_S, Agent, OwnCpu, without_own
+from minerwatch.service.agent import (
+    EXCLUDE_MARGIN_S,
+    RECOUNT_LEARNT_EVERY,
+    Agent,
+    OwnCpu,
+    without_own,
+)
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.history import History
 
@@ -116,6 +122,30 @@ def test_learning_progress_follows_stored_history(tmp_path):
         assert snap.samples_total == 7 and snap.windows_scored_total == 0
         assert not (agent.data_dir / "train-input.npz").exists()
         assert agent.child is None
+    finally:
+        agent.shutdown()
+
+
+def test_a_learnt_history_is_not_recounted_at_every_sample(tmp_path):
+    """Once the history covers the learning period, an agent still without a model (its
+    training failing) does not read every stored timestamp again at each sample."""
+    replay = Replay(live(hours=0.5))
+    agent = make_agent(tmp_path, replay, learn_for=120.0)
+    try:
+        run(agent, replay, 0, 13)  # 120 s of history: learnt, the child training
+        if agent.child is not None:
+            agent.child.kill()
+            agent.child.wait(timeout=60)
+            agent.child = None
+        agent.model = None
+        reads = []
+        counted = agent.history.covered_seconds
+        agent.history.covered_seconds = lambda gap: reads.append(gap) or counted(gap)
+        assert all(agent.learning_progress() == 1.0 for _ in range(50))
+        first = len(reads)
+        assert first <= 1  # counted when learning ended, or once now
+        agent.counters["samples"] += RECOUNT_LEARNT_EVERY  # ten minutes of samples later
+        assert agent.learning_progress() == 1.0 and len(reads) == first + 1
     finally:
         agent.shutdown()
 
