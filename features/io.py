@@ -687,12 +687,14 @@ class TelemetryGroups:
         self.note = _to_stderr if note is None else note
         self.progress = progress
         found: list[frozenset[str] | None] = []
-        for done, path in enumerate(self.paths, start=1):
+        # one file is one group: scanning it would only parse its host column twice
+        for done, path in enumerate(self.paths if len(self.paths) > 1 else (), start=1):
             if scan_progress is not None:
                 scan_progress(done - 1, len(self.paths), path.name)
             found.append(hosts_in(path))
-        if scan_progress is not None and self.paths:
+        if scan_progress is not None and found:
             scan_progress(len(self.paths), len(self.paths), "")
+        found = found or [None] * len(self.paths)
         self.groups = _share_hosts(found)
         self._found = found
         sampled = [h for p, h in zip(self.paths, found, strict=True) if not is_procs_file(p)]
