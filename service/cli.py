@@ -14,11 +14,9 @@ not do its whole job on good terms (a host skipped by ``train`` or ``score``) ex
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -515,10 +513,6 @@ def _names(hosts: Sequence[str], most: int = 10) -> str:
     return ", ".join(hosts[:most]) + more
 
 
-#: Errors binding the exporter's socket: the address or port the user gave is unusable.
-_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # a bad flag or file is reported before the agent loads
     require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
@@ -527,19 +521,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return serve(cfg, args.log_level)
     except OSError as exc:
-        # Only binding raises these without a file name: the address or port is unusable.
-        bind = exc.errno in _BIND_ERRNOS or exc.errno == errno.EACCES and exc.filename is None
-        if not (isinstance(exc, socket.gaierror) or bind):
-            raise
-        address = cfg.exporter.address
-        shown = f"[{address}]" if ":" in address else address
-        raise InputError(
-            f"{shown}:{cfg.exporter.port}",
-            None,
+        from minerwatch.service.httpserver import bind_error
+
+        expected = (
             "an address and port the exporter can listen on (--address, --port, "
-            "[exporter] address/port)",
-            exc.strerror or str(exc),
-        ) from None
+            "[exporter] address/port)"
+        )
+        error = bind_error(cfg.exporter.address, cfg.exporter.port, exc, expected)
+        if error is None:
+            raise
+        raise error from None
 
 
 # -- the parser ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import logging
 import queue
 import socket
@@ -24,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from minerwatch.features.errors import InputError
 from minerwatch.service.webconfig import BasicAuth
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,50 @@ def bind(address: str, port: int, serving: Serving) -> Server:
             raise
         # Host without IPv6: "::" (the default) still has to listen, on IPv4 alone.
         return Server(socket.AF_INET, ("0.0.0.0", port), serving)
+
+
+#: Errors binding a socket: the address or port the user gave is unusable.
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def bind_error(address: str, port: int, exc: OSError, expected: str) -> InputError | None:
+    """The usage error for ``exc`` raised by :func:`bind` (None when it is no binding error:
+    only binding raises these without a file name). A port in use names who holds it: a
+    process that is not minerwatch listening on the exporter's port can answer Prometheus'
+    scrapes with made-up scores (deploy/README.md, TLS)."""
+    unusable = exc.filename is None and exc.errno in _BIND_ERRNOS
+    if not (isinstance(exc, socket.gaierror) or unusable):
+        return None
+    shown = f"[{address}]" if ":" in address else address
+    got = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        got += listener(port)
+    return InputError(f"{shown}:{port}", None, expected, got)
+
+
+def listener(port: int) -> str:
+    """`` (held by pid N: EXE, user U)`` for the process listening on TCP ``port``, as far as
+    this user can see it; empty when nothing is found."""
+    import psutil
+
+    try:
+        found = [
+            c
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        ]
+    except (psutil.Error, OSError):
+        return ""
+    pid = next((c.pid for c in found if c.pid is not None), None)
+    if pid is None:
+        return " (held by a process this user cannot see)" if found else ""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            exe, user = proc.exe() or proc.name(), proc.username()
+    except (psutil.Error, OSError):
+        return f" (held by pid {pid})"
+    return f" (held by pid {pid}: {exe}, user {user})"
 
 
 def accepts_gzip(header: str | None) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psutil
 import pytest
 from entry import ENTRY, run, usage_error
 from promtools import free_port
@@ -239,6 +241,9 @@ def test_serve_on_a_busy_port_names_the_address_and_port(tmp_path):
         r = run("serve", "--data-dir", tmp_path / "d", "--address", "127.0.0.1", "--port", port,
                 "--interval", "1s", "--window", "3s", "--learn-for", "30s")  # fmt: skip
     usage_error(r, f"127.0.0.1:{port}", "Address already in use", "--port")
+    # who holds it: another agent, or a process squatting the exporter's port
+    me = psutil.Process()
+    usage_error(r, f"(held by pid {os.getpid()}: {me.exe()}, user {me.username()})")
 
 
 def test_serve_refuses_a_data_dir_that_is_a_file_and_a_bad_log_level(tmp_path):

@@ -134,6 +134,7 @@ def test_fleet_serve_on_a_busy_port_names_it(tmp_path: Path) -> None:
     finally:
         http.shutdown()
     usage_error(r, f"127.0.0.1:{port}: expected an address and port /metrics can listen on")
+    usage_error(r, f"Address already in use (held by pid {os.getpid()}: ")
 
 
 @pytest.mark.parametrize("port", ["70000", "0"])

@@ -22,14 +22,12 @@ windows the host alerted on, widened as the agent widens them.
 from __future__ import annotations
 
 import argparse
-import errno
 import io
 import json
 import logging
 import math
 import queue
 import signal
-import socket
 import ssl
 import sys
 import tempfile
@@ -83,13 +81,10 @@ from minerwatch.service.fleet.promclient import (
     PrometheusUnavailable,
     RawSeries,
 )
-from minerwatch.service.httpserver import Server, Serving, bind
+from minerwatch.service.httpserver import Server, Serving, bind, bind_error
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
 from minerwatch.service.webconfig import BasicAuth, load_web_config
-
-#: Errors binding /metrics' socket: the address or port the user gave is unusable.
-_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 log = logging.getLogger("minerwatch.fleet")
 
@@ -627,15 +622,12 @@ class FleetExporter:
         self._cache = ExpositionCache(self.registry, lambda: self.snapshot)
         try:
             self._server: Server = bind(address, port, Serving(tls, auth, self._cache.get))
-        except OSError as exc:  # only binding raises these without a file name
-            unusable = exc.filename is None and exc.errno in (*_BIND_ERRNOS, errno.EACCES)
-            if not (isinstance(exc, socket.gaierror) or unusable):
+        except OSError as exc:
+            expected = "an address and port /metrics can listen on (--address, --port)"
+            error = bind_error(address, port, exc, expected)
+            if error is None:
                 raise
-            shown = f"[{address}]" if ":" in address else address
-            raise InputError(
-                f"{shown}:{port}", None, "an address and port /metrics can listen on "
-                "(--address, --port)", exc.strerror or str(exc),
-            ) from None  # fmt: skip
+            raise error from None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.5},
