@@ -210,6 +210,23 @@ def list_hosts(models_dir: Path) -> list[str]:
     return hosts
 
 
+def saved_since(
+    models_dir: Path, hosts: list[str], since: float, key: bytes | None = None
+) -> list[str]:
+    """The hosts whose model in ``models_dir`` is whole and verified (as scoring loads it)
+    and was saved at or after ``since`` (whole seconds): what a run interrupted after that
+    time already trained (``--skip-trained-since``). Any other host is to be trained."""
+    recent = []
+    for host in hosts:
+        try:
+            model = load_model(models_dir, host, key=key)
+        except ModelError:
+            continue
+        if float(model.meta.get("created_at", 0.0)) >= int(since):
+            recent.append(host)
+    return recent
+
+
 def load_model(models_dir: Path, host: str, key: bytes | None = None) -> HostModel:
     """Load and verify one host's model; raises :class:`ModelError` with the reason.
 

@@ -19,7 +19,7 @@ from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.heap import roomy_heap
 from minerwatch.baseline.model import HostBaseline
 from minerwatch.baseline.procbase import flagged_windows, learn_processes
-from minerwatch.baseline.store import save_model
+from minerwatch.baseline.store import save_model, saved_since
 from minerwatch.features.errors import InputError
 from minerwatch.features.extract import (
     COMPUTE,
@@ -173,6 +173,8 @@ def train_all(
     required: Sequence[str] = REQUIRED_COLUMNS,
     read_progress: Callable[[int, int, str], None] | None = None,
     scan_progress: Callable[[int, int, str], None] | None = None,
+    skip_since: float | None = None,
+    on_skip: Callable[[list[str]], None] | None = None,
 ) -> list[TrainSummary]:
     """Train and store one model per host found in ``inputs`` (HMAC-signed with
     ``model_key`` when given, see :mod:`minerwatch.baseline.store`).
@@ -181,7 +183,9 @@ def train_all(
     cluster; otherwise joblib with ``n_jobs`` processes. A host whose data is unusable (too
     few windows, a ``required`` column missing) is reported through ``on_error`` (or raised
     when no handler is given); others go on. ``progress`` is told of each host trained,
-    ``scan_progress`` and ``read_progress`` of each file scanned and read.
+    ``scan_progress`` and ``read_progress`` of each file scanned and read. With
+    ``skip_since``, hosts whose model was saved since then are left out (their files not
+    read) and named to ``on_skip``: a run stopped half-way is finished, not redone.
 
     The input is read a few hosts at a time (:class:`TelemetryGroups`: as many as train at
     once), and each model is saved as soon as it is trained: a fleet need not fit in memory,
@@ -193,8 +197,17 @@ def train_all(
         from joblib import effective_n_jobs
 
         at_once = effective_n_jobs(n_jobs)
+
+    def skip(hosts: list[str]) -> list[str]:
+        if skip_since is None:
+            return []
+        fresh = saved_since(models_dir, hosts, skip_since, model_key)
+        if fresh and on_skip is not None:
+            on_skip(fresh)
+        return fresh
+
     groups = TelemetryGroups(
-        inputs, least=at_once, progress=read_progress, scan_progress=scan_progress
+        inputs, least=at_once, progress=read_progress, scan_progress=scan_progress, skip=skip
     )
     results: list[TrainSummary] = []
     done: list[str] = []

@@ -671,7 +671,9 @@ class TelemetryGroups:
 
     ``hosts``: the number of hosts with samples in the input, known before the first group
     is yielded. ``scan_progress`` and ``progress`` are told (files done, files, name) while
-    scanning and while reading; ``note`` as for :func:`read_telemetry`.
+    scanning and while reading; ``note`` as for :func:`read_telemetry`. ``skip``, given the
+    input's host names, returns those to leave out (already trained): files holding only
+    them are not read.
     """
 
     def __init__(
@@ -681,6 +683,7 @@ class TelemetryGroups:
         note: Callable[[str], None] | None = None,
         progress: Callable[[int, int, str], None] | None = None,
         scan_progress: Callable[[int, int, str], None] | None = None,
+        skip: Callable[[list[str]], Iterable[str]] | None = None,
     ) -> None:
         self.paths = expand_inputs(inputs)
         self.least = max(1, least)
@@ -700,7 +703,21 @@ class TelemetryGroups:
         sampled = [h for p, h in zip(self.paths, found, strict=True) if not is_procs_file(p)]
         known = [h for h in sampled if h is not None]
         self._sampled = frozenset().union(*known) if len(known) == len(sampled) else None
-        self.hosts = len(self._sampled) if self._sampled is not None else 0
+        #: Hosts left out by ``skip``, sorted; known, like ``hosts``, before the first yield.
+        self.skipped: list[str] = []
+        self._skip = skip
+        if skip is not None and self._sampled is not None:
+            self.skipped = sorted(skip(sorted(self._sampled)))
+            gone = set(self.skipped)
+
+            def left_out(group: list[int]) -> bool:
+                held = {
+                    h for i in group if not is_procs_file(self.paths[i]) for h in found[i] or ()
+                }
+                return bool(held) and held <= gone
+
+            self.groups = [g for g in self.groups if not left_out(g)]  # not even read
+        self.hosts = len(self._sampled) - len(self.skipped) if self._sampled is not None else 0
 
     def __iter__(self) -> Iterator[dict[str, HostSeries]]:
         done = 0
@@ -712,7 +729,11 @@ class TelemetryGroups:
             )
             done += len(paths)
             if self._sampled is None:  # one group of everything: counted as read
-                self.hosts = len(read)
+                if self._skip is not None:
+                    self.skipped = sorted(self._skip(sorted(read)))
+                self.hosts = len(read) - len(self.skipped)
+            for host in self.skipped:
+                read.pop(host, None)
             batch.update(read)
             if len(batch) >= self.least:
                 yield batch

@@ -18,6 +18,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -349,6 +350,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from minerwatch.baseline.train import fit_summary_table, train_all
     from minerwatch.service.progress import Progress
+    from minerwatch.service.timefmt import utc_iso
 
     hop = args.hop or args.window
     check_windows(args.window, hop)
@@ -360,11 +362,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"minerwatch: skipped host {host}: {exc}", file=sys.stderr)
 
     trained: list[str] = []
+    skipped: list[str] = []
     bar = Progress("train")
+    since = args.skip_trained_since if args.skip_trained_since is not None else time.time()
+    resume = f"to train the rest, run the same command with --skip-trained-since {utc_iso(since)}"
 
     def progress(done: int, total: int, host: str) -> None:
         trained.append(host)
         bar(done, total, host)
+
+    def on_skip(hosts: list[str]) -> None:
+        skipped.extend(hosts)
+        print(
+            f"skipping {len(hosts)} hosts with a model saved since {utc_iso(since)}: "
+            f"{_names(hosts)}",
+            file=sys.stderr,
+        )
 
     try:
         rows = train_all(
@@ -380,16 +393,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             on_error=on_error,
             model_key=key,
             params={"max_alarms_per_week": args.alarms_per_week},
+            skip_since=args.skip_trained_since,
+            on_skip=on_skip,
         )
-    except InputError:
+    except (InputError, KeyboardInterrupt) as exc:
         kept = len(trained) - len(failures)
         if kept:  # the input is read a few hosts at a time: say what is already saved
             print(
-                f"minerwatch: the models of {kept} hosts trained before this error are saved "
-                f"in {args.models}",
+                ("\n" if bar.enabled and isinstance(exc, KeyboardInterrupt) else "")
+                + f"minerwatch: the models of {kept} hosts trained before this "
+                f"{'error' if isinstance(exc, InputError) else 'interruption'} are saved in "
+                f"{args.models}; {resume}",
                 file=sys.stderr,
             )
         raise
+    if not rows and skipped and not failures:
+        print(
+            f"all {len(skipped)} hosts have a model saved since {utc_iso(since)} in "
+            f"{args.models}: nothing to train",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     if not rows:
         raise InputError(
             ", ".join(args.inputs),
@@ -579,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on a Dask cluster: scheduler address, or 'local' (default: no Dask)",
     )
     _alarms_flag(p)
+    _skip_trained_flag(p)
 
     p = _command(sub, "score", "score telemetry with stored models, one row per window", cmd_score)
     p.add_argument("inputs", nargs="+", help="telemetry files or folders of them")
@@ -788,6 +813,17 @@ def _report_command(sub: Subcommands) -> None:
     )
 
 
+def _skip_trained_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-trained-since",
+        type=_instant,
+        metavar="TIME",
+        help="leave out hosts whose model in --models was saved at or after TIME (Unix seconds "
+        "or ISO 8601): finishes a run stopped half-way, which prints this flag with its own "
+        "start (default: train every host)",
+    )
+
+
 def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool = True) -> None:
     """Where Prometheus is, which series are the fleet, and the time range."""
     p.add_argument(
@@ -886,14 +922,7 @@ def _fleet_commands(sub: Subcommands) -> None:
     )
     _alarms_flag(p)
     _model_key_flag(p, "sign the models with it")
-    p.add_argument(
-        "--skip-trained-since",
-        type=_instant,
-        metavar="TIME",
-        help="leave out hosts whose model in --models was saved at or after TIME (Unix seconds "
-        "or ISO 8601): finishes an interrupted run, which prints this flag with its own start "
-        "(default: train every host)",
-    )
+    _skip_trained_flag(p)
     p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
     _fleet_flags(p)
     p.add_argument(

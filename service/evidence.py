@@ -41,6 +41,7 @@ from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_star
 from minerwatch.service.config import agent_files_config
 from minerwatch.service.indicators import IndicatorHit
 from minerwatch.service.packages import DPKG_INFO, package_record
+from minerwatch.service.timefmt import utc_iso
 
 DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
 FORMAT = "minerwatch-evidence"
@@ -185,7 +186,7 @@ def _err(exc: BaseException) -> str:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_iso(ts)
 
 
 def _addr(a: Any) -> str:

@@ -31,7 +31,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from minerwatch.service.evidence import (
     read_evidence_file,
     walk_files,
 )
+from minerwatch.service.timefmt import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
         "cron_lines": sorted(cron),
         "units": sorted(units),
     }
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = utc_iso(time.time())
     return Ioc(
         ioc_id(lists),
         **{k: tuple(v) for k, v in lists.items()},

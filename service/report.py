@@ -25,7 +25,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from minerwatch.service.hostsignals import EVENTS as HOST_SIGNAL_EVENTS
 from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
 from minerwatch.service.packages import package_words
 from minerwatch.service.throttle import AUDIT
+from minerwatch.service.timefmt import utc_iso
 
 FORMAT = "minerwatch-incident-report"
 FORMAT_VERSION = 1
@@ -60,7 +60,7 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 def _iso(ts: float | None) -> str | None:
     if ts is None or not math.isfinite(ts):
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_iso(ts)
 
 
 def _num(value: Any) -> float | None:

@@ -3,6 +3,7 @@ together, each host whole and the same as reading everything at once; ``train`` 
 read that way through the real command, and a bad file found half-way keeps what was trained."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -101,7 +102,24 @@ def test_train_keeps_the_models_of_hosts_trained_before_a_bad_file(tmp_path):
     r = run("train", d, "--models", models)
     usage_error(r, f"{bad}:3", "the models of 2 hosts trained before this error are saved")
     assert sorted(list_hosts(models)) == ["h0", "h1"]
+    hint = re.search(r"to train the rest, run the same command with (--skip-trained-since) (\S+)",
+                     r.stderr)  # fmt: skip
+    assert hint, r.stderr
+    saved = {h: (models / h / "meta.json").read_bytes() for h in ("h0", "h1")}
 
+    # the file fixed, the same command with the flag trains zz alone; h1's file is not even
+    # read (a bad value after its host column, which the scan reads, would stop it)
+    write_csv(bad, [host_series("zz", days=1, interval=30, seed=7)])
+    h1 = d / "h1.csv"
+    h1.write_text(re.sub(r",h1,[^,]*", ",h1,abc", h1.read_text(), count=1))
+    r = run("train", d, "--models", models, *hint.groups())
+    assert r.returncode == 0, r.stderr
+    assert f"skipping 2 hosts with a model saved since {hint[2]}: h0, h1" in r.stderr
+    assert "zz" in r.stdout and "h0" not in r.stdout
+    assert {h: (models / h / "meta.json").read_bytes() for h in ("h0", "h1")} == saved
+    r = run("train", d, "--models", models, *hint.groups())
+    assert r.returncode == 0 and "all 3 hosts have a model saved since" in r.stderr, r.stderr
+    write_csv(h1, [host_series("h1", days=1, interval=30, seed=1)])
     bad.unlink()
     out = tmp_path / "scores.csv"
     r = run("score", d, "--models", models, "--output", out)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from minerwatch.baseline.store import saved_since
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.schema import HOST, TIMESTAMP
@@ -31,6 +32,7 @@ from minerwatch.service.fleet.train import (
     summary_table,
     train_fleet,
 )
+from minerwatch.service.timefmt import utc_iso as _iso
 
 DAY = 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -113,30 +115,6 @@ def _stopped(url: str, tried: int, total: int, done: str, missing: list[str]) ->
     return EXIT_FAILURE
 
 
-def _iso(t: float) -> str:
-    """``t`` as ISO 8601 UTC to the second, as ``--skip-trained-since`` takes it back (rounded
-    down, so a model saved in that second still counts)."""
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _trained_since(models: Path, hosts: list[str], since: float, key: bytes | None) -> list[str]:
-    """The hosts whose model in ``models`` is whole and verified (as scoring loads it) and was
-    saved at or after ``since``; any other host is trained again."""
-    from minerwatch.baseline.store import ModelError, load_model
-
-    recent = []
-    for host in hosts:
-        try:
-            model = load_model(models, host, key=key)
-        except ModelError:
-            continue
-        if float(model.meta.get("created_at", 0.0)) >= int(since):
-            recent.append(host)
-    return recent
-
-
 def _explain_absent(columns: tuple[str, ...]) -> str:
     needs = {c.name: " + ".join(c.metrics) for c in MAPPING}
     return "; ".join(f"{c} (needs {needs[c]})" for c in columns)
@@ -154,7 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
     client = PromClient(conn, concurrency=args.concurrency)
     hosts = _hosts(client, args, start, end)
     if args.skip_trained_since is not None:
-        recent = _trained_since(Path(args.models), hosts, since, key)
+        recent = saved_since(Path(args.models), hosts, since, key)
         if len(recent) == len(hosts):
             print(
                 f"all {len(hosts)} hosts have a model saved since {_iso(since)} in {args.models}: "
