@@ -4,10 +4,13 @@ read that way through the real command, and a bad file found half-way keeps what
 
 import csv
 import re
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
-from entry import run, usage_error
+from entry import ENTRY, run, usage_error
 from synth import host_series, write_csv
 
 from minerwatch.baseline.store import list_hosts
@@ -137,3 +140,33 @@ def test_only_reads_the_files_holding_the_hosts_asked_for(folder):
     assert got["c"].source == f"{folder / 'cd.csv'}, {folder / 'z-c-later.csv'}"
     with pytest.raises(InputError, match="e.csv:3"):
         TelemetryGroups([folder]).only(["e"])
+
+
+def test_an_interrupted_train_says_what_is_saved_and_how_to_finish(tmp_path):
+    """Ctrl-C once a model is saved: exit 130, and a line naming how many models are kept and
+    the flag that trains the rest."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(12):
+        write_csv(d / f"h{i:02d}.csv", [host_series(f"h{i:02d}", days=2, interval=30, seed=i)])
+    models = tmp_path / "models"
+    proc = subprocess.Popen(
+        [*ENTRY, "train", str(d), "--models", str(models)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as at a terminal (a shell's background job, as CI runs, ignores SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(models.glob("*/meta.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    saved = len(list_hosts(models))
+    assert 1 <= saved < 12
+    assert re.search(
+        rf"the models of {saved} hosts trained before this interruption are saved in "
+        rf"{re.escape(str(models))}; to train the rest, run the same command with "
+        r"--skip-trained-since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", err, re.M
+    ), err  # fmt: skip
