@@ -720,13 +720,11 @@ class TelemetryGroups:
         self.hosts = len(self._sampled) - len(self.skipped) if self._sampled is not None else 0
 
     def __iter__(self) -> Iterator[dict[str, HostSeries]]:
-        done = 0
+        done, total = 0, sum(len(g) for g in self.groups)  # the files of skipped hosts not
         batch: dict[str, HostSeries] = {}
         for group in self.groups:
             paths = [self.paths[i] for i in group]
-            read = _read_files(
-                paths, self.note, self.progress, done, len(self.paths), self._sampled
-            )
+            read = _read_files(paths, self.note, self.progress, done, total, self._sampled)
             done += len(paths)
             if self._sampled is None:  # one group of everything: counted as read
                 if self._skip is not None:
