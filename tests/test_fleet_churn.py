@@ -179,3 +179,49 @@ def test_serve_follows_models_trained_replaced_damaged_removed_and_hosts_going_s
     # the removed host's alert state is kept in the state file, as for any host without a model
     saved = json.loads((models / STATE_FILE).read_text())["hosts"]
     assert {"h0000", "h0001", "h0002"} <= set(saved)
+
+
+def test_a_restart_does_not_retrain_hosts_whose_dismissals_their_model_already_learnt(tmp_path):
+    """A dismissal recorded before the host's model was trained is in that model: a restarted
+    ``fleet serve`` does not retrain the host "because a dismissal changed" (every host ever
+    dismissed, from --days of history, at each restart); one recorded after it still is."""
+    from test_fleet_serve import _fake_live_prometheus, run
+
+    from minerwatch.bench.fleet_serve import one_model
+
+    synthetic_model = one_model()
+    models = tmp_path / "models"
+    for host in ("h0000", "h0001"):
+        save_model(models, replace(synthetic_model, host=host))
+    for host in ("h0000", "h0001"):
+        run("fleet", "dismiss", "--state-dir", str(models), "--host", host,
+            "--start", "2026-01-12T02:00Z", "--end", "2026-01-12T03:00Z")  # fmt: skip
+        if host == "h0000":  # retrained (learnt it) after the dismissal
+            time.sleep(0.01)
+            save_model(models, replace(synthetic_model, host=host))
+    http = _fake_live_prometheus(time.time())
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _start(
+        [MINERWATCH, "fleet", "serve", "--prometheus",
+         f"http://127.0.0.1:{http.server_address[1]}", "--models", str(models),
+         "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+         "--retrain-every", "24h"],
+        log,
+    )  # fmt: skip
+    try:
+        poll(
+            lambda: log.read_text(),
+            lambda text: text.count("cycle:") >= 2 and "retraining it now" in text,
+            timeout=20,
+        )
+        got = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        http.shutdown()
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    assert "h0001: a dismissal changed, retraining it now" in text, text
+    assert "h0000: a dismissal changed" not in text, text
+    assert value(got, "minerwatch_dismissed_episodes", host="h0000") == 1

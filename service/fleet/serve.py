@@ -731,6 +731,7 @@ class FleetServer:
         #: :data:`DISMISSED_FILE` beside the state file whenever it changes.
         self.dismissed: dict[str, list[tuple[float, float]]] = {}
         self._dismissed_stamp: tuple[int, int] | None = None
+        self._dismissals_read = False
         #: Each model's ``meta.json`` as last looked at (inode, mtime, size), and its host.
         self._model_stamps: dict[Path, tuple[int, int, int]] = {}
         self._model_hosts: dict[Path, str] = {}
@@ -1007,11 +1008,23 @@ class FleetServer:
             return
         self._dismissed_stamp = stamp  # a broken file is said once, not every cycle
         try:
-            spans = spans_by_host(read_dismissed(path))
+            items = read_dismissed(path)
         except InputError as exc:
             self._error("state", f"{exc}; the dismissals read before stay in force")
             return
-        changed = {h for h in {*spans, *self.dismissed} if spans.get(h) != self.dismissed.get(h)}
+        spans = spans_by_host(items)
+        if self._dismissals_read:
+            changed = {
+                h for h in {*spans, *self.dismissed} if spans.get(h) != self.dismissed.get(h)
+            }
+        else:  # at start: only what was dismissed after the host's model was trained is new
+            # (a restart must not retrain every host ever dismissed, from --days of history)
+            trained = {h: float(s.model.meta.get("created_at", 0.0)) for h, s in self.hosts.items()}
+            changed = {
+                str(item["host"]) for item in items
+                if item["host"] in trained and float(item["at"]) >= trained[item["host"]]
+            }  # fmt: skip
+        self._dismissals_read = True
         self.dismissed = spans
         now = self.clock()
         for host in sorted(changed & set(self.hosts)):
