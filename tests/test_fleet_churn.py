@@ -126,6 +126,13 @@ def test_serve_follows_models_trained_replaced_damaged_removed_and_hosts_going_s
             timeout=20,
         )
         assert "new model for h0001" in log.read_text()
+        # labels stay bounded: no process-exporter group (process name) in any label
+        labels = [lab for samples in got.values() for lab, _ in samples]
+        assert not {v for lab in labels for v in lab.values()} & {"app", "sshd", "cron"}
+        assert {k for lab in labels for k in lab} <= {
+            "host", "feature", "metric", "stage", "reason", "version", "model_version",
+            "schema_version", "implementation", "major", "minor", "patchlevel",
+        }  # fmt: skip
 
         # h0000's model replaced on disk (another training run: atomic renames): reloaded,
         # a model saved again with only its threshold changed too
