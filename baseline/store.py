@@ -200,14 +200,17 @@ def check_trusted(path: Path) -> None:
 
 def list_hosts(models_dir: Path) -> list[str]:
     """Hosts with a model in ``models_dir`` (read from their metadata, not verified)."""
-    hosts = []
-    for meta in sorted(Path(models_dir).glob(f"*/{META}")):
-        try:
-            doc = json.loads(meta.read_bytes()[:MAX_META_BYTES])
-            hosts.append(str(doc["host"]))
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
-            continue
-    return hosts
+    hosts = (meta_host(meta) for meta in sorted(Path(models_dir).glob(f"*/{META}")))
+    return [host for host in hosts if host is not None]
+
+
+def meta_host(meta: Path) -> str | None:
+    """The host a model's ``meta.json`` names (not verified); None if it cannot be read."""
+    try:
+        doc = json.loads(meta.read_bytes()[:MAX_META_BYTES])
+        return str(doc["host"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
 
 
 def saved_since(

@@ -47,7 +47,7 @@ from prometheus_client.registry import Collector
 from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outside_dismissed
 from minerwatch.baseline.fitted import HostModel
-from minerwatch.baseline.store import ModelError, list_hosts, load_model, read_key
+from minerwatch.baseline.store import META, ModelError, load_model, meta_host, read_key
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
@@ -101,6 +101,10 @@ MAX_REMEMBERED = 10_000
 #: that Prometheus made visible up to this long after its own timestamp is still read.
 OVERLAP_S = 60.0
 STATE_FORMAT = 1
+#: Help of the one metric only the fleet server exports (the agent's are in ``METRICS``).
+UNMODELLED_HELP = (
+    "Hosts reporting under --selector without a usable model in --models, so not scored."
+)
 #: Stages counted in the fleet server's ``minerwatch_errors_total{stage}`` (bounded).
 FLEET_STAGES = ("query", "model", "score", "train", "state")
 #: The agent's metric families that mean the same for a host scored from Prometheus, by
@@ -213,10 +217,14 @@ class SeriesRegistry:
 
 
 def ingest(
-    answer: Sequence[RawSeries], registry: SeriesRegistry, wanted: Mapping[str, int]
+    answer: Sequence[RawSeries],
+    registry: SeriesRegistry,
+    wanted: Mapping[str, int],
+    unknown: set[str] | None = None,
 ) -> dict[int, Samples]:
     """One answer (every host's series) as :class:`Samples` per host index of ``wanted``
-    (hosts not in it are dropped); each host's rows sorted by series then time."""
+    (hosts not in it are dropped, and added to ``unknown``); each host's rows sorted by
+    series then time."""
     if not answer:
         return {}
     before = len(registry.labels)
@@ -233,6 +241,8 @@ def ingest(
     lengths = np.array([len(s.timestamps) for s in answer], dtype=np.intp)
     sid = np.repeat(sids, lengths)
     host_index = np.array([wanted.get(h, -1) for h in registry.hosts], dtype=np.intp)
+    if unknown is not None:
+        unknown.update(registry.hosts[i] for i in np.unique(sids[host_index[sids] < 0]).tolist())
     owner = host_index[sid]
     ts = np.concatenate([s.timestamps for s in answer])
     order = np.lexsort((ts, registry.rank[sid], owner))
@@ -347,6 +357,14 @@ class HostState:
             state.alerted = old.alerted
         return state
 
+    def forget_window(self) -> None:
+        """The host sent nothing in the lookback (gone, or its exporter down): its latest
+        window's score, features and telemetry are no longer published, so no rule keeps
+        judging a dead host's last values; the alert rule's state, the counters and the
+        last sample and score times stay (``MinerwatchFleetHostNotScored`` names it)."""
+        self.score = self.heavy = None
+        self.features, self.contributions, self.telemetry = {}, {}, {}
+
     def saved(self) -> dict[str, object]:
         """What a restart must not lose: the alert rule's state and the alerted windows."""
         a = self.alert
@@ -383,6 +401,12 @@ class HostState:
             windows_scored_total=self.windows_total,
             dismissed_episodes=dismissed,
         )
+
+
+def same_model(a: HostModel, b: HostModel) -> bool:
+    """Whether two loads are of one saved model (a model saved again with the same trees,
+    say another threshold, has the same ``sha256`` but not the same save time)."""
+    return all(a.meta.get(k) == b.meta.get(k) for k in ("sha256", "created_at"))
 
 
 def coalesce(windows: Sequence[tuple[float, float]]) -> list[list[float]]:
@@ -558,6 +582,8 @@ class FleetSnapshot:
     errors_total: Mapping[str, int] = field(default_factory=dict)
     retrain_failures_total: Mapping[str, int] = field(default_factory=dict)
     cycle_seconds: float | None = None
+    #: Hosts in the latest read without a usable model (None: nothing read yet).
+    unmodelled_hosts: int | None = None
     version: str = field(default_factory=package_version)
 
 
@@ -579,6 +605,12 @@ def fleet_families(snap: FleetSnapshot, now: float) -> Iterator[Metric]:
             "minerwatch_score_duration_seconds",
             METRICS["minerwatch_score_duration_seconds"],
             value=snap.cycle_seconds,
+        )
+    if snap.unmodelled_hosts is not None:
+        yield GaugeMetricFamily(
+            "minerwatch_unmodelled_hosts",
+            UNMODELLED_HELP,
+            value=snap.unmodelled_hosts,
         )
     errors = CounterMetricFamily(
         "minerwatch_errors_total", METRICS["minerwatch_errors_total"], labels=["stage"]
@@ -699,29 +731,89 @@ class FleetServer:
         #: :data:`DISMISSED_FILE` beside the state file whenever it changes.
         self.dismissed: dict[str, list[tuple[float, float]]] = {}
         self._dismissed_stamp: tuple[int, int] | None = None
+        self._dismissals_read = False
+        #: Each model's ``meta.json`` as last looked at (inode, mtime, size), and its host.
+        self._model_stamps: dict[Path, tuple[int, int, int]] = {}
+        self._model_hosts: dict[Path, str] = {}
+        #: Whether the first cycle ran (models loaded after it are logged).
+        self._started = False
+        #: Hosts in the latest read without a model (how many, None before a read; the ones
+        #: logged).
+        self.unmodelled: int | None = None
+        self._unmodelled_named: set[str] = set()
 
     def _error(self, stage: str, what: str) -> None:
         self.errors[stage] = self.errors.get(stage, 0) + 1
         log.warning("%s: %s", stage, what)
 
     def load_models(self) -> int:
-        """(Re)load every host's model; a model that does not verify is counted and skipped."""
-        for host in list_hosts(self.models_dir):
+        """Load the models in ``--models`` that are new or changed since the last look, and
+        stop serving hosts whose model was removed; how many hosts are served.
+
+        Run at start and before every cycle, so a model ``fleet train`` writes for a new host,
+        or over an old one (an atomic rename of ``meta.json``), is used from the next read
+        without a restart. Only ``meta.json``'s stat is compared each time (its model file is
+        written before it). A model that does not load (corrupt, unsigned, another key) is
+        logged and counted (``stage="model"``) once per change of its file: its host keeps the
+        model loaded before, or is not scored if it had none.
+        """
+        try:
+            metas = sorted(self.models_dir.glob(f"*/{META}"))
+        except OSError as exc:  # the folder unreadable for a moment: keep what is loaded
+            self._error("model", f"{self.models_dir}: {exc.strerror or exc}")
+            return len(self.hosts)
+        stamps: dict[Path, tuple[int, int, int]] = {}
+        for meta in metas:
+            try:
+                st = meta.stat()
+            except OSError:
+                continue  # removed since the listing
+            stamp = stamps[meta] = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if self._model_stamps.get(meta) == stamp:
+                continue
+            host = meta_host(meta)
+            if host is None:  # damaged: the host it was (load says why), else unknown
+                host = self._model_hosts.get(meta)
+            if host is None:
+                self._error("model", f"{meta}: expected a model's metadata (JSON naming its "
+                                     "host), got something unreadable; not used")  # fmt: skip
+                continue
+            self._model_hosts[meta] = host
             self.load(host)
+        for meta in set(self._model_stamps) - set(stamps):
+            gone = self._model_hosts.pop(meta, None)
+            if gone is not None and gone in self.hosts and gone not in self._model_hosts.values():
+                self.kept_state[gone] = self.hosts.pop(gone).saved()
+                log.warning(
+                    "model of %s removed from %s: no longer scored, its series are dropped",
+                    gone, self.models_dir,
+                )  # fmt: skip
+        self._model_stamps = stamps
         return len(self.hosts)
 
     def load(self, host: str) -> bool:
+        old = self.hosts.get(host)
         try:
             model = load_model(self.models_dir, host, key=self.key)
         except (ModelError, InputError, OSError, ValueError) as exc:
-            self._error("model", str(exc))
+            then = "it keeps the model loaded before" if old else "it is not scored"
+            self._error("model", f"host {host}: model refused: {exc}; {then}")
             return False
-        old = self.hosts.get(host)
-        if old is not None and old.model.meta.get("sha256") == model.meta.get("sha256"):
+        if old is not None and same_model(old.model, model):
             return True
         state = self.hosts[host] = HostState.of(model, old)
         if old is None:  # a host not buffered yet: the next read is a full lookback
             self.read_end = None
+            saved = self.kept_state.pop(host, None)
+            if saved is not None:  # served before (its model removed or refused meanwhile)
+                try:
+                    HostSaved.parse(saved).apply(state)
+                except (ValueError, KeyError, TypeError):
+                    pass  # an entry not as written: the host starts afresh
+            if self._started:
+                log.info("new model for %s: scored from the next read", host)
+        elif self._started:
+            log.info("model of %s replaced on disk: scoring with the new one", host)
         if self.retrain_every > 0:
             created = float(model.meta.get("created_at", self.clock()))
             state.next_retrain = created + self.retrain_every
@@ -740,6 +832,9 @@ class FleetServer:
             host, outcome = self.reloaded.get()
             if outcome == "accepted":
                 self.load(host)
+        if self._started:
+            self.load_models()
+        self._started = True
         self.read_dismissals()
         t0 = time.perf_counter()
         now = self.clock()
@@ -766,7 +861,8 @@ class FleetServer:
         for host, state in self.hosts.items():
             present = {m: s for m, s in self.buffers.get(host, {}).items() if len(s.ts)}
             node = [s.ts for m, s in present.items() if m not in PROCESS_METRICS]
-            if not node:
+            if not node:  # nothing in the lookback: what the last window said is not now
+                state.forget_window()
                 counts["no_data"] += 1
                 continue
             # a scrape ingested between two of the cycle's queries is in some answers only:
@@ -806,11 +902,15 @@ class FleetServer:
         for host in [h for h in self.buffers if h not in wanted]:
             del self.buffers[host]
         per: dict[str, dict[int, Samples]] = {}
+        unknown: set[str] = set()
         for metric, answer in answers.items():
             registry = self.registries.get(metric)
             if registry is None:
                 registry = self.registries[metric] = SeriesRegistry(metric, self.host_label)
-            per[metric] = ingest(answer, registry, wanted)
+            # process-exporter's series are read without --selector: not the fleet's hosts
+            mine = None if metric in PROCESS_METRICS else unknown
+            per[metric] = ingest(answer, registry, wanted, mine)
+        self._unmodelled(unknown - {""})
         empty = Samples.empty()
         ranks = {m: self.registries[m].rank for m in answers}
         for i, host in enumerate(names):
@@ -819,6 +919,20 @@ class FleetServer:
                 self.buffers[host] = {m: s.after(start) for m, s in new.items()}
             else:
                 self.buffers[host] = merge_host(self.buffers.get(host, {}), new, ranks, start)
+
+    def _unmodelled(self, hosts: set[str]) -> None:
+        """Name the hosts that report under ``--selector`` but have no model (or one that was
+        refused), once each while they stay so: a new host is otherwise silently unjudged."""
+        self.unmodelled = len(hosts)
+        new = sorted(hosts - self._unmodelled_named)
+        self._unmodelled_named = hosts
+        if new:
+            shown = ", ".join(new[:20]) + (f" and {len(new) - 20} more" if len(new) > 20 else "")
+            log.warning(
+                "%d host(s) report to Prometheus but have no usable model in %s, so they are "
+                "not scored: %s (train them with 'minerwatch fleet train'; a model saved there "
+                "is picked up without a restart)", len(new), self.models_dir, shown,
+            )  # fmt: skip
 
     # -- alert state across restarts -------------------------------------------------------
 
@@ -894,11 +1008,23 @@ class FleetServer:
             return
         self._dismissed_stamp = stamp  # a broken file is said once, not every cycle
         try:
-            spans = spans_by_host(read_dismissed(path))
+            items = read_dismissed(path)
         except InputError as exc:
             self._error("state", f"{exc}; the dismissals read before stay in force")
             return
-        changed = {h for h in {*spans, *self.dismissed} if spans.get(h) != self.dismissed.get(h)}
+        spans = spans_by_host(items)
+        if self._dismissals_read:
+            changed = {
+                h for h in {*spans, *self.dismissed} if spans.get(h) != self.dismissed.get(h)
+            }
+        else:  # at start: only what was dismissed after the host's model was trained is new
+            # (a restart must not retrain every host ever dismissed, from --days of history)
+            trained = {h: float(s.model.meta.get("created_at", 0.0)) for h, s in self.hosts.items()}
+            changed = {
+                str(item["host"]) for item in items
+                if item["host"] in trained and float(item["at"]) >= trained[item["host"]]
+            }  # fmt: skip
+        self._dismissals_read = True
         self.dismissed = spans
         now = self.clock()
         for host in sorted(changed & set(self.hosts)):
@@ -924,7 +1050,7 @@ class FleetServer:
     def due(self) -> list[str]:
         """Hosts whose model is older than ``--retrain-every`` (and not waiting for a retry)."""
         now = self.clock()
-        return [h for h, s in sorted(self.hosts.items()) if s.next_retrain <= now]
+        return [h for h, s in sorted(list(self.hosts.items())) if s.next_retrain <= now]
 
     def retrain_host(self, connection: Connection, host: str) -> str:
         """Retrain one host from Prometheus, leaving out what it alerted on; the outcome
@@ -933,7 +1059,9 @@ class FleetServer:
         from minerwatch.service.fleet.train import FleetReader
         from minerwatch.service.retrain import TooFewWindows, retrain
 
-        state = self.hosts[host]
+        state = self.hosts.get(host)
+        if state is None:  # its model was removed from --models meanwhile
+            return "removed"
         model = state.model
         now = self.clock()
         state.next_retrain = now + min(RETRY_S, self.retrain_every)
@@ -995,6 +1123,7 @@ class FleetServer:
             errors_total=dict(self.errors),
             retrain_failures_total=dict(self.retrain_failures),
             cycle_seconds=self.cycle_seconds,
+            unmodelled_hosts=self.unmodelled,
         )
 
 

@@ -1,0 +1,234 @@
+"""``minerwatch fleet serve`` over days: the fleet changes under it. A real ``fleet serve``
+reads the benchmark's fake Prometheus (node_exporter-shaped answers, here scraped every
+0.5 s, so a model of 2 s windows learns from minutes) and is scraped over HTTP while hosts
+appear, models are trained, replaced, damaged and removed in ``--models``, and a host stops
+reporting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from promtools import free_port
+from test_fleet_serve import MINERWATCH, _start, poll, scrape, value
+
+from minerwatch.baseline.store import host_dirname, load_model, save_model
+from minerwatch.baseline.train import train_host
+from minerwatch.bench.fleet_serve import Answers, serve_answers
+from minerwatch.service.fleet.promclient import Connection, PromClient
+from minerwatch.service.fleet.serve import (
+    LOOKBACK_S,
+    STATE_FILE,
+    Samples,
+    SeriesRegistry,
+    host_series,
+    ingest,
+    read_answers,
+)
+
+pytestmark = pytest.mark.slow
+
+STEP = 0.5  # seconds between two scrapes of the fake fleet
+WINDOW, HOP = 2.0, 1.0
+
+
+def _fake(now: float, hosts: int, ends: dict[int, float] | None = None):
+    """The fake Prometheus around ``now``; host h's samples stop at ``ends[h]``."""
+    stamps = np.arange(now - LOOKBACK_S - 300.0, now + 300.0, STEP)
+
+    def edit(metric, host, labels, values):
+        end = (ends or {}).get(host)
+        return (stamps <= end if end is not None else np.ones(len(stamps), bool)), values
+
+    return serve_answers(Answers(hosts, stamps, seed=7, edit=edit))
+
+
+def _train(url: str, host: str, now: float):
+    """A model of ``host`` from the fake's last 10 minutes, as ``fleet train`` maps them."""
+    answers = read_answers(PromClient(Connection(url)), "", now - 600.0, now)
+    registries = {m: SeriesRegistry(m, None) for m in answers}
+    held = {
+        m: ingest(a, registries[m], {host: 0}).get(0, Samples.empty()) for m, a in answers.items()
+    }
+    return train_host(host_series(host, held, registries), WINDOW, HOP)
+
+
+def _hosts(metrics: dict, name: str) -> set[str]:
+    return {labels["host"] for labels, _ in metrics.get(name, []) if "host" in labels}
+
+
+def test_serve_follows_models_trained_replaced_damaged_removed_and_hosts_going_silent(tmp_path):
+    now = time.time()
+    http = _fake(now, 3)
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    try:
+        base = _train(url, "h0000", now)
+        h1 = _train(url, "h0001", now)
+    finally:
+        http.shutdown()
+    models, later = tmp_path / "models", tmp_path / "later"
+    save_model(models, base)
+    save_model(models, replace(base, host="h0002"))
+    save_model(later, h1)  # trained "while serving", moved in below
+    # h0002 stops reporting: its last samples are just inside the first read's lookback
+    now = time.time()
+    http = _fake(now, 3, {2: now - LOOKBACK_S - 2 * 60.0 + 12.0})
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _start(
+        [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
+         "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+         "--retrain-every", "0"],
+        log,
+    )  # fmt: skip
+
+    def metrics() -> dict:
+        if proc.poll() is not None:
+            pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
+        return scrape(port)
+
+    def version(m: dict, host: str) -> str:
+        (got,) = [lab["model_version"] for lab, _ in m["minerwatch_model_info"]
+                  if lab["host"] == host]  # fmt: skip
+        return got
+
+    try:
+        first = poll(
+            metrics,
+            lambda m: (
+                _hosts(m, "minerwatch_anomaly_score") >= {"h0000", "h0002"}
+                and "minerwatch_unmodelled_hosts" in m
+            ),
+            timeout=20,
+        )
+        # a host reporting without a model is named (log, a count), without a host label
+        assert value(first, "minerwatch_unmodelled_hosts") == 1
+        assert "h0001" not in _hosts(first, "minerwatch_model_info")
+        text = log.read_text()
+        assert "1 host(s) report to Prometheus but have no usable model" in text, text
+        assert "h0001" in text
+
+        # its model saved into --models while serving (as fleet train does): scored, no restart
+        shutil.copytree(later / host_dirname("h0001"), models / ".tmp-h0001")
+        (models / ".tmp-h0001").rename(models / host_dirname("h0001"))
+        got = poll(
+            metrics,
+            lambda m: (
+                "h0001" in _hosts(m, "minerwatch_anomaly_score")
+                and value(m, "minerwatch_unmodelled_hosts") == 0
+            ),
+            timeout=20,
+        )
+        assert "new model for h0001" in log.read_text()
+        # labels stay bounded: no process-exporter group (process name) in any label
+        labels = [lab for samples in got.values() for lab, _ in samples]
+        assert not {v for lab in labels for v in lab.values()} & {"app", "sshd", "cron"}
+        assert {k for lab in labels for k in lab} <= {
+            "host", "feature", "metric", "stage", "reason", "version", "model_version",
+            "schema_version", "implementation", "major", "minor", "patchlevel",
+        }  # fmt: skip
+
+        # h0000's model replaced on disk (another training run: atomic renames): reloaded,
+        # a model saved again with only its threshold changed too
+        assert value(got, "minerwatch_anomaly_threshold", host="h0000") != 0.75
+        save_model(models, replace(load_model(models, "h0000"), threshold=0.75))
+        poll(
+            metrics,
+            lambda m: value(m, "minerwatch_anomaly_threshold", host="h0000") == 0.75,
+            timeout=20,
+        )
+        assert "model of h0000 replaced on disk" in log.read_text()
+
+        # a damaged model (a truncated meta.json): refused, logged, counted, the host keeps
+        # the model it had and serving goes on
+        h1_version = version(got, "h0001")
+        meta = models / host_dirname("h0001") / "meta.json"
+        meta.write_text(meta.read_text()[:100])
+        damaged = poll(
+            metrics, lambda m: value(m, "minerwatch_errors_total", stage="model") >= 1, timeout=20
+        )
+        assert version(damaged, "h0001") == h1_version
+        assert "h0001" in _hosts(damaged, "minerwatch_anomaly_score")
+        assert "it keeps the model loaded before" in log.read_text()
+
+        # h0000's model removed: it is no longer served and its series leave /metrics
+        shutil.rmtree(models / host_dirname("h0000"))
+        gone = poll(metrics, lambda m: "h0000" not in _hosts(m, "minerwatch_model_info"), 20)
+        assert not any(
+            lab.get("host") == "h0000" for samples in gone.values() for lab, _ in samples
+        )
+        assert "model of h0000 removed" in log.read_text()
+
+        # h0002 stopped reporting: once nothing of it is left in the lookback, its last
+        # score, features and telemetry are no longer published (no rule keeps judging a
+        # dead host's last values); when it was last seen and scored still is
+        silent = poll(
+            metrics, lambda m: "h0002" not in _hosts(m, "minerwatch_anomaly_score"), timeout=20
+        )
+        for name in ("minerwatch_feature_value", "minerwatch_telemetry",
+                     "minerwatch_heavy_work"):  # fmt: skip
+            assert "h0002" not in _hosts(silent, name), name
+        assert value(silent, "minerwatch_last_score_timestamp_seconds", host="h0002") > 0
+        assert value(silent, "minerwatch_windows_scored_total", host="h0002") > 0
+        assert "h0002" in _hosts(silent, "minerwatch_model_info")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        http.shutdown()
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    # the removed host's alert state is kept in the state file, as for any host without a model
+    saved = json.loads((models / STATE_FILE).read_text())["hosts"]
+    assert {"h0000", "h0001", "h0002"} <= set(saved)
+
+
+def test_a_restart_does_not_retrain_hosts_whose_dismissals_their_model_already_learnt(tmp_path):
+    """A dismissal recorded before the host's model was trained is in that model: a restarted
+    ``fleet serve`` does not retrain the host "because a dismissal changed" (every host ever
+    dismissed, from --days of history, at each restart); one recorded after it still is."""
+    from test_fleet_serve import _fake_live_prometheus, run
+
+    from minerwatch.bench.fleet_serve import one_model
+
+    synthetic_model = one_model()
+    models = tmp_path / "models"
+    for host in ("h0000", "h0001"):
+        save_model(models, replace(synthetic_model, host=host))
+    for host in ("h0000", "h0001"):
+        run("fleet", "dismiss", "--state-dir", str(models), "--host", host,
+            "--start", "2026-01-12T02:00Z", "--end", "2026-01-12T03:00Z")  # fmt: skip
+        if host == "h0000":  # retrained (learnt it) after the dismissal
+            time.sleep(0.01)
+            save_model(models, replace(synthetic_model, host=host))
+    http = _fake_live_prometheus(time.time())
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _start(
+        [MINERWATCH, "fleet", "serve", "--prometheus",
+         f"http://127.0.0.1:{http.server_address[1]}", "--models", str(models),
+         "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+         "--retrain-every", "24h"],
+        log,
+    )  # fmt: skip
+    try:
+        poll(
+            lambda: log.read_text(),
+            lambda text: text.count("cycle:") >= 2 and "retraining it now" in text,
+            timeout=20,
+        )
+        got = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        http.shutdown()
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    assert "h0001: a dismissal changed, retraining it now" in text, text
+    assert "h0000: a dismissal changed" not in text, text
+    assert value(got, "minerwatch_dismissed_episodes", host="h0000") == 1
