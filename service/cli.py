@@ -336,8 +336,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"at least --interval ({format_duration(args.interval)}), to record one sample",
             format_duration(args.duration),
         )
-    bar = Progress("collect")
-    total = max(1, int(args.duration // args.interval))
+    # a plain line at each tenth when stderr is a log (nohup, a service manager): a week-long
+    # recording says how far it got, the terminal's bar says it all along
+    bar = Progress("collect", lines=10)
     stopped_by: list[int] = []
 
     def on_term(signum: int, _frame: object) -> None:
@@ -351,7 +352,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
             args.interval,
             args.duration,
             host=args.host,
-            progress=lambda n, _total: bar(min(n, total), total),
+            progress=lambda n, planned: bar(n, planned, "samples"),
         )
     except KeyboardInterrupt:  # before the first sample: nothing written but headers
         return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
@@ -361,7 +362,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     samples = "sample" if rows == 1 else "samples"
     table = procs_path_for(Path(args.output))
     wrote = f"wrote {rows} {samples} to {args.output}, processes to {table}"
-    newline = "\n" if bar.enabled and rows < total else ""  # end the progress line
+    newline = "\n" if bar.enabled and rows < done.planned else ""  # end the progress line
     if done.error is not None:
         print(
             f"{newline}minerwatch: error: {message(done.error)}: recording stopped after "

@@ -78,6 +78,20 @@ def test_ctrl_c_and_sigterm_keep_what_was_recorded_say_so_and_exit_130_and_143(t
     assert sum(row[0] == "timestamp" for row in lines(out)) == 1
 
 
+def test_a_run_logged_to_a_file_says_how_far_it_got(tmp_path):
+    """stderr not a terminal (nohup, a service manager): a plain line at each tenth of the
+    samples, so a week's recording is not silent for a week; no terminal codes."""
+    out = tmp_path / "web-1.csv"
+    r = run("collect", "--interval", "100ms", "--duration", "2s", "--output", out)
+    assert r.returncode == 0, r.stderr
+    progress = [line for line in r.stderr.splitlines() if line.startswith("collect: ")]
+    rows = len(lines(out)) - 1  # 20 unless a loaded machine let a slot pass
+    assert rows >= 10 and r.stderr.splitlines()[-1].startswith(f"wrote {rows} samples to")
+    assert [line.split()[1] for line in progress] == [f"{k}/20" for k in range(2, rows + 1, 2)]
+    assert all(line.split()[2] == "samples" for line in progress), progress
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr
+
+
 def test_appending_after_a_cut_off_line_is_refused_before_sampling(tmp_path):
     out = tmp_path / "web-1.csv"
     r = run("collect", "--interval", "200ms", "--duration", "400ms", "--output", out)
@@ -124,7 +138,8 @@ def test_a_full_disk_stops_with_both_files_whole_naming_the_file(tmp_path):
     assert n >= 3, r.stderr
     assert "Traceback" not in r.stderr and "unexpected failure" not in r.stderr
     assert f"No space left on device: recording stopped after {n} of 600 samples" in r.stderr
-    assert r.stderr.startswith(f"minerwatch: error: {disk / 'h.'}"), r.stderr  # the file
+    error = r.stderr.splitlines()[-1]  # after the progress lines
+    assert error.startswith(f"minerwatch: error: {disk / 'h.'}"), r.stderr  # the file
     r = run("train", copy, "--models", tmp_path / "models", "--window", "1s")
     assert "Traceback" not in r.stderr and "procs.csv:" not in r.stderr, r.stderr
     assert "expected at least 30 complete 1s windows for host" in r.stderr, r.stderr
