@@ -243,6 +243,19 @@ def _open_append(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
+def _cannot_append(path: Path, exc: OSError) -> InputError:
+    return InputError(str(path), None, "a file this user can append to", exc.strerror or str(exc))
+
+
+def _writable(path: Path) -> int:
+    """:func:`_open_append`, or exit 2 naming the file (a read-only or full file system, a
+    folder this user cannot write in)."""
+    try:
+        return _open_append(path)
+    except OSError as exc:
+        raise _cannot_append(path, exc) from None
+
+
 def _write_all(fd: int, data: bytes, path: Path) -> None:
     """All of ``data`` or an OSError naming ``path`` (a short write is retried, as a full disk
     reports one before it fails)."""
@@ -321,17 +334,26 @@ def record(
             _check_complete_last_line(path)
     planned = int(duration / interval + 1e-9) if duration > 0 else 0
     rows = 0
-    pfd = _open_append(procs_path)
+    existed = {path for path in (output, procs_path) if path.exists()}
+    pfd = _writable(procs_path)
     try:
-        fd = _open_append(output)
+        fd = _writable(output)
     except BaseException:
         os.close(pfd)
+        if procs_path not in existed:
+            procs_path.unlink()
         raise
     try:
-        if os.fstat(pfd).st_size == 0:
-            _write_all(pfd, _csv_bytes([PROC_TABLE_HEADER]), procs_path)
-        if not has_rows:
-            _write_all(fd, _csv_bytes([TELEMETRY_COLUMNS]), output)
+        try:  # refused before the first sample, not when it is due
+            if os.fstat(pfd).st_size == 0:
+                _write_all(pfd, _csv_bytes([PROC_TABLE_HEADER]), procs_path)
+            if not has_rows:
+                _write_all(fd, _csv_bytes([TELEMETRY_COLUMNS]), output)
+        except OSError as exc:
+            for path in {output, procs_path} - existed:  # no empty files left behind
+                if path.stat().st_size == 0:
+                    path.unlink()
+            raise _cannot_append(Path(exc.filename), exc) from None
         try:
             coll = collector or Collector(interval=interval, host=host)
             clock = coll.clock

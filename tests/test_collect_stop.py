@@ -143,3 +143,33 @@ def test_a_full_disk_stops_with_both_files_whole_naming_the_file(tmp_path):
     r = run("train", copy, "--models", tmp_path / "models", "--window", "1s")
     assert "Traceback" not in r.stderr and "procs.csv:" not in r.stderr, r.stderr
     assert "expected at least 30 complete 1s windows for host" in r.stderr, r.stderr
+
+
+#: The output folder read-only, then full, in collect's own mount namespace.
+UNWRITABLE = 'd=$1; shift; mount -t tmpfs -o size=256k,ro minerwatch-test "$d" && "$@"; \
+echo "rc=$?"; mount -o remount,rw "$d" && (cat /dev/zero > "$d/fill") 2>/dev/null; "$@"; \
+echo "rc=$?"; ls -A "$d"'
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not private_mounts_work(),
+    reason="needs unshare -m (root)",
+)
+def test_a_folder_it_cannot_write_in_is_refused_before_sampling(tmp_path):
+    """Read-only, or full from the start: exit 2 naming the file, nothing left behind, and
+    said at once (the duration is a week), not as an unexpected failure."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "h.csv"
+    collect = [*ENTRY, "collect", "--interval", "10s", "--duration", "7d", "--output", str(out)]
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", UNWRITABLE, "sh", str(disk),
+         *collect],  # fmt: skip
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.stdout.split() == ["rc=2", "rc=2", "fill"], (r.stdout, r.stderr)
+    table = disk / "h.procs.csv"
+    for why in ("Read-only file system", "No space left on device"):
+        assert f"{table}: expected a file this user can append to, got {why}" in r.stderr
+    assert "unexpected failure" not in r.stderr and "collect: " not in r.stderr
+    assert "Traceback" not in r.stderr
