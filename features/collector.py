@@ -8,11 +8,14 @@ Only the standard library, psutil and numpy are imported here (the agent must st
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from minerwatch.features.errors import InputError
@@ -221,6 +224,76 @@ def proc_rows(ts: str, host: str, records: Sequence[ProcessRecord]) -> list[list
     ]
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What :func:`record` did: ``rows`` samples written of ``planned``; ``interrupted`` when
+    Ctrl-C (or a signal the caller turns into KeyboardInterrupt) ended it early; ``error`` the
+    write that failed (disk full...), after which both files were cut back to the last sample
+    written whole."""
+
+    rows: int
+    planned: int
+    interrupted: bool = False
+    error: OSError | None = None
+
+
+def _open_append(path: Path) -> int:
+    """An append descriptor; a file it creates is the owner's only (process tables name users
+    and executables, as the agent's history does, which is 0600 too)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _cannot_append(path: Path, exc: OSError) -> InputError:
+    return InputError(str(path), None, "a file this user can append to", exc.strerror or str(exc))
+
+
+def _writable(path: Path) -> int:
+    """:func:`_open_append`, or exit 2 naming the file (a read-only or full file system, a
+    folder this user cannot write in)."""
+    try:
+        return _open_append(path)
+    except OSError as exc:
+        raise _cannot_append(path, exc) from None
+
+
+def _write_all(fd: int, data: bytes, path: Path) -> None:
+    """All of ``data`` or an OSError naming ``path`` (a short write is retried, as a full disk
+    reports one before it fails)."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        view = view[n:]
+
+
+def _csv_bytes(rows: Sequence[Sequence[object]]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def _check_complete_last_line(path: Path) -> None:
+    """Appending after a cut-off line (a copy stopped half-way, an older collector killed by a
+    full disk) would glue the new row to it: refused, naming the line."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) + 1
+    raise InputError(
+        str(path),
+        lines,
+        "a complete last line (ending in a newline) to append after",
+        "a cut-off line",
+    )
+
+
 def record(
     output: Path,
     interval: float,
@@ -231,15 +304,18 @@ def record(
     collector: Collector | None = None,
     wall_clock: Clock = time.time,
     sleep: Callable[[float], None] = time.sleep,
-) -> int:
+) -> Recorded:
     """Sample every ``interval`` seconds for ``duration`` seconds, appending rows to ``output``.
 
     The schedule is fixed on the collector's monotonic clock (sample k is due at
     ``start + k * interval``), so slow samples do not make it drift; a slot missed entirely
     (host stalled for more than an interval) is skipped rather than sampled twice in a row.
     A new or empty file gets the ``timestamp,host,<metrics>`` header; an existing file must
-    already have it (InputError otherwise). Each row is flushed as it is written, and Ctrl-C
-    ends the recording early: the rows written so far are complete and their count is returned.
+    already have it and end with a complete line (InputError otherwise). New files are 0600.
+    Each sample is written as it is taken, its process rows first, each file in one write, so
+    a run killed at any moment leaves complete rows. Ctrl-C ends the recording early: the
+    rows written so far are complete and ``interrupted`` is set. A write that fails (disk
+    full) cuts both files back to the last whole sample and ends the run with ``error`` set.
     ``progress(rows_written, rows_planned)`` is called after each row.
 
     ``collector``, ``wall_clock`` and ``sleep`` are for tests; ``host`` is ignored when a
@@ -253,20 +329,31 @@ def record(
     procs_path = procs_path_for(output)
     # tables from before the GC column: rows with it still read (extra fields are ignored)
     _check_header(procs_path, PROC_TABLE_HEADER, "process table", PROC_TABLE_COLUMNS)
-    if not procs_path.exists() or procs_path.stat().st_size == 0:
-        with procs_path.open("w", newline="", encoding="utf-8") as pf:
-            csv.writer(pf).writerow(PROC_TABLE_HEADER)
+    for path in (output, procs_path):
+        if path.exists():
+            _check_complete_last_line(path)
     planned = int(duration / interval + 1e-9) if duration > 0 else 0
     rows = 0
-    with (
-        output.open("a", newline="", encoding="utf-8") as f,
-        procs_path.open("a", newline="", encoding="utf-8") as pf,
-    ):
-        writer = csv.writer(f)
-        procs_writer = csv.writer(pf)
-        if not has_rows:
-            writer.writerow(TELEMETRY_COLUMNS)
-            f.flush()
+    existed = {path for path in (output, procs_path) if path.exists()}
+    pfd = _writable(procs_path)
+    try:
+        fd = _writable(output)
+    except BaseException:
+        os.close(pfd)
+        if procs_path not in existed:
+            procs_path.unlink()
+        raise
+    try:
+        try:  # refused before the first sample, not when it is due
+            if os.fstat(pfd).st_size == 0:
+                _write_all(pfd, _csv_bytes([PROC_TABLE_HEADER]), procs_path)
+            if not has_rows:
+                _write_all(fd, _csv_bytes([TELEMETRY_COLUMNS]), output)
+        except OSError as exc:
+            for path in {output, procs_path} - existed:  # no empty files left behind
+                if path.stat().st_size == 0:
+                    path.unlink()
+            raise _cannot_append(Path(exc.filename), exc) from None
         try:
             coll = collector or Collector(interval=interval, host=host)
             clock = coll.clock
@@ -281,14 +368,24 @@ def record(
                 metrics = coll.sample()
                 ts = wall_clock()
                 row = format_row(ts, coll.host, metrics)
-                # the process rows first: a sample row is never without its processes
-                procs_writer.writerows(proc_rows(row[0], coll.host, coll.top_processes))
-                pf.flush()
-                writer.writerow(row)
-                f.flush()
+                table = _csv_bytes(proc_rows(row[0], coll.host, coll.top_processes))
+                sample = _csv_bytes([row])
+                kept = (os.fstat(pfd).st_size, os.fstat(fd).st_size)
+                try:
+                    # the process rows first: a sample row is never without its processes
+                    _write_all(pfd, table, procs_path)
+                    _write_all(fd, sample, output)
+                except OSError as exc:
+                    os.ftruncate(pfd, kept[0])  # frees what the cut-off sample took
+                    os.ftruncate(fd, kept[1])
+                    return Recorded(rows, planned, error=exc)
                 rows += 1
                 if progress is not None:
                     progress(rows, planned)
         except KeyboardInterrupt:
             log.info("recording interrupted after %d rows", rows)
-    return rows
+            return Recorded(rows, planned, interrupted=True)
+    finally:
+        os.close(fd)
+        os.close(pfd)
+    return Recorded(rows, planned)

@@ -6,7 +6,8 @@ command runs (:func:`_lazy`), so ``minerwatch serve`` never loads the evaluation
 of ``serve`` are generated from the config's option table, so a new option cannot be missed.
 
 Exit codes, decided by :func:`exit_code` alone: 0 ok, 2 bad usage or input (the message names
-the file, the line and what was expected), 1 unexpected failure, 130 interrupted, 141 when
+the file, the line and what was expected), 1 unexpected failure, 130 interrupted (143 for
+``collect`` stopped by SIGTERM), 141 when
 the reader of the output went away (``... | head``); never a traceback. A command that could
 not do its whole job on good terms (a host skipped by ``train`` or ``score``) exits 2 too.
 """
@@ -322,6 +323,9 @@ def _throttle_folder(cfg: AgentConfig) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    """Record until ``--duration`` is over. Stopped early by Ctrl-C or SIGTERM (``kill``, a
+    service manager, ``timeout``) it keeps what it wrote, says so and exits 130 or 143; a
+    write that fails (disk full) cuts both files back to the last whole sample, exit 1."""
     from minerwatch.features.collector import procs_path_for, record
     from minerwatch.service.progress import Progress
 
@@ -332,18 +336,49 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"at least --interval ({format_duration(args.interval)}), to record one sample",
             format_duration(args.duration),
         )
-    bar = Progress("collect")
-    total = max(1, int(args.duration // args.interval))
-    rows = record(
-        Path(args.output),
-        args.interval,
-        args.duration,
-        host=args.host,
-        progress=lambda done, _total: bar(min(done, total), total),
-    )
+    # a plain line at each tenth when stderr is a log (nohup, a service manager): a week-long
+    # recording says how far it got, the terminal's bar says it all along
+    bar = Progress("collect", lines=10)
+    stopped_by: list[int] = []
+
+    def on_term(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        done = record(
+            Path(args.output),
+            args.interval,
+            args.duration,
+            host=args.host,
+            progress=lambda n, planned: bar(n, planned, "samples"),
+        )
+    except KeyboardInterrupt:  # before the first sample: nothing written but headers
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rows = done.rows
     samples = "sample" if rows == 1 else "samples"
     table = procs_path_for(Path(args.output))
-    print(f"wrote {rows} {samples} to {args.output}, processes to {table}", file=sys.stderr)
+    wrote = f"wrote {rows} {samples} to {args.output}, processes to {table}"
+    newline = "\n" if bar.enabled and rows < done.planned else ""  # end the progress line
+    if done.error is not None:
+        print(
+            f"{newline}minerwatch: error: {message(done.error)}: recording stopped after "
+            f"{rows} of {done.planned} samples; {wrote} (complete rows)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if done.interrupted:
+        what = "terminated (SIGTERM)" if stopped_by else "interrupted"
+        print(
+            f"{newline}minerwatch: {what} after {rows} of {done.planned} samples; {wrote} "
+            "(complete rows; the same command appends more)",
+            file=sys.stderr,
+        )
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+    print(wrote, file=sys.stderr)
     return EXIT_OK
 
 

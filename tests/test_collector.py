@@ -226,7 +226,7 @@ def test_record_writes_header_and_one_row_per_interval(tmp_path):
     calls = []
     n = record(
         out, interval=0.2, duration=1.0, host="h1", progress=lambda i, k: calls.append((i, k))
-    )
+    ).rows
     rows = read_csv(out)
     assert n == 5 and len(rows) == 1 + n
     assert tuple(rows[0]) == TELEMETRY_COLUMNS
@@ -240,7 +240,7 @@ def test_record_writes_header_and_one_row_per_interval(tmp_path):
         assert float(values["procs_total"]) > 0
         assert 0.0 <= float(values["cpu_percent"]) <= 100.0
     # appending keeps the single header
-    assert record(out, interval=0.2, duration=0.4, host="h1") == 2
+    assert record(out, interval=0.2, duration=0.4, host="h1").rows == 2
     rows = read_csv(out)
     assert len(rows) == 1 + 7 and sum(r[0] == "timestamp" for r in rows) == 1
 
@@ -283,7 +283,7 @@ def test_record_schedule_does_not_drift_and_skips_missed_slots(tmp_path):
 
     c = Collector(interval=1.0, host="h", clock=ft.clock, sources={"x": Timed("x", ("load1",))})
     ft.sample_times.clear()
-    n = record(tmp_path / "t.csv", 1.0, 10.0, collector=c, sleep=ft.sleep, wall_clock=ft.clock)
+    n = record(tmp_path / "t.csv", 1.0, 10.0, collector=c, sleep=ft.sleep, wall_clock=ft.clock).rows
     start = 100.05  # after the priming read
     offsets = [round(t - start, 6) for t in ft.sample_times]
     # on the grid at 1..4; the 4th sample stalls until 6.55, so slot 5 (due 5, passed entirely)
@@ -298,8 +298,8 @@ def test_ctrl_c_ends_recording_with_complete_rows(tmp_path):
         f"""
         from pathlib import Path
         from minerwatch.features.collector import record
-        n = record(Path({str(out)!r}), 0.1, 60.0, host="h")
-        print("rows", n, flush=True)
+        done = record(Path({str(out)!r}), 0.1, 60.0, host="h")
+        print("rows", done.rows, done.interrupted, flush=True)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -317,5 +317,5 @@ def test_ctrl_c_ends_recording_with_complete_rows(tmp_path):
             proc.wait()
     assert proc.returncode == 0
     rows = read_csv(out)
-    assert stdout.strip() == f"rows {len(rows) - 1}"
+    assert stdout.strip() == f"rows {len(rows) - 1} True"
     assert len(rows) >= 4 and all(len(r) == len(TELEMETRY_COLUMNS) for r in rows)
