@@ -630,7 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--window", type=_duration, default="60s", help="window length")
     p.add_argument("--hop", type=_duration, help="window hop (default: the window)")
-    p.add_argument("--jobs", type=_jobs, default=1, help="parallel processes (joblib; -1 = all)")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        help="parallel processes (joblib; -1 = all), and hosts read into memory at once",
+    )
     _model_key_flag(p, "sign the models with it")
     p.add_argument(
         "--dask",
