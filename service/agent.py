@@ -263,7 +263,7 @@ class Agent:
         #: Event lines the disk refused, written before the next one (see append_event)
         self._unwritten: deque[str] = deque(maxlen=UNWRITTEN_EVENTS)
         self._stop = threading.Event()
-        if not self._load_model():
+        if not self._load_model(at_start=True):
             self._say_other_hosts()
         self._reload_recent()
         #: Dismissals (``minerwatch dismiss``) up to this time are learnt or being learnt: a
@@ -755,7 +755,7 @@ class Agent:
         # a model rejected for alerting more is a training that worked
         self._train_failures = 0 if reason == "rejected" else self._train_failures + 1
 
-    def _load_model(self) -> bool:
+    def _load_model(self, at_start: bool = False) -> bool:
         if not (self.models_dir / host_dirname(self.cfg.host) / META).is_file():
             return False
         try:
@@ -768,8 +768,31 @@ class Agent:
                     "a model of the agent's columns",
                     f"one that needs {unknown}",
                 )
+            if model.window < self.cfg.interval:  # no window would hold a sample: cannot score
+                raise ModelError(
+                    str(self.models_dir / host_dirname(self.cfg.host) / META),
+                    None,
+                    f"a model of windows at least --interval ({self.cfg.interval:g}s) long",
+                    f"one of {model.window:g}s windows (trained before --interval or --window "
+                    "changed)",
+                )
         except (ModelError, InputError, OSError, ValueError) as exc:
-            self._error("model", exc)
+            if not at_start:
+                self._error("model", exc)
+                return False
+            # an upgrade (another format or feature set) or a changed configuration: the
+            # history is kept, and learning restarts from it, not from nothing
+            self.errors["model"] = self.errors.get("model", 0) + 1
+            progress = self.learning_progress()
+            log.warning(
+                "the stored model for %s cannot be used, relearning from the stored history "
+                "(%.0f%% of --learn-for %gs: %s): %s",
+                self.cfg.host,
+                100 * progress,
+                self.cfg.learn_for,
+                "training now" if progress >= 1 else "training once it is covered",
+                exc,
+            )
             return False
         self.model = model
         old = self.alert
@@ -785,6 +808,24 @@ class Agent:
             model.threshold,
             "never" if period == float("inf") else f"{period:.0f} s after this one",
         )
+        if (model.window, model.hop) != (self.cfg.window, self.cfg.hop):
+            # trained before --window or --hop changed: scored with its own windows (what
+            # it learnt) only until a model of the windows asked for replaces it
+            asked = f"{self.cfg.window:g}s windows every {self.cfg.hop:g}s"
+            if self.cfg.retrain_every > 0:
+                self.next_retrain = self.clock()
+                then = "scoring with it until a model of those, trained now, replaces it"
+            else:
+                then = "retrain_every = 0 keeps it: its windows are the ones scored"
+            log.warning(
+                "the model for %s was trained on %gs windows every %gs, the configuration asks "
+                "for %s: %s",
+                self.cfg.host,
+                model.window,
+                model.hop,
+                asked,
+                then,
+            )
         return True
 
     def _say_other_hosts(self) -> None:

@@ -211,9 +211,14 @@ def retrain(
         new_rate = float(score_series(candidate, recent).alert.mean()) if len(ts) else 0.0
         try:
             current = load_model(models, host, key=key)
-            old_rate = float(score_series(current, recent).alert.mean())
-        except (ModelError, InputError):
-            current, old_rate = None, None
+            # a model of other windows (--window or --hop changed) is not what was asked
+            # for: replaced, not compared (scoring it could also fail on the samples)
+            if (current.window, current.hop) != (window, hop):
+                old_rate = None
+            else:
+                old_rate = float(score_series(current, recent).alert.mean())
+        except (ModelError, InputError, ValueError):
+            old_rate = None
         accepted = old_rate is None or new_rate <= old_rate
         if accepted:
             save_model(models, model, key=key)

@@ -411,7 +411,10 @@ def test_agent_loads_only_models_signed_with_its_key(signed_fleet, tmp_path):
     assert "minerwatch_model_info{" in text
     text, log = _serve_with_key(data, make_key(tmp_path / "wrong.key"))
     assert "minerwatch_model_info{" not in text
-    assert "model failed" in log and "signed with another key" in log
+    assert (
+        "cannot be used, relearning from the stored history" in log
+        and "signed with another key" in log
+    )
 
 
 def test_agent_refuses_a_bad_key_file_at_start(tmp_path):
