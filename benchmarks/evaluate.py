@@ -76,6 +76,12 @@ class HostRun:
 
 def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
     """Test-split events and the rest of ``labels.json`` (hosts, seed, ...)."""
+    events, _, meta = _read_labels(data)
+    return events, meta
+
+
+def _read_labels(data: Path) -> tuple[list[metrics.Event], list[int], dict]:
+    """As :func:`load_labels`, plus each event's position in the file's ``events`` list."""
     path = Path(data) / "labels.json"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -88,10 +94,24 @@ def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
     if not isinstance(raw, dict) or not isinstance(raw.get("events"), list):
         raise InputError(str(path), None, "an object with an 'events' list", type(raw).__name__)
     events = []
+    index = []
     for i, ev in enumerate(raw["events"]):
         try:
-            if ev.get("split", "test") != "test":
+            split = ev.get("split", "test")
+            if split not in ("train", "test"):  # a typo would drop the event unsaid
+                raise InputError(
+                    str(path), None, f"events[{i}] with split 'train' or 'test'", repr(split)
+                )
+            if split != "test":
                 continue
+            if not isinstance(ev["malicious"], bool) and ev["malicious"] not in (0, 1):
+                # bool("false") is True: a quoted or misspelt flag would flip the event
+                raise InputError(
+                    str(path),
+                    None,
+                    f"events[{i}] with malicious true or false",
+                    repr(ev["malicious"]),
+                )
             campaign = ev.get("campaign")
             identity = ev.get("identity")  # absent in labels written before process tables
             events.append(
@@ -112,6 +132,7 @@ def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
                 f"events[{i}] with host, kind, malicious, start, end",
                 repr(ev)[:120],
             ) from None
+        index.append(i)
         last = events[-1]
         if not (math.isfinite(last.start) and math.isfinite(last.end) and last.start <= last.end):
             raise InputError(
@@ -121,7 +142,52 @@ def load_labels(data: Path) -> tuple[list[metrics.Event], dict]:
                 f"start {ev['start']!r}, end {ev['end']!r}",
             )
     meta = {k: v for k, v in raw.items() if k != "events"}
-    return events, meta
+    return events, index, meta
+
+
+#: A hand-written event may start this long before the host's first test sample (labels in
+#: whole minutes, samples with a collector's jitter); its delay counts from its start.
+START_SLACK = 60.0
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(round(t), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def check_labels(
+    path: Path, events: list[metrics.Event], index: list[int], test: dict[str, HostSeries]
+) -> None:
+    """Refuse test events that the test samples cannot show: on a host without test telemetry
+    (a typo in its name), or starting outside that host's test samples (another split, a clock
+    in milliseconds, a miner that began before the data). Counted, a campaign of them would be
+    a miss no detector could avoid, or a delay from a time with no data, and a benign one a
+    false alarm never risked: the figures would be wrong without a word. An event may run on
+    past the last sample."""
+    spans = {
+        h: (float(s.timestamps.min()), float(s.timestamps.max()))
+        for h, s in test.items()
+        if s.timestamps.size
+    }
+    for ev, i in zip(events, index, strict=True):
+        if ev.host not in spans:
+            shown = ", ".join(sorted(spans)[:5]) + (" ..." if len(spans) > 5 else "")
+            raise InputError(
+                str(path),
+                None,
+                f"events[{i}] on a host with test telemetry ({shown})",
+                f"host {ev.host!r}, which has none in test/",
+            )
+        first, last = spans[ev.host]
+        if not first - START_SLACK <= ev.start <= last:
+            raise InputError(
+                str(path),
+                None,
+                f"events[{i}] starting within the test samples of host {ev.host!r}, "
+                f"{first:.0f} to {last:.0f} ({_utc(first)} to {_utc(last)}), as Unix seconds "
+                "(cut an event that began earlier at the first test sample)",
+                f"start {ev.start:.0f}, end {ev.end:.0f}"
+                + (f" ({_utc(ev.start)} to {_utc(ev.end)})" if ev.start < 1e11 else ""),
+            )
 
 
 def _model_for(
@@ -166,13 +232,17 @@ def run_hosts(
     seed: int = 0,
     progress: Progress = _stderr,
     events: list[metrics.Event] | None = None,
+    check: Callable[[dict[str, HostSeries]], None] | None = None,
 ) -> list[HostRun]:
     """Train or load each host's baseline, score the test split, run the reference detectors;
-    with ``events`` (the labels) also the baseline with a responder's dismissals."""
+    with ``events`` (the labels) also the baseline with a responder's dismissals. ``check``
+    sees the test split before any host is trained."""
     from minerwatch.features.io import TelemetryGroups, read_telemetry
 
     data = Path(data)
     test = read_telemetry([data / "test"])
+    if check is not None:
+        check(test)
     # With stored models the training split is optional (only the naive forest needs it).
     has_train = (data / "train").is_dir() and any((data / "train").iterdir())
     # The training split, the larger, is read a few hosts at a time (a month of a fleet need
@@ -268,8 +338,12 @@ def evaluate_simulated(
     progress: Progress = _stderr,
 ) -> dict:
     """Run, measure and (with ``output``) write the report; return the figures as a dict."""
-    events, meta = load_labels(data)
-    runs = run_hosts(data, models, window, hop, seed, progress, events)
+    events, index, meta = _read_labels(data)
+
+    def check(test: dict[str, HostSeries]) -> None:
+        check_labels(Path(data) / "labels.json", events, index, test)
+
+    runs = run_hosts(data, models, window, hop, seed, progress, events, check)
     result = measure(runs, events, grace)
     result["meta"] = {
         "data": str(data),

@@ -77,6 +77,10 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _note(msg: str) -> None:
+    print(f"minerwatch: note: {msg}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Case:
     """One machine or file: training series, test series and one 0/1 label per test sample."""
@@ -108,27 +112,34 @@ def _smd_file(root: Path, part: str, machine: str) -> Path:
     raise InputError(str(root / part / f"{machine}.txt.gz"), None, expected, "none")
 
 
-def smd_machines(root: Path) -> list[str]:
+def smd_machines(root: Path, note: Progress | None = None) -> list[str]:
     """Machines of a folder in SMD's layout: ``train/``, ``test/`` and ``test_label/``, one
-    ``<machine>.txt[.gz]`` per machine in each (a machine without all three is left out)."""
+    ``<machine>.txt[.gz]`` per machine in each. A machine without all three is left out, and
+    ``note`` (default: stderr) says which and what it lacks."""
     root = Path(root)
     for part in SMD_PARTS:
         if not (root / part).is_dir():
             expected = "a folder in SMD's layout (train/, test/, test_label/)"
             raise InputError(str(root / part), None, expected, "no such folder")
-    names = sorted(
-        p.name.removesuffix(".gz").removesuffix(".txt")
-        for p in (root / "train").iterdir()
-        if p.name.endswith(_SUFFIXES)
-    )
-    complete = [
-        m
-        for m in names
-        if all(any((root / d / f"{m}{s}").is_file() for s in _SUFFIXES) for d in SMD_PARTS[1:])
-    ]
+    found = {
+        part: {
+            p.name.removesuffix(".gz").removesuffix(".txt")
+            for p in (root / part).iterdir()
+            if p.name.endswith(_SUFFIXES) and p.is_file()
+        }
+        for part in SMD_PARTS
+    }
+    complete = sorted(set.intersection(*found.values()))
+    left_out = []
+    for m in sorted(set.union(*found.values()) - set(complete)):
+        lacks = " and ".join(f"{part}/{m}.txt[.gz]" for part in SMD_PARTS if m not in found[part])
+        left_out.append(f"machine {m!r}: no {lacks}")
     if not complete:
         expected = "<machine>.txt or .txt.gz files in train/, test/ and test_label/"
-        raise InputError(str(root / "train"), None, expected, "no machine with all three")
+        got = "no machine with all three" + (f" ({left_out[0]})" if left_out else "")
+        raise InputError(str(root / "train"), None, expected, got)
+    for text in left_out:  # a lost label file must not shrink the benchmark unsaid
+        (note or _note)(f"{root}: {text}: left out")
     return complete
 
 
@@ -168,9 +179,11 @@ def load_smd(root: Path, machine: str) -> Case:
     """One machine of a folder in SMD's layout (any number of columns, the same in its train
     and test files); samples are 60 s apart and the test part follows the training part."""
     root = Path(root)
-    train = _load_matrix(_smd_file(root, "train", machine), None)
+    train_path = _smd_file(root, "train", machine)
+    test_path = _smd_file(root, "test", machine)
+    train = _load_matrix(train_path, None)
     like = f", as in train/{machine}"
-    test = _load_matrix(_smd_file(root, "test", machine), train.shape[1], like)
+    test = _load_matrix(test_path, train.shape[1], like)
     label_path = _smd_file(root, "test_label", machine)
     labels = _load_matrix(label_path, 1, ", one 0 or 1 per test row")[:, 0]
     bad = np.flatnonzero((labels != 0) & (labels != 1))
@@ -190,8 +203,8 @@ def load_smd(root: Path, machine: str) -> Case:
     t_test = (train.shape[0] + np.arange(test.shape[0])) * SMD_STEP
     return Case(
         machine,
-        HostSeries(machine, t_train, train, columns, source=f"smd/train/{machine}"),
-        HostSeries(machine, t_test, test, columns, source=f"smd/test/{machine}"),
+        HostSeries(machine, t_train, train, columns, source=str(train_path)),
+        HostSeries(machine, t_test, test, columns, source=str(test_path)),
         label,
     )
 

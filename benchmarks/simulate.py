@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1215,6 +1217,61 @@ def _atomic_write(path: Path, text: str | bytes) -> None:
     atomic_write(path, text, mode=0o644)  # data, not evidence: readable like any dataset
 
 
+#: Upper estimates per sample of one host, measured on simulated fleets (2026-12-06): bytes
+#: written (the host CSV; its process table, the busiest processes of each sample, adds the
+#: rest) and bytes of memory while the host is generated (one host at a time).
+DISK_PER_SAMPLE = 140
+DISK_PER_SAMPLE_PROCS = 1_100
+MEMORY_PER_SAMPLE = 10_000
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_room(output: Path, hosts: int, samples: int, procs: bool) -> None:
+    """Refuse, before anything is written, a fleet that would fill the output's file system or
+    not fit in memory (a year of hosts every second), saying the estimate and what is free."""
+    need = hosts * samples * (DISK_PER_SAMPLE_PROCS if procs else DISK_PER_SAMPLE)
+    where = output.absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    if free is not None and need > free:
+        raise InputError(
+            str(output),
+            None,
+            f"room for about {_size(need)} ({hosts} host{'s' * (hosts != 1)} x {samples} samples"
+            + (", with process tables; --no-procs writes about an eighth" if procs else "")
+            + "): fewer --hosts or days, or a longer --interval",
+            f"{_size(free)} free on its file system",
+        )
+    memory = samples * MEMORY_PER_SAMPLE
+    available = _available_memory()
+    if available is not None and memory > available:
+        raise InputError(
+            "--train-days/--test-days/--interval",
+            None,
+            f"a host that fits in memory (each host's {samples} samples are generated in "
+            f"memory, about {_size(memory)}): fewer days or a longer --interval",
+            f"{_size(available)} available",
+        )
+
+
 def _clear_previous(output: Path) -> None:
     """Remove the files an earlier ``simulate`` wrote into ``output`` (the hosts its
     ``labels.json`` lists), so a run into the same folder never leaves old hosts beside the
@@ -1290,11 +1347,11 @@ def simulate(
     """
     if hosts < 1:
         raise InputError("--hosts", None, "at least 1 host", str(hosts))
-    if not train_days > 0 or not test_days >= 0:
+    if not (train_days > 0 and test_days >= 0 and math.isfinite(train_days + test_days)):
         raise InputError(
             "--train-days/--test-days",
             None,
-            "train > 0 and test >= 0 days",
+            "train > 0 and test >= 0 finite days",
             f"{train_days}/{test_days}",
         )
     if not 1.0 <= interval <= HOUR:
@@ -1302,6 +1359,7 @@ def simulate(
     t0 = DEFAULT_START if start is None else float(start)
     n_train = max(1, round(train_days * DAY / interval))
     n_test = round(test_days * DAY / interval)
+    _check_room(Path(output), hosts, n_train + n_test, procs)
     clock = _Clock(n=n_train + n_test, interval=interval, start=t0, n_train=n_train)
     root = np.random.SeedSequence(seed)
     fleet_seq, *host_seqs = root.spawn(hosts + 1)

@@ -477,3 +477,55 @@ def test_labels_without_identities_still_load(fleet, tmp_path):
     assert set(summary["per_identity"]) == {
         e.identity for e in new if e.malicious and e.host == run.host
     }
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"host": "db-1"}, "which has none in test/"),  # a typo in the host name
+        ({"start_ms": True}, "starting within the test samples"),  # milliseconds
+        ({"start": -86400.0}, "cut an event that began earlier"),  # a day before the data
+        ({"malicious": "false"}, "malicious true or false, got 'false'"),  # bool("false")
+        ({"split": "Test"}, "split 'train' or 'test', got 'Test'"),  # would be dropped
+    ],
+)
+def test_hand_written_labels_that_would_skew_the_figures_are_refused(small, tmp_path, change, said):
+    """A user's own labels.json: a campaign on a host without test telemetry, or starting
+    outside its test samples, was counted as a miss (or dropped) and a quoted 'false' read as
+    malicious, all with exit 0 and wrong figures. Now exit 2 naming the event, before training."""
+    import shutil
+
+    data = tmp_path / "own"
+    shutil.copytree(small[1], data)
+    raw = json.loads((data / "labels.json").read_text())
+    i = next(k for k, ev in enumerate(raw["events"]) if ev["malicious"] and ev["split"] == "test")
+    ev = raw["events"][i]
+    if change.pop("start_ms", False):
+        ev["start"], ev["end"] = ev["start"] * 1000, ev["end"] * 1000
+    if "start" in change:
+        change["start"] += raw["splits"]["test"]["start"]
+    ev.update(change)
+    (data / "labels.json").write_text(json.dumps(raw))
+    done = subprocess.run(
+        [MINERWATCH, "evaluate", "--data", str(data)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"labels.json: expected events[{i}]" in done.stderr and said in done.stderr
+    assert "Traceback" not in done.stderr and "evaluate 1/" not in done.stderr  # before training
+    assert done.stdout == ""
+
+
+def test_labels_may_run_past_the_data_and_start_on_a_whole_minute(small, tmp_path):
+    import shutil
+
+    data = tmp_path / "own"
+    shutil.copytree(small[1], data)
+    raw = json.loads((data / "labels.json").read_text())
+    host = raw["events"][0]["host"]
+    t0 = raw["splits"]["test"]["start"]
+    raw["events"] = [
+        {"host": host, "kind": "miner", "malicious": True, "start": t0 - 30, "end": t0 + 9e9}
+    ]
+    (data / "labels.json").write_text(json.dumps(raw))
+    res = json.loads(run_evaluate(data, "--json"))
+    assert res["detectors"]["minerwatch"]["overall"]["campaigns"] == 1

@@ -113,6 +113,33 @@ def test_broken_layout_exits_2_naming_file_and_expectation(tmp_path, case):
     assert "smd 1/" not in done.stderr  # the layout is checked before any training
 
 
+def test_a_machine_missing_a_file_is_left_out_and_said(tmp_path):
+    """A machine whose test_label file was lost used to vanish from the figures unsaid."""
+    make_machine(tmp_path, "box", 5, seed=3)
+    make_machine(tmp_path, "aaa", 5, seed=4)
+    make_machine(tmp_path, "zzz", 5, seed=5)
+    (tmp_path / "test_label" / "aaa.txt.gz").unlink()
+    (tmp_path / "train" / "zzz.txt.gz").unlink()
+    (tmp_path / "README.md").write_text("extra files beside the layout are fine\n")
+    done = evaluate(tmp_path, "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout)
+    assert res["meta"]["machines"] == 1 and "box" in res and "aaa" not in res
+    assert f"note: {tmp_path}: machine 'aaa': no test_label/aaa.txt[.gz]: left out" in done.stderr
+    assert "machine 'zzz': no train/zzz.txt[.gz]: left out" in done.stderr
+    (tmp_path / "test_label" / "box.txt.gz").unlink()
+    done = evaluate(tmp_path)
+    assert done.returncode == 2 and "no machine with all three (machine 'aaa': no " in done.stderr
+
+
+def test_too_short_a_machine_is_named_by_its_file(tmp_path):
+    make_machine(tmp_path, "box", 5, seed=3)
+    _write(tmp_path / "train" / "box.txt.gz", _matrix(np.full((5, 5), 0.5)))
+    done = evaluate(tmp_path, "--quiet")
+    assert done.returncode == 2, done.stderr
+    assert f"{tmp_path / 'train' / 'box.txt.gz'}: expected at least 30 complete" in done.stderr
+
+
 def test_smd_dismissals_learn_an_unlabelled_new_level(tmp_path):
     """The benchmark's oracle responder dismisses the false alarms of a level the test half
     moves to; the retrained model stops paging on it and still catches the labelled fault."""

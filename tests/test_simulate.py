@@ -247,6 +247,32 @@ def test_cli_run_writes_files_and_summary(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--hosts" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        # a typo'd count: about 116 TB; it used to start writing, host after host
+        (["--hosts", "100000", "--train-days", "365"], "expected room for about "),
+        # 1000 days of one host every 5 s: about 170 GB of memory to generate it, 2.4 GB of disk
+        (
+            ["--hosts", "1", "--train-days", "1000", "--interval", "5", "--no-procs"],
+            "a host that fits in memory",
+        ),
+        (["--train-days", "inf"], "finite days, got inf/3.0"),  # was OverflowError, exit 1
+    ],
+)
+def test_a_fleet_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, flags, said):
+    out = tmp_path / "fleet"
+    done = subprocess.run(
+        [MINERWATCH, "simulate", *flags, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() or not any(out.rglob("*.csv"))
+
+
 def test_readme_documents_every_column_with_its_unit():
     text = README.read_text()
     for name, unit in METRICS.items():
