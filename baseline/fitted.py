@@ -10,12 +10,13 @@ the training range is isolated at the same depth). Before scoring, an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from minerwatch.baseline.calibrate import AlertState, alert_rule
+from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, AlertState, alert_rule
 from minerwatch.baseline.explain import Explainer, derived_names
 from minerwatch.baseline.forest import NumpyForest
 from minerwatch.baseline.lowrank import LowRank
@@ -406,3 +407,43 @@ class HostModel:
             meta=params,
             procs=ProcessBaseline.from_arrays(arrays),
         )
+
+
+def alarm_budget(model: HostModel) -> float:
+    """The false-alarm budget ``model`` was calibrated for (``--alarms-per-week``), so
+    retraining keeps it; the default for models that do not say."""
+    params = model.meta.get("params")
+    value = params.get("max_alarms_per_week") if isinstance(params, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else ALARMS_PER_WEEK
+
+
+def trained_otherwise(
+    model: HostModel,
+    window: float,
+    hop: float,
+    alert_windows: int,
+    sustain_windows: int,
+    alert_margin: float,
+    alarms_per_week: float,
+) -> list[str]:
+    """What ``model`` was trained with that the settings asked for differ from, in words
+    (``"alert_windows 3, asked 5"``); empty when it is the model asked for. Its windows and
+    its alert rule and budget are fixed at training (the threshold is calibrated for them),
+    so a changed setting takes effect only in a model trained with it. A model from before
+    the sustain rule is not told apart for it (retraining gives it today's)."""
+    out = []
+    if (model.window, model.hop) != (window, hop):
+        out.append(
+            f"{model.window:g}s windows every {model.hop:g}s, asked {window:g}s every {hop:g}s"
+        )
+    if model.alert_windows != alert_windows:
+        out.append(f"alert_windows {model.alert_windows}, asked {alert_windows}")
+    if model.sustain_windows is not None:
+        if model.sustain_windows != sustain_windows:
+            out.append(f"sustain_windows {model.sustain_windows}, asked {sustain_windows}")
+        if not math.isclose(model.alert_margin, alert_margin):
+            out.append(f"alert_margin {model.alert_margin:g}, asked {alert_margin:g}")
+    budget = alarm_budget(model)
+    if not math.isclose(budget, alarms_per_week):
+        out.append(f"alarms_per_week {budget:g}, asked {alarms_per_week:g}")
+    return out

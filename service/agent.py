@@ -36,7 +36,7 @@ import psutil
 from minerwatch.baseline.calibrate import AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outside_dismissed
 from minerwatch.baseline.explain import heavy_work_words
-from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.fitted import HostModel, trained_otherwise
 from minerwatch.baseline.procbase import Carry
 from minerwatch.baseline.store import (
     META,
@@ -808,22 +808,23 @@ class Agent:
             model.threshold,
             "never" if period == float("inf") else f"{period:.0f} s after this one",
         )
-        if (model.window, model.hop) != (self.cfg.window, self.cfg.hop):
-            # trained before --window or --hop changed: scored with its own windows (what
-            # it learnt) only until a model of the windows asked for replaces it
-            asked = f"{self.cfg.window:g}s windows every {self.cfg.hop:g}s"
-            if self.cfg.retrain_every > 0:
+        c = self.cfg
+        hop = c.hop if c.hop is not None else c.window  # AgentConfig derives it from the window
+        asked = (c.window, hop, c.alert_windows, c.sustain_windows, c.alert_margin)
+        differs = trained_otherwise(model, *asked, c.alarms_per_week)
+        if differs:
+            # trained before a setting changed: scored as it was trained (what it learnt,
+            # calibrated for its own rule) only until a model of the settings asked for
+            # replaces it
+            if c.retrain_every > 0:
                 self.next_retrain = self.clock()
                 then = "scoring with it until a model of those, trained now, replaces it"
             else:
-                then = "retrain_every = 0 keeps it: its windows are the ones scored"
+                then = "retrain_every = 0 keeps it: it is scored as it was trained"
             log.warning(
-                "the model for %s was trained on %gs windows every %gs, the configuration asks "
-                "for %s: %s",
-                self.cfg.host,
-                model.window,
-                model.hop,
-                asked,
+                "the model for %s was trained otherwise than the configuration asks (%s): %s",
+                c.host,
+                "; ".join(differs),
                 then,
             )
         return True

@@ -26,6 +26,7 @@ import numpy as np
 from minerwatch.baseline.batch import score_series
 from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, ALERT_MARGIN, SUSTAIN_WINDOWS
 from minerwatch.baseline.exclude import exclusion_mask, outside_dismissed
+from minerwatch.baseline.fitted import trained_otherwise
 from minerwatch.baseline.store import ModelError, load_model, read_key, save_model
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
@@ -211,9 +212,11 @@ def retrain(
         new_rate = float(score_series(candidate, recent).alert.mean()) if len(ts) else 0.0
         try:
             current = load_model(models, host, key=key)
-            # a model of other windows (--window or --hop changed) is not what was asked
-            # for: replaced, not compared (scoring it could also fail on the samples)
-            if (current.window, current.hop) != (window, hop):
+            # a model of other windows, alert rule or budget (a setting changed) is not what
+            # was asked for: replaced, not compared (a larger budget alerts more by design;
+            # scoring other windows could also fail on the samples)
+            asked = (alert_windows, sustain_windows, alert_margin, alarms_per_week)
+            if trained_otherwise(current, window, hop, *asked):
                 old_rate = None
             else:
                 old_rate = float(score_series(current, recent).alert.mean())

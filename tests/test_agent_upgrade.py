@@ -211,21 +211,41 @@ def test_a_model_it_cannot_use_is_relearnt_at_once_from_the_stored_history(
     assert meta(data)["window"] == float(options[3][:-1]) and meta(data)["format_version"] == 2
 
 
-def test_a_changed_window_gets_a_model_of_that_window_at_once(tmp_path, agents, old_models):
-    """--window 3s -> 2s: the old model (next retraining 20 minutes away) scores until a
-    model of 2 s windows, trained at once from the stored history, replaces it."""
+@pytest.mark.parametrize(
+    ("options", "differs", "trained"),
+    [
+        (("--window", "2s"), "3s windows every 3s, asked 2s every 2s", {"window": 2.0, "hop": 2.0}),
+        (
+            ("--window", "3s", "--alarms-per-week", "2"),
+            "alarms_per_week 0.25, asked 2",
+            {"window": 3.0, "max_alarms_per_week": 2.0},
+        ),
+    ],
+    ids=["window", "alarm-budget"],
+)
+def test_a_changed_setting_gets_a_model_of_that_setting_at_once(
+    tmp_path, agents, old_models, options, differs, trained
+):
+    """--window 3s -> 2s, or a larger false-alarm budget: the old model (next retraining 20
+    minutes away) scores until a model of the new setting, trained at once from the stored
+    history, replaces it; it is not compared with the old one (a larger budget alerts more by
+    design, and the old model would be kept)."""
     data = data_folder(tmp_path, old_models)
     old = meta(data)["sha256"]
-    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", "--window", "2s")
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", *options)
     agents.append(agent)
     first = agent.wait_for("the old model", lambda m: version(m) is not None)
     assert version(first) == str(old)[:12]
-    agent.wait_for("a model of 2 s windows", lambda m: version(m) not in (None, str(old)[:12]))
-    assert meta(data)["window"] == 2.0 and meta(data)["hop"] == 2.0
+    agent.wait_for("a model of the new setting", lambda m: version(m) not in (None, str(old)[:12]))
+    now = meta(data)
+    params = now["params"]
+    assert isinstance(params, dict)
+    got = {k: now[k] if k in now else params.get(k) for k in trained}
+    assert got == trained
     assert agent.stop() == 0
     log = agent.log.read_text()
     assert (
-        f"the model for {HOST} was trained on 3s windows every 3s, the configuration asks for "
-        "2s windows every 2s: scoring with it until a model of those, trained now, replaces it"
+        f"the model for {HOST} was trained otherwise than the configuration asks ({differs}): "
+        "scoring with it until a model of those, trained now, replaces it"
     ) in log
     assert "retraining gave no new model" not in log and "Traceback" not in log

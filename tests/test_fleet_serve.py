@@ -709,8 +709,8 @@ def test_retraining_keeps_the_false_alarm_budget_the_model_was_trained_for():
     from dataclasses import replace
 
     from minerwatch.baseline.calibrate import ALARMS_PER_WEEK
+    from minerwatch.baseline.fitted import alarm_budget as budget_of
     from minerwatch.baseline.train import train_host
-    from minerwatch.service.fleet.serve import budget_of
 
     rng = np.random.default_rng(0)
     ts = 1.7e9 + 60.0 * np.arange(600)

@@ -44,9 +44,9 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from minerwatch.baseline.calibrate import ALARMS_PER_WEEK, AlertState
+from minerwatch.baseline.calibrate import AlertState
 from minerwatch.baseline.exclude import exclusion_margin, exclusion_mask, outside_dismissed
-from minerwatch.baseline.fitted import HostModel
+from minerwatch.baseline.fitted import HostModel, alarm_budget
 from minerwatch.baseline.store import META, ModelError, load_model, meta_host, read_key
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
@@ -1099,7 +1099,7 @@ class FleetServer:
                 path.write_bytes(buf.getvalue())
                 result = retrain(
                     path, self.models_dir, host, model.window, model.hop, model.alert_windows,
-                    key=self.key, alarms_per_week=budget_of(model), **rule_of(model),
+                    key=self.key, alarms_per_week=alarm_budget(model), **rule_of(model),
                 )  # fmt: skip
         except TooFewWindows as exc:
             return self._retrain_failed(host, "too_few_windows", str(exc))
@@ -1149,14 +1149,6 @@ def rule_of(model: HostModel) -> dict[str, Any]:
     if model.sustain_windows is None:
         return {}
     return {"sustain_windows": model.sustain_windows, "alert_margin": model.alert_margin}
-
-
-def budget_of(model: HostModel) -> float:
-    """The false-alarm budget ``model`` was calibrated for (``fleet train --alarms-per-week``),
-    so retraining keeps it; the default for models that do not say."""
-    params = model.meta.get("params")
-    value = params.get("max_alarms_per_week") if isinstance(params, dict) else None
-    return float(value) if isinstance(value, int | float) and value > 0 else ALARMS_PER_WEEK
 
 
 def state_file(args: argparse.Namespace) -> Path:
