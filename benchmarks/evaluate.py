@@ -224,6 +224,32 @@ def _model_for(
     return model
 
 
+def _check_trainable(
+    test: dict[str, HostSeries], trained: frozenset[str] | None, models: Path | None
+) -> None:
+    """Refuse, before any host is trained, a host of the test split with neither training
+    telemetry nor a stored model (``trained``: the hosts of train/, None when not known
+    before reading it): it would fail only after every other host was trained."""
+    from minerwatch.baseline.store import META, host_dirname
+
+    if trained is None:
+        return
+    lacking = [
+        h
+        for h in sorted(test)
+        if h not in trained
+        and not (models is not None and (models / host_dirname(h) / META).is_file())
+    ]
+    if lacking:
+        more = f" and {len(lacking) - 10} more" if len(lacking) > 10 else ""
+        raise InputError(
+            ", ".join(lacking[:10]) + more,
+            None,
+            "training telemetry in train/ (or a model in --models) for every host of test/",
+            "none for " + ("this host" if len(lacking) == 1 else f"these {len(lacking)} hosts"),
+        )
+
+
 def run_hosts(
     data: Path,
     models: Path | None = None,
@@ -248,6 +274,7 @@ def run_hosts(
     # The training split, the larger, is read a few hosts at a time (a month of a fleet need
     # not fit in memory); hosts of the test without training data come last.
     parts = TelemetryGroups([data / "train"]) if has_train or models is None else ()
+    _check_trainable(test, parts.names if isinstance(parts, TelemetryGroups) else None, models)
     runs: list[HostRun] = []
     for train in itertools.chain(parts, [{}]):
         done = {r.host for r in runs}

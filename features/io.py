@@ -739,6 +739,12 @@ class TelemetryGroups:
         if batch:
             yield batch
 
+    @property
+    def names(self) -> frozenset[str] | None:
+        """The hosts with samples in the input, from the scan (None: not scanned, a single
+        file or one that could not be)."""
+        return self._sampled
+
     def only(self, hosts: Iterable[str]) -> dict[str, HostSeries]:
         """The series of ``hosts`` (those present), reading only the files that hold them."""
         wanted = set(hosts)

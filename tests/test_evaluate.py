@@ -278,6 +278,31 @@ def test_evaluate_refuses_labels_that_end_before_they_start(fleet, tmp_path):
     assert "start <= end" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_test_host_without_training_data_is_refused_before_any_training(fleet, tmp_path):
+    """A host in test/ with no file in train/ (and no stored model) was named only after every
+    other host had been trained: now before, and nothing is trained or saved."""
+    import shutil
+
+    data = tmp_path / "sim"
+    shutil.copytree(fleet, data)
+    lost = sorted((data / "train").glob("*.csv"))[0]
+    host = lost.name.removesuffix(".csv")
+    for f in (data / "train").glob(f"{host}.*"):
+        f.unlink()
+    models = tmp_path / "models"
+    done = subprocess.run(
+        [MINERWATCH, "evaluate", "--data", str(data), "--models", str(models),
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"{host}: expected training telemetry in train/ (or a model in --models) for every "
+        "host of test/, got none for this host"
+    ) in done.stderr, done.stderr
+    assert not list(models.glob("*/meta.json")), "hosts were trained before the error"
+
+
 # --------------------------------------------------------------------------- public data
 
 
