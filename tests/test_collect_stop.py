@@ -43,6 +43,9 @@ def stop_after_rows(out: Path, signum: int, rows: int = 3) -> subprocess.Complet
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a shell's background job (CI's own run) ignores SIGINT,
+        # and a Python started that way keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         start = len(lines(out)) if out.exists() else 1

@@ -302,7 +302,11 @@ def test_ctrl_c_ends_recording_with_complete_rows(tmp_path):
         print("rows", done.rows, done.interrupted, flush=True)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+        # Ctrl-C as at a terminal: a background job (CI's own run) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60  # generous: a loaded CI box imports slowly
         while time.monotonic() < deadline:
