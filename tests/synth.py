@@ -60,6 +60,23 @@ def host_series(
     return from_arrays(host, ts, v, tuple(cols), source=f"{host}.csv")
 
 
+def quiet_host(host: str, start: float, seconds: float, interval: float, seed: int) -> HostSeries:
+    """A nearly idle host (about 1 % CPU, gamma-distributed): a model of it alerts on any busy
+    core, which the agent tests that start a real ``minerwatch serve`` rely on."""
+    base = host_series(host, days=seconds / 86400, interval=interval, seed=seed, start=start)
+    cpu = 0.75 + np.random.default_rng(seed).gamma(1.5, 0.6, len(base.values))
+    v = base.values.copy()
+    cols = list(base.columns)
+    for name, x in (
+        ("cpu_percent", cpu),
+        ("cpu_user_percent", cpu * 0.7),
+        ("cpu_system_percent", cpu * 0.3),
+        ("top_proc_cpu_percent", cpu * 2.5),
+    ):
+        v[:, cols.index(name)] = x
+    return from_arrays(host, base.timestamps, v, base.columns, source=f"{host}.csv")
+
+
 def write_csv(path, series_list) -> None:
     """Write series in the telemetry CSV format."""
     import csv

@@ -25,13 +25,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from promtools import free_port, promtool, running_prometheus, scrape_job
-from synth import host_series, write_csv
-
-from minerwatch.features.io import from_arrays
-from minerwatch.features.schema import METRIC_COLUMNS
+from synth import quiet_host, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "e2e-host"
@@ -206,18 +202,7 @@ QUIET = "e2e-quiet"
 
 def quiet_telemetry(path: Path) -> None:
     """Two hours of a nearly idle host at 1-s samples, as ``minerwatch collect`` writes it."""
-    base = host_series(QUIET, days=2 / 24, interval=1.0, seed=11, start=time.time() - 9000)
-    rng = np.random.default_rng(11)
-    v = base.values.copy()
-    cpu = 0.75 + rng.gamma(1.5, 0.6, len(v))
-    for name, x in (
-        ("cpu_percent", cpu),
-        ("cpu_user_percent", cpu * 0.7),
-        ("cpu_system_percent", cpu * 0.3),
-        ("top_proc_cpu_percent", cpu * 2.5),
-    ):
-        v[:, METRIC_COLUMNS.index(name)] = x  # fmt: skip
-    write_csv(path, [from_arrays(QUIET, base.timestamps, v, base.columns)])
+    write_csv(path, [quiet_host(QUIET, time.time() - 9000, 7200, 1.0, seed=11)])
 
 
 @pytest.mark.slow

@@ -24,13 +24,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from promtools import free_port
-from synth import host_series, write_csv
+from synth import quiet_host, write_csv
 
 from minerwatch.baseline.store import sign
-from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.service.history import History
 
@@ -38,29 +36,11 @@ MINERWATCH = str(Path(sys.executable).with_name("minerwatch"))
 HOST = "upgrade-host"
 
 
-def quiet(
-    start: float, seconds: float, interval: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Samples of a nearly idle host: (timestamps, values in METRIC_COLUMNS order)."""
-    base = host_series(HOST, days=seconds / 86400, interval=interval, seed=seed, start=start)
-    cpu = 0.75 + np.random.default_rng(seed).gamma(1.5, 0.6, len(base.values))
-    v = base.values.copy()
-    for name, x in (
-        ("cpu_percent", cpu),
-        ("cpu_user_percent", cpu * 0.7),
-        ("cpu_system_percent", cpu * 0.3),
-        ("top_proc_cpu_percent", cpu * 2.5),
-    ):
-        v[:, METRIC_COLUMNS.index(name)] = x  # fmt: skip
-    return base.timestamps, v
-
-
 @pytest.fixture(scope="module")
 def old_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model of 3 s windows trained on 20 minutes of a quiet host, by ``minerwatch train``."""
     work = tmp_path_factory.mktemp("old")
-    ts, v = quiet(time.time() - 1500, 1200, 1.0, seed=5)
-    write_csv(work / "quiet.csv", [from_arrays(HOST, ts, v, METRIC_COLUMNS)])
+    write_csv(work / "quiet.csv", [quiet_host(HOST, time.time() - 1500, 1200, 1.0, seed=5)])
     subprocess.run(
         [MINERWATCH, "train", str(work / "quiet.csv"), "--models", str(work / "models"),
          "--window", "3s", "--hop", "3s"],
@@ -74,9 +54,9 @@ def data_folder(tmp_path: Path, models: Path) -> Path:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     shutil.copytree(models, data / "models")
-    ts, v = quiet(time.time() - 60, 60, 0.5, seed=6)
+    recent = quiet_host(HOST, time.time() - 60, 60, 0.5, seed=6)
     with History(data / "history.db", interval_s=0.5) as h:
-        for t, row in zip(ts, v, strict=True):
+        for t, row in zip(recent.timestamps, recent.values, strict=True):
             h.add_sample(float(t), dict(zip(METRIC_COLUMNS, row.tolist(), strict=True)))
     return data
 

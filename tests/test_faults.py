@@ -38,13 +38,12 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from promtools import free_port, promtool
-from synth import host_series, write_csv
+from synth import host_series, quiet_host, write_csv
 
 from minerwatch.baseline.store import load_model, save_model
 from minerwatch.baseline.train import train_host
 from minerwatch.bench.proc_scan import Sleepers
 from minerwatch.features.io import from_arrays
-from minerwatch.features.schema import METRIC_COLUMNS
 from minerwatch.service.agent import Agent as AgentLoop
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.history import History
@@ -169,17 +168,7 @@ def quiet_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``minerwatch train`` on two hours of a nearly idle host (1 s samples, 3 s windows):
     a model the agent loads at start, scores with at once, and that alerts on busy cores."""
     work = tmp_path_factory.mktemp("quiet")
-    base = host_series(QUIET, days=2 / 24, interval=1.0, seed=11, start=time.time() - 9000)
-    cpu = 0.75 + np.random.default_rng(11).gamma(1.5, 0.6, len(base.values))
-    v = base.values.copy()
-    for name, x in (
-        ("cpu_percent", cpu),
-        ("cpu_user_percent", cpu * 0.7),
-        ("cpu_system_percent", cpu * 0.3),
-        ("top_proc_cpu_percent", cpu * 2.5),
-    ):
-        v[:, METRIC_COLUMNS.index(name)] = x  # fmt: skip
-    write_csv(work / "quiet.csv", [from_arrays(QUIET, base.timestamps, v, base.columns)])
+    write_csv(work / "quiet.csv", [quiet_host(QUIET, time.time() - 9000, 7200, 1.0, seed=11)])
     subprocess.run(
         [MINERWATCH, "train", str(work / "quiet.csv"), "--models", str(work / "models"),
          "--window", "3s", "--hop", "3s"],
