@@ -93,6 +93,9 @@ class _Ring:
 class History:
     """Telemetry samples and scored windows, kept for ``retention_s`` and at most ``max_bytes``.
 
+    A sample older than ``retention_s`` stays while fewer than a retention's worth of samples
+    (at ``interval_s``) follow it, so a clock stepped far ahead cannot age the history away.
+
     ``path=None`` keeps everything in memory. Timestamps are Unix seconds; ``clock`` is only
     used to decide what is too old and when to retry a failed disk.
 
@@ -133,6 +136,9 @@ class History:
         self._free_when_full: int | None = None
         self._inserts = 0
         rows_for_retention = math.ceil(self.retention_s / max(interval_s, 1e-3)) + 1
+        #: Samples a retention holds at the sampling interval: pruning by age never goes
+        #: below this many, so a clock that jumps ahead cannot age the history away.
+        self._keep_rows = rows_for_retention
         capacity = max(1, min(rows_for_retention, self.max_bytes // _ROW_BYTES))
         self._ring = _Ring(capacity, _WIDTH)
         self._mem_windows: deque[Window] = deque(maxlen=capacity)
@@ -339,7 +345,8 @@ class History:
             return self._used_bytes() + self._ring.nbytes
 
     def prune(self) -> None:
-        """Delete samples older than retention, then the oldest until under ``max_bytes``."""
+        """Delete samples older than retention that a retention's worth of newer samples
+        follows, then the oldest until under ``max_bytes``."""
         with self._lock:
             self._prune_locked()
 
@@ -607,20 +614,23 @@ class History:
     # -- retention ---------------------------------------------------------------------------
 
     def _prune_locked(self) -> None:
-        cutoff = self.clock() - self.retention_s
+        # A sample goes when it is older than the retention by the clock *and* a retention's
+        # worth of samples (at the sampling interval) is stored after it. Age alone trusts the
+        # clock: one that jumps ahead past the retention (a wrong RTC at boot, a bad time
+        # server) and stays there would delete the whole history at the next prune. The count
+        # is what the clock cannot fake; after an outage it keeps older samples a little
+        # longer, and the size bound below holds either way.
+        cutoff = min(self.clock() - self.retention_s, self._time_of_newest(self._keep_rows))
         bounds, _ = self._bounds()
-        if bounds is not None and bounds[1] < cutoff:
-            # every sample is older than the retention: a clock far ahead (a wrong RTC at
-            # boot, a bad time server) would delete the whole history. Kept (the size bound
-            # still holds) until a sample is stored at this clock's time.
+        if bounds is not None and bounds[1] < self.clock() - self.retention_s:
             if not self._clock_warned:
                 self._clock_warned = True
                 log.warning(
-                    "history: the clock is %.1f days past the newest stored sample; not "
-                    "deleting old samples until new ones are stored (is the clock right?)",
-                    (cutoff + self.retention_s - bounds[1]) / 86400,
+                    "history: the clock is %.1f days past the newest stored sample; keeping "
+                    "the stored samples until %d newer ones are stored (is the clock right?)",
+                    (self.clock() - bounds[1]) / 86400,
+                    self._keep_rows,
                 )
-            cutoff = -math.inf
         self._ring.keep_from(cutoff)
         kept = [w for w in self._mem_windows if w[1] >= cutoff]
         if len(kept) != len(self._mem_windows):
@@ -663,6 +673,30 @@ class History:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             self._on_db_error("vacuum", e)
+
+    def _time_of_newest(self, k: int) -> float:
+        """Time of the k-th newest sample (on disk or held in memory); -inf with fewer."""
+        ring = self._ring.rows()[:, 0] if len(self._ring) else np.empty(0)
+        disk = np.empty(0)
+        if self._conn is not None:
+            try:
+                if len(ring):  # rare (the disk refused writes): merge both
+                    rows = self._conn.execute(
+                        "SELECT ts FROM samples ORDER BY ts DESC LIMIT ?", (k,)
+                    ).fetchall()
+                    disk = np.array([r[0] for r in rows], dtype=float)
+                else:
+                    row = self._conn.execute(
+                        "SELECT ts FROM samples ORDER BY ts DESC LIMIT 1 OFFSET ?", (k - 1,)
+                    ).fetchone()
+                    return -math.inf if row is None else float(row[0])
+            except sqlite3.Error as e:
+                self._on_db_error("count samples", e)
+                return -math.inf
+        both = np.concatenate([ring, disk])
+        if len(both) < k:
+            return -math.inf
+        return float(np.partition(both, len(both) - k)[len(both) - k])
 
     def _used_bytes(self) -> int:
         if self._conn is None:

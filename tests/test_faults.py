@@ -802,7 +802,8 @@ def test_an_agent_started_with_its_clock_far_ahead_keeps_the_history(tmp_path, a
     """``serve`` starts with its wall clock 400 days ahead (a wrong RTC at boot, a bad time
     server) on ten minutes of stored history: it says the clock is past every stored sample
     and keeps them (it deleted them all at once, silently, as older than the 14-day
-    retention), and stores its new samples beside them."""
+    retention), and stores its new samples beside them. Restarted at that clock, it keeps
+    them too (they went at the first prune once a sample was stored at the clock's time)."""
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     prefill_history(data)
@@ -819,6 +820,14 @@ def test_an_agent_started_with_its_clock_far_ahead_keeps_the_history(tmp_path, a
     assert (ts < time.time() + 60).sum() == before, "stored samples deleted"
     assert (ts > time.time() + 399 * 86400).sum() >= 3
     assert re.search(r"the clock is 400\.\d days past the newest stored sample", agent.tail())
+    # started again at that clock: its own samples are now the newest, and the history
+    # before them is still older than the retention by the clock (it used to go here)
+    again = Agent(data, tmp_path / "again.log", "--interval", "0.5s", env=env)
+    agents.append(again)
+    again.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 2)
+    assert again.stop() == 0, again.tail()
+    ts = stored(data / "history.db")
+    assert (ts < time.time() + 60).sum() == before, "stored samples deleted at the restart"
 
 
 def test_a_renamed_host_is_told_the_models_in_its_data_folder_are_another_hosts(

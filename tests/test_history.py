@@ -123,13 +123,46 @@ def test_retention_by_age(db, clock):
 
 
 def test_prune_runs_every_n_inserts_not_every_insert(db, clock):
-    with History(db, retention_s=100, clock=clock, prune_every=5) as h:
+    # a retention of two samples at the interval: the two newest stay whatever their age
+    with History(db, retention_s=100, interval_s=100, clock=clock, prune_every=5) as h:
         old = clock.now - 1000
         for i in range(4):
             h.add_sample(old + i, {"cpu_percent": 1.0})
         assert h.count() == 4  # no prune yet
         h.add_sample(clock.now, {"cpu_percent": 1.0})  # 5th insert prunes
-        assert h.count() == 1
+        assert h.samples()[0].tolist() == [old + 3, clock.now]
+
+
+def test_a_clock_stepped_past_the_retention_does_not_age_the_history_away(db, clock):
+    """Samples stored at a clock 400 days ahead make every earlier one older than the
+    retention by that clock; they go one by one as new samples follow them (as they would
+    have with a right clock), not all at the next prune."""
+    with History(db, retention_s=1000, interval_s=10, clock=clock) as h:
+        before = clock.now
+        fill(h, before - 990, 100)  # 1000 s of samples at 10 s, up to now: a full retention
+        h.add_window(before - 100, before - 40, 0.9, 0.5, True)
+        clock.now += 400 * 86400
+        fill(h, clock.now, 20)
+        h.prune()
+        ts, _ = h.samples()
+        assert len(ts) == 101 and (ts <= before).sum() == 81  # the 20 oldest went, not all
+        assert h.alerted_windows() == [(before - 100, before - 40)]
+        clock.now += 1000
+        fill(h, clock.now - 800, 81)  # the new clock's retention now holds 101 samples
+        h.prune()
+        ts, _ = h.samples()
+        assert len(ts) == 101 and ts.min() == clock.now - 1000  # none from before the step
+        assert h.alerted_windows() == []
+
+
+def test_after_an_outage_longer_than_the_retention_the_last_samples_stay(db, clock):
+    with History(db, retention_s=1000, interval_s=10, clock=clock) as h:
+        fill(h, clock.now - 5000, 100)  # stopped 4000 s ago
+        fill(h, clock.now, 30)
+        h.prune()
+        ts, _ = h.samples()
+        # 101 samples kept: the 30 new ones and the last 71 before the outage
+        assert len(ts) == 101 and ts.min() == clock.now - 5000 + 29 * 10
 
 
 def test_retention_by_bytes(db, clock):
