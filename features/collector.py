@@ -8,6 +8,7 @@ Only the standard library, psutil and numpy are imported here (the agent must st
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import logging
 import math
@@ -256,6 +257,38 @@ def _writable(path: Path) -> int:
         raise _cannot_append(path, exc) from None
 
 
+def _lock(fd: int, path: Path) -> None:
+    """Hold ``path`` for this run, or exit 2: two recordings appending to one file interleave
+    their rows (a sample's process rows away from it, timestamps out of order)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _flock_holder(fd)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise InputError(
+            str(path),
+            None,
+            "a file no other `minerwatch collect` is appending to",
+            f"{who} holds it (a recording still running?)",
+        ) from None
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid /proc/locks names for a flock on ``fd``'s file, when it names one."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and key in fields:
+            pid = fields[fields.index(key) - 1]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
 def _write_all(fd: int, data: bytes, path: Path) -> None:
     """All of ``data`` or an OSError naming ``path`` (a short write is retried, as a full disk
     reports one before it fails)."""
@@ -311,7 +344,9 @@ def record(
     ``start + k * interval``), so slow samples do not make it drift; a slot missed entirely
     (host stalled for more than an interval) is skipped rather than sampled twice in a row.
     A new or empty file gets the ``timestamp,host,<metrics>`` header; an existing file must
-    already have it and end with a complete line (InputError otherwise). New files are 0600.
+    already have it and end with a complete line (InputError otherwise), and no other recording
+    may hold it (a flock for the run; InputError naming the holder). New files are 0600. The
+    recording's own process is left out of the process table, as the agent leaves itself out.
     Each sample is written as it is taken, its process rows first, each file in one write, so
     a run killed at any moment leaves complete rows. Ctrl-C ends the recording early: the
     rows written so far are complete and ``interrupted`` is set. A write that fails (disk
@@ -325,6 +360,41 @@ def record(
         raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
     output = Path(output)
     check_output_name(output)
+    held = _lock_existing(output)
+    try:
+        return _record(output, interval, duration, host, progress, collector, wall_clock, sleep)
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _lock_existing(output: Path) -> int | None:
+    """A descriptor holding the lock on ``output`` when it exists (before its last line is
+    checked: a recording still running may be half-way through one), else None."""
+    try:
+        fd = os.open(output, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _cannot_append(output, exc) from None
+    try:
+        _lock(fd, output)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _record(
+    output: Path,
+    interval: float,
+    duration: float,
+    host: str | None,
+    progress: Callable[[int, int], None] | None,
+    collector: Collector | None,
+    wall_clock: Clock,
+    sleep: Callable[[float], None],
+) -> Recorded:
     has_rows = _check_header(output)
     procs_path = procs_path_for(output)
     # tables from before the GC column: rows with it still read (extra fields are ignored)
@@ -343,6 +413,13 @@ def record(
         if procs_path not in existed:
             procs_path.unlink()
         raise
+    if output not in existed:  # created just now; another run may have created it too
+        try:
+            _lock(fd, output)
+        except BaseException:
+            os.close(fd)
+            os.close(pfd)
+            raise  # nothing unlinked: the files are the other run's
     try:
         try:  # refused before the first sample, not when it is due
             if os.fstat(pfd).st_size == 0:
@@ -357,6 +434,7 @@ def record(
         try:
             coll = collector or Collector(interval=interval, host=host)
             clock = coll.clock
+            me = os.getpid()
             start = clock()
             for k in range(1, planned + 1):
                 due = start + k * interval
@@ -368,7 +446,9 @@ def record(
                 metrics = coll.sample()
                 ts = wall_clock()
                 row = format_row(ts, coll.host, metrics)
-                table = _csv_bytes(proc_rows(row[0], coll.host, coll.top_processes))
+                # not this recording itself, as the agent leaves itself out of its history
+                mine = [p for p in coll.top_processes if p.pid != me and p.ppid != me]
+                table = _csv_bytes(proc_rows(row[0], coll.host, mine))
                 sample = _csv_bytes([row])
                 kept = (os.fstat(pfd).st_size, os.fstat(fd).st_size)
                 try:

@@ -108,6 +108,60 @@ def test_appending_after_a_cut_off_line_is_refused_before_sampling(tmp_path):
     assert table.read_bytes() == cut and len(lines(out)) == 3
 
 
+def test_a_second_recording_to_the_same_file_is_refused_naming_the_first(tmp_path):
+    """Two ``collect`` runs appending to one file would interleave their rows (a sample's
+    process rows away from it, timestamps out of order): the second is refused before it
+    samples, naming the process that holds the file, and the first goes on."""
+    out = tmp_path / "web-1.csv"
+    first = subprocess.Popen(
+        [*ENTRY, "collect", "--interval", "200ms", "--duration", "1h", "--output", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and len(lines(out)) >= 3) and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        r = run("collect", "--interval", "200ms", "--duration", "400ms", "--output", out)
+        usage_error(r, f"{out}: expected a file no other `minerwatch collect` is appending to")
+        assert f"process {first.pid} holds it" in r.stderr, r.stderr
+        grown = len(lines(out))
+        deadline = time.monotonic() + 60
+        while len(lines(out)) < grown + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.terminate()
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 143
+    samples, _ = whole(out)
+    stamps = [float(r[0]) for r in lines(out)[1:]]
+    assert samples >= grown + 1 and stamps == sorted(stamps)
+    # once it has ended, the file is free again
+    r = run("collect", "--interval", "200ms", "--duration", "400ms", "--output", out)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_recording_leaves_itself_out_of_the_process_table(tmp_path):
+    """Sampling every 50 ms keeps ``collect`` busy enough to rank among the busiest
+    processes; as the agent does with its history, it leaves itself out (a model trained on
+    the recording would otherwise learn the recorder as this host's work)."""
+    out = tmp_path / "web-1.csv"
+    proc = subprocess.Popen(
+        [*ENTRY, "collect", "--interval", "50ms", "--duration", "3s", "--output", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    samples, rows = whole(out)
+    assert samples >= 20 and rows > 0
+    table = lines(out.with_name("web-1.procs.csv"))
+    pids = {int(r[table[0].index("pid")]) for r in table[1:]}
+    assert proc.pid not in pids
+
+
 #: A 24 KiB tmpfs on the output folder in collect's own mount namespace (gone with it).
 ON_TMPFS = 'd=$1; shift; mount -t tmpfs -o size=24k minerwatch-test "$d" && "$@"; c=$?; \
 cp -p "$d"/* "$d.copy/"; exit $c'
