@@ -36,6 +36,7 @@ from minerwatch.service.config import (
     config_from_args,
     require_folder,
 )
+from minerwatch.service.resume import names as _names
 from minerwatch.service.units import DURATION_HELP, format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -385,7 +386,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from minerwatch.baseline.train import fit_summary_table, train_all
     from minerwatch.service.progress import Progress
-    from minerwatch.service.timefmt import utc_iso
+    from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
 
     hop = args.hop or args.window
     check_windows(args.window, hop)
@@ -400,7 +401,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     skipped: list[str] = []
     bar = Progress("train")
     since = args.skip_trained_since if args.skip_trained_since is not None else time.time()
-    resume = f"to train the rest, run the same command with --skip-trained-since {utc_iso(since)}"
+    resume = resume_hint(since)
 
     def progress(done: int, total: int, host: str) -> None:
         trained.append(host)
@@ -408,11 +409,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_skip(hosts: list[str]) -> None:
         skipped.extend(hosts)
-        print(
-            f"skipping {len(hosts)} hosts with a model saved since {utc_iso(since)}: "
-            f"{_names(hosts)}",
-            file=sys.stderr,
-        )
+        say_skipping(hosts, since)
 
     try:
         rows = train_all(
@@ -443,11 +440,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         raise
     if not rows and skipped and not failures:
-        print(
-            f"all {len(skipped)} hosts have a model saved since {utc_iso(since)} in "
-            f"{args.models}: nothing to train",
-            file=sys.stderr,
-        )
+        say_all_trained(len(skipped), since, args.models)
         return EXIT_OK
     if not rows:
         raise InputError(
@@ -565,11 +558,6 @@ def _model_key(args: argparse.Namespace) -> bytes | None:
     from minerwatch.baseline.store import read_key
 
     return read_key(args.model_key) if args.model_key is not None else None
-
-
-def _names(hosts: Sequence[str], most: int = 10) -> str:
-    more = f" and {len(hosts) - most} more" if len(hosts) > most else ""
-    return ", ".join(hosts[:most]) + more
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ from minerwatch.service.fleet.train import (
     summary_table,
     train_fleet,
 )
-from minerwatch.service.timefmt import utc_iso as _iso
+from minerwatch.service.resume import names as _names
+from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
 
 DAY = 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -92,11 +93,6 @@ def _hosts(client: PromClient, args: argparse.Namespace, start: float, end: floa
     return hosts
 
 
-def _names(hosts: list[str], most: int = 10) -> str:
-    more = f" and {len(hosts) - most} more" if len(hosts) > most else ""
-    return ", ".join(hosts[:most]) + more
-
-
 def _skip(host: str, exc: Exception, skipped: list[str], in_a_row: int) -> int:
     """Name a host that ``fleet score``/``export`` could not do and note it; how many hosts in a
     row found nothing at all at the URL (:data:`~.train.STOP_AFTER_UNREACHABLE` stops)."""
@@ -126,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     key = _key(args)
     since = args.skip_trained_since if args.skip_trained_since is not None else time.time()
-    resume = f"to train the rest, run the same command with --skip-trained-since {_iso(since)}"
+    resume = resume_hint(since)
     start, end = time_range(args)
     conn = connection(args)
     client = PromClient(conn, concurrency=args.concurrency)
@@ -134,18 +130,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.skip_trained_since is not None:
         recent = saved_since(Path(args.models), hosts, since, key)
         if len(recent) == len(hosts):
-            print(
-                f"all {len(hosts)} hosts have a model saved since {_iso(since)} in {args.models}: "
-                "nothing to train",
-                file=sys.stderr,
-            )
+            say_all_trained(len(hosts), since, args.models)
             return EXIT_OK
         if recent:
-            print(
-                f"skipping {len(recent)} hosts with a model saved since {_iso(since)}: "
-                f"{_names(recent)}",
-                file=sys.stderr,
-            )
+            say_skipping(recent, since)
         hosts = sorted(set(hosts) - set(recent))
     print(f"training {len(hosts)} hosts from {conn.url} ({start:.0f}..{end:.0f})", file=sys.stderr)
     reader = FleetReader(conn, start, end, args.selector, args.host_label, args.concurrency)
