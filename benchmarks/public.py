@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,9 @@ def _load_matrix(path: Path, cols: int | None, what: str = "") -> np.ndarray:
         if len(values) != want:
             expected = f"{want} columns (comma-separated numbers{what})"
             raise InputError(str(path), lineno, expected, repr(line[:80]))
+        if any(math.isinf(v) for v in values):
+            expected = "finite numbers (nan for a missing value)"
+            raise InputError(str(path), lineno, expected, repr(line[:80]))
         rows.append(values)
     if not rows:
         raise InputError(str(path), None, "at least one row of comma-separated numbers", "none")
@@ -198,6 +202,13 @@ def load_smd(root: Path, machine: str) -> Case:
             f"{test.shape[0]} labels (one per row of test/{machine})",
             str(label.size),
         )
+    for path, part in ((train_path, train), (test_path, test)):
+        gaps = np.isnan(part)
+        if gaps.any():  # read as missing values, as a sample without that metric
+            _note(
+                f"{path}: {int(gaps.sum())} nan cells in {int(gaps.any(axis=1).sum())} rows, "
+                "read as missing values"
+            )
     columns = smd_columns(train.shape[1])
     t_train = np.arange(train.shape[0]) * SMD_STEP
     t_test = (train.shape[0] + np.arange(test.shape[0])) * SMD_STEP

@@ -93,6 +93,10 @@ BROKEN = {
         lambda r: [p.unlink() for p in (r / "test_label").iterdir()] + [(r / "test_label").rmdir()],
         "test_label: expected a folder in SMD's layout (train/, test/, test_label/)",
     ),
+    "infinite cell": (
+        lambda r: _replace_line(r / "test" / "box.txt.gz", 9, "0.1," * 18 + "inf"),
+        "test/box.txt.gz:9: expected finite numbers (nan for a missing value)",
+    ),
     "empty test": (
         lambda r: _write(r / "test" / "box.txt.gz", []),
         "test/box.txt.gz: expected at least one row",
@@ -130,6 +134,19 @@ def test_a_machine_missing_a_file_is_left_out_and_said(tmp_path):
     (tmp_path / "test_label" / "box.txt.gz").unlink()
     done = evaluate(tmp_path)
     assert done.returncode == 2 and "no machine with all three (machine 'aaa': no " in done.stderr
+
+
+def test_nan_cells_are_read_as_missing_values_and_said(tmp_path):
+    """A dump with gaps (nan) was read without a word; the figures are then of fewer values."""
+    make_machine(tmp_path, "box", 5, seed=3)
+    _replace_line(tmp_path / "train" / "box.txt.gz", 4, "nan,0.5,nan,0.5,0.5")
+    _replace_line(tmp_path / "train" / "box.txt.gz", 8, "0.5,0.5,0.5,0.5,nan")
+    done = evaluate(tmp_path, "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "train" / "box.txt.gz"
+    assert f"note: {path}: 3 nan cells in 2 rows, read as missing values" in done.stderr
+    assert "test/box.txt.gz: " not in done.stderr  # the test file has none
+    assert json.loads(done.stdout)["box"]["event_recall"] == 1.0
 
 
 def test_too_short_a_machine_is_named_by_its_file(tmp_path):
