@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -944,18 +945,33 @@ class Agent:
 
     def _clock_stepped_back(self, now: float) -> None:
         """A wall clock stepped back leaves samples stamped in what is now the future: they
-        are dropped from the rolling features (which must not mix two timelines), and no
-        window is scored until the clock passes the last one scored, so none is scored
-        twice. Said once per step, with how long scoring pauses."""
+        are dropped from the rolling features (which must not mix two timelines). Scoring
+        goes on at the new clock, as after a restart: waiting until the clock passed the
+        last window scored (so that no time is scored twice) left the host unwatched for
+        the step's length, a day for a day, years for an RTC corrected years back. The
+        re-lived span's windows are then stored a second time, one per clock. An open
+        alert episode keeps its timeline: it waits, as before, and closes on the gap."""
         if not self.recent or now >= self.recent[-1][0]:
             return
         ahead = self.recent[-1][0] - now
         while self.recent and self.recent[-1][0] >= now:
             self.recent.pop()
+        if math.isfinite(self.next_retrain) and self.next_retrain > now:
+            self.next_retrain = max(now, self.next_retrain - ahead)  # as far off as it was
+        if self.episode is None and self.model is not None:
+            self.last_slot = int(np.floor((now - self.model.window) / self.model.hop))
+            log.warning(
+                "the clock stepped back %.0f s: rolling features restart from now and scoring "
+                "goes on at the new clock (the %.0f s lived again are scored a second time)",
+                ahead,
+                ahead,
+            )
+            return
         log.warning(
             "the clock stepped back %.0f s: rolling features restart from now; windows are "
-            "scored again once the clock passes the last one scored (no window twice)",
+            "scored again once the clock passes the last one scored (%s)",
             ahead,
+            "an alert episode is open" if self.episode is not None else "no window twice",
         )
 
     def _error(self, stage: str, exc: BaseException) -> None:

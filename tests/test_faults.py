@@ -615,12 +615,12 @@ class SteppedReplay:
         return dict(zip(self.series.columns, row, strict=True))
 
 
-def test_clock_steps_of_an_hour_neither_crash_nor_alert_nor_score_a_window_twice(tmp_path, caplog):
+def test_clock_steps_of_an_hour_neither_crash_nor_alert_nor_pause_scoring(tmp_path, caplog):
     """The agent's injected clock steps forward an hour, back an hour, and back another,
     while it replays a quiet host its model knows (a model that can alert: threshold below
-    1). Nothing raises, no alert opens, the stored windows never repeat a start time, scoring
-    goes on right after the forward step and, after each backward one, once the clock has
-    passed the last window scored (scoring earlier would score that time a second time)."""
+    1). Nothing raises, no alert opens, and scoring goes on right after each step: after a
+    backward one it used to wait until the clock passed the last window scored, the host
+    unwatched for the step's length. Each clock's windows are stored once, in order."""
     interval, window = 10.0, 60.0
     now0 = np.floor(time.time() / 3600) * 3600 - 6 * 3600
     day = host_series(QUIET, days=1.0, interval=interval, seed=0, start=now0 - 86400)
@@ -639,19 +639,60 @@ def test_clock_steps_of_an_hour_neither_crash_nor_alert_nor_score_a_window_twice
             replay.offset = 3600.0 * ((120 <= i < 240) - (i >= 720))
             agent.tick()
             scored.append(agent.counters["windows"])
-        starts = [w[0] for w in agent.history.windows()]
-        assert len(starts) == len(set(starts)), "a window was scored twice"
-        assert starts == sorted(starts)
+        stored = agent.history._conn.execute("SELECT window_start FROM windows ORDER BY rowid")
+        starts = [r[0] for r in stored]  # as scored
         assert agent.counters["alerts"] == 0 and not agent.history.alerted_windows()
         assert agent.errors == {}, agent.errors
-        assert scored[126] > scored[119], "nothing scored after the forward step"
-        # back at i = 240: the last window scored ends near the clock of i = 239 + 360, so
-        # nothing until i = 600, then scoring again; the same after the step at i = 720
-        assert scored[599] == scored[240] and scored[610] > scored[599]
-        assert scored[1079] == scored[720] and scored[-1] > scored[1079]
+        # a window a minute all along (the rolling features restart at each step: the
+        # first window after it is a minute later)
+        for step in (120, 240, 720):
+            assert scored[step + 12] >= scored[step - 1] + 1, (step, scored[step - 1 : step + 13])
+        assert scored[-1] >= 1260 // 6 - 8
+        # the windows of each clock once, in order: start times go back at the two steps only
+        back = [k for k in range(1, len(starts)) if starts[k] <= starts[k - 1]]
+        assert len(back) == 2, back
+        for a, b in zip([0, *back], [*back, len(starts)], strict=True):
+            run = starts[a:b]
+            assert run == sorted(run) and len(run) == len(set(run))
         said = [r.getMessage() for r in caplog.records if "clock stepped back" in r.getMessage()]
         assert len(said) == 2, said  # an hour back, less the 10 s the clock went on
         assert all(m.startswith("the clock stepped back 3590 s") for m in said), said
+        assert all("scoring goes on at the new clock" in m for m in said), said
+    finally:
+        agent.shutdown()
+
+
+def test_a_clock_stepped_back_during_an_alert_keeps_the_episodes_timeline(tmp_path, caplog):
+    """A step back while an alert episode is open: the episode's windows stay in one
+    timeline (none before its start), so scoring waits until the clock has passed the last
+    window scored, as it did for every step back, and the episode goes on after it."""
+    interval, window = 10.0, 60.0
+    now0 = np.floor(time.time() / 3600) * 3600 - 6 * 3600
+    day = host_series(QUIET, days=1.0, interval=interval, seed=0, start=now0 - 86400)
+    models = tmp_path / "models"
+    save_model(models, train_host(day, window, window, params={"alert_windows": 3}))
+    hot = host_series(QUIET, days=2 / 24, interval=interval, seed=1, start=now0,
+                      plateau=(600.0, 2 * 3600.0))  # fmt: skip
+    replay = SteppedReplay(hot)
+    cfg = AgentConfig(data_dir=tmp_path / "data", host=QUIET, interval=interval, window=window,
+                      learn_for=86400.0, retrain_every=0.0)  # fmt: skip
+    shutil.copytree(models, cfg.data_dir / "models")
+    agent = AgentLoop(cfg, collector=replay, clock=replay.clock)
+    scored: list[int] = []
+    try:
+        for i in range(len(hot.timestamps)):  # 720 rows; the clock an hour back from 300 on
+            replay.i = i
+            replay.offset = -3600.0 * (i >= 300)
+            agent.tick()
+            scored.append(agent.counters["windows"])
+            if i == 299:
+                assert agent.episode is not None, "the plateau opened no alert"
+                opened = agent.episode["start"]
+        assert scored[650] == scored[300] and scored[-1] > scored[670]
+        assert agent.episode is not None and agent.episode["start"] == opened
+        assert agent.episode["end"] > opened
+        said = [r.getMessage() for r in caplog.records if "clock stepped back" in r.getMessage()]
+        assert len(said) == 1 and said[0].endswith("(an alert episode is open)"), said
     finally:
         agent.shutdown()
 
@@ -664,8 +705,8 @@ LIBFAKETIME = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), N
 def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet_models):
     """``minerwatch serve`` under libfaketime (wall clock only; monotonic time runs on, as
     with an NTP step), stepped an hour forward and then back: it keeps sampling and
-    scoring after the forward step, keeps sampling after the backward one and says so in
-    its log, stops cleanly, and its history holds no window twice."""
+    scoring after both steps (after the backward one it used to stop scoring for the hour)
+    and says so in its log, stops cleanly, and its history holds each clock's windows once."""
     spec = tmp_path / "faketime"
     spec.write_text("+0\n")
     env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
@@ -691,13 +732,19 @@ def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet
     )
     assert abs(one(v, "minerwatch_last_sample_timestamp_seconds") - time.time()) < 60
     assert re.search(r"the clock stepped back 3[56]\d\d s", agent.tail()), agent.tail()
+    w = one(v, "minerwatch_windows_scored_total")
+    v = agent.wait_for(  # not an hour later: the host is not left unwatched
+        "scoring an hour back", lambda v: one(v, "minerwatch_windows_scored_total") >= w + 2
+    )
+    assert abs(one(v, "minerwatch_last_score_timestamp_seconds") - time.time()) < 60
     assert agent.stop() == 0, agent.tail()
     conn = sqlite3.connect(data / "history.db")
     try:
-        starts = [r[0] for r in conn.execute("SELECT window_start FROM windows")]
+        starts = [r[0] for r in conn.execute("SELECT window_start FROM windows ORDER BY rowid")]
     finally:
         conn.close()
-    assert starts and len(starts) == len(set(starts)), "a window was stored twice"
+    back = [k for k in range(1, len(starts)) if starts[k] <= starts[k - 1]]
+    assert len(back) == 1, back  # each clock's windows once, in order
 
 
 @pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
