@@ -38,7 +38,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -120,7 +120,13 @@ class Answers:
         return (head + ",".join(parts) + "]}}").encode()
 
 
-def serve_answers(answers: Answers) -> ThreadingHTTPServer:
+class Bodies(Protocol):
+    """What :func:`serve_answers` serves: a query's answer for a metric and a time range."""
+
+    def body(self, metric: str, start: float, end: float) -> bytes: ...
+
+
+def serve_answers(answers: Bodies) -> ThreadingHTTPServer:
     """A loopback server answering ``/api/v1/query`` of ``metric{...}[Nms]`` at ``time``."""
 
     class Handler(BaseHTTPRequestHandler):

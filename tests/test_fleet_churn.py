@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +234,192 @@ def test_a_restart_does_not_retrain_hosts_whose_dismissals_their_model_already_l
     assert "h0001: a dismissal changed, retraining it now" in text, text
     assert "h0000: a dismissal changed" not in text, text
     assert value(got, "minerwatch_dismissed_episodes", host="h0000") == 1
+
+
+# -- hosts come and go: what the server holds follows the hosts reporting ------------------------
+
+
+def _labelled(server, host: str, metric: str) -> list[tuple[tuple[str, str], ...]]:
+    """The label set of each sample ``server`` holds of ``host``'s ``metric``."""
+    labels = server.registries[metric].labels
+    return [tuple(sorted(labels[i].items())) for i in server.buffers[host][metric].sid.tolist()]
+
+
+def test_forgetting_the_series_of_hosts_gone_scores_the_others_bit_for_bit():
+    """Two servers on a churning fleet (3 hosts replaced by new names every 40 minutes, 2
+    that stay, one of which is silent for longer than the lookback and comes back, a gap of
+    cycles longer than the lookback): the one that forgets the series not read in the lookback
+    holds the same samples, scores, features and alerts as the one that keeps every series
+    ever read, and holds only the series of the hosts in the lookback."""
+    from minerwatch.bench.fleet_churn import ChurnAnswers
+    from minerwatch.bench.fleet_serve import one_model
+    from minerwatch.service.fleet.serve import FleetServer, HostState
+
+    t0 = 1_800_000_000.0
+    every = 2400.0
+    steps = [300.0] * 12 + [60.0, 45.0, 2500.0, 60.0] + [300.0] * 14
+    fleet = ChurnAnswers(3, every, t0, stay=2, silent={"stay-001": (t0 + 900.0, t0 + 3600.0)})
+    http = serve_answers(fleet)
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    model = one_model()
+    now = [t0]
+    servers = [
+        FleetServer(PromClient(Connection(url)), Path("."), clock=lambda: now[0], forget=forget)
+        for forget in (True, False)
+    ]
+    forgetful, keeping = servers
+
+    def newest(host: str, born: float, gone: float) -> float:
+        """The time of the newest sample of ``host`` read by now (-inf: none)."""
+        last = min(now[0], gone - 15.0) // 15.0 * 15.0
+        if host == "stay-001" and t0 + 900.0 <= last < t0 + 3600.0:
+            last = t0 + 885.0
+        return last if last >= born else -np.inf
+
+    per_host = sum(len(fleet.shapes[m]) for m in fleet.shapes)
+    generation = -1
+    fewer = 0
+    try:
+        for step in (0.0, *steps):
+            now[0] += step
+            g = fleet.generation(now[0])
+            for server in servers:  # the new hosts' models appear, the old ones' go
+                if g != generation:
+                    for host in [h for h in server.hosts if h.startswith("g")]:
+                        del server.hosts[host]
+                    names = [fleet.name(g, s) for s in range(3)] + ["stay-000", "stay-001"]
+                    for host in names:
+                        if host not in server.hosts:
+                            server.hosts[host] = HostState.of(replace(model, host=host))
+                    server.read_end = None
+            generation = g
+            counts = forgetful.cycle()
+            assert counts == keeping.cycle()
+            for host, a in forgetful.hosts.items():
+                b = keeping.hosts[host]
+                for metric, held in forgetful.buffers[host].items():
+                    other = keeping.buffers[host][metric]
+                    np.testing.assert_array_equal(held.ts, other.ts, err_msg=f"{host} {metric}")
+                    np.testing.assert_array_equal(held.value, other.value)
+                    assert _labelled(forgetful, host, metric) == _labelled(keeping, host, metric)
+                for name in ("score", "features", "contributions", "telemetry", "sample_ts",
+                             "last_slot", "windows_total", "alerts_total", "episode_start",
+                             "alerted"):  # fmt: skip
+                    np.testing.assert_equal(getattr(a, name), getattr(b, name), err_msg=name)
+                assert a.alert == b.alert
+            start = now[0] - LOOKBACK_S - 120.0
+            inside = [
+                h for h, _, born, gone in fleet.reporting(start, now[0])
+                if newest(h, born, gone) > start
+            ]  # fmt: skip
+            assert forgetful.series == per_host * len(inside), (now[0] - t0, inside)
+            if now[0] == t0 + 3600.0:  # stay-001 is back
+                back = forgetful.hosts["stay-001"].windows_total
+            fewer += forgetful.series < keeping.series
+    finally:
+        http.shutdown()
+    hosts_seen = 3 * (generation + 1) + 2
+    assert keeping.series == per_host * hosts_seen  # every host ever read, never forgotten
+    assert fewer >= len(steps) // 2
+    # the churning hosts were scored, and the host that came back after its silence too
+    assert forgetful.hosts[fleet.name(generation, 0)].windows_total > 0
+    assert forgetful.hosts["stay-001"].windows_total > back
+
+
+#: Seconds the hosts that leave still have in the lookback when their history is written:
+#: what promtool, Prometheus and ``fleet serve`` have to start and read them once (a
+#: multiple of the 15 s between samples).
+LEAVING_S = 30.0
+
+
+def _openmetrics(hosts: dict[str, tuple[float, float]]) -> str:
+    """node_exporter's and process-exporter's series (those of the benchmark's synthetic
+    hosts) of each host, every 15 s from its first time to its last, as OpenMetrics."""
+    from minerwatch.bench.fleet_serve import _series
+    from minerwatch.service.fleet.nodeexporter import METRICS
+
+    rng = np.random.default_rng(5)
+    lines = []
+    for metric in METRICS:
+        counter = metric.endswith("_total")
+        lines.append(f"# TYPE {metric.removesuffix('_total')} {'counter' if counter else 'gauge'}")
+        for host, (first, last) in hosts.items():
+            stamps = np.arange(first, last + 1.0, 15.0)
+            for labels in _series(metric, 0):
+                own = {k: v.replace("h0000", host) for k, v in labels.items() if k != "__name__"}
+                text = ",".join(f'{k}="{v}"' for k, v in own.items())
+                if counter:
+                    values = 1e5 + np.cumsum(rng.uniform(0.0, 30.0, len(stamps)))
+                elif "Mem" in metric:
+                    values = np.full(len(stamps), 8e9 if "Total" in metric else 5e9)
+                else:
+                    values = rng.uniform(0.5, 4.0, len(stamps))
+                lines.extend(
+                    f"{metric}{{{text}}} {v!r} {t:.3f}"
+                    for t, v in zip(stamps.tolist(), values.tolist(), strict=True)
+                )
+    return "\n".join(lines) + "\n# EOF\n"
+
+
+@pytest.mark.prometheus
+def test_serve_forgets_the_series_of_hosts_gone_longer_than_the_lookback(tmp_path):
+    """A real Prometheus (history written with promtool) holds a host that stays and three
+    that stopped reporting (replaced, as autoscaling does: one with a model, two without)
+    whose last samples are about to leave the lookback. A real ``fleet serve`` reads them all
+    at first (``minerwatch_fleet_series``: 4 hosts' series); once their newest sample is older
+    than the lookback it holds only the staying host's series, which it goes on scoring."""
+    from promtools import PROMTOOL, require, started_prometheus
+
+    from minerwatch.bench.fleet_serve import _series, one_model
+    from minerwatch.service.fleet.nodeexporter import METRICS
+
+    promtool = require(PROMTOOL)
+    per_host = sum(len(_series(m, 0)) for m in METRICS)
+    models = tmp_path / "models"
+    model = one_model()
+    for host in ("stay-000", "gone-000"):
+        save_model(models, replace(model, host=host))
+    now = time.time() // 15.0 * 15.0
+    left = now - LOOKBACK_S - 120.0 + LEAVING_S  # the newest sample of the hosts gone
+    history = {"stay-000": (now - 2400.0, now + 600.0)}
+    history.update({f"gone-00{i}": (now - 2400.0, left) for i in range(3)})
+    (tmp_path / "fleet.om").write_text(_openmetrics(history))
+    done = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "fleet.om"),
+         str(tmp_path / "tsdb")],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with started_prometheus(tmp_path, tmp_path / "tsdb") as prom:
+        proc = _start(
+            [MINERWATCH, "fleet", "serve", "--prometheus", prom.url, "--models", str(models),
+             "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+             "--retrain-every", "0"],
+            log,
+        )  # fmt: skip
+
+        def metrics() -> dict:
+            if proc.poll() is not None:
+                pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
+            return scrape(port)
+
+        try:
+            first = poll(metrics, lambda m: "minerwatch_fleet_series" in m, timeout=LEAVING_S)
+            assert time.time() < left + LOOKBACK_S + 120.0, "started too late to read them"
+            assert value(first, "minerwatch_fleet_series") == 4 * per_host
+            assert value(first, "minerwatch_unmodelled_hosts") == 2
+            later = poll(
+                metrics, lambda m: value(m, "minerwatch_fleet_series") == per_host, timeout=40
+            )
+            assert time.time() > left + LOOKBACK_S + 120.0  # not before they left the lookback
+            assert value(later, "minerwatch_unmodelled_hosts") == 0
+            # the host that stays is still scored; the one gone keeps its model, not its score
+            assert _hosts(later, "minerwatch_anomaly_score") == {"stay-000"}
+            assert "gone-000" in _hosts(later, "minerwatch_model_info")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text

@@ -5,7 +5,9 @@ A cycle reads Prometheus with one query per metric for the whole selector (never
 host): the first cycle the last :data:`LOOKBACK_S`, later ones only what is new since the
 previous read (from :data:`OVERLAP_S` before its end). Each host's raw samples are held between
 cycles (:class:`Samples`, merged and cut to the lookback), so they are what a full read would
-give; answers are parsed straight to numpy arrays and mapped to telemetry by
+give, and the series whose newest sample has left the lookback are forgotten
+(:meth:`FleetServer._forget`), so what is held follows the hosts reporting, not every host
+ever seen; answers are parsed straight to numpy arrays and mapped to telemetry by
 :func:`host_series` with ``fleet train``'s own mapping
 (:func:`~minerwatch.service.fleet.nodeexporter.map_points`; no pandas per cycle), and the windows
 completed since the previous cycle are scored with each host's stored model and its own
@@ -105,6 +107,11 @@ STATE_FORMAT = 1
 UNMODELLED_HELP = (
     "Hosts reporting under --selector without a usable model in --models, so not scored."
 )
+#: Help of the count of series the fleet server holds.
+SERIES_HELP = (
+    "Series of Prometheus fleet serve holds, those with a sample in the lookback: follows the "
+    "hosts reporting, not every host ever seen."
+)
 #: Stages counted in the fleet server's ``minerwatch_errors_total{stage}`` (bounded).
 FLEET_STAGES = ("query", "model", "score", "train", "state")
 #: The agent's metric families that mean the same for a host scored from Prometheus, by
@@ -155,10 +162,12 @@ class Samples:
 
 
 class SeriesRegistry:
-    """Every series of one metric ever read, numbered once (``sid``), with what the mapping
-    needs of its labels: its host, whether its device counts, its CPU mode, its process
-    group. ``rank`` orders series as a full read's answer does (by label values, label names
-    sorted, a missing label as ""), so sums run in the same order either way."""
+    """The series of one metric read in the lookback, numbered (``sid``), with what the
+    mapping needs of its labels: its host, whether its device counts, its CPU mode, its
+    process group, the time of its newest sample (``seen``). ``rank`` orders series as a full
+    read's answer does (by label values, label names sorted, a missing label as ""), so sums
+    run in the same order either way. Series whose newest sample has left the lookback are
+    forgotten (:meth:`forget`: hosts come and go), the others renumbered in the same order."""
 
     def __init__(self, metric: str, host_label: str | None) -> None:
         self.metric = metric
@@ -176,6 +185,7 @@ class SeriesRegistry:
         self.mode = np.zeros(0, np.intp)  # index in CPU_MODES, -1 for none
         self.group = np.zeros(0, np.intp)  # process group code, -1 for a mode not counted
         self.rank = np.zeros(0, np.intp)
+        self.seen = np.zeros(0)  # time of the newest sample read, -inf for none
 
     def sid(self, labels: Mapping[str, str]) -> int:
         key = tuple(sorted((k, v) for k, v in labels.items() if v != "" and k != "__name__"))
@@ -210,6 +220,29 @@ class SeriesRegistry:
         order = sorted(range(len(keys)), key=keys.__getitem__)
         self.rank = np.empty(len(keys), np.intp)
         self.rank[order] = np.arange(len(keys))
+        added = len(keys) - len(self.seen)
+        self.seen = np.concatenate([self.seen, np.full(added, -np.inf)])
+
+    def forget(self, before: float, held: np.ndarray) -> np.ndarray | None:
+        """Forget the series whose newest sample is at or before ``before`` and that are not
+        ``held`` (a mask by sid); the others keep their order and are numbered anew. Returns
+        each old sid's new one (-1: forgotten), or None when none is forgotten."""
+        drop = (self.seen <= before) & ~held
+        if not drop.any():
+            return None
+        kept = np.flatnonzero(~drop)
+        new = np.full(len(self.labels), -1, np.intp)
+        new[kept] = np.arange(len(kept))
+        index = kept.tolist()
+        self.labels = [self.labels[i] for i in index]
+        self.hosts = [self.hosts[i] for i in index]
+        self._attrs = [self._attrs[i] for i in index]
+        self.seen = self.seen[kept]
+        to = new.tolist()
+        self.ids = {k: to[v] for k, v in self.ids.items() if to[v] >= 0}
+        self.by_labels = {k: to[v] for k, v in self.by_labels.items() if to[v] >= 0}
+        self.reorder()  # the ranks of the series left keep their order
+        return new
 
     def points(self, s: Samples) -> Points:
         """A host's samples of this metric as the mapping takes them."""
@@ -239,12 +272,16 @@ def ingest(
     if len(registry.labels) != before:
         registry.reorder()
     lengths = np.array([len(s.timestamps) for s in answer], dtype=np.intp)
+    ts = np.concatenate([s.timestamps for s in answer])
+    read = lengths > 0
+    if read.any():  # each series' newest sample, for forgetting those that stop
+        newest = np.maximum.reduceat(ts, (np.cumsum(lengths) - lengths)[read])
+        np.maximum.at(registry.seen, sids[read], newest)
     sid = np.repeat(sids, lengths)
     host_index = np.array([wanted.get(h, -1) for h in registry.hosts], dtype=np.intp)
     if unknown is not None:
         unknown.update(registry.hosts[i] for i in np.unique(sids[host_index[sids] < 0]).tolist())
     owner = host_index[sid]
-    ts = np.concatenate([s.timestamps for s in answer])
     order = np.lexsort((ts, registry.rank[sid], owner))
     owner, sid, ts = owner[order], sid[order], ts[order]
     value = np.concatenate([s.values for s in answer])[order]
@@ -584,6 +621,8 @@ class FleetSnapshot:
     cycle_seconds: float | None = None
     #: Hosts in the latest read without a usable model (None: nothing read yet).
     unmodelled_hosts: int | None = None
+    #: Series of Prometheus the server holds (None: nothing read yet).
+    series: int | None = None
     version: str = field(default_factory=package_version)
 
 
@@ -612,6 +651,8 @@ def fleet_families(snap: FleetSnapshot, now: float) -> Iterator[Metric]:
             UNMODELLED_HELP,
             value=snap.unmodelled_hosts,
         )
+    if snap.series is not None:
+        yield GaugeMetricFamily("minerwatch_fleet_series", SERIES_HELP, value=snap.series)
     errors = CounterMetricFamily(
         "minerwatch_errors_total", METRICS["minerwatch_errors_total"], labels=["stage"]
     )
@@ -698,6 +739,7 @@ class FleetServer:
         clock: Callable[[], float] = time.time,
         incremental: bool = True,
         state_file: Path | None = None,
+        forget: bool = True,
     ) -> None:
         self.client = client
         self.models_dir = models_dir
@@ -716,6 +758,9 @@ class FleetServer:
         self.query_error: PrometheusError | PrometheusUnavailable | None = None
         #: Read only what is new since the previous cycle (False: the whole lookback, always).
         self.incremental = incremental
+        #: Forget the series whose newest sample left the lookback (False: keep every series
+        #: ever read, as before; tests and the churn benchmark compare the two).
+        self.forget = forget
         #: Where the alert state is kept across restarts (None: nowhere).
         self.state_file = state_file
         self.registries: dict[str, SeriesRegistry] = {}
@@ -858,6 +903,8 @@ class FleetServer:
         self.points_read = sum(len(s.timestamps) for a in answers.values() for s in a)
         self._buffer(answers, start, full)
         self.read_start, self.read_end = start, now
+        if self.forget:
+            self._forget(start)
         for host, state in self.hosts.items():
             present = {m: s for m, s in self.buffers.get(host, {}).items() if len(s.ts)}
             node = [s.ts for m, s in present.items() if m not in PROCESS_METRICS]
@@ -919,6 +966,36 @@ class FleetServer:
                 self.buffers[host] = {m: s.after(start) for m, s in new.items()}
             else:
                 self.buffers[host] = merge_host(self.buffers.get(host, {}), new, ranks, start)
+
+    def _forget(self, start: float) -> None:
+        """Forget the series whose newest sample is at or before ``start`` (hosts gone, their
+        exporter down, a device or process group gone): none of their samples is held, as
+        every buffer was just cut to after ``start``, so the next reads map and score exactly
+        as if they were kept; what holds the others is renumbered. A series that comes back is
+        numbered again when read. So what a cycle keeps and walks through follows the hosts
+        reporting in the lookback, not every host ever seen."""
+        for metric, registry in self.registries.items():
+            if not (registry.seen <= start).any():
+                continue
+            held = np.zeros(len(registry.labels), dtype=bool)
+            for buffer in self.buffers.values():
+                samples = buffer.get(metric)
+                if samples is not None:
+                    held[samples.sid] = True
+            new = registry.forget(start, held)
+            if new is None:
+                continue
+            for buffer in self.buffers.values():
+                samples = buffer.get(metric)
+                if samples is not None:
+                    buffer[metric] = Samples(new[samples.sid], samples.ts, samples.value)
+            log.debug("%s: %d series held after forgetting those not read since %.0f",
+                      metric, len(registry.labels), start)  # fmt: skip
+
+    @property
+    def series(self) -> int:
+        """Series held in the registries (those read in the lookback, when forgetting)."""
+        return sum(len(r.labels) for r in self.registries.values())
 
     def _unmodelled(self, hosts: set[str]) -> None:
         """Name the hosts that report under ``--selector`` but have no model (or one that was
@@ -1124,6 +1201,7 @@ class FleetServer:
             retrain_failures_total=dict(self.retrain_failures),
             cycle_seconds=self.cycle_seconds,
             unmodelled_hosts=self.unmodelled,
+            series=self.series if self._started else None,
         )
 
 
