@@ -423,3 +423,52 @@ def test_serve_forgets_the_series_of_hosts_gone_longer_than_the_lookback(tmp_pat
             code = proc.wait(timeout=30)
     text = log.read_text()
     assert code == 0 and "Traceback" not in text, text
+
+
+def test_the_alert_state_of_a_host_without_a_model_is_forgotten_after_the_history(tmp_path):
+    """A removed model's alert state is kept in the state file (taken back if the model
+    comes again), but not for ever: once the host has had no model for longer than the
+    history a retraining reads (``--days``), its entry goes. Hosts replaced by new names each
+    day otherwise grew the file, rewritten every cycle, without end."""
+    now = time.time()
+    http = _fake(now, 2)
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    models = tmp_path / "models"
+    try:
+        base = _train(url, "h0000", now)
+        save_model(models, base)
+        save_model(models, replace(base, host="h0001"))
+        port = free_port()
+        log = tmp_path / "serve.log"
+        days = 8.0 / 86400  # a retraining would read 8 s of history
+        proc = _start(
+            [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
+             "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+             "--retrain-every", "0", "--days", repr(days)],
+            log,
+        )  # fmt: skip
+        state = models / STATE_FILE
+
+        def saved() -> dict:
+            if proc.poll() is not None:
+                pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
+            return json.loads(state.read_text())["hosts"] if state.exists() else {}
+
+        try:
+            poll(saved, lambda h: {"h0000", "h0001"} <= set(h), timeout=30)
+            shutil.rmtree(models / host_dirname("h0000"))
+            kept = poll(saved, lambda h: "kept_since" in h.get("h0000", {}), timeout=30)
+            since = kept["h0000"]["kept_since"]
+            assert abs(since - time.time()) < 30
+            after = poll(saved, lambda h: "h0000" not in h, timeout=60)
+            assert time.time() >= since + 8.0
+            assert "h0001" in after and "kept_since" not in after["h0001"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+    finally:
+        http.shutdown()
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    assert "forgot the alert state of 1 host(s) without a model for longer than" in text, text
+    assert "h0000" not in json.loads(state.read_text())["hosts"]

@@ -174,3 +174,57 @@ def test_fleet_serve_retrains_when_a_dismissed_episode_closes(tmp_path, caplog, 
         assert server.due() == (["h0000"] if dismissed else [])
     finally:
         http.shutdown()
+
+
+def test_fleet_serve_tries_a_failing_retraining_again_less_and_less_often(tmp_path):
+    """A host whose retraining keeps failing (here: Prometheus refuses the history query)
+    is tried again after an hour, then two, four... at most a day and never later than the
+    schedule; each try reads the host's history from Prometheus (it was every hour, for as
+    long as it failed). The real retraining, against a real HTTP server that answers 400."""
+    import http.server
+    import threading
+    from dataclasses import replace
+
+    from minerwatch.bench.fleet_serve import one_model
+    from minerwatch.service.fleet.promclient import Connection
+    from minerwatch.service.fleet.serve import STATE_FILE, FleetServer, HostState
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            body = b'{"status":"error","errorType":"bad_data","error":"out of bounds"}'
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    connection = Connection(f"http://127.0.0.1:{httpd.server_address[1]}")
+    t0 = 1_800_000_000.0
+    now = [t0]
+    server = FleetServer(
+        None, tmp_path, clock=lambda: now[0], state_file=tmp_path / STATE_FILE,
+        retrain_every=2 * 86400.0,
+    )  # fmt: skip
+    try:
+        server.hosts["h0000"] = state = HostState.of(replace(one_model(), host="h0000"))
+        waits = []
+        for _ in range(8):
+            assert server.retrain_host(connection, "h0000") == "bad_input"
+            waits.append(state.next_retrain - now[0])
+            now[0] = state.next_retrain
+        hour = 3600.0
+        assert waits == [hour, 2 * hour, 4 * hour, 8 * hour, 16 * hour, 24 * hour, 24 * hour,
+                         24 * hour]  # fmt: skip
+        assert server.errors["train"] == 8
+        server.retrain_every = 3 * hour  # the schedule comes first
+        server.retrain_host(connection, "h0000")
+        assert state.next_retrain - now[0] == 3 * hour
+    finally:
+        httpd.shutdown()

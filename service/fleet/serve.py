@@ -86,6 +86,7 @@ from minerwatch.service.fleet.promclient import (
 from minerwatch.service.httpserver import Server, Serving, bind, bind_error
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
+from minerwatch.service.units import format_duration
 from minerwatch.service.webconfig import BasicAuth, load_web_config
 
 log = logging.getLogger("minerwatch.fleet")
@@ -95,8 +96,10 @@ log = logging.getLogger("minerwatch.fleet")
 LOOKBACK_S = 1800.0
 #: Time around alerted windows that retraining leaves out, at most (as the agent).
 EXCLUDE_MARGIN_S = 3600.0
-#: A host whose retraining failed is tried again after this long (or the schedule, if sooner).
+#: A host whose retraining failed is tried again after this long, twice as long after each
+#: failure in a row, at most :data:`RETRY_MAX_S` (or the schedule, if sooner).
 RETRY_S = 3600.0
+RETRY_MAX_S = 86400.0
 #: Alerted windows remembered per host for retraining (older ones are rescored instead).
 MAX_REMEMBERED = 10_000
 #: Each read after the first starts this long before the previous read's end, so a scrape
@@ -107,6 +110,8 @@ STATE_FORMAT = 1
 UNMODELLED_HELP = (
     "Hosts reporting under --selector without a usable model in --models, so not scored."
 )
+#: Key of a state-file entry saying since when its host has had no model (Unix seconds).
+KEPT_SINCE = "kept_since"
 #: Help of the count of series the fleet server holds.
 SERIES_HELP = (
     "Series of Prometheus fleet serve holds, those with a sample in the lookback: follows the "
@@ -381,6 +386,8 @@ class HostState:
     #: Alerted windows (start, end) seen by this server, for retraining to leave out.
     alerted: list[tuple[float, float]] = field(default_factory=list)
     next_retrain: float = math.inf
+    #: Retrainings of this model that failed in a row (see FleetServer._retrain_failed).
+    retrain_failures: int = 0
 
     @classmethod
     def of(cls, model: HostModel, old: HostState | None = None) -> HostState:
@@ -456,6 +463,14 @@ def coalesce(windows: Sequence[tuple[float, float]]) -> list[list[float]]:
         else:
             out.append([start, end])
     return out
+
+
+def _kept_since(entry: object, default: float) -> float:
+    """When a state-file entry's host lost its model (``default`` when not said, as in
+    files written before it was)."""
+    v = entry.get(KEPT_SINCE) if isinstance(entry, dict) else None
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else default  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -828,7 +843,7 @@ class FleetServer:
         for meta in set(self._model_stamps) - set(stamps):
             gone = self._model_hosts.pop(meta, None)
             if gone is not None and gone in self.hosts and gone not in self._model_hosts.values():
-                self.kept_state[gone] = self.hosts.pop(gone).saved()
+                self.kept_state[gone] = {**self.hosts.pop(gone).saved(), KEPT_SINCE: self.clock()}
                 log.warning(
                     "model of %s removed from %s: no longer scored, its series are dropped",
                     gone, self.models_dir,
@@ -1017,6 +1032,7 @@ class FleetServer:
         """Write every host's alert state (atomically); a failure is counted, never fatal."""
         if self.state_file is None:
             return
+        self._expire_kept()
         hosts: dict[str, object] = dict(self.kept_state)
         hosts.update({h: s.saved() for h, s in self.hosts.items()})
         doc = {"format": STATE_FORMAT, "saved_at": self.clock(), "hosts": hosts}
@@ -1024,6 +1040,25 @@ class FleetServer:
             atomic_write(self.state_file, json.dumps(doc, separators=(",", ":")), mode=0o600)
         except OSError as exc:
             self._error("state", f"cannot write {self.state_file}: {exc}")
+
+    def _expire_kept(self) -> None:
+        """Forget the alert state of hosts without a model for longer than the history a
+        retraining reads (``--days``): their alerted windows are older than anything a
+        retraining would leave out, and hosts replaced by new names (autoscaling) would
+        otherwise grow the state file, rewritten every cycle, without end."""
+        before = self.clock() - self.history_s
+        gone = sorted(h for h, v in self.kept_state.items() if _kept_since(v, before) < before)
+        for host in gone:
+            del self.kept_state[host]
+        if gone:
+            shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            log.info(
+                "forgot the alert state of %d host(s) without a model for longer than the "
+                "%.4g days of history a retraining reads: %s",
+                len(gone),
+                self.history_s / 86400,
+                shown,
+            )
 
     def restore_state(self) -> int:
         """Take back the alert state saved by a previous run; how many hosts it had.
@@ -1058,7 +1093,12 @@ class FleetServer:
             return 0
         for host, item in restored.items():
             item.apply(self.hosts[host])
-        self.kept_state = {h: v for h, v in saved.items() if h not in self.hosts}
+        now = self.clock()
+        self.kept_state = {
+            h: {**v, KEPT_SINCE: _kept_since(v, now)}
+            for h, v in saved.items()
+            if h not in self.hosts and isinstance(v, dict)
+        }
         open_alerts = sorted(h for h, s in self.hosts.items() if s.alert.active)
         log.info(
             "alert state of %d hosts restored from %s (open alerts: %s)", len(restored), path,
@@ -1190,8 +1230,19 @@ class FleetServer:
         return "accepted"
 
     def _retrain_failed(self, host: str, reason: str, why: str) -> str:
+        """Count and log a retraining that gave no new model. A failure is tried again after
+        RETRY_S, twice as long after each failure in a row (a host whose metrics stay too few
+        would otherwise have its whole history read from Prometheus every hour); a candidate
+        rejected for alerting more is a training that worked, tried at the usual times."""
         self.retrain_failures[reason] = self.retrain_failures.get(reason, 0) + 1
-        self._error("train", f"host {host}: {reason}: {why}")
+        state = self.hosts.get(host)
+        then = ""
+        if state is not None and reason != "rejected":
+            state.retrain_failures += 1
+            wait = min(RETRY_S * 2.0 ** min(state.retrain_failures - 1, 16), RETRY_MAX_S)
+            state.next_retrain = self.clock() + min(wait, self.retrain_every)
+            then = f"; tried again in {format_duration(round(min(wait, self.retrain_every)))}"
+        self._error("train", f"host {host}: {reason}: {why}{then}")
         return reason
 
     def snapshot(self) -> FleetSnapshot:
