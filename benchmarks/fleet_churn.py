@@ -126,7 +126,7 @@ def rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from minerwatch.service.fleet.promclient import Connection, PromClient
-    from minerwatch.service.fleet.serve import FleetServer, HostState
+    from minerwatch.service.fleet.serve import KEPT_SINCE, FleetServer, HostState
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--live", type=int, default=50, help="hosts reporting at any time")
@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=60.0, help="seconds between cycles")
     p.add_argument("--report-every", type=int, default=30)
     p.add_argument("--no-forget", action="store_true", help="never forget a series (before)")
+    p.add_argument(
+        "--days",
+        type=float,
+        default=14.0,
+        help="history a retraining reads (fleet serve --days): a removed host's alert state "
+        "is kept that long",
+    )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # random gauges alert: not what is measured
     t0 = 1_800_000_000.0
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         state = Path(tmp) / "state.json"
         server = FleetServer(
             client, Path(tmp), clock=lambda: clock[0], state_file=state,
-            **({"forget": False} if args.no_forget else {}),
+            history_s=args.days * 86400.0, **({"forget": False} if args.no_forget else {}),
         )  # fmt: skip
         current = -1
         walls: list[float] = []
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             g = answers.generation(clock[0])
             if g != current:  # new hosts' models appear, the old ones' are removed
                 for h in [h for h in server.hosts if not h.startswith(f"g{g:03d}-")]:
-                    server.kept_state[h] = server.hosts.pop(h).saved()
+                    # as fleet serve does when a model leaves --models
+                    server.kept_state[h] = {**server.hosts.pop(h).saved(), KEPT_SINCE: clock[0]}
                 for slot in range(args.live):
                     name = answers.name(g, slot)
                     server.hosts[name] = HostState.of(replace(model, host=name))
