@@ -4,7 +4,7 @@ A miner found on one machine is rarely alone (one stolen account, a hundred mach
 ``minerwatch ioc extract EVIDENCE`` keeps what identifies *this* miner — its binary's sha256,
 its paths, the pools it talked to, the cron lines and systemd units that restart it — and
 ``minerwatch hunt IOC-FILE`` checks another host once against it: exit 1 on a hit, 0 when
-clean, 2 when the IOC file is not one.
+clean, 2 when the IOC file is not one or, finding nothing, part of the host could not be read.
 
 Reading the host (:func:`read_host`) is kept apart from matching (:func:`find_hits`, a pure
 function tested on literals). Only the suspects go into the file: processes an indicator
@@ -29,7 +29,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/minerwatch/
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HASH_CAP = 256 << 20
 _SCAN_MAX_FILES = 20_000
+_MAX_NOTES = 20  # "could not check" lines hunt prints; the rest are counted
 _TOKENS = re.compile(r"[\s;|&()<>`'\"=]+")
 
 
@@ -212,6 +213,7 @@ class ProcessSeen:
     name: str
     exe: str
     sha256: str | None = None
+    deleted: bool = False  # the binary was removed from disk while it runs
 
 
 @dataclass
@@ -241,9 +243,11 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
     for p in snap.processes:
         where = f"pid {p.pid} ({p.name})"
         if p.sha256 in sha:
-            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {p.exe}", p.pid))
+            exe = p.exe + (" (deleted from disk)" if p.deleted else "")
+            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {exe}", p.pid))
         if p.exe in paths:
-            hits.append(Hit("paths", p.exe, f"{where} runs it", p.pid))
+            runs = "runs it" + (" (deleted from disk)" if p.deleted else "")
+            hits.append(Hit("paths", p.exe, f"{where} {runs}", p.pid))
     for path, digest in sorted(snap.files.items()):
         if path in paths:
             hits.append(Hit("paths", path, "file exists"))
@@ -269,16 +273,22 @@ class HashCache:
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
-        self._known: dict[tuple[int, int, int, int], str | None] = {}
+        self._known: dict[tuple[int, int, int, int], tuple[str | None, str]] = {}
 
     def sha256(self, path: Path) -> str | None:
         """The file's sha256 (None if too big or unreadable); OSError if it is gone."""
+        return self.hash(path)[0]
+
+    def hash(self, path: Path) -> tuple[str | None, str]:
+        """``(sha256, "")``, or ``(None, why)`` when too big or unreadable; OSError if the
+        file is gone (or, for ``/proc/PID/exe``, another user's process)."""
         st = os.stat(path)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if key not in self._known:
             if len(self._known) >= self.max_entries:
                 self._known.clear()
-            self._known[key] = hash_file(path, _HASH_CAP).get("sha256")
+            got = hash_file(path, _HASH_CAP)
+            self._known[key] = (got.get("sha256"), str(got.get("hash_error") or ""))
         return self._known[key]
 
 
@@ -286,12 +296,17 @@ def _remote(addr: Any) -> str:
     return f"[{addr.ip}]:{addr.port}" if ":" in addr.ip else f"{addr.ip}:{addr.port}"
 
 
-def _executables(dirs: Iterable[Path]) -> Iterator[Path]:
+def _executables(dirs: Sequence[Path], errors: list[str]) -> Iterator[Path]:
     seen = 0
-    for d in dirs:
-        for path in walk_files(d):
+    for i, d in enumerate(dirs):
+        for path in walk_files(d, errors):
             seen += 1
             if seen > _SCAN_MAX_FILES:
+                rest = ", ".join(map(str, dirs[i + 1 :]))
+                errors.append(
+                    f"{d}: more than {_SCAN_MAX_FILES} files in the scanned folders, "
+                    f"the rest{' and ' + rest if rest else ''}"
+                )
                 return
             try:
                 st = path.lstat()
@@ -313,26 +328,50 @@ def read_host(
     whose inode, size and mtime are unchanged need not be read again)."""
     snap = HostSnapshot()
     hashes = cache if cache is not None else HashCache()
+    denied: dict[str, list[int]] = {}  # user -> pids whose executable this user may not read
+    unhashed: list[str] = []
     for rec in ProcessTable(paths.proc).read():
-        if not rec.exe:
+        link = paths.proc / str(rec.pid) / "exe"
+        if not rec.exe:  # a kernel thread, a zombie, gone, or another user's process
+            if _denied(link):
+                denied.setdefault(rec.username or "?", []).append(rec.pid)
             continue
         digest = None
         if ioc.sha256:
-            link = paths.proc / str(rec.pid) / "exe"
             try:
-                digest = hashes.sha256(link)
-            except OSError:
-                continue  # exited, or not ours to read
-        snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest))
-    for p in ioc.paths:
-        if os.path.lexists(p):
-            snap.files[p] = None
-    if ioc.sha256:
-        for exe in _executables(scan):
-            try:
-                snap.files[str(exe)] = hashes.sha256(exe)
-            except OSError:
+                digest, why = hashes.hash(link)
+            except PermissionError:
+                denied.setdefault(rec.username or "?", []).append(rec.pid)
                 continue
+            except OSError:
+                continue  # exited
+            if digest is None:
+                unhashed.append(f"pid {rec.pid} ({rec.name}) {rec.exe}: {why}")
+        snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest, rec.exe_deleted))
+    if denied:
+        snap.errors.append(_denied_note(denied))
+    if unhashed:
+        snap.errors.append(
+            f"the sha256 of {len(unhashed)} running executables: {'; '.join(unhashed[:5])}"
+        )
+    for p in ioc.paths:
+        try:
+            os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            snap.errors.append(f"{p}: {exc.strerror or exc}")
+            continue
+        snap.files[p] = None
+    if ioc.sha256:
+        for exe in _executables(scan, snap.errors):
+            try:
+                digest, why = hashes.hash(exe)
+            except OSError:
+                continue  # removed meanwhile
+            if digest is None:
+                snap.errors.append(f"{exe}: {why}")
+            snap.files[str(exe)] = digest
     if ioc.pools:
         try:
             conns = psutil.net_connections(kind="inet")
@@ -341,7 +380,7 @@ def read_host(
             conns = []
         snap.connections = [(c.pid, _remote(c.raddr)) for c in conns if c.raddr]
     if ioc.cron_lines:
-        for f in paths.cron_files():
+        for f in paths.cron_files(snap.errors):
             try:
                 text = f.read_text(errors="surrogateescape")
             except FileNotFoundError:
@@ -351,8 +390,34 @@ def read_host(
                 continue
             snap.cron_lines += [(str(f), line) for line in text.splitlines() if line.strip()]
     if ioc.units:
-        snap.unit_files = [str(f) for f in paths.unit_files()]
+        snap.unit_files = [str(f) for f in paths.unit_files(snap.errors)]
     return snap
+
+
+def _denied_note(denied: Mapping[str, Sequence[int]]) -> str:
+    """The processes whose executable could not be read, by user, and what would read them."""
+    n = sum(map(len, denied.values()))
+    users = ", ".join(
+        f"{u}: pid {', '.join(map(str, pids))}" if len(pids) <= 3 else f"{u}: {len(pids)}"
+        for u, pids in sorted(denied.items())
+    )
+    why = (
+        "run as root"
+        if os.geteuid() != 0
+        else "root without CAP_SYS_PTRACE over them, e.g. in another user namespace"
+    )
+    return f"the executables of {n} process(es) ({users}): permission denied ({why})"
+
+
+def _denied(link: Path) -> bool:
+    """Whether ``/proc/PID/exe`` is there but this user may not read it."""
+    try:
+        os.readlink(link)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 # --------------------------------------------------------------------------- the agent's watch
@@ -529,7 +594,9 @@ def scan_folders(folders: Sequence[Path]) -> tuple[Path, ...]:
 
 
 def run_hunt(args: argparse.Namespace) -> int:
-    """``minerwatch hunt IOC-FILE``: 1 on a hit (each printed), 0 when clean."""
+    """``minerwatch hunt IOC-FILE``: 1 on a hit (each printed), 0 when clean, 2 when nothing
+    was found but part of the host could not be checked (another user's processes, a folder
+    or crontab this user may not read): "clean" would then be a guess."""
     ioc = load_ioc(args.ioc_file)
     scan = DEFAULT_SCAN if args.scan is None else scan_folders(args.scan)
     snap = read_host(ioc, scan=scan)
@@ -540,8 +607,21 @@ def run_hunt(args: argparse.Namespace) -> int:
     else:
         for h in hits:
             print(f"hit {ioc.id}: {h.kind} {_printable(h.value)} -- {_printable(h.where)}")
-        for e in snap.errors:
-            print(f"minerwatch: note: could not check {_printable(e)}", file=sys.stderr)
-        if not hits:
-            print(f"clean: no indicator of {ioc.id} on this host")
-    return 1 if hits else 0
+    for e in snap.errors[:_MAX_NOTES]:
+        print(f"minerwatch: note: could not check {_printable(e)}", file=sys.stderr)
+    if len(snap.errors) > _MAX_NOTES:
+        more = len(snap.errors) - _MAX_NOTES
+        print(f"minerwatch: note: and {more} more not checked", file=sys.stderr)
+    if hits:
+        return 1
+    if snap.errors:
+        print(
+            f"minerwatch: error: {args.ioc_file}: expected to check the whole host, got "
+            f"{len(snap.errors)} part(s) this user could not read (above); no indicator of "
+            f"{ioc.id} in the rest, which does not make this host clean",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.json:
+        print(f"clean: no indicator of {ioc.id} on this host")
+    return 0

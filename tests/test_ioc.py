@@ -192,9 +192,97 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
     kinds = {h["kind"] for h in json.loads(still.stdout)["hits"]}
     assert kinds == {"paths", "sha256"}
     shutil.rmtree(drop)
-    clean = minerwatch("hunt", ioc_file, "--scan", tmp_path)
+    # in a PID namespace of its own, where it can read every process (the machine the tests
+    # run on may hold processes even root may not trace: hunt would say so and exit 2)
+    clean = subprocess.run(
+        [*own_pid_namespace(), str(SCRIPT), "hunt", str(ioc_file), "--scan", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert clean.returncode == 0, (clean.stdout, clean.stderr)
-    assert "clean" in clean.stdout
+    assert "clean" in clean.stdout and clean.stderr == ""
+
+
+def own_pid_namespace() -> list[str]:
+    """The command prefix that runs a command alone in a new PID namespace and /proc."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    cmd = ["unshare", *user, "--pid", "--fork", "--mount-proc", "--mount"]
+    if subprocess.run([*cmd, "true"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("unshare --pid does not work here")
+    return cmd
+
+
+def test_hunt_never_says_clean_when_it_could_not_read_the_host(tmp_path):
+    """Run as another user, hunt cannot read root's executables: the miner, running as root
+    from a folder that user may not enter, is no hit, and "clean" would be a lie."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run hunt as another user")
+    drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))  # 0700: nobody may enter
+    shared = Path(tempfile.mkdtemp(prefix="mw-ioc-shared-", dir="/tmp"))
+    shared.chmod(0o755)
+    exe = drop / "kworkerds"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    miner = subprocess.Popen([str(exe), "300"])
+    try:
+        ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [miner.pid], []
+        )
+        assert ev is not None
+        ioc_file = shared / "ioc.json"
+        assert minerwatch("ioc", "extract", ev, "--output", ioc_file).returncode == 0
+        ioc_file.chmod(0o644)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SCRIPT)]
+        for extra in ([], ["--json"]):
+            r = subprocess.run(
+                [*nobody, "hunt", str(ioc_file), "--scan", str(shared), *extra],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr and "clean:" not in r.stdout
+            assert "could not check the executables of" in r.stderr, r.stderr
+            assert "permission denied (run as root)" in r.stderr
+            assert f"could not check {drop}: " not in r.stderr  # not scanned, not claimed
+            assert f"minerwatch: error: {ioc_file}: expected to check the whole host" in r.stderr
+        assert any("permission denied" in e for e in json.loads(r.stdout)["errors"])
+        # root reads it all: the hit, and what it could not read said beside it
+        hit = minerwatch("hunt", ioc_file, "--scan", shared)
+        assert hit.returncode == 1 and f"pid {miner.pid} (kworkerds)" in hit.stdout, hit
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+        shutil.rmtree(drop)
+        shutil.rmtree(shared)
+
+
+def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
+    """A miner deletes its binary once started: the hunt still finds it by hash and path,
+    and says the file is gone (a responder looking for it on disk would find nothing)."""
+    drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
+    exe = drop / "kdevtmpfsi"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    ioc_file = tmp_path / "ioc.json"
+    doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-del", "sha256": [digest],
+           "paths": [str(exe)]}  # fmt: skip
+    ioc_file.write_text(json.dumps(doc))
+    miner = subprocess.Popen([str(exe), "300"])  # returns once the exec succeeded
+    try:
+        exe.unlink()
+        r = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
+        hits = json.loads(r.stdout)["hits"]
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        mine = [h for h in hits if h["pid"] == miner.pid]
+        assert {h["kind"] for h in mine} == {"sha256", "paths"}, hits
+        assert all("(deleted from disk)" in h["where"] for h in mine), mine
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+        shutil.rmtree(drop)
 
 
 @pytest.mark.skipif(not Path("/var/lib/dpkg/info/coreutils.md5sums").exists(), reason="no dpkg")
