@@ -550,7 +550,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        atomic_write(args.output, text, mode=0o644)
+        atomic_write(args.output, text, mode=0o600)  # cron lines and paths, as evidence
         print(f"wrote {ioc.id} to {args.output}", file=sys.stderr)
     return 0
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -168,6 +169,7 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
         assert r.returncode == 0, r.stderr
         doc = json.loads(ioc_file.read_text())
         assert doc["format"] == "minerwatch-ioc" and doc["sha256"] == [digest]
+        assert stat.S_IMODE(ioc_file.stat().st_mode) == 0o600  # cron lines, paths: private
         assert str(exe) in doc["paths"]
         printed = minerwatch("ioc", "extract", ev)
         assert json.loads(printed.stdout)["id"] == doc["id"]
