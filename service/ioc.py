@@ -175,14 +175,22 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
 
 def load_ioc(path: Path) -> Ioc:
     """Read and check an IOC file; anything else is an InputError naming the file."""
+    expected = "an IOC file (JSON from 'ioc extract')"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            str(path), None, "an IOC file (JSON from 'ioc extract')", str(exc)
-        ) from exc
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise InputError(str(path), None, expected, "an empty file")
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), exc.lineno, expected, exc.msg) from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), None, expected, f"bytes that are not UTF-8 ({exc})") from exc
+    except OSError as exc:
+        raise InputError(str(path), None, expected, exc.strerror or str(exc)) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = repr(doc.get("format")) if isinstance(doc, dict) else type(doc).__name__
+        if isinstance(doc, dict) and doc.get("format") == "minerwatch-evidence":
+            got += " (evidence: 'minerwatch ioc extract' turns it into an IOC file)"
         raise InputError(str(path), None, f"an IOC file with format {FORMAT!r}", got)
     if doc.get("version") != FORMAT_VERSION:
         raise InputError(str(path), None, f"version {FORMAT_VERSION}", repr(doc.get("version")))

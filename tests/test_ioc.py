@@ -122,7 +122,13 @@ def test_find_hits_on_literals():
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        ("{", ["bad.json", "IOC file"]),
+        ("{", ["bad.json:1: expected an IOC file"]),
+        ("", ["bad.json: expected an IOC file", "got an empty file"]),
+        (
+            '{"format": "minerwatch-ioc",\n "version": 1,\n "id": "x",\n "sha256": ["ab"',
+            ["bad.json:4:"],
+        ),
+        ('{"format": "minerwatch-evidence"}', ["'minerwatch ioc extract' turns it into an IOC"]),
         ('{"format": "other"}', ["bad.json", "minerwatch-ioc"]),
         ('{"format": "minerwatch-ioc", "version": 1, "id": "x", "sha256": ["zz"]}', ["sha256"]),
         ('{"format": "minerwatch-ioc", "version": 1, "id": "x", "paths": "p"}', ["'paths'"]),
