@@ -265,6 +265,28 @@ def test_hunt_never_says_clean_when_it_could_not_read_the_host(tmp_path):
         shutil.rmtree(shared)
 
 
+def test_hunt_hashes_a_binary_without_its_execute_bit(tmp_path):
+    """A miner dropped 0644 (run through the dynamic loader, which needs no execute bit, or
+    waiting to be) is still the binary of the IOC: the scan hashes ELF files, not only
+    executable ones."""
+    drop = tmp_path / "shm"
+    drop.mkdir()
+    exe = drop / ".x"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    exe.chmod(0o644)
+    (drop / "notes.txt").write_text("not a binary\n")
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    ioc_file = tmp_path / "ioc.json"
+    doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-noexec", "sha256": [digest]}
+    ioc_file.write_text(json.dumps(doc))
+    r = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    hits = json.loads(r.stdout)["hits"]
+    assert [(h["kind"], h["where"]) for h in hits] == [("sha256", f"file {exe}")]
+
+
 def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
     """A miner deletes its binary once started: the hunt still finds it by hash and path,
     and says the file is gone (a responder looking for it on disk would find nothing)."""
