@@ -8,9 +8,11 @@ clean, 2 when the IOC file is not one or, finding nothing, part of the host coul
 
 Reading the host (:func:`read_host`) is kept apart from matching (:func:`find_hits`, a pure
 function tested on literals). Only the suspects go into the file: processes an indicator
-named, else the evidence's top process, and never a binary of the system's own folders
-(``/usr/bin/python3`` would match every host), nor the hash of a copy of one (a renamed
-``python3`` in ``/tmp`` running the miner's script: its path is kept).
+named, else the evidence's top process, and never a binary a package shipped as it
+shipped it (``/usr/bin/python3`` would match every host; without a package record, any of
+the system's own folders), nor the hash of a copy of one (a renamed ``python3`` in ``/tmp``
+running the miner's script: its path is kept). A binary no package owns is kept, even in
+``/usr/local/bin``.
 
     >>> ioc = Ioc("ioc-x", sha256=("ab" * 32,))
     >>> snap = HostSnapshot(processes=[ProcessSeen(7, "kx", "/tmp/kx", "ab" * 32)])
@@ -57,6 +59,12 @@ DEFAULT_SCAN = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 #: Binaries here belong to the system: their hash or path would match every host.
 SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/minerwatch/")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: Interpreters a container image or an administrator puts in /usr/local without a package
+#: (python:3.12's /usr/local/bin/python3.12): a miner's script runs in them, they are not it.
+_INTERPRETER = re.compile(
+    r"(python|pypy|perl|ruby|php|node|nodejs|bun|deno|java|lua|tclsh|bash|sh|dash|zsh|busybox)"
+    r"[0-9.]*"
+)
 _HASH_CAP = 256 << 20
 _SCAN_MAX_FILES = 20_000
 _MAX_NOTES = 20  # "could not check" lines hunt prints; the rest are counted
@@ -96,6 +104,48 @@ def _system(path: str) -> bool:
     return any(path.startswith(d) for d in SYSTEM_DIRS)
 
 
+def _binary_kept(exe: str, proc: Mapping[str, Any], left_out: list[str]) -> tuple[bool, bool]:
+    """Whether a suspect's path and sha256 go into the IOC: never what would match every
+    host. The evidence's package record decides where dpkg was asked: a binary a package
+    shipped unchanged is left out, one whose content differs keeps its hash (the package's
+    path is on every host), one no package owns is kept wherever it lies (a miner in
+    ``/usr/local/bin``), but a byte-for-byte copy of a shipped program only by its path.
+    Without a record, binaries of the system's folders are left out unless deleted."""
+    if not exe:
+        return False, False
+    raw = proc.get("package")
+    pkg: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    owner, shipped, copy = pkg.get("name"), pkg.get("as_shipped"), pkg.get("copy_of")
+    if pkg.get("manager") == "dpkg" and isinstance(owner, str) and shipped is True:
+        left_out.append(
+            f"{exe}: shipped unchanged by the package {owner}, it would match every host "
+            "that installed it"
+        )
+        return False, False
+    if pkg.get("manager") == "dpkg" and isinstance(owner, str) and shipped is False:
+        left_out.append(
+            f"the path {exe}: the package {owner} installs it on every host; its sha256, "
+            "which differs from the file the package shipped, stays"
+        )
+        return False, True
+    if isinstance(copy, dict):  # a renamed system program: its hash is everywhere
+        left_out.append(
+            f"the sha256 of {exe}: a copy of {copy.get('path')} ({copy.get('package')}), "
+            "it would match that program on every host; its path stays"
+        )
+        return True, False
+    if pkg.get("manager") == "dpkg" and owner is None:
+        if _system(exe) and _INTERPRETER.fullmatch(os.path.basename(exe)):
+            left_out.append(
+                f"{exe}: an interpreter no package owns (a container image's, or built by "
+                "hand), it would match every host that has it"
+            )
+            return False, False
+        return True, True  # no package's: the attacker's, even under /usr
+    keep = not _system(exe) or bool(proc.get("exe_deleted"))
+    return keep, keep
+
+
 def _mentions(text: str, paths: Sequence[str]) -> bool:
     """Whether a line names one of ``paths`` (in full, or a token with its file name)."""
     names = {os.path.basename(p) for p in paths if len(os.path.basename(p)) >= 2}
@@ -113,21 +163,12 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
     left_out: list[str] = []
     for p in suspects:
         exe = str(p.get("exe") or "")
-        if exe and (not _system(exe) or p.get("exe_deleted")):
+        digest = p.get("sha256") if isinstance(p.get("sha256"), str) else None
+        keep_path, keep_hash = _binary_kept(exe, p, left_out)
+        if keep_path:
             paths.add(exe)
-            copy = (
-                (p.get("package") or {}).get("copy_of")
-                if isinstance(p.get("package"), dict)
-                else None
-            )
-            if isinstance(p.get("sha256"), str) and _SHA256.match(p["sha256"]):
-                if isinstance(copy, dict):  # a renamed system program: its hash is everywhere
-                    left_out.append(
-                        f"the sha256 of {exe}: a copy of {copy.get('path')} "
-                        f"({copy.get('package')}), it would match that program on every host"
-                    )
-                else:
-                    sha.add(p["sha256"])
+        if keep_hash and digest is not None and _SHA256.match(digest):
+            sha.add(digest)
         for c in p.get("connections") or []:
             remote = c.get("remote") if isinstance(c, dict) else None
             if remote:
@@ -561,16 +602,17 @@ def run(args: argparse.Namespace) -> int:
     IOC file, so writing one would only defer the error to another host."""
     path = _evidence_path(args)
     ioc = extract(read_evidence_file(path), source=path.name)
+    for what in ioc.source.get("left_out") or ():
+        print(f"minerwatch: note: left out {_printable(what)}", file=sys.stderr)
     if ioc.empty():
         raise InputError(
             str(path),
             None,
             f"evidence naming at least one indicator of the suspect ({', '.join(LIST_KEYS)}; "
-            "binaries of the system's folders are left out)",
+            "binaries a package shipped, or without a package record of the system's "
+            "folders, are left out)",
             f"none for {_suspects(ioc)}; no IOC file written",
         )
-    for what in ioc.source.get("left_out") or ():
-        print(f"minerwatch: note: left out {what}; its path stays", file=sys.stderr)
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
     if args.output is None:
         sys.stdout.write(text)

@@ -91,6 +91,27 @@ def test_extract_without_indicators_takes_the_top_process_but_never_a_system_bin
     assert extract(doc).sha256 == (H2,)  # unless its binary was deleted from disk
 
 
+def test_extract_asks_the_package_record_what_is_on_every_host():
+    def suspect(exe: str, **package: object) -> dict[str, object]:
+        record = {"manager": "dpkg", "name": None, "as_shipped": None, "copy_of": None}
+        return {**EVIDENCE, "ld_so_preload": {"exists": False}, "crontabs": [],
+                "systemd_units": [], "processes": [{**EVIDENCE["processes"][1], "exe": exe,
+                "connections": [], "package": {**record, **package}}]}  # fmt: skip
+
+    mine = extract(suspect("/usr/local/bin/kdevtmpfsi"))  # no package's, under /usr
+    assert (mine.sha256, mine.paths) == ((H1,), ("/usr/local/bin/kdevtmpfsi",))
+    python = extract(suspect("/usr/local/bin/python3.12"))  # a container image's python
+    assert python.empty() and "an interpreter no package owns" in python.source["left_out"][0]
+    shipped = extract(suspect("/opt/vendor/agent", name="vendor-agent", as_shipped=True))
+    assert shipped.empty()  # a package's file as shipped: on every host that installed it
+    assert "shipped unchanged by the package vendor-agent" in shipped.source["left_out"][0]
+    changed = extract(suspect("/usr/sbin/cron", name="cron", as_shipped=False))
+    assert (changed.sha256, changed.paths) == ((H1,), ())  # replaced: its hash is the miner's
+    bare = dict(suspect("/usr/local/bin/x"), processes=[{**EVIDENCE["processes"][1],
+                "exe": "/usr/local/bin/x", "connections": []}])  # fmt: skip
+    assert extract(bare).empty()  # no package record (no dpkg): the system's folders
+
+
 def test_find_hits_on_literals():
     ioc = Ioc(
         "ioc-1",
@@ -285,6 +306,36 @@ def test_hunt_hashes_a_binary_without_its_execute_bit(tmp_path):
     assert r.returncode == 1, (r.stdout, r.stderr)
     hits = json.loads(r.stdout)["hits"]
     assert [(h["kind"], h["where"]) for h in hits] == [("sha256", f"file {exe}")]
+
+
+def test_extract_keeps_a_binary_no_package_owns_in_a_system_folder(tmp_path):
+    """A miner installed as /usr/local/lib/.../kdevtmpfsi: no package owns it, so its hash
+    and path are the miner's, though it lies under /usr (it was left out: nothing to hunt)."""
+    if not Path("/var/lib/dpkg/info").is_dir():
+        pytest.skip("no dpkg database")
+    try:
+        drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/usr/local/lib"))
+    except OSError:
+        pytest.skip("cannot write under /usr/local/lib")
+    exe = drop / "kdevtmpfsi"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    miner = subprocess.Popen([str(exe), "300"])
+    try:
+        ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [miner.pid], []
+        )
+        assert ev is not None
+        r = minerwatch("ioc", "extract", ev)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert (doc["sha256"], doc["paths"]) == ([digest], [str(exe)])
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+        shutil.rmtree(drop)
 
 
 def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
