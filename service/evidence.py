@@ -787,6 +787,14 @@ def locate(dir: Path, name: str) -> Path:
         name = given.name
     if not name or "/" in name or "\0" in name or name.startswith("."):
         raise InputError(name, None, "a file name from 'minerwatch evidence list'", repr(name))
+    try:  # glob sees an unreadable folder as empty: "no such file" would mislead
+        with os.scandir(dir):
+            pass
+    except PermissionError:
+        expected = "an evidence folder this user can read (run as root)"
+        raise InputError(str(dir), None, expected, "permission denied") from None
+    except OSError:
+        pass  # missing: the file is not there, as said below
     files = evidence_files(dir)
     stem = name[:-5] if name.endswith(".json") else name
     for path in files:

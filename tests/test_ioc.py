@@ -338,6 +338,31 @@ def test_extract_keeps_a_binary_no_package_owns_in_a_system_folder(tmp_path):
         shutil.rmtree(drop)
 
 
+def test_extract_by_name_in_a_folder_the_user_cannot_read_says_so():
+    """Not "no such file": the evidence is there, this user may not read the folder."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    data = Path(tempfile.mkdtemp(prefix="mw-ioc-data-", dir="/tmp"))
+    try:
+        data.chmod(0o755)
+        ev = EvidenceWriter(data / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [os.getpid()], []
+        )
+        assert ev is not None and stat.S_IMODE(ev.parent.stat().st_mode) == 0o700
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SCRIPT),
+             "ioc", "extract", "ep1", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert (
+            f"{data / 'evidence'}: expected an evidence folder this user can read (run as root)"
+            ", got permission denied"
+        ) in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(data)
+
+
 def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
     """A miner deletes its binary once started: the hunt still finds it by hash and path,
     and says the file is gone (a responder looking for it on disk would find nothing)."""
