@@ -34,6 +34,7 @@ from minerwatch.service.report import (
     read_events,
     say,
 )
+from minerwatch.service.respond import CONFIRMING
 
 #: Longest reason kept: a note for the record, not a document.
 MAX_REASON = 500
@@ -109,6 +110,7 @@ def dismiss(
             }
             if row is not None:
                 return {**record, "at": row[0], "by": row[1], "reason": row[2], "already": True}
+            record["confirming"] = _confirming(episode)
             at = time.time() if now is None else now
             by = _who()
             conn.execute(
@@ -128,6 +130,17 @@ def dismiss(
     finally:
         conn.close()
     return {**record, "at": at, "by": by, "reason": reason, "windows": windows, "already": False}
+
+
+def _confirming(episode: dict[str, Any]) -> list[str]:
+    """The episode's indicators that say what a process *is* (a miner's name, a pool port,
+    a stratum URL, a disguise), in words: a benign verdict on those deserves a second look."""
+    out = []
+    for h in episode.get("indicators") or []:
+        if isinstance(h, dict) and h.get("indicator_id") in CONFIRMING:
+            pid = h.get("pid")
+            out.append(f"{h['indicator_id']}" + (f" (pid {pid})" if pid is not None else ""))
+    return list(dict.fromkeys(out))
 
 
 def undo(cfg: AgentConfig, episode_id: str, now: float | None = None) -> dict[str, Any]:
@@ -240,6 +253,16 @@ def run(args: argparse.Namespace) -> int:
             f"windows) as benign: the agent's next retraining, {when}, learns these windows "
             "instead of leaving them out; 'minerwatch dismiss --undo "
             f"{record['episode']}' takes it back"
+        )
+    if record.get("confirming"):
+        eid = record["episode"]
+        print(
+            f"minerwatch: warning: episode {eid} matched miner indicators "
+            f"({', '.join(record['confirming'])}): dismissed as asked, but check "
+            f"'minerwatch report --episode {eid}' (the latest episode is dismissed unless "
+            f"--episode names one); those processes are never learnt, and "
+            f"'minerwatch dismiss --undo {eid}' takes it back",
+            file=sys.stderr,
         )
     if cfg.retrain_every <= 0:
         print(

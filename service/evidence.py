@@ -130,19 +130,20 @@ class HostPaths:
             dpkg_info=moved(base.dpkg_info),
         )
 
-    def cron_files(self) -> Iterator[Path]:
-        """The crontab and every file under the cron folders."""
+    def cron_files(self, errors: list[str] | None = None) -> Iterator[Path]:
+        """The crontab and every file under the cron folders (``errors``: see walk_files)."""
         yield self.crontab
         for d in self.cron_dirs:
-            yield from walk_files(d)
+            yield from walk_files(d, errors)
 
     def init_files(self) -> Iterator[Path]:
         """Init scripts (folders walked, single files such as ``rc.local`` as they are)."""
         for d in self.init_dirs:
             yield from walk_files(d) if d.is_dir() else iter([d] if os.path.lexists(d) else [])
 
-    def unit_files(self) -> Iterator[Path]:
-        """System unit files and every home's user units, each folder once."""
+    def unit_files(self, errors: list[str] | None = None) -> Iterator[Path]:
+        """System unit files and every home's user units, each folder once (``errors``: see
+        walk_files)."""
         seen: set[str] = set()
         dirs = list(self.systemd_dirs)
         for root in self.home_roots:
@@ -159,7 +160,7 @@ class HostPaths:
             if real in seen:
                 continue
             seen.add(real)
-            yield from walk_files(d)
+            yield from walk_files(d, errors)
 
     def authorized_keys(self) -> Iterator[Path]:
         """``.ssh/authorized_keys`` (and ``authorized_keys2``) of every home that has one."""
@@ -593,14 +594,24 @@ class EvidenceWriter:
                 continue
 
 
-def walk_files(root: Path) -> Iterator[Path]:
-    """Files and symlinks under ``root`` (not following links), bounded; missing root is empty."""
+def walk_files(root: Path, errors: list[str] | None = None) -> Iterator[Path]:
+    """Files and symlinks under ``root`` (not following links), bounded; missing root is empty.
+
+    A folder that cannot be read is skipped; with ``errors``, named there (``path: reason``),
+    as is a walk cut short by the bound."""
+
+    def skipped(exc: OSError) -> None:
+        if errors is not None and not isinstance(exc, FileNotFoundError | NotADirectoryError):
+            errors.append(f"{exc.filename}: {exc.strerror or exc}")
+
     count = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=skipped):
         dirnames.sort()
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
             count += 1
             if count > _MAX_WALK:
+                if errors is not None:
+                    errors.append(f"{root}: more than {_MAX_WALK} files, the rest")
                 return
             yield Path(dirpath, name)
 
@@ -776,6 +787,14 @@ def locate(dir: Path, name: str) -> Path:
         name = given.name
     if not name or "/" in name or "\0" in name or name.startswith("."):
         raise InputError(name, None, "a file name from 'minerwatch evidence list'", repr(name))
+    try:  # glob sees an unreadable folder as empty: "no such file" would mislead
+        with os.scandir(dir):
+            pass
+    except PermissionError:
+        expected = "an evidence folder this user can read (run as root)"
+        raise InputError(str(dir), None, expected, "permission denied") from None
+    except OSError:
+        pass  # missing: the file is not there, as said below
     files = evidence_files(dir)
     stem = name[:-5] if name.endswith(".json") else name
     for path in files:

@@ -4,13 +4,15 @@ A miner found on one machine is rarely alone (one stolen account, a hundred mach
 ``minerwatch ioc extract EVIDENCE`` keeps what identifies *this* miner — its binary's sha256,
 its paths, the pools it talked to, the cron lines and systemd units that restart it — and
 ``minerwatch hunt IOC-FILE`` checks another host once against it: exit 1 on a hit, 0 when
-clean, 2 when the IOC file is not one.
+clean, 2 when the IOC file is not one or, finding nothing, part of the host could not be read.
 
 Reading the host (:func:`read_host`) is kept apart from matching (:func:`find_hits`, a pure
 function tested on literals). Only the suspects go into the file: processes an indicator
-named, else the evidence's top process, and never a binary of the system's own folders
-(``/usr/bin/python3`` would match every host), nor the hash of a copy of one (a renamed
-``python3`` in ``/tmp`` running the miner's script: its path is kept).
+named, else the evidence's top process, and never a binary a package shipped as it
+shipped it (``/usr/bin/python3`` would match every host; without a package record, any of
+the system's own folders), nor the hash of a copy of one (a renamed ``python3`` in ``/tmp``
+running the miner's script: its path is kept). A binary no package owns is kept, even in
+``/usr/local/bin``.
 
     >>> ioc = Ioc("ioc-x", sha256=("ab" * 32,))
     >>> snap = HostSnapshot(processes=[ProcessSeen(7, "kx", "/tmp/kx", "ab" * 32)])
@@ -29,7 +31,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +59,15 @@ DEFAULT_SCAN = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 #: Binaries here belong to the system: their hash or path would match every host.
 SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/minerwatch/")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: Interpreters a container image or an administrator puts in /usr/local without a package
+#: (python:3.12's /usr/local/bin/python3.12): a miner's script runs in them, they are not it.
+_INTERPRETER = re.compile(
+    r"(python|pypy|perl|ruby|php|node|nodejs|bun|deno|java|lua|tclsh|bash|sh|dash|zsh|busybox)"
+    r"[0-9.]*"
+)
 _HASH_CAP = 256 << 20
 _SCAN_MAX_FILES = 20_000
+_MAX_NOTES = 20  # "could not check" lines hunt prints; the rest are counted
 _TOKENS = re.compile(r"[\s;|&()<>`'\"=]+")
 
 
@@ -95,6 +104,48 @@ def _system(path: str) -> bool:
     return any(path.startswith(d) for d in SYSTEM_DIRS)
 
 
+def _binary_kept(exe: str, proc: Mapping[str, Any], left_out: list[str]) -> tuple[bool, bool]:
+    """Whether a suspect's path and sha256 go into the IOC: never what would match every
+    host. The evidence's package record decides where dpkg was asked: a binary a package
+    shipped unchanged is left out, one whose content differs keeps its hash (the package's
+    path is on every host), one no package owns is kept wherever it lies (a miner in
+    ``/usr/local/bin``), but a byte-for-byte copy of a shipped program only by its path.
+    Without a record, binaries of the system's folders are left out unless deleted."""
+    if not exe:
+        return False, False
+    raw = proc.get("package")
+    pkg: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    owner, shipped, copy = pkg.get("name"), pkg.get("as_shipped"), pkg.get("copy_of")
+    if pkg.get("manager") == "dpkg" and isinstance(owner, str) and shipped is True:
+        left_out.append(
+            f"{exe}: shipped unchanged by the package {owner}, it would match every host "
+            "that installed it"
+        )
+        return False, False
+    if pkg.get("manager") == "dpkg" and isinstance(owner, str) and shipped is False:
+        left_out.append(
+            f"the path {exe}: the package {owner} installs it on every host; its sha256, "
+            "which differs from the file the package shipped, stays"
+        )
+        return False, True
+    if isinstance(copy, dict):  # a renamed system program: its hash is everywhere
+        left_out.append(
+            f"the sha256 of {exe}: a copy of {copy.get('path')} ({copy.get('package')}), "
+            "it would match that program on every host; its path stays"
+        )
+        return True, False
+    if pkg.get("manager") == "dpkg" and owner is None:
+        if _system(exe) and _INTERPRETER.fullmatch(os.path.basename(exe)):
+            left_out.append(
+                f"{exe}: an interpreter no package owns (a container image's, or built by "
+                "hand), it would match every host that has it"
+            )
+            return False, False
+        return True, True  # no package's: the attacker's, even under /usr
+    keep = not _system(exe) or bool(proc.get("exe_deleted"))
+    return keep, keep
+
+
 def _mentions(text: str, paths: Sequence[str]) -> bool:
     """Whether a line names one of ``paths`` (in full, or a token with its file name)."""
     names = {os.path.basename(p) for p in paths if len(os.path.basename(p)) >= 2}
@@ -112,21 +163,12 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
     left_out: list[str] = []
     for p in suspects:
         exe = str(p.get("exe") or "")
-        if exe and (not _system(exe) or p.get("exe_deleted")):
+        digest = p.get("sha256") if isinstance(p.get("sha256"), str) else None
+        keep_path, keep_hash = _binary_kept(exe, p, left_out)
+        if keep_path:
             paths.add(exe)
-            copy = (
-                (p.get("package") or {}).get("copy_of")
-                if isinstance(p.get("package"), dict)
-                else None
-            )
-            if isinstance(p.get("sha256"), str) and _SHA256.match(p["sha256"]):
-                if isinstance(copy, dict):  # a renamed system program: its hash is everywhere
-                    left_out.append(
-                        f"the sha256 of {exe}: a copy of {copy.get('path')} "
-                        f"({copy.get('package')}), it would match that program on every host"
-                    )
-                else:
-                    sha.add(p["sha256"])
+        if keep_hash and digest is not None and _SHA256.match(digest):
+            sha.add(digest)
         for c in p.get("connections") or []:
             remote = c.get("remote") if isinstance(c, dict) else None
             if remote:
@@ -174,14 +216,22 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
 
 def load_ioc(path: Path) -> Ioc:
     """Read and check an IOC file; anything else is an InputError naming the file."""
+    expected = "an IOC file (JSON from 'ioc extract')"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            str(path), None, "an IOC file (JSON from 'ioc extract')", str(exc)
-        ) from exc
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise InputError(str(path), None, expected, "an empty file")
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), exc.lineno, expected, exc.msg) from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), None, expected, f"bytes that are not UTF-8 ({exc})") from exc
+    except OSError as exc:
+        raise InputError(str(path), None, expected, exc.strerror or str(exc)) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = repr(doc.get("format")) if isinstance(doc, dict) else type(doc).__name__
+        if isinstance(doc, dict) and doc.get("format") == "minerwatch-evidence":
+            got += " (evidence: 'minerwatch ioc extract' turns it into an IOC file)"
         raise InputError(str(path), None, f"an IOC file with format {FORMAT!r}", got)
     if doc.get("version") != FORMAT_VERSION:
         raise InputError(str(path), None, f"version {FORMAT_VERSION}", repr(doc.get("version")))
@@ -212,6 +262,7 @@ class ProcessSeen:
     name: str
     exe: str
     sha256: str | None = None
+    deleted: bool = False  # the binary was removed from disk while it runs
 
 
 @dataclass
@@ -241,9 +292,11 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
     for p in snap.processes:
         where = f"pid {p.pid} ({p.name})"
         if p.sha256 in sha:
-            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {p.exe}", p.pid))
+            exe = p.exe + (" (deleted from disk)" if p.deleted else "")
+            hits.append(Hit("sha256", p.sha256 or "", f"{where} running {exe}", p.pid))
         if p.exe in paths:
-            hits.append(Hit("paths", p.exe, f"{where} runs it", p.pid))
+            runs = "runs it" + (" (deleted from disk)" if p.deleted else "")
+            hits.append(Hit("paths", p.exe, f"{where} {runs}", p.pid))
     for path, digest in sorted(snap.files.items()):
         if path in paths:
             hits.append(Hit("paths", path, "file exists"))
@@ -269,16 +322,22 @@ class HashCache:
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
-        self._known: dict[tuple[int, int, int, int], str | None] = {}
+        self._known: dict[tuple[int, int, int, int], tuple[str | None, str]] = {}
 
     def sha256(self, path: Path) -> str | None:
         """The file's sha256 (None if too big or unreadable); OSError if it is gone."""
+        return self.hash(path)[0]
+
+    def hash(self, path: Path) -> tuple[str | None, str]:
+        """``(sha256, "")``, or ``(None, why)`` when too big or unreadable; OSError if the
+        file is gone (or, for ``/proc/PID/exe``, another user's process)."""
         st = os.stat(path)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if key not in self._known:
             if len(self._known) >= self.max_entries:
                 self._known.clear()
-            self._known[key] = hash_file(path, _HASH_CAP).get("sha256")
+            got = hash_file(path, _HASH_CAP)
+            self._known[key] = (got.get("sha256"), str(got.get("hash_error") or ""))
         return self._known[key]
 
 
@@ -286,19 +345,41 @@ def _remote(addr: Any) -> str:
     return f"[{addr.ip}]:{addr.port}" if ":" in addr.ip else f"{addr.ip}:{addr.port}"
 
 
-def _executables(dirs: Iterable[Path]) -> Iterator[Path]:
+def _executables(dirs: Sequence[Path], errors: list[str]) -> Iterator[Path]:
     seen = 0
-    for d in dirs:
-        for path in walk_files(d):
+    for i, d in enumerate(dirs):
+        for path in walk_files(d, errors):
             seen += 1
             if seen > _SCAN_MAX_FILES:
+                rest = ", ".join(map(str, dirs[i + 1 :]))
+                errors.append(
+                    f"{d}: more than {_SCAN_MAX_FILES} files in the scanned folders, "
+                    f"the rest{' and ' + rest if rest else ''}"
+                )
                 return
             try:
                 st = path.lstat()
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 and st.st_size <= _HASH_CAP:
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _HASH_CAP:
+                continue
+            if st.st_mode & 0o111 or _is_elf(path):
                 yield path
+
+
+def _is_elf(path: Path) -> bool:
+    """Whether a file (without an execute bit) is an ELF binary: the dynamic loader runs one
+    all the same (``ld-linux-x86-64.so.2 /dev/shm/x``, from a noexec mount too)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, 4) == b"\x7fELF"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_host(
@@ -313,26 +394,50 @@ def read_host(
     whose inode, size and mtime are unchanged need not be read again)."""
     snap = HostSnapshot()
     hashes = cache if cache is not None else HashCache()
+    denied: dict[str, list[int]] = {}  # user -> pids whose executable this user may not read
+    unhashed: list[str] = []
     for rec in ProcessTable(paths.proc).read():
-        if not rec.exe:
+        link = paths.proc / str(rec.pid) / "exe"
+        if not rec.exe:  # a kernel thread, a zombie, gone, or another user's process
+            if _denied(link):
+                denied.setdefault(rec.username or "?", []).append(rec.pid)
             continue
         digest = None
         if ioc.sha256:
-            link = paths.proc / str(rec.pid) / "exe"
             try:
-                digest = hashes.sha256(link)
-            except OSError:
-                continue  # exited, or not ours to read
-        snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest))
-    for p in ioc.paths:
-        if os.path.lexists(p):
-            snap.files[p] = None
-    if ioc.sha256:
-        for exe in _executables(scan):
-            try:
-                snap.files[str(exe)] = hashes.sha256(exe)
-            except OSError:
+                digest, why = hashes.hash(link)
+            except PermissionError:
+                denied.setdefault(rec.username or "?", []).append(rec.pid)
                 continue
+            except OSError:
+                continue  # exited
+            if digest is None:
+                unhashed.append(f"pid {rec.pid} ({rec.name}) {rec.exe}: {why}")
+        snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest, rec.exe_deleted))
+    if denied:
+        snap.errors.append(_denied_note(denied))
+    if unhashed:
+        snap.errors.append(
+            f"the sha256 of {len(unhashed)} running executables: {'; '.join(unhashed[:5])}"
+        )
+    for p in ioc.paths:
+        try:
+            os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            snap.errors.append(f"{p}: {exc.strerror or exc}")
+            continue
+        snap.files[p] = None
+    if ioc.sha256:
+        for exe in _executables(scan, snap.errors):
+            try:
+                digest, why = hashes.hash(exe)
+            except OSError:
+                continue  # removed meanwhile
+            if digest is None:
+                snap.errors.append(f"{exe}: {why}")
+            snap.files[str(exe)] = digest
     if ioc.pools:
         try:
             conns = psutil.net_connections(kind="inet")
@@ -341,7 +446,7 @@ def read_host(
             conns = []
         snap.connections = [(c.pid, _remote(c.raddr)) for c in conns if c.raddr]
     if ioc.cron_lines:
-        for f in paths.cron_files():
+        for f in paths.cron_files(snap.errors):
             try:
                 text = f.read_text(errors="surrogateescape")
             except FileNotFoundError:
@@ -351,8 +456,34 @@ def read_host(
                 continue
             snap.cron_lines += [(str(f), line) for line in text.splitlines() if line.strip()]
     if ioc.units:
-        snap.unit_files = [str(f) for f in paths.unit_files()]
+        snap.unit_files = [str(f) for f in paths.unit_files(snap.errors)]
     return snap
+
+
+def _denied_note(denied: Mapping[str, Sequence[int]]) -> str:
+    """The processes whose executable could not be read, by user, and what would read them."""
+    n = sum(map(len, denied.values()))
+    users = ", ".join(
+        f"{u}: pid {', '.join(map(str, pids))}" if len(pids) <= 3 else f"{u}: {len(pids)}"
+        for u, pids in sorted(denied.items())
+    )
+    why = (
+        "run as root"
+        if os.geteuid() != 0
+        else "root without CAP_SYS_PTRACE over them, e.g. in another user namespace"
+    )
+    return f"the executables of {n} process(es) ({users}): permission denied ({why})"
+
+
+def _denied(link: Path) -> bool:
+    """Whether ``/proc/PID/exe`` is there but this user may not read it."""
+    try:
+        os.readlink(link)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 # --------------------------------------------------------------------------- the agent's watch
@@ -471,21 +602,22 @@ def run(args: argparse.Namespace) -> int:
     IOC file, so writing one would only defer the error to another host."""
     path = _evidence_path(args)
     ioc = extract(read_evidence_file(path), source=path.name)
+    for what in ioc.source.get("left_out") or ():
+        print(f"minerwatch: note: left out {_printable(what)}", file=sys.stderr)
     if ioc.empty():
         raise InputError(
             str(path),
             None,
             f"evidence naming at least one indicator of the suspect ({', '.join(LIST_KEYS)}; "
-            "binaries of the system's folders are left out)",
+            "binaries a package shipped, or without a package record of the system's "
+            "folders, are left out)",
             f"none for {_suspects(ioc)}; no IOC file written",
         )
-    for what in ioc.source.get("left_out") or ():
-        print(f"minerwatch: note: left out {what}; its path stays", file=sys.stderr)
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
     if args.output is None:
         sys.stdout.write(text)
     else:
-        atomic_write(args.output, text, mode=0o644)
+        atomic_write(args.output, text, mode=0o600)  # cron lines and paths, as evidence
         print(f"wrote {ioc.id} to {args.output}", file=sys.stderr)
     return 0
 
@@ -529,7 +661,9 @@ def scan_folders(folders: Sequence[Path]) -> tuple[Path, ...]:
 
 
 def run_hunt(args: argparse.Namespace) -> int:
-    """``minerwatch hunt IOC-FILE``: 1 on a hit (each printed), 0 when clean."""
+    """``minerwatch hunt IOC-FILE``: 1 on a hit (each printed), 0 when clean, 2 when nothing
+    was found but part of the host could not be checked (another user's processes, a folder
+    or crontab this user may not read): "clean" would then be a guess."""
     ioc = load_ioc(args.ioc_file)
     scan = DEFAULT_SCAN if args.scan is None else scan_folders(args.scan)
     snap = read_host(ioc, scan=scan)
@@ -540,8 +674,21 @@ def run_hunt(args: argparse.Namespace) -> int:
     else:
         for h in hits:
             print(f"hit {ioc.id}: {h.kind} {_printable(h.value)} -- {_printable(h.where)}")
-        for e in snap.errors:
-            print(f"minerwatch: note: could not check {_printable(e)}", file=sys.stderr)
-        if not hits:
-            print(f"clean: no indicator of {ioc.id} on this host")
-    return 1 if hits else 0
+    for e in snap.errors[:_MAX_NOTES]:
+        print(f"minerwatch: note: could not check {_printable(e)}", file=sys.stderr)
+    if len(snap.errors) > _MAX_NOTES:
+        more = len(snap.errors) - _MAX_NOTES
+        print(f"minerwatch: note: and {more} more not checked", file=sys.stderr)
+    if hits:
+        return 1
+    if snap.errors:
+        print(
+            f"minerwatch: error: {args.ioc_file}: expected to check the whole host, got "
+            f"{len(snap.errors)} part(s) this user could not read (above); no indicator of "
+            f"{ioc.id} in the rest, which does not make this host clean",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.json:
+        print(f"clean: no indicator of {ioc.id} on this host")
+    return 0

@@ -502,6 +502,29 @@ def _persistence(evidence: Mapping[str, Any] | None, baseline_path: Path) -> dic
     }
 
 
+def _hunt_detail(suspect: Mapping[str, Any], pools: Sequence[str], evidence: Any) -> str:
+    """What to hunt for, and with what: ``ioc extract`` of the evidence, then ``hunt``.
+
+    The sha256 of a byte-for-byte copy of a shipped program (a renamed ``python3`` running
+    the miner's script) is that program's on every host: its path is what to look for."""
+    package = suspect.get("package")
+    copy = package.get("copy_of") if isinstance(package, dict) else None
+    if isinstance(copy, dict) and suspect.get("exe"):
+        what = (
+            f"path {suspect['exe']} (not its sha256: a copy of {copy.get('path')}, "
+            "it would match that program on every host)"
+        )
+    else:
+        what = f"sha256 {suspect.get('sha256') or '-'}"
+    what += f"; pools {', '.join(pools) or '-'}"
+    if not isinstance(evidence, str) or not evidence:
+        return what
+    return (
+        f"minerwatch ioc extract {shlex.quote(evidence)} --output ioc.json, then "
+        f"'minerwatch hunt ioc.json' as root on every other host ({what})"
+    )
+
+
 def _checklist(doc: Mapping[str, Any], agent: bool = True) -> list[dict[str, Any]]:
     """The response playbook, step by step, with what the agent has already done (batch
     reports have no agent to dismiss an episode to)."""
@@ -549,7 +572,7 @@ def _checklist(doc: Mapping[str, Any], agent: bool = True) -> list[dict[str, Any
             "hunt",
             "check the other hosts for the same binary and pool addresses",
             "to do",
-            f"sha256 {suspect.get('sha256') or '-'}; pools {', '.join(pools) or '-'}",
+            _hunt_detail(suspect, pools, doc.get("evidence_file")),
         ),
         ("recover", "rotate the credentials that let it in; rebuild if in doubt", "to do", ""),
         ("report", "write the incident report", "done", "this report"),

@@ -266,6 +266,36 @@ def test_dismiss_without_an_agent_running_records_the_episode(tmp_path):
     assert len(ts) == 720
 
 
+def test_dismissing_an_episode_with_miner_indicators_says_so(tmp_path):
+    """The latest episode is dismissed by default: if a miner's episode opened since the one
+    the responder meant, its indicators are named (the dismissal still stands, as asked)."""
+    data = agent_folder(tmp_path)
+    line = {
+        "id": "h-1000003600",
+        "host": "h",
+        "start": 1e9 + 3600,
+        "end": 1e9 + 4800,
+        "indicators": [
+            {"indicator_id": "stratum_url", "pid": 4242, "detail": "x"},
+            {"indicator_id": "unexplained_cpu", "pid": None, "detail": "51"},
+        ],
+    }
+    (data / "events.jsonl").write_text(json.dumps({**line, "event": "open"}) + "\n")  # fmt: skip
+    r = mw("dismiss", "--data-dir", data, "--reason", "reindex")
+    assert r.returncode == 0, r.stderr
+    assert "dismissed episode h-1000003600" in r.stdout
+    assert (
+        "minerwatch: warning: episode h-1000003600 matched miner indicators "
+        "(stratum_url (pid 4242)): dismissed as asked, but check "
+        "'minerwatch report --episode h-1000003600'"
+    ) in r.stderr, r.stderr
+    again = mw("dismiss", "--data-dir", data, "--reason", "reindex")
+    assert again.returncode == 0 and "already dismissed" in again.stdout
+    plain = agent_folder(tmp_path / "plain")  # no indicator: no warning
+    r = mw("dismiss", "--data-dir", plain)
+    assert r.returncode == 0 and "matched miner indicators" not in r.stderr, r.stderr
+
+
 def test_a_dismissal_teaches_a_new_tool_but_never_a_disguised_miner(tmp_path):
     """The training child on a history whose alerted episode was dismissed: the admin's new
     tool in it becomes known, the miner posing as a kernel thread from /tmp does not."""

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,27 @@ def test_extract_without_indicators_takes_the_top_process_but_never_a_system_bin
     assert extract(doc).sha256 == (H2,)  # unless its binary was deleted from disk
 
 
+def test_extract_asks_the_package_record_what_is_on_every_host():
+    def suspect(exe: str, **package: object) -> dict[str, object]:
+        record = {"manager": "dpkg", "name": None, "as_shipped": None, "copy_of": None}
+        return {**EVIDENCE, "ld_so_preload": {"exists": False}, "crontabs": [],
+                "systemd_units": [], "processes": [{**EVIDENCE["processes"][1], "exe": exe,
+                "connections": [], "package": {**record, **package}}]}  # fmt: skip
+
+    mine = extract(suspect("/usr/local/bin/kdevtmpfsi"))  # no package's, under /usr
+    assert (mine.sha256, mine.paths) == ((H1,), ("/usr/local/bin/kdevtmpfsi",))
+    python = extract(suspect("/usr/local/bin/python3.12"))  # a container image's python
+    assert python.empty() and "an interpreter no package owns" in python.source["left_out"][0]
+    shipped = extract(suspect("/opt/vendor/agent", name="vendor-agent", as_shipped=True))
+    assert shipped.empty()  # a package's file as shipped: on every host that installed it
+    assert "shipped unchanged by the package vendor-agent" in shipped.source["left_out"][0]
+    changed = extract(suspect("/usr/sbin/cron", name="cron", as_shipped=False))
+    assert (changed.sha256, changed.paths) == ((H1,), ())  # replaced: its hash is the miner's
+    bare = dict(suspect("/usr/local/bin/x"), processes=[{**EVIDENCE["processes"][1],
+                "exe": "/usr/local/bin/x", "connections": []}])  # fmt: skip
+    assert extract(bare).empty()  # no package record (no dpkg): the system's folders
+
+
 def test_find_hits_on_literals():
     ioc = Ioc(
         "ioc-1",
@@ -121,7 +143,13 @@ def test_find_hits_on_literals():
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        ("{", ["bad.json", "IOC file"]),
+        ("{", ["bad.json:1: expected an IOC file"]),
+        ("", ["bad.json: expected an IOC file", "got an empty file"]),
+        (
+            '{"format": "minerwatch-ioc",\n "version": 1,\n "id": "x",\n "sha256": ["ab"',
+            ["bad.json:4:"],
+        ),
+        ('{"format": "minerwatch-evidence"}', ["'minerwatch ioc extract' turns it into an IOC"]),
         ('{"format": "other"}', ["bad.json", "minerwatch-ioc"]),
         ('{"format": "minerwatch-ioc", "version": 1, "id": "x", "sha256": ["zz"]}', ["sha256"]),
         ('{"format": "minerwatch-ioc", "version": 1, "id": "x", "paths": "p"}', ["'paths'"]),
@@ -168,6 +196,7 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
         assert r.returncode == 0, r.stderr
         doc = json.loads(ioc_file.read_text())
         assert doc["format"] == "minerwatch-ioc" and doc["sha256"] == [digest]
+        assert stat.S_IMODE(ioc_file.stat().st_mode) == 0o600  # cron lines, paths: private
         assert str(exe) in doc["paths"]
         printed = minerwatch("ioc", "extract", ev)
         assert json.loads(printed.stdout)["id"] == doc["id"]
@@ -192,9 +221,174 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
     kinds = {h["kind"] for h in json.loads(still.stdout)["hits"]}
     assert kinds == {"paths", "sha256"}
     shutil.rmtree(drop)
-    clean = minerwatch("hunt", ioc_file, "--scan", tmp_path)
+    # in a PID namespace of its own, where it can read every process (the machine the tests
+    # run on may hold processes even root may not trace: hunt would say so and exit 2)
+    clean = subprocess.run(
+        [*own_pid_namespace(), str(SCRIPT), "hunt", str(ioc_file), "--scan", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert clean.returncode == 0, (clean.stdout, clean.stderr)
-    assert "clean" in clean.stdout
+    assert "clean" in clean.stdout and clean.stderr == ""
+
+
+def own_pid_namespace() -> list[str]:
+    """The command prefix that runs a command alone in a new PID namespace and /proc."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    cmd = ["unshare", *user, "--pid", "--fork", "--mount-proc", "--mount"]
+    if subprocess.run([*cmd, "true"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("unshare --pid does not work here")
+    return cmd
+
+
+def test_hunt_never_says_clean_when_it_could_not_read_the_host(tmp_path):
+    """Run as another user, hunt cannot read root's executables: the miner, running as root
+    from a folder that user may not enter, is no hit, and "clean" would be a lie."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run hunt as another user")
+    drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))  # 0700: nobody may enter
+    shared = Path(tempfile.mkdtemp(prefix="mw-ioc-shared-", dir="/tmp"))
+    shared.chmod(0o755)
+    exe = drop / "kworkerds"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    miner = subprocess.Popen([str(exe), "300"])
+    try:
+        ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [miner.pid], []
+        )
+        assert ev is not None
+        ioc_file = shared / "ioc.json"
+        assert minerwatch("ioc", "extract", ev, "--output", ioc_file).returncode == 0
+        ioc_file.chmod(0o644)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SCRIPT)]
+        for extra in ([], ["--json"]):
+            r = subprocess.run(
+                [*nobody, "hunt", str(ioc_file), "--scan", str(shared), *extra],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr and "clean:" not in r.stdout
+            assert "could not check the executables of" in r.stderr, r.stderr
+            assert "permission denied (run as root)" in r.stderr
+            assert f"could not check {drop}: " not in r.stderr  # not scanned, not claimed
+            assert f"minerwatch: error: {ioc_file}: expected to check the whole host" in r.stderr
+        assert any("permission denied" in e for e in json.loads(r.stdout)["errors"])
+        # root reads it all: the hit, and what it could not read said beside it
+        hit = minerwatch("hunt", ioc_file, "--scan", shared)
+        assert hit.returncode == 1 and f"pid {miner.pid} (kworkerds)" in hit.stdout, hit
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+        shutil.rmtree(drop)
+        shutil.rmtree(shared)
+
+
+def test_hunt_hashes_a_binary_without_its_execute_bit(tmp_path):
+    """A miner dropped 0644 (run through the dynamic loader, which needs no execute bit, or
+    waiting to be) is still the binary of the IOC: the scan hashes ELF files, not only
+    executable ones."""
+    drop = tmp_path / "shm"
+    drop.mkdir()
+    exe = drop / ".x"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    exe.chmod(0o644)
+    (drop / "notes.txt").write_text("not a binary\n")
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    ioc_file = tmp_path / "ioc.json"
+    doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-noexec", "sha256": [digest]}
+    ioc_file.write_text(json.dumps(doc))
+    r = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    hits = json.loads(r.stdout)["hits"]
+    assert [(h["kind"], h["where"]) for h in hits] == [("sha256", f"file {exe}")]
+
+
+def test_extract_keeps_a_binary_no_package_owns_in_a_system_folder(tmp_path):
+    """A miner installed as /usr/local/lib/.../kdevtmpfsi: no package owns it, so its hash
+    and path are the miner's, though it lies under /usr (it was left out: nothing to hunt)."""
+    if not Path("/var/lib/dpkg/info").is_dir():
+        pytest.skip("no dpkg database")
+    try:
+        drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/usr/local/lib"))
+    except OSError:
+        pytest.skip("cannot write under /usr/local/lib")
+    exe = drop / "kdevtmpfsi"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    miner = subprocess.Popen([str(exe), "300"])
+    try:
+        ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [miner.pid], []
+        )
+        assert ev is not None
+        r = minerwatch("ioc", "extract", ev)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert (doc["sha256"], doc["paths"]) == ([digest], [str(exe)])
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+        shutil.rmtree(drop)
+
+
+def test_extract_by_name_in_a_folder_the_user_cannot_read_says_so():
+    """Not "no such file": the evidence is there, this user may not read the folder."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    data = Path(tempfile.mkdtemp(prefix="mw-ioc-data-", dir="/tmp"))
+    try:
+        data.chmod(0o755)
+        ev = EvidenceWriter(data / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [os.getpid()], []
+        )
+        assert ev is not None and stat.S_IMODE(ev.parent.stat().st_mode) == 0o700
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SCRIPT),
+             "ioc", "extract", "ep1", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert (
+            f"{data / 'evidence'}: expected an evidence folder this user can read (run as root)"
+            ", got permission denied"
+        ) in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(data)
+
+
+def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
+    """A miner deletes its binary once started: the hunt still finds it by hash and path,
+    and says the file is gone (a responder looking for it on disk would find nothing)."""
+    drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
+    exe = drop / "kdevtmpfsi"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    ioc_file = tmp_path / "ioc.json"
+    doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-del", "sha256": [digest],
+           "paths": [str(exe)]}  # fmt: skip
+    ioc_file.write_text(json.dumps(doc))
+    miner = subprocess.Popen([str(exe), "300"])  # returns once the exec succeeded
+    try:
+        exe.unlink()
+        r = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
+        hits = json.loads(r.stdout)["hits"]
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        mine = [h for h in hits if h["pid"] == miner.pid]
+        assert {h["kind"] for h in mine} == {"sha256", "paths"}, hits
+        assert all("(deleted from disk)" in h["where"] for h in mine), mine
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+        shutil.rmtree(drop)
 
 
 @pytest.mark.skipif(not Path("/var/lib/dpkg/info/coreutils.md5sums").exists(), reason="no dpkg")

@@ -312,6 +312,29 @@ def test_reports_give_the_suspects_cpu_and_no_pid_for_a_host_wide_indicator(tmp_
     assert "<td>host-wide</td>" in row and "None" not in row
 
 
+def test_the_hunt_step_says_how_and_never_hunts_a_shipped_programs_hash(tmp_path):
+    """The checklist's hunt step gives the commands (``ioc extract`` of this evidence, then
+    ``hunt``); for a renamed copy of a shipped program it names the path, not the hash that
+    program has on every host (``ioc extract`` leaves that hash out too)."""
+    data = build_data_dir(tmp_path)
+    r = report("--data-dir", str(data), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    hunt = {c["step"]: c for c in doc["checklist"]}["hunt"]["detail"]
+    assert hunt.startswith(f"minerwatch ioc extract {doc['evidence_file']} --output ioc.json")
+    assert "'minerwatch hunt ioc.json'" in hunt and f"sha256 {SHA}" in hunt
+    ev = Path(doc["evidence_file"])
+    evidence = json.loads(ev.read_text())
+    copy = {"path": "/usr/bin/python3.11", "package": "python3.11-minimal"}
+    evidence["processes"][0]["package"]["copy_of"] = copy
+    ev.write_text(json.dumps(evidence))
+    for fmt in ("json", "md", "html"):
+        r = report("--data-dir", str(data), "--format", fmt)
+        assert r.returncode == 0, r.stderr
+        assert f"path {EXE} (not its sha256: a copy of /usr/bin/python3.11" in r.stdout, fmt
+        assert f"sha256 {SHA};" not in r.stdout, fmt
+
+
 def test_without_matplotlib_the_plot_is_an_inline_svg(data_dir):
     block = (
         "import sys; sys.modules['matplotlib'] = None; "
