@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -70,6 +71,12 @@ class ProcessRecord:
     remote_ports: tuple[int, ...] = ()
     cmdline: tuple[str, ...] = ()
     gc_cpu_percent: float = NAN
+    #: The dynamic loader that runs ``exe`` (``ld-linux-x86-64.so.2 /dev/shm/x``: the kernel
+    #: names the loader as the executable), "" when the kernel ran ``exe`` itself.
+    loader: str = ""
+    #: Where the running program's bytes are read, relative to ``/proc/<pid>``: ``exe``, or
+    #: for a program the loader mapped, its ``map_files`` entry (deleted from disk too).
+    image: str = "exe"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -159,6 +166,59 @@ def parse_exe_link(
         path = target[: -len(DELETED_SUFFIX)]
         return path, not exists(path)
     return target, False
+
+
+#: Executables that are the dynamic loader (glibc's, musl's), which run a program given as
+#: an argument: ``ld-linux-x86-64.so.2``, ``ld-musl-x86_64.so.1``, older glibc's ``ld-2.31.so``.
+_LOADER = re.compile(r"ld(-linux[-\w]*|-musl-[-\w]+|64|-\d+(\.\d+)*)?\.so(\.\d+)*")
+#: The loader's options that take a value (glibc's ld.so --help), before the program path.
+_LOADER_VALUE_OPTIONS = frozenset(
+    {"--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0",
+     "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask"}
+)  # fmt: skip
+
+
+def is_loader(exe: str) -> bool:
+    """Whether ``exe`` is a dynamic loader (the kernel's executable for a program run as
+    ``ld-linux-x86-64.so.2 ./prog``, from a noexec mount too).
+
+    >>> is_loader("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"), is_loader("/tmp/ld")
+    (True, False)
+    """
+    return _LOADER.fullmatch(os.path.basename(exe)) is not None
+
+
+def loaded_program(argv: Sequence[str], maps: str, cwd: str) -> tuple[str, bool, str] | None:
+    """The program a dynamic loader was asked to run, as ``(path, deleted, map range)``, or
+    None. The path comes from the command line (the first argument after the loader's own
+    options, relative to ``cwd``) and must be mapped in the process (``maps``): a command line
+    the process rewrote to a file it has not mapped names nothing. ``map range`` names its
+    ``map_files`` entry, through which its bytes are read even once deleted.
+
+    >>> maps = "7f00-7f20 r--p 00000000 fe:00 12 /dev/shm/.x/kx (deleted)\\n"
+    >>> loaded_program(["/lib64/ld-linux-x86-64.so.2", "--argv0", "kx", ".x/kx"], maps, "/dev/shm")
+    ('/dev/shm/.x/kx', True, '7f00-7f20')
+    >>> loaded_program(["ld.so", "/usr/bin/true"], maps, "/") is None
+    True
+    """
+    args = list(argv[1:])
+    while args and args[0].startswith("--"):
+        option = args.pop(0)
+        if option in _LOADER_VALUE_OPTIONS and args:
+            args.pop(0)
+    if not args or not args[0]:
+        return None
+    path = os.path.normpath(os.path.join(cwd, args[0]))
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6:
+            continue
+        mapped = fields[5]
+        if mapped == path:
+            return path, False, fields[0]
+        if mapped == path + DELETED_SUFFIX:
+            return path, True, fields[0]
+    return None
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
@@ -302,6 +362,12 @@ def _read(name: str, dir_fd: int | None = None, chunk_size: int = 1 << 16) -> by
 
 def _read_text(name: str, dir_fd: int | None = None) -> str:
     return _read(name, dir_fd).decode("utf-8", "surrogateescape")
+
+
+def _loaded_program(dir_fd: int, argv: Sequence[str]) -> tuple[str, bool, str] | None:
+    """:func:`loaded_program` of the process whose ``/proc`` directory is ``dir_fd``."""
+    cwd = os.readlink("cwd", dir_fd=dir_fd)
+    return loaded_program(argv, _read_text("maps", dir_fd), cwd)
 
 
 def _socket_inodes(dir_fd: int) -> set[int]:
@@ -626,8 +692,14 @@ class ProcessTable:
 
         exe, deleted = look(lambda: parse_exe_link(os.readlink("exe", dir_fd=dir_fd)), ("", False))
         argv: tuple[str, ...] = ()
-        if extras.cmdline or len(stat.name) >= COMM_LEN:
+        loader, image = "", "exe"
+        if extras.cmdline or len(stat.name) >= COMM_LEN or is_loader(exe):
             argv = look(lambda: parse_cmdline(_read("cmdline", dir_fd)), ())
+        if is_loader(exe):  # the program is what the loader runs, not the loader
+            program = look(lambda: _loaded_program(dir_fd, argv), None)
+            if program is not None:
+                loader, (exe, deleted, span) = exe, program
+                image = f"map_files/{span}"
         remote: tuple[int, ...] = ()
         if extras.ports and extras.by_inode is None:
             remote = look(lambda: _psutil_remote_ports(row.pid), ())
@@ -643,6 +715,8 @@ class ProcessTable:
             exe=exe,
             cgroup=systemd_cgroup(cgroups),
             exe_deleted=deleted,
+            loader=loader,
+            image=image,
             remote_ports=remote,
             cmdline=argv if extras.cmdline else (),
         )

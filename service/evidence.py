@@ -388,8 +388,10 @@ class EvidenceWriter:
             "exe": _clean(found.exe, 4096),
             "exe_deleted": found.exe_deleted,
         }
+        if found.loader:  # run as "ld-linux-x86-64.so.2 /dev/shm/x": exe is the program
+            rec["loader"] = _clean(found.loader, 4096)
         if found.exe:  # through the link, so a binary deleted from disk still hashes
-            running = self.paths.proc / str(pid) / "exe"
+            running = self.paths.proc / str(pid) / found.image
             rec.update(hash_file(running, self.hash_cap_bytes))
             rec["package"] = package_record(
                 found.exe, running, self.paths.dpkg_info, self.hash_cap_bytes, found.exe_deleted

@@ -405,7 +405,8 @@ def read_host(
         digest = None
         if ioc.sha256:
             try:
-                digest, why = hashes.hash(link)
+                # the program's bytes: through exe, or the map a dynamic loader made of it
+                digest, why = hashes.hash(paths.proc / str(rec.pid) / rec.image)
             except PermissionError:
                 denied.setdefault(rec.username or "?", []).append(rec.pid)
                 continue

@@ -591,6 +591,21 @@ def _checklist(doc: Mapping[str, Any], agent: bool = True) -> list[dict[str, Any
     return [{"step": s, "what": w, "status": st, "detail": d} for s, w, st, d in steps]
 
 
+def _shipped_by(suspect: Mapping[str, Any]) -> str:
+    """Why the suspect's binary is not the attacker's ("" when it may be): a package's
+    program as shipped (``python3`` running a miner's script), or the dynamic loader named
+    by evidence from before it was looked through (``ld-linux-x86-64.so.2 /dev/shm/x``)."""
+    from minerwatch.features.proctable import is_loader
+
+    exe = str(suspect.get("exe") or "")
+    pkg = suspect.get("package")
+    if isinstance(pkg, dict) and isinstance(pkg.get("name"), str) and pkg.get("as_shipped") is True:
+        return f"it is the package {pkg['name']}'s program as shipped"
+    if exe and is_loader(exe):
+        return "it is the system's dynamic loader, which ran the program named on its command line"
+    return ""
+
+
 def remediation(doc: Mapping[str, Any]) -> list[dict[str, str]]:
     """Commands a responder would run, for review; every host value is shell-quoted.
 
@@ -611,7 +626,18 @@ def remediation(doc: Mapping[str, Any]) -> list[dict[str, str]]:
                 "are reused)",
             }
         )
-    if exe and not suspect.get("exe_deleted"):
+    shipped = _shipped_by(suspect)
+    if exe and shipped:  # the miner runs inside it (a script, a module): not it
+        where = f"/proc/{pid}" if isinstance(pid, int) and pid > 1 else None
+        out.append(
+            {
+                "command": f"ls -l {where}/cwd {where}/fd" if where else f"# keep {exe}",
+                "why": f"do not remove {exe}: {shipped}, so what mines is what it runs (a "
+                "script, a module, an extension); look where it runs and what it holds open, "
+                "and remove that",
+            }
+        )
+    elif exe and not suspect.get("exe_deleted"):
         out.append(
             {
                 "command": f"rm -f -- {shlex.quote(exe)}",
@@ -619,11 +645,9 @@ def remediation(doc: Mapping[str, Any]) -> list[dict[str, str]]:
                 f"(sha256 {suspect.get('sha256') or 'unknown'}; keep a copy for analysis first)",
             }
         )
-    needles = [
-        n
-        for n in (exe, Path(exe).name if exe else "", str(suspect.get("name") or ""))
-        if len(n) >= 3
-    ]
+    # a shipped program's path or name is in every unit and crontab that runs it for good
+    names = () if shipped else (exe, Path(exe).name if exe else "", str(suspect.get("name") or ""))
+    needles = [n for n in names if len(n) >= 3]
     needles += [u for u in suspect.get("stratum_urls", [])]
     persistence = doc.get("persistence") or {}
     for unit in persistence.get("systemd_units", []):
@@ -834,11 +858,14 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             ("pid", "pid"),
             ("name", "name"),
             ("exe", "exe"),
+            ("run by the dynamic loader", "loader"),
             ("sha256", "sha256"),
             ("user", "username"),
             ("started", "create_time_utc"),
             ("cwd", "cwd"),
         ):
+            if key == "loader" and not s.get(key):
+                continue  # the kernel ran the program itself: the usual case
             out.append(f"- {label}: {_inline(s.get(key, '-'))}")
             if key == "username":
                 out.append(f"- cpu: {cpu_words(s.get('cpu_percent'))}")

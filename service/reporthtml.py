@@ -219,7 +219,12 @@ def _suspect_html(s: Mapping[str, Any] | None) -> str:
         (
             "executable",
             f"<code>{_e(s.get('exe') or '-')}</code>"
-            + (" <b>(deleted from disk)</b>" if s.get("exe_deleted") else ""),
+            + (" <b>(deleted from disk)</b>" if s.get("exe_deleted") else "")
+            + (
+                f", run by the dynamic loader <code>{_e(s['loader'])}</code>"
+                if s.get("loader")
+                else ""
+            ),
         ),
         ("sha256", f"<code>{_e(s.get('sha256') or s.get('hash_error') or '-')}</code>"),
         ("package", _e(package_words(s.get("package")))),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -426,3 +428,60 @@ def test_a_renamed_system_program_gives_its_path_not_its_hash(tmp_path):
             p.kill()
             p.wait(timeout=10)
         shutil.rmtree(drop)
+
+
+LOADER = Path("/lib64/ld-linux-x86-64.so.2")
+
+
+@pytest.mark.skipif(not LOADER.exists(), reason="needs glibc's x86-64 dynamic loader")
+def test_a_binary_run_through_the_dynamic_loader_is_named_hashed_and_hunted(tmp_path):
+    """``ld-linux-x86-64.so.2 /tmp/.x/kx`` (a way to run a binary from a noexec mount, or
+    without its execute bit): the kernel names the loader as the executable. The process
+    table, the evidence, ``ioc extract`` and ``hunt`` named and hashed the loader (a system
+    file on every host; the report's remediation then offered to delete it); now the program
+    the loader runs, read through its mapping even once deleted from disk."""
+    drop = Path(tempfile.mkdtemp(prefix="mw-ld-", dir="/tmp")) / ".x"
+    drop.mkdir()
+    exe = drop / "kx"
+    shutil.copy2(shutil.which("yes") or "/usr/bin/yes", exe)  # busy: among the top processes
+    with exe.open("ab") as fh:  # a hash nobody else has
+        fh.write(os.urandom(32))
+    exe.chmod(0o644)  # not even executable: the loader maps it all the same
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    proc = subprocess.Popen([str(LOADER), str(exe)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while str(exe) not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert time.monotonic() < deadline, "the loader never mapped the program"
+            time.sleep(0.05)
+        out = tmp_path / "host.csv"
+        r = minerwatch("collect", "--interval", "200ms", "--duration", "400ms", "--output", out)
+        assert r.returncode == 0, r.stderr
+        ev = EvidenceWriter(tmp_path / "data" / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [proc.pid], []
+        )
+        assert ev is not None
+        (rec,) = [p for p in json.loads(ev.read_text())["processes"] if p["pid"] == proc.pid]
+        assert rec["exe"] == str(exe) and rec["sha256"] == digest
+        assert Path(rec["loader"]).name == LOADER.name
+        ioc_file = tmp_path / "ioc.json"
+        r = minerwatch("ioc", "extract", ev, "--output", ioc_file)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(ioc_file.read_text())
+        assert doc["sha256"] == [digest] and str(exe) in doc["paths"]
+        shutil.rmtree(drop.parent)  # gone from disk: only the running process holds it
+        hit = minerwatch("hunt", ioc_file, "--json", "--scan", tmp_path)
+        assert hit.returncode == 1, (hit.stdout, hit.stderr)
+        hits = json.loads(hit.stdout)["hits"]
+        mine = [h for h in hits if h["pid"] == proc.pid]
+        assert {h["kind"] for h in mine} == {"sha256", "paths"}, hits
+        assert all("(deleted from disk)" in h["where"] for h in mine), mine
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        shutil.rmtree(drop.parent, ignore_errors=True)
+    # the process table collect wrote names the program too (a model learns it, the
+    # disguise indicators see a binary under a hidden /tmp folder)
+    with out.with_name("host.procs.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["pid"] == str(proc.pid)]
+    assert rows and {r["exe"] for r in rows} == {str(exe)}, rows

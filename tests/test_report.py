@@ -473,3 +473,33 @@ def test_config_file_names_the_data_folder(data_dir, tmp_path):
     r = report("--config", str(config), "--format", "json", "--episode", EARLIER)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["episode"]["id"] == EARLIER
+
+
+def test_remediation_never_offers_to_delete_a_shipped_program_or_the_loader(tmp_path):
+    """A miner running inside a package's program as shipped (``python3`` running its
+    script), or evidence from before the loader was looked through (the kernel named
+    ``ld-linux-x86-64.so.2`` as the executable): deleting either breaks the host and leaves
+    the miner. The list says what to look at instead, and units or crontabs that merely run
+    that program are not called the suspect's."""
+    data = build_data_dir(tmp_path)
+    (path,) = (data / "evidence").glob("*.json")
+    doc = json.loads(path.read_text())
+    proc = doc["processes"][0]
+    cases = {
+        "/usr/bin/python3.11": {"manager": "dpkg", "name": "python3.11-minimal",
+                                "as_shipped": True},
+        "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": {"manager": "dpkg", "name": None,
+                                                           "as_shipped": None},
+    }  # fmt: skip
+    for exe, package in cases.items():
+        proc["exe"], proc["package"] = exe, package
+        doc["systemd_units"][0]["content"] = f"ExecStart={exe} /srv/app/worker.py\n"
+        path.write_text(json.dumps(doc))
+        r = report("--data-dir", str(data), "--format", "json", "--remediation")
+        assert r.returncode == 0, r.stderr
+        steps = json.loads(r.stdout)["remediation"]
+        commands = [c["command"] for c in steps]
+        assert not any(exe in c and c.startswith("rm") for c in commands), commands
+        assert not any("systemctl disable" in c for c in commands), commands
+        (keep,) = [c for c in steps if c["why"].startswith(f"do not remove {exe}")]
+        assert keep["command"] == "ls -l /proc/4242/cwd /proc/4242/fd", keep
