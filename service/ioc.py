@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -154,6 +155,22 @@ def _mentions(text: str, paths: Sequence[str]) -> bool:
     return any(os.path.basename(tok) in names for tok in _TOKENS.split(text) if tok)
 
 
+def _this_host(remote: str) -> bool:
+    """Whether ``host:port`` (``[v6]:port``) is a loopback or unspecified address.
+
+    >>> _this_host("127.0.0.1:3333"), _this_host("[::1]:4444"), _this_host("203.0.113.9:3333")
+    (True, True, False)
+    """
+    host = remote.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1
+    return ip.is_loopback or ip.is_unspecified
+
+
 def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
     """The IOC of an evidence document (``service/evidence.py``'s format)."""
     procs = [p for p in doc.get("processes") or [] if isinstance(p, dict) and "pid" in p]
@@ -171,7 +188,13 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
             sha.add(digest)
         for c in p.get("connections") or []:
             remote = c.get("remote") if isinstance(c, dict) else None
-            if remote:
+            if remote and _this_host(str(remote)):
+                left_out.append(
+                    f"the address {remote}: this host's own (a local proxy or tunnel: what "
+                    "it connects to is the pool); on another host it names that host's own "
+                    "service"
+                )
+            elif remote:
                 pools.add(str(remote))
     cron, units = set(), set()
     exe_paths = sorted(paths)

@@ -485,3 +485,22 @@ def test_a_binary_run_through_the_dynamic_loader_is_named_hashed_and_hunted(tmp_
     with out.with_name("host.procs.csv").open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["pid"] == str(proc.pid)]
     assert rows and {r["exe"] for r in rows} == {str(exe)}, rows
+
+
+def test_extract_leaves_out_the_suspects_loopback_connections(tmp_path):
+    """A miner that reaches its pool through a local proxy or tunnel (127.0.0.1:3333): that
+    address on another host is that host's own service, so a hunt would hit whatever listens
+    there. It is left out, and said; the real pool address stays."""
+    doc = json.loads(json.dumps(EVIDENCE))
+    doc["processes"][1]["connections"] += [
+        {"remote": "127.0.0.1:3333", "local": "127.0.0.1:40001"},
+        {"remote": "[::1]:4444", "local": "[::1]:40002"},
+        {"remote": "[::ffff:127.0.0.1]:5555", "local": "[::ffff:127.0.0.1]:40003"},
+    ]
+    ev = tmp_path / "evidence.json"
+    ev.write_text(json.dumps(doc))
+    r = minerwatch("ioc", "extract", ev)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pools"] == ["203.0.113.9:3333"]
+    for remote in ("127.0.0.1:3333", "[::1]:4444", "[::ffff:127.0.0.1]:5555"):
+        assert f"the address {remote}: this host's own" in r.stderr, r.stderr
