@@ -276,26 +276,74 @@ class Cgroup1Quota(CgroupQuota):
         _write(child / "cpu.cfs_quota_us", str(self.quota_us))
 
 
+def _members(group: Path) -> list[int]:
+    """The processes in a cgroup (its ``cgroup.procs``); none if the group is gone."""
+    try:
+        text = (group / "cgroup.procs").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split() if x.isdigit()]
+
+
+#: Rounds of moving a throttle group's members out: a member may fork while it is moved.
+_EMPTY_ROUNDS = 5
+
+
 def release_cgroup(
     rec: Throttled, proc_root: Path = Path("/proc"), rmdir: Callable[[Path], None] = os.rmdir
 ) -> bool:
     """Move the process back to its original cgroup (or the root if that is gone), then
-    remove the child group and, if now empty, the shared parent."""
+    remove the child group and, if now empty, the shared parent.
+
+    Processes the throttled one started while it was throttled were born in its child group;
+    they are moved back with it (to the same original group), else they would keep its CPU
+    quota for good once the journal forgets it. Only members of the child group are moved,
+    so a pid reused by another process is never touched."""
     assert rec.cgroup_dir is not None and rec.original_dir is not None
     child = Path(rec.cgroup_dir)
+    original = Path(rec.original_dir)
     alive = same_process(rec.pid, rec.create_time, proc_root)
     if alive:
-        try:
-            _write(Path(rec.original_dir) / "cgroup.procs", str(rec.pid))
-        except OSError as exc:
-            log.warning("pid %d: original cgroup unusable (%s); moving to root", rec.pid, exc)
-            _write(child.parent.parent / "cgroup.procs", str(rec.pid))
+        _move_back(rec.pid, original, child, required=True)
+    for _ in range(_EMPTY_ROUNDS):
+        others = [pid for pid in _members(child) if not (alive and pid == rec.pid)]
+        if not others:
+            break
+        for pid in others:
+            _move_back(pid, original, child, required=False)
+        log.info(
+            "pid %d: moved %d process(es) it started while throttled (%s) out of %s",
+            rec.pid,
+            len(others),
+            " ".join(map(str, others)),
+            child,
+        )
     _rmdir_quietly(child, rmdir)
     try:
         rmdir(child.parent)
     except OSError:
         pass  # other throttled processes still live there
     return alive
+
+
+def _move_back(pid: int, original: Path, child: Path, *, required: bool) -> None:
+    """Write ``pid`` into the original group's ``cgroup.procs``, else the hierarchy's root.
+    A member that exited meanwhile is fine; ``required`` raises when neither write works."""
+    try:
+        _write(original / "cgroup.procs", str(pid))
+        return
+    except ProcessLookupError:
+        return
+    except OSError as exc:
+        log.warning("pid %d: original cgroup unusable (%s); moving to root", pid, exc)
+    try:
+        _write(child.parent.parent / "cgroup.procs", str(pid))
+    except ProcessLookupError:
+        return
+    except OSError:
+        if required:
+            raise
+        log.warning("pid %d: could not be moved out of %s", pid, child)
 
 
 def release_record(rec: Throttled, proc_root: Path = Path("/proc")) -> bool:

@@ -1,0 +1,114 @@
+"""``minerwatch throttle status|release`` run by hand, with no agent, on what a killed agent
+left throttled: the journal is seeded as the agent writes it (write-ahead, then applied with
+the agent's own mechanism) on processes this test started, never on anyone else's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from minerwatch.features.proctable import ProcessTable, parse_proc_cgroup
+from minerwatch.service.cgroups import Cgroup1Quota, Throttled, find_v1_cpu_root
+from minerwatch.service.throttle import JOURNAL
+
+SCRIPT = Path(sys.executable).with_name("minerwatch")
+V1 = find_v1_cpu_root(Path("/sys/fs/cgroup"))
+HAVE_V1 = V1 is not None and os.access(V1, os.W_OK) and os.geteuid() == 0
+
+#: A parent that starts a child (``sleep``) for every line it reads, and prints its pid.
+SPAWNER = r"""
+import subprocess, sys
+for line in sys.stdin:
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    print(child.pid, flush=True)
+"""
+
+
+def minerwatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=60
+    )
+
+
+def cpu_cgroup(pid: int) -> str:
+    return parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())["cpu"]
+
+
+def seed(state: Path, recs: list[Throttled]) -> None:
+    """The journal as the agent leaves it when it is killed."""
+    state.mkdir(mode=0o700, exist_ok=True)
+    doc = {"version": 1, "throttled": [r.to_json() for r in recs], "exempt": []}
+    (state / JOURNAL).write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def spawner() -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.skipif(not HAVE_V1, reason="needs a writable cgroup v1 cpu controller (root)")
+@pytest.mark.parametrize("parent_exits", [False, True], ids=["parent-alive", "parent-exited"])
+def test_release_moves_out_what_the_throttled_process_started(
+    tmp_path: Path, spawner: subprocess.Popen[str], parent_exits: bool
+) -> None:
+    """A process started by a throttled one is born in its throttle group: the release must
+    move it out too, else it keeps the 10 % quota for good once the journal forgets the group
+    (and the group itself is left behind)."""
+    assert V1 is not None and spawner.stdin is not None and spawner.stdout is not None
+    mech = Cgroup1Quota(V1, 10.0, group=f"minerwatch-test-{uuid.uuid4().hex[:8]}")
+    rec = mech.plan(ProcessTable().lookup(spawner.pid))
+    state = tmp_path / "throttle"
+    seed(state, [rec])
+    child = 0
+    try:
+        mech.apply(rec)
+        spawner.stdin.write("go\n")
+        spawner.stdin.flush()
+        child = int(spawner.stdout.readline())
+        group = Path(rec.cgroup_dir or "")
+        assert (
+            cpu_cgroup(child) == cpu_cgroup(spawner.pid) == "/" + group.relative_to(V1).as_posix()
+        )
+        if parent_exits:
+            spawner.kill()
+            spawner.wait(timeout=10)
+        r = minerwatch("throttle", "release", "--state-dir", state)
+        assert r.returncode == 0, r.stderr
+        assert cpu_cgroup(child) == "/", "the child kept the throttled process's quota"
+        if not parent_exits:
+            assert cpu_cgroup(spawner.pid) == "/"
+        assert not group.exists() and not group.parent.exists()
+        assert json.loads((state / JOURNAL).read_text())["throttled"] == []
+    finally:
+        if child:
+            _kill(child)
+        time.sleep(0.1)
+        for path in (Path(rec.cgroup_dir or ""), Path(rec.cgroup_dir or "").parent):
+            if path.exists():
+                for pid in (path / "cgroup.procs").read_text().split():
+                    (V1 / "cgroup.procs").write_text(pid)
+                path.rmdir()
