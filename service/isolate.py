@@ -41,6 +41,7 @@ from minerwatch.features.proctable import (
     parse_proc_cgroup,
     parse_status_uid,
     same_process,
+    same_start,
 )
 from minerwatch.service.config import agent_files_config
 
@@ -383,8 +384,10 @@ def isolate(
     entry: Isolation,
     proc_root: Path = Path("/proc"),
     reason: str = "requested by operator",
-) -> None:
+) -> Isolation:
     """Journal ``entry`` (write-ahead), then load the table; undone if loading fails.
+    Returns the entry in force: an operator's isolation of the same process stays the
+    operator's when the agent asks for it too (else the agent would release it on shutdown).
 
     The process is checked against its start time after the journal is written and before
     the table is loaded, so a pid reused meanwhile is never cut off for the old suspect.
@@ -392,6 +395,9 @@ def isolate(
     journal = Journal(state_dir)
     with journal.locked():
         entries = journal.load()
+        held = [e for e in entries if _same_target(e, entry) and e.by != AGENT]
+        if entry.by == AGENT and held:
+            return held[0]
         wanted = _merge(entries, entry)
         script = ruleset(wanted)  # a bad entry fails here, before anything is written
         journal.save(wanted)
@@ -404,23 +410,29 @@ def isolate(
             journal.save(entries)
             raise
         _audit(state_dir, "isolate", entry, reason)
+    return entry
 
 
 def _current(entry: Isolation, proc_root: Path) -> bool:
     return entry.kind == "host" or same_process(entry.pid, entry.create_time, proc_root)
 
 
+def _same_target(a: Isolation, b: Isolation) -> bool:
+    """The same host isolation, or the same process: its pid *and* start time (an entry of
+    an exited process whose pid another one took is another target)."""
+    if a.kind != b.kind:
+        return False
+    return a.kind == "host" or (a.pid == b.pid and same_start(a.create_time, b.create_time))
+
+
 def _merge(entries: Sequence[Isolation], entry: Isolation) -> list[Isolation]:
-    """``entries`` with ``entry`` replacing one for the same pid (or the host).
+    """``entries`` with ``entry`` replacing one for the same process (or the host).
 
-    Entries of processes that exited stay: a miner respawned by cron under the same uid (or
-    in the same unit's cgroup) stays cut off until an operator releases it.
+    Entries of processes that exited stay, also when their pid now names another process:
+    a miner respawned by cron under the same uid (or in the same unit's cgroup) stays cut
+    off until an operator releases it.
     """
-
-    def same(e: Isolation) -> bool:
-        return e.kind == entry.kind and (e.kind == "host" or e.pid == entry.pid)
-
-    return [e for e in entries if not same(e)] + [entry]
+    return [e for e in entries if not _same_target(e, entry)] + [entry]
 
 
 def release(
@@ -523,10 +535,15 @@ class AgentIsolator:
                 self.actions_total["dry_run"] += 1
                 log.warning("isolate (dry run): would cut off %s (%s)", entry.describe(), reason)
                 return entry
-            isolate(self.state_dir, entry, self.proc_root, reason=reason)
+            held = isolate(self.state_dir, entry, self.proc_root, reason=reason)
         except (InputError, OSError) as exc:
             self.actions_total["failed"] += 1
             log.warning("could not isolate pid %d: %s", pid, exc)
+            return None
+        if held.by != AGENT:
+            log.warning(
+                "pid %d is already isolated by an operator: left as it is (%s)", pid, reason
+            )
             return None
         self.actions_total["isolate"] += 1
         log.warning(
