@@ -112,3 +112,59 @@ def test_release_moves_out_what_the_throttled_process_started(
                 for pid in (path / "cgroup.procs").read_text().split():
                     (V1 / "cgroup.procs").write_text(pid)
                 path.rmdir()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_status_and_release_name_each_process_and_leave_a_reused_pid_alone(tmp_path: Path):
+    """The journal lists A, which the agent paused, and B's pid, once another process's (the
+    one paused exited, and its pid went to B: here B is a job someone else stopped). Status
+    tells the two apart, release says what it did to each, and B stays stopped."""
+    a = subprocess.Popen(["sleep", "60"])
+    b = subprocess.Popen(["sleep", "60"])
+    try:
+        table = ProcessTable()
+        rec_a, rec_b = table.lookup(a.pid), table.lookup(b.pid)
+        assert rec_a is not None and rec_b is not None
+        since = time.time()
+        recs = [
+            Throttled(a.pid, rec_a.create_time, "miner-a", "sigstop", since),
+            Throttled(b.pid, rec_b.create_time - 3.0, "miner-b", "sigstop", since),
+        ]
+        state = tmp_path / "throttle"
+        seed(state, recs)
+        for p in (a, b):
+            os.kill(p.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while {_state(a.pid), _state(b.pid)} != {"T"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        status = minerwatch("throttle", "status", "--state-dir", state)
+        assert status.returncode == 0, status.stderr
+        line_a, line_b = (
+            next(x for x in status.stdout.splitlines() if name in x)
+            for name in ("miner-a", "miner-b")
+        )
+        assert "exited" not in line_a and "exited: pid is not that process" in line_b
+
+        r = minerwatch("throttle", "release", "--state-dir", state)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"released pid {a.pid} (miner-a, sigstop since ")
+        assert lines[1].startswith(f"pid {b.pid} (miner-b, sigstop since ")
+        assert "had exited" in lines[1] and "dropped from the journal" in lines[1]
+        assert lines[2] == "released 1 process"
+        assert _state(a.pid) != "T" and _state(b.pid) == "T"  # B was never continued
+        assert json.loads((state / JOURNAL).read_text())["throttled"] == []
+
+        again = minerwatch("throttle", "release", "--state-dir", state)
+        assert again.returncode == 0 and again.stdout == "released 0 processes\n"
+        one = minerwatch("throttle", "release", str(a.pid), "--state-dir", state)
+        assert one.returncode == 2 and "PID of a throttled process" in one.stderr
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait(timeout=10)
