@@ -578,6 +578,9 @@ class AgentIsolator:
 
 # --------------------------------------------------------------------------- CLI
 
+#: Why the table can be loaded while the journal lists nothing.
+_FOREIGN = "its journal was lost, or it is another data folder's"
+
 
 def run(args: argparse.Namespace) -> int:
     """Run ``minerwatch isolate [--process PID | --host ...] | release | status``.
@@ -600,9 +603,17 @@ def run(args: argparse.Namespace) -> int:
             exited = "" if _current(e, Path("/proc")) else "; the process has exited"
             print(f"{e.describe()} (by the {e.by}, since {since}{exited})")
         shown = {True: "loaded", False: "not loaded", None: "unknown (nft unavailable)"}
+        if present and not entries:
+            shown[True] = f"loaded, but {state_dir / JOURNAL} lists nothing ({_FOREIGN})"
+        if present is False and entries:
+            shown[False] = (
+                "NOT loaded: nothing listed above is cut off (the table was deleted by someone "
+                "else, e.g. a firewall reload)"
+            )
         print(f"nftables table {FAMILY} {TABLE}: {shown[present]}")
         return 0
     if command == "release":
+        was_loaded = table_present() if args.all else None
         released = release(state_dir, args.pid, args.host, force=args.all)
         if (args.pid is not None or args.host) and not released:
             raise InputError(
@@ -611,9 +622,19 @@ def run(args: argparse.Namespace) -> int:
                 "an isolated process or host (see `minerwatch isolate status`)",
                 f"pid {args.pid}" if args.pid is not None else "no host isolation",
             )
+        if not released and not args.all and table_present():
+            raise InputError(
+                str(state_dir / JOURNAL),
+                None,
+                f"a journal of what table {FAMILY} {TABLE} holds; `minerwatch isolate release "
+                "--all` deletes the table",
+                f"nothing listed, but the table is loaded ({_FOREIGN})",
+            )
         for e in released:
             print(f"released {e.describe()}")
-        if not released:
+        if not released and was_loaded:
+            print(f"deleted nftables table {FAMILY} {TABLE} (the journal listed nothing)")
+        elif not released:
             print("nothing was isolated")
         return 0
     if args.process is None and not args.host:
