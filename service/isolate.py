@@ -26,6 +26,7 @@ import fcntl
 import ipaddress
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -57,6 +58,23 @@ AGENT = "agent"
 _NFT_TIMEOUT_S = 30.0
 
 
+#: The kernel's largest possible pid (``PID_MAX_LIMIT`` on 64-bit Linux).
+PID_MAX = 1 << 22
+
+
+def _kind(value: object) -> str:
+    """A journal value as an error shows it: its JSON type and a short ``repr``.
+
+    >>> _kind("65534"), _kind(None)
+    ("a string '65534'", 'null')
+    """
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
+    text = repr(value)
+    return f"{names.get(type(value), 'a number')} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 @dataclass(frozen=True)
 class Isolation:
     """One journaled isolation: a process (matched by ``cgroup`` or ``uid``) or the host."""
@@ -76,26 +94,64 @@ class Isolation:
         return asdict(self)
 
     @staticmethod
-    def from_json(d: dict[str, object]) -> Isolation:
-        def num(key: str, default: float = 0) -> float:
-            value = d.get(key, default)
-            return float(value) if isinstance(value, int | float) else default
+    def from_json(d: object, where: str = "entry") -> Isolation:
+        """An entry as the journal holds it, every field checked (a missing one takes its
+        default): a value nft would refuse, or read as another rule, is a ValueError saying
+        which field of ``where`` holds what, before any table is loaded from it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} is {_kind(d)} (expected an object)")
+        kind = d.get("kind")
+        if kind not in ("process", "host"):
+            raise ValueError(f"{where}.kind is {_kind(kind)} (expected 'process' or 'host')")
 
+        def whole(key: str, low: int, high: int, default: int) -> int:
+            value = d.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"{where}.{key} is {_kind(value)} (expected a whole number {low}..{high})"
+                )
+            return value
+
+        def seconds(key: str) -> float:
+            value = d.get(key, 0.0)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{where}.{key} is {_kind(value)} (expected seconds since 1970)")
+            return float(value)
+
+        cgroup = d.get("cgroup") or ""
+        if not isinstance(cgroup, str) or any(c in cgroup for c in '"\\\n'):
+            raise ValueError(f"{where}.cgroup is {_kind(cgroup)} (expected a cgroup v2 path)")
         uid = d.get("uid")
+        if uid is not None or (kind == "process" and not cgroup):
+            uid = whole("uid", 0, 2**32 - 2, -1)
         sources = d.get("allow_ssh_from") or []
-        if d.get("kind") not in ("process", "host") or not isinstance(sources, list):
-            raise ValueError(f"expected an isolation entry, got {d!r}")
+        if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+            raise ValueError(f"{where}.allow_ssh_from is {_kind(sources)} (expected CIDRs)")
+        try:
+            _networks(sources)
+        except ValueError as exc:
+            raise ValueError(f"{where}.allow_ssh_from: {exc}") from None
+        if kind == "host" and not sources:
+            raise ValueError(f"{where}.allow_ssh_from is empty (SSH would be cut off)")
+        by = d.get("by", "operator")
+        if by not in ("operator", AGENT):
+            raise ValueError(f"{where}.by is {_kind(by)} (expected 'operator' or '{AGENT}')")
         return Isolation(
-            kind=str(d["kind"]),
-            pid=int(num("pid")),
-            create_time=num("create_time"),
-            uid=uid if isinstance(uid, int) else None,
-            cgroup=str(d.get("cgroup") or ""),
-            allow_ssh_from=tuple(str(s) for s in sources),
-            ssh_port=int(num("ssh_port", SSH_PORT)),
-            exporter_port=int(num("exporter_port")),
-            since=num("since"),
-            by=AGENT if d.get("by") == AGENT else "operator",
+            kind=str(kind),
+            pid=whole("pid", 1 if kind == "process" else 0, PID_MAX, 0),
+            create_time=seconds("create_time"),
+            uid=uid,
+            cgroup=cgroup,
+            allow_ssh_from=tuple(sources),
+            ssh_port=whole("ssh_port", 1, 65535, SSH_PORT),
+            exporter_port=whole("exporter_port", 0, 65535, 0),
+            since=seconds("since"),
+            by=str(by),
         )
 
     def describe(self) -> str:
@@ -245,10 +301,12 @@ class Journal:
     def load(self) -> list[Isolation]:
         try:
             raw = json.loads(self.path.read_text())
-            return [Isolation.from_json(d) for d in raw["isolated"]]
+            if not isinstance(raw, dict) or not isinstance(raw.get("isolated"), list):
+                raise ValueError(f"{_kind(raw)[:70]} (expected an object with an 'isolated' list)")
+            return [Isolation.from_json(d, f"isolated[{i}]") for i, d in enumerate(raw["isolated"])]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             # Never drop a journal silently: it says what is blocked. `release --all` clears it.
             raise InputError(
                 str(self.path),
