@@ -47,6 +47,7 @@ from minerwatch.service.cgroups import (
     SigStop,
     Throttled,
     build_mechanisms,
+    is_same,
     release_record,
 )
 from minerwatch.service.config import DEFAULT_STATE_DIR, load_config
@@ -199,6 +200,9 @@ def _get_record(d: object, where: str) -> Throttled:
         if key not in d:
             raise _Shape(f"{where} has no {key!r}")
     method = d["method"]
+    ticks = d.get("start_ticks")
+    if ticks is not None and (isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0):
+        raise _Shape(f"{where}.start_ticks is {_kind(ticks)} (expected clock ticks since boot)")
     if method not in JOURNAL_METHODS:
         raise _Shape(f"{where}.method is {_kind(method)} (one of {', '.join(JOURNAL_METHODS)})")
     cgroup_dir = _get_text(d.get("cgroup_dir"), f"{where}.cgroup_dir", optional=True)
@@ -213,6 +217,8 @@ def _get_record(d: object, where: str) -> Throttled:
         since=_get_time(d.get("since", 0.0), f"{where}.since"),
         cgroup_dir=cgroup_dir,
         original_dir=original_dir,
+        start_ticks=ticks,
+        boot_id=_get_text(d.get("boot_id"), f"{where}.boot_id", optional=True),
     )
 
 
@@ -449,9 +455,7 @@ class Throttle:
     def _drop_gone(self, cpu: float) -> list[Action]:
         """Forget processes that exited (or whose pid was reused); undo their cgroup."""
         with self._journal() as state:
-            gone = [
-                r for r in state.throttled if not same_process(r.pid, r.create_time, self.proc_root)
-            ]
+            gone = [r for r in state.throttled if not is_same(r, self.proc_root)]
             actions = [self._release_locked(state, r, "process exited", cpu) for r in gone]
             state.exempt = [e for e in state.exempt if same_process(e[0], e[1], self.proc_root)]
             return actions
@@ -587,6 +591,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{'PID':>8}  {'NAME':<16} {'METHOD':<8} SINCE (local time)")
     for r in state.throttled:
-        gone = "" if same_process(r.pid, r.create_time) else "  (exited: pid is not that process)"
+        gone = "" if is_same(r) else "  (exited: pid is not that process)"
         print(f"{r.pid:>8}  {r.name:<16} {r.method:<8} since {_local(r.since)}{gone}")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from minerwatch.features.proctable import ProcessTable, parse_proc_cgroup
-from minerwatch.service.cgroups import Cgroup1Quota, Throttled, find_v1_cpu_root
+from minerwatch.service.cgroups import Cgroup1Quota, SigStop, Throttled, find_v1_cpu_root
 from minerwatch.service.throttle import JOURNAL
 
 SCRIPT = Path(sys.executable).with_name("minerwatch")
@@ -96,7 +96,7 @@ def test_release_moves_out_what_the_throttled_process_started(
         if parent_exits:
             spawner.kill()
             spawner.wait(timeout=10)
-        r = minerwatch("throttle", "release", "--state-dir", state)
+        r = minerwatch("throttle", "release", "--data-dir", tmp_path)
         assert r.returncode == 0, r.stderr
         assert cpu_cgroup(child) == "/", "the child kept the throttled process's quota"
         if not parent_exits:
@@ -142,7 +142,7 @@ def test_status_and_release_name_each_process_and_leave_a_reused_pid_alone(tmp_p
             assert time.monotonic() < deadline
             time.sleep(0.01)
 
-        status = minerwatch("throttle", "status", "--state-dir", state)
+        status = minerwatch("throttle", "status", "--data-dir", tmp_path)
         assert status.returncode == 0, status.stderr
         line_a, line_b = (
             next(x for x in status.stdout.splitlines() if name in x)
@@ -150,7 +150,7 @@ def test_status_and_release_name_each_process_and_leave_a_reused_pid_alone(tmp_p
         )
         assert "exited" not in line_a and "exited: pid is not that process" in line_b
 
-        r = minerwatch("throttle", "release", "--state-dir", state)
+        r = minerwatch("throttle", "release", "--data-dir", tmp_path)
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[0].startswith(f"released pid {a.pid} (miner-a, sigstop since ")
@@ -160,11 +160,56 @@ def test_status_and_release_name_each_process_and_leave_a_reused_pid_alone(tmp_p
         assert _state(a.pid) != "T" and _state(b.pid) == "T"  # B was never continued
         assert json.loads((state / JOURNAL).read_text())["throttled"] == []
 
-        again = minerwatch("throttle", "release", "--state-dir", state)
+        again = minerwatch("throttle", "release", "--data-dir", tmp_path)
         assert again.returncode == 0 and again.stdout == "released 0 processes\n"
-        one = minerwatch("throttle", "release", str(a.pid), "--state-dir", state)
+        one = minerwatch("throttle", "release", str(a.pid), "--data-dir", tmp_path)
         assert one.returncode == 2 and "PID of a throttled process" in one.stderr
     finally:
         for p in (a, b):
             p.kill()
             p.wait(timeout=10)
+
+
+def _mounts_work() -> bool:
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _mounts_work(), reason="needs unshare -m (root)")
+@pytest.mark.parametrize("step", [2, -3600])
+def test_a_clock_step_does_not_leave_a_paused_process_paused(tmp_path: Path, step: int):
+    """Setting the wall clock (``date -s``, an NTP step) moves the boot time the kernel shows
+    (``btime`` in /proc/stat) by the step, and with it every create time computed from it.
+    The release is run where /proc/stat shows the stepped btime (bound over it in a mount
+    namespace of its own: what every reader sees after the step). A paused process was taken
+    for gone: dropped from the journal and left stopped for good."""
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        rec = SigStop().plan(ProcessTable().lookup(victim.pid))  # as the agent records it
+        state = tmp_path / "throttle"
+        seed(state, [rec])
+        SigStop().apply(rec)
+        deadline = time.monotonic() + 5
+        while _state(victim.pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stat = "".join(
+            f"btime {int(line.split()[1]) + step}\n" if line.startswith("btime ") else line
+            for line in Path("/proc/stat").read_text().splitlines(keepends=True)
+        )
+        (tmp_path / "stat").write_text(stat)
+        stepped = (
+            'mount --bind "$0" /proc/stat && "$1" throttle status --data-dir "$2" '
+            '&& exec "$1" throttle release --data-dir "$2"'
+        )
+        r = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", stepped,
+             str(tmp_path / "stat"), str(SCRIPT), str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "exited" not in r.stdout, r.stdout
+        assert f"released pid {victim.pid} " in r.stdout, r.stdout
+        assert _state(victim.pid) != "T", "the paused process was left stopped"
+    finally:
+        victim.kill()
+        victim.wait(timeout=10)
