@@ -77,6 +77,9 @@ class ProcessRecord:
     #: Where the running program's bytes are read, relative to ``/proc/<pid>``: ``exe``, or
     #: for a program the loader mapped, its ``map_files`` entry (deleted from disk too).
     image: str = "exe"
+    #: When it started in clock ticks since boot (None when not read from ``/proc``): unlike
+    #: ``create_time``, this does not move when the wall clock is set.
+    start_ticks: int | None = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -341,6 +344,23 @@ def same_process(pid: int, create_time: float, proc_root: Path = Path("/proc")) 
     return now is not None and same_start(now, create_time)
 
 
+def process_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None:
+    """When ``pid`` started, in clock ticks since boot, or None if it is gone. Unlike the
+    create time, this does not move when the wall clock is set (``btime`` moves with it)."""
+    try:
+        return parse_stat((proc_root / str(pid) / "stat").read_text()).start_ticks
+    except (OSError, ValueError):
+        return None
+
+
+def boot_id(proc_root: Path = Path("/proc")) -> str | None:
+    """This boot's random id (``/proc/sys/kernel/random/boot_id``), None if unreadable."""
+    try:
+        return (proc_root / "sys" / "kernel" / "random" / "boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -553,6 +573,7 @@ class ProcessTable:
             create_time=btime + stat.start_ticks / self._hz,
             cpu_percent=cpu,
             is_kernel_thread=bool(stat.flags & PF_KTHREAD),
+            start_ticks=stat.start_ticks,
         )
 
     def _cpu_percent(self, key: _Key, stat: StatFields, now: float) -> float:

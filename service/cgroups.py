@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from minerwatch.features.proctable import ProcessRecord, parse_proc_cgroup, same_process
+from minerwatch.features.proctable import (
+    ProcessRecord,
+    boot_id,
+    parse_proc_cgroup,
+    process_start_ticks,
+    same_process,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,10 @@ class Throttled:
     since: float
     cgroup_dir: str | None = None
     original_dir: str | None = None
+    #: The start in clock ticks since boot, and the boot: who the process is even after the
+    #: wall clock was set (which moves every create time). None in older journals.
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +67,35 @@ class Throttled:
             since=float(d.get("since", 0.0)),
             cgroup_dir=d.get("cgroup_dir"),
             original_dir=d.get("original_dir"),
+            start_ticks=d.get("start_ticks"),
+            boot_id=d.get("boot_id"),
         )
+
+
+def identify(proc: ProcessRecord, proc_root: Path = Path("/proc")) -> dict[str, Any]:
+    """``start_ticks`` and ``boot_id`` of ``proc`` for its record (empty when it is gone).
+    The table's own ticks when it read them: its create times keep the boot time it read
+    first, so after a clock step they no longer match one computed now."""
+    ticks = proc.start_ticks
+    if ticks is None:
+        ticks = process_start_ticks(proc.pid, proc_root)
+        if ticks is None or not same_process(proc.pid, proc.create_time, proc_root):
+            return {}
+    return {"start_ticks": ticks, "boot_id": boot_id(proc_root)}
+
+
+def is_same(rec: Throttled, proc_root: Path = Path("/proc")) -> bool:
+    """True if ``rec.pid`` is still the recorded process. By its start in ticks since boot
+    when the record has it (in this boot): a create time compares the start against the
+    wall clock's idea of the boot time, which a clock step (``date -s``, NTP) moves, and the
+    paused process would then be taken for gone and left paused for good."""
+    if rec.start_ticks is not None and rec.boot_id:
+        now = boot_id(proc_root)
+        if now == rec.boot_id:
+            return process_start_ticks(rec.pid, proc_root) == rec.start_ticks
+        if now is not None:
+            return False  # another boot: not one process of the last one is left
+    return same_process(rec.pid, rec.create_time, proc_root)
 
 
 class Mechanism(Protocol):
@@ -81,12 +119,13 @@ class Mechanism(Protocol):
 # --------------------------------------------------------------------------- SIGSTOP
 
 
-def signal_process(pid: int, create_time: float, sig: int, proc_root: Path = Path("/proc")) -> None:
-    """Send ``sig`` to ``pid`` only if it is still the same process.
+def signal_process(rec: Throttled, sig: int, proc_root: Path = Path("/proc")) -> None:
+    """Send ``sig`` to ``rec.pid`` only if it is still the recorded process.
 
     A pidfd pins the process before the start-time check, so the signal cannot reach a new
     process that reused the pid in between. Falls back to ``kill`` where pidfds are missing.
     """
+    pid = rec.pid
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError as exc:
@@ -94,7 +133,7 @@ def signal_process(pid: int, create_time: float, sig: int, proc_root: Path = Pat
     except (AttributeError, OSError):
         fd = -1
     try:
-        if not same_process(pid, create_time, proc_root):
+        if not is_same(rec, proc_root):
             raise ProcessGone(pid)
         try:
             if fd >= 0:
@@ -120,14 +159,21 @@ class SigStop:
         self.clock = clock
 
     def plan(self, proc: ProcessRecord) -> Throttled:
-        return Throttled(proc.pid, proc.create_time, proc.name, self.method, self.clock())
+        return Throttled(
+            proc.pid,
+            proc.create_time,
+            proc.name,
+            self.method,
+            self.clock(),
+            **identify(proc, self.proc_root),
+        )
 
     def apply(self, rec: Throttled) -> None:
-        signal_process(rec.pid, rec.create_time, signal.SIGSTOP, self.proc_root)
+        signal_process(rec, signal.SIGSTOP, self.proc_root)
 
     def release(self, rec: Throttled) -> bool:
         try:
-            signal_process(rec.pid, rec.create_time, signal.SIGCONT, self.proc_root)
+            signal_process(rec, signal.SIGCONT, self.proc_root)
         except ProcessGone:
             return False
         return True
@@ -218,6 +264,7 @@ class CgroupQuota:
             self.clock(),
             cgroup_dir=str(child),
             original_dir=str(self.root / original.lstrip("/")),
+            **identify(proc, self.proc_root),
         )
 
     def prepare_parent(self, parent: Path) -> None:
@@ -229,13 +276,13 @@ class CgroupQuota:
 
     def apply(self, rec: Throttled) -> None:
         assert rec.cgroup_dir is not None
-        if not same_process(rec.pid, rec.create_time, self.proc_root):
+        if not is_same(rec, self.proc_root):
             raise ProcessGone(rec.pid)
         child = Path(rec.cgroup_dir)
         self.prepare_parent(child.parent)
         child.mkdir(exist_ok=True)
         self.write_quota(child)
-        if not same_process(rec.pid, rec.create_time, self.proc_root):
+        if not is_same(rec, self.proc_root):
             raise ProcessGone(rec.pid)
         _write(child / "cgroup.procs", str(rec.pid))
 
@@ -276,26 +323,74 @@ class Cgroup1Quota(CgroupQuota):
         _write(child / "cpu.cfs_quota_us", str(self.quota_us))
 
 
+def _members(group: Path) -> list[int]:
+    """The processes in a cgroup (its ``cgroup.procs``); none if the group is gone."""
+    try:
+        text = (group / "cgroup.procs").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split() if x.isdigit()]
+
+
+#: Rounds of moving a throttle group's members out: a member may fork while it is moved.
+_EMPTY_ROUNDS = 5
+
+
 def release_cgroup(
     rec: Throttled, proc_root: Path = Path("/proc"), rmdir: Callable[[Path], None] = os.rmdir
 ) -> bool:
     """Move the process back to its original cgroup (or the root if that is gone), then
-    remove the child group and, if now empty, the shared parent."""
+    remove the child group and, if now empty, the shared parent.
+
+    Processes the throttled one started while it was throttled were born in its child group;
+    they are moved back with it (to the same original group), else they would keep its CPU
+    quota for good once the journal forgets it. Only members of the child group are moved,
+    so a pid reused by another process is never touched."""
     assert rec.cgroup_dir is not None and rec.original_dir is not None
     child = Path(rec.cgroup_dir)
-    alive = same_process(rec.pid, rec.create_time, proc_root)
+    original = Path(rec.original_dir)
+    alive = is_same(rec, proc_root)
     if alive:
-        try:
-            _write(Path(rec.original_dir) / "cgroup.procs", str(rec.pid))
-        except OSError as exc:
-            log.warning("pid %d: original cgroup unusable (%s); moving to root", rec.pid, exc)
-            _write(child.parent.parent / "cgroup.procs", str(rec.pid))
+        _move_back(rec.pid, original, child, required=True)
+    for _ in range(_EMPTY_ROUNDS):
+        others = [pid for pid in _members(child) if not (alive and pid == rec.pid)]
+        if not others:
+            break
+        for pid in others:
+            _move_back(pid, original, child, required=False)
+        log.info(
+            "pid %d: moved %d process(es) it started while throttled (%s) out of %s",
+            rec.pid,
+            len(others),
+            " ".join(map(str, others)),
+            child,
+        )
     _rmdir_quietly(child, rmdir)
     try:
         rmdir(child.parent)
     except OSError:
         pass  # other throttled processes still live there
     return alive
+
+
+def _move_back(pid: int, original: Path, child: Path, *, required: bool) -> None:
+    """Write ``pid`` into the original group's ``cgroup.procs``, else the hierarchy's root.
+    A member that exited meanwhile is fine; ``required`` raises when neither write works."""
+    try:
+        _write(original / "cgroup.procs", str(pid))
+        return
+    except ProcessLookupError:
+        return
+    except OSError as exc:
+        log.warning("pid %d: original cgroup unusable (%s); moving to root", pid, exc)
+    try:
+        _write(child.parent.parent / "cgroup.procs", str(pid))
+    except ProcessLookupError:
+        return
+    except OSError:
+        if required:
+            raise
+        log.warning("pid %d: could not be moved out of %s", pid, child)
 
 
 def release_record(rec: Throttled, proc_root: Path = Path("/proc")) -> bool:

@@ -26,6 +26,7 @@ import fcntl
 import ipaddress
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from minerwatch.features.proctable import (
     parse_proc_cgroup,
     parse_status_uid,
     same_process,
+    same_start,
 )
 from minerwatch.service.config import agent_files_config
 
@@ -54,6 +56,23 @@ SSH_PORT = 22
 #: ``Isolation.by`` of what the agent isolated on its own (it releases only those).
 AGENT = "agent"
 _NFT_TIMEOUT_S = 30.0
+
+
+#: The kernel's largest possible pid (``PID_MAX_LIMIT`` on 64-bit Linux).
+PID_MAX = 1 << 22
+
+
+def _kind(value: object) -> str:
+    """A journal value as an error shows it: its JSON type and a short ``repr``.
+
+    >>> _kind("65534"), _kind(None)
+    ("a string '65534'", 'null')
+    """
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
+    text = repr(value)
+    return f"{names.get(type(value), 'a number')} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 @dataclass(frozen=True)
@@ -75,26 +94,64 @@ class Isolation:
         return asdict(self)
 
     @staticmethod
-    def from_json(d: dict[str, object]) -> Isolation:
-        def num(key: str, default: float = 0) -> float:
-            value = d.get(key, default)
-            return float(value) if isinstance(value, int | float) else default
+    def from_json(d: object, where: str = "entry") -> Isolation:
+        """An entry as the journal holds it, every field checked (a missing one takes its
+        default): a value nft would refuse, or read as another rule, is a ValueError saying
+        which field of ``where`` holds what, before any table is loaded from it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} is {_kind(d)} (expected an object)")
+        kind = d.get("kind")
+        if kind not in ("process", "host"):
+            raise ValueError(f"{where}.kind is {_kind(kind)} (expected 'process' or 'host')")
 
+        def whole(key: str, low: int, high: int, default: int) -> int:
+            value = d.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"{where}.{key} is {_kind(value)} (expected a whole number {low}..{high})"
+                )
+            return value
+
+        def seconds(key: str) -> float:
+            value = d.get(key, 0.0)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{where}.{key} is {_kind(value)} (expected seconds since 1970)")
+            return float(value)
+
+        cgroup = d.get("cgroup") or ""
+        if not isinstance(cgroup, str) or any(c in cgroup for c in '"\\\n'):
+            raise ValueError(f"{where}.cgroup is {_kind(cgroup)} (expected a cgroup v2 path)")
         uid = d.get("uid")
+        if uid is not None or (kind == "process" and not cgroup):
+            uid = whole("uid", 0, 2**32 - 2, -1)
         sources = d.get("allow_ssh_from") or []
-        if d.get("kind") not in ("process", "host") or not isinstance(sources, list):
-            raise ValueError(f"expected an isolation entry, got {d!r}")
+        if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+            raise ValueError(f"{where}.allow_ssh_from is {_kind(sources)} (expected CIDRs)")
+        try:
+            _networks(sources)
+        except ValueError as exc:
+            raise ValueError(f"{where}.allow_ssh_from: {exc}") from None
+        if kind == "host" and not sources:
+            raise ValueError(f"{where}.allow_ssh_from is empty (SSH would be cut off)")
+        by = d.get("by", "operator")
+        if by not in ("operator", AGENT):
+            raise ValueError(f"{where}.by is {_kind(by)} (expected 'operator' or '{AGENT}')")
         return Isolation(
-            kind=str(d["kind"]),
-            pid=int(num("pid")),
-            create_time=num("create_time"),
-            uid=uid if isinstance(uid, int) else None,
-            cgroup=str(d.get("cgroup") or ""),
-            allow_ssh_from=tuple(str(s) for s in sources),
-            ssh_port=int(num("ssh_port", SSH_PORT)),
-            exporter_port=int(num("exporter_port")),
-            since=num("since"),
-            by=AGENT if d.get("by") == AGENT else "operator",
+            kind=str(kind),
+            pid=whole("pid", 1 if kind == "process" else 0, PID_MAX, 0),
+            create_time=seconds("create_time"),
+            uid=uid,
+            cgroup=cgroup,
+            allow_ssh_from=tuple(sources),
+            ssh_port=whole("ssh_port", 1, 65535, SSH_PORT),
+            exporter_port=whole("exporter_port", 0, 65535, 0),
+            since=seconds("since"),
+            by=str(by),
         )
 
     def describe(self) -> str:
@@ -244,10 +301,12 @@ class Journal:
     def load(self) -> list[Isolation]:
         try:
             raw = json.loads(self.path.read_text())
-            return [Isolation.from_json(d) for d in raw["isolated"]]
+            if not isinstance(raw, dict) or not isinstance(raw.get("isolated"), list):
+                raise ValueError(f"{_kind(raw)[:70]} (expected an object with an 'isolated' list)")
+            return [Isolation.from_json(d, f"isolated[{i}]") for i, d in enumerate(raw["isolated"])]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             # Never drop a journal silently: it says what is blocked. `release --all` clears it.
             raise InputError(
                 str(self.path),
@@ -383,8 +442,10 @@ def isolate(
     entry: Isolation,
     proc_root: Path = Path("/proc"),
     reason: str = "requested by operator",
-) -> None:
+) -> Isolation:
     """Journal ``entry`` (write-ahead), then load the table; undone if loading fails.
+    Returns the entry in force: an operator's isolation of the same process stays the
+    operator's when the agent asks for it too (else the agent would release it on shutdown).
 
     The process is checked against its start time after the journal is written and before
     the table is loaded, so a pid reused meanwhile is never cut off for the old suspect.
@@ -392,6 +453,9 @@ def isolate(
     journal = Journal(state_dir)
     with journal.locked():
         entries = journal.load()
+        held = [e for e in entries if _same_target(e, entry) and e.by != AGENT]
+        if entry.by == AGENT and held:
+            return held[0]
         wanted = _merge(entries, entry)
         script = ruleset(wanted)  # a bad entry fails here, before anything is written
         journal.save(wanted)
@@ -404,23 +468,29 @@ def isolate(
             journal.save(entries)
             raise
         _audit(state_dir, "isolate", entry, reason)
+    return entry
 
 
 def _current(entry: Isolation, proc_root: Path) -> bool:
     return entry.kind == "host" or same_process(entry.pid, entry.create_time, proc_root)
 
 
+def _same_target(a: Isolation, b: Isolation) -> bool:
+    """The same host isolation, or the same process: its pid *and* start time (an entry of
+    an exited process whose pid another one took is another target)."""
+    if a.kind != b.kind:
+        return False
+    return a.kind == "host" or (a.pid == b.pid and same_start(a.create_time, b.create_time))
+
+
 def _merge(entries: Sequence[Isolation], entry: Isolation) -> list[Isolation]:
-    """``entries`` with ``entry`` replacing one for the same pid (or the host).
+    """``entries`` with ``entry`` replacing one for the same process (or the host).
 
-    Entries of processes that exited stay: a miner respawned by cron under the same uid (or
-    in the same unit's cgroup) stays cut off until an operator releases it.
+    Entries of processes that exited stay, also when their pid now names another process:
+    a miner respawned by cron under the same uid (or in the same unit's cgroup) stays cut
+    off until an operator releases it.
     """
-
-    def same(e: Isolation) -> bool:
-        return e.kind == entry.kind and (e.kind == "host" or e.pid == entry.pid)
-
-    return [e for e in entries if not same(e)] + [entry]
+    return [e for e in entries if not _same_target(e, entry)] + [entry]
 
 
 def release(
@@ -523,10 +593,15 @@ class AgentIsolator:
                 self.actions_total["dry_run"] += 1
                 log.warning("isolate (dry run): would cut off %s (%s)", entry.describe(), reason)
                 return entry
-            isolate(self.state_dir, entry, self.proc_root, reason=reason)
+            held = isolate(self.state_dir, entry, self.proc_root, reason=reason)
         except (InputError, OSError) as exc:
             self.actions_total["failed"] += 1
             log.warning("could not isolate pid %d: %s", pid, exc)
+            return None
+        if held.by != AGENT:
+            log.warning(
+                "pid %d is already isolated by an operator: left as it is (%s)", pid, reason
+            )
             return None
         self.actions_total["isolate"] += 1
         log.warning(
@@ -561,6 +636,9 @@ class AgentIsolator:
 
 # --------------------------------------------------------------------------- CLI
 
+#: Why the table can be loaded while the journal lists nothing.
+_FOREIGN = "its journal was lost, or it is another data folder's"
+
 
 def run(args: argparse.Namespace) -> int:
     """Run ``minerwatch isolate [--process PID | --host ...] | release | status``.
@@ -583,9 +661,17 @@ def run(args: argparse.Namespace) -> int:
             exited = "" if _current(e, Path("/proc")) else "; the process has exited"
             print(f"{e.describe()} (by the {e.by}, since {since}{exited})")
         shown = {True: "loaded", False: "not loaded", None: "unknown (nft unavailable)"}
+        if present and not entries:
+            shown[True] = f"loaded, but {state_dir / JOURNAL} lists nothing ({_FOREIGN})"
+        if present is False and entries:
+            shown[False] = (
+                "NOT loaded: nothing listed above is cut off (the table was deleted by someone "
+                "else, e.g. a firewall reload)"
+            )
         print(f"nftables table {FAMILY} {TABLE}: {shown[present]}")
         return 0
     if command == "release":
+        was_loaded = table_present() if args.all else None
         released = release(state_dir, args.pid, args.host, force=args.all)
         if (args.pid is not None or args.host) and not released:
             raise InputError(
@@ -594,9 +680,19 @@ def run(args: argparse.Namespace) -> int:
                 "an isolated process or host (see `minerwatch isolate status`)",
                 f"pid {args.pid}" if args.pid is not None else "no host isolation",
             )
+        if not released and not args.all and table_present():
+            raise InputError(
+                str(state_dir / JOURNAL),
+                None,
+                f"a journal of what table {FAMILY} {TABLE} holds; `minerwatch isolate release "
+                "--all` deletes the table",
+                f"nothing listed, but the table is loaded ({_FOREIGN})",
+            )
         for e in released:
             print(f"released {e.describe()}")
-        if not released:
+        if not released and was_loaded:
+            print(f"deleted nftables table {FAMILY} {TABLE} (the journal listed nothing)")
+        elif not released:
             print("nothing was isolated")
         return 0
     if args.process is None and not args.host:

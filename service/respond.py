@@ -125,7 +125,14 @@ class Responder:
         # time, its descendants (the training child), so neither is ever throttled.
         self.throttle = throttle or Throttle(cfg.throttle, agent_pids={os.getpid()})
         for action in self.throttle.recovered:
-            log.warning("released a process left throttled by an earlier run: %s", action)
+            log.warning(
+                "throttle: %s pid %d (%s, %s) left throttled by an earlier run: %s",
+                action.action,
+                action.pid,
+                action.name,
+                action.method,
+                action.reason,
+            )
         self.isolator = AgentIsolator(
             cfg.data_dir / "isolate", cfg.respond.isolate, cfg.respond.isolate_dry_run
         )

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,7 @@ from minerwatch.service.cgroups import (
     SigStop,
     Throttled,
     build_mechanisms,
+    is_same,
     release_record,
 )
 from minerwatch.service.config import DEFAULT_STATE_DIR, load_config
@@ -198,6 +200,9 @@ def _get_record(d: object, where: str) -> Throttled:
         if key not in d:
             raise _Shape(f"{where} has no {key!r}")
     method = d["method"]
+    ticks = d.get("start_ticks")
+    if ticks is not None and (isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0):
+        raise _Shape(f"{where}.start_ticks is {_kind(ticks)} (expected clock ticks since boot)")
     if method not in JOURNAL_METHODS:
         raise _Shape(f"{where}.method is {_kind(method)} (one of {', '.join(JOURNAL_METHODS)})")
     cgroup_dir = _get_text(d.get("cgroup_dir"), f"{where}.cgroup_dir", optional=True)
@@ -212,6 +217,8 @@ def _get_record(d: object, where: str) -> Throttled:
         since=_get_time(d.get("since", 0.0), f"{where}.since"),
         cgroup_dir=cgroup_dir,
         original_dir=original_dir,
+        start_ticks=ticks,
+        boot_id=_get_text(d.get("boot_id"), f"{where}.boot_id", optional=True),
     )
 
 
@@ -448,9 +455,7 @@ class Throttle:
     def _drop_gone(self, cpu: float) -> list[Action]:
         """Forget processes that exited (or whose pid was reused); undo their cgroup."""
         with self._journal() as state:
-            gone = [
-                r for r in state.throttled if not same_process(r.pid, r.create_time, self.proc_root)
-            ]
+            gone = [r for r in state.throttled if not is_same(r, self.proc_root)]
             actions = [self._release_locked(state, r, "process exited", cpu) for r in gone]
             state.exempt = [e for e in state.exempt if same_process(e[0], e[1], self.proc_root)]
             return actions
@@ -498,53 +503,85 @@ class Throttle:
 # --------------------------------------------------------------------------- CLI
 
 
-def release_from_journal(
+#: What ``release_journaled`` did with one journal record.
+RELEASED, EXITED, FAILED = "released", "exited", "failed"
+
+
+def release_journaled(
     state_dir: Path = DEFAULT_STATE_DIR, pid: int | None = None, proc_root: Path = Path("/proc")
-) -> int:
-    """Release journaled processes (all, or one pid) without a running agent; returns how
-    many were released. Released processes are marked exempt so a running agent does not
-    take them again. Without a journal nothing was ever throttled: nothing is created."""
+) -> list[tuple[Throttled, str, str]]:
+    """Release journaled processes (all, or one pid) without a running agent: each record
+    with what became of it (``RELEASED``, ``EXITED``: dropped, nothing to release; ``FAILED``:
+    kept for a later release) and the error of a failure. Released processes are marked
+    exempt so a running agent does not take them again. Without a journal nothing was ever
+    throttled: nothing is created."""
     journal, audit = Journal(state_dir), AuditLog(state_dir / AUDIT)
     if not journal.path.exists():
-        return 0
-    count = 0
+        return []
+    done: list[tuple[Throttled, str, str]] = []
     with journal.locked() as state:
         for rec in [r for r in state.throttled if pid is None or r.pid == pid]:
             try:
                 alive = release_record(rec, proc_root)
             except OSError as exc:
-                log.error("pid %d: release failed: %s", rec.pid, exc)
+                done.append((rec, FAILED, str(exc)))
                 continue
             state.throttled.remove(rec)
             kind, reason = ("release", "released by operator") if alive else ("skip", "exited")
             if alive:
-                count += 1
                 state.exempt.append((rec.pid, rec.create_time))
+            done.append((rec, RELEASED if alive else EXITED, ""))
             with contextlib.suppress(OSError):
                 audit.write(Action(time.time(), kind, rec.pid, rec.name, rec.method, reason))
-    return count
+    return done
+
+
+def release_from_journal(
+    state_dir: Path = DEFAULT_STATE_DIR, pid: int | None = None, proc_root: Path = Path("/proc")
+) -> int:
+    """:func:`release_journaled`, counting the processes released."""
+    return sum(what == RELEASED for _, what, _ in release_journaled(state_dir, pid, proc_root))
+
+
+def _local(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``minerwatch throttle status|release [PID]``; works with no agent running.
 
     The journal is in ``--state-dir``, else where the config (``--config``) keeps it. A PID
-    that is not throttled is bad input (InputError, exit code 2).
+    that is not in the journal is bad input (InputError, exit code 2); a release that failed
+    exits 1 (the record is kept for another try). Every record is named with what was done.
     """
     state_dir: Path = (
         args.state_dir or load_config(args.config).throttle.state_dir or DEFAULT_STATE_DIR
     )
     if args.throttle_command == "release":
-        n = release_from_journal(state_dir, args.pid)
-        if args.pid is not None and not n:
+        done = release_journaled(state_dir, args.pid)
+        if args.pid is not None and not done:
             raise InputError(
                 str(state_dir / JOURNAL),
                 None,
                 "the PID of a throttled process (see `minerwatch throttle status`)",
                 str(args.pid),
             )
+        for rec, what, error in done:
+            what_it_was = f"pid {rec.pid} ({rec.name}, {rec.method} since {_local(rec.since)})"
+            if what == RELEASED:
+                print(f"released {what_it_was}")
+            elif what == EXITED:
+                print(
+                    f"{what_it_was} had exited (the pid is not that process any more): "
+                    "dropped from the journal"
+                )
+            else:
+                print(
+                    f"minerwatch: error: could not release {what_it_was}: {error}", file=sys.stderr
+                )
+        n = sum(what == RELEASED for _, what, _ in done)
         print(f"released {n} process{'es' if n != 1 else ''}")
-        return 0
+        return 1 if any(what == FAILED for _, what, _ in done) else 0
     state = Journal(state_dir).load()
     if args.json:
         print(_dump(state))
@@ -554,6 +591,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{'PID':>8}  {'NAME':<16} {'METHOD':<8} SINCE (local time)")
     for r in state.throttled:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.since))
-        print(f"{r.pid:>8}  {r.name:<16} {r.method:<8} since {since}")
+        gone = "" if is_same(r) else "  (exited: pid is not that process)"
+        print(f"{r.pid:>8}  {r.name:<16} {r.method:<8} since {_local(r.since)}{gone}")
     return 0

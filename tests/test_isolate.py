@@ -250,6 +250,94 @@ def test_release_all_deletes_the_table_when_the_journal_is_lost(netns, tmp_path)
         pool.stop()
 
 
+def test_a_lost_journal_is_not_taken_for_nothing_isolated(netns, tmp_path):
+    """The journal is deleted while the table is loaded (a wiped data folder, another
+    --data-dir): a plain release must not say "nothing was isolated" and exit 0 while the
+    process stays cut off; the status says why; ``--all`` says it deleted the table. And a
+    table deleted under a journal (a firewall reload) is shown as not in force."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3336"), tmp_path / "p")
+    client = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3336"), tmp_path / "c"
+    )
+    journal = data / "isolate" / "isolate-journal.json"
+    try:
+        client.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        client.wait_for("fail")
+        journal.unlink()
+        status = minerwatch(netns, "isolate", "status", "--data-dir", data)
+        assert status.returncode == 0 and "loaded, but" in status.stdout, status.stdout
+        rel = minerwatch(netns, "isolate", "release", "--data-dir", data)
+        assert rel.returncode == 2 and "--all" in rel.stderr and str(journal) in rel.stderr
+        assert "nothing was isolated" not in rel.stdout
+        client.wait_for("fail")
+        forced = minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        assert forced.returncode == 0, forced.stderr
+        assert "deleted nftables table inet minerwatch" in forced.stdout, forced.stdout
+        client.wait_for("ok")
+
+        again = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
+        assert again.returncode == 0, again.stderr
+        client.wait_for("fail")
+        assert (
+            subprocess.run(
+                _in_ns(netns, "nft", "delete", "table", "inet", "minerwatch"), timeout=30
+            ).returncode
+            == 0
+        )
+        client.wait_for("ok")
+        status = minerwatch(netns, "isolate", "status", "--data-dir", data)
+        assert "NOT loaded: nothing listed above is cut off" in status.stdout, status.stdout
+    finally:
+        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        client.stop()
+        pool.stop()
+
+
+def test_a_hand_edited_journal_is_refused_naming_the_entry(netns, tmp_path):
+    """An entry with a value nft cannot take (a uid written as text) was read as "uid None":
+    status showed that, and every later load of the table failed in nft, so `release --pid`
+    of another entry exited 1 ("unexpected failure") and left it cut off. Now the journal is
+    refused whole (exit 2) naming the file and the field, before nft is run; the corrected
+    journal releases as usual."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3337"), tmp_path / "p")
+    client = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3337"), tmp_path / "c"
+    )
+    journal = data / "isolate" / "isolate-journal.json"
+    try:
+        client.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        client.wait_for("fail")
+        good = journal.read_text()
+        doc = json.loads(good)
+        other = dict(doc["isolated"][0], pid=4_000_000, uid="65533")  # a hand-made entry
+        doc["isolated"].insert(0, other)
+        journal.write_text(json.dumps(doc))
+        for cmd in (["status"], ["release", "--pid", str(client.proc.pid)], ["release"]):
+            r = minerwatch(netns, "isolate", *cmd, "--data-dir", data)
+            assert r.returncode == 2, (cmd, r.returncode, r.stdout, r.stderr)
+            assert str(journal) in r.stderr and "isolated[0].uid is a string '65533'" in r.stderr
+            assert "Traceback" not in r.stderr
+        client.wait_for("fail")
+        journal.write_text(good)
+        rel = minerwatch(
+            netns, "isolate", "release", "--pid", str(client.proc.pid), "--data-dir", data
+        )
+        assert rel.returncode == 0, rel.stderr
+        client.wait_for("ok")
+    finally:
+        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        client.stop()
+        pool.stop()
+
+
 def test_refuses_a_root_process_without_its_own_cgroup(netns, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

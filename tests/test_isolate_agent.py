@@ -184,7 +184,10 @@ def test_agent_isolates_a_confirmed_miner_and_always_releases_it(netns, tmp_path
         miner.wait_for("fail")
         (entry,) = journal(data)
         assert entry["uid"] == NOBODY and entry["cgroup"] == ""  # cgroup v1 host: by uid
-        lines = [json.loads(x) for x in (data / "events.jsonl").read_text().splitlines()]
+        # the episode's open line follows its evidence file, which can take a while under load
+        events = data / "events.jsonl"
+        until("the episode's open line", lambda: events.exists() and events.read_text(), a)
+        lines = [json.loads(x) for x in events.read_text().splitlines()]
         isolated = [i for e in lines for i in e.get("isolated", [])]
         assert isolated[0]["pid"] == miner.proc.pid and not isolated[0]["dry_run"]
         assert set(isolated[0]["indicators"]) & {"pool_port", "stratum_url"}
@@ -290,3 +293,41 @@ def test_a_starting_agent_releases_only_what_an_agent_isolated(netns, tmp_path):
         minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
         for proc in (by_hand, by_agent, pool):
             proc.stop()
+
+
+def test_the_agent_leaves_an_operators_isolation_to_the_operator(netns, tmp_path):  # noqa: F811
+    """An operator isolated the miner before the agent alerted on it: the agent's own
+    isolation of that process must not take the entry over, or its shutdown (a restart,
+    an upgrade) would give the miner its network back."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    quiet_model(tmp_path, data / "models")
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, SESSION, PROBE), tmp_path / "pool")
+    url = f"stratum+tcp://127.0.0.1:{SESSION}"
+    miner: Reader | None = None
+    agent: Agent | None = None
+    try:
+        _until_listening(pool)
+        miner = Reader(_as_nobody(netns, CLIENT_PYTHON, "-c", MINER, url, PROBE), tmp_path / "m")
+        miner.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(miner.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        miner.wait_for("fail")
+        agent = Agent(netns, data, tmp_path / "a.log", "--isolate-on-alert")
+        said = f"pid {miner.proc.pid} is already isolated by an operator"
+        until(
+            "the agent's attempt on the miner",
+            lambda: said in agent.tail() or isolated_by_agent(data, miner.proc.pid),
+            agent,
+        )
+        assert [(e["pid"], e["by"]) for e in journal(data)] == [(miner.proc.pid, "operator")]
+        assert agent.stop() == 0, agent.tail()
+        miner.wait_for("fail")  # the agent's shutdown released nothing of the operator's
+        assert [(e["pid"], e["by"]) for e in journal(data)] == [(miner.proc.pid, "operator")]
+    finally:
+        if agent is not None and agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        for r in (miner, pool):
+            if r is not None and r.proc.poll() is None:
+                r.stop()

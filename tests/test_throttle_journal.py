@@ -242,7 +242,11 @@ def test_throttle_leaves_the_agents_training_child_running(tmp_path: Path, famil
     ) as throttle:
         actions = throttle.update(99.0, alert_active=True)
         assert [(a.action, a.pid) for a in actions] == [("throttle", family["unrelated"])]
-        assert psutil.Process(family["unrelated"]).status() == psutil.STATUS_STOPPED
+        # a signal is delivered when the target next runs: on a loaded machine, not at once
+        deadline = time.monotonic() + 10
+        while psutil.Process(family["unrelated"]).status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < deadline, "the unrelated process was never stopped"
+            time.sleep(0.01)
         for who in ("child", "grandchild"):
             assert psutil.Process(family[who]).status() != psutil.STATUS_STOPPED
     assert psutil.Process(family["unrelated"]).status() != psutil.STATUS_STOPPED
