@@ -16,6 +16,10 @@ from minerwatch.features.proctable import ProcessRecord
 KTHREADD_PID = 2
 #: Names that are the host's lifeline: the init system and remote access.
 CORE_NAMES = frozenset({"init", "systemd", "sshd", "sshd-session", "sshd-auth"})
+#: Where the system's own programs live: a core name protects only a binary there, so a
+#: miner that calls itself ``sshd`` from ``/tmp/.x/`` is not taken for the host's lifeline.
+SYSTEM_PREFIXES = ("/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/", "/usr/lib/", "/lib/",
+                   "/usr/libexec/")  # fmt: skip
 UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap", ".slice", ".target")
 
 
@@ -78,9 +82,15 @@ def protected_reason(
     Allow-list entries are shell globs, matched against the name, the executable's base
     name, the user, and every systemd unit on the cgroup path.
 
+    A core name (``sshd``, ``systemd-*``) protects only a binary in the system's folders
+    that is still on disk: a disguised miner is not the host's lifeline.
+
     >>> p = ProcessRecord(1, 0, "init", "/sbin/init", "root", 0.0, 50.0)
     >>> protected_reason(p, _NoAllow(), set())
     'pid 1'
+    >>> fake = ProcessRecord(4242, 1, "sshd", "/tmp/.x/sshd", "nobody", 0.0, 99.0)
+    >>> protected_reason(fake, _NoAllow(), set()) is None
+    True
     """
     if proc.pid == 1:
         return "pid 1"
@@ -91,7 +101,8 @@ def protected_reason(
     if proc.pid in agent_pids:
         return "the agent, its ancestor or its descendant"
     exe_name = os.path.basename(proc.exe)
-    for name in (proc.name, exe_name):
+    system = proc.exe.startswith(SYSTEM_PREFIXES) and not proc.exe_deleted
+    for name in (proc.name, exe_name) if system else ():
         if name in CORE_NAMES or name.startswith("systemd-"):
             return f"core process {name!r}"
     for name in (proc.name, exe_name):

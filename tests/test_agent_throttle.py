@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -136,3 +139,37 @@ def test_sighup_releases_and_a_second_agent_on_its_folder_is_refused(burner, tmp
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=10)
+
+
+def test_a_miner_calling_itself_sshd_from_tmp_is_throttled(tmp_path):
+    """A burner run as ``/tmp/.../sshd`` (a miner's favourite disguise) was protected as the
+    core process 'sshd' by its name alone: a switched-on throttle never touched it. Only
+    the system's own sshd is protected now."""
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    python = next(
+        (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None
+    )
+    if python is None:
+        pytest.skip("no system python3 for the burner")
+    drop = Path(tempfile.mkdtemp(prefix="mw-sshd-", dir="/tmp"))
+    drop.chmod(0o755)
+    fake = drop / "sshd"
+    shutil.copy2(python, fake)
+    miner = subprocess.Popen([str(fake), "-c", BURN], user="nobody", cwd="/")
+    agent = start_agent(tmp_path)
+    try:
+        assert wait_for(lambda: status(miner.pid) == psutil.STATUS_STOPPED), "never throttled"
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=10) == 0
+        assert wait_for(lambda: status(miner.pid) != psutil.STATUS_STOPPED, 5), "left paused"
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=10)
+        os.kill(miner.pid, signal.SIGCONT)
+        miner.kill()
+        miner.wait()
+        shutil.rmtree(drop)

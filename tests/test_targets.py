@@ -4,6 +4,7 @@ tables (every rule by name, and a property over random tables)."""
 from __future__ import annotations
 
 import doctest
+import os
 from dataclasses import replace
 
 import pytest
@@ -45,6 +46,7 @@ def p(pid, name="xmrig", ppid=100, exe=None, user="www", cpu=90.0, cgroup="/", k
         (p(50, "odd", ppid=7, kthread=True), Allow(), "kernel thread"),
         (p(50, "noexe", exe=""), Allow(), "no executable"),
         (p(50, "sshd"), Allow(), "core process 'sshd'"),
+        (p(50, "sshd", exe="/usr/sbin/sshd"), Allow(names=("x",)), "core process 'sshd'"),
         (p(50, "systemd-journal", exe="/lib/systemd/systemd-journald"), Allow(), "core process"),
         (p(50, "init", exe="/sbin/init"), Allow(), "core process 'init'"),
         (p(50, "postgres"), Allow(names=("postgr*",)), "allow-listed name"),
@@ -66,6 +68,19 @@ def test_protected_reason_names_the_rule(proc, allow, reason):
 def test_unprotected_process_may_be_throttled():
     miner = replace(p(4242, "kdevtmpfsi", exe="/tmp/.x/kdevtmpfsi"), exe_deleted=True)
     assert protected_reason(miner, Allow(names=("nginx",), users=("ci",)), {99}) is None
+
+
+@pytest.mark.parametrize(
+    "exe, deleted",
+    [("/tmp/.x/sshd", False), ("/dev/shm/systemd-journald", False), ("/usr/sbin/sshd", True)],
+)
+def test_a_core_name_does_not_protect_a_disguised_binary(exe, deleted):
+    """A miner calling itself ``sshd`` or ``systemd-*`` from a temp folder (or running a
+    binary deleted from disk) is not the host's lifeline: the name alone protected it."""
+    name = os.path.basename(exe)
+    miner = replace(p(4242, name, exe=exe), exe_deleted=deleted)
+    assert protected_reason(miner, Allow(), set()) is None
+    assert [t.pid for t in select_targets([miner], Allow(), set())] == [4242]
 
 
 def test_agent_and_its_ancestors_are_protected():
@@ -145,7 +160,9 @@ def test_property_never_selects_a_protected_process(data):
     for c in chosen:
         assert c.pid not in guarded
         assert c.pid not in (1, 2) and c.ppid != 2 and not c.is_kernel_thread and c.exe
-        assert c.name not in ("sshd", "systemd", "init") and not c.name.startswith("systemd-")
+        core = c.name in ("sshd", "systemd", "init") or c.name.startswith("systemd-")
+        # a core name protects the system's own binary only, never a disguise in /tmp
+        assert not core or c.exe == "/tmp/y" or c.exe_deleted
         assert c.name not in allow.allow_names and c.username not in allow.allow_users
         assert not set(cgroup_units(c.cgroup)) & set(allow.allow_units)
         assert protected_reason(c, allow, guarded) is None
