@@ -546,7 +546,9 @@ def release(
 
 # --------------------------------------------------------------------------- the agent's side
 
-AGENT_ACTIONS = ("isolate", "release", "dry_run", "failed")
+AGENT_ACTIONS = ("isolate", "release", "dry_run", "failed", "reload")
+#: How often a switched-on agent checks that the journal's isolations are still loaded.
+KEEP_IN_FORCE_EVERY_S = 10.0
 
 
 class AgentIsolator:
@@ -573,6 +575,7 @@ class AgentIsolator:
         self.proc_root = proc_root
         self.actions_total = dict.fromkeys(AGENT_ACTIONS, 0)
         self._tried: set[tuple[int, float]] = set()
+        self._next_check = 0.0
         self.recovered = self._release("released at start: left by an earlier agent run")
 
     def isolate(self, pid: int, reason: str) -> Isolation | None:
@@ -608,6 +611,36 @@ class AgentIsolator:
             "isolated %s (%s); undo with `minerwatch isolate release`", entry.describe(), reason
         )
         return entry
+
+    def keep_in_force(self, now: float) -> None:
+        """Load the journal's isolations again when their table is gone: a firewall reload
+        (``systemctl reload nftables``, ``nft flush ruleset`` from configuration management)
+        deletes it, and every process cut off, the agent's and the operators', was back on
+        the network without a word. Only when isolation is switched on; at most every
+        :data:`KEEP_IN_FORCE_EVERY_S`, and only while the journal lists something."""
+        if not self.enabled or self.dry_run or now < self._next_check:
+            return
+        self._next_check = now + KEEP_IN_FORCE_EVERY_S
+        journal = Journal(self.state_dir)
+        if not journal.path.exists():
+            return
+        try:
+            with journal.locked():
+                entries = journal.load()
+                if not entries or table_present() is not False:
+                    return
+                apply_ruleset(ruleset(entries))
+        except (InputError, OSError) as exc:
+            self.actions_total["failed"] += 1
+            log.error("the isolations' nftables table is gone and could not be loaded: %s", exc)
+            return
+        self.actions_total["reload"] += 1
+        _audit(self.state_dir, "reload", None, "table inet minerwatch was gone")
+        log.warning(
+            "the nftables table %s %s was gone (a firewall reload?): loaded again from the "
+            "journal, %d isolation(s) in force: %s",
+            FAMILY, TABLE, len(entries), "; ".join(e.describe() for e in entries),
+        )  # fmt: skip
 
     def isolated_now(self) -> int:
         """Processes the agent has cut off now (from the journal: an operator may release)."""

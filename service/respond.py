@@ -175,6 +175,7 @@ class Responder:
                     action.method,
                     action.reason,
                 )
+        self.isolator.keep_in_force(now)
         if self.ioc is not None and self.ioc.due():
             self._check_iocs(agent, now)
         if agent.model is not None and not self._baseline_tried:

@@ -331,3 +331,47 @@ def test_the_agent_leaves_an_operators_isolation_to_the_operator(netns, tmp_path
         for r in (miner, pool):
             if r is not None and r.proc.poll() is None:
                 r.stop()
+
+
+def test_the_agent_loads_the_isolations_again_when_a_firewall_reload_deletes_them(
+    netns,  # noqa: F811
+    tmp_path,
+):
+    """``nft flush ruleset`` or ``systemctl reload nftables`` (configuration management does
+    both) deletes table ``inet minerwatch``: every process cut off was back on the network
+    without a word, the journal still listing it. An agent with isolation switched on loads
+    the journal's isolations again within seconds and says so."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    quiet_model(tmp_path, data / "models")
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, SESSION, PROBE), tmp_path / "pool")
+    url = f"stratum+tcp://127.0.0.1:{SESSION}"
+    miner: Reader | None = None
+    agent: Agent | None = None
+    try:
+        _until_listening(pool)
+        miner = Reader(_as_nobody(netns, CLIENT_PYTHON, "-c", MINER, url, PROBE), tmp_path / "m")
+        miner.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(miner.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        miner.wait_for("fail")
+        agent = Agent(netns, data, tmp_path / "a.log", "--isolate-on-alert")
+        until("the agent serving", lambda: "serving metrics on" in agent.tail(), agent)
+        flushed = subprocess.run(_in_ns(netns, "nft", "flush", "ruleset"), capture_output=True)
+        assert flushed.returncode == 0, flushed.stderr
+        said = "was gone (a firewall reload?): loaded again from the journal, 1 isolation(s)"
+        until("the table loaded again", lambda: said in agent.tail(), agent, timeout=60)
+        miner.wait_for("fail")
+        listed = subprocess.run(_in_ns(netns, "nft", "list", "table", "inet", "minerwatch"),
+                                capture_output=True, text=True)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert [(e["pid"], e["by"]) for e in journal(data)] == [(miner.proc.pid, "operator")]
+        assert any(a["action"] == "reload" for a in audit(data))
+        assert agent.stop() == 0, agent.tail()
+    finally:
+        if agent is not None and agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        for r in (miner, pool):
+            if r is not None and r.proc.poll() is None:
+                r.stop()
