@@ -552,6 +552,7 @@ class IocWatcher:
         self.next_at = 0.0
         self.iocs: dict[Path, tuple[tuple[int, int], Ioc | None]] = {}
         self.errors = 0
+        self._unread: set[str] = set()
 
     def due(self) -> bool:
         return self.clock() >= self.next_at
@@ -607,8 +608,10 @@ class IocWatcher:
             units=every("units"),
         )
         snap = read_host(union, self.paths, self.scan, self.cache)
-        for e in snap.errors:
-            log.info("IOC check could not read %s", e)
+        # once while it lasts: the same unreadable part every few minutes is no news
+        for e in [e for e in snap.errors if e not in self._unread]:
+            log.info("IOC check could not read %s (said once while it lasts)", _printable(e))
+        self._unread = set(snap.errors)
         return {ioc_label(ioc.id): (path, ioc, find_hits(ioc, snap)) for path, ioc in iocs}
 
 

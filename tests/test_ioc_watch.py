@@ -184,3 +184,33 @@ def test_watcher_rereads_a_changed_file_and_bounds_the_count(tmp_path):
     (folder / "f00.json").write_text(json.dumps({**base, "id": "ioc-renamed", "paths": ["/x"]}))
     names = {ioc.id for _, ioc in w.reload()}
     assert "ioc-renamed" in names and "ioc-00" not in names
+
+
+def test_what_a_check_could_not_read_is_logged_once_while_it_lasts(tmp_path, caplog):
+    """The agent checks every five minutes: the same unreadable part (here an IOC path behind
+    a symlink loop) was logged at every check, 288 lines a day. Once while it lasts now; gone
+    and back, it is news again."""
+    import logging
+
+    folder = tmp_path / "iocs"
+    folder.mkdir()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    watched = str(loop / "xmrig")
+    doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-x", "paths": [watched]}
+    (folder / "x.json").write_text(json.dumps(doc))
+    clock = [0.0]
+    w = IocWatcher(folder, 60.0, scan=(), clock=lambda: clock[0])
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if watched in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="minerwatch"):
+        for _ in range(3):
+            assert w.check()["ioc_x"][2] == []
+        assert len(said()) == 1 and "could not read" in said()[0], said()
+        loop.unlink()
+        w.check()
+        loop.symlink_to(loop)
+        w.check()
+        assert len(said()) == 2, said()
