@@ -679,7 +679,9 @@ def test_state_file_round_trip_and_entries_not_as_written(synthetic_model, tmp_p
     assert got.episode_start == 6000.0
     assert got.alerted == [(6000.0, 6180.0), (6240.0, 6300.0)]  # touching windows: one span
     b.save_state()
-    assert json.loads(path.read_text())["hosts"]["gone"] == {"active": True}
+    gone = json.loads(path.read_text())["hosts"]["gone"]
+    # kept as it was, with the time it was first found without a model (for its expiry)
+    assert gone["active"] is True and set(gone) == {"active", "kept_since"}
 
     # a state file written before the strong run was kept: the run above stands for it; one
     # written before the fast path: no fast run
