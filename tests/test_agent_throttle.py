@@ -45,19 +45,24 @@ def status(pid):
         return "gone"
 
 
-@pytest.fixture
-def burner():
+def nobodys_python() -> str:
+    """An interpreter 'nobody' may run (the test's own may sit in a root-only folder), or
+    skip the test."""
     try:
         pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no 'nobody' user")
-    # an interpreter 'nobody' may run (the test's own may sit in a root-only folder)
     python = next(
         (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None
     )
     if python is None:
         pytest.skip("no system python3 for the burner")
-    proc = subprocess.Popen([python, "-c", BURN], user="nobody", cwd="/")
+    return python
+
+
+@pytest.fixture
+def burner():
+    proc = subprocess.Popen([nobodys_python(), "-c", BURN], user="nobody", cwd="/")
     yield proc
     os.kill(proc.pid, signal.SIGCONT)
     proc.kill()
@@ -145,15 +150,7 @@ def test_a_miner_calling_itself_sshd_from_tmp_is_throttled(tmp_path):
     """A burner run as ``/tmp/.../sshd`` (a miner's favourite disguise) was protected as the
     core process 'sshd' by its name alone: a switched-on throttle never touched it. Only
     the system's own sshd is protected now."""
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no 'nobody' user")
-    python = next(
-        (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None
-    )
-    if python is None:
-        pytest.skip("no system python3 for the burner")
+    python = nobodys_python()
     drop = Path(tempfile.mkdtemp(prefix="mw-sshd-", dir="/tmp"))
     drop.chmod(0o755)
     fake = drop / "sshd"

@@ -21,12 +21,14 @@ it would do; C isolates it and SIGTERM releases it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -295,25 +297,43 @@ def test_a_starting_agent_releases_only_what_an_agent_isolated(netns, tmp_path):
             proc.stop()
 
 
+@contextlib.contextmanager
+def an_operators_isolated_miner(ns: str, tmp_path: Path) -> Iterator[tuple[Path, Reader, list]]:
+    """A pool and a miner (as nobody) connected to it, then cut off by an operator's
+    ``isolate --process``: (data folder, miner, agents the test starts). Afterwards every
+    agent is stopped, everything released and every process stopped."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    quiet_model(tmp_path, data / "models")
+    pool = Reader(_in_ns(ns, CLIENT_PYTHON, "-c", POOL, SESSION, PROBE), tmp_path / "pool")
+    url = f"stratum+tcp://127.0.0.1:{SESSION}"
+    miner: Reader | None = None
+    agents: list[Agent] = []
+    try:
+        _until_listening(pool)
+        miner = Reader(_as_nobody(ns, CLIENT_PYTHON, "-c", MINER, url, PROBE), tmp_path / "m")
+        miner.wait_for("ok")
+        done = minerwatch(ns, "isolate", "--process", str(miner.proc.pid), "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        miner.wait_for("fail")
+        yield data, miner, agents
+    finally:
+        for agent in agents:
+            if agent.proc.poll() is None:
+                agent.stop(signal.SIGKILL)
+        minerwatch(ns, "isolate", "release", "--all", "--data-dir", data)
+        for r in (miner, pool):
+            if r is not None and r.proc.poll() is None:
+                r.stop()
+
+
 def test_the_agent_leaves_an_operators_isolation_to_the_operator(netns, tmp_path):  # noqa: F811
     """An operator isolated the miner before the agent alerted on it: the agent's own
     isolation of that process must not take the entry over, or its shutdown (a restart,
     an upgrade) would give the miner its network back."""
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    quiet_model(tmp_path, data / "models")
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, SESSION, PROBE), tmp_path / "pool")
-    url = f"stratum+tcp://127.0.0.1:{SESSION}"
-    miner: Reader | None = None
-    agent: Agent | None = None
-    try:
-        _until_listening(pool)
-        miner = Reader(_as_nobody(netns, CLIENT_PYTHON, "-c", MINER, url, PROBE), tmp_path / "m")
-        miner.wait_for("ok")
-        done = minerwatch(netns, "isolate", "--process", str(miner.proc.pid), "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        miner.wait_for("fail")
+    with an_operators_isolated_miner(netns, tmp_path) as (data, miner, agents):
         agent = Agent(netns, data, tmp_path / "a.log", "--isolate-on-alert")
+        agents.append(agent)
         said = f"pid {miner.proc.pid} is already isolated by an operator"
         until(
             "the agent's attempt on the miner",
@@ -324,13 +344,6 @@ def test_the_agent_leaves_an_operators_isolation_to_the_operator(netns, tmp_path
         assert agent.stop() == 0, agent.tail()
         miner.wait_for("fail")  # the agent's shutdown released nothing of the operator's
         assert [(e["pid"], e["by"]) for e in journal(data)] == [(miner.proc.pid, "operator")]
-    finally:
-        if agent is not None and agent.proc.poll() is None:
-            agent.stop(signal.SIGKILL)
-        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
-        for r in (miner, pool):
-            if r is not None and r.proc.poll() is None:
-                r.stop()
 
 
 def test_the_agent_loads_the_isolations_again_when_a_firewall_reload_deletes_them(
@@ -341,21 +354,9 @@ def test_the_agent_loads_the_isolations_again_when_a_firewall_reload_deletes_the
     both) deletes table ``inet minerwatch``: every process cut off was back on the network
     without a word, the journal still listing it. An agent with isolation switched on loads
     the journal's isolations again within seconds and says so."""
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    quiet_model(tmp_path, data / "models")
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, SESSION, PROBE), tmp_path / "pool")
-    url = f"stratum+tcp://127.0.0.1:{SESSION}"
-    miner: Reader | None = None
-    agent: Agent | None = None
-    try:
-        _until_listening(pool)
-        miner = Reader(_as_nobody(netns, CLIENT_PYTHON, "-c", MINER, url, PROBE), tmp_path / "m")
-        miner.wait_for("ok")
-        done = minerwatch(netns, "isolate", "--process", str(miner.proc.pid), "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        miner.wait_for("fail")
+    with an_operators_isolated_miner(netns, tmp_path) as (data, miner, agents):
         agent = Agent(netns, data, tmp_path / "a.log", "--isolate-on-alert")
+        agents.append(agent)
         until("the agent serving", lambda: "serving metrics on" in agent.tail(), agent)
         flushed = subprocess.run(_in_ns(netns, "nft", "flush", "ruleset"), capture_output=True)
         assert flushed.returncode == 0, flushed.stderr
@@ -368,10 +369,3 @@ def test_the_agent_loads_the_isolations_again_when_a_firewall_reload_deletes_the
         assert [(e["pid"], e["by"]) for e in journal(data)] == [(miner.proc.pid, "operator")]
         assert any(a["action"] == "reload" for a in audit(data))
         assert agent.stop() == 0, agent.tail()
-    finally:
-        if agent is not None and agent.proc.poll() is None:
-            agent.stop(signal.SIGKILL)
-        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
-        for r in (miner, pool):
-            if r is not None and r.proc.poll() is None:
-                r.stop()
