@@ -30,6 +30,24 @@ def minerwatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def unique_binary(exe: Path, program: str = "sleep") -> str:
+    """A copy of ``program`` at ``exe`` with 32 random bytes after it (ELF ignores trailing
+    bytes): a binary whose sha256, returned, is nobody else's."""
+    shutil.copy2(shutil.which(program) or f"/bin/{program}", exe)
+    with exe.open("ab") as fh:
+        fh.write(os.urandom(32))
+    return hashlib.sha256(exe.read_bytes()).hexdigest()
+
+
+def assert_running_and_deleted(hunt: subprocess.CompletedProcess[str], pid: int) -> None:
+    """``hunt --json`` hit the process ``pid`` by hash and path, its binary gone from disk."""
+    assert hunt.returncode == 1, (hunt.stdout, hunt.stderr)
+    hits = json.loads(hunt.stdout)["hits"]
+    mine = [h for h in hits if h["pid"] == pid]
+    assert {h["kind"] for h in mine} == {"sha256", "paths"}, hits
+    assert all("(deleted from disk)" in h["where"] for h in mine), mine
+
+
 EVIDENCE = {
     "format": "minerwatch-evidence",
     "hostname": "web-1",
@@ -183,10 +201,7 @@ def test_extract_then_hunt_a_running_copy(tmp_path):
     """A process runs a binary copied to /tmp (made unique: its hash is nobody else's)."""
     drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
     exe = drop / "kworkerds"
-    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
-    with exe.open("ab") as fh:  # ELF ignores trailing bytes; the hash becomes unique
-        fh.write(os.urandom(32))
-    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    digest = unique_binary(exe)
     proc = subprocess.Popen([str(exe), "300"])
     try:
         ev = EvidenceWriter(tmp_path / "data" / "evidence", min_interval_s=0).write(
@@ -253,9 +268,7 @@ def test_hunt_never_says_clean_when_it_could_not_read_the_host(tmp_path):
     shared = Path(tempfile.mkdtemp(prefix="mw-ioc-shared-", dir="/tmp"))
     shared.chmod(0o755)
     exe = drop / "kworkerds"
-    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
-    with exe.open("ab") as fh:
-        fh.write(os.urandom(32))
+    unique_binary(exe)
     miner = subprocess.Popen([str(exe), "300"])
     try:
         ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
@@ -295,12 +308,9 @@ def test_hunt_hashes_a_binary_without_its_execute_bit(tmp_path):
     drop = tmp_path / "shm"
     drop.mkdir()
     exe = drop / ".x"
-    shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
-    with exe.open("ab") as fh:
-        fh.write(os.urandom(32))
+    digest = unique_binary(exe)
     exe.chmod(0o644)
     (drop / "notes.txt").write_text("not a binary\n")
-    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
     ioc_file = tmp_path / "ioc.json"
     doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-noexec", "sha256": [digest]}
     ioc_file.write_text(json.dumps(doc))
@@ -320,10 +330,7 @@ def test_extract_keeps_a_binary_no_package_owns_in_a_system_folder(tmp_path):
     except OSError:
         pytest.skip("cannot write under /usr/local/lib")
     exe = drop / "kdevtmpfsi"
-    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
-    with exe.open("ab") as fh:
-        fh.write(os.urandom(32))
-    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    digest = unique_binary(exe)
     miner = subprocess.Popen([str(exe), "300"])
     try:
         ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
@@ -370,10 +377,7 @@ def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
     and says the file is gone (a responder looking for it on disk would find nothing)."""
     drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
     exe = drop / "kdevtmpfsi"
-    shutil.copy2(shutil.which("sleep") or "/bin/sleep", exe)
-    with exe.open("ab") as fh:
-        fh.write(os.urandom(32))
-    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    digest = unique_binary(exe)
     ioc_file = tmp_path / "ioc.json"
     doc = {"format": "minerwatch-ioc", "version": 1, "id": "ioc-del", "sha256": [digest],
            "paths": [str(exe)]}  # fmt: skip
@@ -381,12 +385,9 @@ def test_hunt_names_a_running_binary_deleted_from_disk(tmp_path):
     miner = subprocess.Popen([str(exe), "300"])  # returns once the exec succeeded
     try:
         exe.unlink()
-        r = minerwatch("hunt", ioc_file, "--json", "--scan", drop)
-        hits = json.loads(r.stdout)["hits"]
-        assert r.returncode == 1, (r.stdout, r.stderr)
-        mine = [h for h in hits if h["pid"] == miner.pid]
-        assert {h["kind"] for h in mine} == {"sha256", "paths"}, hits
-        assert all("(deleted from disk)" in h["where"] for h in mine), mine
+        assert_running_and_deleted(
+            minerwatch("hunt", ioc_file, "--json", "--scan", drop), miner.pid
+        )
     finally:
         miner.kill()
         miner.wait(timeout=10)
@@ -443,11 +444,8 @@ def test_a_binary_run_through_the_dynamic_loader_is_named_hashed_and_hunted(tmp_
     drop = Path(tempfile.mkdtemp(prefix="mw-ld-", dir="/tmp")) / ".x"
     drop.mkdir()
     exe = drop / "kx"
-    shutil.copy2(shutil.which("yes") or "/usr/bin/yes", exe)  # busy: among the top processes
-    with exe.open("ab") as fh:  # a hash nobody else has
-        fh.write(os.urandom(32))
+    digest = unique_binary(exe, "yes")  # busy: among the top processes
     exe.chmod(0o644)  # not even executable: the loader maps it all the same
-    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
     proc = subprocess.Popen([str(LOADER), str(exe)], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -470,12 +468,8 @@ def test_a_binary_run_through_the_dynamic_loader_is_named_hashed_and_hunted(tmp_
         doc = json.loads(ioc_file.read_text())
         assert doc["sha256"] == [digest] and str(exe) in doc["paths"]
         shutil.rmtree(drop.parent)  # gone from disk: only the running process holds it
-        hit = minerwatch("hunt", ioc_file, "--json", "--scan", tmp_path)
-        assert hit.returncode == 1, (hit.stdout, hit.stderr)
-        hits = json.loads(hit.stdout)["hits"]
-        mine = [h for h in hits if h["pid"] == proc.pid]
-        assert {h["kind"] for h in mine} == {"sha256", "paths"}, hits
-        assert all("(deleted from disk)" in h["where"] for h in mine), mine
+        hunt = minerwatch("hunt", ioc_file, "--json", "--scan", tmp_path)
+        assert_running_and_deleted(hunt, proc.pid)
     finally:
         proc.kill()
         proc.wait(timeout=10)
