@@ -64,6 +64,26 @@ def _hosts(metrics: dict, name: str) -> set[str]:
     return {labels["host"] for labels, _ in metrics.get(name, []) if "host" in labels}
 
 
+def _serve(url: str, models: Path, log: Path, *flags: str):
+    """A real ``fleet serve`` of ``models`` on a free loopback port, a cycle a second and no
+    retraining unless ``flags`` (given last, so they win) say otherwise; and a scrape of its
+    /metrics that fails the test once it has exited."""
+    port = free_port()
+    proc = _start(
+        [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
+         "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
+         "--retrain-every", "0", *flags],
+        log,
+    )  # fmt: skip
+
+    def metrics() -> dict:
+        if proc.poll() is not None:
+            pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
+        return scrape(port)
+
+    return proc, metrics
+
+
 def test_serve_follows_models_trained_replaced_damaged_removed_and_hosts_going_silent(tmp_path):
     now = time.time()
     http = _fake(now, 3)
@@ -81,19 +101,8 @@ def test_serve_follows_models_trained_replaced_damaged_removed_and_hosts_going_s
     now = time.time()
     http = _fake(now, 3, {2: now - LOOKBACK_S - 2 * 60.0 + 12.0})
     url = f"http://127.0.0.1:{http.server_address[1]}"
-    port = free_port()
     log = tmp_path / "serve.log"
-    proc = _start(
-        [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
-         "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
-         "--retrain-every", "0"],
-        log,
-    )  # fmt: skip
-
-    def metrics() -> dict:
-        if proc.poll() is not None:
-            pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
-        return scrape(port)
+    proc, metrics = _serve(url, models, log)
 
     def version(m: dict, host: str) -> str:
         (got,) = [lab["model_version"] for lab, _ in m["minerwatch_model_info"]
@@ -209,22 +218,16 @@ def test_a_restart_does_not_retrain_hosts_whose_dismissals_their_model_already_l
             time.sleep(0.01)
             save_model(models, replace(synthetic_model, host=host))
     http = _fake_live_prometheus(time.time())
-    port = free_port()
     log = tmp_path / "serve.log"
-    proc = _start(
-        [MINERWATCH, "fleet", "serve", "--prometheus",
-         f"http://127.0.0.1:{http.server_address[1]}", "--models", str(models),
-         "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
-         "--retrain-every", "24h"],
-        log,
-    )  # fmt: skip
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    proc, metrics = _serve(url, models, log, "--retrain-every", "24h")
     try:
         poll(
             lambda: log.read_text(),
             lambda text: text.count("cycle:") >= 2 and "retraining it now" in text,
             timeout=20,
         )
-        got = scrape(port)
+        got = metrics()
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
@@ -390,20 +393,9 @@ def test_serve_forgets_the_series_of_hosts_gone_longer_than_the_lookback(tmp_pat
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    port = free_port()
     log = tmp_path / "serve.log"
     with started_prometheus(tmp_path, tmp_path / "tsdb") as prom:
-        proc = _start(
-            [MINERWATCH, "fleet", "serve", "--prometheus", prom.url, "--models", str(models),
-             "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
-             "--retrain-every", "0"],
-            log,
-        )  # fmt: skip
-
-        def metrics() -> dict:
-            if proc.poll() is not None:
-                pytest.fail(f"fleet serve exited {proc.returncode}:\n{log.read_text()}")
-            return scrape(port)
+        proc, metrics = _serve(prom.url, models, log)
 
         try:
             first = poll(metrics, lambda m: "minerwatch_fleet_series" in m, timeout=LEAVING_S)
@@ -438,15 +430,9 @@ def test_the_alert_state_of_a_host_without_a_model_is_forgotten_after_the_histor
         base = _train(url, "h0000", now)
         save_model(models, base)
         save_model(models, replace(base, host="h0001"))
-        port = free_port()
         log = tmp_path / "serve.log"
         days = 8.0 / 86400  # a retraining would read 8 s of history
-        proc = _start(
-            [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
-             "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
-             "--retrain-every", "0", "--days", repr(days)],
-            log,
-        )  # fmt: skip
+        proc, _ = _serve(url, models, log, "--days", repr(days))
         state = models / STATE_FILE
 
         def saved() -> dict:
