@@ -714,9 +714,10 @@ class ProcessTable:
         exe, deleted = look(lambda: parse_exe_link(os.readlink("exe", dir_fd=dir_fd)), ("", False))
         argv: tuple[str, ...] = ()
         loader, image = "", "exe"
-        if extras.cmdline or len(stat.name) >= COMM_LEN or is_loader(exe):
+        run_by_loader = is_loader(exe)
+        if extras.cmdline or len(stat.name) >= COMM_LEN or run_by_loader:
             argv = look(lambda: parse_cmdline(_read("cmdline", dir_fd)), ())
-        if is_loader(exe):  # the program is what the loader runs, not the loader
+        if run_by_loader:  # the program is what the loader runs, not the loader
             program = look(lambda: _loaded_program(dir_fd, argv), None)
             if program is not None:
                 loader, (exe, deleted, span) = exe, program
