@@ -39,7 +39,7 @@ from minerwatch.features.errors import InputError
 from minerwatch.features.numbers import finite_or_none
 from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_start
 from minerwatch.service.config import agent_files_config
-from minerwatch.service.indicators import IndicatorHit
+from minerwatch.service.indicators import IndicatorHit, preload_entries
 from minerwatch.service.packages import DPKG_INFO, package_record
 from minerwatch.service.timefmt import utc_iso
 
@@ -56,6 +56,7 @@ _MAX_FILES_PER_SECTION = 500
 _MAX_WALK = 20_000
 _MAX_ARG_CHARS = 1024
 _MAX_CMDLINE_ARGS = 64
+_MAX_PRELOAD_ENTRIES = 16
 _SMALL_FILE = 16 * 1024
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -548,8 +549,30 @@ class EvidenceWriter:
             out["error"] = _err(exc)
             return out
         out["exists"] = True
-        out["content"] = _clean(raw.decode("utf-8", "surrogateescape"), _SMALL_FILE)
+        text = raw.decode("utf-8", "surrogateescape")
+        out["content"] = _clean(text, _SMALL_FILE)
+        libs = [e for e in preload_entries(text) if e.startswith("/")]
+        out["entries"] = [self._preload_entry(e) for e in libs[:_MAX_PRELOAD_ENTRIES]]
         return out
+
+    def _preload_entry(self, lib: str) -> dict[str, Any]:
+        """A preloaded library's hash and package record: a package's library (``snoopy``'s
+        logger, ``libjemalloc``) is forced into every process on purpose, and must neither go
+        into an IOC nor be deleted by the report's remediation. Only a regular file is read
+        (a FIFO named there would block the collection)."""
+        entry: dict[str, Any] = {"path": _clean(lib, 4096)}
+        path = Path(lib)
+        try:
+            regular = stat.S_ISREG(path.stat().st_mode)
+        except OSError as exc:
+            entry["error"] = _err(exc)
+            return entry
+        if not regular:
+            entry["error"] = "not a regular file"
+            return entry
+        entry.update(hash_file(path, self.hash_cap_bytes))
+        entry["package"] = package_record(lib, path, self.paths.dpkg_info, self.hash_cap_bytes)
+        return entry
 
     def _logged_in(self, errors: list[str]) -> list[dict[str, Any]]:
         try:

@@ -49,6 +49,7 @@ from minerwatch.service.evidence import (
     read_evidence_file,
     walk_files,
 )
+from minerwatch.service.indicators import preload_entries
 from minerwatch.service.timefmt import utc_iso
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,29 @@ def _binary_kept(exe: str, proc: Mapping[str, Any], left_out: list[str]) -> tupl
     return keep, keep
 
 
+def _preloaded(preload: object, left_out: list[str]) -> Iterator[tuple[str, bool, str | None]]:
+    """The libraries ``ld.so.preload`` forces into every process: (path, whether the path
+    goes into the IOC, the sha256 that does). A library a package shipped unchanged (a
+    logger such as ``snoopy``, an allocator) is on every host that installed it, so the
+    package record decides, as for the suspect's binary; a library without a record (older
+    evidence, no dpkg) is taken for the rootkit's."""
+    if not isinstance(preload, dict) or not preload.get("exists"):
+        return
+    checked = {str(e.get("path")): e for e in preload.get("entries") or [] if isinstance(e, dict)}
+    for lib in preload_entries(str(preload.get("content") or "")):
+        if not lib.startswith("/"):
+            continue
+        entry = checked.get(lib, {})
+        record = entry.get("package")
+        if isinstance(record, dict) and record.get("manager") == "dpkg":
+            keep_path, keep_hash = _binary_kept(lib, entry, left_out)
+        else:
+            keep_path, keep_hash = True, True
+        digest = entry.get("sha256")
+        ok = keep_hash and isinstance(digest, str) and _SHA256.match(digest) is not None
+        yield lib, keep_path, digest if ok else None
+
+
 def _mentions(text: str, paths: Sequence[str]) -> bool:
     """Whether a line names one of ``paths`` (in full, or a token with its file name)."""
     names = {os.path.basename(p) for p in paths if len(os.path.basename(p)) >= 2}
@@ -209,12 +233,11 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
             if _mentions(str(f.get("content") or ""), exe_paths):
                 units.add(os.path.basename(str(f["path"])))
                 paths.add(str(f["path"]))
-    preload = doc.get("ld_so_preload")
-    if isinstance(preload, dict) and preload.get("exists"):
-        # any library forced into every process is the rootkit's, not the system's
-        for line in str(preload.get("content") or "").split():
-            if line.startswith("/") and not line.startswith("#"):
-                paths.add(line)
+    for lib, keep_path, digest in _preloaded(doc.get("ld_so_preload"), left_out):
+        if keep_path:
+            paths.add(lib)
+        if digest is not None:
+            sha.add(digest)
     lists = {
         "sha256": sorted(sha),
         "paths": sorted(paths),

@@ -591,6 +591,15 @@ def _checklist(doc: Mapping[str, Any], agent: bool = True) -> list[dict[str, Any
     return [{"step": s, "what": w, "status": st, "detail": d} for s, w, st, d in steps]
 
 
+def _shipped_package(record: Mapping[str, Any]) -> str:
+    """The package that shipped this file unchanged, by the evidence's package record ("" if
+    none did, or it was not asked)."""
+    pkg = record.get("package")
+    if isinstance(pkg, dict) and isinstance(pkg.get("name"), str) and pkg.get("as_shipped") is True:
+        return str(pkg["name"])
+    return ""
+
+
 def _shipped_by(suspect: Mapping[str, Any]) -> str:
     """Why the suspect's binary is not the attacker's ("" when it may be): a package's
     program as shipped (``python3`` running a miner's script), or the dynamic loader named
@@ -598,12 +607,60 @@ def _shipped_by(suspect: Mapping[str, Any]) -> str:
     from minerwatch.features.proctable import is_loader
 
     exe = str(suspect.get("exe") or "")
-    pkg = suspect.get("package")
-    if isinstance(pkg, dict) and isinstance(pkg.get("name"), str) and pkg.get("as_shipped") is True:
-        return f"it is the package {pkg['name']}'s program as shipped"
+    if package := _shipped_package(suspect):
+        return f"it is the package {package}'s program as shipped"
     if exe and is_loader(exe):
         return "it is the system's dynamic loader, which ran the program named on its command line"
     return ""
+
+
+def _preload_remediation(preload: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Undo a hijacked ``ld.so.preload``, keeping the libraries a package shipped unchanged
+    (a logger such as ``snoopy``, an allocator): they are preloaded on purpose, and deleting
+    a package's file breaks it. Nothing when every library is a package's."""
+    from minerwatch.service.indicators import preload_entries
+
+    content = str(preload.get("content") or "")
+    libs = [lib for lib in preload_entries(content) if lib.startswith("/")]
+    if not preload.get("exists") or not preload_entries(content):
+        return []
+    records = {str(e.get("path")): e for e in preload.get("entries") or [] if isinstance(e, dict)}
+    owner = {lib: _shipped_package(records.get(lib, {})) for lib in libs}
+    kept = [lib for lib in libs if owner[lib]]
+    foreign = [lib for lib in libs if not owner[lib]]
+    if not foreign and kept:
+        return []
+    path = str(preload.get("path") or "/etc/ld.so.preload")
+    out = [
+        {
+            "command": f"cp -a -- {shlex.quote(path)} /root/ld.so.preload.incident",
+            "why": "keep the hijacked preload list for analysis",
+        }
+    ]
+    if kept:
+        out.append(
+            {
+                "command": f"printf '%s\\n' {shlex.join(kept)} > {shlex.quote(path)}",
+                "why": "keep only the libraries packages shipped unchanged ("
+                + ", ".join(f"{k} from {owner[k]}" for k in kept)
+                + "): the others hide the miner",
+            }
+        )
+    else:
+        out.append(
+            {
+                "command": f": > {shlex.quote(path)}",
+                "why": "restore ld.so.preload to empty (it normally is): it hides the miner",
+            }
+        )
+    for lib in foreign:
+        out.append(
+            {
+                "command": f"rm -f -- {shlex.quote(lib)}",
+                "why": "the library ld.so.preload loaded into every process",
+            }
+        )
+    return out
 
 
 def remediation(doc: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -686,30 +743,7 @@ def remediation(doc: Mapping[str, Any]) -> list[dict[str, str]]:
                     "why": "a cron file that starts the suspect",
                 }
             )
-    preload = persistence.get("ld_so_preload") or {}
-    content = str(preload.get("content") or "")
-    if preload.get("exists") and content.strip():
-        path = str(preload.get("path") or "/etc/ld.so.preload")
-        out.append(
-            {
-                "command": f"cp -a -- {shlex.quote(path)} /root/ld.so.preload.incident",
-                "why": "keep the hijacked preload list for analysis",
-            }
-        )
-        out.append(
-            {
-                "command": f": > {shlex.quote(path)}",
-                "why": "restore ld.so.preload to empty (it normally is): it hides the miner",
-            }
-        )
-        for lib in content.split():
-            if lib.startswith("/"):
-                out.append(
-                    {
-                        "command": f"rm -f -- {shlex.quote(lib)}",
-                        "why": "the library ld.so.preload loaded into every process",
-                    }
-                )
+    out += _preload_remediation(persistence.get("ld_so_preload") or {})
     return [_reviewable(c) for c in out]
 
 

@@ -232,6 +232,13 @@ def test_persistence_sections_only_recent_files(tmp_path, empty_host):
         "path": str(hp.ld_so_preload),
         "exists": True,
         "content": "/usr/local/lib/libhide.so\n",
+        "entries": [
+            {
+                "path": "/usr/local/lib/libhide.so",
+                "error": "FileNotFoundError: [Errno 2] No such file or directory: "
+                "'/usr/local/lib/libhide.so'",
+            }
+        ],
     }
 
 

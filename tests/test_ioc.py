@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from minerwatch.service.evidence import EvidenceWriter
+from minerwatch.service.evidence import EvidenceWriter, HostPaths
 from minerwatch.service.ioc import HostSnapshot, Ioc, ProcessSeen, extract, find_hits, ioc_id
 
 SCRIPT = Path(sys.executable).with_name("minerwatch")
@@ -498,3 +498,45 @@ def test_extract_leaves_out_the_suspects_loopback_connections(tmp_path):
     assert json.loads(r.stdout)["pools"] == ["203.0.113.9:3333"]
     for remote in ("127.0.0.1:3333", "[::1]:4444", "[::ffff:127.0.0.1]:5555"):
         assert f"the address {remote}: this host's own" in r.stderr, r.stderr
+
+
+def shipped_library() -> str:
+    """A library libc6 shipped, as it lies on this host (a regular file, unchanged)."""
+    sums = Path("/var/lib/dpkg/info/libc6:amd64.md5sums")
+    if not sums.is_file():
+        pytest.skip("no dpkg record of libc6")
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        lib = Path("/" + name)
+        if name.endswith(".so.6") and lib.is_file() and not lib.is_symlink():
+            if hashlib.md5(lib.read_bytes()).hexdigest() == digest:
+                return str(lib)
+    pytest.skip("no libc6 library as shipped")
+
+
+def test_extract_leaves_a_packages_preloaded_library_out(tmp_path):
+    """``ld.so.preload`` may hold a package's library on purpose (snoopy's logger, an
+    allocator): it is on every host that installed the package, so the IOC names only the
+    rootkit's library beside it, by path and hash (it held every path listed there)."""
+    shipped = shipped_library()
+    try:
+        drop = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/usr/local/lib"))
+    except OSError:
+        pytest.skip("cannot write under /usr/local/lib")
+    try:
+        hider = drop / "libhide.so"
+        digest = unique_binary(hider)
+        preload = tmp_path / "ld.so.preload"
+        preload.write_text(f"{shipped}  # the logger\n{hider}\n")
+        ev = EvidenceWriter(
+            tmp_path / "evidence", min_interval_s=0, paths=HostPaths(ld_so_preload=preload)
+        ).write("ep1", 0.9, 0.7, {}, [], [], [])
+        assert ev is not None
+        r = minerwatch("ioc", "extract", ev)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert (doc["paths"], doc["sha256"]) == ([str(hider)], [digest])
+        assert any(f"{shipped}: shipped unchanged by the package libc6" in note
+                   for note in doc["source"]["left_out"]), doc["source"]  # fmt: skip
+    finally:
+        shutil.rmtree(drop)

@@ -503,3 +503,35 @@ def test_remediation_never_offers_to_delete_a_shipped_program_or_the_loader(tmp_
         assert not any("systemctl disable" in c for c in commands), commands
         (keep,) = [c for c in steps if c["why"].startswith(f"do not remove {exe}")]
         assert keep["command"] == "ls -l /proc/4242/cwd /proc/4242/fd", keep
+
+
+def test_remediation_keeps_the_libraries_a_package_preloads(tmp_path):
+    """``ld.so.preload`` holding a package's library on purpose (snoopy's logger) beside
+    the rootkit's: the list removes only the rootkit's, and rewrites the file with the
+    package's library instead of emptying it (and never deletes a package's file); with
+    the package's library alone it offers nothing for ld.so.preload."""
+    data = build_data_dir(tmp_path)
+    (path,) = (data / "evidence").glob("*.json")
+    doc = json.loads(path.read_text())
+    logger, hider = "/usr/lib/x86_64-linux-gnu/libsnoopy.so", "/usr/local/lib/libprocesshider.so"
+    shipped = {"manager": "dpkg", "name": "snoopy", "as_shipped": True, "copy_of": None}
+    nobodys = {"manager": "dpkg", "name": None, "as_shipped": None, "copy_of": None}
+    doc["ld_so_preload"] = {
+        "path": "/etc/ld.so.preload", "exists": True, "content": f"{logger}\n{hider}\n",
+        "entries": [{"path": logger, "sha256": "a" * 64, "package": shipped},
+                    {"path": hider, "sha256": "b" * 64, "package": nobodys}],
+    }  # fmt: skip
+    path.write_text(json.dumps(doc))
+    r = report("--data-dir", str(data), "--format", "json", "--remediation")
+    assert r.returncode == 0, r.stderr
+    commands = [c["command"] for c in json.loads(r.stdout)["remediation"]]
+    assert f"rm -f -- {hider}" in commands and f"rm -f -- {logger}" not in commands
+    assert f"printf '%s\\n' {logger} > /etc/ld.so.preload" in commands, commands
+    assert ": > /etc/ld.so.preload" not in commands
+    doc["ld_so_preload"]["content"] = f"{logger}\n"
+    doc["ld_so_preload"]["entries"] = doc["ld_so_preload"]["entries"][:1]
+    path.write_text(json.dumps(doc))
+    r = report("--data-dir", str(data), "--format", "json", "--remediation")
+    assert r.returncode == 0, r.stderr
+    steps = json.loads(r.stdout)["remediation"]
+    assert not any("ld.so.preload" in c["command"] or logger in c["command"] for c in steps)
