@@ -1109,7 +1109,8 @@ def _response_commands(sub: Subcommands) -> None:
     q = _command(
         ioc,
         "extract",
-        "write an IOC file (sha256, paths, pools, cron lines, units) from an evidence file",
+        "write an IOC file (sha256, paths, pools, pool names, cron lines, units) from an "
+        "evidence file",
         _lazy("minerwatch.service.ioc"),
     )
     q.add_argument(
@@ -1135,6 +1136,13 @@ def _response_commands(sub: Subcommands) -> None:
         type=Path,
         metavar="DIR",
         help="folders whose executables are hashed (default: /tmp /var/tmp /dev/shm)",
+    )
+    q.add_argument(
+        "--resolve",
+        action="store_true",
+        help="look the IOC's pool names up and match connections to their addresses today "
+        "(a DNS query for a mining pool, which the resolver's monitoring may flag; default: "
+        "pool names are matched on command lines only)",
     )
     q.add_argument("--json", action="store_true", help="print the hits as JSON")
 

@@ -2,7 +2,7 @@
 
 A miner found on one machine is rarely alone (one stolen account, a hundred machines), so
 ``minerwatch ioc extract EVIDENCE`` keeps what identifies *this* miner — its binary's sha256,
-its paths, the pools it talked to, the cron lines and systemd units that restart it — and
+its paths, the pools it talked to or names, the cron lines and systemd units that restart it — and
 ``minerwatch hunt IOC-FILE`` checks another host once against it: exit 1 on a hit, 0 when
 clean, 2 when the IOC file is not one or, finding nothing, part of the host could not be read.
 
@@ -28,10 +28,14 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
+import socket
 import stat
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +60,14 @@ log = logging.getLogger(__name__)
 
 FORMAT = "minerwatch-ioc"
 FORMAT_VERSION = 1
-LIST_KEYS = ("sha256", "paths", "pools", "cron_lines", "units")
+LIST_KEYS = ("sha256", "paths", "pools", "pool_hosts", "cron_lines", "units")
+#: Keys an IOC's id covers even when empty (``pool_hosts`` came later: an id stays the one
+#: an earlier version gave the same miner unless the miner names its pool by name).
+_ID_KEYS = ("sha256", "paths", "pools", "cron_lines", "units")
+#: Options that give a miner its pool (xmrig, cpuminer, most of their forks).
+_POOL_OPTIONS = ("-o", "--url")
+#: How long ``hunt --resolve`` waits for the resolver, for all names together.
+RESOLVE_TIMEOUT_S = 10.0
 DEFAULT_SCAN = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 #: Binaries here belong to the system: their hash or path would match every host.
 SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/minerwatch/")
@@ -81,6 +92,7 @@ class Ioc:
     sha256: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     pools: tuple[str, ...] = ()
+    pool_hosts: tuple[str, ...] = ()  # ``name:port`` of a pool named by name, not address
     cron_lines: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
     source: Mapping[str, Any] = field(default_factory=dict)
@@ -95,7 +107,8 @@ class Ioc:
 
 def ioc_id(lists: Mapping[str, Sequence[str]]) -> str:
     """A name fixed by the content: the same miner seen twice gets the same id."""
-    canon = json.dumps({k: sorted(lists[k]) for k in LIST_KEYS}, sort_keys=True)
+    keys = [k for k in LIST_KEYS if k in _ID_KEYS or lists.get(k)]
+    canon = json.dumps({k: sorted(lists[k]) for k in keys}, sort_keys=True)
     return "ioc-" + hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
@@ -171,6 +184,49 @@ def _preloaded(preload: object, left_out: list[str]) -> Iterator[tuple[str, bool
         yield lib, keep_path, digest if ok else None
 
 
+def pool_addresses(cmdline: Sequence[str]) -> list[str]:
+    """The pools a miner's command line names, as ``host:port`` (``[v6]:port``): stratum
+    URLs anywhere, and the value of ``-o``/``--url``. A pool named by name resolves to other
+    addresses on other hosts and days (round-robin DNS), so the name is what identifies it.
+
+    >>> pool_addresses(["xmrig", "-o", "Pool.Example:3333", "--url=stratum+ssl://p.example:443"])
+    ['pool.example:3333', 'p.example:443']
+    >>> pool_addresses(["cpuminer", "-a", "x", "stratum+tcp://user@203.0.113.9:80/x"])
+    ['203.0.113.9:80']
+    >>> pool_addresses(["curl", "-o", "/tmp/out", "http://example.org/"])
+    []
+    """
+    found: list[str] = []
+    for i, arg in enumerate(cmdline):
+        values = (
+            [arg] if "://" in arg and arg.split("://", 1)[0].lower().startswith("stratum") else []
+        )
+        if arg in _POOL_OPTIONS and i + 1 < len(cmdline):
+            values.append(cmdline[i + 1])
+        elif arg.startswith("--url="):
+            values.append(arg.removeprefix("--url="))
+        for value in values:
+            rest = value.split("://", 1)[1] if "://" in value else value
+            try:
+                parts = urllib.parse.urlsplit("//" + rest)
+                host, port = parts.hostname, parts.port
+            except ValueError:
+                continue
+            if host and port:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                if where not in found:
+                    found.append(where)
+    return found
+
+
+def _is_address(where: str) -> bool:
+    try:
+        ipaddress.ip_address(where.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _mentions(text: str, paths: Sequence[str]) -> bool:
     """Whether a line names one of ``paths`` (in full, or a token with its file name)."""
     names = {os.path.basename(p) for p in paths if len(os.path.basename(p)) >= 2}
@@ -200,7 +256,10 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
     procs = [p for p in doc.get("processes") or [] if isinstance(p, dict) and "pid" in p]
     named = {h.get("pid") for h in doc.get("indicators") or [] if isinstance(h, dict)}
     suspects = [p for p in procs if p["pid"] in named] or procs[:1]
-    sha, paths, pools = set(), set(), set()
+    sha: set[str] = set()
+    paths: set[str] = set()
+    pools: set[str] = set()
+    pool_hosts: set[str] = set()
     left_out: list[str] = []
     for p in suspects:
         exe = str(p.get("exe") or "")
@@ -220,6 +279,14 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
                 )
             elif remote:
                 pools.add(str(remote))
+        args = p.get("cmdline")
+        for where in pool_addresses([str(a) for a in args] if isinstance(args, list) else []):
+            if _this_host(where):
+                left_out.append(
+                    f"the pool {where} on the command line: this host's own (a local proxy)"
+                )
+            else:
+                (pools if _is_address(where) else pool_hosts).add(where)
     cron, units = set(), set()
     exe_paths = sorted(paths)
     if exe_paths:
@@ -242,6 +309,7 @@ def extract(doc: Mapping[str, Any], source: str = "") -> Ioc:
         "sha256": sorted(sha),
         "paths": sorted(paths),
         "pools": sorted(pools),
+        "pool_hosts": sorted(pool_hosts),
         "cron_lines": sorted(cron),
         "units": sorted(units),
     }
@@ -309,6 +377,7 @@ class ProcessSeen:
     exe: str
     sha256: str | None = None
     deleted: bool = False  # the binary was removed from disk while it runs
+    cmdline: tuple[str, ...] = ()  # read only when the IOC names a pool by name
 
 
 @dataclass
@@ -321,6 +390,8 @@ class HostSnapshot:
     cron_lines: list[tuple[str, str]] = field(default_factory=list)  # path, line
     unit_files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: ``address:port`` -> the IOC's ``name:port`` it resolved to (``hunt --resolve``).
+    resolved: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -348,10 +419,20 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
             hits.append(Hit("paths", path, "file exists"))
         if digest in sha:
             hits.append(Hit("sha256", digest or "", f"file {path}"))
+    named = [h.lower() for h in ioc.pool_hosts]
+    for p in snap.processes:
+        for pool in named:
+            if any(pool in arg.lower() for arg in p.cmdline):
+                where = f"pid {p.pid} ({p.name}) names it on its command line"
+                hits.append(Hit("pool_hosts", pool, where, p.pid))
     for pid, remote in snap.connections:
+        where = f"connection of pid {pid}" if pid else "connection"
         if remote in pools:
-            where = f"connection of pid {pid}" if pid else "connection"
             hits.append(Hit("pools", remote, where, pid or None))
+        if remote in snap.resolved:
+            hits.append(
+                Hit("pool_hosts", snap.resolved[remote], f"{where} to {remote}", pid or None)
+            )
     cron = {c.strip() for c in ioc.cron_lines}
     for path, line in snap.cron_lines:
         if line.strip() in cron:
@@ -433,16 +514,20 @@ def read_host(
     paths: HostPaths = HostPaths(),  # noqa: B008 - frozen dataclass, safe as a default
     scan: Sequence[Path] = DEFAULT_SCAN,
     cache: HashCache | None = None,
+    resolve: bool = False,
 ) -> HostSnapshot:
     """Look at this host once, only as far as ``ioc`` needs (hashes only if it has some).
 
     ``cache`` keeps hashes between calls (the agent checks every few minutes, and a file
-    whose inode, size and mtime are unchanged need not be read again)."""
+    whose inode, size and mtime are unchanged need not be read again). ``resolve`` looks
+    the IOC's pool names up, to match connections to their addresses today (a DNS query for
+    a mining pool, which a resolver's own monitoring may flag: only when asked)."""
     snap = HostSnapshot()
     hashes = cache if cache is not None else HashCache()
     denied: dict[str, list[int]] = {}  # user -> pids whose executable this user may not read
     unhashed: list[str] = []
-    for rec in ProcessTable(paths.proc).read():
+    table = ProcessTable(paths.proc)
+    for rec in table.describe(table.scan(), cmdline=bool(ioc.pool_hosts)):
         link = paths.proc / str(rec.pid) / "exe"
         if not rec.exe:  # a kernel thread, a zombie, gone, or another user's process
             if _denied(link):
@@ -460,7 +545,9 @@ def read_host(
                 continue  # exited
             if digest is None:
                 unhashed.append(f"pid {rec.pid} ({rec.name}) {rec.exe}: {why}")
-        snap.processes.append(ProcessSeen(rec.pid, rec.name, rec.exe, digest, rec.exe_deleted))
+        snap.processes.append(
+            ProcessSeen(rec.pid, rec.name, rec.exe, digest, rec.exe_deleted, rec.cmdline)
+        )
     if denied:
         snap.errors.append(_denied_note(denied))
     if unhashed:
@@ -485,7 +572,9 @@ def read_host(
             if digest is None:
                 snap.errors.append(f"{exe}: {why}")
             snap.files[str(exe)] = digest
-    if ioc.pools:
+    if resolve and ioc.pool_hosts:
+        snap.resolved = resolve_pools(ioc.pool_hosts, snap.errors)
+    if ioc.pools or snap.resolved:
         try:
             conns = psutil.net_connections(kind="inet")
         except (psutil.Error, OSError) as exc:
@@ -505,6 +594,45 @@ def read_host(
     if ioc.units:
         snap.unit_files = [str(f) for f in paths.unit_files(snap.errors)]
     return snap
+
+
+def resolve_pools(
+    pools: Sequence[str], errors: list[str], timeout_s: float = RESOLVE_TIMEOUT_S
+) -> dict[str, str]:
+    """``address:port`` -> ``name:port`` for each pool name the resolver knows now; a name
+    it could not resolve within ``timeout_s`` (all names together) is added to ``errors``:
+    connections to that pool were not checked. Daemon threads: a resolver that hangs does
+    not keep the command from exiting."""
+    answers: queue.Queue[tuple[str, list[str] | str]] = queue.Queue()
+
+    def ask(pool: str) -> None:
+        host, _, port = pool.rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), int(port), proto=socket.IPPROTO_TCP)
+        except (OSError, ValueError) as exc:
+            answers.put((pool, str(exc)))
+            return
+        addrs = {str(info[4][0]) for info in infos}
+        answers.put((pool, [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addrs]))
+
+    for pool in pools:
+        threading.Thread(target=ask, args=(pool,), daemon=True, name="resolve").start()
+    out: dict[str, str] = {}
+    left, deadline = set(pools), time.monotonic() + timeout_s
+    while left:
+        try:
+            pool, got = answers.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        left.discard(pool)
+        if isinstance(got, str):
+            errors.append(f"the address of the pool {pool}: {got}")
+        else:
+            out.update(dict.fromkeys(got, pool))
+    errors += [
+        f"the address of the pool {p}: no answer within {timeout_s:g} s" for p in sorted(left)
+    ]
+    return out
 
 
 def _denied_note(denied: Mapping[str, Sequence[int]]) -> str:
@@ -627,6 +755,7 @@ class IocWatcher:
             sha256=every("sha256"),
             paths=every("paths"),
             pools=every("pools"),
+            pool_hosts=every("pool_hosts"),
             cron_lines=every("cron_lines"),
             units=every("units"),
         )
@@ -716,8 +845,15 @@ def run_hunt(args: argparse.Namespace) -> int:
     or crontab this user may not read): "clean" would then be a guess."""
     ioc = load_ioc(args.ioc_file)
     scan = DEFAULT_SCAN if args.scan is None else scan_folders(args.scan)
-    snap = read_host(ioc, scan=scan)
+    snap = read_host(ioc, scan=scan, resolve=args.resolve)
     hits = find_hits(ioc, snap)
+    if ioc.pool_hosts and not args.resolve:
+        print(
+            f"minerwatch: note: the pools {', '.join(map(_printable, ioc.pool_hosts))} were "
+            "matched on command lines only; --resolve also matches connections to their "
+            "addresses (a DNS query for a mining pool may itself raise an alert)",
+            file=sys.stderr,
+        )
     if args.json:
         doc = {"ioc": ioc.id, "hits": [asdict(h) for h in hits], "errors": snap.errors}
         print(json.dumps(doc, indent=1))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -540,3 +541,62 @@ def test_extract_leaves_a_packages_preloaded_library_out(tmp_path):
                    for note in doc["source"]["left_out"]), doc["source"]  # fmt: skip
     finally:
         shutil.rmtree(drop)
+
+
+def test_a_pool_named_by_name_is_extracted_and_hunted_by_name(tmp_path):
+    """A miner given its pool by name (``-o pool.example.org:3333``) connects to whatever
+    address the name resolves to there and then: the IOC keeps the name beside the address,
+    and the hunt finds the name on another miner's command line (it found nothing: the IOC
+    held only today's address of the first host's connection)."""
+    pool = "pool.example.org:3333"
+    args = ["-o", pool, "--url=stratum+tcp://198.51.100.7:4444", "-o", "127.0.0.1:3334"]
+    miner = subprocess.Popen(["sh", "-c", "sleep 300", "kx", *args])
+    try:
+        ev = EvidenceWriter(tmp_path / "evidence", min_interval_s=0).write(
+            "ep1", 0.9, 0.7, {}, [], [miner.pid], []
+        )
+        assert ev is not None
+        r = minerwatch("ioc", "extract", ev, "--output", tmp_path / "ioc.json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads((tmp_path / "ioc.json").read_text())
+        assert (doc["pool_hosts"], doc["pools"]) == ([pool], ["198.51.100.7:4444"])
+        assert "the pool 127.0.0.1:3334 on the command line: this host's own" in r.stderr
+        hunt = minerwatch("hunt", tmp_path / "ioc.json", "--json")
+        assert hunt.returncode == 1, (hunt.stdout, hunt.stderr)
+        hits = json.loads(hunt.stdout)["hits"]
+        assert {"kind": "pool_hosts", "value": pool, "pid": miner.pid,
+                "where": f"pid {miner.pid} (sh) names it on its command line"} in hits  # fmt: skip
+        assert "matched on command lines only; --resolve" in hunt.stderr
+    finally:
+        miner.kill()
+        miner.wait(timeout=10)
+
+
+def test_hunt_resolve_matches_connections_to_a_pools_address_today(tmp_path):
+    """``--resolve`` looks the pool's name up and matches connections to its addresses (a
+    miner configured by file names no pool on its command line); without it, a note says
+    the connection was not matched."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = subprocess.Popen(
+        [sys.executable, "-c", f"import socket,time; s=socket.create_connection(('127.0.0.1',"
+         f" {port})); print('up', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None and client.stdout.readline() == "up\n"
+        ioc_file = tmp_path / "ioc.json"
+        pool = f"localhost:{port}"
+        ioc_file.write_text(json.dumps({"format": "minerwatch-ioc", "version": 1,
+                                        "id": "ioc-named", "pool_hosts": [pool]}))  # fmt: skip
+        plain = minerwatch("hunt", ioc_file, "--json")
+        assert plain.returncode != 1 and json.loads(plain.stdout)["hits"] == [], plain
+        r = minerwatch("hunt", ioc_file, "--json", "--resolve")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        hits = json.loads(r.stdout)["hits"]
+        assert {"kind": "pool_hosts", "value": pool, "pid": client.pid,
+                "where": f"connection of pid {client.pid} to 127.0.0.1:{port}"} in hits  # fmt: skip
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+        server.close()
