@@ -14,6 +14,8 @@ Command lines are used for matching and then dropped.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +25,7 @@ from typing import Any, NoReturn
 from minerwatch.features.errors import InputError
 from minerwatch.features.procs import is_memfd, kernel_thread_base
 from minerwatch.features.proctable import ProcessRecord
+from minerwatch.service.packages import DPKG_INFO, package_record
 
 #: The bounded set of indicator ids (metric label values and feature-name suffixes).
 INDICATOR_IDS: tuple[str, ...] = (
@@ -336,12 +339,46 @@ def read_ld_preload(path: Path = DEFAULT_LD_PRELOAD) -> str | None:
         return None
 
 
+#: The last answer of :func:`foreign_preloads`: the file's text and its libraries' stat keys.
+_preload_seen: tuple[tuple[object, ...], list[str]] | None = None
+
+
+def foreign_preloads(text: str, info: Path = DPKG_INFO) -> list[str]:
+    """The entries of ``ld.so.preload`` text that no package shipped as they are now: a
+    package's library preloaded on purpose (``snoopy``'s logger, an allocator) is how that
+    host is, not a rootkit. Without a dpkg database every entry counts. Asked again only
+    when the text or a library's inode, size or mtime changes: the agent looks every tick."""
+    global _preload_seen
+    entries = preload_entries(text)
+    key: list[object] = [text, str(info)]
+    for lib in entries:
+        try:
+            st = os.stat(lib)
+            key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, stat.S_ISREG(st.st_mode)))
+        except OSError:
+            key.append(None)
+    if _preload_seen is not None and _preload_seen[0] == tuple(key):
+        return list(_preload_seen[1])
+    foreign = [lib for lib, k in zip(entries, key[2:], strict=True) if not _shipped(lib, k, info)]
+    _preload_seen = (tuple(key), foreign)
+    return list(foreign)
+
+
+def _shipped(lib: str, key: object, info: Path) -> bool:
+    """Whether ``lib`` is a regular file a package shipped with this very content."""
+    if not lib.startswith("/") or not isinstance(key, tuple) or not key[-1]:
+        return False  # a FIFO named there must not block the check
+    record = package_record(lib, Path(lib), info)
+    return record["manager"] == "dpkg" and record["as_shipped"] is True
+
+
 def scan(
     procs: Iterable[ProcessRecord],
     kb: KnowledgeBase,
     host_cpu_percent: float | None,
     visible_cpu_percent: float | None,
     ld_preload_path: Path = DEFAULT_LD_PRELOAD,
+    dpkg_info: Path = DPKG_INFO,
 ) -> list[IndicatorHit]:
     """Run every check; at most one hit per (indicator, pid).
 
@@ -357,7 +394,7 @@ def scan(
             if hit is not None:
                 hits.append(hit)
     text = read_ld_preload(ld_preload_path)
-    if text is not None and preload_entries(text):
+    if text is not None and foreign_preloads(text, dpkg_info):
         hits.append(IndicatorHit("ld_so_preload", "non_empty", None))
     if host_cpu_percent is not None and visible_cpu_percent is not None:
         gap = unexplained_cpu_gap(

@@ -159,7 +159,10 @@ class Responder:
         """Scan the busiest processes; the hit count becomes the sample's ``indicator_hits``."""
         procs = self.table.describe(agent.suspects(), cmdline=True, ports=True)
         visible = finite_or_none(getattr(agent.collector, "visible_proc_cpu_percent", None))
-        self.hits = scan(procs, self.kb, finite_or_none(metrics.get("cpu_percent")), visible)
+        cpu = finite_or_none(metrics.get("cpu_percent"))
+        self.hits = scan(
+            procs, self.kb, cpu, visible, self.paths.ld_so_preload, self.paths.dpkg_info
+        )
         return float(len(self.hits))
 
     def after_tick(self, agent: Any, now: float, metrics: dict[str, float]) -> None:

@@ -4,13 +4,17 @@ read from live processes are checked in test_evidence.py)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
+from promtools import free_port
+from test_ioc_watch import SCRIPT, scrape, wait_for
 
 from minerwatch.features.errors import InputError
 from minerwatch.features.proctable import ProcessRecord
@@ -306,3 +310,46 @@ def test_agent_modules_import_no_heavy_libraries():
         "sys.exit(', '.join(bad) or None)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_agent_ignores_a_library_a_package_preloads_but_not_one_beside_it(tmp_path):
+    """The real agent, its host root holding ``etc/ld.so.preload`` and a dpkg database: a
+    library the database says a package shipped unchanged (snoopy's logger, an allocator)
+    is how that host is, so ``minerwatch_indicator_hits{indicator="ld_so_preload"}`` stays 0
+    (it was 1 on every sample of such a host, in every episode's evidence); a library no
+    package shipped, added beside it, makes it 1."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    info = root / "var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    logger, hider = tmp_path / "libsnoopy.so", tmp_path / "libhide.so"
+    logger.write_bytes(b"\x7fELF logger")
+    hider.write_bytes(b"\x7fELF hider")
+    (info / "snoopy.list").write_text(f"{tmp_path}\n{logger}\n")
+    digest = hashlib.md5(logger.read_bytes()).hexdigest()
+    (info / "snoopy.md5sums").write_text(f"{digest}  {str(logger).lstrip('/')}\n")
+    preload = root / "etc/ld.so.preload"
+    preload.write_text(f"{logger}\n")
+    port, log = free_port(), tmp_path / "agent.log"
+    cmd = [
+        str(SCRIPT), "serve", "--data-dir", str(tmp_path / "data"), "--host", "h",
+        "--port", str(port), "--address", "127.0.0.1", "--interval", "1s", "--window", "3s",
+        "--learn-for", "1h", "--host-root", str(root),
+    ]  # fmt: skip
+    pattern = re.compile(r'^minerwatch_indicator_hits\{indicator="ld_so_preload"\} (\S+)$', re.M)
+
+    def preload_hits() -> str | None:
+        found = pattern.search(scrape(port))
+        return found.group(1) if found else None
+
+    with log.open("ab") as fh:
+        agent = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for("a sample", preload_hits, agent, log) == "0.0"
+        time.sleep(2.5)  # a few samples more, each reading the file
+        assert preload_hits() == "0.0", log.read_text()[-2000:]
+        preload.write_text(f"{logger}\n{hider}\n")
+        wait_for("the foreign library", lambda: preload_hits() == "1.0", agent, log)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
