@@ -527,11 +527,21 @@ def read_host(
     denied: dict[str, list[int]] = {}  # user -> pids whose executable this user may not read
     unhashed: list[str] = []
     table = ProcessTable(paths.proc)
-    for rec in table.describe(table.scan(), cmdline=bool(ioc.pool_hosts)):
+    # executables matter to hashes and paths; a pool's name is read on command lines, which
+    # every user may read: an IOC of pools alone is checked whole without root
+    by_exe = bool(ioc.sha256 or ioc.paths)
+    procs = (
+        table.describe(table.scan(), cmdline=bool(ioc.pool_hosts))
+        if by_exe or ioc.pool_hosts
+        else []
+    )
+    for rec in procs:
         link = paths.proc / str(rec.pid) / "exe"
         if not rec.exe:  # a kernel thread, a zombie, gone, or another user's process
-            if _denied(link):
+            if by_exe and _denied(link):
                 denied.setdefault(rec.username or "?", []).append(rec.pid)
+            if rec.cmdline and ioc.pool_hosts:
+                snap.processes.append(ProcessSeen(rec.pid, rec.name, "", cmdline=rec.cmdline))
             continue
         digest = None
         if ioc.sha256:
@@ -540,6 +550,8 @@ def read_host(
                 digest, why = hashes.hash(paths.proc / str(rec.pid) / rec.image)
             except PermissionError:
                 denied.setdefault(rec.username or "?", []).append(rec.pid)
+                if ioc.pool_hosts:  # its command line is still there to match
+                    snap.processes.append(ProcessSeen(rec.pid, rec.name, "", cmdline=rec.cmdline))
                 continue
             except OSError:
                 continue  # exited

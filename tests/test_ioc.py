@@ -600,3 +600,40 @@ def test_hunt_resolve_matches_connections_to_a_pools_address_today(tmp_path):
         client.kill()
         client.wait(timeout=10)
         server.close()
+
+
+def test_hunt_for_pools_alone_needs_no_root(tmp_path):
+    """Every user may read every socket's remote address (``/proc/net/tcp``), so an IOC of
+    pools alone is checked whole without root: another user's connection to the pool is
+    found, and without one the host is clean (it said "could not check the executables of
+    80 processes", exit 2: executables the IOC does not ask about)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))  # root's connection to the "pool"
+    folder = Path(tempfile.mkdtemp(prefix="mw-ioc-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+
+        def hunt(pool: str) -> subprocess.CompletedProcess[str]:
+            ioc_file = folder / f"{pool.replace(':', '-')}.json"
+            ioc_file.write_text(json.dumps({"format": "minerwatch-ioc", "version": 1,
+                                            "id": "ioc-pools", "pools": [pool]}))  # fmt: skip
+            ioc_file.chmod(0o644)
+            return subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SCRIPT),
+                 "hunt", str(ioc_file), "--json"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+
+        found = hunt(f"127.0.0.1:{port}")
+        assert found.returncode == 1, (found.stdout, found.stderr)
+        assert [h["kind"] for h in json.loads(found.stdout)["hits"]] == ["pools"]
+        clean = hunt("203.0.113.250:3333")
+        assert clean.returncode == 0, (clean.stdout, clean.stderr)
+        assert json.loads(clean.stdout) == {"ioc": "ioc-pools", "hits": [], "errors": []}
+    finally:
+        client.close()
+        server.close()
+        shutil.rmtree(folder)
