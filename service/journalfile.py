@@ -35,10 +35,12 @@ class Damaged:
     where: str  # e.g. "throttled[1]"
     why: str  # e.g. "throttled[1].pid is a string 'x' (a pid is a whole number 1..4194304)"
     raw: str
+    note: str = ""  # what it means, e.g. that an isolation is not in force
 
     def __str__(self) -> str:
+        note = f"; {self.note}" if self.note else ""
         return (
-            f"{self.path}: {self.why}; this entry was left in the journal as it is "
+            f"{self.path}: {self.why}{note}; this entry was left in the journal as it is "
             "(put it right by hand, then run the command again)"
         )
 
