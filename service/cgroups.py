@@ -85,17 +85,29 @@ def identify(proc: ProcessRecord, proc_root: Path = Path("/proc")) -> dict[str, 
 
 
 def is_same(rec: Throttled, proc_root: Path = Path("/proc")) -> bool:
-    """True if ``rec.pid`` is still the recorded process. By its start in ticks since boot
-    when the record has it (in this boot): a create time compares the start against the
-    wall clock's idea of the boot time, which a clock step (``date -s``, NTP) moves, and the
-    paused process would then be taken for gone and left paused for good."""
-    if rec.start_ticks is not None and rec.boot_id:
+    """True if ``rec.pid`` is still the recorded process (see :func:`still_running`)."""
+    return still_running(rec.pid, rec.create_time, rec.start_ticks, rec.boot_id, proc_root)
+
+
+def still_running(
+    pid: int,
+    create_time: float,
+    start_ticks: int | None,
+    boot: str | None,
+    proc_root: Path = Path("/proc"),
+) -> bool:
+    """True if ``pid`` is still the process a journal recorded. By its start in ticks since
+    boot when the record has it (in this boot): a create time compares the start against
+    the wall clock's idea of the boot time, which a clock step (``date -s``, NTP) moves, and
+    a paused (exempted, isolated) process would then be taken for gone. Records without
+    ticks (older journals) are compared by create time."""
+    if start_ticks is not None and boot:
         now = boot_id(proc_root)
-        if now == rec.boot_id:
-            return process_start_ticks(rec.pid, proc_root) == rec.start_ticks
+        if now == boot:
+            return process_start_ticks(pid, proc_root) == start_ticks
         if now is not None:
             return False  # another boot: not one process of the last one is left
-    return same_process(rec.pid, rec.create_time, proc_root)
+    return same_process(pid, create_time, proc_root)
 
 
 class Mechanism(Protocol):

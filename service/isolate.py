@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import logging
@@ -30,6 +31,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -41,10 +43,11 @@ from minerwatch.features.proctable import (
     ProcessTable,
     parse_proc_cgroup,
     parse_status_uid,
-    same_process,
     same_start,
 )
-from minerwatch.service.config import agent_files_config
+from minerwatch.service.cgroups import identify, still_running
+from minerwatch.service.config import DEFAULT_DATA_DIR, agent_files_config
+from minerwatch.service.journalfile import Damaged, array_items, dumps_keeping
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,10 @@ class Isolation:
     exporter_port: int = 0
     since: float = 0.0
     by: str = "operator"  # or AGENT: what the agent cut off it releases on its own
+    #: Who the process is after a step of the wall clock (which moves every create time):
+    #: its start in clock ticks since boot, and the boot. None in older journals.
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -141,6 +148,12 @@ class Isolation:
         by = d.get("by", "operator")
         if by not in ("operator", AGENT):
             raise ValueError(f"{where}.by is {_kind(by)} (expected 'operator' or '{AGENT}')")
+        ticks = d.get("start_ticks")
+        if ticks is not None:
+            ticks = whole("start_ticks", 0, 2**63 - 1, 0)
+        boot = d.get("boot_id")
+        if boot is not None and not isinstance(boot, str):
+            raise ValueError(f"{where}.boot_id is {_kind(boot)} (expected a string)")
         return Isolation(
             kind=str(kind),
             pid=whole("pid", 1 if kind == "process" else 0, PID_MAX, 0),
@@ -152,6 +165,8 @@ class Isolation:
             exporter_port=whole("exporter_port", 0, 65535, 0),
             since=seconds("since"),
             by=str(by),
+            start_ticks=ticks,
+            boot_id=boot,
         )
 
     def describe(self) -> str:
@@ -186,8 +201,8 @@ def _process_rule(entry: Isolation) -> str:
     return f'{match} counter drop comment "pid {entry.pid}"'
 
 
-def ruleset(entries: Sequence[Isolation]) -> str:
-    """The ``nft -f`` script that makes table ``inet minerwatch`` hold exactly ``entries``.
+def ruleset(entries: Sequence[Isolation], table: str = TABLE) -> str:
+    """The ``nft -f`` script that makes table ``inet <table>`` hold exactly ``entries``.
 
     It first creates and deletes the table, so loading it replaces any old one in the same
     transaction; with no entries that is all it does (everything released). Process rules
@@ -196,7 +211,7 @@ def ruleset(entries: Sequence[Isolation]) -> str:
     ports are answers only (``ct state established``): a process that dials out from port
     10091 (free whenever the agent is down) is not an exporter answering a scrape.
     """
-    head = f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+    head = f"table {FAMILY} {table} {{}}\ndelete table {FAMILY} {table}\n"
     if not entries:
         return head
     hosts = [e for e in entries if e.kind == "host"]
@@ -220,7 +235,7 @@ def ruleset(entries: Sequence[Isolation]) -> str:
             if h.exporter_port:
                 inp.append(f"tcp dport {h.exporter_port} accept")
                 out.append(f"tcp sport {h.exporter_port} ct state established accept")
-    lines = [f"table {FAMILY} {TABLE} {{"]
+    lines = [f"table {FAMILY} {table} {{"]
     for name, hook, rules in (("input", "input", inp), ("output", "output", out)):
         if not rules and not hosts:
             continue
@@ -257,14 +272,14 @@ def apply_ruleset(script: str, nft: str = "nft") -> None:
         raise OSError(f"nft -f - failed ({done.returncode}): {why}")
 
 
-def table_present(nft: str = "nft") -> bool | None:
-    """Whether table ``inet minerwatch`` is loaded; None if nft cannot tell (missing, denied)."""
+def table_present(nft: str = "nft", table: str = TABLE) -> bool | None:
+    """Whether table ``inet <table>`` is loaded; None if nft cannot tell (missing, denied)."""
     exe = shutil.which(nft)
     if exe is None:
         return None
     try:
         done = subprocess.run(
-            [exe, "list", "table", FAMILY, TABLE],
+            [exe, "list", "table", FAMILY, table],
             capture_output=True,
             text=True,
             timeout=_NFT_TIMEOUT_S,
@@ -280,12 +295,35 @@ def table_present(nft: str = "nft") -> bool | None:
 # --------------------------------------------------------------------------- journal
 
 
+def table_for(state_dir: Path) -> str:
+    """The nftables table of the journal in ``state_dir``: ``minerwatch`` for the default data
+    folder (``/var/lib/minerwatch``), else ``minerwatch-`` and 12 hex digits of the folder's
+    sha256, so that two agents (or an agent and a hand-run ``isolate --data-dir``) on one
+    host never load, or delete, each other's isolations.
+
+    >>> table_for(Path("/var/lib/minerwatch/isolate")), len(table_for(Path("/srv/x/isolate")))
+    ('minerwatch', 23)
+    """
+    where = state_dir.resolve()
+    if where == (DEFAULT_DATA_DIR / "isolate").resolve():
+        return TABLE
+    return f"{TABLE}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
+
+
 class Journal:
-    """The isolations in force, one JSON file rewritten atomically under a lock file."""
+    """The isolations in force, one JSON file rewritten atomically under a lock file.
+
+    ``table`` is the nftables table its isolations are loaded into: the one the journal
+    names, else (a journal written before tables were per data folder, listing something)
+    ``minerwatch``, else the folder's own (:func:`table_for`). ``damaged``: the entries of
+    the latest ``load`` that do not check; ``save`` writes them back as they were.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / JOURNAL
+        self.table = table_for(state_dir)
+        self.damaged: list[Damaged] = []
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -299,11 +337,34 @@ class Journal:
             os.close(fd)
 
     def load(self) -> list[Isolation]:
+        """The valid entries; those of a wrong shape go to ``damaged`` (kept, never loaded
+        into the table: nft might refuse them, or read them as other rules)."""
+        self.damaged = []
         try:
-            raw = json.loads(self.path.read_text())
+            text = self.path.read_text()
+            raw = json.loads(text)
             if not isinstance(raw, dict) or not isinstance(raw.get("isolated"), list):
                 raise ValueError(f"{_kind(raw)[:70]} (expected an object with an 'isolated' list)")
-            return [Isolation.from_json(d, f"isolated[{i}]") for i, d in enumerate(raw["isolated"])]
+            table = raw.get("table", TABLE if raw["isolated"] else self.table)
+            if not isinstance(table, str) or not (
+                table == TABLE
+                or (table.startswith(TABLE + "-") and len(table) == len(TABLE) + 13)
+                and all(c in "0123456789abcdef" for c in table[len(TABLE) + 1 :])
+            ):
+                raise ValueError(f"'table' is {_kind(table)} (expected minerwatch[-12 hex digits])")
+            texts = array_items(text, "isolated")
+            entries = []
+            for i, d in enumerate(raw["isolated"]):
+                try:
+                    entries.append(Isolation.from_json(d, f"isolated[{i}]"))
+                except ValueError as exc:
+                    kept = texts[i] if len(texts) == len(raw["isolated"]) else json.dumps(d)
+                    note = "left out of every load of the table (its rule cannot be written)"
+                    self.damaged.append(
+                        Damaged(str(self.path), f"isolated[{i}]", str(exc), kept, note)
+                    )
+            self.table = table
+            return entries
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as exc:
@@ -316,8 +377,12 @@ class Journal:
             ) from exc
 
     def save(self, entries: Sequence[Isolation]) -> None:
-        doc = {"version": 1, "isolated": [e.to_json() for e in entries]}
-        atomic_write(self.path, json.dumps(doc, indent=1), mode=0o600)
+        """Write ``entries`` (and the damaged entries of the latest load, as they were)."""
+        doc: dict[str, object] = {"version": 1, "isolated": [e.to_json() for e in entries]}
+        if entries or self.damaged:
+            doc["table"] = self.table
+        kept = {"isolated": [d.raw for d in self.damaged]}
+        atomic_write(self.path, dumps_keeping(doc, kept), mode=0o600)
 
 
 def _audit(state_dir: Path, action: str, entry: Isolation | None, reason: str) -> None:
@@ -369,7 +434,10 @@ def plan_process(
         mounts = (proc_root / "self" / "mounts").read_text()
     except FileNotFoundError as exc:
         raise InputError("--process", None, "the PID of a running process", str(pid)) from exc
-    if not same_process(pid, rec.create_time, proc_root):  # what we read is the suspect's
+    who = identify(rec, proc_root)
+    ticks, boot = who.get("start_ticks"), who.get("boot_id")
+    if not who or not still_running(pid, rec.create_time, ticks, boot, proc_root):
+        # what was read above is the suspect's
         raise InputError("--process", None, "a running process", f"pid {pid} exited")
     # nft resolves cgroup paths under /sys/fs/cgroup: a hybrid host's "unified" will not do
     v2 = cgroup2_mount(mounts) == Path("/sys/fs/cgroup") and "" in cgroups
@@ -385,7 +453,7 @@ def plan_process(
         )
     since = time.time() if now is None else now
     if narrow and by != "uid":
-        return Isolation("process", pid, rec.create_time, uid, path, since=since)
+        return Isolation("process", pid, rec.create_time, uid, path, since=since, **who)
     if uid is None or uid == 0 or uid == os.getuid():
         raise InputError(
             "--process",
@@ -394,7 +462,7 @@ def plan_process(
             "minerwatch's; isolate the host with --host instead)",
             f"uid {uid}",
         )
-    return Isolation("process", pid, rec.create_time, uid, "", since=since)
+    return Isolation("process", pid, rec.create_time, uid, "", since=since, **who)
 
 
 def plan_host(
@@ -442,6 +510,7 @@ def isolate(
     entry: Isolation,
     proc_root: Path = Path("/proc"),
     reason: str = "requested by operator",
+    damaged: list[Damaged] | None = None,
 ) -> Isolation:
     """Journal ``entry`` (write-ahead), then load the table; undone if loading fails.
     Returns the entry in force: an operator's isolation of the same process stays the
@@ -449,17 +518,20 @@ def isolate(
 
     The process is checked against its start time after the journal is written and before
     the table is loaded, so a pid reused meanwhile is never cut off for the old suspect.
+    Entries of a wrong shape are kept as they are (not loaded) and added to ``damaged``.
     """
     journal = Journal(state_dir)
     with journal.locked():
         entries = journal.load()
+        if damaged is not None:
+            damaged.extend(journal.damaged)
         held = [e for e in entries if _same_target(e, entry) and e.by != AGENT]
         if entry.by == AGENT and held:
             return held[0]
         wanted = _merge(entries, entry)
-        script = ruleset(wanted)  # a bad entry fails here, before anything is written
+        script = ruleset(wanted, journal.table)  # a bad entry fails here, before any write
         journal.save(wanted)
-        if entry.kind == "process" and not same_process(entry.pid, entry.create_time, proc_root):
+        if entry.kind == "process" and not _current(entry, proc_root):
             journal.save(entries)
             raise InputError("--process", None, "a running process", f"pid {entry.pid} exited")
         try:
@@ -472,15 +544,23 @@ def isolate(
 
 
 def _current(entry: Isolation, proc_root: Path) -> bool:
-    return entry.kind == "host" or same_process(entry.pid, entry.create_time, proc_root)
+    """The host, or the process still running (by start ticks and boot when recorded, which
+    a step of the wall clock does not move; else by create time)."""
+    if entry.kind == "host":
+        return True
+    return still_running(entry.pid, entry.create_time, entry.start_ticks, entry.boot_id, proc_root)
 
 
 def _same_target(a: Isolation, b: Isolation) -> bool:
-    """The same host isolation, or the same process: its pid *and* start time (an entry of
-    an exited process whose pid another one took is another target)."""
+    """The same host isolation, or the same process: its pid *and* start (an entry of an
+    exited process whose pid another one took is another target)."""
     if a.kind != b.kind:
         return False
-    return a.kind == "host" or (a.pid == b.pid and same_start(a.create_time, b.create_time))
+    if a.kind == "host":
+        return True
+    if a.start_ticks is not None and b.start_ticks is not None and a.boot_id and b.boot_id:
+        return (a.pid, a.start_ticks, a.boot_id) == (b.pid, b.start_ticks, b.boot_id)
+    return a.pid == b.pid and same_start(a.create_time, b.create_time)
 
 
 def _merge(entries: Sequence[Isolation], entry: Isolation) -> list[Isolation]:
@@ -500,12 +580,14 @@ def release(
     force: bool = False,
     by: str | None = None,
     reason: str = "released by operator",
+    damaged: list[Damaged] | None = None,
 ) -> list[Isolation]:
     """Release the matching isolations (all without ``pid``/``host``); returns them.
 
     The table is reloaded without them before the journal forgets them, so a failure leaves
     both as they were. ``force`` deletes the whole table even when the journal is unreadable.
     ``by`` keeps the choice to what that party isolated (the agent releases only its own).
+    Entries of a wrong shape stay as they are (``force`` drops them too), added to ``damaged``.
     """
     journal = Journal(state_dir)
     if force:
@@ -514,8 +596,9 @@ def release(
                 gone = journal.load()
             except InputError:
                 gone = []
-            if table_present() is not False or gone:
-                apply_ruleset(ruleset([]))
+            if table_present(table=journal.table) is not False or gone:
+                apply_ruleset(ruleset([], journal.table))
+            journal.damaged = []
             journal.save([])
             for e in gone:
                 _audit(state_dir, "release", e, "released by operator (--all)")
@@ -524,6 +607,8 @@ def release(
         return []
     with journal.locked():
         entries = journal.load()
+        if damaged is not None:
+            damaged.extend(journal.damaged)
         chosen = [
             e
             for e in entries
@@ -537,7 +622,7 @@ def release(
         if not chosen:
             return []
         keep = [e for e in entries if e not in chosen]
-        apply_ruleset(ruleset(keep))
+        apply_ruleset(ruleset(keep, journal.table))
         journal.save(keep)
         for e in chosen:
             _audit(state_dir, "release", e, reason)
@@ -576,6 +661,7 @@ class AgentIsolator:
         self.actions_total = dict.fromkeys(AGENT_ACTIONS, 0)
         self._tried: set[tuple[int, float]] = set()
         self._next_check = 0.0
+        self._reported: set[Damaged] = set()
         self.recovered = self._release("released at start: left by an earlier agent run")
 
     def isolate(self, pid: int, reason: str) -> Isolation | None:
@@ -585,9 +671,13 @@ class AgentIsolator:
         if not self.enabled:
             return None
         rec = ProcessTable(self.proc_root).lookup(pid)
-        if rec is None or (pid, rec.create_time) in self._tried:
+        if rec is None:
             return None
-        self._tried.add((pid, rec.create_time))
+        # its start in ticks: a create time moves with every step of the wall clock
+        key = (pid, rec.create_time if rec.start_ticks is None else float(rec.start_ticks))
+        if key in self._tried:
+            return None
+        self._tried.add(key)
         try:
             entry = replace(plan_process(pid, proc_root=self.proc_root), by=AGENT)
             if self.dry_run:
@@ -596,7 +686,9 @@ class AgentIsolator:
                 self.actions_total["dry_run"] += 1
                 log.warning("isolate (dry run): would cut off %s (%s)", entry.describe(), reason)
                 return entry
-            held = isolate(self.state_dir, entry, self.proc_root, reason=reason)
+            damaged: list[Damaged] = []
+            held = isolate(self.state_dir, entry, self.proc_root, reason=reason, damaged=damaged)
+            self._report(damaged)
         except (InputError, OSError) as exc:
             self.actions_total["failed"] += 1
             log.warning("could not isolate pid %d: %s", pid, exc)
@@ -627,19 +719,20 @@ class AgentIsolator:
         try:
             with journal.locked():
                 entries = journal.load()
-                if not entries or table_present() is not False:
+                self._report(journal.damaged)
+                if not entries or table_present(table=journal.table) is not False:
                     return
-                apply_ruleset(ruleset(entries))
+                apply_ruleset(ruleset(entries, journal.table))
         except (InputError, OSError) as exc:
             self.actions_total["failed"] += 1
             log.error("the isolations' nftables table is gone and could not be loaded: %s", exc)
             return
         self.actions_total["reload"] += 1
-        _audit(self.state_dir, "reload", None, "table inet minerwatch was gone")
+        _audit(self.state_dir, "reload", None, f"table {FAMILY} {journal.table} was gone")
         log.warning(
             "the nftables table %s %s was gone (a firewall reload?): loaded again from the "
             "journal, %d isolation(s) in force: %s",
-            FAMILY, TABLE, len(entries), "; ".join(e.describe() for e in entries),
+            FAMILY, journal.table, len(entries), "; ".join(e.describe() for e in entries),
         )  # fmt: skip
 
     def isolated_now(self) -> int:
@@ -656,15 +749,25 @@ class AgentIsolator:
     def _release(self, reason: str) -> list[Isolation]:
         if not Journal(self.state_dir).path.exists():
             return []
+        damaged: list[Damaged] = []
         try:
-            gone = release(self.state_dir, by=AGENT, reason=reason)
+            gone = release(self.state_dir, by=AGENT, reason=reason, damaged=damaged)
         except (InputError, OSError) as exc:
             log.error("could not release what the agent isolated: %s", exc)
             return []
+        finally:
+            self._report(damaged)
         self.actions_total["release"] += len(gone)
         for e in gone:
             log.warning("released %s (%s)", e.describe(), reason)
         return gone
+
+    def _report(self, damaged: Sequence[Damaged]) -> None:
+        """Log each damaged entry once per agent run."""
+        for bad in damaged:
+            if bad not in self._reported:
+                self._reported.add(bad)
+                log.error("isolation journal %s", bad)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -680,13 +783,21 @@ def run(args: argparse.Namespace) -> int:
     """
     state_dir: Path = args.state_dir
     command = args.isolate_command
+    damaged: list[Damaged] = []
     if command == "status":
-        entries = Journal(state_dir).load()
-        present = table_present()
+        journal = Journal(state_dir)
+        entries = journal.load()
+        damaged = journal.damaged
+        table = journal.table
+        present = table_present(table=table)
         if args.json:
-            doc = {"table_loaded": present, "isolated": [e.to_json() for e in entries]}
+            doc = {
+                "table": table,
+                "table_loaded": present,
+                "isolated": [e.to_json() for e in entries],
+            }
             print(json.dumps(doc, indent=1))
-            return 0
+            return _say_damaged(damaged)
         if not entries:
             print("nothing isolated")
         for e in entries:
@@ -701,33 +812,35 @@ def run(args: argparse.Namespace) -> int:
                 "NOT loaded: nothing listed above is cut off (the table was deleted by someone "
                 "else, e.g. a firewall reload)"
             )
-        print(f"nftables table {FAMILY} {TABLE}: {shown[present]}")
-        return 0
+        print(f"nftables table {FAMILY} {table}: {shown[present]}")
+        return _say_damaged(damaged)
+    table = Journal(state_dir).table  # the folder's own (a journal may name another)
     if command == "release":
-        was_loaded = table_present() if args.all else None
-        released = release(state_dir, args.pid, args.host, force=args.all)
+        was_loaded = table_present(table=table) if args.all else None
+        released = release(state_dir, args.pid, args.host, force=args.all, damaged=damaged)
         if (args.pid is not None or args.host) and not released:
+            _say_damaged(damaged)
             raise InputError(
                 str(state_dir / JOURNAL),
                 None,
                 "an isolated process or host (see `minerwatch isolate status`)",
                 f"pid {args.pid}" if args.pid is not None else "no host isolation",
             )
-        if not released and not args.all and table_present():
+        if not released and not damaged and not args.all and table_present(table=table):
             raise InputError(
                 str(state_dir / JOURNAL),
                 None,
-                f"a journal of what table {FAMILY} {TABLE} holds; `minerwatch isolate release "
+                f"a journal of what table {FAMILY} {table} holds; `minerwatch isolate release "
                 "--all` deletes the table",
                 f"nothing listed, but the table is loaded ({_FOREIGN})",
             )
         for e in released:
             print(f"released {e.describe()}")
         if not released and was_loaded:
-            print(f"deleted nftables table {FAMILY} {TABLE} (the journal listed nothing)")
-        elif not released:
+            print(f"deleted nftables table {FAMILY} {table} (the journal listed nothing)")
+        elif not released and not damaged:
             print("nothing was isolated")
-        return 0
+        return _say_damaged(damaged)
     if args.process is None and not args.host:
         raise InputError("isolate", None, "--process PID, --host, 'status' or 'release'", "none")
     if args.process is not None:
@@ -736,8 +849,16 @@ def run(args: argparse.Namespace) -> int:
         cfg = agent_files_config(args.config, args.data_dir)
         entry = plan_host(args.allow_ssh_from or [], cfg.exporter.port, args.ssh_port)
     if args.dry_run:
-        print(ruleset(_merge(Journal(state_dir).load(), entry)), end="")
-        return 0
-    isolate(state_dir, entry)
+        journal = Journal(state_dir)
+        print(ruleset(_merge(journal.load(), entry), journal.table), end="")
+        return _say_damaged(journal.damaged)
+    isolate(state_dir, entry, damaged=damaged)
     print(f"isolated {entry.describe()}; undo with `minerwatch isolate release`")
-    return 0
+    return _say_damaged(damaged)
+
+
+def _say_damaged(damaged: Sequence[Damaged]) -> int:
+    """Name each damaged entry on stderr; the exit code: 2 if there was one (bad input)."""
+    for bad in damaged:
+        print(f"minerwatch: error: {bad}", file=sys.stderr)
+    return 2 if damaged else 0

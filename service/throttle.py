@@ -35,10 +35,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
-from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_process
+from minerwatch.features.proctable import ProcessRecord, ProcessTable
 from minerwatch.service.cgroups import (
     Cgroup1Quota,
     Cgroup2Quota,
@@ -49,9 +50,11 @@ from minerwatch.service.cgroups import (
     build_mechanisms,
     is_same,
     release_record,
+    still_running,
 )
 from minerwatch.service.config import DEFAULT_STATE_DIR, load_config
 from minerwatch.service.config import ThrottleConfig as ThrottleConfig  # the controller's options
+from minerwatch.service.journalfile import Damaged, array_items, dumps_keeping
 from minerwatch.service.targets import select_targets
 
 log = logging.getLogger(__name__)
@@ -69,12 +72,32 @@ ACTION_KINDS = ("throttle", "release", "dry_run", "skip")
 # --------------------------------------------------------------------------- journal and audit
 
 
+class Exempt(NamedTuple):
+    """A process an operator released by hand: not taken again for as long as it runs.
+    Who it is as a throttle record says it (``start_ticks`` and ``boot_id`` survive a step
+    of the wall clock; None in older journals, which name it by create time alone)."""
+
+    pid: int
+    create_time: float
+    start_ticks: int | None = None
+    boot_id: str | None = None
+
+    def to_json(self) -> list[object]:
+        head: list[object] = [self.pid, self.create_time]
+        return head if self.start_ticks is None else [*head, self.start_ticks, self.boot_id]
+
+    def running(self, proc_root: Path = Path("/proc")) -> bool:
+        return still_running(*self, proc_root)
+
+
 @dataclass
 class JournalState:
-    """What is throttled now, and what an operator released by hand (not to be re-taken)."""
+    """What is throttled now, and what an operator released by hand (not to be re-taken);
+    ``damaged``: entries that do not check, written back as they were (never acted on)."""
 
     throttled: list[Throttled] = field(default_factory=list)
-    exempt: list[tuple[int, float]] = field(default_factory=list)
+    exempt: list[Exempt] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
 
 
 class Journal:
@@ -117,13 +140,14 @@ class Journal:
 
     def load(self) -> JournalState:
         try:
-            raw = json.loads(self.path.read_text())
+            text = self.path.read_text()
+            raw = json.loads(text)
         except FileNotFoundError:
             return JournalState()
         except (OSError, ValueError) as exc:
             # A journal we cannot read must not be silently dropped: keep it for a human.
             raise InputError(str(self.path), None, "a throttle journal (JSON)", str(exc)) from exc
-        return parse_journal(raw, str(self.path))
+        return parse_journal(raw, str(self.path), text)
 
     def _save(self, state: JournalState) -> None:
         atomic_write(self.path, _dump(state), mode=0o600)
@@ -147,7 +171,7 @@ class Journal:
 #: What a journal must look like, for the message when it does not.
 JOURNAL_SHAPE = (
     "a throttle journal: an object with a 'throttled' list of {pid, create_time, method, ...} "
-    "and an optional 'exempt' list of [pid, create_time]"
+    "and an optional 'exempt' list of [pid, create_time(, start_ticks, boot_id)]"
 )
 
 
@@ -195,7 +219,9 @@ def _get_text(value: object, where: str, *, optional: bool = False) -> str | Non
 
 def _get_record(d: object, where: str) -> Throttled:
     if not isinstance(d, dict):
-        raise _Shape(f"{where} is {_kind(d)}")
+        raise _Shape(
+            f"{where} is {_kind(d)} (expected an object {{pid, create_time, method, ...}})"
+        )
     for key in ("pid", "create_time", "method"):
         if key not in d:
             raise _Shape(f"{where} has no {key!r}")
@@ -222,24 +248,34 @@ def _get_record(d: object, where: str) -> Throttled:
     )
 
 
-def _get_exempt(e: object, where: str) -> tuple[int, float]:
-    if not isinstance(e, list) or len(e) != 2:
-        raise _Shape(f"{where} is {_kind(e)} (expected [pid, create_time])")
+def _get_exempt(e: object, where: str) -> Exempt:
+    if not isinstance(e, list) or len(e) not in (2, 4):
+        raise _Shape(f"{where} is {_kind(e)} (expected [pid, create_time(, start_ticks, boot_id)])")
     # Only compared, never signalled: any pid the kernel could have given is harmless here.
-    return _get_pid(e[0], f"{where}[0]", lowest=0), _get_time(e[1], f"{where}[1]")
+    pid, created = _get_pid(e[0], f"{where}[0]", lowest=0), _get_time(e[1], f"{where}[1]")
+    if len(e) == 2:
+        return Exempt(pid, created)
+    ticks = e[2]
+    if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0:
+        raise _Shape(f"{where}[2] is {_kind(ticks)} (expected clock ticks since boot)")
+    return Exempt(pid, created, ticks, _get_text(e[3], f"{where}[3]", optional=True))
 
 
-def parse_journal(raw: object, path: str) -> JournalState:
-    """The journal's decoded JSON, checked whole before anything acts on it; any other shape
-    is an InputError naming the file (the file itself is left alone for a human).
+def parse_journal(raw: object, path: str, text: str | None = None) -> JournalState:
+    """The journal's decoded JSON (``text``: as it is in the file), checked before anything
+    acts on it. A journal of another shape is an InputError naming the file (the file itself
+    is left alone for a human); one entry of a wrong shape is ``damaged``: named, kept as it
+    is in the file, and the valid entries still work.
 
     >>> parse_journal({"throttled": [], "exempt": [[42, 1.5]]}, "j.json").exempt
-    [(42, 1.5)]
+    [Exempt(pid=42, create_time=1.5, start_ticks=None, boot_id=None)]
     >>> try:
     ...     parse_journal({"throttled": "abc"}, "j.json")
     ... except InputError as exc:
     ...     print(exc.path, "-", exc.got)
     j.json - 'throttled' is a string 'abc'
+    >>> print(parse_journal({"throttled": [7]}, "j.json").damaged[0].why)
+    throttled[0] is a number 7 (expected an object {pid, create_time, method, ...})
     """
     try:
         if not isinstance(raw, dict):
@@ -254,23 +290,35 @@ def parse_journal(raw: object, path: str) -> JournalState:
             raise _Shape(f"'throttled' is {_kind(throttled)}")
         if not isinstance(exempt, list):
             raise _Shape(f"'exempt' is {_kind(exempt)}")
-        return JournalState(
-            throttled=[_get_record(d, f"throttled[{i}]") for i, d in enumerate(throttled)],
-            exempt=[_get_exempt(e, f"exempt[{i}]") for i, e in enumerate(exempt)],
-        )
     except _Shape as exc:
         raise InputError(path, None, JOURNAL_SHAPE, str(exc)) from None
+    state = JournalState()
+    for key, items in (("throttled", throttled), ("exempt", exempt)):
+        texts = array_items(text, key) if text is not None else []
+        for i, item in enumerate(items):
+            try:
+                if key == "throttled":
+                    state.throttled.append(_get_record(item, f"{key}[{i}]"))
+                else:
+                    state.exempt.append(_get_exempt(item, f"{key}[{i}]"))
+            except _Shape as exc:
+                kept = texts[i] if len(texts) == len(items) else json.dumps(item)
+                state.damaged.append(Damaged(path, f"{key}[{i}]", str(exc), kept))
+    return state
 
 
 def _dump(state: JournalState) -> str:
-    return json.dumps(
-        {
-            "version": JOURNAL_VERSION,
-            "throttled": [r.to_json() for r in state.throttled],
-            "exempt": [list(e) for e in state.exempt],
-        },
-        indent=1,
-    )
+    """The journal's text; damaged entries go back as they were, ahead of their list."""
+    kept = {
+        key: [d.raw for d in state.damaged if d.where.startswith(key + "[")]
+        for key in ("throttled", "exempt")
+    }
+    doc = {
+        "version": JOURNAL_VERSION,
+        "throttled": [r.to_json() for r in state.throttled],
+        "exempt": [e.to_json() for e in state.exempt],
+    }
+    return dumps_keeping(doc, kept)
 
 
 @dataclass(frozen=True)
@@ -339,6 +387,7 @@ class Throttle:
         self.throttled_now = 0
         self._over_since: float | None = None
         self._under_since: float | None = None
+        self._reported: set[Damaged] = set()
         self.recovered = self.recover()
 
     # -- public API ---------------------------------------------------------------------
@@ -418,6 +467,10 @@ class Throttle:
     def _journal(self) -> Iterator[JournalState]:
         """The locked journal; keeps ``throttled_now`` current so a scrape reads no file."""
         with self.journal.locked() as state:
+            for bad in state.damaged:
+                if bad not in self._reported:  # once: the journal is read at every tick
+                    self._reported.add(bad)
+                    log.error("throttle journal %s", bad)
             try:
                 yield state
             finally:
@@ -457,13 +510,13 @@ class Throttle:
         with self._journal() as state:
             gone = [r for r in state.throttled if not is_same(r, self.proc_root)]
             actions = [self._release_locked(state, r, "process exited", cpu) for r in gone]
-            state.exempt = [e for e in state.exempt if same_process(e[0], e[1], self.proc_root)]
+            state.exempt = [e for e in state.exempt if e.running(self.proc_root)]
             return actions
 
     def _throttle_top(self, cpu: float) -> list[Action]:
         cfg = self.cfg
         with self._journal() as state:
-            busy = {r.pid for r in state.throttled} | {p for p, _ in state.exempt}
+            busy = {r.pid for r in state.throttled} | {e.pid for e in state.exempt}
             limit = cfg.max_targets - len(state.throttled)
             targets = select_targets(
                 self.proc_reader(), cfg, self.agent_pids, exclude=busy, limit=limit
@@ -508,18 +561,24 @@ RELEASED, EXITED, FAILED = "released", "exited", "failed"
 
 
 def release_journaled(
-    state_dir: Path = DEFAULT_STATE_DIR, pid: int | None = None, proc_root: Path = Path("/proc")
+    state_dir: Path = DEFAULT_STATE_DIR,
+    pid: int | None = None,
+    proc_root: Path = Path("/proc"),
+    damaged: list[Damaged] | None = None,
 ) -> list[tuple[Throttled, str, str]]:
     """Release journaled processes (all, or one pid) without a running agent: each record
     with what became of it (``RELEASED``, ``EXITED``: dropped, nothing to release; ``FAILED``:
     kept for a later release) and the error of a failure. Released processes are marked
     exempt so a running agent does not take them again. Without a journal nothing was ever
-    throttled: nothing is created."""
+    throttled: nothing is created. Entries of a wrong shape are left as they are, and added
+    to ``damaged``."""
     journal, audit = Journal(state_dir), AuditLog(state_dir / AUDIT)
     if not journal.path.exists():
         return []
     done: list[tuple[Throttled, str, str]] = []
     with journal.locked() as state:
+        if damaged is not None:
+            damaged.extend(state.damaged)
         for rec in [r for r in state.throttled if pid is None or r.pid == pid]:
             try:
                 alive = release_record(rec, proc_root)
@@ -529,7 +588,7 @@ def release_journaled(
             state.throttled.remove(rec)
             kind, reason = ("release", "released by operator") if alive else ("skip", "exited")
             if alive:
-                state.exempt.append((rec.pid, rec.create_time))
+                state.exempt.append(Exempt(rec.pid, rec.create_time, rec.start_ticks, rec.boot_id))
             done.append((rec, RELEASED if alive else EXITED, ""))
             with contextlib.suppress(OSError):
                 audit.write(Action(time.time(), kind, rec.pid, rec.name, rec.method, reason))
@@ -558,8 +617,10 @@ def run(args: argparse.Namespace) -> int:
         args.state_dir or load_config(args.config).throttle.state_dir or DEFAULT_STATE_DIR
     )
     if args.throttle_command == "release":
-        done = release_journaled(state_dir, args.pid)
+        damaged: list[Damaged] = []
+        done = release_journaled(state_dir, args.pid, damaged=damaged)
         if args.pid is not None and not done:
+            _say_damaged(damaged)
             raise InputError(
                 str(state_dir / JOURNAL),
                 None,
@@ -581,11 +642,14 @@ def run(args: argparse.Namespace) -> int:
                 )
         n = sum(what == RELEASED for _, what, _ in done)
         print(f"released {n} process{'es' if n != 1 else ''}")
-        return 1 if any(what == FAILED for _, what, _ in done) else 0
+        if any(what == FAILED for _, what, _ in done):
+            _say_damaged(damaged)
+            return 1
+        return _say_damaged(damaged)
     state = Journal(state_dir).load()
     if args.json:
         print(_dump(state))
-        return 0
+        return _say_damaged(state.damaged)
     if not state.throttled:
         print("no throttled processes")
     else:
@@ -593,4 +657,11 @@ def run(args: argparse.Namespace) -> int:
     for r in state.throttled:
         gone = "" if is_same(r) else "  (exited: pid is not that process)"
         print(f"{r.pid:>8}  {r.name:<16} {r.method:<8} since {_local(r.since)}{gone}")
-    return 0
+    return _say_damaged(state.damaged)
+
+
+def _say_damaged(damaged: Sequence[Damaged]) -> int:
+    """Name each damaged entry on stderr; the exit code: 2 if there was one (bad input)."""
+    for bad in damaged:
+        print(f"minerwatch: error: {bad}", file=sys.stderr)
+    return 2 if damaged else 0

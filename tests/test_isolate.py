@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from minerwatch.features.errors import InputError
-from minerwatch.service.isolate import Isolation, cgroup2_mount, plan_host, plan_process, ruleset
+from minerwatch.service.isolate import (
+    Isolation,
+    cgroup2_mount,
+    plan_host,
+    plan_process,
+    ruleset,
+    table_for,
+)
 
 SCRIPT = Path(sys.executable).with_name("minerwatch")
 NOBODY = 65534
@@ -212,7 +220,11 @@ def test_isolate_a_process_then_release_it(netns, tmp_path):
         after = json.loads(
             minerwatch(netns, "isolate", "status", "--json", "--data-dir", data).stdout
         )
-        assert after == {"table_loaded": False, "isolated": []}
+        assert after == {
+            "table": table_for(data / "isolate"),
+            "table_loaded": False,
+            "isolated": [],
+        }
         audit = (data / "isolate" / "isolate-audit.jsonl").read_text().splitlines()
         assert [json.loads(line)["action"] for line in audit] == ["isolate", "release"]
 
@@ -276,7 +288,8 @@ def test_a_lost_journal_is_not_taken_for_nothing_isolated(netns, tmp_path):
         client.wait_for("fail")
         forced = minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
         assert forced.returncode == 0, forced.stderr
-        assert "deleted nftables table inet minerwatch" in forced.stdout, forced.stdout
+        table = table_for(data / "isolate")
+        assert f"deleted nftables table inet {table}" in forced.stdout, forced.stdout
         client.wait_for("ok")
 
         again = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
@@ -284,7 +297,7 @@ def test_a_lost_journal_is_not_taken_for_nothing_isolated(netns, tmp_path):
         client.wait_for("fail")
         assert (
             subprocess.run(
-                _in_ns(netns, "nft", "delete", "table", "inet", "minerwatch"), timeout=30
+                _in_ns(netns, "nft", "delete", "table", "inet", table), timeout=30
             ).returncode
             == 0
         )
@@ -297,12 +310,21 @@ def test_a_lost_journal_is_not_taken_for_nothing_isolated(netns, tmp_path):
         pool.stop()
 
 
-def test_a_hand_edited_journal_is_refused_naming_the_entry(netns, tmp_path):
-    """An entry with a value nft cannot take (a uid written as text) was read as "uid None":
-    status showed that, and every later load of the table failed in nft, so `release --pid`
-    of another entry exited 1 ("unexpected failure") and left it cut off. Now the journal is
-    refused whole (exit 2) naming the file and the field, before nft is run; the corrected
-    journal releases as usual."""
+#: A hand-made entry (its uid written as text), spelt as a human would leave it.
+HAND_EDITED = '{"kind": "process",  "pid": 4000000, "uid": "65533" }'
+
+
+def _with_hand_edited_entry(journal: Path) -> None:
+    text = journal.read_text()
+    assert '"isolated": [' in text
+    journal.write_text(text.replace('"isolated": [', f'"isolated": [{HAND_EDITED}, ', 1))
+
+
+def test_a_hand_edited_entry_is_named_and_kept_and_the_others_still_release(netns, tmp_path):
+    """An entry with a value nft cannot take (a uid written as text) made every command
+    refuse the whole journal (exit 2), so no other isolation could be released, nor the
+    agent's at its shutdown. Now the entry is named (file, entry, field, what was expected)
+    and kept in the file as it was, the valid ones work, and the command exits 2."""
     data = tmp_path / "data"
     data.mkdir()
     pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3337"), tmp_path / "p")
@@ -310,32 +332,161 @@ def test_a_hand_edited_journal_is_refused_naming_the_entry(netns, tmp_path):
         _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3337"), tmp_path / "c"
     )
     journal = data / "isolate" / "isolate-journal.json"
+    said = f"{journal}: isolated[0].uid is a string '65533' (expected a whole number"
+    try:
+        client.wait_for("ok")
+        pid = str(client.proc.pid)
+        done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        client.wait_for("fail")
+        _with_hand_edited_entry(journal)
+        status = minerwatch(netns, "isolate", "status", "--data-dir", data)
+        assert status.returncode == 2 and said in status.stderr, status.stderr
+        assert f"pid {pid}: outbound traffic of uid {NOBODY} dropped" in status.stdout
+        rel = minerwatch(netns, "isolate", "release", "--pid", pid, "--data-dir", data)
+        assert rel.returncode == 2, (rel.returncode, rel.stdout, rel.stderr)
+        assert f"released pid {pid}" in rel.stdout and said in rel.stderr, rel.stderr
+        assert "Traceback" not in rel.stderr and "unexpected failure" not in rel.stderr
+        client.wait_for("ok")
+        assert HAND_EDITED in journal.read_text(), journal.read_text()  # byte for byte
+        assert json.loads(journal.read_text())["isolated"] == [json.loads(HAND_EDITED)]
+        again = minerwatch(netns, "isolate", "release", "--data-dir", data)
+        assert again.returncode == 2 and said in again.stderr, again.stderr
+        assert "nothing was isolated" not in again.stdout
+        forced = minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        assert forced.returncode == 0, forced.stderr
+        assert json.loads(journal.read_text())["isolated"] == []
+    finally:
+        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        client.stop()
+        pool.stop()
+
+
+def test_the_agent_releases_its_isolations_beside_a_hand_edited_entry(netns, tmp_path):
+    """The agent's own isolation (``by: agent``) beside a damaged entry: the agent at its
+    start could not read the journal ("could not release what the agent isolated") and the
+    process stayed cut off for good. Now it is released, the entry named in the log."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3338"), tmp_path / "p")
+    client = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3338"), tmp_path / "c"
+    )
+    journal = data / "isolate" / "isolate-journal.json"
+    log = tmp_path / "agent.log"
+    agent: subprocess.Popen[bytes] | None = None
     try:
         client.wait_for("ok")
         done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
         assert done.returncode == 0, done.stderr
         client.wait_for("fail")
-        good = journal.read_text()
-        doc = json.loads(good)
-        other = dict(doc["isolated"][0], pid=4_000_000, uid="65533")  # a hand-made entry
-        doc["isolated"].insert(0, other)
-        journal.write_text(json.dumps(doc))
-        for cmd in (["status"], ["release", "--pid", str(client.proc.pid)], ["release"]):
-            r = minerwatch(netns, "isolate", *cmd, "--data-dir", data)
-            assert r.returncode == 2, (cmd, r.returncode, r.stdout, r.stderr)
-            assert str(journal) in r.stderr and "isolated[0].uid is a string '65533'" in r.stderr
-            assert "Traceback" not in r.stderr
-        client.wait_for("fail")
-        journal.write_text(good)
-        rel = minerwatch(
-            netns, "isolate", "release", "--pid", str(client.proc.pid), "--data-dir", data
-        )
-        assert rel.returncode == 0, rel.stderr
+        journal.write_text(journal.read_text().replace('"by": "operator"', '"by": "agent"'))
+        _with_hand_edited_entry(journal)
+        serve = _in_ns(netns, str(SCRIPT), "serve", "--data-dir", str(data), "--port", "0",
+                       "--address", "127.0.0.1", "--interval", "1s")  # fmt: skip
+        with log.open("wb") as out:
+            agent = subprocess.Popen(serve, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "serving metrics on" not in log.read_text():
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         client.wait_for("ok")
+        assert "isolated[0].uid is a string '65533'" in log.read_text(), log.read_text()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, log.read_text()
+        assert json.loads(journal.read_text())["isolated"] == [json.loads(HAND_EDITED)]
+        assert "Traceback" not in log.read_text()
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=10)
+        minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        client.stop()
+        pool.stop()
+
+
+def test_a_clock_step_does_not_make_an_isolated_process_look_gone(netns, tmp_path):
+    """After the wall clock is set (``btime`` in /proc/stat moves with it: bound stepped
+    over it, as in test_throttle_release.py), ``isolate status`` called the still running,
+    isolated process exited, and isolating it again added a second entry for it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3339"), tmp_path / "p")
+    client = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3339"), tmp_path / "c"
+    )
+    journal = data / "isolate" / "isolate-journal.json"
+    try:
+        client.wait_for("ok")
+        pid = str(client.proc.pid)
+        done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+        client.wait_for("fail")
+        stat = "".join(
+            f"btime {int(line.split()[1]) - 3600}\n" if line.startswith("btime ") else line
+            for line in Path("/proc/stat").read_text().splitlines(keepends=True)
+        )
+        (tmp_path / "stat").write_text(stat)
+        stepped = (
+            'mount --bind "$0" /proc/stat && "$1" isolate status --data-dir "$2" '
+            '&& exec "$1" isolate --process "$3" --data-dir "$2"'
+        )
+        r = subprocess.run(
+            _in_ns(netns, "unshare", "-m", "--propagation", "private", "sh", "-c", stepped,
+                   str(tmp_path / "stat"), str(SCRIPT), str(data), pid),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert f"pid {pid}: outbound" in r.stdout and "has exited" not in r.stdout, r.stdout
+        assert [e["pid"] for e in json.loads(journal.read_text())["isolated"]] == [int(pid)]
+        client.wait_for("fail")
     finally:
         minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
         client.stop()
         pool.stop()
+
+
+def test_two_data_folders_keep_their_isolations_apart(netns, tmp_path):
+    """Two agents (or an agent and a hand-run ``isolate --data-dir``) on one host shared the
+    table ``inet minerwatch``: each load replaced the other's rules, and one's ``release
+    --all`` (or shutdown) gave the other's suspect its network back. Each data folder now has
+    a table of its own."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3340"), tmp_path / "p")
+    one = Reader(
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3340"), tmp_path / "c1"
+    )
+    ids = ["--reuid=65533", "--regid=65533", "--clear-groups"]
+    two = Reader(
+        _in_ns(netns, "setpriv", *ids, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3340"),
+        tmp_path / "c2",
+    )
+    try:
+        one.wait_for("ok")
+        two.wait_for("ok")
+        done = minerwatch(netns, "isolate", "--process", str(one.proc.pid), "--data-dir", a)
+        assert done.returncode == 0, done.stderr
+        one.wait_for("fail")
+        done = minerwatch(netns, "isolate", "--process", str(two.proc.pid), "--data-dir", b)
+        assert done.returncode == 0, done.stderr
+        two.wait_for("fail")
+        one.wait_for("fail")  # b's table did not replace a's
+        status = minerwatch(netns, "isolate", "status", "--data-dir", b)
+        assert f"nftables table inet {table_for(b / 'isolate')}: loaded" in status.stdout
+        rel = minerwatch(netns, "isolate", "release", "--all", "--data-dir", a)
+        assert rel.returncode == 0, rel.stderr
+        one.wait_for("ok")
+        two.wait_for("fail")  # a's release --all left b's isolation alone
+        rel = minerwatch(netns, "isolate", "release", "--data-dir", b)
+        assert rel.returncode == 0, rel.stderr
+        two.wait_for("ok")
+    finally:
+        for data in (a, b):
+            minerwatch(netns, "isolate", "release", "--all", "--data-dir", data)
+        for r in (one, two, pool):
+            r.stop()
 
 
 def test_refuses_a_root_process_without_its_own_cgroup(netns, tmp_path):

@@ -47,6 +47,7 @@ from test_isolate import (  # noqa: F401 - netns: a fixture
 
 from minerwatch.features.io import from_arrays
 from minerwatch.features.schema import METRIC_COLUMNS
+from minerwatch.service.isolate import table_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -238,7 +239,12 @@ def test_agent_isolates_a_confirmed_miner_and_always_releases_it(netns, tmp_path
             "agent shutdown",
         )
         status = minerwatch(netns, "isolate", "status", "--json", "--data-dir", data)
-        assert json.loads(status.stdout) == {"table_loaded": False, "isolated": []}
+        table = table_for(data / "isolate")
+        assert json.loads(status.stdout) == {
+            "table": table,
+            "table_loaded": False,
+            "isolated": [],
+        }
     finally:
         for agent in agents:
             if agent.proc.poll() is None:
@@ -363,7 +369,8 @@ def test_the_agent_loads_the_isolations_again_when_a_firewall_reload_deletes_the
         said = "was gone (a firewall reload?): loaded again from the journal, 1 isolation(s)"
         until("the table loaded again", lambda: said in agent.tail(), agent, timeout=60)
         miner.wait_for("fail")
-        listed = subprocess.run(_in_ns(netns, "nft", "list", "table", "inet", "minerwatch"),
+        table = table_for(data / "isolate")
+        listed = subprocess.run(_in_ns(netns, "nft", "list", "table", "inet", table),
                                 capture_output=True, text=True)  # fmt: skip
         assert listed.returncode == 0, listed.stderr
         assert [(e["pid"], e["by"]) for e in journal(data)] == [(miner.proc.pid, "operator")]

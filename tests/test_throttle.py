@@ -34,6 +34,7 @@ from minerwatch.service.cli import build_parser
 from minerwatch.service.throttle import (
     AUDIT,
     JOURNAL,
+    Exempt,
     Journal,
     Throttle,
     ThrottleConfig,
@@ -458,7 +459,7 @@ def test_no_stray_state_in_tmp(tmp_path):
     j = Journal(tmp_path)
     for i in range(3):
         with j.locked() as state:
-            state.exempt.append((i, 1.0))
+            state.exempt.append(Exempt(i, 1.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == [JOURNAL, JOURNAL + ".lock"]
     shutil.rmtree(tmp_path)
 

@@ -41,15 +41,20 @@ LAUNCH_ORPHAN = (
 
 # --------------------------------------------------------------------------- 1: journal shape
 
+#: Journals that are not a throttle journal at all: nothing in them can be trusted.
 MALFORMED = {
     "array": [],
-    "record_without_create_time": {"throttled": [{"pid": 1}]},
-    "exempt_pid_not_a_number": {"throttled": [], "exempt": [["x", 1]]},
     "throttled_a_string": {"throttled": "abc"},
     "object_without_throttled": {},
+    "exempt_a_string": {"throttled": [], "exempt": "x"},
+    "unknown_version": {"version": 99, "throttled": []},
+}
+#: A journal with one entry of a wrong shape (hand-edited): that entry is named and kept.
+DAMAGED_ENTRY = {
+    "record_without_create_time": {"throttled": [{"pid": 1}]},
+    "exempt_pid_not_a_number": {"throttled": [], "exempt": [["x", 1]]},
     "record_a_number": {"throttled": [7]},
     "exempt_not_pairs": {"throttled": [], "exempt": [[1, 2, 3]]},
-    "exempt_a_string": {"throttled": [], "exempt": "x"},
     "pid_negative": {"throttled": [{"pid": -1, "create_time": 1.0, "method": "sigstop"}]},
     "pid_a_boolean": {"throttled": [{"pid": True, "create_time": 1.0, "method": "sigstop"}]},
     "create_time_a_string": {
@@ -62,8 +67,12 @@ MALFORMED = {
     "name_an_object": {
         "throttled": [{"pid": 4242, "create_time": 1.0, "method": "sigstop", "name": {}}]
     },
-    "unknown_version": {"version": 99, "throttled": []},
 }
+COMMANDS = pytest.mark.parametrize(
+    "command",
+    [["status"], ["status", "--json"], ["release"], ["release", "4242"]],
+    ids=["status", "status-json", "release-all", "release-pid"],
+)
 
 
 @pytest.fixture(params=sorted(MALFORMED), ids=sorted(MALFORMED))
@@ -84,17 +93,29 @@ def assert_bad_journal(r: subprocess.CompletedProcess[str], journal: Path) -> No
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["status"], ["status", "--json"], ["release"], ["release", "4242"]],
-    ids=["status", "status-json", "release-all", "release-pid"],
-)
+@COMMANDS
 def test_wrong_shape_journal_is_bad_input(bad_journal: tuple[Path, Path], command: list[str]):
     data_dir, journal = bad_journal
     before = journal.read_bytes()
     r = run("throttle", command[0], "--data-dir", data_dir, *command[1:])
     assert_bad_journal(r, journal)
     assert journal.read_bytes() == before, "a journal we cannot read is kept for a human"
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGED_ENTRY))
+@COMMANDS
+def test_a_damaged_entry_is_named_and_kept(tmp_path: Path, name: str, command: list[str]):
+    journal = tmp_path / "throttle" / JOURNAL
+    journal.parent.mkdir()
+    journal.write_text(json.dumps(DAMAGED_ENTRY[name], indent=3))
+    before = journal.read_bytes()
+    r = run("throttle", command[0], "--data-dir", tmp_path, *command[1:])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "unexpected failure" not in r.stderr
+    key = "exempt" if name.startswith("exempt") else "throttled"
+    assert f"{journal}: {key}[0]" in r.stderr, r.stderr
+    assert "left in the journal as it is" in r.stderr, r.stderr
+    assert journal.read_bytes() == before, "a damaged entry is kept for a human"
 
 
 def test_message_says_what_was_found_and_a_corrected_journal_reads(tmp_path: Path):
@@ -108,7 +129,7 @@ def test_message_says_what_was_found_and_a_corrected_journal_reads(tmp_path: Pat
     ]:
         journal.write_text(json.dumps(content))
         r = run("throttle", "status", "--data-dir", tmp_path)
-        assert_bad_journal(r, journal)
+        assert r.returncode == 2 and str(journal) in r.stderr, r.stderr
         assert found in r.stderr, r.stderr
     # Put right by hand, the same journal reads again (every field a record may have).
     journal.write_text(

@@ -10,12 +10,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from promtools import free_port
 
 from minerwatch.features.proctable import ProcessTable, parse_proc_cgroup
 from minerwatch.service.cgroups import Cgroup1Quota, SigStop, Throttled, find_v1_cpu_root
@@ -210,6 +213,163 @@ def test_a_clock_step_does_not_leave_a_paused_process_paused(tmp_path: Path, ste
         assert "exited" not in r.stdout, r.stdout
         assert f"released pid {victim.pid} " in r.stdout, r.stdout
         assert _state(victim.pid) != "T", "the paused process was left stopped"
+    finally:
+        victim.kill()
+        victim.wait(timeout=10)
+
+
+def _samples(port: int) -> float:
+    """``minerwatch_samples_total`` of the agent on ``port`` (0 until it answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    line = next((x for x in text.splitlines() if x.startswith("minerwatch_samples_total ")), "")
+    return float(line.split()[1]) if line else 0.0
+
+
+class SteppedStat:
+    """A FIFO that serves /proc/stat afresh at every read, its ``btime`` moved by ``step``:
+    bound over /proc/stat, it is what a running agent reads after the wall clock was set
+    (its CPU figures still move, so it samples and ticks as usual). A thread of the test
+    writes it once per open."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step, self.done = path, step, False
+        os.mkfifo(path, 0o600)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done:
+            real = Path("/proc/stat").read_text().splitlines(keepends=True)
+            data = "".join(
+                f"btime {int(x.split()[1]) + self.step}\n" if x.startswith("btime ") else x
+                for x in real
+            ).encode()
+            fd = os.open(self.path, os.O_WRONLY)  # until a reader opens it
+            try:
+                while data and not self.done:
+                    data = data[os.write(fd, data) :]
+            except BrokenPipeError:
+                pass  # the reader wanted its first lines only
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.done = True
+        os.close(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK))  # wakes the writer
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _mounts_work(), reason="needs unshare -m (root)")
+def test_a_clock_step_does_not_end_an_operators_exemption(tmp_path: Path):
+    """``throttle release PID`` exempts a process from the agent for as long as it runs. The
+    exemption named it by create time: after a clock step (``btime`` bound stepped over
+    /proc/stat, as above) the agent's next tick took it for exited and dropped the
+    exemption, so the agent could throttle the released process again. The agent runs
+    with the throttle on in dry-run mode (it touches no process)."""
+    victim = subprocess.Popen(["sleep", "60"])
+    agent: subprocess.Popen[bytes] | None = None
+    stat: SteppedStat | None = None
+    try:
+        rec = SigStop().plan(ProcessTable().lookup(victim.pid))
+        state = tmp_path / "throttle"
+        seed(state, [rec])
+        SigStop().apply(rec)
+        r = minerwatch("throttle", "release", str(victim.pid), "--data-dir", tmp_path)
+        assert r.returncode == 0 and f"released pid {victim.pid} " in r.stdout, r.stderr
+        exempt = json.loads((state / JOURNAL).read_text())["exempt"]
+        assert [e[0] for e in exempt] == [victim.pid]
+        stat = SteppedStat(tmp_path / "stat", -3600)
+        port = free_port()
+        serve = (
+            'mount --bind "$0" /proc/stat && exec "$1" serve --data-dir "$2" --port "$3" '
+            "--address 127.0.0.1 --interval 1s --throttle --throttle-dry-run --throttle-cpu 100"
+        )
+        with (tmp_path / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", serve,
+                 str(tmp_path / "stat"), str(SCRIPT), str(tmp_path), str(port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _samples(port) < 4:  # each sample is a throttle tick
+            assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
+            time.sleep(0.2)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, (tmp_path / "agent.log").read_text()
+        exempt = json.loads((state / JOURNAL).read_text())["exempt"]
+        assert [e[0] for e in exempt] == [victim.pid], "the operator's exemption lapsed"
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=10)
+        if stat is not None:
+            stat.close()
+        victim.kill()
+        victim.wait(timeout=10)
+
+
+#: A hand-edited record (the pid written as text), spelt as a human would leave it.
+HAND_EDITED = '{ "pid" : "4242",  "create_time": 1.0, "method": "sigstop", "name": "mine" }'
+
+
+@pytest.mark.parametrize("by", ["release", "serve"])
+def test_a_damaged_entry_does_not_keep_the_others_paused(tmp_path: Path, by: str):
+    """One record of the journal hand-edited into a wrong shape made every reader refuse the
+    whole file: `throttle release` and the agent's start (exit 2) left the process the agent
+    had paused stopped for good. Now the valid record is released, the damaged one named
+    (file, entry, field) and kept in the file as it was, and the command exits 2."""
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        rec = SigStop().plan(ProcessTable().lookup(victim.pid))
+        state = tmp_path / "throttle"
+        seed(state, [rec])
+        journal = state / JOURNAL
+        text = journal.read_text().replace('"throttled": [', f'"throttled": [{HAND_EDITED}, ')
+        journal.write_text(text)
+        SigStop().apply(rec)
+        deadline = time.monotonic() + 5
+        while _state(victim.pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        said = f"{journal}: throttled[0].pid is a string '4242'"
+        if by == "release":
+            r = minerwatch("throttle", "release", "--data-dir", tmp_path)
+            assert r.returncode == 2, (r.returncode, r.stderr)
+            assert f"released pid {victim.pid} " in r.stdout, r.stdout
+            assert said in r.stderr and "Traceback" not in r.stderr, r.stderr
+        else:
+            log = tmp_path / "agent.log"
+            with log.open("wb") as out:
+                agent = subprocess.Popen(
+                    [str(SCRIPT), "serve", "--data-dir", str(tmp_path), "--port", "0",
+                     "--address", "127.0.0.1", "--interval", "1s"],
+                    stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 60
+                while "serving metrics on" not in log.read_text():
+                    assert agent.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.1)
+                assert _state(victim.pid) != "T", log.read_text()
+                agent.send_signal(signal.SIGTERM)
+                assert agent.wait(timeout=30) == 0, log.read_text()
+            finally:
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait(timeout=10)
+            assert said in log.read_text() and "Traceback" not in log.read_text()
+        assert _state(victim.pid) != "T", "the valid record was not released"
+        after = journal.read_text()
+        assert HAND_EDITED in after, after  # kept byte for byte, for a human to put right
+        assert json.loads(after)["throttled"] == [json.loads(HAND_EDITED)]
+        again = minerwatch("throttle", "status", "--data-dir", tmp_path)
+        assert again.returncode == 2 and said in again.stderr, again.stderr
     finally:
         victim.kill()
         victim.wait(timeout=10)
