@@ -21,17 +21,21 @@ import itertools
 import math
 import mmap
 import os
+import shutil
 import sys
+import tempfile
 import warnings
+import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from minerwatch.features.errors import InputError
+from minerwatch.features.hostsplit import Piece, split_csv
 from minerwatch.features.procs import (
     GC_COLUMN,
     PROC_TABLE_COLUMNS,
@@ -105,7 +109,8 @@ class _Table:
 
     ``hosts`` holds stripped names in order of first appearance; codes avoid a Python string
     per row. ``lines``: the file line of each row (None: row r is line r + 2, a header and one
-    line per row); a Parquet table's rows are counted from 1 instead (``parquet``).
+    line per row); a Parquet table's rows are counted from 1 instead (``parquet``; ``lines``
+    then their numbers in the file, when the table holds some of its rows).
     """
 
     metrics: list[str]
@@ -120,7 +125,7 @@ class _Table:
     def where(self, path: Path, row: int) -> str:
         """Row ``row`` of this table as a place in its file, for messages."""
         if self.parquet:
-            return f"{path}, row {row + 1}"
+            return f"{path}, row {int(self.lines[row]) if self.lines is not None else row + 1}"
         return f"{path}:{int(self.lines[row]) if self.lines is not None else row + 2}"
 
 
@@ -178,11 +183,88 @@ def read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray], list[str]]
     return table.metrics, table.numeric, hosts
 
 
-def _read(path: Path) -> _Table:
-    table = _read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
+def _read(path: Path, piece: Piece | None = None) -> _Table:
+    """A file, or with ``piece`` (a host's rows of a Parquet file) those rows."""
+    table = _read_parquet(path, piece) if path.suffix == ".parquet" else _read_csv(path)
     _check_seconds(path, table)
     table.gaps = _screen(table)
     return table
+
+
+def _read_piece(piece: Piece) -> _Table:
+    """A host's rows of a file holding several, their lines (rows) numbered as in the file."""
+    if piece.path is None:  # Parquet: filtered at read
+        return _read(piece.source, piece)
+    table = _read(piece.path)
+    at = table.lines if table.lines is not None else np.arange(len(table.codes)) + 2
+    table.lines = _line_map(piece)[at - 2]
+    return table
+
+
+def _read_procs_piece(piece: Piece) -> dict[str, ProcessRows]:
+    if piece.path is None:
+        return read_procs_parquet(piece.source, piece)
+    return _read_procs(piece.path)
+
+
+def _line_map(piece: Piece) -> np.ndarray:
+    assert piece.lines is not None
+    return np.fromfile(piece.lines, dtype=np.int64)
+
+
+_R = TypeVar("_R")
+
+
+def _moved(read: Callable[[Piece], _R], piece: Piece) -> _R:
+    """``read(piece)``, an error in its temporary file told at the line of the file it was
+    cut from (the line map of :mod:`~minerwatch.features.hostsplit`)."""
+    try:
+        return read(piece)
+    except InputError as exc:
+        if piece.path is None:
+            raise
+        temp = str(piece.path)
+        line = exc.line
+        if exc.path.startswith(temp + ":") and exc.line is None:
+            line = int(exc.path[len(temp) + 1 :])
+        elif exc.path != temp:
+            raise
+        if line is not None and line >= 2:
+            lines = _line_map(piece)
+            line = int(lines[line - 2]) if line - 2 < len(lines) else line
+        raise InputError(str(piece.source), line, exc.expected, exc.got) from None
+
+
+def _shown_item(item: Path | Piece) -> str:
+    return f"{item.source.name} ({item.host})" if isinstance(item, Piece) else item.name
+
+
+@dataclass
+class _PieceGaps:
+    """What the pieces of files cut by host read as missing, told once per file when its
+    last piece is read (as reading it whole tells it): counts summed, the first by line."""
+
+    left: dict[Path, int]
+    found: dict[Path, tuple[int, int, int, str, float]] = field(default_factory=dict)
+
+    def add(self, piece: Piece, table: _Table, tell: Callable[[str], None]) -> None:
+        path = piece.source
+        gaps = table.gaps
+        if gaps is not None:
+            line = int(table.lines[gaps.row]) if table.lines is not None else gaps.row + 2
+            out_of_range, infinite = gaps.out_of_range, gaps.infinite
+            column, value = gaps.column, gaps.value
+            seen = self.found.get(path)
+            if seen is not None:
+                out_of_range, infinite = out_of_range + seen[0], infinite + seen[1]
+                if seen[2] < line:
+                    line, column, value = seen[2:]
+            self.found[path] = (out_of_range, infinite, line, column, value)
+        self.left[path] = self.left.get(path, 1) - 1
+        if self.left[path] <= 0 and path in self.found:
+            out_of_range, infinite, line, column, value = self.found.pop(path)
+            where = f"{path}, row {line}" if table.parquet else f"{path}:{line}"
+            tell(_gaps_text(where, _Gaps(out_of_range, infinite, line, column, value)))
 
 
 #: Beyond this a timestamp is not Unix seconds (the year 5138): milliseconds or finer.
@@ -242,6 +324,11 @@ def _shown(value: float) -> str:
 
 
 def _gaps_note(path: Path, table: _Table, gaps: _Gaps) -> str:
+    return _gaps_text(table.where(path, gaps.row), gaps)
+
+
+def _gaps_text(where: str, gaps: _Gaps) -> str:
+    """The note of the values read as missing, the first of them at ``where``."""
     count = gaps.out_of_range + gaps.infinite
     if count == 1:
         said = "1 value read as missing, as an empty cell is; it is"
@@ -254,8 +341,7 @@ def _gaps_note(path: Path, table: _Table, gaps: _Gaps) -> str:
         said = f"{count} values read as missing, as empty cells are{kinds}; the first is"
     expected = "a finite number" if math.isinf(gaps.value) else expected_range(gaps.column)
     return (
-        f"{table.where(path, gaps.row)}: {said} in column {gaps.column!r}: "
-        f"expected {expected}, got {_shown(gaps.value)}"
+        f"{where}: {said} in column {gaps.column!r}: expected {expected}, got {_shown(gaps.value)}"
     )
 
 
@@ -556,15 +642,21 @@ def _no_booleans(path: Path, header: list[str], numeric: dict[str, np.ndarray]) 
 # --------------------------------------------------------------------------- Parquet
 
 
-def _read_parquet(path: Path) -> _Table:
+def _read_parquet(path: Path, piece: Piece | None = None) -> _Table:
+    """A Parquet file, or with ``piece`` the rows of its host (their numbers in ``lines``)."""
     where = str(path)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError(where, None, "pyarrow installed for Parquet", "no pyarrow") from None
+    rows: np.ndarray | None = None
     try:
-        table = pq.read_table(path)
+        if piece is None:
+            table = pq.read_table(path)
+        else:
+            table = pq.read_table(path, filters=[(HOST, "in", list(piece.raw))])
+            rows = _rows_of(path, piece.raw)
     except pa.ArrowException as exc:
         raise InputError(where, None, "a Parquet file", str(exc).splitlines()[0]) from None
     names = list(table.column_names)
@@ -588,7 +680,8 @@ def _read_parquet(path: Path) -> _Table:
     ts = numeric[TIMESTAMP]
     bad = np.flatnonzero(~np.isfinite(ts))
     if bad.size:
-        raise InputError(where, int(bad[0]) + 2, "a finite timestamp", str(ts[bad[0]]))
+        at = int(rows[bad[0]]) if rows is not None else int(bad[0]) + 1
+        raise InputError(where, at + 1, "a finite timestamp", str(ts[bad[0]]))
     hosts = table.column(HOST)
     if hosts.null_count == 0 and (
         pa.types.is_string(hosts.type) or pa.types.is_large_string(hosts.type)
@@ -599,7 +692,45 @@ def _read_parquet(path: Path) -> _Table:
     else:  # other types as their str(), a null as "None", as before
         codes, host_names = _factorize([str(h) for h in hosts.to_pylist()])
     metrics = [n for n in names if n not in (TIMESTAMP, HOST)]
-    return _Table(metrics, numeric, codes, host_names, parquet=True)
+    return _Table(metrics, numeric, codes, host_names, lines=rows, parquet=True)
+
+
+def _rows_of(path: Path, raw: Sequence[str]) -> np.ndarray:
+    """The numbers (from 1) of the rows of a Parquet file whose host cell is one of ``raw``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(path, columns=[HOST]).column(HOST)
+    mask = pc.is_in(column, value_set=_pa_strings(raw)).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(mask) + 1
+
+
+def _pa_strings(raw: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(list(raw), type=pa.string())
+
+
+def _parquet_hosts(path: Path) -> dict[str, tuple[str, ...]] | None:
+    """The hosts of a Parquet file, each with the cells read as it (names stripped); None
+    when its host column is not plain text without nulls (the file is then read whole)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(path, columns=[HOST]).column(HOST)
+        if column.null_count or not (
+            pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        ):
+            return None
+        found: dict[str, list[str]] = {}
+        for raw in column.unique().to_pylist():
+            found.setdefault(str(raw).strip(), []).append(str(raw))
+    except Exception:  # noqa: BLE001 - any failure: the full reader names the problem
+        return None
+    if "" in found:
+        return None
+    return {host: tuple(raw) for host, raw in found.items()}
 
 
 def _unix_seconds(column: Any) -> np.ndarray:
@@ -685,22 +816,26 @@ class TelemetryGroups:
         scan_progress: Callable[[int, int, str], None] | None = None,
         skip: Callable[[list[str]], Iterable[str]] | None = None,
     ) -> None:
-        self.paths = expand_inputs(inputs)
+        files = expand_inputs(inputs)
         self.least = max(1, least)
         self.note = _to_stderr if note is None else note
         self.progress = progress
+        self._temp: Path | None = None
+        #: The files as read: a file holding several hosts is cut into one Piece per host.
+        self.paths: list[Path | Piece] = []
         found: list[frozenset[str] | None] = []
-        # one file is one group: scanning it would only parse its host column twice
-        for done, path in enumerate(self.paths if len(self.paths) > 1 else (), start=1):
+        for done, path in enumerate(files, start=1):
             if scan_progress is not None:
-                scan_progress(done - 1, len(self.paths), path.name)
-            found.append(hosts_in(path))
-        if scan_progress is not None and found:
-            scan_progress(len(self.paths), len(self.paths), "")
-        found = found or [None] * len(self.paths)
+                scan_progress(done - 1, len(files), path.name)
+            tell = _share_told(scan_progress, done - 1, len(files), path.name)
+            pieces, hosts = self._cut(path, done, tell, scan=len(files) > 1)
+            self.paths.extend(pieces or [path])
+            found.extend([frozenset({p.host}) for p in pieces] or [hosts])
+        if scan_progress is not None and files:
+            scan_progress(len(files), len(files), "")
         self.groups = _share_hosts(found)
         self._found = found
-        sampled = [h for p, h in zip(self.paths, found, strict=True) if not is_procs_file(p)]
+        sampled = [h for p, h in zip(self.paths, found, strict=True) if not _is_procs(p)]
         known = [h for h in sampled if h is not None]
         self._sampled = frozenset().union(*known) if len(known) == len(sampled) else None
         #: Hosts left out by ``skip``, sorted; known, like ``hosts``, before the first yield.
@@ -711,20 +846,49 @@ class TelemetryGroups:
             gone = set(self.skipped)
 
             def left_out(group: list[int]) -> bool:
-                held = {
-                    h for i in group if not is_procs_file(self.paths[i]) for h in found[i] or ()
-                }
+                held = {h for i in group if not _is_procs(self.paths[i]) for h in found[i] or ()}
                 return bool(held) and held <= gone
 
             self.groups = [g for g in self.groups if not left_out(g)]  # not even read
         self.hosts = len(self._sampled) - len(self.skipped) if self._sampled is not None else 0
 
+    def _cut(
+        self, path: Path, index: int, progress: Callable[[float], None], scan: bool
+    ) -> tuple[list[Piece], frozenset[str] | None]:
+        """The pieces of ``path`` by host when it holds several (none when one), and its
+        hosts; ``scan``: find them another way when it cannot be cut (else None)."""
+        if path.suffix == ".parquet":
+            raw = _parquet_hosts(path)
+            if raw is None:
+                return [], hosts_in(path) if scan else None
+            if len(raw) < 2:
+                return [], frozenset(raw)
+            import pyarrow.parquet as pq
+
+            rows = pq.read_metadata(path).num_rows
+            return [Piece(path, h, rows, raw=raw[h]) for h in sorted(raw)], frozenset(raw)
+        if self._temp is None:
+            self._temp = Path(tempfile.mkdtemp(prefix="minerwatch-hosts-"))
+            weakref.finalize(self, shutil.rmtree, self._temp, ignore_errors=True)
+        folder = self._temp / str(index)
+        folder.mkdir()
+        split = split_csv(path, folder, progress)
+        if split is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return [], hosts_in(path) if scan else None
+        return [split.pieces[h] for h in sorted(split.pieces)], split.hosts
+
     def __iter__(self) -> Iterator[dict[str, HostSeries]]:
         done, total = 0, sum(len(g) for g in self.groups)  # the files of skipped hosts not
         batch: dict[str, HostSeries] = {}
+        left: dict[Path, int] = {}
+        for i in (i for group in self.groups for i in group):
+            if isinstance(piece := self.paths[i], Piece):
+                left[piece.source] = left.get(piece.source, 0) + 1
+        gaps = _PieceGaps(left)
         for group in self.groups:
             paths = [self.paths[i] for i in group]
-            read = _read_files(paths, self.note, self.progress, done, total, self._sampled)
+            read = _read_files(paths, self.note, self.progress, done, total, self._sampled, gaps)
             done += len(paths)
             if self._sampled is None:  # one group of everything: counted as read
                 if self._skip is not None:
@@ -741,8 +905,8 @@ class TelemetryGroups:
 
     @property
     def names(self) -> frozenset[str] | None:
-        """The hosts with samples in the input, from the scan (None: not scanned, a single
-        file or one that could not be)."""
+        """The hosts with samples in the input, from the scan (None: a single file that could
+        not be scanned, or a file among several that could not be)."""
         return self._sampled
 
     def only(self, hosts: Iterable[str]) -> dict[str, HostSeries]:
@@ -758,6 +922,22 @@ class TelemetryGroups:
     def _holds(self, i: int, hosts: set[str]) -> bool:
         found = self._found[i]
         return found is None or not found.isdisjoint(hosts)
+
+
+def _is_procs(item: Path | Piece) -> bool:
+    return is_procs_file(item.source if isinstance(item, Piece) else item)
+
+
+def _share_told(
+    progress: Callable[[int, int, str], None] | None, done: int, total: int, name: str
+) -> Callable[[float], None]:
+    """A cut's share of bytes done, told as scan progress of that file (``web.csv 40%``)."""
+
+    def tell(share: float) -> None:
+        if progress is not None:
+            progress(done, total, f"{name} {int(share * 100)}%")
+
+    return tell
 
 
 def hosts_in(path: Path) -> frozenset[str] | None:
@@ -820,25 +1000,35 @@ def _share_hosts(found: Sequence[frozenset[str] | None]) -> list[list[int]]:
 
 
 def _read_files(
-    paths: Sequence[Path],
+    paths: Sequence[Path | Piece],
     tell: Callable[[str], None],
     progress: Callable[[int, int, str], None] | None,
     before: int,
     total: int,
     sampled: frozenset[str] | None = None,
+    gaps: _PieceGaps | None = None,
 ) -> dict[str, HostSeries]:
     """Read ``paths`` (files ``before``.. of ``total``, for ``progress``) into series by host;
-    ``sampled``: every host with samples in the whole input, for the notes."""
+    ``sampled``: every host with samples in the whole input, for the notes. A :class:`Piece`
+    (a host's rows of a file holding several) is read and named as its file; ``gaps`` then
+    gathers what its pieces read as missing into one note per file."""
     parts: dict[str, list[_Chunk]] = {}
-    procs: list[tuple[Path, dict[str, ProcessRows]]] = []
-    for done, path in enumerate(paths, start=before + 1):
+    procs: list[tuple[Path, dict[str, ProcessRows], int | None]] = []
+    for done, item in enumerate(paths, start=before + 1):
+        path = item.source if isinstance(item, Piece) else item
         if progress is not None and done > 1:
-            progress(done - 1, total, path.name)  # names the file being read
+            # names the file being read (and the host, of a file cut by host)
+            progress(done - 1, total, _shown_item(item))
         if is_procs_file(path):
-            procs.append((path, _read_procs(path)))
+            if isinstance(item, Piece):
+                procs.append((path, _moved(_read_procs_piece, item), item.rows))
+            else:
+                procs.append((path, _read_procs(path), None))
             continue
-        table = _read(path)
-        if table.gaps is not None:
+        table = _moved(_read_piece, item) if isinstance(item, Piece) else _read(path)
+        if isinstance(item, Piece) and gaps is not None:
+            gaps.add(item, table, tell)
+        elif table.gaps is not None:
             tell(_gaps_note(path, table, table.gaps))
         # One stable sort groups the rows by host and keeps each host's rows in file order
         # (on the smallest integer type, where numpy sorts by radix).
@@ -866,7 +1056,7 @@ def _read_files(
 
 def _attach_procs(
     out: dict[str, HostSeries],
-    tables: list[tuple[Path, dict[str, ProcessRows]]],
+    tables: list[tuple[Path, dict[str, ProcessRows], int | None]],
     tell: Callable[[str], None],
     sampled: frozenset[str] | None = None,
 ) -> None:
@@ -879,10 +1069,11 @@ def _attach_procs(
     """
     kept: dict[str, list[ProcessRows]] = {}
     unmatched: list[tuple[Path, str, int, float]] = []
-    for path, by_host in tables:
+    for path, by_host, file_rows in tables:
         orphans = {h: len(r) for h, r in by_host.items() if h not in out}
         if orphans:
-            total, count = sum(len(r) for r in by_host.values()), sum(orphans.values())
+            count = sum(orphans.values())
+            total = sum(len(r) for r in by_host.values()) if file_rows is None else file_rows
             lead = f"its {total} rows are" if count == total else f"{count} of its {total} rows are"
             many = len(orphans) > 1
             tell(
@@ -1025,16 +1216,22 @@ def _shared(column: pd.Series) -> np.ndarray:
     return shared
 
 
-def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
-    """A Parquet process table by host (the CSV reader is in :mod:`~minerwatch.features.procs`)."""
+def read_procs_parquet(path: Path, piece: Piece | None = None) -> dict[str, ProcessRows]:
+    """A Parquet process table by host (the CSV reader is in :mod:`~minerwatch.features.procs`);
+    with ``piece``, the rows of its host only."""
     where = str(path)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError(where, None, "pyarrow installed for Parquet", "no pyarrow") from None
+    row_of: np.ndarray | None = None
     try:
-        arrow = pq.read_table(path)
+        if piece is None:
+            arrow = pq.read_table(path)
+        else:
+            arrow = pq.read_table(path, filters=[(HOST, "in", list(piece.raw))])
+            row_of = _rows_of(path, piece.raw)
         frame = arrow.to_pandas()
     except pa.ArrowException as exc:
         raise InputError(where, None, "a Parquet file", str(exc).splitlines()[0]) from None
@@ -1054,7 +1251,7 @@ def read_procs_parquet(path: Path) -> dict[str, ProcessRows]:
         if bad.size:
             cell = raw.iloc[bad[0]]
             shown = repr(cell) if isinstance(cell, str) else str(cell)
-            got = f"{shown} in row {bad[0] + 1}"
+            got = f"{shown} in row {row_of[bad[0]] if row_of is not None else bad[0] + 1}"
             raise InputError(where, None, f"{expected} in column {column!r}", got)
         return values
 

@@ -3,6 +3,8 @@ together, each host whole and the same as reading everything at once; ``train`` 
 read that way through the real command, and a bad file found half-way keeps what was trained."""
 
 import csv
+import itertools
+import json
 import re
 import signal
 import subprocess
@@ -70,9 +72,11 @@ def test_each_host_is_read_whole_and_as_reading_everything_at_once(folder):
 
 
 def test_files_that_share_a_host_are_read_together(folder):
-    assert batches(TelemetryGroups([folder])) == [["a"], ["b"], ["c", "d"]]
+    # cd.csv holds c and d: it is cut by host, c's rows read with z-c-later.csv's
+    assert batches(TelemetryGroups([folder])) == [["a"], ["b"], ["c"], ["d"]]
     # as many hosts as train at once, whole groups
     assert batches(TelemetryGroups([folder], least=2)) == [["a", "b"], ["c", "d"]]
+    assert batches(TelemetryGroups([folder], least=3)) == [["a", "b", "c"], ["d"]]
     assert batches(TelemetryGroups([folder], least=10)) == [["a", "b", "c", "d"]]
 
 
@@ -170,3 +174,81 @@ def test_an_interrupted_train_says_what_is_saved_and_how_to_finish(tmp_path):
         rf"{re.escape(str(models))}; to train the rest, run the same command with "
         r"--skip-trained-since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", err, re.M
     ), err  # fmt: skip
+
+
+def one_file(folder, name, sources):
+    """``sources`` joined into ``folder/name``, header once, rows interleaved by line: a fleet
+    exported whole, ordered by time."""
+    texts = [src.read_text().splitlines() for src in sources]
+    rows = [row for group in itertools.zip_longest(*(t[1:] for t in texts)) for row in group if row]
+    (folder / name).write_text("\n".join([texts[0][0], *rows]) + "\n")
+
+
+def test_a_fleet_in_one_file_is_read_a_host_at_a_time_and_trains_and_scores_the_same(
+    tmp_path, monkeypatch
+):
+    """One CSV of samples and one process table holding three hosts: read one host at a time
+    (not the whole file), and ``train``/``score`` give what files of one host each give; the
+    temporary files of the hosts' rows are removed."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    apart, joined = tmp_path / "apart", tmp_path / "joined"
+    apart.mkdir(), joined.mkdir()
+    for i, host in enumerate(("a", "b", "c")):
+        series = host_series(host, days=1, interval=30, seed=i)
+        write_csv(apart / f"{host}.csv", [series])
+        write_procs(apart / f"{host}.procs.csv", series, name=f"svc{i}")
+    one_file(joined, "fleet.csv", sorted(apart.glob("?.csv")))
+    one_file(joined, "fleet.procs.csv", sorted(apart.glob("?.procs.csv")))
+    assert batches(TelemetryGroups([joined / "fleet.csv", joined / "fleet.procs.csv"])) == [
+        ["a"], ["b"], ["c"]
+    ]  # fmt: skip
+    assert batches(TelemetryGroups([joined], least=2)) == [["a", "b"], ["c"]]
+    outputs = {}
+    for d in (apart, joined):
+        models = tmp_path / f"models-{d.name}"
+        r = run("train", d, "--models", models)
+        assert r.returncode == 0, r.stderr
+        r = run("score", d, "--models", models, "--output", tmp_path / f"{d.name}.csv")
+        assert r.returncode == 0, r.stderr
+        outputs[d.name] = (tmp_path / f"{d.name}.csv").read_bytes()
+        for host in ("a", "b", "c"):
+            meta = json.loads((models / host / "meta.json").read_text())
+            for key in ("created_at", "signature"):
+                meta.pop(key)
+            arrays = (models / host / meta["model_file"]).read_bytes()
+            outputs[f"{d.name}-{host}"] = (meta, arrays)
+            assert meta["process_identities"], meta  # the process table was read
+    assert outputs["apart"] == outputs["joined"]
+    for host in ("a", "b", "c"):
+        assert outputs[f"apart-{host}"] == outputs[f"joined-{host}"]
+    assert not list(temp.iterdir())
+
+
+def test_a_bad_row_in_a_fleet_in_one_file_names_its_line_after_the_hosts_before_it(
+    tmp_path, monkeypatch
+):
+    """Hosts of one file are trained one at a time: a bad cell in the last host's rows stops
+    ``train`` naming the file and the line in that file, the models before it kept."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    for i, host in enumerate(("a", "b", "c")):
+        write_csv(tmp_path / f"{host}.part", [host_series(host, days=1, interval=30, seed=i)])
+    fleet = tmp_path / "in" / "fleet.csv"
+    fleet.parent.mkdir()
+    one_file(fleet.parent, fleet.name, sorted(tmp_path.glob("*.part")))
+    lines = fleet.read_text().splitlines()
+    at = max(n for n, text in enumerate(lines) if ",c," in text) - 30  # a row of c, mid-file
+    lines[at] = re.sub(r",c,[^,]*", ",c,abc", lines[at])
+    fleet.write_text("\n".join(lines) + "\n")
+    models = tmp_path / "models"
+    r = run("train", fleet, "--models", models)
+    usage_error(r, f"{fleet}:{at + 1}: expected a number in 'cpu_percent', got 'abc'",
+                "the models of 2 hosts trained before this error are saved")  # fmt: skip
+    assert sorted(list_hosts(models)) == ["a", "b"]
+    assert not list(temp.iterdir())
+    # read in groups, the same line is named
+    with pytest.raises(InputError, match=rf"{re.escape(str(fleet))}:{at + 1}: "):
+        list(TelemetryGroups([fleet]))
