@@ -796,9 +796,12 @@ class TelemetryGroups:
     Files are first scanned for the hosts they hold (their host column only); files that
     share a host are read together, and groups are read one after another until they hold
     at least ``least`` hosts, which are then yielded. With one file per host (and its
-    process table) that is ``least`` hosts in memory; a file holding the whole fleet is read
-    whole. A file whose hosts cannot be scanned (unreadable, malformed) makes one group of
-    everything, and the full reader then says what is wrong with it.
+    process table) that is ``least`` hosts in memory. A file holding several hosts is cut by
+    host (:func:`~minerwatch.features.hostsplit.split_csv` into a temporary folder, removed
+    when this object goes; Parquet filtered at read), each host's piece read and named as that
+    file, so it is no more read whole unless it cannot be cut. A file whose hosts cannot be
+    scanned (unreadable, malformed) makes one group of everything, and the full reader then
+    says what is wrong with it.
 
     ``hosts``: the number of hosts with samples in the input, known before the first group
     is yielded. ``scan_progress`` and ``progress`` are told (files done, files, name) while
