@@ -788,6 +788,15 @@ def read_telemetry(
     return _read_files(paths, _to_stderr if note is None else note, progress, 0, len(paths))
 
 
+def _spill_dir() -> str | None:
+    """Where a big file's pieces go: ``TMPDIR`` when set, else ``/var/tmp`` (on disk), not
+    ``/tmp``, which is memory on many systems (Debian 13, Fedora, Arch mount a tmpfs there):
+    a copy of the file in memory would undo what reading a host at a time saves."""
+    if os.environ.get("TMPDIR"):
+        return None  # tempfile honours it
+    return "/var/tmp" if os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK) else None
+
+
 class TelemetryGroups:
     """A fleet's telemetry a few hosts at a time, each host whole, so that a month of a
     hundred hosts does not have to fit in memory at once (about 340 MB per host-month at
@@ -871,7 +880,7 @@ class TelemetryGroups:
             rows = pq.read_metadata(path).num_rows
             return [Piece(path, h, rows, raw=raw[h]) for h in sorted(raw)], frozenset(raw)
         if self._temp is None:
-            self._temp = Path(tempfile.mkdtemp(prefix="minerwatch-hosts-"))
+            self._temp = Path(tempfile.mkdtemp(prefix="minerwatch-hosts-", dir=_spill_dir()))
             weakref.finalize(self, shutil.rmtree, self._temp, ignore_errors=True)
         folder = self._temp / str(index)
         folder.mkdir()
