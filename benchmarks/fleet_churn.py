@@ -4,6 +4,7 @@
     python -m minerwatch.bench.fleet_churn ... --no-forget      # series never forgotten (before)
     python -m minerwatch.bench.fleet_churn ... --models-stay    # every host's model stays
     python -m minerwatch.bench.fleet_churn ... --models-stay --no-unload   # ... all loaded (before)
+    python -m minerwatch.bench.fleet_churn --live 20 --start-models 600   # a start, then one cycle
 
 A fleet of ``--live`` hosts whose every host is replaced by a new one (a new ``instance``
 name, as an autoscaling group or a daily redeploy gives) every ``--replace-every`` cycles:
@@ -141,6 +142,41 @@ def link_model(models: Path, template: Path, host: str) -> None:
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def start(live: int, models: int, unload: bool) -> dict[str, object]:
+    """A start on a ``--models`` of ``models`` hosts of which ``live`` report: resident
+    memory before, after ``load_models`` (each model loaded and checked) and after the first
+    cycle, and how long each took."""
+    from minerwatch.baseline.store import save_model
+    from minerwatch.service.fleet.promclient import Connection, PromClient
+    from minerwatch.service.fleet.serve import FleetServer
+
+    t0 = 1_800_000_000.0
+    model = one_model()
+    answers = ChurnAnswers(live, 1e9, t0)
+    http = serve_answers(answers)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as spare:
+        template = save_model(Path(spare), replace(model, host="template"))
+        for slot in range(live):
+            link_model(Path(tmp), template, answers.name(0, slot))
+        for i in range(models - live):
+            link_model(Path(tmp), template, f"gone-{i:05d}")
+        client = PromClient(Connection(f"http://127.0.0.1:{http.server_address[1]}"))
+        server = FleetServer(client, Path(tmp), clock=lambda: t0, unload=unload)
+        rss0, w0 = rss_mb(), time.perf_counter()
+        server.load_models()
+        rss1, w1 = rss_mb(), time.perf_counter()
+        server.cycle()
+        rss2, w2 = rss_mb(), time.perf_counter()
+    http.shutdown()
+    return {
+        "summary": "start" + ("" if unload else ", models never unloaded (before)"),
+        "models": models, "live": live, "models_loaded": len(server.hosts),
+        "rss_mb_start_loaded_first_cycle": [round(rss0, 1), round(rss1, 1), round(rss2, 1)],
+        "load_s": round(w1 - w0, 2), "first_cycle_s": round(w2 - w1, 2),
+        "machine": machine(), "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -177,8 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         help="history a retraining reads (fleet serve --days): a removed host's alert state "
         "is kept that long",
     )
+    p.add_argument(
+        "--start-models",
+        type=int,
+        default=0,
+        help="measure a start instead: this many models in --models, --live of them reporting",
+    )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # random gauges alert: not what is measured
+    if args.start_models:
+        print(json.dumps(start(args.live, args.start_models, not args.no_unload)))
+        return 0
     t0 = 1_800_000_000.0
     model = one_model()
     answers = ChurnAnswers(args.live, args.replace_every * args.interval, t0)

@@ -456,16 +456,18 @@ class HostState:
 @dataclass(frozen=True)
 class Dormant:
     """A host with a model in ``--models`` that has sent nothing for longer than the
-    lookback (gone, replaced by a new name, its exporter down): its model is unloaded, and
-    what it publishes (the snapshot it had, without a score: see
-    :meth:`HostState.forget_window`) and what a restart or its return must not lose (its
-    alert state) is all that is held. It is loaded again, as on a first sight, when it
-    reports again."""
+    lookback (gone, replaced by a new name, its exporter down), or whose model was just
+    loaded (checked) and that no read has shown yet: its model is not held, and what it
+    publishes (the snapshot it had, without a score: see :meth:`HostState.forget_window`)
+    and what a restart or its return must not lose (its alert state) is all that is. Its
+    model is loaded again, as on a first sight, in the cycle whose read shows the host."""
 
     saved: dict[str, object]
     snap: AgentSnapshot
     #: its model's window (the read's start allows for the longest, loaded or not)
     window: float
+    #: when its model was trained (``created_at``)
+    created: float
     sample_ts: float | None
     score_ts: float | None
     retrain_failures: int
@@ -473,9 +475,18 @@ class Dormant:
     @classmethod
     def of(cls, state: HostState) -> Dormant:
         return cls(
-            state.saved(), state.snapshot(), state.model.window, state.sample_ts, state.score_ts,
+            state.saved(), state.snapshot(), state.model.window,
+            float(state.model.meta.get("created_at", 0.0)), state.sample_ts, state.score_ts,
             state.retrain_failures,
         )  # fmt: skip
+
+    def restored(self, item: HostSaved, saved: dict[str, object]) -> Dormant:
+        """With the alert state a restart read back (``item``, parsed from ``saved``)."""
+        snap = replace(
+            self.snap, alert_active=item.active, alerts_total=item.alerts_total,
+            windows_scored_total=item.windows_total,
+        )  # fmt: skip
+        return replace(self, saved=saved, snap=snap)
 
 
 def same_model(a: HostModel, b: HostModel) -> bool:
@@ -867,7 +878,7 @@ class FleetServer:
             metas = sorted(self.models_dir.glob(f"*/{META}"))
         except OSError as exc:  # the folder unreadable for a moment: keep what is loaded
             self._error("model", f"{self.models_dir}: {exc.strerror or exc}")
-            return len(self.hosts)
+            return len(self.hosts) + len(self.dormant)
         stamps: dict[Path, tuple[int, int, int]] = {}
         for meta in metas:
             try:
@@ -890,6 +901,7 @@ class FleetServer:
             gone = self._model_hosts.pop(meta, None)
             if gone is None or gone in self._model_hosts.values():
                 continue
+            self._dismissed_dormant.discard(gone)
             if gone in self.dormant:
                 self.kept_state[gone] = {**self.dormant.pop(gone).saved, KEPT_SINCE: self.clock()}
                 log.warning("model of %s removed from %s: no longer published", gone,
@@ -901,7 +913,7 @@ class FleetServer:
                     gone, self.models_dir,
                 )  # fmt: skip
         self._model_stamps = stamps
-        return len(self.hosts)
+        return len(self.hosts) + len(self.dormant)
 
     def load(self, host: str) -> bool:
         dormant = self.dormant.get(host)
@@ -943,6 +955,10 @@ class FleetServer:
         if self.retrain_every > 0:
             created = float(model.meta.get("created_at", self.clock()))
             state.next_retrain = created + self.retrain_every
+        if old is None and self.unload:  # held only once a read shows the host: a start or a
+            # --models of every host ever seen must not hold them all (the allocator keeps
+            # what it gave once, so a peak of every model would stay the server's size)
+            self.dormant[host] = Dormant.of(self.hosts.pop(host))
         return True
 
     def _revive(self, host: str, dormant: Dormant, model: HostModel) -> HostState:
@@ -975,10 +991,12 @@ class FleetServer:
                 self._error("model", f"host {host}: model refused: {exc}; it is not scored")
                 continue
             self.hosts[host] = self._revive(host, dormant, model)
-            self._dismissed_dormant.discard(host)
+            if host in self._dismissed_dormant:  # _revive made it due now
+                self._dismissed_dormant.discard(host)
+                log.info("%s: a dismissal changed, retraining it now", host)
             back.append(host)
         if back:
-            log.info("%d host(s) report again, their models loaded back: %s", len(back),
+            log.info("models loaded for %d host(s) that report: %s", len(back),
                      _shown(back))  # fmt: skip
 
     def _sleep(self, hosts: Sequence[str]) -> None:
@@ -1008,7 +1026,6 @@ class FleetServer:
         if self._started:
             self.load_models()
         self._started = True
-        self.read_dismissals()
         t0 = time.perf_counter()
         now = self.clock()
         windows = [s.model.window for s in self.hosts.values()]
@@ -1032,6 +1049,7 @@ class FleetServer:
         self.query_error = None
         self.points_read = sum(len(s.timestamps) for a in answers.values() for s in a)
         self._buffer(answers, start, full)
+        self.read_dismissals()  # after the read: the hosts it shows hold their models
         self.read_start, self.read_end = start, now
         if self.forget:
             self._forget(start)
@@ -1207,7 +1225,10 @@ class FleetServer:
             saved = doc["hosts"]
             if not isinstance(saved, dict):
                 raise ValueError("'hosts' is not an object")
-            restored = {h: HostSaved.parse(v) for h, v in saved.items() if h in self.hosts}
+            restored = {
+                h: HostSaved.parse(v) for h, v in saved.items()
+                if h in self.hosts or h in self.dormant
+            }  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             aside = path.with_name(path.name + ".corrupt")
             try:
@@ -1222,14 +1243,17 @@ class FleetServer:
             )
             return 0
         for host, item in restored.items():
-            item.apply(self.hosts[host])
+            if host in self.hosts:
+                item.apply(self.hosts[host])
+            else:
+                self.dormant[host] = self.dormant[host].restored(item, saved[host])
         now = self.clock()
         self.kept_state = {
             h: {**v, KEPT_SINCE: _kept_since(v, now)}
             for h, v in saved.items()
-            if h not in self.hosts and isinstance(v, dict)
+            if h not in restored and isinstance(v, dict)
         }
-        open_alerts = sorted(h for h, s in self.hosts.items() if s.alert.active)
+        open_alerts = sorted(h for h, item in restored.items() if item.active)
         log.info(
             "alert state of %d hosts restored from %s (open alerts: %s)", len(restored), path,
             ", ".join(open_alerts) or "none",
@@ -1267,6 +1291,7 @@ class FleetServer:
         else:  # at start: only what was dismissed after the host's model was trained is new
             # (a restart must not retrain every host ever dismissed, from --days of history)
             trained = {h: float(s.model.meta.get("created_at", 0.0)) for h, s in self.hosts.items()}
+            trained.update((h, d.created) for h, d in self.dormant.items())
             changed = {
                 str(item["host"]) for item in items
                 if item["host"] in trained and float(item["at"]) >= trained[item["host"]]
@@ -1274,13 +1299,16 @@ class FleetServer:
         self._dismissals_read = True
         self.dismissed = spans
         now = self.clock()
-        self._dismissed_dormant |= changed & self.dormant.keys()
-        for host in sorted(changed & set(self.hosts)):
-            if self.retrain_every > 0:
+        for host in sorted(changed & {*self.hosts, *self.dormant}):
+            if self.retrain_every <= 0:
+                log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
+            elif host in self.dormant:  # its model is not held: retrained once it reports
+                log.info("%s: a dismissal changed, retraining it as soon as it reports (it has "
+                         "sent nothing in the lookback)", host)  # fmt: skip
+                self._dismissed_dormant.add(host)
+            else:
                 log.info("%s: a dismissal changed, retraining it now", host)
                 self.hosts[host].next_retrain = now
-            else:
-                log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
 
     def _dismissed_since(self, host: str, start: float) -> bool:
         """Whether a responder dismissed a span of ``host`` reaching past ``start`` (the
