@@ -471,6 +471,8 @@ def test_unloading_the_models_of_hosts_gone_scores_as_a_server_that_keeps_them(t
                 generation = g
                 if step == 0.0:
                     assert unloading.load_models() == keeping.load_models() == 5
+                    # checked, not held: no read has shown a host yet
+                    assert not unloading.hosts and len(unloading.dormant) == 5
             counts = unloading.cycle()
             assert counts == keeping.cycle()
             assert unloading.snapshot().hosts == keeping.snapshot().hosts, now[0] - t0
