@@ -358,6 +358,7 @@ class EvidenceWriter:
         self.flush()
         if not self.pending:
             try:
+                self._ensure_dir()  # a full disk may refuse the folder too
                 atomic_write(path, data, mode=0o600)
             except OSError as exc:
                 if exc.errno not in FULL_DISK:
