@@ -2,12 +2,20 @@
 
     python -m minerwatch.bench.fleet_churn --live 50 --replace-every 10 --cycles 300
     python -m minerwatch.bench.fleet_churn ... --no-forget      # series never forgotten (before)
+    python -m minerwatch.bench.fleet_churn ... --models-stay    # every host's model stays
+    python -m minerwatch.bench.fleet_churn ... --models-stay --no-unload   # ... all loaded (before)
+    python -m minerwatch.bench.fleet_churn --live 20 --start-models 600   # a start, then one cycle
 
 A fleet of ``--live`` hosts whose every host is replaced by a new one (a new ``instance``
 name, as an autoscaling group or a daily redeploy gives) every ``--replace-every`` cycles:
 generation g is ``g007-003`` and so on. The old hosts stop reporting; the operator keeps
 ``--models`` to the live fleet (the new hosts' models appear, the old ones are removed, as
-``load_models`` sees it), so what grows is only what the server itself keeps. Each cycle is
+``load_models`` sees it), so what grows is only what the server itself keeps. With
+``--models-stay`` every new host's model is saved in ``--models`` (its model file a hard link
+of one trained model's, its ``meta.json`` its own, so each load is a model of its own in
+memory) and none is removed, as when nobody prunes ``--models``: the server loads each from
+disk, and unloads those of hosts silent for longer than the lookback (``--no-unload``: keeps
+them all loaded, as before). Each cycle is
 ``--interval`` (60 s) later on the clock than the one before; 30 generations stand for a month
 of one new name per host a day.
 
@@ -19,8 +27,9 @@ points in the asked range). Every host scores with one model (trained once on a 
 host's day).
 
 Prints a JSON line every ``--report-every`` cycles (series the server keeps numbered, label
-sets it caches, alert states kept for removed hosts, the state file's size, median cycle wall
-and CPU seconds of the last block of cycles, resident memory), then a summary line.
+sets it caches, models loaded and unloaded, alert states kept for removed hosts, the state
+file's size, median cycle wall and CPU seconds of the last block of cycles, resident memory),
+then a summary line.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -117,6 +127,56 @@ class ChurnAnswers:
         return (head + ",".join(parts) + "]}}").encode()
 
 
+def link_model(models: Path, template: Path, host: str) -> None:
+    """``host``'s model in ``models``: ``template``'s model file (hard-linked: no disk
+    per host) under a ``meta.json`` of its own, signed as ``save_model`` signs it."""
+    from minerwatch.baseline.store import META, SIGNATURE, host_dirname, sign
+
+    meta = json.loads((template / META).read_text())
+    folder = models / host_dirname(host)
+    folder.mkdir(mode=0o755)
+    os.link(template / meta["model_file"], folder / meta["model_file"])
+    meta["host"] = host
+    meta.pop(SIGNATURE)
+    meta[SIGNATURE] = sign(meta)
+    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def start(live: int, models: int, unload: bool) -> dict[str, object]:
+    """A start on a ``--models`` of ``models`` hosts of which ``live`` report: resident
+    memory before, after ``load_models`` (each model loaded and checked) and after the first
+    cycle, and how long each took."""
+    from minerwatch.baseline.store import save_model
+    from minerwatch.service.fleet.promclient import Connection, PromClient
+    from minerwatch.service.fleet.serve import FleetServer
+
+    t0 = 1_800_000_000.0
+    model = one_model()
+    answers = ChurnAnswers(live, 1e9, t0)
+    http = serve_answers(answers)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as spare:
+        template = save_model(Path(spare), replace(model, host="template"))
+        for slot in range(live):
+            link_model(Path(tmp), template, answers.name(0, slot))
+        for i in range(models - live):
+            link_model(Path(tmp), template, f"gone-{i:05d}")
+        client = PromClient(Connection(f"http://127.0.0.1:{http.server_address[1]}"))
+        server = FleetServer(client, Path(tmp), clock=lambda: t0, unload=unload)
+        rss0, w0 = rss_mb(), time.perf_counter()
+        server.load_models()
+        rss1, w1 = rss_mb(), time.perf_counter()
+        server.cycle()
+        rss2, w2 = rss_mb(), time.perf_counter()
+    http.shutdown()
+    return {
+        "summary": "start" + ("" if unload else ", models never unloaded (before)"),
+        "models": models, "live": live, "models_loaded": len(server.hosts),
+        "rss_mb_start_loaded_first_cycle": [round(rss0, 1), round(rss1, 1), round(rss2, 1)],
+        "load_s": round(w1 - w0, 2), "first_cycle_s": round(w2 - w1, 2),
+        "machine": machine(), "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -125,6 +185,7 @@ def rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minerwatch.baseline.store import save_model
     from minerwatch.service.fleet.promclient import Connection, PromClient
     from minerwatch.service.fleet.serve import KEPT_SINCE, FleetServer, HostState
 
@@ -136,14 +197,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-every", type=int, default=30)
     p.add_argument("--no-forget", action="store_true", help="never forget a series (before)")
     p.add_argument(
+        "--models-stay",
+        action="store_true",
+        help="save each new host's model in --models and remove none (the server loads them)",
+    )
+    p.add_argument(
+        "--no-unload",
+        action="store_true",
+        help="keep the models of hosts gone loaded (before; with --models-stay)",
+    )
+    p.add_argument(
         "--days",
         type=float,
         default=14.0,
         help="history a retraining reads (fleet serve --days): a removed host's alert state "
         "is kept that long",
     )
+    p.add_argument(
+        "--start-models",
+        type=int,
+        default=0,
+        help="measure a start instead: this many models in --models, --live of them reporting",
+    )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # random gauges alert: not what is measured
+    if args.start_models:
+        print(json.dumps(start(args.live, args.start_models, not args.no_unload)))
+        return 0
     t0 = 1_800_000_000.0
     model = one_model()
     answers = ChurnAnswers(args.live, args.replace_every * args.interval, t0)
@@ -151,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     client = PromClient(Connection(f"http://127.0.0.1:{http.server_address[1]}"))
     clock = [t0]
     reports = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as spare:
         state = Path(tmp) / "state.json"
+        template = save_model(Path(spare), replace(model, host="template"))
         server = FleetServer(
             client, Path(tmp), clock=lambda: clock[0], state_file=state,
-            history_s=args.days * 86400.0, **({"forget": False} if args.no_forget else {}),
+            history_s=args.days * 86400.0, forget=not args.no_forget,
+            unload=not args.no_unload,
         )  # fmt: skip
         current = -1
         walls: list[float] = []
@@ -164,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.cycles):
             clock[0] = t0 + i * args.interval
             g = answers.generation(clock[0])
+            if g != current and args.models_stay:  # new hosts' models appear, none go
+                for slot in range(args.live):
+                    link_model(Path(tmp), template, answers.name(g, slot))
+                if i == 0:
+                    server.load_models()  # as fleet serve at start; each cycle looks again
+                current = g
             if g != current:  # new hosts' models appear, the old ones' are removed
                 for h in [h for h in server.hosts if not h.startswith(f"g{g:03d}-")]:
                     # as fleet serve does when a model leaves --models
@@ -177,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             counts = server.cycle()
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-            assert counts["scored"] == args.live, (i, counts)
+            # (models that stay: the previous generation is scored until it leaves the lookback)
+            scored = counts["scored"]
+            assert scored >= args.live if args.models_stay else scored == args.live, (i, counts)
             if (i + 1) % args.report_every == 0 or i + 1 == args.cycles:
                 regs = server.registries.values()
                 row = {
@@ -186,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                     "hosts_seen": (g + 1) * args.live,
                     "series": sum(len(r.labels) for r in regs),
                     "label_sets_cached": sum(len(r.by_labels) for r in regs),
+                    "models_loaded": len(server.hosts),
+                    "models_unloaded": len(server.dormant),
                     "kept_states": len(server.kept_state),
                     "state_file_kb": round(state.stat().st_size / 1024, 1),
                     "cycle_s_median": round(statistics.median(walls), 3),
@@ -200,12 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps(
             {
-                "summary": "forgetting off (before)" if args.no_forget else "forgetting on",
+                "summary": ("forgetting off (before)" if args.no_forget else "forgetting on")
+                + (", every model stays in --models" if args.models_stay else "")
+                + (", models never unloaded (before)" if args.no_unload else ""),
                 "live": args.live,
                 "replace_every_cycles": args.replace_every,
                 "cycles": args.cycles,
                 "series_first_last": [first["series"], last["series"]],
                 "series_per_live_host": round(last["series"] / args.live, 1),
+                "models_loaded_first_last": [first["models_loaded"], last["models_loaded"]],
                 "cycle_s_first_last": [first["cycle_s_median"], last["cycle_s_median"]],
                 "rss_mb_start_first_last": [round(rss0, 1), first["rss_mb"], last["rss_mb"]],
                 "machine": machine(),

@@ -10,15 +10,20 @@ and who is logged in.
 Files hold command lines and paths, so they are written 0600 into a 0700 directory,
 atomically (temp file, fsync, ``os.replace``), bounded in size (sections are cut, and named
 in ``truncated``) and in rate (one per episode, at most one per ``min_interval_s``, at most
-``max_files`` kept). Nothing about one item (a vanished process, an unreadable crontab)
+``max_files`` kept). A file a full disk refuses (``ENOSPC``, ``EDQUOT``) is kept in memory,
+at most :data:`MAX_PENDING` of them, and written at a later tick once the disk has room
+(:meth:`EvidenceWriter.flush`): what was collected when the alert opened is what lands.
+Nothing about one item (a vanished process, an unreadable crontab)
 stops the rest: the error is recorded in the file instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -43,7 +48,14 @@ from minerwatch.service.indicators import IndicatorHit, preload_entries
 from minerwatch.service.packages import DPKG_INFO, package_record
 from minerwatch.service.timefmt import utc_iso
 
+log = logging.getLogger("minerwatch.evidence")
+
 DEFAULT_DIR = Path("/var/lib/minerwatch/evidence")
+#: Evidence files a full disk refused, kept in memory until it has room (each at most
+#: ``max_bytes_per_file``: 8 MiB at the default); beyond, the oldest is given up (logged).
+MAX_PENDING = 8
+#: Errors of a disk that may gain room again; any other failure to write is not retried.
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
 FORMAT = "minerwatch-evidence"
 FORMAT_VERSION = 1
 
@@ -301,6 +313,10 @@ class EvidenceWriter:
         self.table = ProcessTable(paths.proc)
         self._last_write: float | None = None
         self._episodes: set[str] = set()
+        #: Files a full disk refused, by path, oldest first: written by :meth:`flush`.
+        self.pending: dict[Path, bytes] = {}
+        #: Files a full disk refused since start (each once; the agent counts them as errors).
+        self.refused_total = 0
         #: More sections by name, each built when a file is written (the agent adds its
         #: host signals: new listening ports, SSH logins, wiped logs).
         self.sections: dict[str, Callable[[], Any]] = {}
@@ -324,18 +340,82 @@ class EvidenceWriter:
             return None
         if self._last_write is not None and now - self._last_write < self.min_interval_s:
             return None
-        self._ensure_dir()
+        self._ensure_dir(keep=True)
         if any(self.dir.glob(f"*-{safe_id}.json")):
             self._episodes.add(safe_id)
             return None
         doc = self.collect(safe_id, now, score, threshold, features, explanation, top_pids, hits)
         data = fit_to_size(doc, self.max_bytes_per_file)
         path = self.dir / f"{datetime.fromtimestamp(now, UTC):%Y%m%dT%H%M%SZ}-{safe_id}.json"
-        atomic_write(path, data, mode=0o600)  # evidence: owner only
+        self.store(path, data)  # evidence: owner only
         self._last_write = now
         self._episodes.add(safe_id)
-        self._prune()
         return path
+
+    def store(self, path: Path, data: bytes) -> bool:
+        """Write ``data`` to ``path`` (0600, atomic) after the files still pending; True if
+        written. A full disk's refusal keeps it in :attr:`pending` (the newest version of a
+        file replaces one kept) for :meth:`flush`; any other failure raises ``OSError``."""
+        self.flush()
+        if not self.pending:
+            try:
+                self._ensure_dir()  # a full disk may refuse the folder too
+                atomic_write(path, data, mode=0o600)
+            except OSError as exc:
+                if exc.errno not in FULL_DISK:
+                    raise
+                self._keep(path, data, exc)
+                return False
+            self._prune()
+            return True
+        self._keep(path, data, None)  # still full: in order, after the older ones
+        return False
+
+    def _keep(self, path: Path, data: bytes, exc: OSError | None) -> None:
+        if not self.pending and exc is not None:  # said once per spell of a full disk
+            log.warning(
+                "evidence: the disk refused %s (%s): kept in memory and written as soon as "
+                "the disk has room (at most %d files kept)", path, exc.strerror or exc,
+                MAX_PENDING,
+            )  # fmt: skip
+        if self.pending.pop(path, None) is None:
+            self.refused_total += 1
+        self.pending[path] = data
+        while len(self.pending) > MAX_PENDING:
+            oldest = next(iter(self.pending))
+            del self.pending[oldest]
+            log.warning("evidence: %s given up: more than %d files waiting for a full disk",
+                        oldest, MAX_PENDING)  # fmt: skip
+
+    def flush(self) -> list[Path]:
+        """Write the files a full disk refused, oldest first, if it has room now (a statvfs,
+        nothing tried while it has not); the paths written. Called every tick."""
+        if not self.pending:
+            return []
+        written: list[Path] = []
+        for path, data in list(self.pending.items()):
+            try:
+                room = os.statvfs(self.dir if self.dir.exists() else self.dir.parent)
+                if room.f_bavail * room.f_frsize < len(data) + 65536:
+                    break
+                self._ensure_dir()
+                atomic_write(path, data, mode=0o600)
+            except OSError as exc:
+                if exc.errno in FULL_DISK:
+                    break
+                del self.pending[path]  # not a full disk: trying again would not help
+                log.warning("evidence: %s could not be written (%s); given up", path, exc)
+                continue
+            del self.pending[path]
+            written.append(path)
+        if written:
+            log.warning(
+                "evidence: the disk has room again: wrote %d file(s) kept in memory (%s)%s",
+                len(written), ", ".join(str(p) for p in written),
+                f"; {len(self.pending)} still waiting" if self.pending else "",
+            )  # fmt: skip
+            self._prune()
+        return written
 
     def collect(
         self,
@@ -598,15 +678,21 @@ class EvidenceWriter:
         """Write a document :meth:`collect` made (with sections added) under its own name,
         as :meth:`write` writes an episode's: bounded, 0600, atomic; no rate limit."""
         safe = _SAFE_ID.sub("_", name)[:64].lstrip(".") or "evidence"
-        self._ensure_dir()
+        self._ensure_dir(keep=True)
         now = self.clock()
         path = self.dir / f"{datetime.fromtimestamp(now, UTC):%Y%m%dT%H%M%SZ}-{safe}.json"
-        atomic_write(path, fit_to_size(doc, self.max_bytes_per_file), mode=0o600)
-        self._prune()
+        self.store(path, fit_to_size(doc, self.max_bytes_per_file))
         return path
 
-    def _ensure_dir(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _ensure_dir(self, keep: bool = False) -> None:
+        """The 0700 folder; ``keep``: a full disk that refuses to create it is not an error
+        (what is to be written there is kept, and the folder made when it is written)."""
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            if keep and exc.errno in FULL_DISK:
+                return
+            raise
         if stat.S_IMODE(self.dir.stat().st_mode) != 0o700:
             os.chmod(self.dir, 0o700)
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from minerwatch.features.atomic import atomic_write
 from minerwatch.features.numbers import finite_or_none
 from minerwatch.features.proctable import ProcessRecord, ProcessTable
 from minerwatch.service.config import AgentConfig
@@ -94,11 +93,12 @@ def _evidence_pids(
     return list(dict.fromkeys([*pids, *(p.pid for p in top)]))
 
 
-def _keep_known_records(doc: dict[str, Any], path: Path) -> None:
+def _keep_known_records(doc: dict[str, Any], path: Path, kept: bytes | None = None) -> None:
     """When evidence is rewritten, a process that has exited since keeps the record the
-    earlier write took of it (exe, hash, command line, connections), not a "no such process"."""
+    earlier write took of it (exe, hash, command line, connections), not a "no such process"
+    (``kept``: the earlier write, still in memory for a full disk)."""
     try:
-        before = json.loads(path.read_bytes())
+        before = json.loads(path.read_bytes() if kept is None else kept)
         known = {
             p["pid"]: p
             for p in before.get("processes", [])
@@ -137,6 +137,7 @@ class Responder:
             cfg.data_dir / "isolate", cfg.respond.isolate, cfg.respond.isolate_dry_run
         )
         self.hits: list[IndicatorHit] = []
+        self._refused_counted = 0
         #: Re-reads the collector's busiest processes with command line and ports.
         self.table = ProcessTable()
         self.ioc = (
@@ -166,6 +167,11 @@ class Responder:
         return float(len(self.hits))
 
     def after_tick(self, agent: Any, now: float, metrics: dict[str, float]) -> None:
+        self.evidence.flush()  # what a full disk refused, once it has room
+        refused = self.evidence.refused_total - self._refused_counted
+        if refused:  # each file a full disk refused is an evidence error, once
+            agent.errors["evidence"] = agent.errors.get("evidence", 0) + refused
+            self._refused_counted += refused
         host_cpu = finite_or_none(metrics.get("cpu_percent"))
         if self.throttle.cfg.enabled and host_cpu is not None:
             alert = bool(agent.alert is not None and agent.alert.active)
@@ -325,8 +331,8 @@ class Responder:
                 doc = self.evidence.collect(
                     path.stem.split("-", 1)[1], self.evidence.clock(), *args
                 )
-                _keep_known_records(doc, path)
-                atomic_write(path, fit_to_size(doc, self.evidence.max_bytes_per_file), mode=0o600)
+                _keep_known_records(doc, path, self.evidence.pending.get(path))
+                self.evidence.store(path, fit_to_size(doc, self.evidence.max_bytes_per_file))
             else:
                 written = self.evidence.write(episode_id, *args)
                 if written is not None:
@@ -346,6 +352,12 @@ class Responder:
 
     def close(self) -> None:
         """Always release everything on shutdown, whether or not throttling is on."""
+        self.evidence.flush()
+        if self.evidence.pending:  # said, so a responder knows what the full disk cost
+            log.warning(
+                "evidence: %d file(s) kept in memory are lost, the disk still full at exit: %s",
+                len(self.evidence.pending), ", ".join(str(p) for p in self.evidence.pending),
+            )  # fmt: skip
         try:
             self.throttle.release_all("agent shutdown")
         finally:  # a throttle that failed to release must not keep the network cut too

@@ -548,6 +548,87 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
             assert e["id"] in opened, f"{e['event']} line without its open line: {events}"
 
 
+#: Burns one core until killed.
+SPIN = "while True:\n    pass\n"
+
+
+def fill(folder: Path) -> Path:
+    """A file filling ``folder``'s filesystem to the last byte (ENOSPC ends it)."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as fh:  # unbuffered: nothing left to fail at close
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+        except OSError:
+            pass  # ENOSPC: full
+    return filler
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not private_mounts_work(),
+    reason="needs unshare -m (root)",
+)
+def test_evidence_a_full_disk_refused_is_written_once_it_has_room(tmp_path, agents, quiet_models):
+    """The data dir is a tmpfs, full when an alert opens (two burners on the quiet host's
+    model): the evidence file the disk refuses is kept in memory, said once, counted as an
+    evidence error, and scoring goes on; once the filler is deleted it is written at a later
+    tick, 0600 in the 0700 evidence folder, whole, with what was collected as the alert
+    opened (the burners as suspects). Before, it was lost."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", ON_TMPFS, "sh",
+              str(data), str(quiet_models))  # fmt: skip
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "1s", "--window", "3s",
+                  "--retrain-every", "0", host=QUIET, prefix=prefix)  # fmt: skip
+    agents.append(agent)
+    agent.wait_for("scoring", lambda v: one(v, "minerwatch_windows_scored_total") >= 1)
+    inside = Path(f"/proc/{agent.proc.pid}/root") / str(data).lstrip("/")
+    evidence = inside / "evidence"
+    filler = fill(inside)
+    burners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)
+               for _ in range(2)]  # fmt: skip
+    try:
+        opened = agent.wait_for("an alert", lambda v: one(v, "minerwatch_alert_active") == 1, 60)
+        full = agent.wait_for(
+            "an evidence error", lambda v: one(v, "minerwatch_errors_total", stage="evidence") >= 1
+        )
+        assert one(full, "minerwatch_errors_total", stage="evidence") == 1
+        assert not evidence.exists() or not list(evidence.glob("*.json"))
+        assert agent.tail().count("kept in memory and written as soon as") == 1, agent.tail()
+        # scoring goes on while the evidence waits
+        agent.wait_for(
+            "scoring while full",
+            lambda v: (
+                one(v, "minerwatch_windows_scored_total")
+                >= one(opened, "minerwatch_windows_scored_total") + 2
+            ),
+        )
+        assert agent.tail().count("kept in memory and written as soon as") == 1, agent.tail()
+        freed_at = time.time()
+        filler.unlink()
+        deadline = time.monotonic() + 20
+        while "the disk has room again" not in agent.tail() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "the disk has room again: wrote 1 file(s)" in agent.tail(), agent.tail()
+        (path,) = evidence.glob("*.json")
+        assert os.stat(evidence).st_mode & 0o777 == 0o700
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert not list(evidence.glob(".*.tmp"))
+        doc = json.loads(path.read_text())
+        # what was collected as the alert opened, while the disk was full
+        assert doc["episode_id"].startswith(QUIET) and doc["written_at"] < freed_at
+        pids = {p.get("pid") for p in doc["processes"]}
+        assert pids & {b.pid for b in burners}, doc["processes"]
+        v = agent.values()
+        assert one(v, "minerwatch_errors_total", stage="evidence") == 1  # counted once
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert agent.stop() == 0, agent.tail()
+    assert "Traceback" not in agent.tail()
+
+
 #: A 1 MiB tmpfs on the data dir, seeded from a folder, then filled to the last byte.
 FULL_FROM_START = 'd=$1; seed=$2; shift 2; mount -t tmpfs -o size=1m,mode=0700 mw-full "$d" \
 && cp -r "$seed/." "$d" && { cat /dev/zero > "$d/filler" 2>/dev/null; exec "$@"; }'

@@ -224,7 +224,7 @@ def test_a_restart_does_not_retrain_hosts_whose_dismissals_their_model_already_l
     try:
         poll(
             lambda: log.read_text(),
-            lambda text: text.count("cycle:") >= 2 and "retraining it now" in text,
+            lambda text: text.count("cycle:") >= 2 and "a dismissal changed, retraining" in text,
             timeout=20,
         )
         got = metrics()
@@ -234,7 +234,8 @@ def test_a_restart_does_not_retrain_hosts_whose_dismissals_their_model_already_l
         http.shutdown()
     text = log.read_text()
     assert code == 0 and "Traceback" not in text, text
-    assert "h0001: a dismissal changed, retraining it now" in text, text
+    # (h0001 sends nothing here: its model is not held, so it is retrained once it reports)
+    assert "h0001: a dismissal changed, retraining it as soon as it reports" in text, text
     assert "h0000: a dismissal changed" not in text, text
     assert value(got, "minerwatch_dismissed_episodes", host="h0000") == 1
 
@@ -267,7 +268,13 @@ def test_forgetting_the_series_of_hosts_gone_scores_the_others_bit_for_bit():
     model = one_model()
     now = [t0]
     servers = [
-        FleetServer(PromClient(Connection(url)), Path("."), clock=lambda: now[0], forget=forget)
+        FleetServer(
+            PromClient(Connection(url)),
+            Path("."),
+            clock=lambda: now[0],
+            forget=forget,
+            unload=False,
+        )  # fmt: skip
         for forget in (True, False)
     ]
     forgetful, keeping = servers
@@ -410,11 +417,98 @@ def test_serve_forgets_the_series_of_hosts_gone_longer_than_the_lookback(tmp_pat
             # the host that stays is still scored; the one gone keeps its model, not its score
             assert _hosts(later, "minerwatch_anomaly_score") == {"stay-000"}
             assert "gone-000" in _hosts(later, "minerwatch_model_info")
+            # ...and its model is unloaded: only the staying host's is held in memory, while
+            # what MinerwatchFleetHostNotScored needs of the one gone is still published
+            assert value(first, "minerwatch_fleet_models_loaded") == 2
+            assert value(later, "minerwatch_fleet_models_loaded") == 1
+            assert value(later, "minerwatch_windows_scored_total", host="gone-000") > 0
+            assert value(later, "minerwatch_last_sample_timestamp_seconds", host="gone-000") > 0
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=30)
     text = log.read_text()
     assert code == 0 and "Traceback" not in text, text
+    assert "1 host(s) sent nothing for longer than the lookback, their models unloaded" in text
+
+
+def test_unloading_the_models_of_hosts_gone_scores_as_a_server_that_keeps_them(tmp_path):
+    """Hosts replaced by new names whose models stay in --models (every host ever seen has
+    one), and a host silent for longer than the lookback that comes back: a server that
+    unloads the models of hosts silent for longer than the lookback publishes, cycle after
+    cycle, exactly what a server that keeps every model loaded publishes (scores, features,
+    alerts, counters, the silent hosts' series), and holds only the models of the hosts in
+    the lookback; the host that comes back is loaded again and scored as by the other."""
+    from minerwatch.bench.fleet_churn import ChurnAnswers
+    from minerwatch.bench.fleet_serve import one_model
+    from minerwatch.service.fleet.nodeexporter import PROCESS_METRICS
+    from minerwatch.service.fleet.serve import FleetServer, coalesce
+
+    t0 = 1_800_000_000.0
+    every = 2400.0
+    steps = [300.0] * 12 + [60.0, 45.0, 2500.0, 60.0] + [300.0] * 14
+    fleet = ChurnAnswers(3, every, t0, stay=2, silent={"stay-001": (t0 + 900.0, t0 + 3600.0)})
+    http = serve_answers(fleet)
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    model = one_model()
+    models = tmp_path / "models"
+    for host in ("stay-000", "stay-001"):
+        save_model(models, replace(model, host=host))
+    now = [t0]
+    servers = [
+        FleetServer(PromClient(Connection(url)), models, clock=lambda: now[0], unload=unload)
+        for unload in (True, False)
+    ]
+    unloading, keeping = servers
+    generation = -1
+    fewer = away = 0
+    try:
+        for step in (0.0, *steps):
+            now[0] += step
+            g = fleet.generation(now[0])
+            if g != generation:  # the new hosts' models are trained; the old ones' stay
+                for slot in range(3):
+                    save_model(models, replace(model, host=fleet.name(g, slot)))
+                generation = g
+                if step == 0.0:
+                    assert unloading.load_models() == keeping.load_models() == 5
+                    # checked, not held: no read has shown a host yet
+                    assert not unloading.hosts and len(unloading.dormant) == 5
+            counts = unloading.cycle()
+            assert counts == keeping.cycle()
+            assert unloading.snapshot().hosts == keeping.snapshot().hosts, now[0] - t0
+            for host, a in unloading.hosts.items():
+                b = keeping.hosts[host]
+                for name in ("score", "features", "contributions", "telemetry", "sample_ts",
+                             "last_slot", "windows_total", "alerts_total", "episode_start",
+                             "score_ts"):  # fmt: skip
+                    np.testing.assert_equal(getattr(a, name), getattr(b, name), err_msg=name)
+                assert coalesce(a.alerted) == coalesce(b.alerted)
+                assert a.alert == b.alert
+            # held: the models of the hosts with a sample in the lookback, and those only
+            inside = {
+                h for h, held in keeping.buffers.items()
+                if any(len(s.ts) for m, s in held.items() if m not in PROCESS_METRICS)
+            }  # fmt: skip
+            assert set(unloading.hosts) == inside, now[0] - t0
+            assert set(unloading.hosts) | set(unloading.dormant) == set(keeping.hosts)
+            assert unloading.snapshot().models_loaded == len(unloading.hosts)
+            if now[0] == t0 + 3600.0:  # stay-001 is back
+                assert "stay-001" in unloading.hosts
+                back = unloading.hosts["stay-001"].windows_total
+            fewer += len(unloading.hosts) < len(keeping.hosts)
+            away += "stay-001" in unloading.dormant
+    finally:
+        http.shutdown()
+    hosts_seen = 3 * (generation + 1) + 2
+    assert len(keeping.hosts) == hosts_seen  # every model ever trained, never unloaded
+    assert len(unloading.hosts) <= 8  # the hosts reporting (the last generation left late)
+    assert fewer >= len(steps) // 2
+    assert away >= 2 and unloading.hosts["stay-001"].windows_total > back
+    # a restart takes back the dormant hosts' alert state from the state file too
+    keeping.state_file = unloading.state_file = tmp_path / "state.json"
+    unloading.save_state()
+    saved = json.loads((tmp_path / "state.json").read_text())["hosts"]
+    assert set(saved) == set(keeping.hosts)
 
 
 def test_the_alert_state_of_a_host_without_a_model_is_forgotten_after_the_history(tmp_path):

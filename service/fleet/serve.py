@@ -7,8 +7,9 @@ previous read (from :data:`OVERLAP_S` before its end). Each host's raw samples a
 cycles (:class:`Samples`, merged and cut to the lookback), so they are what a full read would
 give, and the series whose newest sample has left the lookback are forgotten
 (:meth:`FleetServer._forget`), so what is held follows the hosts reporting, not every host
-ever seen; answers are parsed straight to numpy arrays and mapped to telemetry by
-:func:`host_series` with ``fleet train``'s own mapping
+ever seen, and the models of hosts that sent nothing in the lookback are unloaded until they
+report again (:class:`Dormant`); answers are parsed straight to numpy arrays and mapped to
+telemetry by :func:`host_series` with ``fleet train``'s own mapping
 (:func:`~minerwatch.service.fleet.nodeexporter.map_points`; no pandas per cycle), and the windows
 completed since the previous cycle are scored with each host's stored model and its own
 streaming alert rule (:class:`~minerwatch.baseline.calibrate.AlertState`), as the agent does.
@@ -116,6 +117,11 @@ KEPT_SINCE = "kept_since"
 SERIES_HELP = (
     "Series of Prometheus fleet serve holds, those with a sample in the lookback: follows the "
     "hosts reporting, not every host ever seen."
+)
+#: Help of the count of models the fleet server holds in memory.
+MODELS_LOADED_HELP = (
+    "Models fleet serve holds in memory: those of the hosts that sent something in the "
+    "lookback; a host silent for longer has its model unloaded until it reports again."
 )
 #: Stages counted in the fleet server's ``minerwatch_errors_total{stage}`` (bounded).
 FLEET_STAGES = ("query", "model", "score", "train", "state")
@@ -447,6 +453,42 @@ class HostState:
         )
 
 
+@dataclass(frozen=True)
+class Dormant:
+    """A host with a model in ``--models`` that has sent nothing for longer than the
+    lookback (gone, replaced by a new name, its exporter down), or whose model was just
+    loaded (checked) and that no read has shown yet: its model is not held, and what it
+    publishes (the snapshot it had, without a score: see :meth:`HostState.forget_window`)
+    and what a restart or its return must not lose (its alert state) is all that is. Its
+    model is loaded again, as on a first sight, in the cycle whose read shows the host."""
+
+    saved: dict[str, object]
+    snap: AgentSnapshot
+    #: its model's window (the read's start allows for the longest, loaded or not)
+    window: float
+    #: when its model was trained (``created_at``)
+    created: float
+    sample_ts: float | None
+    score_ts: float | None
+    retrain_failures: int
+
+    @classmethod
+    def of(cls, state: HostState) -> Dormant:
+        return cls(
+            state.saved(), state.snapshot(), state.model.window,
+            float(state.model.meta.get("created_at", 0.0)), state.sample_ts, state.score_ts,
+            state.retrain_failures,
+        )  # fmt: skip
+
+    def restored(self, item: HostSaved, saved: dict[str, object]) -> Dormant:
+        """With the alert state a restart read back (``item``, parsed from ``saved``)."""
+        snap = replace(
+            self.snap, alert_active=item.active, alerts_total=item.alerts_total,
+            windows_scored_total=item.windows_total,
+        )  # fmt: skip
+        return replace(self, saved=saved, snap=snap)
+
+
 def same_model(a: HostModel, b: HostModel) -> bool:
     """Whether two loads are of one saved model (a model saved again with the same trees,
     say another threshold, has the same ``sha256`` but not the same save time)."""
@@ -638,6 +680,8 @@ class FleetSnapshot:
     unmodelled_hosts: int | None = None
     #: Series of Prometheus the server holds (None: nothing read yet).
     series: int | None = None
+    #: Models held in memory: those of the hosts that sent something in the lookback.
+    models_loaded: int | None = None
     version: str = field(default_factory=package_version)
 
 
@@ -668,6 +712,10 @@ def fleet_families(snap: FleetSnapshot, now: float) -> Iterator[Metric]:
         )
     if snap.series is not None:
         yield GaugeMetricFamily("minerwatch_fleet_series", SERIES_HELP, value=snap.series)
+    if snap.models_loaded is not None:
+        yield GaugeMetricFamily(
+            "minerwatch_fleet_models_loaded", MODELS_LOADED_HELP, value=snap.models_loaded
+        )
     errors = CounterMetricFamily(
         "minerwatch_errors_total", METRICS["minerwatch_errors_total"], labels=["stage"]
     )
@@ -755,6 +803,7 @@ class FleetServer:
         incremental: bool = True,
         state_file: Path | None = None,
         forget: bool = True,
+        unload: bool = True,
     ) -> None:
         self.client = client
         self.models_dir = models_dir
@@ -776,6 +825,12 @@ class FleetServer:
         #: Forget the series whose newest sample left the lookback (False: keep every series
         #: ever read, as before; tests and the churn benchmark compare the two).
         self.forget = forget
+        #: Unload the models of hosts silent for longer than the lookback (False: keep every
+        #: model loaded for as long as it is in --models, as before; tests and the churn
+        #: benchmark compare the two).
+        self.unload = unload
+        #: Hosts with a model in --models, unloaded while they send nothing (see Dormant).
+        self.dormant: dict[str, Dormant] = {}
         #: Where the alert state is kept across restarts (None: nowhere).
         self.state_file = state_file
         self.registries: dict[str, SeriesRegistry] = {}
@@ -792,6 +847,8 @@ class FleetServer:
         self.dismissed: dict[str, list[tuple[float, float]]] = {}
         self._dismissed_stamp: tuple[int, int] | None = None
         self._dismissals_read = False
+        #: Dormant hosts whose dismissals changed: retrained as soon as they are back.
+        self._dismissed_dormant: set[str] = set()
         #: Each model's ``meta.json`` as last looked at (inode, mtime, size), and its host.
         self._model_stamps: dict[Path, tuple[int, int, int]] = {}
         self._model_hosts: dict[Path, str] = {}
@@ -821,7 +878,7 @@ class FleetServer:
             metas = sorted(self.models_dir.glob(f"*/{META}"))
         except OSError as exc:  # the folder unreadable for a moment: keep what is loaded
             self._error("model", f"{self.models_dir}: {exc.strerror or exc}")
-            return len(self.hosts)
+            return len(self.hosts) + len(self.dormant)
         stamps: dict[Path, tuple[int, int, int]] = {}
         for meta in metas:
             try:
@@ -842,16 +899,37 @@ class FleetServer:
             self.load(host)
         for meta in set(self._model_stamps) - set(stamps):
             gone = self._model_hosts.pop(meta, None)
-            if gone is not None and gone in self.hosts and gone not in self._model_hosts.values():
+            if gone is None or gone in self._model_hosts.values():
+                continue
+            self._dismissed_dormant.discard(gone)
+            if gone in self.dormant:
+                self.kept_state[gone] = {**self.dormant.pop(gone).saved, KEPT_SINCE: self.clock()}
+                log.warning("model of %s removed from %s: no longer published", gone,
+                            self.models_dir)  # fmt: skip
+            elif gone in self.hosts:
                 self.kept_state[gone] = {**self.hosts.pop(gone).saved(), KEPT_SINCE: self.clock()}
                 log.warning(
                     "model of %s removed from %s: no longer scored, its series are dropped",
                     gone, self.models_dir,
                 )  # fmt: skip
         self._model_stamps = stamps
-        return len(self.hosts)
+        return len(self.hosts) + len(self.dormant)
 
     def load(self, host: str) -> bool:
+        dormant = self.dormant.get(host)
+        if dormant is not None:  # changed on disk while its host sends nothing: checked, and
+            try:  # what it publishes follows it; loaded again only when the host reports
+                model = load_model(self.models_dir, host, key=self.key)
+            except (ModelError, InputError, OSError, ValueError) as exc:
+                self._error("model", f"host {host}: model refused: {exc}; it sends nothing "
+                                     "now, and is not scored if it reports again before its "
+                                     "model is replaced")  # fmt: skip
+                return False
+            self.dormant[host] = Dormant.of(self._revive(host, dormant, model))
+            if self._started:
+                log.info("model of %s replaced on disk (the host sends nothing: not loaded "
+                         "until it reports)", host)  # fmt: skip
+            return True
         old = self.hosts.get(host)
         try:
             model = load_model(self.models_dir, host, key=self.key)
@@ -877,7 +955,60 @@ class FleetServer:
         if self.retrain_every > 0:
             created = float(model.meta.get("created_at", self.clock()))
             state.next_retrain = created + self.retrain_every
+        if old is None and self.unload:  # held only once a read shows the host: a start or a
+            # --models of every host ever seen must not hold them all (the allocator keeps
+            # what it gave once, so a peak of every model would stay the server's size)
+            self.dormant[host] = Dormant.of(self.hosts.pop(host))
         return True
+
+    def _revive(self, host: str, dormant: Dormant, model: HostModel) -> HostState:
+        """A dormant host's state with ``model``, as a server that kept it loaded has it."""
+        state = HostState.of(model)
+        try:
+            HostSaved.parse(dormant.saved).apply(state)
+        except (ValueError, KeyError, TypeError):  # written by saved(): cannot happen
+            pass
+        state.sample_ts, state.score_ts = dormant.sample_ts, dormant.score_ts
+        state.retrain_failures = dormant.retrain_failures
+        if self.retrain_every > 0:
+            created = float(model.meta.get("created_at", self.clock()))
+            state.next_retrain = created + self.retrain_every
+            if host in self._dismissed_dormant:  # a dismissal changed while it was away
+                state.next_retrain = self.clock()
+        return state
+
+    def _wake(self, hosts: Sequence[str]) -> None:
+        """Load the models of dormant hosts that report again, and take back their state: they
+        are scored from this read on, as by a server that kept their model (the read since
+        the previous one holds everything they sent since they came back)."""
+        back = []
+        for host in hosts:
+            dormant = self.dormant.pop(host)
+            try:
+                model = load_model(self.models_dir, host, key=self.key)
+            except (ModelError, InputError, OSError, ValueError) as exc:
+                self.kept_state[host] = {**dormant.saved, KEPT_SINCE: self.clock()}
+                self._error("model", f"host {host}: model refused: {exc}; it is not scored")
+                continue
+            self.hosts[host] = self._revive(host, dormant, model)
+            if host in self._dismissed_dormant:  # _revive made it due now
+                self._dismissed_dormant.discard(host)
+                log.info("%s: a dismissal changed, retraining it now", host)
+            back.append(host)
+        if back:
+            log.info("models loaded for %d host(s) that report: %s", len(back),
+                     _shown(back))  # fmt: skip
+
+    def _sleep(self, hosts: Sequence[str]) -> None:
+        """Unload the models of hosts that sent nothing in the lookback (see Dormant)."""
+        for host in hosts:
+            self.dormant[host] = Dormant.of(self.hosts.pop(host))
+            self.buffers.pop(host, None)
+        if hosts:
+            log.info(
+                "%d host(s) sent nothing for longer than the lookback, their models unloaded "
+                "until they report again: %s", len(hosts), _shown(hosts),
+            )  # fmt: skip
 
     def cycle(self) -> dict[str, int]:
         """Read what is new since the previous cycle and score every host's new windows.
@@ -895,10 +1026,11 @@ class FleetServer:
         if self._started:
             self.load_models()
         self._started = True
-        self.read_dismissals()
         t0 = time.perf_counter()
         now = self.clock()
-        start = now - LOOKBACK_S - 2 * max([60.0, *(s.model.window for s in self.hosts.values())])
+        windows = [s.model.window for s in self.hosts.values()]
+        windows.extend(d.window for d in self.dormant.values())  # as if they were loaded
+        start = now - LOOKBACK_S - 2 * max([60.0, *windows])
         full = (
             not self.incremental
             or self.read_end is None
@@ -912,20 +1044,24 @@ class FleetServer:
         except (PrometheusError, PrometheusUnavailable) as exc:
             self._error("query", str(exc))
             self.query_error = exc
-            counts["failed"] = len(self.hosts)
+            counts["failed"] = len(self.hosts) + len(self.dormant)
             return counts  # the next read starts where the last good one ended
         self.query_error = None
         self.points_read = sum(len(s.timestamps) for a in answers.values() for s in a)
         self._buffer(answers, start, full)
+        self.read_dismissals()  # after the read: the hosts it shows hold their models
         self.read_start, self.read_end = start, now
         if self.forget:
             self._forget(start)
+        silent = []
+        counts["no_data"] = len(self.dormant)  # those that did not come back
         for host, state in self.hosts.items():
             present = {m: s for m, s in self.buffers.get(host, {}).items() if len(s.ts)}
             node = [s.ts for m, s in present.items() if m not in PROCESS_METRICS]
             if not node:  # nothing in the lookback: what the last window said is not now
                 state.forget_window()
                 counts["no_data"] += 1
+                silent.append(host)
                 continue
             # a scrape ingested between two of the cycle's queries is in some answers only:
             # rows after the oldest "latest sample" of any metric wait for the next cycle
@@ -952,6 +1088,8 @@ class FleetServer:
                         host, start_w, end_w, state.score or 0.0, state.model.threshold,
                         ", ".join(f"{k}={v:.3g}" for k, v in _top(state.contributions)),
                     )  # fmt: skip
+        if self.unload:
+            self._sleep(silent)
         self.save_state()
         self.cycle_seconds = time.perf_counter() - t0
         return counts
@@ -972,6 +1110,15 @@ class FleetServer:
             # process-exporter's series are read without --selector: not the fleet's hosts
             mine = None if metric in PROCESS_METRICS else unknown
             per[metric] = ingest(answer, registry, wanted, mine)
+        back = sorted(unknown & self.dormant.keys())
+        if back:  # hosts that came back: their samples are taken from these answers
+            self._wake(back)
+            names = list(self.hosts)
+            wanted = {h: i for i, h in enumerate(names)}
+            unknown = set()
+            for metric, answer in answers.items():
+                mine = None if metric in PROCESS_METRICS else unknown
+                per[metric] = ingest(answer, self.registries[metric], wanted, mine)
         self._unmodelled(unknown - {""})
         empty = Samples.empty()
         ranks = {m: self.registries[m].rank for m in answers}
@@ -1034,6 +1181,7 @@ class FleetServer:
             return
         self._expire_kept()
         hosts: dict[str, object] = dict(self.kept_state)
+        hosts.update({h: d.saved for h, d in self.dormant.items()})
         hosts.update({h: s.saved() for h, s in self.hosts.items()})
         doc = {"format": STATE_FORMAT, "saved_at": self.clock(), "hosts": hosts}
         try:
@@ -1077,7 +1225,10 @@ class FleetServer:
             saved = doc["hosts"]
             if not isinstance(saved, dict):
                 raise ValueError("'hosts' is not an object")
-            restored = {h: HostSaved.parse(v) for h, v in saved.items() if h in self.hosts}
+            restored = {
+                h: HostSaved.parse(v) for h, v in saved.items()
+                if h in self.hosts or h in self.dormant
+            }  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             aside = path.with_name(path.name + ".corrupt")
             try:
@@ -1092,14 +1243,17 @@ class FleetServer:
             )
             return 0
         for host, item in restored.items():
-            item.apply(self.hosts[host])
+            if host in self.hosts:
+                item.apply(self.hosts[host])
+            else:
+                self.dormant[host] = self.dormant[host].restored(item, saved[host])
         now = self.clock()
         self.kept_state = {
             h: {**v, KEPT_SINCE: _kept_since(v, now)}
             for h, v in saved.items()
-            if h not in self.hosts and isinstance(v, dict)
+            if h not in restored and isinstance(v, dict)
         }
-        open_alerts = sorted(h for h, s in self.hosts.items() if s.alert.active)
+        open_alerts = sorted(h for h, item in restored.items() if item.active)
         log.info(
             "alert state of %d hosts restored from %s (open alerts: %s)", len(restored), path,
             ", ".join(open_alerts) or "none",
@@ -1137,6 +1291,7 @@ class FleetServer:
         else:  # at start: only what was dismissed after the host's model was trained is new
             # (a restart must not retrain every host ever dismissed, from --days of history)
             trained = {h: float(s.model.meta.get("created_at", 0.0)) for h, s in self.hosts.items()}
+            trained.update((h, d.created) for h, d in self.dormant.items())
             changed = {
                 str(item["host"]) for item in items
                 if item["host"] in trained and float(item["at"]) >= trained[item["host"]]
@@ -1144,12 +1299,16 @@ class FleetServer:
         self._dismissals_read = True
         self.dismissed = spans
         now = self.clock()
-        for host in sorted(changed & set(self.hosts)):
-            if self.retrain_every > 0:
+        for host in sorted(changed & {*self.hosts, *self.dormant}):
+            if self.retrain_every <= 0:
+                log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
+            elif host in self.dormant:  # its model is not held: retrained once it reports
+                log.info("%s: a dismissal changed, retraining it as soon as it reports (it has "
+                         "sent nothing in the lookback)", host)  # fmt: skip
+                self._dismissed_dormant.add(host)
+            else:
                 log.info("%s: a dismissal changed, retraining it now", host)
                 self.hosts[host].next_retrain = now
-            else:
-                log.warning("%s: a dismissal changed, but --retrain-every 0 never retrains", host)
 
     def _dismissed_since(self, host: str, start: float) -> bool:
         """Whether a responder dismissed a span of ``host`` reaching past ``start`` (the
@@ -1246,14 +1405,25 @@ class FleetServer:
         return reason
 
     def snapshot(self) -> FleetSnapshot:
+        hosts = {h: s.snapshot(len(self.dismissed.get(h, ()))) for h, s in self.hosts.items()}
+        hosts.update(
+            (h, replace(d.snap, dismissed_episodes=len(self.dismissed.get(h, ()))))
+            for h, d in self.dormant.items()
+        )
         return FleetSnapshot(
-            hosts={h: s.snapshot(len(self.dismissed.get(h, ()))) for h, s in self.hosts.items()},
+            hosts=hosts,
+            models_loaded=len(self.hosts) if self._started else None,
             errors_total=dict(self.errors),
             retrain_failures_total=dict(self.retrain_failures),
             cycle_seconds=self.cycle_seconds,
             unmodelled_hosts=self.unmodelled,
             series=self.series if self._started else None,
         )
+
+
+def _shown(hosts: Sequence[str], n: int = 10) -> str:
+    """Host names for a log line: the first ``n``, then how many more."""
+    return ", ".join(hosts[:n]) + (f" and {len(hosts) - n} more" if len(hosts) > n else "")
 
 
 def _top(contributions: Mapping[str, float], n: int = 3) -> list[tuple[str, float]]:
@@ -1330,8 +1500,9 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "fleet serve: %d models, %s every %.0f s, metrics on port %d", len(server.hosts),
-        connection.url, args.interval, exporter.port,
+        "fleet serve: %d models (%d loaded, the others' hosts sent nothing in the lookback), "
+        "%s every %.0f s, metrics on port %d", len(server.hosts) + len(server.dormant),
+        len(server.hosts), connection.url, args.interval, exporter.port,
     )  # fmt: skip
     worker = None
     if args.retrain_every > 0:
