@@ -450,11 +450,14 @@ class History:
             if result == [("ok",)]:
                 try:
                     foreign = _foreign_schema(conn)
-                except sqlite3.OperationalError as e:  # e.g. a schema that is not UTF-8 text
+                except (sqlite3.OperationalError, UnicodeDecodeError) as e:  # not UTF-8 text
                     foreign = f"unreadable schema ({e})"
         except sqlite3.DatabaseError as e:
             self._on_db_error("check database", e)
             return _code(e) in _CORRUPT
+        except UnicodeDecodeError:  # the check quotes damaged schema text, bytes and all
+            self._record("database failed quick_check: an answer that is not UTF-8 text")
+            return True
         if result != [("ok",)]:
             self._record(f"database failed quick_check: {result[0][0]}")
             return True

@@ -184,6 +184,26 @@ def data_dir_with_model(tmp_path: Path, models: Path) -> Path:
     return data
 
 
+def test_a_history_whose_schema_text_is_damaged_is_moved_aside(tmp_path, agents):
+    """One byte of the schema's text damaged (not UTF-8): the agent's start-up check read
+    SQLite's answer naming it and died of a UnicodeDecodeError; now the file is moved aside
+    as corrupt and the agent samples into a new one."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    db = data / "history.db"
+    h = History(db, clock=lambda: time.time())
+    h.add_sample(time.time() - 60, {"cpu_percent": 5.0})
+    h.close()
+    raw = db.read_bytes()
+    assert b"NOT NULL, end" in raw
+    db.write_bytes(raw.replace(b"NOT NULL, end", b"NOT \xceULL, end", 1))
+    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.2s", "--learn-for", "1h")
+    agents.append(agent)
+    agent.wait_for("samples", lambda v: one(v, "minerwatch_samples_total") >= 2)
+    assert len(list(data.glob("history.db.corrupt-*"))) == 1, agent.tail()
+    assert integrity(db) == [("ok",)]
+
+
 # -- kill -9 -----------------------------------------------------------------------------------
 
 

@@ -469,6 +469,14 @@ def test_history_damaged_database(history_bytes, data):
     check_history(data.draw(damaged(history_bytes)))
 
 
+def test_history_whose_check_reports_bytes_that_are_not_utf8(history_bytes):
+    """A byte flipped in the schema's text: SQLite's quick_check names the bad statement in
+    its answer, bytes and all, and reading that answer raised UnicodeDecodeError, not a
+    database error: the agent could not start (found by the fuzz test above)."""
+    assert b"NOT NULL, end" in history_bytes
+    check_history(history_bytes.replace(b"NOT NULL, end", b"NOT \xceULL, end", 1))
+
+
 _SQL_VALUES = st.one_of(
     st.none(),
     st.floats(allow_nan=True),
