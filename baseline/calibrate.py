@@ -96,6 +96,11 @@ class AlertState:
         )
         self._fast_at = strong_threshold(self.threshold, self.fast_margin)
 
+    def rebase(self, slot: int) -> None:
+        """Go on from ``slot`` on another timeline (the wall clock stepped back): the next
+        window is no gap, and whether the alert is on is kept."""
+        self._last_slot = slot
+
     def update(self, score: float, slot: int | None = None, heavy: bool = False) -> bool:
         """Feed one window's score (``heavy``: the host did heavy work in it, so a margin
         below :attr:`margin` does not count toward the sustain); returns whether the window

@@ -418,7 +418,7 @@ class Agent:
         full = model.full(f[None, :])[0]
         self.last["features"] = dict(zip(model.feature_names, full.tolist(), strict=True))
         self.last["contributions"] = dict(zip(model.feature_names, share.tolist(), strict=True))
-        if alerted and not was:
+        if alerted and (not was or self.episode is None):  # None: closed by a clock step
             self._open_episode(start, end, score, f, heavy)
         elif alerted and self.episode is not None:
             self.episode["end"] = end
@@ -949,8 +949,12 @@ class Agent:
         goes on at the new clock, as after a restart: waiting until the clock passed the
         last window scored (so that no time is scored twice) left the host unwatched for
         the step's length, a day for a day, years for an RTC corrected years back. The
-        re-lived span's windows are then stored a second time, one per clock. An open
-        alert episode keeps its timeline: it waits, as before, and closes on the gap."""
+        re-lived span's windows are then stored a second time, one per clock. An open alert
+        episode is closed (``clock_stepped_back``): its windows stay in one timeline. The
+        alert itself stays on, so the first window of the new clock still above the
+        threshold opens the next episode at once (new evidence, nothing resolved in between);
+        one below it counts toward clearing it, as any. (It waited, the alert on and the
+        host unwatched, until the clock passed the episode's last window.)"""
         if not self.recent or now >= self.recent[-1][0]:
             return
         ahead = self.recent[-1][0] - now
@@ -958,20 +962,21 @@ class Agent:
             self.recent.pop()
         if math.isfinite(self.next_retrain) and self.next_retrain > now:
             self.next_retrain = max(now, self.next_retrain - ahead)  # as far off as it was
-        if self.episode is None and self.model is not None:
-            self.last_slot = int(np.floor((now - self.model.window) / self.model.hop))
-            log.warning(
-                "the clock stepped back %.0f s: rolling features restart from now and scoring "
-                "goes on at the new clock (the %.0f s lived again are scored a second time)",
-                ahead,
-                ahead,
-            )
+        if self.model is None:
+            log.warning("the clock stepped back %.0f s: rolling features restart from now", ahead)
             return
+        self.last_slot = int(np.floor((now - self.model.window) / self.model.hop))
+        if self.alert is not None:
+            self.alert.rebase(self.last_slot)
+        closed = self.episode is not None
+        if closed:
+            self._close_episode("clock_stepped_back")
         log.warning(
-            "the clock stepped back %.0f s: rolling features restart from now; windows are "
-            "scored again once the clock passes the last one scored (%s)",
+            "the clock stepped back %.0f s: rolling features restart from now and scoring "
+            "goes on at the new clock (the %.0f s lived again are scored a second time%s)",
             ahead,
-            "an alert episode is open" if self.episode is not None else "no window twice",
+            ahead,
+            "; the open alert episode is closed, the alert still on" if closed else "",
         )
 
     def _error(self, stage: str, exc: BaseException) -> None:

@@ -763,10 +763,14 @@ def test_clock_steps_of_an_hour_neither_crash_nor_alert_nor_pause_scoring(tmp_pa
         agent.shutdown()
 
 
-def test_a_clock_stepped_back_during_an_alert_keeps_the_episodes_timeline(tmp_path, caplog):
-    """A step back while an alert episode is open: the episode's windows stay in one
-    timeline (none before its start), so scoring waits until the clock has passed the last
-    window scored, as it did for every step back, and the episode goes on after it."""
+def test_a_clock_stepped_back_during_an_alert_closes_the_episode_and_scoring_goes_on(
+    tmp_path, caplog
+):
+    """A step back while an alert episode is open: the episode is closed (its windows stay in
+    one timeline), the alert stays on, and scoring goes on at the new clock, where the
+    plateau, still there, opens the next episode at its first window. It waited, the alert on
+    and the host unwatched, until the clock passed the last window scored: an hour for an
+    hour, years for an RTC corrected years back."""
     interval, window = 10.0, 60.0
     now0 = np.floor(time.time() / 3600) * 3600 - 6 * 3600
     day = host_series(QUIET, days=1.0, interval=interval, seed=0, start=now0 - 86400)
@@ -788,12 +792,18 @@ def test_a_clock_stepped_back_during_an_alert_keeps_the_episodes_timeline(tmp_pa
             scored.append(agent.counters["windows"])
             if i == 299:
                 assert agent.episode is not None, "the plateau opened no alert"
-                opened = agent.episode["start"]
-        assert scored[650] == scored[300] and scored[-1] > scored[670]
-        assert agent.episode is not None and agent.episode["start"] == opened
-        assert agent.episode["end"] > opened
+                first = agent.episode["id"]
+            if i >= 299:
+                assert agent.alert is not None and agent.alert.active, i  # never resolved
+        assert scored[300 + 12] > scored[300] and scored[-1] >= scored[300] + 60
+        lines = [json.loads(x) for x in (cfg.data_dir / "events.jsonl").read_text().splitlines()]
+        kinds = [(e["event"], e["id"], e.get("reason")) for e in lines if e["event"] != "update"]
+        assert kinds[:2] == [("open", first, None), ("close", first, "clock_stepped_back")], kinds
+        assert kinds[2][0] == "open" and kinds[2][1] != first and len(kinds) == 3, kinds
+        assert agent.episode is not None and agent.episode["id"] == kinds[2][1]
+        assert agent.episode["start"] >= float(hot.timestamps[300]) - 3600.0 - window
         said = [r.getMessage() for r in caplog.records if "clock stepped back" in r.getMessage()]
-        assert len(said) == 1 and said[0].endswith("(an alert episode is open)"), said
+        assert len(said) == 1 and said[0].endswith("the alert still on)"), said
     finally:
         agent.shutdown()
 
