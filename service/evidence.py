@@ -210,16 +210,34 @@ def _addr(a: Any) -> str:
 
 
 def hash_file(path: Path, cap_bytes: int) -> dict[str, Any]:
-    """sha256 and size of a file, or the reason there is none (too big, unreadable)."""
+    """sha256 and size of a file, or the reason there is none (too big, unreadable, not a
+    regular file). What is read is checked on the open file itself, and no more than the
+    size it had when opened is read: a scan of ``/tmp`` checks a name, then opens it, and a
+    process swapping in a FIFO or a link to ``/dev/zero`` between the two, or appending to the
+    file without end, would otherwise hang the hunt, or the agent's IOC check, for good."""
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > cap_bytes:
-                return {"sha256": None, "size": size, "hash_error": f"larger than {cap_bytes}"}
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         return {"sha256": None, "hash_error": _err(exc)}
-    return {"sha256": digest, "size": size}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return {"sha256": None, "hash_error": "not a regular file"}
+        size = st.st_size
+        if size > cap_bytes:
+            return {"sha256": None, "size": size, "hash_error": f"larger than {cap_bytes}"}
+        digest, left = hashlib.sha256(), size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break  # truncated meanwhile: the bytes there were
+            digest.update(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        return {"sha256": None, "hash_error": _err(exc)}
+    finally:
+        os.close(fd)
+    return {"sha256": digest.hexdigest(), "size": size - left}
 
 
 def fit_to_size(doc: dict[str, Any], max_bytes: int) -> bytes:

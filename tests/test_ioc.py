@@ -637,3 +637,22 @@ def test_hunt_for_pools_alone_needs_no_root(tmp_path):
         client.close()
         server.close()
         shutil.rmtree(folder)
+
+
+def test_hashing_never_hangs_on_what_a_file_was_swapped_for(tmp_path):
+    """A scan checks a name in /tmp, then opens it to hash it; a process that swaps in a
+    FIFO, a link to /dev/zero or a file it appends to without end between the two hung the
+    hunt (and the agent's IOC check, which stopped scoring) for good: reading /dev/zero or a
+    FIFO never ends. The hash refuses what is not a regular file and reads no more than the
+    size the file had when opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code = (
+        "import json, sys; from pathlib import Path; "
+        "from minerwatch.service.evidence import hash_file; "
+        "print(json.dumps([hash_file(Path(p), 1 << 30) for p in sys.argv[1:]]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "/dev/zero", str(fifo)],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"sha256": None, "hash_error": "not a regular file"}] * 2
