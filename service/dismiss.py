@@ -87,7 +87,9 @@ def dismiss(
     events = read_events(cfg.event_log, notes)
     by_evidence = evidence_episodes(cfg.evidence_dir, notes, known=events)
     say(notes)  # damaged lines first: the episode may be missing because of them
-    eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.event_log), notes)
+    eid, evs = choose_episode(
+        events, by_evidence, episode_id, str(cfg.event_log), notes, cfg.event_log
+    )
     episode = episode_summary(eid, evs)
     start, end = episode["start"], episode["end"]
     if start is None or end is None:

@@ -252,10 +252,16 @@ def choose_episode(
     wanted: str | None,
     where: str,
     notes: Sequence[str] = (),
+    log: Path | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The episode asked for, or the latest; an unknown id or no episode at all is an
     :class:`InputError` naming what is there (and how much damaged data in ``notes`` was
-    skipped, which may be why there is none)."""
+    skipped, which may be why there is none).
+
+    The latest is the one the agent wrote last to its event log ``log`` (``events`` is in
+    its order), not the one that started last: after the wall clock stepped back, the
+    episode the agent lived last starts earlier. An episode known only from its evidence
+    (its lines lost) is the latest when its file is newer than the log's last write."""
     known = dict(events)
     for eid in evidence:
         if not any(evidence_id(k) == eid for k in known):
@@ -272,7 +278,17 @@ def choose_episode(
         got = f"none usable ({skipped} damaged, named above)" if skipped else "none"
         raise InputError(where, None, "at least one alert episode (event log or evidence)", got)
     if wanted is None:
-        return max(known.items(), key=started)
+        logged = [eid for eid, evs in events.items() if evs]
+        if not logged:
+            return max(known.items(), key=started)
+        try:
+            written = log.stat().st_mtime if log is not None else math.inf
+        except OSError:
+            written = -math.inf
+        later = [e for e in known if not known[e] and started((e, [])) > written]
+        if later:
+            return max(((e, known[e]) for e in later), key=started)
+        return logged[-1], known[logged[-1]]
     if wanted in known:
         return wanted, known[wanted]
     ids = sorted(known, key=lambda k: started((k, known[k])))
@@ -784,7 +800,9 @@ def build_report(
     events = read_events(cfg.event_log, notes)
     by_evidence = evidence_episodes(cfg.evidence_dir, notes, known=events)
     try:
-        eid, evs = choose_episode(events, by_evidence, episode_id, str(cfg.data_dir), notes)
+        eid, evs = choose_episode(
+            events, by_evidence, episode_id, str(cfg.data_dir), notes, cfg.event_log
+        )
     except InputError as exc:
         say(notes)  # what was skipped may be why there is no such episode
         others = _evidence_without_episode(cfg.evidence_dir)

@@ -535,3 +535,22 @@ def test_remediation_keeps_the_libraries_a_package_preloads(tmp_path):
     assert r.returncode == 0, r.stderr
     steps = json.loads(r.stdout)["remediation"]
     assert not any("ld.so.preload" in c["command"] or logger in c["command"] for c in steps)
+
+
+def test_the_latest_episode_is_the_one_the_agent_lived_last(tmp_path):
+    """After the wall clock stepped back (the agent closes the open episode and opens the
+    next one on the new clock), the episode lived last starts earlier than the one before:
+    'the latest' is the last in the event log, for the report and for dismiss (both took
+    the one that started last, the episode the responder had already dealt with)."""
+    data = build_data_dir(tmp_path)
+    stepped = START - 86400  # a day back
+    later = f"web1-{int(stepped)}"
+    with open(data / "events.jsonl", "a") as fh:
+        fh.write(_event("open", later, stepped, stepped + 60, stepped + 60))
+        fh.write(_event("close", later, stepped, stepped + 600, stepped + 660, reason="cleared"))
+    r = report("--data-dir", str(data), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["episode"]["id"] == later
+    d = subprocess.run([MINERWATCH, "dismiss", "--data-dir", str(data), "--reason", "test"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert d.returncode == 0 and later in d.stdout + d.stderr, (d.stdout, d.stderr)
