@@ -474,6 +474,22 @@ ON_TMPFS = 'd=$1; m=$2; shift 2; mount -t tmpfs -o size=64m,mode=0700 minerwatch
 && cp -r "$m" "$d/models" && exec "$@"'
 
 
+def scoring_on_tmpfs(
+    tmp_path: Path, quiet_models: Path, interval: str, agents: list[Agent]
+) -> tuple[Agent, Path]:
+    """An agent whose data dir is a 64 MiB tmpfs of its own mount namespace, scoring the
+    quiet host; and that data dir as seen from outside (``/proc/<pid>/root``)."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", ON_TMPFS, "sh",
+              str(data), str(quiet_models))  # fmt: skip
+    agent = Agent(data, tmp_path / "agent.log", "--interval", interval, "--window", "3s",
+                  "--retrain-every", "0", host=QUIET, prefix=prefix)  # fmt: skip
+    agents.append(agent)
+    agent.wait_for("scoring", lambda v: one(v, "minerwatch_windows_scored_total") >= 1)
+    return agent, Path(f"/proc/{agent.proc.pid}/root") / str(data).lstrip("/")
+
+
 def private_mounts_work() -> bool:
     done = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
     return done.returncode == 0
@@ -502,15 +518,8 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
     the agent keeps sampling and scoring, counts history errors and logs that it keeps new
     data in memory; when the filler is deleted it logs that it writes again, at the next
     sample, and the samples taken while the disk was full are then in history.db."""
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", ON_TMPFS, "sh",
-              str(data), str(quiet_models))  # fmt: skip
-    agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", "--window", "3s",
-                  "--retrain-every", "0", host=QUIET, prefix=prefix)  # fmt: skip
-    agents.append(agent)
-    agent.wait_for("scoring", lambda v: one(v, "minerwatch_windows_scored_total") >= 1)
-    inside = Path(f"/proc/{agent.proc.pid}/root") / str(data).lstrip("/")
+    agent, inside = scoring_on_tmpfs(tmp_path, quiet_models, "0.5s", agents)
+    data = agent.data_dir
     filler = inside / "filler"
     try:
         opened = filler.open("wb", buffering=0)  # unbuffered: nothing left to fail at close
@@ -594,15 +603,7 @@ def test_evidence_a_full_disk_refused_is_written_once_it_has_room(tmp_path, agen
     evidence error, and scoring goes on; once the filler is deleted it is written at a later
     tick, 0600 in the 0700 evidence folder, whole, with what was collected as the alert
     opened (the burners as suspects). Before, it was lost."""
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", ON_TMPFS, "sh",
-              str(data), str(quiet_models))  # fmt: skip
-    agent = Agent(data, tmp_path / "agent.log", "--interval", "1s", "--window", "3s",
-                  "--retrain-every", "0", host=QUIET, prefix=prefix)  # fmt: skip
-    agents.append(agent)
-    agent.wait_for("scoring", lambda v: one(v, "minerwatch_windows_scored_total") >= 1)
-    inside = Path(f"/proc/{agent.proc.pid}/root") / str(data).lstrip("/")
+    agent, inside = scoring_on_tmpfs(tmp_path, quiet_models, "1s", agents)
     evidence = inside / "evidence"
     filler = fill(inside)
     burners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)

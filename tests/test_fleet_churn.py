@@ -249,23 +249,30 @@ def _labelled(server, host: str, metric: str) -> list[tuple[tuple[str, str], ...
     return [tuple(sorted(labels[i].items())) for i in server.buffers[host][metric].sid.tolist()]
 
 
+def churning_fleet():  # type: ignore[no-untyped-def]
+    """The fleet both side-by-side tests serve: 3 hosts replaced by new names every 40
+    minutes, 2 that stay (``stay-001`` silent for longer than the lookback, then back), the
+    cycles' clock steps (a gap longer than the lookback among them), its answers on a
+    loopback HTTP server, and the one model every host scores with."""
+    from minerwatch.bench.fleet_churn import ChurnAnswers
+    from minerwatch.bench.fleet_serve import one_model
+
+    t0 = 1_800_000_000.0
+    steps = [300.0] * 12 + [60.0, 45.0, 2500.0, 60.0] + [300.0] * 14
+    fleet = ChurnAnswers(3, 2400.0, t0, stay=2, silent={"stay-001": (t0 + 900.0, t0 + 3600.0)})
+    http = serve_answers(fleet)
+    return t0, steps, fleet, http, f"http://127.0.0.1:{http.server_address[1]}", one_model()
+
+
 def test_forgetting_the_series_of_hosts_gone_scores_the_others_bit_for_bit():
     """Two servers on a churning fleet (3 hosts replaced by new names every 40 minutes, 2
     that stay, one of which is silent for longer than the lookback and comes back, a gap of
     cycles longer than the lookback): the one that forgets the series not read in the lookback
     holds the same samples, scores, features and alerts as the one that keeps every series
     ever read, and holds only the series of the hosts in the lookback."""
-    from minerwatch.bench.fleet_churn import ChurnAnswers
-    from minerwatch.bench.fleet_serve import one_model
     from minerwatch.service.fleet.serve import FleetServer, HostState
 
-    t0 = 1_800_000_000.0
-    every = 2400.0
-    steps = [300.0] * 12 + [60.0, 45.0, 2500.0, 60.0] + [300.0] * 14
-    fleet = ChurnAnswers(3, every, t0, stay=2, silent={"stay-001": (t0 + 900.0, t0 + 3600.0)})
-    http = serve_answers(fleet)
-    url = f"http://127.0.0.1:{http.server_address[1]}"
-    model = one_model()
+    t0, steps, fleet, http, url, model = churning_fleet()
     now = [t0]
     servers = [
         FleetServer(
@@ -438,18 +445,10 @@ def test_unloading_the_models_of_hosts_gone_scores_as_a_server_that_keeps_them(t
     cycle, exactly what a server that keeps every model loaded publishes (scores, features,
     alerts, counters, the silent hosts' series), and holds only the models of the hosts in
     the lookback; the host that comes back is loaded again and scored as by the other."""
-    from minerwatch.bench.fleet_churn import ChurnAnswers
-    from minerwatch.bench.fleet_serve import one_model
     from minerwatch.service.fleet.nodeexporter import PROCESS_METRICS
     from minerwatch.service.fleet.serve import FleetServer, coalesce
 
-    t0 = 1_800_000_000.0
-    every = 2400.0
-    steps = [300.0] * 12 + [60.0, 45.0, 2500.0, 60.0] + [300.0] * 14
-    fleet = ChurnAnswers(3, every, t0, stay=2, silent={"stay-001": (t0 + 900.0, t0 + 3600.0)})
-    http = serve_answers(fleet)
-    url = f"http://127.0.0.1:{http.server_address[1]}"
-    model = one_model()
+    t0, steps, fleet, http, url, model = churning_fleet()
     models = tmp_path / "models"
     for host in ("stay-000", "stay-001"):
         save_model(models, replace(model, host=host))

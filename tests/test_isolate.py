@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_throttle_release import stepped_proc_stat
 
 from minerwatch.features.errors import InputError
 from minerwatch.service.isolate import (
@@ -236,13 +237,20 @@ def test_isolate_a_process_then_release_it(netns, tmp_path):
         pool.stop()
 
 
-def test_release_all_deletes_the_table_when_the_journal_is_lost(netns, tmp_path):
+def pool_and_client(netns: str, tmp_path: Path, port: str) -> tuple[Path, Reader, Reader]:
+    """A data folder, a "pool" listening on ``port`` in the namespace and a client of it
+    running as nobody (the process to isolate), each reporting on its own output file."""
     data = tmp_path / "data"
     data.mkdir()
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3334"), tmp_path / "p")
+    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", port), tmp_path / "p")
     client = Reader(
-        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3334"), tmp_path / "c"
+        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", port), tmp_path / "c"
     )
+    return data, pool, client
+
+
+def test_release_all_deletes_the_table_when_the_journal_is_lost(netns, tmp_path):
+    data, pool, client = pool_and_client(netns, tmp_path, "3334")
     try:
         client.wait_for("ok")
         done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
@@ -267,12 +275,7 @@ def test_a_lost_journal_is_not_taken_for_nothing_isolated(netns, tmp_path):
     --data-dir): a plain release must not say "nothing was isolated" and exit 0 while the
     process stays cut off; the status says why; ``--all`` says it deleted the table. And a
     table deleted under a journal (a firewall reload) is shown as not in force."""
-    data = tmp_path / "data"
-    data.mkdir()
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3336"), tmp_path / "p")
-    client = Reader(
-        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3336"), tmp_path / "c"
-    )
+    data, pool, client = pool_and_client(netns, tmp_path, "3336")
     journal = data / "isolate" / "isolate-journal.json"
     try:
         client.wait_for("ok")
@@ -325,12 +328,7 @@ def test_a_hand_edited_entry_is_named_and_kept_and_the_others_still_release(netn
     refuse the whole journal (exit 2), so no other isolation could be released, nor the
     agent's at its shutdown. Now the entry is named (file, entry, field, what was expected)
     and kept in the file as it was, the valid ones work, and the command exits 2."""
-    data = tmp_path / "data"
-    data.mkdir()
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3337"), tmp_path / "p")
-    client = Reader(
-        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3337"), tmp_path / "c"
-    )
+    data, pool, client = pool_and_client(netns, tmp_path, "3337")
     journal = data / "isolate" / "isolate-journal.json"
     said = f"{journal}: isolated[0].uid is a string '65533' (expected a whole number"
     try:
@@ -366,12 +364,7 @@ def test_the_agent_releases_its_isolations_beside_a_hand_edited_entry(netns, tmp
     """The agent's own isolation (``by: agent``) beside a damaged entry: the agent at its
     start could not read the journal ("could not release what the agent isolated") and the
     process stayed cut off for good. Now it is released, the entry named in the log."""
-    data = tmp_path / "data"
-    data.mkdir()
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3338"), tmp_path / "p")
-    client = Reader(
-        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3338"), tmp_path / "c"
-    )
+    data, pool, client = pool_and_client(netns, tmp_path, "3338")
     journal = data / "isolate" / "isolate-journal.json"
     log = tmp_path / "agent.log"
     agent: subprocess.Popen[bytes] | None = None
@@ -409,12 +402,7 @@ def test_a_clock_step_does_not_make_an_isolated_process_look_gone(netns, tmp_pat
     """After the wall clock is set (``btime`` in /proc/stat moves with it: bound stepped
     over it, as in test_throttle_release.py), ``isolate status`` called the still running,
     isolated process exited, and isolating it again added a second entry for it."""
-    data = tmp_path / "data"
-    data.mkdir()
-    pool = Reader(_in_ns(netns, CLIENT_PYTHON, "-c", POOL, "127.0.0.1", "3339"), tmp_path / "p")
-    client = Reader(
-        _as_nobody(netns, CLIENT_PYTHON, "-c", CLIENT, "127.0.0.1", "3339"), tmp_path / "c"
-    )
+    data, pool, client = pool_and_client(netns, tmp_path, "3339")
     journal = data / "isolate" / "isolate-journal.json"
     try:
         client.wait_for("ok")
@@ -422,11 +410,7 @@ def test_a_clock_step_does_not_make_an_isolated_process_look_gone(netns, tmp_pat
         done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
         assert done.returncode == 0, done.stderr
         client.wait_for("fail")
-        stat = "".join(
-            f"btime {int(line.split()[1]) - 3600}\n" if line.startswith("btime ") else line
-            for line in Path("/proc/stat").read_text().splitlines(keepends=True)
-        )
-        (tmp_path / "stat").write_text(stat)
+        (tmp_path / "stat").write_text(stepped_proc_stat(-3600))
         stepped = (
             'mount --bind "$0" /proc/stat && "$1" isolate status --data-dir "$2" '
             '&& exec "$1" isolate --process "$3" --data-dir "$2"'

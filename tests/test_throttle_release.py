@@ -37,6 +37,15 @@ for line in sys.stdin:
 """
 
 
+def stepped_proc_stat(step: int) -> str:
+    """``/proc/stat`` as after the wall clock was set ``step`` seconds on: ``btime`` (the
+    boot time in wall-clock seconds) moves with every step, the clock ticks do not."""
+    return "".join(
+        f"btime {int(line.split()[1]) + step}\n" if line.startswith("btime ") else line
+        for line in Path("/proc/stat").read_text().splitlines(keepends=True)
+    )
+
+
 def minerwatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=60
@@ -195,11 +204,7 @@ def test_a_clock_step_does_not_leave_a_paused_process_paused(tmp_path: Path, ste
         while _state(victim.pid) != "T":
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        stat = "".join(
-            f"btime {int(line.split()[1]) + step}\n" if line.startswith("btime ") else line
-            for line in Path("/proc/stat").read_text().splitlines(keepends=True)
-        )
-        (tmp_path / "stat").write_text(stat)
+        (tmp_path / "stat").write_text(stepped_proc_stat(step))
         stepped = (
             'mount --bind "$0" /proc/stat && "$1" throttle status --data-dir "$2" '
             '&& exec "$1" throttle release --data-dir "$2"'
@@ -243,11 +248,7 @@ class SteppedStat:
 
     def _serve(self) -> None:
         while not self.done:
-            real = Path("/proc/stat").read_text().splitlines(keepends=True)
-            data = "".join(
-                f"btime {int(x.split()[1]) + self.step}\n" if x.startswith("btime ") else x
-                for x in real
-            ).encode()
+            data = stepped_proc_stat(self.step).encode()
             fd = os.open(self.path, os.O_WRONLY)  # until a reader opens it
             try:
                 while data and not self.done:
