@@ -882,7 +882,7 @@ def run_hunt(args: argparse.Namespace) -> int:
     if snap.errors:
         print(
             f"minerwatch: error: {args.ioc_file}: expected to check the whole host, got "
-            f"{len(snap.errors)} part(s) this user could not read (above); no indicator of "
+            f"{len(snap.errors)} part(s) it could not check (above); no indicator of "
             f"{ioc.id} in the rest, which does not make this host clean",
             file=sys.stderr,
         )
