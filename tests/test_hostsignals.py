@@ -644,3 +644,106 @@ def test_real_agent_reports_new_port_ssh_and_wiped_log(netns, tmp_path):
             except subprocess.TimeoutExpired:
                 agent.kill()
                 agent.wait(timeout=30)
+
+
+def _agent(netns: str, tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    cmd = [
+        "ip", "netns", "exec", netns, str(MINERWATCH), "serve",
+        "--data-dir", str(tmp_path / "data"), "--host", "hs-rot", "--port", str(port),
+        "--address", "127.0.0.1", "--interval", "1s", "--window", "5s", "--learn-for", "10s",
+        *extra,
+    ]  # fmt: skip
+    with (tmp_path / "agent.log").open("ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _stop(agent: subprocess.Popen[bytes]) -> None:
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="needs logrotate")
+def test_real_logrotate_is_never_a_wipe_but_an_attacker_is(netns, tmp_path):
+    """Real logrotate runs with options that leave no rotated file beside the log (rotate 0,
+    olddir with compress, olddir outside the folder, extension, a dateformat of dots) and a
+    lastaction that keeps it running after the files are gone; Python's
+    TimedRotatingFileHandler renames and deletes dated files; an attacker truncates, empties,
+    deletes and shreds. Only the attacker is reported."""
+    logs, outside = tmp_path / "log", tmp_path / "archive"
+    (logs / "old").mkdir(parents=True)
+    outside.mkdir()
+    names = ("rot0.log", "olddir.log", "outside.log", "ext.log", "dots.log")
+    wiped = ("truncated.log", "emptied.log", "removed.log", "shredded.log")
+    for name in names + wiped:
+        (logs / name).write_bytes(b"x" * 1000)
+    status = tmp_path / "logrotate.status"
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(
+        textwrap.dedent(f"""\
+        {logs}/rot0.log {{
+          rotate 0
+          create
+        }}
+        {logs}/olddir.log {{
+          olddir {logs}/old
+          compress
+        }}
+        {logs}/outside.log {{
+          olddir {outside}
+        }}
+        {logs}/ext.log {{
+          extension .log
+        }}
+        {logs}/dots.log {{
+          dateext
+          dateformat .%Y-%m-%d
+          lastaction
+            sleep 2
+          endscript
+        }}
+        """)
+    )
+    port = 19092
+    agent = _agent(netns, tmp_path, port, "--log-dir", str(logs), "--logrotate-status",
+                   str(status), "--auth-log", str(tmp_path / "none"))  # fmt: skip
+    try:
+        state = tmp_path / "data" / "hostsignals.json"
+        _wait(lambda: state.exists() and json.loads(state.read_text())["learned"], timeout=120)
+        python_app = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""\
+                import logging, logging.handlers, time
+                h = logging.handlers.TimedRotatingFileHandler({str(logs / "py.log")!r},
+                                                              when="S", backupCount=1)
+                log = logging.getLogger("app"); log.addHandler(h); log.setLevel(logging.INFO)
+                end = time.time() + 2.5
+                while time.time() < end:
+                    log.info("x" * 200); time.sleep(0.1)
+                """)]
+        )  # fmt: skip
+        rotate = subprocess.run(
+            ["logrotate", "-f", "-s", str(status), str(conf)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert rotate.returncode == 0, rotate.stderr
+        assert python_app.wait(timeout=60) == 0
+        subprocess.run(["truncate", "-s0", str(logs / "truncated.log")], check=True)
+        subprocess.run(["sh", "-c", f": > {logs / 'emptied.log'}"], check=True)
+        (logs / "removed.log").unlink()
+        subprocess.run(["shred", "-u", str(logs / "shredded.log")], check=True)
+        want = {
+            'minerwatch_log_truncations_total{kind="shrunk"}': 2.0,
+            'minerwatch_log_truncations_total{kind="vanished"}': 2.0,
+        }
+        _wait(lambda: all((_value(_scrape(netns, port), k) or 0) >= v for k, v in want.items()))
+        time.sleep(2.5)  # more scans: nothing else comes
+        text = _scrape(netns, port)
+        assert all(_value(text, k) == v for k, v in want.items()), text
+        found = sorted(Path(e["path"]).name for e in iter_events(tmp_path / "data/events.jsonl"))
+        assert found == sorted(wiped)
+    finally:
+        _stop(agent)
