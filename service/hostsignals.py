@@ -188,9 +188,12 @@ class SshEvent:
 
 def _source(text: str) -> str:
     try:
-        return str(ipaddress.ip_address(text))
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return "unknown"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # ::ffff:192.0.2.1 is the IPv4 source 192.0.2.1
+    return str(addr)
 
 
 def parse_sshd_message(message: str, pid: int | None = None) -> SshEvent | None:
@@ -277,6 +280,10 @@ class LogFollower:
         self._partial = b""
         self._resume = (inode, offset)
         self._from_start = False  # the file did not exist yet: whatever appears is new
+        #: The file was seen rotated away at the previous read: read once more before the
+        #: new one (syslog writes on into it until logrotate's postrotate reopens it)
+        self._rotated = False
+        self._behind = False  # the last read stopped at MAX_READ: more is waiting
 
     def _open(self, start_at_end: bool) -> bool:
         try:
@@ -292,6 +299,7 @@ class LogFollower:
         elif start_at_end and inode is None and not self._from_start:
             fh.seek(0, os.SEEK_END)
         self._fh, self.inode, self.offset, self._partial = fh, st.st_ino, fh.tell(), b""
+        self._rotated = self._behind = False
         return True
 
     def read(self) -> list[str]:
@@ -301,11 +309,16 @@ class LogFollower:
         if self._fh is None and not self._open(start_at_end=True):
             return lines
         lines += self._drain()
+        if self._behind:  # the rest of this file first: a rotation waits until it is read
+            return lines
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return lines
         if st.st_ino != self.inode:  # rotated: the old file is drained, the new read from 0
+            if not self._rotated:
+                self._rotated = True
+                return lines
             self.close()
             if self._open(start_at_end=False):
                 lines += self._drain()
@@ -318,6 +331,7 @@ class LogFollower:
     def _drain(self) -> list[str]:
         data = self._fh.read(MAX_READ)
         self.offset += len(data)
+        self._behind = len(data) == MAX_READ
         chunks = (self._partial + data).split(b"\n")
         self._partial = chunks.pop()
         if len(self._partial) > MAX_LINE:
@@ -823,11 +837,11 @@ class HostSignals:
                 self._dirty = True
         except (OSError, subprocess.SubprocessError) as exc:
             self._fail("ssh_log", exc)
+        tick_attempts = 0
         for event in events:
             attempts = self._failures.attempts(event)
             if attempts:
-                self.failed_total += attempts
-                self._failed_recent.append((now, attempts))
+                tick_attempts += attempts
                 if event.source in self._failed_sources or len(self._failed_sources) < 1000:
                     self._failed_sources[event.source] += attempts
             if event.kind != "accepted" or event.source == "unknown":
@@ -848,6 +862,9 @@ class HostSignals:
                     user=event.user,
                     source=event.source,
                 )
+        if tick_attempts:  # one entry a tick: a burst of many lines costs no memory
+            self.failed_total += tick_attempts
+            self._failed_recent.append((now, tick_attempts))
         while self._failed_recent and self._failed_recent[0][0] <= now - 60.0:
             self._failed_recent.popleft()
 

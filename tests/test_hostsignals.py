@@ -76,6 +76,11 @@ MINERWATCH = Path(sys.executable).parent / "minerwatch"
             SshEvent("invalid", "x from 10.0.0.5 port 22", "198.51.100.1", 814),
         ),
         (
+            "Dec  3 11:00:04 web sshd[814]: Accepted publickey for ann from ::ffff:10.0.0.5 "
+            "port 22 ssh2",
+            SshEvent("accepted", "ann", "10.0.0.5", 814),
+        ),
+        (
             "Dec  3 11:00:05 web sshd[815]: Failed password for root from not-an-ip port 1 ssh2",
             SshEvent("failed", "root", "unknown", 815),
         ),
@@ -214,7 +219,11 @@ def test_follower_reads_appended_lines_through_rotation_and_truncation(tmp_path)
         fh.write("last of old\n")
     log.rename(tmp_path / "auth.log.1")
     log.write_text("first of new\n")
-    assert f.read() == ["last of old", "first of new"]
+    assert f.read() == ["last of old"]
+    # the old file is read once more (syslog writes on until it reopens), then the new one
+    with (tmp_path / "auth.log.1").open("a") as fh:
+        fh.write("late in old\n")
+    assert f.read() == ["late in old", "first of new"]
     # truncated in place: read again from 0
     log.write_text("")
     f.read()
@@ -745,5 +754,38 @@ def test_real_logrotate_is_never_a_wipe_but_an_attacker_is(netns, tmp_path):
         assert all(_value(text, k) == v for k, v in want.items()), text
         found = sorted(Path(e["path"]).name for e in iter_events(tmp_path / "data/events.jsonl"))
         assert found == sorted(wiped)
+    finally:
+        _stop(agent)
+
+
+def test_real_agent_counts_every_failure_of_a_burst_through_rotation(netns, tmp_path):
+    """A brute-force burst leaves more than a tick's read in auth.log when logrotate
+    renames it and creates a new one, and syslog writes on into the old file until it is
+    told to reopen: every failed attempt is counted once, none lost, none twice."""
+    auth = tmp_path / "auth.log"
+    auth.write_text("")
+    port = 19093
+    agent = _agent(netns, tmp_path, port, "--log-dir", "", "--auth-log", str(auth))
+    line = "Dec  3 11:00:00 h sshd[{}]: Failed password for root from 203.0.113.{} port 5 ssh2\n"
+    try:
+        _wait(lambda: re.search(r"^minerwatch_samples_total [1-9]", _scrape(netns, port), re.M))
+        burst = "".join(line.format(i, i % 250) for i in range(20000))  # 1.6 MiB
+        assert len(burst) > (1 << 20)
+        with auth.open("a") as fh:
+            fh.write(burst)
+        auth.rename(tmp_path / "auth.log.1")  # logrotate's rename and create
+        auth.write_text(line.format(1, 1) * 10)
+        time.sleep(0.2)  # syslog, not yet reopened, writes on into the renamed file
+        with (tmp_path / "auth.log.1").open("a") as fh:
+            fh.write(line.format(2, 2) * 5)
+
+        def total() -> float | None:
+            text = _scrape(netns, port)
+            return _value(text, "minerwatch_ssh_failed_logins_total") if text else None
+
+        _wait(lambda: (total() or 0) >= 20015, timeout=60)
+        time.sleep(2)  # two more ticks: nothing read twice
+        assert total() == 20015
+        assert _value(_scrape(netns, port), "minerwatch_ssh_failed_logins_per_minute") == 20015
     finally:
         _stop(agent)
