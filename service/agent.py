@@ -56,7 +56,7 @@ from minerwatch.features.schema import AGENT_COLUMNS, METRIC_COLUMNS, SCHEMA_VER
 from minerwatch.service.config import AgentConfig
 from minerwatch.service.exporter import Exporter
 from minerwatch.service.history import History
-from minerwatch.service.hostsignals import HostSignals
+from minerwatch.service.hostsignals import LOGROTATE_STATUS, HostSignals
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot
 
@@ -1066,6 +1066,9 @@ def _host_signals(cfg: AgentConfig, clock: Callable[[], float]) -> HostSignals:
         clock,
         auth_log=cfg.auth_log,
         log_dir=cfg.log_dir,
+        logrotate_status=LOGROTATE_STATUS
+        if cfg.logrotate_status is None
+        else (cfg.logrotate_status,),
     )
 
 

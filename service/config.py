@@ -163,6 +163,7 @@ class AgentConfig:
     model_key: Path | None = None  # HMAC key file: load and save only models signed with it
     auth_log: Path | None = None  # SSH logins: None = the journal, else auth.log or secure
     log_dir: Path | None = Path("/var/log")  # watched for logs shrinking or vanishing
+    logrotate_status: Path | None = None  # None = /var/lib/logrotate/status and RHEL's
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     respond: RespondConfig = field(default_factory=RespondConfig)
@@ -311,6 +312,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "path",
             empty_ok=True,
             help='folder whose log files are watched for shrinking or vanishing ("" = none)',
+        ),
+        "logrotate_status": Option(
+            "path",
+            empty_ok=True,
+            help="logrotate's status file: logs it rotated are not reported as wiped",
+            unset="/var/lib/logrotate/status, /var/lib/logrotate/logrotate.status, "
+            "/var/lib/logrotate.status",
         ),
     },
     "exporter": {

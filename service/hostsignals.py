@@ -35,6 +35,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -187,9 +188,12 @@ class SshEvent:
 
 def _source(text: str) -> str:
     try:
-        return str(ipaddress.ip_address(text))
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return "unknown"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # ::ffff:192.0.2.1 is the IPv4 source 192.0.2.1
+    return str(addr)
 
 
 def parse_sshd_message(message: str, pid: int | None = None) -> SshEvent | None:
@@ -276,6 +280,10 @@ class LogFollower:
         self._partial = b""
         self._resume = (inode, offset)
         self._from_start = False  # the file did not exist yet: whatever appears is new
+        #: The file was seen rotated away at the previous read: read once more before the
+        #: new one (syslog writes on into it until logrotate's postrotate reopens it)
+        self._rotated = False
+        self._behind = False  # the last read stopped at MAX_READ: more is waiting
 
     def _open(self, start_at_end: bool) -> bool:
         try:
@@ -291,6 +299,7 @@ class LogFollower:
         elif start_at_end and inode is None and not self._from_start:
             fh.seek(0, os.SEEK_END)
         self._fh, self.inode, self.offset, self._partial = fh, st.st_ino, fh.tell(), b""
+        self._rotated = self._behind = False
         return True
 
     def read(self) -> list[str]:
@@ -300,11 +309,16 @@ class LogFollower:
         if self._fh is None and not self._open(start_at_end=True):
             return lines
         lines += self._drain()
+        if self._behind:  # the rest of this file first: a rotation waits until it is read
+            return lines
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return lines
         if st.st_ino != self.inode:  # rotated: the old file is drained, the new read from 0
+            if not self._rotated:
+                self._rotated = True
+                return lines
             self.close()
             if self._open(start_at_end=False):
                 lines += self._drain()
@@ -317,6 +331,7 @@ class LogFollower:
     def _drain(self) -> list[str]:
         data = self._fh.read(MAX_READ)
         self.offset += len(data)
+        self._behind = len(data) == MAX_READ
         chunks = (self._partial + data).split(b"\n")
         self._partial = chunks.pop()
         if len(self._partial) > MAX_LINE:
@@ -364,9 +379,17 @@ class JournalReader:
 
 # -- log files ---------------------------------------------------------------------------------
 
+#: A date stamp after a separator: logrotate's ``dateext``/``dateformat`` (``-20261203``,
+#: ``.2026-12-03``, ``-20261203-1764720000``), Python's TimedRotatingFileHandler
+#: (``.2026-12-03``, ``.2026-12-03_14``), log4j/logback (``.2026-12-03.0``)
+_DATED = r"[-._]\d{4}-?\d{2}-?\d{2}(?:[-_T.]?\d{2}(?:[-:.]?\d{2}){0,2})?(?:[-.]\d+)?"
+_SUFFIX = rf"\.\d+|-\d{{8,10}}|{_DATED}|\.old"
+_ZIP = r"\.(?:gz|xz|bz2|zst|lz4|Z)"
 _ROTATED = re.compile(
-    r"(\.\d+|-\d{8,10}|-\d{4}-\d{2}-\d{2}(-\d+)?|\.old)(\.(gz|xz|bz2|zst|lz4|Z))?$"
-    r"|\.(gz|xz|bz2|zst|lz4|Z)$|@.*\.journal~?$"
+    rf"(?:{_SUFFIX})(?:{_ZIP})?$|{_ZIP}$|@.*\.journal~?$"
+    # the date before the extension (logrotate's ``extension .log``, apps that write one
+    # file a day): ``app-2026-12-03.log``, ``app.2026-12-03.0.log.gz``
+    rf"|{_DATED}\.(?:log|txt|json)(?:{_ZIP})?$"
 )
 _COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".Z")
 
@@ -387,7 +410,7 @@ def rotated_sibling_of(live: str, name: str) -> bool:
     rest = name[len(live) :]
     for ext in _COMPRESSED:
         rest = rest.removesuffix(ext)
-    return bool(re.fullmatch(r"\.\d+|-\d{8,10}|-\d{4}-\d{2}-\d{2}(-\d+)?|\.old", rest))
+    return bool(re.fullmatch(_SUFFIX, rest))
 
 
 @dataclass(frozen=True)
@@ -476,6 +499,78 @@ def log_changes(
     return changes
 
 
+#: logrotate's status files (Debian/Ubuntu, RHEL/Fedora, older): the time it last rotated
+#: each log, written when a run ends
+LOGROTATE_STATUS = (
+    Path("/var/lib/logrotate/status"),
+    Path("/var/lib/logrotate/logrotate.status"),
+    Path("/var/lib/logrotate.status"),
+)
+#: How long before a log lost content logrotate may have recorded rotating it (it records
+#: the time its run started; a long run reaches a log late), and the longest a loss is held
+#: unreported while logrotate runs (it writes its status when it ends)
+LOGROTATE_WINDOW_S = 3600.0
+_STATUS_LINE = re.compile(
+    r'"((?:[^"\\]|\\.)*)" (\d{4})-(\d{1,2})-(\d{1,2})-(\d{1,2}):(\d{1,2}):(\d{1,2})'
+)
+
+
+def logrotate_rotations(files: Iterable[Path]) -> dict[str, float]:
+    """``{path: time logrotate last rotated it}`` from its status files (unreadable: none).
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "status"
+    >>> _ = f.write_text('state -- version 2\\n"/var/log/a \\\\"b\\\\"" 2026-12-3-0:0:0\\n')
+    >>> list(logrotate_rotations([f]))
+    ['/var/log/a "b"']
+    """
+    found: dict[str, float] = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read(MAX_READ * 4)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            m = _STATUS_LINE.fullmatch(line.rstrip())
+            if m is None:
+                continue
+            y, mo, d, h, mi, sec = (int(x) for x in m.groups()[1:])
+            try:  # logrotate writes local time
+                when = time.mktime((y, mo, d, h, mi, sec, 0, 0, -1))
+            except (OverflowError, ValueError):
+                continue
+            name = os.path.normpath(re.sub(r"\\(.)", r"\1", m.group(1)))
+            found[name] = max(when, found.get(name, when))
+    return found
+
+
+def logrotate_running(proc: Path = Path("/proc")) -> bool:
+    """A ``logrotate`` process runs (its status is not written yet)."""
+    try:
+        entries = list(os.scandir(proc))
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.name.isdigit():
+            try:
+                with open(os.path.join(entry.path, "comm"), "rb") as fh:
+                    if fh.read(32).strip() == b"logrotate":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def rotated_by_logrotate(rotations: dict[str, float], path: str, since: float) -> bool:
+    """logrotate recorded rotating ``path`` within :data:`LOGROTATE_WINDOW_S` before
+    ``since`` (the scan before the loss was seen) or after it."""
+    for name in {os.path.normpath(path), os.path.realpath(path)}:
+        when = rotations.get(name)
+        if when is not None and when >= since - LOGROTATE_WINDOW_S:
+            return True
+    return False
+
+
 # -- the agent's part --------------------------------------------------------------------------
 
 
@@ -551,8 +646,12 @@ class HostSignals:
         log_dir: Path | None = Path("/var/log"),
         read_ports: Callable[[], dict[Port, str]] | None = None,
         journal: bool | None = None,
+        logrotate_status: Iterable[Path] = LOGROTATE_STATUS,
     ) -> None:
         self.path = data_dir / STATE_NAME
+        self.logrotate_status = tuple(logrotate_status)
+        #: Losses not explained yet, held while logrotate runs: (change, previous scan)
+        self._held: dict[str, tuple[LogChange, float]] = {}
         self.learn_for = learn_for
         self.event_log = event_log
         self.host = host
@@ -738,11 +837,11 @@ class HostSignals:
                 self._dirty = True
         except (OSError, subprocess.SubprocessError) as exc:
             self._fail("ssh_log", exc)
+        tick_attempts = 0
         for event in events:
             attempts = self._failures.attempts(event)
             if attempts:
-                self.failed_total += attempts
-                self._failed_recent.append((now, attempts))
+                tick_attempts += attempts
                 if event.source in self._failed_sources or len(self._failed_sources) < 1000:
                     self._failed_sources[event.source] += attempts
             if event.kind != "accepted" or event.source == "unknown":
@@ -763,6 +862,9 @@ class HostSignals:
                     user=event.user,
                     source=event.source,
                 )
+        if tick_attempts:  # one entry a tick: a burst of many lines costs no memory
+            self.failed_total += tick_attempts
+            self._failed_recent.append((now, tick_attempts))
         while self._failed_recent and self._failed_recent[0][0] <= now - 60.0:
             self._failed_recent.popleft()
 
@@ -778,7 +880,7 @@ class HostSignals:
         since, self._last_scan = self._last_scan, now
         if before is None:
             return
-        for change in log_changes(before, files, since):
+        for change in self._not_logrotate(now, log_changes(before, files, since), since):
             if learning:
                 if len(self.rewriting) < MAX_ENTRIES:
                     self.rewriting.add(change.path)
@@ -798,6 +900,26 @@ class HostSignals:
                 size_before=change.size_before,
                 size_after=change.size_after,
             )
+
+    def _not_logrotate(self, now: float, changes: list[LogChange], since: float) -> list[LogChange]:
+        """The losses logrotate did not make: its rotations that leave no trace the scan
+        sees (``rotate 0``, ``olddir``, ``extension``, a ``dateformat`` of its own) are in
+        its status file; a loss seen while logrotate runs waits (at most
+        :data:`LOGROTATE_WINDOW_S`) until it has written it."""
+        for change in changes:
+            self._held.setdefault(change.path, (change, since))
+        if not self._held:
+            return []
+        running = logrotate_running()  # before reading the status: it is final once ended
+        rotations = logrotate_rotations(self.logrotate_status)
+        out: list[LogChange] = []
+        for path, (change, seen) in list(self._held.items()):
+            if rotated_by_logrotate(rotations, path, seen):
+                del self._held[path]
+            elif not running or now - seen >= LOGROTATE_WINDOW_S:
+                del self._held[path]
+                out.append(change)
+        return out
 
     def _finding(self, now: float, event: str, text: str, **fields: Any) -> None:
         """A WARNING, an event line (``DATA_DIR/events.jsonl``) and a row for the evidence."""

@@ -193,6 +193,7 @@ def test_every_option_round_trips_through_its_flag(tmp_path):
         model_key=tmp_path / "model.key",
         auth_log=tmp_path / "auth.log",
         log_dir=tmp_path / "logs",
+        logrotate_status=tmp_path / "lr.status",
         exporter=ExporterConfig(
             port=9, address="127.0.0.1", web_config=tmp_path / "w.yml", textfile_dir=tmp_path / "tf"
         ),

@@ -76,6 +76,11 @@ MINERWATCH = Path(sys.executable).parent / "minerwatch"
             SshEvent("invalid", "x from 10.0.0.5 port 22", "198.51.100.1", 814),
         ),
         (
+            "Dec  3 11:00:04 web sshd[814]: Accepted publickey for ann from ::ffff:10.0.0.5 "
+            "port 22 ssh2",
+            SshEvent("accepted", "ann", "10.0.0.5", 814),
+        ),
+        (
             "Dec  3 11:00:05 web sshd[815]: Failed password for root from not-an-ip port 1 ssh2",
             SshEvent("failed", "root", "unknown", 815),
         ),
@@ -214,7 +219,11 @@ def test_follower_reads_appended_lines_through_rotation_and_truncation(tmp_path)
         fh.write("last of old\n")
     log.rename(tmp_path / "auth.log.1")
     log.write_text("first of new\n")
-    assert f.read() == ["last of old", "first of new"]
+    assert f.read() == ["last of old"]
+    # the old file is read once more (syslog writes on until it reopens), then the new one
+    with (tmp_path / "auth.log.1").open("a") as fh:
+        fh.write("late in old\n")
+    assert f.read() == ["late in old", "first of new"]
     # truncated in place: read again from 0
     log.write_text("")
     f.read()
@@ -644,3 +653,139 @@ def test_real_agent_reports_new_port_ssh_and_wiped_log(netns, tmp_path):
             except subprocess.TimeoutExpired:
                 agent.kill()
                 agent.wait(timeout=30)
+
+
+def _agent(netns: str, tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    cmd = [
+        "ip", "netns", "exec", netns, str(MINERWATCH), "serve",
+        "--data-dir", str(tmp_path / "data"), "--host", "hs-rot", "--port", str(port),
+        "--address", "127.0.0.1", "--interval", "1s", "--window", "5s", "--learn-for", "10s",
+        *extra,
+    ]  # fmt: skip
+    with (tmp_path / "agent.log").open("ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _stop(agent: subprocess.Popen[bytes]) -> None:
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="needs logrotate")
+def test_real_logrotate_is_never_a_wipe_but_an_attacker_is(netns, tmp_path):
+    """Real logrotate runs with options that leave no rotated file beside the log (rotate 0,
+    olddir with compress, olddir outside the folder, extension, a dateformat of dots) and a
+    lastaction that keeps it running after the files are gone; Python's
+    TimedRotatingFileHandler renames and deletes dated files; an attacker truncates, empties,
+    deletes and shreds. Only the attacker is reported."""
+    logs, outside = tmp_path / "log", tmp_path / "archive"
+    (logs / "old").mkdir(parents=True)
+    outside.mkdir()
+    names = ("rot0.log", "olddir.log", "outside.log", "ext.log", "dots.log")
+    wiped = ("truncated.log", "emptied.log", "removed.log", "shredded.log")
+    for name in names + wiped:
+        (logs / name).write_bytes(b"x" * 1000)
+    status = tmp_path / "logrotate.status"
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(
+        textwrap.dedent(f"""\
+        {logs}/rot0.log {{
+          rotate 0
+          create
+        }}
+        {logs}/olddir.log {{
+          olddir {logs}/old
+          compress
+        }}
+        {logs}/outside.log {{
+          olddir {outside}
+        }}
+        {logs}/ext.log {{
+          extension .log
+        }}
+        {logs}/dots.log {{
+          dateext
+          dateformat .%Y-%m-%d
+          lastaction
+            sleep 2
+          endscript
+        }}
+        """)
+    )
+    port = 19092
+    agent = _agent(netns, tmp_path, port, "--log-dir", str(logs), "--logrotate-status",
+                   str(status), "--auth-log", str(tmp_path / "none"))  # fmt: skip
+    try:
+        state = tmp_path / "data" / "hostsignals.json"
+        _wait(lambda: state.exists() and json.loads(state.read_text())["learned"], timeout=120)
+        python_app = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""\
+                import logging, logging.handlers, time
+                h = logging.handlers.TimedRotatingFileHandler({str(logs / "py.log")!r},
+                                                              when="S", backupCount=1)
+                log = logging.getLogger("app"); log.addHandler(h); log.setLevel(logging.INFO)
+                end = time.time() + 2.5
+                while time.time() < end:
+                    log.info("x" * 200); time.sleep(0.1)
+                """)]
+        )  # fmt: skip
+        rotate = subprocess.run(
+            ["logrotate", "-f", "-s", str(status), str(conf)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert rotate.returncode == 0, rotate.stderr
+        assert python_app.wait(timeout=60) == 0
+        subprocess.run(["truncate", "-s0", str(logs / "truncated.log")], check=True)
+        subprocess.run(["sh", "-c", f": > {logs / 'emptied.log'}"], check=True)
+        (logs / "removed.log").unlink()
+        subprocess.run(["shred", "-u", str(logs / "shredded.log")], check=True)
+        want = {
+            'minerwatch_log_truncations_total{kind="shrunk"}': 2.0,
+            'minerwatch_log_truncations_total{kind="vanished"}': 2.0,
+        }
+        _wait(lambda: all((_value(_scrape(netns, port), k) or 0) >= v for k, v in want.items()))
+        time.sleep(2.5)  # more scans: nothing else comes
+        text = _scrape(netns, port)
+        assert all(_value(text, k) == v for k, v in want.items()), text
+        found = sorted(Path(e["path"]).name for e in iter_events(tmp_path / "data/events.jsonl"))
+        assert found == sorted(wiped)
+    finally:
+        _stop(agent)
+
+
+def test_real_agent_counts_every_failure_of_a_burst_through_rotation(netns, tmp_path):
+    """A brute-force burst leaves more than a tick's read in auth.log when logrotate
+    renames it and creates a new one, and syslog writes on into the old file until it is
+    told to reopen: every failed attempt is counted once, none lost, none twice."""
+    auth = tmp_path / "auth.log"
+    auth.write_text("")
+    port = 19093
+    agent = _agent(netns, tmp_path, port, "--log-dir", "", "--auth-log", str(auth))
+    line = "Dec  3 11:00:00 h sshd[{}]: Failed password for root from 203.0.113.{} port 5 ssh2\n"
+    try:
+        _wait(lambda: re.search(r"^minerwatch_samples_total [1-9]", _scrape(netns, port), re.M))
+        burst = "".join(line.format(i, i % 250) for i in range(20000))  # 1.6 MiB
+        assert len(burst) > (1 << 20)
+        with auth.open("a") as fh:
+            fh.write(burst)
+        auth.rename(tmp_path / "auth.log.1")  # logrotate's rename and create
+        auth.write_text(line.format(1, 1) * 10)
+        time.sleep(0.2)  # syslog, not yet reopened, writes on into the renamed file
+        with (tmp_path / "auth.log.1").open("a") as fh:
+            fh.write(line.format(2, 2) * 5)
+
+        def total() -> float | None:
+            text = _scrape(netns, port)
+            return _value(text, "minerwatch_ssh_failed_logins_total") if text else None
+
+        _wait(lambda: (total() or 0) >= 20015, timeout=60)
+        time.sleep(2)  # two more ticks: nothing read twice
+        assert total() == 20015
+        assert _value(_scrape(netns, port), "minerwatch_ssh_failed_logins_per_minute") == 20015
+    finally:
+        _stop(agent)
