@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import socket
 import stat
@@ -62,6 +63,10 @@ MAX_FILES, MAX_DEPTH = 2000, 3
 #: Recent findings the evidence section lists.
 RECENT = 20
 JOURNAL_EVERY_S = 60.0
+#: The longest one read of the journal may hold the agent's loop, and the most entries it
+#: takes at once (a backlog is read on at the next ticks, from the last entry's cursor).
+JOURNAL_TIMEOUT_S = 3.0
+JOURNAL_MAX_LINES = 50_000
 SAVE_EVERY_S = 60.0
 AUTH_LOGS = (Path("/var/log/auth.log"), Path("/var/log/secure"))
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
@@ -353,6 +358,8 @@ class JournalReader:
         self.cursor = cursor
         self.since = since
         self.command = command
+        #: The last read was cut short (time or lines): read on at the next tick.
+        self.behind = False
 
     def args(self) -> list[str]:
         start = (
@@ -362,18 +369,62 @@ class JournalReader:
                 "--output-fields=MESSAGE,_PID,SYSLOG_PID", "-t", "sshd", "-t", "sshd-session",
                 *start]  # fmt: skip
 
-    def read(self) -> list[SshEvent]:
-        out = subprocess.run(
-            self.args(), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+    def read(
+        self, timeout_s: float = JOURNAL_TIMEOUT_S, max_lines: int = JOURNAL_MAX_LINES
+    ) -> list[SshEvent]:
+        """The entries since the cursor, read as ``journalctl`` prints them, for at most
+        ``timeout_s`` and ``max_lines``: it runs in the agent's loop, so a journalctl that
+        hangs, or a backlog after a long stop (hours of a brute force), must not hold
+        sampling and scoring. Cut short, the cursor is the last entry read and
+        :attr:`behind` says to read on at the next tick; nothing read before the time is up
+        is an ``OSError`` (counted as a failure)."""
+        self.behind = False
+        proc = subprocess.Popen(
+            self.args(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
-        if out.returncode != 0:
-            raise OSError(f"journalctl exited {out.returncode}: {out.stderr.strip()[:200]}")
+        assert proc.stdout is not None and proc.stderr is not None
         events: list[SshEvent] = []
-        for line in out.stdout.splitlines():
-            event, cursor = parse_journal_entry(line)
-            self.cursor = cursor or self.cursor
-            if event is not None:
-                events.append(event)
+        lines, rest, cut = 0, b"", ""
+        deadline = time.monotonic() + timeout_s
+        try:
+            fd = proc.stdout.fileno()
+            os.set_blocking(fd, False)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    cut = f"no end within {timeout_s:g} s"
+                    break
+                if not select.select([fd], [], [], left)[0]:
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                *complete, rest = (rest + chunk).split(b"\n")
+                for raw in complete:
+                    event, cursor = parse_journal_entry(raw.decode("utf-8", "replace"))
+                    self.cursor = cursor or self.cursor
+                    if event is not None:
+                        events.append(event)
+                lines += len(complete)
+                if lines >= max_lines:
+                    cut = f"{lines} entries read, the rest at the next tick"
+                    break
+                if len(rest) > 1 << 20:  # one entry this long is no sshd message
+                    rest = b""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            err = proc.stderr.read(4096).decode("utf-8", "replace").strip()
+            proc.stdout.close()
+            proc.stderr.close()
+        if cut:
+            if not lines:
+                raise OSError(f"journalctl gave {cut}")
+            self.behind = True
+            return events
+        if proc.returncode != 0:
+            raise OSError(f"journalctl exited {proc.returncode}: {err[:200]}")
         return events
 
 
@@ -834,6 +885,8 @@ class HostSignals:
             elif self._journal is not None and now >= self._next_journal:
                 self._next_journal = now + JOURNAL_EVERY_S
                 events = self._journal.read()
+                if self._journal.behind:  # a backlog: read on at the next tick
+                    self._next_journal = now
                 self._dirty = True
         except (OSError, subprocess.SubprocessError) as exc:
             self._fail("ssh_log", exc)

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from promtools import free_port
 
 from minerwatch.service.evidence import EvidenceWriter
 from minerwatch.service.hostsignals import (
@@ -789,3 +791,75 @@ def test_real_agent_counts_every_failure_of_a_burst_through_rotation(netns, tmp_
         assert _value(_scrape(netns, port), "minerwatch_ssh_failed_logins_per_minute") == 20015
     finally:
         _stop(agent)
+
+
+FAKE_JOURNALCTL = """#!/usr/bin/env python3
+# journalctl as it behaves when stuck: prints the entries after the cursor it is given,
+# then hangs instead of exiting; its arguments go to $MW_FAKE_LOG, one call a line
+import json, os, sys, time
+with open(os.environ["MW_FAKE_LOG"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+after = sys.argv[sys.argv.index("--after-cursor") + 1] if "--after-cursor" in sys.argv else None
+for i in range(int(after[1:]) + 1 if after else 0, int(os.environ["MW_FAKE_N"])):
+    entry = {"__CURSOR": f"c{i}", "_PID": str(1000 + i),
+             "MESSAGE": f"Failed password for root from 192.0.2.{i % 200 + 1} port 22 ssh2"}
+    sys.stdout.write(json.dumps(entry) + "\\n")
+sys.stdout.flush()
+time.sleep(600)
+"""
+
+
+def test_a_journalctl_that_hangs_neither_stops_the_agent_nor_loses_what_it_printed(tmp_path):
+    """The agent reads sshd's journal in its own loop. A journalctl that prints its entries
+    and then hangs held the loop for 30 s (no sample, no score), then threw away what it
+    had printed and kept its cursor, so the same happened every minute, for good. Now a
+    read takes at most a few seconds, keeps every entry printed (the cursor moves to the
+    last one), and the next read starts after it: every failure is counted once."""
+    if shutil.which("unshare") is None or not Path("/run").is_dir():
+        pytest.skip("needs unshare (util-linux)")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "journalctl").write_text(FAKE_JOURNALCTL)
+    (fake / "journalctl").chmod(0o755)
+    calls, n = tmp_path / "calls", 2000
+    port = free_port()
+    # journald's socket where the agent looks for it, in a mount namespace of its own
+    script = (
+        "mount -t tmpfs minerwatch-test /run && mkdir -p /run/systemd/journal "
+        '&& touch /run/systemd/journal/socket && exec "$@"'
+    )
+    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+           str(MINERWATCH), "serve", "--data-dir", str(tmp_path / "data"), "--host", "hs-j",
+           "--port", str(port), "--address", "127.0.0.1", "--interval", "0.5s",
+           "--window", "5s", "--learn-for", "1h"]  # fmt: skip
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "MW_FAKE_LOG": str(calls),
+           "MW_FAKE_N": str(n)}  # fmt: skip
+    with (tmp_path / "agent.log").open("ab") as fh:
+        agent = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+    def metrics() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    try:
+        text = _wait(
+            lambda: (
+                (t := metrics())
+                and _value(t, "minerwatch_ssh_failed_logins_total") == n
+                and _value(t, 'minerwatch_errors_total{stage="ssh_log"}') == 1.0
+                and t
+            ),
+            timeout=20.0,
+            step=0.5,
+        )
+        samples = _value(text, "minerwatch_samples_total")
+        time.sleep(3.0)  # the agent samples on, its next journal read a minute away
+        assert _value(metrics(), "minerwatch_samples_total") >= samples + 4
+        args = [json.loads(line) for line in calls.read_text().splitlines()]
+        assert "--since" in args[0] and args[1][-2:] == ["--after-cursor", f"c{n - 1}"], args
+    finally:
+        _stop(agent)
+    assert "Traceback" not in (tmp_path / "agent.log").read_text()
