@@ -45,7 +45,7 @@ from minerwatch.features.numbers import finite_or_none
 from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_start
 from minerwatch.service.config import agent_files_config
 from minerwatch.service.indicators import IndicatorHit, preload_entries
-from minerwatch.service.packages import DPKG_INFO, package_record
+from minerwatch.service.packages import DPKG_INFO, package_record, read_digest
 from minerwatch.service.timefmt import utc_iso
 
 log = logging.getLogger("minerwatch.evidence")
@@ -211,33 +211,12 @@ def _addr(a: Any) -> str:
 
 def hash_file(path: Path, cap_bytes: int) -> dict[str, Any]:
     """sha256 and size of a file, or the reason there is none (too big, unreadable, not a
-    regular file). What is read is checked on the open file itself, and no more than the
-    size it had when opened is read: a scan of ``/tmp`` checks a name, then opens it, and a
-    process swapping in a FIFO or a link to ``/dev/zero`` between the two, or appending to the
-    file without end, would otherwise hang the hunt, or the agent's IOC check, for good."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        return {"sha256": None, "hash_error": _err(exc)}
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return {"sha256": None, "hash_error": "not a regular file"}
-        size = st.st_size
-        if size > cap_bytes:
-            return {"sha256": None, "size": size, "hash_error": f"larger than {cap_bytes}"}
-        digest, left = hashlib.sha256(), size
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break  # truncated meanwhile: the bytes there were
-            digest.update(chunk)
-            left -= len(chunk)
-    except OSError as exc:
-        return {"sha256": None, "hash_error": _err(exc)}
-    finally:
-        os.close(fd)
-    return {"sha256": digest.hexdigest(), "size": size - left}
+    regular file; read as :func:`~minerwatch.service.packages.read_digest` reads)."""
+    digest, size, why = read_digest(path, hashlib.sha256(), cap_bytes)
+    if digest is None:
+        sized = {} if size is None else {"size": size}
+        return {"sha256": None, **sized, "hash_error": _clean(why, 300)}
+    return {"sha256": digest, "size": size}
 
 
 def fit_to_size(doc: dict[str, Any], max_bytes: int) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -106,15 +107,40 @@ def shipped_as(md5: str, info: Path = DPKG_INFO) -> dict[str, str] | None:
     return None
 
 
+def read_digest(path: Path, digest: Any, cap_bytes: int) -> tuple[str | None, int | None, str]:
+    """``(hex digest, bytes read, "")`` of a regular file, or ``(None, size or None, why)``.
+
+    What is read is checked on the open file itself, and no more than the size it had when
+    opened is read: a scan of ``/tmp`` checks a name, then opens it, and a process swapping
+    in a FIFO or a link to ``/dev/zero`` between the two, or appending to the file without
+    end, would otherwise hang the hunt, or the agent's IOC check, for good."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None, "not a regular file"
+        if st.st_size > cap_bytes:
+            return None, st.st_size, f"larger than {cap_bytes}"
+        left = st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break  # truncated meanwhile: the bytes there were
+            digest.update(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+    finally:
+        os.close(fd)
+    return digest.hexdigest(), st.st_size - left, ""
+
+
 def _md5(path: Path, cap_bytes: int) -> str | None:
     """As :func:`~minerwatch.service.evidence.hash_file` hashes, in dpkg's digest."""
-    try:
-        with path.open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size > cap_bytes:
-                return None
-            return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
-    except OSError:
-        return None
+    return read_digest(path, hashlib.md5(usedforsecurity=False), cap_bytes)[0]
 
 
 def package_record(

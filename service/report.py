@@ -636,10 +636,10 @@ def _preload_remediation(preload: Mapping[str, Any]) -> list[dict[str, str]]:
     a package's file breaks it. Nothing when every library is a package's."""
     from minerwatch.service.indicators import preload_entries
 
-    content = str(preload.get("content") or "")
-    libs = [lib for lib in preload_entries(content) if lib.startswith("/")]
-    if not preload.get("exists") or not preload_entries(content):
+    entries = preload_entries(str(preload.get("content") or ""))
+    if not preload.get("exists") or not entries:
         return []
+    libs = [lib for lib in entries if lib.startswith("/")]
     records = {str(e.get("path")): e for e in preload.get("entries") or [] if isinstance(e, dict)}
     owner = {lib: _shipped_package(records.get(lib, {})) for lib in libs}
     kept = [lib for lib in libs if owner[lib]]
