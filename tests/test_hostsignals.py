@@ -648,13 +648,7 @@ def test_real_agent_reports_new_port_ssh_and_wiped_log(netns, tmp_path):
         if listener is not None:
             listener.kill()
             listener.wait(timeout=30)
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(timeout=30)
+        _stop(agent)
 
 
 def _agent(netns: str, tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:

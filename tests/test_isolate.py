@@ -249,13 +249,20 @@ def pool_and_client(netns: str, tmp_path: Path, port: str) -> tuple[Path, Reader
     return data, pool, client
 
 
+def isolate_client(netns: str, client: Reader, data: Path) -> str:
+    """Isolate the running client with the real command and see it lose its pool; its pid."""
+    client.wait_for("ok")
+    pid = str(client.proc.pid)
+    done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
+    assert done.returncode == 0, done.stderr
+    client.wait_for("fail")
+    return pid
+
+
 def test_release_all_deletes_the_table_when_the_journal_is_lost(netns, tmp_path):
     data, pool, client = pool_and_client(netns, tmp_path, "3334")
     try:
-        client.wait_for("ok")
-        done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        client.wait_for("fail")
+        isolate_client(netns, client, data)
         (data / "isolate" / "isolate-journal.json").write_text("{not json")
         bad = minerwatch(netns, "isolate", "release", "--data-dir", data)
         assert (
@@ -278,10 +285,7 @@ def test_a_lost_journal_is_not_taken_for_nothing_isolated(netns, tmp_path):
     data, pool, client = pool_and_client(netns, tmp_path, "3336")
     journal = data / "isolate" / "isolate-journal.json"
     try:
-        client.wait_for("ok")
-        done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        client.wait_for("fail")
+        isolate_client(netns, client, data)
         journal.unlink()
         status = minerwatch(netns, "isolate", "status", "--data-dir", data)
         assert status.returncode == 0 and "loaded, but" in status.stdout, status.stdout
@@ -332,11 +336,7 @@ def test_a_hand_edited_entry_is_named_and_kept_and_the_others_still_release(netn
     journal = data / "isolate" / "isolate-journal.json"
     said = f"{journal}: isolated[0].uid is a string '65533' (expected a whole number"
     try:
-        client.wait_for("ok")
-        pid = str(client.proc.pid)
-        done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        client.wait_for("fail")
+        pid = isolate_client(netns, client, data)
         _with_hand_edited_entry(journal)
         status = minerwatch(netns, "isolate", "status", "--data-dir", data)
         assert status.returncode == 2 and said in status.stderr, status.stderr
@@ -369,10 +369,7 @@ def test_the_agent_releases_its_isolations_beside_a_hand_edited_entry(netns, tmp
     log = tmp_path / "agent.log"
     agent: subprocess.Popen[bytes] | None = None
     try:
-        client.wait_for("ok")
-        done = minerwatch(netns, "isolate", "--process", str(client.proc.pid), "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        client.wait_for("fail")
+        isolate_client(netns, client, data)
         journal.write_text(journal.read_text().replace('"by": "operator"', '"by": "agent"'))
         _with_hand_edited_entry(journal)
         serve = _in_ns(netns, str(SCRIPT), "serve", "--data-dir", str(data), "--port", "0",
@@ -405,11 +402,7 @@ def test_a_clock_step_does_not_make_an_isolated_process_look_gone(netns, tmp_pat
     data, pool, client = pool_and_client(netns, tmp_path, "3339")
     journal = data / "isolate" / "isolate-journal.json"
     try:
-        client.wait_for("ok")
-        pid = str(client.proc.pid)
-        done = minerwatch(netns, "isolate", "--process", pid, "--data-dir", data)
-        assert done.returncode == 0, done.stderr
-        client.wait_for("fail")
+        pid = isolate_client(netns, client, data)
         (tmp_path / "stat").write_text(stepped_proc_stat(-3600))
         stepped = (
             'mount --bind "$0" /proc/stat && "$1" isolate status --data-dir "$2" '
