@@ -402,6 +402,17 @@ class Hit:
     pid: int | None = None  # the process it was seen in, if any
 
 
+def _names_pool(pool: str) -> re.Pattern[str]:
+    """``name:port`` standing alone in an argument, any case: not the tail of a longer name
+    and not the head of a longer port, which are other hosts' pools.
+
+    >>> [bool(_names_pool("pool.example:3333").search(a)) for a in
+    ...  ["stratum+tcp://u@POOL.example:3333/x", "mypool.example:3333", "pool.example:33330"]]
+    [True, False, False]
+    """
+    return re.compile(r"(?<![\w.-])" + re.escape(pool) + r"(?!\d)", re.IGNORECASE)
+
+
 def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
     """Every place on the host an indicator of ``ioc`` shows up."""
     hits: list[Hit] = []
@@ -419,10 +430,10 @@ def find_hits(ioc: Ioc, snap: HostSnapshot) -> list[Hit]:
             hits.append(Hit("paths", path, "file exists"))
         if digest in sha:
             hits.append(Hit("sha256", digest or "", f"file {path}"))
-    named = [h.lower() for h in ioc.pool_hosts]
+    named = [(h.lower(), _names_pool(h)) for h in ioc.pool_hosts]
     for p in snap.processes:
-        for pool in named:
-            if any(pool in arg.lower() for arg in p.cmdline):
+        for pool, names in named:
+            if any(names.search(arg) for arg in p.cmdline):
                 where = f"pid {p.pid} ({p.name}) names it on its command line"
                 hits.append(Hit("pool_hosts", pool, where, p.pid))
     for pid, remote in snap.connections:

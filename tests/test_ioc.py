@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import doctest
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from minerwatch.service import ioc as ioc_module
 from minerwatch.service.evidence import EvidenceWriter, HostPaths
 from minerwatch.service.ioc import HostSnapshot, Ioc, ProcessSeen, extract, find_hits, ioc_id
 
@@ -570,6 +572,29 @@ def test_a_pool_named_by_name_is_extracted_and_hunted_by_name(tmp_path):
     finally:
         miner.kill()
         miner.wait(timeout=10)
+
+
+def test_hunt_matches_a_pool_name_whole_not_inside_another(tmp_path):
+    """The pool ``pool.example.org:3333`` is named by ``-o POOL.example.org:3333`` and a
+    stratum URL, but not by ``mypool.example.org:3333`` or port ``33330``: other hosts'
+    pools, which a substring match took for it (a hunt's hit leads a responder to isolate)."""
+    pool = "pool.example.org:3333"
+    naming = [["-o", "POOL.example.org:3333"], ["--url=stratum+tcp://w@pool.example.org:3333/x"]]
+    others = [["-o", "mypool.example.org:3333"], ["-o", "pool.example.org:33330"]]
+    procs = [subprocess.Popen(["sh", "-c", "sleep 300", "kx", *a]) for a in naming + others]
+    try:
+        ioc_file = tmp_path / "ioc.json"
+        ioc_file.write_text(json.dumps({"format": "minerwatch-ioc", "version": 1,
+                                        "id": "ioc-named", "pool_hosts": [pool]}))  # fmt: skip
+        r = minerwatch("hunt", ioc_file, "--json")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        hit = {h["pid"] for h in json.loads(r.stdout)["hits"] if h["kind"] == "pool_hosts"}
+        assert hit == {p.pid for p in procs[: len(naming)]}, (hit, [p.pid for p in procs])
+        assert doctest.testmod(ioc_module).failed == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
 
 
 def test_hunt_resolve_matches_connections_to_a_pools_address_today(tmp_path):
