@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -581,16 +582,35 @@ def test_a_full_disk_keeps_scoring_says_so_and_writes_again_when_space_returns(
 SPIN = "while True:\n    pass\n"
 
 
-def fill(folder: Path) -> Path:
-    """A file filling ``folder``'s filesystem to the last byte (ENOSPC ends it)."""
-    filler = folder / "filler"
-    with filler.open("wb", buffering=0) as fh:  # unbuffered: nothing left to fail at close
+class KeptFull:
+    """``folder``'s filesystem filled to the last byte and kept so until :meth:`free`: what
+    the agent frees meanwhile (SQLite truncating its WAL) is taken again within 20 ms, so
+    the disk has room when the test says so, not when the agent's own files shrink."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "filler"
+        self._stop = threading.Event()
+        self._fh = self.path.open("wb", buffering=0)  # unbuffered: nothing left at close
+        self._top_up()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _top_up(self) -> None:
         try:
             while True:
-                fh.write(b"\0" * 65536)
+                self._fh.write(b"\0" * 4096)
         except OSError:
             pass  # ENOSPC: full
-    return filler
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._top_up()
+
+    def free(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._fh.close()
+        self.path.unlink()
 
 
 @pytest.mark.skipif(
@@ -605,7 +625,7 @@ def test_evidence_a_full_disk_refused_is_written_once_it_has_room(tmp_path, agen
     opened (the burners as suspects). Before, it was lost."""
     agent, inside = scoring_on_tmpfs(tmp_path, quiet_models, "1s", agents)
     evidence = inside / "evidence"
-    filler = fill(inside)
+    filler = KeptFull(inside)
     burners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)
                for _ in range(2)]  # fmt: skip
     try:
@@ -626,7 +646,7 @@ def test_evidence_a_full_disk_refused_is_written_once_it_has_room(tmp_path, agen
         )
         assert agent.tail().count("kept in memory and written as soon as") == 1, agent.tail()
         freed_at = time.time()
-        filler.unlink()
+        filler.free()
         deadline = time.monotonic() + 20
         while "the disk has room again" not in agent.tail() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -643,6 +663,8 @@ def test_evidence_a_full_disk_refused_is_written_once_it_has_room(tmp_path, agen
         v = agent.values()
         assert one(v, "minerwatch_errors_total", stage="evidence") == 1  # counted once
     finally:
+        if filler.path.exists():
+            filler.free()
         for b in burners:
             b.kill()
             b.wait()
