@@ -213,6 +213,21 @@ def meta_host(meta: Path) -> str | None:
         return None
 
 
+def saved_at_or_after(models_dir: Path, since: float) -> list[str]:
+    """Hosts whose model's metadata says it was saved at or after ``since`` (whole seconds;
+    read, not verified): what a run interrupted now has on disk, also the model saved just
+    before the interruption, which the run may not have counted yet."""
+    hosts = []
+    for meta in sorted(Path(models_dir).glob(f"*/{META}")):
+        try:
+            doc = json.loads(meta.read_bytes()[:MAX_META_BYTES])
+            if float(doc["created_at"]) >= int(since):
+                hosts.append(str(doc["host"]))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue
+    return hosts
+
+
 def saved_since(
     models_dir: Path, hosts: list[str], since: float, key: bytes | None = None
 ) -> list[str]:

@@ -384,6 +384,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minerwatch.baseline.store import saved_at_or_after
     from minerwatch.baseline.train import fit_summary_table, train_all
     from minerwatch.service.progress import Progress
     from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
@@ -429,7 +430,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             on_skip=on_skip,
         )
     except (InputError, KeyboardInterrupt) as exc:
-        kept = len(trained) - len(failures)
+        # the disk too: Ctrl-C between a model's save and its count left it unsaid
+        ok = set(trained) - set(failures)
+        kept = len(ok | set(saved_at_or_after(Path(args.models), since)))
         if kept:  # the input is read a few hosts at a time: say what is already saved
             print(
                 ("\n" if bar.enabled and isinstance(exc, KeyboardInterrupt) else "")

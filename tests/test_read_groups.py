@@ -146,6 +146,32 @@ def test_only_reads_the_files_holding_the_hosts_asked_for(folder):
         TelemetryGroups([folder]).only(["e"])
 
 
+def test_ctrl_c_right_after_a_save_still_counts_the_saved_model(tmp_path):
+    """Ctrl-C after a model's files are in place but before the run counted it (here while
+    the save removes 20,000 stale model files of the host): the model is on disk, so the
+    line naming what is saved must say so; it said nothing, the model kept unsaid."""
+    d = tmp_path / "in"
+    d.mkdir()
+    write_csv(d / "h00.csv", [host_series("h00", days=2, interval=30, seed=0)])
+    folder = tmp_path / "models" / "h00"
+    folder.mkdir(parents=True)
+    for i in range(20_000):
+        (folder / f"model-{i:016x}.npz").touch()
+    proc = subprocess.Popen(
+        [*ENTRY, "train", str(d), "--models", str(tmp_path / "models")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (folder / "meta.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert len(list(folder.glob("model-*.npz"))) > 1, "the save ended before Ctrl-C: no test"
+    assert "the models of 1 hosts trained before this interruption are saved" in err, err
+
+
 def test_an_interrupted_train_says_what_is_saved_and_how_to_finish(tmp_path):
     """Ctrl-C once a model is saved: exit 130, and a line naming how many models are kept and
     the flag that trains the rest."""
