@@ -965,6 +965,23 @@ def require_folder(path: Path | None, what: str) -> None:
 # -- minerwatch config check|show ------------------------------------------------------------------
 
 
+def check_named_files(cfg: AgentConfig) -> None:
+    """Read the files the config names that ``serve`` reads once at start and refuses (exit 2)
+    when bad: the web config (its syntax, certificate, key, CA and bcrypt hashes) and the
+    model key. Without this, ``config check`` said OK of a config the agent then refused, and
+    the unit (``RestartPreventExitStatus=2``) left it down."""
+    if cfg.exporter.web_config is not None:
+        from minerwatch.service.webconfig import load_web_config
+
+        web = load_web_config(cfg.exporter.web_config)
+        web.ssl_context()
+        web.authenticator()
+    if cfg.model_key is not None:
+        from minerwatch.baseline.store import read_key
+
+        read_key(cfg.model_key)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``minerwatch config check FILE`` or ``config show [FILE]``.
 
@@ -973,6 +990,7 @@ def run(args: argparse.Namespace) -> int:
     """
     cfg = load_config(args.file)
     if args.config_command == "check":
+        check_named_files(cfg)
         print(f"{args.file}: OK")
     else:
         sys.stdout.write(dump_config(cfg))
