@@ -15,6 +15,7 @@ import argparse
 import difflib
 import ipaddress
 import math
+import os
 import re
 import socket
 import sys
@@ -960,6 +961,36 @@ def require_folder(path: Path | None, what: str) -> None:
     created by the agent, or means "nothing written yet" to the commands that read it)."""
     if path is not None and path.exists() and not path.is_dir():
         raise InputError(str(path), None, f"a folder: {what}", "a file")
+
+
+def require_writable_folders(cfg: AgentConfig) -> None:
+    """Create (0700) and check writable, before the agent starts, the folders it writes into:
+    ``data_dir``, ``evidence_dir``, the folder of ``event_log`` and, with the throttle on, its
+    ``state_dir``. Under the unit's read-only file system (``ProtectSystem=strict``) one moved
+    outside its ``ReadWritePaths=`` was an unexpected failure (exit 1, restarted every
+    ``RestartSec``) or, for evidence and events, a write that failed only when an alert came.
+    """
+    folders = [("data_dir", cfg.data_dir), ("evidence_dir", cfg.evidence_dir)]
+    if cfg.event_log is not None:
+        folders.append(("event_log", cfg.event_log.parent))
+    if cfg.throttle.enabled:
+        folders.append(("throttle.state_dir", cfg.throttle.state_dir))
+    for option, folder in folders:
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            problem = None if os.access(folder, os.W_OK) else "a read-only or not writable folder"
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem is not None:
+            raise InputError(
+                str(folder),
+                None,
+                f"a folder the agent can write ({option}; under the systemd unit, inside its "
+                "ReadWritePaths=)",
+                problem,
+            )
 
 
 # -- minerwatch config check|show ------------------------------------------------------------------
