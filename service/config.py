@@ -18,6 +18,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -963,6 +964,29 @@ def require_folder(path: Path | None, what: str) -> None:
         raise InputError(str(path), None, f"a folder: {what}", "a file")
 
 
+def require_private_config(path: Path | None) -> None:
+    """Refuse a config file others can write, for ``serve`` and ``config check``: world
+    writable, or root's and writable by a group other than root's. It decides what the
+    agent, running as root, throttles and isolates, where it writes and which model key it
+    trusts, so whoever can edit it can blind the agent (as a model key others can read is
+    refused). A user's own file writable by their group (umask 002) is theirs to judge."""
+    if path is None:
+        return
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reading it says what is wrong, at its own place
+    mode = st.st_mode
+    if mode & 0o002 or (mode & 0o020 and st.st_uid == 0 and st.st_gid != 0):
+        raise InputError(
+            str(path),
+            None,
+            "a config file only its owner can write (chmod go-w; the agent runs as root and "
+            "the file decides what it throttles, isolates and where it writes)",
+            f"mode {stat.filemode(mode)}",
+        )
+
+
 def require_writable_folders(cfg: AgentConfig) -> None:
     """Create (0700) and check writable, before the agent starts, the folders it writes into:
     ``data_dir``, ``evidence_dir``, the folder of ``event_log`` and, with the throttle on, its
@@ -1021,6 +1045,7 @@ def run(args: argparse.Namespace) -> int:
     """
     cfg = load_config(args.file)
     if args.config_command == "check":
+        require_private_config(args.file)
         check_named_files(cfg)
         print(f"{args.file}: OK")
     else:

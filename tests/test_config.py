@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import shutil
 import socket
@@ -539,6 +540,31 @@ def test_config_check_accepts_good_named_files(tmp_path):
     )
     r = run("config", "check", config)
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, f"{config}: OK", "")
+
+
+@pytest.mark.parametrize("who", ["everyone", "a group"])
+def test_a_config_others_can_write_is_refused(tmp_path, who):
+    """The agent runs as root and its config decides what it throttles, isolates and trusts:
+    a file others can edit (deploy/README.md: "writable by root alone") is refused by
+    ``serve`` and by ``config check``, as a model key others can read is."""
+    config = write(tmp_path, SHIPPED.read_text())
+    if who == "everyone":
+        config.chmod(0o666)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the file to root and another group")
+        os.chown(config, 0, 65534)
+        config.chmod(0o664)
+    words = [f"{config}: expected a config file only its owner can write (chmod go-w"]
+    usage_error(run("config", "check", config), *words)
+    usage_error(
+        run("serve", "--config", config, "--port", "0", "--address", "127.0.0.1",
+            "--data-dir", tmp_path / "data", timeout=60),
+        *words,
+    )  # fmt: skip
+    assert not (tmp_path / "data").exists()
+    config.chmod(0o644)
+    assert run("config", "check", config).returncode == 0
 
 
 def test_config_show_prints_effective_toml(tmp_path, capsys):
