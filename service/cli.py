@@ -35,6 +35,8 @@ from minerwatch.service.config import (
     agent_files_config,
     config_from_args,
     require_folder,
+    require_private_config,
+    require_writable_folders,
 )
 from minerwatch.service.resume import names as _names
 from minerwatch.service.units import DURATION_HELP, format_duration, parse_duration
@@ -565,7 +567,9 @@ def _model_key(args: argparse.Namespace) -> bytes | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # a bad flag or file is reported before the agent loads
+    require_private_config(args.config)
     require_folder(cfg.data_dir, "the agent's data folder (--data-dir, data_dir)")
+    require_writable_folders(cfg)
     from minerwatch.service.agent import serve
 
     try:

@@ -15,8 +15,10 @@ import argparse
 import difflib
 import ipaddress
 import math
+import os
 import re
 import socket
+import stat
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -962,7 +964,77 @@ def require_folder(path: Path | None, what: str) -> None:
         raise InputError(str(path), None, f"a folder: {what}", "a file")
 
 
+def require_private_config(path: Path | None) -> None:
+    """Refuse a config file others can write, for ``serve`` and ``config check``: world
+    writable, or root's and writable by a group other than root's. It decides what the
+    agent, running as root, throttles and isolates, where it writes and which model key it
+    trusts, so whoever can edit it can blind the agent (as a model key others can read is
+    refused). A user's own file writable by their group (umask 002) is theirs to judge."""
+    if path is None:
+        return
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reading it says what is wrong, at its own place
+    mode = st.st_mode
+    if mode & 0o002 or (mode & 0o020 and st.st_uid == 0 and st.st_gid != 0):
+        raise InputError(
+            str(path),
+            None,
+            "a config file only its owner can write (chmod go-w; the agent runs as root and "
+            "the file decides what it throttles, isolates and where it writes)",
+            f"mode {stat.filemode(mode)}",
+        )
+
+
+def require_writable_folders(cfg: AgentConfig) -> None:
+    """Create (0700) and check writable, before the agent starts, the folders it writes into:
+    ``data_dir``, ``evidence_dir``, the folder of ``event_log`` and, with the throttle on, its
+    ``state_dir``. Under the unit's read-only file system (``ProtectSystem=strict``) one moved
+    outside its ``ReadWritePaths=`` was an unexpected failure (exit 1, restarted every
+    ``RestartSec``) or, for evidence and events, a write that failed only when an alert came.
+    """
+    folders = [("data_dir", cfg.data_dir), ("evidence_dir", cfg.evidence_dir)]
+    if cfg.event_log is not None:
+        folders.append(("event_log", cfg.event_log.parent))
+    if cfg.throttle.enabled:
+        folders.append(("throttle.state_dir", cfg.throttle.state_dir))
+    for option, folder in folders:
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            problem = None if os.access(folder, os.W_OK) else "a read-only or not writable folder"
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem is not None:
+            raise InputError(
+                str(folder),
+                None,
+                f"a folder the agent can write ({option}; under the systemd unit, inside its "
+                "ReadWritePaths=)",
+                problem,
+            )
+
+
 # -- minerwatch config check|show ------------------------------------------------------------------
+
+
+def check_named_files(cfg: AgentConfig) -> None:
+    """Read the files the config names that ``serve`` reads once at start and refuses (exit 2)
+    when bad: the web config (its syntax, certificate, key, CA and bcrypt hashes) and the
+    model key. Without this, ``config check`` said OK of a config the agent then refused, and
+    the unit (``RestartPreventExitStatus=2``) left it down."""
+    if cfg.exporter.web_config is not None:
+        from minerwatch.service.webconfig import load_web_config
+
+        web = load_web_config(cfg.exporter.web_config)
+        web.ssl_context()
+        web.authenticator()
+    if cfg.model_key is not None:
+        from minerwatch.baseline.store import read_key
+
+        read_key(cfg.model_key)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -973,6 +1045,8 @@ def run(args: argparse.Namespace) -> int:
     """
     cfg = load_config(args.file)
     if args.config_command == "check":
+        require_private_config(args.file)
+        check_named_files(cfg)
         print(f"{args.file}: OK")
     else:
         sys.stdout.write(dump_config(cfg))

@@ -386,7 +386,7 @@ def test_os_errors_name_their_file(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     r = run("serve", "--data-dir", blocker / "sub", "--port", "0", "--address", "127.0.0.1")
-    usage_error(r, f"{blocker / 'sub'}: Not a directory")
+    usage_error(r, f"{blocker / 'sub'}: expected a folder the agent can write", "Not a directory")
     assert "[Errno" not in r.stderr
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import shutil
 import socket
@@ -11,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from entry import run, usage_error
 
 from minerwatch.features.errors import InputError
 from minerwatch.service.cli import build_parser, main
@@ -488,6 +490,81 @@ def test_config_check_ok_and_bad(tmp_path, capsys):
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"minerwatch: error: {bad}:2: expected window >= interval (10s)")
+
+
+BAD_NAMED_FILES = {
+    "not a bcrypt hash": (
+        "basic_auth_users:\n  prometheus: notahash\n",
+        None,
+        ["web.yml:2: expected a bcrypt hash for user 'prometheus'"],
+    ),
+    "missing certificate": (
+        "tls_server_config:\n  cert_file: nowhere.crt\n  key_file: nowhere.key\n",
+        None,
+        ["web.yml:2: expected a readable PEM certificate and matching key"],
+    ),
+    "missing web config": (None, None, ["web.yml: expected a readable UTF-8 web config file"]),
+    "missing model key": ("", "missing.key", ["missing.key: expected a readable model key file"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_NAMED_FILES)
+def test_config_check_refuses_what_serve_refuses_at_start(tmp_path, case):
+    """``config check`` reads the web config and the model key as ``serve`` does at start: it
+    said OK of a config whose agent then exited 2 (and the unit did not restart it)."""
+    web, key, words = BAD_NAMED_FILES[case]
+    if web is not None:
+        (tmp_path / "web.yml").write_text(web)
+    text = f'[exporter]\nweb_config = "{tmp_path / "web.yml"}"\n'
+    if key is not None:
+        text = f'[agent]\nmodel_key = "{tmp_path / key}"\n'
+    config = write(tmp_path, text)
+    usage_error(run("config", "check", config), *words)
+    usage_error(
+        run("serve", "--config", config, "--port", "0", "--address", "127.0.0.1",
+            "--data-dir", tmp_path / "data", "--learn-for", "2m", timeout=60),
+        *words,
+    )  # fmt: skip
+
+
+def test_config_check_accepts_good_named_files(tmp_path):
+    bcrypt = pytest.importorskip("bcrypt")
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
+    key = tmp_path / "model.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    config = write(
+        tmp_path,
+        f'[agent]\nmodel_key = "{key}"\n[exporter]\nweb_config = "{tmp_path / "web.yml"}"\n',
+    )
+    r = run("config", "check", config)
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, f"{config}: OK", "")
+
+
+@pytest.mark.parametrize("who", ["everyone", "a group"])
+def test_a_config_others_can_write_is_refused(tmp_path, who):
+    """The agent runs as root and its config decides what it throttles, isolates and trusts:
+    a file others can edit (deploy/README.md: "writable by root alone") is refused by
+    ``serve`` and by ``config check``, as a model key others can read is."""
+    config = write(tmp_path, SHIPPED.read_text())
+    if who == "everyone":
+        config.chmod(0o666)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the file to root and another group")
+        os.chown(config, 0, 65534)
+        config.chmod(0o664)
+    words = [f"{config}: expected a config file only its owner can write (chmod go-w"]
+    usage_error(run("config", "check", config), *words)
+    usage_error(
+        run("serve", "--config", config, "--port", "0", "--address", "127.0.0.1",
+            "--data-dir", tmp_path / "data", timeout=60),
+        *words,
+    )  # fmt: skip
+    assert not (tmp_path / "data").exists()
+    config.chmod(0o644)
+    assert run("config", "check", config).returncode == 0
 
 
 def test_config_show_prints_effective_toml(tmp_path, capsys):

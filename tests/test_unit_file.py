@@ -223,3 +223,48 @@ def test_textfile_mode_makes_its_folder_writable_for_the_unit(tmp_path):
     assert directives(dropin)["ReadWritePaths"] == [folder.group(1)]
     hint = re.search(r"^# ReadWritePaths=-?(\S+)$", UNIT.read_text(), re.M)
     assert hint and hint.group(1) == folder.group(1)
+
+
+def private_mounts_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+#: Mounts a read-only tmpfs on $1 in the command's own mount namespace (the unit's
+#: ProtectSystem=strict outside ReadWritePaths=), then runs the rest: nothing leaks out.
+READ_ONLY = 'mount -t tmpfs -o ro minerwatch-test "$1" && shift && exec "$@"'
+
+
+@pytest.mark.skipif(not private_mounts_work(), reason="needs unshare -m (root)")
+@pytest.mark.parametrize(
+    ("option", "toml"),
+    [
+        ("data_dir", '[agent]\ndata_dir = "{ro}"\n'),
+        ("evidence_dir", '[agent]\ndata_dir = "{rw}"\nevidence_dir = "{ro}/evidence"\n'),
+        ("event_log", '[agent]\ndata_dir = "{rw}"\nevent_log = "{ro}/events.jsonl"\n'),
+    ],
+    ids=["data_dir", "evidence_dir", "event_log"],
+)
+def test_a_folder_outside_the_units_writable_paths_stops_the_agent_with_exit_2(
+    tmp_path, option, toml
+):
+    """A config that moves the agent's files out of /var/lib/minerwatch, run under the unit's
+    read-only file system: the agent exits 2 naming the option and ReadWritePaths= (the unit
+    does not restart it), not an unexpected failure restarted every RestartSec, nor an agent
+    that runs and loses its evidence at the first alert."""
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    config = tmp_path / "minerwatch.toml"
+    config.write_text(toml.format(ro=ro, rw=rw))
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY, "sh", str(ro),
+         str(Path(sys.executable).parent / "minerwatch"), "serve", "--config", str(config),
+         "--port", "0", "--address", "127.0.0.1", "--log-dir", ""],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"expected a folder the agent can write ({option};" in done.stderr
+    assert "ReadWritePaths=" in done.stderr
+    assert not systemd_restarts(directives(UNIT), done.returncode)
