@@ -245,8 +245,11 @@ def test_collect_records_the_cpu_of_garbage_collector_threads(tmp_path):
     gc = sorted(float(row["gc_cpu_percent"]) for row in mine)
     cpu = sorted(float(row["cpu_percent"]) for row in mine)
     cores = os.cpu_count() or 1
-    assert 30.0 <= gc[len(gc) // 2] <= 100.0 * 1.1  # one of its two busy threads
-    assert gc[len(gc) // 2] <= 0.8 * cpu[len(cpu) // 2]  # the worker's time is not collection
+    # two threads spinning alike: the collector's is about half the process's, however much
+    # of the machine other work takes (tests run two at a time)
+    g, c = gc[len(gc) // 2], cpu[len(cpu) // 2]
+    assert c >= 20.0 and g <= 100.0 * 1.1, (gc, cpu)
+    assert 0.25 * c <= g <= 0.8 * c, (gc, cpu)  # its own time, not the worker's
     samples = list(csv.DictReader(out.open()))
     assert {float(row["cpu_cores"]) for row in samples} == {float(cores)}
 
