@@ -292,11 +292,10 @@ def check_rules_evaluate(prom) -> None:
 
 
 def check_grafana_alert_per_host(prom) -> None:
-    """The Grafana-managed alert's query gives one margin per fleet host, each its own, for the
-    hosts whose alert rule fires."""
+    """The Grafana-managed alert's query gives one series per fleet host whose alert episode
+    is open, each with its own host label, as ``minerwatch_alert_active`` says."""
     (rule,) = yaml.safe_load(ALERTING.read_text())["groups"][0]["rules"]
     (query,) = [d["model"]["expr"] for d in rule["data"] if d["datasourceUid"] != "__expr__"]
-    margin, gate = query.split(" and on (instance, job, host) ")
 
     def fleet_hosts(expr: str) -> list[str]:
         answer = prom.query(expr)
@@ -304,8 +303,8 @@ def check_grafana_alert_per_host(prom) -> None:
         rows = answer["data"]["result"]
         return sorted(r["metric"]["host"] for r in rows if r["metric"]["job"] == "minerwatch-fleet")
 
-    assert fleet_hosts(margin) == list(HOSTS)
-    assert fleet_hosts(query) == fleet_hosts(gate)
+    assert fleet_hosts("minerwatch_alert_active") == list(HOSTS)  # every host is there
+    assert fleet_hosts(query) == fleet_hosts("minerwatch_alert_active == 1")
 
 
 def test_one_query_per_metric_per_cycle_whatever_the_hosts(live, models):
