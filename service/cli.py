@@ -187,16 +187,22 @@ def _instant(text: str) -> float:
     from datetime import UTC, datetime
 
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected Unix seconds or ISO 8601 (2026-01-05T00:00Z), got {text!r}"
+            ) from None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    try:  # nan, inf or 1e30 would be written into files and break every later reader
+        datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
         raise argparse.ArgumentTypeError(
-            f"expected Unix seconds or ISO 8601 (2026-01-05T00:00Z), got {text!r}"
+            f"expected Unix seconds or ISO 8601 of a time in the years 1 to 9999, got {text!r}"
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return value
 
 
 def _output_file(text: str) -> Path:
