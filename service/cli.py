@@ -835,9 +835,9 @@ def _report_command(sub: Subcommands) -> None:
     p.add_argument("--format", choices=("html", "json", "md"), default="html", help="output format")
     p.add_argument(
         "--output",
-        type=_output_file,
+        type=_output_file_or_stdout,
         metavar="FILE",
-        help="file to write, mode 0600 (default: stdout)",
+        help="file to write, mode 0600, or - for standard output (default: stdout)",
     )
     p.add_argument(
         "--remediation",
@@ -1127,7 +1127,9 @@ def _response_commands(sub: Subcommands) -> None:
     )
     _agent_dir_flags(q)
     q.add_argument(
-        "--output", type=_output_file, help="IOC file to write (default: print it to stdout)"
+        "--output",
+        type=_output_file_or_stdout,
+        help="IOC file to write, or - for standard output (default: print it to stdout)",
     )
     q = _command(
         sub,

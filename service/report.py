@@ -1052,7 +1052,7 @@ def run(args: argparse.Namespace) -> int:
         from minerwatch.service.reporthtml import render_html
 
         text = render_html(doc)
-    if args.output is None:
+    if args.output is None or str(args.output) == "-":  # "-" as for score: not a file named -
         sys.stdout.write(text)
         return 0
     atomic_write(args.output, text, mode=0o600)  # command lines and paths: owner only

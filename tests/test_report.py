@@ -346,6 +346,21 @@ def test_without_matplotlib_the_plot_is_an_inline_svg(data_dir):
     assert "http" not in r.stdout.split("<svg", 1)[1].split("</svg>", 1)[0]
 
 
+def test_output_dash_is_standard_output_not_a_file_named_dash(data_dir, tmp_path):
+    """As for ``score --output -``: a responder piping the report (or the IOC file) on got
+    nothing on stdout and a hidden file named ``-`` in the working folder."""
+    for command in (
+        [MINERWATCH, "report", "--data-dir", str(data_dir), "--format", "md", "--output", "-"],
+        [MINERWATCH, "ioc", "extract", EPISODE, "--data-dir", str(data_dir), "--output", "-"],
+    ):
+        r = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(("# Incident report", '{\n "format": "minerwatch-ioc"')), (
+            r.stdout
+        )
+        assert not (tmp_path / "-").exists()
+
+
 def test_usage_errors_exit_2_with_a_clear_message(data_dir, tmp_path):
     r = report("--data-dir", str(tmp_path / "missing"))
     assert r.returncode == 2 and "no such folder" in r.stderr
