@@ -483,7 +483,10 @@ def _indicators(
     for hit in [*_dicts((evidence or {}).get("indicators")), *_dicts(episode.get("indicators"))]:
         if not isinstance(hit, dict):
             continue
-        key = (hit.get("indicator_id"), hit.get("reason"), hit.get("pid"), hit.get("detail"))
+        key = tuple(  # as text: a damaged file's list or object here would not hash
+            json.dumps(hit.get(k), sort_keys=True, default=str)
+            for k in ("indicator_id", "reason", "pid", "detail")
+        )
         if key in seen:
             continue
         seen.add(key)

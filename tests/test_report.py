@@ -443,6 +443,7 @@ def test_a_mangled_evidence_file_still_gives_a_report(tmp_path):
     for key in ("processes", "crontabs", "systemd_units", "indicators", "listening"):
         doc[key] = "x" if key != "crontabs" else 5
     doc["ld_so_preload"] = ["nope"]
+    doc["indicators"] = [{"indicator_id": ["pool_port"], "pid": {"a": 1}, "detail": [3333]}]
     path.write_text(json.dumps(doc))
     with open(data / "events.jsonl", "a") as fh:
         fh.write(_event("update", EPISODE, START, END, END, process="pid 1", indicators={"a": 1}))
