@@ -113,6 +113,20 @@ def dismiss(
             if row is not None:
                 return {**record, "at": row[0], "by": row[1], "reason": row[2], "already": True}
             record["confirming"] = _confirming(episode)
+            windows = conn.execute(
+                "SELECT count(*) FROM windows WHERE alert = 1 AND window_start < ?"
+                " AND window_end > ?",
+                (end, start),
+            ).fetchone()[0]
+            if not windows:  # a record the retraining has nothing to learn from
+                raise InputError(
+                    str(cfg.history_path),
+                    None,
+                    f"the alerted windows of episode {eid} ({_utc(start)} to {_utc(end)}), for "
+                    "the retraining to learn",
+                    "none: they are older than the history keeps, or the history was started "
+                    "afresh since; nothing dismissed",
+                )
             at = time.time() if now is None else now
             by = _who()
             conn.execute(
@@ -120,11 +134,6 @@ def dismiss(
                 " undone_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (eid, episode["host"], start, end, at, by, reason),
             )
-            windows = conn.execute(
-                "SELECT count(*) FROM windows WHERE alert = 1 AND window_start < ?"
-                " AND window_end > ?",
-                (end, start),
-            ).fetchone()[0]
     except sqlite3.Error as exc:
         raise InputError(
             str(cfg.history_path), None, "a writable history database", str(exc)

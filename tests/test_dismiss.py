@@ -256,6 +256,25 @@ def test_no_episode_or_no_history_exits_2_naming_the_file(tmp_path):
     assert not (data / "history.db").exists(), "the command created a history"
 
 
+def test_an_episode_the_history_no_longer_holds_is_not_dismissed(tmp_path):
+    """Its windows gone (past the history's retention), the retraining has nothing to learn:
+    it said "0 alerted windows ... learns these windows" and exited 0."""
+    data = agent_folder(tmp_path)
+    conn = sqlite3.connect(data / "history.db")
+    with conn:
+        conn.execute("DELETE FROM windows")
+    conn.close()
+    r = mw("dismiss", "--data-dir", data)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert (
+        f"{data / 'history.db'}: expected the alerted windows of episode h-1000003600" in r.stderr
+    )
+    assert "older than the history keeps" in r.stderr and "Traceback" not in r.stderr
+    conn = sqlite3.connect(data / "history.db")
+    assert conn.execute("SELECT count(*) FROM dismissed").fetchone() == (0,)
+    conn.close()
+
+
 def test_dismiss_without_an_agent_running_records_the_episode(tmp_path):
     data = agent_folder(tmp_path)
     r = mw("dismiss", "--data-dir", data, "--episode", "h-1000003600", "--json")

@@ -564,6 +564,8 @@ def test_the_latest_episode_is_the_one_the_agent_lived_last(tmp_path):
     with open(data / "events.jsonl", "a") as fh:
         fh.write(_event("open", later, stepped, stepped + 60, stepped + 60))
         fh.write(_event("close", later, stepped, stepped + 600, stepped + 660, reason="cleared"))
+    with History(data / "history.db", retention_s=30 * 86400, clock=lambda: END + 3600) as h:
+        h.add_window(stepped, stepped + 60, 0.93, 0.71, True)  # what dismiss lets be learnt
     r = report("--data-dir", str(data), "--format", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["episode"]["id"] == later
