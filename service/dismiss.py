@@ -102,6 +102,9 @@ def dismiss(
     conn = _connect(cfg)
     try:
         with conn:
+            # the write lock before the read: two responders dismissing at once, the second
+            # waits and is told "already", instead of replacing the first's who and why
+            conn.execute("BEGIN IMMEDIATE")
             row = dismissal(conn, eid)
             record = {
                 "episode": eid,
@@ -159,6 +162,7 @@ def undo(cfg: AgentConfig, episode_id: str, now: float | None = None) -> dict[st
     conn = _connect(cfg)
     try:
         with conn:
+            conn.execute("BEGIN IMMEDIATE")  # as dismiss: one writer from read to write
             row = conn.execute(
                 "SELECT host, start, end, at, by, reason FROM dismissed"
                 " WHERE episode = ? AND undone_at IS NULL",
