@@ -97,7 +97,8 @@ def dismiss(
             str(cfg.event_log),
             None,
             f"event lines with the start and end of episode {eid}",
-            "none (only its evidence file is left): there are no windows to learn",
+            "none usable (only its evidence file is left, or its line is damaged): there are no "
+            "windows to learn",
         )
     conn = _connect(cfg)
     try:
