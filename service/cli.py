@@ -189,16 +189,22 @@ def _instant(text: str) -> float:
     from datetime import UTC, datetime
 
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected Unix seconds or ISO 8601 (2026-01-05T00:00Z), got {text!r}"
+            ) from None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    try:  # nan, inf or 1e30 would be written into files and break every later reader
+        datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
         raise argparse.ArgumentTypeError(
-            f"expected Unix seconds or ISO 8601 (2026-01-05T00:00Z), got {text!r}"
+            f"expected Unix seconds or ISO 8601 of a time in the years 1 to 9999, got {text!r}"
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return value
 
 
 def _output_file(text: str) -> Path:
@@ -836,9 +842,9 @@ def _report_command(sub: Subcommands) -> None:
     p.add_argument("--format", choices=("html", "json", "md"), default="html", help="output format")
     p.add_argument(
         "--output",
-        type=_output_file,
+        type=_output_file_or_stdout,
         metavar="FILE",
-        help="file to write, mode 0600 (default: stdout)",
+        help="file to write, mode 0600, or - for standard output (default: stdout)",
     )
     p.add_argument(
         "--remediation",
@@ -1128,7 +1134,9 @@ def _response_commands(sub: Subcommands) -> None:
     )
     _agent_dir_flags(q)
     q.add_argument(
-        "--output", type=_output_file, help="IOC file to write (default: print it to stdout)"
+        "--output",
+        type=_output_file_or_stdout,
+        help="IOC file to write, or - for standard output (default: print it to stdout)",
     )
     q = _command(
         sub,

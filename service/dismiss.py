@@ -97,11 +97,15 @@ def dismiss(
             str(cfg.event_log),
             None,
             f"event lines with the start and end of episode {eid}",
-            "none (only its evidence file is left): there are no windows to learn",
+            "none usable (only its evidence file is left, or its line is damaged): there are no "
+            "windows to learn",
         )
     conn = _connect(cfg)
     try:
         with conn:
+            # the write lock before the read: two responders dismissing at once, the second
+            # waits and is told "already", instead of replacing the first's who and why
+            conn.execute("BEGIN IMMEDIATE")
             row = dismissal(conn, eid)
             record = {
                 "episode": eid,
@@ -113,6 +117,20 @@ def dismiss(
             if row is not None:
                 return {**record, "at": row[0], "by": row[1], "reason": row[2], "already": True}
             record["confirming"] = _confirming(episode)
+            windows = conn.execute(
+                "SELECT count(*) FROM windows WHERE alert = 1 AND window_start < ?"
+                " AND window_end > ?",
+                (end, start),
+            ).fetchone()[0]
+            if not windows:  # a record the retraining has nothing to learn from
+                raise InputError(
+                    str(cfg.history_path),
+                    None,
+                    f"the alerted windows of episode {eid} ({_utc(start)} to {_utc(end)}), for "
+                    "the retraining to learn",
+                    "none: they are older than the history keeps, or the history was started "
+                    "afresh since; nothing dismissed",
+                )
             at = time.time() if now is None else now
             by = _who()
             conn.execute(
@@ -120,11 +138,6 @@ def dismiss(
                 " undone_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (eid, episode["host"], start, end, at, by, reason),
             )
-            windows = conn.execute(
-                "SELECT count(*) FROM windows WHERE alert = 1 AND window_start < ?"
-                " AND window_end > ?",
-                (end, start),
-            ).fetchone()[0]
     except sqlite3.Error as exc:
         raise InputError(
             str(cfg.history_path), None, "a writable history database", str(exc)
@@ -150,6 +163,7 @@ def undo(cfg: AgentConfig, episode_id: str, now: float | None = None) -> dict[st
     conn = _connect(cfg)
     try:
         with conn:
+            conn.execute("BEGIN IMMEDIATE")  # as dismiss: one writer from read to write
             row = conn.execute(
                 "SELECT host, start, end, at, by, reason FROM dismissed"
                 " WHERE episode = ? AND undone_at IS NULL",

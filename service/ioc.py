@@ -816,7 +816,7 @@ def run(args: argparse.Namespace) -> int:
             f"none for {_suspects(ioc)}; no IOC file written",
         )
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
-    if args.output is None:
+    if args.output is None or str(args.output) == "-":  # "-" as for score: not a file named -
         sys.stdout.write(text)
     else:
         atomic_write(args.output, text, mode=0o600)  # cron lines and paths, as evidence

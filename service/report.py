@@ -57,10 +57,20 @@ MAX_POINTS = 1500
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+#: Unix seconds of 0001-01-01 and 9999-12-31T23:59:59Z: the times a date can show.
+_FIRST, _LAST = -62_135_596_800.0, 253_402_300_799.0
+
+
 def _iso(ts: float | None) -> str | None:
-    if ts is None or not math.isfinite(ts):
+    if ts is None or not _FIRST <= ts <= _LAST:  # nan too
         return None
     return utc_iso(ts)
+
+
+def _time(value: Any) -> float | None:
+    """:func:`_num` for a time: None unless a date can show it (a damaged line's 1e308)."""
+    f = _num(value)
+    return f if f is not None and _FIRST <= f <= _LAST else None
 
 
 def _num(value: Any) -> float | None:
@@ -198,7 +208,7 @@ def episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dic
     last = dict(events[-1]) if events else {}
     opened = next((e for e in events if e.get("event") == "open"), None)
     closed = next((e for e in reversed(events) if e.get("event") == "close"), None)
-    start, end = _num(last.get("start")), _num(last.get("end"))
+    start, end = _time(last.get("start")), _time(last.get("end"))
     return {
         "id": episode_id,
         "host": last.get("host"),
@@ -483,7 +493,10 @@ def _indicators(
     for hit in [*_dicts((evidence or {}).get("indicators")), *_dicts(episode.get("indicators"))]:
         if not isinstance(hit, dict):
             continue
-        key = (hit.get("indicator_id"), hit.get("reason"), hit.get("pid"), hit.get("detail"))
+        key = tuple(  # as text: a damaged file's list or object here would not hash
+            json.dumps(hit.get(k), sort_keys=True, default=str)
+            for k in ("indicator_id", "reason", "pid", "detail")
+        )
         if key in seen:
             continue
         seen.add(key)
@@ -898,7 +911,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     ep = doc["episode"]
     out = [f"# Incident report: {_inline(doc['host'])}, episode {_inline(ep['id'])}", ""]
     out += [
-        f"- from {ep['start_utc']} to {ep['end_utc']} ({ep['state']})",
+        f"- from {ep['start_utc'] or '-'} to {ep['end_utc'] or '-'} ({ep['state']})",
         f"- score {_fmt(ep['score'])} above threshold {_fmt(ep['threshold'])}",
         f"- evidence: {_inline(doc['evidence_file'] or 'none')}",
         "",
@@ -1052,7 +1065,7 @@ def run(args: argparse.Namespace) -> int:
         from minerwatch.service.reporthtml import render_html
 
         text = render_html(doc)
-    if args.output is None:
+    if args.output is None or str(args.output) == "-":  # "-" as for score: not a file named -
         sys.stdout.write(text)
         return 0
     atomic_write(args.output, text, mode=0o600)  # command lines and paths: owner only

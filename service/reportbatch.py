@@ -60,6 +60,19 @@ def _top_features(text: str) -> list[dict[str, Any]]:
 NEEDED = ("host", "window_start", "window_end", "score", "threshold", "alert", "top_features")
 
 
+#: Unix seconds of 0001-01-01 and 9999-12-31T23:59:59Z: the times a date can show.
+_FIRST, _LAST = -62_135_596_800.0, 253_402_300_799.0
+
+
+def _seconds(text: str) -> float:
+    """A window's start or end: finite Unix seconds a date can show (nan, inf or 1e30 in a
+    hand-edited file would fail later, unnamed)."""
+    value = float(text)
+    if not _FIRST <= value <= _LAST:  # false for nan too
+        raise ValueError(f"{text.strip()!r}, not Unix seconds of a time in the years 1 to 9999")
+    return value
+
+
 def read_scores(path: Path) -> dict[str, list[dict[str, Any]]]:
     """Rows of a scores file by host, sorted by window start; a bad row names its line."""
     try:
@@ -95,8 +108,8 @@ def read_scores(path: Path) -> dict[str, list[dict[str, Any]]]:
                 raise InputError(str(path), n, f"{len(header)} fields", str(len(row)))
             try:
                 parsed = {
-                    "start": float(row[at["window_start"]]),
-                    "end": float(row[at["window_end"]]),
+                    "start": _seconds(row[at["window_start"]]),
+                    "end": _seconds(row[at["window_end"]]),
                     "score": float(row[at["score"]]),
                     "threshold": float(row[at["threshold"]]),
                     "alert": int(row[at["alert"]]) == 1,

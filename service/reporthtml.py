@@ -386,7 +386,8 @@ def render_html(doc: Mapping[str, Any]) -> str:
             [
                 [
                     "<b>alert</b>",
-                    f"{_e(ep.get('start_utc'))} to {_e(ep.get('end_utc'))} ({_e(ep.get('state'))})",
+                    f"{_e(ep.get('start_utc') or '-')} to {_e(ep.get('end_utc') or '-')} "
+                    f"({_e(ep.get('state'))})",
                 ],
                 [
                     "<b>score</b>",

@@ -256,6 +256,72 @@ def test_no_episode_or_no_history_exits_2_naming_the_file(tmp_path):
     assert not (data / "history.db").exists(), "the command created a history"
 
 
+def test_an_episode_the_history_no_longer_holds_is_not_dismissed(tmp_path):
+    """Its windows gone (past the history's retention), the retraining has nothing to learn:
+    it said "0 alerted windows ... learns these windows" and exited 0."""
+    data = agent_folder(tmp_path)
+    conn = sqlite3.connect(data / "history.db")
+    with conn:
+        conn.execute("DELETE FROM windows")
+    conn.close()
+    r = mw("dismiss", "--data-dir", data)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert (
+        f"{data / 'history.db'}: expected the alerted windows of episode h-1000003600" in r.stderr
+    )
+    assert "older than the history keeps" in r.stderr and "Traceback" not in r.stderr
+    conn = sqlite3.connect(data / "history.db")
+    assert conn.execute("SELECT count(*) FROM dismissed").fetchone() == (0,)
+    conn.close()
+
+
+def _waiting_for_the_lock(pid: int) -> bool:
+    """Whether the process sleeps in SQLite's busy handler (a nanosleep): a dismiss that
+    reached the database and waits for the write lock the test holds."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        call = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return "nanosleep" in wchan or call in {"35", "230", "101", "115"}  # x86_64, aarch64
+
+
+def test_two_responders_dismissing_at_once_keep_the_first_record(tmp_path):
+    """Both read "not dismissed", then both wrote: the second replaced the first's name and
+    reason, and both were told they had dismissed it. The test holds the history's write
+    lock until both commands wait on it, as an agent's write or a slow disk would."""
+    data = agent_folder(tmp_path)
+    lock = sqlite3.connect(data / "history.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    procs = [
+        subprocess.Popen(
+            [MINERWATCH, "dismiss", "--data-dir", str(data), "--reason", reason],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for reason in ("alice: reindex", "bob: backup")
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(_waiting_for_the_lock(p.pid) for p in procs):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline, "the commands never waited for the lock"
+            time.sleep(0.02)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    said = sorted("already dismissed" in out for out, _ in outs)
+    assert said == [False, True], outs
+    conn = sqlite3.connect(data / "history.db")
+    (reason,) = conn.execute("SELECT reason FROM dismissed").fetchone()
+    conn.close()
+    assert reason in ("alice: reindex", "bob: backup")
+    assert ("already" in outs[0][0]) == (reason == "bob: backup"), (outs, reason)
+
+
 def test_dismiss_without_an_agent_running_records_the_episode(tmp_path):
     data = agent_folder(tmp_path)
     r = mw("dismiss", "--data-dir", data, "--episode", "h-1000003600", "--json")

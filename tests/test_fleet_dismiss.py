@@ -76,6 +76,15 @@ def test_dismiss_list_and_undo_keep_one_private_file(tmp_path):
         (["--host", "h", "--start", "1", "--undo"], "expected a dismissal of h from 1"),
         (["--host", "h", "--start", "1", "--end", "2", "--reason", "x" * 501], "at most 500"),
         (["--host", "h", "--start", "yesterday"], "expected Unix seconds or ISO 8601"),
+        # written, these broke --list and fleet serve's reading of the file for good (exit 1)
+        (["--host", "h", "--start", "nan", "--end", "nan"], "a time in the years 1 to 9999"),
+        (["--host", "h", "--start", "1", "--end", "inf"], "a time in the years 1 to 9999"),
+        (["--host", "h", "--start", "1e30", "--end", "1e31"], "a time in the years 1 to 9999"),
+        # a mistyped year: every alert of the host until then, a miner's too, learnt unseen
+        (
+            ["--host", "h", "--start", "2026-01-12T02:00Z", "--end", "2999-01-12T03:00Z"],
+            "--end: expected the end of an alert that has happened, not a time in the future",
+        ),
     ],
 )
 def test_bad_usage_exits_2(tmp_path, args, expected):
@@ -90,6 +99,12 @@ def test_a_damaged_file_is_named_and_left_alone(tmp_path):
     path.write_text('{"format": "minerwatch-fleet-dismissals", "dismissed": [\n{"host": 1}]}')
     r = mw("--state-dir", tmp_path, "--host", "h", "--start", "1", "--end", "2")
     assert r.returncode == 2 and f"{path}: expected dismissed[0] with host" in r.stderr
+    path.write_text(
+        '{"format": "minerwatch-fleet-dismissals", "dismissed": [\n'
+        '{"host": "h", "start": NaN, "end": NaN, "at": 1.0}]}'
+    )  # what an --start nan wrote before it was refused
+    r = mw("--state-dir", tmp_path, "--list")
+    assert r.returncode == 2 and f"{path}: expected dismissed[0] with host" in r.stderr, r.stderr
     path.write_text("{not json")
     r = mw("--state-dir", tmp_path, "--list")
     assert r.returncode == 2 and f"{path}:1: expected JSON" in r.stderr
@@ -132,7 +147,7 @@ def test_fleet_serve_retrains_when_a_dismissed_episode_closes(tmp_path, caplog, 
     from minerwatch.service.fleet.promclient import Connection, PromClient
     from minerwatch.service.fleet.serve import STATE_FILE, FleetServer, HostState
 
-    t0 = 1_800_000_000.0
+    t0 = 1_700_000_000.0  # in the past: fleet dismiss refuses an --end in the future
     http = serve_answers(Answers(1, np.arange(t0 - 2400.0, t0 + 1200.0, INTERVAL), seed=4))
     model = replace(one_model(), host="h0000")
     now = [t0]

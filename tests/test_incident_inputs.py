@@ -141,6 +141,23 @@ def test_dismiss_names_a_damaged_journal_line_and_still_dismisses(tmp_path):
         conn.close()
 
 
+def test_an_event_line_with_a_time_no_date_can_show_is_not_an_unexpected_failure(tmp_path):
+    """A damaged line's end of 1e308: report and dismiss failed with exit 1 (OverflowError)."""
+    data = build_data_dir(tmp_path)
+    journal = data / "events.jsonl"
+    lines = journal.read_text().splitlines()
+    last = json.loads(lines[-1])
+    journal.write_text("\n".join([*lines[:-1], json.dumps({**last, "end": 1e308})]) + "\n")
+    r = mw("report", "--data-dir", data, "--format", "md")
+    assert r.returncode == 0, r.stderr
+    clean(r)
+    assert f"episode ` {EPISODE} `" in r.stdout and " to - (closed)" in r.stdout, r.stdout
+    r = mw("dismiss", "--data-dir", data, "--episode", EPISODE)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    clean(r)
+    assert f"{journal}: expected event lines with the start and end of episode" in r.stderr
+
+
 # -- 4. ioc extract and hunt agree on an empty IOC ---------------------------------------------
 
 

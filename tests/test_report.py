@@ -346,6 +346,21 @@ def test_without_matplotlib_the_plot_is_an_inline_svg(data_dir):
     assert "http" not in r.stdout.split("<svg", 1)[1].split("</svg>", 1)[0]
 
 
+def test_output_dash_is_standard_output_not_a_file_named_dash(data_dir, tmp_path):
+    """As for ``score --output -``: a responder piping the report (or the IOC file) on got
+    nothing on stdout and a hidden file named ``-`` in the working folder."""
+    for command in (
+        [MINERWATCH, "report", "--data-dir", str(data_dir), "--format", "md", "--output", "-"],
+        [MINERWATCH, "ioc", "extract", EPISODE, "--data-dir", str(data_dir), "--output", "-"],
+    ):
+        r = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(("# Incident report", '{\n "format": "minerwatch-ioc"')), (
+            r.stdout
+        )
+        assert not (tmp_path / "-").exists()
+
+
 def test_usage_errors_exit_2_with_a_clear_message(data_dir, tmp_path):
     r = report("--data-dir", str(tmp_path / "missing"))
     assert r.returncode == 2 and "no such folder" in r.stderr
@@ -428,6 +443,7 @@ def test_a_mangled_evidence_file_still_gives_a_report(tmp_path):
     for key in ("processes", "crontabs", "systemd_units", "indicators", "listening"):
         doc[key] = "x" if key != "crontabs" else 5
     doc["ld_so_preload"] = ["nope"]
+    doc["indicators"] = [{"indicator_id": ["pool_port"], "pid": {"a": 1}, "detail": [3333]}]
     path.write_text(json.dumps(doc))
     with open(data / "events.jsonl", "a") as fh:
         fh.write(_event("update", EPISODE, START, END, END, process="pid 1", indicators={"a": 1}))
@@ -548,6 +564,8 @@ def test_the_latest_episode_is_the_one_the_agent_lived_last(tmp_path):
     with open(data / "events.jsonl", "a") as fh:
         fh.write(_event("open", later, stepped, stepped + 60, stepped + 60))
         fh.write(_event("close", later, stepped, stepped + 600, stepped + 660, reason="cleared"))
+    with History(data / "history.db", retention_s=30 * 86400, clock=lambda: END + 3600) as h:
+        h.add_window(stepped, stepped + 60, 0.93, 0.71, True)  # what dismiss lets be learnt
     r = report("--data-dir", str(data), "--format", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["episode"]["id"] == later

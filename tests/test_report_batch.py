@@ -114,8 +114,14 @@ def test_report_from_scores_alone_and_usage_errors(scored, tmp_path):
             assert work == [], name
     bad = tmp_path / "bad.csv"
     bad.write_text("host,start\nweb-1,1\n")
+    header = "host,window_start,window_end,score,threshold,alert,top_features\n"
+    nan, huge = tmp_path / "nan.csv", tmp_path / "huge.csv"  # hand-edited: exit 1 before
+    nan.write_text(header + "web-1,100,160,0.9,0.7,1,x\nweb-1,nan,220,0.9,0.7,1,x\n")
+    huge.write_text(header + "web-1,1e30,1e31,0.9,0.7,1,x\n")
     for args, words in [
         (("--scores", bad), [str(bad), ":1", "window_start"]),
+        (("--scores", nan), [f"{nan}:3: expected numbers", "'nan', not Unix seconds"]),
+        (("--scores", huge), [f"{huge}:2: expected numbers", "'1e30', not Unix seconds"]),
         (("--scores", scored / "scores.csv", "--episode", "nope"), ["--episode", "web-1-"]),
         (("--scores", scored / "scores.csv", "--data-dir", tmp_path), ["--scores", "--data-dir"]),
         (("--telemetry", scored / "telemetry"), ["--scores"]),

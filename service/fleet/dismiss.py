@@ -15,6 +15,7 @@ import argparse
 import fcntl
 import getpass
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ STATE_FILE = "fleet-serve-state.json"
 FORMAT = "minerwatch-fleet-dismissals"
 #: Longest reason kept: a note for the record, not a document.
 MAX_REASON = 500
+#: How far past this machine's clock ``--end`` may reach (clocks differ a little): a span
+#: ending later would dismiss, unseen, every alert of the host until then, a miner's too.
+FUTURE_SLACK_S = 300.0
 
 
 def read_dismissed(path: Path) -> list[dict[str, Any]]:
@@ -57,10 +61,16 @@ def read_dismissed(path: Path) -> list[dict[str, Any]]:
     out = []
     for i, item in enumerate(items):
         ok = isinstance(item, dict) and isinstance(item.get("host"), str)
-        ok = ok and all(isinstance(item.get(k), int | float) for k in ("start", "end", "at"))
+        ok = ok and all(
+            isinstance(item.get(k), int | float) and math.isfinite(item[k])
+            for k in ("start", "end", "at")
+        )
         if not ok or item["start"] > item["end"]:
             raise InputError(
-                str(path), None, f"dismissed[{i}] with host, start <= end and at", repr(item)[:120]
+                str(path),
+                None,
+                f"dismissed[{i}] with host, start <= end and at (finite Unix seconds)",
+                repr(item)[:120],
             )
         out.append(item)
     return out
@@ -139,8 +149,16 @@ def run_dismiss(args: argparse.Namespace) -> int:
     reason = " ".join((args.reason or "").split())
     if not args.undo:  # checked before the folder is touched: a usage error changes nothing
         if args.end is None or args.end < args.start:
-            got = "none (--end is required to dismiss)" if args.end is None else f"{args.end:g}"
+            got = "none (--end is required to dismiss)" if args.end is None else _utc(args.end)
             raise InputError("--end", None, "a time at or after --start", got)
+        if args.end > time.time() + FUTURE_SLACK_S:  # it would dismiss alerts yet to come
+            raise InputError(
+                "--end",
+                None,
+                "the end of an alert that has happened, not a time in the future (for an "
+                "alert still open, the current time: it is learnt whole when it closes)",
+                _utc(args.end),
+            )
         if len(reason) > MAX_REASON:
             raise InputError("--reason", None, f"at most {MAX_REASON} characters", f"{len(reason)}")
         check_state_folder(path.parent)
