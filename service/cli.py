@@ -233,7 +233,9 @@ def _output_file(text: str) -> Path:
 
 def _output_file_or_stdout(text: str) -> Path:
     """:func:`_output_file`, or ``-`` for standard output (scores piped to another tool)."""
-    return Path(text) if text == "-" else _output_file(text)
+    from minerwatch.service.scorecsv import STDOUT
+
+    return Path(text) if text == STDOUT else _output_file(text)
 
 
 def check_windows(window: float, hop: float) -> None:

@@ -54,6 +54,7 @@ from minerwatch.service.evidence import (
     walk_files,
 )
 from minerwatch.service.indicators import preload_entries
+from minerwatch.service.scorecsv import is_stdout
 from minerwatch.service.timefmt import utc_iso
 
 log = logging.getLogger(__name__)
@@ -816,7 +817,7 @@ def run(args: argparse.Namespace) -> int:
             f"none for {_suspects(ioc)}; no IOC file written",
         )
     text = json.dumps(ioc.to_json(), indent=1) + "\n"
-    if args.output is None or str(args.output) == "-":  # "-" as for score: not a file named -
+    if args.output is None or is_stdout(args.output):  # "-" as for score, not a file named -
         sys.stdout.write(text)
     else:
         atomic_write(args.output, text, mode=0o600)  # cron lines and paths, as evidence

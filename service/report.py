@@ -44,6 +44,7 @@ from minerwatch.service.history import dismissal
 from minerwatch.service.hostsignals import EVENTS as HOST_SIGNAL_EVENTS
 from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
 from minerwatch.service.packages import package_words
+from minerwatch.service.scorecsv import is_stdout
 from minerwatch.service.throttle import AUDIT
 from minerwatch.service.timefmt import utc_iso
 
@@ -1065,7 +1066,7 @@ def run(args: argparse.Namespace) -> int:
         from minerwatch.service.reporthtml import render_html
 
         text = render_html(doc)
-    if args.output is None or str(args.output) == "-":  # "-" as for score: not a file named -
+    if args.output is None or is_stdout(args.output):  # "-" as for score, not a file named -
         sys.stdout.write(text)
         return 0
     atomic_write(args.output, text, mode=0o600)  # command lines and paths: owner only
