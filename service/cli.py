@@ -188,6 +188,8 @@ def _instant(text: str) -> float:
     """A point in time: Unix seconds, or ISO 8601 (``2026-01-05T00:00Z``; UTC unless it says)."""
     from datetime import UTC, datetime
 
+    from minerwatch.service.timefmt import dateable
+
     try:
         value = float(text)
     except ValueError:
@@ -198,12 +200,10 @@ def _instant(text: str) -> float:
                 f"expected Unix seconds or ISO 8601 (2026-01-05T00:00Z), got {text!r}"
             ) from None
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    try:  # nan, inf or 1e30 would be written into files and break every later reader
-        datetime.fromtimestamp(value, UTC)
-    except (ValueError, OverflowError, OSError):
+    if not dateable(value):  # nan, inf or 1e30 written into files would break every reader
         raise argparse.ArgumentTypeError(
             f"expected Unix seconds or ISO 8601 of a time in the years 1 to 9999, got {text!r}"
-        ) from None
+        )
     return value
 
 

@@ -46,7 +46,7 @@ from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
 from minerwatch.service.packages import package_words
 from minerwatch.service.scorecsv import is_stdout
 from minerwatch.service.throttle import AUDIT
-from minerwatch.service.timefmt import utc_iso
+from minerwatch.service.timefmt import dateable, utc_iso
 
 FORMAT = "minerwatch-incident-report"
 FORMAT_VERSION = 1
@@ -58,12 +58,8 @@ MAX_POINTS = 1500
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-#: Unix seconds of 0001-01-01 and 9999-12-31T23:59:59Z: the times a date can show.
-_FIRST, _LAST = -62_135_596_800.0, 253_402_300_799.0
-
-
 def _iso(ts: float | None) -> str | None:
-    if ts is None or not _FIRST <= ts <= _LAST:  # nan too
+    if ts is None or not dateable(ts):
         return None
     return utc_iso(ts)
 
@@ -71,7 +67,7 @@ def _iso(ts: float | None) -> str | None:
 def _time(value: Any) -> float | None:
     """:func:`_num` for a time: None unless a date can show it (a damaged line's 1e308)."""
     f = _num(value)
-    return f if f is not None and _FIRST <= f <= _LAST else None
+    return f if f is not None and dateable(f) else None
 
 
 def _num(value: Any) -> float | None:

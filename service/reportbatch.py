@@ -37,6 +37,7 @@ from minerwatch.service.report import (
     heavy_work_note,
     remediation,
 )
+from minerwatch.service.timefmt import dateable
 
 
 def _top_features(text: str) -> list[dict[str, Any]]:
@@ -60,15 +61,11 @@ def _top_features(text: str) -> list[dict[str, Any]]:
 NEEDED = ("host", "window_start", "window_end", "score", "threshold", "alert", "top_features")
 
 
-#: Unix seconds of 0001-01-01 and 9999-12-31T23:59:59Z: the times a date can show.
-_FIRST, _LAST = -62_135_596_800.0, 253_402_300_799.0
-
-
 def _seconds(text: str) -> float:
     """A window's start or end: finite Unix seconds a date can show (nan, inf or 1e30 in a
     hand-edited file would fail later, unnamed)."""
     value = float(text)
-    if not _FIRST <= value <= _LAST:  # false for nan too
+    if not dateable(value):
         raise ValueError(f"{text.strip()!r}, not Unix seconds of a time in the years 1 to 9999")
     return value
 
