@@ -198,34 +198,24 @@ def check_trusted(path: Path) -> None:
         )
 
 
-def list_hosts(models_dir: Path) -> list[str]:
-    """Hosts with a model in ``models_dir`` (read from their metadata, not verified)."""
-    hosts = (meta_host(meta) for meta in sorted(Path(models_dir).glob(f"*/{META}")))
+def list_hosts(models_dir: Path, since: float | None = None) -> list[str]:
+    """Hosts with a model in ``models_dir`` (read from their metadata, not verified); with
+    ``since``, only those saved at or after it (what a run interrupted has on disk, also the
+    model saved just before the interruption, which the run may not have counted yet)."""
+    hosts = (meta_host(meta, since) for meta in sorted(Path(models_dir).glob(f"*/{META}")))
     return [host for host in hosts if host is not None]
 
 
-def meta_host(meta: Path) -> str | None:
-    """The host a model's ``meta.json`` names (not verified); None if it cannot be read."""
+def meta_host(meta: Path, since: float | None = None) -> str | None:
+    """The host a model's ``meta.json`` names (not verified); None if it cannot be read, or
+    with ``since``, if it says it was saved before then (whole seconds)."""
     try:
         doc = json.loads(meta.read_bytes()[:MAX_META_BYTES])
+        if since is not None and float(doc["created_at"]) < int(since):
+            return None
         return str(doc["host"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-
-
-def saved_at_or_after(models_dir: Path, since: float) -> list[str]:
-    """Hosts whose model's metadata says it was saved at or after ``since`` (whole seconds;
-    read, not verified): what a run interrupted now has on disk, also the model saved just
-    before the interruption, which the run may not have counted yet."""
-    hosts = []
-    for meta in sorted(Path(models_dir).glob(f"*/{META}")):
-        try:
-            doc = json.loads(meta.read_bytes()[:MAX_META_BYTES])
-            if float(doc["created_at"]) >= int(since):
-                hosts.append(str(doc["host"]))
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
-            continue
-    return hosts
 
 
 def saved_since(

@@ -394,7 +394,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from minerwatch.baseline.store import saved_at_or_after
+    from minerwatch.baseline.store import list_hosts
     from minerwatch.baseline.train import fit_summary_table, train_all
     from minerwatch.service.progress import Progress
     from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
@@ -442,7 +442,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (InputError, KeyboardInterrupt) as exc:
         # the disk too: Ctrl-C between a model's save and its count left it unsaid
         ok = set(trained) - set(failures)
-        kept = len(ok | set(saved_at_or_after(Path(args.models), since)))
+        kept = len(ok | set(list_hosts(Path(args.models), since)))
         if kept:  # the input is read a few hosts at a time: say what is already saved
             print(
                 ("\n" if bar.enabled and isinstance(exc, KeyboardInterrupt) else "")
