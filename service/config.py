@@ -1025,12 +1025,9 @@ def check_named_files(cfg: AgentConfig) -> None:
     when bad: the web config (its syntax, certificate, key, CA and bcrypt hashes) and the
     model key. Without this, ``config check`` said OK of a config the agent then refused, and
     the unit (``RestartPreventExitStatus=2``) left it down."""
-    if cfg.exporter.web_config is not None:
-        from minerwatch.service.webconfig import load_web_config
+    from minerwatch.service.webconfig import protection
 
-        web = load_web_config(cfg.exporter.web_config)
-        web.ssl_context()
-        web.authenticator()
+    protection(cfg.exporter.web_config)  # as the exporter loads it at start
     if cfg.model_key is not None:
         from minerwatch.baseline.store import read_key
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from minerwatch.features.atomic import atomic_write
 from minerwatch.service.config import DEFAULT_ADDRESS, DEFAULT_PORT
 from minerwatch.service.httpserver import MAX_CONNECTIONS, Server, Serving, bind
 from minerwatch.service.state import ERROR_STAGES, AgentSnapshot
-from minerwatch.service.webconfig import BasicAuth, load_web_config
+from minerwatch.service.webconfig import protection
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +305,7 @@ class Exporter:
         """Bind and serve in a daemon thread; web config errors raise ``InputError``."""
         if self._server is not None:
             raise RuntimeError("Exporter already started")
-        tls: ssl.SSLContext | None = None
-        auth: BasicAuth | None = None
-        if self.web_config is not None:
-            config = load_web_config(self.web_config)
-            tls = config.ssl_context()
-            auth = config.authenticator()
+        tls, auth = protection(self.web_config)
         self._server = bind(
             self.address,
             self._port,

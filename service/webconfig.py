@@ -311,6 +311,16 @@ def _load_bcrypt(path: Path) -> Any:
     return bcrypt
 
 
+def protection(path: Path | None) -> tuple[ssl.SSLContext | None, BasicAuth | None]:
+    """The TLS context and basic-auth check of a web config (none without one): what the
+    exporter serves with, and what ``config check`` loads so it refuses what ``serve``
+    would (a bad certificate or key file, a bcrypt hash that is not one)."""
+    if path is None:
+        return None, None
+    config = load_web_config(path)
+    return config.ssl_context(), config.authenticator()
+
+
 class BasicAuth:
     """Checks ``user:password`` against bcrypt hashes, remembering successes.
 
