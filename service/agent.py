@@ -23,12 +23,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -59,6 +57,7 @@ from minerwatch.service.history import History
 from minerwatch.service.hostsignals import LOGROTATE_STATUS, HostSignals
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot
+from minerwatch.service.stopflag import StopFlag
 
 log = logging.getLogger("minerwatch.agent")
 
@@ -263,7 +262,7 @@ class Agent:
         self.flagged: set[tuple[int, float]] = set()
         #: Event lines the disk refused, written before the next one (see append_event)
         self._unwritten: deque[str] = deque(maxlen=UNWRITTEN_EVENTS)
-        self._stop = threading.Event()
+        self.stopping = StopFlag()
         if not self._load_model(at_start=True):
             self._say_other_hosts()
         self._reload_recent()
@@ -289,14 +288,14 @@ class Agent:
         # to 15 minutes) at 0 after each restart, and a miner still running could not alert.
         next_at = time.monotonic() + self.cfg.interval
         try:
-            while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            while not self.stopping.wait(max(0.0, next_at - time.monotonic())):
                 self.tick()
                 next_at += self.cfg.interval
         finally:
             self.shutdown()
 
     def stop(self, *_: object) -> None:
-        self._stop.set()
+        self.stopping.set()
 
     def shutdown(self) -> None:
         """Release what the responder holds whatever else fails on the way out: a process
@@ -1097,16 +1096,9 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
         responder = Responder(cfg)
     agent = Agent(cfg, exporter=exporter, responder=responder)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopped_by.append(signal.Signals(signum).name)
-        agent.stop()
-
-    stopped_by: list[str] = []
-
     # SIGHUP too (a closed terminal, a mistaken reload): its default would end the agent
     # without releasing what it throttled or isolated
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+    agent.stopping.stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     port = exporter.port if exporter else 0
     log.info(
         "minerwatch agent for %s: metrics on %s:%s, data in %s",
@@ -1120,5 +1112,6 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
     finally:
         os.close(lock)
     # the journal shows why the agent went away (a stop by systemd, or by someone else)
-    log.info("minerwatch agent for %s stopped (%s)", cfg.host, ", ".join(stopped_by) or "no signal")
+    stopped_by = ", ".join(agent.stopping.signals) or "no signal"
+    log.info("minerwatch agent for %s stopped (%s)", cfg.host, stopped_by)
     return 0

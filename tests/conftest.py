@@ -42,6 +42,7 @@ ON_THIS_HOST = frozenset(
         "test_report.py",
         "test_report_persistence.py",
         "test_scrape_load.py",
+        "test_stop_signal.py",
         "test_sources.py",
         "test_throttle.py",
         "test_throttle_agent_restart.py",

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -87,6 +86,7 @@ from minerwatch.service.fleet.promclient import (
 from minerwatch.service.httpserver import Server, Serving, bind, bind_error
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
+from minerwatch.service.stopflag import StopFlag
 from minerwatch.service.units import format_duration
 from minerwatch.service.webconfig import BasicAuth, load_web_config
 
@@ -1430,7 +1430,7 @@ def _top(contributions: Mapping[str, float], n: int = 3) -> list[tuple[str, floa
     return sorted(((k, v) for k, v in contributions.items() if v > 0), key=lambda kv: -kv[1])[:n]
 
 
-def _retrainer(server: FleetServer, connection: Connection, stop: threading.Event) -> None:
+def _retrainer(server: FleetServer, connection: Connection, stop: StopFlag) -> None:
     """Background thread: retrain hosts as they come due, one at a time, until ``stop``."""
     while not stop.wait(1.0):
         for host in server.due():
@@ -1492,13 +1492,8 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
         raise server.query_error  # the next cycles would fail the same way (exit 2)
     exporter = FleetExporter(args.port, args.address, tls, auth)
     exporter.snapshot = server.snapshot()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopFlag()
+    stop.stop_on((signal.SIGTERM, signal.SIGINT))
     log.info(
         "fleet serve: %d models (%d loaded, the others' hosts sent nothing in the lookback), "
         "%s every %.0f s, metrics on port %d", len(server.hosts) + len(server.dormant),
