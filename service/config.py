@@ -630,7 +630,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     origin: dict[Key, tuple[str, int | None]] = {}
     if path is not None:
         doc, text = read_toml(path)
-        values, origin = _from_document(doc, key_lines(text), str(path))
+        folder = Path(os.path.abspath(path)).parent
+        values, origin = _from_document(doc, key_lines(text), str(path), folder)
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue
@@ -647,8 +648,11 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
 
 
 def _from_document(
-    doc: Mapping[str, Any], lines: Mapping[tuple[str, ...], int], where: str
+    doc: Mapping[str, Any], lines: Mapping[tuple[str, ...], int], where: str, base: Path
 ) -> tuple[dict[Key, Any], dict[Key, tuple[str, int | None]]]:
+    """The file's options; a relative path is relative to ``base``, the file's folder (as in
+    the web config and Prometheus' own files): systemd starts the agent in ``/``, so
+    ``data_dir = "data"`` written next to the file meant ``/data`` there and elsewhere by hand."""
     values: dict[Key, Any] = {}
     origin: dict[Key, tuple[str, int | None]] = {}
     errors: list[InputError] = []
@@ -681,7 +685,10 @@ def _from_document(
                 )
                 continue
             try:
-                values[(section, key)] = _convert((section, key), opt, raw, strict=True)
+                value = _convert((section, key), opt, raw, strict=True)
+                if isinstance(value, Path) and not value.is_absolute():
+                    value = base / value
+                values[(section, key)] = value
             except _Bad as bad:
                 errors.append(InputError(where, line, bad.expected, bad.got))
             origin[(section, key)] = (where, line)
@@ -1021,13 +1028,13 @@ def require_writable_folders(cfg: AgentConfig) -> None:
 
 
 def check_named_files(cfg: AgentConfig) -> None:
-    """Read the files the config names that ``serve`` reads once at start and refuses (exit 2)
+    """Read the files the config names that ``serve`` reads at start and refuses (exit 2)
     when bad: the web config (its syntax, certificate, key, CA and bcrypt hashes) and the
     model key. Without this, ``config check`` said OK of a config the agent then refused, and
     the unit (``RestartPreventExitStatus=2``) left it down."""
-    from minerwatch.service.webconfig import protection
+    from minerwatch.service.webconfig import LiveProtection
 
-    protection(cfg.exporter.web_config)  # as the exporter loads it at start
+    LiveProtection(cfg.exporter.web_config)  # as the exporter loads it at start
     if cfg.model_key is not None:
         from minerwatch.baseline.store import read_key
 

@@ -542,6 +542,27 @@ def test_config_check_accepts_good_named_files(tmp_path):
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, f"{config}: OK", "")
 
 
+def test_relative_paths_in_the_file_are_relative_to_its_folder(tmp_path):
+    """systemd starts the agent in ``/``: ``data_dir = "data"`` written beside the file meant
+    ``/data`` there and the working folder by hand. Paths in the file are relative to its
+    folder, as in the web config; paths in flags to the working folder."""
+    bcrypt = pytest.importorskip("bcrypt")
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    (etc / "web.yml").write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
+    config = etc / "mw.toml"
+    config.write_text('[agent]\ndata_dir = "data"\n[exporter]\nweb_config = "web.yml"\n')
+    shown = run("config", "show", "../etc/mw.toml", cwd=elsewhere)
+    assert shown.returncode == 0, shown.stderr
+    assert f'data_dir = "{etc / "data"}"' in shown.stdout, shown.stdout
+    assert f'web_config = "{etc / "web.yml"}"' in shown.stdout, shown.stdout
+    checked = run("config", "check", "../etc/mw.toml", cwd=elsewhere)  # reads etc/web.yml
+    assert (checked.returncode, checked.stderr) == (0, ""), checked.stderr
+    assert not (elsewhere / "web.yml").exists()
+
+
 @pytest.mark.parametrize("who", ["everyone", "a group"])
 def test_a_config_others_can_write_is_refused(tmp_path, who):
     """The agent runs as root and its config decides what it throttles, isolates and trusts:
