@@ -39,7 +39,7 @@ from minerwatch.features.atomic import atomic_write
 from minerwatch.service.config import DEFAULT_ADDRESS, DEFAULT_PORT
 from minerwatch.service.httpserver import MAX_CONNECTIONS, Server, Serving, bind
 from minerwatch.service.state import ERROR_STAGES, AgentSnapshot
-from minerwatch.service.webconfig import protection
+from minerwatch.service.webconfig import LiveProtection
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +305,11 @@ class Exporter:
         """Bind and serve in a daemon thread; web config errors raise ``InputError``."""
         if self._server is not None:
             raise RuntimeError("Exporter already started")
-        tls, auth = protection(self.web_config)
+        web = LiveProtection(self.web_config)
         self._server = bind(
             self.address,
             self._port,
-            Serving(tls, auth, self._render, self.max_connections, self._on_refused),
+            Serving(web, self._render, self.max_connections, self._on_refused),
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -323,7 +323,7 @@ class Exporter:
             "serving metrics on %s port %d (%s)",
             self.address,
             self.port,
-            "https" if tls else "http",
+            "https" if web.current[0] else "http",
         )
 
     def update(self, snapshot: AgentSnapshot) -> None:

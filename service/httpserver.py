@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from minerwatch.features.errors import InputError
-from minerwatch.service.webconfig import BasicAuth
+from minerwatch.service.webconfig import BasicAuth, LiveProtection
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ _LANDING = b"""<!DOCTYPE html>
 
 @dataclass(frozen=True)
 class Serving:
-    """How the server answers: TLS, auth, the renderer and the connection bound."""
+    """How the server answers: TLS and auth (asked again for each connection and request, so a
+    web config can change under it), the renderer and the connection bound."""
 
-    tls: ssl.SSLContext | None
-    auth: BasicAuth | None
+    protection: LiveProtection
     render: Callable[[str | None, bool], tuple[bytes, str]]
     max_connections: int = MAX_CONNECTIONS
     on_refused: Callable[[], None] = lambda: None
@@ -136,8 +136,7 @@ class Server(HTTPServer):
         self, family: socket.AddressFamily, address: tuple[str, int], serving: Serving
     ) -> None:
         self.address_family = family
-        self.tls = serving.tls
-        self.auth = serving.auth
+        self.protection = serving.protection
         self.render = serving.render
         self.on_refused = serving.on_refused
         self.workers = _Workers(serving.max_connections)
@@ -170,7 +169,7 @@ class Server(HTTPServer):
     def _refuse(self, request: socket.socket, client_address: Any) -> None:
         self.on_refused()
         log.debug("refused a connection from %s: all slots busy", client_address)
-        if self.tls is None:  # with TLS there is no plain-text way to say it: just close
+        if self.protection.current[0] is None:  # with TLS no plain-text way to say it
             try:
                 request.setblocking(False)
                 request.send(_BUSY)
@@ -181,10 +180,11 @@ class Server(HTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # TLS handshake in the per-connection thread, so a slow client cannot block accept().
-        if self.tls is not None:
+        tls = self.protection.get()[0]
+        if tls is not None:
             request.settimeout(_Handler.timeout)
             try:
-                tls_request = self.tls.wrap_socket(request, server_side=True)
+                tls_request = tls.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as err:
                 log.debug("TLS handshake with %s failed: %s", client_address, err)
                 return
@@ -311,7 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        if self.server.auth is not None and not self._authorized(self.server.auth):
+        auth = self.server.protection.get()[1]
+        if auth is not None and not self._authorized(auth):
             self._send(
                 401,
                 b"Unauthorized\n",

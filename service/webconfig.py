@@ -19,8 +19,11 @@ Anything outside that subset is an :class:`InputError` naming the line.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,8 @@ from types import MappingProxyType
 from typing import Any
 
 from minerwatch.features.errors import InputError
+
+log = logging.getLogger(__name__)
 
 TLS_KEYS = ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version")
 SECTIONS = ("tls_server_config", "basic_auth_users")
@@ -311,14 +316,80 @@ def _load_bcrypt(path: Path) -> Any:
     return bcrypt
 
 
-def protection(path: Path | None) -> tuple[ssl.SSLContext | None, BasicAuth | None]:
-    """The TLS context and basic-auth check of a web config (none without one): what the
-    exporter serves with, and what ``config check`` loads so it refuses what ``serve``
-    would (a bad certificate or key file, a bcrypt hash that is not one)."""
+Protection = tuple[ssl.SSLContext | None, "BasicAuth | None"]
+
+
+def _load(path: Path | None) -> tuple[Protection, tuple[Path, ...]]:
+    """The TLS context and basic-auth check of a web config (none without one), and the files
+    they were read from (the web config and those it names)."""
     if path is None:
-        return None, None
+        return (None, None), ()
     config = load_web_config(path)
-    return config.ssl_context(), config.authenticator()
+    named = (config.cert_file, config.key_file, config.client_ca_file)
+    files = (path, *(f for f in named if f is not None))
+    return (config.ssl_context(), config.authenticator()), files
+
+
+#: Seconds between two looks at the web config's files for a change.
+RELOAD_CHECK_S = 1.0
+
+
+class LiveProtection:
+    """A web config's TLS context and basic-auth check, loaded again when the file or one it
+    names changes, as exporter-toolkit reads it for every request: a renewed certificate
+    (certbot, cert-manager) or a new password is served without a restart. A change that
+    does not load (a half-written renewal: the new certificate beside the old key) keeps the
+    last good one, logged once per change. The first load raises :class:`InputError` (exit 2
+    at start; ``config check`` loads it the same way, so it refuses what ``serve`` would).
+    """
+
+    def __init__(self, path: Path | None, check_every_s: float = RELOAD_CHECK_S) -> None:
+        self.path = path
+        self.check_every_s = check_every_s
+        self.current, self._files = _load(path)
+        self._stamp = _stamps(self._files)
+        self._refused: tuple[Any, ...] | None = None
+        self._looked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def get(self) -> Protection:
+        """The protection to serve a new connection or request with (cheap: a clock read,
+        and a few ``stat`` at most once per ``check_every_s``)."""
+        if self.path is None or time.monotonic() - self._looked < self.check_every_s:
+            return self.current
+        with self._lock:
+            if time.monotonic() - self._looked >= self.check_every_s:
+                self._looked = time.monotonic()
+                self._reload_if_changed(self.path)
+        return self.current
+
+    def _reload_if_changed(self, path: Path) -> None:
+        stamp = _stamps(self._files)
+        if stamp == self._stamp or stamp == self._refused:
+            return
+        try:
+            loaded, files = _load(path)
+        except InputError as err:
+            self._refused = stamp
+            log.error("web config %s changed but does not load, still serving with the "
+                      "previous one: %s", path, err)  # fmt: skip
+            return
+        self.current, self._files, self._refused = loaded, files, None
+        self._stamp = _stamps(files)
+        log.info("web config %s changed: reloaded (%s)", path, "https" if loaded[0] else "http")
+
+
+def _stamps(files: tuple[Path, ...]) -> tuple[Any, ...]:
+    """What changes when one of ``files`` is rewritten, replaced or removed."""
+    out: list[Any] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError as err:
+            out.append(err.errno)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
 
 
 class BasicAuth:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import http.client
+import shutil
+import signal
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from promtools import full_snapshot, promtool, running_prometheus, scrape_job
+from promtools import free_port, full_snapshot, promtool, running_prometheus, scrape_job
+from test_fleet_serve import MINERWATCH
 
 from minerwatch.features.errors import InputError
 from minerwatch.service.exporter import Exporter
@@ -269,3 +273,146 @@ def test_real_prometheus_scrapes_through_tls_and_basic_auth(tmp_path, serve, cer
     with running_prometheus(tmp_path, [job]) as prom:
         (sample,) = prom.wait_for('minerwatch_anomaly_score{job="minerwatch"}')
         assert float(sample["value"][1]) == 0.83
+
+
+# --- a changed web config, under the real commands -------------------------------------------
+
+
+def _make_cert(folder: Path, name: str) -> tuple[Path, Path]:
+    crt, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(crt), "-subj", f"/CN={name}",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return crt, key
+
+
+def _until(what, timeout: float = 20.0):
+    """``what()`` once it returns without an exception or a falsy value, else fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = what()
+            if got:
+                return got
+        except (OSError, ssl.SSLError, http.client.HTTPException) as err:
+            got = err
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out; last: {got!r}")
+        time.sleep(0.2)
+
+
+def _install(src: tuple[Path, ...], live: tuple[Path, ...]) -> None:
+    """Renew as certbot does: the new files replace the live names (rename, atomic)."""
+    for new, name in zip(src, live, strict=True):
+        tmp = name.with_suffix(".tmp")
+        shutil.copyfile(new, tmp)
+        tmp.replace(name)
+
+
+def _renewal_is_served_without_a_restart(port: int, folder: Path, log: Path) -> None:
+    b, c = _make_cert(folder, "cert-b"), _make_cert(folder, "cert-c")  # cert-a is live
+    live = (folder / "live.crt", folder / "live.key")
+    trust = {n: ssl.create_default_context(cafile=str(folder / f"cert-{n}.crt")) for n in "abc"}
+    auth = basic("prometheus", PASSWORD)
+    assert _until(lambda: request(port, auth, context=trust["a"])[0] == 200)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        request(port, auth, context=trust["b"])
+    _install(b, live)  # the renewal
+    assert _until(lambda: request(port, auth, context=trust["b"])[0] == 200)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        request(port, auth, context=trust["a"])
+    # half a renewal: C's certificate beside B's key does not load; B is still served
+    _install(c[:1], live[:1])
+    refused = "does not load, still serving with the previous one"
+    assert _until(
+        lambda: request(port, auth, context=trust["b"])[0] == 200 and refused in log.read_text()
+    )
+    assert request(port, auth, context=trust["b"])[0] == 200
+    assert log.read_text().count(refused) == 1  # said once, not at every scrape
+    _install(c, live)  # the rest of it
+    assert _until(lambda: request(port, auth, context=trust["c"])[0] == 200)
+
+
+def _web_config(folder: Path, password_hash: str, a: tuple[Path, Path]) -> Path:
+    shutil.copyfile(a[0], folder / "live.crt")
+    shutil.copyfile(a[1], folder / "live.key")
+    return write(
+        folder / "web.yml",
+        "tls_server_config:\n  cert_file: live.crt\n  key_file: live.key\n"
+        f"basic_auth_users:\n  prometheus: {password_hash}\n",
+    )
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_serve_takes_a_renewed_certificate_and_new_passwords_without_a_restart(
+    tmp_path, password_hash
+):
+    """exporter-toolkit reads its web config for every request, so certbot's renewal or a
+    changed password needs no restart of node_exporter & co; the agent did (it read the file
+    once at start and served the old certificate until it expired)."""
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    config = _web_config(folder, password_hash, _make_cert(folder, "cert-a"))
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = _start(
+        [MINERWATCH, "serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
+         "--address", "127.0.0.1", "--web-config", str(config), "--interval", "1s",
+         "--window", "3s", "--learn-for", "30s"],
+        log,
+    )  # fmt: skip
+    try:
+        _renewal_is_served_without_a_restart(port, folder, log)
+        # a new password: the old one is refused from then on, the new one let in
+        other = bcrypt.hashpw(b"new secret", bcrypt.gensalt(rounds=4)).decode()
+        text = config.read_text().replace(password_hash, other)
+        tmp = config.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(config)
+        trusting = ssl.create_default_context(cafile=str(folder / "cert-c.crt"))
+        new = basic("prometheus", "new secret")
+        assert _until(lambda: request(port, new, context=trusting)[0] == 200)
+        assert request(port, basic("prometheus", PASSWORD), context=trusting)[0] == 401
+        assert "web config" in log.read_text() and "reloaded" in log.read_text()
+    finally:
+        _stop(proc, log)
+
+
+def test_fleet_serve_takes_a_renewed_certificate_without_a_restart(tmp_path, password_hash):
+    from test_fleet_churn import _fake, _train
+
+    from minerwatch.baseline.store import save_model
+
+    now = time.time()
+    http_server = _fake(now, 1)
+    url = f"http://127.0.0.1:{http_server.server_address[1]}"
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    config = _web_config(folder, password_hash, _make_cert(folder, "cert-a"))
+    port, log = free_port(), tmp_path / "fleet.log"
+    try:
+        save_model(tmp_path / "models", _train(url, "h0000", now))
+        proc = _start(
+            [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models",
+             str(tmp_path / "models"), "--port", str(port), "--address", "127.0.0.1",
+             "--web-config", str(config), "--interval", "1s", "--retrain-every", "0"],
+            log,
+        )  # fmt: skip
+        try:
+            _renewal_is_served_without_a_restart(port, folder, log)
+        finally:
+            _stop(proc, log)
+    finally:
+        http_server.shutdown()

@@ -31,7 +31,6 @@ import logging
 import math
 import queue
 import signal
-import ssl
 import sys
 import tempfile
 import threading
@@ -88,7 +87,7 @@ from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
 from minerwatch.service.stopflag import StopFlag
 from minerwatch.service.units import format_duration
-from minerwatch.service.webconfig import BasicAuth, load_web_config
+from minerwatch.service.webconfig import LiveProtection
 
 log = logging.getLogger("minerwatch.fleet")
 
@@ -746,10 +745,7 @@ class _FleetCollector(Collector):
 class FleetExporter:
     """``/metrics`` of the latest :class:`FleetSnapshot`, on the agent's HTTP server."""
 
-    def __init__(
-        self, port: int, address: str, tls: ssl.SSLContext | None = None,
-        auth: BasicAuth | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, port: int, address: str, web: LiveProtection | None = None) -> None:
         self.snapshot = FleetSnapshot()
         self.registry = CollectorRegistry()
         self.registry.register(_FleetCollector(lambda: self.snapshot))
@@ -757,7 +753,8 @@ class FleetExporter:
         PlatformCollector(registry=self.registry)
         self._cache = ExpositionCache(self.registry, lambda: self.snapshot)
         try:
-            self._server: Server = bind(address, port, Serving(tls, auth, self._cache.get))
+            serving = Serving(web or LiveProtection(None), self._cache.get)
+            self._server: Server = bind(address, port, serving)
         except OSError as exc:
             expected = "an address and port /metrics can listen on (--address, --port)"
             error = bind_error(address, port, exc, expected)
@@ -1469,9 +1466,7 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
         raise InputError(
             "--port", None, "a port from 0 to 65535 (0 = any free port)", str(args.port)
         )
-    web = load_web_config(args.web_config) if args.web_config is not None else None
-    tls = web.ssl_context() if web is not None else None  # a bad certificate: exit 2 now
-    auth = web.authenticator() if web is not None else None
+    web = LiveProtection(args.web_config)  # a bad certificate: exit 2 now
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
@@ -1490,7 +1485,7 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     counts = server.cycle()
     if isinstance(server.query_error, PrometheusError):  # a refused query or no server at all:
         raise server.query_error  # the next cycles would fail the same way (exit 2)
-    exporter = FleetExporter(args.port, args.address, tls, auth)
+    exporter = FleetExporter(args.port, args.address, web)
     exporter.snapshot = server.snapshot()
     stop = StopFlag()
     stop.stop_on((signal.SIGTERM, signal.SIGINT))
