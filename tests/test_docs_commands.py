@@ -14,7 +14,11 @@ older code as they were made):
   ending in ``\\`` continues on the next and is reported at its first line; a leading ``$ ``
   prompt is dropped;
 - inline code spans (within one paragraph, line breaks read as spaces) whose text starts with
-  ``minerwatch ``.
+  ``minerwatch ``; and those that start with one of the command's subcommands and go on
+  (``serve --isolate-on-alert``, ``fleet train --alarms-per-week``, ``isolate release --pid``),
+  read as ``minerwatch`` + the span, but only as far as they read as a command: when the word
+  after a command with subcommands names none of them, the span is output or prose quoted
+  (``fleet train: 30/300 hosts done``, ``throttle journal ... not updated``), not a command.
 
 How a line is read (shell words, ``shlex``):
 
@@ -74,6 +78,9 @@ class Line:
     text: str
     #: a line of a fence without a language: a command only if it starts with one
     first_only: bool = False
+    #: an inline span starting with a subcommand (``minerwatch`` implied): not a command
+    #: unless its leading words name subcommands
+    implied: bool = False
 
     def where(self) -> str:
         return f"{self.doc}:{self.lineno}"
@@ -115,9 +122,9 @@ def real_help(path: tuple[str, ...]) -> Help:
     return parse_help(r.stdout)
 
 
-def doc_lines(doc: str, text: str) -> list[Line]:
+def doc_lines(doc: str, text: str, commands: frozenset[str]) -> list[Line]:
     """The command lines of one doc: logical lines of shell fences, and inline spans that
-    start with ``minerwatch ``."""
+    start with ``minerwatch `` or with one of ``commands`` (the top-level subcommands)."""
     found: list[Line] = []
     outside: list[str] = []  # the text outside fences, fenced lines blanked (same numbering)
     fence: str | None = None
@@ -153,9 +160,12 @@ def doc_lines(doc: str, text: str) -> list[Line]:
     for block in re.split(r"(\n[ \t]*\n)", "\n".join(outside)):
         for m in re.finditer(r"`([^`]+)`", block):
             span = " ".join(m.group(1).split())
-            if span.startswith("minerwatch "):
-                lineno = paragraph_start + block.count("\n", 0, m.start())
+            lineno = paragraph_start + block.count("\n", 0, m.start())
+            first, _, rest = span.partition(" ")
+            if first == "minerwatch" and rest:
                 found.append(Line(doc, lineno, span))
+            elif first.split("|")[0] in commands and rest:
+                found.append(Line(doc, lineno, f"minerwatch {span}", implied=True))
         paragraph_start += block.count("\n")
     return found
 
@@ -229,6 +239,8 @@ def check(line: Line, args: list[str], helper=real_help) -> list[str]:
                 continue
             for name in args[i].split(ALTERNATIVE):
                 if name not in listed:
+                    if line.implied:
+                        return []  # quoted output or prose, not a command
                     shown = " ".join(("minerwatch", *path))
                     return [
                         f"{line.where()}: `{shown}` has no subcommand {name!r}"
@@ -259,11 +271,11 @@ def check(line: Line, args: list[str], helper=real_help) -> list[str]:
 def doc_problems(doc: str, text: str, helper=real_help) -> tuple[int, list[str]]:
     """How many minerwatch commands the doc shows, and what is wrong with them."""
     count, problems = 0, []
-    for line in doc_lines(doc, text):
+    for line in doc_lines(doc, text, helper(()).subcommands):
         try:
             commands = minerwatch_commands(line)
         except ValueError as e:  # shlex: an unclosed quote
-            if re.search(r"(^|[\s/])minerwatch\s+[a-z]", line.text):
+            if not line.implied and re.search(r"(^|[\s/])minerwatch\s+[a-z]", line.text):
                 problems.append(f"{line.where()}: not a shell line ({e}): {line.text}")
             continue  # else prose in a fence (a file tree), no command
         for args in commands:
@@ -287,12 +299,14 @@ FAKE_HELP = {
     ("fleet", "score"): Help(frozenset({"-h", "--help", "--start"}), frozenset()),
     ("report",): Help(frozenset({"-h", "--help", "--output", "--scores"}), frozenset()),
     ("isolate",): Help(frozenset({"-h", "--help", "--process", "--host"}), frozenset({"status"})),
+    ("isolate", "status"): Help(frozenset({"-h", "--help"}), frozenset()),
 }
 
 FAKE_DOC = """\
 Some prose, then `minerwatch report --scores s.csv --bogus-inline` across
 two lines: `minerwatch
-fleet train|score --days 3`.
+fleet train|score --days 3`. Output: `fleet train: 3/30 hosts done`; `isolate
+--bogus-implied` and `isolate status`; `report` alone.
 
 ```sh
 minerwatch report --scores <file> --output - | head   # --commented-out is fine
@@ -311,17 +325,19 @@ job_name: minerwatch --not-checked
 def test_the_check_finds_a_bogus_flag_a_missing_subcommand_and_names_the_line():
     """The rules of the module docstring, on a doc made up for it (no command run)."""
     count, problems = doc_problems("fake.md", FAKE_DOC, FAKE_HELP.__getitem__)
-    assert count == 6
+    assert count == 9
     assert problems == [
-        "fake.md:7: --bogus-continued is not a flag of `minerwatch fleet train` (its --help"
+        "fake.md:8: --bogus-continued is not a flag of `minerwatch fleet train` (its --help"
         " does not list it): .venv/bin/minerwatch fleet train --days 14"
         " [--jobs 8 | --bogus-continued] && ln -s x/bin/minerwatch /usr/local/bin/minerwatch",
-        "fake.md:10: `minerwatch fleet` has no subcommand 'frobnicate' (its --help lists score,"
+        "fake.md:11: `minerwatch fleet` has no subcommand 'frobnicate' (its --help lists score,"
         " train): minerwatch fleet frobnicate --days 1",
         "fake.md:1: --bogus-inline is not a flag of `minerwatch report` (its --help does not"
         " list it): minerwatch report --scores s.csv --bogus-inline",
         "fake.md:2: --days is not a flag of `minerwatch fleet score` (its --help does not list"
         " it): minerwatch fleet train|score --days 3",
+        "fake.md:3: --bogus-implied is not a flag of `minerwatch isolate` (its --help does not"
+        " list it): minerwatch isolate --bogus-implied",
     ]
 
 
