@@ -1,8 +1,8 @@
 """Every ``minerwatch ...`` command line the docs show still parses: its subcommand exists and
 each flag it uses is one the real command's ``--help`` lists.
 
-Nothing else kept the docs' examples honest: a flag renamed or removed in ``service/cli.py``
-left the README showing a command that exits 2. The check runs the real console script
+Nothing else checked the docs' examples: a flag renamed or removed in ``service/cli.py`` would
+leave the README showing a command that exits 2. The check runs the real console script
 (``tests/entry.py``), one ``--help`` per (sub)command, cached.
 
 Where the command lines come from (``DOCS``; not ``docs/benchmarks.md``, which records runs of
@@ -33,9 +33,9 @@ How a line is read (shell words, ``shlex``):
   the rest; a ``|`` inside brackets, or followed by a flag (``--process PID | --host``), is an
   alternative, not a pipe; ``a|b`` inside one word (``fleet train|score|export``,
   ``throttle status|release``) names alternatives, each checked;
-- placeholders (``<host>``, ``...``, ``…``, ``FILE``) are values: only words starting with ``-``
-  are judged as flags (``-`` alone, standard output, and negative numbers are values), and
-  ``--flag=value`` is judged by ``--flag``;
+- placeholders (``<host>``, ``<Unix seconds>``, ``...``, ``…``, ``FILE``) are values: only
+  words starting with ``-`` are judged as flags (``-`` alone, standard output, and negative
+  numbers are values), and ``--flag=value`` is judged by ``--flag``;
 - the leading bare words name the subcommand as far as the command has subcommands
   (``fleet serve``, ``isolate release``); a bare word where a command lists subcommands must
   be one of them. A command with subcommands named alone (``minerwatch isolate``, in prose) is
@@ -173,7 +173,7 @@ def doc_lines(doc: str, text: str, commands: frozenset[str]) -> list[Line]:
 def words(text: str) -> list[str]:
     """Shell words, with ``a|b`` inside one word kept together (as ``a``, NUL, ``b``)."""
     text = re.sub(r"(?<=\w)\|(?=\w)", ALTERNATIVE, text)
-    text = re.sub(r"<[^<>\s]+>", "PLACEHOLDER", text)  # <host>, <Unix seconds>: values
+    text = re.sub(r"<[\w .:/-]+>", "PLACEHOLDER", text)  # <host>, <Unix seconds>: values
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     lexer.commenters = ""
