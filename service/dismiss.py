@@ -35,6 +35,7 @@ from minerwatch.service.report import (
     say,
 )
 from minerwatch.service.respond import CONFIRMING
+from minerwatch.service.terminal import printable
 
 #: Longest reason kept: a note for the record, not a document.
 MAX_REASON = 500
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         for r in records:
             print(
                 f"{r['episode']:<32} {_utc(r['start']):<21} {_utc(r['end']):<21} "
-                f"{_utc(r['at']):<21} {r['by']}  {r['reason'] or '-'}"
+                f"{_utc(r['at']):<21} {printable(r['by'])}  {printable(r['reason'] or '-')}"
             )
         return 0
     if args.undo is not None:

@@ -46,6 +46,7 @@ from minerwatch.features.proctable import ProcessRecord, ProcessTable, same_star
 from minerwatch.service.config import agent_files_config
 from minerwatch.service.indicators import IndicatorHit, preload_entries
 from minerwatch.service.packages import DPKG_INFO, package_record, read_digest
+from minerwatch.service.terminal import printable
 from minerwatch.service.timefmt import utc_iso
 
 log = logging.getLogger("minerwatch.evidence")
@@ -918,11 +919,6 @@ def locate(dir: Path, name: str) -> Path:
 # CLI: minerwatch evidence list|show
 
 
-def _printable(value: Any) -> str:
-    """Process names are attacker-chosen; never let them drive the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))
-
-
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Execute ``evidence list|show`` on the agent's evidence folder: ``DATA_DIR/evidence``
     (``--data-dir``, else the config's), or the folder the deprecated ``--dir`` names; bad
@@ -948,16 +944,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         missing = "" if directory.is_dir() else " (not there yet: written at the first alert)"
         print(f"no evidence files in {directory}{missing}", file=sys.stderr)
     elif good:
-        width = max(48, *(len(_printable(e["name"])) for e in good))  # long names stay aligned
+        width = max(48, *(len(printable(e["name"])) for e in good))  # long names stay aligned
         stream.write(f"{'NAME':<{width}} {'TIME (UTC)':<20} {'SCORE':>6}  TOP PROCESS\n")
         for e in good:
             score = f"{e['score']:.3f}" if isinstance(e.get("score"), float) else "-"
-            top = f"{_printable(e.get('top_process') or '-')} (pid {e.get('top_pid')})"
-            name, when = _printable(e["name"]), _printable(e.get("time_utc") or "-")
+            top = f"{printable(e.get('top_process') or '-')} (pid {e.get('top_pid')})"
+            name, when = printable(e["name"]), printable(e.get("time_utc") or "-")
             stream.write(f"{name:<{width}} {when:<20} {score:>6}  {top}\n")
     bad = [e for e in entries if "error" in e]
     for e in bad:  # on stderr, so stdout stays the list of usable files
-        print(f"minerwatch: error: {_printable(e['error'])}", file=sys.stderr)
+        print(f"minerwatch: error: {printable(e['error'])}", file=sys.stderr)
     if not bad:
         return 0
     print(

@@ -55,6 +55,7 @@ from minerwatch.service.evidence import (
 )
 from minerwatch.service.indicators import preload_entries
 from minerwatch.service.scorecsv import is_stdout
+from minerwatch.service.terminal import printable
 from minerwatch.service.timefmt import utc_iso
 
 log = logging.getLogger(__name__)
@@ -786,17 +787,12 @@ class IocWatcher:
         snap = read_host(union, self.paths, self.scan, self.cache)
         # once while it lasts: the same unreadable part every few minutes is no news
         for e in [e for e in snap.errors if e not in self._unread]:
-            log.info("IOC check could not read %s (said once while it lasts)", _printable(e))
+            log.info("IOC check could not read %s (said once while it lasts)", printable(e))
         self._unread = set(snap.errors)
         return {ioc_label(ioc.id): (path, ioc, find_hits(ioc, snap)) for path, ioc in iocs}
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _printable(value: object) -> str:
-    """Process names and paths are attacker-chosen; never let them drive the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -806,7 +802,7 @@ def run(args: argparse.Namespace) -> int:
     path = _evidence_path(args)
     ioc = extract(read_evidence_file(path), source=path.name)
     for what in ioc.source.get("left_out") or ():
-        print(f"minerwatch: note: left out {_printable(what)}", file=sys.stderr)
+        print(f"minerwatch: note: left out {printable(what)}", file=sys.stderr)
     if ioc.empty():
         raise InputError(
             str(path),
@@ -841,7 +837,7 @@ def _suspects(ioc: Ioc) -> str:
     pids = ioc.source.get("suspect_pids") or []
     if not pids:
         return "its processes (it lists none)"
-    return "the suspect " + ", ".join(f"pid {_printable(p)}" for p in pids)
+    return "the suspect " + ", ".join(f"pid {printable(p)}" for p in pids)
 
 
 def scan_folders(folders: Sequence[Path]) -> tuple[Path, ...]:
@@ -873,7 +869,7 @@ def run_hunt(args: argparse.Namespace) -> int:
     hits = find_hits(ioc, snap)
     if ioc.pool_hosts and not args.resolve:
         print(
-            f"minerwatch: note: the pools {', '.join(map(_printable, ioc.pool_hosts))} were "
+            f"minerwatch: note: the pools {', '.join(map(printable, ioc.pool_hosts))} were "
             "matched on command lines only; --resolve also matches connections to their "
             "addresses (a DNS query for a mining pool may itself raise an alert)",
             file=sys.stderr,
@@ -883,9 +879,9 @@ def run_hunt(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
     else:
         for h in hits:
-            print(f"hit {ioc.id}: {h.kind} {_printable(h.value)} -- {_printable(h.where)}")
+            print(f"hit {ioc.id}: {h.kind} {printable(h.value)} -- {printable(h.where)}")
     for e in snap.errors[:_MAX_NOTES]:
-        print(f"minerwatch: note: could not check {_printable(e)}", file=sys.stderr)
+        print(f"minerwatch: note: could not check {printable(e)}", file=sys.stderr)
     if len(snap.errors) > _MAX_NOTES:
         more = len(snap.errors) - _MAX_NOTES
         print(f"minerwatch: note: and {more} more not checked", file=sys.stderr)

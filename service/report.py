@@ -45,6 +45,7 @@ from minerwatch.service.hostsignals import EVENTS as HOST_SIGNAL_EVENTS
 from minerwatch.service.indicators import KnowledgeBase, load_knowledge_base
 from minerwatch.service.packages import package_words
 from minerwatch.service.scorecsv import is_stdout
+from minerwatch.service.terminal import printable
 from minerwatch.service.throttle import AUDIT
 from minerwatch.service.timefmt import dateable, utc_iso
 
@@ -773,18 +774,14 @@ def remediation(doc: Mapping[str, Any]) -> list[dict[str, str]]:
     return [_reviewable(c) for c in out]
 
 
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
 def _reviewable(entry: dict[str, str]) -> dict[str, str]:
     """One command per line, as a reviewer reads it: a host value with a newline or another
     control character (legal in file names) turns the command into a comment to do by hand."""
-    why = _printable(entry["why"])
-    if _printable(entry["command"]) == entry["command"]:
+    why = printable(entry["why"])
+    if printable(entry["command"]) == entry["command"]:
         return {"command": entry["command"], "why": why}
     return {
-        "command": f"# by hand: {_printable(entry['command'])}",
+        "command": f"# by hand: {printable(entry['command'])}",
         "why": f"{why} (the name holds control characters, shown as \\xNN)",
     }
 
@@ -892,13 +889,13 @@ def build_report(
 
 def _inline(text: Any) -> str:
     """Host text as one inline code span: control characters shown, backticks cannot end it."""
-    s = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+    s = printable(text)
     fence = "`" * (max((len(m) for m in re.findall(r"`+", s)), default=0) + 1)
     return f"{fence} {s} {fence}"
 
 
 def _block(text: str) -> str:
-    s = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+    s = printable(text, keep="\n")
     fence = "~" * max(3, max((len(m) + 1 for m in re.findall(r"~+", s)), default=0))
     return f"{fence}\n{s}\n{fence}"
 

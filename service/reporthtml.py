@@ -19,6 +19,7 @@ from typing import Any
 
 from minerwatch.service.packages import package_words
 from minerwatch.service.report import cpu_words
+from minerwatch.service.terminal import printable
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1150px}
@@ -35,7 +36,7 @@ pre{padding:6px;white-space:pre-wrap;word-break:break-all}
 
 def _e(value: Any) -> str:
     """Escaped text; control characters shown as \\xNN so they cannot hide anything."""
-    text = "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in str(value))
+    text = printable(value, keep="\n\t")
     return html.escape(text, quote=True)
 
 

@@ -355,7 +355,7 @@ def test_cli_list_escapes_control_characters(tmp_path, capsys):
     (tmp_path / "20270101T000000Z-e.json").write_text(json.dumps(doc))
     (tmp_path / "20270101T000001Z-junk.json").write_text("{not json")
     code, text = run_cli(["evidence", "list", "--dir", str(tmp_path)])
-    assert "\x1b" not in text and "\x07" not in text and "evil?]2;pwned?" in text
+    assert "\x1b" not in text and "\x07" not in text and "evil\\x1b]2;pwned\\x07" in text
     # the damaged file is named on stderr, not listed, and the listing exits 2
     assert code == 2 and "junk" not in text
     assert "junk" in capsys.readouterr().err

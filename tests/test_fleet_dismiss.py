@@ -64,6 +64,23 @@ def test_dismiss_list_and_undo_keep_one_private_file(tmp_path):
     ] == ["db-3"]
 
 
+def test_the_list_shows_control_characters_instead_of_sending_them_to_the_terminal(tmp_path):
+    """A reason (or host name) holding ESC or BEL retitled or recoloured the terminal of
+    whoever ran ``--list`` later; each is now shown as its escape, as report and evidence do."""
+    (tmp_path / "fleet-serve-state.json").write_text("{}")
+    reason = "cleanup \x1b]2;pwned\x07 \x1b[31mred"
+    r = mw("--state-dir", tmp_path, "--host", "db-\x1b[2J", "--start", "100", "--end", "200",
+           "--reason", reason)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    listed = mw("--state-dir", tmp_path, "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout, repr(listed.stdout)
+    assert "cleanup \\x1b]2;pwned\\x07 \\x1b[31mred" in listed.stdout, listed.stdout
+    assert "db-\\x1b[2J" in listed.stdout, listed.stdout
+    (item,) = json.loads(mw("--state-dir", tmp_path, "--list", "--json").stdout)
+    assert item["reason"] == reason  # kept as given; only its display is escaped
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -26,6 +26,7 @@ from typing import Any
 
 from minerwatch.features.atomic import atomic_write
 from minerwatch.features.errors import InputError
+from minerwatch.service.terminal import printable
 
 #: In ``fleet serve``'s state folder (its ``--state-dir``, else its ``--models`` folder).
 DISMISSED_FILE = "fleet-dismissed.json"
@@ -140,8 +141,9 @@ def run_dismiss(args: argparse.Namespace) -> int:
             print(f"no dismissed alerts in {path}")
         for item in [] if args.json else items:
             print(
-                f"{item['host']:<24} {_utc(item['start'])} to {_utc(item['end'])}  dismissed "
-                f"{_utc(item['at'])} by {item.get('by') or '-'}  {item.get('reason') or '-'}"
+                f"{printable(item['host']):<24} {_utc(item['start'])} to {_utc(item['end'])}  "
+                f"dismissed {_utc(item['at'])} by {printable(item.get('by') or '-')}  "
+                f"{printable(item.get('reason') or '-')}"
             )
         return 0
     if args.host is None or args.start is None:
