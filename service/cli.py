@@ -969,8 +969,9 @@ def _fleet_commands(sub: Subcommands) -> None:
     p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
     _fleet_flags(p)
     p.add_argument(
-        "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
-    )
+        "--models", type=_existing_folder, required=True,
+        help="model folder written by 'fleet train' (or 'train')",
+    )  # fmt: skip
     p.add_argument(
         "--output",
         type=_output_file_or_stdout,
@@ -989,8 +990,9 @@ def _fleet_commands(sub: Subcommands) -> None:
     )
     _fleet_flags(p, days=True, times=False)
     p.add_argument(
-        "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
-    )
+        "--models", type=_existing_folder, required=True,
+        help="model folder written by 'fleet train' (or 'train')",
+    )  # fmt: skip
     p.add_argument("--port", type=int, default=10092, help="port of /metrics (0 = any free port)")
     p.add_argument("--address", default="::", help="address to listen on (:: = all, dual-stack)")
     p.add_argument("--interval", type=_duration, default="60s", help="time between cycles")
