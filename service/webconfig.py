@@ -374,8 +374,10 @@ class LiveProtection:
             log.error("web config %s changed but does not load, still serving with the "
                       "previous one: %s", path, err)  # fmt: skip
             return
+        # the stamp taken before the load, so that a write during it is loaded at the next look
+        same = files == self._files
         self.current, self._files, self._refused = loaded, files, None
-        self._stamp = _stamps(files)
+        self._stamp = stamp if same else _stamps(files)
         log.info("web config %s changed: reloaded (%s)", path, "https" if loaded[0] else "http")
 
 
