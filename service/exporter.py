@@ -106,7 +106,26 @@ METRICS: dict[str, str] = {
     "minerwatch_log_truncations_total": (
         "Log files that shrank or vanished without rotation, by kind (shrunk, vanished)."
     ),
+    "minerwatch_web_config_last_reload_successful": (
+        "1 while the web config (--web-config) loaded as last changed, 0 when a change to it or "
+        "a file it names did not load (the previous certificate and passwords are served)."
+    ),
 }
+
+
+class WebConfigCollector(Collector):
+    """``minerwatch_web_config_last_reload_successful`` of a served web config (absent
+    without one), as Prometheus' own ``prometheus_config_last_reload_successful``: a renewed
+    certificate that does not load is otherwise seen only when the old one expires."""
+
+    def __init__(self, live: Callable[[], LiveProtection | None]) -> None:
+        self._live = live
+
+    def collect(self) -> Iterator[Metric]:
+        live = self._live()
+        if live is not None and live.path is not None:
+            name = "minerwatch_web_config_last_reload_successful"
+            yield GaugeMetricFamily(name, METRICS[name], value=float(live.last_reload_ok))
 
 
 class SnapshotCollector(Collector):
@@ -270,9 +289,11 @@ class Exporter:
         self._refused = 0
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
+        self._web: LiveProtection | None = None
         collector = self._collector = SnapshotCollector(self.snapshot, clock, self._own_errors)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(collector)
+        self.registry.register(WebConfigCollector(lambda: self._web))
         for standard in (ProcessCollector, PlatformCollector):
             try:
                 standard(registry=self.registry)
@@ -305,7 +326,7 @@ class Exporter:
         """Bind and serve in a daemon thread; web config errors raise ``InputError``."""
         if self._server is not None:
             raise RuntimeError("Exporter already started")
-        web = LiveProtection(self.web_config)
+        web = self._web = LiveProtection(self.web_config)
         self._server = bind(
             self.address,
             self._port,

@@ -349,6 +349,8 @@ class LiveProtection:
         self.current, self._files = _load(path)
         self._stamp = _stamps(self._files)
         self._refused: tuple[Any, ...] | None = None
+        #: False from a change that did not load until one that does
+        self.last_reload_ok = True
         self._looked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -370,13 +372,14 @@ class LiveProtection:
         try:
             loaded, files = _load(path)
         except InputError as err:
-            self._refused = stamp
+            self._refused, self.last_reload_ok = stamp, False
             log.error("web config %s changed but does not load, still serving with the "
                       "previous one: %s", path, err)  # fmt: skip
             return
         # the stamp taken before the load, so that a write during it is loaded at the next look
         same = files == self._files
         self.current, self._files, self._refused = loaded, files, None
+        self.last_reload_ok = True
         self._stamp = stamp if same else _stamps(files)
         log.info("web config %s changed: reloaded (%s)", path, "https" if loaded[0] else "http")
 

@@ -318,6 +318,7 @@ def _renewal_is_served_without_a_restart(port: int, folder: Path, log: Path) -> 
     trust = {n: ssl.create_default_context(cafile=str(folder / f"cert-{n}.crt")) for n in "abc"}
     auth = basic("prometheus", PASSWORD)
     assert _until(lambda: request(port, auth, context=trust["a"])[0] == 200)
+    assert _reloaded(port, auth, trust["a"]) == 1.0
     with pytest.raises(ssl.SSLCertVerificationError):
         request(port, auth, context=trust["b"])
     _install(b, live)  # the renewal
@@ -330,10 +331,22 @@ def _renewal_is_served_without_a_restart(port: int, folder: Path, log: Path) -> 
     assert _until(
         lambda: request(port, auth, context=trust["b"])[0] == 200 and refused in log.read_text()
     )
-    assert request(port, auth, context=trust["b"])[0] == 200
+    assert _reloaded(port, auth, trust["b"]) == 0.0  # for the alert rule, before B expires
     assert log.read_text().count(refused) == 1  # said once, not at every scrape
     _install(c, live)  # the rest of it
     assert _until(lambda: request(port, auth, context=trust["c"])[0] == 200)
+    assert _reloaded(port, auth, trust["c"]) == 1.0
+
+
+def _reloaded(port: int, auth: dict[str, str], context: ssl.SSLContext) -> float:
+    """``minerwatch_web_config_last_reload_successful`` as the server exports it."""
+    status, _, body = request(port, auth, context=context)
+    assert status == 200
+    (line,) = [
+        x for x in body.decode().splitlines()
+        if x.startswith("minerwatch_web_config_last_reload_successful ")
+    ]  # fmt: skip
+    return float(line.split()[1])
 
 
 def _web_config(folder: Path, password_hash: str, a: tuple[Path, Path]) -> Path:

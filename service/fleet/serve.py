@@ -54,7 +54,12 @@ from minerwatch.features.errors import InputError
 from minerwatch.features.io import HostSeries
 from minerwatch.features.pipeline import feature_rows
 from minerwatch.features.schema import AGENT_METRICS, SCHEMA_VERSION
-from minerwatch.service.exporter import METRICS, ExpositionCache, snapshot_families
+from minerwatch.service.exporter import (
+    METRICS,
+    ExpositionCache,
+    WebConfigCollector,
+    snapshot_families,
+)
 from minerwatch.service.fleet.dismiss import (
     DISMISSED_FILE,
     STATE_FILE,
@@ -749,6 +754,7 @@ class FleetExporter:
         self.snapshot = FleetSnapshot()
         self.registry = CollectorRegistry()
         self.registry.register(_FleetCollector(lambda: self.snapshot))
+        self.registry.register(WebConfigCollector(lambda: web))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._cache = ExpositionCache(self.registry, lambda: self.snapshot)
