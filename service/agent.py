@@ -15,6 +15,7 @@ latest :class:`~minerwatch.service.state.AgentSnapshot`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -305,6 +306,14 @@ class Agent:
                 self._close_episode("shutdown")
             except Exception as exc:  # a full disk, a broken history: still release below
                 log.error("closing the open episode at shutdown failed: %s", exc)
+            if self.exporter is not None:
+                # the textfile outlives the agent: left at alert_active 1, node_exporter kept
+                # paging for a miner no agent watched (as over HTTP, the alert ends with it;
+                # MinerwatchAgentStalled then says nothing samples the host)
+                try:
+                    self.exporter.update(dataclasses.replace(self.snapshot(), alert_active=False))
+                except Exception as exc:
+                    log.error("publishing the closed episode at shutdown failed: %s", exc)
         if self.responder is not None:
             self.responder.close()
         if self.child is not None and self.child.poll() is None:
