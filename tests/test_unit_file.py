@@ -181,6 +181,54 @@ def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
     assert checked.returncode == 0 and checked.stdout.strip() == f"{config}: OK", checked
 
 
+def test_the_documented_removal_leaves_nothing_the_install_and_the_agent_put_there(tmp_path):
+    """deploy/README.md's removal steps, run as written after its install steps in a scratch
+    root (systemd and the status commands, which need the running host, left out): nothing
+    the install created or the agent writes (its data folder, the textfile) is left."""
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+
+    def moved(text: str) -> str:
+        return re.sub(r"(?<![\w./-])/(opt|usr/local|etc|var/lib)/", f"{root}/\\1/", text)
+
+    steps = install_steps()
+    venv = [s for s in steps if s.startswith("python3 -m venv ")]
+    pip = [s for s in steps if re.match(r"\S+/bin/pip install \.", s)]
+    prefix = Path(moved(venv[0].split()[-1]))
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "minerwatch").symlink_to(Path(sys.executable).parent / "minerwatch")
+    install = [moved(s) for s in steps if s not in venv + pip and not s.startswith("systemctl")]
+    textfile = root / "var/lib/prometheus/node-exporter"
+    for folder in (root / "var/lib/minerwatch/models", textfile):  # what the agent writes
+        folder.mkdir(parents=True)
+    (textfile / "minerwatch.prom").write_text("minerwatch_alert_active 0\n")
+    (textfile / "node.prom").write_text("other 1\n")  # not the agent's: stays
+    dropins = root / "etc/systemd/system/minerwatch.service.d"
+    dropins.mkdir(parents=True)
+    (dropins / "throttle.conf").write_text("[Service]\n")
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("## 4. Upgrading and removing the agent") :]
+    blocks = re.findall(r"```sh\n(.*?)```", section[: section.index("## Metrics")], re.S)
+    assert len(blocks) == 2, "an upgrade block and a removal block"
+    removal = [line for line in blocks[1].splitlines() if line.strip()]
+    assert removal[0] == "systemctl disable --now minerwatch"  # stops first: releases
+    held = [line for line in removal if line.startswith("minerwatch ")]
+    assert held == ["minerwatch throttle status && minerwatch isolate status"]
+    remove = [moved(line) for line in removal if line.startswith("rm ")]
+    done = subprocess.run(
+        ["bash", "-euxc", "\n".join(install + remove)],
+        cwd=DEPLOY.parent,
+        env={"PATH": f"{root}/usr/local/bin:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if "minerwatch" in p.name)
+    assert left == [], left
+    assert (textfile / "node.prom").exists()
+
+
 def test_a_bad_config_stops_the_unit_instead_of_restarting_it_forever(tmp_path):
     """The unit's commands, run in order as systemd would with a config that has a typo: the
     first to fail must be the main process with exit 2, which RestartPreventExitStatus keeps
