@@ -306,14 +306,6 @@ class Agent:
                 self._close_episode("shutdown")
             except Exception as exc:  # a full disk, a broken history: still release below
                 log.error("closing the open episode at shutdown failed: %s", exc)
-            if self.exporter is not None:
-                # the textfile outlives the agent: left at alert_active 1, node_exporter kept
-                # paging for a miner no agent watched (as over HTTP, the alert ends with it;
-                # MinerwatchAgentStalled then says nothing samples the host)
-                try:
-                    self.exporter.update(dataclasses.replace(self.snapshot(), alert_active=False))
-                except Exception as exc:
-                    log.error("publishing the closed episode at shutdown failed: %s", exc)
         if self.responder is not None:
             self.responder.close()
         if self.child is not None and self.child.poll() is None:
@@ -323,6 +315,14 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.child.kill()
         if self.exporter is not None:
+            # The textfile outlives the agent: left as it was, an open alert stayed at
+            # alert_active 1 and node_exporter kept paging for a miner no agent watched. As
+            # over HTTP the alert ends with the agent (MinerwatchAgentStalled then says nothing
+            # samples the host), and what the responder released shows released.
+            try:
+                self.exporter.update(dataclasses.replace(self.snapshot(), alert_active=False))
+            except Exception as exc:
+                log.error("publishing the agent's last state at shutdown failed: %s", exc)
             self.exporter.stop()
         if self.signals is not None:
             self.signals.close()
