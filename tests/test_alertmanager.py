@@ -155,11 +155,33 @@ def burning(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
         stop(procs)
 
 
+def named(pid: int, name: str, timeout: float = 5.0) -> bool:
+    """Whether the process's name becomes ``name``: Popen can return before the kernel has
+    renamed the child in its exec."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/comm").read_text().strip() != name:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def closing(agent: AgentProcess, episode: str, timeout: float, log) -> dict[str, Any]:
+    """The agent's close line of ``episode``, once it is written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in episodes(agent):
+            if line["event"] == "close" and line["id"] == episode:
+                return line
+        time.sleep(0.5)
+    pytest.fail(f"episode {episode} still open after {timeout:.0f}s\n{log()}")
 
 
 def prometheus_sent(url: str) -> float:
@@ -215,12 +237,14 @@ def test_an_episode_reaches_the_receiver_once_and_resolves(tmp_path):
 
             agent.wait_for("the stored model", lambda m: m.get("minerwatch_learning") == 0.0, 30)
             with burning(tmp_path) as burners:
-                assert all(BURNER in Path(f"/proc/{p.pid}/comm").read_text() for p in burners)
+                assert all(named(p.pid, BURNER) for p in burners)
                 firing = receiver.wait_for("firing notification", anomaly("firing"), 90, logs)
                 (opened,) = (e for e in episodes(agent) if e["event"] == "open")
             # the episode clears after 3 windows below the threshold: seconds after the burner
             # stops on a quiet host, longer while other work keeps the host's CPU up
-            resolved = receiver.wait_for("resolved notification", anomaly("resolved"), 110, logs)
+            closed = closing(agent, opened["id"], 110, logs)
+            # then Prometheus resolves the alert within a second, Alertmanager says so
+            resolved = receiver.wait_for("resolved notification", anomaly("resolved"), 20, logs)
             said = receiver.notifications()
             sent = prometheus_sent(prom.url)
     finally:
@@ -253,8 +277,7 @@ def test_an_episode_reaches_the_receiver_once_and_resolves(tmp_path):
     assert [n["status"] for n in pages] == ["firing", "resolved"], pages
     (gone,) = resolved["alerts"]
     assert gone["labels"] == alert["labels"] and gone["endsAt"] > gone["startsAt"]
-    (closed,) = (e for e in episodes(agent) if e["event"] == "close")
-    assert closed["id"] == opened["id"] and closed["reason"] == "cleared", closed
+    assert closed["reason"] == "cleared", closed
 
     # No process name or command line anywhere in what reached the receiver.
     raw = b"".join(receiver.raw)
