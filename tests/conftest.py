@@ -17,6 +17,7 @@ ON_THIS_HOST = frozenset(
         "test_agent_e2e.py",
         "test_agent_throttle.py",
         "test_agent_upgrade.py",
+        "test_alertmanager.py",
         "test_cli.py",
         "test_cli_contract.py",
         "test_collect_stop.py",

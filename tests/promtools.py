@@ -33,12 +33,13 @@ from minerwatch.service.state import AgentSnapshot
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
 
-def require(binary: str) -> str:
+def require(binary: str, package: str = "prometheus") -> str:
     """Skip the calling test when a Prometheus binary is not installed (CI installs it)."""
     if not Path(binary).exists():
-        pytest.skip(f"{binary} not installed (apt-get install prometheus)")
+        pytest.skip(f"{binary} not installed (apt-get install {package})")
     return binary
 
 
@@ -96,13 +97,18 @@ class Prometheus:
 
 
 def _write_config(
-    path: Path, scrape_configs: Sequence[dict[str, Any]], rule_files: Sequence[Path]
+    path: Path,
+    scrape_configs: Sequence[dict[str, Any]],
+    rule_files: Sequence[Path],
+    alertmanagers: Sequence[str] = (),
 ) -> None:
-    config = {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": list(scrape_configs),
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
     path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
 
 
@@ -115,14 +121,15 @@ def running_prometheus(
     tsdb: Path | None = None,
     retention: str = "1h",
     flags: Sequence[str] = (),
+    alertmanagers: Sequence[str] = (),
 ) -> Iterator[Prometheus]:
-    """Start Prometheus with the given scrape configs (on ``tsdb``, default a fresh one) and
-    yield once ``/-/ready`` answers."""
+    """Start Prometheus with the given scrape configs (on ``tsdb``, default a fresh one),
+    sending alerts to ``alertmanagers`` (``host:port``), and yield once ``/-/ready`` answers."""
     binary = require(PROMETHEUS)
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
     config = workdir / "prometheus.yml"
-    _write_config(config, scrape_configs, rule_files)
+    _write_config(config, scrape_configs, rule_files, alertmanagers)
     log = workdir / "prometheus.log"
     for _attempt in range(3):  # free_port() can race with another process; retry
         port = free_port()
@@ -168,6 +175,44 @@ def _fast_discovery_flag(binary: str) -> tuple[str, ...]:
     flag = "--scrape.discovery-reload-interval"
     done = subprocess.run([binary, "--help"], capture_output=True, timeout=30, check=False)
     return (f"{flag}=100ms",) if flag.encode() in done.stdout + done.stderr else ()
+
+
+@contextmanager
+def running_alertmanager(
+    tmp_path: Path, config_text: str, startup_timeout: float = 20.0
+) -> Iterator[Prometheus]:
+    """Start Alertmanager on loopback with ``config_text``, clustering off and its own storage;
+    yield once ``/-/ready`` answers (``url`` and ``tail()`` as for Prometheus)."""
+    binary = require(ALERTMANAGER, "prometheus-alertmanager")
+    workdir = tmp_path / "alertmanager"
+    workdir.mkdir()
+    config = workdir / "alertmanager.yml"
+    config.write_text(config_text)
+    log = workdir / "alertmanager.log"
+    for _attempt in range(3):  # free_port() can race with another process; retry
+        port = free_port()
+        with log.open("wb") as log_fh:
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--cluster.listen-address=",  # no gossip: one instance, no port to clash
+                    "--log.level=warn",
+                ],
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        am = Prometheus(proc, f"http://127.0.0.1:{port}", log)
+        try:
+            if _wait_ready(am, startup_timeout):
+                yield am
+                return
+        finally:
+            _terminate(proc)
+    pytest.fail(f"alertmanager did not become ready:\n{am.tail()}")
 
 
 def _wait_ready(prom: Prometheus, timeout: float) -> bool:
