@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,33 +130,21 @@ def running_prometheus(
     workdir.mkdir()
     config = workdir / "prometheus.yml"
     _write_config(config, scrape_configs, rule_files, alertmanagers)
-    log = workdir / "prometheus.log"
-    for _attempt in range(3):  # free_port() can race with another process; retry
-        port = free_port()
-        with log.open("wb") as log_fh:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tsdb or workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    f"--storage.tsdb.retention.time={retention}",
-                    "--log.level=warn",
-                    *_fast_discovery_flag(binary),
-                    *flags,
-                ],
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
-        try:
-            if _wait_ready(prom, startup_timeout):
-                yield prom
-                return
-        finally:
-            _terminate(proc)
-    pytest.fail(f"prometheus did not become ready:\n{prom.tail()}")
+
+    def command(port: int) -> list[str]:
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tsdb or workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.retention.time={retention}",
+            "--log.level=warn",
+            *_fast_discovery_flag(binary),
+            *flags,
+        ]
+
+    with _ready("prometheus", command, workdir / "prometheus.log", startup_timeout) as prom:
+        yield prom
 
 
 @contextmanager
@@ -188,31 +176,41 @@ def running_alertmanager(
     workdir.mkdir()
     config = workdir / "alertmanager.yml"
     config.write_text(config_text)
-    log = workdir / "alertmanager.log"
-    for _attempt in range(3):  # free_port() can race with another process; retry
+
+    def command(port: int) -> list[str]:
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # no gossip: one instance, no port to clash
+            "--log.level=warn",
+        ]
+
+    with _ready("alertmanager", command, workdir / "alertmanager.log", startup_timeout) as am:
+        yield am
+
+
+@contextmanager
+def _ready(
+    what: str, command: Callable[[int], list[str]], log: Path, startup_timeout: float
+) -> Iterator[Prometheus]:
+    """``command(port)`` on a free loopback port, yielded once ``/-/ready`` answers; stopped
+    on the way out. free_port() can race with another process, so a start is tried thrice."""
+    for _attempt in range(3):
         port = free_port()
         with log.open("wb") as log_fh:
             proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--cluster.listen-address=",  # no gossip: one instance, no port to clash
-                    "--log.level=warn",
-                ],
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                command(port), stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        am = Prometheus(proc, f"http://127.0.0.1:{port}", log)
+        server = Prometheus(proc, f"http://127.0.0.1:{port}", log)
         try:
-            if _wait_ready(am, startup_timeout):
-                yield am
+            if _wait_ready(server, startup_timeout):
+                yield server
                 return
         finally:
             _terminate(proc)
-    pytest.fail(f"alertmanager did not become ready:\n{am.tail()}")
+    pytest.fail(f"{what} did not become ready:\n{server.tail()}")
 
 
 def _wait_ready(prom: Prometheus, timeout: float) -> bool:

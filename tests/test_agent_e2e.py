@@ -207,9 +207,18 @@ def textfile_value(folder: Path, name: str) -> float:
     return float(line.split()[1])
 
 
-def quiet_telemetry(path: Path) -> None:
-    """Two hours of a nearly idle host at 1-s samples, as ``minerwatch collect`` writes it."""
-    write_csv(path, [quiet_host(QUIET, time.time() - 9000, 7200, 1.0, seed=11)])
+def quiet_model(tmp_path: Path) -> Path:
+    """A data folder holding the model ``minerwatch train`` makes of two hours of a nearly
+    idle host at 1-s samples (3-s windows): on this machine burning, it alerts at once."""
+    data = tmp_path / "data"
+    write_csv(tmp_path / "quiet.csv", [quiet_host(QUIET, time.time() - 9000, 7200, 1.0, seed=11)])
+    subprocess.run(
+        [sys.executable, "-m", "minerwatch", "train", str(tmp_path / "quiet.csv"),
+         "--models", str(data / "models"), "--window", "3s", "--hop", "3s"],
+        cwd=REPO, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    data.chmod(0o700)
+    return data
 
 
 @pytest.mark.slow
@@ -217,14 +226,7 @@ def test_an_alert_is_said_as_it_opens_and_as_it_closes(tmp_path):
     """A baseline of a quiet host (trained with ``minerwatch train``) on this machine with
     every core burning: the event line, its evidence file and a WARNING are there while the
     alert is on; stopping the agent appends the closing line."""
-    data = tmp_path / "data"
-    quiet_telemetry(tmp_path / "quiet.csv")
-    subprocess.run(
-        [sys.executable, "-m", "minerwatch", "train", str(tmp_path / "quiet.csv"),
-         "--models", str(data / "models"), "--window", "3s", "--hop", "3s"],
-        cwd=REPO, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    data.chmod(0o700)
+    data = quiet_model(tmp_path)
     textfile = tmp_path / "textfile"
     textfile.mkdir()
     burner = start_burner()

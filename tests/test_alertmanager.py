@@ -32,7 +32,7 @@ from promtools import (
     running_prometheus,
     scrape_job,
 )
-from test_agent_e2e import FAST, QUIET, REPO, AgentProcess, episodes, quiet_telemetry
+from test_agent_e2e import FAST, QUIET, REPO, AgentProcess, episodes, quiet_model
 
 yaml = pytest.importorskip("yaml")  # tests only: the agent itself never needs PyYAML
 
@@ -205,14 +205,7 @@ def test_an_episode_reaches_the_receiver_once_and_resolves(tmp_path):
     annotations and no process data; its end sends a resolved notification."""
     require(PROMETHEUS)
     require(ALERTMANAGER, "prometheus-alertmanager")
-    data = tmp_path / "data"
-    quiet_telemetry(tmp_path / "quiet.csv")
-    subprocess.run(
-        [sys.executable, "-m", "minerwatch", "train", str(tmp_path / "quiet.csv"),
-         "--models", str(data / "models"), "--window", "3s", "--hop", "3s"],
-        cwd=REPO, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    data.chmod(0o700)
+    data = quiet_model(tmp_path)
     receiver = Receiver()
     agent = AgentProcess(
         data, tmp_path / "agent.log", ("--host", QUIET, *FAST, "--retrain-every", "0")

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -139,28 +140,33 @@ def install_steps() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
-    """deploy/README.md's install steps, run as written from a checkout with every absolute
-    path moved under a scratch root, leave what the unit runs: its ExecStart binary and its
-    config, which `config check` accepts. The virtual environment with its `pip install`
-    is stood in for by this test's own `minerwatch` (test_package builds the wheel), and
-    systemd is not running here."""
-    root = tmp_path / "root"
-    (root / "usr/local/bin").mkdir(parents=True)
+def mover(root: Path) -> Callable[[str], str]:
+    """Rewrites the absolute paths of the install and removal steps to lie under ``root``."""
 
     def moved(text: str) -> str:
-        return re.sub(r"(?<![\w./-])/(opt|usr/local|etc)/", f"{root}/\\1/", text)
+        return re.sub(r"(?<![\w./-])/(opt|usr/local|etc|var/lib)/", f"{root}/\\1/", text)
 
+    return moved
+
+
+def scratch_install(root: Path, moved: Callable[[str], str]) -> list[str]:
+    """The install steps to run under ``root``: the virtual environment and its ``pip
+    install`` stood in for by this test's own ``minerwatch`` (test_package builds the
+    wheel), systemd left out (not running here)."""
+    (root / "usr/local/bin").mkdir(parents=True)
     steps = install_steps()
-    assert steps[-1] == "systemctl daemon-reload && systemctl enable --now minerwatch"
     venv = [s for s in steps if s.startswith("python3 -m venv ")]
     pip = [s for s in steps if re.match(r"\S+/bin/pip install \.", s)]
     assert len(venv) == len(pip) == 1
     prefix = Path(moved(venv[0].split()[-1]))
     (prefix / "bin").mkdir(parents=True)
     (prefix / "bin" / "minerwatch").symlink_to(Path(sys.executable).parent / "minerwatch")
-    script = [moved(s) for s in steps if s not in venv + pip and not s.startswith("systemctl")]
-    done = subprocess.run(
+    return [moved(s) for s in steps if s not in venv + pip and not s.startswith("systemctl")]
+
+
+def run_in(root: Path, script: list[str]) -> subprocess.CompletedProcess[str]:
+    """``script`` by bash from the checkout, with ``root``'s /usr/local/bin first on PATH."""
+    return subprocess.run(
         ["bash", "-euxc", "\n".join(script)],
         cwd=DEPLOY.parent,
         env={"PATH": f"{root}/usr/local/bin:/usr/bin:/bin"},
@@ -168,6 +174,18 @@ def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
         text=True,
         timeout=60,
     )
+
+
+def test_the_documented_install_steps_work_in_a_scratch_root(tmp_path):
+    """deploy/README.md's install steps, run as written from a checkout with every absolute
+    path moved under a scratch root, leave what the unit runs: its ExecStart binary and its
+    config, which `config check` accepts. The virtual environment with its `pip install`
+    is stood in for by this test's own `minerwatch` (test_package builds the wheel), and
+    systemd is not running here."""
+    root = tmp_path / "root"
+    moved = mover(root)
+    assert install_steps()[-1] == "systemctl daemon-reload && systemctl enable --now minerwatch"
+    done = run_in(root, scratch_install(root, moved))
     assert done.returncode == 0, done.stdout + done.stderr
     unit = directives(root / "etc/systemd/system/minerwatch.service")
     (start,) = unit["ExecStart"]
@@ -186,18 +204,8 @@ def test_the_documented_removal_leaves_nothing_the_install_and_the_agent_put_the
     root (systemd and the status commands, which need the running host, left out): nothing
     the install created or the agent writes (its data folder, the textfile) is left."""
     root = tmp_path / "root"
-    (root / "usr/local/bin").mkdir(parents=True)
-
-    def moved(text: str) -> str:
-        return re.sub(r"(?<![\w./-])/(opt|usr/local|etc|var/lib)/", f"{root}/\\1/", text)
-
-    steps = install_steps()
-    venv = [s for s in steps if s.startswith("python3 -m venv ")]
-    pip = [s for s in steps if re.match(r"\S+/bin/pip install \.", s)]
-    prefix = Path(moved(venv[0].split()[-1]))
-    (prefix / "bin").mkdir(parents=True)
-    (prefix / "bin" / "minerwatch").symlink_to(Path(sys.executable).parent / "minerwatch")
-    install = [moved(s) for s in steps if s not in venv + pip and not s.startswith("systemctl")]
+    moved = mover(root)
+    install = scratch_install(root, moved)
     textfile = root / "var/lib/prometheus/node-exporter"
     for folder in (root / "var/lib/minerwatch/models", textfile):  # what the agent writes
         folder.mkdir(parents=True)
@@ -215,14 +223,7 @@ def test_the_documented_removal_leaves_nothing_the_install_and_the_agent_put_the
     held = [line for line in removal if line.startswith("minerwatch ")]
     assert held == ["minerwatch throttle status && minerwatch isolate status"]
     remove = [moved(line) for line in removal if line.startswith("rm ")]
-    done = subprocess.run(
-        ["bash", "-euxc", "\n".join(install + remove)],
-        cwd=DEPLOY.parent,
-        env={"PATH": f"{root}/usr/local/bin:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_in(root, install + remove)
     assert done.returncode == 0, done.stdout + done.stderr
     left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if "minerwatch" in p.name)
     assert left == [], left
