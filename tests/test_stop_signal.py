@@ -11,6 +11,8 @@ which for an Event is inside that lock: every run hits the moment CI hit once.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,8 +21,10 @@ from pathlib import Path
 
 from promtools import free_port
 from test_fleet_churn import _fake, _train
+from test_fleet_serve import MINERWATCH
 
 from minerwatch.baseline.store import save_model
+from minerwatch.service.fleet.serve import STATE_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,3 +110,39 @@ def test_fleet_serve_stops_on_sigterm_landing_inside_its_wait(tmp_path):
     assert code == 0, text
     assert "cycle: 1 hosts scored" in text and "Traceback" not in text, text
     assert time.monotonic() - began < 30.0, text  # not at the end of the 20-s interval
+
+
+def test_fleet_serve_stops_on_sighup_saving_its_state(tmp_path):
+    """A closed terminal (SIGHUP) ended ``fleet serve`` by the signal's default, without its
+    last state saved or a word in its log; the agent already stopped on it as on SIGTERM.
+    Now it stops as on SIGTERM: exit 0, the state saved, the signal named in the log."""
+    now = time.time()
+    http = _fake(now, 1)
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    models, log = tmp_path / "models", tmp_path / "fleet.log"
+    try:
+        save_model(models, _train(url, "h0000", now))
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
+                 "--port", str(free_port()), "--address", "127.0.0.1", "--interval", "1s",
+                 "--retrain-every", "0"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while log.read_text().count("cycle: 1 hosts scored") < 2:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGHUP)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        http.shutdown()
+    text = log.read_text()
+    assert code == 0, text
+    assert "fleet serve stopped (SIGHUP)" in text and "Traceback" not in text, text
+    assert "h0000" in json.loads((models / STATE_FILE).read_text())["hosts"]

@@ -1494,7 +1494,8 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     exporter = FleetExporter(args.port, args.address, web)
     exporter.snapshot = server.snapshot()
     stop = StopFlag()
-    stop.stop_on((signal.SIGTERM, signal.SIGINT))
+    # SIGHUP too, as the agent: a closed terminal must not end it without saving its state
+    stop.stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     log.info(
         "fleet serve: %d models (%d loaded, the others' hosts sent nothing in the lookback), "
         "%s every %.0f s, metrics on port %d", len(server.hosts) + len(server.dormant),
@@ -1523,4 +1524,5 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
         if worker is not None:
             worker.join(timeout=30)
         server.save_state()
+    log.info("fleet serve stopped (%s)", ", ".join(stop.signals) or "no signal")
     return 0
