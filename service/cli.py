@@ -6,9 +6,9 @@ command runs (:func:`_lazy`), so ``minerwatch serve`` never loads the evaluation
 of ``serve`` are generated from the config's option table, so a new option cannot be missed.
 
 Exit codes, decided by :func:`exit_code` alone: 0 ok, 2 bad usage or input (the message names
-the file, the line and what was expected), 1 unexpected failure, 130 interrupted (143 for
-``collect`` stopped by SIGTERM), 141 when
-the reader of the output went away (``... | head``); never a traceback. A command that could
+the file, the line and what was expected), 1 unexpected failure, 130 interrupted (143 and
+129 for ``collect`` stopped by SIGTERM and SIGHUP), 141 when the reader of the output went
+away (``... | head``); never a traceback. A command that could
 not do its whole job on good terms (a host skipped by ``train`` or ``score``) exits 2 too.
 """
 
@@ -334,9 +334,10 @@ def _throttle_folder(cfg: AgentConfig) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """Record until ``--duration`` is over. Stopped early by Ctrl-C or SIGTERM (``kill``, a
-    service manager, ``timeout``) it keeps what it wrote, says so and exits 130 or 143; a
-    write that fails (disk full) cuts both files back to the last whole sample, exit 1."""
+    """Record until ``--duration`` is over. Stopped early by Ctrl-C, SIGTERM (``kill``, a
+    service manager, ``timeout``) or SIGHUP (its terminal closed) it keeps what it wrote, says
+    so and exits 130, 143 or 129; a write that fails (disk full) cuts both files back to the
+    last whole sample, exit 1."""
     from minerwatch.features.collector import procs_path_for, record
     from minerwatch.service.progress import Progress
 
@@ -356,7 +357,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
         stopped_by.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGHUP too: a closed terminal ended a long recording by the signal's default, mid-row
+    # maybe, and the same command then refused to append after the cut-off line
+    stopping = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_term) for signum in stopping}
     try:
         done = record(
             Path(args.output),
@@ -368,7 +372,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before the first sample: nothing written but headers
         return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     rows = done.rows
     samples = "sample" if rows == 1 else "samples"
     table = procs_path_for(Path(args.output))
@@ -382,7 +387,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     if done.interrupted:
-        what = "terminated (SIGTERM)" if stopped_by else "interrupted"
+        what = f"terminated ({signal.Signals(stopped_by[0]).name})" if stopped_by else "interrupted"
         print(
             f"{newline}minerwatch: {what} after {rows} of {done.planned} samples; {wrote} "
             "(complete rows; the same command appends more)",

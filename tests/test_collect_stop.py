@@ -81,6 +81,21 @@ def test_ctrl_c_and_sigterm_keep_what_was_recorded_say_so_and_exit_130_and_143(t
     assert sum(row[0] == "timestamp" for row in lines(out)) == 1
 
 
+def test_a_closed_terminal_stops_it_as_sigterm_does_and_the_same_command_appends(tmp_path):
+    """SIGHUP (the terminal of a long recording closed) ended ``collect`` by the signal's
+    default, maybe mid-row, and the same command then refused to append after the cut-off
+    line; now it stops as on SIGTERM: whole rows, said, exit 129, and appending goes on."""
+    out = tmp_path / "web-1.csv"
+    r = stop_after_rows(out, signal.SIGHUP)
+    assert r.returncode == 129, (r.returncode, r.stderr)
+    n, _ = whole(out)
+    assert n >= 3 and "Traceback" not in r.stderr
+    assert f"terminated (SIGHUP) after {n} of 18000 samples" in r.stderr
+    again = run("collect", "--interval", "200ms", "--duration", "400ms", "--output", out)
+    assert again.returncode == 0, again.stderr
+    assert whole(out)[0] > n
+
+
 def test_a_run_logged_to_a_file_says_how_far_it_got(tmp_path):
     """stderr not a terminal (nohup, a service manager): a plain line at each tenth of the
     samples, so a week's recording is not silent for a week; no terminal codes."""
