@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -1105,9 +1104,7 @@ def serve(cfg: AgentConfig, log_level: str = "INFO") -> int:
         responder = Responder(cfg)
     agent = Agent(cfg, exporter=exporter, responder=responder)
 
-    # SIGHUP too (a closed terminal, a mistaken reload): its default would end the agent
-    # without releasing what it throttled or isolated
-    agent.stopping.stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    agent.stopping.stop_on()  # STOP_SIGNALS: SIGHUP's default too would keep what it holds
     port = exporter.port if exporter else 0
     log.info(
         "minerwatch agent for %s: metrics on %s:%s, data in %s",

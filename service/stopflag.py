@@ -17,6 +17,11 @@ import weakref
 from collections.abc import Iterable
 from types import FrameType
 
+#: What stops a long-running command cleanly: SIGTERM (systemd, ``kill``), SIGINT (Ctrl-C) and
+#: SIGHUP (a closed terminal, a mistaken reload), whose default would end it without releasing
+#: what it holds or saving its state.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 class StopFlag:
     """Set once, never cleared; ``wait`` returns at once from then on, in every thread."""
@@ -43,7 +48,7 @@ class StopFlag:
         ms = None if timeout is None else max(0, int(timeout * 1000.0 + 0.999))
         return bool(poller.poll(ms))
 
-    def stop_on(self, signums: Iterable[signal.Signals]) -> None:
+    def stop_on(self, signums: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
         """Set on each of ``signums`` (main thread only, as ``signal.signal``)."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

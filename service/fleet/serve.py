@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import queue
-import signal
 import sys
 import tempfile
 import threading
@@ -1494,8 +1493,7 @@ def run_serve(args: argparse.Namespace, connection: Connection) -> int:
     exporter = FleetExporter(args.port, args.address, web)
     exporter.snapshot = server.snapshot()
     stop = StopFlag()
-    # SIGHUP too, as the agent: a closed terminal must not end it without saving its state
-    stop.stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    stop.stop_on()  # STOP_SIGNALS, as the agent: SIGHUP's default too would lose its state
     log.info(
         "fleet serve: %d models (%d loaded, the others' hosts sent nothing in the lookback), "
         "%s every %.0f s, metrics on port %d", len(server.hosts) + len(server.dormant),
