@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 from promtools import free_port
-from test_fleet_churn import _fake, _train
-from test_fleet_serve import MINERWATCH
+from test_fleet_churn import _fake, _serve, _train
 
 from minerwatch.baseline.store import save_model
 from minerwatch.service.fleet.serve import STATE_FILE
@@ -122,13 +121,7 @@ def test_fleet_serve_stops_on_sighup_saving_its_state(tmp_path):
     models, log = tmp_path / "models", tmp_path / "fleet.log"
     try:
         save_model(models, _train(url, "h0000", now))
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
-                 "--port", str(free_port()), "--address", "127.0.0.1", "--interval", "1s",
-                 "--retrain-every", "0"],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+        proc, _ = _serve(url, models, log)
         try:
             deadline = time.monotonic() + 30
             while log.read_text().count("cycle: 1 hosts scored") < 2:

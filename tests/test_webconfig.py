@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from promtools import free_port, full_snapshot, promtool, running_prometheus, scrape_job
-from test_fleet_serve import MINERWATCH
+from test_fleet_serve import MINERWATCH, _start
 
 from minerwatch.features.errors import InputError
 from minerwatch.service.exporter import Exporter
@@ -359,11 +359,6 @@ def _web_config(folder: Path, password_hash: str, a: tuple[Path, Path]) -> Path:
     )
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
 def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
@@ -404,7 +399,7 @@ def test_serve_takes_a_renewed_certificate_and_new_passwords_without_a_restart(
 
 
 def test_fleet_serve_takes_a_renewed_certificate_without_a_restart(tmp_path, password_hash):
-    from test_fleet_churn import _fake, _train
+    from test_fleet_churn import _fake, _serve, _train
 
     from minerwatch.baseline.store import save_model
 
@@ -417,12 +412,9 @@ def test_fleet_serve_takes_a_renewed_certificate_without_a_restart(tmp_path, pas
     port, log = free_port(), tmp_path / "fleet.log"
     try:
         save_model(tmp_path / "models", _train(url, "h0000", now))
-        proc = _start(
-            [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models",
-             str(tmp_path / "models"), "--port", str(port), "--address", "127.0.0.1",
-             "--web-config", str(config), "--interval", "1s", "--retrain-every", "0"],
-            log,
-        )  # fmt: skip
+        proc, _ = _serve(
+            url, tmp_path / "models", log, "--web-config", str(config), "--port", str(port)
+        )
         try:
             _renewal_is_served_without_a_restart(port, folder, log)
         finally:
