@@ -207,6 +207,22 @@ def test_score_stopped_leaves_no_file_and_says_why(telemetry, tmp_path):
     assert not out.exists() and not tmp.exists()
 
 
+def test_simulate_stopped_leaves_no_partial_fleet_and_the_same_command_runs(tmp_path):
+    """SIGHUP half-way: exit 129, said; the hosts written so far (no labels.json, so no
+    simulation's) are removed: they made the same command refuse the folder as telemetry
+    "of another origin"."""
+    out = tmp_path / "sim"
+    command = ["simulate", "--hosts", "8", "--train-days", "2", "--test-days", "1",
+               "--output", out]  # fmt: skip
+    r = stop_when(command, lambda: (out / "train").is_dir(), signal.SIGHUP, tmp_path)
+    clean_stop(r, signal.SIGHUP)
+    assert r.stderr.splitlines()[-1] == "minerwatch: terminated (SIGHUP)", r.stderr
+    assert not list(out.rglob("*.csv")) and not (out / "labels.json").exists()
+    again = run(*command, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(list((out / "train").glob("*.procs.csv"))) == 8
+
+
 def test_nohup_keeps_a_recording_going_when_the_terminal_closes(tmp_path):
     """Started with SIGHUP ignored (``nohup``), ``collect`` ends at its ``--duration``, not on
     the SIGHUP of the terminal closing: it took the signal as a stop whatever its starter said."""
