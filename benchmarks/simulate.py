@@ -1370,27 +1370,36 @@ def simulate(
     output = Path(output)
     _clear_previous(output)
     events: list[dict[str, Any]] = []
-    for i, (spec, seq) in enumerate(zip(specs, host_seqs, strict=True)):
-        host_seq, file_seq, proc_seq = seq.spawn(3)
-        cols, keep, host_events, table, listed = _host(
-            spec, plan.get(spec.name, []), looks.get(spec.name, []), clock, host_seq, proc_seq
-        )
-        file_rng = np.random.default_rng(file_seq)
-        idx = np.arange(clock.n)
-        stamps = [f"{t:.3f}" for t in cols["timestamp"].tolist()]
-        for split, mask in (("train", idx < n_train), ("test", idx >= n_train)):
-            rows = idx[mask & keep]
-            _atomic_write(
-                output / split / f"{spec.name}.csv", _csv_text(spec.name, cols, rows, file_rng)
+    written: list[Path] = []
+    try:
+        for i, (spec, seq) in enumerate(zip(specs, host_seqs, strict=True)):
+            host_seq, file_seq, proc_seq = seq.spawn(3)
+            cols, keep, host_events, table, listed = _host(
+                spec, plan.get(spec.name, []), looks.get(spec.name, []), clock, host_seq, proc_seq
             )
-            if procs:
-                pick = (mask & keep)[listed["sample"]]
-                text = procs_csv(spec.name, table.idents, listed, stamps, pick)
-                _atomic_write(output / split / f"{spec.name}.procs.csv", text)
-        for ev in host_events:
-            events.extend(_labels_for(ev, spec.name, clock, cols["timestamp"], keep))
-        if progress is not None:
-            progress(i + 1, hosts)
+            file_rng = np.random.default_rng(file_seq)
+            idx = np.arange(clock.n)
+            stamps = [f"{t:.3f}" for t in cols["timestamp"].tolist()]
+            for split, mask in (("train", idx < n_train), ("test", idx >= n_train)):
+                rows = idx[mask & keep]
+                path = output / split / f"{spec.name}.csv"
+                written.append(path)
+                _atomic_write(path, _csv_text(spec.name, cols, rows, file_rng))
+                if procs:
+                    pick = (mask & keep)[listed["sample"]]
+                    text = procs_csv(spec.name, table.idents, listed, stamps, pick)
+                    written.append(output / split / f"{spec.name}.procs.csv")
+                    _atomic_write(written[-1], text)
+            for ev in host_events:
+                events.extend(_labels_for(ev, spec.name, clock, cols["timestamp"], keep))
+            if progress is not None:
+                progress(i + 1, hosts)
+    except BaseException:
+        # stopped half-way (Ctrl-C, SIGTERM, a full disk): without labels.json its hosts are
+        # no simulation's, and the same command then refused the folder as "of another origin"
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     events.sort(key=lambda e: (e["start"], e["host"], e["kind"]))
     labels: dict[str, Any] = {
         "generator": "minerwatch simulate",

@@ -236,6 +236,8 @@ class Recorded:
     planned: int
     interrupted: bool = False
     error: OSError | None = None
+    #: The KeyboardInterrupt that ended it early (a Terminated names its signal)
+    stop: KeyboardInterrupt | None = None
 
 
 def _open_append(path: Path) -> int:
@@ -462,9 +464,9 @@ def _record(
                 rows += 1
                 if progress is not None:
                     progress(rows, planned)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             log.info("recording interrupted after %d rows", rows)
-            return Recorded(rows, planned, interrupted=True)
+            return Recorded(rows, planned, interrupted=True, stop=exc)
     finally:
         os.close(fd)
         os.close(pfd)

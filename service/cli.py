@@ -6,9 +6,11 @@ command runs (:func:`_lazy`), so ``minerwatch serve`` never loads the evaluation
 of ``serve`` are generated from the config's option table, so a new option cannot be missed.
 
 Exit codes, decided by :func:`exit_code` alone: 0 ok, 2 bad usage or input (the message names
-the file, the line and what was expected), 1 unexpected failure, 130 interrupted (143 and
-129 for ``collect`` stopped by SIGTERM and SIGHUP), 141 when the reader of the output went
-away (``... | head``); never a traceback. A command that could
+the file, the line and what was expected), 1 unexpected failure, 130 interrupted (Ctrl-C),
+143 and 129 for a batch command (``collect``, ``train``, ``score``, ``simulate``, ``evaluate``,
+``fleet train|score|export``) stopped by SIGTERM and SIGHUP, which stop it as Ctrl-C does
+(:mod:`minerwatch.service.terminate`), 141 when the reader of the output went away
+(``... | head``); never a traceback. A command that could
 not do its whole job on good terms (a host skipped by ``train`` or ``score``) exits 2 too.
 """
 
@@ -21,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -39,6 +42,7 @@ from minerwatch.service.config import (
     require_writable_folders,
 )
 from minerwatch.service.resume import names as _names
+from minerwatch.service.terminate import Terminated, stop_code, stopped, terminable
 from minerwatch.service.units import DURATION_HELP, format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -71,10 +75,14 @@ def _lazy(module: str, function: str = "run") -> Command:
     return command
 
 
-def _command(sub: Subcommands, name: str, help: str, run: Command) -> argparse.ArgumentParser:
-    """One (sub)command: its parser shows defaults, and it always knows what to run."""
+def _command(
+    sub: Subcommands, name: str, help: str, run: Command, *, terminable: bool = False
+) -> argparse.ArgumentParser:
+    """One (sub)command: its parser shows defaults, and it always knows what to run.
+    ``terminable``: a batch command, stopped by SIGTERM and SIGHUP as by Ctrl-C (see
+    :mod:`minerwatch.service.terminate`); the servers handle their signals themselves."""
     parser = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, terminable=terminable)
     return parser
 
 
@@ -351,29 +359,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
     # a plain line at each tenth when stderr is a log (nohup, a service manager): a week-long
     # recording says how far it got, the terminal's bar says it all along
     bar = Progress("collect", lines=10)
-    stopped_by: list[int] = []
-
-    def on_term(signum: int, _frame: object) -> None:
-        stopped_by.append(signum)
-        raise KeyboardInterrupt
-
-    # SIGHUP too: a closed terminal ended a long recording by the signal's default, mid-row
-    # maybe, and the same command then refused to append after the cut-off line
-    stopping = (signal.SIGTERM, signal.SIGHUP)
-    previous = {signum: signal.signal(signum, on_term) for signum in stopping}
-    try:
-        done = record(
-            Path(args.output),
-            args.interval,
-            args.duration,
-            host=args.host,
-            progress=lambda n, planned: bar(n, planned, "samples"),
-        )
-    except KeyboardInterrupt:  # before the first sample: nothing written but headers
-        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    # SIGTERM and SIGHUP arrive as KeyboardInterrupt (main: a terminable command), which
+    # record() turns into whole rows kept; before the first sample main reports it
+    done = record(
+        Path(args.output),
+        args.interval,
+        args.duration,
+        host=args.host,
+        progress=lambda n, planned: bar(n, planned, "samples"),
+    )
     rows = done.rows
     samples = "sample" if rows == 1 else "samples"
     table = procs_path_for(Path(args.output))
@@ -386,14 +380,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    if done.interrupted:
-        what = f"terminated ({signal.Signals(stopped_by[0]).name})" if stopped_by else "interrupted"
+    if done.stop is not None:
         print(
-            f"{newline}minerwatch: {what} after {rows} of {done.planned} samples; {wrote} "
-            "(complete rows; the same command appends more)",
+            f"{newline}minerwatch: {stopped(done.stop)} after {rows} of {done.planned} samples; "
+            f"{wrote} (complete rows; the same command appends more)",
             file=sys.stderr,
         )
-        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+        return stop_code(done.stop)
     print(wrote, file=sys.stderr)
     return EXIT_OK
 
@@ -449,10 +442,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         ok = set(trained) - set(failures)
         kept = len(ok | set(list_hosts(Path(args.models), since)))
         if kept:  # the input is read a few hosts at a time: say what is already saved
+            if isinstance(exc, InputError):
+                before = "this error"
+            elif isinstance(exc, Terminated):
+                before = f"it was {stopped(exc)}"
+            else:
+                before = "this interruption"
             print(
                 ("\n" if bar.enabled and isinstance(exc, KeyboardInterrupt) else "")
-                + f"minerwatch: the models of {kept} hosts trained before this "
-                f"{'error' if isinstance(exc, InputError) else 'interruption'} are saved in "
+                + f"minerwatch: the models of {kept} hosts trained before {before} are saved in "
                 f"{args.models}; {resume}",
                 file=sys.stderr,
             )
@@ -615,7 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
     sub = _subcommands(parser, "command")
 
-    p = _command(sub, "collect", "record this machine's telemetry to a CSV file", cmd_collect)
+    p = _command(
+        sub,
+        "collect",
+        "record this machine's telemetry to a CSV file",
+        cmd_collect,
+        terminable=True,
+    )
     p.add_argument(
         "--interval", type=_duration, default="10s", help="time between samples (10s, 1m, ...)"
     )
@@ -628,7 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="host name to record (default: this machine's hostname)")
 
-    p = _command(sub, "train", "train one baseline per host found in the inputs", cmd_train)
+    p = _command(
+        sub, "train", "train one baseline per host found in the inputs", cmd_train, terminable=True
+    )
     p.add_argument("inputs", nargs="+", help="telemetry files or folders of them")
     p.add_argument(
         "--models",
@@ -653,7 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
     _alarms_flag(p)
     _skip_trained_flag(p)
 
-    p = _command(sub, "score", "score telemetry with stored models, one row per window", cmd_score)
+    p = _command(
+        sub,
+        "score",
+        "score telemetry with stored models, one row per window",
+        cmd_score,
+        terminable=True,
+    )
     p.add_argument("inputs", nargs="+", help="telemetry files or folders of them")
     p.add_argument(
         "--models", type=_existing_folder, required=True, help="model folder written by 'train'"
@@ -672,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write a labelled synthetic fleet (train/test CSV, process tables + labels.json): hosts "
         "with realistic rhythms, benign events and (test split only) mining campaigns",
         _lazy("minerwatch.bench.simulate"),
+        terminable=True,
     )
     p.add_argument("--hosts", type=int, default=12, help="number of hosts")
     p.add_argument("--train-days", type=float, default=7.0, help="days of clean training data")
@@ -701,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
         "measure detection quality on labelled data: a simulation (--data) or a public "
         "benchmark (--smd, --nab), compared with reference detectors",
         _lazy("minerwatch.bench.evaluate"),
+        terminable=True,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -957,7 +971,13 @@ def _fleet_commands(sub: Subcommands) -> None:
         run,
         "fleet_command",
     )
-    p = _command(fleet, "train", "one model per host, from --days of history (or --start)", run)
+    p = _command(
+        fleet,
+        "train",
+        "one model per host, from --days of history (or --start)",
+        run,
+        terminable=True,
+    )
     _fleet_flags(p, days=True)
     p.add_argument("--models", type=_output_folder, required=True, help="model folder")
     p.add_argument("--window", type=_duration, default="60s", help="window length")
@@ -971,7 +991,13 @@ def _fleet_commands(sub: Subcommands) -> None:
     _alarms_flag(p)
     _model_key_flag(p, "sign the models with it")
     _skip_trained_flag(p)
-    p = _command(fleet, "score", "score --start..--end with stored models, like 'score'", run)
+    p = _command(
+        fleet,
+        "score",
+        "score --start..--end with stored models, like 'score'",
+        run,
+        terminable=True,
+    )
     _fleet_flags(p)
     p.add_argument(
         "--models", type=_existing_folder, required=True,
@@ -984,7 +1010,13 @@ def _fleet_commands(sub: Subcommands) -> None:
         help="CSV file to write, or - for standard output",
     )
     _model_key_flag(p, "load only models signed with it")
-    p = _command(fleet, "export", "write --start..--end as telemetry CSV files, one per host", run)
+    p = _command(
+        fleet,
+        "export",
+        "write --start..--end as telemetry CSV files, one per host",
+        run,
+        terminable=True,
+    )
     _fleet_flags(p)
     p.add_argument("--output", type=_output_folder, required=True, help="folder to write into")
     p = _command(
@@ -1189,8 +1221,8 @@ def _agent_dir_flags(p: argparse.ArgumentParser) -> None:
 
 def exit_code(exc: BaseException) -> int:
     """The one place that maps failures to exit codes."""
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
+        return stop_code(exc)
     if isinstance(exc, BrokenPipeError):  # the reader went away (``| head``): as SIGPIPE would
         return EXIT_BROKEN_PIPE
     if isinstance(exc, InputError | FileNotFoundError | FileExistsError):
@@ -1232,10 +1264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a flag's check that failed another way (a folder unreadable)
         return _failed(exc)
     try:
-        code = int(args.run(args))
+        # a batch command stops on SIGTERM and SIGHUP as on Ctrl-C (service/terminate.py)
+        with terminable() if getattr(args, "terminable", False) else nullcontext():
+            code = int(args.run(args))
         sys.stdout.flush()  # a closed pipe shows up here, not at exit
         return code
     except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated) and not exc.said:  # in a log, why it ended
+            print(f"minerwatch: {stopped(exc)}", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:  # the one catch-all: a message, never a traceback, for users
         return _failed(exc)

@@ -34,6 +34,7 @@ from minerwatch.service.fleet.train import (
 )
 from minerwatch.service.resume import names as _names
 from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
+from minerwatch.service.terminate import stopped
 
 DAY = 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -161,11 +162,11 @@ def run_train(args: argparse.Namespace) -> int:
             progress=progress,
             params={"max_alarms_per_week": args.alarms_per_week},
         )
-    except KeyboardInterrupt:  # the models fitted so far are saved: say which hosts are left
+    except KeyboardInterrupt as exc:  # the models fitted so far are saved: say which are left
         left = sorted(set(hosts) - set(seen))
         print(
             ("\n" if bar.enabled else "")
-            + f"minerwatch: interrupted after {len(seen)} of {len(hosts)} hosts: trained "
+            + f"minerwatch: {stopped(exc)} after {len(seen)} of {len(hosts)} hosts: trained "
             f"{len(seen) - errors[0]} (saved in {args.models}), failed {errors[0]}, "
             f"not done {len(left)}: {_names(left)}; {resume}",
             file=sys.stderr,
