@@ -49,14 +49,17 @@ class StopFlag:
         return bool(poller.poll(ms))
 
     def stop_on(self, signums: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
-        """Set on each of ``signums`` (main thread only, as ``signal.signal``)."""
+        """Set on each of ``signums`` (main thread only, as ``signal.signal``). A signal its
+        starter set to be ignored stays ignored: ``nohup minerwatch serve &`` is meant to
+        outlive the terminal, and taking SIGHUP as a stop ended it at logout."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             self.signals.append(signal.Signals(signum).name)  # no lock taken: see the module
             self.set()
 
         for signum in signums:
-            signal.signal(signum, on_signal)
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, on_signal)
 
 
 def _close(*fds: int) -> None:

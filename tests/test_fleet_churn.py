@@ -64,13 +64,14 @@ def _hosts(metrics: dict, name: str) -> set[str]:
     return {labels["host"] for labels, _ in metrics.get(name, []) if "host" in labels}
 
 
-def _serve(url: str, models: Path, log: Path, *flags: str):
+def _serve(url: str, models: Path, log: Path, *flags: str, under: tuple[str, ...] = ()):
     """A real ``fleet serve`` of ``models`` on a free loopback port, a cycle a second and no
-    retraining unless ``flags`` (given last, so they win) say otherwise; and a scrape of its
-    /metrics that fails the test once it has exited."""
+    retraining unless ``flags`` (given last, so they win) say otherwise, started through
+    ``under`` (``("nohup",)``); and a scrape of its /metrics that fails the test once it has
+    exited."""
     port = free_port()
     proc = _start(
-        [MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
+        [*under, MINERWATCH, "fleet", "serve", "--prometheus", url, "--models", str(models),
          "--port", str(port), "--address", "127.0.0.1", "--interval", "1s",
          "--retrain-every", "0", *flags],
         log,

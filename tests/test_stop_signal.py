@@ -139,3 +139,34 @@ def test_fleet_serve_stops_on_sighup_saving_its_state(tmp_path):
     assert code == 0, text
     assert "fleet serve stopped (SIGHUP)" in text and "Traceback" not in text, text
     assert "h0000" in json.loads((models / STATE_FILE).read_text())["hosts"]
+
+
+def test_the_agent_under_nohup_outlives_the_terminal_and_stops_on_sigterm(tmp_path):
+    """``nohup minerwatch serve &`` then logging out: the agent took the terminal's SIGHUP as
+    a stop although its starter had it ignored (fleet serve's case: ``test_nohup.py``)."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            ["nohup", sys.executable, "-m", "minerwatch", "serve",
+             "--data-dir", str(tmp_path / "data"), "--host", "nohup-host",
+             "--port", str(free_port()), "--address", "127.0.0.1",
+             "--interval", "1s", "--window", "15s", "--learn-for", "150s"],
+            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "metrics on 127.0.0.1" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGHUP)  # the terminal closing
+        time.sleep(3.0)  # three sampling intervals: a stop would have ended it by now
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert "nohup-host stopped (SIGTERM)" in text and "SIGHUP" not in text, text
