@@ -254,3 +254,23 @@ def test_nohup_keeps_a_recording_going_when_the_terminal_closes(tmp_path):
     said = err.read_text()
     assert "terminated" not in said and said.splitlines()[-1].startswith("wrote "), said
     assert rows() >= 8, said  # 10 unless a loaded machine let a slot pass
+
+
+def test_fleet_train_in_one_process_stops_at_once_against_a_slow_prometheus(
+    fleet,  # noqa: F811
+    proxy,  # noqa: F811
+    tmp_path,
+):
+    """``fleet train`` with its default ``--jobs 1`` reads the next host in a thread while one
+    fits, each read a batch of queries a few at a time. Against a Prometheus answering in a
+    second, SIGTERM in the middle of a read waited for every query of that read still queued
+    (half a minute and more) before the command exited; now only for those already sent."""
+    _, _, _, _, start, end = fleet
+    proxy.delay = 1.0
+    command = train_args(proxy.url, start, end, tmp_path / "m")
+    r = stop_when(command, lambda: proxy.answers >= 2, signal.SIGTERM, tmp_path)
+    clean_stop(r, signal.SIGTERM)
+    assert r.seconds < 5, (r.seconds, r.stderr)  # a query in flight answers within 1 s
+    assert re.search(
+        rf"^minerwatch: terminated \(SIGTERM\) after 0 of {HOSTS} hosts", r.stderr, re.M
+    )

@@ -67,6 +67,10 @@ class PrometheusUnavailable(RuntimeError):
     """5xx answers or timeouts that outlasted every retry: a transient failure (exit code 1)."""
 
 
+class Cancelled(PrometheusUnavailable):
+    """Not sent: the client was cancelled, its command is stopping (:meth:`PromClient.cancel`)."""
+
+
 @dataclass(frozen=True)
 class Connection:
     """Where Prometheus is and how to authenticate; plain data, so it pickles to workers.
@@ -199,6 +203,12 @@ class PromClient:
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._ssl = connection.ssl_context()
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Send no more requests (those in flight still get their answer): a command stopping
+        (Ctrl-C, SIGTERM) while a thread reads a host need not wait for every query of it."""
+        self._cancelled.set()
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -335,7 +345,13 @@ class PromClient:
         if len(spans) == 1:
             return [piece(*spans[0])]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(spans))) as pool:
-            return list(pool.map(lambda span: piece(*span), spans))
+            try:
+                return list(pool.map(lambda span: piece(*span), spans))
+            except BaseException:
+                # failed or stopping (Ctrl-C, SIGTERM): the pieces not sent yet are not sent;
+                # the exit waited for every one, as long as a slow server took to answer them
+                pool.shutdown(cancel_futures=True)
+                raise
 
     def _api(
         self,
@@ -386,6 +402,8 @@ class PromClient:
             if attempt:
                 delay = self.backoff * 2 ** (attempt - 1)
                 self.sleep(delay * (0.5 + random.random() / 2))
+            if self._cancelled.is_set():
+                raise Cancelled(f"{target}: not asked, the command is stopping")
             request = urllib.request.Request(target, data=body, headers=headers, method=method)
             with self._lock:
                 self.requests += 1

@@ -92,10 +92,10 @@ class _Read:
     seconds: float
 
 
-def _read(reader: FleetReader, host: str) -> _Read:
+def _read(reader: FleetReader, host: str, client: PromClient | None = None) -> _Read:
     t0 = time.perf_counter()
     try:
-        return _Read(host, reader.read(host), None, time.perf_counter() - t0)
+        return _Read(host, reader.read(host, client), None, time.perf_counter() - t0)
     except (InputError, ValueError, PrometheusUnavailable, OSError) as exc:
         return _Read(host, None, exc, time.perf_counter() - t0)
 
@@ -146,15 +146,19 @@ def read_ahead(
     """
     if not tasks:
         return
+    client = reader.client()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-read") as pool:
-        ahead = pool.submit(_read, reader, tasks[0])
-        for i in range(len(tasks)):
-            read = ahead.result()
-            if i + 1 < len(tasks):
-                ahead = pool.submit(_read, reader, tasks[i + 1])
-            outcome = _fit(reader, read, window, hop, params)
-            del read  # not held while the caller saves the model, nor while the next read waits
-            yield outcome
+        try:
+            ahead = pool.submit(_read, reader, tasks[0], client)
+            for i in range(len(tasks)):
+                read = ahead.result()
+                if i + 1 < len(tasks):
+                    ahead = pool.submit(_read, reader, tasks[i + 1], client)
+                outcome = _fit(reader, read, window, hop, params)
+                del read  # not held while the caller saves the model, nor while a read waits
+                yield outcome
+        finally:  # stopping: the read in the thread ends at its next query, not its last
+            client.cancel()
 
 
 def run_tasks(
