@@ -19,7 +19,10 @@ import argparse
 import itertools
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -558,14 +561,27 @@ def write_report(
     events: list[metrics.Event],
     progress: Progress = _stderr,
 ) -> Path:
-    """``output/report.md`` with the tables, ``output/<host>.png`` per host, ``report.json``."""
+    """``output/report.md`` with the tables, ``output/<host>.png`` per host, ``report.json``.
+
+    The plots, the long part, are drawn into a hidden folder beside and moved in with the
+    report: a run stopped half-way (Ctrl-C, SIGTERM) left new plots beside an older run's
+    report, which then showed one run's tables over another's figures."""
     output.mkdir(parents=True, exist_ok=True)
-    pngs = []
-    for run in runs:
-        name = f"{_safe_name(run.host)}.png"
-        progress(f"plot {run.host}")
-        atomic_write(output / name, plot_host(run, events))
-        pngs.append((run.host, name))
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=output))
+    try:
+        pngs = []
+        for run in runs:
+            name = f"{_safe_name(run.host)}.png"
+            progress(f"plot {run.host}")
+            atomic_write(staging / name, plot_host(run, events))
+            pngs.append((run.host, name))
+        return _write_tables(output, result, pngs, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_tables(output: Path, result: dict, pngs: list[tuple[str, str]], staging: Path) -> Path:
+    """The report's text beside its plots, moved in from ``staging`` just before."""
     meta = result["meta"]
     lines = [
         "# minerwatch evaluation",
@@ -600,6 +616,8 @@ def write_report(
         lines.append(f"| {host} | " + " | ".join(cells) + " |")
     lines += ["", "## Plots", ""]
     lines += [f"### {host}\n\n![{host}]({name})\n" for host, name in pngs]
+    for _, name in pngs:
+        os.replace(staging / name, output / name)
     path = output / "report.md"
     atomic_write(path, "\n".join(lines).encode("utf-8"))
     atomic_write(output / "report.json", json.dumps(result, indent=1).encode("utf-8"))

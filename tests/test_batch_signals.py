@@ -7,6 +7,7 @@ test's own (no burners, nothing an agent judges), so it runs in the parallel pas
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -274,3 +275,32 @@ def test_fleet_train_in_one_process_stops_at_once_against_a_slow_prometheus(
     assert re.search(
         rf"^minerwatch: terminated \(SIGTERM\) after 0 of {HOSTS} hosts", r.stderr, re.M
     )
+
+
+def test_evaluate_stopped_while_plotting_leaves_the_previous_report_whole(tmp_path):
+    """``evaluate --output`` into the folder of an earlier run, SIGTERM while it plots: the
+    earlier report and its plots stay as they were (new plots beside the old report showed one
+    run's tables over another's figures), and nothing half-done is left in the folder."""
+    out = tmp_path / "report"
+    for seed in (4, 5):  # two fleets: another run's plots differ from the first's
+        sim = run("simulate", "--hosts", "3", "--train-days", "0.5", "--test-days", "0.5",
+                  "--seed", seed, "--interval", "60", "--output", tmp_path / f"sim{seed}",
+                  timeout=120)  # fmt: skip
+        assert sim.returncode == 0, sim.stderr
+    first = run("evaluate", "--data", tmp_path / "sim4", "--output", out, "--quiet", timeout=300)
+    assert first.returncode == 0, first.stderr
+
+    def files() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+
+    before = files()
+    assert "report.md" in before and sum(n.endswith(".png") for n in before) == 3, sorted(before)
+
+    def plotting() -> bool:  # the new run's first plot is drawn (wherever it is put)
+        return any(p.stat().st_mtime_ns > stamp for p in out.rglob("*.png"))
+
+    stamp = max(p.stat().st_mtime_ns for p in out.iterdir())
+    command = ["evaluate", "--data", tmp_path / "sim5", "--output", out, "--quiet"]
+    r = stop_when(command, plotting, signal.SIGTERM, tmp_path)
+    clean_stop(r, signal.SIGTERM)
+    assert files() == before
