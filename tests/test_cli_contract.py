@@ -186,8 +186,10 @@ def test_a_model_the_agent_trained_scores_what_collect_recorded(tmp_path):
          "--address", "127.0.0.1", "--interval", "1s", "--window", "3s", "--learn-for", "30s"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    # 36 s: twelve 3-s windows to score (8 asked for below), and about as long as the agent
+    # takes to learn and train; the test waits for the later of the two
     collect = subprocess.Popen(
-        [*ENTRY, "collect", "--interval", "1s", "--duration", "45s", "--host", "same-host",
+        [*ENTRY, "collect", "--interval", "1s", "--duration", "36s", "--host", "same-host",
          "--output", out],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip

@@ -7,7 +7,7 @@ model the agent trains leaves it out of the known processes and names it in its 
 While it runs every window holds it, so
 nothing is learnt; the test stops it once reported and learning goes on without it. That such a
 model then alerts on the miner is shown on a longer baseline in
-``tests/test_procbase.py`` (a baseline learnt in 30 s is by design too unsure to alert).
+``tests/test_procbase.py`` (a baseline learnt in seconds is by design too unsure to alert).
 """
 
 from __future__ import annotations

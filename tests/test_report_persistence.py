@@ -58,14 +58,14 @@ def test_baseline_at_end_of_learning_then_report_marks_changes(tmp_path):
     cmd = [
         str(SCRIPT), "serve", "--data-dir", str(data), "--host", "pb-host",
         "--port", str(free_port()), "--address", "127.0.0.1", "--interval", "1s",
-        "--window", "3s", "--learn-for", "20s", "--retrain-every", "0",
+        "--window", "3s", "--learn-for", "10s", "--retrain-every", "0",
         "--host-root", str(root),
     ]  # fmt: skip
     baseline = data / "persistence-baseline.json"
     with log.open("ab") as fh:
         agent = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        time.sleep(5)
+        time.sleep(5)  # half the learning period (the agent starts in a second or two)
         assert not baseline.exists(), "a snapshot before the end of learning"
         deadline = time.monotonic() + 150
         while not baseline.exists():
