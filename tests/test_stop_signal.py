@@ -11,7 +11,6 @@ which for an Event is inside that lock: every run hits the moment CI hit once.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -20,10 +19,9 @@ import time
 from pathlib import Path
 
 from promtools import free_port
-from test_fleet_churn import _fake, _serve, _train
+from test_fleet_churn import _fake, _train
 
 from minerwatch.baseline.store import save_model
-from minerwatch.service.fleet.serve import STATE_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,39 +109,9 @@ def test_fleet_serve_stops_on_sigterm_landing_inside_its_wait(tmp_path):
     assert time.monotonic() - began < 30.0, text  # not at the end of the 20-s interval
 
 
-def test_fleet_serve_stops_on_sighup_saving_its_state(tmp_path):
-    """A closed terminal (SIGHUP) ended ``fleet serve`` by the signal's default, without its
-    last state saved or a word in its log; the agent already stopped on it as on SIGTERM.
-    Now it stops as on SIGTERM: exit 0, the state saved, the signal named in the log."""
-    now = time.time()
-    http = _fake(now, 1)
-    url = f"http://127.0.0.1:{http.server_address[1]}"
-    models, log = tmp_path / "models", tmp_path / "fleet.log"
-    try:
-        save_model(models, _train(url, "h0000", now))
-        proc, _ = _serve(url, models, log)
-        try:
-            deadline = time.monotonic() + 30
-            while log.read_text().count("cycle: 1 hosts scored") < 2:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGHUP)
-            code = proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    finally:
-        http.shutdown()
-    text = log.read_text()
-    assert code == 0, text
-    assert "fleet serve stopped (SIGHUP)" in text and "Traceback" not in text, text
-    assert "h0000" in json.loads((models / STATE_FILE).read_text())["hosts"]
-
-
 def test_the_agent_under_nohup_outlives_the_terminal_and_stops_on_sigterm(tmp_path):
     """``nohup minerwatch serve &`` then logging out: the agent took the terminal's SIGHUP as
-    a stop although its starter had it ignored (fleet serve's case: ``test_nohup.py``)."""
+    a stop although its starter had it ignored (fleet serve's: ``test_fleet_serve_signals.py``)."""
     log = tmp_path / "serve.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
