@@ -304,3 +304,39 @@ def test_evaluate_stopped_while_plotting_leaves_the_previous_report_whole(tmp_pa
     r = stop_when(command, plotting, signal.SIGTERM, tmp_path)
     clean_stop(r, signal.SIGTERM)
     assert files() == before
+
+
+def test_fleet_export_stopped_names_the_hosts_written_and_those_left(
+    fleet,  # noqa: F811
+    proxy,  # noqa: F811
+    tmp_path,
+):
+    """SIGTERM to ``fleet export`` against a slow Prometheus once a host is written: exit 143
+    and a line naming how many hosts were exported (whole files) and which were not (it said
+    only "terminated")."""
+    _, _, _, hosts, start, end = fleet
+    proxy.delay = 0.3
+    out = tmp_path / "export"
+    command = ["fleet", "export", "--prometheus", proxy.url, "--start", start, "--end", end,
+               "--output", out]  # fmt: skip
+    seen: list[float] = []
+
+    def reading_the_next() -> bool:  # a host written a moment ago: the next one is being read
+        if not seen and list(out.glob("*.csv")):
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] > 0.2
+
+    r = stop_when(command, reading_the_next, signal.SIGTERM, tmp_path)
+    clean_stop(r, signal.SIGTERM)
+    m = re.search(
+        rf"^minerwatch: terminated \(SIGTERM\) after (\d+) of {HOSTS} hosts: exported (\d+) "
+        rf"\(\d+ samples -> {re.escape(str(out))}\), failed 0, not done (\d+): ",
+        r.stderr,
+        re.M,
+    )
+    assert m, r.stderr
+    written = [p for p in out.glob("*.csv") if not p.name.endswith(".procs.csv")]
+    assert len(written) == int(m[2]) >= 1 and int(m[3]) == HOSTS - int(m[1]) >= 1, r.stderr
+    for path in written:  # whole: a header and every row of the same width
+        lines = path.read_text().splitlines()
+        assert len(lines) > 1 and {line.count(",") for line in lines} == {lines[0].count(",")}

@@ -301,24 +301,39 @@ def run_export(args: argparse.Namespace) -> int:
     bar = Progress("fleet export", lines=10)
     rows, tables, in_a_row = 0, 0, 0
     skipped: list[str] = []
-    for i, host in enumerate(hosts, start=1):
-        if in_a_row >= STOP_AFTER_UNREACHABLE:
-            done = f"exported {i - 1 - len(skipped)} ({rows} samples -> {out})"
-            return _stopped(conn.url, i - 1, len(hosts), done, skipped + hosts[i - 1 :])
-        bar(i, len(hosts), host)
-        try:
-            data = reader.read(host, client, procs=True)
-        except (InputError, PrometheusUnavailable) as exc:
-            in_a_row = _skip(host, exc, skipped, in_a_row)
-            continue
-        in_a_row = 0
-        atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
-        if data.procs is not None:  # process-exporter groups, see process_rows
-            write_procs_csv(out / f"{host_dirname(host)}.procs.csv", host, data.procs)
-            tables += 1
-        rows += len(data.series.timestamps)
-        if data.absent:
-            print(f"minerwatch: note: host {host}: no {', '.join(data.absent)}", file=sys.stderr)
+    exported: list[str] = []
+    try:
+        for i, host in enumerate(hosts, start=1):
+            if in_a_row >= STOP_AFTER_UNREACHABLE:
+                done = f"exported {i - 1 - len(skipped)} ({rows} samples -> {out})"
+                return _stopped(conn.url, i - 1, len(hosts), done, skipped + hosts[i - 1 :])
+            bar(i, len(hosts), host)
+            try:
+                data = reader.read(host, client, procs=True)
+            except (InputError, PrometheusUnavailable) as exc:
+                in_a_row = _skip(host, exc, skipped, in_a_row)
+                continue
+            in_a_row = 0
+            atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
+            exported.append(host)
+            rows += len(data.series.timestamps)
+            if data.procs is not None:  # process-exporter groups, see process_rows
+                write_procs_csv(out / f"{host_dirname(host)}.procs.csv", host, data.procs)
+                tables += 1
+            if data.absent:
+                note = f"minerwatch: note: host {host}: no {', '.join(data.absent)}"
+                print(note, file=sys.stderr)
+    except KeyboardInterrupt as exc:  # the files written are whole: say which hosts are left
+        tried = set(exported) | set(skipped)
+        left = [h for h in hosts if h not in tried]
+        print(
+            ("\n" if bar.enabled else "")
+            + f"minerwatch: {stopped(exc)} after {len(exported) + len(skipped)} of {len(hosts)} "
+            f"hosts: exported {len(exported)} ({rows} samples -> {out}), failed {len(skipped)}, "
+            f"not done {len(left)}: {_names(left)}",
+            file=sys.stderr,
+        )
+        raise
     procs = f" and {tables} process tables (process-exporter groups)" if tables else ""
     print(
         f"exported {rows} samples of {len(hosts) - len(skipped)} hosts{procs} -> {out}",
