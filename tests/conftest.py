@@ -7,7 +7,25 @@ and another test's burner took its CPU."""
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import pytest
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """A handler that does nothing: ignored here, yet the default again in a child."""
+
+
+# Run as a shell's background job (CI's own run ignores SIGINT) or under ``nohup`` (SIGHUP),
+# the tests' commands inherited those signals ignored, and a command keeps a signal its
+# starter ignores ignored: the tests that stop one with Ctrl-C or a closed terminal's SIGHUP
+# would then see it run on. A handler, unlike SIG_IGN, is reset to the default by exec, so the
+# commands start as from a terminal while this process still ignores both. (A test of the
+# ``nohup`` case ignores SIGHUP in its child itself.)
+for _signum in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, _ignore)
 
 #: Modules whose tests watch or change this host's processes (``serve`` on the real /proc,
 #: ``collect``, the throttle, isolation, hunts, burners and disguised processes).
