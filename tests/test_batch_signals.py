@@ -246,6 +246,7 @@ def test_nohup_keeps_a_recording_going_when_the_terminal_closes(tmp_path):
             deadline = time.monotonic() + 60
             while rows() < 2 and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.02)
+            at_signal = rows()
             proc.send_signal(signal.SIGHUP)
             assert proc.wait(timeout=60) == 0, err.read_text()
         finally:
@@ -254,7 +255,9 @@ def test_nohup_keeps_a_recording_going_when_the_terminal_closes(tmp_path):
                 proc.wait()
     said = err.read_text()
     assert "terminated" not in said and said.splitlines()[-1].startswith("wrote "), said
-    assert rows() >= 8, said  # 10 unless a loaded machine let a slot pass
+    # it went on recording (10 rows in all, fewer when the parallel pass's load makes a
+    # sampling pass outlast its slot)
+    assert rows() > at_signal, said
 
 
 def test_fleet_train_in_one_process_stops_at_once_against_a_slow_prometheus(
