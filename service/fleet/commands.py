@@ -112,6 +112,24 @@ def _stopped(url: str, tried: int, total: int, done: str, missing: list[str]) ->
     return EXIT_FAILURE
 
 
+def _say_stopped(
+    exc: KeyboardInterrupt,
+    bar_shown: bool,
+    hosts: list[str],
+    tried: list[str],
+    done: str,
+    then: str = "",
+) -> None:
+    """Say what a run stopped by Ctrl-C, SIGTERM or SIGHUP did and which hosts it left."""
+    left = sorted(set(hosts) - set(tried))
+    print(
+        ("\n" if bar_shown else "")
+        + f"minerwatch: {stopped(exc)} after {len(tried)} of {len(hosts)} hosts: {done}, "
+        f"not done {len(left)}: {_names(left)}{then}",
+        file=sys.stderr,
+    )
+
+
 def _explain_absent(columns: tuple[str, ...]) -> str:
     needs = {c.name: " + ".join(c.metrics) for c in MAPPING}
     return "; ".join(f"{c} (needs {needs[c]})" for c in columns)
@@ -163,14 +181,8 @@ def run_train(args: argparse.Namespace) -> int:
             params={"max_alarms_per_week": args.alarms_per_week},
         )
     except KeyboardInterrupt as exc:  # the models fitted so far are saved: say which are left
-        left = sorted(set(hosts) - set(seen))
-        print(
-            ("\n" if bar.enabled else "")
-            + f"minerwatch: {stopped(exc)} after {len(seen)} of {len(hosts)} hosts: trained "
-            f"{len(seen) - errors[0]} (saved in {args.models}), failed {errors[0]}, "
-            f"not done {len(left)}: {_names(left)}; {resume}",
-            file=sys.stderr,
-        )
+        done = f"trained {len(seen) - errors[0]} (saved in {args.models}), failed {errors[0]}"
+        _say_stopped(exc, bar.enabled, hosts, seen, done, f"; {resume}")
         raise
     failed = [o for o in outcomes if o.model is None]
     for o in failed:
@@ -324,15 +336,8 @@ def run_export(args: argparse.Namespace) -> int:
                 note = f"minerwatch: note: host {host}: no {', '.join(data.absent)}"
                 print(note, file=sys.stderr)
     except KeyboardInterrupt as exc:  # the files written are whole: say which hosts are left
-        tried = set(exported) | set(skipped)
-        left = [h for h in hosts if h not in tried]
-        print(
-            ("\n" if bar.enabled else "")
-            + f"minerwatch: {stopped(exc)} after {len(exported) + len(skipped)} of {len(hosts)} "
-            f"hosts: exported {len(exported)} ({rows} samples -> {out}), failed {len(skipped)}, "
-            f"not done {len(left)}: {_names(left)}",
-            file=sys.stderr,
-        )
+        done = f"exported {len(exported)} ({rows} samples -> {out}), failed {len(skipped)}"
+        _say_stopped(exc, bar.enabled, hosts, exported + skipped, done)
         raise
     procs = f" and {tables} process tables (process-exporter groups)" if tables else ""
     print(
