@@ -46,7 +46,6 @@ from minerwatch.service.terminate import Terminated, stop_code, stopped, termina
 from minerwatch.service.units import DURATION_HELP, format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
