@@ -14,8 +14,9 @@ import os
 import select
 import signal
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import Any
 
 #: What stops a long-running command cleanly: SIGTERM (systemd, ``kill``), SIGINT (Ctrl-C) and
 #: SIGHUP (a closed terminal, a mistaken reload), whose default would end it without releasing
@@ -57,9 +58,20 @@ class StopFlag:
             self.signals.append(signal.Signals(signum).name)  # no lock taken: see the module
             self.set()
 
-        for signum in signums:
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, on_signal)
+        catch(signums, on_signal)
+
+
+def catch(
+    signums: Iterable[signal.Signals], handler: Callable[[int, FrameType | None], None]
+) -> dict[signal.Signals, Any]:
+    """Handle each of ``signums`` with ``handler`` unless its starter set it to be ignored
+    (``nohup``'s SIGHUP, a background job's SIGINT: those stay ignored); the handlers replaced,
+    by signal. Main thread only, as ``signal.signal``."""
+    previous: dict[signal.Signals, Any] = {}
+    for signum in signums:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    return previous
 
 
 def _close(*fds: int) -> None:

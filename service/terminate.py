@@ -16,7 +16,8 @@ import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+
+from minerwatch.service.stopflag import catch
 
 #: What stops a batch command as Ctrl-C does (SIGINT is Python's own KeyboardInterrupt).
 TERMINATING = (signal.SIGTERM, signal.SIGHUP)
@@ -61,10 +62,7 @@ def terminable(signums: Iterable[signal.Signals] = TERMINATING) -> Iterator[None
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise Terminated(signum)
 
-    previous: dict[signal.Signals, Any] = {}
-    for signum in signums:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, on_signal)
+    previous = catch(signums, on_signal)
     try:
         yield
     finally:
