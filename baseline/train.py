@@ -7,7 +7,8 @@ for errors); only the CPU-heavy fitting is shipped to workers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -262,16 +263,12 @@ def _safe_fit(
         return exc
 
 
-def _train_dask(
-    groups: Iterable[dict[str, HostSeries]],
-    usable: Callable[[dict[str, HostSeries]], list[str]],
-    window: float,
-    hop: float,
-    params: dict[str, Any] | None,
-    address: str,
-    finish: Callable[[str, tuple[HostModel, float] | Exception], None],
-) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
+@contextmanager
+def dask_client(address: str) -> Iterator[Any]:
+    """A Dask client of the scheduler at ``address``, or of a two-worker ``LocalCluster``
+    started here for ``local``; both closed on the way out. An address nothing answers at
+    is the user's input (exit 2), not a failure."""
+    from dask.distributed import Client, LocalCluster
 
     cluster = (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -287,6 +284,25 @@ def _train_dask(
             "--dask", None, "the address of a reachable Dask scheduler", str(exc)
         ) from None
     try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _train_dask(
+    groups: Iterable[dict[str, HostSeries]],
+    usable: Callable[[dict[str, HostSeries]], list[str]],
+    window: float,
+    hop: float,
+    params: dict[str, Any] | None,
+    address: str,
+    finish: Callable[[str, tuple[HostModel, float] | Exception], None],
+) -> None:
+    from dask.distributed import as_completed
+
+    with dask_client(address) as client:
         for fleet in groups:
             futures = {
                 client.submit(_safe_fit, fleet[h], window, hop, params, pure=False): h
@@ -294,10 +310,6 @@ def _train_dask(
             }
             for future in as_completed(futures):
                 finish(futures[future], future.result())
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def fit_summary_table(rows: Sequence[TrainSummary]) -> str:

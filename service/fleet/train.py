@@ -23,7 +23,7 @@ from typing import Any
 from minerwatch.baseline.fitted import HostModel
 from minerwatch.baseline.heap import roomy_heap
 from minerwatch.baseline.store import save_model
-from minerwatch.baseline.train import train_host
+from minerwatch.baseline.train import dask_client, train_host
 from minerwatch.features.errors import InputError
 from minerwatch.service.fleet.nodeexporter import HostTelemetry, read_host
 from minerwatch.service.fleet.promclient import (
@@ -177,31 +177,14 @@ def run_tasks(
     the others fit, and a task never holds more than its own host.
     """
     if dask_address:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import as_completed
 
-        cluster = (
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-            if dask_address == "local"
-            else None
-        )
-        try:
-            client = Client(cluster if cluster is not None else dask_address)
-        except (OSError, ValueError) as exc:  # unreachable, malformed: as `train --dask` says
-            if cluster is not None:
-                cluster.close()
-            raise InputError(
-                "--dask", None, "the address of a reachable Dask scheduler", str(exc)
-            ) from None
-        try:
+        with dask_client(dask_address) as client:
             futures = [
                 client.submit(train_task, reader, h, window, hop, params, pure=False) for h in tasks
             ]
             for future in as_completed(futures):
                 yield future.result()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
         return
     if n_jobs == 1:
         yield from read_ahead(tasks, reader, window, hop, params)
