@@ -66,12 +66,12 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _time(value: Any) -> float | None:
-    """:func:`_num` for a time: None unless a date can show it (a damaged line's 1e308)."""
-    f = _num(value)
+    """:func:`finite_or_none` for a time: None unless a date shows it (a damaged line's 1e308)."""
+    f = finite_or_none(value)
     return f if f is not None and dateable(f) else None
 
 
-def _num(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
     """A finite float or None: JSON from the host may hold anything."""
     try:
         f = float(value)
@@ -215,9 +215,9 @@ def episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dic
         "end": end,
         "end_utc": _iso(end),
         "duration_s": None if start is None or end is None else end - start,
-        "score": _num(last.get("score")),
-        "threshold": _num(last.get("threshold")),
-        "opened_at_utc": _iso(_num(opened.get("time"))) if opened else None,
+        "score": finite_or_none(last.get("score")),
+        "threshold": finite_or_none(last.get("threshold")),
+        "opened_at_utc": _iso(finite_or_none(opened.get("time"))) if opened else None,
         "state": "closed" if closed else "open (or the agent stopped without closing it)",
         "close_reason": closed.get("reason") if closed else None,
         "process": last.get("process") if isinstance(last.get("process"), dict) else None,
@@ -234,7 +234,7 @@ def episode_summary(episode_id: str, events: Sequence[Mapping[str, Any]]) -> dic
         "events": [
             {
                 "event": e.get("event"),
-                "time_utc": _iso(_num(e.get("time"))),
+                "time_utc": _iso(finite_or_none(e.get("time"))),
                 "changed": e.get("changed"),
             }
             for e in events
@@ -278,7 +278,7 @@ def choose_episode(
     def started(item: tuple[str, list[dict[str, Any]]]) -> float:
         eid, evs = item
         if evs:
-            return _num(evs[0].get("start")) or 0.0
+            return finite_or_none(evs[0].get("start")) or 0.0
         return evidence[eid].stat().st_mtime
 
     if not known:
@@ -358,7 +358,11 @@ def read_dismissal(history_path: Path, episode_id: str) -> dict[str, Any] | None
         conn.close()
     if row is None:
         return None
-    return {"at_utc": _iso(_num(row[0])), "by": str(row[1] or ""), "reason": str(row[2] or "")}
+    return {
+        "at_utc": _iso(finite_or_none(row[0])),
+        "by": str(row[1] or ""),
+        "reason": str(row[2] or ""),
+    }
 
 
 def read_timeline(
@@ -381,8 +385,8 @@ def read_timeline(
             ).fetchall()
             rows = _thin(rows, MAX_POINTS)
             out["samples"] = {
-                "ts": [_num(r[0]) for r in rows],
-                **{c: [_num(r[i + 1]) for r in rows] for i, c in enumerate(cols)},
+                "ts": [finite_or_none(r[0]) for r in rows],
+                **{c: [finite_or_none(r[i + 1]) for r in rows] for i, c in enumerate(cols)},
             }
         windows = conn.execute(
             "SELECT window_start, window_end, score, threshold, alert FROM windows"
@@ -391,10 +395,10 @@ def read_timeline(
         ).fetchall()
         out["windows"] = [
             {
-                "start": _num(s),
-                "end": _num(e),
-                "score": _num(sc),
-                "threshold": _num(th),
+                "start": finite_or_none(s),
+                "end": finite_or_none(e),
+                "score": finite_or_none(sc),
+                "threshold": finite_or_none(th),
                 "alert": bool(a),
             }
             for s, e, sc, th, a in _thin(windows, MAX_POINTS)
@@ -432,7 +436,7 @@ def read_throttle_actions(
             a = json.loads(line)
         except json.JSONDecodeError:
             continue
-        ts = _num(a.get("ts")) if isinstance(a, dict) else None
+        ts = finite_or_none(a.get("ts")) if isinstance(a, dict) else None
         if ts is not None and since <= ts <= until:
             out.append({**a, "time_utc": _iso(ts)})
     return out
@@ -826,14 +830,14 @@ def build_report(
     episode = episode_summary(eid, evs)
     evidence, evidence_path = load_evidence(cfg.evidence_dir, episode, notes)
     if evidence is not None and not evs:  # known from its evidence file alone
-        written = _num(evidence.get("written_at"))
+        written = finite_or_none(evidence.get("written_at"))
         episode.update(
             start=written,
             start_utc=_iso(written),
             end=written,
             end_utc=_iso(written),
-            score=_num(evidence.get("score")),
-            threshold=_num(evidence.get("threshold")),
+            score=finite_or_none(evidence.get("score")),
+            threshold=finite_or_none(evidence.get("threshold")),
             host=evidence.get("hostname"),
         )
         notes.append("events: no event lines for this episode; times come from its evidence file")
@@ -1006,7 +1010,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
 
 def cpu_words(value: Any) -> str:
     """The suspect's CPU when the alert named it (batch: its mean), percent of one core."""
-    f = _num(value)
+    f = finite_or_none(value)
     return "-" if f is None else f"{f:.0f} % of one core"
 
 
@@ -1016,7 +1020,7 @@ def pid_words(pid: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    f = _num(value)
+    f = finite_or_none(value)
     return "-" if f is None else f"{f:.4g}"
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from minerwatch.service.packages import package_words
-from minerwatch.service.report import cpu_words
+from minerwatch.service.report import cpu_words, finite_or_none
 from minerwatch.service.terminal import printable
 
 _STYLE = """
@@ -40,16 +40,8 @@ def _e(value: Any) -> str:
     return html.escape(text, quote=True)
 
 
-def _num(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _fmt(value: Any) -> str:
-    f = _num(value)
+    f = finite_or_none(value)
     return "-" if f is None else f"{f:.4g}"
 
 
@@ -69,9 +61,11 @@ def _series(doc: Mapping[str, Any]) -> dict[str, Any]:
     ep = doc["episode"]
     return {
         "samples": tl.get("samples") or {},
-        "windows": [w for w in tl.get("windows") or [] if _num(w.get("end")) is not None],
-        "span": (_num(ep.get("start")), _num(ep.get("end"))),
-        "actions": [(_num(a.get("ts")), str(a.get("action"))) for a in doc["throttle_actions"]],
+        "windows": [w for w in tl.get("windows") or [] if finite_or_none(w.get("end")) is not None],
+        "span": (finite_or_none(ep.get("start")), finite_or_none(ep.get("end"))),
+        "actions": [
+            (finite_or_none(a.get("ts")), str(a.get("action"))) for a in doc["throttle_actions"]
+        ],
     }
 
 

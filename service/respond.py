@@ -40,6 +40,7 @@ from minerwatch.service.evidence import (
     save_persistence_baseline,
 )
 from minerwatch.service.indicators import (
+    INDICATOR_IDS,
     IndicatorHit,
     indicator_counts,
     load_knowledge_base,
@@ -55,14 +56,7 @@ log = logging.getLogger("minerwatch.respond")
 #: (ratio and points of one core), so two processes trading places do not rewrite evidence.
 STRONGER_RATIO, STRONGER_POINTS = 1.25, 5.0
 #: Indicators that say what one process *is* (not only that it is busy): enough to isolate it.
-CONFIRMING = (
-    "miner_name",
-    "pool_port",
-    "stratum_url",
-    "exe_in_tmp",
-    "exe_deleted",
-    "fake_kernel_thread",
-)
+CONFIRMING = tuple(i for i in INDICATOR_IDS if i not in ("ld_so_preload", "unexplained_cpu"))
 #: Most processes isolated for one alert window (a fork bomb of miners is a host matter).
 MAX_ISOLATED_PER_WINDOW = 3
 #: Evidence of an IOC hit is named ``<time>-ioc-hit-<host>-<ioc>.json``: not an episode's.
