@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machines", default="", help="comma-separated (default: every one)")
     args = p.parse_args(argv)
     try:
-        lag = int(parse_duration(args.lag) // public.SMD_STEP)
-        span = int(parse_duration(args.span) // public.SMD_STEP)
+        lag = int(parse_duration(args.lag, "--lag") // public.SMD_STEP)
+        span = int(parse_duration(args.span, "--span") // public.SMD_STEP)
+        if min(lag, span) < 1:
+            raise InputError("--lag/--span", None, "at least one sample (60s)", f"{lag}/{span}")
         names = [m for m in args.machines.split(",") if m] or public.smd_machines(args.smd)
         out: dict[str, dict[str, float]] = {}
         for name in names:

@@ -223,3 +223,30 @@ def test_trailing_smoothing_looks_only_back():
     np.testing.assert_allclose(trailing(s, 2, "mean"), [0.0, 1.5, 1.5, 3.0])
     np.testing.assert_allclose(trailing(s, 3, "min"), [0.0, 0.0, 0.0, 0.0])
     np.testing.assert_allclose(trailing(s, 1, "mean"), s)
+
+
+def test_smd_recentre_absorbs_a_lasting_level_after_its_lag(tmp_path):
+    """The tried recentring: within the lag a new level is kept (only the training tail's small
+    drift is taken off), once it has lasted a whole stretch it is moved back to the training
+    median; the plain figure is evaluate's."""
+    from minerwatch.bench.public import load_smd
+    from minerwatch.bench.smd_recentre import recentred
+
+    make_machine(tmp_path, "box-6", 4, seed=5)
+    case = load_smd(tmp_path, "box-6")
+    n = len(case.train.timestamps)
+    case.test.values[:, 0] += 5.0  # a lasting new level from the test's first row
+    moved = recentred(case, lag=10, span=20)
+    assert np.abs(moved.test.values[:10] - case.test.values[:10]).max() < 0.2
+    assert abs(np.median(moved.test.values[40:, 0]) - np.median(case.train.values[:, 0])) < 0.2
+    assert moved.train.values.shape == (n, 4)
+
+    cmd = [sys.executable, "-m", "minerwatch.bench.smd_recentre", "--smd", str(tmp_path)]
+    done = subprocess.run([*cmd, "--lag", "30m", "--span", "30m"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)["machines"]["box-6"]
+    ref = json.loads(evaluate(tmp_path, "--json", "--quiet").stdout)["box-6"]
+    assert got["f1"] == pytest.approx(ref["f1"]) and 0 <= got["f1_recentred"] <= 1
+    for bad in (["--lag", "0"], ["--span", "soon"]):
+        broken = subprocess.run([*cmd, *bad], capture_output=True, text=True, timeout=60)
+        assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr
