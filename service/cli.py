@@ -41,6 +41,7 @@ from minerwatch.service.config import (
     require_private_config,
     require_writable_folders,
 )
+from minerwatch.service.fleet.headers import duplicate, parse_header
 from minerwatch.service.resume import names as _names
 from minerwatch.service.terminate import Terminated, stop_code, stopped, terminable
 from minerwatch.service.units import DURATION_HELP, format_duration, parse_duration
@@ -885,6 +886,36 @@ def _skip_trained_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _header(text: str) -> tuple[str, str]:
+    """``--header 'NAME: VALUE'``: checked here so a bad one is exit 2 before any request."""
+    try:
+        return parse_header(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Headers(argparse.Action):
+    """``--header``, repeatable: the (name, value) pairs in order, as a tuple (it travels in
+    the frozen, pickled Connection); a name given twice, in any case, is a usage error: which
+    value the server would see is not for an HTTP library to decide."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        pairs = (*(getattr(namespace, self.dest, None) or ()), values)
+        twice = duplicate(pairs)
+        if twice is not None:
+            parser.error(
+                f"argument {option_string}: expected each header once, got {twice} twice "
+                "(several tenants go in one value: 'X-Scope-OrgID: team-a|team-b')"
+            )
+        setattr(namespace, self.dest, pairs)
+
+
 def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool = True) -> None:
     """Where Prometheus is, which series are the fleet, and the time range."""
     p.add_argument(
@@ -931,6 +962,17 @@ def _fleet_flags(p: argparse.ArgumentParser, *, days: bool = False, times: bool 
     )
     p.add_argument(
         "--bearer-token-file", metavar="FILE", help="file holding a bearer token (default: none)"
+    )
+    p.add_argument(
+        "--header",
+        type=_header,
+        action=_Headers,
+        default=(),
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        help="HTTP header sent with every request, repeatable: 'X-Scope-OrgID: team-a' names "
+        "the tenant of Grafana Mimir or Cortex; not Authorization (use the file flags above) "
+        "(default: none)",
     )
     p.add_argument(
         "--ca-file",

@@ -60,6 +60,7 @@ def connection(args: argparse.Namespace) -> Connection:
         timeout=args.timeout,
         gzip=args.gzip,
         retries=args.retries,
+        extra_headers=tuple(args.headers),
     )
 
 
