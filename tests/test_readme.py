@@ -25,7 +25,14 @@ def test_layout_names_every_module_in_the_tree():
     block = README[README.index("## Layout") :]
     block = block[: block.index("```", block.index("```") + 3)]
     named = set(re.findall(r"([a-z_]+\.py)", block))
-    for folder in ("features", "features/sources", "baseline", "service", "benchmarks"):
+    for folder in (
+        "features",
+        "features/sources",
+        "baseline",
+        "service",
+        "service/fleet",
+        "benchmarks",
+    ):
         for path in (ROOT / folder).glob("*.py"):
             if path.name != "__init__.py":
                 assert path.name in named, f"README Layout does not name {folder}/{path.name}"
