@@ -3,9 +3,12 @@ journals, evidence, metrics for node_exporter, generated data."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
@@ -39,3 +42,57 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def stage(path: Path, write: Callable[[TextIO], object], mode: int = 0o644) -> Path:
+    """A temp file beside ``path`` holding the UTF-8 text ``write`` wrote, fsynced, with
+    ``mode``: to be moved over ``path`` by :func:`replace_together` with files that must change
+    at the same moment (a host's samples and process table). Temp name as :func:`atomic_write`'s.
+
+    Removed if writing fails, and the error names ``path`` (a write that fails with ENOSPC
+    names no file, and the temp file's name means nothing to a user).
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write(fh)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno is None or exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def replace_together(moves: Sequence[tuple[Path, Path]], remove: Sequence[Path] = ()) -> None:
+    """Remove each of ``remove``, then move each staged (temp, path) over its path, in order,
+    and fsync the folders: a caller that must not be stopped between them defers stops around
+    this (:func:`~minerwatch.service.terminate.stops_deferred`).
+
+    A path that is a folder fails before anything changes (renaming over it would fail after
+    the first move), naming it; a move refused otherwise (EPERM in a sticky folder, EIO)
+    leaves the earlier ones done.
+    """
+    for _, path in moves:
+        if Path(path).is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    for path in remove:
+        Path(path).unlink(missing_ok=True)
+    for tmp, path in moves:
+        os.replace(tmp, path)
+    for folder in {Path(p).parent for _, p in moves} | {Path(p).parent for p in remove}:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

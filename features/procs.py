@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -314,7 +314,29 @@ class ProcessRows:
 
 def write_procs_csv(path: Path, host: str, rows: ProcessRows, append: bool = False) -> None:
     """Write (or append to) a process table; a new file is written whole, atomically."""
-    lines: Iterable[list[object]] = (
+    if append and path.exists():
+        with path.open("a", encoding="utf-8", newline="") as fh:
+            csv.writer(fh).writerows(_table_rows(host, rows))
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write_procs_rows(fh, host, rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_procs_rows(fh: TextIO, host: str, rows: ProcessRows) -> None:
+    """A whole process table (header and rows) into an open text file (``newline=""``)."""
+    writer = csv.writer(fh)
+    writer.writerow(PROC_TABLE_HEADER)
+    writer.writerows(_table_rows(host, rows))
+
+
+def _table_rows(host: str, rows: ProcessRows) -> Iterable[list[object]]:
+    return (
         [f"{t:.3f}".rstrip("0").rstrip("."), host, int(p), n, e, u, f"{c:.2f}", _gc_text(g)]
         for t, p, n, e, u, c, g in zip(
             rows.timestamps.tolist(),
@@ -327,20 +349,6 @@ def write_procs_csv(path: Path, host: str, rows: ProcessRows, append: bool = Fal
             strict=True,
         )
     )
-    if append and path.exists():
-        with path.open("a", encoding="utf-8", newline="") as fh:
-            csv.writer(fh).writerows(lines)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(PROC_TABLE_HEADER)
-            writer.writerows(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _gc_text(value: float) -> str:

@@ -16,8 +16,9 @@ import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
-from minerwatch.service.stopflag import catch
+from minerwatch.service.stopflag import STOP_SIGNALS, catch
 
 #: What stops a batch command as Ctrl-C does (SIGINT is Python's own KeyboardInterrupt).
 TERMINATING = (signal.SIGTERM, signal.SIGHUP)
@@ -68,3 +69,39 @@ def terminable(signums: Iterable[signal.Signals] = TERMINATING) -> Iterator[None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def stops_deferred(signums: Iterable[signal.Signals] = STOP_SIGNALS) -> Iterator[None]:
+    """Hold ``signums`` (Ctrl-C, SIGTERM, SIGHUP) while in the block; one that came meanwhile
+    is taken as the block ends (its handler raises there), never half-way through it.
+
+    For steps that must happen together or not at all (a host's two files moved into place,
+    and counting them as done). The signals are blocked in this thread; the kernel then gives
+    a ``kill PID`` to another thread (numpy's BLAS pool), whose C-level catch still makes the
+    main thread run the Python handler at once: so the handlers are also swapped for one
+    that notes the signal, raised again once the block ends. Main thread only. A stop
+    received before, not yet handled, is raised on entering, before the block runs.
+    """
+    signums = tuple(signums)
+    noted: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        noted.append(signum)
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the mask as it is
+    previous: dict[signal.Signals, Any] = {}
+    try:  # blocking also runs a handler due: the mask is restored if that raises
+        signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+        for signum in signums:
+            if callable(signal.getsignal(signum)):  # a Python handler (not default, ignored)
+                previous[signum] = signal.signal(signum, note)
+        yield
+    finally:
+        try:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        finally:  # one pending in this thread is handled here, by its own handler
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if noted:  # one another thread took, noted meanwhile
+            signal.raise_signal(noted[0])

@@ -7,12 +7,14 @@ fleet command runs. Scores are written in exactly the columns of ``minerwatch sc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from minerwatch.baseline.store import saved_since
-from minerwatch.features.atomic import atomic_write
+from minerwatch.features.atomic import replace_together, stage
 from minerwatch.features.errors import InputError
 from minerwatch.features.schema import HOST, TIMESTAMP
 from minerwatch.service.fleet.nodeexporter import (
@@ -34,7 +36,7 @@ from minerwatch.service.fleet.train import (
 )
 from minerwatch.service.resume import names as _names
 from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
-from minerwatch.service.terminate import stopped
+from minerwatch.service.terminate import stopped, stops_deferred
 
 DAY = 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -299,9 +301,9 @@ def telemetry_csv(data: HostTelemetry) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     """``fleet export``: ``DIR/<host>.csv`` per host, for offline work and bug reports, and
-    ``DIR/<host>.procs.csv`` where process-exporter runs."""
+    ``DIR/<host>.procs.csv`` where process-exporter runs; a host's files are replaced together
+    (:func:`land_pair`)."""
     from minerwatch.baseline.store import host_dirname
-    from minerwatch.features.procs import write_procs_csv
     from minerwatch.service.progress import Progress
 
     start, end = time_range(args)
@@ -315,6 +317,7 @@ def run_export(args: argparse.Namespace) -> int:
     rows, tables, in_a_row = 0, 0, 0
     skipped: list[str] = []
     exported: list[str] = []
+    stale: list[str] = []  # hosts whose table of an earlier export was removed
     try:
         for i, host in enumerate(hosts, start=1):
             if in_a_row >= STOP_AFTER_UNREACHABLE:
@@ -327,25 +330,75 @@ def run_export(args: argparse.Namespace) -> int:
                 in_a_row = _skip(host, exc, skipped, in_a_row)
                 continue
             in_a_row = 0
-            atomic_write(out / f"{host_dirname(host)}.csv", telemetry_csv(data))
-            exported.append(host)
-            rows += len(data.series.timestamps)
-            if data.procs is not None:  # process-exporter groups, see process_rows
-                write_procs_csv(out / f"{host_dirname(host)}.procs.csv", host, data.procs)
-                tables += 1
+
+            def count(host: str = host, data: HostTelemetry = data) -> None:
+                nonlocal rows, tables
+                exported.append(host)
+                rows += len(data.series.timestamps)
+                tables += 1 if data.procs is not None else 0
+
+            name = host_dirname(host)
+            if _export_host(data, out / f"{name}.csv", out / f"{name}.procs.csv", count):
+                stale.append(host)
             if data.absent:
                 note = f"minerwatch: note: host {host}: no {', '.join(data.absent)}"
                 print(note, file=sys.stderr)
     except KeyboardInterrupt as exc:  # the files written are whole: say which hosts are left
         done = f"exported {len(exported)} ({rows} samples -> {out}), failed {len(skipped)}"
-        _say_stopped(exc, bar.enabled, hosts, exported + skipped, done)
+        _say_stopped(exc, bar.enabled, hosts, exported + skipped, done, _removed(stale))
         raise
-    procs = f" and {tables} process tables (process-exporter groups)" if tables else ""
+    procs = f" and {_count(tables, 'process table')} (process-exporter groups)" if tables else ""
     print(
-        f"exported {rows} samples of {len(hosts) - len(skipped)} hosts{procs} -> {out}",
+        f"exported {rows} samples of {len(hosts) - len(skipped)} hosts{procs} -> {out}"
+        + _removed(stale),
         file=sys.stderr,
     )
     return EXIT_USAGE if skipped else EXIT_OK
+
+
+def _export_host(data: HostTelemetry, samples: Path, table: Path, done: Callable[[], None]) -> bool:
+    """Write one host's samples and process table to temp files, then :func:`land_pair`
+    them; the temp files are gone whatever happens. True when an earlier table was removed."""
+    from minerwatch.features.procs import write_procs_rows
+
+    text = telemetry_csv(data)
+    staged = [stage(samples, lambda fh: fh.write(text))]
+    try:
+        if data.procs is not None:
+            procs = data.procs
+            staged.append(stage(table, lambda fh: write_procs_rows(fh, data.series.host, procs)))
+        return land_pair(samples, staged[0], table, staged[1] if len(staged) > 1 else None, done)
+    finally:
+        for tmp in staged:  # moved into place already, unless something failed
+            tmp.unlink(missing_ok=True)
+
+
+def land_pair(
+    samples: Path, staged: Path, table: Path, staged_table: Path | None, done: Callable[[], None]
+) -> bool:
+    """Move a host's staged samples and process table into place together, or, with no table
+    now, remove ``table`` left by an earlier export: its rows are of another time range and
+    would sit beside the new samples as theirs. ``done`` counts the host once both are in
+    place; a stop (Ctrl-C, SIGTERM, SIGHUP) meanwhile is taken after it, never between the
+    two files. True when an earlier table was removed (a file of that exact name only)."""
+    stale = staged_table is None and os.path.lexists(table) and not table.is_dir()
+    moves = [(staged_table, table)] if staged_table is not None else []
+    with stops_deferred():
+        replace_together([*moves, (staged, samples)], [table] if stale else [])
+        done()
+    return stale
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
+def _removed(stale: list[str]) -> str:
+    """The end of the line that names the tables of an earlier export removed (none: "")."""
+    if not stale:
+        return ""
+    what = f"{_count(len(stale), 'process table')} of an earlier export"
+    return f"; removed {what} (no process-exporter data now): {_names(stale)}"
 
 
 def run_serve(args: argparse.Namespace) -> int:
