@@ -111,6 +111,9 @@ def test_a_host_without_process_data_now_loses_the_table_of_an_earlier_export(pr
     first = export(prom.url, LATE, out)
     assert first.returncode == 0, first.stderr
     assert {"web-1.csv", "web-1.procs.csv", "web-2.csv", "web-2.procs.csv"} <= set(contents(out))
+    # process tables name executables and users: owner only; samples as any telemetry file
+    assert (out / "web-2.procs.csv").stat().st_mode & 0o777 == 0o600
+    assert (out / "web-2.csv").stat().st_mode & 0o777 == 0o644
     (out / "notes.procs.csv.txt").write_text("mine\n")  # not a table of export's: kept
     (out / "db-9.procs.csv").write_text("timestamp,host\n")  # a host not exported now: kept
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from minerwatch.baseline.store import saved_since
 from minerwatch.features.atomic import replace_together, stage
@@ -366,7 +367,11 @@ def _export_host(data: HostTelemetry, samples: Path, table: Path, done: Callable
     try:
         if data.procs is not None:
             procs = data.procs
-            staged.append(stage(table, lambda fh: write_procs_rows(fh, data.series.host, procs)))
+
+            def write(fh: TextIO) -> None:
+                write_procs_rows(fh, data.series.host, procs)
+
+            staged.append(stage(table, write, mode=0o600))  # exes and users: owner only
         return land_pair(samples, staged[0], table, staged[1] if len(staged) > 1 else None, done)
     finally:
         for tmp in staged:  # moved into place already, unless something failed
