@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import TextIO
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` atomically with permission bits ``mode``.
+def atomic_write(
+    path: Path, data: bytes | str, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> Path:
+    """Write ``data`` to ``path`` atomically with permission bits ``mode`` (and ``owner``,
+    (uid, gid), before it is seen: root writing into a service user's folder).
 
     A uniquely named temp file in the same folder (created 0600 and exclusively, so a planted
     symlink cannot redirect it) is written, fsynced, given ``mode``, renamed over ``path``,
@@ -31,6 +34,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
             fh.write(payload)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -216,7 +216,7 @@ def test_the_documented_removal_leaves_nothing_the_install_and_the_agent_put_the
     (dropins / "throttle.conf").write_text("[Service]\n")
     readme = (DEPLOY / "README.md").read_text()
     section = readme[readme.index("## 4. Upgrading and removing the agent") :]
-    blocks = re.findall(r"```sh\n(.*?)```", section[: section.index("## Metrics")], re.S)
+    blocks = re.findall(r"```sh\n(.*?)```", section[: section.index("\n## ")], re.S)
     assert len(blocks) == 2, "an upgrade block and a removal block"
     removal = [line for line in blocks[1].splitlines() if line.strip()]
     assert removal[0] == "systemctl disable --now minerwatch"  # stops first: releases

@@ -85,12 +85,26 @@ def spans_by_host(items: list[dict[str, Any]]) -> dict[str, list[tuple[float, fl
     return out
 
 
+def _owner(folder: Path) -> tuple[int, int] | None:
+    """Whom the files written into ``folder`` must belong to: its owner, when root writes
+    into a folder of another user (fleet serve's state folder under its own system user,
+    deploy/minerwatch-fleet.service); else None, the writer's own. A record only root could
+    read would be refused by fleet serve, and the dismissal would never take effect."""
+    if os.geteuid() != 0:
+        return None
+    st = folder.stat()
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One writer at a time (read, change, write), even from two shells."""
     lock = path.with_name(path.name + ".lock")
     fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
+        owner = _owner(path.parent)
+        if owner is not None:  # so the folder's user can take the lock after root did
+            os.fchown(fd, *owner)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -99,7 +113,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write(path: Path, items: list[dict[str, Any]]) -> None:
     doc = {"format": FORMAT, "version": 1, "dismissed": items}
-    atomic_write(path, json.dumps(doc, indent=1) + "\n", mode=0o600)
+    atomic_write(path, json.dumps(doc, indent=1) + "\n", mode=0o600, owner=_owner(path.parent))
 
 
 def _utc(ts: float) -> str:
