@@ -19,9 +19,15 @@ from minerwatch.features.atomic import replace_together, stage
 from minerwatch.features.errors import InputError
 from minerwatch.features.schema import HOST, TIMESTAMP
 from minerwatch.service.fleet.nodeexporter import (
+    DISCOVERY_METRICS,
     MAPPING,
     HostTelemetry,
     discover_hosts,
+    selector_matchers,
+    series_selector,
+    target_key,
+    target_text,
+    targets_note,
 )
 from minerwatch.service.fleet.promclient import (
     Connection,
@@ -32,12 +38,14 @@ from minerwatch.service.fleet.promclient import (
 from minerwatch.service.fleet.train import (
     STOP_AFTER_UNREACHABLE,
     FleetReader,
+    Outcome,
     summary_table,
     train_fleet,
 )
 from minerwatch.service.resume import names as _names
 from minerwatch.service.resume import resume_hint, say_all_trained, say_skipping
 from minerwatch.service.terminate import stopped, stops_deferred
+from minerwatch.service.timefmt import utc_iso
 
 DAY = 86400.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -87,6 +95,26 @@ def time_range(args: argparse.Namespace) -> tuple[float, float]:
 
 def _hosts(client: PromClient, args: argparse.Namespace, start: float, end: float) -> list[str]:
     hosts = discover_hosts(client, args.selector, args.host_label, start, end)
+    if args.host_label:  # series without the label name no host: said, not silently left out
+        inner = selector_matchers(args.selector)
+        unnamed = f'{args.host_label}=""'
+        match = [series_selector(m, inner, unnamed) for m in DISCOVERY_METRICS]
+        targets = sorted({target_key(labels) for labels in client.series(match, start, end)})
+        if targets:
+            shown = ", ".join(target_text(t) for t in targets[:5])
+            more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
+            without = f"{len(targets)} node_exporter targets without it: {shown}{more}"
+            if not hosts:
+                raise InputError(
+                    "--host-label", None,
+                    f"node_exporter series with a label {args.host_label!r} matching "
+                    f"{args.selector or '{}'}", without,
+                )  # fmt: skip
+            print(
+                f"minerwatch: note: --host-label {args.host_label}: left out "
+                f"{without} (relabel them, or leave them out with --selector)",
+                file=sys.stderr,
+            )
     if not hosts:
         raise InputError(
             args.prometheus,
@@ -209,6 +237,10 @@ def run_train(args: argparse.Namespace) -> int:
     if not trained:
         raise InputError(conn.url, None, "at least one host with enough data", "none trained")
     print(summary_table(trained))
+    for o in trained:
+        if o.targets:
+            print(f"minerwatch: note: {targets_note(o.host, o.targets)}", file=sys.stderr)
+    _say_short(trained, start, end)
     common = set.intersection(*(set(o.absent) for o in trained))
     if common:
         ordered = tuple(c.name for c in MAPPING if c.name in common)
@@ -224,6 +256,33 @@ def run_train(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _span(seconds: float) -> str:
+    """``6 minutes``, ``5.2 hours``, ``14 days``."""
+    for unit, size in (("days", DAY), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= size or unit == "minutes":
+            return f"{seconds / size:.2g} {unit}"
+    return ""
+
+
+def _say_short(trained: list[Outcome], start: float, end: float) -> None:
+    """Name the hosts trained on much less history than asked (Prometheus' retention, a host
+    added since): the models are fitted on what exists, which the user should know."""
+    short = sorted(
+        ((o.model.meta.get("train_start", start), o.host) for o in trained if o.model is not None),
+        reverse=True,
+    )
+    short = [(t, h) for t, h in short if t - start > max(0.1 * (end - start), 3600.0)]
+    if short:
+        held = ", ".join(f"{h} from {utc_iso(t)} ({_span(end - t)})" for t, h in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        print(
+            f"minerwatch: note: {len(short)} hosts trained on less history than the "
+            f"{_span(end - start)} asked (Prometheus' retention, or hosts added "
+            f"since): {held}{more}",
+            file=sys.stderr,
+        )
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -252,12 +311,15 @@ def run_score(args: argparse.Namespace) -> int:
             bar(i, len(hosts), host)
             try:
                 model = load_model(models, host, key=key)
-                res = score_series(model, reader.read(host, client).series)
+                data = reader.read(host, client)
+                res = score_series(model, data.series)
             except (InputError, PrometheusUnavailable) as exc:
                 # no usable model, data the model cannot use, or Prometheus failing
                 in_a_row = _skip(host, exc, skipped, in_a_row)
                 continue
             in_a_row = 0
+            if data.targets:
+                print(f"minerwatch: note: {targets_note(host, data.targets)}", file=sys.stderr)
             sink.write(res.rows())
             windows += len(res.score)
             alerts += int(res.alert.sum())
@@ -344,6 +406,8 @@ def run_export(args: argparse.Namespace) -> int:
             if data.absent:
                 note = f"minerwatch: note: host {host}: no {', '.join(data.absent)}"
                 print(note, file=sys.stderr)
+            if data.targets:
+                print(f"minerwatch: note: {targets_note(host, data.targets)}", file=sys.stderr)
     except KeyboardInterrupt as exc:  # the files written are whole: say which hosts are left
         done = f"exported {len(exported)} ({rows} samples -> {out}), failed {len(skipped)}"
         _say_stopped(exc, bar.enabled, hosts, exported + skipped, done, _removed(stale))

@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -123,6 +123,9 @@ class HostTelemetry:
     series: HostSeries
     absent: tuple[str, ...]
     procs: ProcessRows | None = None
+    #: Scrape targets whose series overlapped in time (:func:`one_target_at_a_time`), the one
+    #: read where they overlap first; empty for one target.
+    targets: tuple[TargetKey, ...] = ()
 
 
 # -- selectors -----------------------------------------------------------------------------------
@@ -183,6 +186,39 @@ def discover_hosts(
     values = client.label_values(host_label or "instance", match, start, end)
     hosts = values if host_label else [host_of(v) for v in values]
     return sorted(set(hosts))
+
+
+# -- scrape targets ----------------------------------------------------------------------------
+
+#: Labels node_exporter itself puts on the mapping's metrics; all others name the scrape
+#: target (``job``, ``instance``, what relabelling or an HA replica adds).
+OWN_LABELS = frozenset({"__name__", "cpu", "mode", "device"})
+TargetKey = tuple[tuple[str, str], ...]
+
+
+def target_key(labels: Mapping[str, str]) -> TargetKey:
+    """The target of a series: its labels but node_exporter's own (:data:`OWN_LABELS`)."""
+    return tuple(sorted((k, v) for k, v in labels.items() if k not in OWN_LABELS and v != ""))
+
+
+def target_text(key: TargetKey) -> str:
+    """``{instance="web-1:9100",job="node"}``"""
+    return "{" + ",".join(f"{k}={_quote(v)}" for k, v in key) + "}"
+
+
+def targets_note(host: str, targets: Sequence[TargetKey]) -> str:
+    """What a command says of a host scraped by several targets at once: which one it read
+    and the ``--selector`` that picks it."""
+    first = dict(targets[0])
+    names = sorted({k for key in targets for k, _ in key})
+    apart = [n for n in names if len({dict(key).get(n, "") for key in targets}) > 1]
+    pick = "{" + ",".join(f"{n}={_quote(first.get(n, ''))}" for n in apart) + "}"
+    return (
+        f"host {host}: node_exporter series from {len(targets)} scrape targets at once, "
+        + ", ".join(target_text(k) for k in targets)
+        + f"; where they overlap only {target_text(targets[0])} is read (most metrics, then "
+        f"shortest scrape interval); pick one yourself with --selector '{pick}'"
+    )
 
 
 # -- arithmetic (pure) -------------------------------------------------------------------------
@@ -369,6 +405,9 @@ class Points:
     mode: np.ndarray | None = None
     group: np.ndarray | None = None
     groups: Sequence[str] | np.ndarray = ()
+    #: per series id, its scrape target as an index in ``target_keys`` (:func:`target_key`)
+    target: np.ndarray | None = None
+    target_keys: Sequence[TargetKey] = ()
 
     @classmethod
     def of(cls, metric: str, series: Sequence[RawSeries]) -> Points:
@@ -394,7 +433,9 @@ class Points:
             groups, code = np.unique(np.array(names, dtype=str), return_inverse=True)
             group = np.full(len(labels), -1, dtype=np.intp)
             group[counted] = np.asarray(code, dtype=np.intp).reshape(-1)
-        return cls(ids, ts, values, keep, mode, group, groups)
+        codes: dict[TargetKey, int] = {}
+        target = np.array([codes.setdefault(target_key(lab), len(codes)) for lab in labels])
+        return cls(ids, ts, values, keep, mode, group, groups, target.astype(np.intp), [*codes])
 
 
 _NO_POINTS = Points(np.zeros(0, np.intp), np.zeros(0), np.zeros(0))
@@ -504,6 +545,79 @@ def _scrape_times(node: Sequence[Points]) -> np.ndarray:
     return np.unique(np.concatenate([p.ts for p in node]))
 
 
+def one_target_at_a_time(
+    node: Mapping[str, Points],
+) -> tuple[dict[str, Points], tuple[TargetKey, ...]]:
+    """A host's node_exporter points with those of one scrape target at a time, and the
+    targets whose times overlapped (the one kept where they do first; empty when none did).
+
+    A node_exporter scraped by two jobs (a second job at another interval or with only some
+    collectors, a migration's old and new job, an HA pair behind one store) gives every
+    metric once per target. Mapped together, the rows are both targets' scrapes interleaved:
+    CPU shares over the few milliseconds between two jobs' scrapes, and a row of a job without
+    the CPU collector leaves every share beside it NaN. So where targets report at the same
+    time only one is kept, ranked by the metrics it has, then by the shortest scrape interval,
+    then by labels; another target's points count only farther than 1.5 intervals from every
+    point kept of a better one (a job renamed, one after the other, keeps both in turn).
+    """
+    single: set[TargetKey] = set()
+    for p in node.values():
+        if p.target is None or not len(p.ids):
+            continue
+        codes = p.target[p.ids]
+        first = int(codes[0])
+        if not (codes == first).all():
+            break
+        single.add(p.target_keys[first])
+    else:
+        if len(single) <= 1:
+            return dict(node), ()
+    keys = sorted({k for p in node.values() for k in p.target_keys})
+    number = {k: i for i, k in enumerate(keys)}
+    owner: dict[str, np.ndarray] = {}
+    for name, p in node.items():
+        local = np.array([number[k] for k in p.target_keys], dtype=np.intp)
+        ids = p.ids if p.target is None else p.target[p.ids]
+        owner[name] = local[ids] if len(local) else np.zeros(len(p.ids), np.intp)
+    times, metrics, interval = [], [], []
+    for t in range(len(keys)):
+        mine = [p.ts[owner[name] == t] for name, p in node.items()]
+        ts = np.unique(np.concatenate(mine))
+        times.append(ts)
+        metrics.append(sum(bool(len(m)) for m in mine))
+        interval.append(round(float(np.median(np.diff(ts))), 3) if len(ts) > 1 else np.inf)
+    rank = sorted(range(len(keys)), key=lambda t: (-metrics[t], interval[t], keys[t]))
+    kept: list[np.ndarray] = [np.zeros(0)] * len(keys)
+    dropped = False
+    overlapped: list[int] = []
+    for t in rank:
+        ts, ok = times[t], np.ones(len(times[t]), bool)
+        for better in overlapped:
+            near = kept[better]
+            if not len(near) or not len(ts):
+                continue
+            pos = np.clip(np.searchsorted(near, ts), 1, len(near)) - 1
+            gap = np.minimum(
+                abs(ts - near[pos]), abs(near[np.minimum(pos + 1, len(near) - 1)] - ts)
+            )
+            ok &= gap > 1.5 * min(interval[better], 3600.0)
+        kept[t] = ts[ok]
+        dropped |= not ok.all()
+        if len(kept[t]):
+            overlapped.append(t)
+    if not dropped:
+        return dict(node), ()
+    out = {}
+    for name, p in node.items():
+        mask = np.zeros(len(p.ts), bool)
+        for t in range(len(keys)):
+            mine = owner[name] == t
+            mask[mine] = np.isin(p.ts[mine], kept[t])
+        out[name] = replace(p, ids=p.ids[mask], ts=p.ts[mask], values=p.values[mask])
+    shown = [t for t in rank if len(times[t])]
+    return out, tuple(keys[t] for t in shown)
+
+
 def map_points(
     host: str,
     points: Mapping[str, Points],
@@ -522,7 +636,11 @@ def map_points(
     ``present`` names metrics that exist although no points are given (filters upstream
     left none, as the mapping's own would): their columns are NaN, not absent.
     """
-    node = [p for name, p in points.items() if name not in PROCESS_METRICS and len(p.ts)]
+    node_points = {n: p for n, p in points.items() if n not in PROCESS_METRICS and len(p.ts)}
+    node_points, targets = one_target_at_a_time(node_points)
+    if targets:
+        points = {**points, **node_points}
+    node = list(node_points.values())
     if not node:
         raise InputError(source or host, None, f"node_exporter samples for host {host!r}", "none")
     at = _scrape_times(node)
@@ -566,7 +684,7 @@ def map_points(
     if procs and top is not None:
         table = process_rows(get(proc, _NO_POINTS).groups, top, at[useful], interval)
     series = from_arrays(host, at[useful], values[useful], columns, source)
-    return HostTelemetry(series, absent, table)
+    return HostTelemetry(series, absent, table, targets)
 
 
 def telemetry_series(

@@ -70,11 +70,15 @@ from minerwatch.service.fleet.nodeexporter import (
     DEVICE_FILTERS,
     PROCESS_METRICS,
     PROCESS_MODES,
+    HostTelemetry,
     Points,
+    TargetKey,
     host_of,
     map_points,
     selector_matchers,
     series_selector,
+    target_key,
+    targets_note,
 )
 from minerwatch.service.fleet.nodeexporter import (
     METRICS as NODE_METRICS,
@@ -200,6 +204,8 @@ class SeriesRegistry:
         self.group = np.zeros(0, np.intp)  # process group code, -1 for a mode not counted
         self.rank = np.zeros(0, np.intp)
         self.seen = np.zeros(0)  # time of the newest sample read, -inf for none
+        self.target = np.zeros(0, np.intp)  # scrape target, an index in target_keys
+        self.target_keys: list[TargetKey] = []
 
     def sid(self, labels: Mapping[str, str]) -> int:
         key = tuple(sorted((k, v) for k, v in labels.items() if v != "" and k != "__name__"))
@@ -229,6 +235,10 @@ class SeriesRegistry:
         self.keep = np.array([a[0] for a in self._attrs], dtype=bool)
         self.mode = np.array([a[1] for a in self._attrs], dtype=np.intp)
         self.group = np.array([a[2] for a in self._attrs], dtype=np.intp)
+        codes: dict[TargetKey, int] = {}
+        target = [codes.setdefault(target_key(lab), len(codes)) for lab in self.labels]
+        self.target = np.array(target, dtype=np.intp)
+        self.target_keys = [*codes]
         names = sorted({k for lab in self.labels for k in lab})
         keys = [tuple(lab.get(n, "") for n in names) for lab in self.labels]
         order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -260,7 +270,10 @@ class SeriesRegistry:
 
     def points(self, s: Samples) -> Points:
         """A host's samples of this metric as the mapping takes them."""
-        return Points(s.sid, s.ts, s.value, self.keep, self.mode, self.group, self.group_names)
+        return Points(
+            s.sid, s.ts, s.value, self.keep, self.mode, self.group, self.group_names,
+            self.target, self.target_keys,
+        )  # fmt: skip
 
 
 def ingest(
@@ -353,8 +366,18 @@ def host_series(
     """One host's buffered samples as telemetry rows: the mapping ``fleet train`` reads with
     (:func:`~minerwatch.service.fleet.nodeexporter.map_points`) of their points, so the same
     rows and values as a full read of the same samples gives (a test compares the two)."""
+    return host_telemetry(host, samples, registries, source).series
+
+
+def host_telemetry(
+    host: str,
+    samples: Mapping[str, Samples],
+    registries: Mapping[str, SeriesRegistry],
+    source: str = "",
+) -> HostTelemetry:
+    """:func:`host_series` with what the mapping says of the data (its scrape targets)."""
     points = {m: registries[m].points(s) for m, s in samples.items() if len(s.ts)}
-    return map_points(host, points, source).series
+    return map_points(host, points, source)
 
 
 def read_answers(
@@ -860,6 +883,8 @@ class FleetServer:
         #: logged).
         self.unmodelled: int | None = None
         self._unmodelled_named: set[str] = set()
+        #: per host, the scrape targets last named in a WARNING (several at once)
+        self._targets_named: dict[str, tuple[TargetKey, ...]] = {}
 
     def _error(self, stage: str, what: str) -> None:
         self.errors[stage] = self.errors.get(stage, 0) + 1
@@ -1069,9 +1094,15 @@ class FleetServer:
             # rows after the oldest "latest sample" of any metric wait for the next cycle
             cut = min(float(ts.max()) for ts in node)
             try:
-                data_h = host_series(
+                mapped = host_telemetry(
                     host, present, self.registries, f"{self.client.connection.url} host {host}"
                 )
+                data_h = mapped.series
+                if not mapped.targets:
+                    self._targets_named.pop(host, None)
+                elif self._targets_named.get(host) != mapped.targets:
+                    log.warning("%s", targets_note(host, mapped.targets))
+                    self._targets_named[host] = mapped.targets
                 n = int(np.searchsorted(data_h.timestamps, cut, side="right"))
                 series = replace(data_h, timestamps=data_h.timestamps[:n], values=data_h.values[:n])
                 opened = state.episode_start if state.alert.active else None
@@ -1103,6 +1134,7 @@ class FleetServer:
         wanted = {h: i for i, h in enumerate(names)}
         for host in [h for h in self.buffers if h not in wanted]:
             del self.buffers[host]
+            self._targets_named.pop(host, None)
         per: dict[str, dict[int, Samples]] = {}
         unknown: set[str] = set()
         for metric, answer in answers.items():

@@ -25,7 +25,7 @@ from minerwatch.baseline.heap import roomy_heap
 from minerwatch.baseline.store import save_model
 from minerwatch.baseline.train import dask_client, train_host
 from minerwatch.features.errors import InputError
-from minerwatch.service.fleet.nodeexporter import HostTelemetry, read_host
+from minerwatch.service.fleet.nodeexporter import HostTelemetry, TargetKey, read_host
 from minerwatch.service.fleet.promclient import (
     Connection,
     PromClient,
@@ -80,6 +80,8 @@ class Outcome:
     unreachable: bool = False
     attempts: int = 1
     path: str = field(default="")
+    #: scrape targets that overlapped in the host's data (:attr:`HostTelemetry.targets`)
+    targets: tuple[TargetKey, ...] = ()
 
 
 @dataclass
@@ -120,7 +122,8 @@ def _fit(
         return Outcome(read.host, error=str(exc), transient=True, seconds=took)
     meta = dict(model.meta, absent_columns=list(read.data.absent), source=reader.connection.url)
     model = replace(model, meta=meta)
-    return Outcome(read.host, model, read.data.absent, read.seconds + time.perf_counter() - t0)
+    took = read.seconds + time.perf_counter() - t0
+    return Outcome(read.host, model, read.data.absent, took, targets=read.data.targets)
 
 
 def train_task(
