@@ -171,6 +171,36 @@ def test_host_label_missing_on_some_series_is_said(prom, tmp_path):
     assert "Traceback" not in wrong.stderr
 
 
+def test_serve_names_the_targets_without_the_host_label(prom, tmp_path):
+    """fleet serve scores what carries --host-label and names, once, the targets that do not
+    (as the batch commands above); silently unscored before."""
+    server, _, instance = prom
+    models = tmp_path / "models"
+    label = ["--prometheus", server.url, "--host-label", "host"]
+    run("fleet", "train", *label, "--days", "0.01", "--models", str(models), *WINDOW)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        serve = subprocess.Popen(
+            [MINERWATCH, "fleet", "serve", *label, "--models", str(models), "--port", "0",
+             "--address", "127.0.0.1", "--interval", "1s", "--retrain-every", "0"],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("scored") < 1 and time.monotonic() < deadline:
+            assert serve.poll() is None, log.read_text()
+            time.sleep(0.5)
+        time.sleep(2.5)  # two more cycles: the warning is not repeated
+    finally:
+        _terminate(serve)
+    said = log.read_text()
+    warning = (
+        f"--host-label host: 2 node_exporter target(s) without it are not scored: "
+        f'{{instance="{instance}",job="node"}}, {{instance="{instance}",job="node-mem"}}'
+    )
+    assert said.count(warning) == 1, said[-3000:]
+
+
 def test_train_on_less_history_than_asked_says_so(prom, tmp_path):
     server, _, _ = prom
     done = run(

@@ -78,6 +78,7 @@ from minerwatch.service.fleet.nodeexporter import (
     selector_matchers,
     series_selector,
     target_key,
+    target_text,
     targets_note,
 )
 from minerwatch.service.fleet.nodeexporter import (
@@ -885,6 +886,8 @@ class FleetServer:
         self._unmodelled_named: set[str] = set()
         #: per host, the scrape targets last named in a WARNING (several at once)
         self._targets_named: dict[str, tuple[TargetKey, ...]] = {}
+        #: node_exporter targets without --host-label last named in a WARNING
+        self._unlabelled_named: set[TargetKey] = set()
 
     def _error(self, stage: str, what: str) -> None:
         self.errors[stage] = self.errors.get(stage, 0) + 1
@@ -1154,6 +1157,7 @@ class FleetServer:
                 mine = None if metric in PROCESS_METRICS else unknown
                 per[metric] = ingest(answer, self.registries[metric], wanted, mine)
         self._unmodelled(unknown - {""})
+        self._unlabelled("" in unknown)
         empty = Samples.empty()
         ranks = {m: self.registries[m].rank for m in answers}
         for i, host in enumerate(names):
@@ -1206,6 +1210,31 @@ class FleetServer:
                 "not scored: %s (train them with 'minerwatch fleet train'; a model saved there "
                 "is picked up without a restart)", len(new), self.models_dir, shown,
             )  # fmt: skip
+
+    def _unlabelled(self, some: bool) -> None:
+        """Name the node_exporter targets whose series lack ``--host-label`` (they name no
+        host, so nothing of theirs is scored), once while the set stays the same, as
+        ``fleet train|score|export`` do: a relabelling that missed some targets is otherwise
+        silent here."""
+        targets: set[TargetKey] = set()
+        if some and self.host_label:
+            for metric, registry in self.registries.items():
+                if metric not in PROCESS_METRICS:
+                    targets.update(
+                        target_key(lab)
+                        for lab, host in zip(registry.labels, registry.hosts, strict=True)
+                        if host == ""
+                    )
+        if targets and targets != self._unlabelled_named:
+            shown = sorted(targets)
+            listed = ", ".join(target_text(t) for t in shown[:5])
+            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            log.warning(
+                "--host-label %s: %d node_exporter target(s) without it are not scored: %s%s "
+                "(relabel them, or leave them out with --selector)",
+                self.host_label, len(shown), listed, more,
+            )  # fmt: skip
+        self._unlabelled_named = targets
 
     # -- alert state across restarts -------------------------------------------------------
 
