@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from entry import ENTRY, run
 from promtools import PROMETHEUS, PROMTOOL, free_port, require, started_prometheus
+from test_unit_file import directives
 
 from minerwatch.bench.fleet_backfill import backfill
 from minerwatch.bench.simulate import simulate
@@ -39,18 +40,8 @@ INTERVAL = 15.0
 HISTORY = 3 * 3600.0
 
 
-def directives(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "[")) and "=" in line:
-            key, value = line.split("=", 1)
-            out.setdefault(key, []).append(value)
-    return out
-
-
 def test_the_unit_runs_unprivileged_in_a_tight_sandbox():
-    d = directives(UNIT.read_text())
+    d = directives(UNIT)
     assert d["User"] == ["minerwatch-fleet"] and d["Group"] == ["minerwatch-fleet"]
     assert d["CapabilityBoundingSet"] == [""] and d["AmbientCapabilities"] == [""]
     assert d["NoNewPrivileges"] == ["yes"] and d["ProtectSystem"] == ["strict"]
@@ -104,7 +95,7 @@ def prom_url(tmp_path_factory) -> Iterator[str]:
 
 def command(key: str, url: str, state: Path) -> list[str]:
     """The unit's ``key=`` command line as systemd splits it, moved to this test."""
-    (line,) = directives(UNIT.read_text())[key]
+    (line,) = directives(UNIT)[key]
     argv = shlex.split(line.lstrip("-").replace(PLACEHOLDER, url).replace(STATE, str(state)))
     assert argv[0] == "/usr/local/bin/minerwatch"
     return [*ENTRY, *argv[1:]]
