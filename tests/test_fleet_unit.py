@@ -2,9 +2,10 @@
 
 systemd does not run here, so the unit is checked the ways that do not need it: systemd's own
 offline analysis (``verify``, ``security``), and its two command lines run as written (the
-binary, the Prometheus URL and the state folder moved to this test's) against a real
-Prometheus holding two hosts' last hours: the pre-start trains every host without a model and
-then none, the server scores both hosts and exits 0 on SIGTERM. And ``fleet dismiss`` run by
+binary, the Prometheus URL and the state folder moved to this test's), as an unprivileged
+user (``nobody``, HOME the state folder), against a real Prometheus holding two hosts' last
+hours: the pre-start trains every host without a model and then none, the server scores
+both hosts and exits 0 on SIGTERM. And ``fleet dismiss`` run by
 root into the service user's folder leaves files that user can read and lock."""
 
 from __future__ import annotations
@@ -93,12 +94,19 @@ def prom_url(tmp_path_factory) -> Iterator[str]:
         yield prom.url
 
 
+#: The unit's User=, as far as this test can be it: as root, the commands run as ``nobody``
+#: (no capability, no file of root's writable, HOME the state folder as useradd makes it).
+AS_USER = (
+    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+)
+
+
 def command(key: str, url: str, state: Path) -> list[str]:
     """The unit's ``key=`` command line as systemd splits it, moved to this test."""
     (line,) = directives(UNIT)[key]
     argv = shlex.split(line.lstrip("-").replace(PLACEHOLDER, url).replace(STATE, str(state)))
     assert argv[0] == "/usr/local/bin/minerwatch"
-    return [*ENTRY, *argv[1:]]
+    return [*AS_USER, *ENTRY, *argv[1:]]
 
 
 def scored_hosts(port: int) -> set[str]:
@@ -112,25 +120,31 @@ def scored_hosts(port: int) -> set[str]:
     return {host for host, n in found if float(n) > 0}
 
 
-def test_the_units_command_lines_train_then_serve_the_fleet(prom_url, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)  # StateDirectory= makes it; nothing inside yet
+def test_the_units_command_lines_train_then_serve_the_fleet(prom_url, shared_tmp):
+    """Run as the unit runs them, its user's: whatever they write outside the state folder
+    (a cache in HOME elsewhere, a file next to the package) fails here as under the unit."""
+    state = shared_tmp / "state"
+    state.mkdir(mode=0o700)  # StateDirectory= makes it, the user's; nothing inside yet
+    if AS_USER:
+        os.chown(state, 65534, 65534)
+    env = {**os.environ, "HOME": str(state)}
     pre = command("ExecStartPre", prom_url, state)
-    first = subprocess.run(pre, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(pre, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     models = state / "models"
+    assert not AS_USER or models.stat().st_uid == 65534  # written by the unit's user
     assert len([p for p in models.iterdir() if (p / "meta.json").exists()]) == 2, first.stderr
     stamps = {p.name: (p / "meta.json").stat().st_mtime_ns for p in models.iterdir()}
-    again = subprocess.run(pre, capture_output=True, text=True, timeout=300)  # a restart
+    again = subprocess.run(pre, capture_output=True, text=True, timeout=300, env=env)  # restart
     assert again.returncode == 0 and "nothing to train" in again.stderr, again.stderr
     assert {p.name: (p / "meta.json").stat().st_mtime_ns for p in models.iterdir()} == stamps
 
     port = free_port()
     serve = [*command("ExecStart", prom_url, state), "--port", str(port), "--address", "127.0.0.1"]
-    log = tmp_path / "serve.log"
+    log = shared_tmp / "serve.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            serve, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            serve, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
     try:
         deadline = time.monotonic() + 90
@@ -174,7 +188,7 @@ def test_a_dismissal_root_records_is_the_service_users_to_read_and_lock(shared_t
         st = (state / name).stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600), name
 
-    as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *ENTRY]
+    as_user = [*AS_USER, *ENTRY]
     env = {**os.environ, "HOME": str(shared_tmp)}
     listed = subprocess.run(
         [*as_user, "fleet", "dismiss", "--state-dir", str(state), "--list", "--json"],
