@@ -101,9 +101,8 @@ def _hosts(client: PromClient, args: argparse.Namespace, start: float, end: floa
         match = [series_selector(m, inner, unnamed) for m in DISCOVERY_METRICS]
         targets = sorted({target_key(labels) for labels in client.series(match, start, end)})
         if targets:
-            shown = ", ".join(target_text(t) for t in targets[:5])
-            more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
-            without = f"{len(targets)} node_exporter targets without it: {shown}{more}"
+            shown = _names([target_text(t) for t in targets], most=5)
+            without = f"{len(targets)} node_exporter targets without it: {shown}"
             if not hosts:
                 raise InputError(
                     "--host-label", None,
@@ -275,12 +274,11 @@ def _say_short(trained: list[Outcome], start: float, end: float) -> None:
     )
     short = [(t, h) for t, h in short if t - start > max(0.1 * (end - start), 3600.0)]
     if short:
-        held = ", ".join(f"{h} from {utc_iso(t)} ({_span(end - t)})" for t, h in short[:5])
-        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        held = _names([f"{h} from {utc_iso(t)} ({_span(end - t)})" for t, h in short], most=5)
         print(
             f"minerwatch: note: {len(short)} hosts trained on less history than the "
             f"{_span(end - start)} asked (Prometheus' retention, or hosts added "
-            f"since): {held}{more}",
+            f"since): {held}",
             file=sys.stderr,
         )
 

@@ -92,6 +92,7 @@ from minerwatch.service.fleet.promclient import (
     RawSeries,
 )
 from minerwatch.service.httpserver import Server, Serving, bind, bind_error
+from minerwatch.service.resume import names as _names
 from minerwatch.service.retrain import FAILURE_REASONS
 from minerwatch.service.state import AgentSnapshot, package_version
 from minerwatch.service.stopflag import StopFlag
@@ -1204,7 +1205,7 @@ class FleetServer:
         new = sorted(hosts - self._unmodelled_named)
         self._unmodelled_named = hosts
         if new:
-            shown = ", ".join(new[:20]) + (f" and {len(new) - 20} more" if len(new) > 20 else "")
+            shown = _names(new, most=20)
             log.warning(
                 "%d host(s) report to Prometheus but have no usable model in %s, so they are "
                 "not scored: %s (train them with 'minerwatch fleet train'; a model saved there "
@@ -1226,13 +1227,11 @@ class FleetServer:
                         if host == ""
                     )
         if targets and targets != self._unlabelled_named:
-            shown = sorted(targets)
-            listed = ", ".join(target_text(t) for t in shown[:5])
-            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            listed = _names([target_text(t) for t in sorted(targets)], most=5)
             log.warning(
-                "--host-label %s: %d node_exporter target(s) without it are not scored: %s%s "
+                "--host-label %s: %d node_exporter target(s) without it are not scored: %s "
                 "(relabel them, or leave them out with --selector)",
-                self.host_label, len(shown), listed, more,
+                self.host_label, len(targets), listed,
             )  # fmt: skip
         self._unlabelled_named = targets
 
