@@ -25,10 +25,7 @@ def atomic_write(
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # named as the caller gave it, not as the temp file beside it
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -41,12 +38,26 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return path
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temp file in ``path``'s folder (0600, exclusive), hidden and ``.tmp``; a failure
+    is named as the caller gave ``path``, not as the temp file beside it."""
+    try:
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` survive a crash."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def stage(path: Path, write: Callable[[TextIO], object], mode: int = 0o644) -> Path:
@@ -58,10 +69,7 @@ def stage(path: Path, write: Callable[[TextIO], object], mode: int = 0o644) -> P
     names no file, and the temp file's name means nothing to a user).
     """
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             write(fh)
@@ -96,8 +104,4 @@ def replace_together(moves: Sequence[tuple[Path, Path]], remove: Sequence[Path] 
     for tmp, path in moves:
         os.replace(tmp, path)
     for folder in {Path(p).parent for _, p in moves} | {Path(p).parent for p in remove}:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_folder(folder)
