@@ -15,9 +15,7 @@ import functools
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from minerwatch.features.atomic import replace_together, stage
 from minerwatch.features.errors import InputError
 
 if TYPE_CHECKING:
@@ -318,14 +317,11 @@ def write_procs_csv(path: Path, host: str, rows: ProcessRows, append: bool = Fal
         with path.open("a", encoding="utf-8", newline="") as fh:
             csv.writer(fh).writerows(_table_rows(host, rows))
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = stage(path, lambda fh: write_procs_rows(fh, host, rows), mode=0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write_procs_rows(fh, host, rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        replace_together([(tmp, path)])
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once moved; left only by a failed move
 
 
 def write_procs_rows(fh: TextIO, host: str, rows: ProcessRows) -> None:
