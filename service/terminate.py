@@ -93,9 +93,7 @@ def stops_deferred(signums: Iterable[signal.Signals] = STOP_SIGNALS) -> Iterator
     previous: dict[signal.Signals, Any] = {}
     try:  # blocking also runs a handler due: the mask is restored if that raises
         signal.pthread_sigmask(signal.SIG_BLOCK, signums)
-        for signum in signums:
-            if callable(signal.getsignal(signum)):  # a Python handler (not default, ignored)
-                previous[signum] = signal.signal(signum, note)
+        previous = catch(signums, note)  # one its starter ignored stays ignored
         yield
     finally:
         try:
