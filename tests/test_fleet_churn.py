@@ -28,7 +28,7 @@ from minerwatch.service.fleet.serve import (
     STATE_FILE,
     Samples,
     SeriesRegistry,
-    host_series,
+    host_telemetry,
     ingest,
     read_answers,
 )
@@ -57,7 +57,7 @@ def _train(url: str, host: str, now: float):
     held = {
         m: ingest(a, registries[m], {host: 0}).get(0, Samples.empty()) for m, a in answers.items()
     }
-    return train_host(host_series(host, held, registries), WINDOW, HOP)
+    return train_host(host_telemetry(host, held, registries).series, WINDOW, HOP)
 
 
 def _hosts(metrics: dict, name: str) -> set[str]:

@@ -495,7 +495,7 @@ def test_buffered_mapping_equals_the_training_mapping(synthetic_prometheus, synt
     own mapping equals bit for bit) gives on the same samples read as frames."""
     from nodeexporter_reference import telemetry
 
-    from minerwatch.service.fleet.serve import LOOKBACK_S, host_series
+    from minerwatch.service.fleet.serve import LOOKBACK_S, host_telemetry
 
     url, _ = synthetic_prometheus
     for at in (T0, T0 + 1200.0, T0 + sum(STEPS)):
@@ -511,7 +511,7 @@ def test_buffered_mapping_equals_the_training_mapping(synthetic_prometheus, synt
                 if mine.any():
                     frames[metric] = frame[mine.to_numpy()].drop(columns="__name__")
             want = telemetry(host, frames).series
-            got = host_series(host, server.buffers[host], server.registries)
+            got = host_telemetry(host, server.buffers[host], server.registries).series
             assert got.columns == want.columns
             np.testing.assert_array_equal(got.timestamps, want.timestamps)
             # the same sums; to the last bit today, but the order of a read's rows is the

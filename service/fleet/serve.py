@@ -9,7 +9,7 @@ give, and the series whose newest sample has left the lookback are forgotten
 (:meth:`FleetServer._forget`), so what is held follows the hosts reporting, not every host
 ever seen, and the models of hosts that sent nothing in the lookback are unloaded until they
 report again (:class:`Dormant`); answers are parsed straight to numpy arrays and mapped to
-telemetry by :func:`host_series` with ``fleet train``'s own mapping
+telemetry by :func:`host_telemetry` with ``fleet train``'s own mapping
 (:func:`~minerwatch.service.fleet.nodeexporter.map_points`; no pandas per cycle), and the windows
 completed since the previous cycle are scored with each host's stored model and its own
 streaming alert rule (:class:`~minerwatch.baseline.calibrate.AlertState`), as the agent does.
@@ -359,25 +359,16 @@ def merge_host(
 # -- the node_exporter mapping on buffered arrays --------------------------------------------------
 
 
-def host_series(
-    host: str,
-    samples: Mapping[str, Samples],
-    registries: Mapping[str, SeriesRegistry],
-    source: str = "",
-) -> HostSeries:
-    """One host's buffered samples as telemetry rows: the mapping ``fleet train`` reads with
-    (:func:`~minerwatch.service.fleet.nodeexporter.map_points`) of their points, so the same
-    rows and values as a full read of the same samples gives (a test compares the two)."""
-    return host_telemetry(host, samples, registries, source).series
-
-
 def host_telemetry(
     host: str,
     samples: Mapping[str, Samples],
     registries: Mapping[str, SeriesRegistry],
     source: str = "",
 ) -> HostTelemetry:
-    """:func:`host_series` with what the mapping says of the data (its scrape targets)."""
+    """One host's buffered samples as telemetry rows: the mapping ``fleet train`` reads with
+    (:func:`~minerwatch.service.fleet.nodeexporter.map_points`) of their points, so the same
+    rows and values as a full read of the same samples gives (a test compares the two), with
+    what the mapping says of the data (its scrape targets)."""
     points = {m: registries[m].points(s) for m, s in samples.items() if len(s.ts)}
     return map_points(host, points, source)
 
