@@ -13,6 +13,7 @@ it ignores SIGTERM), even when the test body fails.
 from __future__ import annotations
 
 import functools
+import http.server
 import json
 import shutil
 import socket
@@ -294,3 +295,35 @@ def full_snapshot(now: float) -> AgentSnapshot:
         log_truncations_total={"shrunk": 1, "vanished": 0},
         version="1.2.3",
     )
+
+
+class ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """A test proxy in front of a real Prometheus: GET and POST go to :meth:`forward` with
+    the request body, nothing is logged; :meth:`upstream_answer` passes a request on."""
+
+    protocol_version = "HTTP/1.1"
+
+    def forward(self, body: bytes | None) -> None:
+        raise NotImplementedError
+
+    def upstream_answer(self, upstream: str, body: bytes | None) -> tuple[int, bytes]:
+        """Status and body of ``upstream``'s answer to this request (its error answers too)."""
+        wanted = ("content-type", "accept")
+        headers = {k: v for k, v in self.headers.items() if k.lower() in wanted}
+        request = urllib.request.Request(
+            upstream + self.path, data=body, headers=headers, method=self.command
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def do_POST(self) -> None:
+        self.forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def do_GET(self) -> None:
+        self.forward(None)
+
+    def log_message(self, *args: object) -> None:
+        pass

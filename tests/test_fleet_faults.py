@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from promtools import PROMETHEUS, PROMTOOL, free_port, require, started_prometheus
+from promtools import PROMETHEUS, PROMTOOL, ProxyHandler, free_port, require, started_prometheus
 from test_fleet_e2e import SCRAPES, STEP, T0, _many_series_host
 
 from minerwatch.bench.fleet_backfill import backfill
@@ -118,11 +118,10 @@ class CuttingProxy(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class _CuttingHandler(http.server.BaseHTTPRequestHandler):
+class _CuttingHandler(ProxyHandler):
     server: CuttingProxy
-    protocol_version = "HTTP/1.1"
 
-    def _forward(self, body: bytes | None) -> None:
+    def forward(self, body: bytes | None) -> None:
         time.sleep(self.server.delay)
         form = urllib.parse.unquote_plus((body or b"").decode()).replace("\\\\", "\\")
         if self.server.broken and re.escape(self.server.broken) in form:
@@ -130,15 +129,7 @@ class _CuttingHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-        request = urllib.request.Request(
-            self.server.upstream + self.path, data=body, headers=headers, method=self.command
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                answer, status = r.read(), r.status
-        except urllib.error.HTTPError as err:
-            answer, status = err.read(), err.code
+        status, answer = self.upstream_answer(self.server.upstream, body)
         with self.server.lock:
             self.server.answers += 1
             cut = self.server.cut > 0 and self.server.answers % self.server.cut == 0
@@ -152,15 +143,6 @@ class _CuttingHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(answer)
-
-    def do_POST(self) -> None:
-        self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-
-    def do_GET(self) -> None:
-        self._forward(None)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from entry import run, usage_error
-from promtools import PROMETHEUS, PROMTOOL, require, started_prometheus
+from promtools import PROMETHEUS, PROMTOOL, ProxyHandler, require, started_prometheus
 
 from minerwatch.bench.fleet_backfill import backfill
 from minerwatch.bench.simulate import simulate
@@ -63,11 +63,10 @@ class TenantProxy(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class _TenantHandler(http.server.BaseHTTPRequestHandler):
+class _TenantHandler(ProxyHandler):
     server: TenantProxy
-    protocol_version = "HTTP/1.1"
 
-    def _forward(self, body: bytes | None) -> None:
+    def forward(self, body: bytes | None) -> None:
         tenant = self.headers.get("X-Scope-OrgID")  # names are case-insensitive here
         with self.server.lock:
             form = urllib.parse.unquote_plus((body or b"").decode()).replace("\\\\", "\\")
@@ -75,15 +74,7 @@ class _TenantHandler(http.server.BaseHTTPRequestHandler):
         if tenant != TENANT:
             self._answer(401, b"no org id\n", "text/plain; charset=utf-8")
             return
-        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-        request = urllib.request.Request(
-            self.server.upstream + self.path, data=body, headers=headers, method=self.command
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                self._answer(r.status, r.read(), "application/json")
-        except urllib.error.HTTPError as err:
-            self._answer(err.code, err.read(), "application/json")
+        self._answer(*self.upstream_answer(self.server.upstream, body), "application/json")
 
     def _answer(self, status: int, body: bytes, kind: str) -> None:
         self.send_response(status)
@@ -91,15 +82,6 @@ class _TenantHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-
-    def do_GET(self) -> None:
-        self._forward(None)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
