@@ -820,6 +820,15 @@ def test_a_clock_stepped_back_during_an_alert_closes_the_episode_and_scoring_goe
 LIBFAKETIME = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), None)
 
 
+def step_clock(spec: Path, offset: str) -> None:
+    """Set libfaketime's offset file whole: with FAKETIME_NO_CACHE it is read at every clock
+    call, and a write in place (truncate, then write) lets a read see it empty, i.e. the real
+    clock: a step back and forth the test never made (seen once in CI, 2026-12-07)."""
+    new = spec.with_name(spec.name + ".new")
+    new.write_text(offset)
+    os.replace(new, spec)
+
+
 @pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian's faketime)")
 @pytest.mark.slow
 def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet_models):
@@ -828,7 +837,7 @@ def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet
     scoring after both steps (after the backward one it used to stop scoring for the hour)
     and says so in its log, stops cleanly, and its history holds each clock's windows once."""
     spec = tmp_path / "faketime"
-    spec.write_text("+0\n")
+    step_clock(spec, "+0\n")
     env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
     data = data_dir_with_model(tmp_path, quiet_models)
@@ -836,7 +845,7 @@ def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet
                   "--retrain-every", "0", host=QUIET, env=env)  # fmt: skip
     agents.append(agent)
     v = agent.wait_for("scoring", lambda v: one(v, "minerwatch_windows_scored_total") >= 1)
-    spec.write_text("+3600\n")
+    step_clock(spec, "+3600\n")
     n, w = one(v, "minerwatch_samples_total"), one(v, "minerwatch_windows_scored_total")
     v = agent.wait_for(
         "scoring an hour ahead",
@@ -845,7 +854,7 @@ def test_the_real_agent_survives_its_wall_clock_stepping(tmp_path, agents, quiet
             and one(v, "minerwatch_last_sample_timestamp_seconds") > time.time() + 3000
         ),
     )
-    spec.write_text("+0\n")
+    step_clock(spec, "+0\n")
     n = one(v, "minerwatch_samples_total")
     v = agent.wait_for(
         "sampling an hour back", lambda v: one(v, "minerwatch_samples_total") >= n + 6
@@ -874,14 +883,14 @@ def test_a_clock_stepped_a_day_ahead_while_learning_does_not_end_learning(tmp_pa
     learning ended at once on three samples), and the model it then trains is retrained when
     its history has doubled, not a day later (its windows' first to last spanned the day)."""
     spec = tmp_path / "faketime"
-    spec.write_text("+0\n")
+    step_clock(spec, "+0\n")
     env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
     agent = Agent(tmp_path / "data", tmp_path / "agent.log", "--interval", "0.5s", "--window",
                   "2s", "--learn-for", "8s", env=env)  # fmt: skip
     agents.append(agent)
     agent.wait_for("sampling", lambda v: one(v, "minerwatch_samples_total") >= 3)
-    spec.write_text("+86400\n")
+    step_clock(spec, "+86400\n")
     v = agent.wait_for(
         "sampling a day ahead",
         lambda v: one(v, "minerwatch_last_sample_timestamp_seconds") > time.time() + 80000,
@@ -928,7 +937,7 @@ def test_a_training_that_keeps_failing_on_a_full_disk_is_retried_less_and_less_o
     ahead with libfaketime instead of waiting): a disk full for hours no longer starts a
     training every minute (each one, with a history on disk, a child reading all of it)."""
     spec = tmp_path / "faketime"
-    spec.write_text("+0\n")
+    step_clock(spec, "+0\n")
     env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
     (tmp_path / "seed").mkdir()
@@ -953,13 +962,13 @@ def test_a_training_that_keeps_failing_on_a_full_disk_is_retried_less_and_less_o
 
     assert failures(1) == 1
     assert "the training input could not be written" in agent.tail()
-    spec.write_text("+70\n")  # past the first backoff (60 s): tried again
+    step_clock(spec, "+70\n")  # past the first backoff (60 s): tried again
     assert failures(2) == 2
-    spec.write_text("+140\n")  # 70 s after the second failure: within its 120 s
+    step_clock(spec, "+140\n")  # 70 s after the second failure: within its 120 s
     n = one(agent.values(), "minerwatch_samples_total")
     agent.wait_for("3 s more", lambda v: one(v, "minerwatch_samples_total") >= n + 6)
     assert agent.tail().count("retraining gave no new model") == 2, agent.tail()
-    spec.write_text("+200\n")  # 130 s after it: tried again
+    step_clock(spec, "+200\n")  # 130 s after it: tried again
     assert failures(3) == 3
     assert agent.stop() == 0, agent.tail()
 
@@ -976,7 +985,7 @@ def test_an_agent_started_with_its_clock_far_ahead_keeps_the_history(tmp_path, a
     prefill_history(data)
     before = len(stored(data / "history.db"))
     spec = tmp_path / "faketime"
-    spec.write_text("+400d\n")
+    step_clock(spec, "+400d\n")
     env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(spec),
            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
     agent = Agent(data, tmp_path / "agent.log", "--interval", "0.5s", env=env)
